@@ -1,0 +1,2 @@
+/* placeholder until the agent lands */
+int drover_agent_placeholder;

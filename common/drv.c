@@ -1,0 +1,65 @@
+/* drv.c: result codes, the per-thread last-error message, clocks. */
+#include "common/drv.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static _Thread_local char last_error[1024];
+
+const char *drv_strerror(drv_result_t rc) {
+  switch (rc) {
+  case DRV_OK: return "ok";
+  case DRV_ERR_SYS: return "system error";
+  case DRV_ERR_CUDA: return "CUDA error";
+  case DRV_ERR_NCCL: return "NCCL error";
+  case DRV_ERR_ZMQ: return "ZeroMQ error";
+  case DRV_ERR_PROTO: return "protocol error";
+  case DRV_ERR_INVALID: return "invalid input";
+  case DRV_ERR_TIMEOUT: return "timed out";
+  case DRV_ERR_CANCELLED: return "cancelled";
+  case DRV_ERR_NOMEM: return "out of memory";
+  }
+  return "unknown error";
+}
+
+drv_result_t drv_error(drv_result_t rc, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(last_error, sizeof last_error, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+drv_result_t drv_error_prefix(drv_result_t rc, const char *fmt, ...) {
+  char prefix[512], old[sizeof last_error];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(prefix, sizeof prefix, fmt, ap);
+  va_end(ap);
+  memcpy(old, last_error, sizeof old);
+  snprintf(last_error, sizeof last_error, "%s: %s", prefix, old);
+  return rc;
+}
+
+const char *drv_last_error(void) { return last_error; }
+
+void drv_error_clear(void) { last_error[0] = '\0'; }
+
+int64_t drv_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+double drv_now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+double drv_wall_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}

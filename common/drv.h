@@ -1,0 +1,81 @@
+/* drv.h: drover's one result type, its per-thread error message, and the check macros.
+ *
+ * Every fallible function returns drv_result_t. On failure it also leaves a message in
+ * the calling thread's last-error slot saying what and where
+ * ("train.idx: expected magic 0x00000803, found 0x1f8b0808"); callers that add context
+ * wrap it with drv_error_prefix(). Library code never exits: only main() decides to stop.
+ */
+#ifndef DROVER_COMMON_DRV_H
+#define DROVER_COMMON_DRV_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+  DRV_OK = 0,
+  DRV_ERR_SYS,       /* an OS call failed (errno in the message) */
+  DRV_ERR_CUDA,      /* the CUDA runtime or a kernel launch failed */
+  DRV_ERR_NCCL,      /* an NCCL call failed */
+  DRV_ERR_ZMQ,       /* a ZeroMQ call failed */
+  DRV_ERR_PROTO,     /* a message broke the wire protocol */
+  DRV_ERR_INVALID,   /* bad input: a job spec, a dataset, an argument */
+  DRV_ERR_TIMEOUT,   /* a peer or an operation did not answer in time */
+  DRV_ERR_CANCELLED, /* the operation was cancelled or aborted */
+  DRV_ERR_NOMEM,     /* an allocation failed */
+} drv_result_t;
+
+/* A short fixed name for a result code ("invalid input"). Never NULL. */
+const char *drv_strerror(drv_result_t rc);
+
+/* Sets the calling thread's last-error message (printf-style) and returns rc, so that
+ * `return drv_error(DRV_ERR_INVALID, "%s: truncated", path);` reads as one step. */
+drv_result_t drv_error(drv_result_t rc, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Prepends "<prefix>: " to the current last-error message; returns rc unchanged. */
+drv_result_t drv_error_prefix(drv_result_t rc, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* The calling thread's last-error message ("" when none). Valid until the next set. */
+const char *drv_last_error(void);
+
+/* Clears the calling thread's last-error message. */
+void drv_error_clear(void);
+
+/* ---- Check macros (NCCL's checks.h): one cleanup label per function ------------------ */
+
+#define DRV_CHECK(call)                                                                    \
+  do {                                                                                     \
+    drv_result_t drv_rc_ = (call);                                                         \
+    if (drv_rc_ != DRV_OK) return drv_rc_;                                                 \
+  } while (0)
+
+#define DRV_CHECK_GOTO(call, rc, label)                                                    \
+  do {                                                                                     \
+    (rc) = (call);                                                                         \
+    if ((rc) != DRV_OK) goto label;                                                        \
+  } while (0)
+
+/* For calls that return -1 and set errno (POSIX, ZeroMQ). */
+#define SYS_CHECK_GOTO(call, rc, label, what)                                              \
+  do {                                                                                     \
+    if ((call) < 0) {                                                                      \
+      (rc) = drv_error(DRV_ERR_SYS, "%s: %s (%s:%d)", (what), strerror(errno), __FILE__,   \
+                       __LINE__);                                                          \
+      goto label;                                                                          \
+    }                                                                                      \
+  } while (0)
+
+#define DRV_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define DRV_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define DRV_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* Monotonic clock in milliseconds and seconds. */
+int64_t drv_now_ms(void);
+double drv_now_s(void);
+
+/* Wall clock, seconds since the epoch. */
+double drv_wall_s(void);
+
+#endif

@@ -1,0 +1,119 @@
+/* jobspec.h: the job spec, loaded from YAML through libcyaml with one schema.
+ *
+ * The schema (jobspec.c) is the single description of the format: it loads, validates,
+ * resolves `--set key.path=value` overrides (by walking the schema), and saves the
+ * resolved spec back to YAML. docs/user-guide.md documents every key.
+ *
+ *   name: fashion-mnist                # required
+ *   target: local                      # local | attached | managed   (default local)
+ *   nodes: 2                           # workers to gang-schedule      (default 1)
+ *   model:
+ *     type: mlp                        # only mlp for now
+ *     hidden: [256, 128]               # hidden layer sizes, 0..8 of them
+ *     activation: relu                 # relu | gelu                   (default relu)
+ *   data:
+ *     format: idx                      # idx | synthetic
+ *     train: {images: PATH, labels: PATH}   # required for idx (plain or .gz)
+ *     test:  {images: PATH, labels: PATH}   # required for idx
+ *     synthetic: {train_samples: 60000, test_samples: 10000, features: 784,
+ *                 classes: 10, seed: 1}      # used by format synthetic (all defaulted)
+ *   train:
+ *     epochs: 5                        # required
+ *     global_batch: 128                # required; split across ranks
+ *     max_steps: 0                     # stop after this many steps (0: all epochs)
+ *     seed: 42                         # init and data order        (default 42)
+ *     optimizer:
+ *       type: sgd                      # sgd | adamw
+ *       lr: 0.1                        # required
+ *       momentum: 0.9                  # sgd                           (default 0.9)
+ *       weight_decay: 0.0              # sgd: L2; adamw: decoupled     (default 0)
+ *       beta1: 0.9  beta2: 0.999  eps: 1e-8   # adamw
+ *     lr_schedule:
+ *       type: cosine                   # constant | cosine             (default cosine)
+ *       warmup_steps: 100              # linear warmup from 0          (default 0)
+ *       lr_min: 0.0                    # cosine floor                  (default 0)
+ *   run_dir: runs                      # parent of the job's run directory (default runs)
+ */
+#ifndef DROVER_COMMON_JOBSPEC_H
+#define DROVER_COMMON_JOBSPEC_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "common/drv.h"
+
+#define JOBSPEC_MAX_HIDDEN 8
+
+typedef enum { SPEC_TARGET_LOCAL = 0, SPEC_TARGET_ATTACHED, SPEC_TARGET_MANAGED } spec_target_t;
+typedef enum { SPEC_ACT_RELU = 0, SPEC_ACT_GELU } spec_activation_t;
+typedef enum { SPEC_DATA_IDX = 0, SPEC_DATA_SYNTHETIC } spec_data_format_t;
+typedef enum { SPEC_OPT_SGD = 0, SPEC_OPT_ADAMW } spec_optimizer_t;
+typedef enum { SPEC_LR_CONSTANT = 0, SPEC_LR_COSINE } spec_lr_schedule_t;
+
+typedef struct {
+  char *images; /* path, owned */
+  char *labels; /* path, owned */
+} spec_split_t;
+
+typedef struct {
+  uint32_t train_samples, test_samples, features, classes;
+  uint64_t seed;
+} spec_synthetic_t;
+
+typedef struct {
+  char *name;
+  spec_target_t target;
+  uint32_t nodes;
+  struct {
+    char *type; /* "mlp" */
+    uint32_t *hidden;
+    uint32_t hidden_count;
+    spec_activation_t activation;
+  } model;
+  struct {
+    spec_data_format_t format;
+    spec_split_t *train; /* NULL when absent */
+    spec_split_t *test;  /* NULL when absent */
+    spec_synthetic_t *synthetic; /* always set after load (defaults filled in) */
+  } data;
+  struct {
+    uint32_t epochs;
+    uint32_t global_batch;
+    uint32_t max_steps;
+    uint64_t seed;
+    struct {
+      spec_optimizer_t type;
+      float lr, momentum, weight_decay, beta1, beta2, eps;
+    } optimizer;
+    struct {
+      spec_lr_schedule_t type;
+      uint32_t warmup_steps;
+      float lr_min;
+    } lr_schedule;
+  } train;
+  char *run_dir;
+} jobspec_t;
+
+/* Parses YAML text (`len` bytes) into a new spec, applies `nset` overrides of the form
+ * "key.path=value" (e.g. "train.optimizer.lr=0.05", "model.hidden=[512,256]"), fills
+ * defaults and validates. `origin` names the source in errors ("examples/x.yaml").
+ * On failure returns DRV_ERR_INVALID with a message naming the key and what is wrong,
+ * and *out stays NULL. The caller owns *out (jobspec_destroy). */
+drv_result_t jobspec_parse(const char *yaml, size_t len, const char *origin,
+                           const char *const *sets, int nset, jobspec_t **out);
+
+/* Reads `path` and calls jobspec_parse. */
+drv_result_t jobspec_load(const char *path, const char *const *sets, int nset,
+                          jobspec_t **out);
+
+/* Serialises the resolved spec (every field, defaults included) to YAML. The caller
+ * frees *yaml with free(). Parsing the result gives an equal spec. */
+drv_result_t jobspec_dump(const jobspec_t *spec, char **yaml, size_t *len);
+
+/* Frees a spec and nulls the caller's pointer. NULL-safe. */
+void jobspec_destroy(jobspec_t **spec);
+
+/* Names of enum values as they appear in YAML ("local", "relu", ...). */
+const char *jobspec_target_name(spec_target_t t);
+
+#endif

@@ -1,0 +1,2 @@
+/* placeholder until the coordinator lands */
+int drover_coordinator_placeholder;

@@ -1,0 +1,2 @@
+/* placeholder until the kernels lands */
+int drover_kernels_placeholder;

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs, from Debian's packages, whatever drover needs that is missing. Idempotent:
+# a machine that has everything gets no apt call at all. Nothing is downloaded at build
+# or run time; this is the only place packages come from.
+set -euo pipefail
+
+pkgs=(
+  build-essential cmake pkg-config
+  libzmq3-dev          # ZeroMQ: every control message
+  libmsgpack-dev       # msgpack-c: every encoding
+  libopenblas-dev      # CBLAS sgemm for the CPU backend
+  zlib1g-dev           # .gz datasets
+  libcyaml-dev         # YAML job specs
+  libsqlite3-dev       # coordinator's durable state
+  libcmocka-dev        # unit tests
+  dataset-fashion-mnist  # /usr/share/datasets/fashion-mnist
+  python3              # protocol client test (pyzmq, msgpack from Debian)
+  python3-zmq python3-msgpack
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
