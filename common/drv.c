@@ -38,7 +38,15 @@ drv_result_t drv_error_prefix(drv_result_t rc, const char *fmt, ...) {
   vsnprintf(prefix, sizeof prefix, fmt, ap);
   va_end(ap);
   memcpy(old, last_error, sizeof old);
-  snprintf(last_error, sizeof last_error, "%s: %s", prefix, old);
+  /* Truncation is acceptable here: the message is for people. */
+  size_t n = strlen(prefix);
+  if (n > sizeof last_error - 3) n = sizeof last_error - 3;
+  memcpy(last_error, prefix, n);
+  memcpy(last_error + n, ": ", 2);
+  size_t room = sizeof last_error - n - 3;
+  size_t m = strnlen(old, room);
+  memcpy(last_error + n + 2, old, m);
+  last_error[n + 2 + m] = '\0';
   return rc;
 }
 
