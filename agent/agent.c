@@ -1,0 +1,360 @@
+/* agent.c: see agent.h. One thread: a poll loop over the coordinator socket, with
+ * waitpid for the worker children and timers for heartbeats and reconnects. */
+#include "agent/agent.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "agent/gpuinfo.h"
+#include "common/log.h"
+#include "common/proto.h"
+#include "common/settings.h"
+#include "common/sock.h"
+
+#define MAX_WORKERS 16
+#define KILL_GRACE_MS 2000
+
+typedef struct {
+  pid_t pid; /* 0: free slot */
+  int64_t job;
+  uint32_t generation, rank;
+  int64_t kill_deadline_ms; /* SIGKILL after this when a SIGTERM was sent; 0 none */
+} child_t;
+
+typedef struct {
+  const agent_config_t *cfg;
+  char agent_id[128], host[256];
+  void *ctx, *sock;
+  int registered;
+  int64_t last_heard_ms, last_hello_ms;
+  uint64_t seq;
+  child_t kids[MAX_WORKERS];
+  proto_gpu_t *gpus;
+  uint32_t ngpus;
+} agent_t;
+
+// --- Helpers -------------------------------------------------------------------------------
+
+drv_result_t agent_route_host(const char *endpoint, char *out, size_t outsz) {
+  /* "tcp://HOST:PORT" -> HOST */
+  const char *h = strstr(endpoint, "://");
+  h = h ? h + 3 : endpoint;
+  const char *colon = strrchr(h, ':');
+  char host[256];
+  size_t n = colon ? (size_t)(colon - h) : strlen(h);
+  if (n == 0 || n >= sizeof host) return drv_error(DRV_ERR_INVALID, "%s: no host", endpoint);
+  memcpy(host, h, n);
+  host[n] = '\0';
+  struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_DGRAM}, *ai = NULL;
+  int e = getaddrinfo(host, "9", &hints, &ai);
+  if (e) return drv_error(DRV_ERR_SYS, "%s: cannot resolve %s: %s", endpoint, host, gai_strerror(e));
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  drv_result_t rc = DRV_OK;
+  struct sockaddr_in local;
+  socklen_t len = sizeof local;
+  if (fd < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 ||
+      getsockname(fd, (struct sockaddr *)&local, &len) < 0 ||
+      !inet_ntop(AF_INET, &local.sin_addr, out, (socklen_t)outsz))
+    rc = drv_error(DRV_ERR_SYS, "%s: no route to %s: %s", endpoint, host, strerror(errno));
+  if (fd >= 0) close(fd);
+  freeaddrinfo(ai);
+  return rc;
+}
+
+static drv_result_t mkdir_p(const char *path) {
+  char tmp[4096];
+  if (strlen(path) >= sizeof tmp) return drv_error(DRV_ERR_INVALID, "%.64s...: path too long", path);
+  memcpy(tmp, path, strlen(path) + 1);
+  for (char *p = tmp + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = '\0';
+    if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+      return drv_error(DRV_ERR_SYS, "mkdir %s: %s", tmp, strerror(errno));
+    *p = '/';
+  }
+  if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+    return drv_error(DRV_ERR_SYS, "mkdir %s: %s", tmp, strerror(errno));
+  return DRV_OK;
+}
+
+static void send_msg(agent_t *a, const proto_msg_t *m) {
+  if (a->sock && sock_send(a->sock, NULL, 0, m, 1) != DRV_OK)
+    log_debug("send %s: %s", proto_type_name(m->type), drv_last_error());
+}
+
+static uint32_t live_workers(const agent_t *a) {
+  uint32_t n = 0;
+  for (int i = 0; i < MAX_WORKERS; i++) n += a->kids[i].pid != 0;
+  return n;
+}
+
+// --- Workers -------------------------------------------------------------------------------
+
+/* Starts `drover worker` for an assignment. The spec goes in through a memfd on stdin;
+ * stdout and stderr go to <run_dir>/logs/rank-<r>.log. */
+static drv_result_t worker_spawn(agent_t *a, const proto_assign_t *as) {
+  child_t *k = NULL;
+  for (int i = 0; i < MAX_WORKERS && !k; i++)
+    if (!a->kids[i].pid) k = &a->kids[i];
+  if (!k) return drv_error(DRV_ERR_INVALID, "already running %d workers", MAX_WORKERS);
+  char logdir[1100], logpath[1200];
+  snprintf(logdir, sizeof logdir, "%s/logs", as->run_dir);
+  DRV_CHECK(mkdir_p(logdir));
+  snprintf(logpath, sizeof logpath, "%s/rank-%u.log", logdir, as->rank);
+
+  int spec_fd = memfd_create("drover-spec", 0);
+  if (spec_fd < 0) return drv_error(DRV_ERR_SYS, "memfd_create: %s", strerror(errno));
+  size_t len = strlen(as->spec);
+  if (write(spec_fd, as->spec, len) != (ssize_t)len || lseek(spec_fd, 0, SEEK_SET) < 0) {
+    close(spec_fd);
+    return drv_error(DRV_ERR_SYS, "writing the spec for the worker: %s", strerror(errno));
+  }
+  int log_fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (log_fd < 0) {
+    close(spec_fd);
+    return drv_error(DRV_ERR_SYS, "open %s: %s", logpath, strerror(errno));
+  }
+  char job[32], gen[16], rank[16], world[16], lrank[16], dev[16];
+  snprintf(job, sizeof job, "%" PRId64, as->job);
+  snprintf(gen, sizeof gen, "%u", as->generation);
+  snprintf(rank, sizeof rank, "%u", as->rank);
+  snprintf(world, sizeof world, "%u", as->world);
+  snprintf(lrank, sizeof lrank, "%u", as->local_rank);
+  snprintf(dev, sizeof dev, "%d", as->device);
+  pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid < 0) {
+    close(spec_fd);
+    close(log_fd);
+    return drv_error(DRV_ERR_SYS, "fork: %s", strerror(errno));
+  }
+  if (pid == 0) {
+    /* Child: own process group (killed as one), dies with the agent. */
+    setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    dup2(spec_fd, 0);
+    dup2(log_fd, 1);
+    dup2(log_fd, 2);
+    execl(a->cfg->exe, a->cfg->exe, "worker", "--coordinator", as->coordinator, "--job", job,
+          "--generation", gen, "--rank", rank, "--world", world, "--local-rank", lrank,
+          "--device", dev, "--run-dir", as->run_dir, "--host", a->host, (char *)NULL);
+    dprintf(2, "exec %s: %s\n", a->cfg->exe, strerror(errno));
+    _exit(127);
+  }
+  setpgid(pid, pid); /* also from the parent: no race with an early kill */
+  close(spec_fd);
+  close(log_fd);
+  k->pid = pid;
+  k->job = as->job;
+  k->generation = as->generation;
+  k->rank = as->rank;
+  k->kill_deadline_ms = 0;
+  log_info("job %" PRId64 " rank %u/%u: worker pid %d started (log %s)", as->job, as->rank,
+           as->world, (int)pid, logpath);
+  return DRV_OK;
+}
+
+static void worker_kill(child_t *k, const char *why) {
+  if (!k->pid || k->kill_deadline_ms) return;
+  log_info("job %" PRId64 " rank %u: stopping worker pid %d: %s", k->job, k->rank, (int)k->pid, why);
+  kill(-k->pid, SIGTERM);
+  k->kill_deadline_ms = drv_now_ms() + KILL_GRACE_MS;
+}
+
+static void report_exit(agent_t *a, const child_t *k, int32_t code, int32_t sig) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_WORKER_EXIT);
+  m.u.worker_exit.job = k->job;
+  m.u.worker_exit.generation = k->generation;
+  m.u.worker_exit.rank = k->rank;
+  m.u.worker_exit.exit_code = code;
+  m.u.worker_exit.signal = sig;
+  send_msg(a, &m);
+}
+
+static void reap_workers(agent_t *a) {
+  int64_t now = drv_now_ms();
+  for (int i = 0; i < MAX_WORKERS; i++) {
+    child_t *k = &a->kids[i];
+    if (!k->pid) continue;
+    int st;
+    pid_t r = waitpid(k->pid, &st, WNOHANG);
+    if (r == k->pid) {
+      int32_t code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+      int32_t sig = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
+      log_info("job %" PRId64 " rank %u: worker pid %d %s %d", k->job, k->rank, (int)k->pid,
+               sig ? "killed by signal" : "exited with code", sig ? sig : code);
+      kill(-k->pid, SIGKILL); /* anything it left in its group */
+      report_exit(a, k, code, sig);
+      memset(k, 0, sizeof *k);
+    } else if (k->kill_deadline_ms && now > k->kill_deadline_ms) {
+      kill(-k->pid, SIGKILL);
+    }
+  }
+}
+
+static void kill_all(agent_t *a, const char *why) {
+  for (int i = 0; i < MAX_WORKERS; i++) worker_kill(&a->kids[i], why);
+}
+
+// --- Coordinator link ----------------------------------------------------------------------
+
+static void send_hello(agent_t *a) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_HELLO);
+  proto_hello_t *h = &m.u.hello;
+  h->agent_id = a->agent_id;
+  h->host = a->host;
+  h->target = (char *)(a->cfg->target ? a->cfg->target : "attached");
+  h->pid = (uint32_t)getpid();
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  h->cpus = cpus > 0 ? (uint32_t)cpus : 1;
+  h->mem_bytes = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
+  h->gpus = a->gpus;
+  h->gpus_count = a->ngpus;
+  send_msg(a, &m);
+  a->last_hello_ms = drv_now_ms();
+}
+
+static drv_result_t link_open(agent_t *a) {
+  if (a->sock) zmq_close(a->sock);
+  a->sock = sock_new(a->ctx, ZMQ_DEALER);
+  if (!a->sock) return DRV_ERR_ZMQ;
+  zmq_setsockopt(a->sock, ZMQ_ROUTING_ID, a->agent_id, strlen(a->agent_id));
+  int linger = 0;
+  zmq_setsockopt(a->sock, ZMQ_LINGER, &linger, sizeof linger);
+  char ep[256];
+  DRV_CHECK(sock_endpoint(a->cfg->coordinator, SOCK_AGENTS, ep, sizeof ep));
+  if (zmq_connect(a->sock, ep) < 0)
+    return drv_error(DRV_ERR_ZMQ, "connect %s: %s", ep, zmq_strerror(errno));
+  a->registered = 0;
+  a->last_heard_ms = drv_now_ms();
+  send_hello(a);
+  return DRV_OK;
+}
+
+static void on_message(agent_t *a, proto_msg_t *m) {
+  a->last_heard_ms = drv_now_ms();
+  switch (m->type) {
+  case PROTO_WELCOME:
+    if (!a->registered) log_info("registered with the coordinator as %s", m->u.welcome.agent_id);
+    a->registered = 1;
+    break;
+  case PROTO_HEARTBEAT: break;
+  case PROTO_ERROR:
+    if (m->u.error.code && !strcmp(m->u.error.code, "not_registered")) {
+      /* The coordinator restarted: whatever we ran belongs to a job it has failed. */
+      log_warn("coordinator does not know this agent: registering again");
+      kill_all(a, "coordinator restarted");
+      a->registered = 0;
+      send_hello(a);
+    } else {
+      log_warn("coordinator error: %s", m->u.error.message);
+    }
+    break;
+  case PROTO_ASSIGN:
+    if (worker_spawn(a, &m->u.assign) != DRV_OK) {
+      log_error("job %" PRId64 " rank %u: cannot start worker: %s", m->u.assign.job,
+                m->u.assign.rank, drv_last_error());
+      child_t k = {.job = m->u.assign.job, .generation = m->u.assign.generation,
+                   .rank = m->u.assign.rank};
+      report_exit(a, &k, 127, 0);
+    }
+    break;
+  case PROTO_KILL: {
+    int found = 0;
+    for (int i = 0; i < MAX_WORKERS; i++)
+      if (a->kids[i].pid && a->kids[i].job == m->u.kill.job) {
+        worker_kill(&a->kids[i], m->u.kill.reason ? m->u.kill.reason : "killed");
+        found = 1;
+      }
+    if (!found) log_debug("kill for job %" PRId64 ": no worker of it here", m->u.kill.job);
+    break;
+  }
+  default: log_warn("unexpected '%s' from the coordinator dropped", proto_type_name(m->type)); break;
+  }
+}
+
+drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
+  agent_t *a = calloc(1, sizeof *a);
+  if (!a) return drv_error(DRV_ERR_NOMEM, "agent: out of memory");
+  a->cfg = cfg;
+  drv_result_t rc = DRV_OK;
+  if (cfg->agent_id) {
+    snprintf(a->agent_id, sizeof a->agent_id, "%s", cfg->agent_id);
+  } else {
+    char hn[64] = "host";
+    gethostname(hn, sizeof hn - 1);
+    snprintf(a->agent_id, sizeof a->agent_id, "%s-%d", hn, (int)getpid());
+  }
+  if (cfg->host)
+    snprintf(a->host, sizeof a->host, "%s", cfg->host);
+  else
+    DRV_CHECK_GOTO(agent_route_host(cfg->coordinator, a->host, sizeof a->host), rc, out);
+  gpuinfo_query(&a->gpus, &a->ngpus);
+  a->ctx = zmq_ctx_new();
+  DRV_CHECK_GOTO(link_open(a), rc, out);
+  log_info("agent %s (host %s, target %s, %u GPU(s)) connecting to %s", a->agent_id, a->host,
+           cfg->target ? cfg->target : "attached", a->ngpus, cfg->coordinator);
+
+  int64_t hb = drv_setting(DRV_SET_HEARTBEAT_MS), timeout = drv_setting(DRV_SET_PEER_TIMEOUT_MS);
+  int64_t next_hb = drv_now_ms() + hb;
+  while (!*stop) {
+    proto_msg_t m;
+    drv_result_t r = sock_recv(a->sock, 0, NULL, NULL, &m, 100);
+    if (r == DRV_OK)
+      on_message(a, &m);
+    else if (r != DRV_ERR_TIMEOUT)
+      log_warn("dropped a frame from the coordinator: %s", drv_last_error());
+    proto_msg_fini(&m);
+    reap_workers(a);
+    int64_t now = drv_now_ms();
+    if (now - a->last_heard_ms > timeout) {
+      log_warn("coordinator silent for %" PRId64 " ms: reconnecting", now - a->last_heard_ms);
+      kill_all(a, "lost the coordinator");
+      if (link_open(a) != DRV_OK) log_warn("%s", drv_last_error());
+      usleep((useconds_t)drv_setting(DRV_SET_RECONNECT_MS) * 1000);
+      continue;
+    }
+    if (!a->registered && now - a->last_hello_ms > (int64_t)drv_setting(DRV_SET_RECONNECT_MS))
+      send_hello(a);
+    if (now >= next_hb) {
+      proto_msg_t h;
+      proto_msg_init(&h, PROTO_HEARTBEAT);
+      h.u.heartbeat.seq = ++a->seq;
+      h.u.heartbeat.workers = live_workers(a);
+      send_msg(a, &h);
+      next_hb = now + hb;
+    }
+  }
+  log_info("agent stopping");
+  kill_all(a, "agent stopping");
+  for (int w = 0; w < 50 && live_workers(a); w++) {
+    usleep(50000);
+    reap_workers(a);
+  }
+  for (int i = 0; i < MAX_WORKERS; i++)
+    if (a->kids[i].pid) kill(-a->kids[i].pid, SIGKILL);
+  reap_workers(a);
+out:
+  if (a->sock) zmq_close(a->sock);
+  if (a->ctx) zmq_ctx_term(a->ctx);
+  for (uint32_t i = 0; i < a->ngpus; i++) free(a->gpus[i].name);
+  free(a->gpus);
+  free(a);
+  return rc;
+}

@@ -1,0 +1,29 @@
+/* agent.h: the per-node daemon. It registers its CPU cores, memory and GPUs with the
+ * coordinator, heartbeats both ways, runs one worker child process per assignment (the
+ * `drover worker` command, in its own process group, dying with the agent), reports how
+ * each worker ended, kills them on `kill` or when it loses the coordinator, and reconnects
+ * to a restarted coordinator by itself. */
+#ifndef DROVER_AGENT_AGENT_H
+#define DROVER_AGENT_AGENT_H
+
+#include <signal.h>
+
+#include "common/drv.h"
+
+typedef struct {
+  const char *coordinator; /* base endpoint, "tcp://HEAD:7700" */
+  const char *agent_id;    /* NULL: "<hostname>-<pid>" */
+  const char *target;      /* "attached" (default) or "local" */
+  const char *host;        /* address peers reach this node at; NULL: found from the route
+                              to the coordinator */
+  const char *exe;         /* the drover executable to run workers with */
+} agent_config_t;
+
+/* Runs until *stop is set. Returns DRV_OK on a clean stop. */
+drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop);
+
+/* The local address that routes to `endpoint`'s host (a UDP connect + getsockname),
+ * written to out; "127.0.0.1" for a loopback coordinator. */
+drv_result_t agent_route_host(const char *endpoint, char *out, size_t outsz);
+
+#endif

@@ -1,2 +1,0 @@
-/* placeholder until the agent lands */
-int drover_agent_placeholder;

@@ -1,0 +1,92 @@
+/* trainer.h: an MLP classifier and its optimizer, trained through the kernel backend.
+ *
+ * The model is features -> hidden[0] -> ... -> hidden[H-1] -> classes: linear layers
+ * y = x W^T + b (W of shape (out, in), as torch.nn.Linear), the spec's activation (ReLU or
+ * GELU) after every hidden layer, and softmax cross-entropy on the logits. Everything runs
+ * through a backend_t (kernels/backend.h); this module never calls BLAS itself, so the same
+ * code trains on the CPU and on a GPU.
+ *
+ * Memory layout. All parameters live in ONE contiguous device buffer, layer after layer,
+ * each layer's weight (out, in) row-major followed by its bias (out); the gradients live in
+ * a second buffer with the same layout, so that a data-parallel step all-reduces one flat
+ * buffer, and the optimizer state (SGD momentum, or AdamW m then v) lives in a third.
+ *
+ * Data parallelism. forward_backward leaves d/dθ of (sum of the per-sample losses) /
+ * global_batch; summed over the ranks' slices of a global batch that is the mean gradient
+ * of the global batch, whatever the number of ranks.
+ */
+#ifndef DROVER_AGENT_TRAINER_H
+#define DROVER_AGENT_TRAINER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/jobspec.h"
+#include "kernels/backend.h"
+
+typedef struct trainer trainer_t;
+
+/* Builds the MLP features -> spec->model.hidden... -> classes with spec->model.activation
+ * on backend `be`. Parameters are initialised from spec->train.seed (He normal for the
+ * weights of ReLU layers, Xavier normal for GELU layers and the output layer, biases zero),
+ * identical on every rank and every backend. max_batch is the largest n that
+ * forward_backward/evaluate will be given per call (sizes the activation buffers).
+ * The spec is copied (only the model sizes, optimizer and schedule are kept); `be` is
+ * borrowed and must outlive the trainer. On success the caller owns *out
+ * (trainer_destroy); on failure *out is NULL and the error says what is wrong. */
+drv_result_t trainer_new(const jobspec_t *spec, const backend_t *be, uint32_t features,
+                         uint32_t classes, uint32_t max_batch, trainer_t **out);
+
+/* Frees the trainer and its device buffers and nulls the caller's pointer. NULL-safe. */
+void trainer_destroy(trainer_t **t);
+
+/* Zeroes the gradients, runs forward + backward on n samples h_x (n, features) row-major
+ * host floats and labels h_y (n), each in [0, classes), and leaves in the gradient buffer
+ * d/dθ of (sum of the n per-sample CE losses) / global_batch, so summing it over ranks
+ * gives the mean gradient of the global batch. Adds the loss sum and the number of correct
+ * predictions to *loss_sum / *correct (either may be NULL). n may be 0 (grads zero).
+ * DRV_ERR_INVALID when n > max_batch, global_batch == 0 or a label is out of range. */
+drv_result_t trainer_forward_backward(trainer_t *t, const float *h_x, const int32_t *h_y,
+                                      uint32_t n, uint32_t global_batch, double *loss_sum,
+                                      uint32_t *correct);
+
+/* The flat gradient buffer (backend memory; host memory for the CPU backend) and its
+ * element count in *count, for the all-reduce. Owned by the trainer. */
+float *trainer_grads(trainer_t *t, size_t *count);
+
+/* The flat parameter buffer, same layout and ownership as trainer_grads. */
+float *trainer_params(trainer_t *t, size_t *count);
+
+/* The flat optimizer state (backend memory): SGD's momentum (one buffer the size of the
+ * parameters) or AdamW's m then v (twice that), for snapshots and broadcast to newcomers.
+ * Owned by the trainer. */
+float *trainer_opt_state(trainer_t *t, size_t *count);
+
+/* The learning rate at `step` (0-based) of `total_steps`: linear warmup from 0 over
+ * lr_schedule.warmup_steps (lr * step / warmup_steps), then constant, or cosine decay from
+ * lr down to lr_min, reaching lr_min at step == total_steps and staying there after. */
+float trainer_lr(const jobspec_t *spec, uint64_t step, uint64_t total_steps);
+
+/* Applies the optimizer to the parameters with the gradients now in the gradient buffer,
+ * at learning rate trainer_lr(step, total_steps) (AdamW's bias correction uses t = step+1).
+ * Stores the lr used in *lr (may be NULL). */
+drv_result_t trainer_apply(trainer_t *t, uint64_t step, uint64_t total_steps, float *lr);
+
+/* Forward only over n samples (in batches of at most max_batch): adds the sum of the
+ * per-sample losses to *loss_sum and the number of correct predictions to *correct (either
+ * may be NULL). Leaves the gradients untouched. */
+drv_result_t trainer_evaluate(trainer_t *t, const float *h_x, const int32_t *h_y, uint32_t n,
+                              double *loss_sum, uint32_t *correct);
+
+/* Writes the model as .safetensors: tensors "layers.{i}.weight" (out, in) and
+ * "layers.{i}.bias" (out), F32, as torch.nn.Linear's state dict, plus __metadata__
+ * {"format": "pt", "model": "mlp", "activation": "relu"|"gelu", "sizes": "784,256,10"}.
+ * Written atomically (temp file, fsync, rename). */
+drv_result_t trainer_save(const trainer_t *t, const char *path);
+
+/* Layer count (hidden layers + 1) and the size of layer boundary i, 0 <= i <= layers:
+ * sizes[0] = features, sizes[layers] = classes. */
+uint32_t trainer_layers(const trainer_t *t);
+uint32_t trainer_size(const trainer_t *t, uint32_t i);
+
+#endif

@@ -1,0 +1,504 @@
+/* submit.c: `drover submit`: validate a job spec, make sure a coordinator answers (starting
+ * one when none does), start the local agents for the local target, submit, follow the
+ * job's events with a live progress line, print the result, and stop what it started. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "cli/cli.h"
+#include "common/jobspec.h"
+#include "common/proto.h"
+#include "common/settings.h"
+#include "common/sock.h"
+
+#define MAX_SETS 64
+#define MAX_LOCAL_AGENTS 64
+
+static volatile sig_atomic_t interrupted;
+
+static void on_interrupt(int sig) {
+  (void)sig;
+  interrupted = 1;
+}
+
+typedef struct {
+  const char *spec_path, *coordinator, *state_dir;
+  const char *sets[MAX_SETS];
+  int nsets;
+  int json, detach, verbose;
+  /* what we started, stopped at the end */
+  pid_t coord_pid;
+  pid_t agents[MAX_LOCAL_AGENTS];
+  int nagents;
+  char logdir[PATH_MAX];
+} submit_t;
+
+// --- Paths ---------------------------------------------------------------------------------
+
+/* Makes a relative path absolute against the current directory (the spec travels to
+ * processes that run elsewhere). */
+static int absolutize(char **p) {
+  if (!*p || (*p)[0] == '/' || !(*p)[0]) return 0;
+  char cwd[PATH_MAX];
+  if (!getcwd(cwd, sizeof cwd)) return -1;
+  size_t n = strlen(cwd) + strlen(*p) + 2;
+  char *abs = malloc(n);
+  if (!abs) return -1;
+  const char *rel = *p;
+  if (rel[0] == '.' && rel[1] == '/') rel += 2;
+  snprintf(abs, n, "%s/%s", cwd, rel);
+  free(*p);
+  *p = abs;
+  return 0;
+}
+
+static int mkdir_p(const char *path) {
+  char tmp[PATH_MAX];
+  snprintf(tmp, sizeof tmp, "%s", path);
+  for (char *q = tmp + 1; *q; q++)
+    if (*q == '/') {
+      *q = '\0';
+      if (mkdir(tmp, 0755) < 0 && errno != EEXIST) return -1;
+      *q = '/';
+    }
+  return mkdir(tmp, 0755) < 0 && errno != EEXIST ? -1 : 0;
+}
+
+// --- Processes we start --------------------------------------------------------------------
+
+/* Starts `drover ARGS...` with stderr/stdout to logfile (or inherited when verbose). */
+static pid_t spawn(submit_t *s, const char *logname, char *const args[], const char *blas_threads) {
+  char logpath[PATH_MAX + 64];
+  snprintf(logpath, sizeof logpath, "%s/%s", s->logdir, logname);
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    if (!s->verbose) {
+      int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (fd >= 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+        close(fd);
+      }
+    }
+    int devnull = open("/dev/null", O_RDONLY);
+    if (devnull >= 0) dup2(devnull, 0);
+    if (blas_threads && !getenv("OPENBLAS_NUM_THREADS")) setenv("OPENBLAS_NUM_THREADS", blas_threads, 1);
+    /* Own process group: a Ctrl-C at the terminal reaches us, and we stop them in order. */
+    setpgid(0, 0);
+    execv(cli_self_exe(), args);
+    _exit(127);
+  }
+  return pid;
+}
+
+static void stop_child(pid_t pid, const char *what) {
+  if (pid <= 0) return;
+  kill(pid, SIGTERM);
+  for (int i = 0; i < 100; i++) { /* up to 5 s */
+    if (waitpid(pid, NULL, WNOHANG) == pid) return;
+    usleep(50000);
+  }
+  fprintf(stderr, "drover: %s (pid %d) did not stop in 5 s: killed\n", what, (int)pid);
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, 0);
+}
+
+static void stop_started(submit_t *s) {
+  for (int i = 0; i < s->nagents; i++) stop_child(s->agents[i], "agent");
+  s->nagents = 0;
+  stop_child(s->coord_pid, "coordinator");
+  s->coord_pid = 0;
+}
+
+/* Asks the coordinator for one status line to learn whether it answers. */
+static int coordinator_answers(void *ctx, const char *ep, int timeout_ms) {
+  proto_msg_t req, rep;
+  proto_msg_init(&req, PROTO_STATUS);
+  req.u.status.limit = 1;
+  drv_result_t rc = sock_request(ctx, ep, &req, &rep, timeout_ms);
+  proto_msg_fini(&rep);
+  return rc == DRV_OK;
+}
+
+static int ensure_coordinator(submit_t *s, void *ctx, int local) {
+  if (coordinator_answers(ctx, s->coordinator, 1000)) return 0;
+  char *args[] = {"drover", "coordinator", "--bind", (char *)s->coordinator, "--state-dir",
+                  (char *)s->state_dir, NULL};
+  if (local) {
+    s->coord_pid = spawn(s, "coordinator.log", args, NULL);
+  } else {
+    /* For attached and managed targets the coordinator outlives this command: agents on
+     * other nodes register with it. Start it detached, logging into the state dir. */
+    pid_t pid = fork();
+    if (pid == 0) {
+      setsid();
+      pid_t g = fork();
+      if (g != 0) _exit(g < 0);
+      char logpath[PATH_MAX + 32];
+      snprintf(logpath, sizeof logpath, "%s/coordinator.log", s->state_dir);
+      int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0644);
+      if (fd >= 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+      }
+      execv(cli_self_exe(), args);
+      _exit(127);
+    }
+    if (pid > 0) waitpid(pid, NULL, 0);
+    fprintf(stderr, "drover: started a coordinator at %s (log %s/coordinator.log); it keeps "
+                    "running for the agents\n", s->coordinator, s->state_dir);
+  }
+  for (int i = 0; i < 100; i++) { /* up to ~10 s */
+    if (coordinator_answers(ctx, s->coordinator, 200)) return 0;
+    if (s->coord_pid > 0 && waitpid(s->coord_pid, NULL, WNOHANG) == s->coord_pid) {
+      s->coord_pid = 0;
+      break;
+    }
+    usleep(100000);
+  }
+  fprintf(stderr, "drover submit: could not start a coordinator at %s (see %s/coordinator.log)\n",
+          s->coordinator, local ? s->logdir : s->state_dir);
+  return -1;
+}
+
+static int start_local_agents(submit_t *s, uint32_t n) {
+  if (n > MAX_LOCAL_AGENTS) {
+    fprintf(stderr, "drover submit: the local target runs at most %d agents\n", MAX_LOCAL_AGENTS);
+    return -1;
+  }
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  char threads[16];
+  snprintf(threads, sizeof threads, "%ld", cpus / (long)n > 0 ? cpus / (long)n : 1);
+  for (uint32_t i = 0; i < n; i++) {
+    char id[64], log[64];
+    snprintf(id, sizeof id, "local-%d-%u", (int)getpid(), i);
+    snprintf(log, sizeof log, "agent-%u.log", i);
+    char *args[] = {"drover", "agent", "--coordinator", (char *)s->coordinator, "--target", "local",
+                    "--id", id, "--host", "127.0.0.1", NULL};
+    pid_t pid = spawn(s, log, args, threads);
+    if (pid < 0) {
+      fprintf(stderr, "drover submit: fork: %s\n", strerror(errno));
+      return -1;
+    }
+    s->agents[s->nagents++] = pid;
+  }
+  return 0;
+}
+
+// --- Following a job -----------------------------------------------------------------------
+
+static void fmt_eta(double s, char *buf, size_t n) {
+  if (!isfinite(s) || s <= 0) {
+    snprintf(buf, n, "--:--");
+    return;
+  }
+  long t = (long)(s + 0.5);
+  if (t >= 3600) snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+  else snprintf(buf, n, "%ld:%02ld", t / 60, t % 60);
+}
+
+typedef struct {
+  int64_t job;
+  char state[16];
+  char reason[512];
+  char run_dir[1024];
+  double test_loss, test_accuracy, samples_per_s;
+  int tty, line_open;
+  double last_plain_s;
+} follow_t;
+
+static int terminal_state(const char *st) {
+  return !strcmp(st, "succeeded") || !strcmp(st, "failed") || !strcmp(st, "cancelled");
+}
+
+static void end_line(follow_t *f) {
+  if (f->line_open) fputs("\n", stderr);
+  f->line_open = 0;
+}
+
+static void on_progress_event(follow_t *f, const proto_ev_progress_t *p) {
+  char eta[32];
+  fmt_eta(p->eta_s, eta, sizeof eta);
+  if (f->tty) {
+    fprintf(stderr, "\r\033[K  epoch %u/%u  step %" PRIu64 "/%" PRIu64 "  loss %.4f  %.0f samples/s"
+                    "  slowest rank %u (%.1f ms/step)  ETA %s",
+            p->epoch + 1, p->epochs, p->step, p->steps_total, p->loss, p->samples_per_s,
+            p->slowest_rank, p->slowest_step_ms, eta);
+    f->line_open = 1;
+  } else if (drv_now_s() - f->last_plain_s >= 2.0 || p->step == p->steps_total) {
+    f->last_plain_s = drv_now_s();
+    fprintf(stderr, "  epoch %u/%u  step %" PRIu64 "/%" PRIu64 "  loss %.4f  %.0f samples/s  ETA %s\n",
+            p->epoch + 1, p->epochs, p->step, p->steps_total, p->loss, p->samples_per_s, eta);
+  }
+  fflush(stderr);
+}
+
+static void on_event(follow_t *f, const proto_msg_t *m) {
+  switch (m->type) {
+  case PROTO_EV_PROGRESS:
+    if (m->u.ev_progress.job == f->job) on_progress_event(f, &m->u.ev_progress);
+    break;
+  case PROTO_EV_EVAL:
+    if (m->u.eval.job != f->job) break;
+    end_line(f);
+    fprintf(stderr, "  epoch %u: test loss %.4f, test accuracy %.4f\n", m->u.eval.epoch + 1,
+            m->u.eval.test_loss, m->u.eval.test_accuracy);
+    break;
+  case PROTO_EV_STATE:
+    if (m->u.ev_state.job != f->job) break;
+    snprintf(f->state, sizeof f->state, "%s", m->u.ev_state.state);
+    if (!strcmp(f->state, "running")) {
+      end_line(f);
+      fprintf(stderr, "job %" PRId64 " running\n", f->job);
+    }
+    if (terminal_state(f->state)) {
+      snprintf(f->reason, sizeof f->reason, "%s", m->u.ev_state.reason ? m->u.ev_state.reason : "");
+      f->test_loss = m->u.ev_state.test_loss;
+      f->test_accuracy = m->u.ev_state.test_accuracy;
+      f->samples_per_s = m->u.ev_state.samples_per_s;
+    }
+    break;
+  default: break;
+  }
+}
+
+/* Reads the job's record: the authority when an event was missed. */
+static void poll_status(void *ctx, const char *ep, follow_t *f) {
+  proto_msg_t req, rep;
+  proto_msg_init(&req, PROTO_STATUS);
+  req.u.status.job = f->job;
+  if (sock_request(ctx, ep, &req, &rep, 2000) == DRV_OK && rep.type == PROTO_JOBS &&
+      rep.u.jobs.jobs_count == 1) {
+    proto_job_t *j = &rep.u.jobs.jobs[0];
+    if (terminal_state(j->state)) {
+      snprintf(f->state, sizeof f->state, "%s", j->state);
+      snprintf(f->reason, sizeof f->reason, "%s", j->reason);
+      f->test_loss = j->test_loss;
+      f->test_accuracy = j->test_accuracy;
+      f->samples_per_s = j->samples_per_s;
+    }
+  }
+  proto_msg_fini(&rep);
+}
+
+static void cancel_job(void *ctx, const char *ep, int64_t job) {
+  proto_msg_t req, rep;
+  proto_msg_init(&req, PROTO_CANCEL);
+  req.u.cancel.job = job;
+  sock_request(ctx, ep, &req, &rep, 2000);
+  proto_msg_fini(&rep);
+}
+
+// --- The command ---------------------------------------------------------------------------
+
+static int parse_args(submit_t *s, int argc, char **argv) {
+  static const struct option opts[] = {{"target", required_argument, 0, 't'},
+                                       {"nodes", required_argument, 0, 'n'},
+                                       {"set", required_argument, 0, 's'},
+                                       {"json", no_argument, 0, 'j'},
+                                       {"detach", no_argument, 0, 'd'},
+                                       {"coordinator", required_argument, 0, 'c'},
+                                       {"state-dir", required_argument, 0, 'S'},
+                                       {"verbose", no_argument, 0, 'v'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+  static char target_set[64], nodes_set[64];
+  int c;
+  while ((c = getopt_long(argc, argv, "t:n:s:jdc:S:vh", opts, NULL)) != -1) {
+    if (s->nsets >= MAX_SETS - 2) {
+      fprintf(stderr, "drover submit: at most %d --set options\n", MAX_SETS - 2);
+      return -1;
+    }
+    switch (c) {
+    case 't':
+      snprintf(target_set, sizeof target_set, "target=%s", optarg);
+      s->sets[s->nsets++] = target_set;
+      break;
+    case 'n':
+      snprintf(nodes_set, sizeof nodes_set, "nodes=%s", optarg);
+      s->sets[s->nsets++] = nodes_set;
+      break;
+    case 's': s->sets[s->nsets++] = optarg; break;
+    case 'j': s->json = 1; break;
+    case 'd': s->detach = 1; break;
+    case 'c': s->coordinator = optarg; break;
+    case 'S': s->state_dir = optarg; break;
+    case 'v': s->verbose = 1; break;
+    default:
+      fputs("usage: drover submit SPEC.yaml [--target local|attached] [--nodes N]\n"
+            "       [--set key.path=value]... [--json] [--detach] [--coordinator EP]\n"
+            "       [--state-dir DIR] [--verbose]\n", stderr);
+      return -1;
+    }
+  }
+  if (optind >= argc) {
+    fputs("drover submit: which job spec? (e.g. examples/fashion-mnist.yaml)\n", stderr);
+    return -1;
+  }
+  s->spec_path = argv[optind];
+  return 0;
+}
+
+static void print_result(const submit_t *s, const follow_t *f) {
+  if (s->json) {
+    printf("{\"job\":%" PRId64 ",\"status\":", f->job);
+    cli_json_str(stdout, f->state);
+    fputs(",\"test_accuracy\":", stdout);
+    cli_json_num(stdout, f->test_accuracy);
+    fputs(",\"test_loss\":", stdout);
+    cli_json_num(stdout, f->test_loss);
+    fputs(",\"run_dir\":", stdout);
+    cli_json_str(stdout, f->run_dir);
+    fputs(",\"samples_per_s\":", stdout);
+    cli_json_num(stdout, f->samples_per_s);
+    fputs(",\"reason\":", stdout);
+    cli_json_str(stdout, f->reason);
+    fputs("}\n", stdout);
+    return;
+  }
+  if (!strcmp(f->state, "succeeded"))
+    printf("job %" PRId64 " succeeded: test accuracy %.4f, test loss %.4f, %.0f samples/s\n"
+           "run directory: %s\n", f->job, f->test_accuracy, f->test_loss, f->samples_per_s,
+           f->run_dir);
+  else
+    printf("job %" PRId64 " %s: %s\nrun directory: %s\n", f->job, f->state, f->reason, f->run_dir);
+}
+
+int cmd_submit(int argc, char **argv) {
+  submit_t s = {0};
+  if (parse_args(&s, argc, argv) < 0) return 2;
+  s.coordinator = cli_coordinator(s.coordinator);
+  s.state_dir = cli_state_dir(s.state_dir);
+
+  jobspec_t *spec = NULL;
+  if (jobspec_load(s.spec_path, s.sets, s.nsets, &spec) != DRV_OK) {
+    fprintf(stderr, "drover submit: %s\n", drv_last_error());
+    return 2;
+  }
+  if ((spec->data.train && (absolutize(&spec->data.train->images) || absolutize(&spec->data.train->labels))) ||
+      (spec->data.test && (absolutize(&spec->data.test->images) || absolutize(&spec->data.test->labels))) ||
+      absolutize(&spec->run_dir)) {
+    fprintf(stderr, "drover submit: cannot resolve paths: %s\n", strerror(errno));
+    jobspec_destroy(&spec);
+    return 1;
+  }
+  char *yaml = NULL;
+  size_t ylen;
+  if (jobspec_dump(spec, &yaml, &ylen) != DRV_OK) {
+    fprintf(stderr, "drover submit: %s\n", drv_last_error());
+    jobspec_destroy(&spec);
+    return 1;
+  }
+  int local = spec->target == SPEC_TARGET_LOCAL;
+  uint32_t nodes = spec->nodes;
+  jobspec_destroy(&spec);
+
+  snprintf(s.logdir, sizeof s.logdir, "%s/local-%d", s.state_dir, (int)getpid());
+  if (mkdir_p(s.state_dir) < 0 || (local && mkdir_p(s.logdir) < 0)) {
+    fprintf(stderr, "drover submit: cannot create %s: %s\n", s.logdir, strerror(errno));
+    free(yaml);
+    return 1;
+  }
+  struct sigaction sa = {.sa_handler = on_interrupt};
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  void *ctx = zmq_ctx_new();
+  int ret = 1;
+  void *sub = NULL;
+  follow_t f = {.tty = isatty(2), .test_loss = NAN, .test_accuracy = NAN, .samples_per_s = NAN};
+  if (ensure_coordinator(&s, ctx, local) < 0) goto out;
+  if (local && start_local_agents(&s, nodes) < 0) goto out;
+
+  /* Subscribe before submitting so no event of the job is missed. */
+  char ev[256];
+  sock_endpoint(s.coordinator, SOCK_EVENTS, ev, sizeof ev);
+  sub = sock_new(ctx, ZMQ_SUB);
+  zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "job/", 4);
+  zmq_connect(sub, ev);
+  usleep(100000); /* let the subscription reach the publisher */
+
+  proto_msg_t req, rep;
+  proto_msg_init(&req, PROTO_SUBMIT);
+  req.u.submit.spec = yaml;
+  if (sock_request(ctx, s.coordinator, &req, &rep, (int)drv_setting(DRV_SET_CLIENT_TIMEOUT_MS)) != DRV_OK ||
+      rep.type != PROTO_SUBMITTED) {
+    fprintf(stderr, "drover submit: %s\n", drv_last_error());
+    proto_msg_fini(&rep);
+    ret = 2;
+    goto out;
+  }
+  f.job = rep.u.submitted.job;
+  snprintf(f.run_dir, sizeof f.run_dir, "%s", rep.u.submitted.run_dir);
+  proto_msg_fini(&rep);
+  if (!s.json) fprintf(stderr, "job %" PRId64 " submitted (run directory %s)\n", f.job, f.run_dir);
+  if (s.detach && !local) {
+    if (s.json) printf("{\"job\":%" PRId64 ",\"status\":\"queued\"}\n", f.job);
+    ret = 0;
+    goto out;
+  }
+
+  double last_status = drv_now_s();
+  int cancelled = 0;
+  while (!terminal_state(f.state)) {
+    if (interrupted && !cancelled) {
+      end_line(&f);
+      fprintf(stderr, "interrupted: cancelling job %" PRId64 "\n", f.job);
+      cancel_job(ctx, s.coordinator, f.job);
+      cancelled = 1;
+    }
+    zmq_pollitem_t it = {.socket = sub, .events = ZMQ_POLLIN};
+    if (zmq_poll(&it, 1, 250) > 0) {
+      zmq_msg_t topic;
+      zmq_msg_init(&topic);
+      zmq_msg_recv(&topic, sub, 0);
+      int more = zmq_msg_more(&topic);
+      zmq_msg_close(&topic);
+      if (more) {
+        zmq_msg_t body;
+        zmq_msg_init(&body);
+        zmq_msg_recv(&body, sub, 0);
+        proto_msg_t m;
+        if (proto_unpack(zmq_msg_data(&body), zmq_msg_size(&body),
+                         (size_t)drv_setting(DRV_SET_MAX_MSG_BYTES), &m) == DRV_OK)
+          on_event(&f, &m);
+        proto_msg_fini(&m);
+        zmq_msg_close(&body);
+      }
+    }
+    if (drv_now_s() - last_status > 2.0) {
+      last_status = drv_now_s();
+      poll_status(ctx, s.coordinator, &f);
+      if (local && s.coord_pid > 0 && waitpid(s.coord_pid, NULL, WNOHANG) == s.coord_pid) {
+        s.coord_pid = 0;
+        snprintf(f.state, sizeof f.state, "failed");
+        snprintf(f.reason, sizeof f.reason, "the coordinator exited (see %s/coordinator.log)", s.logdir);
+      }
+    }
+  }
+  end_line(&f);
+  print_result(&s, &f);
+  ret = !strcmp(f.state, "succeeded") ? 0 : 1;
+  if (ret && local && !s.verbose)
+    fprintf(stderr, "logs: %s (coordinator, agents) and %s/logs (workers)\n", s.logdir, f.run_dir);
+out:
+  if (sub) zmq_close(sub);
+  stop_started(&s);
+  zmq_ctx_term(ctx);
+  free(yaml);
+  return ret;
+}

@@ -1,0 +1,157 @@
+/* sock.c: see sock.h. */
+#include "common/sock.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "common/settings.h"
+
+static int set_int(void *s, int opt, int v) { return zmq_setsockopt(s, opt, &v, sizeof v); }
+
+void *sock_new(void *ctx, int type) {
+  void *s = zmq_socket(ctx, type);
+  if (!s) {
+    drv_error(DRV_ERR_ZMQ, "zmq_socket: %s", zmq_strerror(errno));
+    return NULL;
+  }
+  int64_t maxmsg = drv_setting(DRV_SET_MAX_MSG_BYTES);
+  int hwm = (int)drv_setting(DRV_SET_HWM);
+  int hb = (int)drv_setting(DRV_SET_HEARTBEAT_MS);
+  int timeout = (int)drv_setting(DRV_SET_PEER_TIMEOUT_MS);
+  if (zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) || set_int(s, ZMQ_SNDHWM, hwm) ||
+      set_int(s, ZMQ_RCVHWM, hwm) || set_int(s, ZMQ_LINGER, 200) ||
+      set_int(s, ZMQ_HEARTBEAT_IVL, hb) || set_int(s, ZMQ_HEARTBEAT_TIMEOUT, timeout) ||
+      set_int(s, ZMQ_HEARTBEAT_TTL, timeout) ||
+      (type == ZMQ_ROUTER && set_int(s, ZMQ_ROUTER_MANDATORY, 1))) {
+    drv_error(DRV_ERR_ZMQ, "zmq_setsockopt: %s", zmq_strerror(errno));
+    zmq_close(s);
+    return NULL;
+  }
+  return s;
+}
+
+drv_result_t sock_endpoint(const char *base, sock_port_t port, char *out, size_t outsz) {
+  const char *colon = strrchr(base, ':');
+  if (strncmp(base, "tcp://", 6) != 0 || !colon || colon < base + 6)
+    return drv_error(DRV_ERR_INVALID, "%s: expected an endpoint like tcp://HOST:PORT", base);
+  char *end;
+  long p = strtol(colon + 1, &end, 10);
+  if (*end || p <= 0 || p + 2 > 65535)
+    return drv_error(DRV_ERR_INVALID, "%s: bad port '%s'", base, colon + 1);
+  int n = snprintf(out, outsz, "%.*s:%ld", (int)(colon - base), base, p + (long)port);
+  if (n < 0 || (size_t)n >= outsz) return drv_error(DRV_ERR_INVALID, "%s: endpoint too long", base);
+  return DRV_OK;
+}
+
+drv_result_t sock_send(void *s, const void *identity, size_t idlen, const proto_msg_t *m,
+                       int dontwait) {
+  char *buf;
+  size_t len;
+  DRV_CHECK(proto_pack(m, &buf, &len));
+  int flags = dontwait ? ZMQ_DONTWAIT : 0;
+  drv_result_t rc = DRV_OK;
+  if (identity && zmq_send(s, identity, idlen, flags | ZMQ_SNDMORE) < 0) {
+    rc = drv_error(DRV_ERR_ZMQ, "send %s: %s", proto_type_name(m->type), zmq_strerror(errno));
+    goto out;
+  }
+  if (zmq_send(s, buf, len, flags) < 0)
+    rc = drv_error(DRV_ERR_ZMQ, "send %s: %s", proto_type_name(m->type), zmq_strerror(errno));
+out:
+  free(buf);
+  return rc;
+}
+
+drv_result_t sock_publish(void *pub, const char *topic, const proto_msg_t *m) {
+  char *buf;
+  size_t len;
+  DRV_CHECK(proto_pack(m, &buf, &len));
+  drv_result_t rc = DRV_OK;
+  if (zmq_send(pub, topic, strlen(topic), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+      zmq_send(pub, buf, len, ZMQ_DONTWAIT) < 0)
+    rc = drv_error(DRV_ERR_ZMQ, "publish %s: %s", topic, zmq_strerror(errno));
+  free(buf);
+  return rc;
+}
+
+/* Drops whatever frames remain of a multipart message. */
+static void drain(void *s) {
+  int more;
+  size_t sz = sizeof more;
+  while (zmq_getsockopt(s, ZMQ_RCVMORE, &more, &sz) == 0 && more) {
+    zmq_msg_t f;
+    zmq_msg_init(&f);
+    zmq_msg_recv(&f, s, 0);
+    zmq_msg_close(&f);
+    sz = sizeof more;
+  }
+}
+
+drv_result_t sock_recv(void *s, int is_router, unsigned char *identity, size_t *idlen,
+                       proto_msg_t *m, int timeout_ms) {
+  proto_msg_init(m, PROTO_TYPE_COUNT);
+  if (timeout_ms >= 0) {
+    zmq_pollitem_t it = {.socket = s, .events = ZMQ_POLLIN};
+    int n = zmq_poll(&it, 1, timeout_ms);
+    if (n < 0) return drv_error(DRV_ERR_ZMQ, "zmq_poll: %s", zmq_strerror(errno));
+    if (n == 0) return drv_error(DRV_ERR_TIMEOUT, "no message within %d ms", timeout_ms);
+  }
+  zmq_msg_t f;
+  if (is_router) {
+    zmq_msg_init(&f);
+    if (zmq_msg_recv(&f, s, 0) < 0) {
+      zmq_msg_close(&f);
+      return drv_error(DRV_ERR_ZMQ, "recv: %s", zmq_strerror(errno));
+    }
+    size_t n = zmq_msg_size(&f);
+    if (n > 256) n = 256;
+    memcpy(identity, zmq_msg_data(&f), n);
+    *idlen = n;
+    int more = zmq_msg_more(&f);
+    zmq_msg_close(&f);
+    if (!more) return drv_error(DRV_ERR_PROTO, "identity frame without a message");
+  }
+  zmq_msg_init(&f);
+  if (zmq_msg_recv(&f, s, 0) < 0) {
+    zmq_msg_close(&f);
+    return drv_error(DRV_ERR_ZMQ, "recv: %s", zmq_strerror(errno));
+  }
+  int more = zmq_msg_more(&f);
+  drv_result_t rc;
+  if (more) {
+    rc = drv_error(DRV_ERR_PROTO, "unexpected multipart message");
+    drain(s);
+  } else {
+    rc = proto_unpack(zmq_msg_data(&f), zmq_msg_size(&f),
+                      (size_t)drv_setting(DRV_SET_MAX_MSG_BYTES), m);
+  }
+  zmq_msg_close(&f);
+  return rc;
+}
+
+drv_result_t sock_request(void *ctx, const char *base, const proto_msg_t *req,
+                          proto_msg_t *reply, int timeout_ms) {
+  char ep[256];
+  proto_msg_init(reply, PROTO_TYPE_COUNT);
+  DRV_CHECK(sock_endpoint(base, SOCK_CLIENTS, ep, sizeof ep));
+  void *s = sock_new(ctx, ZMQ_DEALER);
+  if (!s) return DRV_ERR_ZMQ;
+  set_int(s, ZMQ_LINGER, 0);
+  drv_result_t rc = DRV_OK;
+  if (zmq_connect(s, ep) < 0) {
+    rc = drv_error(DRV_ERR_ZMQ, "connect %s: %s", ep, zmq_strerror(errno));
+    goto out;
+  }
+  DRV_CHECK_GOTO(sock_send(s, NULL, 0, req, 0), rc, out);
+  rc = sock_recv(s, 0, NULL, NULL, reply, timeout_ms);
+  if (rc == DRV_ERR_TIMEOUT) {
+    rc = drv_error(DRV_ERR_TIMEOUT, "no coordinator answered at %s within %d ms", ep, timeout_ms);
+  } else if (rc == DRV_OK && reply->type == PROTO_ERROR) {
+    rc = drv_error(DRV_ERR_INVALID, "%s", reply->u.error.message ? reply->u.error.message : "");
+  }
+out:
+  zmq_close(s);
+  return rc;
+}

@@ -1,0 +1,862 @@
+/* coord.c: the coordinator's event loop, agent registry, scheduler and job state machine.
+ * See coord.h for the sockets. Everything runs on one thread; no locks. */
+#include "coordinator/coord.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "common/jobspec.h"
+#include "common/log.h"
+#include "common/proto.h"
+#include "common/settings.h"
+#include "common/sock.h"
+#include "coordinator/store.h"
+
+#define MAX_AGENTS 256
+#define MAX_JOBS 1024
+#define ID_MAX 256
+#define EXIT_GRACE_MS 3000 /* a worker that exited 0 has this long for its `done` to arrive */
+
+// --- State ---------------------------------------------------------------------------------
+
+typedef struct {
+  int used;
+  unsigned char ident[ID_MAX];
+  size_t identlen;
+  char agent_id[128], host[256], target[16];
+  uint32_t cpus, gpus;
+  uint64_t mem_bytes;
+  int64_t last_seen_ms;
+  int64_t job; /* 0 when idle; set from assign until its worker exits */
+  uint32_t rank;
+} agent_t;
+
+typedef struct {
+  int agent;          /* index into agents[] */
+  int rendezvoused;   /* rendezvous received for this generation */
+  char addr[256];     /* ring address */
+  unsigned char ident[ID_MAX];
+  size_t identlen;
+  int done, exited;
+  int64_t exit_ms;    /* when its agent reported a clean exit without `done` yet */
+  /* last progress report */
+  uint64_t step;
+  double samples_per_s, step_ms;
+} slot_t;
+
+typedef struct {
+  int used;
+  int64_t id;
+  job_state_t state;
+  char name[128];
+  char target[16];
+  uint32_t nodes, epochs;
+  uint32_t generation;
+  char *spec_yaml;
+  char run_dir[1024];
+  slot_t *slots; /* nodes of them while running */
+  int started;   /* `start` sent */
+  int64_t rendezvous_deadline_ms;
+  /* aggregated progress */
+  uint32_t epoch;
+  uint64_t step, steps_total;
+  double loss, lr, samples_per_s;
+  int64_t last_publish_ms;
+  /* final metrics from rank 0 */
+  double test_loss, test_accuracy, final_samples_per_s;
+} job_t;
+
+typedef struct {
+  const coord_config_t *cfg;
+  void *ctx, *workers, *clients, *events;
+  store_t *store;
+  agent_t agents[MAX_AGENTS];
+  job_t jobs[MAX_JOBS]; /* active jobs: queued or running */
+  uint64_t hb_seq;
+  int shutdown;
+} coord_t;
+
+// --- Events and replies --------------------------------------------------------------------
+
+static void publish_state(coord_t *c, const job_t *j, const char *reason) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_EV_STATE);
+  m.u.ev_state.job = j->id;
+  m.u.ev_state.state = (char *)store_state_name(j->state);
+  m.u.ev_state.reason = (char *)(reason ? reason : "");
+  m.u.ev_state.run_dir = (char *)j->run_dir;
+  m.u.ev_state.test_loss = j->test_loss;
+  m.u.ev_state.test_accuracy = j->test_accuracy;
+  m.u.ev_state.samples_per_s = j->final_samples_per_s;
+  char topic[64];
+  snprintf(topic, sizeof topic, "job/%" PRId64, j->id);
+  if (sock_publish(c->events, topic, &m) != DRV_OK) log_warn("%s", drv_last_error());
+  /* the strings above are borrowed: do not fini */
+}
+
+static void reply(coord_t *c, const unsigned char *ident, size_t identlen, const proto_msg_t *m) {
+  if (sock_send(c->clients, ident, identlen, m, 1) != DRV_OK)
+    log_warn("reply to client: %s", drv_last_error());
+}
+
+static void reply_error(coord_t *c, const unsigned char *ident, size_t identlen, const char *code,
+                        const char *message) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_ERROR);
+  m.u.error.code = (char *)code;
+  m.u.error.message = (char *)message;
+  reply(c, ident, identlen, &m);
+}
+
+static drv_result_t send_to_agent(coord_t *c, const agent_t *a, const proto_msg_t *m) {
+  drv_result_t rc = sock_send(c->workers, a->ident, a->identlen, m, 1);
+  if (rc != DRV_OK) log_warn("to agent %s: %s", a->agent_id, drv_last_error());
+  return rc;
+}
+
+// --- Jobs ----------------------------------------------------------------------------------
+
+static job_t *job_find(coord_t *c, int64_t id) {
+  for (int i = 0; i < MAX_JOBS; i++)
+    if (c->jobs[i].used && c->jobs[i].id == id) return &c->jobs[i];
+  return NULL;
+}
+
+static void job_release(job_t *j) {
+  free(j->spec_yaml);
+  free(j->slots);
+  memset(j, 0, sizeof *j);
+}
+
+/* Tells the job's agents to kill its workers and the workers to abort. */
+static void job_stop_workers(coord_t *c, job_t *j, const char *reason) {
+  if (!j->slots) return;
+  proto_msg_t m;
+  for (uint32_t r = 0; r < j->nodes; r++) {
+    slot_t *s = &j->slots[r];
+    if (s->rendezvoused && !s->done) {
+      proto_msg_init(&m, PROTO_ABORT);
+      m.u.kill.job = j->id;
+      m.u.kill.generation = j->generation;
+      m.u.kill.reason = (char *)reason;
+      sock_send(c->workers, s->ident, s->identlen, &m, 1);
+    }
+    if (s->agent >= 0 && c->agents[s->agent].used && c->agents[s->agent].job == j->id &&
+        !s->exited) {
+      proto_msg_init(&m, PROTO_KILL);
+      m.u.kill.job = j->id;
+      m.u.kill.generation = j->generation;
+      m.u.kill.reason = (char *)reason;
+      send_to_agent(c, &c->agents[s->agent], &m);
+    }
+  }
+}
+
+/* Moves a job to a terminal state: durable record, event, workers stopped, slot freed.
+ * Agents stay busy until their worker's exit is reported, so nothing is double-booked. */
+static void job_finish(coord_t *c, job_t *j, job_state_t state, const char *reason) {
+  if (state != JOB_SUCCEEDED) job_stop_workers(c, j, reason ? reason : "job ended");
+  if (state == JOB_SUCCEEDED || !isnan(j->test_accuracy))
+    if (store_job_set_metrics(c->store, j->id, j->test_accuracy, j->test_loss,
+                              j->final_samples_per_s, j->step) != DRV_OK)
+      log_error("store: %s", drv_last_error());
+  if (store_job_set_state(c->store, j->id, state, reason) != DRV_OK)
+    log_error("store: %s", drv_last_error());
+  j->state = state;
+  log_info("job %" PRId64 " (%s) %s%s%s", j->id, j->name, store_state_name(state),
+           reason && *reason ? ": " : "", reason ? reason : "");
+  publish_state(c, j, reason);
+  /* Agents whose worker is still alive keep `job` set; they free themselves on exit. */
+  for (uint32_t r = 0; j->slots && r < j->nodes; r++) {
+    slot_t *s = &j->slots[r];
+    if (s->exited && s->agent >= 0 && c->agents[s->agent].job == j->id)
+      c->agents[s->agent].job = 0;
+  }
+  job_release(j);
+}
+
+static void job_fail(coord_t *c, job_t *j, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void job_fail(coord_t *c, job_t *j, const char *fmt, ...) {
+  char reason[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(reason, sizeof reason, fmt, ap);
+  va_end(ap);
+  job_finish(c, j, JOB_FAILED, reason);
+}
+
+/* Validates the message's job and generation; NULL (and a debug line) for stale ones. */
+static job_t *job_for_msg(coord_t *c, int64_t id, uint32_t generation, uint32_t rank,
+                          const char *what) {
+  job_t *j = job_find(c, id);
+  if (!j || j->state != JOB_RUNNING) {
+    log_debug("%s for job %" PRId64 " that is not running: dropped", what, id);
+    return NULL;
+  }
+  if (generation != j->generation || rank >= j->nodes) {
+    log_warn("%s for job %" PRId64 " generation %u rank %u refused (current generation %u, "
+             "world %u)", what, id, generation, rank, j->generation, j->nodes);
+    return NULL;
+  }
+  return j;
+}
+
+// --- Scheduler -----------------------------------------------------------------------------
+
+static int agent_cmp_idx(coord_t *c, int a, int b) {
+  return strcmp(c->agents[a].agent_id, c->agents[b].agent_id);
+}
+
+/* Gang-schedules queued jobs, oldest first, one FIFO per target: a job that cannot be
+ * placed whole blocks the jobs behind it on the same target. */
+static void schedule(coord_t *c) {
+  char blocked[3][16] = {{0}};
+  int nblocked = 0;
+  for (;;) {
+    job_t *next = NULL;
+    for (int i = 0; i < MAX_JOBS; i++) {
+      job_t *j = &c->jobs[i];
+      if (!j->used || j->state != JOB_QUEUED) continue;
+      int is_blocked = 0;
+      for (int b = 0; b < nblocked; b++) is_blocked |= !strcmp(blocked[b], j->target);
+      if (is_blocked) continue;
+      if (!next || j->id < next->id) next = j;
+    }
+    if (!next) return;
+    job_t *j = next;
+
+    int idle[MAX_AGENTS], n = 0;
+    for (int i = 0; i < MAX_AGENTS; i++)
+      if (c->agents[i].used && !c->agents[i].job && !strcmp(c->agents[i].target, j->target))
+        idle[n++] = i;
+    if ((uint32_t)n < j->nodes) {
+      if (nblocked < 3) snprintf(blocked[nblocked++], 16, "%s", j->target);
+      continue;
+    }
+    /* Deterministic rank order: by agent id. */
+    for (int x = 1; x < n; x++)
+      for (int y = x; y > 0 && agent_cmp_idx(c, idle[y - 1], idle[y]) > 0; y--) {
+        int t = idle[y];
+        idle[y] = idle[y - 1];
+        idle[y - 1] = t;
+      }
+    j->slots = calloc(j->nodes, sizeof *j->slots);
+    if (!j->slots) {
+      job_fail(c, j, "out of memory placing the job");
+      continue;
+    }
+    j->generation++;
+    j->state = JOB_RUNNING;
+    j->rendezvous_deadline_ms = drv_now_ms() + drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS);
+    if (store_job_set_state(c->store, j->id, JOB_RUNNING, NULL) != DRV_OK)
+      log_error("store: %s", drv_last_error());
+    char advertise[256];
+    snprintf(advertise, sizeof advertise, "%s", c->cfg->advertise);
+    for (uint32_t r = 0; r < j->nodes; r++) {
+      agent_t *a = &c->agents[idle[r]];
+      j->slots[r].agent = idle[r];
+      a->job = j->id;
+      a->rank = r;
+      proto_msg_t m;
+      proto_msg_init(&m, PROTO_ASSIGN);
+      m.u.assign.job = j->id;
+      m.u.assign.generation = j->generation;
+      m.u.assign.rank = r;
+      m.u.assign.world = j->nodes;
+      m.u.assign.local_rank = 0;
+      m.u.assign.device = a->gpus ? 0 : -1;
+      m.u.assign.spec = j->spec_yaml;
+      m.u.assign.run_dir = j->run_dir;
+      m.u.assign.coordinator = advertise;
+      send_to_agent(c, a, &m);
+    }
+    log_info("job %" PRId64 " (%s) placed on %u agent(s), generation %u", j->id, j->name,
+             j->nodes, j->generation);
+    publish_state(c, j, NULL);
+  }
+}
+
+// --- Agents --------------------------------------------------------------------------------
+
+static agent_t *agent_by_ident(coord_t *c, const unsigned char *ident, size_t len) {
+  for (int i = 0; i < MAX_AGENTS; i++)
+    if (c->agents[i].used && c->agents[i].identlen == len &&
+        !memcmp(c->agents[i].ident, ident, len))
+      return &c->agents[i];
+  return NULL;
+}
+
+/* An agent is gone (silent, or replaced by a new registration): fail its job. */
+static void agent_lost(coord_t *c, agent_t *a, const char *why) {
+  log_warn("agent %s (%s) lost: %s", a->agent_id, a->host, why);
+  if (a->job) {
+    job_t *j = job_find(c, a->job);
+    if (j && j->state == JOB_RUNNING) {
+      for (uint32_t r = 0; r < j->nodes; r++)
+        if (j->slots[r].agent == (int)(a - c->agents)) j->slots[r].exited = 1;
+      job_fail(c, j, "agent %s (rank %u) lost: %s", a->agent_id, a->rank, why);
+    }
+  }
+  memset(a, 0, sizeof *a);
+}
+
+static void on_hello(coord_t *c, const unsigned char *ident, size_t len, proto_hello_t *h) {
+  agent_t *a = agent_by_ident(c, ident, len);
+  if (a) {
+    /* Re-registration of a known agent (it reconnected): its old worker is gone. */
+    if (a->job) agent_lost(c, a, "re-registered while running a job");
+    a = NULL;
+  }
+  for (int i = 0; i < MAX_AGENTS && !a; i++)
+    if (!c->agents[i].used) a = &c->agents[i];
+  if (!a) {
+    log_error("agent registry full (%d): %s refused", MAX_AGENTS, h->agent_id);
+    return;
+  }
+  memset(a, 0, sizeof *a);
+  a->used = 1;
+  memcpy(a->ident, ident, len);
+  a->identlen = len;
+  snprintf(a->agent_id, sizeof a->agent_id, "%s", h->agent_id);
+  snprintf(a->host, sizeof a->host, "%s", h->host);
+  snprintf(a->target, sizeof a->target, "%s", h->target);
+  a->cpus = h->cpus;
+  a->gpus = h->gpus_count;
+  a->mem_bytes = h->mem_bytes;
+  a->last_seen_ms = drv_now_ms();
+  log_info("agent %s registered: host %s, target %s, %u cpus, %.1f GiB, %u gpus", a->agent_id,
+           a->host, a->target, a->cpus, (double)a->mem_bytes / (1 << 30), a->gpus);
+  for (uint32_t g = 0; g < h->gpus_count; g++)
+    log_info("agent %s gpu %u: %s, %.1f GiB, sm_%u%u", a->agent_id, h->gpus[g].index,
+             h->gpus[g].name, (double)h->gpus[g].mem_bytes / (1 << 30), h->gpus[g].cc_major,
+             h->gpus[g].cc_minor);
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_WELCOME);
+  m.u.welcome.agent_id = a->agent_id;
+  m.u.welcome.heartbeat_ms = (uint32_t)drv_setting(DRV_SET_HEARTBEAT_MS);
+  m.u.welcome.peer_timeout_ms = (uint32_t)drv_setting(DRV_SET_PEER_TIMEOUT_MS);
+  send_to_agent(c, a, &m);
+}
+
+static void on_worker_exit(coord_t *c, agent_t *a, const proto_worker_exit_t *e) {
+  if (a->job == e->job) a->job = 0;
+  job_t *j = job_find(c, e->job);
+  if (!j || j->state != JOB_RUNNING || e->generation != j->generation || e->rank >= j->nodes)
+    return;
+  slot_t *s = &j->slots[e->rank];
+  s->exited = 1;
+  if (s->done) return;
+  if (e->exit_code == 0 && e->signal == 0) {
+    s->exit_ms = drv_now_ms(); /* its `done` may still be in flight on the worker's socket */
+    return;
+  }
+  if (e->signal)
+    job_fail(c, j, "rank %u on agent %s was killed by signal %d", e->rank, a->agent_id,
+             e->signal);
+  else
+    job_fail(c, j, "rank %u on agent %s exited with code %d", e->rank, a->agent_id,
+             e->exit_code);
+}
+
+// --- Workers -------------------------------------------------------------------------------
+
+static void on_rendezvous(coord_t *c, const unsigned char *ident, size_t len,
+                          const proto_rendezvous_t *rv) {
+  job_t *j = job_for_msg(c, rv->job, rv->generation, rv->rank, "rendezvous");
+  if (!j) {
+    proto_msg_t m;
+    proto_msg_init(&m, PROTO_ABORT);
+    m.u.kill.job = rv->job;
+    m.u.kill.generation = rv->generation;
+    m.u.kill.reason = "stale or unknown job";
+    sock_send(c->workers, ident, len, &m, 1);
+    return;
+  }
+  slot_t *s = &j->slots[rv->rank];
+  s->rendezvoused = 1;
+  snprintf(s->addr, sizeof s->addr, "%s", rv->addr);
+  memcpy(s->ident, ident, len);
+  s->identlen = len;
+  for (uint32_t r = 0; r < j->nodes; r++)
+    if (!j->slots[r].rendezvoused) return;
+  /* Everyone is in: relay the ring addresses. */
+  char **peers = calloc(j->nodes, sizeof *peers);
+  if (!peers) {
+    job_fail(c, j, "out of memory at rendezvous");
+    return;
+  }
+  for (uint32_t r = 0; r < j->nodes; r++) peers[r] = j->slots[r].addr;
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_START);
+  m.u.start.job = j->id;
+  m.u.start.generation = j->generation;
+  m.u.start.world = j->nodes;
+  m.u.start.peers = peers;
+  m.u.start.peers_count = j->nodes;
+  for (uint32_t r = 0; r < j->nodes; r++)
+    if (sock_send(c->workers, j->slots[r].ident, j->slots[r].identlen, &m, 1) != DRV_OK)
+      log_warn("start to rank %u: %s", r, drv_last_error());
+  free(peers);
+  j->started = 1;
+  log_info("job %" PRId64 ": all %u workers checked in, started", j->id, j->nodes);
+}
+
+static void publish_progress(coord_t *c, job_t *j) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_EV_PROGRESS);
+  proto_ev_progress_t *p = &m.u.ev_progress;
+  p->job = j->id;
+  p->generation = j->generation;
+  p->epoch = j->epoch;
+  p->epochs = j->epochs;
+  p->step = j->step;
+  p->steps_total = j->steps_total;
+  p->loss = j->loss;
+  p->lr = j->lr;
+  double total = 0, slowest = -1;
+  uint32_t slow_rank = 0;
+  for (uint32_t r = 0; r < j->nodes; r++) {
+    total += j->slots[r].samples_per_s;
+    if (j->slots[r].step_ms > slowest) {
+      slowest = j->slots[r].step_ms;
+      slow_rank = r;
+    }
+  }
+  j->samples_per_s = total;
+  p->samples_per_s = total;
+  p->slowest_rank = slow_rank;
+  p->slowest_step_ms = slowest < 0 ? 0 : slowest;
+  double steps_per_s = slowest > 0 ? 1000.0 / slowest : 0;
+  p->eta_s = steps_per_s > 0 ? (double)(j->steps_total - j->step) / steps_per_s : 0;
+  char topic[64];
+  snprintf(topic, sizeof topic, "job/%" PRId64, j->id);
+  if (sock_publish(c->events, topic, &m) != DRV_OK) log_warn("%s", drv_last_error());
+}
+
+static void on_progress(coord_t *c, const proto_progress_t *p) {
+  job_t *j = job_for_msg(c, p->job, p->generation, p->rank, "progress");
+  if (!j) return;
+  slot_t *s = &j->slots[p->rank];
+  s->step = p->step;
+  s->samples_per_s = p->interval_s > 0 ? (double)p->samples / p->interval_s : 0;
+  s->step_ms = p->step_ms;
+  if (p->rank == 0) {
+    /* Ranks move in lockstep through the all-reduce; rank 0 speaks for the job. */
+    j->epoch = p->epoch;
+    j->step = p->step;
+    j->steps_total = p->steps_total;
+    j->loss = p->loss;
+    j->lr = p->lr;
+    int64_t now = drv_now_ms();
+    if (now - j->last_publish_ms >= (int64_t)drv_setting(DRV_SET_PROGRESS_MS) ||
+        p->step == p->steps_total) {
+      j->last_publish_ms = now;
+      publish_progress(c, j);
+    }
+  }
+}
+
+static void on_eval(coord_t *c, const proto_eval_t *e) {
+  job_t *j = job_for_msg(c, e->job, e->generation, 0, "eval");
+  if (!j) return;
+  log_info("job %" PRId64 " epoch %u: test loss %.4f, accuracy %.4f", j->id, e->epoch + 1,
+           e->test_loss, e->test_accuracy);
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_EV_EVAL);
+  m.u.eval = *e;
+  char topic[64];
+  snprintf(topic, sizeof topic, "job/%" PRId64, j->id);
+  sock_publish(c->events, topic, &m);
+}
+
+static void on_done(coord_t *c, const proto_done_t *d) {
+  job_t *j = job_for_msg(c, d->job, d->generation, d->rank, "done");
+  if (!j) return;
+  j->slots[d->rank].done = 1;
+  if (d->rank == 0) {
+    j->test_loss = d->test_loss;
+    j->test_accuracy = d->test_accuracy;
+    j->final_samples_per_s = d->samples_per_s;
+    j->step = d->steps;
+  }
+  for (uint32_t r = 0; r < j->nodes; r++)
+    if (!j->slots[r].done) return;
+  job_finish(c, j, JOB_SUCCEEDED, NULL);
+}
+
+static void on_failed(coord_t *c, const proto_failed_t *f) {
+  job_t *j = job_for_msg(c, f->job, f->generation, f->rank, "failed");
+  if (!j) return;
+  job_fail(c, j, "rank %u: %s", f->rank, f->reason);
+}
+
+static void handle_worker_socket(coord_t *c) {
+  unsigned char ident[ID_MAX];
+  size_t len = 0;
+  proto_msg_t m;
+  drv_result_t rc = sock_recv(c->workers, 1, ident, &len, &m, 0);
+  if (rc != DRV_OK) {
+    if (rc != DRV_ERR_TIMEOUT) log_warn("agent socket: dropped a frame: %s", drv_last_error());
+    proto_msg_fini(&m);
+    return;
+  }
+  agent_t *a = agent_by_ident(c, ident, len);
+  if (a) a->last_seen_ms = drv_now_ms();
+  switch (m.type) {
+  case PROTO_HELLO: on_hello(c, ident, len, &m.u.hello); break;
+  case PROTO_HEARTBEAT:
+    if (!a) {
+      /* A coordinator restart forgot this agent: ask it to register again. */
+      proto_msg_t e;
+      proto_msg_init(&e, PROTO_ERROR);
+      e.u.error.code = "not_registered";
+      e.u.error.message = "unknown agent: send hello";
+      sock_send(c->workers, ident, len, &e, 1);
+    }
+    break;
+  case PROTO_WORKER_EXIT:
+    if (a) on_worker_exit(c, a, &m.u.worker_exit);
+    break;
+  case PROTO_RENDEZVOUS: on_rendezvous(c, ident, len, &m.u.rendezvous); break;
+  case PROTO_PROGRESS: on_progress(c, &m.u.progress); break;
+  case PROTO_EVAL: on_eval(c, &m.u.eval); break;
+  case PROTO_DONE: on_done(c, &m.u.done); break;
+  case PROTO_FAILED: on_failed(c, &m.u.failed); break;
+  default:
+    log_warn("agent socket: unexpected '%s' message dropped", proto_type_name(m.type));
+    break;
+  }
+  proto_msg_fini(&m);
+}
+
+// --- Clients -------------------------------------------------------------------------------
+
+static void on_submit(coord_t *c, const unsigned char *ident, size_t len, const char *yaml) {
+  jobspec_t *spec = NULL;
+  if (jobspec_parse(yaml, strlen(yaml), "submitted spec", NULL, 0, &spec) != DRV_OK) {
+    reply_error(c, ident, len, "invalid", drv_last_error());
+    return;
+  }
+  job_t *j = NULL;
+  for (int i = 0; i < MAX_JOBS && !j; i++)
+    if (!c->jobs[i].used) j = &c->jobs[i];
+  char *canon = NULL;
+  size_t clen;
+  if (!j) {
+    reply_error(c, ident, len, "busy", "too many active jobs; try again later");
+    goto out;
+  }
+  if (jobspec_dump(spec, &canon, &clen) != DRV_OK) {
+    reply_error(c, ident, len, "internal", drv_last_error());
+    goto out;
+  }
+  int64_t id;
+  const char *target = jobspec_target_name(spec->target);
+  if (store_job_insert(c->store, spec->name, target, spec->nodes, canon, "", &id) != DRV_OK) {
+    reply_error(c, ident, len, "internal", drv_last_error());
+    goto out;
+  }
+  memset(j, 0, sizeof *j);
+  j->used = 1;
+  j->id = id;
+  j->state = JOB_QUEUED;
+  snprintf(j->name, sizeof j->name, "%s", spec->name);
+  snprintf(j->target, sizeof j->target, "%s", target);
+  j->nodes = spec->nodes;
+  j->epochs = spec->train.epochs;
+  j->spec_yaml = canon;
+  canon = NULL;
+  snprintf(j->run_dir, sizeof j->run_dir, "%s/%s-%" PRId64, spec->run_dir, spec->name, id);
+  j->test_loss = j->test_accuracy = j->final_samples_per_s = NAN;
+  if (store_job_set_run_dir(c->store, id, j->run_dir) != DRV_OK)
+    log_error("store: %s", drv_last_error());
+  log_info("job %" PRId64 " (%s) queued: target %s, %u node(s)", id, j->name, target, j->nodes);
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_SUBMITTED);
+  m.u.submitted.job = id;
+  m.u.submitted.run_dir = j->run_dir;
+  reply(c, ident, len, &m);
+  publish_state(c, j, NULL);
+out:
+  free(canon);
+  jobspec_destroy(&spec);
+}
+
+typedef struct {
+  proto_job_t *jobs;
+  uint32_t n, cap;
+} job_list_t;
+
+static void fill_job(coord_t *c, const store_job_t *sj, proto_job_t *pj) {
+  memset(pj, 0, sizeof *pj);
+  pj->id = sj->id;
+  pj->name = strdup(sj->name);
+  pj->state = strdup(store_state_name(sj->state));
+  pj->reason = strdup(sj->reason);
+  pj->target = strdup(sj->target);
+  pj->run_dir = strdup(sj->run_dir);
+  pj->nodes = sj->nodes;
+  pj->step = sj->steps_done;
+  pj->loss = NAN;
+  pj->samples_per_s = sj->samples_per_s;
+  pj->test_loss = sj->test_loss;
+  pj->test_accuracy = sj->test_accuracy;
+  pj->submitted_at = sj->submitted_at;
+  pj->started_at = sj->started_at;
+  pj->finished_at = sj->finished_at;
+  const job_t *j = job_find(c, sj->id);
+  if (j) { /* live progress of an active job */
+    pj->epoch = j->epoch;
+    pj->epochs = j->epochs;
+    pj->step = j->step;
+    pj->steps_total = j->steps_total;
+    pj->loss = j->loss;
+    pj->samples_per_s = j->samples_per_s;
+  }
+}
+
+static int collect_job(const store_job_t *sj, void *arg) {
+  void **pair = arg;
+  coord_t *c = pair[0];
+  job_list_t *l = pair[1];
+  if (l->n == l->cap) return 1;
+  fill_job(c, sj, &l->jobs[l->n++]);
+  return 0;
+}
+
+static void on_status(coord_t *c, const unsigned char *ident, size_t len,
+                      const proto_status_t *st) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_JOBS);
+  job_list_t l = {0};
+  if (st->job > 0) {
+    store_job_t sj;
+    if (store_job_get(c->store, st->job, &sj) != DRV_OK) {
+      reply_error(c, ident, len, "not_found", drv_last_error());
+      return;
+    }
+    l.cap = 1;
+    l.jobs = calloc(1, sizeof *l.jobs);
+    if (l.jobs) fill_job(c, &sj, &l.jobs[l.n++]);
+  } else {
+    l.cap = st->limit ? DRV_MIN(st->limit, 1000u) : 20;
+    l.jobs = calloc(l.cap, sizeof *l.jobs);
+    void *pair[2] = {c, &l};
+    if (l.jobs && store_job_list(c->store, l.cap, collect_job, pair) != DRV_OK) {
+      m.u.jobs.jobs = l.jobs;
+      m.u.jobs.jobs_count = l.n;
+      proto_msg_fini(&m);
+      reply_error(c, ident, len, "internal", drv_last_error());
+      return;
+    }
+  }
+  m.u.jobs.jobs = l.jobs;
+  m.u.jobs.jobs_count = l.n;
+  reply(c, ident, len, &m);
+  proto_msg_fini(&m);
+}
+
+static void on_cancel(coord_t *c, const unsigned char *ident, size_t len, int64_t id) {
+  job_t *j = job_find(c, id);
+  if (!j) {
+    store_job_t sj;
+    char msg[256];
+    if (store_job_get(c->store, id, &sj) == DRV_OK)
+      snprintf(msg, sizeof msg, "job %" PRId64 " already %s", id, store_state_name(sj.state));
+    else
+      snprintf(msg, sizeof msg, "job %" PRId64 ": no such job", id);
+    reply_error(c, ident, len, "not_found", msg);
+    return;
+  }
+  job_finish(c, j, JOB_CANCELLED, "cancelled by user");
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_OK);
+  reply(c, ident, len, &m);
+}
+
+static void on_agents(coord_t *c, const unsigned char *ident, size_t len) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_AGENT_LIST);
+  proto_agent_t *list = calloc(MAX_AGENTS, sizeof *list);
+  uint32_t n = 0;
+  int64_t now = drv_now_ms();
+  for (int i = 0; list && i < MAX_AGENTS; i++) {
+    agent_t *a = &c->agents[i];
+    if (!a->used) continue;
+    proto_agent_t *p = &list[n++];
+    p->agent_id = strdup(a->agent_id);
+    p->host = strdup(a->host);
+    p->target = strdup(a->target);
+    p->state = strdup(a->job ? "busy" : "idle");
+    p->cpus = a->cpus;
+    p->gpus = a->gpus;
+    p->mem_bytes = a->mem_bytes;
+    p->job = a->job;
+    p->last_seen_s = (double)(now - a->last_seen_ms) / 1000.0;
+  }
+  m.u.agent_list.agents = list;
+  m.u.agent_list.agents_count = n;
+  reply(c, ident, len, &m);
+  proto_msg_fini(&m);
+}
+
+static void handle_client_socket(coord_t *c) {
+  unsigned char ident[ID_MAX];
+  size_t len = 0;
+  proto_msg_t m;
+  drv_result_t rc = sock_recv(c->clients, 1, ident, &len, &m, 0);
+  if (rc == DRV_ERR_PROTO && len > 0) {
+    log_warn("client socket: refused a frame: %s", drv_last_error());
+    reply_error(c, ident, len, "proto", drv_last_error());
+    proto_msg_fini(&m);
+    return;
+  }
+  if (rc != DRV_OK) {
+    if (rc != DRV_ERR_TIMEOUT) log_warn("client socket: %s", drv_last_error());
+    proto_msg_fini(&m);
+    return;
+  }
+  switch (m.type) {
+  case PROTO_SUBMIT: on_submit(c, ident, len, m.u.submit.spec); break;
+  case PROTO_STATUS: on_status(c, ident, len, &m.u.status); break;
+  case PROTO_CANCEL: on_cancel(c, ident, len, m.u.cancel.job); break;
+  case PROTO_AGENTS: on_agents(c, ident, len); break;
+  case PROTO_SHUTDOWN: {
+    proto_msg_t ok;
+    proto_msg_init(&ok, PROTO_OK);
+    reply(c, ident, len, &ok);
+    c->shutdown = 1;
+    break;
+  }
+  default: {
+    char msg[128];
+    snprintf(msg, sizeof msg, "'%s' is not a request clients may send", proto_type_name(m.type));
+    reply_error(c, ident, len, "proto", msg);
+    break;
+  }
+  }
+  proto_msg_fini(&m);
+}
+
+// --- Timers --------------------------------------------------------------------------------
+
+static void tick(coord_t *c) {
+  int64_t now = drv_now_ms();
+  int64_t timeout = drv_setting(DRV_SET_PEER_TIMEOUT_MS);
+  proto_msg_t hb;
+  proto_msg_init(&hb, PROTO_HEARTBEAT);
+  hb.u.heartbeat.seq = ++c->hb_seq;
+  for (int i = 0; i < MAX_AGENTS; i++) {
+    agent_t *a = &c->agents[i];
+    if (!a->used) continue;
+    if (now - a->last_seen_ms > timeout) {
+      char why[128];
+      snprintf(why, sizeof why, "silent for %" PRId64 " ms (timeout %" PRId64 " ms)",
+               now - a->last_seen_ms, timeout);
+      agent_lost(c, a, why);
+      continue;
+    }
+    sock_send(c->workers, a->ident, a->identlen, &hb, 1);
+  }
+  for (int i = 0; i < MAX_JOBS; i++) {
+    job_t *j = &c->jobs[i];
+    if (!j->used || j->state != JOB_RUNNING) continue;
+    if (!j->started && now > j->rendezvous_deadline_ms) {
+      uint32_t missing = 0;
+      for (uint32_t r = 0; r < j->nodes; r++) missing += !j->slots[r].rendezvoused;
+      job_fail(c, j, "%u of %u workers did not check in within %" PRId64 " ms", missing, j->nodes,
+               drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS));
+      continue;
+    }
+    for (uint32_t r = 0; r < j->nodes; r++) {
+      slot_t *s = &j->slots[r];
+      if (s->exited && !s->done && s->exit_ms && now - s->exit_ms > EXIT_GRACE_MS) {
+        job_fail(c, j, "rank %u exited without reporting its result", r);
+        break;
+      }
+    }
+  }
+}
+
+// --- Loop ----------------------------------------------------------------------------------
+
+static drv_result_t bind_socket(coord_t *c, void **s, int type, sock_port_t port) {
+  char ep[256];
+  DRV_CHECK(sock_endpoint(c->cfg->bind, port, ep, sizeof ep));
+  *s = sock_new(c->ctx, type);
+  if (!*s) return DRV_ERR_ZMQ;
+  if (type == ZMQ_ROUTER) {
+    int one = 1;
+    zmq_setsockopt(*s, ZMQ_ROUTER_HANDOVER, &one, sizeof one);
+  }
+  if (zmq_bind(*s, ep) < 0)
+    return drv_error(DRV_ERR_ZMQ, "bind %s: %s", ep, zmq_strerror(errno));
+  return DRV_OK;
+}
+
+drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
+  coord_t *c = calloc(1, sizeof *c);
+  if (!c) return drv_error(DRV_ERR_NOMEM, "coordinator: out of memory");
+  c->cfg = cfg;
+  drv_result_t rc = DRV_OK;
+  DRV_CHECK_GOTO(store_open(cfg->state_dir, &c->store), rc, out);
+  uint32_t recovered = 0;
+  DRV_CHECK_GOTO(store_recover(c->store, &recovered), rc, out);
+  if (recovered) log_warn("%u job(s) left unfinished by a previous coordinator marked failed", recovered);
+  c->ctx = zmq_ctx_new();
+  DRV_CHECK_GOTO(bind_socket(c, &c->workers, ZMQ_ROUTER, SOCK_AGENTS), rc, out);
+  DRV_CHECK_GOTO(bind_socket(c, &c->clients, ZMQ_ROUTER, SOCK_CLIENTS), rc, out);
+  DRV_CHECK_GOTO(bind_socket(c, &c->events, ZMQ_PUB, SOCK_EVENTS), rc, out);
+  log_info("coordinator listening on %s (+1 clients, +2 events), state in %s", cfg->bind,
+           cfg->state_dir);
+
+  int64_t hb_ms = drv_setting(DRV_SET_HEARTBEAT_MS);
+  int64_t next_tick = drv_now_ms() + hb_ms;
+  while (!*stop && !c->shutdown) {
+    zmq_pollitem_t items[] = {{.socket = c->workers, .events = ZMQ_POLLIN},
+                              {.socket = c->clients, .events = ZMQ_POLLIN}};
+    int64_t wait = next_tick - drv_now_ms();
+    if (wait < 0) wait = 0;
+    int n = zmq_poll(items, 2, (long)wait);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      rc = drv_error(DRV_ERR_ZMQ, "zmq_poll: %s", zmq_strerror(errno));
+      break;
+    }
+    /* Bounded batches so one busy socket cannot starve the other or the timers. */
+    for (int k = 0; k < 256 && (items[0].revents & ZMQ_POLLIN); k++) {
+      handle_worker_socket(c);
+      zmq_pollitem_t again = {.socket = c->workers, .events = ZMQ_POLLIN};
+      if (zmq_poll(&again, 1, 0) <= 0) break;
+    }
+    for (int k = 0; k < 64 && (items[1].revents & ZMQ_POLLIN); k++) {
+      handle_client_socket(c);
+      zmq_pollitem_t again = {.socket = c->clients, .events = ZMQ_POLLIN};
+      if (zmq_poll(&again, 1, 0) <= 0) break;
+    }
+    if (drv_now_ms() >= next_tick) {
+      tick(c);
+      next_tick = drv_now_ms() + hb_ms;
+    }
+    schedule(c);
+  }
+  log_info("coordinator stopping");
+  for (int i = 0; i < MAX_JOBS; i++)
+    if (c->jobs[i].used)
+      job_fail(c, &c->jobs[i], "coordinator stopped while the job was %s",
+               store_state_name(c->jobs[i].state));
+out:
+  if (c->workers) zmq_close(c->workers);
+  if (c->clients) zmq_close(c->clients);
+  if (c->events) zmq_close(c->events);
+  if (c->ctx) zmq_ctx_term(c->ctx);
+  store_close(&c->store);
+  free(c);
+  return rc;
+}

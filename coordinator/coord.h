@@ -1,0 +1,32 @@
+/* coord.h: the coordinator: one event loop over three ZeroMQ sockets.
+ *
+ *   ROUTER base+0  agents and workers: hello, heartbeat, worker_exit, rendezvous,
+ *                  progress, eval, done, failed in; welcome, heartbeat, assign, kill,
+ *                  start, abort out
+ *   ROUTER base+1  clients: submit, status, cancel, agents, shutdown in; replies out
+ *   PUB    base+2  events on topic "job/<id>": ev_state, ev_progress, ev_eval
+ *
+ * It keeps the agent registry (heartbeats both ways; an agent silent for longer than
+ * DROVER_PEER_TIMEOUT_MS is dead and its job fails with that reason while the other
+ * agents are released), a FIFO queue per target with gang scheduling (a job starts only
+ * when all its workers are placed), rank assignment, the rendezvous relay, per-step
+ * progress aggregation, and durable job records in SQLite (coordinator/store.h).
+ */
+#ifndef DROVER_COORDINATOR_COORD_H
+#define DROVER_COORDINATOR_COORD_H
+
+#include <signal.h>
+
+#include "common/drv.h"
+
+typedef struct {
+  const char *bind;      /* base endpoint to bind, e.g. "tcp://0.0.0.0:7700" */
+  const char *advertise; /* base endpoint workers are told to connect to */
+  const char *state_dir; /* SQLite database directory */
+} coord_config_t;
+
+/* Runs the coordinator until *stop becomes non-zero or a client sends shutdown.
+ * Returns DRV_OK on a clean stop; an error if it could not start (sockets, store). */
+drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop);
+
+#endif

@@ -1,2 +1,0 @@
-/* placeholder until the coordinator lands */
-int drover_coordinator_placeholder;

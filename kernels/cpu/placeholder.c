@@ -1,2 +1,0 @@
-/* placeholder until the kernels lands */
-int drover_kernels_placeholder;

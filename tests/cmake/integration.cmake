@@ -1,0 +1,15 @@
+# Integration tests: real coordinator, agent and worker processes on loopback, driven by
+# Debian's python3 with python3-zmq and python3-msgpack (scripts/install-deps.sh).
+find_program(DROVER_PYTHON NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
+if(NOT DROVER_PYTHON)
+  find_program(DROVER_PYTHON python3)
+endif()
+function(drover_it name script labels timeout)
+  add_test(NAME ${name}
+           COMMAND ${DROVER_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/integration/${script} $<TARGET_FILE:drover>)
+  set_tests_properties(${name} PROPERTIES LABELS "${labels}" TIMEOUT ${timeout}
+                       ENVIRONMENT "PYTHONDONTWRITEBYTECODE=1")
+endfunction()
+drover_it(it_protocol test_protocol.py "integration" 300)
+drover_it(it_failures test_failures.py "integration" 400)
+drover_it(it_train test_train.py "integration;slow" 900)

@@ -1,0 +1,232 @@
+"""Shared pieces of drover's integration tests: real coordinator, agent and worker
+processes on loopback, each test in its own state directory and ports.
+
+Only Debian's python3 with python3-zmq and python3-msgpack is needed. The protocol helpers
+here are written from docs/protocol.md alone: [version, type, body-map] frames.
+"""
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import msgpack
+import zmq
+
+PROTO_VERSION = 1
+
+
+def free_base_port():
+    """A base port P with P, P+1 and P+2 free on 127.0.0.1."""
+    for _ in range(200):
+        base = random.randint(20000, 60000)
+        socks = []
+        try:
+            for p in range(base, base + 3):
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", p))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free ports")
+
+
+def pack(mtype, body):
+    return msgpack.packb([PROTO_VERSION, mtype, body], use_bin_type=True)
+
+
+def unpack(frame):
+    return msgpack.unpackb(frame, raw=False)
+
+
+class Cluster:
+    """A coordinator and agents started by hand, as an operator would."""
+
+    def __init__(self, drover, env=None):
+        self.drover = os.path.abspath(drover)
+        self.tmp = tempfile.mkdtemp(prefix="drover-it-")
+        self.state = os.path.join(self.tmp, "state")
+        self.runs = os.path.join(self.tmp, "runs")
+        self.base = free_base_port()
+        self.endpoint = "tcp://127.0.0.1:%d" % self.base
+        self.env = dict(os.environ)
+        self.env.update(env or {})
+        self.env["DROVER_COORDINATOR"] = self.endpoint
+        self.env["DROVER_STATE_DIR"] = self.state
+        self.procs = []
+        self.coord = None
+        self.agents = {}
+        self.ctx = zmq.Context.instance()
+
+    # -- processes --------------------------------------------------------------------
+    def _spawn(self, args, log):
+        f = open(os.path.join(self.tmp, log), "ab")
+        p = subprocess.Popen([self.drover] + args, stdout=f, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def start_coordinator(self):
+        self.coord = self._spawn(["coordinator", "--bind", self.endpoint,
+                                  "--state-dir", self.state], "coordinator.log")
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            try:
+                self.request("status", {"limit": 1}, timeout=0.5)
+                return self.coord
+            except TimeoutError:
+                if self.coord.poll() is not None:
+                    break
+        raise RuntimeError("coordinator did not come up:\n" + self.log("coordinator.log"))
+
+    def stop_coordinator(self, sig=signal.SIGTERM):
+        self.coord.send_signal(sig)
+        self.coord.wait(timeout=20)
+
+    def start_agent(self, name, target="attached", threads="1"):
+        env_backup = self.env
+        self.env = dict(self.env, OPENBLAS_NUM_THREADS=threads)
+        p = self._spawn(["agent", "--coordinator", self.endpoint, "--id", name, "--target",
+                         target, "--host", "127.0.0.1"], "agent-%s.log" % name)
+        self.env = env_backup
+        self.agents[name] = p
+        return p
+
+    def wait_agents(self, n, timeout=15):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            r = self.request("agents", {})
+            if len(r[2]["agents"]) >= n:
+                return r[2]["agents"]
+            time.sleep(0.2)
+        raise AssertionError("only %d of %d agents registered" % (len(r[2]["agents"]), n))
+
+    def drover_cli(self, *args, timeout=600):
+        return subprocess.run([self.drover] + list(args), capture_output=True, text=True,
+                              env=self.env, timeout=timeout)
+
+    def log(self, name):
+        try:
+            with open(os.path.join(self.tmp, name), "rb") as f:
+                return f.read().decode(errors="replace")[-6000:]
+        except OSError:
+            return ""
+
+    def all_logs(self):
+        out = []
+        for name in sorted(os.listdir(self.tmp)):
+            if name.endswith(".log"):
+                out.append("==== %s\n%s" % (name, self.log(name)))
+        return "\n".join(out)
+
+    def close(self):
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+    # -- protocol -----------------------------------------------------------------------
+    def client_socket(self):
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect("tcp://127.0.0.1:%d" % (self.base + 1))
+        return s
+
+    def request(self, mtype, body, timeout=5.0):
+        s = self.client_socket()
+        try:
+            s.send(pack(mtype, body))
+            if not s.poll(int(timeout * 1000)):
+                raise TimeoutError("no reply to %s" % mtype)
+            return unpack(s.recv())
+        finally:
+            s.close()
+
+    def subscribe(self, job=None):
+        s = self.ctx.socket(zmq.SUB)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SUBSCRIBE, b"job/" if job is None else ("job/%d" % job).encode())
+        s.connect("tcp://127.0.0.1:%d" % (self.base + 2))
+        time.sleep(0.2)
+        return s
+
+    def follow(self, sub, job, timeout):
+        """Reads events of `job` until a terminal state; returns (final ev_state body, events)."""
+        events = []
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if not sub.poll(500):
+                st = self.request("status", {"job": job})[2]["jobs"][0]
+                if st["state"] in ("succeeded", "failed", "cancelled"):
+                    return {"state": st["state"], "reason": st["reason"],
+                            "test_accuracy": st["test_accuracy"]}, events
+                continue
+            topic, frame = sub.recv_multipart()
+            msg = unpack(frame)
+            events.append(msg)
+            if msg[1] == "ev_state" and msg[2]["state"] in ("succeeded", "failed", "cancelled"):
+                return msg[2], events
+        raise AssertionError("job %d did not finish within %d s" % (job, timeout))
+
+
+def read_metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_safetensors(path):
+    """Parses a .safetensors file by its spec: u64 LE header length, JSON header, data."""
+    import struct
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    body = data[8 + n:]
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = info["data_offsets"]
+        count = 1
+        for d in info["shape"]:
+            count *= d
+        assert info["dtype"] == "F32", info
+        assert b - a == 4 * count, (name, info)
+        assert b <= len(body), (name, b, len(body))
+        tensors[name] = (info["shape"], struct.unpack("<%df" % count, body[a:b]))
+    return header, tensors
+
+
+def main(tests):
+    """Runs test functions f(drover) given argv[1] = path of the drover binary."""
+    drover = sys.argv[1]
+    failed = 0
+    for t in tests:
+        t0 = time.time()
+        try:
+            t(drover)
+            print("PASS %s (%.1f s)" % (t.__name__, time.time() - t0), flush=True)
+        except Exception:
+            import traceback
+            traceback.print_exc()
+            print("FAIL %s (%.1f s)" % (t.__name__, time.time() - t0), flush=True)
+            failed += 1
+    print("%d passed, %d failed" % (len(tests) - failed, failed))
+    sys.exit(1 if failed else 0)

@@ -1,0 +1,208 @@
+"""Failure paths with real processes: a dead agent fails its job with the reason and the
+other agents are released; cancel stops a running job; a killed coordinator is replaced and
+the agents register again by themselves, with past jobs still listed; a worker that cannot
+read its data fails the job with a reason naming the file."""
+import json
+import os
+import signal
+import time
+
+from harness import Cluster, main
+
+FAST = {"DROVER_HEARTBEAT_MS": "200", "DROVER_PEER_TIMEOUT_MS": "3000",
+        "DROVER_RECONNECT_MS": "300"}
+
+LONG_SPEC = """
+name: long
+target: attached
+nodes: 2
+model: {type: mlp, hidden: [64]}
+data:
+  format: synthetic
+  synthetic: {train_samples: 20000, test_samples: 1000, features: 64, classes: 4, seed: 3}
+train:
+  epochs: 1000
+  global_batch: 32
+  optimizer: {type: sgd, lr: 0.05}
+run_dir: %s
+"""
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def wait_progress(c, sub, job):
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if sub.poll(500):
+            _, frame = sub.recv_multipart()
+            from harness import unpack
+            m = unpack(frame)
+            if m[1] == "ev_progress" and m[2]["job"] == job and m[2]["step"] > 5:
+                return
+    raise AssertionError("no progress from job %d:\n%s" % (job, c.all_logs()))
+
+
+def agent_states(c):
+    return {a["agent_id"]: a for a in c.request("agents", {})[2]["agents"]}
+
+
+def worker_pids(c, run_dir):
+    """pids of this job's worker processes still alive."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                cmd = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"worker" in cmd and run_dir.encode() in cmd:
+            pids.append(int(pid))
+    return pids
+
+
+def test_dead_agent_fails_job_and_releases_others(drover):
+    c = Cluster(drover, env=FAST)
+    try:
+        c.start_coordinator()
+        c.start_agent("a1")
+        c.start_agent("a2")
+        c.wait_agents(2)
+        sub = c.subscribe()
+        job = c.request("submit", {"spec": LONG_SPEC % c.runs})[2]["job"]
+        wait_progress(c, sub, job)
+        run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
+        assert len(worker_pids(c, run_dir)) == 2
+        victim = agent_states(c)["a1"]
+        t0 = time.time()
+        os.kill(c.agents["a1"].pid, signal.SIGKILL)  # its worker dies with it (PDEATHSIG)
+        final, _ = c.follow(sub, job, timeout=30)
+        took = time.time() - t0
+        print("dead agent detected, job failed after %.2f s: %s" % (took, final["reason"]))
+        assert final["state"] == "failed", final
+        assert "a1" in final["reason"], final
+        assert victim["state"] == "busy"
+        # The survivor is released: idle, its worker gone.
+        wait_for(lambda: agent_states(c).get("a2", {}).get("state") == "idle", 10, "a2 idle")
+        wait_for(lambda: not worker_pids(c, run_dir), 10, "workers gone")
+        assert "a1" not in agent_states(c)
+        st = json.loads(c.drover_cli("status", str(job), "--json").stdout)[0]
+        assert st["status"] == "failed" and "a1" in st["reason"], st
+    except Exception:
+        print(c.all_logs())
+        raise
+    finally:
+        c.close()
+
+
+def test_cancel_running_job(drover):
+    c = Cluster(drover, env=FAST)
+    try:
+        c.start_coordinator()
+        c.start_agent("a1")
+        c.start_agent("a2")
+        c.wait_agents(2)
+        sub = c.subscribe()
+        job = c.request("submit", {"spec": LONG_SPEC % c.runs})[2]["job"]
+        wait_progress(c, sub, job)
+        r = c.drover_cli("cancel", str(job))
+        assert r.returncode == 0, r.stderr
+        final, _ = c.follow(sub, job, timeout=20)
+        assert final["state"] == "cancelled", final
+        wait_for(lambda: all(a["state"] == "idle" for a in agent_states(c).values()), 10,
+                 "agents idle after cancel")
+        again = c.drover_cli("cancel", str(job))
+        assert again.returncode != 0 and "already cancelled" in again.stderr, again.stderr
+        missing = c.drover_cli("cancel", "9999")
+        assert missing.returncode != 0 and "no such job" in missing.stderr, missing.stderr
+    except Exception:
+        print(c.all_logs())
+        raise
+    finally:
+        c.close()
+
+
+def test_coordinator_restart(drover):
+    c = Cluster(drover, env=FAST)
+    try:
+        c.start_coordinator()
+        c.start_agent("a1")
+        c.start_agent("a2")
+        c.wait_agents(2)
+        sub = c.subscribe()
+        job = c.request("submit", {"spec": LONG_SPEC % c.runs})[2]["job"]
+        wait_progress(c, sub, job)
+        sub.close()
+        c.stop_coordinator(signal.SIGKILL)
+        c.start_coordinator()
+        # Agents notice and register again by themselves; their old workers are stopped.
+        agents = wait_for(lambda: len(agent_states(c)) == 2 and agent_states(c), 15,
+                          "agents to re-register")
+        wait_for(lambda: all(a["state"] == "idle" for a in agent_states(c).values()), 10,
+                 "re-registered agents idle")
+        st = c.request("status", {"job": job})[2]["jobs"][0]
+        assert st["state"] == "failed" and "coordinator restarted" in st["reason"], st
+        run_dir = st["run_dir"]
+        wait_for(lambda: not worker_pids(c, run_dir), 10, "old workers gone")
+        # And the new coordinator runs a job on them.
+        short = LONG_SPEC.replace("epochs: 1000", "epochs: 1") % c.runs
+        sub = c.subscribe()
+        job2 = c.request("submit", {"spec": short})[2]["job"]
+        assert job2 > job
+        final, _ = c.follow(sub, job2, timeout=120)
+        assert final["state"] == "succeeded", final
+        assert sorted(agents) == ["a1", "a2"]
+    except Exception:
+        print(c.all_logs())
+        raise
+    finally:
+        c.close()
+
+
+def test_bad_dataset_fails_with_named_file(drover):
+    c = Cluster(drover, env=FAST)
+    try:
+        c.start_coordinator()
+        c.start_agent("a1")
+        c.wait_agents(1)
+        bad = os.path.join(c.tmp, "broken-images.idx")
+        with open(bad, "wb") as f:
+            f.write(b"\x00\x00\x08\x03\x00\x00\x00\x10")  # truncated header
+        spec = """
+name: broken
+target: attached
+nodes: 1
+model: {type: mlp, hidden: [8]}
+data:
+  format: idx
+  train: {images: %s, labels: %s}
+  test: {images: %s, labels: %s}
+train: {epochs: 1, global_batch: 8, optimizer: {type: sgd, lr: 0.1}}
+run_dir: %s
+""" % (bad, bad, bad, bad, c.runs)
+        sub = c.subscribe()
+        job = c.request("submit", {"spec": spec})[2]["job"]
+        final, _ = c.follow(sub, job, timeout=30)
+        assert final["state"] == "failed", final
+        assert "broken-images.idx" in final["reason"], final
+        print("bad dataset: %s" % final["reason"])
+        wait_for(lambda: agent_states(c)["a1"]["state"] == "idle", 10, "agent idle")
+    except Exception:
+        print(c.all_logs())
+        raise
+    finally:
+        c.close()
+
+
+if __name__ == "__main__":
+    main([test_dead_agent_fails_job_and_releases_others, test_cancel_running_job,
+          test_coordinator_restart, test_bad_dataset_fails_with_named_file])

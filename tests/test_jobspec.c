@@ -1,0 +1,554 @@
+/* test_jobspec.c: the job spec (common/jobspec.h): the examples load, defaults fill only
+ * what was left out, every kind of mistake is refused with DRV_ERR_INVALID and a message
+ * naming the key, `--set` overrides of each type work, and a dump parses back equal. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/jobspec.h"
+
+#ifndef DROVER_SOURCE_DIR
+#define DROVER_SOURCE_DIR "."
+#endif
+
+/* The smallest valid spec: everything optional left out. */
+static const char *const minimal =
+    "name: t\n"
+    "model:\n"
+    "  type: mlp\n"
+    "  hidden: [16]\n"
+    "data:\n"
+    "  format: synthetic\n"
+    "train:\n"
+    "  epochs: 1\n"
+    "  global_batch: 8\n"
+    "  optimizer:\n"
+    "    type: sgd\n"
+    "    lr: 0.1\n";
+
+// --- Helpers ------------------------------------------------------------------------------
+
+/* `base` with the first occurrence of `from` replaced by `to`. (heap) */
+static char *subst(const char *base, const char *from, const char *to) {
+  const char *at = strstr(base, from);
+  assert_non_null(at);
+  size_t pre = (size_t)(at - base), nfrom = strlen(from), nto = strlen(to);
+  char *s = malloc(strlen(base) - nfrom + nto + 1);
+  assert_non_null(s);
+  memcpy(s, base, pre);
+  memcpy(s + pre, to, nto);
+  strcpy(s + pre + nto, at + nfrom);
+  return s;
+}
+
+static jobspec_t *parse_ok(const char *yaml, const char *const *sets, int nset) {
+  jobspec_t *spec = NULL;
+  drv_result_t rc = jobspec_parse(yaml, strlen(yaml), "case.yaml", sets, nset, &spec);
+  if (rc != DRV_OK) fail_msg("parse failed: %s\n--- yaml:\n%s", drv_last_error(), yaml);
+  assert_non_null(spec);
+  return spec;
+}
+
+/* Parsing must fail with DRV_ERR_INVALID, leave *out NULL, and say each of `needles`. */
+static void expect_invalid(const char *yaml, const char *const *sets, int nset, ...) {
+  jobspec_t *spec = (jobspec_t *)&spec; /* not NULL: the parser must clear it */
+  drv_result_t rc = jobspec_parse(yaml, strlen(yaml), "case.yaml", sets, nset, &spec);
+  if (rc != DRV_ERR_INVALID)
+    fail_msg("expected DRV_ERR_INVALID, got %d (%s)\n--- yaml:\n%s", rc, drv_last_error(), yaml);
+  assert_null(spec);
+  const char *msg = drv_last_error();
+  va_list ap;
+  va_start(ap, nset);
+  for (const char *needle; (needle = va_arg(ap, const char *));)
+    if (!strstr(msg, needle)) fail_msg("message \"%s\" lacks \"%s\"", msg, needle);
+  va_end(ap);
+}
+
+/* The same, for a variant of `minimal` with `from` replaced by `to`. */
+#define EXPECT_SUBST(from, to, ...)                               \
+  do {                                                            \
+    char *y_ = subst(minimal, (from), (to));                      \
+    expect_invalid(y_, NULL, 0, __VA_ARGS__, (const char *)NULL); \
+    free(y_);                                                     \
+  } while (0)
+
+#define EXPECT_SET(set, ...)                                            \
+  do {                                                                  \
+    const char *sets_[] = {(set)};                                      \
+    expect_invalid(minimal, sets_, 1, __VA_ARGS__, (const char *)NULL); \
+  } while (0)
+
+static void assert_str_eq_or_null(const char *a, const char *b) {
+  if (!a || !b)
+    assert_ptr_equal(a, b);
+  else
+    assert_string_equal(a, b);
+}
+
+static void assert_split_eq(const spec_split_t *a, const spec_split_t *b) {
+  if (!a || !b) {
+    assert_ptr_equal(a, b);
+    return;
+  }
+  assert_str_eq_or_null(a->images, b->images);
+  assert_str_eq_or_null(a->labels, b->labels);
+}
+
+/* Every field equal, floats bit for bit. */
+static void assert_spec_eq(const jobspec_t *a, const jobspec_t *b) {
+  assert_str_eq_or_null(a->name, b->name);
+  assert_int_equal(a->target, b->target);
+  assert_int_equal(a->nodes, b->nodes);
+  assert_str_eq_or_null(a->model.type, b->model.type);
+  assert_int_equal(a->model.hidden_count, b->model.hidden_count);
+  for (uint32_t i = 0; i < a->model.hidden_count; i++)
+    assert_int_equal(a->model.hidden[i], b->model.hidden[i]);
+  assert_int_equal(a->model.activation, b->model.activation);
+  assert_int_equal(a->data.format, b->data.format);
+  assert_split_eq(a->data.train, b->data.train);
+  assert_split_eq(a->data.test, b->data.test);
+  assert_non_null(a->data.synthetic);
+  assert_non_null(b->data.synthetic);
+  assert_memory_equal(a->data.synthetic, b->data.synthetic, sizeof(spec_synthetic_t));
+  assert_int_equal(a->train.epochs, b->train.epochs);
+  assert_int_equal(a->train.global_batch, b->train.global_batch);
+  assert_int_equal(a->train.max_steps, b->train.max_steps);
+  assert_true(a->train.seed == b->train.seed);
+  assert_memory_equal(&a->train.optimizer, &b->train.optimizer, sizeof a->train.optimizer);
+  assert_memory_equal(&a->train.lr_schedule, &b->train.lr_schedule, sizeof a->train.lr_schedule);
+  assert_str_eq_or_null(a->run_dir, b->run_dir);
+}
+
+/* dump → parse → equal; and dumping the copy gives the same text. */
+static void assert_round_trip(const jobspec_t *spec) {
+  char *text = NULL, *again = NULL;
+  size_t len = 0, len2 = 0;
+  assert_int_equal(jobspec_dump(spec, &text, &len), DRV_OK);
+  assert_non_null(text);
+  assert_int_equal(strlen(text), len);
+  jobspec_t *copy = NULL;
+  if (jobspec_parse(text, len, "dump", NULL, 0, &copy) != DRV_OK)
+    fail_msg("dump does not parse: %s\n--- dump:\n%s", drv_last_error(), text);
+  assert_spec_eq(spec, copy);
+  assert_int_equal(jobspec_dump(copy, &again, &len2), DRV_OK);
+  assert_string_equal(text, again);
+  free(again);
+  free(text);
+  jobspec_destroy(&copy);
+  assert_null(copy);
+}
+
+// --- Examples -----------------------------------------------------------------------------
+
+static void test_example_fashion_mnist(void **state) {
+  jobspec_t *spec = NULL;
+  const char *path = DROVER_SOURCE_DIR "/examples/fashion-mnist.yaml";
+  if (jobspec_load(path, NULL, 0, &spec) != DRV_OK) fail_msg("%s", drv_last_error());
+  assert_string_equal(spec->name, "fashion-mnist");
+  assert_int_equal(spec->target, SPEC_TARGET_LOCAL);
+  assert_int_equal(spec->nodes, 2);
+  assert_string_equal(spec->model.type, "mlp");
+  assert_int_equal(spec->model.hidden_count, 2);
+  assert_int_equal(spec->model.hidden[0], 256);
+  assert_int_equal(spec->model.hidden[1], 128);
+  assert_int_equal(spec->model.activation, SPEC_ACT_RELU);
+  assert_int_equal(spec->data.format, SPEC_DATA_IDX);
+  assert_non_null(spec->data.train);
+  assert_non_null(spec->data.test);
+  assert_string_equal(spec->data.train->images,
+                      "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz");
+  assert_string_equal(spec->data.train->labels,
+                      "/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz");
+  assert_string_equal(spec->data.test->images,
+                      "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz");
+  assert_string_equal(spec->data.test->labels,
+                      "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz");
+  assert_non_null(spec->data.synthetic); /* always set, even for idx */
+  assert_int_equal(spec->train.epochs, 5);
+  assert_int_equal(spec->train.global_batch, 128);
+  assert_true(spec->train.seed == 42);
+  assert_int_equal(spec->train.optimizer.type, SPEC_OPT_SGD);
+  assert_true(spec->train.optimizer.lr == 0.1f);
+  assert_true(spec->train.optimizer.momentum == 0.9f);
+  assert_true(spec->train.optimizer.weight_decay == 0.0005f);
+  assert_int_equal(spec->train.lr_schedule.type, SPEC_LR_COSINE);
+  assert_int_equal(spec->train.lr_schedule.warmup_steps, 100);
+  assert_string_equal(spec->run_dir, "runs");
+  assert_round_trip(spec);
+  jobspec_destroy(&spec);
+  assert_null(spec);
+  jobspec_destroy(&spec); /* NULL-safe */
+  jobspec_destroy(NULL);
+}
+
+static void test_example_synthetic(void **state) {
+  jobspec_t *spec = NULL;
+  const char *path = DROVER_SOURCE_DIR "/examples/synthetic.yaml";
+  if (jobspec_load(path, NULL, 0, &spec) != DRV_OK) fail_msg("%s", drv_last_error());
+  assert_int_equal(spec->data.format, SPEC_DATA_SYNTHETIC);
+  assert_null(spec->data.train);
+  assert_null(spec->data.test);
+  assert_int_equal(spec->data.synthetic->train_samples, 60000);
+  assert_int_equal(spec->data.synthetic->test_samples, 10000);
+  assert_int_equal(spec->data.synthetic->features, 784);
+  assert_int_equal(spec->data.synthetic->classes, 10);
+  assert_int_equal(spec->model.hidden_count, 2);
+  assert_round_trip(spec);
+  jobspec_destroy(&spec);
+}
+
+static void test_load_missing_file(void **state) {
+  jobspec_t *spec = NULL;
+  assert_int_equal(jobspec_load("/nonexistent/spec.yaml", NULL, 0, &spec), DRV_ERR_SYS);
+  assert_null(spec);
+  assert_non_null(strstr(drv_last_error(), "/nonexistent/spec.yaml"));
+}
+
+// --- Defaults -----------------------------------------------------------------------------
+
+static void test_defaults_filled(void **state) {
+  jobspec_t *spec = parse_ok(minimal, NULL, 0);
+  assert_int_equal(spec->target, SPEC_TARGET_LOCAL);
+  assert_int_equal(spec->nodes, 1);
+  assert_int_equal(spec->model.activation, SPEC_ACT_RELU);
+  assert_non_null(spec->data.synthetic);
+  assert_int_equal(spec->data.synthetic->train_samples, 60000);
+  assert_int_equal(spec->data.synthetic->test_samples, 10000);
+  assert_int_equal(spec->data.synthetic->features, 784);
+  assert_int_equal(spec->data.synthetic->classes, 10);
+  assert_true(spec->data.synthetic->seed == 1);
+  assert_int_equal(spec->train.max_steps, 0);
+  assert_true(spec->train.seed == 42);
+  assert_true(spec->train.optimizer.momentum == 0.9f);
+  assert_true(spec->train.optimizer.weight_decay == 0.0f);
+  assert_true(spec->train.optimizer.beta1 == 0.9f);
+  assert_true(spec->train.optimizer.beta2 == 0.999f);
+  assert_true(spec->train.optimizer.eps == 1e-8f);
+  assert_int_equal(spec->train.lr_schedule.type, SPEC_LR_COSINE);
+  assert_int_equal(spec->train.lr_schedule.warmup_steps, 0);
+  assert_true(spec->train.lr_schedule.lr_min == 0.0f);
+  assert_string_equal(spec->run_dir, "runs");
+  jobspec_destroy(&spec);
+
+  /* No hidden layers at all is a valid (linear) model. */
+  char *y = subst(minimal, "  hidden: [16]\n", "");
+  spec = parse_ok(y, NULL, 0);
+  assert_int_equal(spec->model.hidden_count, 0);
+  assert_round_trip(spec);
+  jobspec_destroy(&spec);
+  free(y);
+}
+
+static void test_explicit_zeros_stay(void **state) {
+  const char *yaml =
+      "name: zeros\n"
+      "target: local\n"
+      "model: {type: mlp, hidden: [8], activation: relu}\n"
+      "data:\n"
+      "  format: synthetic\n"
+      "  synthetic: {seed: 0, classes: 3}\n"
+      "train:\n"
+      "  epochs: 1\n"
+      "  global_batch: 4\n"
+      "  seed: 0\n"
+      "  optimizer: {type: adamw, lr: 0.001, momentum: 0, beta1: 0, beta2: 0}\n"
+      "  lr_schedule: {type: constant}\n";
+  jobspec_t *spec = parse_ok(yaml, NULL, 0);
+  assert_true(spec->train.seed == 0);
+  assert_true(spec->train.optimizer.momentum == 0.0f);
+  assert_true(spec->train.optimizer.beta1 == 0.0f);
+  assert_true(spec->train.optimizer.beta2 == 0.0f);
+  assert_true(spec->train.optimizer.eps == 1e-8f); /* left out: defaulted */
+  assert_int_equal(spec->train.lr_schedule.type, SPEC_LR_CONSTANT);
+  assert_true(spec->data.synthetic->seed == 0);
+  assert_int_equal(spec->data.synthetic->classes, 3);
+  assert_int_equal(spec->data.synthetic->features, 784); /* left out: defaulted */
+  assert_round_trip(spec);
+  jobspec_destroy(&spec);
+
+  /* The same through --set: an override counts as written. */
+  const char *sets[] = {"train.optimizer.momentum=0", "train.seed=0",
+                        "train.lr_schedule.type=constant", "data.synthetic.seed=0"};
+  spec = parse_ok(minimal, sets, 4);
+  assert_true(spec->train.optimizer.momentum == 0.0f);
+  assert_true(spec->train.seed == 0);
+  assert_int_equal(spec->train.lr_schedule.type, SPEC_LR_CONSTANT);
+  assert_true(spec->data.synthetic->seed == 0);
+  assert_int_equal(spec->data.synthetic->train_samples, 60000);
+  jobspec_destroy(&spec);
+}
+
+// --- Errors from the text -----------------------------------------------------------------
+
+static void test_error_unknown_key(void **state) {
+  EXPECT_SUBST("  epochs: 1\n", "  epochs: 1\n  epochz: 3\n", "case.yaml", "train.epochz",
+               "unknown key");
+  EXPECT_SUBST("name: t\n", "name: t\ncolour: red\n", "colour", "unknown key");
+  EXPECT_SUBST("    lr: 0.1\n", "    lr: 0.1\n    nesterov: 1\n", "train.optimizer.nesterov");
+}
+
+static void test_error_wrong_type(void **state) {
+  EXPECT_SUBST("epochs: 1", "epochs: many", "case.yaml:8", "train.epochs", "unsigned integer");
+  EXPECT_SUBST("epochs: 1", "epochs: 5x", "train.epochs", "5x"); /* libcyaml alone takes 5 */
+  EXPECT_SUBST("epochs: 1", "epochs: 010", "train.epochs");      /* not octal 8, not 10 */
+  EXPECT_SUBST("epochs: 1", "epochs: -1", "train.epochs");
+  EXPECT_SUBST("epochs: 1", "epochs: 1.5", "train.epochs");
+  EXPECT_SUBST("global_batch: 8", "global_batch: 4294967296", "train.global_batch");
+  EXPECT_SUBST("lr: 0.1", "lr: fast", "train.optimizer.lr", "number");
+  EXPECT_SUBST("lr: 0.1", "lr: 0.1.2", "train.optimizer.lr");
+  EXPECT_SUBST("lr: 0.1", "lr: nan", "train.optimizer.lr");
+  EXPECT_SUBST("lr: 0.1", "lr: inf", "train.optimizer.lr");
+  EXPECT_SUBST("hidden: [16]", "hidden: [16, big]", "model.hidden");
+  EXPECT_SUBST("hidden: [16]", "hidden: 16", "model.hidden");
+  EXPECT_SUBST("  type: mlp\n", "  type: [mlp]\n", "model.type");
+  EXPECT_SUBST("  format: synthetic\n", "  format: synthetic\n  train: /data\n", "data.train");
+  EXPECT_SUBST("  epochs: 1\n", "  epochs: 1\n  epochs: 2\n", "train.epochs", "twice");
+}
+
+static void test_error_missing_required(void **state) {
+  EXPECT_SUBST("name: t\n", "", "name: required key missing");
+  EXPECT_SUBST("    lr: 0.1\n", "", "train.optimizer.lr: required key missing");
+  EXPECT_SUBST("  global_batch: 8\n", "", "train.global_batch: required key missing");
+  EXPECT_SUBST("  type: mlp\n", "", "model.type: required key missing");
+  EXPECT_SUBST("  format: synthetic\n", "  format: idx\n  train: {images: a}\n",
+               "data.train.labels: required key missing");
+}
+
+static void test_error_bad_enum(void **state) {
+  EXPECT_SUBST("name: t\n", "name: t\ntarget: cloud\n", "target", "cloud", "local");
+  EXPECT_SUBST("name: t\n", "name: t\ntarget: 1\n", "target"); /* strict: no numbers */
+  EXPECT_SUBST("  hidden: [16]\n", "  hidden: [16]\n  activation: tanh\n", "model.activation");
+  EXPECT_SUBST("format: synthetic", "format: csv", "data.format");
+  EXPECT_SUBST("type: sgd", "type: lamb", "train.optimizer.type");
+}
+
+static void test_error_syntax(void **state) {
+  /* Line 8 opens a flow sequence that never closes. */
+  EXPECT_SUBST("  epochs: 1\n", "  epochs: [1\n", "case.yaml:", "invalid YAML");
+  EXPECT_SUBST("  epochs: 1\n", "  epochs: 1\n bad: indent\n", "case.yaml:9", "invalid YAML");
+  expect_invalid("", NULL, 0, "case.yaml", "empty", (const char *)NULL);
+  expect_invalid("- 1\n- 2\n", NULL, 0, "case.yaml", "mapping", (const char *)NULL);
+  expect_invalid("just a string\n", NULL, 0, "case.yaml", "mapping", (const char *)NULL);
+  /* Anchors and aliases are refused (a spec has no use for them; they allow bombs). */
+  EXPECT_SUBST("name: t\n", "name: &n t\nrun_dir: *n\n", "alias");
+}
+
+static void test_error_semantic(void **state) {
+  EXPECT_SUBST("name: t", "name: \"\"", "name", "empty");
+  EXPECT_SUBST("name: t\n", "name: t\nnodes: 0\n", "nodes", "at least 1");
+  EXPECT_SUBST("type: mlp", "type: cnn", "model.type", "cnn");
+  EXPECT_SUBST("hidden: [16]", "hidden: [1, 2, 3, 4, 5, 6, 7, 8, 9]", "model.hidden");
+  EXPECT_SUBST("hidden: [16]", "hidden: [16, 0]", "model.hidden[1]");
+  EXPECT_SUBST("epochs: 1", "epochs: 0", "train.epochs");
+  EXPECT_SUBST("global_batch: 8", "global_batch: 0", "train.global_batch");
+  EXPECT_SUBST("lr: 0.1", "lr: 0", "train.optimizer.lr", "> 0");
+  EXPECT_SUBST("lr: 0.1", "lr: -0.5", "train.optimizer.lr");
+  EXPECT_SUBST("format: synthetic", "format: idx",
+               "data.train.images: required when data.format is idx");
+  EXPECT_SUBST("format: synthetic", "format: idx\n  train: {images: a, labels: b}",
+               "data.test.images: required when data.format is idx");
+  EXPECT_SUBST("format: synthetic", "format: synthetic\n  synthetic: {features: 0}",
+               "data.synthetic.features");
+  EXPECT_SUBST("format: synthetic", "format: synthetic\n  synthetic: {train_samples: 0}",
+               "data.synthetic.train_samples");
+  EXPECT_SUBST("format: synthetic", "format: synthetic\n  synthetic: {test_samples: 0}",
+               "data.synthetic.test_samples");
+  EXPECT_SUBST("format: synthetic", "format: synthetic\n  synthetic: {classes: 1}",
+               "data.synthetic.classes");
+  EXPECT_SUBST("    lr: 0.1\n", "    lr: 0.1\n    beta1: 1.0\n", "train.optimizer.beta1");
+  EXPECT_SUBST("    lr: 0.1\n", "    lr: 0.1\n    beta2: -0.1\n", "train.optimizer.beta2");
+  EXPECT_SUBST("    lr: 0.1\n", "    lr: 0.1\n    momentum: 1.5\n", "train.optimizer.momentum");
+  EXPECT_SUBST("    lr: 0.1\n", "    lr: 0.1\n    weight_decay: -1\n",
+               "train.optimizer.weight_decay");
+  EXPECT_SUBST("    lr: 0.1\n", "    lr: 0.1\n    eps: 0\n", "train.optimizer.eps");
+  EXPECT_SUBST("    lr: 0.1\n", "    lr: 0.1\n  lr_schedule: {lr_min: 0.5}\n",
+               "train.lr_schedule.lr_min");
+  EXPECT_SUBST("name: t\n", "name: t\nnodes: 16\n", "train.global_batch", "nodes");
+  EXPECT_SUBST("name: t\n", "name: t\nrun_dir: \"\"\n", "run_dir");
+}
+
+// --- --set --------------------------------------------------------------------------------
+
+static void test_set_each_kind(void **state) {
+  const char *sets[] = {
+      "train.epochs=7",                  /* uint32 */
+      "train.seed=18446744073709551615", /* uint64, largest */
+      "train.optimizer.lr=0.05",         /* float */
+      "name=renamed",                    /* string */
+      "run_dir= /tmp/runs ",             /* string, trimmed */
+      "target=managed",                  /* enums by name */
+      "train.optimizer.type=adamw",
+      "model.activation=gelu",
+      "model.hidden=[512,256]", /* int list */
+      "nodes=2",
+      "train.epochs=9", /* the last one wins */
+  };
+  jobspec_t *spec = parse_ok(minimal, sets, (int)DRV_ARRAY_LEN(sets));
+  assert_int_equal(spec->train.epochs, 9);
+  assert_true(spec->train.seed == UINT64_MAX);
+  assert_true(spec->train.optimizer.lr == 0.05f);
+  assert_string_equal(spec->name, "renamed");
+  assert_string_equal(spec->run_dir, "/tmp/runs");
+  assert_int_equal(spec->target, SPEC_TARGET_MANAGED);
+  assert_string_equal(jobspec_target_name(spec->target), "managed");
+  assert_int_equal(spec->train.optimizer.type, SPEC_OPT_ADAMW);
+  assert_int_equal(spec->model.activation, SPEC_ACT_GELU);
+  assert_int_equal(spec->model.hidden_count, 2);
+  assert_int_equal(spec->model.hidden[0], 512);
+  assert_int_equal(spec->model.hidden[1], 256);
+  assert_int_equal(spec->nodes, 2);
+  assert_round_trip(spec);
+  jobspec_destroy(&spec);
+
+  const char *lists[] = {"model.hidden=512, 256, 64"};
+  spec = parse_ok(minimal, lists, 1);
+  assert_int_equal(spec->model.hidden_count, 3);
+  assert_int_equal(spec->model.hidden[2], 64);
+  jobspec_destroy(&spec);
+
+  const char *empty[] = {"model.hidden=[]"};
+  spec = parse_ok(minimal, empty, 1);
+  assert_int_equal(spec->model.hidden_count, 0);
+  jobspec_destroy(&spec);
+}
+
+static void test_set_creates_mappings(void **state) {
+  /* A synthetic spec turned into an idx one: data.train and data.test are created. */
+  const char *sets[] = {"data.format=idx",
+                        "data.train.images=/d/tr-img.gz",
+                        "data.train.labels=/d/tr-lbl.gz",
+                        "data.test.images=/d/te-img.gz",
+                        "data.test.labels=/d/te-lbl.gz",
+                        "data.synthetic.classes=3"};
+  jobspec_t *spec = parse_ok(minimal, sets, (int)DRV_ARRAY_LEN(sets));
+  assert_int_equal(spec->data.format, SPEC_DATA_IDX);
+  assert_non_null(spec->data.train);
+  assert_string_equal(spec->data.train->images, "/d/tr-img.gz");
+  assert_string_equal(spec->data.test->labels, "/d/te-lbl.gz");
+  assert_int_equal(spec->data.synthetic->classes, 3);
+  assert_int_equal(spec->data.synthetic->features, 784); /* the rest defaulted */
+  assert_round_trip(spec);
+  jobspec_destroy(&spec);
+
+  /* Half a split: created, then refused by validation, naming the missing key. */
+  const char *half[] = {"data.train.images=/d/x"};
+  expect_invalid(minimal, half, 1, "data.train.labels", (const char *)NULL);
+}
+
+static void test_set_errors(void **state) {
+  EXPECT_SET("train.epochz=3", "--set train.epochz=3: unknown key 'epochz' in 'train'");
+  EXPECT_SET("foo=1", "--set foo=1", "unknown key 'foo'");
+  EXPECT_SET("train.optimizer.lrr=1", "unknown key 'lrr' in 'train.optimizer'");
+  EXPECT_SET("train.epochs=many", "--set train.epochs=many", "unsigned integer");
+  EXPECT_SET("train.epochs=-1", "--set train.epochs=-1");
+  EXPECT_SET("train.epochs=4294967296", "--set train.epochs=4294967296", "range");
+  EXPECT_SET("train.optimizer.lr=abc", "--set train.optimizer.lr=abc", "number");
+  EXPECT_SET("target=cloud", "--set target=cloud", "local");
+  EXPECT_SET("train.epochs", "--set train.epochs", "key.path=value");
+  EXPECT_SET("=3", "key.path=value");
+  EXPECT_SET("train=3", "--set train=3", "'train' is a mapping");
+  EXPECT_SET("name.first=a", "--set name.first=a", "'name' is not a mapping");
+  EXPECT_SET("model.hidden=[1,x]", "--set model.hidden=[1,x]", "unsigned integer");
+  EXPECT_SET("model.hidden=[1,2", "--set model.hidden=[1,2");
+  EXPECT_SET("model.hidden=1,2,3,4,5,6,7,8,9", "--set model.hidden=", "too many");
+  EXPECT_SET("name=", "--set name=", "empty");
+  /* Values that parse but fail validation are named like any other. */
+  EXPECT_SET("train.optimizer.lr=-1", "train.optimizer.lr");
+  EXPECT_SET("model.hidden=[4,0]", "model.hidden[1]");
+}
+
+// --- Dump ---------------------------------------------------------------------------------
+
+static void test_dump_every_field(void **state) {
+  jobspec_t *spec = parse_ok(minimal, NULL, 0);
+  char *text = NULL;
+  size_t len = 0;
+  assert_int_equal(jobspec_dump(spec, &text, &len), DRV_OK);
+  const char *keys[] = {"name:",
+                        "target: local",
+                        "nodes: 1",
+                        "model:",
+                        "type: mlp",
+                        "hidden: [16]",
+                        "activation: relu",
+                        "data:",
+                        "format: synthetic",
+                        "synthetic:",
+                        "train_samples: 60000",
+                        "test_samples: 10000",
+                        "features: 784",
+                        "classes: 10",
+                        "epochs: 1",
+                        "global_batch: 8",
+                        "max_steps: 0",
+                        "seed: 42",
+                        "optimizer:",
+                        "type: sgd",
+                        "lr: 0.1",
+                        "momentum: 0.9",
+                        "weight_decay: 0",
+                        "beta1: 0.9",
+                        "beta2: 0.999",
+                        "eps: 1e-08",
+                        "lr_schedule:",
+                        "type: cosine",
+                        "warmup_steps: 0",
+                        "lr_min: 0",
+                        "run_dir: runs"};
+  for (size_t i = 0; i < DRV_ARRAY_LEN(keys); i++)
+    if (!strstr(text, keys[i])) fail_msg("dump lacks \"%s\":\n%s", keys[i], text);
+  free(text);
+  jobspec_destroy(&spec);
+}
+
+static void test_dump_round_trip(void **state) {
+  /* Awkward values: more digits than a float keeps, a string YAML would misread unquoted,
+   * the largest seed. */
+  const char *sets[] = {"train.optimizer.lr=0.0123456789",
+                        "train.optimizer.type=adamw",
+                        "train.optimizer.eps=3.14159265e-7",
+                        "name=has: a colon # and hash",
+                        "run_dir=yes",
+                        "train.seed=18446744073709551615",
+                        "train.lr_schedule.lr_min=0.000123456789",
+                        "train.max_steps=1000"};
+  jobspec_t *spec = NULL;
+  const char *path = DROVER_SOURCE_DIR "/examples/fashion-mnist.yaml";
+  if (jobspec_load(path, sets, (int)DRV_ARRAY_LEN(sets), &spec) != DRV_OK)
+    fail_msg("%s", drv_last_error());
+  assert_string_equal(spec->name, "has: a colon # and hash");
+  assert_string_equal(spec->run_dir, "yes");
+  /* Floats keep the six significant digits the YAML writer keeps. */
+  assert_true(spec->train.optimizer.lr == 0.0123457f);
+  assert_round_trip(spec);
+  jobspec_destroy(&spec);
+}
+
+static void test_target_names(void **state) {
+  assert_string_equal(jobspec_target_name(SPEC_TARGET_LOCAL), "local");
+  assert_string_equal(jobspec_target_name(SPEC_TARGET_ATTACHED), "attached");
+  assert_string_equal(jobspec_target_name(SPEC_TARGET_MANAGED), "managed");
+  assert_string_equal(jobspec_target_name((spec_target_t)42), "unknown");
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_example_fashion_mnist), cmocka_unit_test(test_example_synthetic),
+      cmocka_unit_test(test_load_missing_file),     cmocka_unit_test(test_defaults_filled),
+      cmocka_unit_test(test_explicit_zeros_stay),   cmocka_unit_test(test_error_unknown_key),
+      cmocka_unit_test(test_error_wrong_type),      cmocka_unit_test(test_error_missing_required),
+      cmocka_unit_test(test_error_bad_enum),        cmocka_unit_test(test_error_syntax),
+      cmocka_unit_test(test_error_semantic),        cmocka_unit_test(test_set_each_kind),
+      cmocka_unit_test(test_set_creates_mappings),  cmocka_unit_test(test_set_errors),
+      cmocka_unit_test(test_dump_every_field),      cmocka_unit_test(test_dump_round_trip),
+      cmocka_unit_test(test_target_names),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
