@@ -383,10 +383,8 @@ drv_result_t ring_connect(ring_t *r, uint32_t rank, uint32_t world, const char *
                            "ring: rank %u of %u (tag %#llx): the peer at %s %s: it is rank %u "
                            "of %u with tag %#llx, expected rank %u",
                            rank, world, (unsigned long long)tag, addrs[right],
-                           kind == RING_KIND_REFUSE ? "refused us"
-                                                    : "is not our right "
-                                                      "neighbour",
-                           prank, pworld, (unsigned long long)ptag, right);
+                           kind == RING_KIND_REFUSE ? "refused us" : "is someone else", prank,
+                           pworld, (unsigned long long)ptag, right);
             goto fail;
           }
           dial = DIAL_DONE;

@@ -493,7 +493,9 @@ static void on_done(coord_t *c, const proto_done_t *d) {
 static void on_failed(coord_t *c, const proto_failed_t *f) {
   job_t *j = job_for_msg(c, f->job, f->generation, f->rank, "failed");
   if (!j) return;
-  job_fail(c, j, "rank %u: %s", f->rank, f->reason);
+  int ai = j->slots[f->rank].agent;
+  job_fail(c, j, "rank %u (agent %s): %s", f->rank,
+           ai >= 0 && c->agents[ai].used ? c->agents[ai].agent_id : "?", f->reason);
 }
 
 static void handle_worker_socket(coord_t *c) {

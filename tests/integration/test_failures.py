@@ -70,7 +70,9 @@ def worker_pids(c, run_dir):
     return pids
 
 
-def test_dead_agent_fails_job_and_releases_others(drover):
+def run_and_lose_agent(drover, sig):
+    """Starts a 2-agent job, hits agent a1 with `sig`, and checks the job fails and a2 is
+    released. Returns (seconds to failure, reason)."""
     c = Cluster(drover, env=FAST)
     try:
         c.start_coordinator()
@@ -82,26 +84,45 @@ def test_dead_agent_fails_job_and_releases_others(drover):
         wait_progress(c, sub, job)
         run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
         assert len(worker_pids(c, run_dir)) == 2
-        victim = agent_states(c)["a1"]
+        assert agent_states(c)["a1"]["state"] == "busy"
         t0 = time.time()
-        os.kill(c.agents["a1"].pid, signal.SIGKILL)  # its worker dies with it (PDEATHSIG)
+        os.kill(c.agents["a1"].pid, sig)
         final, _ = c.follow(sub, job, timeout=30)
         took = time.time() - t0
-        print("dead agent detected, job failed after %.2f s: %s" % (took, final["reason"]))
         assert final["state"] == "failed", final
-        assert "a1" in final["reason"], final
-        assert victim["state"] == "busy"
         # The survivor is released: idle, its worker gone.
         wait_for(lambda: agent_states(c).get("a2", {}).get("state") == "idle", 10, "a2 idle")
-        wait_for(lambda: not worker_pids(c, run_dir), 10, "workers gone")
-        assert "a1" not in agent_states(c)
+        wait_for(lambda: all(p == c.agents["a1"].pid or not os.path.exists("/proc/%d" % p)
+                             or open("/proc/%d/stat" % p).read().split()[2] in "ZT"
+                             for p in worker_pids(c, run_dir)), 10, "workers gone")
+        wait_for(lambda: "a1" not in agent_states(c), 10, "a1 dropped from the registry")
         st = json.loads(c.drover_cli("status", str(job), "--json").stdout)[0]
-        assert st["status"] == "failed" and "a1" in st["reason"], st
+        assert st["status"] == "failed" and st["reason"] == final["reason"], st
+        return took, final["reason"]
     except Exception:
         print(c.all_logs())
         raise
     finally:
+        if sig == signal.SIGSTOP:
+            os.kill(c.agents["a1"].pid, signal.SIGCONT)
         c.close()
+
+
+def test_silent_agent_fails_job_with_reason(drover):
+    # A stopped agent stops heartbeating while its worker keeps going: only the
+    # coordinator's heartbeat timeout can tell.
+    took, reason = run_and_lose_agent(drover, signal.SIGSTOP)
+    print("silent agent: job failed after %.2f s: %s" % (took, reason))
+    assert "agent a1" in reason and "silent for" in reason, reason
+    assert took < 3.0 + 5.0, took
+
+
+def test_killed_agent_fails_job_within_seconds(drover):
+    # A killed agent takes its worker with it: the peer sees the ring break at once.
+    took, reason = run_and_lose_agent(drover, signal.SIGKILL)
+    print("killed agent: job failed after %.2f s: %s" % (took, reason))
+    assert "rank" in reason, reason
+    assert took < 3.0 + 5.0, took
 
 
 def test_cancel_running_job(drover):
@@ -204,5 +225,5 @@ run_dir: %s
 
 
 if __name__ == "__main__":
-    main([test_dead_agent_fails_job_and_releases_others, test_cancel_running_job,
+    main([test_silent_agent_fails_job_with_reason, test_killed_agent_fails_job_within_seconds, test_cancel_running_job,
           test_coordinator_restart, test_bad_dataset_fails_with_named_file])
