@@ -545,11 +545,25 @@ static void on_submit(coord_t *c, const unsigned char *ident, size_t len, const 
     reply_error(c, ident, len, "invalid", drv_last_error());
     return;
   }
+  /* Workers run elsewhere, in other directories: paths must not depend on a cwd. */
+  const char *rel = NULL;
+  if (spec->run_dir[0] != '/') rel = "run_dir";
+  else if (spec->data.train && spec->data.train->images[0] != '/') rel = "data.train.images";
+  else if (spec->data.train && spec->data.train->labels[0] != '/') rel = "data.train.labels";
+  else if (spec->data.test && spec->data.test->images[0] != '/') rel = "data.test.images";
+  else if (spec->data.test && spec->data.test->labels[0] != '/') rel = "data.test.labels";
   job_t *j = NULL;
   for (int i = 0; i < MAX_JOBS && !j; i++)
     if (!c->jobs[i].used) j = &c->jobs[i];
   char *canon = NULL;
   size_t clen;
+  if (rel) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "submitted spec: %s: must be an absolute path (drover submit "
+             "resolves relative ones against the submitting directory)", rel);
+    reply_error(c, ident, len, "invalid", msg);
+    goto out;
+  }
   if (!j) {
     reply_error(c, ident, len, "busy", "too many active jobs; try again later");
     goto out;

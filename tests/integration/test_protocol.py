@@ -74,6 +74,7 @@ def test_bad_input_then_a_job(drover):
         expect_error(c, pack("submit", {"spec": GOOD_SPEC.replace("epochs: 3", "epochs: many") % c.runs}), "epochs")
         expect_error(c, pack("submit", {"spec": GOOD_SPEC.replace("  global_batch: 64\n", "") % c.runs}), "global_batch")
         expect_error(c, pack("submit", {"spec": GOOD_SPEC.replace("activation: gelu", "activation: swish") % c.runs}), "activation")
+        expect_error(c, pack("submit", {"spec": GOOD_SPEC % "relative/runs"}), "run_dir: must be an absolute path")
         # An oversized frame is dropped (libzmq closes that connection); no crash.
         s = raw_client(c)
         s.send(b"\x00" * (MAX + 1))
