@@ -83,6 +83,13 @@ typedef struct {
 
 // --- Events and replies --------------------------------------------------------------------
 
+/* Publishes an event of job `id` on topic "job/<id>". */
+static void publish(coord_t *c, int64_t id, const proto_msg_t *m) {
+  char topic[64];
+  snprintf(topic, sizeof topic, "job/%" PRId64, id);
+  if (sock_publish(c->events, topic, m) != DRV_OK) log_warn("%s", drv_last_error());
+}
+
 static void publish_state(coord_t *c, const job_t *j, const char *reason) {
   proto_msg_t m;
   proto_msg_init(&m, PROTO_EV_STATE);
@@ -93,10 +100,7 @@ static void publish_state(coord_t *c, const job_t *j, const char *reason) {
   m.u.ev_state.test_loss = j->test_loss;
   m.u.ev_state.test_accuracy = j->test_accuracy;
   m.u.ev_state.samples_per_s = j->final_samples_per_s;
-  char topic[64];
-  snprintf(topic, sizeof topic, "job/%" PRId64, j->id);
-  if (sock_publish(c->events, topic, &m) != DRV_OK) log_warn("%s", drv_last_error());
-  /* the strings above are borrowed: do not fini */
+  publish(c, j->id, &m); /* the strings above are borrowed: do not fini */
 }
 
 static void reply(coord_t *c, const unsigned char *ident, size_t identlen, const proto_msg_t *m) {
@@ -434,9 +438,7 @@ static void publish_progress(coord_t *c, job_t *j) {
   p->slowest_step_ms = slowest < 0 ? 0 : slowest;
   double steps_per_s = slowest > 0 ? 1000.0 / slowest : 0;
   p->eta_s = steps_per_s > 0 ? (double)(j->steps_total - j->step) / steps_per_s : 0;
-  char topic[64];
-  snprintf(topic, sizeof topic, "job/%" PRId64, j->id);
-  if (sock_publish(c->events, topic, &m) != DRV_OK) log_warn("%s", drv_last_error());
+  publish(c, j->id, &m);
 }
 
 static void on_progress(coord_t *c, const proto_progress_t *p) {
@@ -470,9 +472,7 @@ static void on_eval(coord_t *c, const proto_eval_t *e) {
   proto_msg_t m;
   proto_msg_init(&m, PROTO_EV_EVAL);
   m.u.eval = *e;
-  char topic[64];
-  snprintf(topic, sizeof topic, "job/%" PRId64, j->id);
-  sock_publish(c->events, topic, &m);
+  publish(c, j->id, &m);
 }
 
 static void on_done(coord_t *c, const proto_done_t *d) {
