@@ -22,6 +22,39 @@ def submit(c, *args):
     return r, json.loads(lines[-1])
 
 
+TORCH_CHECK = r"""
+import gzip, sys
+import numpy as np, torch
+from safetensors.torch import load_file
+t = load_file(sys.argv[1])
+d = "%s/"
+x = np.frombuffer(gzip.open(d + "t10k-images-idx3-ubyte.gz").read()[16:], np.uint8)
+y = np.frombuffer(gzip.open(d + "t10k-labels-idx1-ubyte.gz").read()[8:], np.uint8)
+h = torch.from_numpy(x.reshape(-1, 784).astype(np.float32) / 255)
+n = len([k for k in t if k.endswith(".weight")])
+for i in range(n):
+    h = h @ t["layers.%%d.weight" %% i].T + t["layers.%%d.bias" %% i]
+    if i < n - 1:
+        h = torch.relu(h)
+print((h.argmax(1).numpy() == y).mean())
+""" % DATA
+
+
+def check_with_torch(path, accuracy):
+    """Loads the model with safetensors.torch.load_file and evaluates it in PyTorch, when a
+    Python with both is named by $DROVER_TORCH_PYTHON (neither is a Debian package pair
+    drover depends on); the format itself is checked by read_safetensors either way."""
+    py = os.environ.get("DROVER_TORCH_PYTHON")
+    if not py:
+        print("safetensors.torch check skipped: set DROVER_TORCH_PYTHON to a python with "
+              "torch and safetensors")
+        return
+    out = subprocess.run([py, "-c", TORCH_CHECK, path], capture_output=True, text=True, check=True)
+    acc = float(out.stdout.strip())
+    print("safetensors.torch.load_file + PyTorch forward: accuracy %.4f" % acc)
+    assert abs(acc - accuracy) < 2e-3, (acc, accuracy)
+
+
 def test_fashion_mnist_two_local_agents(drover):
     c = Cluster(drover)
     try:
@@ -46,6 +79,7 @@ def test_fashion_mnist_two_local_agents(drover):
         assert shapes == {"layers.0.weight": [256, 784], "layers.0.bias": [256],
                           "layers.1.weight": [128, 256], "layers.1.bias": [128],
                           "layers.2.weight": [10, 128], "layers.2.bias": [10]}, shapes
+        check_with_torch(os.path.join(run, "model.safetensors"), res["test_accuracy"])
         # The local coordinator stopped with submit; a new one on the same state
         # directory still knows the job.
         c.start_coordinator()
