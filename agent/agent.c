@@ -40,7 +40,8 @@ typedef struct {
   void *ctx, *sock;
   int registered;
   int64_t last_heard_ms, last_hello_ms;
-  uint64_t seq;
+  int64_t heartbeat_ms, peer_timeout_ms; /* ours until the coordinator's welcome says */
+  uint64_t seq, session;
   child_t kids[MAX_WORKERS];
   proto_gpu_t *gpus;
   uint32_t ngpus;
@@ -221,6 +222,7 @@ static void send_hello(agent_t *a) {
   h->host = a->host;
   h->target = (char *)(a->cfg->target ? a->cfg->target : "attached");
   h->pid = (uint32_t)getpid();
+  h->session = a->session;
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   h->cpus = cpus > 0 ? (uint32_t)cpus : 1;
   h->mem_bytes = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
@@ -235,8 +237,14 @@ static drv_result_t link_open(agent_t *a) {
   a->sock = sock_new(a->ctx, ZMQ_DEALER);
   if (!a->sock) return DRV_ERR_ZMQ;
   zmq_setsockopt(a->sock, ZMQ_ROUTING_ID, a->agent_id, strlen(a->agent_id));
-  int linger = 0;
+  int linger = 0, immediate = 1;
   zmq_setsockopt(a->sock, ZMQ_LINGER, &linger, sizeof linger);
+  /* Queue nothing while the coordinator is away: stale hellos and heartbeats would all
+   * arrive at once when it comes back. */
+  zmq_setsockopt(a->sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate);
+  /* A new session: the coordinator learns that whatever the old one ran is gone. */
+  a->session = ((uint64_t)(uint32_t)getpid() << 32) ^ (uint64_t)drv_now_ms() ^
+               ((uint64_t)(uintptr_t)a->sock << 16);
   char ep[256];
   DRV_CHECK(sock_endpoint(a->cfg->coordinator, SOCK_AGENTS, ep, sizeof ep));
   if (zmq_connect(a->sock, ep) < 0)
@@ -251,8 +259,13 @@ static void on_message(agent_t *a, proto_msg_t *m) {
   a->last_heard_ms = drv_now_ms();
   switch (m->type) {
   case PROTO_WELCOME:
-    if (!a->registered) log_info("registered with the coordinator as %s", m->u.welcome.agent_id);
+    if (!a->registered)
+      log_info("registered with the coordinator as %s (heartbeat %u ms, timeout %u ms)",
+               m->u.welcome.agent_id, m->u.welcome.heartbeat_ms, m->u.welcome.peer_timeout_ms);
     a->registered = 1;
+    /* One cluster, one clock: follow the coordinator's heartbeat settings. */
+    if (m->u.welcome.heartbeat_ms) a->heartbeat_ms = m->u.welcome.heartbeat_ms;
+    if (m->u.welcome.peer_timeout_ms) a->peer_timeout_ms = m->u.welcome.peer_timeout_ms;
     break;
   case PROTO_HEARTBEAT: break;
   case PROTO_ERROR:
@@ -311,8 +324,9 @@ drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
   log_info("agent %s (host %s, target %s, %u GPU(s)) connecting to %s", a->agent_id, a->host,
            cfg->target ? cfg->target : "attached", a->ngpus, cfg->coordinator);
 
-  int64_t hb = drv_setting(DRV_SET_HEARTBEAT_MS), timeout = drv_setting(DRV_SET_PEER_TIMEOUT_MS);
-  int64_t next_hb = drv_now_ms() + hb;
+  a->heartbeat_ms = drv_setting(DRV_SET_HEARTBEAT_MS);
+  a->peer_timeout_ms = drv_setting(DRV_SET_PEER_TIMEOUT_MS);
+  int64_t next_hb = drv_now_ms() + a->heartbeat_ms;
   while (!*stop) {
     proto_msg_t m;
     drv_result_t r = sock_recv(a->sock, 0, NULL, NULL, &m, 100);
@@ -323,7 +337,7 @@ drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
     proto_msg_fini(&m);
     reap_workers(a);
     int64_t now = drv_now_ms();
-    if (now - a->last_heard_ms > timeout) {
+    if (now - a->last_heard_ms > a->peer_timeout_ms) {
       log_warn("coordinator silent for %" PRId64 " ms: reconnecting", now - a->last_heard_ms);
       kill_all(a, "lost the coordinator");
       if (link_open(a) != DRV_OK) log_warn("%s", drv_last_error());
@@ -338,7 +352,7 @@ drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
       h.u.heartbeat.seq = ++a->seq;
       h.u.heartbeat.workers = live_workers(a);
       send_msg(a, &h);
-      next_hb = now + hb;
+      next_hb = now + a->heartbeat_ms;
     }
   }
   log_info("agent stopping");

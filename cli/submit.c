@@ -275,12 +275,14 @@ static void on_event(follow_t *f, const proto_msg_t *m) {
 }
 
 /* Reads the job's record: the authority when an event was missed. */
-static void poll_status(void *ctx, const char *ep, follow_t *f) {
+static int poll_status(void *ctx, const char *ep, follow_t *f) {
   proto_msg_t req, rep;
   proto_msg_init(&req, PROTO_STATUS);
   req.u.status.job = f->job;
+  int answered = 0;
   if (sock_request(ctx, ep, &req, &rep, 2000) == DRV_OK && rep.type == PROTO_JOBS &&
       rep.u.jobs.jobs_count == 1) {
+    answered = 1;
     proto_job_t *j = &rep.u.jobs.jobs[0];
     if (terminal_state(j->state)) {
       snprintf(f->state, sizeof f->state, "%s", j->state);
@@ -291,6 +293,28 @@ static void poll_status(void *ctx, const char *ep, follow_t *f) {
     }
   }
   proto_msg_fini(&rep);
+  return answered;
+}
+
+/* Local target: agents are busy until their workers have exited; stopping them earlier
+ * would kill a worker that is still flushing its files. Waits up to 5 s. */
+static void wait_agents_idle(void *ctx, const char *ep) {
+  char mine[32];
+  snprintf(mine, sizeof mine, "local-%d-", (int)getpid());
+  for (double end = drv_now_s() + 5.0; drv_now_s() < end;) {
+    proto_msg_t req, rep;
+    proto_msg_init(&req, PROTO_AGENTS);
+    int busy = 1;
+    if (sock_request(ctx, ep, &req, &rep, 1000) == DRV_OK && rep.type == PROTO_AGENT_LIST) {
+      busy = 0;
+      for (uint32_t k = 0; k < rep.u.agent_list.agents_count; k++)
+        busy |= !strncmp(rep.u.agent_list.agents[k].agent_id, mine, strlen(mine)) &&
+                rep.u.agent_list.agents[k].job != 0;
+    }
+    proto_msg_fini(&rep);
+    if (!busy) return;
+    usleep(100000);
+  }
 }
 
 static void cancel_job(void *ctx, const char *ep, int64_t job) {
@@ -446,20 +470,30 @@ int cmd_submit(int argc, char **argv) {
   snprintf(f.run_dir, sizeof f.run_dir, "%s", rep.u.submitted.run_dir);
   proto_msg_fini(&rep);
   if (!s.json) fprintf(stderr, "job %" PRId64 " submitted (run directory %s)\n", f.job, f.run_dir);
+  if (s.detach && local)
+    fprintf(stderr, "drover submit: --detach has no effect on the local target: its agents "
+                    "stop with this command\n");
   if (s.detach && !local) {
     if (s.json) printf("{\"job\":%" PRId64 ",\"status\":\"queued\"}\n", f.job);
     ret = 0;
     goto out;
   }
 
-  double last_status = drv_now_s();
+  double last_status = drv_now_s(), last_answer = drv_now_s();
+  double give_up_s = 6.0 * (double)drv_setting(DRV_SET_PEER_TIMEOUT_MS) / 1000.0;
   int cancelled = 0;
   while (!terminal_state(f.state)) {
     if (interrupted && !cancelled) {
       end_line(&f);
-      fprintf(stderr, "interrupted: cancelling job %" PRId64 "\n", f.job);
+      fprintf(stderr, "interrupted: cancelling job %" PRId64 " (Ctrl-C again to stop waiting)\n",
+              f.job);
       cancel_job(ctx, s.coordinator, f.job);
       cancelled = 1;
+      interrupted = 0;
+    } else if (interrupted) {
+      snprintf(f.state, sizeof f.state, "unknown");
+      snprintf(f.reason, sizeof f.reason, "stopped waiting for the job after a second interrupt");
+      break;
     }
     zmq_pollitem_t it = {.socket = sub, .events = ZMQ_POLLIN};
     if (zmq_poll(&it, 1, 250) > 0) {
@@ -482,7 +516,14 @@ int cmd_submit(int argc, char **argv) {
     }
     if (drv_now_s() - last_status > 2.0) {
       last_status = drv_now_s();
-      poll_status(ctx, s.coordinator, &f);
+      if (poll_status(ctx, s.coordinator, &f)) {
+        last_answer = drv_now_s();
+      } else if (drv_now_s() - last_answer > give_up_s) {
+        snprintf(f.state, sizeof f.state, "unknown");
+        snprintf(f.reason, sizeof f.reason, "the coordinator at %s has not answered for %.0f s",
+                 s.coordinator, drv_now_s() - last_answer);
+        break;
+      }
       if (local && s.coord_pid > 0 && waitpid(s.coord_pid, NULL, WNOHANG) == s.coord_pid) {
         s.coord_pid = 0;
         snprintf(f.state, sizeof f.state, "failed");
@@ -491,6 +532,7 @@ int cmd_submit(int argc, char **argv) {
     }
   }
   end_line(&f);
+  if (local && terminal_state(f.state)) wait_agents_idle(ctx, s.coordinator);
   print_result(&s, &f);
   ret = !strcmp(f.state, "succeeded") ? 0 : 1;
   if (ret && local && !s.verbose)

@@ -48,7 +48,8 @@ SCHEMA(gpu_schema, "gpu", proto_gpu_t, FLD(proto_gpu_t, index, F_U32, REQ),
 
 SCHEMA(hello_schema, "hello", proto_hello_t, FLD(proto_hello_t, agent_id, F_STR, REQ),
        FLD(proto_hello_t, host, F_STR, REQ), FLD(proto_hello_t, target, F_STR, REQ),
-       FLD(proto_hello_t, pid, F_U32, OPT), FLD(proto_hello_t, cpus, F_U32, REQ),
+       FLD(proto_hello_t, pid, F_U32, OPT), FLD(proto_hello_t, session, F_U64, OPT),
+       FLD(proto_hello_t, cpus, F_U32, REQ),
        FLD(proto_hello_t, mem_bytes, F_U64, REQ),
        ARR(proto_hello_t, gpus, F_OBJS, &gpu_schema, REQ));
 

@@ -77,6 +77,8 @@ typedef struct {
   char *host;       /* host name or address workers' peers can reach */
   char *target;     /* "local" | "attached" | "managed": which jobs it serves */
   uint32_t pid;
+  uint64_t session;  /* new each time the agent (re)connects: a repeated hello of one
+                        session is harmless, a new session means its workers are gone */
   uint32_t cpus;
   uint64_t mem_bytes;
   proto_gpu_t *gpus;

@@ -1,6 +1,6 @@
 /* settings.h: every tunable declared once (NCCL_PARAM style): its name, default, the
  * environment variable that overrides it (DROVER_<NAME>) and a line of help. `drover
- * --help-settings` and docs/user-guide.md list them from this table. */
+ * settings` and docs/user-guide.md list them from this table. */
 #ifndef DROVER_COMMON_SETTINGS_H
 #define DROVER_COMMON_SETTINGS_H
 

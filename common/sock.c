@@ -95,6 +95,7 @@ drv_result_t sock_recv(void *s, int is_router, unsigned char *identity, size_t *
   if (timeout_ms >= 0) {
     zmq_pollitem_t it = {.socket = s, .events = ZMQ_POLLIN};
     int n = zmq_poll(&it, 1, timeout_ms);
+    if (n < 0 && errno == EINTR) return drv_error(DRV_ERR_TIMEOUT, "interrupted");
     if (n < 0) return drv_error(DRV_ERR_ZMQ, "zmq_poll: %s", zmq_strerror(errno));
     if (n == 0) return drv_error(DRV_ERR_TIMEOUT, "no message within %d ms", timeout_ms);
   }

@@ -30,7 +30,7 @@ typedef struct {
   size_t identlen;
   char agent_id[128], host[256], target[16];
   uint32_t cpus, gpus;
-  uint64_t mem_bytes;
+  uint64_t mem_bytes, session;
   int64_t last_seen_ms;
   int64_t job; /* 0 when idle; set from assign until its worker exits */
   uint32_t rank;
@@ -165,10 +165,11 @@ static void job_stop_workers(coord_t *c, job_t *j, const char *reason) {
  * Agents stay busy until their worker's exit is reported, so nothing is double-booked. */
 static void job_finish(coord_t *c, job_t *j, job_state_t state, const char *reason) {
   if (state != JOB_SUCCEEDED) job_stop_workers(c, j, reason ? reason : "job ended");
-  if (state == JOB_SUCCEEDED || !isnan(j->test_accuracy))
-    if (store_job_set_metrics(c->store, j->id, j->test_accuracy, j->test_loss,
-                              j->final_samples_per_s, j->step) != DRV_OK)
-      log_error("store: %s", drv_last_error());
+  /* Steps and throughput are worth keeping for failed and cancelled jobs too. */
+  double sps = state == JOB_SUCCEEDED ? j->final_samples_per_s : j->samples_per_s;
+  if (store_job_set_metrics(c->store, j->id, j->test_accuracy, j->test_loss,
+                            j->step ? sps : NAN, j->step) != DRV_OK)
+    log_error("store: %s", drv_last_error());
   if (store_job_set_state(c->store, j->id, state, reason) != DRV_OK)
     log_error("store: %s", drv_last_error());
   j->state = state;
@@ -310,13 +311,23 @@ static void agent_lost(coord_t *c, agent_t *a, const char *why) {
   memset(a, 0, sizeof *a);
 }
 
+static void send_welcome(coord_t *c, const agent_t *a) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_WELCOME);
+  m.u.welcome.agent_id = (char *)a->agent_id;
+  m.u.welcome.heartbeat_ms = (uint32_t)drv_setting(DRV_SET_HEARTBEAT_MS);
+  m.u.welcome.peer_timeout_ms = (uint32_t)drv_setting(DRV_SET_PEER_TIMEOUT_MS);
+  send_to_agent(c, a, &m);
+}
+
 static void on_hello(coord_t *c, const unsigned char *ident, size_t len, proto_hello_t *h) {
   agent_t *a = agent_by_ident(c, ident, len);
-  if (a) {
-    /* Re-registration of a known agent (it reconnected): its old worker is gone. */
-    if (a->job) agent_lost(c, a, "re-registered while running a job");
-    a = NULL;
+  if (a && a->session == h->session) {
+    send_welcome(c, a); /* the same connection said hello twice: nothing changed */
+    return;
   }
+  if (a && a->job) /* it reconnected: the workers of its old session are gone */
+    agent_lost(c, a, "reconnected while running a job");
   for (int i = 0; i < MAX_AGENTS && !a; i++)
     if (!c->agents[i].used) a = &c->agents[i];
   if (!a) {
@@ -333,6 +344,7 @@ static void on_hello(coord_t *c, const unsigned char *ident, size_t len, proto_h
   a->cpus = h->cpus;
   a->gpus = h->gpus_count;
   a->mem_bytes = h->mem_bytes;
+  a->session = h->session;
   a->last_seen_ms = drv_now_ms();
   log_info("agent %s registered: host %s, target %s, %u cpus, %.1f GiB, %u gpus", a->agent_id,
            a->host, a->target, a->cpus, (double)a->mem_bytes / (1 << 30), a->gpus);
@@ -340,12 +352,7 @@ static void on_hello(coord_t *c, const unsigned char *ident, size_t len, proto_h
     log_info("agent %s gpu %u: %s, %.1f GiB, sm_%u%u", a->agent_id, h->gpus[g].index,
              h->gpus[g].name, (double)h->gpus[g].mem_bytes / (1 << 30), h->gpus[g].cc_major,
              h->gpus[g].cc_minor);
-  proto_msg_t m;
-  proto_msg_init(&m, PROTO_WELCOME);
-  m.u.welcome.agent_id = a->agent_id;
-  m.u.welcome.heartbeat_ms = (uint32_t)drv_setting(DRV_SET_HEARTBEAT_MS);
-  m.u.welcome.peer_timeout_ms = (uint32_t)drv_setting(DRV_SET_PEER_TIMEOUT_MS);
-  send_to_agent(c, a, &m);
+  send_welcome(c, a);
 }
 
 static void on_worker_exit(coord_t *c, agent_t *a, const proto_worker_exit_t *e) {

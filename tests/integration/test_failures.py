@@ -168,6 +168,11 @@ def test_coordinator_restart(drover):
         # Agents notice and register again by themselves; their old workers are stopped.
         agents = wait_for(lambda: len(agent_states(c)) == 2 and agent_states(c), 15,
                           "agents to re-register")
+        # Each agent is registered once, however many hellos it sent while the
+        # coordinator was away.
+        time.sleep(1.0)
+        listed = c.request("agents", {})[2]["agents"]
+        assert sorted(a["agent_id"] for a in listed) == ["a1", "a2"], listed
         wait_for(lambda: all(a["state"] == "idle" for a in agent_states(c).values()), 10,
                  "re-registered agents idle")
         st = c.request("status", {"job": job})[2]["jobs"][0]
