@@ -116,7 +116,7 @@ static drv_result_t worker_spawn(agent_t *a, const proto_assign_t *as) {
   DRV_CHECK(mkdir_p(logdir));
   snprintf(logpath, sizeof logpath, "%s/rank-%u.log", logdir, as->rank);
 
-  int spec_fd = memfd_create("drover-spec", 0);
+  int spec_fd = memfd_create("drover-spec", MFD_CLOEXEC); /* dup2 to stdin clears it there */
   if (spec_fd < 0) return drv_error(DRV_ERR_SYS, "memfd_create: %s", strerror(errno));
   size_t len = strlen(as->spec);
   if (write(spec_fd, as->spec, len) != (ssize_t)len || lseek(spec_fd, 0, SEEK_SET) < 0) {
@@ -221,6 +221,7 @@ static void send_hello(agent_t *a) {
   h->agent_id = a->agent_id;
   h->host = a->host;
   h->target = (char *)(a->cfg->target ? a->cfg->target : "attached");
+  h->pool = (char *)a->cfg->pool;
   h->pid = (uint32_t)getpid();
   h->session = a->session;
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -270,10 +271,12 @@ static void on_message(agent_t *a, proto_msg_t *m) {
   case PROTO_HEARTBEAT: break;
   case PROTO_ERROR:
     if (m->u.error.code && !strcmp(m->u.error.code, "not_registered")) {
-      /* The coordinator restarted: whatever we ran belongs to a job it has failed. */
-      log_warn("coordinator does not know this agent: registering again");
-      kill_all(a, "coordinator restarted");
-      a->registered = 0;
+      if (a->registered) {
+        /* The coordinator restarted: whatever we ran belongs to a job it has failed. */
+        log_warn("coordinator does not know this agent: registering again");
+        kill_all(a, "coordinator restarted");
+        a->registered = 0;
+      }
       send_hello(a);
     } else {
       log_warn("coordinator error: %s", m->u.error.message);
@@ -295,7 +298,13 @@ static void on_message(agent_t *a, proto_msg_t *m) {
         worker_kill(&a->kids[i], m->u.kill.reason ? m->u.kill.reason : "killed");
         found = 1;
       }
-    if (!found) log_debug("kill for job %" PRId64 ": no worker of it here", m->u.kill.job);
+    if (!found) {
+      /* Its assignment never arrived, or the worker is already reaped: say so, or the
+       * coordinator keeps this agent booked. */
+      log_debug("kill for job %" PRId64 ": no worker of it here", m->u.kill.job);
+      child_t k = {.job = m->u.kill.job, .generation = m->u.kill.generation};
+      report_exit(a, &k, -1, 0);
+    }
     break;
   }
   default: log_warn("unexpected '%s' from the coordinator dropped", proto_type_name(m->type)); break;
@@ -344,9 +353,10 @@ drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
       usleep((useconds_t)drv_setting(DRV_SET_RECONNECT_MS) * 1000);
       continue;
     }
-    if (!a->registered && now - a->last_hello_ms > (int64_t)drv_setting(DRV_SET_RECONNECT_MS))
-      send_hello(a);
-    if (now >= next_hb) {
+    /* Until welcomed, hello often: with ZMQ_IMMEDIATE nothing waits in a queue, so a
+     * hello sent before the connection is up is simply dropped. */
+    if (!a->registered && now - a->last_hello_ms > 200) send_hello(a);
+    if (a->registered && now >= next_hb) {
       proto_msg_t h;
       proto_msg_init(&h, PROTO_HEARTBEAT);
       h.u.heartbeat.seq = ++a->seq;
@@ -357,6 +367,14 @@ drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
   }
   log_info("agent stopping");
   kill_all(a, "agent stopping");
+  if (a->registered) { /* forget me now rather than after the heartbeat timeout */
+    proto_msg_t bye;
+    proto_msg_init(&bye, PROTO_BYE);
+    bye.u.kill.reason = "agent stopping";
+    int linger = 500;
+    zmq_setsockopt(a->sock, ZMQ_LINGER, &linger, sizeof linger);
+    send_msg(a, &bye);
+  }
   for (int w = 0; w < 50 && live_workers(a); w++) {
     usleep(50000);
     reap_workers(a);

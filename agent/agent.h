@@ -17,6 +17,7 @@ typedef struct {
   const char *host;        /* address peers reach this node at; NULL: found from the route
                               to the coordinator */
   const char *exe;         /* the drover executable to run workers with */
+  const char *pool;        /* NULL, or the pool it serves (jobs submitted with that pool) */
 } agent_config_t;
 
 /* Runs until *stop is set. Returns DRV_OK on a clean stop. */

@@ -78,7 +78,7 @@ static drv_result_t check_abort(worker_t *w) {
     }
     if (rc == DRV_OK && m.type == PROTO_ABORT && m.u.kill.job == w->cfg->job) {
       rc = drv_error(DRV_ERR_CANCELLED, "aborted by the coordinator: %s",
-                     m.u.kill.reason ? m.u.kill.reason : "");
+                     m.u.kill.reason ? m.u.kill.reason : "no reason given");
       proto_msg_fini(&m);
       return rc;
     }
@@ -176,7 +176,8 @@ static drv_result_t rendezvous(worker_t *w) {
       continue;
     }
     if (m.type == PROTO_ABORT) {
-      rc = drv_error(DRV_ERR_CANCELLED, "aborted before start: %s", m.u.kill.reason);
+      rc = drv_error(DRV_ERR_CANCELLED, "aborted before start: %s",
+                     m.u.kill.reason ? m.u.kill.reason : "no reason given");
       proto_msg_fini(&m);
       return rc;
     }
@@ -232,8 +233,13 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
   uint32_t spe = shard_steps_per_epoch(n, B);
   uint64_t total = (uint64_t)spe * s->train.epochs;
   if (s->train.max_steps && s->train.max_steps < total) total = s->train.max_steps;
-  uint32_t cap = (B + c->world - 1) / c->world; /* largest slice of a global batch */
-  if (cap < 256) cap = 256;                      /* evaluation batches */
+  if (B > n)
+    return drv_error(DRV_ERR_INVALID, "train.global_batch (%u) is larger than the training set "
+                     "(%u samples)", B, n);
+  /* The largest slice of a global batch (64-bit: B may be near 2^32), and at least an
+   * evaluation batch. */
+  uint32_t cap = (uint32_t)(((uint64_t)B + c->world - 1) / c->world);
+  if (cap < 256) cap = 256;
 
   DRV_CHECK(trainer_new(s, backend_cpu(), features, classes, cap, &w->trainer));
   size_t ngrad;

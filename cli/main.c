@@ -96,15 +96,17 @@ static int cmd_coordinator(int argc, char **argv) {
   static const struct option opts[] = {{"bind", required_argument, 0, 'b'},
                                        {"advertise", required_argument, 0, 'a'},
                                        {"state-dir", required_argument, 0, 's'},
+                                       {"exit-when-idle", required_argument, 0, 'i'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   const char *bind = NULL, *advertise = NULL, *state = NULL;
-  int c;
-  while ((c = getopt_long(argc, argv, "b:a:s:h", opts, NULL)) != -1) {
+  int c, idle_s = 0;
+  while ((c = getopt_long(argc, argv, "b:a:s:i:h", opts, NULL)) != -1) {
     if (c == 'b') bind = optarg;
     else if (c == 'a') advertise = optarg;
     else if (c == 's') state = optarg;
-    else return fail_usage("coordinator", "[--bind tcp://*:7700] [--advertise tcp://HEAD:7700] [--state-dir DIR]");
+    else if (c == 'i') idle_s = atoi(optarg);
+    else return fail_usage("coordinator", "[--bind tcp://*:7700] [--advertise tcp://HEAD:7700] [--state-dir DIR] [--exit-when-idle SECONDS]");
   }
   log_init("coordinator");
   install_stop_signals();
@@ -121,7 +123,8 @@ static int cmd_coordinator(int argc, char **argv) {
       advertise = bind;
     }
   }
-  coord_config_t cfg = {.bind = bind, .advertise = advertise, .state_dir = cli_state_dir(state)};
+  coord_config_t cfg = {.bind = bind, .advertise = advertise, .state_dir = cli_state_dir(state),
+                        .exit_when_idle_s = idle_s};
   drv_result_t rc = coord_run(&cfg, &stop_flag);
   if (rc != DRV_OK) {
     log_error("%s", drv_last_error());
@@ -135,16 +138,18 @@ static int cmd_agent(int argc, char **argv) {
                                        {"id", required_argument, 0, 'i'},
                                        {"target", required_argument, 0, 't'},
                                        {"host", required_argument, 0, 'H'},
+                                       {"pool", required_argument, 0, 'p'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   agent_config_t cfg = {.target = "attached"};
   int c;
-  while ((c = getopt_long(argc, argv, "c:i:t:H:h", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "c:i:t:H:p:h", opts, NULL)) != -1) {
     if (c == 'c') cfg.coordinator = optarg;
     else if (c == 'i') cfg.agent_id = optarg;
     else if (c == 't') cfg.target = optarg;
     else if (c == 'H') cfg.host = optarg;
-    else return fail_usage("agent", "--coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local] [--host ADDR]");
+    else if (c == 'p') cfg.pool = optarg;
+    else return fail_usage("agent", "--coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local] [--host ADDR] [--pool NAME]");
   }
   if (strcmp(cfg.target, "attached") && strcmp(cfg.target, "local") && strcmp(cfg.target, "managed")) {
     fprintf(stderr, "drover agent: --target %s: expected attached, local or managed\n", cfg.target);
@@ -388,8 +393,10 @@ static void usage(FILE *out) {
         "  cancel JOB                       stop a queued or running job\n"
         "  agents [--json]                  the agent registry\n"
         "  agent --coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local]\n"
+        "        [--host ADDR] [--pool NAME]\n"
         "                                   run the node daemon (one per node)\n"
-        "  coordinator [--bind tcp://*:7700] [--state-dir DIR]\n"
+        "  coordinator [--bind tcp://*:7700] [--advertise EP] [--state-dir DIR]\n"
+        "              [--exit-when-idle SECONDS]\n"
         "                                   run the coordinator in the foreground\n"
         "  bench ring [--workers 2,4] [--bytes 64M] [--iters N] [--json]\n"
         "                                   host ring all-reduce benchmark\n"

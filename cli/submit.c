@@ -42,6 +42,7 @@ typedef struct {
   pid_t agents[MAX_LOCAL_AGENTS];
   int nagents;
   char logdir[PATH_MAX];
+  char pool[32]; /* local target: our agents' pool, so no other submit's job lands on them */
 } submit_t;
 
 // --- Paths ---------------------------------------------------------------------------------
@@ -115,9 +116,31 @@ static void stop_child(pid_t pid, const char *what) {
   waitpid(pid, NULL, 0);
 }
 
-static void stop_started(submit_t *s) {
+/* Whether the coordinator has queued or running jobs other than `mine`. */
+static int others_active(void *ctx, const char *ep, int64_t mine) {
+  proto_msg_t req, rep;
+  proto_msg_init(&req, PROTO_STATUS);
+  req.u.status.limit = 1000;
+  int n = 0;
+  if (sock_request(ctx, ep, &req, &rep, 2000) == DRV_OK && rep.type == PROTO_JOBS)
+    for (uint32_t i = 0; i < rep.u.jobs.jobs_count; i++) {
+      const proto_job_t *j = &rep.u.jobs.jobs[i];
+      n += j->id != mine && (!strcmp(j->state, "queued") || !strcmp(j->state, "running"));
+    }
+  proto_msg_fini(&rep);
+  return n;
+}
+
+static void stop_started(submit_t *s, void *ctx, int64_t job) {
   for (int i = 0; i < s->nagents; i++) stop_child(s->agents[i], "agent");
   s->nagents = 0;
+  if (s->coord_pid > 0 && others_active(ctx, s->coordinator, job)) {
+    /* Another submit's job runs on it: it exits by itself once idle (--exit-when-idle). */
+    fprintf(stderr, "drover: leaving the coordinator at %s running for the jobs of other "
+                    "submissions; it exits when idle\n", s->coordinator);
+    s->coord_pid = 0;
+    return;
+  }
   stop_child(s->coord_pid, "coordinator");
   s->coord_pid = 0;
 }
@@ -135,7 +158,7 @@ static int coordinator_answers(void *ctx, const char *ep, int timeout_ms) {
 static int ensure_coordinator(submit_t *s, void *ctx, int local) {
   if (coordinator_answers(ctx, s->coordinator, 1000)) return 0;
   char *args[] = {"drover", "coordinator", "--bind", (char *)s->coordinator, "--state-dir",
-                  (char *)s->state_dir, NULL};
+                  (char *)s->state_dir, local ? "--exit-when-idle" : NULL, "10", NULL};
   if (local) {
     s->coord_pid = spawn(s, "coordinator.log", args, NULL);
   } else {
@@ -183,10 +206,10 @@ static int start_local_agents(submit_t *s, uint32_t n) {
   snprintf(threads, sizeof threads, "%ld", cpus / (long)n > 0 ? cpus / (long)n : 1);
   for (uint32_t i = 0; i < n; i++) {
     char id[64], log[64];
-    snprintf(id, sizeof id, "local-%d-%u", (int)getpid(), i);
+    snprintf(id, sizeof id, "%s-%u", s->pool, i);
     snprintf(log, sizeof log, "agent-%u.log", i);
     char *args[] = {"drover", "agent", "--coordinator", (char *)s->coordinator, "--target", "local",
-                    "--id", id, "--host", "127.0.0.1", NULL};
+                    "--id", id, "--host", "127.0.0.1", "--pool", s->pool, NULL};
     pid_t pid = spawn(s, log, args, threads);
     if (pid < 0) {
       fprintf(stderr, "drover submit: fork: %s\n", strerror(errno));
@@ -299,8 +322,8 @@ static int poll_status(void *ctx, const char *ep, follow_t *f) {
 /* Local target: agents are busy until their workers have exited; stopping them earlier
  * would kill a worker that is still flushing its files. Waits up to 5 s. */
 static void wait_agents_idle(void *ctx, const char *ep) {
-  char mine[32];
-  snprintf(mine, sizeof mine, "local-%d-", (int)getpid());
+  char mine[40];
+  snprintf(mine, sizeof mine, "local-%d-", (int)getpid()); /* our pool's agent ids */
   for (double end = drv_now_s() + 5.0; drv_now_s() < end;) {
     proto_msg_t req, rep;
     proto_msg_init(&req, PROTO_AGENTS);
@@ -430,6 +453,7 @@ int cmd_submit(int argc, char **argv) {
   jobspec_destroy(&spec);
 
   snprintf(s.logdir, sizeof s.logdir, "%s/local-%d", s.state_dir, (int)getpid());
+  snprintf(s.pool, sizeof s.pool, "local-%d", (int)getpid());
   if (mkdir_p(s.state_dir) < 0 || (local && mkdir_p(s.logdir) < 0)) {
     fprintf(stderr, "drover submit: cannot create %s: %s\n", s.logdir, strerror(errno));
     free(yaml);
@@ -459,6 +483,7 @@ int cmd_submit(int argc, char **argv) {
   proto_msg_t req, rep;
   proto_msg_init(&req, PROTO_SUBMIT);
   req.u.submit.spec = yaml;
+  req.u.submit.pool = local ? s.pool : NULL;
   if (sock_request(ctx, s.coordinator, &req, &rep, (int)drv_setting(DRV_SET_CLIENT_TIMEOUT_MS)) != DRV_OK ||
       rep.type != PROTO_SUBMITTED) {
     fprintf(stderr, "drover submit: %s\n", drv_last_error());
@@ -539,7 +564,7 @@ int cmd_submit(int argc, char **argv) {
     fprintf(stderr, "logs: %s (coordinator, agents) and %s/logs (workers)\n", s.logdir, f.run_dir);
 out:
   if (sub) zmq_close(sub);
-  stop_started(&s);
+  stop_started(&s, ctx, f.job);
   zmq_ctx_term(ctx);
   free(yaml);
   return ret;

@@ -48,6 +48,7 @@ SCHEMA(gpu_schema, "gpu", proto_gpu_t, FLD(proto_gpu_t, index, F_U32, REQ),
 
 SCHEMA(hello_schema, "hello", proto_hello_t, FLD(proto_hello_t, agent_id, F_STR, REQ),
        FLD(proto_hello_t, host, F_STR, REQ), FLD(proto_hello_t, target, F_STR, REQ),
+       FLD(proto_hello_t, pool, F_STR, OPT),
        FLD(proto_hello_t, pid, F_U32, OPT), FLD(proto_hello_t, session, F_U64, OPT),
        FLD(proto_hello_t, cpus, F_U32, REQ),
        FLD(proto_hello_t, mem_bytes, F_U64, REQ),
@@ -104,7 +105,10 @@ SCHEMA(failed_schema, "failed", proto_failed_t, FLD(proto_failed_t, job, F_I64, 
        FLD(proto_failed_t, generation, F_U32, REQ), FLD(proto_failed_t, rank, F_U32, REQ),
        FLD(proto_failed_t, reason, F_STR, REQ));
 
-SCHEMA(submit_schema, "submit", proto_submit_t, FLD(proto_submit_t, spec, F_STR, REQ));
+SCHEMA(submit_schema, "submit", proto_submit_t, FLD(proto_submit_t, spec, F_STR, REQ),
+       FLD(proto_submit_t, pool, F_STR, OPT));
+
+SCHEMA(bye_schema, "bye", proto_kill_t, FLD(proto_kill_t, reason, F_STR, OPT));
 
 SCHEMA(submitted_schema, "submitted", proto_submitted_t, FLD(proto_submitted_t, job, F_I64, REQ),
        FLD(proto_submitted_t, run_dir, F_STR, REQ));
@@ -183,7 +187,7 @@ static const struct {
     [PROTO_OK] = {"ok", &empty_schema},
     [PROTO_AGENTS] = {"agents", &empty_schema},
     [PROTO_AGENT_LIST] = {"agent_list", &agent_list_schema},
-    [PROTO_SHUTDOWN] = {"shutdown", &empty_schema},
+    [PROTO_BYE] = {"bye", &bye_schema},
     [PROTO_ERROR] = {"error", &error_schema},
     [PROTO_EV_STATE] = {"ev_state", &ev_state_schema},
     [PROTO_EV_PROGRESS] = {"ev_progress", &ev_progress_schema},

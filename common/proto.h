@@ -52,7 +52,7 @@ typedef enum {
   PROTO_OK,           /* reply: done, nothing to say */
   PROTO_AGENTS,       /* ask for the agent registry */
   PROTO_AGENT_LIST,   /* reply: agents */
-  PROTO_SHUTDOWN,     /* ask the coordinator to stop (local target cleanup) */
+  PROTO_BYE,          /* agent -> coordinator: stopping, forget me (its job fails) */
   PROTO_ERROR,        /* reply to anything refused */
   /* coordinator PUB (port base+2), topic "job/<id>" */
   PROTO_EV_STATE,     /* a job changed state */
@@ -76,6 +76,7 @@ typedef struct {
   char *agent_id;   /* stable name of the agent (default: host-pid) */
   char *host;       /* host name or address workers' peers can reach */
   char *target;     /* "local" | "attached" | "managed": which jobs it serves */
+  char *pool;       /* optional: it serves only jobs submitted with this pool */
   uint32_t pid;
   uint64_t session;  /* new each time the agent (re)connects: a repeated hello of one
                         session is harmless, a new session means its workers are gone */
@@ -169,6 +170,7 @@ typedef struct {
 
 typedef struct {
   char *spec; /* YAML text of the job spec (resolved by the client) */
+  char *pool; /* optional: place the job only on agents of this pool */
 } proto_submit_t;
 
 typedef struct {
@@ -243,7 +245,7 @@ typedef struct {
     proto_welcome_t welcome;
     proto_heartbeat_t heartbeat;
     proto_assign_t assign;
-    proto_kill_t kill; /* PROTO_KILL and PROTO_ABORT */
+    proto_kill_t kill; /* PROTO_KILL, PROTO_ABORT and PROTO_BYE (job, generation 0) */
     proto_worker_exit_t worker_exit;
     proto_rendezvous_t rendezvous;
     proto_start_t start;

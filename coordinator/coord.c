@@ -8,6 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "common/jobspec.h"
@@ -28,7 +31,7 @@ typedef struct {
   int used;
   unsigned char ident[ID_MAX];
   size_t identlen;
-  char agent_id[128], host[256], target[16];
+  char agent_id[128], host[256], target[16], pool[64];
   uint32_t cpus, gpus;
   uint64_t mem_bytes, session;
   int64_t last_seen_ms;
@@ -55,6 +58,7 @@ typedef struct {
   job_state_t state;
   char name[128];
   char target[16];
+  char pool[64]; /* "" or the pool of agents it must run on */
   uint32_t nodes, epochs;
   uint32_t generation;
   char *spec_yaml;
@@ -79,6 +83,8 @@ typedef struct {
   job_t jobs[MAX_JOBS]; /* active jobs: queued or running */
   uint64_t hb_seq;
   int shutdown;
+  int lock_fd;            /* flock'ed <state_dir>/coordinator.lock */
+  int64_t last_active_ms; /* last time a job was queued or running; 0 before the first */
 } coord_t;
 
 // --- Events and replies --------------------------------------------------------------------
@@ -218,30 +224,60 @@ static int agent_cmp_idx(coord_t *c, int a, int b) {
   return strcmp(c->agents[a].agent_id, c->agents[b].agent_id);
 }
 
-/* Gang-schedules queued jobs, oldest first, one FIFO per target: a job that cannot be
- * placed whole blocks the jobs behind it on the same target. */
+/* The queue a job waits in: its target and, for a pool, the pool ("local/local-812"). */
+static void queue_key(const char *target, const char *pool, char *out, size_t n) {
+  snprintf(out, n, "%s/%s", target, pool);
+}
+
+static int agent_fits(const agent_t *a, const job_t *j) {
+  return a->used && !a->job && !strcmp(a->target, j->target) && !strcmp(a->pool, j->pool);
+}
+
+/* A placement failed half-way (an agent could not be reached): the unreachable agents are
+ * forgotten, the reached ones told to drop their worker, and the job queued again. */
+static void job_requeue(coord_t *c, job_t *j, const char *why) {
+  for (uint32_t r = 0; r < j->nodes; r++) {
+    int ai = j->slots[r].agent;
+    if (ai < 0 || !c->agents[ai].used || c->agents[ai].job != j->id) continue;
+    proto_msg_t m;
+    proto_msg_init(&m, PROTO_KILL);
+    m.u.kill.job = j->id;
+    m.u.kill.generation = j->generation;
+    m.u.kill.reason = (char *)why;
+    send_to_agent(c, &c->agents[ai], &m); /* its worker_exit frees it */
+  }
+  free(j->slots);
+  j->slots = NULL;
+  j->state = JOB_QUEUED;
+  if (store_job_set_state(c->store, j->id, JOB_QUEUED, why) != DRV_OK)
+    log_error("store: %s", drv_last_error());
+  log_warn("job %" PRId64 " queued again: %s", j->id, why);
+  publish_state(c, j, why);
+}
+
+/* Gang-schedules queued jobs, oldest first, one FIFO per target and pool: a job that
+ * cannot be placed whole blocks the jobs behind it in the same queue. */
 static void schedule(coord_t *c) {
-  char blocked[3][16] = {{0}};
+  static char blocked[MAX_JOBS][96];
   int nblocked = 0;
   for (;;) {
-    job_t *next = NULL;
+    job_t *j = NULL;
+    char key[96];
     for (int i = 0; i < MAX_JOBS; i++) {
-      job_t *j = &c->jobs[i];
-      if (!j->used || j->state != JOB_QUEUED) continue;
+      job_t *q = &c->jobs[i];
+      if (!q->used || q->state != JOB_QUEUED || (j && q->id > j->id)) continue;
+      queue_key(q->target, q->pool, key, sizeof key);
       int is_blocked = 0;
-      for (int b = 0; b < nblocked; b++) is_blocked |= !strcmp(blocked[b], j->target);
-      if (is_blocked) continue;
-      if (!next || j->id < next->id) next = j;
+      for (int b = 0; b < nblocked && !is_blocked; b++) is_blocked = !strcmp(blocked[b], key);
+      if (!is_blocked) j = q;
     }
-    if (!next) return;
-    job_t *j = next;
+    if (!j) return;
 
     int idle[MAX_AGENTS], n = 0;
     for (int i = 0; i < MAX_AGENTS; i++)
-      if (c->agents[i].used && !c->agents[i].job && !strcmp(c->agents[i].target, j->target))
-        idle[n++] = i;
+      if (agent_fits(&c->agents[i], j)) idle[n++] = i;
     if ((uint32_t)n < j->nodes) {
-      if (nblocked < 3) snprintf(blocked[nblocked++], 16, "%s", j->target);
+      queue_key(j->target, j->pool, blocked[nblocked++], sizeof blocked[0]);
       continue;
     }
     /* Deterministic rank order: by agent id. */
@@ -259,15 +295,11 @@ static void schedule(coord_t *c) {
     j->generation++;
     j->state = JOB_RUNNING;
     j->rendezvous_deadline_ms = drv_now_ms() + drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS);
-    if (store_job_set_state(c->store, j->id, JOB_RUNNING, NULL) != DRV_OK)
-      log_error("store: %s", drv_last_error());
-    char advertise[256];
+    char advertise[256], unreachable[160] = "";
     snprintf(advertise, sizeof advertise, "%s", c->cfg->advertise);
     for (uint32_t r = 0; r < j->nodes; r++) {
       agent_t *a = &c->agents[idle[r]];
       j->slots[r].agent = idle[r];
-      a->job = j->id;
-      a->rank = r;
       proto_msg_t m;
       proto_msg_init(&m, PROTO_ASSIGN);
       m.u.assign.job = j->id;
@@ -279,8 +311,23 @@ static void schedule(coord_t *c) {
       m.u.assign.spec = j->spec_yaml;
       m.u.assign.run_dir = j->run_dir;
       m.u.assign.coordinator = advertise;
-      send_to_agent(c, a, &m);
+      if (send_to_agent(c, a, &m) != DRV_OK) {
+        /* Not connected any more (ROUTER_MANDATORY): it is gone. */
+        snprintf(unreachable, sizeof unreachable, "agent %s could not be reached", a->agent_id);
+        log_warn("agent %s (%s) lost: unreachable", a->agent_id, a->host);
+        memset(a, 0, sizeof *a);
+        j->slots[r].agent = -1;
+        continue;
+      }
+      a->job = j->id;
+      a->rank = r;
     }
+    if (unreachable[0]) {
+      job_requeue(c, j, unreachable);
+      continue;
+    }
+    if (store_job_set_state(c->store, j->id, JOB_RUNNING, NULL) != DRV_OK)
+      log_error("store: %s", drv_last_error());
     log_info("job %" PRId64 " (%s) placed on %u agent(s), generation %u", j->id, j->name,
              j->nodes, j->generation);
     publish_state(c, j, NULL);
@@ -341,6 +388,7 @@ static void on_hello(coord_t *c, const unsigned char *ident, size_t len, proto_h
   snprintf(a->agent_id, sizeof a->agent_id, "%s", h->agent_id);
   snprintf(a->host, sizeof a->host, "%s", h->host);
   snprintf(a->target, sizeof a->target, "%s", h->target);
+  snprintf(a->pool, sizeof a->pool, "%s", h->pool ? h->pool : "");
   a->cpus = h->cpus;
   a->gpus = h->gpus_count;
   a->mem_bytes = h->mem_bytes;
@@ -348,7 +396,7 @@ static void on_hello(coord_t *c, const unsigned char *ident, size_t len, proto_h
   a->last_seen_ms = drv_now_ms();
   log_info("agent %s registered: host %s, target %s, %u cpus, %.1f GiB, %u gpus", a->agent_id,
            a->host, a->target, a->cpus, (double)a->mem_bytes / (1 << 30), a->gpus);
-  for (uint32_t g = 0; g < h->gpus_count; g++)
+  for (uint32_t g = 0; g < h->gpus_count && g < 16; g++)
     log_info("agent %s gpu %u: %s, %.1f GiB, sm_%u%u", a->agent_id, h->gpus[g].index,
              h->gpus[g].name, (double)h->gpus[g].mem_bytes / (1 << 30), h->gpus[g].cc_major,
              h->gpus[g].cc_minor);
@@ -361,6 +409,11 @@ static void on_worker_exit(coord_t *c, agent_t *a, const proto_worker_exit_t *e)
   if (!j || j->state != JOB_RUNNING || e->generation != j->generation || e->rank >= j->nodes)
     return;
   slot_t *s = &j->slots[e->rank];
+  if (s->agent != (int)(a - c->agents)) {
+    log_warn("agent %s reported the exit of rank %u of job %" PRId64 ", which it does not run",
+             a->agent_id, e->rank, e->job);
+    return;
+  }
   s->exited = 1;
   if (s->done) return;
   if (e->exit_code == 0 && e->signal == 0) {
@@ -444,7 +497,9 @@ static void publish_progress(coord_t *c, job_t *j) {
   p->slowest_rank = slow_rank;
   p->slowest_step_ms = slowest < 0 ? 0 : slowest;
   double steps_per_s = slowest > 0 ? 1000.0 / slowest : 0;
-  p->eta_s = steps_per_s > 0 ? (double)(j->steps_total - j->step) / steps_per_s : 0;
+  p->eta_s = steps_per_s > 0 && j->step < j->steps_total
+                 ? (double)(j->steps_total - j->step) / steps_per_s
+                 : 0;
   publish(c, j->id, &m);
 }
 
@@ -519,7 +574,20 @@ static void handle_worker_socket(coord_t *c) {
   if (a) a->last_seen_ms = drv_now_ms();
   switch (m.type) {
   case PROTO_HELLO: on_hello(c, ident, len, &m.u.hello); break;
+  case PROTO_BYE:
+    if (a) {
+      char why[160];
+      snprintf(why, sizeof why, "stopped (%s)", m.u.kill.reason ? m.u.kill.reason : "bye");
+      agent_lost(c, a, why);
+    }
+    break;
   case PROTO_HEARTBEAT:
+    if (a && a->job && !m.u.heartbeat.workers && !job_find(c, a->job)) {
+      /* Its job is over and it runs no worker: whatever exit report there was is lost
+       * (or there was no worker to report), so it is free. */
+      log_debug("agent %s: job %" PRId64 " over and no worker left: idle", a->agent_id, a->job);
+      a->job = 0;
+    }
     if (!a) {
       /* A coordinator restart forgot this agent: ask it to register again. */
       proto_msg_t e;
@@ -546,7 +614,8 @@ static void handle_worker_socket(coord_t *c) {
 
 // --- Clients -------------------------------------------------------------------------------
 
-static void on_submit(coord_t *c, const unsigned char *ident, size_t len, const char *yaml) {
+static void on_submit(coord_t *c, const unsigned char *ident, size_t len, const char *yaml,
+                      const char *pool) {
   jobspec_t *spec = NULL;
   if (jobspec_parse(yaml, strlen(yaml), "submitted spec", NULL, 0, &spec) != DRV_OK) {
     reply_error(c, ident, len, "invalid", drv_last_error());
@@ -591,6 +660,7 @@ static void on_submit(coord_t *c, const unsigned char *ident, size_t len, const 
   j->state = JOB_QUEUED;
   snprintf(j->name, sizeof j->name, "%s", spec->name);
   snprintf(j->target, sizeof j->target, "%s", target);
+  snprintf(j->pool, sizeof j->pool, "%s", pool ? pool : "");
   j->nodes = spec->nodes;
   j->epochs = spec->train.epochs;
   j->spec_yaml = canon;
@@ -746,17 +816,10 @@ static void handle_client_socket(coord_t *c) {
     return;
   }
   switch (m.type) {
-  case PROTO_SUBMIT: on_submit(c, ident, len, m.u.submit.spec); break;
+  case PROTO_SUBMIT: on_submit(c, ident, len, m.u.submit.spec, m.u.submit.pool); break;
   case PROTO_STATUS: on_status(c, ident, len, &m.u.status); break;
   case PROTO_CANCEL: on_cancel(c, ident, len, m.u.cancel.job); break;
   case PROTO_AGENTS: on_agents(c, ident, len); break;
-  case PROTO_SHUTDOWN: {
-    proto_msg_t ok;
-    proto_msg_init(&ok, PROTO_OK);
-    reply(c, ident, len, &ok);
-    c->shutdown = 1;
-    break;
-  }
   default: {
     char msg[128];
     snprintf(msg, sizeof msg, "'%s' is not a request clients may send", proto_type_name(m.type));
@@ -807,6 +870,31 @@ static void tick(coord_t *c) {
   }
 }
 
+static int active_jobs(const coord_t *c) {
+  int n = 0;
+  for (int i = 0; i < MAX_JOBS; i++) n += c->jobs[i].used;
+  return n;
+}
+
+static drv_result_t lock_state_dir(coord_t *c, const char *dir) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/coordinator.lock", dir);
+  c->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (c->lock_fd < 0) return drv_error(DRV_ERR_SYS, "open %s: %s", path, strerror(errno));
+  if (flock(c->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+    char pid[32] = "?";
+    ssize_t n = pread(c->lock_fd, pid, sizeof pid - 1, 0);
+    if (n > 0) pid[n] = '\0';
+    return drv_error(DRV_ERR_INVALID, "%s: another coordinator (pid %s) uses this state "
+                     "directory", dir, strtok(pid, "\n") ? pid : "?");
+  }
+  char pid[32];
+  int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+  if (ftruncate(c->lock_fd, 0) < 0 || pwrite(c->lock_fd, pid, (size_t)n, 0) != n)
+    log_warn("%s: cannot record the pid: %s", path, strerror(errno));
+  return DRV_OK;
+}
+
 // --- Loop ----------------------------------------------------------------------------------
 
 static drv_result_t bind_socket(coord_t *c, void **s, int type, sock_port_t port) {
@@ -827,21 +915,31 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
   coord_t *c = calloc(1, sizeof *c);
   if (!c) return drv_error(DRV_ERR_NOMEM, "coordinator: out of memory");
   c->cfg = cfg;
+  c->lock_fd = -1;
   drv_result_t rc = DRV_OK;
   DRV_CHECK_GOTO(store_open(cfg->state_dir, &c->store), rc, out);
-  uint32_t recovered = 0;
-  DRV_CHECK_GOTO(store_recover(c->store, &recovered), rc, out);
-  if (recovered) log_warn("%u job(s) left unfinished by a previous coordinator marked failed", recovered);
+  /* One coordinator per state directory, and only one that could bind touches the jobs
+   * a previous one left behind. */
+  DRV_CHECK_GOTO(lock_state_dir(c, cfg->state_dir), rc, out);
   c->ctx = zmq_ctx_new();
   DRV_CHECK_GOTO(bind_socket(c, &c->workers, ZMQ_ROUTER, SOCK_AGENTS), rc, out);
   DRV_CHECK_GOTO(bind_socket(c, &c->clients, ZMQ_ROUTER, SOCK_CLIENTS), rc, out);
   DRV_CHECK_GOTO(bind_socket(c, &c->events, ZMQ_PUB, SOCK_EVENTS), rc, out);
+  uint32_t recovered = 0;
+  DRV_CHECK_GOTO(store_recover(c->store, &recovered), rc, out);
+  if (recovered) log_warn("%u job(s) left unfinished by a previous coordinator marked failed", recovered);
   log_info("coordinator listening on %s (+1 clients, +2 events), state in %s", cfg->bind,
            cfg->state_dir);
 
   int64_t hb_ms = drv_setting(DRV_SET_HEARTBEAT_MS);
   int64_t next_tick = drv_now_ms() + hb_ms;
   while (!*stop && !c->shutdown) {
+    if (cfg->exit_when_idle_s > 0 && c->last_active_ms > 0 && !active_jobs(c) &&
+        drv_now_ms() - c->last_active_ms > (int64_t)cfg->exit_when_idle_s * 1000) {
+      log_info("no job for %d s: exiting (--exit-when-idle)", cfg->exit_when_idle_s);
+      break;
+    }
+    if (active_jobs(c)) c->last_active_ms = drv_now_ms();
     zmq_pollitem_t items[] = {{.socket = c->workers, .events = ZMQ_POLLIN},
                               {.socket = c->clients, .events = ZMQ_POLLIN}};
     int64_t wait = next_tick - drv_now_ms();
@@ -878,6 +976,7 @@ out:
   if (c->workers) zmq_close(c->workers);
   if (c->clients) zmq_close(c->clients);
   if (c->events) zmq_close(c->events);
+  if (c->lock_fd >= 0) close(c->lock_fd); /* releases the lock */
   if (c->ctx) zmq_ctx_term(c->ctx);
   store_close(&c->store);
   free(c);

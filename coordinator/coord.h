@@ -22,10 +22,12 @@
 typedef struct {
   const char *bind;      /* base endpoint to bind, e.g. "tcp://0.0.0.0:7700" */
   const char *advertise; /* base endpoint workers are told to connect to */
-  const char *state_dir; /* SQLite database directory */
+  const char *state_dir; /* SQLite database directory; one coordinator per directory */
+  int exit_when_idle_s;  /* > 0: exit once jobs have run and none was active for this
+                            long (a coordinator started for the local target) */
 } coord_config_t;
 
-/* Runs the coordinator until *stop becomes non-zero or a client sends shutdown.
+/* Runs the coordinator until *stop becomes non-zero (or it is idle, see exit_when_idle_s).
  * Returns DRV_OK on a clean stop; an error if it could not start (sockets, store). */
 drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop);
 

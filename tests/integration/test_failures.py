@@ -229,6 +229,100 @@ run_dir: %s
         c.close()
 
 
+def fake_agent(c, name):
+    """A hand-made agent on the protocol: registers, answers nothing else."""
+    import zmq
+    from harness import pack
+    s = c.ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.ROUTING_ID, name.encode())
+    s.connect(c.endpoint)
+    s.send(pack("hello", {"agent_id": name, "host": "127.0.0.1", "target": "attached",
+                          "session": 1, "cpus": 1, "mem_bytes": 1 << 30, "gpus": []}))
+    assert s.poll(5000)
+    return s
+
+
+def test_unreachable_agent_is_forgotten_and_job_requeued(drover):
+    # An agent whose connection is gone before its heartbeat timeout: the assign cannot be
+    # delivered, so it is forgotten and the job waits for (and then runs on) a real one.
+    c = Cluster(drover, env=dict(FAST, DROVER_PEER_TIMEOUT_MS="30000"))
+    try:
+        c.start_coordinator()
+        ghost = fake_agent(c, "a-ghost")
+        assert [a["agent_id"] for a in c.request("agents", {})[2]["agents"]] == ["a-ghost"]
+        ghost.close()
+        time.sleep(0.5)
+        sub = c.subscribe()
+        short = LONG_SPEC.replace("epochs: 1000", "epochs: 1").replace("nodes: 2", "nodes: 1")
+        job = c.request("submit", {"spec": short % c.runs})[2]["job"]
+        wait_for(lambda: "a-ghost" not in agent_states(c), 10, "the ghost to be forgotten")
+        assert c.request("status", {"job": job})[2]["jobs"][0]["state"] == "queued"
+        c.start_agent("b-real")
+        final, _ = c.follow(sub, job, timeout=60)
+        assert final["state"] == "succeeded", final
+    except Exception:
+        print(c.all_logs())
+        raise
+    finally:
+        c.close()
+
+
+def test_agent_freed_when_its_job_ends_without_a_worker(drover):
+    # An agent that takes an assignment but never starts a worker (nor answers kill):
+    # the job fails at the rendezvous timeout, and the agent is free again as soon as its
+    # heartbeat says it runs no worker.
+    from harness import pack, unpack
+    c = Cluster(drover, env=dict(FAST, DROVER_RENDEZVOUS_TIMEOUT_MS="1500"))
+    try:
+        c.start_coordinator()
+        mute = fake_agent(c, "a-mute")
+        sub = c.subscribe()
+        short = LONG_SPEC.replace("nodes: 2", "nodes: 1")
+        job = c.request("submit", {"spec": short % c.runs})[2]["job"]
+        final, _ = c.follow(sub, job, timeout=20)
+        assert final["state"] == "failed" and "did not check in" in final["reason"], final
+        assert agent_states(c)["a-mute"]["state"] == "busy"
+        seen = set()
+        deadline = time.time() + 10
+        while time.time() < deadline and agent_states(c)["a-mute"]["state"] != "idle":
+            while mute.poll(0):
+                seen.add(unpack(mute.recv())[1])
+            mute.send(pack("heartbeat", {"seq": 1, "workers": 0}))
+            time.sleep(0.2)
+        assert agent_states(c)["a-mute"]["state"] == "idle", agent_states(c)
+        assert {"welcome", "assign", "kill"} <= seen, seen
+        mute.close()
+    except Exception:
+        print(c.all_logs())
+        raise
+    finally:
+        c.close()
+
+
+def test_second_coordinator_on_a_state_dir_is_refused(drover):
+    c = Cluster(drover, env=FAST)
+    try:
+        c.start_coordinator()
+        c.start_agent("a1")
+        c.wait_agents(1)
+        sub = c.subscribe()
+        job = c.request("submit", {"spec": LONG_SPEC.replace("nodes: 2", "nodes: 1") % c.runs})[2]["job"]
+        wait_progress(c, sub, job)
+        other = c.drover_cli("coordinator", "--bind", "tcp://127.0.0.1:%d" % (c.base + 10),
+                             "--state-dir", c.state, timeout=20)
+        assert other.returncode != 0 and "another coordinator" in other.stderr, other.stderr
+        assert c.request("status", {"job": job})[2]["jobs"][0]["state"] == "running"
+    except Exception:
+        print(c.all_logs())
+        raise
+    finally:
+        c.close()
+
+
 if __name__ == "__main__":
     main([test_silent_agent_fails_job_with_reason, test_killed_agent_fails_job_within_seconds, test_cancel_running_job,
-          test_coordinator_restart, test_bad_dataset_fails_with_named_file])
+          test_coordinator_restart, test_bad_dataset_fails_with_named_file,
+          test_unreachable_agent_is_forgotten_and_job_requeued,
+          test_agent_freed_when_its_job_ends_without_a_worker,
+          test_second_coordinator_on_a_state_dir_is_refused])
