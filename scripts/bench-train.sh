@@ -16,15 +16,18 @@ export DROVER_COORDINATOR=tcp://127.0.0.1:$port DROVER_STATE_DIR=$tmp/state
 echo "# drover training throughput: examples/fashion-mnist.yaml, $epochs epoch(s), global batch 128"
 echo "# $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $repeats runs each, median"
 printf "%-8s %14s %14s %14s %10s\n" agents "samples/s" "min" "max" "test_acc"
-declare -A med
-for nodes in 1 2; do
-  results=()
-  for r in $(seq "$repeats"); do
+# Runs alternate between 1 and 2 agents, so that drift in the machine's speed hits both.
+declare -A results
+for r in $(seq "$repeats"); do
+  for nodes in 1 2; do
     out=$("$drover" submit examples/fashion-mnist.yaml --target local --nodes "$nodes" --json \
           --set train.epochs="$epochs" --set run_dir="$tmp/runs" 2>/dev/null | tail -1)
-    results+=("$out")
+    results[$nodes]+="$out"$'\n'
   done
-  line=$(printf '%s\n' "${results[@]}" | /usr/bin/python3 -c '
+done
+declare -A med
+for nodes in 1 2; do
+  line=$(printf '%s' "${results[$nodes]}" | /usr/bin/python3 -c '
 import json, statistics, sys
 rows = [json.loads(l) for l in sys.stdin if l.strip()]
 bad = [r for r in rows if r["status"] != "succeeded"]
