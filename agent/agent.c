@@ -61,7 +61,8 @@ drv_result_t agent_route_host(const char *endpoint, char *out, size_t outsz) {
   host[n] = '\0';
   struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_DGRAM}, *ai = NULL;
   int e = getaddrinfo(host, "9", &hints, &ai);
-  if (e) return drv_error(DRV_ERR_SYS, "%s: cannot resolve %s: %s", endpoint, host, gai_strerror(e));
+  if (e)
+    return drv_error(DRV_ERR_SYS, "%s: cannot resolve %s: %s", endpoint, host, gai_strerror(e));
   int fd = socket(AF_INET, SOCK_DGRAM, 0);
   drv_result_t rc = DRV_OK;
   struct sockaddr_in local;
@@ -77,7 +78,8 @@ drv_result_t agent_route_host(const char *endpoint, char *out, size_t outsz) {
 
 static drv_result_t mkdir_p(const char *path) {
   char tmp[4096];
-  if (strlen(path) >= sizeof tmp) return drv_error(DRV_ERR_INVALID, "%.64s...: path too long", path);
+  if (strlen(path) >= sizeof tmp)
+    return drv_error(DRV_ERR_INVALID, "%.64s...: path too long", path);
   memcpy(tmp, path, strlen(path) + 1);
   for (char *p = tmp + 1; *p; p++) {
     if (*p != '/') continue;
@@ -151,8 +153,8 @@ static drv_result_t worker_spawn(agent_t *a, const proto_assign_t *as) {
     dup2(log_fd, 1);
     dup2(log_fd, 2);
     execl(a->cfg->exe, a->cfg->exe, "worker", "--coordinator", as->coordinator, "--job", job,
-          "--generation", gen, "--rank", rank, "--world", world, "--local-rank", lrank,
-          "--device", dev, "--run-dir", as->run_dir, "--host", a->host, (char *)NULL);
+          "--generation", gen, "--rank", rank, "--world", world, "--local-rank", lrank, "--device",
+          dev, "--run-dir", as->run_dir, "--host", a->host, (char *)NULL);
     dprintf(2, "exec %s: %s\n", a->cfg->exe, strerror(errno));
     _exit(127);
   }
@@ -171,7 +173,8 @@ static drv_result_t worker_spawn(agent_t *a, const proto_assign_t *as) {
 
 static void worker_kill(child_t *k, const char *why) {
   if (!k->pid || k->kill_deadline_ms) return;
-  log_info("job %" PRId64 " rank %u: stopping worker pid %d: %s", k->job, k->rank, (int)k->pid, why);
+  log_info("job %" PRId64 " rank %u: stopping worker pid %d: %s", k->job, k->rank, (int)k->pid,
+           why);
   kill(-k->pid, SIGTERM);
   k->kill_deadline_ms = drv_now_ms() + KILL_GRACE_MS;
 }
@@ -286,8 +289,8 @@ static void on_message(agent_t *a, proto_msg_t *m) {
     if (worker_spawn(a, &m->u.assign) != DRV_OK) {
       log_error("job %" PRId64 " rank %u: cannot start worker: %s", m->u.assign.job,
                 m->u.assign.rank, drv_last_error());
-      child_t k = {.job = m->u.assign.job, .generation = m->u.assign.generation,
-                   .rank = m->u.assign.rank};
+      child_t k = {
+          .job = m->u.assign.job, .generation = m->u.assign.generation, .rank = m->u.assign.rank};
       report_exit(a, &k, 127, 0);
     }
     break;
@@ -307,7 +310,9 @@ static void on_message(agent_t *a, proto_msg_t *m) {
     }
     break;
   }
-  default: log_warn("unexpected '%s' from the coordinator dropped", proto_type_name(m->type)); break;
+  default:
+    log_warn("unexpected '%s' from the coordinator dropped", proto_type_name(m->type));
+    break;
   }
 }
 

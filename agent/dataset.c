@@ -475,11 +475,17 @@ fail:
 
 // --- Access -------------------------------------------------------------------------------
 
-uint32_t dataset_count(const dataset_t *ds) { return ds->count; }
+uint32_t dataset_count(const dataset_t *ds) {
+  return ds->count;
+}
 
-uint32_t dataset_features(const dataset_t *ds) { return ds->features; }
+uint32_t dataset_features(const dataset_t *ds) {
+  return ds->features;
+}
 
-uint32_t dataset_classes(const dataset_t *ds) { return ds->classes; }
+uint32_t dataset_classes(const dataset_t *ds) {
+  return ds->classes;
+}
 
 void dataset_gather(const dataset_t *ds, const uint32_t *idx, uint32_t n, float *x, int32_t *y) {
   size_t f = ds->features;

@@ -63,8 +63,7 @@ static drv_result_t read_all(FILE *f, char **out) {
 }
 
 static void send_coord(worker_t *w, const proto_msg_t *m) {
-  if (sock_send(w->sock, NULL, 0, m, 1) != DRV_OK)
-    log_warn("to coordinator: %s", drv_last_error());
+  if (sock_send(w->sock, NULL, 0, m, 1) != DRV_OK) log_warn("to coordinator: %s", drv_last_error());
 }
 
 /* Non-blocking check for an `abort` from the coordinator. */
@@ -87,8 +86,8 @@ static drv_result_t check_abort(worker_t *w) {
   }
 }
 
-static void report_progress(worker_t *w, uint32_t epoch, uint64_t step, uint64_t total,
-                            double loss, double lr) {
+static void report_progress(worker_t *w, uint32_t epoch, uint64_t step, uint64_t total, double loss,
+                            double lr) {
   double now = drv_now_s();
   proto_msg_t m;
   proto_msg_init(&m, PROTO_PROGRESS);
@@ -234,8 +233,10 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
   uint64_t total = (uint64_t)spe * s->train.epochs;
   if (s->train.max_steps && s->train.max_steps < total) total = s->train.max_steps;
   if (B > n)
-    return drv_error(DRV_ERR_INVALID, "train.global_batch (%u) is larger than the training set "
-                     "(%u samples)", B, n);
+    return drv_error(DRV_ERR_INVALID,
+                     "train.global_batch (%u) is larger than the training set "
+                     "(%u samples)",
+                     B, n);
   /* The largest slice of a global batch (64-bit: B may be near 2^32), and at least an
    * evaluation batch. */
   uint32_t cap = (uint32_t)(((uint64_t)B + c->world - 1) / c->world);
@@ -269,7 +270,8 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
       shard_slice(n, B, si, c->rank, c->world, &begin, &count, &batch);
       dataset_gather(w->train, perm + begin, count, x, y);
       double loss_sum = 0;
-      DRV_CHECK_GOTO(trainer_forward_backward(w->trainer, x, y, count, batch, &loss_sum, NULL), rc, out);
+      DRV_CHECK_GOTO(trainer_forward_backward(w->trainer, x, y, count, batch, &loss_sum, NULL), rc,
+                     out);
       DRV_CHECK_GOTO(ring_allreduce(w->ring, grads, ngrad), rc, out);
       float lsum = (float)loss_sum;
       DRV_CHECK_GOTO(ring_allreduce(w->ring, &lsum, 1), rc, out);
@@ -283,13 +285,15 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
       w->rep_step_s += dt;
       double loss = lsum / batch;
       if (!isfinite(loss)) {
-        rc = drv_error(DRV_ERR_INVALID, "loss became %f at step %" PRIu64 ": lower the learning rate",
-                       loss, step + 1);
+        rc = drv_error(DRV_ERR_INVALID,
+                       "loss became %f at step %" PRIu64 ": lower the learning rate", loss,
+                       step + 1);
         goto out;
       }
       if (w->metrics)
         fprintf(w->metrics,
-                "{\"type\":\"step\",\"step\":%" PRIu64 ",\"epoch\":%u,\"loss\":%.9g,\"lr\":%.9g,"
+                "{\"type\":\"step\",\"step\":%" PRIu64
+                ",\"epoch\":%u,\"loss\":%.9g,\"lr\":%.9g,"
                 "\"batch\":%u,\"step_s\":%.6f,\"samples_per_s\":%.1f}\n",
                 step + 1, epoch, loss, lr, batch, dt, batch / dt);
       if ((drv_now_s() - w->rep_start_s) * 1000 >= (double)drv_setting(DRV_SET_PROGRESS_MS) ||
@@ -302,13 +306,18 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
     if (c->rank == 0) {
       proto_msg_t m;
       proto_msg_init(&m, PROTO_EVAL);
-      m.u.eval = (proto_eval_t){.job = c->job, .generation = c->generation, .epoch = epoch,
-                                .test_loss = test_loss, .test_accuracy = test_acc};
+      m.u.eval = (proto_eval_t){.job = c->job,
+                                .generation = c->generation,
+                                .epoch = epoch,
+                                .test_loss = test_loss,
+                                .test_accuracy = test_acc};
       send_coord(w, &m);
       if (w->metrics) {
         fprintf(w->metrics,
-                "{\"type\":\"eval\",\"epoch\":%u,\"step\":%" PRIu64 ",\"test_loss\":%.9g,"
-                "\"test_accuracy\":%.6f}\n", epoch, step, test_loss, test_acc);
+                "{\"type\":\"eval\",\"epoch\":%u,\"step\":%" PRIu64
+                ",\"test_loss\":%.9g,"
+                "\"test_accuracy\":%.6f}\n",
+                epoch, step, test_loss, test_acc);
         fflush(w->metrics);
       }
     }
@@ -318,8 +327,12 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
     snprintf(path, sizeof path, "%s/model.safetensors", c->run_dir);
     DRV_CHECK_GOTO(trainer_save(w->trainer, path), rc, out);
   }
-  *done = (proto_done_t){.job = c->job, .generation = c->generation, .rank = c->rank,
-                         .steps = step, .test_loss = test_loss, .test_accuracy = test_acc,
+  *done = (proto_done_t){.job = c->job,
+                         .generation = c->generation,
+                         .rank = c->rank,
+                         .steps = step,
+                         .test_loss = test_loss,
+                         .test_accuracy = test_acc,
                          .samples_per_s = train_s > 0 ? global_samples / train_s : 0,
                          .train_s = train_s};
 out:
@@ -371,8 +384,10 @@ fail:
   if (w.sock && rc != DRV_ERR_CANCELLED) {
     proto_msg_t f;
     proto_msg_init(&f, PROTO_FAILED);
-    f.u.failed = (proto_failed_t){.job = cfg->job, .generation = cfg->generation,
-                                  .rank = cfg->rank, .reason = (char *)drv_last_error()};
+    f.u.failed = (proto_failed_t){.job = cfg->job,
+                                  .generation = cfg->generation,
+                                  .rank = cfg->rank,
+                                  .reason = (char *)drv_last_error()};
     send_coord(&w, &f);
   }
 out:

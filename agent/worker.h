@@ -21,10 +21,10 @@ typedef struct {
   const char *coordinator; /* base endpoint */
   int64_t job;
   uint32_t generation, rank, world, local_rank;
-  int32_t device;        /* -1: CPU */
+  int32_t device; /* -1: CPU */
   const char *run_dir;
-  const char *host;      /* address the ring listens on and advertises */
-  FILE *spec_in;         /* where the spec YAML is read from (stdin) */
+  const char *host; /* address the ring listens on and advertises */
+  FILE *spec_in;    /* where the spec YAML is read from (stdin) */
 } worker_config_t;
 
 /* Runs the worker to the end. Reports `done` or `failed` to the coordinator itself; the

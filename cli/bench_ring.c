@@ -87,22 +87,22 @@ static bool bench_parse_size(const char *s, size_t *out) {
   if (errno || end == s || *s == '-') return false;
   unsigned long long mul = 1;
   switch (*end) {
-    case 'k':
-    case 'K':
-      mul = 1ull << 10;
-      end++;
-      break;
-    case 'm':
-    case 'M':
-      mul = 1ull << 20;
-      end++;
-      break;
-    case 'g':
-    case 'G':
-      mul = 1ull << 30;
-      end++;
-      break;
-    default: break;
+  case 'k':
+  case 'K':
+    mul = 1ull << 10;
+    end++;
+    break;
+  case 'm':
+  case 'M':
+    mul = 1ull << 20;
+    end++;
+    break;
+  case 'g':
+  case 'G':
+    mul = 1ull << 30;
+    end++;
+    break;
+  default: break;
   }
   if (mul > 1 && *end == 'i') end++;
   if (*end == 'B' || *end == 'b') end++;

@@ -72,17 +72,23 @@ const char *cli_self_exe(void) {
 void cli_json_str(FILE *out, const char *s) {
   fputc('"', out);
   for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-    if (*p == '"' || *p == '\\') fprintf(out, "\\%c", *p);
-    else if (*p == '\n') fputs("\\n", out);
-    else if (*p < 0x20) fprintf(out, "\\u%04x", *p);
-    else fputc(*p, out);
+    if (*p == '"' || *p == '\\')
+      fprintf(out, "\\%c", *p);
+    else if (*p == '\n')
+      fputs("\\n", out);
+    else if (*p < 0x20)
+      fprintf(out, "\\u%04x", *p);
+    else
+      fputc(*p, out);
   }
   fputc('"', out);
 }
 
 void cli_json_num(FILE *out, double v) {
-  if (isfinite(v)) fprintf(out, "%.10g", v);
-  else fputs("null", out);
+  if (isfinite(v))
+    fprintf(out, "%.10g", v);
+  else
+    fputs("null", out);
 }
 
 static int fail_usage(const char *cmd, const char *usage) {
@@ -102,11 +108,18 @@ static int cmd_coordinator(int argc, char **argv) {
   const char *bind = NULL, *advertise = NULL, *state = NULL;
   int c, idle_s = 0;
   while ((c = getopt_long(argc, argv, "b:a:s:i:h", opts, NULL)) != -1) {
-    if (c == 'b') bind = optarg;
-    else if (c == 'a') advertise = optarg;
-    else if (c == 's') state = optarg;
-    else if (c == 'i') idle_s = atoi(optarg);
-    else return fail_usage("coordinator", "[--bind tcp://*:7700] [--advertise tcp://HEAD:7700] [--state-dir DIR] [--exit-when-idle SECONDS]");
+    if (c == 'b')
+      bind = optarg;
+    else if (c == 'a')
+      advertise = optarg;
+    else if (c == 's')
+      state = optarg;
+    else if (c == 'i')
+      idle_s = atoi(optarg);
+    else
+      return fail_usage("coordinator",
+                        "[--bind tcp://*:7700] [--advertise tcp://HEAD:7700] [--state-dir DIR] "
+                        "[--exit-when-idle SECONDS]");
   }
   log_init("coordinator");
   install_stop_signals();
@@ -123,7 +136,9 @@ static int cmd_coordinator(int argc, char **argv) {
       advertise = bind;
     }
   }
-  coord_config_t cfg = {.bind = bind, .advertise = advertise, .state_dir = cli_state_dir(state),
+  coord_config_t cfg = {.bind = bind,
+                        .advertise = advertise,
+                        .state_dir = cli_state_dir(state),
                         .exit_when_idle_s = idle_s};
   drv_result_t rc = coord_run(&cfg, &stop_flag);
   if (rc != DRV_OK) {
@@ -144,14 +159,23 @@ static int cmd_agent(int argc, char **argv) {
   agent_config_t cfg = {.target = "attached"};
   int c;
   while ((c = getopt_long(argc, argv, "c:i:t:H:p:h", opts, NULL)) != -1) {
-    if (c == 'c') cfg.coordinator = optarg;
-    else if (c == 'i') cfg.agent_id = optarg;
-    else if (c == 't') cfg.target = optarg;
-    else if (c == 'H') cfg.host = optarg;
-    else if (c == 'p') cfg.pool = optarg;
-    else return fail_usage("agent", "--coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local] [--host ADDR] [--pool NAME]");
+    if (c == 'c')
+      cfg.coordinator = optarg;
+    else if (c == 'i')
+      cfg.agent_id = optarg;
+    else if (c == 't')
+      cfg.target = optarg;
+    else if (c == 'H')
+      cfg.host = optarg;
+    else if (c == 'p')
+      cfg.pool = optarg;
+    else
+      return fail_usage("agent",
+                        "--coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local] "
+                        "[--host ADDR] [--pool NAME]");
   }
-  if (strcmp(cfg.target, "attached") && strcmp(cfg.target, "local") && strcmp(cfg.target, "managed")) {
+  if (strcmp(cfg.target, "attached") && strcmp(cfg.target, "local") &&
+      strcmp(cfg.target, "managed")) {
     fprintf(stderr, "drover agent: --target %s: expected attached, local or managed\n", cfg.target);
     return 2;
   }
@@ -190,7 +214,9 @@ static int cmd_worker(int argc, char **argv) {
     }
   }
   if (!cfg.coordinator || !cfg.run_dir || cfg.job <= 0 || cfg.world == 0 || cfg.rank >= cfg.world)
-    return fail_usage("worker", "--coordinator EP --job N --generation G --rank R --world W --run-dir DIR (started by an agent)");
+    return fail_usage("worker",
+                      "--coordinator EP --job N --generation G --rank R --world W --run-dir DIR "
+                      "(started by an agent)");
   char role[48];
   snprintf(role, sizeof role, "worker %u", cfg.rank);
   log_init(role);
@@ -221,10 +247,14 @@ static int cmd_status(int argc, char **argv) {
   int json = 0, c;
   uint32_t limit = 20;
   while ((c = getopt_long(argc, argv, "c:jn:", opts, NULL)) != -1) {
-    if (c == 'c') coord = optarg;
-    else if (c == 'j') json = 1;
-    else if (c == 'n') limit = (uint32_t)strtoul(optarg, NULL, 10);
-    else return fail_usage("status", "[JOB] [--json] [--limit N] [--coordinator EP]");
+    if (c == 'c')
+      coord = optarg;
+    else if (c == 'j')
+      json = 1;
+    else if (c == 'n')
+      limit = (uint32_t)strtoul(optarg, NULL, 10);
+    else
+      return fail_usage("status", "[JOB] [--json] [--limit N] [--coordinator EP]");
   }
   proto_msg_t req, rep;
   proto_msg_init(&req, PROTO_STATUS);
@@ -259,7 +289,8 @@ static int cmd_status(int argc, char **argv) {
       cli_json_str(stdout, j->reason);
       fputs(",\"target\":", stdout);
       cli_json_str(stdout, j->target);
-      printf(",\"nodes\":%u,\"epoch\":%u,\"epochs\":%u,\"step\":%" PRIu64 ",\"steps_total\":%" PRIu64,
+      printf(",\"nodes\":%u,\"epoch\":%u,\"epochs\":%u,\"step\":%" PRIu64
+             ",\"steps_total\":%" PRIu64,
              j->nodes, j->epoch, j->epochs, j->step, j->steps_total);
       fputs(",\"loss\":", stdout);
       cli_json_num(stdout, j->loss);
@@ -281,18 +312,24 @@ static int cmd_status(int argc, char **argv) {
     }
     fputs("]\n", stdout);
   } else {
-    printf("%-5s %-20s %-10s %-9s %5s %13s %9s %11s  %-19s  %s\n", "JOB", "NAME", "STATE",
-           "TARGET", "NODES", "STEP", "TEST_ACC", "SAMPLES/S", "SUBMITTED", "REASON");
+    printf("%-5s %-20s %-10s %-9s %5s %13s %9s %11s  %-19s  %s\n", "JOB", "NAME", "STATE", "TARGET",
+           "NODES", "STEP", "TEST_ACC", "SAMPLES/S", "SUBMITTED", "REASON");
     for (uint32_t i = 0; i < rep.u.jobs.jobs_count; i++) {
       proto_job_t *j = &rep.u.jobs.jobs[i];
       char when[32], step[32], acc[16], sps[16];
       print_time(j->submitted_at, when, sizeof when);
-      if (j->steps_total) snprintf(step, sizeof step, "%" PRIu64 "/%" PRIu64, j->step, j->steps_total);
-      else snprintf(step, sizeof step, "%" PRIu64, j->step);
-      if (isfinite(j->test_accuracy)) snprintf(acc, sizeof acc, "%.4f", j->test_accuracy);
-      else snprintf(acc, sizeof acc, "-");
-      if (isfinite(j->samples_per_s) && j->samples_per_s > 0) snprintf(sps, sizeof sps, "%.0f", j->samples_per_s);
-      else snprintf(sps, sizeof sps, "-");
+      if (j->steps_total)
+        snprintf(step, sizeof step, "%" PRIu64 "/%" PRIu64, j->step, j->steps_total);
+      else
+        snprintf(step, sizeof step, "%" PRIu64, j->step);
+      if (isfinite(j->test_accuracy))
+        snprintf(acc, sizeof acc, "%.4f", j->test_accuracy);
+      else
+        snprintf(acc, sizeof acc, "-");
+      if (isfinite(j->samples_per_s) && j->samples_per_s > 0)
+        snprintf(sps, sizeof sps, "%.0f", j->samples_per_s);
+      else
+        snprintf(sps, sizeof sps, "-");
       printf("%-5" PRId64 " %-20.20s %-10s %-9s %5u %13s %9s %11s  %-19s  %s\n", j->id, j->name,
              j->state, j->target, j->nodes, step, acc, sps, when, j->reason);
     }
@@ -307,8 +344,10 @@ static int cmd_cancel(int argc, char **argv) {
   static const struct option opts[] = {{"coordinator", required_argument, 0, 'c'}, {0, 0, 0, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
-    if (c == 'c') coord = optarg;
-    else return fail_usage("cancel", "JOB [--coordinator EP]");
+    if (c == 'c')
+      coord = optarg;
+    else
+      return fail_usage("cancel", "JOB [--coordinator EP]");
   }
   if (optind >= argc) return fail_usage("cancel", "JOB [--coordinator EP]");
   char *end;
@@ -322,8 +361,10 @@ static int cmd_cancel(int argc, char **argv) {
   void *ctx = zmq_ctx_new();
   drv_result_t rc = sock_request(ctx, cli_coordinator(coord), &req, &rep,
                                  (int)drv_setting(DRV_SET_CLIENT_TIMEOUT_MS));
-  if (rc == DRV_OK) printf("job %" PRId64 " cancelled\n", req.u.cancel.job);
-  else fprintf(stderr, "drover cancel: %s\n", drv_last_error());
+  if (rc == DRV_OK)
+    printf("job %" PRId64 " cancelled\n", req.u.cancel.job);
+  else
+    fprintf(stderr, "drover cancel: %s\n", drv_last_error());
   proto_msg_fini(&rep);
   zmq_ctx_term(ctx);
   return rc == DRV_OK ? 0 : 1;
@@ -332,12 +373,15 @@ static int cmd_cancel(int argc, char **argv) {
 static int cmd_agents(int argc, char **argv) {
   const char *coord = NULL;
   int json = 0, c;
-  static const struct option opts[] = {{"coordinator", required_argument, 0, 'c'},
-                                       {"json", no_argument, 0, 'j'}, {0, 0, 0, 0}};
+  static const struct option opts[] = {
+      {"coordinator", required_argument, 0, 'c'}, {"json", no_argument, 0, 'j'}, {0, 0, 0, 0}};
   while ((c = getopt_long(argc, argv, "c:j", opts, NULL)) != -1) {
-    if (c == 'c') coord = optarg;
-    else if (c == 'j') json = 1;
-    else return fail_usage("agents", "[--json] [--coordinator EP]");
+    if (c == 'c')
+      coord = optarg;
+    else if (c == 'j')
+      json = 1;
+    else
+      return fail_usage("agents", "[--json] [--coordinator EP]");
   }
   proto_msg_t req, rep;
   proto_msg_init(&req, PROTO_AGENTS);
@@ -361,7 +405,8 @@ static int cmd_agents(int argc, char **argv) {
       fputs(",\"state\":", stdout);
       cli_json_str(stdout, a->state);
       printf(",\"cpus\":%u,\"gpus\":%u,\"mem_bytes\":%" PRIu64 ",\"job\":%" PRId64
-             ",\"last_seen_s\":%.3f}", a->cpus, a->gpus, a->mem_bytes, a->job, a->last_seen_s);
+             ",\"last_seen_s\":%.3f}",
+             a->cpus, a->gpus, a->mem_bytes, a->job, a->last_seen_s);
     }
     fputs("]\n", stdout);
   } else {
@@ -384,26 +429,27 @@ static int cmd_agents(int argc, char **argv) {
 // --- main ----------------------------------------------------------------------------------
 
 static void usage(FILE *out) {
-  fputs("drover: distributed training on a laptop, attached nodes or a managed cluster\n\n"
-        "usage: drover COMMAND [ARGS]\n\n"
-        "  submit SPEC.yaml [--target local|attached] [--nodes N] [--set key.path=value]...\n"
-        "                   [--json] [--detach] [--coordinator EP] [--state-dir DIR] [-v]\n"
-        "                   submit a job and follow it (starts a coordinator if none answers)\n"
-        "  status [JOB] [--json]            jobs, past and present\n"
-        "  cancel JOB                       stop a queued or running job\n"
-        "  agents [--json]                  the agent registry\n"
-        "  agent --coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local]\n"
-        "        [--host ADDR] [--pool NAME]\n"
-        "                                   run the node daemon (one per node)\n"
-        "  coordinator [--bind tcp://*:7700] [--advertise EP] [--state-dir DIR]\n"
-        "              [--exit-when-idle SECONDS]\n"
-        "                                   run the coordinator in the foreground\n"
-        "  bench ring [--workers 2,4] [--bytes 64M] [--iters N] [--json]\n"
-        "                                   host ring all-reduce benchmark\n"
-        "  settings                         tunables and their environment variables\n\n"
-        "The coordinator endpoint defaults to $DROVER_COORDINATOR or tcp://127.0.0.1:7700\n"
-        "(agents use that port, clients +1, events +2).\n",
-        out);
+  fputs(
+      "drover: distributed training on a laptop, attached nodes or a managed cluster\n\n"
+      "usage: drover COMMAND [ARGS]\n\n"
+      "  submit SPEC.yaml [--target local|attached] [--nodes N] [--set key.path=value]...\n"
+      "                   [--json] [--detach] [--coordinator EP] [--state-dir DIR] [-v]\n"
+      "                   submit a job and follow it (starts a coordinator if none answers)\n"
+      "  status [JOB] [--json]            jobs, past and present\n"
+      "  cancel JOB                       stop a queued or running job\n"
+      "  agents [--json]                  the agent registry\n"
+      "  agent --coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local]\n"
+      "        [--host ADDR] [--pool NAME]\n"
+      "                                   run the node daemon (one per node)\n"
+      "  coordinator [--bind tcp://*:7700] [--advertise EP] [--state-dir DIR]\n"
+      "              [--exit-when-idle SECONDS]\n"
+      "                                   run the coordinator in the foreground\n"
+      "  bench ring [--workers 2,4] [--bytes 64M] [--iters N] [--json]\n"
+      "                                   host ring all-reduce benchmark\n"
+      "  settings                         tunables and their environment variables\n\n"
+      "The coordinator endpoint defaults to $DROVER_COORDINATOR or tcp://127.0.0.1:7700\n"
+      "(agents use that port, clients +1, events +2).\n",
+      out);
 }
 
 int main(int argc, char **argv) {

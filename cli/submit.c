@@ -95,7 +95,8 @@ static pid_t spawn(submit_t *s, const char *logname, char *const args[], const c
     }
     int devnull = open("/dev/null", O_RDONLY);
     if (devnull >= 0) dup2(devnull, 0);
-    if (blas_threads && !getenv("OPENBLAS_NUM_THREADS")) setenv("OPENBLAS_NUM_THREADS", blas_threads, 1);
+    if (blas_threads && !getenv("OPENBLAS_NUM_THREADS"))
+      setenv("OPENBLAS_NUM_THREADS", blas_threads, 1);
     /* Own process group: a Ctrl-C at the terminal reaches us, and we stop them in order. */
     setpgid(0, 0);
     execv(cli_self_exe(), args);
@@ -136,8 +137,10 @@ static void stop_started(submit_t *s, void *ctx, int64_t job) {
   s->nagents = 0;
   if (s->coord_pid > 0 && others_active(ctx, s->coordinator, job)) {
     /* Another submit's job runs on it: it exits by itself once idle (--exit-when-idle). */
-    fprintf(stderr, "drover: leaving the coordinator at %s running for the jobs of other "
-                    "submissions; it exits when idle\n", s->coordinator);
+    fprintf(stderr,
+            "drover: leaving the coordinator at %s running for the jobs of other "
+            "submissions; it exits when idle\n",
+            s->coordinator);
     s->coord_pid = 0;
     return;
   }
@@ -157,8 +160,15 @@ static int coordinator_answers(void *ctx, const char *ep, int timeout_ms) {
 
 static int ensure_coordinator(submit_t *s, void *ctx, int local) {
   if (coordinator_answers(ctx, s->coordinator, 1000)) return 0;
-  char *args[] = {"drover", "coordinator", "--bind", (char *)s->coordinator, "--state-dir",
-                  (char *)s->state_dir, local ? "--exit-when-idle" : NULL, "10", NULL};
+  char *args[] = {"drover",
+                  "coordinator",
+                  "--bind",
+                  (char *)s->coordinator,
+                  "--state-dir",
+                  (char *)s->state_dir,
+                  local ? "--exit-when-idle" : NULL,
+                  "10",
+                  NULL};
   if (local) {
     s->coord_pid = spawn(s, "coordinator.log", args, NULL);
   } else {
@@ -180,8 +190,10 @@ static int ensure_coordinator(submit_t *s, void *ctx, int local) {
       _exit(127);
     }
     if (pid > 0) waitpid(pid, NULL, 0);
-    fprintf(stderr, "drover: started a coordinator at %s (log %s/coordinator.log); it keeps "
-                    "running for the agents\n", s->coordinator, s->state_dir);
+    fprintf(stderr,
+            "drover: started a coordinator at %s (log %s/coordinator.log); it keeps "
+            "running for the agents\n",
+            s->coordinator, s->state_dir);
   }
   for (int i = 0; i < 100; i++) { /* up to ~10 s */
     if (coordinator_answers(ctx, s->coordinator, 200)) return 0;
@@ -208,8 +220,10 @@ static int start_local_agents(submit_t *s, uint32_t n) {
     char id[64], log[64];
     snprintf(id, sizeof id, "%s-%u", s->pool, i);
     snprintf(log, sizeof log, "agent-%u.log", i);
-    char *args[] = {"drover", "agent", "--coordinator", (char *)s->coordinator, "--target", "local",
-                    "--id", id, "--host", "127.0.0.1", "--pool", s->pool, NULL};
+    char *args[] = {"drover",   "agent",     "--coordinator", (char *)s->coordinator,
+                    "--target", "local",     "--id",          id,
+                    "--host",   "127.0.0.1", "--pool",        s->pool,
+                    NULL};
     pid_t pid = spawn(s, log, args, threads);
     if (pid < 0) {
       fprintf(stderr, "drover submit: fork: %s\n", strerror(errno));
@@ -228,8 +242,10 @@ static void fmt_eta(double s, char *buf, size_t n) {
     return;
   }
   long t = (long)(s + 0.5);
-  if (t >= 3600) snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
-  else snprintf(buf, n, "%ld:%02ld", t / 60, t % 60);
+  if (t >= 3600)
+    snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+  else
+    snprintf(buf, n, "%ld:%02ld", t / 60, t % 60);
 }
 
 typedef struct {
@@ -255,14 +271,17 @@ static void on_progress_event(follow_t *f, const proto_ev_progress_t *p) {
   char eta[32];
   fmt_eta(p->eta_s, eta, sizeof eta);
   if (f->tty) {
-    fprintf(stderr, "\r\033[K  epoch %u/%u  step %" PRIu64 "/%" PRIu64 "  loss %.4f  %.0f samples/s"
-                    "  slowest rank %u (%.1f ms/step)  ETA %s",
+    fprintf(stderr,
+            "\r\033[K  epoch %u/%u  step %" PRIu64 "/%" PRIu64
+            "  loss %.4f  %.0f samples/s"
+            "  slowest rank %u (%.1f ms/step)  ETA %s",
             p->epoch + 1, p->epochs, p->step, p->steps_total, p->loss, p->samples_per_s,
             p->slowest_rank, p->slowest_step_ms, eta);
     f->line_open = 1;
   } else if (drv_now_s() - f->last_plain_s >= 2.0 || p->step == p->steps_total) {
     f->last_plain_s = drv_now_s();
-    fprintf(stderr, "  epoch %u/%u  step %" PRIu64 "/%" PRIu64 "  loss %.4f  %.0f samples/s  ETA %s\n",
+    fprintf(stderr,
+            "  epoch %u/%u  step %" PRIu64 "/%" PRIu64 "  loss %.4f  %.0f samples/s  ETA %s\n",
             p->epoch + 1, p->epochs, p->step, p->steps_total, p->loss, p->samples_per_s, eta);
   }
   fflush(stderr);
@@ -384,9 +403,11 @@ static int parse_args(submit_t *s, int argc, char **argv) {
     case 'S': s->state_dir = optarg; break;
     case 'v': s->verbose = 1; break;
     default:
-      fputs("usage: drover submit SPEC.yaml [--target local|attached] [--nodes N]\n"
-            "       [--set key.path=value]... [--json] [--detach] [--coordinator EP]\n"
-            "       [--state-dir DIR] [--verbose]\n", stderr);
+      fputs(
+          "usage: drover submit SPEC.yaml [--target local|attached] [--nodes N]\n"
+          "       [--set key.path=value]... [--json] [--detach] [--coordinator EP]\n"
+          "       [--state-dir DIR] [--verbose]\n",
+          stderr);
       return -1;
     }
   }
@@ -416,9 +437,10 @@ static void print_result(const submit_t *s, const follow_t *f) {
     return;
   }
   if (!strcmp(f->state, "succeeded"))
-    printf("job %" PRId64 " succeeded: test accuracy %.4f, test loss %.4f, %.0f samples/s\n"
-           "run directory: %s\n", f->job, f->test_accuracy, f->test_loss, f->samples_per_s,
-           f->run_dir);
+    printf("job %" PRId64
+           " succeeded: test accuracy %.4f, test loss %.4f, %.0f samples/s\n"
+           "run directory: %s\n",
+           f->job, f->test_accuracy, f->test_loss, f->samples_per_s, f->run_dir);
   else
     printf("job %" PRId64 " %s: %s\nrun directory: %s\n", f->job, f->state, f->reason, f->run_dir);
 }
@@ -434,8 +456,10 @@ int cmd_submit(int argc, char **argv) {
     fprintf(stderr, "drover submit: %s\n", drv_last_error());
     return 2;
   }
-  if ((spec->data.train && (absolutize(&spec->data.train->images) || absolutize(&spec->data.train->labels))) ||
-      (spec->data.test && (absolutize(&spec->data.test->images) || absolutize(&spec->data.test->labels))) ||
+  if ((spec->data.train &&
+       (absolutize(&spec->data.train->images) || absolutize(&spec->data.train->labels))) ||
+      (spec->data.test &&
+       (absolutize(&spec->data.test->images) || absolutize(&spec->data.test->labels))) ||
       absolutize(&spec->run_dir)) {
     fprintf(stderr, "drover submit: cannot resolve paths: %s\n", strerror(errno));
     jobspec_destroy(&spec);
@@ -484,7 +508,8 @@ int cmd_submit(int argc, char **argv) {
   proto_msg_init(&req, PROTO_SUBMIT);
   req.u.submit.spec = yaml;
   req.u.submit.pool = local ? s.pool : NULL;
-  if (sock_request(ctx, s.coordinator, &req, &rep, (int)drv_setting(DRV_SET_CLIENT_TIMEOUT_MS)) != DRV_OK ||
+  if (sock_request(ctx, s.coordinator, &req, &rep, (int)drv_setting(DRV_SET_CLIENT_TIMEOUT_MS)) !=
+          DRV_OK ||
       rep.type != PROTO_SUBMITTED) {
     fprintf(stderr, "drover submit: %s\n", drv_last_error());
     proto_msg_fini(&rep);
@@ -496,8 +521,9 @@ int cmd_submit(int argc, char **argv) {
   proto_msg_fini(&rep);
   if (!s.json) fprintf(stderr, "job %" PRId64 " submitted (run directory %s)\n", f.job, f.run_dir);
   if (s.detach && local)
-    fprintf(stderr, "drover submit: --detach has no effect on the local target: its agents "
-                    "stop with this command\n");
+    fprintf(stderr,
+            "drover submit: --detach has no effect on the local target: its agents "
+            "stop with this command\n");
   if (s.detach && !local) {
     if (s.json) printf("{\"job\":%" PRId64 ",\"status\":\"queued\"}\n", f.job);
     ret = 0;
@@ -552,7 +578,8 @@ int cmd_submit(int argc, char **argv) {
       if (local && s.coord_pid > 0 && waitpid(s.coord_pid, NULL, WNOHANG) == s.coord_pid) {
         s.coord_pid = 0;
         snprintf(f.state, sizeof f.state, "failed");
-        snprintf(f.reason, sizeof f.reason, "the coordinator exited (see %s/coordinator.log)", s.logdir);
+        snprintf(f.reason, sizeof f.reason, "the coordinator exited (see %s/coordinator.log)",
+                 s.logdir);
       }
     }
   }

@@ -50,9 +50,13 @@ drv_result_t drv_error_prefix(drv_result_t rc, const char *fmt, ...) {
   return rc;
 }
 
-const char *drv_last_error(void) { return last_error; }
+const char *drv_last_error(void) {
+  return last_error;
+}
 
-void drv_error_clear(void) { last_error[0] = '\0'; }
+void drv_error_clear(void) {
+  last_error[0] = '\0';
+}
 
 int64_t drv_now_ms(void) {
   struct timespec ts;

@@ -30,8 +30,7 @@ const char *drv_strerror(drv_result_t rc);
 
 /* Sets the calling thread's last-error message (printf-style) and returns rc, so that
  * `return drv_error(DRV_ERR_INVALID, "%s: truncated", path);` reads as one step. */
-drv_result_t drv_error(drv_result_t rc, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+drv_result_t drv_error(drv_result_t rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Prepends "<prefix>: " to the current last-error message; returns rc unchanged. */
 drv_result_t drv_error_prefix(drv_result_t rc, const char *fmt, ...)
@@ -45,26 +44,26 @@ void drv_error_clear(void);
 
 /* ---- Check macros (NCCL's checks.h): one cleanup label per function ------------------ */
 
-#define DRV_CHECK(call)                                                                    \
-  do {                                                                                     \
-    drv_result_t drv_rc_ = (call);                                                         \
-    if (drv_rc_ != DRV_OK) return drv_rc_;                                                 \
+#define DRV_CHECK(call)                    \
+  do {                                     \
+    drv_result_t drv_rc_ = (call);         \
+    if (drv_rc_ != DRV_OK) return drv_rc_; \
   } while (0)
 
-#define DRV_CHECK_GOTO(call, rc, label)                                                    \
-  do {                                                                                     \
-    (rc) = (call);                                                                         \
-    if ((rc) != DRV_OK) goto label;                                                        \
+#define DRV_CHECK_GOTO(call, rc, label) \
+  do {                                  \
+    (rc) = (call);                      \
+    if ((rc) != DRV_OK) goto label;     \
   } while (0)
 
 /* For calls that return -1 and set errno (POSIX, ZeroMQ). */
-#define SYS_CHECK_GOTO(call, rc, label, what)                                              \
-  do {                                                                                     \
-    if ((call) < 0) {                                                                      \
-      (rc) = drv_error(DRV_ERR_SYS, "%s: %s (%s:%d)", (what), strerror(errno), __FILE__,   \
-                       __LINE__);                                                          \
-      goto label;                                                                          \
-    }                                                                                      \
+#define SYS_CHECK_GOTO(call, rc, label, what)                                                    \
+  do {                                                                                           \
+    if ((call) < 0) {                                                                            \
+      (rc) =                                                                                     \
+          drv_error(DRV_ERR_SYS, "%s: %s (%s:%d)", (what), strerror(errno), __FILE__, __LINE__); \
+      goto label;                                                                                \
+    }                                                                                            \
   } while (0)
 
 #define DRV_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))

@@ -305,27 +305,27 @@ static drv_result_t spec_resolve(jobspec_t *spec, const char *path, bool create,
 /* What a value of this schema looks like in YAML ("an unsigned integer"). */
 static void spec_describe(const cyaml_schema_value_t *v, char *buf, size_t cap) {
   switch (v->type) {
-    case CYAML_INT: snprintf(buf, cap, "an integer"); break;
-    case CYAML_UINT: snprintf(buf, cap, "an unsigned integer"); break;
-    case CYAML_FLOAT: snprintf(buf, cap, "a number"); break;
-    case CYAML_BOOL: snprintf(buf, cap, "true or false"); break;
-    case CYAML_STRING: snprintf(buf, cap, "a string"); break;
-    case CYAML_MAPPING: snprintf(buf, cap, "a mapping"); break;
-    case CYAML_ENUM: {
-      size_t len = (size_t)snprintf(buf, cap, "one of");
-      for (uint32_t i = 0; i < v->enumeration.count && len < cap; i++)
-        len += (size_t)snprintf(buf + len, cap - len, "%s %s", i ? "," : "",
-                                v->enumeration.strings[i].str);
-      break;
-    }
-    case CYAML_SEQUENCE:
-    case CYAML_SEQUENCE_FIXED: {
-      char entry[96];
-      spec_describe(v->sequence.entry, entry, sizeof entry);
-      snprintf(buf, cap, "a list, each entry %s", entry);
-      break;
-    }
-    default: snprintf(buf, cap, "a value"); break;
+  case CYAML_INT: snprintf(buf, cap, "an integer"); break;
+  case CYAML_UINT: snprintf(buf, cap, "an unsigned integer"); break;
+  case CYAML_FLOAT: snprintf(buf, cap, "a number"); break;
+  case CYAML_BOOL: snprintf(buf, cap, "true or false"); break;
+  case CYAML_STRING: snprintf(buf, cap, "a string"); break;
+  case CYAML_MAPPING: snprintf(buf, cap, "a mapping"); break;
+  case CYAML_ENUM: {
+    size_t len = (size_t)snprintf(buf, cap, "one of");
+    for (uint32_t i = 0; i < v->enumeration.count && len < cap; i++)
+      len += (size_t)snprintf(buf + len, cap - len, "%s %s", i ? "," : "",
+                              v->enumeration.strings[i].str);
+    break;
+  }
+  case CYAML_SEQUENCE:
+  case CYAML_SEQUENCE_FIXED: {
+    char entry[96];
+    spec_describe(v->sequence.entry, entry, sizeof entry);
+    snprintf(buf, cap, "a list, each entry %s", entry);
+    break;
+  }
+  default: snprintf(buf, cap, "a value"); break;
   }
 }
 
@@ -383,43 +383,43 @@ static drv_result_t spec_parse_float(const char *text, uint32_t size, double *ou
 
 static void spec_store_uint(uint8_t *at, uint32_t size, uint64_t u) {
   switch (size) {
-    case 1: {
-      uint8_t x = (uint8_t)u;
-      memcpy(at, &x, 1);
-      break;
-    }
-    case 2: {
-      uint16_t x = (uint16_t)u;
-      memcpy(at, &x, 2);
-      break;
-    }
-    case 4: {
-      uint32_t x = (uint32_t)u;
-      memcpy(at, &x, 4);
-      break;
-    }
-    default: memcpy(at, &u, 8); break;
+  case 1: {
+    uint8_t x = (uint8_t)u;
+    memcpy(at, &x, 1);
+    break;
+  }
+  case 2: {
+    uint16_t x = (uint16_t)u;
+    memcpy(at, &x, 2);
+    break;
+  }
+  case 4: {
+    uint32_t x = (uint32_t)u;
+    memcpy(at, &x, 4);
+    break;
+  }
+  default: memcpy(at, &u, 8); break;
   }
 }
 
 static void spec_store_int(uint8_t *at, uint32_t size, int64_t i) {
   switch (size) {
-    case 1: {
-      int8_t x = (int8_t)i;
-      memcpy(at, &x, 1);
-      break;
-    }
-    case 2: {
-      int16_t x = (int16_t)i;
-      memcpy(at, &x, 2);
-      break;
-    }
-    case 4: {
-      int32_t x = (int32_t)i;
-      memcpy(at, &x, 4);
-      break;
-    }
-    default: memcpy(at, &i, 8); break;
+  case 1: {
+    int8_t x = (int8_t)i;
+    memcpy(at, &x, 1);
+    break;
+  }
+  case 2: {
+    int16_t x = (int16_t)i;
+    memcpy(at, &x, 2);
+    break;
+  }
+  case 4: {
+    int32_t x = (int32_t)i;
+    memcpy(at, &x, 4);
+    break;
+  }
+  default: memcpy(at, &i, 8); break;
   }
 }
 
@@ -436,67 +436,67 @@ static void spec_store_float(uint8_t *at, uint32_t size, double d) {
  * only). Strings held by pointer replace (and free) the old one. */
 static drv_result_t spec_scalar(const cyaml_schema_value_t *v, const char *text, uint8_t *at) {
   switch (v->type) {
-    case CYAML_UINT: {
-      uint64_t u = 0;
-      DRV_CHECK(spec_parse_uint(text, v->data_size, &u));
-      if (at) spec_store_uint(at, v->data_size, u);
-      return DRV_OK;
-    }
-    case CYAML_INT: {
-      int64_t i = 0;
-      DRV_CHECK(spec_parse_int(text, v->data_size, &i));
-      if (at) spec_store_int(at, v->data_size, i);
-      return DRV_OK;
-    }
-    case CYAML_FLOAT: {
-      double d = 0;
-      DRV_CHECK(spec_parse_float(text, v->data_size, &d));
-      if (at) spec_store_float(at, v->data_size, d);
-      return DRV_OK;
-    }
-    case CYAML_BOOL: {
-      bool b;
-      if (!strcmp(text, "true"))
-        b = true;
-      else if (!strcmp(text, "false"))
-        b = false;
-      else
-        return drv_error(DRV_ERR_INVALID, "expected true or false, got '%s'", text);
-      if (at) spec_store_uint(at, v->data_size, b);
-      return DRV_OK;
-    }
-    case CYAML_ENUM: {
-      for (uint32_t i = 0; i < v->enumeration.count; i++) {
-        if (!strcmp(text, v->enumeration.strings[i].str)) {
-          if (at) spec_store_int(at, v->data_size, v->enumeration.strings[i].val);
-          return DRV_OK;
-        }
-      }
-      char want[160];
-      spec_describe(v, want, sizeof want);
-      return drv_error(DRV_ERR_INVALID, "expected %s, got '%s'", want, text);
-    }
-    case CYAML_STRING: {
-      size_t n = strlen(text);
-      if (n < v->string.min) return drv_error(DRV_ERR_INVALID, "must not be empty");
-      if (n > v->string.max)
-        return drv_error(DRV_ERR_INVALID, "too long (at most %u bytes)", v->string.max);
-      if (!at) return DRV_OK;
-      if (!(v->flags & CYAML_FLAG_POINTER)) {
-        memcpy(at, text, n + 1);
+  case CYAML_UINT: {
+    uint64_t u = 0;
+    DRV_CHECK(spec_parse_uint(text, v->data_size, &u));
+    if (at) spec_store_uint(at, v->data_size, u);
+    return DRV_OK;
+  }
+  case CYAML_INT: {
+    int64_t i = 0;
+    DRV_CHECK(spec_parse_int(text, v->data_size, &i));
+    if (at) spec_store_int(at, v->data_size, i);
+    return DRV_OK;
+  }
+  case CYAML_FLOAT: {
+    double d = 0;
+    DRV_CHECK(spec_parse_float(text, v->data_size, &d));
+    if (at) spec_store_float(at, v->data_size, d);
+    return DRV_OK;
+  }
+  case CYAML_BOOL: {
+    bool b;
+    if (!strcmp(text, "true"))
+      b = true;
+    else if (!strcmp(text, "false"))
+      b = false;
+    else
+      return drv_error(DRV_ERR_INVALID, "expected true or false, got '%s'", text);
+    if (at) spec_store_uint(at, v->data_size, b);
+    return DRV_OK;
+  }
+  case CYAML_ENUM: {
+    for (uint32_t i = 0; i < v->enumeration.count; i++) {
+      if (!strcmp(text, v->enumeration.strings[i].str)) {
+        if (at) spec_store_int(at, v->data_size, v->enumeration.strings[i].val);
         return DRV_OK;
       }
-      char *dup = spec_strdup(text);
-      if (!dup) return drv_error(DRV_ERR_NOMEM, "out of memory");
-      spec_mem(spec_ptr_get(at), 0);
-      spec_ptr_set(at, dup);
+    }
+    char want[160];
+    spec_describe(v, want, sizeof want);
+    return drv_error(DRV_ERR_INVALID, "expected %s, got '%s'", want, text);
+  }
+  case CYAML_STRING: {
+    size_t n = strlen(text);
+    if (n < v->string.min) return drv_error(DRV_ERR_INVALID, "must not be empty");
+    if (n > v->string.max)
+      return drv_error(DRV_ERR_INVALID, "too long (at most %u bytes)", v->string.max);
+    if (!at) return DRV_OK;
+    if (!(v->flags & CYAML_FLAG_POINTER)) {
+      memcpy(at, text, n + 1);
       return DRV_OK;
     }
-    default: {
-      char want[160];
-      spec_describe(v, want, sizeof want);
-      return drv_error(DRV_ERR_INVALID, "takes %s and cannot be set from text", want);
-    }
+    char *dup = spec_strdup(text);
+    if (!dup) return drv_error(DRV_ERR_NOMEM, "out of memory");
+    spec_mem(spec_ptr_get(at), 0);
+    spec_ptr_set(at, dup);
+    return DRV_OK;
+  }
+  default: {
+    char want[160];
+    spec_describe(v, want, sizeof want);
+    return drv_error(DRV_ERR_INVALID, "takes %s and cannot be set from text", want);
+  }
   }
 }
 
@@ -767,64 +767,63 @@ static drv_result_t spec_load_error(cyaml_err_t err, const spec_log_t *log, cons
   spec_trace_path(&t, 0, true, NULL, path, sizeof path);
 
   switch (err) {
-    case CYAML_ERR_INVALID_KEY: {
-      key = spec_after(t.msg, "Unexpected key: ");
-      char parent[SPEC_PATH_MAX], keys[256] = "";
-      spec_trace_path(&t, t.inner_is_comp ? 1 : 0, true, NULL, parent, sizeof parent);
-      spec_trace_path(&t, t.inner_is_comp ? 1 : 0, true, key ? key : "?", path, sizeof path);
-      const cyaml_schema_value_t *v = spec_schema_at(parent);
-      if (v && v->type == CYAML_MAPPING) spec_keys_list(v->mapping.fields, keys, sizeof keys);
-      snprintf(what, sizeof what, "unknown key (keys%s%s: %s)", *parent ? " in " : "", parent,
-               keys);
+  case CYAML_ERR_INVALID_KEY: {
+    key = spec_after(t.msg, "Unexpected key: ");
+    char parent[SPEC_PATH_MAX], keys[256] = "";
+    spec_trace_path(&t, t.inner_is_comp ? 1 : 0, true, NULL, parent, sizeof parent);
+    spec_trace_path(&t, t.inner_is_comp ? 1 : 0, true, key ? key : "?", path, sizeof path);
+    const cyaml_schema_value_t *v = spec_schema_at(parent);
+    if (v && v->type == CYAML_MAPPING) spec_keys_list(v->mapping.fields, keys, sizeof keys);
+    snprintf(what, sizeof what, "unknown key (keys%s%s: %s)", *parent ? " in " : "", parent, keys);
+    break;
+  }
+  case CYAML_ERR_MAPPING_FIELD_MISSING:
+    /* The backtrace's innermost entry is the mapping's last field read, not the missing
+     * one: drop it and name the missing key under its mapping. */
+    key = spec_after(t.msg, "Missing required mapping field: ");
+    spec_trace_path(&t, t.inner_is_comp ? 1 : 0, true, key ? key : "?", path, sizeof path);
+    snprintf(what, sizeof what, "required key missing");
+    break;
+  case CYAML_ERR_ALIAS:
+    snprintf(what, sizeof what, "anchors and aliases are not allowed in a job spec");
+    break;
+  case CYAML_ERR_STRING_LENGTH_MIN: snprintf(what, sizeof what, "must not be empty"); break;
+  case CYAML_ERR_SEQUENCE_ENTRIES_MAX:
+  case CYAML_ERR_SEQUENCE_ENTRIES_MIN: {
+    spec_trace_path(&t, 0, false, NULL, path, sizeof path);
+    const cyaml_schema_value_t *v = spec_schema_at(path);
+    if (!v || v->type != CYAML_SEQUENCE)
+      snprintf(what, sizeof what, "%s", cyaml_strerror(err));
+    else if (err == CYAML_ERR_SEQUENCE_ENTRIES_MAX)
+      snprintf(what, sizeof what, "too many entries (at most %u)", v->sequence.max);
+    else
+      snprintf(what, sizeof what, "too few entries (at least %u)", v->sequence.min);
+    break;
+  }
+  case CYAML_ERR_UNEXPECTED_EVENT:
+    if (spec_after(t.msg, "Mapping field already seen")) {
+      snprintf(what, sizeof what, "key given twice");
       break;
     }
-    case CYAML_ERR_MAPPING_FIELD_MISSING:
-      /* The backtrace's innermost entry is the mapping's last field read, not the missing
-       * one: drop it and name the missing key under its mapping. */
-      key = spec_after(t.msg, "Missing required mapping field: ");
-      spec_trace_path(&t, t.inner_is_comp ? 1 : 0, true, key ? key : "?", path, sizeof path);
-      snprintf(what, sizeof what, "required key missing");
-      break;
-    case CYAML_ERR_ALIAS:
-      snprintf(what, sizeof what, "anchors and aliases are not allowed in a job spec");
-      break;
-    case CYAML_ERR_STRING_LENGTH_MIN: snprintf(what, sizeof what, "must not be empty"); break;
-    case CYAML_ERR_SEQUENCE_ENTRIES_MAX:
-    case CYAML_ERR_SEQUENCE_ENTRIES_MIN: {
-      spec_trace_path(&t, 0, false, NULL, path, sizeof path);
-      const cyaml_schema_value_t *v = spec_schema_at(path);
-      if (!v || v->type != CYAML_SEQUENCE)
-        snprintf(what, sizeof what, "%s", cyaml_strerror(err));
-      else if (err == CYAML_ERR_SEQUENCE_ENTRIES_MAX)
-        snprintf(what, sizeof what, "too many entries (at most %u)", v->sequence.max);
-      else
-        snprintf(what, sizeof what, "too few entries (at least %u)", v->sequence.min);
-      break;
-    }
-    case CYAML_ERR_UNEXPECTED_EVENT:
-      if (spec_after(t.msg, "Mapping field already seen")) {
-        snprintf(what, sizeof what, "key given twice");
-        break;
-      }
-      /* fall through */
-    case CYAML_ERR_INVALID_VALUE: {
-      /* libcyaml numbers sequence entries inconsistently (from 0 or 1 depending on the
-       * error), so an entry's problem is reported on the list, with the value. */
-      bool entry = t.ncomp > 0 && t.comp_is_entry[0];
-      spec_trace_path(&t, 0, false, NULL, path, sizeof path);
-      const cyaml_schema_value_t *v = spec_schema_at(path);
-      if (v && entry && v->type == CYAML_SEQUENCE) v = v->sequence.entry;
-      char want[160] = "";
-      if (v) spec_describe(v, want, sizeof want);
-      snprintf(what, sizeof what, "expected %s%s (%s)", entry ? "each entry to be " : "",
-               v ? want : "another value", t.msg[0] ? t.msg : cyaml_strerror(err));
-      break;
-    }
-    case CYAML_ERR_OOM: return drv_error(DRV_ERR_NOMEM, "%s: out of memory", origin);
-    default:
-      snprintf(what, sizeof what, "%s%s%s%s", cyaml_strerror(err), t.msg[0] ? " (" : "", t.msg,
-               t.msg[0] ? ")" : "");
-      break;
+    /* fall through */
+  case CYAML_ERR_INVALID_VALUE: {
+    /* libcyaml numbers sequence entries inconsistently (from 0 or 1 depending on the
+     * error), so an entry's problem is reported on the list, with the value. */
+    bool entry = t.ncomp > 0 && t.comp_is_entry[0];
+    spec_trace_path(&t, 0, false, NULL, path, sizeof path);
+    const cyaml_schema_value_t *v = spec_schema_at(path);
+    if (v && entry && v->type == CYAML_SEQUENCE) v = v->sequence.entry;
+    char want[160] = "";
+    if (v) spec_describe(v, want, sizeof want);
+    snprintf(what, sizeof what, "expected %s%s (%s)", entry ? "each entry to be " : "",
+             v ? want : "another value", t.msg[0] ? t.msg : cyaml_strerror(err));
+    break;
+  }
+  case CYAML_ERR_OOM: return drv_error(DRV_ERR_NOMEM, "%s: out of memory", origin);
+  default:
+    snprintf(what, sizeof what, "%s%s%s%s", cyaml_strerror(err), t.msg[0] ? " (" : "", t.msg,
+             t.msg[0] ? ")" : "");
+    break;
   }
   if (*path) return drv_error(DRV_ERR_INVALID, "%s: %s: %s", where, path, what);
   return drv_error(DRV_ERR_INVALID, "%s: %s", where, what);

@@ -72,8 +72,8 @@ typedef struct {
   } model;
   struct {
     spec_data_format_t format;
-    spec_split_t *train; /* NULL when absent */
-    spec_split_t *test;  /* NULL when absent */
+    spec_split_t *train;         /* NULL when absent */
+    spec_split_t *test;          /* NULL when absent */
     spec_synthetic_t *synthetic; /* always set after load (defaults filled in) */
   } data;
   struct {
@@ -103,8 +103,7 @@ drv_result_t jobspec_parse(const char *yaml, size_t len, const char *origin,
                            const char *const *sets, int nset, jobspec_t **out);
 
 /* Reads `path` and calls jobspec_parse. */
-drv_result_t jobspec_load(const char *path, const char *const *sets, int nset,
-                          jobspec_t **out);
+drv_result_t jobspec_load(const char *path, const char *const *sets, int nset, jobspec_t **out);
 
 /* Serialises the resolved spec (every field, defaults included) to YAML. The caller
  * frees *yaml with free(). Parsing the result gives an equal spec. */

@@ -35,11 +35,12 @@ struct schema {
 
 #define REQ 1
 #define OPT 0
-#define FLD(T, m, k, r) {#m, k, (uint16_t)offsetof(T, m), r, NULL, 0}
-#define ARR(T, m, k, sub, r)                                                               \
-  {#m, k, (uint16_t)offsetof(T, m), r, sub, (uint16_t)offsetof(T, m##_count)}
-#define SCHEMA(var, label, T, ...)                                                         \
-  static const field_t var##_fields[] = {__VA_ARGS__};                                     \
+#define FLD(T, m, k, r) \
+  { #m, k, (uint16_t)offsetof(T, m), r, NULL, 0 }
+#define ARR(T, m, k, sub, r) \
+  { #m, k, (uint16_t)offsetof(T, m), r, sub, (uint16_t)offsetof(T, m##_count) }
+#define SCHEMA(var, label, T, ...)                     \
+  static const field_t var##_fields[] = {__VA_ARGS__}; \
   static const schema_t var = {label, var##_fields, DRV_ARRAY_LEN(var##_fields), sizeof(T)}
 
 SCHEMA(gpu_schema, "gpu", proto_gpu_t, FLD(proto_gpu_t, index, F_U32, REQ),
@@ -48,9 +49,8 @@ SCHEMA(gpu_schema, "gpu", proto_gpu_t, FLD(proto_gpu_t, index, F_U32, REQ),
 
 SCHEMA(hello_schema, "hello", proto_hello_t, FLD(proto_hello_t, agent_id, F_STR, REQ),
        FLD(proto_hello_t, host, F_STR, REQ), FLD(proto_hello_t, target, F_STR, REQ),
-       FLD(proto_hello_t, pool, F_STR, OPT),
-       FLD(proto_hello_t, pid, F_U32, OPT), FLD(proto_hello_t, session, F_U64, OPT),
-       FLD(proto_hello_t, cpus, F_U32, REQ),
+       FLD(proto_hello_t, pool, F_STR, OPT), FLD(proto_hello_t, pid, F_U32, OPT),
+       FLD(proto_hello_t, session, F_U64, OPT), FLD(proto_hello_t, cpus, F_U32, REQ),
        FLD(proto_hello_t, mem_bytes, F_U64, REQ),
        ARR(proto_hello_t, gpus, F_OBJS, &gpu_schema, REQ));
 
@@ -58,8 +58,8 @@ SCHEMA(welcome_schema, "welcome", proto_welcome_t, FLD(proto_welcome_t, agent_id
        FLD(proto_welcome_t, heartbeat_ms, F_U32, REQ),
        FLD(proto_welcome_t, peer_timeout_ms, F_U32, REQ));
 
-SCHEMA(heartbeat_schema, "heartbeat", proto_heartbeat_t,
-       FLD(proto_heartbeat_t, seq, F_U64, OPT), FLD(proto_heartbeat_t, workers, F_U32, OPT));
+SCHEMA(heartbeat_schema, "heartbeat", proto_heartbeat_t, FLD(proto_heartbeat_t, seq, F_U64, OPT),
+       FLD(proto_heartbeat_t, workers, F_U32, OPT));
 
 SCHEMA(assign_schema, "assign", proto_assign_t, FLD(proto_assign_t, job, F_I64, REQ),
        FLD(proto_assign_t, generation, F_U32, REQ), FLD(proto_assign_t, rank, F_U32, REQ),
@@ -154,7 +154,8 @@ SCHEMA(ev_state_schema, "ev_state", proto_ev_state_t, FLD(proto_ev_state_t, job,
 SCHEMA(ev_progress_schema, "ev_progress", proto_ev_progress_t,
        FLD(proto_ev_progress_t, job, F_I64, REQ), FLD(proto_ev_progress_t, generation, F_U32, REQ),
        FLD(proto_ev_progress_t, epoch, F_U32, REQ), FLD(proto_ev_progress_t, epochs, F_U32, REQ),
-       FLD(proto_ev_progress_t, step, F_U64, REQ), FLD(proto_ev_progress_t, steps_total, F_U64, REQ),
+       FLD(proto_ev_progress_t, step, F_U64, REQ),
+       FLD(proto_ev_progress_t, steps_total, F_U64, REQ),
        FLD(proto_ev_progress_t, loss, F_F64, REQ), FLD(proto_ev_progress_t, lr, F_F64, REQ),
        FLD(proto_ev_progress_t, samples_per_s, F_F64, REQ),
        FLD(proto_ev_progress_t, slowest_rank, F_U32, REQ),
@@ -330,36 +331,69 @@ static int walk(walker_t *w, int depth) {
   if (w->pos >= w->len) return w->err = "truncated value", -1;
   uint8_t t = w->p[w->pos++];
   size_t left = w->len - w->pos;
-  uint64_t n = 0;     /* payload bytes to skip, or element count */
-  int container = 0;  /* 1 array, 2 map */
-  int hdr = 0;        /* bytes of length field */
+  uint64_t n = 0;    /* payload bytes to skip, or element count */
+  int container = 0; /* 1 array, 2 map */
+  int hdr = 0;       /* bytes of length field */
   if (t <= 0x7f || t >= 0xe0 || t == 0xc0 || t == 0xc2 || t == 0xc3) return 0;
-  if (t >= 0x80 && t <= 0x8f) { n = t & 0x0f; container = 2; }
-  else if (t >= 0x90 && t <= 0x9f) { n = t & 0x0f; container = 1; }
-  else if (t >= 0xa0 && t <= 0xbf) { n = t & 0x1f; }
-  else {
+  if (t >= 0x80 && t <= 0x8f) {
+    n = t & 0x0f;
+    container = 2;
+  } else if (t >= 0x90 && t <= 0x9f) {
+    n = t & 0x0f;
+    container = 1;
+  } else if (t >= 0xa0 && t <= 0xbf) {
+    n = t & 0x1f;
+  } else {
     switch (t) {
-    case 0xc4: case 0xd9: hdr = 1; break;             /* bin8, str8 */
-    case 0xc5: case 0xda: hdr = 2; break;             /* bin16, str16 */
-    case 0xc6: case 0xdb: hdr = 4; break;             /* bin32, str32 */
-    case 0xc7: hdr = 1; n = 1; break;                  /* ext8: + type byte */
-    case 0xc8: hdr = 2; n = 1; break;
-    case 0xc9: hdr = 4; n = 1; break;
+    case 0xc4:
+    case 0xd9: hdr = 1; break; /* bin8, str8 */
+    case 0xc5:
+    case 0xda: hdr = 2; break; /* bin16, str16 */
+    case 0xc6:
+    case 0xdb: hdr = 4; break; /* bin32, str32 */
+    case 0xc7:
+      hdr = 1;
+      n = 1;
+      break; /* ext8: + type byte */
+    case 0xc8:
+      hdr = 2;
+      n = 1;
+      break;
+    case 0xc9:
+      hdr = 4;
+      n = 1;
+      break;
     case 0xca: n = 4; break;
     case 0xcb: n = 8; break;
-    case 0xcc: case 0xd0: n = 1; break;
-    case 0xcd: case 0xd1: n = 2; break;
-    case 0xce: case 0xd2: n = 4; break;
-    case 0xcf: case 0xd3: n = 8; break;
-    case 0xd4: n = 2; break;                           /* fixext: type + data */
+    case 0xcc:
+    case 0xd0: n = 1; break;
+    case 0xcd:
+    case 0xd1: n = 2; break;
+    case 0xce:
+    case 0xd2: n = 4; break;
+    case 0xcf:
+    case 0xd3: n = 8; break;
+    case 0xd4: n = 2; break; /* fixext: type + data */
     case 0xd5: n = 3; break;
     case 0xd6: n = 5; break;
     case 0xd7: n = 9; break;
     case 0xd8: n = 17; break;
-    case 0xdc: hdr = 2; container = 1; break;
-    case 0xdd: hdr = 4; container = 1; break;
-    case 0xde: hdr = 2; container = 2; break;
-    case 0xdf: hdr = 4; container = 2; break;
+    case 0xdc:
+      hdr = 2;
+      container = 1;
+      break;
+    case 0xdd:
+      hdr = 4;
+      container = 1;
+      break;
+    case 0xde:
+      hdr = 2;
+      container = 2;
+      break;
+    case 0xdf:
+      hdr = 4;
+      container = 2;
+      break;
     default: return w->err = "invalid type byte 0xc1", -1;
     }
   }
@@ -383,8 +417,7 @@ static int walk(walker_t *w, int depth) {
 
 drv_result_t proto_validate(const void *buf, size_t len, size_t max_len) {
   if (len > max_len)
-    return drv_error(DRV_ERR_PROTO, "frame of %zu bytes is over the %zu-byte limit", len,
-                     max_len);
+    return drv_error(DRV_ERR_PROTO, "frame of %zu bytes is over the %zu-byte limit", len, max_len);
   if (len == 0) return drv_error(DRV_ERR_PROTO, "empty frame");
   walker_t w = {.p = buf, .len = len};
   if (walk(&w, 0) < 0)
@@ -533,8 +566,7 @@ static drv_result_t decode_fields(const schema_t *s, const msgpack_object *map, 
         break;
       }
     if (!v || (v->type == MSGPACK_OBJECT_NIL && !f->required)) {
-      if (f->required)
-        return drv_error(DRV_ERR_PROTO, "%s: missing field '%s'", path, f->name);
+      if (f->required) return drv_error(DRV_ERR_PROTO, "%s: missing field '%s'", path, f->name);
       if (f->kind == F_F64) *(double *)(b + f->off) = NAN;
       continue;
     }
@@ -579,8 +611,8 @@ drv_result_t proto_unpack(const void *buf, size_t len, size_t max_len, proto_msg
   for (int i = 0; i < PROTO_TYPE_COUNT; i++)
     if (key_is(type, types[i].name)) t = i;
   if (t < 0) {
-    rc = drv_error(DRV_ERR_PROTO, "unknown message type '%.*s'", (int)DRV_MIN(type->via.str.size, 64),
-                   type->via.str.ptr);
+    rc = drv_error(DRV_ERR_PROTO, "unknown message type '%.*s'",
+                   (int)DRV_MIN(type->via.str.size, 64), type->via.str.ptr);
     goto out;
   }
   m->type = (proto_type_t)t;

@@ -30,34 +30,34 @@
 
 typedef enum {
   /* agents and workers -> coordinator ROUTER (port base+0) */
-  PROTO_HELLO = 0,    /* agent: register, with its resources */
-  PROTO_WELCOME,      /* coordinator -> agent: registered */
-  PROTO_HEARTBEAT,    /* both ways between agent and coordinator */
-  PROTO_ASSIGN,       /* coordinator -> agent: start a worker for a job */
-  PROTO_KILL,         /* coordinator -> agent: kill a job's worker */
-  PROTO_WORKER_EXIT,  /* agent -> coordinator: a worker process ended */
-  PROTO_RENDEZVOUS,   /* worker -> coordinator: I am up, here is my ring address */
-  PROTO_START,        /* coordinator -> worker: everyone is up, here are the peers */
-  PROTO_PROGRESS,     /* worker -> coordinator: steps done */
-  PROTO_EVAL,         /* worker (rank 0) -> coordinator: evaluation after an epoch */
-  PROTO_DONE,         /* worker -> coordinator: finished, final metrics */
-  PROTO_FAILED,       /* worker -> coordinator: gave up, with the reason */
-  PROTO_ABORT,        /* coordinator -> worker: stop now */
+  PROTO_HELLO = 0,   /* agent: register, with its resources */
+  PROTO_WELCOME,     /* coordinator -> agent: registered */
+  PROTO_HEARTBEAT,   /* both ways between agent and coordinator */
+  PROTO_ASSIGN,      /* coordinator -> agent: start a worker for a job */
+  PROTO_KILL,        /* coordinator -> agent: kill a job's worker */
+  PROTO_WORKER_EXIT, /* agent -> coordinator: a worker process ended */
+  PROTO_RENDEZVOUS,  /* worker -> coordinator: I am up, here is my ring address */
+  PROTO_START,       /* coordinator -> worker: everyone is up, here are the peers */
+  PROTO_PROGRESS,    /* worker -> coordinator: steps done */
+  PROTO_EVAL,        /* worker (rank 0) -> coordinator: evaluation after an epoch */
+  PROTO_DONE,        /* worker -> coordinator: finished, final metrics */
+  PROTO_FAILED,      /* worker -> coordinator: gave up, with the reason */
+  PROTO_ABORT,       /* coordinator -> worker: stop now */
   /* clients -> coordinator ROUTER (port base+1) */
-  PROTO_SUBMIT,       /* submit a job spec */
-  PROTO_SUBMITTED,    /* reply: the job id */
-  PROTO_STATUS,       /* ask for one job or the recent ones */
-  PROTO_JOBS,         /* reply: job records */
-  PROTO_CANCEL,       /* cancel a job */
-  PROTO_OK,           /* reply: done, nothing to say */
-  PROTO_AGENTS,       /* ask for the agent registry */
-  PROTO_AGENT_LIST,   /* reply: agents */
-  PROTO_BYE,          /* agent -> coordinator: stopping, forget me (its job fails) */
-  PROTO_ERROR,        /* reply to anything refused */
+  PROTO_SUBMIT,     /* submit a job spec */
+  PROTO_SUBMITTED,  /* reply: the job id */
+  PROTO_STATUS,     /* ask for one job or the recent ones */
+  PROTO_JOBS,       /* reply: job records */
+  PROTO_CANCEL,     /* cancel a job */
+  PROTO_OK,         /* reply: done, nothing to say */
+  PROTO_AGENTS,     /* ask for the agent registry */
+  PROTO_AGENT_LIST, /* reply: agents */
+  PROTO_BYE,        /* agent -> coordinator: stopping, forget me (its job fails) */
+  PROTO_ERROR,      /* reply to anything refused */
   /* coordinator PUB (port base+2), topic "job/<id>" */
-  PROTO_EV_STATE,     /* a job changed state */
-  PROTO_EV_PROGRESS,  /* aggregated progress */
-  PROTO_EV_EVAL,      /* evaluation after an epoch */
+  PROTO_EV_STATE,    /* a job changed state */
+  PROTO_EV_PROGRESS, /* aggregated progress */
+  PROTO_EV_EVAL,     /* evaluation after an epoch */
   PROTO_TYPE_COUNT
 } proto_type_t;
 
@@ -73,13 +73,13 @@ typedef struct {
 } proto_gpu_t;
 
 typedef struct {
-  char *agent_id;   /* stable name of the agent (default: host-pid) */
-  char *host;       /* host name or address workers' peers can reach */
-  char *target;     /* "local" | "attached" | "managed": which jobs it serves */
-  char *pool;       /* optional: it serves only jobs submitted with this pool */
+  char *agent_id; /* stable name of the agent (default: host-pid) */
+  char *host;     /* host name or address workers' peers can reach */
+  char *target;   /* "local" | "attached" | "managed": which jobs it serves */
+  char *pool;     /* optional: it serves only jobs submitted with this pool */
   uint32_t pid;
-  uint64_t session;  /* new each time the agent (re)connects: a repeated hello of one
-                        session is harmless, a new session means its workers are gone */
+  uint64_t session; /* new each time the agent (re)connects: a repeated hello of one
+                       session is harmless, a new session means its workers are gone */
   uint32_t cpus;
   uint64_t mem_bytes;
   proto_gpu_t *gpus;
@@ -100,10 +100,10 @@ typedef struct {
   int64_t job;
   uint32_t generation;
   uint32_t rank, world, local_rank;
-  int32_t device;     /* GPU index, -1 for a CPU worker */
-  char *spec;         /* resolved job spec, YAML */
-  char *run_dir;      /* absolute run directory of the job */
-  char *coordinator;  /* endpoint the worker reports to */
+  int32_t device;    /* GPU index, -1 for a CPU worker */
+  char *spec;        /* resolved job spec, YAML */
+  char *run_dir;     /* absolute run directory of the job */
+  char *coordinator; /* endpoint the worker reports to */
 } proto_assign_t;
 
 typedef struct {
@@ -136,14 +136,14 @@ typedef struct {
 typedef struct {
   int64_t job;
   uint32_t generation, rank;
-  uint32_t epoch;       /* 0-based */
-  uint64_t step;        /* global steps done */
+  uint32_t epoch; /* 0-based */
+  uint64_t step;  /* global steps done */
   uint64_t steps_total;
-  double loss;          /* mean training loss of the last global batch */
+  double loss; /* mean training loss of the last global batch */
   double lr;
-  uint64_t samples;     /* samples this rank processed since its last report */
-  double interval_s;    /* seconds those samples took */
-  double step_ms;       /* this rank's mean step time over the interval */
+  uint64_t samples;  /* samples this rank processed since its last report */
+  double interval_s; /* seconds those samples took */
+  double step_ms;    /* this rank's mean step time over the interval */
 } proto_progress_t;
 
 typedef struct {
@@ -179,8 +179,8 @@ typedef struct {
 } proto_submitted_t;
 
 typedef struct {
-  int64_t job;     /* 0: the most recent jobs */
-  uint32_t limit;  /* 0: default (20) */
+  int64_t job;    /* 0: the most recent jobs */
+  uint32_t limit; /* 0: default (20) */
 } proto_status_t;
 
 typedef struct {
@@ -232,7 +232,7 @@ typedef struct {
   uint32_t generation, epoch, epochs;
   uint64_t step, steps_total;
   double loss, lr;
-  double samples_per_s;   /* summed over ranks */
+  double samples_per_s; /* summed over ranks */
   uint32_t slowest_rank;
   double slowest_step_ms; /* that rank's mean step time */
   double eta_s;

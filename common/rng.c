@@ -10,7 +10,9 @@ static uint64_t splitmix64(uint64_t *x) {
   return z ^ (z >> 31);
 }
 
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static uint64_t rotl(uint64_t x, int k) {
+  return (x << k) | (x >> (64 - k));
+}
 
 void rng_init(rng_t *r, uint64_t seed, uint64_t stream) {
   uint64_t x = seed ^ (stream * 0xd1342543de82ef95ULL + 0x2545f4914f6cdd1dULL);
@@ -44,7 +46,9 @@ uint32_t rng_below(rng_t *r, uint32_t n) {
   return (uint32_t)(m >> 32);
 }
 
-float rng_uniform(rng_t *r) { return (float)(rng_next(r) >> 40) * (1.0f / 16777216.0f); }
+float rng_uniform(rng_t *r) {
+  return (float)(rng_next(r) >> 40) * (1.0f / 16777216.0f);
+}
 
 float rng_normal(rng_t *r) {
   float u1 = rng_uniform(r), u2 = rng_uniform(r);

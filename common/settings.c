@@ -51,7 +51,7 @@ void drv_settings_print(FILE *out) {
   for (int i = 0; i < DRV_SET_COUNT; i++) {
     char var[96];
     snprintf(var, sizeof var, "DROVER_%s", defs[i].name);
-    fprintf(out, "%-34s %12lld %12lld  %s\n", var, (long long)defs[i].def,
-            (long long)values[i], defs[i].help);
+    fprintf(out, "%-34s %12lld %12lld  %s\n", var, (long long)defs[i].def, (long long)values[i],
+            defs[i].help);
   }
 }

@@ -8,17 +8,18 @@
 #include <stdio.h>
 
 /* X(NAME, default, help). All values are integers (milliseconds, bytes, counts). */
-#define DRV_SETTINGS(X)                                                                    \
-  X(HEARTBEAT_MS, 500, "interval between heartbeats, both ways (ms)")                     \
-  X(PEER_TIMEOUT_MS, 5000, "a peer silent this long is declared dead (ms)")                \
-  X(RECONNECT_MS, 1000, "agent: pause between reconnect attempts to the coordinator (ms)") \
-  X(MAX_MSG_BYTES, 16777216, "largest frame any socket accepts (ZMQ_MAXMSGSIZE, bytes)")   \
-  X(HWM, 10000, "ZeroMQ send/receive high-water mark (messages)")                          \
-  X(RING_TIMEOUT_MS, 30000, "ring all-reduce: a peer that makes no progress this long fails the step (ms)") \
-  X(RING_CONNECT_TIMEOUT_MS, 30000, "ring all-reduce: time allowed to connect the ring (ms)") \
-  X(RING_CHUNK_BYTES, 262144, "ring all-reduce: pipelining chunk (bytes)")                 \
+#define DRV_SETTINGS(X)                                                                         \
+  X(HEARTBEAT_MS, 500, "interval between heartbeats, both ways (ms)")                           \
+  X(PEER_TIMEOUT_MS, 5000, "a peer silent this long is declared dead (ms)")                     \
+  X(RECONNECT_MS, 1000, "agent: pause between reconnect attempts to the coordinator (ms)")      \
+  X(MAX_MSG_BYTES, 16777216, "largest frame any socket accepts (ZMQ_MAXMSGSIZE, bytes)")        \
+  X(HWM, 10000, "ZeroMQ send/receive high-water mark (messages)")                               \
+  X(RING_TIMEOUT_MS, 30000,                                                                     \
+    "ring all-reduce: a peer that makes no progress this long fails the step (ms)")             \
+  X(RING_CONNECT_TIMEOUT_MS, 30000, "ring all-reduce: time allowed to connect the ring (ms)")   \
+  X(RING_CHUNK_BYTES, 262144, "ring all-reduce: pipelining chunk (bytes)")                      \
   X(RENDEZVOUS_TIMEOUT_MS, 60000, "a job whose workers do not all check in by then fails (ms)") \
-  X(PROGRESS_MS, 100, "workers coalesce progress reports to at most one per interval (ms)") \
+  X(PROGRESS_MS, 100, "workers coalesce progress reports to at most one per interval (ms)")     \
   X(CLIENT_TIMEOUT_MS, 5000, "CLI: how long to wait for the coordinator to answer (ms)")
 
 typedef enum {

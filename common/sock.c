@@ -9,7 +9,9 @@
 
 #include "common/settings.h"
 
-static int set_int(void *s, int opt, int v) { return zmq_setsockopt(s, opt, &v, sizeof v); }
+static int set_int(void *s, int opt, int v) {
+  return zmq_setsockopt(s, opt, &v, sizeof v);
+}
 
 void *sock_new(void *ctx, int type) {
   void *s = zmq_socket(ctx, type);
@@ -132,8 +134,8 @@ drv_result_t sock_recv(void *s, int is_router, unsigned char *identity, size_t *
   return rc;
 }
 
-drv_result_t sock_request(void *ctx, const char *base, const proto_msg_t *req,
-                          proto_msg_t *reply, int timeout_ms) {
+drv_result_t sock_request(void *ctx, const char *base, const proto_msg_t *req, proto_msg_t *reply,
+                          int timeout_ms) {
   char ep[256];
   proto_msg_init(reply, PROTO_TYPE_COUNT);
   DRV_CHECK(sock_endpoint(base, SOCK_CLIENTS, ep, sizeof ep));

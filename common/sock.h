@@ -25,7 +25,8 @@ typedef enum { SOCK_AGENTS = 0, SOCK_CLIENTS = 1, SOCK_EVENTS = 2 } sock_port_t;
 void *sock_new(void *ctx, int type);
 
 /* Writes into out the endpoint of `port` for coordinator base endpoint `base`
- * ("tcp://h:7700", SOCK_CLIENTS -> "tcp://h:7701"). A wildcard bind endpoint ("tcp://" "*:7700") works too. */
+ * ("tcp://h:7700", SOCK_CLIENTS -> "tcp://h:7701"). A wildcard bind endpoint ("tcp://" "*:7700")
+ * works too. */
 drv_result_t sock_endpoint(const char *base, sock_port_t port, char *out, size_t outsz);
 
 /* Encodes and sends m. identity (ROUTER only) is sent first as its own frame when
@@ -46,7 +47,7 @@ drv_result_t sock_recv(void *s, int is_router, unsigned char *identity, size_t *
 /* Client helper: connects a fresh DEALER to the coordinator's client port, sends req,
  * waits up to timeout_ms for one reply. A PROTO_ERROR reply comes back as DRV_ERR_INVALID
  * with its message as the last error (the reply is still in *reply). */
-drv_result_t sock_request(void *ctx, const char *base, const proto_msg_t *req,
-                          proto_msg_t *reply, int timeout_ms);
+drv_result_t sock_request(void *ctx, const char *base, const proto_msg_t *req, proto_msg_t *reply,
+                          int timeout_ms);
 
 #endif

@@ -40,13 +40,13 @@ typedef struct {
 } agent_t;
 
 typedef struct {
-  int agent;          /* index into agents[] */
-  int rendezvoused;   /* rendezvous received for this generation */
-  char addr[256];     /* ring address */
+  int agent;        /* index into agents[] */
+  int rendezvoused; /* rendezvous received for this generation */
+  char addr[256];   /* ring address */
   unsigned char ident[ID_MAX];
   size_t identlen;
   int done, exited;
-  int64_t exit_ms;    /* when its agent reported a clean exit without `done` yet */
+  int64_t exit_ms; /* when its agent reported a clean exit without `done` yet */
   /* last progress report */
   uint64_t step;
   double samples_per_s, step_ms;
@@ -173,8 +173,8 @@ static void job_finish(coord_t *c, job_t *j, job_state_t state, const char *reas
   if (state != JOB_SUCCEEDED) job_stop_workers(c, j, reason ? reason : "job ended");
   /* Steps and throughput are worth keeping for failed and cancelled jobs too. */
   double sps = state == JOB_SUCCEEDED ? j->final_samples_per_s : j->samples_per_s;
-  if (store_job_set_metrics(c->store, j->id, j->test_accuracy, j->test_loss,
-                            j->step ? sps : NAN, j->step) != DRV_OK)
+  if (store_job_set_metrics(c->store, j->id, j->test_accuracy, j->test_loss, j->step ? sps : NAN,
+                            j->step) != DRV_OK)
     log_error("store: %s", drv_last_error());
   if (store_job_set_state(c->store, j->id, state, reason) != DRV_OK)
     log_error("store: %s", drv_last_error());
@@ -185,8 +185,7 @@ static void job_finish(coord_t *c, job_t *j, job_state_t state, const char *reas
   /* Agents whose worker is still alive keep `job` set; they free themselves on exit. */
   for (uint32_t r = 0; j->slots && r < j->nodes; r++) {
     slot_t *s = &j->slots[r];
-    if (s->exited && s->agent >= 0 && c->agents[s->agent].job == j->id)
-      c->agents[s->agent].job = 0;
+    if (s->exited && s->agent >= 0 && c->agents[s->agent].job == j->id) c->agents[s->agent].job = 0;
   }
   job_release(j);
 }
@@ -211,8 +210,10 @@ static job_t *job_for_msg(coord_t *c, int64_t id, uint32_t generation, uint32_t 
     return NULL;
   }
   if (generation != j->generation || rank >= j->nodes) {
-    log_warn("%s for job %" PRId64 " generation %u rank %u refused (current generation %u, "
-             "world %u)", what, id, generation, rank, j->generation, j->nodes);
+    log_warn("%s for job %" PRId64
+             " generation %u rank %u refused (current generation %u, "
+             "world %u)",
+             what, id, generation, rank, j->generation, j->nodes);
     return NULL;
   }
   return j;
@@ -328,8 +329,8 @@ static void schedule(coord_t *c) {
     }
     if (store_job_set_state(c->store, j->id, JOB_RUNNING, NULL) != DRV_OK)
       log_error("store: %s", drv_last_error());
-    log_info("job %" PRId64 " (%s) placed on %u agent(s), generation %u", j->id, j->name,
-             j->nodes, j->generation);
+    log_info("job %" PRId64 " (%s) placed on %u agent(s), generation %u", j->id, j->name, j->nodes,
+             j->generation);
     publish_state(c, j, NULL);
   }
 }
@@ -421,11 +422,9 @@ static void on_worker_exit(coord_t *c, agent_t *a, const proto_worker_exit_t *e)
     return;
   }
   if (e->signal)
-    job_fail(c, j, "rank %u on agent %s was killed by signal %d", e->rank, a->agent_id,
-             e->signal);
+    job_fail(c, j, "rank %u on agent %s was killed by signal %d", e->rank, a->agent_id, e->signal);
   else
-    job_fail(c, j, "rank %u on agent %s exited with code %d", e->rank, a->agent_id,
-             e->exit_code);
+    job_fail(c, j, "rank %u on agent %s exited with code %d", e->rank, a->agent_id, e->exit_code);
 }
 
 // --- Workers -------------------------------------------------------------------------------
@@ -623,11 +622,16 @@ static void on_submit(coord_t *c, const unsigned char *ident, size_t len, const 
   }
   /* Workers run elsewhere, in other directories: paths must not depend on a cwd. */
   const char *rel = NULL;
-  if (spec->run_dir[0] != '/') rel = "run_dir";
-  else if (spec->data.train && spec->data.train->images[0] != '/') rel = "data.train.images";
-  else if (spec->data.train && spec->data.train->labels[0] != '/') rel = "data.train.labels";
-  else if (spec->data.test && spec->data.test->images[0] != '/') rel = "data.test.images";
-  else if (spec->data.test && spec->data.test->labels[0] != '/') rel = "data.test.labels";
+  if (spec->run_dir[0] != '/')
+    rel = "run_dir";
+  else if (spec->data.train && spec->data.train->images[0] != '/')
+    rel = "data.train.images";
+  else if (spec->data.train && spec->data.train->labels[0] != '/')
+    rel = "data.train.labels";
+  else if (spec->data.test && spec->data.test->images[0] != '/')
+    rel = "data.test.images";
+  else if (spec->data.test && spec->data.test->labels[0] != '/')
+    rel = "data.test.labels";
   job_t *j = NULL;
   for (int i = 0; i < MAX_JOBS && !j; i++)
     if (!c->jobs[i].used) j = &c->jobs[i];
@@ -635,8 +639,10 @@ static void on_submit(coord_t *c, const unsigned char *ident, size_t len, const 
   size_t clen;
   if (rel) {
     char msg[256];
-    snprintf(msg, sizeof msg, "submitted spec: %s: must be an absolute path (drover submit "
-             "resolves relative ones against the submitting directory)", rel);
+    snprintf(msg, sizeof msg,
+             "submitted spec: %s: must be an absolute path (drover submit "
+             "resolves relative ones against the submitting directory)",
+             rel);
     reply_error(c, ident, len, "invalid", msg);
     goto out;
   }
@@ -885,8 +891,10 @@ static drv_result_t lock_state_dir(coord_t *c, const char *dir) {
     char pid[32] = "?";
     ssize_t n = pread(c->lock_fd, pid, sizeof pid - 1, 0);
     if (n > 0) pid[n] = '\0';
-    return drv_error(DRV_ERR_INVALID, "%s: another coordinator (pid %s) uses this state "
-                     "directory", dir, strtok(pid, "\n") ? pid : "?");
+    return drv_error(DRV_ERR_INVALID,
+                     "%s: another coordinator (pid %s) uses this state "
+                     "directory",
+                     dir, strtok(pid, "\n") ? pid : "?");
   }
   char pid[32];
   int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
@@ -906,8 +914,7 @@ static drv_result_t bind_socket(coord_t *c, void **s, int type, sock_port_t port
     int one = 1;
     zmq_setsockopt(*s, ZMQ_ROUTER_HANDOVER, &one, sizeof one);
   }
-  if (zmq_bind(*s, ep) < 0)
-    return drv_error(DRV_ERR_ZMQ, "bind %s: %s", ep, zmq_strerror(errno));
+  if (zmq_bind(*s, ep) < 0) return drv_error(DRV_ERR_ZMQ, "bind %s: %s", ep, zmq_strerror(errno));
   return DRV_OK;
 }
 
@@ -927,7 +934,8 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
   DRV_CHECK_GOTO(bind_socket(c, &c->events, ZMQ_PUB, SOCK_EVENTS), rc, out);
   uint32_t recovered = 0;
   DRV_CHECK_GOTO(store_recover(c->store, &recovered), rc, out);
-  if (recovered) log_warn("%u job(s) left unfinished by a previous coordinator marked failed", recovered);
+  if (recovered)
+    log_warn("%u job(s) left unfinished by a previous coordinator marked failed", recovered);
   log_info("coordinator listening on %s (+1 clients, +2 events), state in %s", cfg->bind,
            cfg->state_dir);
 

@@ -59,13 +59,13 @@ static const char *const store_migrations[] = {
 #define STORE_SCHEMA_VERSION ((int)DRV_ARRAY_LEN(store_migrations))
 
 /* Column list shared by every query that fills a store_job_t (see job_read). */
-#define STORE_JOB_COLUMNS                                                                  \
-  "id, name, target, nodes, state, reason, submitted_at, started_at, finished_at, "        \
+#define STORE_JOB_COLUMNS                                                           \
+  "id, name, target, nodes, state, reason, submitted_at, started_at, finished_at, " \
   "test_accuracy, test_loss, samples_per_s, steps_done, run_dir"
 
 static const char *const store_state_names[] = {
-    [JOB_QUEUED] = "queued",       [JOB_RUNNING] = "running", [JOB_SUCCEEDED] = "succeeded",
-    [JOB_FAILED] = "failed",       [JOB_CANCELLED] = "cancelled",
+    [JOB_QUEUED] = "queued", [JOB_RUNNING] = "running",     [JOB_SUCCEEDED] = "succeeded",
+    [JOB_FAILED] = "failed", [JOB_CANCELLED] = "cancelled",
 };
 
 const char *store_state_name(job_state_t s) {
@@ -95,8 +95,7 @@ static drv_result_t sql_fail(const store_t *s, const char *what) {
   return drv_error(DRV_ERR_SYS, "%s: %s: %s", s->path, what, sqlite3_errmsg(s->db));
 }
 
-static drv_result_t sql_prepare(store_t *s, const char *sql, sqlite3_stmt **st,
-                                const char *what) {
+static drv_result_t sql_prepare(store_t *s, const char *sql, sqlite3_stmt **st, const char *what) {
   if (sqlite3_prepare_v2(s->db, sql, -1, st, NULL) != SQLITE_OK) {
     *st = NULL;
     return sql_fail(s, what);
@@ -108,8 +107,8 @@ static drv_result_t sql_prepare(store_t *s, const char *sql, sqlite3_stmt **st,
 static drv_result_t sql_exec(store_t *s, const char *sql, const char *what) {
   char *msg = NULL;
   if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-    drv_result_t rc = drv_error(DRV_ERR_SYS, "%s: %s: %s", s->path, what,
-                                msg ? msg : sqlite3_errmsg(s->db));
+    drv_result_t rc =
+        drv_error(DRV_ERR_SYS, "%s: %s: %s", s->path, what, msg ? msg : sqlite3_errmsg(s->db));
     sqlite3_free(msg);
     return rc;
   }
@@ -189,8 +188,8 @@ static drv_result_t mkdir_parents(const char *dir) {
         rc = drv_error(DRV_ERR_SYS, "store: cannot create state directory %s: %s", dir,
                        strerror(err));
       else
-        rc = drv_error(DRV_ERR_SYS, "store: cannot create state directory %s (at %s): %s",
-                       dir, buf, strerror(err));
+        rc = drv_error(DRV_ERR_SYS, "store: cannot create state directory %s (at %s): %s", dir, buf,
+                       strerror(err));
       goto fail;
     }
     buf[i] = saved;
@@ -228,8 +227,8 @@ static drv_result_t store_migrate(store_t *s) {
   st = NULL;
   if (version < 0 || version > STORE_SCHEMA_VERSION) {
     rc = drv_error(DRV_ERR_INVALID,
-                   "%s: schema version %d is newer than this drover understands (%d)",
-                   s->path, version, STORE_SCHEMA_VERSION);
+                   "%s: schema version %d is newer than this drover understands (%d)", s->path,
+                   version, STORE_SCHEMA_VERSION);
     goto fail;
   }
   for (int v = version; v < STORE_SCHEMA_VERSION; v++) {
@@ -241,8 +240,7 @@ static drv_result_t store_migrate(store_t *s) {
   if (version == 0)
     log_info("%s: created (schema version %d)", s->path, STORE_SCHEMA_VERSION);
   else if (version < STORE_SCHEMA_VERSION)
-    log_info("%s: schema migrated from version %d to %d", s->path, version,
-             STORE_SCHEMA_VERSION);
+    log_info("%s: schema migrated from version %d to %d", s->path, version, STORE_SCHEMA_VERSION);
   return DRV_OK;
 fail:
   sqlite3_finalize(st);
@@ -271,8 +269,7 @@ drv_result_t store_open(const char *state_dir, store_t **out) {
   /* sqlite3_open_v2 may hand back a handle even when it fails: it is closed below. */
   if (sqlite3_open_v2(s->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
       SQLITE_OK) {
-    rc = s->db ? sql_fail(s, "open")
-               : drv_error(DRV_ERR_NOMEM, "%s: open: out of memory", s->path);
+    rc = s->db ? sql_fail(s, "open") : drv_error(DRV_ERR_NOMEM, "%s: open: out of memory", s->path);
     goto fail;
   }
   sqlite3_extended_result_codes(s->db, 1);
@@ -289,8 +286,8 @@ drv_result_t store_open(const char *state_dir, store_t **out) {
   }
   const char *mode = (const char *)sqlite3_column_text(st, 0);
   if (!mode || strcmp(mode, "wal") != 0) {
-    rc = drv_error(DRV_ERR_SYS, "%s: set WAL journal mode: the journal mode stayed '%s'",
-                   s->path, mode ? mode : "(null)");
+    rc = drv_error(DRV_ERR_SYS, "%s: set WAL journal mode: the journal mode stayed '%s'", s->path,
+                   mode ? mode : "(null)");
     goto fail;
   }
   sqlite3_finalize(st);
@@ -347,8 +344,8 @@ drv_result_t store_job_insert(store_t *s, const char *name, const char *target, 
                              &st, "insert job"),
                  rc, fail);
   if (sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC) ||
-      sqlite3_bind_text(st, 2, target, -1, SQLITE_STATIC) ||
-      sqlite3_bind_int64(st, 3, nodes) || sqlite3_bind_double(st, 4, drv_wall_s()) ||
+      sqlite3_bind_text(st, 2, target, -1, SQLITE_STATIC) || sqlite3_bind_int64(st, 3, nodes) ||
+      sqlite3_bind_double(st, 4, drv_wall_s()) ||
       sqlite3_bind_text(st, 5, run_dir, -1, SQLITE_STATIC) ||
       sqlite3_bind_text(st, 6, spec_yaml, -1, SQLITE_STATIC)) {
     rc = sql_fail(s, "insert job");
@@ -366,8 +363,8 @@ fail:
 static drv_result_t job_unchanged(store_t *s, int64_t id, const char *to) {
   drv_result_t rc = DRV_OK;
   sqlite3_stmt *st = NULL;
-  DRV_CHECK_GOTO(sql_prepare(s, "SELECT state FROM jobs WHERE id = ?1", &st, "read job state"),
-                 rc, fail);
+  DRV_CHECK_GOTO(sql_prepare(s, "SELECT state FROM jobs WHERE id = ?1", &st, "read job state"), rc,
+                 fail);
   if (sqlite3_bind_int64(st, 1, id)) {
     rc = sql_fail(s, "read job state");
     goto fail;
@@ -409,8 +406,7 @@ drv_result_t store_job_set_state(store_t *s, int64_t id, job_state_t state, cons
       rc, fail);
   if (sqlite3_bind_int64(st, 1, id) ||
       sqlite3_bind_text(st, 2, store_state_name(state), -1, SQLITE_STATIC) ||
-      sqlite3_bind_double(st, 3, drv_wall_s()) ||
-      sqlite3_bind_int(st, 4, state == JOB_RUNNING) ||
+      sqlite3_bind_double(st, 3, drv_wall_s()) || sqlite3_bind_int(st, 4, state == JOB_RUNNING) ||
       sqlite3_bind_int(st, 5, state_terminal(state)) ||
       sqlite3_bind_text(st, 6, reason ? reason : "", -1, SQLITE_STATIC)) {
     rc = sql_fail(s, what);
@@ -423,9 +419,8 @@ fail:
   return rc;
 }
 
-drv_result_t store_job_set_metrics(store_t *s, int64_t id, double test_accuracy,
-                                   double test_loss, double samples_per_s,
-                                   uint64_t steps_done) {
+drv_result_t store_job_set_metrics(store_t *s, int64_t id, double test_accuracy, double test_loss,
+                                   double samples_per_s, uint64_t steps_done) {
   drv_result_t rc = DRV_OK;
   sqlite3_stmt *st = NULL;
   char what[64];
@@ -460,8 +455,7 @@ drv_result_t store_job_set_run_dir(store_t *s, int64_t id, const char *run_dir) 
     return drv_error(DRV_ERR_INVALID, "job %lld: run_dir longer than %zu bytes", (long long)id,
                      sizeof shape->run_dir - 1);
   snprintf(what, sizeof what, "job %lld: set run_dir", (long long)id);
-  DRV_CHECK_GOTO(sql_prepare(s, "UPDATE jobs SET run_dir = ?2 WHERE id = ?1", &st, what), rc,
-                 fail);
+  DRV_CHECK_GOTO(sql_prepare(s, "UPDATE jobs SET run_dir = ?2 WHERE id = ?1", &st, what), rc, fail);
   if (sqlite3_bind_int64(st, 1, id) || sqlite3_bind_text(st, 2, run_dir, -1, SQLITE_STATIC)) {
     rc = sql_fail(s, what);
     goto fail;
@@ -480,9 +474,8 @@ drv_result_t store_job_get(store_t *s, int64_t id, store_job_t *out) {
   char what[64];
   if (!s || !out) return drv_error(DRV_ERR_INVALID, "store_job_get: NULL argument");
   snprintf(what, sizeof what, "job %lld: read", (long long)id);
-  DRV_CHECK_GOTO(
-      sql_prepare(s, "SELECT " STORE_JOB_COLUMNS " FROM jobs WHERE id = ?1", &st, what), rc,
-      fail);
+  DRV_CHECK_GOTO(sql_prepare(s, "SELECT " STORE_JOB_COLUMNS " FROM jobs WHERE id = ?1", &st, what),
+                 rc, fail);
   if (sqlite3_bind_int64(st, 1, id)) {
     rc = sql_fail(s, what);
     goto fail;
@@ -509,8 +502,7 @@ drv_result_t store_job_spec(store_t *s, int64_t id, char **yaml) {
   if (!s || !yaml) return drv_error(DRV_ERR_INVALID, "store_job_spec: NULL argument");
   *yaml = NULL;
   snprintf(what, sizeof what, "job %lld: read spec", (long long)id);
-  DRV_CHECK_GOTO(sql_prepare(s, "SELECT spec_yaml FROM jobs WHERE id = ?1", &st, what), rc,
-                 fail);
+  DRV_CHECK_GOTO(sql_prepare(s, "SELECT spec_yaml FROM jobs WHERE id = ?1", &st, what), rc, fail);
   if (sqlite3_bind_int64(st, 1, id)) {
     rc = sql_fail(s, what);
     goto fail;

@@ -41,10 +41,10 @@ const char *store_state_name(job_state_t s);
 typedef struct {
   int64_t id;
   char name[128];
-  char target[16];       /* "local" | "attached" | "managed" */
+  char target[16]; /* "local" | "attached" | "managed" */
   uint32_t nodes;
   job_state_t state;
-  char reason[512];      /* failure or cancel reason, "" otherwise (cut at a UTF-8 boundary if longer) */
+  char reason[512]; /* failure or cancel reason, "" otherwise (cut at a UTF-8 boundary if longer) */
   double submitted_at, started_at, finished_at;   /* wall seconds since epoch, 0 = not yet */
   double test_accuracy, test_loss, samples_per_s; /* final metrics, NAN when unknown */
   uint64_t steps_done;
@@ -78,8 +78,8 @@ drv_result_t store_job_set_state(store_t *s, int64_t id, job_state_t state, cons
 
 /* Records a job's final metrics (NAN stores "unknown"), in any state. DRV_ERR_INVALID
  * "job 7: no such job" if absent. */
-drv_result_t store_job_set_metrics(store_t *s, int64_t id, double test_accuracy,
-                                   double test_loss, double samples_per_s, uint64_t steps_done);
+drv_result_t store_job_set_metrics(store_t *s, int64_t id, double test_accuracy, double test_loss,
+                                   double samples_per_s, uint64_t steps_done);
 
 /* Sets a job's run directory (known once the id is: "<run_dir>/<name>-<id>"), in any
  * state. DRV_ERR_INVALID "job 7: no such job" if absent, or when run_dir is NULL or does

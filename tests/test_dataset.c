@@ -127,7 +127,9 @@ static int setup(void **state) {
   return mkdtemp(tmpdir) ? 0 : -1;
 }
 
-static int teardown(void **state) { return nftw(tmpdir, rm_entry, 8, FTW_DEPTH | FTW_PHYS); }
+static int teardown(void **state) {
+  return nftw(tmpdir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
 
 // --- Loading good files -------------------------------------------------------------------
 

@@ -27,9 +27,17 @@ static void test_roundtrip_progress(void **state) {
   (void)state;
   proto_msg_t m, out;
   proto_msg_init(&m, PROTO_PROGRESS);
-  m.u.progress = (proto_progress_t){.job = 42, .generation = 3, .rank = 1, .epoch = 2,
-                                    .step = 1234, .steps_total = 9999, .loss = 0.25, .lr = 0.1,
-                                    .samples = 640, .interval_s = 0.5, .step_ms = 7.5};
+  m.u.progress = (proto_progress_t){.job = 42,
+                                    .generation = 3,
+                                    .rank = 1,
+                                    .epoch = 2,
+                                    .step = 1234,
+                                    .steps_total = 9999,
+                                    .loss = 0.25,
+                                    .lr = 0.1,
+                                    .samples = 640,
+                                    .interval_s = 0.5,
+                                    .step_ms = 7.5};
   char *buf;
   size_t len;
   assert_int_equal(proto_pack(&m, &buf, &len), DRV_OK);
@@ -49,8 +57,13 @@ static void test_roundtrip_nested(void **state) {
   proto_msg_t m, out;
   proto_msg_init(&m, PROTO_HELLO);
   proto_gpu_t gpus[2] = {{0, "H100", 80ull << 30, 9, 0}, {1, "A100", 40ull << 30, 8, 0}};
-  m.u.hello = (proto_hello_t){.agent_id = "node-1", .host = "10.0.0.1", .target = "attached",
-                              .pid = 77, .cpus = 64, .mem_bytes = 512ull << 30, .gpus = gpus,
+  m.u.hello = (proto_hello_t){.agent_id = "node-1",
+                              .host = "10.0.0.1",
+                              .target = "attached",
+                              .pid = 77,
+                              .cpus = 64,
+                              .mem_bytes = 512ull << 30,
+                              .gpus = gpus,
                               .gpus_count = 2};
   char *buf;
   size_t len;
@@ -66,7 +79,8 @@ static void test_roundtrip_nested(void **state) {
 
   char *peers[3] = {"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"};
   proto_msg_init(&m, PROTO_START);
-  m.u.start = (proto_start_t){.job = 5, .generation = 1, .world = 3, .peers = peers, .peers_count = 3};
+  m.u.start =
+      (proto_start_t){.job = 5, .generation = 1, .world = 3, .peers = peers, .peers_count = 3};
   assert_int_equal(proto_pack(&m, &buf, &len), DRV_OK);
   assert_int_equal(proto_unpack(buf, len, LIMIT, &out), DRV_OK);
   assert_int_equal(out.u.start.peers_count, 3);
@@ -99,7 +113,7 @@ static void test_every_type(void **state) {
 static void test_malformed(void **state) {
   (void)state;
   /* [1, "cancel", {"job": "seven"}] */
-  const uint8_t mistyped[] = {0x93, 0x01, 0xa6, 'c', 'a', 'n', 'c', 'e', 'l', 0x81,
+  const uint8_t mistyped[] = {0x93, 0x01, 0xa6, 'c', 'a',  'n', 'c', 'e', 'l', 0x81,
                               0xa3, 'j',  'o',  'b', 0xa5, 's', 'e', 'v', 'e', 'n'};
   expect_refused(mistyped, sizeof mistyped, "cancel: field 'job' must be an integer, got string");
   /* [1, "cancel", {}] */
@@ -109,7 +123,8 @@ static void test_malformed(void **state) {
   const uint8_t version[] = {0x93, 0x02, 0xa6, 'c', 'a', 'n', 'c', 'e', 'l', 0x80};
   expect_refused(version, sizeof version, "unsupported protocol version 2");
   /* [1, "frobnicate", {}] */
-  const uint8_t unknown[] = {0x93, 0x01, 0xaa, 'f', 'r', 'o', 'b', 'n', 'i', 'c', 'a', 't', 'e', 0x80};
+  const uint8_t unknown[] = {0x93, 0x01, 0xaa, 'f', 'r', 'o', 'b',
+                             'n',  'i',  'c',  'a', 't', 'e', 0x80};
   expect_refused(unknown, sizeof unknown, "unknown message type 'frobnicate'");
   /* not an array */
   const uint8_t notarray[] = {0xa3, 'a', 'b', 'c'};
@@ -137,7 +152,8 @@ static void test_bombs(void **state) {
   const uint8_t arr_bomb[] = {0xdd, 0xff, 0xff, 0xff, 0xff, 0x01};
   expect_refused(arr_bomb, sizeof arr_bomb, "count larger than the bytes left");
   /* map32 bomb inside a valid envelope */
-  const uint8_t map_bomb[] = {0x93, 0x01, 0xa6, 'c', 'a', 'n', 'c', 'e', 'l', 0xdf, 0x7f, 0xff, 0xff, 0xff};
+  const uint8_t map_bomb[] = {0x93, 0x01, 0xa6, 'c',  'a',  'n',  'c',
+                              'e',  'l',  0xdf, 0x7f, 0xff, 0xff, 0xff};
   expect_refused(map_bomb, sizeof map_bomb, "count larger than the bytes left");
   /* str32 claiming 2 GiB */
   const uint8_t str_bomb[] = {0x93, 0x01, 0xdb, 0x7f, 0xff, 0xff, 0xff, 'x'};
@@ -178,8 +194,14 @@ static void test_fuzz(void **state) {
   (void)state;
   proto_msg_t m;
   proto_msg_init(&m, PROTO_ASSIGN);
-  m.u.assign = (proto_assign_t){.job = 9, .generation = 1, .rank = 0, .world = 2, .device = -1,
-                                .spec = "name: x\n", .run_dir = "/tmp/x", .coordinator = "tcp://a:1"};
+  m.u.assign = (proto_assign_t){.job = 9,
+                                .generation = 1,
+                                .rank = 0,
+                                .world = 2,
+                                .device = -1,
+                                .spec = "name: x\n",
+                                .run_dir = "/tmp/x",
+                                .coordinator = "tcp://a:1"};
   char *buf;
   size_t len;
   assert_int_equal(proto_pack(&m, &buf, &len), DRV_OK);
@@ -203,9 +225,12 @@ static void test_fuzz(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_roundtrip_progress), cmocka_unit_test(test_roundtrip_nested),
-      cmocka_unit_test(test_every_type),         cmocka_unit_test(test_malformed),
-      cmocka_unit_test(test_bombs),              cmocka_unit_test(test_fuzz),
+      cmocka_unit_test(test_roundtrip_progress),
+      cmocka_unit_test(test_roundtrip_nested),
+      cmocka_unit_test(test_every_type),
+      cmocka_unit_test(test_malformed),
+      cmocka_unit_test(test_bombs),
+      cmocka_unit_test(test_fuzz),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -199,8 +199,7 @@ static void test_insert_rejects_bad_arguments(void **state) {
   char long_name[200];
   memset(long_name, 'n', sizeof long_name - 1);
   long_name[sizeof long_name - 1] = '\0';
-  assert_int_equal(store_job_insert(f->store, long_name, "local", 1, "", "", &id),
-                   DRV_ERR_INVALID);
+  assert_int_equal(store_job_insert(f->store, long_name, "local", 1, "", "", &id), DRV_ERR_INVALID);
   assert_int_equal(store_job_insert(f->store, "", "local", 1, "", "", &id), DRV_ERR_INVALID);
   assert_int_equal(store_job_insert(f->store, "x", "cloud", 1, "", "", &id), DRV_ERR_INVALID);
   assert_non_null(strstr(drv_last_error(), "'cloud'"));
@@ -242,8 +241,7 @@ static void test_state_transitions_and_timestamps(void **state) {
   assert_true(j.finished_at >= j.started_at);
 
   /* A finished job stays finished: a late cancel is refused and changes nothing. */
-  assert_int_equal(store_job_set_state(f->store, id, JOB_CANCELLED, "too late"),
-                   DRV_ERR_INVALID);
+  assert_int_equal(store_job_set_state(f->store, id, JOB_CANCELLED, "too late"), DRV_ERR_INVALID);
   assert_string_equal(drv_last_error(), "job 1: already succeeded, cannot move to cancelled");
   store_job_t k = get(f, id);
   assert_int_equal(k.state, JOB_SUCCEEDED);
@@ -272,8 +270,7 @@ static void test_state_transitions_and_timestamps(void **state) {
   /* running -> queued (put back in the queue) is allowed. */
   int64_t back = insert(f, "back");
   assert_int_equal(store_job_set_state(f->store, back, JOB_RUNNING, NULL), DRV_OK);
-  assert_int_equal(store_job_set_state(f->store, back, JOB_QUEUED, "waiting for nodes"),
-                   DRV_OK);
+  assert_int_equal(store_job_set_state(f->store, back, JOB_QUEUED, "waiting for nodes"), DRV_OK);
   j = get(f, back);
   assert_int_equal(j.state, JOB_QUEUED);
   assert_string_equal(j.reason, "waiting for nodes");
