@@ -154,7 +154,8 @@ static drv_result_t worker_spawn(agent_t *a, const proto_assign_t *as) {
     dup2(log_fd, 2);
     execl(a->cfg->exe, a->cfg->exe, "worker", "--coordinator", as->coordinator, "--job", job,
           "--generation", gen, "--rank", rank, "--world", world, "--local-rank", lrank, "--device",
-          dev, "--run-dir", as->run_dir, "--host", a->host, (char *)NULL);
+          dev, "--run-dir", as->run_dir, "--host", a->host, "--resume-dir",
+          as->resume_dir ? as->resume_dir : "", (char *)NULL);
     dprintf(2, "exec %s: %s\n", a->cfg->exe, strerror(errno));
     _exit(127);
   }

@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "agent/checkpoint.h"
 #include "agent/dataset.h"
 #include "agent/ring.h"
 #include "agent/shard.h"
@@ -196,6 +197,124 @@ static drv_result_t rendezvous(worker_t *w) {
   return rc;
 }
 
+// --- Checkpoints ---------------------------------------------------------------------------
+
+/* The trainer's state as checkpoint tensors over the buffers p (the flat parameter layout)
+ * and o (the optimizer state): each layer's weight (out, in) and bias (out), named as in
+ * the saved model, then the optimizer state. t must hold 2 * layers + 1 entries; names
+ * is storage for their names. */
+static size_t state_tensors(trainer_t *tr, float *p, float *o, ckpt_tensor_t *t,
+                            char (*names)[32]) {
+  size_t no, n = 0;
+  trainer_opt_state(tr, &no);
+  for (uint32_t l = 0; l < trainer_layers(tr); l++) {
+    uint64_t in = trainer_size(tr, l), out = trainer_size(tr, l + 1);
+    snprintf(names[n], 32, "layers.%u.weight", l);
+    t[n] = (ckpt_tensor_t){
+        .name = names[n], .data = p, .count = out * in, .ndim = 2, .shape = {out, in}};
+    p += out * in;
+    n++;
+    snprintf(names[n], 32, "layers.%u.bias", l);
+    t[n] = (ckpt_tensor_t){.name = names[n], .data = p, .count = out, .ndim = 1, .shape = {out}};
+    p += out;
+    n++;
+  }
+  t[n++] =
+      (ckpt_tensor_t){.name = "optimizer.state", .data = o, .count = no, .ndim = 1, .shape = {no}};
+  return n;
+}
+
+/* Rank 0 writes a checkpoint of `step` steps done, keeps the newest keep_checkpoints, and
+ * tells the coordinator it is durable. */
+static drv_result_t save_checkpoint(worker_t *w, uint64_t step, uint32_t spe) {
+  ckpt_tensor_t t[2 * JOBSPEC_MAX_HIDDEN + 3];
+  char names[2 * JOBSPEC_MAX_HIDDEN + 3][32];
+  size_t np, no;
+  size_t n = state_tensors(w->trainer, trainer_params(w->trainer, &np),
+                           trainer_opt_state(w->trainer, &no), t, names);
+  ckpt_meta_t meta = {.step = step,
+                      .epoch = (uint32_t)(step / spe),
+                      .world = w->cfg->world,
+                      .seed = w->spec->train.seed,
+                      .job = w->cfg->job};
+  char dir[1200];
+  snprintf(dir, sizeof dir, "%s/checkpoints", w->cfg->run_dir);
+  double t0 = drv_now_s();
+  DRV_CHECK(ckpt_write(dir, &meta, t, n));
+  uint32_t removed = 0;
+  if (ckpt_prune(dir, w->spec->train.keep_checkpoints, &removed) != DRV_OK)
+    log_warn("%s", drv_last_error()); /* old checkpoints left behind: not fatal */
+  log_info("checkpoint of step %" PRIu64 " written in %.3f s (%u old removed)", step,
+           drv_now_s() - t0, removed);
+  char path[1300];
+  snprintf(path, sizeof path, "%s/step-%010" PRIu64, dir, step);
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_CHECKPOINT);
+  m.u.checkpoint = (proto_checkpoint_t){
+      .job = w->cfg->job, .generation = w->cfg->generation, .step = step, .dir = path};
+  send_coord(w, &m);
+  return DRV_OK;
+}
+
+/* Starts from the newest usable checkpoint: rank 0 loads it (its own run directory first,
+ * then resume_dir) and the ring carries it to every rank. Non-root ranks contribute -0.0,
+ * the identity of IEEE addition for every value (+0 + -0 = +0, -0 + -0 = -0), so the sum is
+ * bitwise rank 0's state. *step receives the steps already done (0: a fresh start). */
+static drv_result_t restore_checkpoint(worker_t *w, uint64_t *step) {
+  const worker_config_t *c = w->cfg;
+  size_t np, no;
+  float *params = trainer_params(w->trainer, &np), *opt = trainer_opt_state(w->trainer, &no);
+  float head[3] = {-0.0f, -0.0f, -0.0f}; /* found, step low 24 bits, step high bits */
+  float *scratch = NULL;
+  drv_result_t rc = DRV_OK;
+  *step = 0;
+  if (c->rank == 0) {
+    /* Load into scratch first: a checkpoint refused half-way must not touch the trainer. */
+    scratch = malloc(sizeof *scratch * (np + no));
+    if (!scratch) return drv_error(DRV_ERR_NOMEM, "restoring a checkpoint: out of memory");
+    ckpt_tensor_t t[2 * JOBSPEC_MAX_HIDDEN + 3];
+    char names[2 * JOBSPEC_MAX_HIDDEN + 3][32];
+    size_t n = state_tensors(w->trainer, scratch, scratch + np, t, names);
+    char own[1200], found[1400];
+    snprintf(own, sizeof own, "%s/checkpoints", c->run_dir);
+    const char *dirs[2] = {own, c->resume_dir};
+    for (int d = 0; d < 2 && head[0] != 1.0f; d++) {
+      if (!dirs[d] || !dirs[d][0]) continue;
+      ckpt_meta_t meta;
+      if (access(dirs[d], F_OK) != 0) {
+        if (d == 1)
+          DRV_CHECK_GOTO(drv_error(DRV_ERR_INVALID, "resume: %s does not exist", dirs[d]), rc, out);
+        continue;
+      }
+      if (ckpt_load_latest(dirs[d], &meta, t, n, found, sizeof found) != DRV_OK) {
+        if (d == 1) DRV_CHECK_GOTO(drv_error_prefix(DRV_ERR_INVALID, "resume"), rc, out);
+        log_warn("no usable checkpoint in %s: %s", dirs[d], drv_last_error());
+        continue;
+      }
+      log_info("resuming from %s: %" PRIu64 " steps done", found, meta.step);
+      memcpy(params, scratch, sizeof *params * np);
+      memcpy(opt, scratch + np, sizeof *opt * no);
+      head[0] = 1.0f;
+      head[1] = (float)(meta.step & 0xffffff);
+      head[2] = (float)(meta.step >> 24);
+    }
+  }
+  if (c->world > 1) {
+    DRV_CHECK_GOTO(ring_allreduce(w->ring, head, 3), rc, out);
+    if (head[0] != 1.0f) goto out; /* rank 0 found none: everyone keeps the fresh init */
+    if (c->rank != 0) {
+      for (size_t i = 0; i < np; i++) params[i] = -0.0f;
+      for (size_t i = 0; i < no; i++) opt[i] = -0.0f;
+    }
+    DRV_CHECK_GOTO(ring_allreduce(w->ring, params, np), rc, out);
+    DRV_CHECK_GOTO(ring_allreduce(w->ring, opt, no), rc, out);
+  }
+  if (head[0] == 1.0f) *step = (uint64_t)head[1] + ((uint64_t)head[2] << 24);
+out:
+  free(scratch);
+  return rc;
+}
+
 // --- Training ------------------------------------------------------------------------------
 
 /* Test loss and accuracy over the whole test split, each rank taking a contiguous part. */
@@ -259,12 +378,28 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
              n, features, classes, s->train.epochs, spe, total, B, c->world, ngrad);
 
   uint64_t step = 0;
+  DRV_CHECK_GOTO(restore_checkpoint(w, &step), rc, out);
+  if (step > total) {
+    rc = drv_error(DRV_ERR_INVALID,
+                   "the checkpoint has %" PRIu64
+                   " steps done, more than the "
+                   "%" PRIu64 " this spec runs",
+                   step, total);
+    goto out;
+  }
+  uint64_t first = step, last_ckpt = step; /* a resumed step is already checkpointed */
+  if (step && w->metrics)
+    fprintf(w->metrics, "{\"type\":\"resume\",\"step\":%" PRIu64 ",\"world\":%u}\n", step,
+            c->world);
+  uint32_t every = s->train.checkpoint_every;
   double train_s = 0, test_loss = NAN, test_acc = NAN;
   uint64_t global_samples = 0;
   w->rep_start_s = drv_now_s();
-  for (uint32_t epoch = 0; epoch < s->train.epochs && step < total; epoch++) {
+  /* A resumed job starts at its cursor: epoch step / spe, step step % spe of it. */
+  for (uint32_t epoch = (uint32_t)(step / spe); epoch < s->train.epochs && step < total; epoch++) {
     shard_permutation(s->train.seed, epoch, n, perm);
-    for (uint32_t si = 0; si < spe && step < total; si++, step++) {
+    uint32_t si0 = step == first ? (uint32_t)(step % spe) : 0;
+    for (uint32_t si = si0; si < spe && step < total; si++, step++) {
       double t0 = drv_now_s();
       uint32_t begin, count, batch;
       shard_slice(n, B, si, c->rank, c->world, &begin, &count, &batch);
@@ -301,6 +436,10 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
         report_progress(w, epoch, step + 1, total, loss, lr);
         DRV_CHECK_GOTO(check_abort(w), rc, out);
       }
+      if (every && (step + 1) % every == 0 && step + 1 < total) {
+        if (c->rank == 0) DRV_CHECK_GOTO(save_checkpoint(w, step + 1, spe), rc, out);
+        last_ckpt = step + 1;
+      }
     }
     DRV_CHECK_GOTO(evaluate(w, x, y, cap, &test_loss, &test_acc), rc, out);
     if (c->rank == 0) {
@@ -322,7 +461,11 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
       }
     }
   }
+  if (isnan(test_loss)) /* resumed at its last step: nothing trained, still report */
+    DRV_CHECK_GOTO(evaluate(w, x, y, cap, &test_loss, &test_acc), rc, out);
   if (c->rank == 0) {
+    /* The end is always checkpointed, so a finished job can be resumed for more. */
+    if (last_ckpt != step) DRV_CHECK_GOTO(save_checkpoint(w, step, spe), rc, out);
     char path[1200];
     snprintf(path, sizeof path, "%s/model.safetensors", c->run_dir);
     DRV_CHECK_GOTO(trainer_save(w->trainer, path), rc, out);
@@ -365,10 +508,13 @@ drv_result_t worker_run(const worker_config_t *cfg) {
       goto fail;
     }
     snprintf(path, sizeof path, "%s/metrics.jsonl", cfg->run_dir);
-    if (!(w.metrics = fopen(path, "w"))) {
+    /* Appended: a job placed again after a failure keeps the history of its first runs. */
+    if (!(w.metrics = fopen(path, "a"))) {
       rc = drv_error(DRV_ERR_SYS, "open %s: %s", path, strerror(errno));
       goto fail;
     }
+    /* Whole lines only: a worker killed mid-run leaves no half record behind. */
+    setvbuf(w.metrics, NULL, _IOLBF, 0);
   }
   DRV_CHECK_GOTO(rendezvous(&w), rc, fail);
   DRV_CHECK_GOTO(train(&w, &done), rc, fail);

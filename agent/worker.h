@@ -7,7 +7,10 @@
  * gradients are summed over ranks by the host ring all-reduce and scaled by 1/B, so the
  * loss curve does not depend on the world size beyond float summation order. Each epoch
  * ends with an evaluation on the test split, shared across ranks. Rank 0 writes the run
- * directory: spec.yaml, metrics.jsonl and model.safetensors.
+ * directory: spec.yaml, metrics.jsonl and model.safetensors, and checkpoints every
+ * train.checkpoint_every steps and at the end (agent/checkpoint.h). A worker starts from
+ * the newest usable checkpoint in <run_dir>/checkpoints, else in resume_dir: rank 0 reads
+ * it and every rank receives it through the ring.
  */
 #ifndef DROVER_AGENT_WORKER_H
 #define DROVER_AGENT_WORKER_H
@@ -23,8 +26,9 @@ typedef struct {
   uint32_t generation, rank, world, local_rank;
   int32_t device; /* -1: CPU */
   const char *run_dir;
-  const char *host; /* address the ring listens on and advertises */
-  FILE *spec_in;    /* where the spec YAML is read from (stdin) */
+  const char *host;       /* address the ring listens on and advertises */
+  FILE *spec_in;          /* where the spec YAML is read from (stdin) */
+  const char *resume_dir; /* NULL or checkpoints to start from when run_dir has none */
 } worker_config_t;
 
 /* Runs the worker to the end. Reports `done` or `failed` to the coordinator itself; the

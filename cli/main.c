@@ -191,12 +191,17 @@ static int cmd_agent(int argc, char **argv) {
 }
 
 static int cmd_worker(int argc, char **argv) {
-  static const struct option opts[] = {
-      {"coordinator", required_argument, 0, 'c'}, {"job", required_argument, 0, 'j'},
-      {"generation", required_argument, 0, 'g'},  {"rank", required_argument, 0, 'r'},
-      {"world", required_argument, 0, 'w'},       {"local-rank", required_argument, 0, 'l'},
-      {"device", required_argument, 0, 'd'},      {"run-dir", required_argument, 0, 'o'},
-      {"host", required_argument, 0, 'H'},        {0, 0, 0, 0}};
+  static const struct option opts[] = {{"coordinator", required_argument, 0, 'c'},
+                                       {"job", required_argument, 0, 'j'},
+                                       {"generation", required_argument, 0, 'g'},
+                                       {"rank", required_argument, 0, 'r'},
+                                       {"world", required_argument, 0, 'w'},
+                                       {"local-rank", required_argument, 0, 'l'},
+                                       {"device", required_argument, 0, 'd'},
+                                       {"run-dir", required_argument, 0, 'o'},
+                                       {"host", required_argument, 0, 'H'},
+                                       {"resume-dir", required_argument, 0, 'R'},
+                                       {0, 0, 0, 0}};
   worker_config_t cfg = {.device = -1, .host = "127.0.0.1", .spec_in = stdin, .world = 1};
   int c;
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -210,6 +215,7 @@ static int cmd_worker(int argc, char **argv) {
     case 'd': cfg.device = (int32_t)strtol(optarg, NULL, 10); break;
     case 'o': cfg.run_dir = optarg; break;
     case 'H': cfg.host = optarg; break;
+    case 'R': cfg.resume_dir = optarg; break;
     default: return fail_usage("worker", "(started by an agent)");
     }
   }
@@ -308,6 +314,7 @@ static int cmd_status(int argc, char **argv) {
       cli_json_num(stdout, j->started_at);
       fputs(",\"finished_at\":", stdout);
       cli_json_num(stdout, j->finished_at);
+      printf(",\"ckpt_step\":%" PRIu64, j->ckpt_step);
       fputs("}", stdout);
     }
     fputs("]\n", stdout);
@@ -434,7 +441,10 @@ static void usage(FILE *out) {
       "usage: drover COMMAND [ARGS]\n\n"
       "  submit SPEC.yaml [--target local|attached] [--nodes N] [--set key.path=value]...\n"
       "                   [--json] [--detach] [--coordinator EP] [--state-dir DIR] [-v]\n"
+      "                   [--resume JOB]\n"
       "                   submit a job and follow it (starts a coordinator if none answers)\n"
+      "  submit --resume JOB [--set key.path=value]...\n"
+      "                   continue a finished, failed or cancelled job from its last checkpoint\n"
       "  status [JOB] [--json]            jobs, past and present\n"
       "  cancel JOB                       stop a queued or running job\n"
       "  agents [--json]                  the agent registry\n"

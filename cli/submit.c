@@ -37,6 +37,7 @@ typedef struct {
   const char *sets[MAX_SETS];
   int nsets;
   int json, detach, verbose;
+  int64_t resume; /* --resume JOB, 0 when not resuming */
   /* what we started, stopped at the end */
   pid_t coord_pid;
   pid_t agents[MAX_LOCAL_AGENTS];
@@ -378,11 +379,12 @@ static int parse_args(submit_t *s, int argc, char **argv) {
                                        {"coordinator", required_argument, 0, 'c'},
                                        {"state-dir", required_argument, 0, 'S'},
                                        {"verbose", no_argument, 0, 'v'},
+                                       {"resume", required_argument, 0, 'r'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   static char target_set[64], nodes_set[64];
   int c;
-  while ((c = getopt_long(argc, argv, "t:n:s:jdc:S:vh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "t:n:s:jdc:S:vr:h", opts, NULL)) != -1) {
     if (s->nsets >= MAX_SETS - 2) {
       fprintf(stderr, "drover submit: at most %d --set options\n", MAX_SETS - 2);
       return -1;
@@ -402,20 +404,30 @@ static int parse_args(submit_t *s, int argc, char **argv) {
     case 'c': s->coordinator = optarg; break;
     case 'S': s->state_dir = optarg; break;
     case 'v': s->verbose = 1; break;
+    case 'r': {
+      char *end;
+      s->resume = strtoll(optarg, &end, 10);
+      if (*end || s->resume <= 0) {
+        fprintf(stderr, "drover submit: --resume %s: not a job id\n", optarg);
+        return -1;
+      }
+      break;
+    }
     default:
       fputs(
           "usage: drover submit SPEC.yaml [--target local|attached] [--nodes N]\n"
           "       [--set key.path=value]... [--json] [--detach] [--coordinator EP]\n"
-          "       [--state-dir DIR] [--verbose]\n",
+          "       [--state-dir DIR] [--verbose] [--resume JOB]\n"
+          "       drover submit --resume JOB [--set key.path=value]... (the job's own spec)\n",
           stderr);
       return -1;
     }
   }
-  if (optind >= argc) {
+  if (optind >= argc && !s->resume) {
     fputs("drover submit: which job spec? (e.g. examples/fashion-mnist.yaml)\n", stderr);
     return -1;
   }
-  s->spec_path = argv[optind];
+  s->spec_path = optind < argc ? argv[optind] : NULL;
   return 0;
 }
 
@@ -445,14 +457,30 @@ static void print_result(const submit_t *s, const follow_t *f) {
     printf("job %" PRId64 " %s: %s\nrun directory: %s\n", f->job, f->state, f->reason, f->run_dir);
 }
 
-int cmd_submit(int argc, char **argv) {
-  submit_t s = {0};
-  if (parse_args(&s, argc, argv) < 0) return 2;
-  s.coordinator = cli_coordinator(s.coordinator);
-  s.state_dir = cli_state_dir(s.state_dir);
-
+/* The resolved spec to submit, as YAML: from the file (paths made absolute against the
+ * current directory), or for --resume without a file, the stored spec of the job resumed;
+ * --set overrides apply to either. */
+static int resolve_spec(submit_t *s, void *ctx, char **yaml, int *local, uint32_t *nodes) {
   jobspec_t *spec = NULL;
-  if (jobspec_load(s.spec_path, s.sets, s.nsets, &spec) != DRV_OK) {
+  drv_result_t rc;
+  if (s->spec_path) {
+    rc = jobspec_load(s->spec_path, s->sets, s->nsets, &spec);
+  } else {
+    proto_msg_t req, rep;
+    proto_msg_init(&req, PROTO_GET_SPEC);
+    req.u.spec.job = s->resume;
+    rc = sock_request(ctx, s->coordinator, &req, &rep, (int)drv_setting(DRV_SET_CLIENT_TIMEOUT_MS));
+    if (rc == DRV_OK && rep.type == PROTO_SPEC) {
+      char origin[64];
+      snprintf(origin, sizeof origin, "spec of job %" PRId64, s->resume);
+      rc =
+          jobspec_parse(rep.u.spec.spec, strlen(rep.u.spec.spec), origin, s->sets, s->nsets, &spec);
+    } else if (rc == DRV_OK) {
+      rc = drv_error(DRV_ERR_PROTO, "unexpected reply '%s'", proto_type_name(rep.type));
+    }
+    proto_msg_fini(&rep);
+  }
+  if (rc != DRV_OK) {
     fprintf(stderr, "drover submit: %s\n", drv_last_error());
     return 2;
   }
@@ -465,22 +493,27 @@ int cmd_submit(int argc, char **argv) {
     jobspec_destroy(&spec);
     return 1;
   }
-  char *yaml = NULL;
   size_t ylen;
-  if (jobspec_dump(spec, &yaml, &ylen) != DRV_OK) {
+  if (jobspec_dump(spec, yaml, &ylen) != DRV_OK) {
     fprintf(stderr, "drover submit: %s\n", drv_last_error());
     jobspec_destroy(&spec);
     return 1;
   }
-  int local = spec->target == SPEC_TARGET_LOCAL;
-  uint32_t nodes = spec->nodes;
+  *local = spec->target == SPEC_TARGET_LOCAL;
+  *nodes = spec->nodes;
   jobspec_destroy(&spec);
+  return 0;
+}
 
+int cmd_submit(int argc, char **argv) {
+  submit_t s = {0};
+  if (parse_args(&s, argc, argv) < 0) return 2;
+  s.coordinator = cli_coordinator(s.coordinator);
+  s.state_dir = cli_state_dir(s.state_dir);
   snprintf(s.logdir, sizeof s.logdir, "%s/local-%d", s.state_dir, (int)getpid());
   snprintf(s.pool, sizeof s.pool, "local-%d", (int)getpid());
-  if (mkdir_p(s.state_dir) < 0 || (local && mkdir_p(s.logdir) < 0)) {
-    fprintf(stderr, "drover submit: cannot create %s: %s\n", s.logdir, strerror(errno));
-    free(yaml);
+  if (mkdir_p(s.state_dir) < 0) {
+    fprintf(stderr, "drover submit: cannot create %s: %s\n", s.state_dir, strerror(errno));
     return 1;
   }
   struct sigaction sa = {.sa_handler = on_interrupt};
@@ -490,10 +523,21 @@ int cmd_submit(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
 
   void *ctx = zmq_ctx_new();
-  int ret = 1;
+  int ret = 1, local = 1;
+  uint32_t nodes = 1;
+  char *yaml = NULL;
   void *sub = NULL;
   follow_t f = {.tty = isatty(2), .test_loss = NAN, .test_accuracy = NAN, .samples_per_s = NAN};
-  if (ensure_coordinator(&s, ctx, local) < 0) goto out;
+  /* Resuming without a spec file: the stored spec comes from the coordinator, so it must
+   * be up first (started as for the local target when none answers). */
+  if (!s.spec_path && (mkdir_p(s.logdir) < 0 || ensure_coordinator(&s, ctx, 1) < 0)) goto out;
+  if ((ret = resolve_spec(&s, ctx, &yaml, &local, &nodes)) != 0) goto out;
+  ret = 1;
+  if (local && mkdir_p(s.logdir) < 0) {
+    fprintf(stderr, "drover submit: cannot create %s: %s\n", s.logdir, strerror(errno));
+    goto out;
+  }
+  if (s.spec_path && ensure_coordinator(&s, ctx, local) < 0) goto out;
   if (local && start_local_agents(&s, nodes) < 0) goto out;
 
   /* Subscribe before submitting so no event of the job is missed. */
@@ -508,6 +552,7 @@ int cmd_submit(int argc, char **argv) {
   proto_msg_init(&req, PROTO_SUBMIT);
   req.u.submit.spec = yaml;
   req.u.submit.pool = local ? s.pool : NULL;
+  req.u.submit.resume = s.resume;
   if (sock_request(ctx, s.coordinator, &req, &rep, (int)drv_setting(DRV_SET_CLIENT_TIMEOUT_MS)) !=
           DRV_OK ||
       rep.type != PROTO_SUBMITTED) {

@@ -12,7 +12,8 @@
  *      value types, data offsets), then the defaults of every key the text and the
  *      overrides left out, through the same path. libcyaml 1.3 has no default values
  *      for optional fields and zeroes them, which is why pass 3 records presence: an
- *      explicit `momentum: 0` stays 0;
+ *      explicit `momentum: 0` stays 0. Last come the defaults that copy another key's
+ *      final value (min_nodes and max_nodes take nodes, after any `--set nodes=`);
  *   5. floats are rounded to the six significant digits libcyaml writes them with (%g),
  *      so a dumped spec parses back to an equal one; then the values are validated.
  */
@@ -134,6 +135,9 @@ static const cyaml_schema_field_t spec_train_fields[] = {
     CYAML_FIELD_UINT("global_batch", CYAML_FLAG_DEFAULT, spec_train_map_t, global_batch),
     CYAML_FIELD_UINT("max_steps", SPEC_OPT, spec_train_map_t, max_steps),
     CYAML_FIELD_UINT("seed", SPEC_OPT, spec_train_map_t, seed),
+    CYAML_FIELD_UINT("commit_every", SPEC_OPT, spec_train_map_t, commit_every),
+    CYAML_FIELD_UINT("checkpoint_every", SPEC_OPT, spec_train_map_t, checkpoint_every),
+    CYAML_FIELD_UINT("keep_checkpoints", SPEC_OPT, spec_train_map_t, keep_checkpoints),
     CYAML_FIELD_MAPPING("optimizer", CYAML_FLAG_DEFAULT, spec_train_map_t, optimizer,
                         spec_optim_fields),
     CYAML_FIELD_MAPPING("lr_schedule", SPEC_OPT, spec_train_map_t, lr_schedule, spec_sched_fields),
@@ -145,6 +149,10 @@ static const cyaml_schema_field_t spec_fields[] = {
     CYAML_FIELD_ENUM("target", SPEC_ENUM_OPT, jobspec_t, target, spec_target_names,
                      CYAML_ARRAY_LEN(spec_target_names)),
     CYAML_FIELD_UINT("nodes", SPEC_OPT, jobspec_t, nodes),
+    CYAML_FIELD_UINT("min_nodes", SPEC_OPT, jobspec_t, min_nodes),
+    CYAML_FIELD_UINT("max_nodes", SPEC_OPT, jobspec_t, max_nodes),
+    CYAML_FIELD_UINT("max_restarts", SPEC_OPT, jobspec_t, max_restarts),
+    CYAML_FIELD_UINT("rejoin_timeout", SPEC_OPT, jobspec_t, rejoin_timeout_s),
     CYAML_FIELD_MAPPING("model", CYAML_FLAG_DEFAULT, jobspec_t, model, spec_model_fields),
     CYAML_FIELD_MAPPING("data", CYAML_FLAG_DEFAULT, jobspec_t, data, spec_data_fields),
     CYAML_FIELD_MAPPING("train", CYAML_FLAG_DEFAULT, jobspec_t, train, spec_train_fields),
@@ -158,12 +166,14 @@ static const cyaml_schema_value_t spec_schema = {
 
 /* The defaults of the header's comment, as the text a `--set` would give. Applied to every
  * key that neither the YAML nor an override wrote. Keys whose default is zero are listed
- * too, so this table reads as the whole list. */
+ * too, so this table reads as the whole list; spec_defaults_from follows it. */
 static const struct {
   const char *path, *value;
 } spec_defaults[] = {
     {"target", "local"},
     {"nodes", "1"},
+    {"max_restarts", "3"},
+    {"rejoin_timeout", "60"},
     {"model.activation", "relu"},
     {"data.synthetic.train_samples", "60000"},
     {"data.synthetic.test_samples", "10000"},
@@ -172,6 +182,9 @@ static const struct {
     {"data.synthetic.seed", "1"},
     {"train.max_steps", "0"},
     {"train.seed", "42"},
+    {"train.commit_every", "50"},
+    {"train.checkpoint_every", "0"},
+    {"train.keep_checkpoints", "3"},
     {"train.optimizer.momentum", "0.9"},
     {"train.optimizer.weight_decay", "0"},
     {"train.optimizer.beta1", "0.9"},
@@ -181,6 +194,15 @@ static const struct {
     {"train.lr_schedule.warmup_steps", "0"},
     {"train.lr_schedule.lr_min", "0"},
     {"run_dir", "runs"},
+};
+
+/* Defaults that take another key's final value (after overrides and spec_defaults), for
+ * keys that neither the YAML nor an override wrote: `--set nodes=4` moves both bounds. */
+static const struct {
+  const char *path, *from;
+} spec_defaults_from[] = {
+    {"min_nodes", "nodes"},
+    {"max_nodes", "nodes"},
 };
 
 // --- libcyaml configuration and its captured log ------------------------------------------
@@ -845,12 +867,35 @@ static drv_result_t spec_apply_set(jobspec_t *spec, const char *arg, spec_seen_t
   return spec_seen_add(seen, path);
 }
 
+/* Copies the scalar at `from` to `path`: both must be scalars of one type and size. */
+static drv_result_t spec_copy_path(jobspec_t *spec, const char *path, const char *from) {
+  spec_slot_t dst, src;
+  DRV_CHECK(spec_resolve(spec, path, true, &dst));
+  DRV_CHECK(spec_resolve(spec, from, true, &src));
+  const cyaml_schema_value_t *d = &dst.field->value, *s = &src.field->value;
+  bool scalar = d->type == CYAML_UINT || d->type == CYAML_INT || d->type == CYAML_FLOAT ||
+                d->type == CYAML_ENUM || d->type == CYAML_BOOL;
+  if (!scalar || d->type != s->type || d->data_size != s->data_size ||
+      ((d->flags | s->flags) & CYAML_FLAG_POINTER))
+    return drv_error(DRV_ERR_INVALID, "'%s' cannot take the value of '%s'", path, from);
+  memcpy(dst.base + dst.field->data_offset, src.base + src.field->data_offset, d->data_size);
+  return DRV_OK;
+}
+
 static drv_result_t spec_fill_defaults(jobspec_t *spec, const spec_seen_t *seen) {
   for (size_t i = 0; i < DRV_ARRAY_LEN(spec_defaults); i++) {
     if (spec_seen_has(seen, spec_defaults[i].path)) continue;
     drv_result_t rc = spec_set_path(spec, spec_defaults[i].path, spec_defaults[i].value);
     if (rc != DRV_OK)
       return drv_error_prefix(rc, "default %s=%s", spec_defaults[i].path, spec_defaults[i].value);
+  }
+  /* After the fixed ones, so that a defaulted `from` key has its value. */
+  for (size_t i = 0; i < DRV_ARRAY_LEN(spec_defaults_from); i++) {
+    if (spec_seen_has(seen, spec_defaults_from[i].path)) continue;
+    drv_result_t rc = spec_copy_path(spec, spec_defaults_from[i].path, spec_defaults_from[i].from);
+    if (rc != DRV_OK)
+      return drv_error_prefix(rc, "default %s=%s", spec_defaults_from[i].path,
+                              spec_defaults_from[i].from);
   }
   return DRV_OK;
 }
@@ -917,6 +962,14 @@ static drv_result_t spec_validate(const jobspec_t *s, const char *origin) {
   const spec_optim_map_t *o = &s->train.optimizer;
   if (!s->name || !*s->name) return spec_invalid(origin, "name", "must not be empty");
   if (s->nodes < 1) return spec_invalid(origin, "nodes", "must be at least 1, got %u", s->nodes);
+  if (s->min_nodes < 1)
+    return spec_invalid(origin, "min_nodes", "must be at least 1, got %u", s->min_nodes);
+  if (s->min_nodes > s->nodes)
+    return spec_invalid(origin, "min_nodes", "%u is larger than nodes (%u)", s->min_nodes,
+                        s->nodes);
+  if (s->max_nodes < s->nodes)
+    return spec_invalid(origin, "max_nodes", "%u is smaller than nodes (%u)", s->max_nodes,
+                        s->nodes);
 
   if (!s->model.type || strcmp(s->model.type, "mlp") != 0)
     return spec_invalid(origin, "model.type", "unknown model '%s' (known: mlp)",
@@ -955,6 +1008,14 @@ static drv_result_t spec_validate(const jobspec_t *s, const char *origin) {
                         "%u is smaller than nodes (%u): every worker needs at least one "
                         "sample per step",
                         s->train.global_batch, s->nodes);
+  if (s->max_nodes > s->train.global_batch)
+    return spec_invalid(origin, "max_nodes",
+                        "%u is larger than train.global_batch (%u): every worker needs at least "
+                        "one sample per step",
+                        s->max_nodes, s->train.global_batch);
+  if (s->train.keep_checkpoints < 1)
+    return spec_invalid(origin, "train.keep_checkpoints", "must be at least 1, got %u",
+                        s->train.keep_checkpoints);
   if (!(o->lr > 0)) return spec_invalid(origin, "train.optimizer.lr", "must be > 0, got %g", o->lr);
   if (!(o->momentum >= 0 && o->momentum < 1))
     return spec_invalid(origin, "train.optimizer.momentum", "must be in [0, 1), got %g",

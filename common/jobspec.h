@@ -7,6 +7,15 @@
  *   name: fashion-mnist                # required
  *   target: local                      # local | attached | managed   (default local)
  *   nodes: 2                           # workers to gang-schedule      (default 1)
+ *   min_nodes: 1                       # fewest workers a re-formed world may keep;
+ *                                      # 1 <= min_nodes <= nodes       (default nodes)
+ *   max_nodes: 4                       # most workers a re-formed world may take;
+ *                                      # nodes <= max_nodes <= train.global_batch
+ *                                      #                               (default nodes)
+ *   max_restarts: 3                    # re-formations of the world after failures before
+ *                                      # the job fails (0: fail at once) (default 3)
+ *   rejoin_timeout: 60                 # seconds to wait for agents while fewer than
+ *                                      # min_nodes are left, then fail  (default 60)
  *   model:
  *     type: mlp                        # only mlp for now
  *     hidden: [256, 128]               # hidden layer sizes, 0..8 of them
@@ -22,6 +31,11 @@
  *     global_batch: 128                # required; split across ranks
  *     max_steps: 0                     # stop after this many steps (0: all epochs)
  *     seed: 42                         # init and data order        (default 42)
+ *     commit_every: 50                 # steps between in-memory snapshots, the point a
+ *                                      # re-formed world resumes from (0: never) (default 50)
+ *     checkpoint_every: 0              # steps between checkpoints in the run directory
+ *                                      # (0: none; the final model is always saved) (default 0)
+ *     keep_checkpoints: 3              # newest checkpoints kept, at least 1 (default 3)
  *     optimizer:
  *       type: sgd                      # sgd | adamw
  *       lr: 0.1                        # required
@@ -64,6 +78,9 @@ typedef struct {
   char *name;
   spec_target_t target;
   uint32_t nodes;
+  uint32_t min_nodes, max_nodes; /* 1 <= min_nodes <= nodes <= max_nodes <= global_batch */
+  uint32_t max_restarts;
+  uint32_t rejoin_timeout_s; /* YAML key `rejoin_timeout` */
   struct {
     char *type; /* "mlp" */
     uint32_t *hidden;
@@ -81,6 +98,9 @@ typedef struct {
     uint32_t global_batch;
     uint32_t max_steps;
     uint64_t seed;
+    uint32_t commit_every;     /* steps; 0: never */
+    uint32_t checkpoint_every; /* steps; 0: only the final model */
+    uint32_t keep_checkpoints; /* >= 1 */
     struct {
       spec_optimizer_t type;
       float lr, momentum, weight_decay, beta1, beta2, eps;
@@ -96,9 +116,11 @@ typedef struct {
 
 /* Parses YAML text (`len` bytes) into a new spec, applies `nset` overrides of the form
  * "key.path=value" (e.g. "train.optimizer.lr=0.05", "model.hidden=[512,256]"), fills
- * defaults and validates. `origin` names the source in errors ("examples/x.yaml").
- * On failure returns DRV_ERR_INVALID with a message naming the key and what is wrong,
- * and *out stays NULL. The caller owns *out (jobspec_destroy). */
+ * defaults and validates. min_nodes and max_nodes, when neither the text nor an override
+ * wrote them, take the final value of nodes (so `--set nodes=4` moves them too).
+ * `origin` names the source in errors ("examples/x.yaml"). On failure returns
+ * DRV_ERR_INVALID with a message naming the key and what is wrong, and *out stays NULL.
+ * The caller owns *out (jobspec_destroy). */
 drv_result_t jobspec_parse(const char *yaml, size_t len, const char *origin,
                            const char *const *sets, int nset, jobspec_t **out);
 

@@ -65,7 +65,8 @@ SCHEMA(assign_schema, "assign", proto_assign_t, FLD(proto_assign_t, job, F_I64, 
        FLD(proto_assign_t, generation, F_U32, REQ), FLD(proto_assign_t, rank, F_U32, REQ),
        FLD(proto_assign_t, world, F_U32, REQ), FLD(proto_assign_t, local_rank, F_U32, REQ),
        FLD(proto_assign_t, device, F_I32, REQ), FLD(proto_assign_t, spec, F_STR, REQ),
-       FLD(proto_assign_t, run_dir, F_STR, REQ), FLD(proto_assign_t, coordinator, F_STR, REQ));
+       FLD(proto_assign_t, run_dir, F_STR, REQ), FLD(proto_assign_t, coordinator, F_STR, REQ),
+       FLD(proto_assign_t, resume_dir, F_STR, OPT));
 
 SCHEMA(kill_schema, "kill", proto_kill_t, FLD(proto_kill_t, job, F_I64, REQ),
        FLD(proto_kill_t, generation, F_U32, REQ), FLD(proto_kill_t, reason, F_STR, OPT));
@@ -106,7 +107,16 @@ SCHEMA(failed_schema, "failed", proto_failed_t, FLD(proto_failed_t, job, F_I64, 
        FLD(proto_failed_t, reason, F_STR, REQ));
 
 SCHEMA(submit_schema, "submit", proto_submit_t, FLD(proto_submit_t, spec, F_STR, REQ),
-       FLD(proto_submit_t, pool, F_STR, OPT));
+       FLD(proto_submit_t, pool, F_STR, OPT), FLD(proto_submit_t, resume, F_I64, OPT));
+
+SCHEMA(checkpoint_schema, "checkpoint", proto_checkpoint_t,
+       FLD(proto_checkpoint_t, job, F_I64, REQ), FLD(proto_checkpoint_t, generation, F_U32, REQ),
+       FLD(proto_checkpoint_t, step, F_U64, REQ), FLD(proto_checkpoint_t, dir, F_STR, REQ));
+
+SCHEMA(get_spec_schema, "get_spec", proto_spec_t, FLD(proto_spec_t, job, F_I64, REQ));
+
+SCHEMA(spec_schema, "spec", proto_spec_t, FLD(proto_spec_t, job, F_I64, REQ),
+       FLD(proto_spec_t, spec, F_STR, REQ), FLD(proto_spec_t, run_dir, F_STR, REQ));
 
 SCHEMA(bye_schema, "bye", proto_kill_t, FLD(proto_kill_t, reason, F_STR, OPT));
 
@@ -125,7 +135,7 @@ SCHEMA(job_schema, "job", proto_job_t, FLD(proto_job_t, id, F_I64, REQ),
        FLD(proto_job_t, loss, F_F64, REQ), FLD(proto_job_t, samples_per_s, F_F64, REQ),
        FLD(proto_job_t, test_loss, F_F64, REQ), FLD(proto_job_t, test_accuracy, F_F64, REQ),
        FLD(proto_job_t, submitted_at, F_F64, REQ), FLD(proto_job_t, started_at, F_F64, REQ),
-       FLD(proto_job_t, finished_at, F_F64, REQ));
+       FLD(proto_job_t, finished_at, F_F64, REQ), FLD(proto_job_t, ckpt_step, F_U64, OPT));
 
 SCHEMA(jobs_schema, "jobs", proto_jobs_t, ARR(proto_jobs_t, jobs, F_OBJS, &job_schema, REQ));
 
@@ -180,6 +190,7 @@ static const struct {
     [PROTO_DONE] = {"done", &done_schema},
     [PROTO_FAILED] = {"failed", &failed_schema},
     [PROTO_ABORT] = {"abort", &kill_schema},
+    [PROTO_CHECKPOINT] = {"checkpoint", &checkpoint_schema},
     [PROTO_SUBMIT] = {"submit", &submit_schema},
     [PROTO_SUBMITTED] = {"submitted", &submitted_schema},
     [PROTO_STATUS] = {"status", &status_schema},
@@ -188,6 +199,8 @@ static const struct {
     [PROTO_OK] = {"ok", &empty_schema},
     [PROTO_AGENTS] = {"agents", &empty_schema},
     [PROTO_AGENT_LIST] = {"agent_list", &agent_list_schema},
+    [PROTO_GET_SPEC] = {"get_spec", &get_spec_schema},
+    [PROTO_SPEC] = {"spec", &spec_schema},
     [PROTO_BYE] = {"bye", &bye_schema},
     [PROTO_ERROR] = {"error", &error_schema},
     [PROTO_EV_STATE] = {"ev_state", &ev_state_schema},

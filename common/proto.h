@@ -41,19 +41,23 @@ typedef enum {
   PROTO_PROGRESS,    /* worker -> coordinator: steps done */
   PROTO_EVAL,        /* worker (rank 0) -> coordinator: evaluation after an epoch */
   PROTO_DONE,        /* worker -> coordinator: finished, final metrics */
-  PROTO_FAILED,      /* worker -> coordinator: gave up, with the reason */
-  PROTO_ABORT,       /* coordinator -> worker: stop now */
+  PROTO_FAILED,
+  /* worker -> coordinator: gave up, with the reason */ PROTO_ABORT, /* coordinator -> worker: stop
+                                                                        now */
+  PROTO_CHECKPOINT, /* worker (rank 0) -> coordinator: a checkpoint is durable */
   /* clients -> coordinator ROUTER (port base+1) */
-  PROTO_SUBMIT,     /* submit a job spec */
-  PROTO_SUBMITTED,  /* reply: the job id */
-  PROTO_STATUS,     /* ask for one job or the recent ones */
-  PROTO_JOBS,       /* reply: job records */
-  PROTO_CANCEL,     /* cancel a job */
-  PROTO_OK,         /* reply: done, nothing to say */
-  PROTO_AGENTS,     /* ask for the agent registry */
-  PROTO_AGENT_LIST, /* reply: agents */
-  PROTO_BYE,        /* agent -> coordinator: stopping, forget me (its job fails) */
-  PROTO_ERROR,      /* reply to anything refused */
+  PROTO_SUBMIT,    /* submit a job spec */
+  PROTO_SUBMITTED, /* reply: the job id */
+  PROTO_STATUS,    /* ask for one job or the recent ones */
+  PROTO_JOBS,      /* reply: job records */
+  PROTO_CANCEL,    /* cancel a job */
+  PROTO_OK,        /* reply: done, nothing to say */
+  PROTO_AGENTS,
+  /* ask for the agent registry */ PROTO_AGENT_LIST, /* reply: agents */
+  PROTO_GET_SPEC,                                    /* ask for a job's resolved spec */
+  PROTO_SPEC,                                        /* reply: the spec */
+  PROTO_BYE,   /* agent -> coordinator: stopping, forget me (its job fails) */
+  PROTO_ERROR, /* reply to anything refused */
   /* coordinator PUB (port base+2), topic "job/<id>" */
   PROTO_EV_STATE,    /* a job changed state */
   PROTO_EV_PROGRESS, /* aggregated progress */
@@ -104,6 +108,7 @@ typedef struct {
   char *spec;        /* resolved job spec, YAML */
   char *run_dir;     /* absolute run directory of the job */
   char *coordinator; /* endpoint the worker reports to */
+  char *resume_dir;  /* optional: checkpoints to start from when run_dir has none */
 } proto_assign_t;
 
 typedef struct {
@@ -169,9 +174,23 @@ typedef struct {
 } proto_failed_t;
 
 typedef struct {
-  char *spec; /* YAML text of the job spec (resolved by the client) */
-  char *pool; /* optional: place the job only on agents of this pool */
+  char *spec;     /* YAML text of the job spec (resolved by the client) */
+  char *pool;     /* optional: place the job only on agents of this pool */
+  int64_t resume; /* optional: continue from this job's last checkpoint (0: none) */
 } proto_submit_t;
+
+typedef struct {
+  int64_t job;
+  uint32_t generation;
+  uint64_t step; /* global steps done when it was taken */
+  char *dir;     /* its directory */
+} proto_checkpoint_t;
+
+typedef struct {
+  int64_t job;
+  char *spec;
+  char *run_dir;
+} proto_spec_t; /* PROTO_SPEC; PROTO_GET_SPEC uses only `job` */
 
 typedef struct {
   int64_t job;
@@ -190,6 +209,7 @@ typedef struct {
   uint64_t step, steps_total;
   double loss, samples_per_s, test_loss, test_accuracy;
   double submitted_at, started_at, finished_at; /* wall seconds; 0 = not yet */
+  uint64_t ckpt_step;                           /* last durable checkpoint, 0 = none */
 } proto_job_t;
 
 typedef struct {
@@ -254,6 +274,8 @@ typedef struct {
     proto_done_t done;
     proto_failed_t failed;
     proto_submit_t submit;
+    proto_checkpoint_t checkpoint;
+    proto_spec_t spec; /* PROTO_GET_SPEC and PROTO_SPEC */
     proto_submitted_t submitted;
     proto_status_t status;
     proto_jobs_t jobs;

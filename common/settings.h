@@ -9,7 +9,7 @@
 
 /* X(NAME, default, help). All values are integers (milliseconds, bytes, counts). */
 #define DRV_SETTINGS(X)                                                                         \
-  X(HEARTBEAT_MS, 500, "interval between heartbeats, both ways (ms)")                           \
+  X(HEARTBEAT_MS, 1000, "interval between heartbeats, both ways (ms)")                          \
   X(PEER_TIMEOUT_MS, 5000, "a peer silent this long is declared dead (ms)")                     \
   X(RECONNECT_MS, 1000, "agent: pause between reconnect attempts to the coordinator (ms)")      \
   X(MAX_MSG_BYTES, 16777216, "largest frame any socket accepts (ZMQ_MAXMSGSIZE, bytes)")        \
@@ -20,7 +20,8 @@
   X(RING_CHUNK_BYTES, 262144, "ring all-reduce: pipelining chunk (bytes)")                      \
   X(RENDEZVOUS_TIMEOUT_MS, 60000, "a job whose workers do not all check in by then fails (ms)") \
   X(PROGRESS_MS, 100, "workers coalesce progress reports to at most one per interval (ms)")     \
-  X(CLIENT_TIMEOUT_MS, 5000, "CLI: how long to wait for the coordinator to answer (ms)")
+  X(CLIENT_TIMEOUT_MS, 5000, "CLI: how long to wait for the coordinator to answer (ms)")        \
+  X(POOL_WAIT_MS, 60000, "a queued job whose agent pool has no agent for this long fails (ms)")
 
 typedef enum {
 #define DRV_SETTING_ENUM(name, def, help) DRV_SET_##name,

@@ -36,7 +36,7 @@ typedef struct {
   uint64_t mem_bytes, session;
   int64_t last_seen_ms;
   int64_t job; /* 0 when idle; set from assign until its worker exits */
-  uint32_t rank;
+  uint32_t generation, rank;
 } agent_t;
 
 typedef struct {
@@ -63,8 +63,11 @@ typedef struct {
   uint32_t generation;
   char *spec_yaml;
   char run_dir[1024];
-  slot_t *slots; /* nodes of them while running */
-  int started;   /* `start` sent */
+  char resume_dir[1024]; /* checkpoints to start from when run_dir has none; "" */
+  uint64_t ckpt_step;    /* last durable checkpoint */
+  int64_t pool_seen_ms;  /* last time an agent of its pool was registered */
+  slot_t *slots;         /* nodes of them while running */
+  int started;           /* `start` sent */
   int64_t rendezvous_deadline_ms;
   /* aggregated progress */
   uint32_t epoch;
@@ -312,6 +315,7 @@ static void schedule(coord_t *c) {
       m.u.assign.spec = j->spec_yaml;
       m.u.assign.run_dir = j->run_dir;
       m.u.assign.coordinator = advertise;
+      m.u.assign.resume_dir = j->resume_dir;
       if (send_to_agent(c, a, &m) != DRV_OK) {
         /* Not connected any more (ROUTER_MANDATORY): it is gone. */
         snprintf(unreachable, sizeof unreachable, "agent %s could not be reached", a->agent_id);
@@ -321,13 +325,15 @@ static void schedule(coord_t *c) {
         continue;
       }
       a->job = j->id;
+      a->generation = j->generation;
       a->rank = r;
     }
     if (unreachable[0]) {
       job_requeue(c, j, unreachable);
       continue;
     }
-    if (store_job_set_state(c->store, j->id, JOB_RUNNING, NULL) != DRV_OK)
+    if (store_job_set_state(c->store, j->id, JOB_RUNNING, NULL) != DRV_OK ||
+        store_job_set_generation(c->store, j->id, j->generation) != DRV_OK)
       log_error("store: %s", drv_last_error());
     log_info("job %" PRId64 " (%s) placed on %u agent(s), generation %u", j->id, j->name, j->nodes,
              j->generation);
@@ -405,7 +411,9 @@ static void on_hello(coord_t *c, const unsigned char *ident, size_t len, proto_h
 }
 
 static void on_worker_exit(coord_t *c, agent_t *a, const proto_worker_exit_t *e) {
-  if (a->job == e->job) a->job = 0;
+  /* Only the exit of the worker it is booked for frees it: an older generation's worker
+   * of the same job (a coordinator restart) says nothing about the current one. */
+  if (a->job == e->job && a->generation == e->generation) a->job = 0;
   job_t *j = job_find(c, e->job);
   if (!j || j->state != JOB_RUNNING || e->generation != j->generation || e->rank >= j->nodes)
     return;
@@ -551,6 +559,18 @@ static void on_done(coord_t *c, const proto_done_t *d) {
   job_finish(c, j, JOB_SUCCEEDED, NULL);
 }
 
+static void on_checkpoint(coord_t *c, const proto_checkpoint_t *k) {
+  job_t *j = job_for_msg(c, k->job, k->generation, 0, "checkpoint");
+  if (!j) return;
+  if (store_job_set_checkpoint(c->store, j->id, k->step) != DRV_OK) {
+    log_error("store: %s", drv_last_error());
+    return;
+  }
+  j->ckpt_step = k->step;
+  log_info("job %" PRId64 ": checkpoint of step %" PRIu64 " is durable (%s)", j->id, k->step,
+           k->dir);
+}
+
 static void on_failed(coord_t *c, const proto_failed_t *f) {
   job_t *j = job_for_msg(c, f->job, f->generation, f->rank, "failed");
   if (!j) return;
@@ -604,6 +624,7 @@ static void handle_worker_socket(coord_t *c) {
   case PROTO_EVAL: on_eval(c, &m.u.eval); break;
   case PROTO_DONE: on_done(c, &m.u.done); break;
   case PROTO_FAILED: on_failed(c, &m.u.failed); break;
+  case PROTO_CHECKPOINT: on_checkpoint(c, &m.u.checkpoint); break;
   default:
     log_warn("agent socket: unexpected '%s' message dropped", proto_type_name(m.type));
     break;
@@ -613,12 +634,78 @@ static void handle_worker_socket(coord_t *c) {
 
 // --- Clients -------------------------------------------------------------------------------
 
-static void on_submit(coord_t *c, const unsigned char *ident, size_t len, const char *yaml,
-                      const char *pool) {
+static job_t *job_slot(coord_t *c) {
+  for (int i = 0; i < MAX_JOBS; i++)
+    if (!c->jobs[i].used) return &c->jobs[i];
+  return NULL;
+}
+
+/* Fills an active job from its record and spec (takes ownership of spec_yaml). */
+static void job_fill(job_t *j, const store_job_t *sj, const jobspec_t *spec, char *spec_yaml) {
+  memset(j, 0, sizeof *j);
+  j->used = 1;
+  j->id = sj->id;
+  j->state = JOB_QUEUED;
+  snprintf(j->name, sizeof j->name, "%s", sj->name);
+  snprintf(j->target, sizeof j->target, "%s", sj->target);
+  snprintf(j->pool, sizeof j->pool, "%s", sj->pool);
+  snprintf(j->run_dir, sizeof j->run_dir, "%s", sj->run_dir);
+  snprintf(j->resume_dir, sizeof j->resume_dir, "%s", sj->resume_dir);
+  j->ckpt_step = sj->ckpt_step;
+  /* Generations go on across coordinators: messages of the old one's workers are stale. */
+  j->generation = sj->generation;
+  j->nodes = spec->nodes;
+  j->epochs = spec->train.epochs;
+  j->spec_yaml = spec_yaml;
+  j->test_loss = j->test_accuracy = j->final_samples_per_s = NAN;
+  j->pool_seen_ms = drv_now_ms();
+}
+
+/* Why a job to resume from cannot be used, or NULL. Fills resume_dir. */
+static const char *resume_source(coord_t *c, int64_t from, store_job_t *old, char *resume_dir,
+                                 size_t n) {
+  static char why[256];
+  if (store_job_get(c->store, from, old) != DRV_OK) {
+    snprintf(why, sizeof why, "resume: job %" PRId64 ": no such job", from);
+    return why;
+  }
+  if (job_find(c, from)) {
+    snprintf(why, sizeof why, "resume: job %" PRId64 " is still %s; cancel it first", from,
+             store_state_name(old->state));
+    return why;
+  }
+  if (!old->ckpt_step) {
+    snprintf(why, sizeof why, "resume: job %" PRId64 " has no durable checkpoint", from);
+    return why;
+  }
+  snprintf(resume_dir, n, "%s/checkpoints", old->run_dir);
+  return NULL;
+}
+
+static void on_submit(coord_t *c, const unsigned char *ident, size_t len,
+                      const proto_submit_t *sub) {
   jobspec_t *spec = NULL;
+  char *stored = NULL, *canon = NULL;
+  char resume_dir[1100] = "";
+  const char *yaml = sub->spec;
+  if (sub->resume > 0) {
+    store_job_t old;
+    const char *why = resume_source(c, sub->resume, &old, resume_dir, sizeof resume_dir);
+    if (why) {
+      reply_error(c, ident, len, "invalid", why);
+      return;
+    }
+    if (!yaml[0]) { /* no spec given: the old job's, as it was */
+      if (store_job_spec(c->store, sub->resume, &stored) != DRV_OK) {
+        reply_error(c, ident, len, "internal", drv_last_error());
+        return;
+      }
+      yaml = stored;
+    }
+  }
   if (jobspec_parse(yaml, strlen(yaml), "submitted spec", NULL, 0, &spec) != DRV_OK) {
     reply_error(c, ident, len, "invalid", drv_last_error());
-    return;
+    goto out;
   }
   /* Workers run elsewhere, in other directories: paths must not depend on a cwd. */
   const char *rel = NULL;
@@ -632,10 +719,7 @@ static void on_submit(coord_t *c, const unsigned char *ident, size_t len, const 
     rel = "data.test.images";
   else if (spec->data.test && spec->data.test->labels[0] != '/')
     rel = "data.test.labels";
-  job_t *j = NULL;
-  for (int i = 0; i < MAX_JOBS && !j; i++)
-    if (!c->jobs[i].used) j = &c->jobs[i];
-  char *canon = NULL;
+  job_t *j = job_slot(c);
   size_t clen;
   if (rel) {
     char msg[256];
@@ -654,37 +738,78 @@ static void on_submit(coord_t *c, const unsigned char *ident, size_t len, const 
     reply_error(c, ident, len, "internal", drv_last_error());
     goto out;
   }
-  int64_t id;
+  store_job_t sj = {0};
   const char *target = jobspec_target_name(spec->target);
-  if (store_job_insert(c->store, spec->name, target, spec->nodes, canon, "", &id) != DRV_OK) {
+  if (store_job_insert(c->store, spec->name, target, spec->nodes, canon, "", &sj.id) != DRV_OK) {
     reply_error(c, ident, len, "internal", drv_last_error());
     goto out;
   }
-  memset(j, 0, sizeof *j);
-  j->used = 1;
-  j->id = id;
-  j->state = JOB_QUEUED;
-  snprintf(j->name, sizeof j->name, "%s", spec->name);
-  snprintf(j->target, sizeof j->target, "%s", target);
-  snprintf(j->pool, sizeof j->pool, "%s", pool ? pool : "");
-  j->nodes = spec->nodes;
-  j->epochs = spec->train.epochs;
-  j->spec_yaml = canon;
-  canon = NULL;
-  snprintf(j->run_dir, sizeof j->run_dir, "%s/%s-%" PRId64, spec->run_dir, spec->name, id);
-  j->test_loss = j->test_accuracy = j->final_samples_per_s = NAN;
-  if (store_job_set_run_dir(c->store, id, j->run_dir) != DRV_OK)
+  snprintf(sj.name, sizeof sj.name, "%s", spec->name);
+  snprintf(sj.target, sizeof sj.target, "%s", target);
+  snprintf(sj.pool, sizeof sj.pool, "%s", sub->pool ? sub->pool : "");
+  snprintf(sj.resume_dir, sizeof sj.resume_dir, "%s", resume_dir);
+  snprintf(sj.run_dir, sizeof sj.run_dir, "%s/%s-%" PRId64, spec->run_dir, spec->name, sj.id);
+  if (store_job_set_run_dir(c->store, sj.id, sj.run_dir) != DRV_OK ||
+      store_job_set_pool(c->store, sj.id, sj.pool) != DRV_OK ||
+      store_job_set_resume_dir(c->store, sj.id, sj.resume_dir) != DRV_OK)
     log_error("store: %s", drv_last_error());
-  log_info("job %" PRId64 " (%s) queued: target %s, %u node(s)", id, j->name, target, j->nodes);
+  job_fill(j, &sj, spec, canon);
+  canon = NULL;
+  if (sub->resume > 0)
+    log_info("job %" PRId64 " (%s) queued: target %s, %u node(s), resuming job %" PRId64, j->id,
+             j->name, target, j->nodes, sub->resume);
+  else
+    log_info("job %" PRId64 " (%s) queued: target %s, %u node(s)", j->id, j->name, target,
+             j->nodes);
   proto_msg_t m;
   proto_msg_init(&m, PROTO_SUBMITTED);
-  m.u.submitted.job = id;
+  m.u.submitted.job = j->id;
   m.u.submitted.run_dir = j->run_dir;
   reply(c, ident, len, &m);
   publish_state(c, j, NULL);
 out:
   free(canon);
+  free(stored);
   jobspec_destroy(&spec);
+}
+
+/* At start: the jobs a previous coordinator left queued (or running, now queued again)
+ * become active again, to be placed and resumed from their checkpoints. */
+static int load_one(const store_job_t *sj, void *arg) {
+  coord_t *c = arg;
+  if (sj->state != JOB_QUEUED) return 0;
+  char *yaml = NULL;
+  jobspec_t *spec = NULL;
+  job_t *j = job_slot(c);
+  if (!j || store_job_spec(c->store, sj->id, &yaml) != DRV_OK ||
+      jobspec_parse(yaml, strlen(yaml), "stored spec", NULL, 0, &spec) != DRV_OK) {
+    char why[600];
+    snprintf(why, sizeof why, "cannot be reloaded: %s", j ? drv_last_error() : "too many jobs");
+    log_error("job %" PRId64 ": %s", sj->id, why);
+    store_job_set_state(c->store, sj->id, JOB_FAILED, why);
+    free(yaml);
+    return 0;
+  }
+  job_fill(j, sj, spec, yaml);
+  jobspec_destroy(&spec);
+  log_info("job %" PRId64 " (%s) reloaded: queued%s", j->id, j->name,
+           j->ckpt_step ? ", will resume from its last checkpoint" : "");
+  return 0;
+}
+
+static void on_get_spec(coord_t *c, const unsigned char *ident, size_t len, int64_t id) {
+  store_job_t sj;
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_SPEC);
+  if (store_job_get(c->store, id, &sj) != DRV_OK ||
+      store_job_spec(c->store, id, &m.u.spec.spec) != DRV_OK) {
+    reply_error(c, ident, len, "not_found", drv_last_error());
+    return;
+  }
+  m.u.spec.job = id;
+  m.u.spec.run_dir = strdup(sj.run_dir);
+  reply(c, ident, len, &m);
+  proto_msg_fini(&m);
 }
 
 typedef struct {
@@ -709,6 +834,7 @@ static void fill_job(coord_t *c, const store_job_t *sj, proto_job_t *pj) {
   pj->submitted_at = sj->submitted_at;
   pj->started_at = sj->started_at;
   pj->finished_at = sj->finished_at;
+  pj->ckpt_step = sj->ckpt_step;
   const job_t *j = job_find(c, sj->id);
   if (j) { /* live progress of an active job */
     pj->epoch = j->epoch;
@@ -822,7 +948,8 @@ static void handle_client_socket(coord_t *c) {
     return;
   }
   switch (m.type) {
-  case PROTO_SUBMIT: on_submit(c, ident, len, m.u.submit.spec, m.u.submit.pool); break;
+  case PROTO_SUBMIT: on_submit(c, ident, len, &m.u.submit); break;
+  case PROTO_GET_SPEC: on_get_spec(c, ident, len, m.u.spec.job); break;
   case PROTO_STATUS: on_status(c, ident, len, &m.u.status); break;
   case PROTO_CANCEL: on_cancel(c, ident, len, m.u.cancel.job); break;
   case PROTO_AGENTS: on_agents(c, ident, len); break;
@@ -855,6 +982,16 @@ static void tick(coord_t *c) {
       continue;
     }
     sock_send(c->workers, a->ident, a->identlen, &hb, 1);
+  }
+  for (int i = 0; i < MAX_JOBS; i++) {
+    job_t *j = &c->jobs[i];
+    if (!j->used || j->state != JOB_QUEUED || !j->pool[0]) continue;
+    /* A pool belongs to one drover submit: when it is gone, nobody will serve the job. */
+    for (int k = 0; k < MAX_AGENTS; k++)
+      if (c->agents[k].used && !strcmp(c->agents[k].pool, j->pool)) j->pool_seen_ms = now;
+    if (now - j->pool_seen_ms > drv_setting(DRV_SET_POOL_WAIT_MS))
+      job_fail(c, j, "no agent of pool %s registered for %" PRId64 " s", j->pool,
+               (now - j->pool_seen_ms) / 1000);
   }
   for (int i = 0; i < MAX_JOBS; i++) {
     job_t *j = &c->jobs[i];
@@ -935,7 +1072,8 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
   uint32_t recovered = 0;
   DRV_CHECK_GOTO(store_recover(c->store, &recovered), rc, out);
   if (recovered)
-    log_warn("%u job(s) left unfinished by a previous coordinator marked failed", recovered);
+    log_warn("%u job(s) left running by a previous coordinator queued again", recovered);
+  DRV_CHECK_GOTO(store_job_list(c->store, 0, load_one, c), rc, out);
   log_info("coordinator listening on %s (+1 clients, +2 events), state in %s", cfg->bind,
            cfg->state_dir);
 

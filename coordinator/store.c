@@ -54,14 +54,21 @@ static const char *const store_migrations[] = {
     ");"
     "CREATE INDEX jobs_by_state ON jobs(state);"
     "PRAGMA user_version = 1;",
+    /* 1 -> 2: what a restarted coordinator needs to resume a job. */
+    "ALTER TABLE jobs ADD COLUMN pool TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE jobs ADD COLUMN ckpt_step INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE jobs ADD COLUMN resume_dir TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE jobs ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;"
+    "PRAGMA user_version = 2;",
 };
 
 #define STORE_SCHEMA_VERSION ((int)DRV_ARRAY_LEN(store_migrations))
 
 /* Column list shared by every query that fills a store_job_t (see job_read). */
-#define STORE_JOB_COLUMNS                                                           \
-  "id, name, target, nodes, state, reason, submitted_at, started_at, finished_at, " \
-  "test_accuracy, test_loss, samples_per_s, steps_done, run_dir"
+#define STORE_JOB_COLUMNS                                                                       \
+  "id, name, target, nodes, state, reason, submitted_at, started_at, finished_at, "             \
+  "test_accuracy, test_loss, samples_per_s, steps_done, run_dir, pool, ckpt_step, resume_dir, " \
+  "generation"
 
 static const char *const store_state_names[] = {
     [JOB_QUEUED] = "queued", [JOB_RUNNING] = "running",     [JOB_SUCCEEDED] = "succeeded",
@@ -166,6 +173,10 @@ static drv_result_t job_read(sqlite3_stmt *st, store_job_t *out) {
   /* Stored as SQLite's signed 64-bit integer; the cast round-trips every uint64_t. */
   out->steps_done = (uint64_t)sqlite3_column_int64(st, 12);
   column_text_copy(st, 13, out->run_dir, sizeof out->run_dir);
+  column_text_copy(st, 14, out->pool, sizeof out->pool);
+  out->ckpt_step = (uint64_t)sqlite3_column_int64(st, 15);
+  column_text_copy(st, 16, out->resume_dir, sizeof out->resume_dir);
+  out->generation = (uint32_t)sqlite3_column_int64(st, 17);
   return DRV_OK;
 }
 
@@ -445,18 +456,21 @@ fail:
   return rc;
 }
 
-drv_result_t store_job_set_run_dir(store_t *s, int64_t id, const char *run_dir) {
+/* Sets one text column of a job. `column` is one of the constant names below, never
+ * input; cap is the size of the matching store_job_t field. */
+static drv_result_t set_text(store_t *s, int64_t id, const char *column, const char *value,
+                             size_t cap) {
   drv_result_t rc = DRV_OK;
   sqlite3_stmt *st = NULL;
-  store_job_t *shape = NULL; /* for the field size only */
-  char what[64];
-  if (!s || !run_dir) return drv_error(DRV_ERR_INVALID, "store_job_set_run_dir: NULL argument");
-  if (strlen(run_dir) >= sizeof shape->run_dir)
-    return drv_error(DRV_ERR_INVALID, "job %lld: run_dir longer than %zu bytes", (long long)id,
-                     sizeof shape->run_dir - 1);
-  snprintf(what, sizeof what, "job %lld: set run_dir", (long long)id);
-  DRV_CHECK_GOTO(sql_prepare(s, "UPDATE jobs SET run_dir = ?2 WHERE id = ?1", &st, what), rc, fail);
-  if (sqlite3_bind_int64(st, 1, id) || sqlite3_bind_text(st, 2, run_dir, -1, SQLITE_STATIC)) {
+  char what[64], sql[96];
+  if (!s || !value) return drv_error(DRV_ERR_INVALID, "set %s: NULL argument", column);
+  if (strlen(value) >= cap)
+    return drv_error(DRV_ERR_INVALID, "job %lld: %s longer than %zu bytes", (long long)id, column,
+                     cap - 1);
+  snprintf(what, sizeof what, "job %lld: set %s", (long long)id, column);
+  snprintf(sql, sizeof sql, "UPDATE jobs SET %s = ?2 WHERE id = ?1", column);
+  DRV_CHECK_GOTO(sql_prepare(s, sql, &st, what), rc, fail);
+  if (sqlite3_bind_int64(st, 1, id) || sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC)) {
     rc = sql_fail(s, what);
     goto fail;
   }
@@ -466,6 +480,47 @@ drv_result_t store_job_set_run_dir(store_t *s, int64_t id, const char *run_dir) 
 fail:
   sqlite3_finalize(st);
   return rc;
+}
+
+drv_result_t store_job_set_run_dir(store_t *s, int64_t id, const char *run_dir) {
+  return set_text(s, id, "run_dir", run_dir, sizeof((store_job_t *)0)->run_dir);
+}
+
+drv_result_t store_job_set_pool(store_t *s, int64_t id, const char *pool) {
+  return set_text(s, id, "pool", pool, sizeof((store_job_t *)0)->pool);
+}
+
+drv_result_t store_job_set_resume_dir(store_t *s, int64_t id, const char *dir) {
+  return set_text(s, id, "resume_dir", dir, sizeof((store_job_t *)0)->resume_dir);
+}
+
+/* Sets one integer column of a job; `column` is a constant name, never input. */
+static drv_result_t set_int(store_t *s, int64_t id, const char *column, uint64_t value) {
+  drv_result_t rc = DRV_OK;
+  sqlite3_stmt *st = NULL;
+  char what[64], sql[96];
+  if (!s) return drv_error(DRV_ERR_INVALID, "set %s: NULL store", column);
+  snprintf(what, sizeof what, "job %lld: set %s", (long long)id, column);
+  snprintf(sql, sizeof sql, "UPDATE jobs SET %s = ?2 WHERE id = ?1", column);
+  DRV_CHECK_GOTO(sql_prepare(s, sql, &st, what), rc, fail);
+  if (sqlite3_bind_int64(st, 1, id) || sqlite3_bind_int64(st, 2, (sqlite3_int64)value)) {
+    rc = sql_fail(s, what);
+    goto fail;
+  }
+  DRV_CHECK_GOTO(sql_step_done(s, st, what), rc, fail);
+  if (sqlite3_changes(s->db) == 0)
+    rc = drv_error(DRV_ERR_INVALID, "job %lld: no such job", (long long)id);
+fail:
+  sqlite3_finalize(st);
+  return rc;
+}
+
+drv_result_t store_job_set_checkpoint(store_t *s, int64_t id, uint64_t step) {
+  return set_int(s, id, "ckpt_step", step);
+}
+
+drv_result_t store_job_set_generation(store_t *s, int64_t id, uint32_t generation) {
+  return set_int(s, id, "generation", generation);
 }
 
 drv_result_t store_job_get(store_t *s, int64_t id, store_job_t *out) {
@@ -558,22 +613,16 @@ drv_result_t store_recover(store_t *s, uint32_t *changed) {
   sqlite3_stmt *st = NULL;
   if (changed) *changed = 0;
   if (!s) return drv_error(DRV_ERR_INVALID, "store_recover: NULL store");
-  /* The reason is built from the old state in SQL: SET expressions see the row as it
-   * was before the update. */
   DRV_CHECK_GOTO(sql_prepare(s,
-                             "UPDATE jobs SET"
-                             " reason = 'coordinator restarted while the job was ' || state,"
-                             " state = 'failed', finished_at = ?1"
-                             " WHERE state IN ('queued', 'running')",
-                             &st, "recover unfinished jobs"),
+                             "UPDATE jobs SET state = 'queued',"
+                             " reason = 'coordinator restarted while the job was running'"
+                             " WHERE state = 'running'",
+                             &st, "recover running jobs"),
                  rc, fail);
-  if (sqlite3_bind_double(st, 1, drv_wall_s())) {
-    rc = sql_fail(s, "recover unfinished jobs");
-    goto fail;
-  }
-  DRV_CHECK_GOTO(sql_step_done(s, st, "recover unfinished jobs"), rc, fail);
+  DRV_CHECK_GOTO(sql_step_done(s, st, "recover running jobs"), rc, fail);
   int n = sqlite3_changes(s->db);
-  if (n > 0) log_warn("%s: marked %d unfinished job(s) failed after a restart", s->path, n);
+  if (n > 0)
+    log_warn("%s: %d job(s) left running by a previous coordinator queued again", s->path, n);
   if (changed) *changed = (uint32_t)n;
 fail:
   sqlite3_finalize(st);

@@ -49,6 +49,10 @@ typedef struct {
   double test_accuracy, test_loss, samples_per_s; /* final metrics, NAN when unknown */
   uint64_t steps_done;
   char run_dir[1024];
+  char pool[64];         /* "" or the agent pool the job runs on */
+  uint64_t ckpt_step;    /* last durable checkpoint, 0 = none */
+  char resume_dir[1024]; /* checkpoints to start from when it has none of its own; "" */
+  uint32_t generation;   /* of its last placement: a reloaded job goes on from there */
 } store_job_t;
 
 /* Opens (creating) state_dir/drover.db, creating state_dir and its parents as needed
@@ -99,9 +103,17 @@ drv_result_t store_job_spec(store_t *s, int64_t id, char **yaml);
 drv_result_t store_job_list(store_t *s, uint32_t limit,
                             int (*fn)(const store_job_t *job, void *arg), void *arg);
 
-/* At coordinator start: jobs left queued or running by a previous coordinator are marked
- * failed with reason "coordinator restarted while the job was <state>" and finished_at =
- * now (resuming them is a later feature). *changed (may be NULL) receives how many. */
+/* At coordinator start: jobs left running by a previous coordinator are queued again
+ * with reason "coordinator restarted while the job was running" (queued ones stay
+ * queued); the coordinator then places them again, resuming from their last checkpoint.
+ * *changed (may be NULL) receives how many were running. */
 drv_result_t store_recover(store_t *s, uint32_t *changed);
+
+/* Set the job's pool, resume directory, and last durable checkpoint step.
+ * DRV_ERR_INVALID for an unknown job or a value too long for store_job_t. */
+drv_result_t store_job_set_pool(store_t *s, int64_t id, const char *pool);
+drv_result_t store_job_set_resume_dir(store_t *s, int64_t id, const char *dir);
+drv_result_t store_job_set_checkpoint(store_t *s, int64_t id, uint64_t step);
+drv_result_t store_job_set_generation(store_t *s, int64_t id, uint32_t generation);
 
 #endif

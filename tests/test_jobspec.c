@@ -1,6 +1,7 @@
 /* test_jobspec.c: the job spec (common/jobspec.h): the examples load, defaults fill only
  * what was left out, every kind of mistake is refused with DRV_ERR_INVALID and a message
- * naming the key, `--set` overrides of each type work, and a dump parses back equal. */
+ * naming the key, `--set` overrides of each type work, and a dump parses back equal.
+ * min_nodes and max_nodes default to the final nodes (after `--set nodes=`) unless written. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -106,6 +107,10 @@ static void assert_spec_eq(const jobspec_t *a, const jobspec_t *b) {
   assert_str_eq_or_null(a->name, b->name);
   assert_int_equal(a->target, b->target);
   assert_int_equal(a->nodes, b->nodes);
+  assert_int_equal(a->min_nodes, b->min_nodes);
+  assert_int_equal(a->max_nodes, b->max_nodes);
+  assert_int_equal(a->max_restarts, b->max_restarts);
+  assert_int_equal(a->rejoin_timeout_s, b->rejoin_timeout_s);
   assert_str_eq_or_null(a->model.type, b->model.type);
   assert_int_equal(a->model.hidden_count, b->model.hidden_count);
   for (uint32_t i = 0; i < a->model.hidden_count; i++)
@@ -121,6 +126,9 @@ static void assert_spec_eq(const jobspec_t *a, const jobspec_t *b) {
   assert_int_equal(a->train.global_batch, b->train.global_batch);
   assert_int_equal(a->train.max_steps, b->train.max_steps);
   assert_true(a->train.seed == b->train.seed);
+  assert_int_equal(a->train.commit_every, b->train.commit_every);
+  assert_int_equal(a->train.checkpoint_every, b->train.checkpoint_every);
+  assert_int_equal(a->train.keep_checkpoints, b->train.keep_checkpoints);
   assert_memory_equal(&a->train.optimizer, &b->train.optimizer, sizeof a->train.optimizer);
   assert_memory_equal(&a->train.lr_schedule, &b->train.lr_schedule, sizeof a->train.lr_schedule);
   assert_str_eq_or_null(a->run_dir, b->run_dir);
@@ -154,6 +162,8 @@ static void test_example_fashion_mnist(void **state) {
   assert_string_equal(spec->name, "fashion-mnist");
   assert_int_equal(spec->target, SPEC_TARGET_LOCAL);
   assert_int_equal(spec->nodes, 2);
+  assert_int_equal(spec->min_nodes, 2); /* not written: nodes */
+  assert_int_equal(spec->max_nodes, 2);
   assert_string_equal(spec->model.type, "mlp");
   assert_int_equal(spec->model.hidden_count, 2);
   assert_int_equal(spec->model.hidden[0], 256);
@@ -217,6 +227,10 @@ static void test_defaults_filled(void **state) {
   jobspec_t *spec = parse_ok(minimal, NULL, 0);
   assert_int_equal(spec->target, SPEC_TARGET_LOCAL);
   assert_int_equal(spec->nodes, 1);
+  assert_int_equal(spec->min_nodes, 1);
+  assert_int_equal(spec->max_nodes, 1);
+  assert_int_equal(spec->max_restarts, 3);
+  assert_int_equal(spec->rejoin_timeout_s, 60);
   assert_int_equal(spec->model.activation, SPEC_ACT_RELU);
   assert_non_null(spec->data.synthetic);
   assert_int_equal(spec->data.synthetic->train_samples, 60000);
@@ -226,6 +240,9 @@ static void test_defaults_filled(void **state) {
   assert_true(spec->data.synthetic->seed == 1);
   assert_int_equal(spec->train.max_steps, 0);
   assert_true(spec->train.seed == 42);
+  assert_int_equal(spec->train.commit_every, 50);
+  assert_int_equal(spec->train.checkpoint_every, 0);
+  assert_int_equal(spec->train.keep_checkpoints, 3);
   assert_true(spec->train.optimizer.momentum == 0.9f);
   assert_true(spec->train.optimizer.weight_decay == 0.0f);
   assert_true(spec->train.optimizer.beta1 == 0.9f);
@@ -285,6 +302,104 @@ static void test_explicit_zeros_stay(void **state) {
   jobspec_destroy(&spec);
 }
 
+/* min_nodes and max_nodes follow nodes (from the text, its default, or `--set nodes=`)
+ * unless they were written themselves, in the text or by an override. */
+static void test_defaults_follow_nodes(void **state) {
+  char *y = subst(minimal, "name: t\n", "name: t\nnodes: 4\n");
+  jobspec_t *spec = parse_ok(y, NULL, 0);
+  assert_int_equal(spec->nodes, 4);
+  assert_int_equal(spec->min_nodes, 4);
+  assert_int_equal(spec->max_nodes, 4);
+  assert_round_trip(spec);
+  jobspec_destroy(&spec);
+
+  /* --set nodes= moves both, whether nodes was written (4 -> 2) or defaulted (1 -> 8). */
+  const char *two[] = {"nodes=2"};
+  spec = parse_ok(y, two, 1);
+  assert_int_equal(spec->nodes, 2);
+  assert_int_equal(spec->min_nodes, 2);
+  assert_int_equal(spec->max_nodes, 2);
+  jobspec_destroy(&spec);
+  const char *eight[] = {"nodes=8"};
+  spec = parse_ok(minimal, eight, 1);
+  assert_int_equal(spec->min_nodes, 8);
+  assert_int_equal(spec->max_nodes, 8);
+  jobspec_destroy(&spec);
+  free(y);
+
+  /* Written bounds stay where they are; the other one still follows nodes. */
+  y = subst(minimal, "name: t\n", "name: t\nnodes: 2\nmin_nodes: 1\n");
+  const char *four[] = {"nodes=4"};
+  spec = parse_ok(y, four, 1);
+  assert_int_equal(spec->nodes, 4);
+  assert_int_equal(spec->min_nodes, 1);
+  assert_int_equal(spec->max_nodes, 4);
+  jobspec_destroy(&spec);
+  free(y);
+  y = subst(minimal, "name: t\n", "name: t\nmax_nodes: 6\n");
+  spec = parse_ok(y, four, 1);
+  assert_int_equal(spec->min_nodes, 4);
+  assert_int_equal(spec->max_nodes, 6);
+  jobspec_destroy(&spec);
+  /* ... so a written max_nodes below the new nodes is refused, naming it. */
+  const char *seven[] = {"nodes=7"};
+  expect_invalid(y, seven, 1, "max_nodes", "smaller than nodes (7)", (const char *)NULL);
+  free(y);
+
+  /* An override of a bound counts as written, whatever order the overrides come in. */
+  const char *sets[] = {"max_nodes=8", "nodes=3", "min_nodes=2"};
+  spec = parse_ok(minimal, sets, 3);
+  assert_int_equal(spec->nodes, 3);
+  assert_int_equal(spec->min_nodes, 2);
+  assert_int_equal(spec->max_nodes, 8);
+  assert_round_trip(spec);
+  jobspec_destroy(&spec);
+}
+
+/* Every new key written in the text, with values unlike its default. */
+static void test_elastic_keys_explicit(void **state) {
+  const char *yaml =
+      "name: elastic\n"
+      "nodes: 4\n"
+      "min_nodes: 2\n"
+      "max_nodes: 8\n"
+      "max_restarts: 0\n"
+      "rejoin_timeout: 0\n"
+      "model: {type: mlp, hidden: [8]}\n"
+      "data: {format: synthetic}\n"
+      "train:\n"
+      "  epochs: 1\n"
+      "  global_batch: 8\n"
+      "  commit_every: 0\n"
+      "  checkpoint_every: 200\n"
+      "  keep_checkpoints: 1\n"
+      "  optimizer: {type: sgd, lr: 0.1}\n";
+  jobspec_t *spec = parse_ok(yaml, NULL, 0);
+  assert_int_equal(spec->nodes, 4);
+  assert_int_equal(spec->min_nodes, 2);
+  assert_int_equal(spec->max_nodes, 8); /* = global_batch: allowed */
+  assert_int_equal(spec->max_restarts, 0);
+  assert_int_equal(spec->rejoin_timeout_s, 0);
+  assert_int_equal(spec->train.commit_every, 0); /* explicit zeros stay */
+  assert_int_equal(spec->train.checkpoint_every, 200);
+  assert_int_equal(spec->train.keep_checkpoints, 1);
+  assert_round_trip(spec);
+  jobspec_destroy(&spec);
+
+  /* The largest values a uint32 holds. */
+  const char *big[] = {"max_restarts=4294967295", "rejoin_timeout=4294967295",
+                       "train.commit_every=4294967295", "train.checkpoint_every=4294967295",
+                       "train.keep_checkpoints=4294967295"};
+  spec = parse_ok(minimal, big, (int)DRV_ARRAY_LEN(big));
+  assert_int_equal(spec->max_restarts, UINT32_MAX);
+  assert_int_equal(spec->rejoin_timeout_s, UINT32_MAX);
+  assert_int_equal(spec->train.commit_every, UINT32_MAX);
+  assert_int_equal(spec->train.checkpoint_every, UINT32_MAX);
+  assert_int_equal(spec->train.keep_checkpoints, UINT32_MAX);
+  assert_round_trip(spec);
+  jobspec_destroy(&spec);
+}
+
 // --- Errors from the text -----------------------------------------------------------------
 
 static void test_error_unknown_key(void **state) {
@@ -310,6 +425,16 @@ static void test_error_wrong_type(void **state) {
   EXPECT_SUBST("  type: mlp\n", "  type: [mlp]\n", "model.type");
   EXPECT_SUBST("  format: synthetic\n", "  format: synthetic\n  train: /data\n", "data.train");
   EXPECT_SUBST("  epochs: 1\n", "  epochs: 1\n  epochs: 2\n", "train.epochs", "twice");
+  /* The new keys are read as strictly as the old ones. */
+  EXPECT_SUBST("name: t\n", "name: t\nmin_nodes: -1\n", "case.yaml:2", "min_nodes");
+  EXPECT_SUBST("name: t\n", "name: t\nmax_nodes: 2x\n", "max_nodes", "2x");
+  EXPECT_SUBST("name: t\n", "name: t\nmax_restarts: 010\n", "max_restarts");
+  EXPECT_SUBST("name: t\n", "name: t\nrejoin_timeout: 60s\n", "rejoin_timeout", "60s");
+  EXPECT_SUBST("  epochs: 1\n", "  epochs: 1\n  commit_every: 1.5\n", "train.commit_every");
+  EXPECT_SUBST("  epochs: 1\n", "  epochs: 1\n  checkpoint_every: often\n",
+               "train.checkpoint_every", "unsigned integer");
+  EXPECT_SUBST("  epochs: 1\n", "  epochs: 1\n  keep_checkpoints: 4294967296\n",
+               "train.keep_checkpoints");
 }
 
 static void test_error_missing_required(void **state) {
@@ -372,6 +497,16 @@ static void test_error_semantic(void **state) {
                "train.lr_schedule.lr_min");
   EXPECT_SUBST("name: t\n", "name: t\nnodes: 16\n", "train.global_batch", "nodes");
   EXPECT_SUBST("name: t\n", "name: t\nrun_dir: \"\"\n", "run_dir");
+  /* 1 <= min_nodes <= nodes <= max_nodes <= train.global_batch; keep_checkpoints >= 1. */
+  EXPECT_SUBST("name: t\n", "name: t\nmin_nodes: 0\n", "case.yaml: min_nodes", "at least 1");
+  EXPECT_SUBST("name: t\n", "name: t\nnodes: 2\nmin_nodes: 3\n", "case.yaml: min_nodes",
+               "larger than nodes (2)");
+  EXPECT_SUBST("name: t\n", "name: t\nnodes: 3\nmax_nodes: 2\n", "case.yaml: max_nodes",
+               "smaller than nodes (3)");
+  EXPECT_SUBST("name: t\n", "name: t\nmax_nodes: 9\n", "case.yaml: max_nodes",
+               "train.global_batch (8)");
+  EXPECT_SUBST("  epochs: 1\n", "  epochs: 1\n  keep_checkpoints: 0\n",
+               "case.yaml: train.keep_checkpoints", "at least 1");
 }
 
 // --- --set --------------------------------------------------------------------------------
@@ -417,6 +552,47 @@ static void test_set_each_kind(void **state) {
   spec = parse_ok(minimal, empty, 1);
   assert_int_equal(spec->model.hidden_count, 0);
   jobspec_destroy(&spec);
+}
+
+static void test_set_elastic_keys(void **state) {
+  const char *sets[] = {"nodes=2",
+                        "min_nodes=1",
+                        "max_nodes=4",
+                        "max_restarts=5",
+                        "rejoin_timeout=90",
+                        "train.commit_every=10",
+                        "train.checkpoint_every=100",
+                        "train.keep_checkpoints=2"};
+  jobspec_t *spec = parse_ok(minimal, sets, (int)DRV_ARRAY_LEN(sets));
+  assert_int_equal(spec->nodes, 2);
+  assert_int_equal(spec->min_nodes, 1);
+  assert_int_equal(spec->max_nodes, 4);
+  assert_int_equal(spec->max_restarts, 5);
+  assert_int_equal(spec->rejoin_timeout_s, 90);
+  assert_int_equal(spec->train.commit_every, 10);
+  assert_int_equal(spec->train.checkpoint_every, 100);
+  assert_int_equal(spec->train.keep_checkpoints, 2);
+  assert_round_trip(spec);
+  jobspec_destroy(&spec);
+
+  /* An override replaces what the text wrote. */
+  char *y = subst(minimal, "  epochs: 1\n", "  epochs: 1\n  commit_every: 7\n");
+  const char *zero[] = {"train.commit_every=0"};
+  spec = parse_ok(y, zero, 1);
+  assert_int_equal(spec->train.commit_every, 0);
+  jobspec_destroy(&spec);
+  free(y);
+
+  /* Bad values, named with the --set that gave them. */
+  EXPECT_SET("min_nodes=0", "min_nodes", "at least 1");
+  EXPECT_SET("min_nodes=2", "min_nodes", "larger than nodes (1)");
+  EXPECT_SET("max_nodes=9", "max_nodes", "train.global_batch (8)");
+  EXPECT_SET("max_restarts=-1", "--set max_restarts=-1");
+  EXPECT_SET("rejoin_timeout=1m", "--set rejoin_timeout=1m", "unsigned integer");
+  EXPECT_SET("train.commit_every=x", "--set train.commit_every=x", "unsigned integer");
+  EXPECT_SET("train.checkpoint_every=4294967296", "--set train.checkpoint_every", "range");
+  EXPECT_SET("train.keep_checkpoints=0", "train.keep_checkpoints", "at least 1");
+  EXPECT_SET("rejoin_timeout_s=5", "unknown key 'rejoin_timeout_s'"); /* the YAML name only */
 }
 
 static void test_set_creates_mappings(void **state) {
@@ -474,6 +650,10 @@ static void test_dump_every_field(void **state) {
   const char *keys[] = {"name:",
                         "target: local",
                         "nodes: 1",
+                        "min_nodes: 1",
+                        "max_nodes: 1",
+                        "max_restarts: 3",
+                        "rejoin_timeout: 60",
                         "model:",
                         "type: mlp",
                         "hidden: [16]",
@@ -489,6 +669,9 @@ static void test_dump_every_field(void **state) {
                         "global_batch: 8",
                         "max_steps: 0",
                         "seed: 42",
+                        "commit_every: 50",
+                        "checkpoint_every: 0",
+                        "keep_checkpoints: 3",
                         "optimizer:",
                         "type: sgd",
                         "lr: 0.1",
@@ -518,7 +701,14 @@ static void test_dump_round_trip(void **state) {
                         "run_dir=yes",
                         "train.seed=18446744073709551615",
                         "train.lr_schedule.lr_min=0.000123456789",
-                        "train.max_steps=1000"};
+                        "train.max_steps=1000",
+                        "max_nodes=16",
+                        "min_nodes=1",
+                        "max_restarts=0",
+                        "rejoin_timeout=5",
+                        "train.commit_every=25",
+                        "train.checkpoint_every=100",
+                        "train.keep_checkpoints=1"};
   jobspec_t *spec = NULL;
   const char *path = DROVER_SOURCE_DIR "/examples/fashion-mnist.yaml";
   if (jobspec_load(path, sets, (int)DRV_ARRAY_LEN(sets), &spec) != DRV_OK)
@@ -527,6 +717,8 @@ static void test_dump_round_trip(void **state) {
   assert_string_equal(spec->run_dir, "yes");
   /* Floats keep the six significant digits the YAML writer keeps. */
   assert_true(spec->train.optimizer.lr == 0.0123457f);
+  assert_int_equal(spec->max_nodes, 16);
+  assert_int_equal(spec->train.checkpoint_every, 100);
   assert_round_trip(spec);
   jobspec_destroy(&spec);
 }
@@ -540,14 +732,25 @@ static void test_target_names(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_example_fashion_mnist), cmocka_unit_test(test_example_synthetic),
-      cmocka_unit_test(test_load_missing_file),     cmocka_unit_test(test_defaults_filled),
-      cmocka_unit_test(test_explicit_zeros_stay),   cmocka_unit_test(test_error_unknown_key),
-      cmocka_unit_test(test_error_wrong_type),      cmocka_unit_test(test_error_missing_required),
-      cmocka_unit_test(test_error_bad_enum),        cmocka_unit_test(test_error_syntax),
-      cmocka_unit_test(test_error_semantic),        cmocka_unit_test(test_set_each_kind),
-      cmocka_unit_test(test_set_creates_mappings),  cmocka_unit_test(test_set_errors),
-      cmocka_unit_test(test_dump_every_field),      cmocka_unit_test(test_dump_round_trip),
+      cmocka_unit_test(test_example_fashion_mnist),
+      cmocka_unit_test(test_example_synthetic),
+      cmocka_unit_test(test_load_missing_file),
+      cmocka_unit_test(test_defaults_filled),
+      cmocka_unit_test(test_explicit_zeros_stay),
+      cmocka_unit_test(test_defaults_follow_nodes),
+      cmocka_unit_test(test_elastic_keys_explicit),
+      cmocka_unit_test(test_error_unknown_key),
+      cmocka_unit_test(test_error_wrong_type),
+      cmocka_unit_test(test_error_missing_required),
+      cmocka_unit_test(test_error_bad_enum),
+      cmocka_unit_test(test_error_syntax),
+      cmocka_unit_test(test_error_semantic),
+      cmocka_unit_test(test_set_each_kind),
+      cmocka_unit_test(test_set_elastic_keys),
+      cmocka_unit_test(test_set_creates_mappings),
+      cmocka_unit_test(test_set_errors),
+      cmocka_unit_test(test_dump_every_field),
+      cmocka_unit_test(test_dump_round_trip),
       cmocka_unit_test(test_target_names),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -33,12 +33,12 @@
 
 #define RT_MAX 8
 #define RT_TAG 0x1234000000000007ull
-#define RT_WALL_MS 20000       /* hard limit for one run of children */
-#define RT_CONNECT_MS 10000    /* ring_connect timeout in the healthy tests */
+#define RT_WALL_MS 20000    /* hard limit for one run of children */
+#define RT_CONNECT_MS 10000 /* ring_connect timeout in the healthy tests */
 /* DROVER_RING_TIMEOUT_MS in every child: long enough that a busy 2-core CI machine does
  * not starve a healthy rank past it, short enough to keep the failure tests quick. */
 #define RT_RING_TIMEOUT "5000"
-#define RT_STOPPED (-1000)     /* rt_run status: the child was stopped, then killed */
+#define RT_STOPPED (-1000) /* rt_run status: the child was stopped, then killed */
 
 typedef struct {
   char addr[RT_MAX][RING_ADDR_MAX];

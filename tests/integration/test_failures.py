@@ -163,6 +163,9 @@ def test_coordinator_restart(drover):
         job = c.request("submit", {"spec": LONG_SPEC % c.runs})[2]["job"]
         wait_progress(c, sub, job)
         sub.close()
+        run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
+        old_workers = worker_pids(c, run_dir)
+        assert len(old_workers) == 2
         c.stop_coordinator(signal.SIGKILL)
         c.start_coordinator()
         # Agents notice and register again by themselves; their old workers are stopped.
@@ -173,13 +176,17 @@ def test_coordinator_restart(drover):
         time.sleep(1.0)
         listed = c.request("agents", {})[2]["agents"]
         assert sorted(a["agent_id"] for a in listed) == ["a1", "a2"], listed
+        wait_for(lambda: not set(old_workers) & set(worker_pids(c, run_dir)), 10,
+                 "old workers gone")
+        # The job the old coordinator ran is queued again and placed on the agents anew
+        # (it had no checkpoint: it starts over).
+        st = wait_for(lambda: (lambda j: j["state"] == "running" and j)(
+            c.request("status", {"job": job})[2]["jobs"][0]), 15, "the job to run again")
+        assert "job %d (long) reloaded" % job in c.log("coordinator.log")
+        assert c.request("cancel", {"job": job})[1] == "ok"
         wait_for(lambda: all(a["state"] == "idle" for a in agent_states(c).values()), 10,
-                 "re-registered agents idle")
-        st = c.request("status", {"job": job})[2]["jobs"][0]
-        assert st["state"] == "failed" and "coordinator restarted" in st["reason"], st
-        run_dir = st["run_dir"]
-        wait_for(lambda: not worker_pids(c, run_dir), 10, "old workers gone")
-        # And the new coordinator runs a job on them.
+                 "agents idle after cancel")
+        # And the new coordinator runs a new job on them.
         short = LONG_SPEC.replace("epochs: 1000", "epochs: 1") % c.runs
         sub = c.subscribe()
         job2 = c.request("submit", {"spec": short})[2]["job"]

@@ -1,0 +1,1309 @@
+/* checkpoint.c: see checkpoint.h. Sections: file helpers (write, fsync, CRC, mkdir -p,
+ * rm -r), a small strict JSON cursor used for both the manifest and the safetensors
+ * header, the manifest, the safetensors reader, then the three public functions.
+ *
+ * The loader never trusts a byte before it has been checked: the manifest carries its own
+ * CRC32, each file's size and CRC32 are checked against it before any header is parsed,
+ * every header field is range-checked, and the caller's buffers are only written once the
+ * whole checkpoint has passed. */
+#include "agent/checkpoint.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "agent/safetensors.h"
+#include "common/log.h"
+
+#define CKPT_MANIFEST "manifest.json"
+#define CKPT_MODEL "model.safetensors"
+#define CKPT_STATE "state.safetensors"
+#define CKPT_MODEL_PREFIX "layers."
+#define CKPT_FORMAT "drover-checkpoint"
+#define CKPT_VERSION 1
+#define CKPT_MANIFEST_MAX 65536         /* bytes; ours are ~500 */
+#define CKPT_ST_HEADER_MAX (16u << 20)  /* bytes of safetensors JSON header we accept */
+#define CKPT_NAME_MAX 1024              /* bytes of a tensor name */
+#define CKPT_IO_CHUNK ((size_t)1 << 20) /* bytes per read when checksumming */
+#define CKPT_RM_DEPTH 8                 /* rm -r goes no deeper (ours are flat) */
+
+enum { FILE_MODEL = 0, FILE_STATE = 1, FILE_COUNT = 2 };
+static const char *const file_names[FILE_COUNT] = {CKPT_MODEL, CKPT_STATE};
+
+/* Which file a tensor lives in. */
+static int file_of(const char *name) {
+  return strncmp(name, CKPT_MODEL_PREFIX, strlen(CKPT_MODEL_PREFIX)) == 0 ? FILE_MODEL : FILE_STATE;
+}
+
+// --- file helpers -------------------------------------------------------------------------
+
+/* snprintf into a path buffer; DRV_ERR_INVALID when it does not fit. */
+static drv_result_t path_fmt(char *out, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static drv_result_t path_fmt(char *out, size_t cap, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int w = vsnprintf(out, cap, fmt, ap);
+  va_end(ap);
+  if (w < 0 || (size_t)w >= cap) return drv_error(DRV_ERR_INVALID, "path too long: %.200s...", out);
+  return DRV_OK;
+}
+
+static int host_is_little_endian(void) {
+  const uint16_t one = 1;
+  return *(const uint8_t *)&one == 1;
+}
+
+static drv_result_t write_all(int fd, const void *buf, size_t len, const char *path) {
+  const char *p = buf;
+  while (len > 0) {
+    ssize_t w = write(fd, p, len);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return drv_error(DRV_ERR_SYS, "%s: write: %s", path, strerror(errno));
+    }
+    p += w;
+    len -= (size_t)w;
+  }
+  return DRV_OK;
+}
+
+/* Reads exactly len bytes at off; a short file is DRV_ERR_INVALID ("truncated"). */
+static drv_result_t pread_all(int fd, void *buf, size_t len, uint64_t off, const char *what) {
+  char *p = buf;
+  while (len > 0) {
+    ssize_t r = pread(fd, p, len, (off_t)off);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return drv_error(DRV_ERR_SYS, "%s: read: %s", what, strerror(errno));
+    }
+    if (r == 0) return drv_error(DRV_ERR_INVALID, "%s: truncated at byte %" PRIu64, what, off);
+    p += r;
+    off += (uint64_t)r;
+    len -= (size_t)r;
+  }
+  return DRV_OK;
+}
+
+static drv_result_t fsync_path(const char *path) {
+  int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return drv_error(DRV_ERR_SYS, "%s: open directory: %s", path, strerror(errno));
+  drv_result_t rc = DRV_OK;
+  if (fsync(fd) < 0 && errno != EINVAL)
+    rc = drv_error(DRV_ERR_SYS, "%s: fsync directory: %s", path, strerror(errno));
+  close(fd);
+  return rc;
+}
+
+/* CRC32 (zlib) and length of everything in fd, read from offset 0. */
+static drv_result_t fd_crc32(int fd, const char *what, uint64_t *size, uint32_t *crc) {
+  unsigned char *buf = malloc(CKPT_IO_CHUNK);
+  if (!buf) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", what);
+  uLong c = crc32(0L, Z_NULL, 0);
+  uint64_t off = 0;
+  for (;;) {
+    ssize_t r = pread(fd, buf, CKPT_IO_CHUNK, (off_t)off);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      drv_result_t rc = drv_error(DRV_ERR_SYS, "%s: read: %s", what, strerror(errno));
+      free(buf);
+      return rc;
+    }
+    if (r == 0) break;
+    c = crc32(c, buf, (uInt)r);
+    off += (uint64_t)r;
+  }
+  free(buf);
+  *size = off;
+  *crc = (uint32_t)c;
+  return DRV_OK;
+}
+
+/* mkdir -p, fsyncing the parent of each directory it creates so that the path survives a
+ * crash once a checkpoint inside it is reported durable. */
+static drv_result_t mkdir_p(const char *path) {
+  char buf[PATH_MAX];
+  DRV_CHECK(path_fmt(buf, sizeof buf, "%s", path));
+  size_t len = strlen(buf);
+  while (len > 1 && buf[len - 1] == '/') buf[--len] = '\0';
+  for (size_t i = 1; i <= len; i++) {
+    if (buf[i] != '/' && buf[i] != '\0') continue;
+    char save = buf[i];
+    buf[i] = '\0';
+    if (mkdir(buf, 0755) == 0) {
+      /* Make the new entry durable in its parent. */
+      char parent[PATH_MAX];
+      memcpy(parent, buf, i + 1);
+      char *slash = strrchr(parent, '/');
+      if (slash == parent)
+        parent[1] = '\0';
+      else if (slash)
+        *slash = '\0';
+      else
+        strcpy(parent, ".");
+      DRV_CHECK(fsync_path(parent));
+    } else if (errno != EEXIST) {
+      return drv_error(DRV_ERR_SYS, "%s: mkdir: %s", buf, strerror(errno));
+    }
+    buf[i] = save;
+  }
+  struct stat st;
+  if (stat(path, &st) < 0) return drv_error(DRV_ERR_SYS, "%s: stat: %s", path, strerror(errno));
+  if (!S_ISDIR(st.st_mode)) return drv_error(DRV_ERR_INVALID, "%s: not a directory", path);
+  return DRV_OK;
+}
+
+/* rm -r of `name` relative to dirfd, never following symlinks. 0, or -1 with errno. */
+static int rm_tree_at(int dirfd, const char *name, int depth) {
+  struct stat st;
+  if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) return -1;
+  if (!S_ISDIR(st.st_mode)) return unlinkat(dirfd, name, 0);
+  if (depth >= CKPT_RM_DEPTH) {
+    errno = ELOOP;
+    return -1;
+  }
+  int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return -1;
+  DIR *d = fdopendir(fd);
+  if (!d) {
+    close(fd);
+    return -1;
+  }
+  int ret = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    if (rm_tree_at(fd, e->d_name, depth + 1) < 0 && errno != ENOENT) {
+      ret = -1;
+      break;
+    }
+  }
+  int saved = errno;
+  closedir(d);
+  if (ret < 0) {
+    errno = saved;
+    return -1;
+  }
+  return unlinkat(dirfd, name, AT_REMOVEDIR);
+}
+
+/* rm -r path; a path that does not exist counts as removed. */
+static drv_result_t rm_tree(const char *path) {
+  if (rm_tree_at(AT_FDCWD, path, 0) < 0 && errno != ENOENT)
+    return drv_error(DRV_ERR_SYS, "%s: remove: %s", path, strerror(errno));
+  return DRV_OK;
+}
+
+// --- a strict JSON cursor -----------------------------------------------------------------
+// Only what the manifest and safetensors headers use: objects, arrays, strings, integers.
+// No recursion (the schemas have fixed depth), every string and number bounded. Errors
+// leave "byte N: what" in err.
+
+typedef struct {
+  const char *buf;
+  size_t len, pos;
+  size_t key_pos; /* where the last key read by jp_member began (its opening quote) */
+  char err[200];
+} jp_t;
+
+static int jp_fail(jp_t *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int jp_fail(jp_t *j, const char *fmt, ...) {
+  char what[160];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof what, fmt, ap);
+  va_end(ap);
+  if (!j->err[0]) snprintf(j->err, sizeof j->err, "byte %zu: %s", j->pos, what);
+  return -1;
+}
+
+static void jp_ws(jp_t *j) {
+  while (j->pos < j->len) {
+    char c = j->buf[j->pos];
+    if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
+    j->pos++;
+  }
+}
+
+/* The next non-blank byte, not consumed; -1 at the end. */
+static int jp_peek(jp_t *j) {
+  jp_ws(j);
+  return j->pos < j->len ? (unsigned char)j->buf[j->pos] : -1;
+}
+
+static int jp_lit(jp_t *j, char c) {
+  if (jp_peek(j) != (unsigned char)c) {
+    if (j->pos >= j->len) return jp_fail(j, "expected '%c', found the end", c);
+    return jp_fail(j, "expected '%c', found '%c'", c, j->buf[j->pos]);
+  }
+  j->pos++;
+  return 0;
+}
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* A string into out (cap bytes, NUL-terminated). Escapes: \" \\ \/ \b \f \n \r \t and
+ * \u0001..\u007f; anything else, a raw control byte or a string of cap bytes or more, fails. */
+static int jp_str(jp_t *j, char *out, size_t cap) {
+  if (jp_lit(j, '"') < 0) return -1;
+  size_t n = 0;
+  for (;;) {
+    if (j->pos >= j->len) return jp_fail(j, "unterminated string");
+    unsigned char c = (unsigned char)j->buf[j->pos++];
+    if (c == '"') break;
+    if (c < 0x20) return jp_fail(j, "control byte 0x%02x in a string", c);
+    if (c == '\\') {
+      if (j->pos >= j->len) return jp_fail(j, "unterminated string");
+      char e = j->buf[j->pos++];
+      switch (e) {
+      case '"':
+      case '\\':
+      case '/': c = (unsigned char)e; break;
+      case 'b': c = '\b'; break;
+      case 'f': c = '\f'; break;
+      case 'n': c = '\n'; break;
+      case 'r': c = '\r'; break;
+      case 't': c = '\t'; break;
+      case 'u': {
+        if (j->len - j->pos < 4) return jp_fail(j, "truncated \\u escape");
+        int v = 0;
+        for (int k = 0; k < 4; k++) {
+          int h = hexval(j->buf[j->pos + (size_t)k]);
+          if (h < 0) return jp_fail(j, "bad \\u escape");
+          v = v * 16 + h;
+        }
+        if (v == 0 || v > 0x7f) return jp_fail(j, "\\u%04x: only \\u0001..\\u007f supported", v);
+        j->pos += 4;
+        c = (unsigned char)v;
+        break;
+      }
+      default: return jp_fail(j, "bad escape '\\%c'", e);
+      }
+    }
+    if (n + 1 >= cap) return jp_fail(j, "string longer than %zu bytes", cap - 1);
+    out[n++] = (char)c;
+  }
+  out[n] = '\0';
+  return 0;
+}
+
+/* A non-negative decimal integer: no sign, no leading zero, no fraction or exponent. */
+static int jp_u64(jp_t *j, uint64_t *v) {
+  jp_ws(j);
+  size_t start = j->pos;
+  uint64_t x = 0;
+  while (j->pos < j->len && j->buf[j->pos] >= '0' && j->buf[j->pos] <= '9') {
+    unsigned d = (unsigned)(j->buf[j->pos] - '0');
+    if (x > (UINT64_MAX - d) / 10) return jp_fail(j, "integer out of range");
+    x = x * 10 + d;
+    j->pos++;
+  }
+  if (j->pos == start) return jp_fail(j, "expected an unsigned integer");
+  if (j->pos - start > 1 && j->buf[start] == '0') return jp_fail(j, "leading zero in an integer");
+  if (j->pos < j->len && strchr(".eE+-", j->buf[j->pos]))
+    return jp_fail(j, "expected an integer, found a fraction or exponent");
+  *v = x;
+  return 0;
+}
+
+static int jp_i64(jp_t *j, int64_t *v) {
+  int neg = jp_peek(j) == '-';
+  if (neg) j->pos++;
+  if (neg && j->pos < j->len && (j->buf[j->pos] < '0' || j->buf[j->pos] > '9'))
+    return jp_fail(j, "expected digits after '-'");
+  uint64_t u;
+  if (jp_u64(j, &u) < 0) return -1;
+  if (neg ? u > (uint64_t)INT64_MAX + 1 : u > (uint64_t)INT64_MAX)
+    return jp_fail(j, "integer out of range");
+  *v = neg ? (int64_t)(0 - u) : (int64_t)u;
+  return 0;
+}
+
+/* Object iteration, after its '{' was consumed: 1 when a member follows (its key read into
+ * key and the ':' consumed), 0 when the closing '}' was consumed, -1 on error. *count is the
+ * number of members read so far (start at 0). */
+static int jp_member(jp_t *j, int *count, char *key, size_t cap) {
+  int c = jp_peek(j);
+  if (c == '}') {
+    j->pos++;
+    return 0;
+  }
+  if (*count > 0) {
+    if (c != ',') return jp_fail(j, "expected ',' or '}'");
+    j->pos++;
+    jp_ws(j);
+  }
+  j->key_pos = j->pos;
+  if (jp_str(j, key, cap) < 0 || jp_lit(j, ':') < 0) return -1;
+  (*count)++;
+  return 1;
+}
+
+/* Array iteration, after its '[' was consumed: 1 when an element follows, 0 when ']' was
+ * consumed, -1 on error. */
+static int jp_element(jp_t *j, int *count) {
+  int c = jp_peek(j);
+  if (c == ']') {
+    j->pos++;
+    return 0;
+  }
+  if (*count > 0) {
+    if (c != ',') return jp_fail(j, "expected ',' or ']'");
+    j->pos++;
+    if (jp_peek(j) == ']') return jp_fail(j, "trailing ',' in an array");
+  }
+  (*count)++;
+  return 1;
+}
+
+/* Only blanks may follow the value. */
+static int jp_end(jp_t *j) {
+  if (jp_peek(j) != -1) return jp_fail(j, "unexpected bytes after the end");
+  return 0;
+}
+
+/* "%08x" lowercase, exactly. */
+static int jp_crc(jp_t *j, uint32_t *v) {
+  char s[16];
+  if (jp_str(j, s, sizeof s) < 0) return -1;
+  if (strlen(s) != 8) return jp_fail(j, "a CRC32 is 8 hex digits, found \"%s\"", s);
+  uint32_t x = 0;
+  for (int k = 0; k < 8; k++) {
+    int h = hexval(s[k]);
+    if (h < 0 || (s[k] >= 'A' && s[k] <= 'F'))
+      return jp_fail(j, "a CRC32 is 8 lowercase hex digits, found \"%s\"", s);
+    x = x << 4 | (uint32_t)h;
+  }
+  *v = x;
+  return 0;
+}
+
+// --- the manifest -------------------------------------------------------------------------
+
+typedef struct {
+  ckpt_meta_t meta;
+  uint64_t size[FILE_COUNT];
+  uint32_t crc[FILE_COUNT];
+} manifest_t;
+
+static int spec_sha_ok(const char *s) {
+  const char *nul = memchr(s, '\0', 65);
+  if (!nul) return 0;
+  for (const char *p = s; p < nul; p++)
+    if (hexval(*p) < 0) return 0;
+  return 1;
+}
+
+/* The manifest's text into out (cap bytes); its length, or 0 when it does not fit. */
+static size_t manifest_format(const manifest_t *m, char *out, size_t cap) {
+  // clang-format off
+  int w = snprintf(out, cap,
+                   "{\n"
+                   "  \"format\": \"" CKPT_FORMAT "\",\n"
+                   "  \"version\": %d,\n"
+                   "  \"step\": %" PRIu64 ",\n"
+                   "  \"epoch\": %" PRIu32 ",\n"
+                   "  \"world\": %" PRIu32 ",\n"
+                   "  \"seed\": %" PRIu64 ",\n"
+                   "  \"job\": %" PRId64 ",\n"
+                   "  \"spec_sha\": \"%s\",\n"
+                   "  \"files\": [\n"
+                   "    {\"name\": \"%s\", \"size\": %" PRIu64 ", \"crc32\": \"%08" PRIx32 "\"},\n"
+                   "    {\"name\": \"%s\", \"size\": %" PRIu64 ", \"crc32\": \"%08" PRIx32 "\"}\n"
+                   "  ],\n"
+                   "  ",
+                   CKPT_VERSION, m->meta.step, m->meta.epoch, m->meta.world, m->meta.seed,
+                   m->meta.job, m->meta.spec_sha, file_names[0], m->size[0], m->crc[0],
+                   file_names[1], m->size[1], m->crc[1]);
+  // clang-format on
+  if (w < 0 || (size_t)w >= cap) return 0;
+  /* The self-check covers every byte before the key. */
+  uint32_t self = (uint32_t)crc32(crc32(0L, Z_NULL, 0), (const Bytef *)out, (uInt)w);
+  int w2 = snprintf(out + w, cap - (size_t)w, "\"manifest_crc32\": \"%08" PRIx32 "\"\n}\n", self);
+  if (w2 < 0 || (size_t)w2 >= cap - (size_t)w) return 0;
+  return (size_t)w + (size_t)w2;
+}
+
+/* The "files" array: exactly one entry for each of our two files. */
+static int manifest_parse_files(jp_t *j, manifest_t *m) {
+  int seen[FILE_COUNT] = {0};
+  int n = 0;
+  if (jp_lit(j, '[') < 0) return -1;
+  for (;;) {
+    int r = jp_element(j, &n);
+    if (r < 0) return -1;
+    if (r == 0) break;
+    if (jp_lit(j, '{') < 0) return -1;
+    char key[32], name[64] = "";
+    int members = 0, have_name = 0, have_size = 0, have_crc = 0;
+    uint64_t size = 0;
+    uint32_t crc = 0;
+    for (;;) {
+      r = jp_member(j, &members, key, sizeof key);
+      if (r < 0) return -1;
+      if (r == 0) break;
+      if (strcmp(key, "name") == 0 && !have_name++) {
+        if (jp_str(j, name, sizeof name) < 0) return -1;
+      } else if (strcmp(key, "size") == 0 && !have_size++) {
+        if (jp_u64(j, &size) < 0) return -1;
+      } else if (strcmp(key, "crc32") == 0 && !have_crc++) {
+        if (jp_crc(j, &crc) < 0) return -1;
+      } else {
+        j->pos = j->key_pos;
+        return jp_fail(j, "files[%d]: unexpected or repeated key \"%s\"", n - 1, key);
+      }
+    }
+    if (!have_name || !have_size || !have_crc)
+      return jp_fail(j, "files[%d]: needs \"name\", \"size\" and \"crc32\"", n - 1);
+    int f = -1;
+    for (int k = 0; k < FILE_COUNT; k++)
+      if (strcmp(name, file_names[k]) == 0) f = k;
+    if (f < 0) return jp_fail(j, "files[%d]: unknown file \"%s\"", n - 1, name);
+    if (seen[f]++) return jp_fail(j, "files: \"%s\" listed twice", name);
+    m->size[f] = size;
+    m->crc[f] = crc;
+  }
+  for (int k = 0; k < FILE_COUNT; k++)
+    if (!seen[k]) return jp_fail(j, "files: \"%s\" is not listed", file_names[k]);
+  return 0;
+}
+
+enum {
+  MK_FORMAT = 1 << 0,
+  MK_VERSION = 1 << 1,
+  MK_STEP = 1 << 2,
+  MK_EPOCH = 1 << 3,
+  MK_WORLD = 1 << 4,
+  MK_SEED = 1 << 5,
+  MK_JOB = 1 << 6,
+  MK_SPEC = 1 << 7,
+  MK_FILES = 1 << 8,
+  MK_SELF = 1 << 9,
+  MK_ALL = (1 << 10) - 1,
+};
+
+/* Parses and checks manifest text; on failure err holds why. */
+static int manifest_parse(const char *buf, size_t len, manifest_t *m, char *err, size_t errcap) {
+  jp_t j = {.buf = buf, .len = len};
+  memset(m, 0, sizeof *m);
+  unsigned seen = 0;
+  int members = 0;
+  uint32_t self = 0;
+  size_t self_pos = 0;
+  char key[32];
+  if (jp_lit(&j, '{') < 0) goto fail;
+  for (;;) {
+    int r = jp_member(&j, &members, key, sizeof key);
+    if (r < 0) goto fail;
+    if (r == 0) break;
+    if (seen & MK_SELF) {
+      j.pos = j.key_pos;
+      jp_fail(&j, "\"manifest_crc32\" must be the last key");
+      goto fail;
+    }
+    unsigned bit = 0;
+    uint64_t u = 0;
+    if (strcmp(key, "format") == 0) {
+      bit = MK_FORMAT;
+      char fmt[32];
+      if (!(seen & bit) && jp_str(&j, fmt, sizeof fmt) < 0) goto fail;
+      if (!(seen & bit) && strcmp(fmt, CKPT_FORMAT) != 0) {
+        jp_fail(&j, "format \"%s\", expected \"" CKPT_FORMAT "\"", fmt);
+        goto fail;
+      }
+    } else if (strcmp(key, "version") == 0) {
+      bit = MK_VERSION;
+      if (!(seen & bit) && jp_u64(&j, &u) < 0) goto fail;
+      if (!(seen & bit) && u != CKPT_VERSION) {
+        jp_fail(&j, "version %" PRIu64 " is not supported (this build reads %d)", u, CKPT_VERSION);
+        goto fail;
+      }
+    } else if (strcmp(key, "step") == 0) {
+      bit = MK_STEP;
+      if (!(seen & bit) && jp_u64(&j, &m->meta.step) < 0) goto fail;
+    } else if (strcmp(key, "epoch") == 0 || strcmp(key, "world") == 0) {
+      int is_epoch = key[0] == 'e';
+      bit = is_epoch ? MK_EPOCH : MK_WORLD;
+      if (!(seen & bit) && jp_u64(&j, &u) < 0) goto fail;
+      if (!(seen & bit) && u > UINT32_MAX) {
+        jp_fail(&j, "%s %" PRIu64 " out of range", key, u);
+        goto fail;
+      }
+      *(is_epoch ? &m->meta.epoch : &m->meta.world) = (uint32_t)u;
+    } else if (strcmp(key, "seed") == 0) {
+      bit = MK_SEED;
+      if (!(seen & bit) && jp_u64(&j, &m->meta.seed) < 0) goto fail;
+    } else if (strcmp(key, "job") == 0) {
+      bit = MK_JOB;
+      if (!(seen & bit) && jp_i64(&j, &m->meta.job) < 0) goto fail;
+    } else if (strcmp(key, "spec_sha") == 0) {
+      bit = MK_SPEC;
+      if (!(seen & bit) && jp_str(&j, m->meta.spec_sha, sizeof m->meta.spec_sha) < 0) goto fail;
+      if (!(seen & bit) && !spec_sha_ok(m->meta.spec_sha)) {
+        jp_fail(&j, "spec_sha is not hex");
+        goto fail;
+      }
+    } else if (strcmp(key, "files") == 0) {
+      bit = MK_FILES;
+      if (!(seen & bit) && manifest_parse_files(&j, m) < 0) goto fail;
+    } else if (strcmp(key, "manifest_crc32") == 0) {
+      bit = MK_SELF;
+      self_pos = j.key_pos;
+      if (!(seen & bit) && jp_crc(&j, &self) < 0) goto fail;
+    } else {
+      j.pos = j.key_pos;
+      jp_fail(&j, "unknown key \"%s\"", key);
+      goto fail;
+    }
+    if (seen & bit) {
+      j.pos = j.key_pos;
+      jp_fail(&j, "key \"%s\" appears twice", key);
+      goto fail;
+    }
+    seen |= bit;
+  }
+  if (jp_end(&j) < 0) goto fail;
+  if (seen != MK_ALL) {
+    static const char *names[] = {"format", "version", "step",     "epoch", "world",
+                                  "seed",   "job",     "spec_sha", "files", "manifest_crc32"};
+    for (int k = 0; k < 10; k++)
+      if (!(seen & (1u << k))) {
+        snprintf(err, errcap, "key \"%s\" is missing", names[k]);
+        return -1;
+      }
+  }
+  uint32_t found = (uint32_t)crc32(crc32(0L, Z_NULL, 0), (const Bytef *)buf, (uInt)self_pos);
+  if (found != self) {
+    snprintf(err, errcap,
+             "manifest CRC32 mismatch (expected 0x%08" PRIx32 ", found 0x%08" PRIx32 ")", self,
+             found);
+    return -1;
+  }
+  return 0;
+
+fail:
+  snprintf(err, errcap, "%s", j.err[0] ? j.err : "malformed");
+  return -1;
+}
+
+// --- the safetensors reader ---------------------------------------------------------------
+
+/* Parses the header of one of our safetensors files (open as fd, size bytes) and finds,
+ * for every t[i] that belongs in file `which`, its data's absolute offset in off[i], after
+ * checking dtype F32, element count and shape. DRV_ERR_INVALID with the tensor named when a
+ * check fails. */
+static drv_result_t st_locate(int fd, uint64_t size, int which, const ckpt_tensor_t *t, size_t n,
+                              uint64_t *off) {
+  const char *fname = file_names[which];
+  drv_result_t rc = DRV_OK;
+  char *hdr = NULL;
+  char *key = NULL;
+  uint8_t *found = NULL;
+  unsigned char lenb[8];
+  jp_t j = {0};
+
+  if (size < 8) return drv_error(DRV_ERR_INVALID, "%s: %" PRIu64 " bytes, too short", fname, size);
+  DRV_CHECK(pread_all(fd, lenb, 8, 0, fname));
+  uint64_t hlen = 0;
+  for (int b = 7; b >= 0; b--) hlen = hlen << 8 | lenb[b];
+  if (hlen > CKPT_ST_HEADER_MAX || hlen > size - 8)
+    return drv_error(DRV_ERR_INVALID,
+                     "%s: header length %" PRIu64 " does not fit (file %" PRIu64
+                     " bytes, at most %u)",
+                     fname, hlen, size, CKPT_ST_HEADER_MAX);
+  uint64_t data_start = 8 + hlen, data_len = size - data_start;
+  hdr = malloc(hlen ? hlen : 1);
+  key = malloc(CKPT_NAME_MAX);
+  found = calloc(n ? n : 1, 1);
+  if (!hdr || !key || !found) {
+    rc = drv_error(DRV_ERR_NOMEM, "%s: out of memory for the header", fname);
+    goto fail;
+  }
+  DRV_CHECK_GOTO(pread_all(fd, hdr, hlen, 8, fname), rc, fail);
+
+  j.buf = hdr;
+  j.len = hlen;
+  int members = 0;
+  if (jp_lit(&j, '{') < 0) goto bad;
+  int have_meta = 0;
+  for (;;) {
+    int r = jp_member(&j, &members, key, CKPT_NAME_MAX);
+    if (r < 0) goto bad;
+    if (r == 0) break;
+    if (strcmp(key, "__metadata__") == 0) {
+      if (have_meta++) {
+        jp_fail(&j, "\"__metadata__\" appears twice");
+        goto bad;
+      }
+      /* strings to strings; read and dropped */
+      char k2[256], v2[4096];
+      int m2 = 0;
+      if (jp_lit(&j, '{') < 0) goto bad;
+      for (;;) {
+        r = jp_member(&j, &m2, k2, sizeof k2);
+        if (r < 0) goto bad;
+        if (r == 0) break;
+        if (jp_str(&j, v2, sizeof v2) < 0) goto bad;
+      }
+      continue;
+    }
+
+    // One tensor: {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}
+    char dtype[16] = "", k2[32];
+    uint64_t shape[SAFETENSORS_MAX_DIMS], offs[2] = {0, 0};
+    int ndim = 0, m2 = 0, have_dtype = 0, have_shape = 0, have_offs = 0;
+    if (jp_lit(&j, '{') < 0) goto bad;
+    for (;;) {
+      r = jp_member(&j, &m2, k2, sizeof k2);
+      if (r < 0) goto bad;
+      if (r == 0) break;
+      if (strcmp(k2, "dtype") == 0 && !have_dtype++) {
+        if (jp_str(&j, dtype, sizeof dtype) < 0) goto bad;
+      } else if ((strcmp(k2, "shape") == 0 && !have_shape++) ||
+                 (strcmp(k2, "data_offsets") == 0 && !have_offs++)) {
+        int is_shape = k2[0] == 's', cnt = 0, cap = is_shape ? SAFETENSORS_MAX_DIMS : 2;
+        uint64_t *dst = is_shape ? shape : offs;
+        if (jp_lit(&j, '[') < 0) goto bad;
+        for (;;) {
+          r = jp_element(&j, &cnt);
+          if (r < 0) goto bad;
+          if (r == 0) break;
+          if (cnt > cap) {
+            jp_fail(&j, "tensor %s: more than %d entries in \"%s\"", key, cap, k2);
+            goto bad;
+          }
+          if (jp_u64(&j, &dst[cnt - 1]) < 0) goto bad;
+        }
+        if (is_shape) {
+          ndim = cnt;
+        } else if (cnt != 2) {
+          jp_fail(&j, "tensor %s: data_offsets needs 2 entries", key);
+          goto bad;
+        }
+      } else {
+        j.pos = j.key_pos;
+        jp_fail(&j, "tensor %s: unexpected or repeated key \"%s\"", key, k2);
+        goto bad;
+      }
+    }
+    if (!have_dtype || !have_shape || !have_offs) {
+      jp_fail(&j, "tensor %s: needs dtype, shape and data_offsets", key);
+      goto bad;
+    }
+    size_t esize = safetensors_dtype_size(dtype);
+    if (esize == 0) {
+      jp_fail(&j, "tensor %s: unknown dtype \"%s\"", key, dtype);
+      goto bad;
+    }
+    uint64_t elems = 1;
+    for (int d = 0; d < ndim; d++) {
+      if (shape[d] && elems > UINT64_MAX / esize / shape[d]) {
+        jp_fail(&j, "tensor %s: shape overflows", key);
+        goto bad;
+      }
+      elems *= shape[d];
+    }
+    if (offs[1] < offs[0] || offs[1] > data_len || offs[1] - offs[0] != elems * esize) {
+      jp_fail(&j,
+              "tensor %s: data_offsets [%" PRIu64 ", %" PRIu64
+              "] do not fit its shape or "
+              "the %" PRIu64 " data bytes",
+              key, offs[0], offs[1], data_len);
+      goto bad;
+    }
+
+    // Is it one the caller asked for?
+    for (size_t i = 0; i < n; i++) {
+      if (file_of(t[i].name) != which || strcmp(t[i].name, key) != 0) continue;
+      if (found[i]++) {
+        rc = drv_error(DRV_ERR_INVALID, "%s: tensor %s appears twice", fname, key);
+        goto fail;
+      }
+      if (strcmp(dtype, "F32") != 0) {
+        rc = drv_error(DRV_ERR_INVALID, "%s: tensor %s: dtype %s, expected F32", fname, key, dtype);
+        goto fail;
+      }
+      if (elems != t[i].count) {
+        rc = drv_error(DRV_ERR_INVALID,
+                       "%s: tensor %s: %" PRIu64 " elements in the file, %" PRIu64 " expected",
+                       fname, key, elems, t[i].count);
+        goto fail;
+      }
+      int same = (uint32_t)ndim == t[i].ndim;
+      for (int d = 0; same && d < ndim; d++) same = shape[d] == t[i].shape[d];
+      if (!same) {
+        char a[200] = "", b[200] = "";
+        size_t la = 0, lb = 0;
+        for (int d = 0; d < ndim; d++)
+          la += (size_t)snprintf(a + la, sizeof a - la, "%s%" PRIu64, d ? "," : "", shape[d]);
+        for (uint32_t d = 0; d < t[i].ndim && d < CKPT_MAX_DIMS; d++)
+          lb += (size_t)snprintf(b + lb, sizeof b - lb, "%s%" PRIu64, d ? "," : "", t[i].shape[d]);
+        rc = drv_error(DRV_ERR_INVALID, "%s: tensor %s: shape [%s] in the file, [%s] expected",
+                       fname, key, a, b);
+        goto fail;
+      }
+      off[i] = data_start + offs[0];
+    }
+  }
+  if (jp_end(&j) < 0) goto bad;
+  for (size_t i = 0; i < n; i++)
+    if (file_of(t[i].name) == which && !found[i]) {
+      rc = drv_error(DRV_ERR_INVALID, "%s: tensor %s is not in the file", fname, t[i].name);
+      goto fail;
+    }
+  free(found);
+  free(key);
+  free(hdr);
+  return DRV_OK;
+
+bad:
+  rc = drv_error(DRV_ERR_INVALID, "%s: header %s", fname, j.err[0] ? j.err : "malformed");
+fail:
+  free(found);
+  free(key);
+  free(hdr);
+  return rc;
+}
+
+/* Reads count little-endian floats at off into dst. */
+static drv_result_t st_read_f32(int fd, uint64_t off, float *dst, uint64_t count,
+                                const char *what) {
+  DRV_CHECK(pread_all(fd, dst, (size_t)(count * sizeof(float)), off, what));
+  if (!host_is_little_endian()) {
+    unsigned char *p = (unsigned char *)dst;
+    for (uint64_t i = 0; i < count; i++, p += 4) {
+      unsigned char a = p[0], b = p[1];
+      p[0] = p[3];
+      p[1] = p[2];
+      p[2] = b;
+      p[3] = a;
+    }
+  }
+  return DRV_OK;
+}
+
+// --- writing ------------------------------------------------------------------------------
+
+static drv_result_t check_tensors(const ckpt_tensor_t *t, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (!t[i].name || !t[i].name[0] || strcmp(t[i].name, "__metadata__") == 0)
+      return drv_error(DRV_ERR_INVALID, "checkpoint tensor %zu: empty or reserved name", i);
+    if (strlen(t[i].name) >= CKPT_NAME_MAX)
+      return drv_error(DRV_ERR_INVALID, "checkpoint tensor %zu: name longer than %d bytes", i,
+                       CKPT_NAME_MAX - 1);
+    if (t[i].ndim > CKPT_MAX_DIMS)
+      return drv_error(DRV_ERR_INVALID, "checkpoint tensor %s: %u dims, at most %d", t[i].name,
+                       t[i].ndim, CKPT_MAX_DIMS);
+    uint64_t elems = 1;
+    for (uint32_t d = 0; d < t[i].ndim; d++) {
+      if (t[i].shape[d] && elems > UINT64_MAX / sizeof(float) / t[i].shape[d])
+        return drv_error(DRV_ERR_INVALID, "checkpoint tensor %s: shape overflows", t[i].name);
+      elems *= t[i].shape[d];
+    }
+    if (elems != t[i].count)
+      return drv_error(DRV_ERR_INVALID,
+                       "checkpoint tensor %s: count %" PRIu64 " but the shape holds %" PRIu64,
+                       t[i].name, t[i].count, elems);
+    if (elems > SIZE_MAX / sizeof(float))
+      return drv_error(DRV_ERR_INVALID, "checkpoint tensor %s: too large", t[i].name);
+    if (elems && !t[i].data)
+      return drv_error(DRV_ERR_INVALID, "checkpoint tensor %s: no data", t[i].name);
+    for (size_t k = 0; k < i; k++)
+      if (strcmp(t[k].name, t[i].name) == 0)
+        return drv_error(DRV_ERR_INVALID, "checkpoint tensor name %s appears twice", t[i].name);
+  }
+  return DRV_OK;
+}
+
+/* Moves the directory tmp to final, replacing an existing final atomically where the
+ * filesystem can. *old receives 1 when the previous final now sits at old_path. */
+static drv_result_t publish(const char *tmp, const char *final, const char *old_path, int *old) {
+  *old = 0;
+  if (renameat2(AT_FDCWD, tmp, AT_FDCWD, final, RENAME_NOREPLACE) == 0) return DRV_OK;
+  int err = errno;
+  if (err == EEXIST) {
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, final, RENAME_EXCHANGE) == 0) {
+      *old = 1; /* tmp now holds the previous checkpoint */
+      return DRV_OK;
+    }
+    err = errno;
+    if (err != EINVAL && err != ENOSYS && err != ENOTSUP)
+      return drv_error(DRV_ERR_SYS, "%s: exchange with %s: %s", tmp, final, strerror(err));
+  } else if (err != EINVAL && err != ENOSYS && err != ENOTSUP) {
+    return drv_error(DRV_ERR_SYS, "%s: rename to %s: %s", tmp, final, strerror(err));
+  }
+  // No renameat2 flags here: plain rename works when final is absent (or empty).
+  if (rename(tmp, final) == 0) return DRV_OK;
+  if (errno != ENOTEMPTY && errno != EEXIST)
+    return drv_error(DRV_ERR_SYS, "%s: rename to %s: %s", tmp, final, strerror(errno));
+  // Move the old one aside first: final is then briefly absent, never incomplete.
+  if (rename(final, old_path) < 0)
+    return drv_error(DRV_ERR_SYS, "%s: rename to %s: %s", final, old_path, strerror(errno));
+  *old = 2;
+  if (rename(tmp, final) < 0)
+    return drv_error(DRV_ERR_SYS, "%s: rename to %s: %s", tmp, final, strerror(errno));
+  return DRV_OK;
+}
+
+drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_tensor_t *t,
+                        size_t n) {
+  drv_result_t rc = DRV_OK;
+  safetensors_tensor_t *st = NULL; /* (n) model tensors first, then state tensors */
+  char tmp[PATH_MAX], final[PATH_MAX], del[PATH_MAX], file[PATH_MAX];
+  int made_tmp = 0, fd = -1;
+
+  if (!dir || !*dir || !meta || (n && !t))
+    return drv_error(DRV_ERR_INVALID, "ckpt_write: NULL argument");
+  if (!spec_sha_ok(meta->spec_sha))
+    return drv_error(DRV_ERR_INVALID, "ckpt_write: spec_sha must be 0..64 hex digits");
+  DRV_CHECK(check_tensors(t, n));
+  unsigned long long step = (unsigned long long)meta->step;
+  long pid = (long)getpid();
+  DRV_CHECK(path_fmt(final, sizeof final, "%s/step-%010llu", dir, step));
+  DRV_CHECK(path_fmt(tmp, sizeof tmp, "%s/.tmp-step-%llu-%ld", dir, step, pid));
+  DRV_CHECK(path_fmt(del, sizeof del, "%s/.tmp-del-step-%llu-%ld", dir, step, pid));
+  DRV_CHECK(path_fmt(file, sizeof file, "%s/" CKPT_MANIFEST, tmp));
+
+  st = calloc(n ? n : 1, sizeof *st);
+  if (!st) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", final);
+  size_t nmodel = 0;
+  for (int pass = 0; pass < FILE_COUNT; pass++)
+    for (size_t i = 0; i < n; i++) {
+      if (file_of(t[i].name) != pass) continue;
+      safetensors_tensor_t *s = &st[nmodel++];
+      s->name = t[i].name;
+      s->dtype = "F32";
+      s->ndim = t[i].ndim;
+      for (uint32_t d = 0; d < t[i].ndim; d++) s->shape[d] = t[i].shape[d];
+      s->data = t[i].data;
+    }
+  size_t counts[FILE_COUNT] = {0, 0};
+  for (size_t i = 0; i < n; i++) counts[file_of(t[i].name)]++;
+
+  DRV_CHECK_GOTO(mkdir_p(dir), rc, fail);
+  // A directory of this name is ours by name: an earlier attempt of this process.
+  DRV_CHECK_GOTO(rm_tree(tmp), rc, fail);
+  if (mkdir(tmp, 0755) < 0) {
+    rc = drv_error(DRV_ERR_SYS, "%s: mkdir: %s", tmp, strerror(errno));
+    goto fail;
+  }
+  made_tmp = 1;
+
+  // The two tensor files (each written to a temp file, fsynced and renamed by the writer).
+  manifest_t m = {.meta = *meta};
+  static const safetensors_meta_t st_meta[] = {{"format", "pt"}};
+  for (int f = 0; f < FILE_COUNT; f++) {
+    DRV_CHECK_GOTO(path_fmt(file, sizeof file, "%s/%s", tmp, file_names[f]), rc, fail);
+    DRV_CHECK_GOTO(safetensors_write(file, st + (f ? counts[0] : 0), counts[f], st_meta, 1), rc,
+                   fail);
+    fd = open(file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      rc = drv_error(DRV_ERR_SYS, "%s: open: %s", file, strerror(errno));
+      goto fail;
+    }
+    DRV_CHECK_GOTO(fd_crc32(fd, file, &m.size[f], &m.crc[f]), rc, fail);
+    close(fd);
+    fd = -1;
+  }
+
+  // The manifest, last.
+  char text[2048];
+  size_t tlen = manifest_format(&m, text, sizeof text);
+  if (tlen == 0) {
+    rc = drv_error(DRV_ERR_INVALID, "%s: manifest does not fit", tmp);
+    goto fail;
+  }
+  DRV_CHECK_GOTO(path_fmt(file, sizeof file, "%s/" CKPT_MANIFEST, tmp), rc, fail);
+  fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    rc = drv_error(DRV_ERR_SYS, "%s: create: %s", file, strerror(errno));
+    goto fail;
+  }
+  DRV_CHECK_GOTO(write_all(fd, text, tlen, file), rc, fail);
+  if (fsync(fd) < 0) {
+    rc = drv_error(DRV_ERR_SYS, "%s: fsync: %s", file, strerror(errno));
+    goto fail;
+  }
+  int close_rc = close(fd);
+  fd = -1;
+  if (close_rc < 0) {
+    rc = drv_error(DRV_ERR_SYS, "%s: close: %s", file, strerror(errno));
+    goto fail;
+  }
+  DRV_CHECK_GOTO(fsync_path(tmp), rc, fail);
+
+  // Into place, then make the rename durable.
+  int old = 0;
+  rc = publish(tmp, final, del, &old);
+  if (rc != DRV_OK) {
+    if (old == 2 && rename(del, final) < 0) /* put the earlier one back */
+      log_warn("%s: could not restore the earlier checkpoint from %s: %s", final, del,
+               strerror(errno));
+    goto fail;
+  }
+  made_tmp = old == 1; /* after an exchange, tmp holds the earlier copy */
+  DRV_CHECK_GOTO(fsync_path(dir), rc, fail);
+  if (old) {
+    const char *gone = old == 1 ? tmp : del;
+    if (rm_tree(gone) != DRV_OK)
+      log_warn("%s: written, but the earlier copy was not removed: %s", final, drv_last_error());
+    made_tmp = 0;
+  }
+  free(st);
+  return DRV_OK;
+
+fail:
+  if (fd >= 0) close(fd);
+  if (made_tmp) {
+    char keep[1024];
+    snprintf(keep, sizeof keep, "%s", drv_last_error());
+    if (rm_tree(tmp) != DRV_OK) log_warn("%s: not removed: %s", tmp, drv_last_error());
+    drv_error(rc, "%s", keep);
+  }
+  free(st);
+  return rc;
+}
+
+// --- reading ------------------------------------------------------------------------------
+
+/* The step of a canonical "step-%010llu" name; 0 when the name is not one. */
+static int parse_step_name(const char *name, uint64_t *step) {
+  if (strncmp(name, "step-", 5) != 0) return 0;
+  const char *d = name + 5;
+  size_t len = strlen(d);
+  if (len < 10 || len > 20) return 0;
+  for (size_t i = 0; i < len; i++)
+    if (d[i] < '0' || d[i] > '9') return 0;
+  errno = 0;
+  unsigned long long v = strtoull(d, NULL, 10);
+  if (errno) return 0;
+  char canon[32];
+  snprintf(canon, sizeof canon, "%010llu", v);
+  if (strcmp(canon, d) != 0) return 0;
+  *step = (uint64_t)v;
+  return 1;
+}
+
+static int cmp_desc(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* The steps of dir's step-* directories, newest first (*steps owned by the caller, NULL when
+ * none). *missing is set when dir does not exist. */
+static drv_result_t list_steps(const char *dir, uint64_t **steps, size_t *count, int *missing) {
+  *steps = NULL;
+  *count = 0;
+  *missing = 0;
+  DIR *d = opendir(dir);
+  if (!d) {
+    if (errno == ENOENT) {
+      *missing = 1;
+      return DRV_OK;
+    }
+    return drv_error(DRV_ERR_SYS, "%s: open directory: %s", dir, strerror(errno));
+  }
+  size_t cap = 0;
+  uint64_t *v = NULL;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    uint64_t s;
+    if (!parse_step_name(e->d_name, &s)) continue;
+    if (*count == cap) {
+      size_t ncap = cap ? cap * 2 : 16;
+      uint64_t *nv = realloc(v, ncap * sizeof *nv);
+      if (!nv) {
+        free(v);
+        closedir(d);
+        return drv_error(DRV_ERR_NOMEM, "%s: out of memory listing checkpoints", dir);
+      }
+      v = nv;
+      cap = ncap;
+    }
+    v[(*count)++] = s;
+  }
+  closedir(d);
+  if (*count) qsort(v, *count, sizeof *v, cmp_desc);
+  *steps = v;
+  return DRV_OK;
+}
+
+/* Reads and parses path/manifest.json, checks its step. DRV_ERR_INVALID with the reason. */
+static drv_result_t manifest_load(const char *path, uint64_t step, manifest_t *m) {
+  char file[PATH_MAX], err[256];
+  DRV_CHECK(path_fmt(file, sizeof file, "%s/" CKPT_MANIFEST, path));
+  int fd = open(file, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return drv_error(DRV_ERR_INVALID, CKPT_MANIFEST ": missing");
+    return drv_error(DRV_ERR_SYS, CKPT_MANIFEST ": open: %s", strerror(errno));
+  }
+  char *buf = malloc(CKPT_MANIFEST_MAX + 1);
+  if (!buf) {
+    close(fd);
+    return drv_error(DRV_ERR_NOMEM, CKPT_MANIFEST ": out of memory");
+  }
+  size_t len = 0;
+  drv_result_t rc = DRV_OK;
+  for (;;) {
+    ssize_t r = read(fd, buf + len, CKPT_MANIFEST_MAX + 1 - len);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      rc = drv_error(DRV_ERR_SYS, CKPT_MANIFEST ": read: %s", strerror(errno));
+      goto out;
+    }
+    if (r == 0) break;
+    len += (size_t)r;
+    if (len > CKPT_MANIFEST_MAX) {
+      rc = drv_error(DRV_ERR_INVALID, CKPT_MANIFEST ": larger than %d bytes", CKPT_MANIFEST_MAX);
+      goto out;
+    }
+  }
+  if (len == 0) {
+    rc = drv_error(DRV_ERR_INVALID, CKPT_MANIFEST ": empty");
+    goto out;
+  }
+  if (manifest_parse(buf, len, m, err, sizeof err) < 0) {
+    rc = drv_error(DRV_ERR_INVALID, CKPT_MANIFEST ": %s", err);
+    goto out;
+  }
+  if (m->meta.step != step)
+    rc = drv_error(DRV_ERR_INVALID, CKPT_MANIFEST ": step %" PRIu64 " does not match the name",
+                   m->meta.step);
+out:
+  free(buf);
+  close(fd);
+  return rc;
+}
+
+/* Checks the checkpoint at path (of step `step`) in full and, when `load` is set, reads
+ * the tensors into the caller's buffers. The error message names the file, not the path. */
+static drv_result_t try_checkpoint(const char *path, uint64_t step, ckpt_meta_t *meta,
+                                   ckpt_tensor_t *t, size_t n) {
+  drv_result_t rc = DRV_OK;
+  manifest_t m;
+  int fds[FILE_COUNT] = {-1, -1};
+  uint64_t *off = NULL;
+  char file[PATH_MAX];
+
+  DRV_CHECK(manifest_load(path, step, &m));
+  // Sizes and CRCs first: nothing in a file is parsed before it is known intact.
+  for (int f = 0; f < FILE_COUNT; f++) {
+    DRV_CHECK_GOTO(path_fmt(file, sizeof file, "%s/%s", path, file_names[f]), rc, fail);
+    fds[f] = open(file, O_RDONLY | O_CLOEXEC);
+    if (fds[f] < 0) {
+      rc = errno == ENOENT ? drv_error(DRV_ERR_INVALID, "%s: missing", file_names[f])
+                           : drv_error(DRV_ERR_SYS, "%s: open: %s", file_names[f], strerror(errno));
+      goto fail;
+    }
+    struct stat st;
+    if (fstat(fds[f], &st) < 0) {
+      rc = drv_error(DRV_ERR_SYS, "%s: stat: %s", file_names[f], strerror(errno));
+      goto fail;
+    }
+    if ((uint64_t)st.st_size != m.size[f]) {
+      rc = drv_error(DRV_ERR_INVALID, "%s: size %" PRIu64 " bytes, the manifest says %" PRIu64,
+                     file_names[f], (uint64_t)st.st_size, m.size[f]);
+      goto fail;
+    }
+    uint64_t size;
+    uint32_t crc;
+    DRV_CHECK_GOTO(fd_crc32(fds[f], file_names[f], &size, &crc), rc, fail);
+    if (size != m.size[f]) {
+      rc = drv_error(DRV_ERR_INVALID, "%s: read %" PRIu64 " bytes, the manifest says %" PRIu64,
+                     file_names[f], size, m.size[f]);
+      goto fail;
+    }
+    if (crc != m.crc[f]) {
+      rc = drv_error(DRV_ERR_INVALID,
+                     "%s: CRC32 mismatch (expected 0x%08" PRIx32 ", found 0x%08" PRIx32 ")",
+                     file_names[f], m.crc[f], crc);
+      goto fail;
+    }
+  }
+  // Every tensor found and matching before any buffer is touched.
+  off = calloc(n ? n : 1, sizeof *off);
+  if (!off) {
+    rc = drv_error(DRV_ERR_NOMEM, "out of memory");
+    goto fail;
+  }
+  for (int f = 0; f < FILE_COUNT; f++)
+    DRV_CHECK_GOTO(st_locate(fds[f], m.size[f], f, t, n, off), rc, fail);
+  for (size_t i = 0; i < n; i++)
+    DRV_CHECK_GOTO(st_read_f32(fds[file_of(t[i].name)], off[i], t[i].data, t[i].count,
+                               file_names[file_of(t[i].name)]),
+                   rc, fail);
+  *meta = m.meta;
+
+fail:
+  free(off);
+  for (int f = 0; f < FILE_COUNT; f++)
+    if (fds[f] >= 0) close(fds[f]);
+  return rc;
+}
+
+drv_result_t ckpt_load_latest(const char *dir, ckpt_meta_t *meta, ckpt_tensor_t *t, size_t n,
+                              char *found_dir, size_t found_sz) {
+  drv_result_t rc = DRV_OK;
+  uint64_t *steps = NULL;
+  size_t count = 0;
+  int missing = 0;
+  char why[768] = ""; /* "step-...: reason; step-...: reason" */
+  size_t why_len = 0, refused = 0;
+  char path[PATH_MAX];
+
+  if (meta) memset(meta, 0, sizeof *meta);
+  if (found_dir && found_sz) found_dir[0] = '\0';
+  if (!dir || !meta || (n && !t) || (found_dir && !found_sz))
+    return drv_error(DRV_ERR_INVALID, "ckpt_load_latest: NULL argument");
+  for (size_t i = 0; i < n; i++)
+    if (!t[i].name || (t[i].count && !t[i].data) || t[i].ndim > CKPT_MAX_DIMS)
+      return drv_error(DRV_ERR_INVALID,
+                       "ckpt_load_latest: tensor %zu: no name, no buffer or "
+                       "more than %d dims",
+                       i, CKPT_MAX_DIMS);
+  DRV_CHECK(list_steps(dir, &steps, &count, &missing));
+  if (count == 0) {
+    free(steps);
+    return drv_error(DRV_ERR_INVALID, "%s: no checkpoint (%s)", dir,
+                     missing ? "the directory does not exist" : "no step-* directory");
+  }
+  for (size_t k = 0; k < count; k++) {
+    DRV_CHECK_GOTO(
+        path_fmt(path, sizeof path, "%s/step-%010llu", dir, (unsigned long long)steps[k]), rc,
+        fail);
+    if (found_dir && strlen(path) >= found_sz) {
+      rc = drv_error(DRV_ERR_INVALID, "%s: found_sz %zu too small for the path", path, found_sz);
+      goto fail;
+    }
+    ckpt_meta_t got;
+    rc = try_checkpoint(path, steps[k], &got, t, n);
+    if (rc == DRV_OK) {
+      *meta = got;
+      if (found_dir) snprintf(found_dir, found_sz, "%s", path);
+      if (refused) log_info("%s: using this checkpoint after refusing %zu newer", path, refused);
+      free(steps);
+      return DRV_OK;
+    }
+    if (rc == DRV_ERR_NOMEM) goto fail;
+    log_warn("%s: %s", path, drv_last_error());
+    refused++;
+    if (why_len < sizeof why - 1) {
+      int w = snprintf(why + why_len, sizeof why - why_len, "%sstep-%010llu: %s",
+                       why_len ? "; " : "", (unsigned long long)steps[k], drv_last_error());
+      why_len = w < 0 ? why_len : DRV_MIN(sizeof why - 1, why_len + (size_t)w);
+    }
+  }
+  rc = drv_error(DRV_ERR_INVALID, "%s: no usable checkpoint, %zu refused: %s", dir, refused, why);
+
+fail:
+  memset(meta, 0, sizeof *meta);
+  if (found_dir && found_sz) found_dir[0] = '\0';
+  free(steps);
+  return rc;
+}
+
+// --- pruning ------------------------------------------------------------------------------
+
+/* The pid at the end of a ".tmp-...-<pid>" name; 0 when there is none. */
+static pid_t tmp_name_pid(const char *name) {
+  if (strncmp(name, ".tmp-", 5) != 0) return 0;
+  const char *dash = strrchr(name, '-');
+  if (!dash || !dash[1] || dash - name < 5) return 0;
+  long v = 0;
+  for (const char *p = dash + 1; *p; p++) {
+    if (*p < '0' || *p > '9' || v > 1000000000L) return 0;
+    v = v * 10 + (*p - '0');
+  }
+  return v > 0 ? (pid_t)v : 0;
+}
+
+static int pid_alive(pid_t pid) {
+  return kill(pid, 0) == 0 || errno != ESRCH;
+}
+
+drv_result_t ckpt_prune(const char *dir, uint32_t keep, uint32_t *removed) {
+  drv_result_t rc = DRV_OK;
+  uint64_t *steps = NULL;
+  size_t count = 0;
+  int missing = 0;
+  uint32_t done = 0;
+  char path[PATH_MAX], del[PATH_MAX];
+  DIR *d = NULL;
+
+  if (removed) *removed = 0;
+  if (!dir) return drv_error(DRV_ERR_INVALID, "ckpt_prune: NULL argument");
+  if (keep == 0) return drv_error(DRV_ERR_INVALID, "%s: ckpt_prune: keep must be at least 1", dir);
+
+  // Leftovers of writers that died.
+  d = opendir(dir);
+  if (!d) {
+    if (errno == ENOENT) return DRV_OK;
+    return drv_error(DRV_ERR_SYS, "%s: open directory: %s", dir, strerror(errno));
+  }
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    pid_t pid = tmp_name_pid(e->d_name);
+    if (pid == 0 || pid == getpid() || pid_alive(pid)) continue;
+    DRV_CHECK_GOTO(path_fmt(path, sizeof path, "%s/%s", dir, e->d_name), rc, fail);
+    DRV_CHECK_GOTO(rm_tree(path), rc, fail);
+    log_info("%s: removed (its writer, pid %ld, is gone)", path, (long)pid);
+    done++;
+  }
+  closedir(d);
+  d = NULL;
+
+  // Checkpoints beyond the newest `keep` complete ones.
+  DRV_CHECK_GOTO(list_steps(dir, &steps, &count, &missing), rc, fail);
+  uint32_t complete = 0;
+  size_t k = 0;
+  for (; k < count && complete < keep; k++) {
+    DRV_CHECK_GOTO(
+        path_fmt(path, sizeof path, "%s/step-%010llu", dir, (unsigned long long)steps[k]), rc,
+        fail);
+    manifest_t m;
+    int ok = manifest_load(path, steps[k], &m) == DRV_OK;
+    for (int f = 0; ok && f < FILE_COUNT; f++) {
+      char file[PATH_MAX];
+      struct stat st;
+      ok = path_fmt(file, sizeof file, "%s/%s", path, file_names[f]) == DRV_OK &&
+           stat(file, &st) == 0 && (uint64_t)st.st_size == m.size[f];
+    }
+    if (ok) complete++;
+  }
+  for (; k < count; k++) {
+    unsigned long long s = (unsigned long long)steps[k];
+    DRV_CHECK_GOTO(path_fmt(path, sizeof path, "%s/step-%010llu", dir, s), rc, fail);
+    DRV_CHECK_GOTO(path_fmt(del, sizeof del, "%s/.tmp-del-step-%llu-%ld", dir, s, (long)getpid()),
+                   rc, fail);
+    DRV_CHECK_GOTO(rm_tree(del), rc, fail);
+    if (rename(path, del) < 0) {
+      rc = drv_error(DRV_ERR_SYS, "%s: rename to %s: %s", path, del, strerror(errno));
+      goto fail;
+    }
+    DRV_CHECK_GOTO(rm_tree(del), rc, fail);
+    done++;
+  }
+  if (done) DRV_CHECK_GOTO(fsync_path(dir), rc, fail);
+
+fail:
+  if (d) closedir(d);
+  free(steps);
+  if (removed) *removed = done;
+  return rc;
+}
