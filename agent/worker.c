@@ -1,4 +1,14 @@
-/* worker.c: see worker.h. */
+/* worker.c: see worker.h.
+ *
+ * One rank's life: connect to the coordinator, load the data, rendezvous (ring port,
+ * `rendezvous`, `start`, ring connect), agree on the starting state (sync_state), then
+ * train. Every train.commit_every steps the parameters, optimizer state and cursor are
+ * copied aside (the commit). When the ring breaks (a peer died, hung, or closed its links
+ * after its own ring broke), the worker closes its ring, which breaks its other neighbour's
+ * link in turn so every survivor learns within moments, rolls back to its commit, reports
+ * `lost`, and waits for the coordinator: `reform` (a new rank and world, a new generation:
+ * rendezvous again and go on from rank 0's commit) or `abort`.
+ */
 #include "agent/worker.h"
 
 #include <errno.h>
@@ -22,19 +32,35 @@
 #include "common/sock.h"
 #include "kernels/backend.h"
 
+#define MAX_STATE_TENSORS (2 * JOBSPEC_MAX_HIDDEN + 3)
+
 typedef struct {
   const worker_config_t *cfg;
+  uint32_t rank, world, generation; /* change when the world is re-formed */
   jobspec_t *spec;
   char *spec_yaml;
   dataset_t *train, *test;
   void *ctx, *sock;
   ring_t *ring;
+  int ring_broken; /* a ring operation failed: the ring is unusable */
   trainer_t *trainer;
   FILE *metrics; /* rank 0 only */
+  FILE *audit;   /* $DROVER_AUDIT_DIR: sample ids of every step, for tests */
+  /* the commit: state after commit_step steps */
+  float *commit_params, *commit_opt;
+  uint64_t commit_step;
   /* progress since the last report */
   uint64_t rep_samples, rep_steps;
   double rep_step_s, rep_start_s;
 } worker_t;
+
+typedef struct {
+  uint32_t n, B, spe, features, classes, cap;
+  uint64_t total;
+  float *x;
+  int32_t *y;
+  uint32_t *perm;
+} plan_t;
 
 // --- Helpers -------------------------------------------------------------------------------
 
@@ -67,6 +93,13 @@ static void send_coord(worker_t *w, const proto_msg_t *m) {
   if (sock_send(w->sock, NULL, 0, m, 1) != DRV_OK) log_warn("to coordinator: %s", drv_last_error());
 }
 
+/* A sum over the ring that remembers when the ring broke. */
+static drv_result_t ring_sum(worker_t *w, float *data, size_t count) {
+  drv_result_t rc = ring_allreduce(w->ring, data, count);
+  if (rc != DRV_OK) w->ring_broken = 1;
+  return rc;
+}
+
 /* Non-blocking check for an `abort` from the coordinator. */
 static drv_result_t check_abort(worker_t *w) {
   for (;;) {
@@ -94,8 +127,8 @@ static void report_progress(worker_t *w, uint32_t epoch, uint64_t step, uint64_t
   proto_msg_init(&m, PROTO_PROGRESS);
   proto_progress_t *p = &m.u.progress;
   p->job = w->cfg->job;
-  p->generation = w->cfg->generation;
-  p->rank = w->cfg->rank;
+  p->generation = w->generation;
+  p->rank = w->rank;
   p->epoch = epoch;
   p->step = step;
   p->steps_total = total;
@@ -146,58 +179,79 @@ static drv_result_t connect_coord(worker_t *w) {
   return DRV_OK;
 }
 
-/* Checks in with the coordinator and waits for every rank's ring address. */
+/* Rank 0 keeps the run directory's records: the resolved spec and metrics.jsonl
+ * (appended: a job placed again keeps the history of its earlier runs). */
+static drv_result_t open_rank0_files(worker_t *w) {
+  if (w->rank != 0 || w->metrics) return DRV_OK;
+  char path[1200];
+  snprintf(path, sizeof path, "%s/spec.yaml", w->cfg->run_dir);
+  FILE *f = fopen(path, "w");
+  if (!f || fputs(w->spec_yaml, f) < 0 || fclose(f) != 0)
+    return drv_error(DRV_ERR_SYS, "write %s: %s", path, strerror(errno));
+  snprintf(path, sizeof path, "%s/metrics.jsonl", w->cfg->run_dir);
+  if (!(w->metrics = fopen(path, "a")))
+    return drv_error(DRV_ERR_SYS, "open %s: %s", path, strerror(errno));
+  /* Whole lines only: a worker killed mid-run leaves no half record behind. */
+  setvbuf(w->metrics, NULL, _IOLBF, 0);
+  return DRV_OK;
+}
+
+/* Waits for the next message from the coordinator that is not chatter. */
+static drv_result_t wait_coord(worker_t *w, int64_t deadline_ms, const char *what, proto_msg_t *m) {
+  for (;;) {
+    int64_t left = deadline_ms - drv_now_ms();
+    if (left <= 0) return drv_error(DRV_ERR_TIMEOUT, "no %s from the coordinator in time", what);
+    drv_result_t rc = sock_recv(w->sock, 0, NULL, NULL, m, (int)left);
+    if (rc == DRV_OK && m->type == PROTO_ABORT) {
+      rc = drv_error(DRV_ERR_CANCELLED, "aborted while waiting for %s: %s", what,
+                     m->u.kill.reason ? m->u.kill.reason : "no reason given");
+      proto_msg_fini(m);
+      return rc;
+    }
+    if (rc == DRV_OK) return DRV_OK;
+    if (rc != DRV_ERR_TIMEOUT)
+      log_warn("dropped a frame from the coordinator: %s", drv_last_error());
+    proto_msg_fini(m);
+  }
+}
+
+/* Checks in with the coordinator (this generation, this rank) and connects the ring to
+ * every rank's address from `start`. */
 static drv_result_t rendezvous(worker_t *w) {
   const worker_config_t *c = w->cfg;
+  ring_destroy(&w->ring);
+  w->ring_broken = 0;
   DRV_CHECK(ring_listen(c->host, c->host, &w->ring));
   proto_msg_t m;
   proto_msg_init(&m, PROTO_RENDEZVOUS);
   m.u.rendezvous.job = c->job;
-  m.u.rendezvous.generation = c->generation;
-  m.u.rendezvous.rank = c->rank;
+  m.u.rendezvous.generation = w->generation;
+  m.u.rendezvous.rank = w->rank;
   m.u.rendezvous.pid = (uint32_t)getpid();
   m.u.rendezvous.addr = (char *)ring_address(w->ring);
   send_coord(w, &m);
 
   int64_t deadline = drv_now_ms() + drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS);
   for (;;) {
-    int64_t left = deadline - drv_now_ms();
-    if (left <= 0)
-      return drv_error(DRV_ERR_TIMEOUT, "no start from the coordinator within %" PRId64 " ms",
-                       drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS));
-    drv_result_t rc = sock_recv(w->sock, 0, NULL, NULL, &m, (int)left);
-    if (rc == DRV_ERR_TIMEOUT) {
-      proto_msg_fini(&m);
-      continue;
-    }
-    if (rc != DRV_OK) {
-      log_warn("dropped a frame from the coordinator: %s", drv_last_error());
-      proto_msg_fini(&m);
-      continue;
-    }
-    if (m.type == PROTO_ABORT) {
-      rc = drv_error(DRV_ERR_CANCELLED, "aborted before start: %s",
-                     m.u.kill.reason ? m.u.kill.reason : "no reason given");
-      proto_msg_fini(&m);
-      return rc;
-    }
-    if (m.type == PROTO_START && m.u.start.job == c->job && m.u.start.generation == c->generation)
+    DRV_CHECK(wait_coord(w, deadline, "start", &m));
+    if (m.type == PROTO_START && m.u.start.job == c->job && m.u.start.generation == w->generation)
       break;
     proto_msg_fini(&m);
   }
   drv_result_t rc = DRV_OK;
-  if (m.u.start.world != c->world || m.u.start.peers_count != c->world)
+  if (m.u.start.world != w->world || m.u.start.peers_count != w->world)
     rc = drv_error(DRV_ERR_PROTO, "start names %u peers for a world of %u", m.u.start.peers_count,
-                   c->world);
+                   w->world);
   else
-    rc = ring_connect(w->ring, c->rank, c->world, (const char *const *)m.u.start.peers,
-                      ((uint64_t)c->job << 32) | c->generation,
+    rc = ring_connect(w->ring, w->rank, w->world, (const char *const *)m.u.start.peers,
+                      ((uint64_t)c->job << 32) | w->generation,
                       (int)drv_setting(DRV_SET_RING_CONNECT_TIMEOUT_MS));
   proto_msg_fini(&m);
+  if (rc != DRV_OK) w->ring_broken = 1;
   return rc;
 }
 
-// --- Checkpoints ---------------------------------------------------------------------------
+// --- State: checkpoints, commits, agreement --------------------------------------------------
 
 /* The trainer's state as checkpoint tensors over the buffers p (the flat parameter layout)
  * and o (the optimizer state): each layer's weight (out, in) and bias (out), named as in
@@ -227,14 +281,14 @@ static size_t state_tensors(trainer_t *tr, float *p, float *o, ckpt_tensor_t *t,
 /* Rank 0 writes a checkpoint of `step` steps done, keeps the newest keep_checkpoints, and
  * tells the coordinator it is durable. */
 static drv_result_t save_checkpoint(worker_t *w, uint64_t step, uint32_t spe) {
-  ckpt_tensor_t t[2 * JOBSPEC_MAX_HIDDEN + 3];
-  char names[2 * JOBSPEC_MAX_HIDDEN + 3][32];
+  ckpt_tensor_t t[MAX_STATE_TENSORS];
+  char names[MAX_STATE_TENSORS][32];
   size_t np, no;
   size_t n = state_tensors(w->trainer, trainer_params(w->trainer, &np),
                            trainer_opt_state(w->trainer, &no), t, names);
   ckpt_meta_t meta = {.step = step,
                       .epoch = (uint32_t)(step / spe),
-                      .world = w->cfg->world,
+                      .world = w->world,
                       .seed = w->spec->train.seed,
                       .job = w->cfg->job};
   char dir[1200];
@@ -251,90 +305,167 @@ static drv_result_t save_checkpoint(worker_t *w, uint64_t step, uint32_t spe) {
   proto_msg_t m;
   proto_msg_init(&m, PROTO_CHECKPOINT);
   m.u.checkpoint = (proto_checkpoint_t){
-      .job = w->cfg->job, .generation = w->cfg->generation, .step = step, .dir = path};
+      .job = w->cfg->job, .generation = w->generation, .step = step, .dir = path};
   send_coord(w, &m);
   return DRV_OK;
 }
 
-/* Starts from the newest usable checkpoint: rank 0 loads it (its own run directory first,
- * then resume_dir) and the ring carries it to every rank. Non-root ranks contribute -0.0,
- * the identity of IEEE addition for every value (+0 + -0 = +0, -0 + -0 = -0), so the sum is
- * bitwise rank 0's state. *step receives the steps already done (0: a fresh start). */
-static drv_result_t restore_checkpoint(worker_t *w, uint64_t *step) {
+/* Rank 0 only: loads the newest usable checkpoint (its own run directory first, then
+ * resume_dir) into the trainer. *found is 1 and *step its steps when one was loaded. */
+static drv_result_t load_checkpoint(worker_t *w, int *found, uint64_t *step) {
   const worker_config_t *c = w->cfg;
   size_t np, no;
   float *params = trainer_params(w->trainer, &np), *opt = trainer_opt_state(w->trainer, &no);
-  float head[3] = {-0.0f, -0.0f, -0.0f}; /* found, step low 24 bits, step high bits */
-  float *scratch = NULL;
+  /* Load into scratch first: a checkpoint refused half-way must not touch the trainer. */
+  float *scratch = malloc(sizeof *scratch * (np + no));
+  if (!scratch) return drv_error(DRV_ERR_NOMEM, "restoring a checkpoint: out of memory");
+  ckpt_tensor_t t[MAX_STATE_TENSORS];
+  char names[MAX_STATE_TENSORS][32];
+  size_t n = state_tensors(w->trainer, scratch, scratch + np, t, names);
+  char own[1200], where[1400];
+  snprintf(own, sizeof own, "%s/checkpoints", c->run_dir);
+  const char *dirs[2] = {own, c->resume_dir};
   drv_result_t rc = DRV_OK;
-  *step = 0;
-  if (c->rank == 0) {
-    /* Load into scratch first: a checkpoint refused half-way must not touch the trainer. */
-    scratch = malloc(sizeof *scratch * (np + no));
-    if (!scratch) return drv_error(DRV_ERR_NOMEM, "restoring a checkpoint: out of memory");
-    ckpt_tensor_t t[2 * JOBSPEC_MAX_HIDDEN + 3];
-    char names[2 * JOBSPEC_MAX_HIDDEN + 3][32];
-    size_t n = state_tensors(w->trainer, scratch, scratch + np, t, names);
-    char own[1200], found[1400];
-    snprintf(own, sizeof own, "%s/checkpoints", c->run_dir);
-    const char *dirs[2] = {own, c->resume_dir};
-    for (int d = 0; d < 2 && head[0] != 1.0f; d++) {
-      if (!dirs[d] || !dirs[d][0]) continue;
-      ckpt_meta_t meta;
-      if (access(dirs[d], F_OK) != 0) {
-        if (d == 1)
-          DRV_CHECK_GOTO(drv_error(DRV_ERR_INVALID, "resume: %s does not exist", dirs[d]), rc, out);
-        continue;
-      }
-      if (ckpt_load_latest(dirs[d], &meta, t, n, found, sizeof found) != DRV_OK) {
-        if (d == 1) DRV_CHECK_GOTO(drv_error_prefix(DRV_ERR_INVALID, "resume"), rc, out);
+  *found = 0;
+  for (int d = 0; d < 2 && !*found; d++) {
+    if (!dirs[d] || !dirs[d][0]) continue;
+    ckpt_meta_t meta;
+    if (access(dirs[d], F_OK) != 0) {
+      if (d == 1) rc = drv_error(DRV_ERR_INVALID, "resume: %s does not exist", dirs[d]);
+      continue;
+    }
+    if (ckpt_load_latest(dirs[d], &meta, t, n, where, sizeof where) != DRV_OK) {
+      if (d == 1)
+        rc = drv_error_prefix(DRV_ERR_INVALID, "resume");
+      else
         log_warn("no usable checkpoint in %s: %s", dirs[d], drv_last_error());
-        continue;
-      }
-      log_info("resuming from %s: %" PRIu64 " steps done", found, meta.step);
-      memcpy(params, scratch, sizeof *params * np);
-      memcpy(opt, scratch + np, sizeof *opt * no);
-      head[0] = 1.0f;
-      head[1] = (float)(meta.step & 0xffffff);
-      head[2] = (float)(meta.step >> 24);
+      continue;
     }
+    log_info("resuming from %s: %" PRIu64 " steps done", where, meta.step);
+    memcpy(params, scratch, sizeof *params * np);
+    memcpy(opt, scratch + np, sizeof *opt * no);
+    *found = 1;
+    *step = meta.step;
   }
-  if (c->world > 1) {
-    DRV_CHECK_GOTO(ring_allreduce(w->ring, head, 3), rc, out);
-    if (head[0] != 1.0f) goto out; /* rank 0 found none: everyone keeps the fresh init */
-    if (c->rank != 0) {
-      for (size_t i = 0; i < np; i++) params[i] = -0.0f;
-      for (size_t i = 0; i < no; i++) opt[i] = -0.0f;
-    }
-    DRV_CHECK_GOTO(ring_allreduce(w->ring, params, np), rc, out);
-    DRV_CHECK_GOTO(ring_allreduce(w->ring, opt, no), rc, out);
-  }
-  if (head[0] == 1.0f) *step = (uint64_t)head[1] + ((uint64_t)head[2] << 24);
-out:
   free(scratch);
   return rc;
+}
+
+/* Every rank agrees on the state to go on from, which rank 0 provides: after a
+ * re-formation its commit (already rolled back into its trainer); at a first start the
+ * newest usable checkpoint, or nothing (the seeded init is the same on every rank). The
+ * ring carries it: the other ranks contribute -0.0, the identity of IEEE addition for every
+ * value (+0 + -0 = +0, -0 + -0 = -0), so the sum is bitwise rank 0's state. *step receives
+ * the steps already done. */
+static drv_result_t sync_state(worker_t *w, int after_failure, uint64_t *step) {
+  float head[3] = {-0.0f, -0.0f, -0.0f}; /* have state, step low 24 bits, step high bits */
+  if (w->rank == 0) {
+    int found = after_failure;
+    uint64_t s = w->commit_step;
+    if (!after_failure) DRV_CHECK(load_checkpoint(w, &found, &s));
+    if (found) {
+      head[0] = 1.0f;
+      head[1] = (float)(s & 0xffffff);
+      head[2] = (float)(s >> 24);
+    }
+  }
+  if (w->world > 1) {
+    DRV_CHECK(ring_sum(w, head, 3));
+    if (head[0] == 1.0f) {
+      size_t np, no;
+      float *params = trainer_params(w->trainer, &np), *opt = trainer_opt_state(w->trainer, &no);
+      if (w->rank != 0) {
+        for (size_t i = 0; i < np; i++) params[i] = -0.0f;
+        for (size_t i = 0; i < no; i++) opt[i] = -0.0f;
+      }
+      DRV_CHECK(ring_sum(w, params, np));
+      DRV_CHECK(ring_sum(w, opt, no));
+    }
+  }
+  *step = head[0] == 1.0f ? (uint64_t)head[1] + ((uint64_t)head[2] << 24) : 0;
+  return DRV_OK;
+}
+
+/* Keeps the state after `step` steps aside (in memory), to roll back to. */
+static void commit(worker_t *w, uint64_t step) {
+  size_t np, no;
+  const float *params = trainer_params(w->trainer, &np), *opt = trainer_opt_state(w->trainer, &no);
+  memcpy(w->commit_params, params, sizeof(float) * np);
+  memcpy(w->commit_opt, opt, sizeof(float) * no);
+  w->commit_step = step;
+}
+
+static void rollback(worker_t *w) {
+  size_t np, no;
+  float *params = trainer_params(w->trainer, &np), *opt = trainer_opt_state(w->trainer, &no);
+  memcpy(params, w->commit_params, sizeof(float) * np);
+  memcpy(opt, w->commit_opt, sizeof(float) * no);
+}
+
+/* The ring broke: close it (its other neighbour learns at once), roll back to the commit,
+ * report `lost`, and wait for the coordinator's `reform` (or `abort`). On DRV_OK the
+ * worker is a rank of the new world, in step with it at *step. */
+static drv_result_t recover(worker_t *w, uint64_t *step) {
+  char reason[512];
+  snprintf(reason, sizeof reason, "%s", drv_last_error());
+  ring_destroy(&w->ring);
+  rollback(w);
+  *step = w->commit_step;
+  log_warn("ring broke (%s): rolled back to step %" PRIu64 ", waiting for the coordinator", reason,
+           *step);
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_LOST);
+  m.u.lost = (proto_lost_t){.job = w->cfg->job,
+                            .generation = w->generation,
+                            .rank = w->rank,
+                            .step = *step,
+                            .reason = reason};
+  send_coord(w, &m);
+  /* The coordinator may wait for hung peers' rings to time out, and for agents. */
+  int64_t deadline = drv_now_ms() + 2 * drv_setting(DRV_SET_RING_TIMEOUT_MS) +
+                     (int64_t)w->spec->rejoin_timeout_s * 1000;
+  for (;;) {
+    DRV_CHECK(wait_coord(w, deadline, "reform", &m));
+    if (m.type == PROTO_REFORM && m.u.reform.job == w->cfg->job &&
+        m.u.reform.generation > w->generation)
+      break;
+    proto_msg_fini(&m);
+  }
+  w->generation = m.u.reform.generation;
+  w->rank = m.u.reform.rank;
+  w->world = m.u.reform.world;
+  proto_msg_fini(&m);
+  log_info("re-formed: generation %u, rank %u of %u", w->generation, w->rank, w->world);
+  DRV_CHECK(open_rank0_files(w));
+  DRV_CHECK(rendezvous(w));
+  DRV_CHECK(sync_state(w, 1, step));
+  commit(w, *step);
+  if (w->metrics)
+    fprintf(w->metrics,
+            "{\"type\":\"reform\",\"step\":%" PRIu64 ",\"world\":%u,\"generation\":%u}\n", *step,
+            w->world, w->generation);
+  return DRV_OK;
 }
 
 // --- Training ------------------------------------------------------------------------------
 
 /* Test loss and accuracy over the whole test split, each rank taking a contiguous part. */
-static drv_result_t evaluate(worker_t *w, float *x, int32_t *y, uint32_t cap, double *loss,
-                             double *acc) {
-  uint32_t n = dataset_count(w->test), W = w->cfg->world, r = w->cfg->rank;
+static drv_result_t evaluate(worker_t *w, const plan_t *p, double *loss, double *acc) {
+  uint32_t n = dataset_count(w->test), W = w->world, r = w->rank;
   uint32_t lo = (uint32_t)((uint64_t)n * r / W), hi = (uint32_t)((uint64_t)n * (r + 1) / W);
   double loss_sum = 0;
   uint32_t correct = 0;
-  uint32_t *idx = malloc(sizeof *idx * cap);
+  uint32_t *idx = malloc(sizeof *idx * p->cap);
   if (!idx) return drv_error(DRV_ERR_NOMEM, "evaluation: out of memory");
   drv_result_t rc = DRV_OK;
-  for (uint32_t i = lo; i < hi; i += cap) {
-    uint32_t k = DRV_MIN(cap, hi - i);
+  for (uint32_t i = lo; i < hi; i += p->cap) {
+    uint32_t k = DRV_MIN(p->cap, hi - i);
     for (uint32_t j = 0; j < k; j++) idx[j] = i + j;
-    dataset_gather(w->test, idx, k, x, y);
-    DRV_CHECK_GOTO(trainer_evaluate(w->trainer, x, y, k, &loss_sum, &correct), rc, out);
+    dataset_gather(w->test, idx, k, p->x, p->y);
+    DRV_CHECK_GOTO(trainer_evaluate(w->trainer, p->x, p->y, k, &loss_sum, &correct), rc, out);
   }
   float sums[2] = {(float)loss_sum, (float)correct};
-  DRV_CHECK_GOTO(ring_allreduce(w->ring, sums, 2), rc, out);
+  DRV_CHECK_GOTO(ring_sum(w, sums, 2), rc, out);
   *loss = sums[0] / n;
   *acc = sums[1] / n;
 out:
@@ -342,151 +473,181 @@ out:
   return rc;
 }
 
-static drv_result_t train(worker_t *w, proto_done_t *done) {
-  const jobspec_t *s = w->spec;
-  const worker_config_t *c = w->cfg;
-  uint32_t n = dataset_count(w->train), B = s->train.global_batch;
-  uint32_t features = dataset_features(w->train);
-  uint32_t classes = DRV_MAX(dataset_classes(w->train), dataset_classes(w->test));
-  uint32_t spe = shard_steps_per_epoch(n, B);
-  uint64_t total = (uint64_t)spe * s->train.epochs;
-  if (s->train.max_steps && s->train.max_steps < total) total = s->train.max_steps;
-  if (B > n)
-    return drv_error(DRV_ERR_INVALID,
-                     "train.global_batch (%u) is larger than the training set "
-                     "(%u samples)",
-                     B, n);
-  /* The largest slice of a global batch (64-bit: B may be near 2^32), and at least an
-   * evaluation batch. */
-  uint32_t cap = (uint32_t)(((uint64_t)B + c->world - 1) / c->world);
-  if (cap < 256) cap = 256;
+typedef struct {
+  uint64_t last_eval, last_ckpt; /* steps at the last evaluation and checkpoint */
+  double test_loss, test_acc, train_s;
+  uint64_t global_samples;
+} progress_t;
 
-  DRV_CHECK(trainer_new(s, backend_cpu(), features, classes, cap, &w->trainer));
+static drv_result_t eval_epoch(worker_t *w, const plan_t *p, progress_t *g, uint64_t step,
+                               uint32_t spe) {
+  uint32_t epoch = (uint32_t)((step - 1) / spe);
+  DRV_CHECK(evaluate(w, p, &g->test_loss, &g->test_acc));
+  g->last_eval = step;
+  if (w->rank != 0) return DRV_OK;
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_EVAL);
+  m.u.eval = (proto_eval_t){.job = w->cfg->job,
+                            .generation = w->generation,
+                            .epoch = epoch,
+                            .test_loss = g->test_loss,
+                            .test_accuracy = g->test_acc};
+  send_coord(w, &m);
+  if (w->metrics)
+    fprintf(w->metrics,
+            "{\"type\":\"eval\",\"epoch\":%u,\"step\":%" PRIu64
+            ",\"test_loss\":%.9g,\"test_accuracy\":%.6f}\n",
+            epoch, step, g->test_loss, g->test_acc);
+  return DRV_OK;
+}
+
+/* Trains from *step to the end. Returns with *step at the steps done; a ring failure
+ * leaves w->ring_broken set. */
+static drv_result_t run(worker_t *w, plan_t *p, progress_t *g, uint64_t *step) {
+  const jobspec_t *s = w->spec;
   size_t ngrad;
   float *grads = trainer_grads(w->trainer, &ngrad);
-  uint32_t *perm = malloc(sizeof *perm * n);
-  float *x = malloc(sizeof *x * (size_t)cap * features);
-  int32_t *y = malloc(sizeof *y * cap);
+  uint32_t every = s->train.checkpoint_every, commit_every = s->train.commit_every;
+  int64_t perm_epoch = -1;
+  for (;;) {
+    uint64_t done = *step;
+    /* An epoch ends with an evaluation (and so does training, wherever it stops). */
+    if (done > 0 && (done % p->spe == 0 || done == p->total) && g->last_eval != done)
+      DRV_CHECK(eval_epoch(w, p, g, done, p->spe));
+    if (done >= p->total) return DRV_OK;
+    uint32_t epoch = (uint32_t)(done / p->spe), si = (uint32_t)(done % p->spe);
+    if (perm_epoch != epoch) {
+      shard_permutation(s->train.seed, epoch, p->n, p->perm);
+      perm_epoch = epoch;
+    }
+    double t0 = drv_now_s();
+    uint32_t begin, count, batch;
+    shard_slice(p->n, p->B, si, w->rank, w->world, &begin, &count, &batch);
+    dataset_gather(w->train, p->perm + begin, count, p->x, p->y);
+    double loss_sum = 0;
+    DRV_CHECK(trainer_forward_backward(w->trainer, p->x, p->y, count, batch, &loss_sum, NULL));
+    DRV_CHECK(ring_sum(w, grads, ngrad));
+    float lsum = (float)loss_sum;
+    DRV_CHECK(ring_sum(w, &lsum, 1));
+    float lr;
+    DRV_CHECK(trainer_apply(w->trainer, done, p->total, &lr));
+    double dt = drv_now_s() - t0;
+    *step = done + 1;
+    g->train_s += dt;
+    g->global_samples += batch;
+    w->rep_samples += count;
+    w->rep_steps++;
+    w->rep_step_s += dt;
+    double loss = lsum / batch;
+    if (!isfinite(loss))
+      return drv_error(DRV_ERR_INVALID,
+                       "loss became %f at step %" PRIu64 ": lower the learning rate", loss, *step);
+    if (w->audit) {
+      fprintf(w->audit, "%u %" PRIu64, w->generation, *step);
+      for (uint32_t k = 0; k < count; k++) fprintf(w->audit, " %u", p->perm[begin + k]);
+      fputc('\n', w->audit);
+    }
+    if (w->metrics)
+      fprintf(w->metrics,
+              "{\"type\":\"step\",\"step\":%" PRIu64
+              ",\"epoch\":%u,\"loss\":%.9g,\"lr\":%.9g,"
+              "\"batch\":%u,\"step_s\":%.6f,\"samples_per_s\":%.1f}\n",
+              *step, epoch, loss, lr, batch, dt, batch / dt);
+    if ((drv_now_s() - w->rep_start_s) * 1000 >= (double)drv_setting(DRV_SET_PROGRESS_MS) ||
+        *step == p->total) {
+      report_progress(w, epoch, *step, p->total, loss, lr);
+      DRV_CHECK(check_abort(w));
+    }
+    if (commit_every && *step % commit_every == 0) commit(w, *step);
+    if (every && *step % every == 0 && *step < p->total) {
+      if (w->rank == 0) DRV_CHECK(save_checkpoint(w, *step, p->spe));
+      g->last_ckpt = *step;
+    }
+  }
+}
+
+static drv_result_t train(worker_t *w, proto_done_t *done) {
+  const jobspec_t *s = w->spec;
+  plan_t p = {.n = dataset_count(w->train), .B = s->train.global_batch};
+  p.features = dataset_features(w->train);
+  p.classes = DRV_MAX(dataset_classes(w->train), dataset_classes(w->test));
+  if (p.B > p.n)
+    return drv_error(DRV_ERR_INVALID,
+                     "train.global_batch (%u) is larger than the training set (%u samples)", p.B,
+                     p.n);
+  p.spe = shard_steps_per_epoch(p.n, p.B);
+  p.total = (uint64_t)p.spe * s->train.epochs;
+  if (s->train.max_steps && s->train.max_steps < p.total) p.total = s->train.max_steps;
+  /* The largest slice of a global batch in any world down to one rank (64-bit: B may be
+   * near 2^32), and at least an evaluation batch. */
+  p.cap = DRV_MAX(p.B, 256u);
+
+  DRV_CHECK(trainer_new(s, backend_cpu(), p.features, p.classes, p.cap, &w->trainer));
+  size_t np, no;
+  trainer_params(w->trainer, &np);
+  trainer_opt_state(w->trainer, &no);
+  p.perm = malloc(sizeof *p.perm * p.n);
+  p.x = malloc(sizeof *p.x * (size_t)p.cap * p.features);
+  p.y = malloc(sizeof *p.y * p.cap);
+  w->commit_params = malloc(sizeof(float) * np);
+  w->commit_opt = malloc(sizeof(float) * (no ? no : 1));
   drv_result_t rc = DRV_OK;
-  if (!perm || !x || !y) {
+  if (!p.perm || !p.x || !p.y || !w->commit_params || !w->commit_opt) {
     rc = drv_error(DRV_ERR_NOMEM, "training buffers: out of memory");
     goto out;
   }
-  if (c->rank == 0)
+  if (w->rank == 0)
     log_info("training %u samples x %u features, %u classes: %u epochs of %u steps (%" PRIu64
              " steps), global batch %u over %u rank(s), %zu parameters",
-             n, features, classes, s->train.epochs, spe, total, B, c->world, ngrad);
+             p.n, p.features, p.classes, s->train.epochs, p.spe, p.total, p.B, w->world, np);
 
   uint64_t step = 0;
-  DRV_CHECK_GOTO(restore_checkpoint(w, &step), rc, out);
-  if (step > total) {
+  DRV_CHECK_GOTO(sync_state(w, 0, &step), rc, out);
+  if (step > p.total) {
     rc = drv_error(DRV_ERR_INVALID,
-                   "the checkpoint has %" PRIu64
-                   " steps done, more than the "
-                   "%" PRIu64 " this spec runs",
-                   step, total);
+                   "the checkpoint has %" PRIu64 " steps done, more than the %" PRIu64
+                   " this spec runs",
+                   step, p.total);
     goto out;
   }
-  uint64_t first = step, last_ckpt = step; /* a resumed step is already checkpointed */
+  commit(w, step);
+  progress_t g = {.last_ckpt = step, .test_loss = NAN, .test_acc = NAN};
   if (step && w->metrics)
     fprintf(w->metrics, "{\"type\":\"resume\",\"step\":%" PRIu64 ",\"world\":%u}\n", step,
-            c->world);
-  uint32_t every = s->train.checkpoint_every;
-  double train_s = 0, test_loss = NAN, test_acc = NAN;
-  uint64_t global_samples = 0;
+            w->world);
   w->rep_start_s = drv_now_s();
-  /* A resumed job starts at its cursor: epoch step / spe, step step % spe of it. */
-  for (uint32_t epoch = (uint32_t)(step / spe); epoch < s->train.epochs && step < total; epoch++) {
-    shard_permutation(s->train.seed, epoch, n, perm);
-    uint32_t si0 = step == first ? (uint32_t)(step % spe) : 0;
-    for (uint32_t si = si0; si < spe && step < total; si++, step++) {
-      double t0 = drv_now_s();
-      uint32_t begin, count, batch;
-      shard_slice(n, B, si, c->rank, c->world, &begin, &count, &batch);
-      dataset_gather(w->train, perm + begin, count, x, y);
-      double loss_sum = 0;
-      DRV_CHECK_GOTO(trainer_forward_backward(w->trainer, x, y, count, batch, &loss_sum, NULL), rc,
-                     out);
-      DRV_CHECK_GOTO(ring_allreduce(w->ring, grads, ngrad), rc, out);
-      float lsum = (float)loss_sum;
-      DRV_CHECK_GOTO(ring_allreduce(w->ring, &lsum, 1), rc, out);
-      float lr;
-      DRV_CHECK_GOTO(trainer_apply(w->trainer, step, total, &lr), rc, out);
-      double dt = drv_now_s() - t0;
-      train_s += dt;
-      global_samples += batch;
-      w->rep_samples += count;
-      w->rep_steps++;
-      w->rep_step_s += dt;
-      double loss = lsum / batch;
-      if (!isfinite(loss)) {
-        rc = drv_error(DRV_ERR_INVALID,
-                       "loss became %f at step %" PRIu64 ": lower the learning rate", loss,
-                       step + 1);
-        goto out;
-      }
-      if (w->metrics)
-        fprintf(w->metrics,
-                "{\"type\":\"step\",\"step\":%" PRIu64
-                ",\"epoch\":%u,\"loss\":%.9g,\"lr\":%.9g,"
-                "\"batch\":%u,\"step_s\":%.6f,\"samples_per_s\":%.1f}\n",
-                step + 1, epoch, loss, lr, batch, dt, batch / dt);
-      if ((drv_now_s() - w->rep_start_s) * 1000 >= (double)drv_setting(DRV_SET_PROGRESS_MS) ||
-          step + 1 == total) {
-        report_progress(w, epoch, step + 1, total, loss, lr);
-        DRV_CHECK_GOTO(check_abort(w), rc, out);
-      }
-      if (every && (step + 1) % every == 0 && step + 1 < total) {
-        if (c->rank == 0) DRV_CHECK_GOTO(save_checkpoint(w, step + 1, spe), rc, out);
-        last_ckpt = step + 1;
-      }
-    }
-    DRV_CHECK_GOTO(evaluate(w, x, y, cap, &test_loss, &test_acc), rc, out);
-    if (c->rank == 0) {
-      proto_msg_t m;
-      proto_msg_init(&m, PROTO_EVAL);
-      m.u.eval = (proto_eval_t){.job = c->job,
-                                .generation = c->generation,
-                                .epoch = epoch,
-                                .test_loss = test_loss,
-                                .test_accuracy = test_acc};
-      send_coord(w, &m);
-      if (w->metrics) {
-        fprintf(w->metrics,
-                "{\"type\":\"eval\",\"epoch\":%u,\"step\":%" PRIu64
-                ",\"test_loss\":%.9g,"
-                "\"test_accuracy\":%.6f}\n",
-                epoch, step, test_loss, test_acc);
-        fflush(w->metrics);
-      }
-    }
+  for (;;) {
+    rc = run(w, &p, &g, &step);
+    if (rc == DRV_OK) break;
+    /* A broken ring is a lost peer: roll back and let the coordinator re-form the world
+     * (it aborts us when it cannot). Anything else ends this worker. */
+    if (!w->ring_broken || !s->max_restarts) goto out;
+    DRV_CHECK_GOTO(recover(w, &step), rc, out);
   }
-  if (isnan(test_loss)) /* resumed at its last step: nothing trained, still report */
-    DRV_CHECK_GOTO(evaluate(w, x, y, cap, &test_loss, &test_acc), rc, out);
-  if (c->rank == 0) {
+  if (w->rank == 0) {
     /* The end is always checkpointed, so a finished job can be resumed for more. */
-    if (last_ckpt != step) DRV_CHECK_GOTO(save_checkpoint(w, step, spe), rc, out);
+    if (g.last_ckpt != step) DRV_CHECK_GOTO(save_checkpoint(w, step, p.spe), rc, out);
     char path[1200];
-    snprintf(path, sizeof path, "%s/model.safetensors", c->run_dir);
+    snprintf(path, sizeof path, "%s/model.safetensors", w->cfg->run_dir);
     DRV_CHECK_GOTO(trainer_save(w->trainer, path), rc, out);
   }
-  *done = (proto_done_t){.job = c->job,
-                         .generation = c->generation,
-                         .rank = c->rank,
+  *done = (proto_done_t){.job = w->cfg->job,
+                         .generation = w->generation,
+                         .rank = w->rank,
                          .steps = step,
-                         .test_loss = test_loss,
-                         .test_accuracy = test_acc,
-                         .samples_per_s = train_s > 0 ? global_samples / train_s : 0,
-                         .train_s = train_s};
+                         .test_loss = g.test_loss,
+                         .test_accuracy = g.test_acc,
+                         .samples_per_s = g.train_s > 0 ? g.global_samples / g.train_s : 0,
+                         .train_s = g.train_s};
 out:
-  free(perm);
-  free(x);
-  free(y);
+  free(p.perm);
+  free(p.x);
+  free(p.y);
   return rc;
 }
 
 drv_result_t worker_run(const worker_config_t *cfg) {
-  worker_t w = {.cfg = cfg};
+  worker_t w = {.cfg = cfg, .rank = cfg->rank, .world = cfg->world, .generation = cfg->generation};
   proto_done_t done = {0};
   drv_result_t rc = DRV_OK;
   DRV_CHECK_GOTO(connect_coord(&w), rc, fail);
@@ -496,26 +657,16 @@ drv_result_t worker_run(const worker_config_t *cfg) {
   if (cfg->device >= 0)
     log_warn("device %d assigned, but the GPU backend is not built yet: training on the CPU",
              cfg->device);
+  const char *audit = getenv("DROVER_AUDIT_DIR");
+  if (audit && *audit) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/audit-%d.txt", audit, (int)getpid());
+    if ((w.audit = fopen(path, "a"))) setvbuf(w.audit, NULL, _IOLBF, 0);
+  }
   double t0 = drv_now_s();
   DRV_CHECK_GOTO(load_data(&w), rc, fail);
   log_info("data loaded in %.2f s", drv_now_s() - t0);
-  if (cfg->rank == 0) {
-    char path[1200];
-    snprintf(path, sizeof path, "%s/spec.yaml", cfg->run_dir);
-    FILE *f = fopen(path, "w");
-    if (!f || fputs(w.spec_yaml, f) < 0 || fclose(f) != 0) {
-      rc = drv_error(DRV_ERR_SYS, "write %s: %s", path, strerror(errno));
-      goto fail;
-    }
-    snprintf(path, sizeof path, "%s/metrics.jsonl", cfg->run_dir);
-    /* Appended: a job placed again after a failure keeps the history of its first runs. */
-    if (!(w.metrics = fopen(path, "a"))) {
-      rc = drv_error(DRV_ERR_SYS, "open %s: %s", path, strerror(errno));
-      goto fail;
-    }
-    /* Whole lines only: a worker killed mid-run leaves no half record behind. */
-    setvbuf(w.metrics, NULL, _IOLBF, 0);
-  }
+  DRV_CHECK_GOTO(open_rank0_files(&w), rc, fail);
   DRV_CHECK_GOTO(rendezvous(&w), rc, fail);
   DRV_CHECK_GOTO(train(&w, &done), rc, fail);
   proto_msg_t m;
@@ -531,13 +682,14 @@ fail:
     proto_msg_t f;
     proto_msg_init(&f, PROTO_FAILED);
     f.u.failed = (proto_failed_t){.job = cfg->job,
-                                  .generation = cfg->generation,
-                                  .rank = cfg->rank,
+                                  .generation = w.generation,
+                                  .rank = w.rank,
                                   .reason = (char *)drv_last_error()};
     send_coord(&w, &f);
   }
 out:
   if (w.metrics) fclose(w.metrics);
+  if (w.audit) fclose(w.audit);
   trainer_destroy(&w.trainer);
   ring_destroy(&w.ring);
   if (w.sock) zmq_close(w.sock);
@@ -546,5 +698,7 @@ out:
   dataset_destroy(&w.test);
   jobspec_destroy(&w.spec);
   free(w.spec_yaml);
+  free(w.commit_params);
+  free(w.commit_opt);
   return rc;
 }

@@ -113,6 +113,14 @@ SCHEMA(checkpoint_schema, "checkpoint", proto_checkpoint_t,
        FLD(proto_checkpoint_t, job, F_I64, REQ), FLD(proto_checkpoint_t, generation, F_U32, REQ),
        FLD(proto_checkpoint_t, step, F_U64, REQ), FLD(proto_checkpoint_t, dir, F_STR, REQ));
 
+SCHEMA(lost_schema, "lost", proto_lost_t, FLD(proto_lost_t, job, F_I64, REQ),
+       FLD(proto_lost_t, generation, F_U32, REQ), FLD(proto_lost_t, rank, F_U32, REQ),
+       FLD(proto_lost_t, step, F_U64, REQ), FLD(proto_lost_t, reason, F_STR, REQ));
+
+SCHEMA(reform_schema, "reform", proto_reform_t, FLD(proto_reform_t, job, F_I64, REQ),
+       FLD(proto_reform_t, generation, F_U32, REQ), FLD(proto_reform_t, rank, F_U32, REQ),
+       FLD(proto_reform_t, world, F_U32, REQ));
+
 SCHEMA(get_spec_schema, "get_spec", proto_spec_t, FLD(proto_spec_t, job, F_I64, REQ));
 
 SCHEMA(spec_schema, "spec", proto_spec_t, FLD(proto_spec_t, job, F_I64, REQ),
@@ -191,6 +199,8 @@ static const struct {
     [PROTO_FAILED] = {"failed", &failed_schema},
     [PROTO_ABORT] = {"abort", &kill_schema},
     [PROTO_CHECKPOINT] = {"checkpoint", &checkpoint_schema},
+    [PROTO_LOST] = {"lost", &lost_schema},
+    [PROTO_REFORM] = {"reform", &reform_schema},
     [PROTO_SUBMIT] = {"submit", &submit_schema},
     [PROTO_SUBMITTED] = {"submitted", &submitted_schema},
     [PROTO_STATUS] = {"status", &status_schema},

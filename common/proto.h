@@ -42,9 +42,12 @@ typedef enum {
   PROTO_EVAL,        /* worker (rank 0) -> coordinator: evaluation after an epoch */
   PROTO_DONE,        /* worker -> coordinator: finished, final metrics */
   PROTO_FAILED,
-  /* worker -> coordinator: gave up, with the reason */ PROTO_ABORT, /* coordinator -> worker: stop
-                                                                        now */
+  /* worker -> coordinator: gave up, with the reason */ PROTO_ABORT,
+  /* coordinator -> worker: stop
+     now */
   PROTO_CHECKPOINT, /* worker (rank 0) -> coordinator: a checkpoint is durable */
+  PROTO_LOST,       /* worker -> coordinator: my ring broke; rolled back, waiting */
+  PROTO_REFORM,     /* coordinator -> worker: rejoin as this rank of a new world */
   /* clients -> coordinator ROUTER (port base+1) */
   PROTO_SUBMIT,    /* submit a job spec */
   PROTO_SUBMITTED, /* reply: the job id */
@@ -188,6 +191,18 @@ typedef struct {
 
 typedef struct {
   int64_t job;
+  uint32_t generation, rank; /* the ones it had when its ring broke */
+  uint64_t step;             /* its last commit: where it rolled back to */
+  char *reason;              /* what broke, naming the peer */
+} proto_lost_t;
+
+typedef struct {
+  int64_t job;
+  uint32_t generation, rank, world; /* the new ones */
+} proto_reform_t;
+
+typedef struct {
+  int64_t job;
   char *spec;
   char *run_dir;
 } proto_spec_t; /* PROTO_SPEC; PROTO_GET_SPEC uses only `job` */
@@ -275,6 +290,8 @@ typedef struct {
     proto_failed_t failed;
     proto_submit_t submit;
     proto_checkpoint_t checkpoint;
+    proto_lost_t lost;
+    proto_reform_t reform;
     proto_spec_t spec; /* PROTO_GET_SPEC and PROTO_SPEC */
     proto_submitted_t submitted;
     proto_status_t status;

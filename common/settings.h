@@ -21,7 +21,8 @@
   X(RENDEZVOUS_TIMEOUT_MS, 60000, "a job whose workers do not all check in by then fails (ms)") \
   X(PROGRESS_MS, 100, "workers coalesce progress reports to at most one per interval (ms)")     \
   X(CLIENT_TIMEOUT_MS, 5000, "CLI: how long to wait for the coordinator to answer (ms)")        \
-  X(POOL_WAIT_MS, 60000, "a queued job whose agent pool has no agent for this long fails (ms)")
+  X(POOL_WAIT_MS, 60000, "a queued job whose agent pool has no agent for this long fails (ms)") \
+  X(COOLDOWN_MS, 30000, "an agent whose worker was killed takes no work for this long (ms)")
 
 typedef enum {
 #define DRV_SETTING_ENUM(name, def, help) DRV_SET_##name,

@@ -37,6 +37,7 @@ typedef struct {
   int64_t last_seen_ms;
   int64_t job; /* 0 when idle; set from assign until its worker exits */
   uint32_t generation, rank;
+  int64_t cooldown_until_ms; /* its worker was killed: no new work before then */
 } agent_t;
 
 typedef struct {
@@ -46,7 +47,11 @@ typedef struct {
   unsigned char ident[ID_MAX];
   size_t identlen;
   int done, exited;
-  int64_t exit_ms; /* when its agent reported a clean exit without `done` yet */
+  int32_t exit_code;   /* when exited: its code (0: clean, waiting for `done`) */
+  int64_t exit_ms;     /* when its agent reported an exit without `done` or `failed` yet */
+  uint32_t assign_gen; /* generation of its agent's assignment (its process's birth) */
+  int dead;            /* lost for good: excluded from the next world */
+  int lost;            /* reported `lost` during a re-formation: alive, rolled back */
   /* last progress report */
   uint64_t step;
   double samples_per_s, step_ms;
@@ -67,7 +72,13 @@ typedef struct {
   uint64_t ckpt_step;    /* last durable checkpoint */
   int64_t pool_seen_ms;  /* last time an agent of its pool was registered */
   slot_t *slots;         /* nodes of them while running */
-  int started;           /* `start` sent */
+  uint32_t min_nodes, max_nodes, max_restarts, restarts;
+  int recovering;              /* collecting survivors to re-form the world */
+  uint32_t recover_gen;        /* the generation whose world broke */
+  int64_t recover_deadline_ms; /* survivors that have not reported by then are left out */
+  char first_reason[512];      /* the first failure: the job's reason if it fails */
+  int first_is_symptom;        /* first_reason is a survivor's broken ring, not the cause */
+  int started;                 /* `start` sent */
   int64_t rendezvous_deadline_ms;
   /* aggregated progress */
   uint32_t epoch;
@@ -234,7 +245,8 @@ static void queue_key(const char *target, const char *pool, char *out, size_t n)
 }
 
 static int agent_fits(const agent_t *a, const job_t *j) {
-  return a->used && !a->job && !strcmp(a->target, j->target) && !strcmp(a->pool, j->pool);
+  return a->used && !a->job && !strcmp(a->target, j->target) && !strcmp(a->pool, j->pool) &&
+         drv_now_ms() >= a->cooldown_until_ms;
 }
 
 /* A placement failed half-way (an agent could not be reached): the unreachable agents are
@@ -304,6 +316,7 @@ static void schedule(coord_t *c) {
     for (uint32_t r = 0; r < j->nodes; r++) {
       agent_t *a = &c->agents[idle[r]];
       j->slots[r].agent = idle[r];
+      j->slots[r].assign_gen = j->generation;
       proto_msg_t m;
       proto_msg_init(&m, PROTO_ASSIGN);
       m.u.assign.job = j->id;
@@ -341,6 +354,187 @@ static void schedule(coord_t *c) {
   }
 }
 
+// --- Recovery: re-forming a job's world ------------------------------------------------------
+
+static int slot_of_agent(const job_t *j, int ai) {
+  for (uint32_t r = 0; j->slots && r < j->nodes; r++)
+    if (j->slots[r].agent == ai) return (int)r;
+  return -1;
+}
+
+static void abort_worker(coord_t *c, const job_t *j, const slot_t *s, const char *why) {
+  if (!s->identlen) return;
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_ABORT);
+  m.u.kill.job = j->id;
+  m.u.kill.generation = j->generation;
+  m.u.kill.reason = (char *)why;
+  sock_send(c->workers, s->ident, s->identlen, &m, 1);
+}
+
+/* Makes sure a left-out rank's process is gone: abort to the worker, kill to its agent. */
+static void drop_slot(coord_t *c, job_t *j, slot_t *s, const char *why) {
+  abort_worker(c, j, s, why);
+  if (s->agent >= 0 && c->agents[s->agent].used && c->agents[s->agent].job == j->id && !s->exited) {
+    proto_msg_t m;
+    proto_msg_init(&m, PROTO_KILL);
+    m.u.kill.job = j->id;
+    m.u.kill.generation = s->assign_gen;
+    m.u.kill.reason = (char *)why;
+    send_to_agent(c, &c->agents[s->agent], &m);
+  }
+}
+
+/* Every rank that is not dead has reported `lost` (or the deadline passed): the survivors,
+ * in their old rank order, and free agents of the job's queue up to max_nodes form the new
+ * world of the next generation. Survivors get `reform`, newcomers `assign`; everyone then
+ * rendezvouses again and training goes on from the new rank 0's commit. */
+static void finish_recovery(coord_t *c, job_t *j) {
+  uint32_t nsurv = 0;
+  for (uint32_t r = 0; r < j->nodes; r++) {
+    slot_t *s = &j->slots[r];
+    if (!s->dead && !s->lost) { /* silent: hung, or still stuck in a collective */
+      s->dead = 1;
+      const agent_t *a = s->agent >= 0 && c->agents[s->agent].used ? &c->agents[s->agent] : NULL;
+      char why[512];
+      snprintf(why, sizeof why,
+               "rank %u (agent %s, %s) stopped making progress at step %" PRIu64
+               ": its ring peers timed out on it and it did not answer",
+               r, a ? a->agent_id : "?", a ? a->host : "?", s->step);
+      log_warn("job %" PRId64 ": %s: left out", j->id, why);
+      if (j->first_is_symptom) {
+        snprintf(j->first_reason, sizeof j->first_reason, "%s", why);
+        j->first_is_symptom = 0;
+      }
+    }
+    if (s->dead)
+      drop_slot(c, j, s, "left out of the re-formed world");
+    else
+      nsurv++;
+  }
+  int idle[MAX_AGENTS], nidle = 0;
+  for (int i = 0; i < MAX_AGENTS; i++)
+    if (agent_fits(&c->agents[i], j)) idle[nidle++] = i;
+  for (int x = 1; x < nidle; x++)
+    for (int y = x; y > 0 && agent_cmp_idx(c, idle[y - 1], idle[y]) > 0; y--) {
+      int t = idle[y];
+      idle[y] = idle[y - 1];
+      idle[y - 1] = t;
+    }
+  uint32_t nnew = j->max_nodes > nsurv ? DRV_MIN((uint32_t)nidle, j->max_nodes - nsurv) : 0;
+  if (nsurv == 0 || nsurv + nnew < j->min_nodes) {
+    job_fail(c, j, "%s (%u worker(s) left, min_nodes %u)", j->first_reason, nsurv + nnew,
+             j->min_nodes);
+    return;
+  }
+  uint32_t world = nsurv + nnew;
+  slot_t *next = calloc(world, sizeof *next);
+  if (!next) {
+    job_fail(c, j, "%s (out of memory re-forming the world)", j->first_reason);
+    return;
+  }
+  j->generation++;
+  uint32_t k = 0;
+  for (uint32_t r = 0; r < j->nodes; r++) {
+    const slot_t *s = &j->slots[r];
+    if (s->dead) continue;
+    next[k].agent = s->agent;
+    next[k].assign_gen = s->assign_gen;
+    memcpy(next[k].ident, s->ident, s->identlen);
+    next[k].identlen = s->identlen;
+    c->agents[s->agent].rank = k;
+    proto_msg_t m;
+    proto_msg_init(&m, PROTO_REFORM);
+    m.u.reform =
+        (proto_reform_t){.job = j->id, .generation = j->generation, .rank = k, .world = world};
+    sock_send(c->workers, s->ident, s->identlen, &m, 1);
+    k++;
+  }
+  for (uint32_t i = 0; i < nnew; i++, k++) {
+    agent_t *a = &c->agents[idle[i]];
+    next[k].agent = idle[i];
+    next[k].assign_gen = j->generation;
+    a->job = j->id;
+    a->generation = j->generation;
+    a->rank = k;
+    proto_msg_t m;
+    proto_msg_init(&m, PROTO_ASSIGN);
+    m.u.assign = (proto_assign_t){.job = j->id,
+                                  .generation = j->generation,
+                                  .rank = k,
+                                  .world = world,
+                                  .device = a->gpus ? 0 : -1,
+                                  .spec = j->spec_yaml,
+                                  .run_dir = j->run_dir,
+                                  .coordinator = (char *)c->cfg->advertise,
+                                  .resume_dir = j->resume_dir};
+    send_to_agent(c, a, &m);
+  }
+  free(j->slots);
+  j->slots = next;
+  j->nodes = world;
+  j->started = 0;
+  j->recovering = 0;
+  j->first_is_symptom = 0; /* the first failure's reason is settled */
+  j->rendezvous_deadline_ms = drv_now_ms() + drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS);
+  if (store_job_set_generation(c->store, j->id, j->generation) != DRV_OK)
+    log_error("store: %s", drv_last_error());
+  char why[700];
+  snprintf(why, sizeof why, "re-formed with %u worker(s) (%u new) after: %s", world, nnew,
+           j->first_reason);
+  log_warn("job %" PRId64 " %s; generation %u, restart %u of %u", j->id, why, j->generation,
+           j->restarts, j->max_restarts);
+  publish_state(c, j, why);
+}
+
+/* Re-forms when every rank has either reported `lost` or is known dead. */
+static void recovery_check(coord_t *c, job_t *j) {
+  if (!j->recovering) return;
+  int waiting = 0;
+  for (uint32_t r = 0; r < j->nodes; r++) waiting |= !j->slots[r].dead && !j->slots[r].lost;
+  if (!waiting || drv_now_ms() > j->recover_deadline_ms) finish_recovery(c, j);
+}
+
+/* Something went wrong in a running job: rank `dead` (-1: none known) is gone. Starts (or
+ * continues) a re-formation when the job may still reach min_nodes and has restarts left;
+ * otherwise fails it with the first failure's reason. */
+static void job_trouble(coord_t *c, job_t *j, int dead, const char *reason) {
+  /* A survivor's broken ring is a symptom; the rank that died or hung is the cause, and
+   * the cause is what the job's record should say. */
+  if (!j->first_reason[0] || (dead >= 0 && j->first_is_symptom)) {
+    snprintf(j->first_reason, sizeof j->first_reason, "%s", reason);
+    j->first_is_symptom = dead < 0;
+  }
+  if (dead >= 0 && !j->slots[dead].dead) {
+    j->slots[dead].dead = 1;
+    abort_worker(c, j, &j->slots[dead], reason);
+  }
+  if (!j->recovering) {
+    if (j->restarts >= j->max_restarts) {
+      if (j->max_restarts)
+        job_fail(c, j, "%s (max_restarts %u reached)", j->first_reason, j->max_restarts);
+      else
+        job_fail(c, j, "%s", j->first_reason);
+      return;
+    }
+    j->recovering = 1;
+    j->recover_gen = j->generation;
+    j->restarts++;
+    /* Survivors learn through their rings; a hung peer only through a ring timeout. */
+    j->recover_deadline_ms = drv_now_ms() + drv_setting(DRV_SET_RING_TIMEOUT_MS) + 3000;
+    log_warn("job %" PRId64 ": %s: re-forming its world", j->id, reason);
+  }
+  uint32_t alive = 0, idle = 0;
+  for (uint32_t r = 0; r < j->nodes; r++) alive += !j->slots[r].dead;
+  for (int i = 0; i < MAX_AGENTS; i++) idle += agent_fits(&c->agents[i], j);
+  if (alive + idle < j->min_nodes || alive == 0) {
+    job_fail(c, j, "%s (%u worker(s) left, min_nodes %u)", j->first_reason, alive + idle,
+             j->min_nodes);
+    return;
+  }
+  recovery_check(c, j);
+}
+
 // --- Agents --------------------------------------------------------------------------------
 
 static agent_t *agent_by_ident(coord_t *c, const unsigned char *ident, size_t len) {
@@ -356,10 +550,13 @@ static void agent_lost(coord_t *c, agent_t *a, const char *why) {
   log_warn("agent %s (%s) lost: %s", a->agent_id, a->host, why);
   if (a->job) {
     job_t *j = job_find(c, a->job);
-    if (j && j->state == JOB_RUNNING) {
-      for (uint32_t r = 0; r < j->nodes; r++)
-        if (j->slots[r].agent == (int)(a - c->agents)) j->slots[r].exited = 1;
-      job_fail(c, j, "agent %s (rank %u) lost: %s", a->agent_id, a->rank, why);
+    int r = j && j->state == JOB_RUNNING ? slot_of_agent(j, (int)(a - c->agents)) : -1;
+    if (r >= 0) {
+      char reason[512];
+      snprintf(reason, sizeof reason, "agent %s (%s, rank %u, near step %" PRIu64 ") lost: %s",
+               a->agent_id, a->host, (uint32_t)r, j->slots[r].step, why);
+      j->slots[r].exited = 1; /* nobody is left to report its worker's end */
+      job_trouble(c, j, r, reason);
     }
   }
   memset(a, 0, sizeof *a);
@@ -415,24 +612,32 @@ static void on_worker_exit(coord_t *c, agent_t *a, const proto_worker_exit_t *e)
    * of the same job (a coordinator restart) says nothing about the current one. */
   if (a->job == e->job && a->generation == e->generation) a->job = 0;
   job_t *j = job_find(c, e->job);
-  if (!j || j->state != JOB_RUNNING || e->generation != j->generation || e->rank >= j->nodes)
-    return;
-  slot_t *s = &j->slots[e->rank];
-  if (s->agent != (int)(a - c->agents)) {
-    log_warn("agent %s reported the exit of rank %u of job %" PRId64 ", which it does not run",
-             a->agent_id, e->rank, e->job);
-    return;
-  }
+  if (!j || j->state != JOB_RUNNING || !j->slots) return;
+  int r = slot_of_agent(j, (int)(a - c->agents));
+  if (r < 0 || j->slots[r].assign_gen != e->generation) return; /* left out, or stale */
+  slot_t *s = &j->slots[r];
   s->exited = 1;
   if (s->done) return;
-  if (e->exit_code == 0 && e->signal == 0) {
-    s->exit_ms = drv_now_ms(); /* its `done` may still be in flight on the worker's socket */
+  if (e->signal) {
+    char reason[256];
+    snprintf(reason, sizeof reason,
+             "rank %d (agent %s, %s) was killed by signal %d near step %" PRIu64, r, a->agent_id,
+             a->host, e->signal, s->step);
+    /* Whatever killed it may strike again: no replacement worker on this agent for now. */
+    a->cooldown_until_ms = drv_now_ms() + drv_setting(DRV_SET_COOLDOWN_MS);
+    job_trouble(c, j, r, reason);
     return;
   }
-  if (e->signal)
-    job_fail(c, j, "rank %u on agent %s was killed by signal %d", e->rank, a->agent_id, e->signal);
-  else
-    job_fail(c, j, "rank %u on agent %s exited with code %d", e->rank, a->agent_id, e->exit_code);
+  if (j->recovering) {
+    char reason[256];
+    snprintf(reason, sizeof reason, "rank %d on agent %s exited with code %d", r, a->agent_id,
+             e->exit_code);
+    job_trouble(c, j, r, reason);
+    return;
+  }
+  /* Its `done` or `failed` may still be in flight on the worker's own socket. */
+  s->exit_code = e->exit_code;
+  s->exit_ms = drv_now_ms();
 }
 
 // --- Workers -------------------------------------------------------------------------------
@@ -571,6 +776,28 @@ static void on_checkpoint(coord_t *c, const proto_checkpoint_t *k) {
            k->dir);
 }
 
+static void on_lost(coord_t *c, const unsigned char *ident, size_t len, const proto_lost_t *l) {
+  job_t *j = job_find(c, l->job);
+  if (!j || j->state != JOB_RUNNING || !j->slots || l->rank >= j->nodes) return;
+  uint32_t expected = j->recovering ? j->recover_gen : j->generation;
+  if (l->generation != expected) {
+    log_debug("lost of job %" PRId64 " generation %u dropped (expected %u)", l->job, l->generation,
+              expected);
+    return;
+  }
+  slot_t *s = &j->slots[l->rank];
+  if (s->dead) return;
+  s->lost = 1;
+  memcpy(s->ident, ident, len);
+  s->identlen = len;
+  int ai = s->agent;
+  char reason[700];
+  snprintf(reason, sizeof reason, "rank %u (agent %s) lost its ring at step %" PRIu64 ": %s",
+           l->rank, ai >= 0 && c->agents[ai].used ? c->agents[ai].agent_id : "?", l->step,
+           l->reason);
+  job_trouble(c, j, -1, reason);
+}
+
 static void on_failed(coord_t *c, const proto_failed_t *f) {
   job_t *j = job_for_msg(c, f->job, f->generation, f->rank, "failed");
   if (!j) return;
@@ -625,6 +852,7 @@ static void handle_worker_socket(coord_t *c) {
   case PROTO_DONE: on_done(c, &m.u.done); break;
   case PROTO_FAILED: on_failed(c, &m.u.failed); break;
   case PROTO_CHECKPOINT: on_checkpoint(c, &m.u.checkpoint); break;
+  case PROTO_LOST: on_lost(c, ident, len, &m.u.lost); break;
   default:
     log_warn("agent socket: unexpected '%s' message dropped", proto_type_name(m.type));
     break;
@@ -656,6 +884,9 @@ static void job_fill(job_t *j, const store_job_t *sj, const jobspec_t *spec, cha
   j->generation = sj->generation;
   j->nodes = spec->nodes;
   j->epochs = spec->train.epochs;
+  j->min_nodes = spec->min_nodes;
+  j->max_nodes = spec->max_nodes;
+  j->max_restarts = spec->max_restarts;
   j->spec_yaml = spec_yaml;
   j->test_loss = j->test_accuracy = j->final_samples_per_s = NAN;
   j->pool_seen_ms = drv_now_ms();
@@ -996,6 +1227,10 @@ static void tick(coord_t *c) {
   for (int i = 0; i < MAX_JOBS; i++) {
     job_t *j = &c->jobs[i];
     if (!j->used || j->state != JOB_RUNNING) continue;
+    if (j->recovering) {
+      recovery_check(c, j);
+      continue;
+    }
     if (!j->started && now > j->rendezvous_deadline_ms) {
       uint32_t missing = 0;
       for (uint32_t r = 0; r < j->nodes; r++) missing += !j->slots[r].rendezvoused;
@@ -1006,7 +1241,10 @@ static void tick(coord_t *c) {
     for (uint32_t r = 0; r < j->nodes; r++) {
       slot_t *s = &j->slots[r];
       if (s->exited && !s->done && s->exit_ms && now - s->exit_ms > EXIT_GRACE_MS) {
-        job_fail(c, j, "rank %u exited without reporting its result", r);
+        if (s->exit_code)
+          job_fail(c, j, "rank %u exited with code %d without saying why", r, s->exit_code);
+        else
+          job_fail(c, j, "rank %u exited without reporting its result", r);
         break;
       }
     }
