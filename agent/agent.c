@@ -342,7 +342,19 @@ drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
   a->heartbeat_ms = drv_setting(DRV_SET_HEARTBEAT_MS);
   a->peer_timeout_ms = drv_setting(DRV_SET_PEER_TIMEOUT_MS);
   int64_t next_hb = drv_now_ms() + a->heartbeat_ms;
-  while (!*stop) {
+  int64_t leave_deadline = 0;
+  while (*stop < 2) {
+    if (*stop && !leave_deadline) {
+      if (!a->registered || !live_workers(a)) break;
+      /* Drain: let the coordinator take our rank out at its job's next commit. */
+      proto_msg_t lv;
+      proto_msg_init(&lv, PROTO_LEAVE);
+      lv.u.kill.reason = "agent stopping (SIGTERM)";
+      send_msg(a, &lv);
+      leave_deadline = drv_now_ms() + drv_setting(DRV_SET_RING_TIMEOUT_MS) + 5000;
+      log_info("stopping: asked the coordinator to take our worker out at the next commit");
+    }
+    if (leave_deadline && (!live_workers(a) || drv_now_ms() > leave_deadline)) break;
     proto_msg_t m;
     drv_result_t r = sock_recv(a->sock, 0, NULL, NULL, &m, 100);
     if (r == DRV_OK)

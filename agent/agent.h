@@ -20,7 +20,11 @@ typedef struct {
   const char *pool;        /* NULL, or the pool it serves (jobs submitted with that pool) */
 } agent_config_t;
 
-/* Runs until *stop is set. Returns DRV_OK on a clean stop. */
+/* Runs until *stop is set. On the first stop request an agent whose worker runs sends
+ * `leave`: the coordinator takes the rank out at the job's next commit (the job goes on
+ * without it, no step lost), kills the worker, and the agent then says `bye` and returns.
+ * It waits at most DROVER_RING_TIMEOUT_MS + 5 s for that; *stop >= 2 stops at once.
+ * Returns DRV_OK on a clean stop. */
 drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop);
 
 /* The local address that routes to `endpoint`'s host (a UDP connect + getsockname),

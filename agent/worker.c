@@ -42,7 +42,9 @@ typedef struct {
   dataset_t *train, *test;
   void *ctx, *sock;
   ring_t *ring;
-  int ring_broken; /* a ring operation failed: the ring is unusable */
+  int ring_broken;   /* a ring operation failed: the ring is unusable */
+  int pause_pending; /* the coordinator asked for a planned re-formation */
+  int planned;       /* the current re-formation is a planned one */
   trainer_t *trainer;
   FILE *metrics; /* rank 0 only */
   FILE *audit;   /* $DROVER_AUDIT_DIR: sample ids of every step, for tests */
@@ -100,7 +102,8 @@ static drv_result_t ring_sum(worker_t *w, float *data, size_t count) {
   return rc;
 }
 
-/* Non-blocking check for an `abort` from the coordinator. */
+/* Non-blocking look at the coordinator's messages: `abort` ends the worker, `pause` asks
+ * for a planned re-formation at the next commit. */
 static drv_result_t check_abort(worker_t *w) {
   for (;;) {
     proto_msg_t m;
@@ -114,6 +117,11 @@ static drv_result_t check_abort(worker_t *w) {
                      m.u.kill.reason ? m.u.kill.reason : "no reason given");
       proto_msg_fini(&m);
       return rc;
+    }
+    if (rc == DRV_OK && m.type == PROTO_PAUSE && m.u.kill.job == w->cfg->job) {
+      log_info("the coordinator asks for a re-formation at the next commit: %s",
+               m.u.kill.reason ? m.u.kill.reason : "");
+      w->pause_pending = 1;
     }
     if (rc != DRV_OK) log_warn("dropped a frame from the coordinator: %s", drv_last_error());
     proto_msg_fini(&m);
@@ -558,7 +566,19 @@ static drv_result_t run(worker_t *w, plan_t *p, progress_t *g, uint64_t *step) {
       report_progress(w, epoch, *step, p->total, loss, lr);
       DRV_CHECK(check_abort(w));
     }
-    if (commit_every && *step % commit_every == 0) commit(w, *step);
+    if (commit_every && *step % commit_every == 0) {
+      commit(w, *step);
+      /* A planned re-formation (new agents, one leaving) happens at a commit that every
+       * rank agrees on: any rank that was asked raises the flag. */
+      float flag = w->pause_pending ? 1.0f : -0.0f;
+      DRV_CHECK(ring_sum(w, &flag, 1));
+      if (flag > 0) {
+        w->pause_pending = 0;
+        w->planned = 1;
+        w->ring_broken = 1;
+        return drv_error(DRV_ERR_CANCELLED, "planned re-formation at step %" PRIu64, *step);
+      }
+    }
     if (every && *step % every == 0 && *step < p->total) {
       if (w->rank == 0) DRV_CHECK(save_checkpoint(w, *step, p->spe));
       g->last_ckpt = *step;
@@ -621,7 +641,8 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
     if (rc == DRV_OK) break;
     /* A broken ring is a lost peer: roll back and let the coordinator re-form the world
      * (it aborts us when it cannot). Anything else ends this worker. */
-    if (!w->ring_broken || !s->max_restarts) goto out;
+    if (!w->ring_broken || (!s->max_restarts && !w->planned)) goto out;
+    w->planned = 0;
     DRV_CHECK_GOTO(recover(w, &step), rc, out);
   }
   if (w->rank == 0) {

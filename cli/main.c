@@ -25,9 +25,10 @@
 
 static volatile sig_atomic_t stop_flag;
 
+/* Counts stop requests: an agent drains on the first and stops at once on the second. */
 static void on_signal(int sig) {
   (void)sig;
-  stop_flag = 1;
+  if (stop_flag < 2) stop_flag++;
 }
 
 static void install_stop_signals(void) {

@@ -201,6 +201,8 @@ static const struct {
     [PROTO_CHECKPOINT] = {"checkpoint", &checkpoint_schema},
     [PROTO_LOST] = {"lost", &lost_schema},
     [PROTO_REFORM] = {"reform", &reform_schema},
+    [PROTO_PAUSE] = {"pause", &kill_schema},
+    [PROTO_LEAVE] = {"leave", &bye_schema},
     [PROTO_SUBMIT] = {"submit", &submit_schema},
     [PROTO_SUBMITTED] = {"submitted", &submitted_schema},
     [PROTO_STATUS] = {"status", &status_schema},

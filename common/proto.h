@@ -46,8 +46,13 @@ typedef enum {
   /* coordinator -> worker: stop
      now */
   PROTO_CHECKPOINT, /* worker (rank 0) -> coordinator: a checkpoint is durable */
-  PROTO_LOST,       /* worker -> coordinator: my ring broke; rolled back, waiting */
-  PROTO_REFORM,     /* coordinator -> worker: rejoin as this rank of a new world */
+  PROTO_LOST,
+  /* worker -> coordinator: my ring broke; rolled back, waiting */ PROTO_REFORM, /* coordinator ->
+                                                                                    worker: rejoin
+                                                                                    as this rank of
+                                                                                    a new world */
+  PROTO_PAUSE, /* coordinator -> worker: stop at the next commit, report lost */
+  PROTO_LEAVE, /* agent -> coordinator: stopping; take my worker out at a commit */
   /* clients -> coordinator ROUTER (port base+1) */
   PROTO_SUBMIT,    /* submit a job spec */
   PROTO_SUBMITTED, /* reply: the job id */
@@ -280,7 +285,7 @@ typedef struct {
     proto_welcome_t welcome;
     proto_heartbeat_t heartbeat;
     proto_assign_t assign;
-    proto_kill_t kill; /* PROTO_KILL, PROTO_ABORT and PROTO_BYE (job, generation 0) */
+    proto_kill_t kill; /* PROTO_KILL, PROTO_ABORT, PROTO_PAUSE; PROTO_BYE, PROTO_LEAVE (reason) */
     proto_worker_exit_t worker_exit;
     proto_rendezvous_t rendezvous;
     proto_start_t start;

@@ -38,6 +38,7 @@ typedef struct {
   int64_t job; /* 0 when idle; set from assign until its worker exits */
   uint32_t generation, rank;
   int64_t cooldown_until_ms; /* its worker was killed: no new work before then */
+  int leaving;               /* said `leave`: no new work */
 } agent_t;
 
 typedef struct {
@@ -52,6 +53,7 @@ typedef struct {
   uint32_t assign_gen; /* generation of its agent's assignment (its process's birth) */
   int dead;            /* lost for good: excluded from the next world */
   int lost;            /* reported `lost` during a re-formation: alive, rolled back */
+  int leaving;         /* its agent is stopping: left out at the next re-formation */
   /* last progress report */
   uint64_t step;
   double samples_per_s, step_ms;
@@ -78,7 +80,10 @@ typedef struct {
   int64_t recover_deadline_ms; /* survivors that have not reported by then are left out */
   char first_reason[512];      /* the first failure: the job's reason if it fails */
   int first_is_symptom;        /* first_reason is a survivor's broken ring, not the cause */
-  int started;                 /* `start` sent */
+  int planned;                 /* the re-formation was asked for (growth, a leaving agent) */
+  char plan_reason[256];
+  uint32_t commit_every; /* planned re-formations need commits */
+  int started;           /* `start` sent */
   int64_t rendezvous_deadline_ms;
   /* aggregated progress */
   uint32_t epoch;
@@ -245,8 +250,8 @@ static void queue_key(const char *target, const char *pool, char *out, size_t n)
 }
 
 static int agent_fits(const agent_t *a, const job_t *j) {
-  return a->used && !a->job && !strcmp(a->target, j->target) && !strcmp(a->pool, j->pool) &&
-         drv_now_ms() >= a->cooldown_until_ms;
+  return a->used && !a->job && !a->leaving && !strcmp(a->target, j->target) &&
+         !strcmp(a->pool, j->pool) && drv_now_ms() >= a->cooldown_until_ms;
 }
 
 /* A placement failed half-way (an agent could not be reached): the unreachable agents are
@@ -393,6 +398,7 @@ static void finish_recovery(coord_t *c, job_t *j) {
   uint32_t nsurv = 0;
   for (uint32_t r = 0; r < j->nodes; r++) {
     slot_t *s = &j->slots[r];
+    if (s->leaving) s->dead = 1;
     if (!s->dead && !s->lost) { /* silent: hung, or still stuck in a collective */
       s->dead = 1;
       const agent_t *a = s->agent >= 0 && c->agents[s->agent].used ? &c->agents[s->agent] : NULL;
@@ -422,9 +428,9 @@ static void finish_recovery(coord_t *c, job_t *j) {
       idle[y - 1] = t;
     }
   uint32_t nnew = j->max_nodes > nsurv ? DRV_MIN((uint32_t)nidle, j->max_nodes - nsurv) : 0;
+  const char *cause = j->first_reason[0] ? j->first_reason : j->plan_reason;
   if (nsurv == 0 || nsurv + nnew < j->min_nodes) {
-    job_fail(c, j, "%s (%u worker(s) left, min_nodes %u)", j->first_reason, nsurv + nnew,
-             j->min_nodes);
+    job_fail(c, j, "%s (%u worker(s) left, min_nodes %u)", cause, nsurv + nnew, j->min_nodes);
     return;
   }
   uint32_t world = nsurv + nnew;
@@ -480,11 +486,37 @@ static void finish_recovery(coord_t *c, job_t *j) {
   if (store_job_set_generation(c->store, j->id, j->generation) != DRV_OK)
     log_error("store: %s", drv_last_error());
   char why[700];
-  snprintf(why, sizeof why, "re-formed with %u worker(s) (%u new) after: %s", world, nnew,
-           j->first_reason);
+  if (j->planned)
+    snprintf(why, sizeof why, "re-formed with %u worker(s) (%u new): %s", world, nnew,
+             j->plan_reason);
+  else
+    snprintf(why, sizeof why, "re-formed with %u worker(s) (%u new) after: %s", world, nnew, cause);
+  j->planned = 0;
   log_warn("job %" PRId64 " %s; generation %u, restart %u of %u", j->id, why, j->generation,
            j->restarts, j->max_restarts);
   publish_state(c, j, why);
+}
+
+/* Asks a healthy running job to re-form at its next commit (to take in free agents, or to
+ * let a leaving agent go without losing steps). Every worker gets `pause`; they agree on
+ * the commit through the ring and report `lost`. Returns 0 when the job cannot do it now. */
+static int job_plan(coord_t *c, job_t *j, const char *why) {
+  if (j->recovering || !j->started || !j->commit_every || !j->slots) return 0;
+  j->recovering = 1;
+  j->planned = 1;
+  j->recover_gen = j->generation;
+  snprintf(j->plan_reason, sizeof j->plan_reason, "%s", why);
+  j->recover_deadline_ms = drv_now_ms() + 2 * drv_setting(DRV_SET_RING_TIMEOUT_MS) + 3000;
+  for (uint32_t r = 0; r < j->nodes; r++) {
+    slot_t *s = &j->slots[r];
+    if (!s->identlen) continue;
+    proto_msg_t m;
+    proto_msg_init(&m, PROTO_PAUSE);
+    m.u.kill = (proto_kill_t){.job = j->id, .generation = j->generation, .reason = (char *)why};
+    sock_send(c->workers, s->ident, s->identlen, &m, 1);
+  }
+  log_info("job %" PRId64 ": %s: re-forming at the next commit", j->id, why);
+  return 1;
 }
 
 /* Re-forms when every rank has either reported `lost` or is known dead. */
@@ -560,6 +592,22 @@ static void agent_lost(coord_t *c, agent_t *a, const char *why) {
     }
   }
   memset(a, 0, sizeof *a);
+}
+
+/* An agent is stopping (preemption notice, operator): its rank leaves at the job's next
+ * commit and the job carries on without it; without commits it is lost at once. */
+static void on_leave(coord_t *c, agent_t *a, const char *reason) {
+  a->leaving = 1;
+  job_t *j = a->job ? job_find(c, a->job) : NULL;
+  int r = j && j->state == JOB_RUNNING ? slot_of_agent(j, (int)(a - c->agents)) : -1;
+  log_info("agent %s is leaving (%s)%s", a->agent_id, reason ? reason : "no reason given",
+           r >= 0 ? ": its rank leaves its job at the next commit" : "");
+  if (r < 0) return;
+  j->slots[r].leaving = 1;
+  char why[300];
+  snprintf(why, sizeof why, "agent %s (rank %d) leaving: %s", a->agent_id, r,
+           reason ? reason : "stopping");
+  if (!j->recovering && !job_plan(c, j, why)) job_trouble(c, j, r, why);
 }
 
 static void send_welcome(coord_t *c, const agent_t *a) {
@@ -790,6 +838,10 @@ static void on_lost(coord_t *c, const unsigned char *ident, size_t len, const pr
   s->lost = 1;
   memcpy(s->ident, ident, len);
   s->identlen = len;
+  if (j->planned) { /* the ranks stopping at the agreed commit, as asked */
+    recovery_check(c, j);
+    return;
+  }
   int ai = s->agent;
   char reason[700];
   snprintf(reason, sizeof reason, "rank %u (agent %s) lost its ring at step %" PRIu64 ": %s",
@@ -820,6 +872,9 @@ static void handle_worker_socket(coord_t *c) {
   if (a) a->last_seen_ms = drv_now_ms();
   switch (m.type) {
   case PROTO_HELLO: on_hello(c, ident, len, &m.u.hello); break;
+  case PROTO_LEAVE:
+    if (a) on_leave(c, a, m.u.kill.reason);
+    break;
   case PROTO_BYE:
     if (a) {
       char why[160];
@@ -887,6 +942,7 @@ static void job_fill(job_t *j, const store_job_t *sj, const jobspec_t *spec, cha
   j->min_nodes = spec->min_nodes;
   j->max_nodes = spec->max_nodes;
   j->max_restarts = spec->max_restarts;
+  j->commit_every = spec->train.commit_every;
   j->spec_yaml = spec_yaml;
   j->test_loss = j->test_accuracy = j->final_samples_per_s = NAN;
   j->pool_seen_ms = drv_now_ms();
@@ -1230,6 +1286,20 @@ static void tick(coord_t *c) {
     if (j->recovering) {
       recovery_check(c, j);
       continue;
+    }
+    /* Room to grow and a free agent for it, with nobody queued for that agent. */
+    if (j->started && j->nodes < j->max_nodes && j->commit_every) {
+      int free_agents = 0, queued = 0;
+      for (int k = 0; k < MAX_AGENTS; k++) free_agents += agent_fits(&c->agents[k], j);
+      for (int k = 0; k < MAX_JOBS; k++)
+        queued |= c->jobs[k].used && c->jobs[k].state == JOB_QUEUED &&
+                  !strcmp(c->jobs[k].target, j->target) && !strcmp(c->jobs[k].pool, j->pool);
+      if (free_agents && !queued) {
+        char why[128];
+        snprintf(why, sizeof why, "taking in %d free agent(s)", free_agents);
+        job_plan(c, j, why);
+        continue;
+      }
     }
     if (!j->started && now > j->rendezvous_deadline_ms) {
       uint32_t missing = 0;

@@ -191,5 +191,66 @@ def test_max_restarts(drover):
         c.close()
 
 
+def reform_records(run_dir):
+    m = read_metrics(run_dir)
+    out = []
+    for i, x in enumerate(m):
+        if x["type"] == "reform":
+            before = [y["step"] for y in m[:i] if y["type"] == "step"]
+            out.append((x, max(before) - x["step"]))
+    return out
+
+
+def test_graceful_leave(drover):
+    # SIGTERM to an agent (a preemption notice): its rank leaves at the next commit, no
+    # step is lost, the job finishes on the others, and the agent exits by itself.
+    c = Cluster(drover, env=ENV)
+    try:
+        sub, job = start(c, "preempted")
+        run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
+        wait_step(c, sub, job, 130)
+        c.agents["a2"].send_signal(signal.SIGTERM)
+        final, _ = c.follow(sub, job, timeout=180)
+        assert final["state"] == "succeeded", final
+        (rec, redone), = reform_records(run_dir)
+        assert rec["world"] == 2 and redone == 0, (rec, redone)
+        assert c.agents["a2"].wait(timeout=20) == 0
+        assert "a2" not in [a["agent_id"] for a in c.request("agents", {})[2]["agents"]]
+        print("graceful leave: re-formed on 2 at step %d, no step redone" % rec["step"])
+    except Exception:
+        print(c.all_logs())
+        raise
+    finally:
+        c.close()
+
+
+def test_grow_when_an_agent_joins(drover):
+    # A job running below max_nodes takes in an agent that registers mid-run, at its next
+    # commit, without losing a step.
+    c = Cluster(drover, env=ENV)
+    try:
+        c.start_coordinator()
+        c.start_agent("a1")
+        c.start_agent("a2")
+        c.wait_agents(2)
+        sub = c.subscribe()
+        spec = (SPEC % ("growing", 2, 3, 30, c.runs)).replace("nodes: 3\n", "nodes: 2\nmax_nodes: 3\n", 1)
+        job = c.request("submit", {"spec": spec})[2]["job"]
+        run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
+        wait_step(c, sub, job, 100)
+        c.start_agent("a3")
+        final, _ = c.follow(sub, job, timeout=180)
+        assert final["state"] == "succeeded", final
+        (rec, redone), = reform_records(run_dir)
+        assert rec["world"] == 3 and redone == 0, (rec, redone)
+        print("grow: re-formed on 3 at step %d, no step redone" % rec["step"])
+    except Exception:
+        print(c.all_logs())
+        raise
+    finally:
+        c.close()
+
+
 if __name__ == "__main__":
-    main([test_killed_worker, test_hung_worker, test_killed_agent, test_max_restarts])
+    main([test_killed_worker, test_hung_worker, test_killed_agent, test_max_restarts,
+          test_graceful_leave, test_grow_when_an_agent_joins])
