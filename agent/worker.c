@@ -53,7 +53,9 @@ typedef struct {
   uint64_t commit_step;
   /* progress since the last report */
   uint64_t rep_samples, rep_steps;
-  double rep_step_s, rep_start_s;
+  double rep_step_s, rep_wait_s, rep_start_s;
+  /* DROVER_FAULT_SLOW_MS: a fault-injection hook for tests, a sleep in every step */
+  int64_t fault_slow_ms;
 } worker_t;
 
 typedef struct {
@@ -145,9 +147,10 @@ static void report_progress(worker_t *w, uint32_t epoch, uint64_t step, uint64_t
   p->samples = w->rep_samples;
   p->interval_s = now - w->rep_start_s;
   p->step_ms = w->rep_steps ? 1000.0 * w->rep_step_s / (double)w->rep_steps : 0;
+  p->wait_ms = w->rep_steps ? 1000.0 * w->rep_wait_s / (double)w->rep_steps : 0;
   send_coord(w, &m);
   w->rep_samples = w->rep_steps = 0;
-  w->rep_step_s = 0;
+  w->rep_step_s = w->rep_wait_s = 0;
   w->rep_start_s = now;
 }
 
@@ -534,9 +537,14 @@ static drv_result_t run(worker_t *w, plan_t *p, progress_t *g, uint64_t *step) {
     dataset_gather(w->train, p->perm + begin, count, p->x, p->y);
     double loss_sum = 0;
     DRV_CHECK(trainer_forward_backward(w->trainer, p->x, p->y, count, batch, &loss_sum, NULL));
+    if (w->fault_slow_ms) usleep((useconds_t)w->fault_slow_ms * 1000);
+    /* Time in the all-reduces is time spent waiting for the slowest rank (and moving
+     * bytes): step time less this is this rank's own compute time. */
+    double tw = drv_now_s();
     DRV_CHECK(ring_sum(w, grads, ngrad));
     float lsum = (float)loss_sum;
     DRV_CHECK(ring_sum(w, &lsum, 1));
+    w->rep_wait_s += drv_now_s() - tw;
     float lr;
     DRV_CHECK(trainer_apply(w->trainer, done, p->total, &lr));
     double dt = drv_now_s() - t0;
@@ -678,6 +686,12 @@ drv_result_t worker_run(const worker_config_t *cfg) {
   if (cfg->device >= 0)
     log_warn("device %d assigned, but the GPU backend is not built yet: training on the CPU",
              cfg->device);
+  const char *slow = getenv("DROVER_FAULT_SLOW_MS");
+  if (slow && *slow) {
+    w.fault_slow_ms = atoll(slow);
+    log_warn("fault injection: every step sleeps %" PRId64 " ms (DROVER_FAULT_SLOW_MS)",
+             w.fault_slow_ms);
+  }
   const char *audit = getenv("DROVER_AUDIT_DIR");
   if (audit && *audit) {
     char path[1200];

@@ -315,7 +315,17 @@ static int cmd_status(int argc, char **argv) {
       cli_json_num(stdout, j->started_at);
       fputs(",\"finished_at\":", stdout);
       cli_json_num(stdout, j->finished_at);
-      printf(",\"ckpt_step\":%" PRIu64, j->ckpt_step);
+      printf(",\"ckpt_step\":%" PRIu64 ",\"ranks\":[", j->ckpt_step);
+      for (uint32_t r = 0; r < j->ranks_count; r++) {
+        const proto_rank_t *k = &j->ranks[r];
+        printf("%s{\"rank\":%u,\"agent\":", r ? "," : "", k->rank);
+        cli_json_str(stdout, k->agent);
+        fputs(",\"host\":", stdout);
+        cli_json_str(stdout, k->host);
+        printf(",\"step_ms\":%.3f,\"compute_ms\":%.3f,\"wait_ms\":%.3f,\"straggler\":%s}",
+               k->step_ms, k->compute_ms, k->wait_ms, k->straggler ? "true" : "false");
+      }
+      fputs("]", stdout);
       fputs("}", stdout);
     }
     fputs("]\n", stdout);
@@ -340,6 +350,17 @@ static int cmd_status(int argc, char **argv) {
         snprintf(sps, sizeof sps, "-");
       printf("%-5" PRId64 " %-20.20s %-10s %-9s %5u %13s %9s %11s  %-19s  %s\n", j->id, j->name,
              j->state, j->target, j->nodes, step, acc, sps, when, j->reason);
+    }
+    /* One running job: its ranks, for spotting the one the others wait for. */
+    if (req.u.status.job && rep.u.jobs.jobs_count == 1 && rep.u.jobs.jobs[0].ranks_count) {
+      const proto_job_t *j = &rep.u.jobs.jobs[0];
+      printf("\n%-5s %-28s %-16s %10s %12s %10s  %s\n", "RANK", "AGENT", "HOST", "STEP_MS",
+             "COMPUTE_MS", "WAIT_MS", "");
+      for (uint32_t r = 0; r < j->ranks_count; r++) {
+        const proto_rank_t *k = &j->ranks[r];
+        printf("%-5u %-28.28s %-16.16s %10.2f %12.2f %10.2f  %s\n", k->rank, k->agent, k->host,
+               k->step_ms, k->compute_ms, k->wait_ms, k->straggler ? "straggler" : "");
+      }
     }
   }
   proto_msg_fini(&rep);

@@ -90,7 +90,8 @@ SCHEMA(progress_schema, "progress", proto_progress_t, FLD(proto_progress_t, job,
        FLD(proto_progress_t, epoch, F_U32, REQ), FLD(proto_progress_t, step, F_U64, REQ),
        FLD(proto_progress_t, steps_total, F_U64, REQ), FLD(proto_progress_t, loss, F_F64, REQ),
        FLD(proto_progress_t, lr, F_F64, OPT), FLD(proto_progress_t, samples, F_U64, REQ),
-       FLD(proto_progress_t, interval_s, F_F64, REQ), FLD(proto_progress_t, step_ms, F_F64, REQ));
+       FLD(proto_progress_t, interval_s, F_F64, REQ), FLD(proto_progress_t, step_ms, F_F64, REQ),
+       FLD(proto_progress_t, wait_ms, F_F64, OPT));
 
 SCHEMA(eval_schema, "eval", proto_eval_t, FLD(proto_eval_t, job, F_I64, REQ),
        FLD(proto_eval_t, generation, F_U32, REQ), FLD(proto_eval_t, epoch, F_U32, REQ),
@@ -134,6 +135,11 @@ SCHEMA(submitted_schema, "submitted", proto_submitted_t, FLD(proto_submitted_t, 
 SCHEMA(status_schema, "status", proto_status_t, FLD(proto_status_t, job, F_I64, OPT),
        FLD(proto_status_t, limit, F_U32, OPT));
 
+SCHEMA(rank_schema, "rank", proto_rank_t, FLD(proto_rank_t, rank, F_U32, REQ),
+       FLD(proto_rank_t, agent, F_STR, REQ), FLD(proto_rank_t, host, F_STR, REQ),
+       FLD(proto_rank_t, step_ms, F_F64, REQ), FLD(proto_rank_t, compute_ms, F_F64, REQ),
+       FLD(proto_rank_t, wait_ms, F_F64, REQ), FLD(proto_rank_t, straggler, F_U32, REQ));
+
 SCHEMA(job_schema, "job", proto_job_t, FLD(proto_job_t, id, F_I64, REQ),
        FLD(proto_job_t, name, F_STR, REQ), FLD(proto_job_t, state, F_STR, REQ),
        FLD(proto_job_t, reason, F_STR, REQ), FLD(proto_job_t, target, F_STR, REQ),
@@ -143,7 +149,8 @@ SCHEMA(job_schema, "job", proto_job_t, FLD(proto_job_t, id, F_I64, REQ),
        FLD(proto_job_t, loss, F_F64, REQ), FLD(proto_job_t, samples_per_s, F_F64, REQ),
        FLD(proto_job_t, test_loss, F_F64, REQ), FLD(proto_job_t, test_accuracy, F_F64, REQ),
        FLD(proto_job_t, submitted_at, F_F64, REQ), FLD(proto_job_t, started_at, F_F64, REQ),
-       FLD(proto_job_t, finished_at, F_F64, REQ), FLD(proto_job_t, ckpt_step, F_U64, OPT));
+       FLD(proto_job_t, finished_at, F_F64, REQ), FLD(proto_job_t, ckpt_step, F_U64, OPT),
+       ARR(proto_job_t, ranks, F_OBJS, &rank_schema, OPT));
 
 SCHEMA(jobs_schema, "jobs", proto_jobs_t, ARR(proto_jobs_t, jobs, F_OBJS, &job_schema, REQ));
 

@@ -157,6 +157,7 @@ typedef struct {
   uint64_t samples;  /* samples this rank processed since its last report */
   double interval_s; /* seconds those samples took */
   double step_ms;    /* this rank's mean step time over the interval */
+  double wait_ms;    /* of which spent in all-reduces (waiting for the others) */
 } proto_progress_t;
 
 typedef struct {
@@ -223,6 +224,15 @@ typedef struct {
 } proto_status_t;
 
 typedef struct {
+  uint32_t rank;
+  char *agent, *host;
+  double step_ms;     /* smoothed step time */
+  double compute_ms;  /* step time less the time waiting in all-reduces */
+  double wait_ms;     /* smoothed time in all-reduces per step */
+  uint32_t straggler; /* 1: compute time above DROVER_STRAGGLER_PCT % of the others' median */
+} proto_rank_t;
+
+typedef struct {
   int64_t id;
   char *name, *state, *reason, *target, *run_dir;
   uint32_t nodes, epoch, epochs;
@@ -230,6 +240,8 @@ typedef struct {
   double loss, samples_per_s, test_loss, test_accuracy;
   double submitted_at, started_at, finished_at; /* wall seconds; 0 = not yet */
   uint64_t ckpt_step;                           /* last durable checkpoint, 0 = none */
+  proto_rank_t *ranks;                          /* live jobs: one per rank */
+  uint32_t ranks_count;
 } proto_job_t;
 
 typedef struct {

@@ -54,9 +54,10 @@ typedef struct {
   int dead;            /* lost for good: excluded from the next world */
   int lost;            /* reported `lost` during a re-formation: alive, rolled back */
   int leaving;         /* its agent is stopping: left out at the next re-formation */
-  /* last progress report */
+  /* last progress report, and smoothed step and all-reduce times */
   uint64_t step;
-  double samples_per_s, step_ms;
+  double samples_per_s, step_ms, ewma_step_ms, ewma_wait_ms;
+  int straggler;
 } slot_t;
 
 typedef struct {
@@ -731,6 +732,45 @@ static void on_rendezvous(coord_t *c, const unsigned char *ident, size_t len,
   log_info("job %" PRId64 ": all %u workers checked in, started", j->id, j->nodes);
 }
 
+static double compute_ms(const slot_t *s) {
+  double v = s->ewma_step_ms - s->ewma_wait_ms;
+  return v > 0 ? v : 0;
+}
+
+/* A straggler is slow but alive: its own compute time per step is above
+ * DROVER_STRAGGLER_PCT % of the median of the other ranks'. Reported, never declared dead. */
+static void update_stragglers(coord_t *c, job_t *j) {
+  if (j->nodes < 2) return;
+  double pct = (double)drv_setting(DRV_SET_STRAGGLER_PCT) / 100.0;
+  double others[MAX_AGENTS];
+  for (uint32_t r = 0; r < j->nodes; r++) {
+    slot_t *s = &j->slots[r];
+    uint32_t n = 0;
+    for (uint32_t q = 0; q < j->nodes && n < MAX_AGENTS; q++)
+      if (q != r && j->slots[q].ewma_step_ms > 0) others[n++] = compute_ms(&j->slots[q]);
+    if (!n || s->ewma_step_ms == 0) continue;
+    for (uint32_t x = 1; x < n; x++) /* n is small: insertion sort */
+      for (uint32_t y = x; y > 0 && others[y - 1] > others[y]; y--) {
+        double t = others[y];
+        others[y] = others[y - 1];
+        others[y - 1] = t;
+      }
+    double median = n % 2 ? others[n / 2] : 0.5 * (others[n / 2 - 1] + others[n / 2]);
+    int slow = compute_ms(s) > pct * median && compute_ms(s) - median > 0.05;
+    if (slow != s->straggler) {
+      const agent_t *a = s->agent >= 0 && c->agents[s->agent].used ? &c->agents[s->agent] : NULL;
+      if (slow)
+        log_warn("job %" PRId64
+                 ": rank %u (agent %s) is a straggler: %.2f ms of compute per step, "
+                 "others' median %.2f ms",
+                 j->id, r, a ? a->agent_id : "?", compute_ms(s), median);
+      else
+        log_info("job %" PRId64 ": rank %u is no longer a straggler", j->id, r);
+      s->straggler = slow;
+    }
+  }
+}
+
 static void publish_progress(coord_t *c, job_t *j) {
   proto_msg_t m;
   proto_msg_init(&m, PROTO_EV_PROGRESS);
@@ -745,10 +785,12 @@ static void publish_progress(coord_t *c, job_t *j) {
   p->lr = j->lr;
   double total = 0, slowest = -1;
   uint32_t slow_rank = 0;
+  double slowest_compute = -1;
   for (uint32_t r = 0; r < j->nodes; r++) {
     total += j->slots[r].samples_per_s;
-    if (j->slots[r].step_ms > slowest) {
-      slowest = j->slots[r].step_ms;
+    slowest = DRV_MAX(slowest, j->slots[r].step_ms);
+    if (compute_ms(&j->slots[r]) > slowest_compute) { /* the one the others wait for */
+      slowest_compute = compute_ms(&j->slots[r]);
       slow_rank = r;
     }
   }
@@ -770,6 +812,15 @@ static void on_progress(coord_t *c, const proto_progress_t *p) {
   s->step = p->step;
   s->samples_per_s = p->interval_s > 0 ? (double)p->samples / p->interval_s : 0;
   s->step_ms = p->step_ms;
+  double wait = isnan(p->wait_ms) ? 0 : p->wait_ms;
+  if (s->ewma_step_ms == 0) {
+    s->ewma_step_ms = p->step_ms;
+    s->ewma_wait_ms = wait;
+  } else {
+    s->ewma_step_ms = 0.7 * s->ewma_step_ms + 0.3 * p->step_ms;
+    s->ewma_wait_ms = 0.7 * s->ewma_wait_ms + 0.3 * wait;
+  }
+  update_stragglers(c, j);
   if (p->rank == 0) {
     /* Ranks move in lockstep through the all-reduce; rank 0 speaks for the job. */
     j->epoch = p->epoch;
@@ -1130,6 +1181,20 @@ static void fill_job(coord_t *c, const store_job_t *sj, proto_job_t *pj) {
     pj->steps_total = j->steps_total;
     pj->loss = j->loss;
     pj->samples_per_s = j->samples_per_s;
+    if (j->slots && j->state == JOB_RUNNING && (pj->ranks = calloc(j->nodes, sizeof *pj->ranks))) {
+      pj->ranks_count = j->nodes;
+      for (uint32_t r = 0; r < j->nodes; r++) {
+        const slot_t *s = &j->slots[r];
+        const agent_t *a = s->agent >= 0 && c->agents[s->agent].used ? &c->agents[s->agent] : NULL;
+        pj->ranks[r] = (proto_rank_t){.rank = r,
+                                      .agent = strdup(a ? a->agent_id : "?"),
+                                      .host = strdup(a ? a->host : "?"),
+                                      .step_ms = s->ewma_step_ms,
+                                      .compute_ms = compute_ms(s),
+                                      .wait_ms = s->ewma_wait_ms,
+                                      .straggler = (uint32_t)s->straggler};
+      }
+    }
   }
 }
 

@@ -251,6 +251,47 @@ def test_grow_when_an_agent_joins(drover):
         c.close()
 
 
+def test_straggler_reported_not_killed(drover):
+    # One agent's worker is made slow (a fault-injection sleep in every step): it shows
+    # as a straggler in drover status, the job goes on with all three ranks.
+    import json
+    c = Cluster(drover, env=ENV)
+    try:
+        c.start_coordinator()
+        c.start_agent("a1")
+        c.start_agent("a2")
+        saved = c.env
+        c.env = dict(c.env, DROVER_FAULT_SLOW_MS="3")
+        c.start_agent("a3")
+        c.env = saved
+        c.wait_agents(3)
+        sub = c.subscribe()
+        job = c.request("submit", {"spec": SPEC % ("straggling", 2, 3, 20, c.runs)})[2]["job"]
+        wait_step(c, sub, job, 200)
+        deadline = time.time() + 30
+        ranks = []
+        while time.time() < deadline:
+            st = json.loads(c.drover_cli("status", str(job), "--json").stdout)[0]
+            ranks = st["ranks"]
+            if any(r["straggler"] for r in ranks):
+                break
+            time.sleep(0.2)
+        slow = [r for r in ranks if r["straggler"]]
+        assert [r["agent"] for r in slow] == ["a3"], ranks
+        others = [r for r in ranks if not r["straggler"]]
+        assert all(r["wait_ms"] > slow[0]["wait_ms"] for r in others), ranks
+        plain = c.drover_cli("status", str(job)).stdout
+        assert "straggler" in plain and "COMPUTE_MS" in plain, plain
+        assert st["status"] == "running" and len(ranks) == 3
+        print("straggler: %s" % ranks)
+        c.request("cancel", {"job": job})
+    except Exception:
+        print(c.all_logs())
+        raise
+    finally:
+        c.close()
+
+
 if __name__ == "__main__":
-    main([test_killed_worker, test_hung_worker, test_killed_agent, test_max_restarts,
+    main([test_straggler_reported_not_killed, test_killed_worker, test_hung_worker, test_killed_agent, test_max_restarts,
           test_graceful_leave, test_grow_when_an_agent_joins])
