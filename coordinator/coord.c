@@ -23,7 +23,8 @@
 #define MAX_AGENTS 256
 #define MAX_JOBS 1024
 #define ID_MAX 256
-#define EXIT_GRACE_MS 3000 /* a worker that exited 0 has this long for its `done` to arrive */
+#define EXIT_GRACE_MS 3000    /* a worker that exited 0 has this long for its `done` to arrive */
+#define RECOVER_GRACE_MS 3000 /* survivors of a broken ring report `lost` within this */
 
 // --- State ---------------------------------------------------------------------------------
 
@@ -406,7 +407,7 @@ static void finish_recovery(coord_t *c, job_t *j) {
       char why[512];
       snprintf(why, sizeof why,
                "rank %u (agent %s, %s) stopped making progress at step %" PRIu64
-               ": its ring peers timed out on it and it did not answer",
+               ": its ring broke and it did not report",
                r, a ? a->agent_id : "?", a ? a->host : "?", s->step);
       log_warn("job %" PRId64 ": %s: left out", j->id, why);
       if (j->first_is_symptom) {
@@ -517,6 +518,9 @@ static int job_plan(coord_t *c, job_t *j, const char *why) {
     sock_send(c->workers, s->ident, s->identlen, &m, 1);
   }
   log_info("job %" PRId64 ": %s: re-forming at the next commit", j->id, why);
+  char ev[300];
+  snprintf(ev, sizeof ev, "re-forming: %s", why);
+  publish_state(c, j, ev);
   return 1;
 }
 
@@ -553,9 +557,15 @@ static void job_trouble(coord_t *c, job_t *j, int dead, const char *reason) {
     j->recovering = 1;
     j->recover_gen = j->generation;
     j->restarts++;
-    /* Survivors learn through their rings; a hung peer only through a ring timeout. */
-    j->recover_deadline_ms = drv_now_ms() + drv_setting(DRV_SET_RING_TIMEOUT_MS) + 3000;
+    /* Once a ring is broken the break travels round it in moments: survivors report
+     * within RECOVER_GRACE_MS. Until then (a rank known dead whose links may still be open,
+     * say a stopped agent with a stopped worker) only a ring timeout tells them. */
+    j->recover_deadline_ms =
+        drv_now_ms() + (dead < 0 ? 0 : drv_setting(DRV_SET_RING_TIMEOUT_MS)) + RECOVER_GRACE_MS;
     log_warn("job %" PRId64 ": %s: re-forming its world", j->id, reason);
+    char why[600];
+    snprintf(why, sizeof why, "re-forming after: %s", reason);
+    publish_state(c, j, why);
   }
   uint32_t alive = 0, idle = 0;
   for (uint32_t r = 0; r < j->nodes; r++) alive += !j->slots[r].dead;
@@ -893,6 +903,9 @@ static void on_lost(coord_t *c, const unsigned char *ident, size_t len, const pr
     recovery_check(c, j);
     return;
   }
+  /* The ring is broken now: the others report within moments. */
+  if (j->recovering)
+    j->recover_deadline_ms = DRV_MIN(j->recover_deadline_ms, drv_now_ms() + RECOVER_GRACE_MS);
   int ai = s->agent;
   char reason[700];
   snprintf(reason, sizeof reason, "rank %u (agent %s) lost its ring at step %" PRIu64 ": %s",
