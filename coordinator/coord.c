@@ -82,7 +82,9 @@ typedef struct {
   int64_t recover_deadline_ms; /* survivors that have not reported by then are left out */
   char first_reason[512];      /* the first failure: the job's reason if it fails */
   int first_is_symptom;        /* first_reason is a survivor's broken ring, not the cause */
-  int planned;                 /* the re-formation was asked for (growth, a leaving agent) */
+  int planned;                   /* the re-formation was asked for (growth, a leaving agent) */
+  int waiting_for_agents;        /* below min_nodes, waiting up to rejoin_timeout */
+  uint32_t rejoin_timeout_s;
   char plan_reason[256];
   uint32_t commit_every; /* planned re-formations need commits */
   int started;           /* `start` sent */
@@ -483,6 +485,7 @@ static void finish_recovery(coord_t *c, job_t *j) {
   j->nodes = world;
   j->started = 0;
   j->recovering = 0;
+  j->waiting_for_agents = 0;
   j->first_is_symptom = 0; /* the first failure's reason is settled */
   j->rendezvous_deadline_ms = drv_now_ms() + drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS);
   if (store_job_set_generation(c->store, j->id, j->generation) != DRV_OK)
@@ -528,7 +531,14 @@ static int job_plan(coord_t *c, job_t *j, const char *why) {
 static void recovery_check(coord_t *c, job_t *j) {
   if (!j->recovering) return;
   int waiting = 0;
-  for (uint32_t r = 0; r < j->nodes; r++) waiting |= !j->slots[r].dead && !j->slots[r].lost;
+  uint32_t alive = 0, idle = 0;
+  for (uint32_t r = 0; r < j->nodes; r++) {
+    waiting |= !j->slots[r].dead && !j->slots[r].lost;
+    alive += !j->slots[r].dead;
+  }
+  for (int i = 0; i < MAX_AGENTS; i++) idle += agent_fits(&c->agents[i], j);
+  /* Below min_nodes the wait goes on until enough agents are free (or the deadline). */
+  if (j->waiting_for_agents && alive + idle < j->min_nodes) waiting = 1;
   if (!waiting || drv_now_ms() > j->recover_deadline_ms) finish_recovery(c, j);
 }
 
@@ -570,10 +580,18 @@ static void job_trouble(coord_t *c, job_t *j, int dead, const char *reason) {
   uint32_t alive = 0, idle = 0;
   for (uint32_t r = 0; r < j->nodes; r++) alive += !j->slots[r].dead;
   for (int i = 0; i < MAX_AGENTS; i++) idle += agent_fits(&c->agents[i], j);
-  if (alive + idle < j->min_nodes || alive == 0) {
+  if (alive == 0 || (alive + idle < j->min_nodes && !j->rejoin_timeout_s)) {
     job_fail(c, j, "%s (%u worker(s) left, min_nodes %u)", j->first_reason, alive + idle,
              j->min_nodes);
     return;
+  }
+  if (alive + idle < j->min_nodes && !j->waiting_for_agents) {
+    /* Below min_nodes: wait up to rejoin_timeout for agents to come (or come back). */
+    j->waiting_for_agents = 1;
+    j->recover_deadline_ms = DRV_MAX(j->recover_deadline_ms,
+                                     drv_now_ms() + (int64_t)j->rejoin_timeout_s * 1000);
+    log_warn("job %" PRId64 ": %u worker(s) left, min_nodes %u: waiting up to %u s for agents",
+             j->id, alive + idle, j->min_nodes, j->rejoin_timeout_s);
   }
   recovery_check(c, j);
 }
@@ -1007,6 +1025,7 @@ static void job_fill(job_t *j, const store_job_t *sj, const jobspec_t *spec, cha
   j->max_nodes = spec->max_nodes;
   j->max_restarts = spec->max_restarts;
   j->commit_every = spec->train.commit_every;
+  j->rejoin_timeout_s = spec->rejoin_timeout_s;
   j->spec_yaml = spec_yaml;
   j->test_loss = j->test_accuracy = j->final_samples_per_s = NAN;
   j->pool_seen_ms = drv_now_ms();

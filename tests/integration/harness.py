@@ -18,6 +18,7 @@ import msgpack
 import zmq
 
 PROTO_VERSION = 1
+CLUSTERS = []  # every Cluster made, checked for leftovers after each test
 
 
 def free_base_port():
@@ -66,6 +67,7 @@ class Cluster:
         self.coord = None
         self.agents = {}
         self.ctx = zmq.Context.instance()
+        CLUSTERS.append(self)
 
     # -- processes --------------------------------------------------------------------
     def _spawn(self, args, log):
@@ -141,6 +143,34 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+
+    def leftovers(self):
+        """drover processes of this cluster still alive, and its ports still bound."""
+        marks = [self.tmp.encode(), ("127.0.0.1:%d" % self.base).encode()]
+        procs = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                cmd = open("/proc/%s/cmdline" % pid, "rb").read()
+                state = open("/proc/%s/stat" % pid).read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z" and b"drover" in cmd and any(m in cmd for m in marks):
+                procs.append("%s: %s" % (pid, cmd.replace(b"\0", b" ").decode(errors="replace")))
+        ports = []
+        for p in range(self.base, self.base + 3):
+            sk = socket.socket()
+            # SO_REUSEADDR, as a server would: TIME_WAIT is not "bound", a listener is.
+            sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sk.bind(("127.0.0.1", p))
+                sk.listen(1)
+            except OSError:
+                ports.append(p)
+            finally:
+                sk.close()
+        return procs, ports
 
     # -- protocol -----------------------------------------------------------------------
     def client_socket(self):
@@ -220,8 +250,18 @@ def main(tests):
     failed = 0
     for t in tests:
         t0 = time.time()
+        del CLUSTERS[:]
         try:
             t(drover)
+            # Nothing may outlive a test: no drover process, no bound port.
+            deadline = time.time() + 15
+            while True:
+                left = [(c, c.leftovers()) for c in CLUSTERS]
+                left = [(c, l) for c, l in left if l[0] or l[1]]
+                if not left or time.time() > deadline:
+                    break
+                time.sleep(0.2)
+            assert not left, "left behind: %r" % [l for _, l in left]
             print("PASS %s (%.1f s)" % (t.__name__, time.time() - t0), flush=True)
         except Exception:
             import traceback

@@ -16,6 +16,7 @@ LONG_SPEC = """
 name: long
 target: attached
 nodes: 2
+rejoin_timeout: 0
 model: {type: mlp, hidden: [64]}
 data:
   format: synthetic

@@ -292,6 +292,37 @@ def test_straggler_reported_not_killed(drover):
         c.close()
 
 
+def test_waits_below_min_nodes_for_an_agent(drover):
+    # 2 ranks, min_nodes 2: losing one leaves the job below min_nodes; it waits up to
+    # rejoin_timeout, and an agent that registers meanwhile takes the lost rank's place.
+    c = Cluster(drover, env=ENV)
+    try:
+        c.start_coordinator()
+        c.start_agent("a1")
+        c.start_agent("a2")
+        c.wait_agents(2)
+        sub = c.subscribe()
+        spec = (SPEC % ("patient", 2, 3, 30, c.runs)).replace("nodes: 3\n", "nodes: 2\nrejoin_timeout: 30\n", 1)
+        job = c.request("submit", {"spec": spec})[2]["job"]
+        run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
+        wait_step(c, sub, job, 100)
+        os.kill(worker_pid(run_dir, 1), signal.SIGKILL)
+        time.sleep(2.0)
+        st = c.request("status", {"job": job})[2]["jobs"][0]
+        assert st["state"] == "running", st  # waiting, not failed
+        c.start_agent("a3")
+        final, _ = c.follow(sub, job, timeout=120)
+        assert final["state"] == "succeeded", final
+        (rec, redone), = reform_records(run_dir)
+        assert rec["world"] == 2 and redone <= 20, (rec, redone)
+        print("below min_nodes: waited, re-formed with a new agent at step %d" % rec["step"])
+    except Exception:
+        print(c.all_logs())
+        raise
+    finally:
+        c.close()
+
+
 if __name__ == "__main__":
-    main([test_straggler_reported_not_killed, test_killed_worker, test_hung_worker, test_killed_agent, test_max_restarts,
+    main([test_waits_below_min_nodes_for_an_agent, test_straggler_reported_not_killed, test_killed_worker, test_hung_worker, test_killed_agent, test_max_restarts,
           test_graceful_leave, test_grow_when_an_agent_joins])
