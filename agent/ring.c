@@ -213,6 +213,10 @@ const char *ring_address(const ring_t *r) {
   return r ? r->addr : "";
 }
 
+uint64_t ring_seq(const ring_t *r) {
+  return r ? r->seq : 0;
+}
+
 // --- connect -------------------------------------------------------------------------------
 
 typedef struct {

@@ -47,6 +47,10 @@ drv_result_t ring_listen(const char *bind_host, const char *advertise, ring_t **
  * neighbour. Owned by the ring, valid until ring_destroy. */
 const char *ring_address(const ring_t *r);
 
+/* How many all-reduces this ring has completed (its collective sequence number); 0 for
+ * NULL. A rank stuck in a collective reports the one it is in as this + 1. */
+uint64_t ring_seq(const ring_t *r);
+
 /* Connects the ring: dials addrs[(rank+1)%world] and accepts one connection from rank
  * (rank-1)%world, each side checking the other's rank, world and `tag` (a peer with other
  * values is refused and, on the accepting side, the wait goes on for the right one).

@@ -148,6 +148,7 @@ static void report_progress(worker_t *w, uint32_t epoch, uint64_t step, uint64_t
   p->interval_s = now - w->rep_start_s;
   p->step_ms = w->rep_steps ? 1000.0 * w->rep_step_s / (double)w->rep_steps : 0;
   p->wait_ms = w->rep_steps ? 1000.0 * w->rep_wait_s / (double)w->rep_steps : 0;
+  p->coll_seq = ring_seq(w->ring);
   send_coord(w, &m);
   w->rep_samples = w->rep_steps = 0;
   w->rep_step_s = w->rep_wait_s = 0;

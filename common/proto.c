@@ -91,7 +91,7 @@ SCHEMA(progress_schema, "progress", proto_progress_t, FLD(proto_progress_t, job,
        FLD(proto_progress_t, steps_total, F_U64, REQ), FLD(proto_progress_t, loss, F_F64, REQ),
        FLD(proto_progress_t, lr, F_F64, OPT), FLD(proto_progress_t, samples, F_U64, REQ),
        FLD(proto_progress_t, interval_s, F_F64, REQ), FLD(proto_progress_t, step_ms, F_F64, REQ),
-       FLD(proto_progress_t, wait_ms, F_F64, OPT));
+       FLD(proto_progress_t, wait_ms, F_F64, OPT), FLD(proto_progress_t, coll_seq, F_U64, OPT));
 
 SCHEMA(eval_schema, "eval", proto_eval_t, FLD(proto_eval_t, job, F_I64, REQ),
        FLD(proto_eval_t, generation, F_U32, REQ), FLD(proto_eval_t, epoch, F_U32, REQ),

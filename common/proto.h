@@ -158,6 +158,7 @@ typedef struct {
   double interval_s; /* seconds those samples took */
   double step_ms;    /* this rank's mean step time over the interval */
   double wait_ms;    /* of which spent in all-reduces (waiting for the others) */
+  uint64_t coll_seq; /* collectives completed on its ring so far */
 } proto_progress_t;
 
 typedef struct {

@@ -58,6 +58,7 @@ typedef struct {
   /* last progress report, and smoothed step and all-reduce times */
   uint64_t step;
   double samples_per_s, step_ms, ewma_step_ms, ewma_wait_ms;
+  uint64_t coll_seq; /* collectives it had completed at its last report */
   int straggler;
 } slot_t;
 
@@ -82,8 +83,8 @@ typedef struct {
   int64_t recover_deadline_ms; /* survivors that have not reported by then are left out */
   char first_reason[512];      /* the first failure: the job's reason if it fails */
   int first_is_symptom;        /* first_reason is a survivor's broken ring, not the cause */
-  int planned;                   /* the re-formation was asked for (growth, a leaving agent) */
-  int waiting_for_agents;        /* below min_nodes, waiting up to rejoin_timeout */
+  int planned;                 /* the re-formation was asked for (growth, a leaving agent) */
+  int waiting_for_agents;      /* below min_nodes, waiting up to rejoin_timeout */
   uint32_t rejoin_timeout_s;
   char plan_reason[256];
   uint32_t commit_every; /* planned re-formations need commits */
@@ -408,9 +409,9 @@ static void finish_recovery(coord_t *c, job_t *j) {
       const agent_t *a = s->agent >= 0 && c->agents[s->agent].used ? &c->agents[s->agent] : NULL;
       char why[512];
       snprintf(why, sizeof why,
-               "rank %u (agent %s, %s) stopped making progress at step %" PRIu64
-               ": its ring broke and it did not report",
-               r, a ? a->agent_id : "?", a ? a->host : "?", s->step);
+               "rank %u (agent %s, %s) stopped making progress after step %" PRIu64
+               " (collective %" PRIu64 "): its ring broke and it did not report",
+               r, a ? a->agent_id : "?", a ? a->host : "?", s->step, s->coll_seq);
       log_warn("job %" PRId64 ": %s: left out", j->id, why);
       if (j->first_is_symptom) {
         snprintf(j->first_reason, sizeof j->first_reason, "%s", why);
@@ -588,8 +589,8 @@ static void job_trouble(coord_t *c, job_t *j, int dead, const char *reason) {
   if (alive + idle < j->min_nodes && !j->waiting_for_agents) {
     /* Below min_nodes: wait up to rejoin_timeout for agents to come (or come back). */
     j->waiting_for_agents = 1;
-    j->recover_deadline_ms = DRV_MAX(j->recover_deadline_ms,
-                                     drv_now_ms() + (int64_t)j->rejoin_timeout_s * 1000);
+    j->recover_deadline_ms =
+        DRV_MAX(j->recover_deadline_ms, drv_now_ms() + (int64_t)j->rejoin_timeout_s * 1000);
     log_warn("job %" PRId64 ": %u worker(s) left, min_nodes %u: waiting up to %u s for agents",
              j->id, alive + idle, j->min_nodes, j->rejoin_timeout_s);
   }
@@ -838,6 +839,7 @@ static void on_progress(coord_t *c, const proto_progress_t *p) {
   if (!j) return;
   slot_t *s = &j->slots[p->rank];
   s->step = p->step;
+  s->coll_seq = p->coll_seq;
   s->samples_per_s = p->interval_s > 0 ? (double)p->samples / p->interval_s : 0;
   s->step_ms = p->step_ms;
   double wait = isnan(p->wait_ms) ? 0 : p->wait_ms;
