@@ -19,6 +19,7 @@
 #include <zmq.h>
 
 #include "agent/gpuinfo.h"
+#include "common/fsutil.h"
 #include "common/log.h"
 #include "common/proto.h"
 #include "common/settings.h"
@@ -76,23 +77,6 @@ drv_result_t agent_route_host(const char *endpoint, char *out, size_t outsz) {
   return rc;
 }
 
-static drv_result_t mkdir_p(const char *path) {
-  char tmp[4096];
-  if (strlen(path) >= sizeof tmp)
-    return drv_error(DRV_ERR_INVALID, "%.64s...: path too long", path);
-  memcpy(tmp, path, strlen(path) + 1);
-  for (char *p = tmp + 1; *p; p++) {
-    if (*p != '/') continue;
-    *p = '\0';
-    if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-      return drv_error(DRV_ERR_SYS, "mkdir %s: %s", tmp, strerror(errno));
-    *p = '/';
-  }
-  if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-    return drv_error(DRV_ERR_SYS, "mkdir %s: %s", tmp, strerror(errno));
-  return DRV_OK;
-}
-
 static void send_msg(agent_t *a, const proto_msg_t *m) {
   if (a->sock && sock_send(a->sock, NULL, 0, m, 1) != DRV_OK)
     log_debug("send %s: %s", proto_type_name(m->type), drv_last_error());
@@ -115,7 +99,7 @@ static drv_result_t worker_spawn(agent_t *a, const proto_assign_t *as) {
   if (!k) return drv_error(DRV_ERR_INVALID, "already running %d workers", MAX_WORKERS);
   char logdir[1100], logpath[1200];
   snprintf(logdir, sizeof logdir, "%s/logs", as->run_dir);
-  DRV_CHECK(mkdir_p(logdir));
+  DRV_CHECK(fs_mkdir_p(logdir));
   snprintf(logpath, sizeof logpath, "%s/rank-%u.log", logdir, as->rank);
 
   int spec_fd = memfd_create("drover-spec", MFD_CLOEXEC); /* dup2 to stdin clears it there */

@@ -8,6 +8,8 @@
  * whole checkpoint has passed. */
 #include "agent/checkpoint.h"
 
+#include "common/fsutil.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -57,25 +59,6 @@ static drv_result_t path_fmt(char *out, size_t cap, const char *fmt, ...) {
   int w = vsnprintf(out, cap, fmt, ap);
   va_end(ap);
   if (w < 0 || (size_t)w >= cap) return drv_error(DRV_ERR_INVALID, "path too long: %.200s...", out);
-  return DRV_OK;
-}
-
-static int host_is_little_endian(void) {
-  const uint16_t one = 1;
-  return *(const uint8_t *)&one == 1;
-}
-
-static drv_result_t write_all(int fd, const void *buf, size_t len, const char *path) {
-  const char *p = buf;
-  while (len > 0) {
-    ssize_t w = write(fd, p, len);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return drv_error(DRV_ERR_SYS, "%s: write: %s", path, strerror(errno));
-    }
-    p += w;
-    len -= (size_t)w;
-  }
   return DRV_OK;
 }
 
@@ -785,7 +768,7 @@ fail:
 static drv_result_t st_read_f32(int fd, uint64_t off, float *dst, uint64_t count,
                                 const char *what) {
   DRV_CHECK(pread_all(fd, dst, (size_t)(count * sizeof(float)), off, what));
-  if (!host_is_little_endian()) {
+  if (!fs_host_little_endian()) {
     unsigned char *p = (unsigned char *)dst;
     for (uint64_t i = 0; i < count; i++, p += 4) {
       unsigned char a = p[0], b = p[1];
@@ -935,7 +918,7 @@ drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_ten
     rc = drv_error(DRV_ERR_SYS, "%s: create: %s", file, strerror(errno));
     goto fail;
   }
-  DRV_CHECK_GOTO(write_all(fd, text, tlen, file), rc, fail);
+  DRV_CHECK_GOTO(fs_write_all(fd, text, tlen, file), rc, fail);
   if (fsync(fd) < 0) {
     rc = drv_error(DRV_ERR_SYS, "%s: fsync: %s", file, strerror(errno));
     goto fail;

@@ -2,6 +2,8 @@
  * header and data go to a temporary file that is renamed into place. */
 #include "agent/safetensors.h"
 
+#include "common/fsutil.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -88,29 +90,10 @@ size_t safetensors_dtype_size(const char *dtype) {
 
 // --- file output ------------------------------------------------------------------------
 
-static int host_is_little_endian(void) {
-  const uint16_t one = 1;
-  return *(const uint8_t *)&one == 1;
-}
-
-static drv_result_t write_all(int fd, const void *buf, size_t len, const char *path) {
-  const char *p = buf;
-  while (len > 0) {
-    ssize_t w = write(fd, p, len);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return drv_error(DRV_ERR_SYS, "%s: write: %s", path, strerror(errno));
-    }
-    p += w;
-    len -= (size_t)w;
-  }
-  return DRV_OK;
-}
-
 /* Writes `bytes` of elements of `elem` bytes each in little-endian order. */
 static drv_result_t write_le(int fd, const void *data, size_t bytes, size_t elem,
                              const char *path) {
-  if (elem == 1 || host_is_little_endian()) return write_all(fd, data, bytes, path);
+  if (elem == 1 || fs_host_little_endian()) return fs_write_all(fd, data, bytes, path);
   unsigned char chunk[65536];
   const unsigned char *src = data;
   size_t per = sizeof chunk / elem * elem;
@@ -118,7 +101,7 @@ static drv_result_t write_le(int fd, const void *data, size_t bytes, size_t elem
     size_t n = DRV_MIN(bytes, per);
     for (size_t i = 0; i < n; i += elem)
       for (size_t b = 0; b < elem; b++) chunk[i + b] = src[i + elem - 1 - b];
-    DRV_CHECK(write_all(fd, chunk, n, path));
+    DRV_CHECK(fs_write_all(fd, chunk, n, path));
     src += n;
     bytes -= n;
   }
@@ -249,8 +232,8 @@ drv_result_t safetensors_write(const char *path, const safetensors_tensor_t *ten
   }
   unsigned char len_le[8];
   for (int b = 0; b < 8; b++) len_le[b] = (unsigned char)((uint64_t)sb.len >> (8 * b));
-  DRV_CHECK_GOTO(write_all(fd, len_le, sizeof len_le, tmp), rc, fail);
-  DRV_CHECK_GOTO(write_all(fd, sb.buf, sb.len, tmp), rc, fail);
+  DRV_CHECK_GOTO(fs_write_all(fd, len_le, sizeof len_le, tmp), rc, fail);
+  DRV_CHECK_GOTO(fs_write_all(fd, sb.buf, sb.len, tmp), rc, fail);
   for (size_t i = 0; i < count; i++)
     DRV_CHECK_GOTO(
         write_le(fd, tensors[i].data, bytes[i], safetensors_dtype_size(tensors[i].dtype), tmp), rc,

@@ -17,6 +17,7 @@
 #include <zmq.h>
 
 #include "cli/cli.h"
+#include "common/fsutil.h"
 #include "common/jobspec.h"
 #include "common/proto.h"
 #include "common/settings.h"
@@ -63,18 +64,6 @@ static int absolutize(char **p) {
   free(*p);
   *p = abs;
   return 0;
-}
-
-static int mkdir_p(const char *path) {
-  char tmp[PATH_MAX];
-  snprintf(tmp, sizeof tmp, "%s", path);
-  for (char *q = tmp + 1; *q; q++)
-    if (*q == '/') {
-      *q = '\0';
-      if (mkdir(tmp, 0755) < 0 && errno != EEXIST) return -1;
-      *q = '/';
-    }
-  return mkdir(tmp, 0755) < 0 && errno != EEXIST ? -1 : 0;
 }
 
 // --- Processes we start --------------------------------------------------------------------
@@ -512,8 +501,8 @@ int cmd_submit(int argc, char **argv) {
   s.state_dir = cli_state_dir(s.state_dir);
   snprintf(s.logdir, sizeof s.logdir, "%s/local-%d", s.state_dir, (int)getpid());
   snprintf(s.pool, sizeof s.pool, "local-%d", (int)getpid());
-  if (mkdir_p(s.state_dir) < 0) {
-    fprintf(stderr, "drover submit: cannot create %s: %s\n", s.state_dir, strerror(errno));
+  if (fs_mkdir_p(s.state_dir) != DRV_OK) {
+    fprintf(stderr, "drover submit: %s\n", drv_last_error());
     return 1;
   }
   struct sigaction sa = {.sa_handler = on_interrupt};
@@ -530,11 +519,12 @@ int cmd_submit(int argc, char **argv) {
   follow_t f = {.tty = isatty(2), .test_loss = NAN, .test_accuracy = NAN, .samples_per_s = NAN};
   /* Resuming without a spec file: the stored spec comes from the coordinator, so it must
    * be up first (started as for the local target when none answers). */
-  if (!s.spec_path && (mkdir_p(s.logdir) < 0 || ensure_coordinator(&s, ctx, 1) < 0)) goto out;
+  if (!s.spec_path && (fs_mkdir_p(s.logdir) != DRV_OK || ensure_coordinator(&s, ctx, 1) < 0))
+    goto out;
   if ((ret = resolve_spec(&s, ctx, &yaml, &local, &nodes)) != 0) goto out;
   ret = 1;
-  if (local && mkdir_p(s.logdir) < 0) {
-    fprintf(stderr, "drover submit: cannot create %s: %s\n", s.logdir, strerror(errno));
+  if (local && fs_mkdir_p(s.logdir) != DRV_OK) {
+    fprintf(stderr, "drover submit: %s\n", drv_last_error());
     goto out;
   }
   if (s.spec_path && ensure_coordinator(&s, ctx, local) < 0) goto out;

@@ -17,7 +17,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
-from harness import Cluster, read_metrics, unpack  # noqa: E402
+from harness import Cluster, read_metrics, unpack, worker_pid  # noqa: E402
 
 SPEC = """
 name: drill
@@ -31,20 +31,6 @@ data:
 train: {epochs: 200, global_batch: 60, seed: 3, commit_every: 50, optimizer: {type: sgd, lr: 0.05}}
 run_dir: %s
 """
-
-
-def worker_pid(run_dir, rank):
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = open("/proc/%s/cmdline" % pid, "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if b"worker" in cmd and run_dir.encode() in cmd and b"--rank" in cmd:
-            if cmd[cmd.index(b"--rank") + 1] == str(rank).encode():
-                return int(pid)
-    return None
 
 
 def drill(drover, kind, env):

@@ -216,6 +216,21 @@ class Cluster:
         raise AssertionError("job %d did not finish within %d s" % (job, timeout))
 
 
+def worker_pid(run_dir, rank):
+    """pid of the worker of `run_dir` started as `rank` (its --rank), or None."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = open("/proc/%s/cmdline" % pid, "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"worker" in cmd and run_dir.encode() in cmd and b"--rank" in cmd:
+            if cmd[cmd.index(b"--rank") + 1] == str(rank).encode():
+                return int(pid)
+    return None
+
+
 def read_metrics(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -9,7 +9,7 @@ import os
 import signal
 import time
 
-from harness import Cluster, main, read_metrics, unpack
+from harness import Cluster, main, read_metrics, unpack, worker_pid
 
 ENV = {"DROVER_HEARTBEAT_MS": "200", "DROVER_PEER_TIMEOUT_MS": "3000",
        "DROVER_RECONNECT_MS": "300", "DROVER_RING_TIMEOUT_MS": "3000"}
@@ -32,20 +32,6 @@ train:
   optimizer: {type: sgd, lr: 0.05}
 run_dir: %s
 """  # 400 steps per epoch
-
-
-def worker_pid(run_dir, rank):
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = open("/proc/%s/cmdline" % pid, "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if b"worker" in cmd and run_dir.encode() in cmd and b"--rank" in cmd:
-            if cmd[cmd.index(b"--rank") + 1] == str(rank).encode():
-                return int(pid)
-    return None
 
 
 def start(c, name, min_nodes=2, max_restarts=3, agents=("a1", "a2", "a3"), epochs=2):
