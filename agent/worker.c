@@ -120,7 +120,8 @@ static drv_result_t check_abort(worker_t *w) {
       proto_msg_fini(&m);
       return rc;
     }
-    if (rc == DRV_OK && m.type == PROTO_PAUSE && m.u.kill.job == w->cfg->job) {
+    if (rc == DRV_OK && m.type == PROTO_PAUSE && m.u.kill.job == w->cfg->job &&
+        m.u.kill.generation == w->generation) {
       log_info("the coordinator asks for a re-formation at the next commit: %s",
                m.u.kill.reason ? m.u.kill.reason : "");
       w->pause_pending = 1;
@@ -233,6 +234,7 @@ static drv_result_t rendezvous(worker_t *w) {
   const worker_config_t *c = w->cfg;
   ring_destroy(&w->ring);
   w->ring_broken = 0;
+  w->pause_pending = 0; /* a pause of an older world means nothing in this one */
   DRV_CHECK(ring_listen(c->host, c->host, &w->ring));
   proto_msg_t m;
   proto_msg_init(&m, PROTO_RENDEZVOUS);
@@ -248,6 +250,18 @@ static drv_result_t rendezvous(worker_t *w) {
     DRV_CHECK(wait_coord(w, deadline, "start", &m));
     if (m.type == PROTO_START && m.u.start.job == c->job && m.u.start.generation == w->generation)
       break;
+    if (m.type == PROTO_REFORM && m.u.reform.job == c->job &&
+        m.u.reform.generation > w->generation) {
+      /* A rank was lost before everyone checked in: check in again, in the new world. */
+      w->generation = m.u.reform.generation;
+      w->rank = m.u.reform.rank;
+      w->world = m.u.reform.world;
+      proto_msg_fini(&m);
+      log_info("re-formed before start: generation %u, rank %u of %u", w->generation, w->rank,
+               w->world);
+      DRV_CHECK(open_rank0_files(w));
+      return rendezvous(w);
+    }
     proto_msg_fini(&m);
   }
   drv_result_t rc = DRV_OK;
@@ -421,6 +435,9 @@ static drv_result_t recover(worker_t *w, uint64_t *step) {
   char reason[512];
   snprintf(reason, sizeof reason, "%s", drv_last_error());
   ring_destroy(&w->ring);
+  /* Only a ring broken again in the new world (connect, state) is worth another try: an
+   * abort or a coordinator that never answers ends the worker. */
+  w->ring_broken = 0;
   rollback(w);
   *step = w->commit_step;
   log_warn("ring broke (%s): rolled back to step %" PRIu64 ", waiting for the coordinator", reason,
@@ -649,10 +666,13 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
     rc = run(w, &p, &g, &step);
     if (rc == DRV_OK) break;
     /* A broken ring is a lost peer: roll back and let the coordinator re-form the world
-     * (it aborts us when it cannot). Anything else ends this worker. */
-    if (!w->ring_broken || (!s->max_restarts && !w->planned)) goto out;
-    w->planned = 0;
-    DRV_CHECK_GOTO(recover(w, &step), rc, out);
+     * (it aborts us when it cannot), again if a peer is lost while re-forming. Anything
+     * else ends this worker. */
+    while (rc != DRV_OK && w->ring_broken && (s->max_restarts || w->planned)) {
+      w->planned = 0;
+      rc = recover(w, &step);
+    }
+    if (rc != DRV_OK) goto out;
   }
   if (w->rank == 0) {
     /* The end is always checkpointed, so a finished job can be resumed for more. */

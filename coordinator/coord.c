@@ -81,8 +81,9 @@ typedef struct {
   int recovering;              /* collecting survivors to re-form the world */
   uint32_t recover_gen;        /* the generation whose world broke */
   int64_t recover_deadline_ms; /* survivors that have not reported by then are left out */
-  char first_reason[512];      /* the first failure: the job's reason if it fails */
-  int first_is_symptom;        /* first_reason is a survivor's broken ring, not the cause */
+  char first_reason[512];      /* the first failure the job recovered from, for max_restarts */
+  char cur_reason[512];        /* the failure being recovered from now */
+  int cur_is_symptom;          /* cur_reason is a survivor's broken ring, not the cause */
   int planned;                 /* the re-formation was asked for (growth, a leaving agent) */
   int waiting_for_agents;      /* below min_nodes, waiting up to rejoin_timeout */
   uint32_t rejoin_timeout_s;
@@ -413,9 +414,9 @@ static void finish_recovery(coord_t *c, job_t *j) {
                " (collective %" PRIu64 "): its ring broke and it did not report",
                r, a ? a->agent_id : "?", a ? a->host : "?", s->step, s->coll_seq);
       log_warn("job %" PRId64 ": %s: left out", j->id, why);
-      if (j->first_is_symptom) {
-        snprintf(j->first_reason, sizeof j->first_reason, "%s", why);
-        j->first_is_symptom = 0;
+      if (j->cur_is_symptom) {
+        snprintf(j->cur_reason, sizeof j->cur_reason, "%s", why);
+        j->cur_is_symptom = 0;
       }
     }
     if (s->dead)
@@ -433,7 +434,7 @@ static void finish_recovery(coord_t *c, job_t *j) {
       idle[y - 1] = t;
     }
   uint32_t nnew = j->max_nodes > nsurv ? DRV_MIN((uint32_t)nidle, j->max_nodes - nsurv) : 0;
-  const char *cause = j->first_reason[0] ? j->first_reason : j->plan_reason;
+  const char *cause = j->planned ? j->plan_reason : j->cur_reason;
   if (nsurv == 0 || nsurv + nnew < j->min_nodes) {
     job_fail(c, j, "%s (%u worker(s) left, min_nodes %u)", cause, nsurv + nnew, j->min_nodes);
     return;
@@ -441,7 +442,8 @@ static void finish_recovery(coord_t *c, job_t *j) {
   uint32_t world = nsurv + nnew;
   slot_t *next = calloc(world, sizeof *next);
   if (!next) {
-    job_fail(c, j, "%s (out of memory re-forming the world)", j->first_reason);
+    job_fail(c, j, "%s (out of memory re-forming the world)",
+             j->planned ? j->plan_reason : j->cur_reason);
     return;
   }
   j->generation++;
@@ -451,6 +453,8 @@ static void finish_recovery(coord_t *c, job_t *j) {
     if (s->dead) continue;
     next[k].agent = s->agent;
     next[k].assign_gen = s->assign_gen;
+    next[k].step = s->step; /* where it is, for messages until it reports again */
+    next[k].coll_seq = s->coll_seq;
     memcpy(next[k].ident, s->ident, s->identlen);
     next[k].identlen = s->identlen;
     c->agents[s->agent].rank = k;
@@ -487,7 +491,6 @@ static void finish_recovery(coord_t *c, job_t *j) {
   j->started = 0;
   j->recovering = 0;
   j->waiting_for_agents = 0;
-  j->first_is_symptom = 0; /* the first failure's reason is settled */
   j->rendezvous_deadline_ms = drv_now_ms() + drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS);
   if (store_job_set_generation(c->store, j->id, j->generation) != DRV_OK)
     log_error("store: %s", drv_last_error());
@@ -497,6 +500,11 @@ static void finish_recovery(coord_t *c, job_t *j) {
              j->plan_reason);
   else
     snprintf(why, sizeof why, "re-formed with %u worker(s) (%u new) after: %s", world, nnew, cause);
+  /* The first failure's cause is kept for the record of max_restarts; this one is done. */
+  if (!j->planned && !j->first_reason[0])
+    snprintf(j->first_reason, sizeof j->first_reason, "%s", j->cur_reason);
+  j->cur_reason[0] = '\0';
+  j->cur_is_symptom = 0;
   j->planned = 0;
   log_warn("job %" PRId64 " %s; generation %u, restart %u of %u", j->id, why, j->generation,
            j->restarts, j->max_restarts);
@@ -548,21 +556,38 @@ static void recovery_check(coord_t *c, job_t *j) {
  * otherwise fails it with the first failure's reason. */
 static void job_trouble(coord_t *c, job_t *j, int dead, const char *reason) {
   /* A survivor's broken ring is a symptom; the rank that died or hung is the cause, and
-   * the cause is what the job's record should say. */
-  if (!j->first_reason[0] || (dead >= 0 && j->first_is_symptom)) {
-    snprintf(j->first_reason, sizeof j->first_reason, "%s", reason);
-    j->first_is_symptom = dead < 0;
+   * the cause is what the record should say. */
+  if (!j->cur_reason[0] || (dead >= 0 && j->cur_is_symptom)) {
+    snprintf(j->cur_reason, sizeof j->cur_reason, "%s", reason);
+    j->cur_is_symptom = dead < 0;
   }
   if (dead >= 0 && !j->slots[dead].dead) {
     j->slots[dead].dead = 1;
     abort_worker(c, j, &j->slots[dead], reason);
   }
+  if (!j->started) {
+    /* Nobody trained in this generation: every rank still holds its commit. Those that
+     * checked in wait for `start` and take a `reform` instead; the others are dropped. */
+    for (uint32_t r = 0; r < j->nodes; r++) {
+      slot_t *s = &j->slots[r];
+      if (s->dead) continue;
+      if (s->rendezvoused)
+        s->lost = 1;
+      else
+        s->dead = 1;
+    }
+  }
+  if (j->recovering && j->planned) { /* a real failure while re-forming as planned */
+    j->planned = 0;
+    j->recovering = 0;
+  }
   if (!j->recovering) {
     if (j->restarts >= j->max_restarts) {
+      const char *first = j->first_reason[0] ? j->first_reason : j->cur_reason;
       if (j->max_restarts)
-        job_fail(c, j, "%s (max_restarts %u reached)", j->first_reason, j->max_restarts);
+        job_fail(c, j, "%s (max_restarts %u reached)", first, j->max_restarts);
       else
-        job_fail(c, j, "%s", j->first_reason);
+        job_fail(c, j, "%s", first);
       return;
     }
     j->recovering = 1;
@@ -582,7 +607,7 @@ static void job_trouble(coord_t *c, job_t *j, int dead, const char *reason) {
   for (uint32_t r = 0; r < j->nodes; r++) alive += !j->slots[r].dead;
   for (int i = 0; i < MAX_AGENTS; i++) idle += agent_fits(&c->agents[i], j);
   if (alive == 0 || (alive + idle < j->min_nodes && !j->rejoin_timeout_s)) {
-    job_fail(c, j, "%s (%u worker(s) left, min_nodes %u)", j->first_reason, alive + idle,
+    job_fail(c, j, "%s (%u worker(s) left, min_nodes %u)", j->cur_reason, alive + idle,
              j->min_nodes);
     return;
   }
@@ -840,6 +865,14 @@ static void on_progress(coord_t *c, const proto_progress_t *p) {
   slot_t *s = &j->slots[p->rank];
   s->step = p->step;
   s->coll_seq = p->coll_seq;
+  if (j->recovering && j->planned) {
+    /* Still training towards the agreed commit, however slow its steps: wait for it. */
+    int reported = 0;
+    for (uint32_t r = 0; r < j->nodes; r++) reported |= j->slots[r].lost;
+    if (!reported)
+      j->recover_deadline_ms =
+          drv_now_ms() + drv_setting(DRV_SET_RING_TIMEOUT_MS) + RECOVER_GRACE_MS;
+  }
   s->samples_per_s = p->interval_s > 0 ? (double)p->samples / p->interval_s : 0;
   s->step_ms = p->step_ms;
   double wait = isnan(p->wait_ms) ? 0 : p->wait_ms;
