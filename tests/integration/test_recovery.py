@@ -192,7 +192,7 @@ def test_graceful_leave(drover):
     # step is lost, the job finishes on the others, and the agent exits by itself.
     c = Cluster(drover, env=ENV)
     try:
-        sub, job = start(c, "preempted")
+        sub, job = start(c, "preempted", epochs=10)  # long enough to drain mid-run
         run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
         wait_step(c, sub, job, 130)
         c.agents["a2"].send_signal(signal.SIGTERM)
