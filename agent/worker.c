@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -722,6 +723,11 @@ drv_result_t worker_run(const worker_config_t *cfg) {
   double t0 = drv_now_s();
   DRV_CHECK_GOTO(load_data(&w), rc, fail);
   log_info("data loaded in %.2f s", drv_now_s() - t0);
+  const char *die = getenv("DROVER_FAULT_KILL_BEFORE_START");
+  if (die && *die == '1') { /* fault injection for tests: a rank lost before start */
+    log_warn("fault injection: killed before checking in (DROVER_FAULT_KILL_BEFORE_START)");
+    raise(SIGKILL);
+  }
   DRV_CHECK_GOTO(open_rank0_files(&w), rc, fail);
   DRV_CHECK_GOTO(rendezvous(&w), rc, fail);
   DRV_CHECK_GOTO(train(&w, &done), rc, fail);

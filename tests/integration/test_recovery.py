@@ -309,6 +309,38 @@ def test_waits_below_min_nodes_for_an_agent(drover):
         c.close()
 
 
+def test_rank_lost_before_start(drover):
+    # A newcomer taken in by growth dies before checking in: the ranks already waiting for
+    # `start` re-form again without it, and the job carries on.
+    c = Cluster(drover, env=ENV)
+    try:
+        c.start_coordinator()
+        c.start_agent("a1")
+        c.start_agent("a2")
+        c.wait_agents(2)
+        sub = c.subscribe()
+        spec = (SPEC % ("unlucky", 2, 3, 30, c.runs)).replace("nodes: 3\n", "nodes: 2\nmax_nodes: 3\n", 1)
+        job = c.request("submit", {"spec": spec})[2]["job"]
+        run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
+        wait_step(c, sub, job, 100)
+        saved = c.env
+        c.env = dict(c.env, DROVER_FAULT_KILL_BEFORE_START="1")
+        c.start_agent("a3")
+        c.env = saved
+        final, events = c.follow(sub, job, timeout=180)
+        assert final["state"] == "succeeded", final
+        worlds = [x["world"] for x, _ in reform_records(run_dir)]
+        reasons = [e[2]["reason"] for e in events if e[1] == "ev_state" and (e[2].get("reason") or "").startswith("re-formed")]
+        assert worlds and worlds[-1] == 2, (worlds, reasons)
+        assert any("killed by signal 9" in r for r in reasons), reasons
+        print("rank lost before start: %s" % reasons)
+    except Exception:
+        print(c.all_logs())
+        raise
+    finally:
+        c.close()
+
+
 if __name__ == "__main__":
-    main([test_waits_below_min_nodes_for_an_agent, test_straggler_reported_not_killed, test_killed_worker, test_hung_worker, test_killed_agent, test_max_restarts,
+    main([test_rank_lost_before_start, test_waits_below_min_nodes_for_an_agent, test_straggler_reported_not_killed, test_killed_worker, test_hung_worker, test_killed_agent, test_max_restarts,
           test_graceful_leave, test_grow_when_an_agent_joins])
