@@ -1,5 +1,6 @@
-/* coord.c: the coordinator's event loop, agent registry, scheduler and job state machine.
- * See coord.h for the sockets. Everything runs on one thread; no locks. */
+/* coord.c: the coordinator's event loop, agent registry, scheduler, job state machine
+ * and message handlers. See coord.h for the sockets and coord_int.h for the state.
+ * Everything runs on one thread; no locks. Re-forming a job's world is in recovery.c. */
 #include "coordinator/coord.h"
 
 #include <errno.h>
@@ -18,99 +19,8 @@
 #include "common/proto.h"
 #include "common/settings.h"
 #include "common/sock.h"
+#include "coordinator/coord_int.h"
 #include "coordinator/store.h"
-
-#define MAX_AGENTS 256
-#define MAX_JOBS 1024
-#define ID_MAX 256
-#define EXIT_GRACE_MS 3000    /* a worker that exited 0 has this long for its `done` to arrive */
-#define RECOVER_GRACE_MS 3000 /* survivors of a broken ring report `lost` within this */
-
-// --- State ---------------------------------------------------------------------------------
-
-typedef struct {
-  int used;
-  unsigned char ident[ID_MAX];
-  size_t identlen;
-  char agent_id[128], host[256], target[16], pool[64];
-  uint32_t cpus, gpus;
-  uint64_t mem_bytes, session;
-  int64_t last_seen_ms;
-  int64_t job; /* 0 when idle; set from assign until its worker exits */
-  uint32_t generation, rank;
-  int64_t cooldown_until_ms; /* its worker was killed: no new work before then */
-  int leaving;               /* said `leave`: no new work */
-} agent_t;
-
-typedef struct {
-  int agent;        /* index into agents[] */
-  int rendezvoused; /* rendezvous received for this generation */
-  char addr[256];   /* ring address */
-  unsigned char ident[ID_MAX];
-  size_t identlen;
-  int done, exited;
-  int32_t exit_code;   /* when exited: its code (0: clean, waiting for `done`) */
-  int64_t exit_ms;     /* when its agent reported an exit without `done` or `failed` yet */
-  uint32_t assign_gen; /* generation of its agent's assignment (its process's birth) */
-  int dead;            /* lost for good: excluded from the next world */
-  int lost;            /* reported `lost` during a re-formation: alive, rolled back */
-  int leaving;         /* its agent is stopping: left out at the next re-formation */
-  /* last progress report, and smoothed step and all-reduce times */
-  uint64_t step;
-  double samples_per_s, step_ms, ewma_step_ms, ewma_wait_ms;
-  uint64_t coll_seq; /* collectives it had completed at its last report */
-  int straggler;
-} slot_t;
-
-typedef struct {
-  int used;
-  int64_t id;
-  job_state_t state;
-  char name[128];
-  char target[16];
-  char pool[64]; /* "" or the pool of agents it must run on */
-  uint32_t nodes, epochs;
-  uint32_t generation;
-  char *spec_yaml;
-  char run_dir[1024];
-  char resume_dir[1024]; /* checkpoints to start from when run_dir has none; "" */
-  uint64_t ckpt_step;    /* last durable checkpoint */
-  int64_t pool_seen_ms;  /* last time an agent of its pool was registered */
-  slot_t *slots;         /* nodes of them while running */
-  uint32_t min_nodes, max_nodes, max_restarts, restarts;
-  int recovering;              /* collecting survivors to re-form the world */
-  uint32_t recover_gen;        /* the generation whose world broke */
-  int64_t recover_deadline_ms; /* survivors that have not reported by then are left out */
-  char first_reason[512];      /* the first failure the job recovered from, for max_restarts */
-  char cur_reason[512];        /* the failure being recovered from now */
-  int cur_is_symptom;          /* cur_reason is a survivor's broken ring, not the cause */
-  int planned;                 /* the re-formation was asked for (growth, a leaving agent) */
-  int waiting_for_agents;      /* below min_nodes, waiting up to rejoin_timeout */
-  uint32_t rejoin_timeout_s;
-  char plan_reason[256];
-  uint32_t commit_every; /* planned re-formations need commits */
-  int started;           /* `start` sent */
-  int64_t rendezvous_deadline_ms;
-  /* aggregated progress */
-  uint32_t epoch;
-  uint64_t step, steps_total;
-  double loss, lr, samples_per_s;
-  int64_t last_publish_ms;
-  /* final metrics from rank 0 */
-  double test_loss, test_accuracy, final_samples_per_s;
-} job_t;
-
-typedef struct {
-  const coord_config_t *cfg;
-  void *ctx, *workers, *clients, *events;
-  store_t *store;
-  agent_t agents[MAX_AGENTS];
-  job_t jobs[MAX_JOBS]; /* active jobs: queued or running */
-  uint64_t hb_seq;
-  int shutdown;
-  int lock_fd;            /* flock'ed <state_dir>/coordinator.lock */
-  int64_t last_active_ms; /* last time a job was queued or running; 0 before the first */
-} coord_t;
 
 // --- Events and replies --------------------------------------------------------------------
 
@@ -121,7 +31,7 @@ static void publish(coord_t *c, int64_t id, const proto_msg_t *m) {
   if (sock_publish(c->events, topic, m) != DRV_OK) log_warn("%s", drv_last_error());
 }
 
-static void publish_state(coord_t *c, const job_t *j, const char *reason) {
+void coord_publish_state(coord_t *c, const job_t *j, const char *reason) {
   proto_msg_t m;
   proto_msg_init(&m, PROTO_EV_STATE);
   m.u.ev_state.job = j->id;
@@ -148,7 +58,7 @@ static void reply_error(coord_t *c, const unsigned char *ident, size_t identlen,
   reply(c, ident, identlen, &m);
 }
 
-static drv_result_t send_to_agent(coord_t *c, const agent_t *a, const proto_msg_t *m) {
+drv_result_t coord_send_to_agent(coord_t *c, const agent_t *a, const proto_msg_t *m) {
   drv_result_t rc = sock_send(c->workers, a->ident, a->identlen, m, 1);
   if (rc != DRV_OK) log_warn("to agent %s: %s", a->agent_id, drv_last_error());
   return rc;
@@ -187,7 +97,7 @@ static void job_stop_workers(coord_t *c, job_t *j, const char *reason) {
       m.u.kill.job = j->id;
       m.u.kill.generation = j->generation;
       m.u.kill.reason = (char *)reason;
-      send_to_agent(c, &c->agents[s->agent], &m);
+      coord_send_to_agent(c, &c->agents[s->agent], &m);
     }
   }
 }
@@ -206,7 +116,7 @@ static void job_finish(coord_t *c, job_t *j, job_state_t state, const char *reas
   j->state = state;
   log_info("job %" PRId64 " (%s) %s%s%s", j->id, j->name, store_state_name(state),
            reason && *reason ? ": " : "", reason ? reason : "");
-  publish_state(c, j, reason);
+  coord_publish_state(c, j, reason);
   /* Agents whose worker is still alive keep `job` set; they free themselves on exit. */
   for (uint32_t r = 0; j->slots && r < j->nodes; r++) {
     slot_t *s = &j->slots[r];
@@ -215,9 +125,7 @@ static void job_finish(coord_t *c, job_t *j, job_state_t state, const char *reas
   job_release(j);
 }
 
-static void job_fail(coord_t *c, job_t *j, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void job_fail(coord_t *c, job_t *j, const char *fmt, ...) {
+void coord_job_fail(coord_t *c, job_t *j, const char *fmt, ...) {
   char reason[512];
   va_list ap;
   va_start(ap, fmt);
@@ -246,8 +154,14 @@ static job_t *job_for_msg(coord_t *c, int64_t id, uint32_t generation, uint32_t 
 
 // --- Scheduler -----------------------------------------------------------------------------
 
-static int agent_cmp_idx(coord_t *c, int a, int b) {
-  return strcmp(c->agents[a].agent_id, c->agents[b].agent_id);
+void coord_sort_agents(coord_t *c, int *idx, int n) {
+  for (int x = 1; x < n; x++) /* insertion sort: a few hundred agents at most */
+    for (int y = x; y > 0 && strcmp(c->agents[idx[y - 1]].agent_id, c->agents[idx[y]].agent_id) > 0;
+         y--) {
+      int t = idx[y];
+      idx[y] = idx[y - 1];
+      idx[y - 1] = t;
+    }
 }
 
 /* The queue a job waits in: its target and, for a pool, the pool ("local/local-812"). */
@@ -255,7 +169,7 @@ static void queue_key(const char *target, const char *pool, char *out, size_t n)
   snprintf(out, n, "%s/%s", target, pool);
 }
 
-static int agent_fits(const agent_t *a, const job_t *j) {
+int coord_agent_fits(const agent_t *a, const job_t *j) {
   return a->used && !a->job && !a->leaving && !strcmp(a->target, j->target) &&
          !strcmp(a->pool, j->pool) && drv_now_ms() >= a->cooldown_until_ms;
 }
@@ -271,7 +185,7 @@ static void job_requeue(coord_t *c, job_t *j, const char *why) {
     m.u.kill.job = j->id;
     m.u.kill.generation = j->generation;
     m.u.kill.reason = (char *)why;
-    send_to_agent(c, &c->agents[ai], &m); /* its worker_exit frees it */
+    coord_send_to_agent(c, &c->agents[ai], &m); /* its worker_exit frees it */
   }
   free(j->slots);
   j->slots = NULL;
@@ -279,7 +193,7 @@ static void job_requeue(coord_t *c, job_t *j, const char *why) {
   if (store_job_set_state(c->store, j->id, JOB_QUEUED, why) != DRV_OK)
     log_error("store: %s", drv_last_error());
   log_warn("job %" PRId64 " queued again: %s", j->id, why);
-  publish_state(c, j, why);
+  coord_publish_state(c, j, why);
 }
 
 /* Gang-schedules queued jobs, oldest first, one FIFO per target and pool: a job that
@@ -302,21 +216,16 @@ static void schedule(coord_t *c) {
 
     int idle[MAX_AGENTS], n = 0;
     for (int i = 0; i < MAX_AGENTS; i++)
-      if (agent_fits(&c->agents[i], j)) idle[n++] = i;
+      if (coord_agent_fits(&c->agents[i], j)) idle[n++] = i;
     if ((uint32_t)n < j->nodes) {
       queue_key(j->target, j->pool, blocked[nblocked++], sizeof blocked[0]);
       continue;
     }
     /* Deterministic rank order: by agent id. */
-    for (int x = 1; x < n; x++)
-      for (int y = x; y > 0 && agent_cmp_idx(c, idle[y - 1], idle[y]) > 0; y--) {
-        int t = idle[y];
-        idle[y] = idle[y - 1];
-        idle[y - 1] = t;
-      }
+    coord_sort_agents(c, idle, n);
     j->slots = calloc(j->nodes, sizeof *j->slots);
     if (!j->slots) {
-      job_fail(c, j, "out of memory placing the job");
+      coord_job_fail(c, j, "out of memory placing the job");
       continue;
     }
     j->generation++;
@@ -340,7 +249,7 @@ static void schedule(coord_t *c) {
       m.u.assign.run_dir = j->run_dir;
       m.u.assign.coordinator = advertise;
       m.u.assign.resume_dir = j->resume_dir;
-      if (send_to_agent(c, a, &m) != DRV_OK) {
+      if (coord_send_to_agent(c, a, &m) != DRV_OK) {
         /* Not connected any more (ROUTER_MANDATORY): it is gone. */
         snprintf(unreachable, sizeof unreachable, "agent %s could not be reached", a->agent_id);
         log_warn("agent %s (%s) lost: unreachable", a->agent_id, a->host);
@@ -361,265 +270,8 @@ static void schedule(coord_t *c) {
       log_error("store: %s", drv_last_error());
     log_info("job %" PRId64 " (%s) placed on %u agent(s), generation %u", j->id, j->name, j->nodes,
              j->generation);
-    publish_state(c, j, NULL);
+    coord_publish_state(c, j, NULL);
   }
-}
-
-// --- Recovery: re-forming a job's world ------------------------------------------------------
-
-static int slot_of_agent(const job_t *j, int ai) {
-  for (uint32_t r = 0; j->slots && r < j->nodes; r++)
-    if (j->slots[r].agent == ai) return (int)r;
-  return -1;
-}
-
-static void abort_worker(coord_t *c, const job_t *j, const slot_t *s, const char *why) {
-  if (!s->identlen) return;
-  proto_msg_t m;
-  proto_msg_init(&m, PROTO_ABORT);
-  m.u.kill.job = j->id;
-  m.u.kill.generation = j->generation;
-  m.u.kill.reason = (char *)why;
-  sock_send(c->workers, s->ident, s->identlen, &m, 1);
-}
-
-/* Makes sure a left-out rank's process is gone: abort to the worker, kill to its agent. */
-static void drop_slot(coord_t *c, job_t *j, slot_t *s, const char *why) {
-  abort_worker(c, j, s, why);
-  if (s->agent >= 0 && c->agents[s->agent].used && c->agents[s->agent].job == j->id && !s->exited) {
-    proto_msg_t m;
-    proto_msg_init(&m, PROTO_KILL);
-    m.u.kill.job = j->id;
-    m.u.kill.generation = s->assign_gen;
-    m.u.kill.reason = (char *)why;
-    send_to_agent(c, &c->agents[s->agent], &m);
-  }
-}
-
-/* Every rank that is not dead has reported `lost` (or the deadline passed): the survivors,
- * in their old rank order, and free agents of the job's queue up to max_nodes form the new
- * world of the next generation. Survivors get `reform`, newcomers `assign`; everyone then
- * rendezvouses again and training goes on from the new rank 0's commit. */
-static void finish_recovery(coord_t *c, job_t *j) {
-  uint32_t nsurv = 0;
-  for (uint32_t r = 0; r < j->nodes; r++) {
-    slot_t *s = &j->slots[r];
-    if (s->leaving) s->dead = 1;
-    if (!s->dead && !s->lost) { /* silent: hung, or still stuck in a collective */
-      s->dead = 1;
-      const agent_t *a = s->agent >= 0 && c->agents[s->agent].used ? &c->agents[s->agent] : NULL;
-      char why[512];
-      snprintf(why, sizeof why,
-               "rank %u (agent %s, %s) stopped making progress after step %" PRIu64
-               " (collective %" PRIu64 "): its ring broke and it did not report",
-               r, a ? a->agent_id : "?", a ? a->host : "?", s->step, s->coll_seq);
-      log_warn("job %" PRId64 ": %s: left out", j->id, why);
-      if (j->cur_is_symptom) {
-        snprintf(j->cur_reason, sizeof j->cur_reason, "%s", why);
-        j->cur_is_symptom = 0;
-      }
-    }
-    if (s->dead)
-      drop_slot(c, j, s, "left out of the re-formed world");
-    else
-      nsurv++;
-  }
-  int idle[MAX_AGENTS], nidle = 0;
-  for (int i = 0; i < MAX_AGENTS; i++)
-    if (agent_fits(&c->agents[i], j)) idle[nidle++] = i;
-  for (int x = 1; x < nidle; x++)
-    for (int y = x; y > 0 && agent_cmp_idx(c, idle[y - 1], idle[y]) > 0; y--) {
-      int t = idle[y];
-      idle[y] = idle[y - 1];
-      idle[y - 1] = t;
-    }
-  uint32_t nnew = j->max_nodes > nsurv ? DRV_MIN((uint32_t)nidle, j->max_nodes - nsurv) : 0;
-  const char *cause = j->planned ? j->plan_reason : j->cur_reason;
-  if (nsurv == 0 || nsurv + nnew < j->min_nodes) {
-    job_fail(c, j, "%s (%u worker(s) left, min_nodes %u)", cause, nsurv + nnew, j->min_nodes);
-    return;
-  }
-  uint32_t world = nsurv + nnew;
-  slot_t *next = calloc(world, sizeof *next);
-  if (!next) {
-    job_fail(c, j, "%s (out of memory re-forming the world)",
-             j->planned ? j->plan_reason : j->cur_reason);
-    return;
-  }
-  j->generation++;
-  uint32_t k = 0;
-  for (uint32_t r = 0; r < j->nodes; r++) {
-    const slot_t *s = &j->slots[r];
-    if (s->dead) continue;
-    next[k].agent = s->agent;
-    next[k].assign_gen = s->assign_gen;
-    next[k].step = s->step; /* where it is, for messages until it reports again */
-    next[k].coll_seq = s->coll_seq;
-    memcpy(next[k].ident, s->ident, s->identlen);
-    next[k].identlen = s->identlen;
-    c->agents[s->agent].rank = k;
-    proto_msg_t m;
-    proto_msg_init(&m, PROTO_REFORM);
-    m.u.reform =
-        (proto_reform_t){.job = j->id, .generation = j->generation, .rank = k, .world = world};
-    sock_send(c->workers, s->ident, s->identlen, &m, 1);
-    k++;
-  }
-  for (uint32_t i = 0; i < nnew; i++, k++) {
-    agent_t *a = &c->agents[idle[i]];
-    next[k].agent = idle[i];
-    next[k].assign_gen = j->generation;
-    a->job = j->id;
-    a->generation = j->generation;
-    a->rank = k;
-    proto_msg_t m;
-    proto_msg_init(&m, PROTO_ASSIGN);
-    m.u.assign = (proto_assign_t){.job = j->id,
-                                  .generation = j->generation,
-                                  .rank = k,
-                                  .world = world,
-                                  .device = a->gpus ? 0 : -1,
-                                  .spec = j->spec_yaml,
-                                  .run_dir = j->run_dir,
-                                  .coordinator = (char *)c->cfg->advertise,
-                                  .resume_dir = j->resume_dir};
-    send_to_agent(c, a, &m);
-  }
-  free(j->slots);
-  j->slots = next;
-  j->nodes = world;
-  j->started = 0;
-  j->recovering = 0;
-  j->waiting_for_agents = 0;
-  j->rendezvous_deadline_ms = drv_now_ms() + drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS);
-  if (store_job_set_generation(c->store, j->id, j->generation) != DRV_OK)
-    log_error("store: %s", drv_last_error());
-  char why[700];
-  if (j->planned)
-    snprintf(why, sizeof why, "re-formed with %u worker(s) (%u new): %s", world, nnew,
-             j->plan_reason);
-  else
-    snprintf(why, sizeof why, "re-formed with %u worker(s) (%u new) after: %s", world, nnew, cause);
-  /* The first failure's cause is kept for the record of max_restarts; this one is done. */
-  if (!j->planned && !j->first_reason[0])
-    snprintf(j->first_reason, sizeof j->first_reason, "%s", j->cur_reason);
-  j->cur_reason[0] = '\0';
-  j->cur_is_symptom = 0;
-  j->planned = 0;
-  log_warn("job %" PRId64 " %s; generation %u, restart %u of %u", j->id, why, j->generation,
-           j->restarts, j->max_restarts);
-  publish_state(c, j, why);
-}
-
-/* Asks a healthy running job to re-form at its next commit (to take in free agents, or to
- * let a leaving agent go without losing steps). Every worker gets `pause`; they agree on
- * the commit through the ring and report `lost`. Returns 0 when the job cannot do it now. */
-static int job_plan(coord_t *c, job_t *j, const char *why) {
-  if (j->recovering || !j->started || !j->commit_every || !j->slots) return 0;
-  j->recovering = 1;
-  j->planned = 1;
-  j->recover_gen = j->generation;
-  snprintf(j->plan_reason, sizeof j->plan_reason, "%s", why);
-  j->recover_deadline_ms = drv_now_ms() + 2 * drv_setting(DRV_SET_RING_TIMEOUT_MS) + 3000;
-  for (uint32_t r = 0; r < j->nodes; r++) {
-    slot_t *s = &j->slots[r];
-    if (!s->identlen) continue;
-    proto_msg_t m;
-    proto_msg_init(&m, PROTO_PAUSE);
-    m.u.kill = (proto_kill_t){.job = j->id, .generation = j->generation, .reason = (char *)why};
-    sock_send(c->workers, s->ident, s->identlen, &m, 1);
-  }
-  log_info("job %" PRId64 ": %s: re-forming at the next commit", j->id, why);
-  char ev[300];
-  snprintf(ev, sizeof ev, "re-forming: %s", why);
-  publish_state(c, j, ev);
-  return 1;
-}
-
-/* Re-forms when every rank has either reported `lost` or is known dead. */
-static void recovery_check(coord_t *c, job_t *j) {
-  if (!j->recovering) return;
-  int waiting = 0;
-  uint32_t alive = 0, idle = 0;
-  for (uint32_t r = 0; r < j->nodes; r++) {
-    waiting |= !j->slots[r].dead && !j->slots[r].lost;
-    alive += !j->slots[r].dead;
-  }
-  for (int i = 0; i < MAX_AGENTS; i++) idle += agent_fits(&c->agents[i], j);
-  /* Below min_nodes the wait goes on until enough agents are free (or the deadline). */
-  if (j->waiting_for_agents && alive + idle < j->min_nodes) waiting = 1;
-  if (!waiting || drv_now_ms() > j->recover_deadline_ms) finish_recovery(c, j);
-}
-
-/* Something went wrong in a running job: rank `dead` (-1: none known) is gone. Starts (or
- * continues) a re-formation when the job may still reach min_nodes and has restarts left;
- * otherwise fails it with the first failure's reason. */
-static void job_trouble(coord_t *c, job_t *j, int dead, const char *reason) {
-  /* A survivor's broken ring is a symptom; the rank that died or hung is the cause, and
-   * the cause is what the record should say. */
-  if (!j->cur_reason[0] || (dead >= 0 && j->cur_is_symptom)) {
-    snprintf(j->cur_reason, sizeof j->cur_reason, "%s", reason);
-    j->cur_is_symptom = dead < 0;
-  }
-  if (dead >= 0 && !j->slots[dead].dead) {
-    j->slots[dead].dead = 1;
-    abort_worker(c, j, &j->slots[dead], reason);
-  }
-  if (!j->started) {
-    /* Nobody trained in this generation: every rank still holds its commit. Those that
-     * checked in wait for `start` and take a `reform` instead; the others are dropped. */
-    for (uint32_t r = 0; r < j->nodes; r++) {
-      slot_t *s = &j->slots[r];
-      if (s->dead) continue;
-      if (s->rendezvoused)
-        s->lost = 1;
-      else
-        s->dead = 1;
-    }
-  }
-  if (j->recovering && j->planned) { /* a real failure while re-forming as planned */
-    j->planned = 0;
-    j->recovering = 0;
-  }
-  if (!j->recovering) {
-    if (j->restarts >= j->max_restarts) {
-      const char *first = j->first_reason[0] ? j->first_reason : j->cur_reason;
-      if (j->max_restarts)
-        job_fail(c, j, "%s (max_restarts %u reached)", first, j->max_restarts);
-      else
-        job_fail(c, j, "%s", first);
-      return;
-    }
-    j->recovering = 1;
-    j->recover_gen = j->generation;
-    j->restarts++;
-    /* Once a ring is broken the break travels round it in moments: survivors report
-     * within RECOVER_GRACE_MS. Until then (a rank known dead whose links may still be open,
-     * say a stopped agent with a stopped worker) only a ring timeout tells them. */
-    j->recover_deadline_ms =
-        drv_now_ms() + (dead < 0 ? 0 : drv_setting(DRV_SET_RING_TIMEOUT_MS)) + RECOVER_GRACE_MS;
-    log_warn("job %" PRId64 ": %s: re-forming its world", j->id, reason);
-    char why[600];
-    snprintf(why, sizeof why, "re-forming after: %s", reason);
-    publish_state(c, j, why);
-  }
-  uint32_t alive = 0, idle = 0;
-  for (uint32_t r = 0; r < j->nodes; r++) alive += !j->slots[r].dead;
-  for (int i = 0; i < MAX_AGENTS; i++) idle += agent_fits(&c->agents[i], j);
-  if (alive == 0 || (alive + idle < j->min_nodes && !j->rejoin_timeout_s)) {
-    job_fail(c, j, "%s (%u worker(s) left, min_nodes %u)", j->cur_reason, alive + idle,
-             j->min_nodes);
-    return;
-  }
-  if (alive + idle < j->min_nodes && !j->waiting_for_agents) {
-    /* Below min_nodes: wait up to rejoin_timeout for agents to come (or come back). */
-    j->waiting_for_agents = 1;
-    j->recover_deadline_ms =
-        DRV_MAX(j->recover_deadline_ms, drv_now_ms() + (int64_t)j->rejoin_timeout_s * 1000);
-    log_warn("job %" PRId64 ": %u worker(s) left, min_nodes %u: waiting up to %u s for agents",
-             j->id, alive + idle, j->min_nodes, j->rejoin_timeout_s);
-  }
-  recovery_check(c, j);
 }
 
 // --- Agents --------------------------------------------------------------------------------
@@ -637,13 +289,13 @@ static void agent_lost(coord_t *c, agent_t *a, const char *why) {
   log_warn("agent %s (%s) lost: %s", a->agent_id, a->host, why);
   if (a->job) {
     job_t *j = job_find(c, a->job);
-    int r = j && j->state == JOB_RUNNING ? slot_of_agent(j, (int)(a - c->agents)) : -1;
+    int r = j && j->state == JOB_RUNNING ? recovery_slot_of_agent(j, (int)(a - c->agents)) : -1;
     if (r >= 0) {
       char reason[512];
       snprintf(reason, sizeof reason, "agent %s (%s, rank %u, near step %" PRIu64 ") lost: %s",
                a->agent_id, a->host, (uint32_t)r, j->slots[r].step, why);
       j->slots[r].exited = 1; /* nobody is left to report its worker's end */
-      job_trouble(c, j, r, reason);
+      recovery_trouble(c, j, r, reason);
     }
   }
   memset(a, 0, sizeof *a);
@@ -654,7 +306,7 @@ static void agent_lost(coord_t *c, agent_t *a, const char *why) {
 static void on_leave(coord_t *c, agent_t *a, const char *reason) {
   a->leaving = 1;
   job_t *j = a->job ? job_find(c, a->job) : NULL;
-  int r = j && j->state == JOB_RUNNING ? slot_of_agent(j, (int)(a - c->agents)) : -1;
+  int r = j && j->state == JOB_RUNNING ? recovery_slot_of_agent(j, (int)(a - c->agents)) : -1;
   log_info("agent %s is leaving (%s)%s", a->agent_id, reason ? reason : "no reason given",
            r >= 0 ? ": its rank leaves its job at the next commit" : "");
   if (r < 0) return;
@@ -662,7 +314,7 @@ static void on_leave(coord_t *c, agent_t *a, const char *reason) {
   char why[300];
   snprintf(why, sizeof why, "agent %s (rank %d) leaving: %s", a->agent_id, r,
            reason ? reason : "stopping");
-  if (!j->recovering && !job_plan(c, j, why)) job_trouble(c, j, r, why);
+  if (!j->recovering && !recovery_plan(c, j, why)) recovery_trouble(c, j, r, why);
 }
 
 static void send_welcome(coord_t *c, const agent_t *a) {
@@ -671,7 +323,7 @@ static void send_welcome(coord_t *c, const agent_t *a) {
   m.u.welcome.agent_id = (char *)a->agent_id;
   m.u.welcome.heartbeat_ms = (uint32_t)drv_setting(DRV_SET_HEARTBEAT_MS);
   m.u.welcome.peer_timeout_ms = (uint32_t)drv_setting(DRV_SET_PEER_TIMEOUT_MS);
-  send_to_agent(c, a, &m);
+  coord_send_to_agent(c, a, &m);
 }
 
 static void on_hello(coord_t *c, const unsigned char *ident, size_t len, proto_hello_t *h) {
@@ -716,7 +368,7 @@ static void on_worker_exit(coord_t *c, agent_t *a, const proto_worker_exit_t *e)
   if (a->job == e->job && a->generation == e->generation) a->job = 0;
   job_t *j = job_find(c, e->job);
   if (!j || j->state != JOB_RUNNING || !j->slots) return;
-  int r = slot_of_agent(j, (int)(a - c->agents));
+  int r = recovery_slot_of_agent(j, (int)(a - c->agents));
   if (r < 0 || j->slots[r].assign_gen != e->generation) return; /* left out, or stale */
   slot_t *s = &j->slots[r];
   s->exited = 1;
@@ -728,14 +380,14 @@ static void on_worker_exit(coord_t *c, agent_t *a, const proto_worker_exit_t *e)
              a->host, e->signal, s->step);
     /* Whatever killed it may strike again: no replacement worker on this agent for now. */
     a->cooldown_until_ms = drv_now_ms() + drv_setting(DRV_SET_COOLDOWN_MS);
-    job_trouble(c, j, r, reason);
+    recovery_trouble(c, j, r, reason);
     return;
   }
   if (j->recovering) {
     char reason[256];
     snprintf(reason, sizeof reason, "rank %d on agent %s exited with code %d", r, a->agent_id,
              e->exit_code);
-    job_trouble(c, j, r, reason);
+    recovery_trouble(c, j, r, reason);
     return;
   }
   /* Its `done` or `failed` may still be in flight on the worker's own socket. */
@@ -767,7 +419,7 @@ static void on_rendezvous(coord_t *c, const unsigned char *ident, size_t len,
   /* Everyone is in: relay the ring addresses. */
   char **peers = calloc(j->nodes, sizeof *peers);
   if (!peers) {
-    job_fail(c, j, "out of memory at rendezvous");
+    coord_job_fail(c, j, "out of memory at rendezvous");
     return;
   }
   for (uint32_t r = 0; r < j->nodes; r++) peers[r] = j->slots[r].addr;
@@ -964,15 +616,15 @@ static void on_lost(coord_t *c, const unsigned char *ident, size_t len, const pr
   snprintf(reason, sizeof reason, "rank %u (agent %s) lost its ring at step %" PRIu64 ": %s",
            l->rank, ai >= 0 && c->agents[ai].used ? c->agents[ai].agent_id : "?", l->step,
            l->reason);
-  job_trouble(c, j, -1, reason);
+  recovery_trouble(c, j, -1, reason);
 }
 
 static void on_failed(coord_t *c, const proto_failed_t *f) {
   job_t *j = job_for_msg(c, f->job, f->generation, f->rank, "failed");
   if (!j) return;
   int ai = j->slots[f->rank].agent;
-  job_fail(c, j, "rank %u (agent %s): %s", f->rank,
-           ai >= 0 && c->agents[ai].used ? c->agents[ai].agent_id : "?", f->reason);
+  coord_job_fail(c, j, "rank %u (agent %s): %s", f->rank,
+                 ai >= 0 && c->agents[ai].used ? c->agents[ai].agent_id : "?", f->reason);
 }
 
 static void handle_worker_socket(coord_t *c) {
@@ -1171,7 +823,7 @@ static void on_submit(coord_t *c, const unsigned char *ident, size_t len,
   m.u.submitted.job = j->id;
   m.u.submitted.run_dir = j->run_dir;
   reply(c, ident, len, &m);
-  publish_state(c, j, NULL);
+  coord_publish_state(c, j, NULL);
 out:
   free(canon);
   free(stored);
@@ -1409,8 +1061,8 @@ static void tick(coord_t *c) {
     for (int k = 0; k < MAX_AGENTS; k++)
       if (c->agents[k].used && !strcmp(c->agents[k].pool, j->pool)) j->pool_seen_ms = now;
     if (now - j->pool_seen_ms > drv_setting(DRV_SET_POOL_WAIT_MS))
-      job_fail(c, j, "no agent of pool %s registered for %" PRId64 " s", j->pool,
-               (now - j->pool_seen_ms) / 1000);
+      coord_job_fail(c, j, "no agent of pool %s registered for %" PRId64 " s", j->pool,
+                     (now - j->pool_seen_ms) / 1000);
   }
   for (int i = 0; i < MAX_JOBS; i++) {
     job_t *j = &c->jobs[i];
@@ -1422,31 +1074,31 @@ static void tick(coord_t *c) {
     /* Room to grow and a free agent for it, with nobody queued for that agent. */
     if (j->started && j->nodes < j->max_nodes && j->commit_every) {
       int free_agents = 0, queued = 0;
-      for (int k = 0; k < MAX_AGENTS; k++) free_agents += agent_fits(&c->agents[k], j);
+      for (int k = 0; k < MAX_AGENTS; k++) free_agents += coord_agent_fits(&c->agents[k], j);
       for (int k = 0; k < MAX_JOBS; k++)
         queued |= c->jobs[k].used && c->jobs[k].state == JOB_QUEUED &&
                   !strcmp(c->jobs[k].target, j->target) && !strcmp(c->jobs[k].pool, j->pool);
       if (free_agents && !queued) {
         char why[128];
         snprintf(why, sizeof why, "taking in %d free agent(s)", free_agents);
-        job_plan(c, j, why);
+        recovery_plan(c, j, why);
         continue;
       }
     }
     if (!j->started && now > j->rendezvous_deadline_ms) {
       uint32_t missing = 0;
       for (uint32_t r = 0; r < j->nodes; r++) missing += !j->slots[r].rendezvoused;
-      job_fail(c, j, "%u of %u workers did not check in within %" PRId64 " ms", missing, j->nodes,
-               drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS));
+      coord_job_fail(c, j, "%u of %u workers did not check in within %" PRId64 " ms", missing,
+                     j->nodes, drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS));
       continue;
     }
     for (uint32_t r = 0; r < j->nodes; r++) {
       slot_t *s = &j->slots[r];
       if (s->exited && !s->done && s->exit_ms && now - s->exit_ms > EXIT_GRACE_MS) {
         if (s->exit_code)
-          job_fail(c, j, "rank %u exited with code %d without saying why", r, s->exit_code);
+          coord_job_fail(c, j, "rank %u exited with code %d without saying why", r, s->exit_code);
         else
-          job_fail(c, j, "rank %u exited without reporting its result", r);
+          coord_job_fail(c, j, "rank %u exited without reporting its result", r);
         break;
       }
     }
@@ -1556,8 +1208,8 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
   log_info("coordinator stopping");
   for (int i = 0; i < MAX_JOBS; i++)
     if (c->jobs[i].used)
-      job_fail(c, &c->jobs[i], "coordinator stopped while the job was %s",
-               store_state_name(c->jobs[i].state));
+      coord_job_fail(c, &c->jobs[i], "coordinator stopped while the job was %s",
+                     store_state_name(c->jobs[i].state));
 out:
   if (c->workers) zmq_close(c->workers);
   if (c->clients) zmq_close(c->clients);
