@@ -4,6 +4,7 @@ processes on loopback, each test in its own state directory and ports.
 Only Debian's python3 with python3-zmq and python3-msgpack is needed. The protocol helpers
 here are written from docs/protocol.md alone: [version, type, body-map] frames.
 """
+import contextlib
 import json
 import os
 import random
@@ -214,6 +215,19 @@ class Cluster:
             if msg[1] == "ev_state" and msg[2]["state"] in ("succeeded", "failed", "cancelled"):
                 return msg[2], events
         raise AssertionError("job %d did not finish within %d s" % (job, timeout))
+
+
+@contextlib.contextmanager
+def cluster(drover, env=None):
+    """A Cluster that prints every process's log when the test fails, and is always closed."""
+    c = Cluster(drover, env=env)
+    try:
+        yield c
+    except BaseException:
+        print(c.all_logs())
+        raise
+    finally:
+        c.close()
 
 
 def worker_pid(run_dir, rank):

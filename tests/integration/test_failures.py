@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from harness import Cluster, main
+from harness import Cluster, cluster, main
 
 FAST = {"DROVER_HEARTBEAT_MS": "200", "DROVER_PEER_TIMEOUT_MS": "3000",
         "DROVER_RECONNECT_MS": "300"}
@@ -127,8 +127,7 @@ def test_killed_agent_fails_job_within_seconds(drover):
 
 
 def test_cancel_running_job(drover):
-    c = Cluster(drover, env=FAST)
-    try:
+    with cluster(drover, env=FAST) as c:
         c.start_coordinator()
         c.start_agent("a1")
         c.start_agent("a2")
@@ -146,16 +145,10 @@ def test_cancel_running_job(drover):
         assert again.returncode != 0 and "already cancelled" in again.stderr, again.stderr
         missing = c.drover_cli("cancel", "9999")
         assert missing.returncode != 0 and "no such job" in missing.stderr, missing.stderr
-    except Exception:
-        print(c.all_logs())
-        raise
-    finally:
-        c.close()
 
 
 def test_coordinator_restart(drover):
-    c = Cluster(drover, env=FAST)
-    try:
+    with cluster(drover, env=FAST) as c:
         c.start_coordinator()
         c.start_agent("a1")
         c.start_agent("a2")
@@ -195,11 +188,6 @@ def test_coordinator_restart(drover):
         final, _ = c.follow(sub, job2, timeout=120)
         assert final["state"] == "succeeded", final
         assert sorted(agents) == ["a1", "a2"]
-    except Exception:
-        print(c.all_logs())
-        raise
-    finally:
-        c.close()
 
 
 def test_bad_dataset_fails_with_named_file(drover):
@@ -254,8 +242,7 @@ def fake_agent(c, name):
 def test_unreachable_agent_is_forgotten_and_job_requeued(drover):
     # An agent whose connection is gone before its heartbeat timeout: the assign cannot be
     # delivered, so it is forgotten and the job waits for (and then runs on) a real one.
-    c = Cluster(drover, env=dict(FAST, DROVER_PEER_TIMEOUT_MS="30000"))
-    try:
+    with cluster(drover, env=dict(FAST, DROVER_PEER_TIMEOUT_MS="30000")) as c:
         c.start_coordinator()
         ghost = fake_agent(c, "a-ghost")
         assert [a["agent_id"] for a in c.request("agents", {})[2]["agents"]] == ["a-ghost"]
@@ -269,11 +256,6 @@ def test_unreachable_agent_is_forgotten_and_job_requeued(drover):
         c.start_agent("b-real")
         final, _ = c.follow(sub, job, timeout=60)
         assert final["state"] == "succeeded", final
-    except Exception:
-        print(c.all_logs())
-        raise
-    finally:
-        c.close()
 
 
 def test_agent_freed_when_its_job_ends_without_a_worker(drover):
@@ -281,8 +263,7 @@ def test_agent_freed_when_its_job_ends_without_a_worker(drover):
     # the job fails at the rendezvous timeout, and the agent is free again as soon as its
     # heartbeat says it runs no worker.
     from harness import pack, unpack
-    c = Cluster(drover, env=dict(FAST, DROVER_RENDEZVOUS_TIMEOUT_MS="1500"))
-    try:
+    with cluster(drover, env=dict(FAST, DROVER_RENDEZVOUS_TIMEOUT_MS="1500")) as c:
         c.start_coordinator()
         mute = fake_agent(c, "a-mute")
         sub = c.subscribe()
@@ -301,16 +282,10 @@ def test_agent_freed_when_its_job_ends_without_a_worker(drover):
         assert agent_states(c)["a-mute"]["state"] == "idle", agent_states(c)
         assert {"welcome", "assign", "kill"} <= seen, seen
         mute.close()
-    except Exception:
-        print(c.all_logs())
-        raise
-    finally:
-        c.close()
 
 
 def test_second_coordinator_on_a_state_dir_is_refused(drover):
-    c = Cluster(drover, env=FAST)
-    try:
+    with cluster(drover, env=FAST) as c:
         c.start_coordinator()
         c.start_agent("a1")
         c.wait_agents(1)
@@ -321,11 +296,6 @@ def test_second_coordinator_on_a_state_dir_is_refused(drover):
                              "--state-dir", c.state, timeout=20)
         assert other.returncode != 0 and "another coordinator" in other.stderr, other.stderr
         assert c.request("status", {"job": job})[2]["jobs"][0]["state"] == "running"
-    except Exception:
-        print(c.all_logs())
-        raise
-    finally:
-        c.close()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import os
 import subprocess
 import time
 
-from harness import Cluster, main
+from harness import Cluster, cluster, main
 
 SPEC = """
 name: %s
@@ -37,8 +37,7 @@ def result(proc):
 
 
 def test_sequential_submits_on_a_running_coordinator(drover):
-    c = Cluster(drover)
-    try:
+    with cluster(drover) as c:
         c.start_coordinator()
         spec = write_spec(c, "seq", 3000)
         for i in range(3):
@@ -47,11 +46,6 @@ def test_sequential_submits_on_a_running_coordinator(drover):
             assert r.returncode == 0 and res["status"] == "succeeded", (i, res, r.stderr[-2000:])
         # Stopped agents said goodbye: none is left registered.
         assert c.request("agents", {})[2]["agents"] == []
-    except Exception:
-        print(c.all_logs())
-        raise
-    finally:
-        c.close()
 
 
 def test_overlapping_submits_share_a_coordinator(drover):

@@ -8,7 +8,7 @@ import time
 import msgpack
 import zmq
 
-from harness import Cluster, main, pack, unpack
+from harness import Cluster, cluster, main, pack, unpack
 
 MAX = 65536  # DROVER_MAX_MSG_BYTES for this test
 
@@ -49,8 +49,7 @@ def expect_error(c, frame, needle):
 
 
 def test_bad_input_then_a_job(drover):
-    c = Cluster(drover, env={"DROVER_MAX_MSG_BYTES": str(MAX)})
-    try:
+    with cluster(drover, env={"DROVER_MAX_MSG_BYTES": str(MAX)}) as c:
         c.start_coordinator()
         # Malformed frames on the client socket each get an error reply.
         expect_error(c, b"\xc1garbage", "malformed msgpack")
@@ -120,11 +119,6 @@ def test_bad_input_then_a_job(drover):
         assert sorted(a["agent_id"] for a in agents) == ["a1", "a2"]
         assert all(a["state"] == "idle" and a["job"] == 0 for a in agents), agents
         assert c.coord.poll() is None
-    except Exception:
-        print(c.all_logs())
-        raise
-    finally:
-        c.close()
 
 
 if __name__ == "__main__":

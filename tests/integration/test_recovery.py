@@ -9,7 +9,7 @@ import os
 import signal
 import time
 
-from harness import Cluster, main, read_metrics, unpack, worker_pid
+from harness import Cluster, cluster, main, read_metrics, unpack, worker_pid
 
 ENV = {"DROVER_HEARTBEAT_MS": "200", "DROVER_PEER_TIMEOUT_MS": "3000",
        "DROVER_RECONNECT_MS": "300", "DROVER_RING_TIMEOUT_MS": "3000"}
@@ -150,8 +150,7 @@ def test_killed_agent(drover):
 
 
 def test_max_restarts(drover):
-    c = Cluster(drover, env=ENV)
-    try:
+    with cluster(drover, env=ENV) as c:
         sub, job = start(c, "fragile", min_nodes=1, max_restarts=1, epochs=100)
         run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
         wait_step(c, sub, job, 60)
@@ -170,11 +169,6 @@ def test_max_restarts(drover):
         assert final["state"] == "failed", final
         assert "max_restarts 1 reached" in final["reason"], final
         assert "rank 2" in final["reason"], final  # the first failure's reason
-    except Exception:
-        print(c.all_logs())
-        raise
-    finally:
-        c.close()
 
 
 def reform_records(run_dir):
@@ -190,8 +184,7 @@ def reform_records(run_dir):
 def test_graceful_leave(drover):
     # SIGTERM to an agent (a preemption notice): its rank leaves at the next commit, no
     # step is lost, the job finishes on the others, and the agent exits by itself.
-    c = Cluster(drover, env=ENV)
-    try:
+    with cluster(drover, env=ENV) as c:
         sub, job = start(c, "preempted", epochs=10)  # long enough to drain mid-run
         run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
         wait_step(c, sub, job, 130)
@@ -203,18 +196,12 @@ def test_graceful_leave(drover):
         assert c.agents["a2"].wait(timeout=20) == 0
         assert "a2" not in [a["agent_id"] for a in c.request("agents", {})[2]["agents"]]
         print("graceful leave: re-formed on 2 at step %d, no step redone" % rec["step"])
-    except Exception:
-        print(c.all_logs())
-        raise
-    finally:
-        c.close()
 
 
 def test_grow_when_an_agent_joins(drover):
     # A job running below max_nodes takes in an agent that registers mid-run, at its next
     # commit, without losing a step.
-    c = Cluster(drover, env=ENV)
-    try:
+    with cluster(drover, env=ENV) as c:
         c.start_coordinator()
         c.start_agent("a1")
         c.start_agent("a2")
@@ -230,19 +217,13 @@ def test_grow_when_an_agent_joins(drover):
         (rec, redone), = reform_records(run_dir)
         assert rec["world"] == 3 and redone == 0, (rec, redone)
         print("grow: re-formed on 3 at step %d, no step redone" % rec["step"])
-    except Exception:
-        print(c.all_logs())
-        raise
-    finally:
-        c.close()
 
 
 def test_straggler_reported_not_killed(drover):
     # One agent's worker is made slow (a fault-injection sleep in every step): it shows
     # as a straggler in drover status, the job goes on with all three ranks.
     import json
-    c = Cluster(drover, env=ENV)
-    try:
+    with cluster(drover, env=ENV) as c:
         c.start_coordinator()
         c.start_agent("a1")
         c.start_agent("a2")
@@ -271,18 +252,12 @@ def test_straggler_reported_not_killed(drover):
         assert st["status"] == "running" and len(ranks) == 3
         print("straggler: %s" % ranks)
         c.request("cancel", {"job": job})
-    except Exception:
-        print(c.all_logs())
-        raise
-    finally:
-        c.close()
 
 
 def test_waits_below_min_nodes_for_an_agent(drover):
     # 2 ranks, min_nodes 2: losing one leaves the job below min_nodes; it waits up to
     # rejoin_timeout, and an agent that registers meanwhile takes the lost rank's place.
-    c = Cluster(drover, env=ENV)
-    try:
+    with cluster(drover, env=ENV) as c:
         c.start_coordinator()
         c.start_agent("a1")
         c.start_agent("a2")
@@ -302,18 +277,12 @@ def test_waits_below_min_nodes_for_an_agent(drover):
         (rec, redone), = reform_records(run_dir)
         assert rec["world"] == 2 and redone <= 20, (rec, redone)
         print("below min_nodes: waited, re-formed with a new agent at step %d" % rec["step"])
-    except Exception:
-        print(c.all_logs())
-        raise
-    finally:
-        c.close()
 
 
 def test_rank_lost_before_start(drover):
     # A newcomer taken in by growth dies before checking in: the ranks already waiting for
     # `start` re-form again without it, and the job carries on.
-    c = Cluster(drover, env=ENV)
-    try:
+    with cluster(drover, env=ENV) as c:
         c.start_coordinator()
         c.start_agent("a1")
         c.start_agent("a2")
@@ -334,11 +303,6 @@ def test_rank_lost_before_start(drover):
         assert worlds and worlds[-1] == 2, (worlds, reasons)
         assert any("killed by signal 9" in r for r in reasons), reasons
         print("rank lost before start: %s" % reasons)
-    except Exception:
-        print(c.all_logs())
-        raise
-    finally:
-        c.close()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 
-from harness import Cluster, main, read_metrics, read_safetensors, unpack
+from harness import Cluster, cluster, main, read_metrics, read_safetensors, unpack
 
 FAST = {"DROVER_HEARTBEAT_MS": "200", "DROVER_PEER_TIMEOUT_MS": "3000",
         "DROVER_RECONNECT_MS": "300"}
@@ -57,8 +57,7 @@ def wait_for_checkpoint(c, job, at_least, timeout=60):
 
 
 def test_cancel_and_resume_is_bitwise_exact(drover):
-    c = Cluster(drover)
-    try:
+    with cluster(drover) as c:
         spec = os.path.join(c.tmp, "job.yaml")
         with open(spec, "w") as f:
             f.write(make_spec("exact", "local", c.runs))
@@ -100,16 +99,10 @@ def test_cancel_and_resume_is_bitwise_exact(drover):
         assert res["test_accuracy"] == ref["test_accuracy"], (res, ref)
         # Old checkpoints are pruned to keep_checkpoints; the final step is checkpointed.
         assert len(steps_on_disk(res["run_dir"])) <= 2 and steps_on_disk(res["run_dir"])[-1] == 750
-    except Exception:
-        print(c.all_logs())
-        raise
-    finally:
-        c.close()
 
 
 def test_coordinator_killed_mid_job_resumes_from_checkpoint(drover):
-    c = Cluster(drover, env=FAST)
-    try:
+    with cluster(drover, env=FAST) as c:
         c.start_coordinator()
         c.start_agent("a1")
         c.start_agent("a2")
@@ -137,16 +130,10 @@ def test_coordinator_killed_mid_job_resumes_from_checkpoint(drover):
             assert a[k] == b[k], "tensor %s differs after a coordinator restart" % k
         ck = steps_on_disk(st["run_dir"])
         assert len(ck) == len(set(ck))
-    except Exception:
-        print(c.all_logs())
-        raise
-    finally:
-        c.close()
 
 
 def test_corrupt_checkpoint_falls_back(drover):
-    c = Cluster(drover, env=FAST)
-    try:
+    with cluster(drover, env=FAST) as c:
         c.start_coordinator()
         c.start_agent("a1")
         c.start_agent("a2")
@@ -177,11 +164,6 @@ def test_corrupt_checkpoint_falls_back(drover):
         # Resuming a job that is still running, or has no checkpoint, is refused.
         bad = c.request("submit", {"spec": "", "resume": 999})
         assert bad[1] == "error" and "no such job" in bad[2]["message"], bad
-    except Exception:
-        print(c.all_logs())
-        raise
-    finally:
-        c.close()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ workers can be placed, a later job on the same target waits behind it (first in,
 out), jobs on another target are not held up, and ranks follow the agents' names."""
 import time
 
-from harness import Cluster, main
+from harness import Cluster, cluster, main
 
 SPEC = """
 name: %s
@@ -23,8 +23,7 @@ def state(c, job):
 
 
 def test_gang_and_fifo(drover):
-    c = Cluster(drover, env={"DROVER_HEARTBEAT_MS": "200"})
-    try:
+    with cluster(drover, env={"DROVER_HEARTBEAT_MS": "200"}) as c:
         c.start_coordinator()
         c.start_agent("b-agent")
         c.wait_agents(1)
@@ -54,11 +53,6 @@ def test_gang_and_fifo(drover):
         # Rank 0 of the gang is the agent whose name sorts first.
         log = open(c.tmp + "/agent-a-agent.log").read()
         assert "job %d rank 0/2" % big in log, log
-    except Exception:
-        print(c.all_logs())
-        raise
-    finally:
-        c.close()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 
-from harness import Cluster, main, read_metrics, read_safetensors
+from harness import Cluster, cluster, main, read_metrics, read_safetensors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE = os.path.join(ROOT, "examples", "fashion-mnist.yaml")
@@ -56,8 +56,7 @@ def check_with_torch(path, accuracy):
 
 
 def test_fashion_mnist_two_local_agents(drover):
-    c = Cluster(drover)
-    try:
+    with cluster(drover) as c:
         r, res = submit(c, "--target", "local", "--nodes", "2")
         assert r.returncode == 0, r.stderr[-4000:]
         assert res["status"] == "succeeded", res
@@ -89,16 +88,10 @@ def test_fashion_mnist_two_local_agents(drover):
         assert abs(jobs[0]["test_accuracy"] - res["test_accuracy"]) < 1e-9
         plain = c.drover_cli("status")
         assert "fashion-mnist" in plain.stdout and "succeeded" in plain.stdout, plain.stdout
-    except Exception:
-        print(c.all_logs())
-        raise
-    finally:
-        c.close()
 
 
 def test_loss_curve_independent_of_world_size(drover):
-    c = Cluster(drover)
-    try:
+    with cluster(drover) as c:
         curves = {}
         for nodes in (1, 2):
             r, res = submit(c, "--target", "local", "--nodes", str(nodes),
@@ -110,11 +103,6 @@ def test_loss_curve_independent_of_world_size(drover):
         print("max relative loss difference over 50 steps, 1 vs 2 agents: %.3g" % worst)
         assert worst < 1e-4, (worst, curves)
         assert curves[1][-1] < curves[1][0] * 0.7, curves[1]  # and it is learning
-    except Exception:
-        print(c.all_logs())
-        raise
-    finally:
-        c.close()
 
 
 if __name__ == "__main__":
