@@ -259,7 +259,6 @@ static void schedule(coord_t *c) {
       }
       a->job = j->id;
       a->generation = j->generation;
-      a->rank = r;
     }
     if (unreachable[0]) {
       job_requeue(c, j, unreachable);
@@ -1171,7 +1170,7 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
 
   int64_t hb_ms = drv_setting(DRV_SET_HEARTBEAT_MS);
   int64_t next_tick = drv_now_ms() + hb_ms;
-  while (!*stop && !c->shutdown) {
+  while (!*stop) {
     if (cfg->exit_when_idle_s > 0 && c->last_active_ms > 0 && !active_jobs(c) &&
         drv_now_ms() - c->last_active_ms > (int64_t)cfg->exit_when_idle_s * 1000) {
       log_info("no job for %d s: exiting (--exit-when-idle)", cfg->exit_when_idle_s);

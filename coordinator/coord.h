@@ -1,16 +1,16 @@
 /* coord.h: the coordinator: one event loop over three ZeroMQ sockets.
  *
- *   ROUTER base+0  agents and workers: hello, heartbeat, worker_exit, rendezvous,
- *                  progress, eval, done, failed in; welcome, heartbeat, assign, kill,
- *                  start, abort out
- *   ROUTER base+1  clients: submit, status, cancel, agents, shutdown in; replies out
+ *   ROUTER base+0  agents and workers: hello, heartbeat, bye, leave, worker_exit,
+ *                  rendezvous, progress, eval, checkpoint, lost, done, failed in;
+ *                  welcome, heartbeat, assign, kill, start, reform, pause, abort out
+ *   ROUTER base+1  clients: submit, status, cancel, agents, get_spec in; replies out
  *   PUB    base+2  events on topic "job/<id>": ev_state, ev_progress, ev_eval
  *
  * It keeps the agent registry (heartbeats both ways; an agent silent for longer than
- * DROVER_PEER_TIMEOUT_MS is dead and its job fails with that reason while the other
- * agents are released), a FIFO queue per target with gang scheduling (a job starts only
- * when all its workers are placed), rank assignment, the rendezvous relay, per-step
- * progress aggregation, and durable job records in SQLite (coordinator/store.h).
+ * DROVER_PEER_TIMEOUT_MS is lost), a FIFO queue per target and pool with gang scheduling
+ * (a job starts only when all its workers are placed), rank assignment, the rendezvous
+ * relay, progress aggregation and stragglers, re-formation of a job's world after a
+ * failure or as planned (recovery.c), and durable job records in SQLite (store.h).
  */
 #ifndef DROVER_COORDINATOR_COORD_H
 #define DROVER_COORDINATOR_COORD_H

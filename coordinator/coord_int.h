@@ -26,7 +26,7 @@ typedef struct {
   uint64_t mem_bytes, session;
   int64_t last_seen_ms;
   int64_t job; /* 0 when idle; set from assign until its worker exits */
-  uint32_t generation, rank;
+  uint32_t generation; /* of the assignment it is booked for */
   int64_t cooldown_until_ms; /* its worker was killed: no new work before then */
   int leaving;               /* said `leave`: no new work */
 } agent_t;
@@ -96,7 +96,6 @@ typedef struct {
   agent_t agents[MAX_AGENTS];
   job_t jobs[MAX_JOBS]; /* active jobs: queued or running */
   uint64_t hb_seq;
-  int shutdown;
   int lock_fd;            /* flock'ed <state_dir>/coordinator.lock */
   int64_t last_active_ms; /* last time a job was queued or running; 0 before the first */
 } coord_t;

@@ -97,7 +97,6 @@ static void finish_recovery(coord_t *c, job_t *j) {
     next[k].coll_seq = s->coll_seq;
     memcpy(next[k].ident, s->ident, s->identlen);
     next[k].identlen = s->identlen;
-    c->agents[s->agent].rank = k;
     proto_msg_t m;
     proto_msg_init(&m, PROTO_REFORM);
     m.u.reform =
@@ -111,7 +110,6 @@ static void finish_recovery(coord_t *c, job_t *j) {
     next[k].assign_gen = j->generation;
     a->job = j->id;
     a->generation = j->generation;
-    a->rank = k;
     proto_msg_t m;
     proto_msg_init(&m, PROTO_ASSIGN);
     m.u.assign = (proto_assign_t){.job = j->id,

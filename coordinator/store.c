@@ -456,21 +456,24 @@ fail:
   return rc;
 }
 
-/* Sets one text column of a job. `column` is one of the constant names below, never
- * input; cap is the size of the matching store_job_t field. */
-static drv_result_t set_text(store_t *s, int64_t id, const char *column, const char *value,
-                             size_t cap) {
+/* Sets one column of a job: the text `text`, or the integer `num` when text is NULL.
+ * `column` is one of the constant names below, never input; cap is the size of the
+ * matching store_job_t field for text. */
+static drv_result_t set_column(store_t *s, int64_t id, const char *column, const char *text,
+                               size_t cap, uint64_t num) {
   drv_result_t rc = DRV_OK;
   sqlite3_stmt *st = NULL;
   char what[64], sql[96];
-  if (!s || !value) return drv_error(DRV_ERR_INVALID, "set %s: NULL argument", column);
-  if (strlen(value) >= cap)
+  if (!s) return drv_error(DRV_ERR_INVALID, "set %s: NULL store", column);
+  if (text && strlen(text) >= cap)
     return drv_error(DRV_ERR_INVALID, "job %lld: %s longer than %zu bytes", (long long)id, column,
                      cap - 1);
   snprintf(what, sizeof what, "job %lld: set %s", (long long)id, column);
   snprintf(sql, sizeof sql, "UPDATE jobs SET %s = ?2 WHERE id = ?1", column);
   DRV_CHECK_GOTO(sql_prepare(s, sql, &st, what), rc, fail);
-  if (sqlite3_bind_int64(st, 1, id) || sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC)) {
+  int bad = text ? sqlite3_bind_text(st, 2, text, -1, SQLITE_STATIC)
+                 : sqlite3_bind_int64(st, 2, (sqlite3_int64)num);
+  if (bad || sqlite3_bind_int64(st, 1, id)) {
     rc = sql_fail(s, what);
     goto fail;
   }
@@ -480,6 +483,12 @@ static drv_result_t set_text(store_t *s, int64_t id, const char *column, const c
 fail:
   sqlite3_finalize(st);
   return rc;
+}
+
+static drv_result_t set_text(store_t *s, int64_t id, const char *column, const char *value,
+                             size_t cap) {
+  if (!value) return drv_error(DRV_ERR_INVALID, "set %s: NULL value", column);
+  return set_column(s, id, column, value, cap, 0);
 }
 
 drv_result_t store_job_set_run_dir(store_t *s, int64_t id, const char *run_dir) {
@@ -494,33 +503,24 @@ drv_result_t store_job_set_resume_dir(store_t *s, int64_t id, const char *dir) {
   return set_text(s, id, "resume_dir", dir, sizeof((store_job_t *)0)->resume_dir);
 }
 
-/* Sets one integer column of a job; `column` is a constant name, never input. */
-static drv_result_t set_int(store_t *s, int64_t id, const char *column, uint64_t value) {
-  drv_result_t rc = DRV_OK;
-  sqlite3_stmt *st = NULL;
-  char what[64], sql[96];
-  if (!s) return drv_error(DRV_ERR_INVALID, "set %s: NULL store", column);
-  snprintf(what, sizeof what, "job %lld: set %s", (long long)id, column);
-  snprintf(sql, sizeof sql, "UPDATE jobs SET %s = ?2 WHERE id = ?1", column);
-  DRV_CHECK_GOTO(sql_prepare(s, sql, &st, what), rc, fail);
-  if (sqlite3_bind_int64(st, 1, id) || sqlite3_bind_int64(st, 2, (sqlite3_int64)value)) {
-    rc = sql_fail(s, what);
-    goto fail;
-  }
-  DRV_CHECK_GOTO(sql_step_done(s, st, what), rc, fail);
-  if (sqlite3_changes(s->db) == 0)
-    rc = drv_error(DRV_ERR_INVALID, "job %lld: no such job", (long long)id);
-fail:
-  sqlite3_finalize(st);
-  return rc;
-}
-
 drv_result_t store_job_set_checkpoint(store_t *s, int64_t id, uint64_t step) {
-  return set_int(s, id, "ckpt_step", step);
+  return set_column(s, id, "ckpt_step", NULL, 0, step);
 }
 
 drv_result_t store_job_set_generation(store_t *s, int64_t id, uint32_t generation) {
-  return set_int(s, id, "generation", generation);
+  return set_column(s, id, "generation", NULL, 0, generation);
+}
+
+/* Runs `sql` (one row of jobs, selected by ?1 = id) and leaves *st on that row.
+ * DRV_ERR_INVALID "job 7: no such job" when there is none. *st is the caller's to finalize
+ * in every case. */
+static drv_result_t job_row(store_t *s, const char *sql, int64_t id, const char *what,
+                            sqlite3_stmt **st) {
+  DRV_CHECK(sql_prepare(s, sql, st, what));
+  if (sqlite3_bind_int64(*st, 1, id)) return sql_fail(s, what);
+  int r = sqlite3_step(*st);
+  if (r == SQLITE_DONE) return drv_error(DRV_ERR_INVALID, "job %lld: no such job", (long long)id);
+  return r == SQLITE_ROW ? DRV_OK : sql_fail(s, what);
 }
 
 drv_result_t store_job_get(store_t *s, int64_t id, store_job_t *out) {
@@ -529,21 +529,8 @@ drv_result_t store_job_get(store_t *s, int64_t id, store_job_t *out) {
   char what[64];
   if (!s || !out) return drv_error(DRV_ERR_INVALID, "store_job_get: NULL argument");
   snprintf(what, sizeof what, "job %lld: read", (long long)id);
-  DRV_CHECK_GOTO(sql_prepare(s, "SELECT " STORE_JOB_COLUMNS " FROM jobs WHERE id = ?1", &st, what),
+  DRV_CHECK_GOTO(job_row(s, "SELECT " STORE_JOB_COLUMNS " FROM jobs WHERE id = ?1", id, what, &st),
                  rc, fail);
-  if (sqlite3_bind_int64(st, 1, id)) {
-    rc = sql_fail(s, what);
-    goto fail;
-  }
-  int r = sqlite3_step(st);
-  if (r == SQLITE_DONE) {
-    rc = drv_error(DRV_ERR_INVALID, "job %lld: no such job", (long long)id);
-    goto fail;
-  }
-  if (r != SQLITE_ROW) {
-    rc = sql_fail(s, what);
-    goto fail;
-  }
   rc = job_read(st, out);
 fail:
   sqlite3_finalize(st);
@@ -557,20 +544,7 @@ drv_result_t store_job_spec(store_t *s, int64_t id, char **yaml) {
   if (!s || !yaml) return drv_error(DRV_ERR_INVALID, "store_job_spec: NULL argument");
   *yaml = NULL;
   snprintf(what, sizeof what, "job %lld: read spec", (long long)id);
-  DRV_CHECK_GOTO(sql_prepare(s, "SELECT spec_yaml FROM jobs WHERE id = ?1", &st, what), rc, fail);
-  if (sqlite3_bind_int64(st, 1, id)) {
-    rc = sql_fail(s, what);
-    goto fail;
-  }
-  int r = sqlite3_step(st);
-  if (r == SQLITE_DONE) {
-    rc = drv_error(DRV_ERR_INVALID, "job %lld: no such job", (long long)id);
-    goto fail;
-  }
-  if (r != SQLITE_ROW) {
-    rc = sql_fail(s, what);
-    goto fail;
-  }
+  DRV_CHECK_GOTO(job_row(s, "SELECT spec_yaml FROM jobs WHERE id = ?1", id, what, &st), rc, fail);
   const char *text = (const char *)sqlite3_column_text(st, 0);
   *yaml = strdup(text ? text : "");
   if (!*yaml) rc = drv_error(DRV_ERR_NOMEM, "%s: out of memory", what);

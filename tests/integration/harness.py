@@ -95,9 +95,10 @@ class Cluster:
         self.coord.send_signal(sig)
         self.coord.wait(timeout=20)
 
-    def start_agent(self, name, target="attached", threads="1"):
+    def start_agent(self, name, target="attached", threads="1", env=None):
+        """An agent named `name`; `env` adds to its environment (its workers inherit it)."""
         env_backup = self.env
-        self.env = dict(self.env, OPENBLAS_NUM_THREADS=threads)
+        self.env = dict(self.env, OPENBLAS_NUM_THREADS=threads, **(env or {}))
         p = self._spawn(["agent", "--coordinator", self.endpoint, "--id", name, "--target",
                          target, "--host", "127.0.0.1"], "agent-%s.log" % name)
         self.env = env_backup

@@ -34,13 +34,17 @@ run_dir: %s
 """  # 400 steps per epoch
 
 
-def start(c, name, min_nodes=2, max_restarts=3, agents=("a1", "a2", "a3"), epochs=2):
+def start(c, name, min_nodes=2, max_restarts=3, agents=("a1", "a2", "a3"), epochs=2,
+          nodes="nodes: 3\n", agent_env=None):
+    """A coordinator, `agents` (agent_env: {name: extra environment}) and a job of SPEC,
+    its `nodes:` line replaced by `nodes` (which may add keys)."""
     c.start_coordinator()
     for a in agents:
-        c.start_agent(a)
+        c.start_agent(a, env=(agent_env or {}).get(a))
     c.wait_agents(len(agents))
     sub = c.subscribe()
-    job = c.request("submit", {"spec": SPEC % (name, min_nodes, max_restarts, epochs, c.runs)})[2]["job"]
+    spec = (SPEC % (name, min_nodes, max_restarts, epochs, c.runs)).replace("nodes: 3\n", nodes, 1)
+    job = c.request("submit", {"spec": spec})[2]["job"]
     return sub, job
 
 
@@ -202,13 +206,8 @@ def test_grow_when_an_agent_joins(drover):
     # A job running below max_nodes takes in an agent that registers mid-run, at its next
     # commit, without losing a step.
     with cluster(drover, env=ENV) as c:
-        c.start_coordinator()
-        c.start_agent("a1")
-        c.start_agent("a2")
-        c.wait_agents(2)
-        sub = c.subscribe()
-        spec = (SPEC % ("growing", 2, 3, 30, c.runs)).replace("nodes: 3\n", "nodes: 2\nmax_nodes: 3\n", 1)
-        job = c.request("submit", {"spec": spec})[2]["job"]
+        sub, job = start(c, "growing", agents=("a1", "a2"), epochs=30,
+                         nodes="nodes: 2\nmax_nodes: 3\n")
         run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
         wait_step(c, sub, job, 100)
         c.start_agent("a3")
@@ -224,16 +223,7 @@ def test_straggler_reported_not_killed(drover):
     # as a straggler in drover status, the job goes on with all three ranks.
     import json
     with cluster(drover, env=ENV) as c:
-        c.start_coordinator()
-        c.start_agent("a1")
-        c.start_agent("a2")
-        saved = c.env
-        c.env = dict(c.env, DROVER_FAULT_SLOW_MS="3")
-        c.start_agent("a3")
-        c.env = saved
-        c.wait_agents(3)
-        sub = c.subscribe()
-        job = c.request("submit", {"spec": SPEC % ("straggling", 2, 3, 20, c.runs)})[2]["job"]
+        sub, job = start(c, "straggling", epochs=20, agent_env={"a3": {"DROVER_FAULT_SLOW_MS": "3"}})
         wait_step(c, sub, job, 200)
         deadline = time.time() + 30
         ranks = []
@@ -258,13 +248,8 @@ def test_waits_below_min_nodes_for_an_agent(drover):
     # 2 ranks, min_nodes 2: losing one leaves the job below min_nodes; it waits up to
     # rejoin_timeout, and an agent that registers meanwhile takes the lost rank's place.
     with cluster(drover, env=ENV) as c:
-        c.start_coordinator()
-        c.start_agent("a1")
-        c.start_agent("a2")
-        c.wait_agents(2)
-        sub = c.subscribe()
-        spec = (SPEC % ("patient", 2, 3, 30, c.runs)).replace("nodes: 3\n", "nodes: 2\nrejoin_timeout: 30\n", 1)
-        job = c.request("submit", {"spec": spec})[2]["job"]
+        sub, job = start(c, "patient", agents=("a1", "a2"), epochs=30,
+                         nodes="nodes: 2\nrejoin_timeout: 30\n")
         run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
         wait_step(c, sub, job, 100)
         os.kill(worker_pid(run_dir, 1), signal.SIGKILL)
@@ -283,19 +268,11 @@ def test_rank_lost_before_start(drover):
     # A newcomer taken in by growth dies before checking in: the ranks already waiting for
     # `start` re-form again without it, and the job carries on.
     with cluster(drover, env=ENV) as c:
-        c.start_coordinator()
-        c.start_agent("a1")
-        c.start_agent("a2")
-        c.wait_agents(2)
-        sub = c.subscribe()
-        spec = (SPEC % ("unlucky", 2, 3, 30, c.runs)).replace("nodes: 3\n", "nodes: 2\nmax_nodes: 3\n", 1)
-        job = c.request("submit", {"spec": spec})[2]["job"]
+        sub, job = start(c, "unlucky", agents=("a1", "a2"), epochs=30,
+                         nodes="nodes: 2\nmax_nodes: 3\n")
         run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
         wait_step(c, sub, job, 100)
-        saved = c.env
-        c.env = dict(c.env, DROVER_FAULT_KILL_BEFORE_START="1")
-        c.start_agent("a3")
-        c.env = saved
+        c.start_agent("a3", env={"DROVER_FAULT_KILL_BEFORE_START": "1"})
         final, events = c.follow(sub, job, timeout=180)
         assert final["state"] == "succeeded", final
         worlds = [x["world"] for x, _ in reform_records(run_dir)]
