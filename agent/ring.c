@@ -725,6 +725,30 @@ fail:
 
 // --- teardown ------------------------------------------------------------------------------
 
+drv_result_t ring_check(ring_t *r) {
+  if (!r || !r->connected || r->world < 2) return DRV_OK;
+  if (r->broken) return drv_error(DRV_ERR_INVALID, "ring: broken by an earlier failure");
+  const struct {
+    int fd;
+    uint32_t peer;
+  } links[2] = {{r->left_fd, (r->rank + r->world - 1) % r->world},
+                {r->right_fd, (r->rank + 1) % r->world}};
+  for (int i = 0; i < 2; i++) {
+    struct pollfd p = {.fd = links[i].fd, .events = POLLIN};
+    if (poll(&p, 1, 0) <= 0) continue;
+    /* Between all-reduces nothing is in flight: anything readable is an end. */
+    char c;
+    ssize_t n = recv(links[i].fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) ||
+        (p.revents & (POLLERR | POLLHUP))) {
+      r->broken = true;
+      return drv_error(DRV_ERR_SYS, "ring: rank %u closed its link%s%s", links[i].peer,
+                       n < 0 ? ": " : "", n < 0 ? strerror(errno) : "");
+    }
+  }
+  return DRV_OK;
+}
+
 void ring_destroy(ring_t **rp) {
   if (!rp || !*rp) return;
   ring_t *r = *rp;

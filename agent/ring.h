@@ -67,6 +67,12 @@ drv_result_t ring_connect(ring_t *r, uint32_t rank, uint32_t world, const char *
  * refuses further calls (DRV_ERR_INVALID): rebuild it. */
 drv_result_t ring_allreduce(ring_t *r, float *data, size_t count);
 
+/* Between all-reduces, without blocking: DRV_OK while both links are open, DRV_ERR_SYS
+ * naming the rank when a neighbour has closed or reset its link (it died, or its own ring
+ * broke), after which the ring is broken. For workers whose gradients travel elsewhere
+ * (NCCL) and keep the ring as a watch on their peers. */
+drv_result_t ring_check(ring_t *r);
+
 /* Closes the sockets and frees the ring; NULL-safe, sets *r to NULL. */
 void ring_destroy(ring_t **r);
 

@@ -2,15 +2,18 @@
  * backend vtable, in the manner of llm.c: every buffer is allocated once in trainer_new,
  * a step only issues ops.
  *
- * Per layer l (in = sizes[l], out = sizes[l+1]), for a batch of n rows:
- *   forward   pre[l] = in_act @ W[l]^T + b[l]     (n, out)   gemm(trans_b) + bias_add
- *             act[l] = f(pre[l])                   (n, out)   hidden layers only
- *   backward  dW[l]  = dpre^T @ in_act             (out, in)  gemm(trans_a)
- *             db[l]  = colsum(dpre)                (out)      bias_grad
- *             din    = dpre @ W[l]                 (n, in)    gemm
- *             dpre[l-1] = din * f'(pre[l-1])       (n, in)    activation backward, in place
- * where in_act is the input batch for l = 0 and act[l-1] otherwise, and the first dpre
- * is the softmax cross-entropy gradient of the logits pre[L-1].
+ * Per layer l (in = sizes[l], out = sizes[l+1]), for a batch of n rows, with T the
+ * activation type (F32, or BF16 under precision bf16):
+ *   forward   act[l] = f(in_act @ W[l]^T + b[l])  (n, out)   one matmul, epilogue BIAS_RELU
+ *                                                            or BIAS_GELU (pre[l] kept)
+ *             logits = act[L-2] @ W[L-1]^T + b    (n, C)     epilogue BIAS, F32
+ *   backward  dlogits = (softmax - onehot) / B    (n, C)     softmax_xent, F32
+ *             db[L-1] = colsum(dlogits)                      bias_grad
+ *             dW[l]  = dpre^T @ in_act            (out, in)  matmul, F32 into the gradients
+ *             dpre[l-1] = (dpre @ W[l]) * f'(.)   (n, in)    matmul, epilogue DRELU_BGRAD
+ *             db[l-1] = colsum(dpre[l-1])                    (or DGELU_BGRAD), same matmul
+ * where in_act is the input batch for l = 0 and act[l-1] otherwise. After dW[l] the whole
+ * tail [w_off[l], end) of the gradient buffer is issued, which the reducer hears.
  */
 #include "agent/trainer.h"
 
@@ -20,12 +23,29 @@
 #include <string.h>
 
 #include "agent/safetensors.h"
+#include "common/drv.h"
+#include "common/log.h"
 #include "common/rng.h"
 
 #define TRAINER_MAX_LAYERS (JOBSPEC_MAX_HIDDEN + 1)
 /* rng stream of layer l's initial weights: one stream per layer, apart from the streams
  * other modules draw from the same seed. */
 #define TRAINER_INIT_STREAM 0x696e697400000000ULL /* "init" */
+/* cuda_graphs: auto times this many steps each way after GRAPH_WARMUP eager ones. */
+#define GRAPH_WARMUP 3
+#define GRAPH_TRIAL 5
+
+typedef enum { GRAPHS_OFF, GRAPHS_ON, GRAPHS_TRY_EAGER, GRAPHS_TRY_GRAPH } graph_state_t;
+
+/* One staging slot: a batch and its step's schedule, on the host and on the device. */
+typedef struct {
+  float *h_x, *d_x;         /* (max_batch, features) */
+  int32_t *h_y, *d_y;       /* (max_batch) */
+  float *h_sched, *d_sched; /* (4): see be_optim_t */
+  uint32_t n, batch;        /* what is staged */
+  void *graph;              /* the step captured on this slot, for (graph_n, graph_batch) */
+  uint32_t graph_n, graph_batch;
+} slot_t;
 
 struct trainer {
   const backend_t *be;
@@ -36,24 +56,39 @@ struct trainer {
   size_t b_off[TRAINER_MAX_LAYERS];       /* offset of b[l] (out) in params, floats */
   size_t nparams;
   uint32_t max_batch;
+  be_dtype_t act_type; /* T: F32, or BF16 under precision bf16 */
 
-  float *d_params; /* (nparams) */
-  float *d_grads;  /* (nparams), same layout */
-  float *d_opt;    /* SGD: momentum (nparams); AdamW: m (nparams) then v (nparams) */
+  float *d_params;  /* (nparams) F32 master weights */
+  float *d_grads;   /* (nparams + 2): gradients, then loss sum and correct count */
+  float *d_opt;     /* SGD: momentum (nparams); AdamW: m (nparams) then v (nparams) */
+  void *d_wlow;     /* (nparams) BF16 copy of the parameters (bf16 only) */
+  float *d_commit;  /* (nparams + nopt) the commit, once made */
+  int committed;
   size_t nopt;
 
-  /* Activations, carved out of one allocation (d_arena). */
+  /* Activations, carved out of one allocation (d_arena); T-typed buffers are sized as
+   * F32 so one carve serves both precisions. */
   void *d_arena;
-  float *d_x;                       /* (max_batch, features) input batch */
-  int32_t *d_y;                     /* (max_batch) labels */
-  float *d_pre[TRAINER_MAX_LAYERS]; /* (max_batch, sizes[l+1]) before the activation */
-  float *d_act[TRAINER_MAX_LAYERS]; /* (max_batch, sizes[l+1]) after it; hidden only */
-  float *d_ga, *d_gb;               /* (max_batch, max width) gradient ping-pong */
-  float *d_losses;                  /* (max_batch) per-sample loss */
-  int32_t *d_correct;               /* (max_batch) per-sample 0/1 */
+  void *d_xlow;                    /* (max_batch, features) the input as T (bf16 only) */
+  void *d_pre[TRAINER_MAX_LAYERS]; /* (max_batch, sizes[l+1]) GELU pre-activations, T */
+  void *d_act[TRAINER_MAX_LAYERS]; /* (max_batch, sizes[l+1]) hidden outputs, T */
+  float *d_logits;                 /* (max_batch, classes) F32 */
+  float *d_dlogits;                /* (max_batch, classes) F32 */
+  void *d_ga, *d_gb;               /* (max_batch, max width) gradient ping-pong, T */
+  float *d_losses;                 /* (max_batch) per-sample loss */
+  int32_t *d_correct;              /* (max_batch) per-sample 0/1 */
+  float *d_eval;                   /* (2) evaluation sums */
 
-  float *h_losses;    /* (max_batch) host copies of the above */
-  int32_t *h_correct; /* (max_batch) */
+  slot_t slots[2];
+  int fill;   /* the slot trainer_next_batch hands out */
+  int staged; /* the slot holding the staged step, -1 when none */
+  int active; /* the slot of the step launched and not finished, -1 when none */
+  float lr_staged[2];
+  const trainer_reducer_t *reducer;
+
+  graph_state_t graphs;
+  uint32_t graph_steps; /* steps since the graph state began */
+  double t_launch, trial_eager[GRAPH_TRIAL], trial_graph[GRAPH_TRIAL];
 };
 
 // --- construction -----------------------------------------------------------------------
@@ -157,47 +192,65 @@ drv_result_t trainer_new(const jobspec_t *spec, const backend_t *be, uint32_t fe
   t->nparams = (size_t)np;
   t->nopt = spec->train.optimizer.type == SPEC_OPT_ADAMW ? 2 * t->nparams : t->nparams;
 
-  // Device buffers: parameters, gradients, optimizer state, then the activation arena.
+  t->act_type = spec->train.precision == SPEC_PREC_BF16 ? BE_BF16 : BE_F32;
+
+  // Device buffers: parameters, gradients (+ loss pair), optimizer state, then the arena.
   size_t pbytes = t->nparams * sizeof(float);
   DRV_CHECK_GOTO(be->alloc(be, pbytes, (void **)&t->d_params), rc, fail);
-  DRV_CHECK_GOTO(be->alloc(be, pbytes, (void **)&t->d_grads), rc, fail);
+  DRV_CHECK_GOTO(be->alloc(be, pbytes + 2 * sizeof(float), (void **)&t->d_grads), rc, fail);
   DRV_CHECK_GOTO(be->alloc(be, t->nopt * sizeof(float), (void **)&t->d_opt), rc, fail);
-  DRV_CHECK_GOTO(be->zero(be, t->d_grads, pbytes), rc, fail);
+  DRV_CHECK_GOTO(be->zero(be, t->d_grads, pbytes + 2 * sizeof(float)), rc, fail);
   DRV_CHECK_GOTO(be->zero(be, t->d_opt, t->nopt * sizeof(float)), rc, fail);
+  if (t->act_type == BE_BF16)
+    DRV_CHECK_GOTO(be->alloc(be, t->nparams * be_dtype_size(BE_BF16), &t->d_wlow), rc, fail);
 
-  size_t B = max_batch;
+  size_t B = max_batch, C = classes;
   if ((uint64_t)B * DRV_MAX(features, max_width) > ((uint64_t)1 << 36)) {
     rc = drv_error(DRV_ERR_INVALID, "trainer_new: max_batch %u is too large for this model",
                    max_batch);
     goto fail;
   }
-  /* x, then y, losses and correct, then the two gradient buffers ... */
-  size_t arena = align16(B * features) + 3 * align16(B) + 2 * align16(B * max_width);
-  for (uint32_t l = 0; l < t->layers; l++)
-    arena += align16(B * t->sizes[l + 1]) * (l + 1 < t->layers ? 2 : 1); /* ... pre, act */
+  /* two input slots (x, y, sched), x as T, losses, correct, eval sums, logits, dlogits,
+   * the gradient ping-pong, then per layer act and pre */
+  size_t arena = 2 * (align16(B * features) + align16(B) + align16(4)) + align16(B * features) +
+                 2 * align16(B) + align16(2) + 2 * align16(B * C) + 2 * align16(B * max_width);
+  for (uint32_t l = 0; l + 1 < t->layers; l++) arena += 2 * align16(B * t->sizes[l + 1]);
   DRV_CHECK_GOTO(be->alloc(be, arena * sizeof(float), &t->d_arena), rc, fail);
   float *p = t->d_arena;
-  t->d_x = carve(&p, B * features);
-  t->d_y = (int32_t *)carve(&p, B); /* int32 slices take as many bytes as float ones */
-  for (uint32_t l = 0; l < t->layers; l++) {
-    t->d_pre[l] = carve(&p, B * t->sizes[l + 1]);
-    if (l + 1 < t->layers) t->d_act[l] = carve(&p, B * t->sizes[l + 1]);
+  for (int k = 0; k < 2; k++) {
+    slot_t *sl = &t->slots[k];
+    sl->d_x = carve(&p, B * features);
+    sl->d_y = (int32_t *)carve(&p, B); /* int32 slices take as many bytes as float ones */
+    sl->d_sched = carve(&p, 4);
+    DRV_CHECK_GOTO(be->host_alloc(be, B * features * sizeof(float), (void **)&sl->h_x), rc, fail);
+    DRV_CHECK_GOTO(be->host_alloc(be, B * sizeof(int32_t), (void **)&sl->h_y), rc, fail);
+    DRV_CHECK_GOTO(be->host_alloc(be, 4 * sizeof(float), (void **)&sl->h_sched), rc, fail);
   }
-  t->d_ga = carve(&p, B * max_width);
-  t->d_gb = carve(&p, B * max_width);
+  t->d_xlow = carve(&p, B * features);
   t->d_losses = carve(&p, B);
   t->d_correct = (int32_t *)carve(&p, B);
+  t->d_eval = carve(&p, 2);
+  t->d_logits = carve(&p, B * C);
+  t->d_dlogits = carve(&p, B * C);
+  t->d_ga = carve(&p, B * max_width);
+  t->d_gb = carve(&p, B * max_width);
+  for (uint32_t l = 0; l + 1 < t->layers; l++) {
+    t->d_act[l] = carve(&p, B * t->sizes[l + 1]);
+    t->d_pre[l] = carve(&p, B * t->sizes[l + 1]);
+  }
+  t->staged = t->active = -1;
+  if (!be->graph_begin || spec->train.cuda_graphs == SPEC_OFF)
+    t->graphs = GRAPHS_OFF;
+  else
+    t->graphs = spec->train.cuda_graphs == SPEC_ON ? GRAPHS_ON : GRAPHS_TRY_EAGER;
 
-  t->h_losses = malloc(B * sizeof *t->h_losses);
-  t->h_correct = malloc(B * sizeof *t->h_correct);
   h_init = malloc(pbytes ? pbytes : 1);
-  if (!t->h_losses || !t->h_correct || !h_init) {
+  if (!h_init) {
     rc = drv_error(DRV_ERR_NOMEM, "trainer_new: out of memory");
     goto fail;
   }
   init_params(t, h_init);
-  DRV_CHECK_GOTO(be->copy_in(be, t->d_params, h_init, pbytes), rc, fail);
-  DRV_CHECK_GOTO(be->synchronize(be), rc, fail);
+  DRV_CHECK_GOTO(trainer_set_state(t, h_init, NULL), rc, fail);
   free(h_init);
   *out = t;
   return DRV_OK;
@@ -208,13 +261,27 @@ fail:
   return rc;
 }
 
+static void drop_graphs(trainer_t *t) {
+  for (int k = 0; k < 2; k++) {
+    if (t->slots[k].graph) t->be->graph_free(t->be, t->slots[k].graph);
+    t->slots[k].graph = NULL;
+  }
+}
+
 void trainer_destroy(trainer_t **tp) {
   if (!tp || !*tp) return;
   trainer_t *t = *tp;
   const backend_t *be = t->be;
-  free(t->h_correct);
-  free(t->h_losses);
+  if (t->active >= 0) be->synchronize(be);
+  drop_graphs(t);
+  for (int k = 0; k < 2; k++) {
+    be->host_free(be, t->slots[k].h_x);
+    be->host_free(be, t->slots[k].h_y);
+    be->host_free(be, t->slots[k].h_sched);
+  }
   be->free(be, t->d_arena);
+  be->free(be, t->d_commit);
+  be->free(be, t->d_wlow);
   be->free(be, t->d_opt);
   be->free(be, t->d_grads);
   be->free(be, t->d_params);
@@ -222,63 +289,337 @@ void trainer_destroy(trainer_t **tp) {
   *tp = NULL;
 }
 
-// --- forward and backward ---------------------------------------------------------------
+// --- state ------------------------------------------------------------------------------
 
-/* Checks a batch's arguments and copies it to the device: x (n, features), y (n). */
-static drv_result_t load_batch(trainer_t *t, const float *h_x, const int32_t *h_y, uint32_t n,
-                               const char *who) {
+/* After the F32 parameters change outside the optimizer: refresh their BF16 copy. */
+static drv_result_t refresh_low(trainer_t *t) {
+  if (!t->d_wlow) return DRV_OK;
+  return t->be->convert(t->be, t->d_wlow, BE_BF16, t->d_params, BE_F32, t->nparams);
+}
+
+drv_result_t trainer_get_state(trainer_t *t, float *h_params, float *h_opt) {
   const backend_t *be = t->be;
-  uint32_t classes = t->sizes[t->layers];
-  if (n > t->max_batch)
-    return drv_error(DRV_ERR_INVALID, "%s: batch of %u exceeds max_batch %u", who, n, t->max_batch);
-  if (n && (!h_x || !h_y)) return drv_error(DRV_ERR_INVALID, "%s: NULL batch", who);
-  for (uint32_t i = 0; i < n; i++)
-    if (h_y[i] < 0 || (uint32_t)h_y[i] >= classes)
-      return drv_error(DRV_ERR_INVALID, "%s: label %d of sample %u outside [0, %u)", who, h_y[i], i,
-                       classes);
-  DRV_CHECK(be->copy_in(be, t->d_x, h_x, (size_t)n * t->sizes[0] * sizeof(float)));
-  DRV_CHECK(be->copy_in(be, t->d_y, h_y, (size_t)n * sizeof(int32_t)));
+  if (h_params) DRV_CHECK(be->copy_out(be, h_params, t->d_params, t->nparams * sizeof(float)));
+  if (h_opt) DRV_CHECK(be->copy_out(be, h_opt, t->d_opt, t->nopt * sizeof(float)));
   return DRV_OK;
 }
 
-/* Forward pass of n rows from d_x: fills d_pre/d_act; the logits end in d_pre[L-1]. */
-static drv_result_t forward(trainer_t *t, uint32_t n) {
+drv_result_t trainer_set_state(trainer_t *t, const float *h_params, const float *h_opt) {
   const backend_t *be = t->be;
-  const float *in_act = t->d_x; /* (n, sizes[l]) */
+  if (h_params) DRV_CHECK(be->copy_in(be, t->d_params, h_params, t->nparams * sizeof(float)));
+  if (h_opt) DRV_CHECK(be->copy_in(be, t->d_opt, h_opt, t->nopt * sizeof(float)));
+  DRV_CHECK(refresh_low(t));
+  return be->synchronize(be);
+}
+
+drv_result_t trainer_commit(trainer_t *t) {
+  const backend_t *be = t->be;
+  size_t pb = t->nparams * sizeof(float), ob = t->nopt * sizeof(float);
+  if (!t->d_commit) DRV_CHECK(be->alloc(be, pb + ob, (void **)&t->d_commit));
+  DRV_CHECK(be->copy(be, t->d_commit, t->d_params, pb));
+  DRV_CHECK(be->copy(be, t->d_commit + t->nparams, t->d_opt, ob));
+  t->committed = 1;
+  return be->synchronize(be);
+}
+
+drv_result_t trainer_rollback(trainer_t *t) {
+  const backend_t *be = t->be;
+  if (!t->committed) return drv_error(DRV_ERR_INVALID, "trainer_rollback: nothing committed");
+  DRV_CHECK(be->copy(be, t->d_params, t->d_commit, t->nparams * sizeof(float)));
+  DRV_CHECK(be->copy(be, t->d_opt, t->d_commit + t->nparams, t->nopt * sizeof(float)));
+  DRV_CHECK(refresh_low(t));
+  return be->synchronize(be);
+}
+
+// --- forward and backward ---------------------------------------------------------------
+
+/* The weights the GEMMs read: the F32 masters, or their BF16 copy. */
+static const void *weights(const trainer_t *t, uint32_t l) {
+  if (t->d_wlow) return (const uint16_t *)t->d_wlow + t->w_off[l];
+  return t->d_params + t->w_off[l];
+}
+
+/* Forward pass of n rows from x (F32): fills act/pre; the logits end in d_logits. */
+static drv_result_t forward(trainer_t *t, const float *d_x, uint32_t n) {
+  const backend_t *be = t->be;
+  const void *in_act = d_x; /* (n, sizes[l]) of act_type */
+  if (t->act_type != BE_F32) {
+    DRV_CHECK(be->convert(be, t->d_xlow, t->act_type, d_x, BE_F32, (size_t)n * t->sizes[0]));
+    in_act = t->d_xlow;
+  }
+  bool gelu = t->spec.model.activation == SPEC_ACT_GELU;
   for (uint32_t l = 0; l < t->layers; l++) {
-    uint32_t in = t->sizes[l], out = t->sizes[l + 1];
-    const float *w = t->d_params + t->w_off[l]; /* (out, in) */
-    const float *b = t->d_params + t->b_off[l]; /* (out) */
-    /* pre (n, out) = in_act (n, in) @ W^T (in, out) + b */
-    DRV_CHECK(be->gemm(be, false, true, n, out, in, 1.0f, in_act, w, 0.0f, t->d_pre[l]));
-    DRV_CHECK(be->bias_add(be, t->d_pre[l], b, n, out));
-    if (l + 1 == t->layers) break; /* logits: no activation */
-    size_t count = (size_t)n * out;
-    if (t->spec.model.activation == SPEC_ACT_GELU)
-      DRV_CHECK(be->gelu_forward(be, t->d_act[l], t->d_pre[l], count));
-    else
-      DRV_CHECK(be->relu_forward(be, t->d_act[l], t->d_pre[l], count));
+    bool last = l + 1 == t->layers;
+    be_matmul_t op = {
+        .trans_b = true, /* (n, in) @ W^T, W (out, in) */
+        .m = n,
+        .n = t->sizes[l + 1],
+        .k = t->sizes[l],
+        .a = in_act,
+        .b = weights(t, l),
+        .ab_type = t->act_type,
+        .c = last ? (void *)t->d_logits : t->d_act[l],
+        .c_type = last ? BE_F32 : t->act_type,
+        .epilogue = last ? BE_EPI_BIAS : gelu ? BE_EPI_BIAS_GELU : BE_EPI_BIAS_RELU,
+        .bias = t->d_params + t->b_off[l],
+        .aux = gelu && !last ? t->d_pre[l] : NULL,
+    };
+    DRV_CHECK(be->matmul(be, &op));
     in_act = t->d_act[l];
   }
   return DRV_OK;
 }
 
-/* Copies the per-sample losses and hits of n rows back and adds them up, in row order and
- * in double, so the sum does not depend on the backend. */
-static drv_result_t collect(trainer_t *t, uint32_t n, double *loss_sum, uint32_t *correct) {
+/* Backward pass of n rows with loss scale 1/global_batch, after forward(): the gradients,
+ * and the loss sum and correct count at d_grads[nparams..]. */
+static drv_result_t backward(trainer_t *t, const float *d_x, const int32_t *d_y, uint32_t n,
+                             uint32_t global_batch) {
   const backend_t *be = t->be;
-  DRV_CHECK(be->copy_out(be, t->h_losses, t->d_losses, (size_t)n * sizeof(float)));
-  DRV_CHECK(be->copy_out(be, t->h_correct, t->d_correct, (size_t)n * sizeof(int32_t)));
-  double sum = 0.0;
-  uint32_t hits = 0;
-  for (uint32_t i = 0; i < n; i++) {
-    sum += t->h_losses[i];
-    hits += t->h_correct[i] ? 1 : 0;
+  const trainer_reducer_t *r = t->reducer;
+  uint32_t L = t->layers, C = t->sizes[L];
+  if (n == 0) {
+    /* No sample here this step (a short last batch): zero gradients, still reduced. */
+    DRV_CHECK(be->zero(be, t->d_grads, (t->nparams + 2) * sizeof(float)));
+    if (r && r->ready) DRV_CHECK(r->ready(r->ctx, 0));
+    return DRV_OK;
   }
-  if (loss_sum) *loss_sum += sum;
-  if (correct) *correct += hits;
+  DRV_CHECK(be->softmax_xent(be, t->d_logits, d_y, n, C, 1.0f / (float)global_batch, t->d_dlogits,
+                             t->d_losses, t->d_correct));
+  DRV_CHECK(be->loss_sum(be, t->d_losses, t->d_correct, n, t->d_grads + t->nparams));
+  DRV_CHECK(be->bias_grad(be, t->d_grads + t->b_off[L - 1], t->d_dlogits, n, C));
+  const void *dpre = t->d_dlogits;
+  if (t->act_type != BE_F32) {
+    DRV_CHECK(be->convert(be, t->d_ga, t->act_type, t->d_dlogits, BE_F32, (size_t)n * C));
+    dpre = t->d_ga;
+  }
+  void *spare = dpre == t->d_ga ? t->d_gb : t->d_ga;
+  const void *x = t->act_type != BE_F32 ? t->d_xlow : d_x;
+  bool gelu = t->spec.model.activation == SPEC_ACT_GELU;
+  for (uint32_t l = L; l-- > 0;) {
+    uint32_t in = t->sizes[l], out = t->sizes[l + 1];
+    /* dW (out, in) = dpre^T (out, n) @ in_act (n, in), accumulated in F32 */
+    be_matmul_t dw = {.trans_a = true,
+                      .m = out,
+                      .n = in,
+                      .k = n,
+                      .a = dpre,
+                      .b = l == 0 ? x : t->d_act[l - 1],
+                      .ab_type = t->act_type,
+                      .c = t->d_grads + t->w_off[l],
+                      .c_type = BE_F32};
+    DRV_CHECK(be->matmul(be, &dw));
+    if (r && r->ready) DRV_CHECK(r->ready(r->ctx, t->w_off[l]));
+    if (l == 0) break; /* no gradient needed for the input */
+    /* dpre[l-1] (n, in) = (dpre (n, out) @ W (out, in)) * f'(.), db[l-1] = its column sums */
+    be_matmul_t dx = {.m = n,
+                      .n = in,
+                      .k = out,
+                      .a = dpre,
+                      .b = weights(t, l),
+                      .ab_type = t->act_type,
+                      .c = spare,
+                      .c_type = t->act_type,
+                      .epilogue = gelu ? BE_EPI_DGELU_BGRAD : BE_EPI_DRELU_BGRAD,
+                      .aux = gelu ? t->d_pre[l - 1] : t->d_act[l - 1],
+                      .bgrad = t->d_grads + t->b_off[l - 1]};
+    DRV_CHECK(be->matmul(be, &dx));
+    /* ping-pong between d_ga and d_gb; d_dlogits (sized for the classes) is never reused */
+    void *next = spare == t->d_ga ? t->d_gb : t->d_ga;
+    dpre = spare;
+    spare = next;
+  }
   return DRV_OK;
 }
+
+/* Checks a batch's labels. */
+static drv_result_t check_labels(const trainer_t *t, const int32_t *h_y, uint32_t n,
+                                 const char *who) {
+  uint32_t classes = t->sizes[t->layers];
+  for (uint32_t i = 0; i < n; i++)
+    if (h_y[i] < 0 || (uint32_t)h_y[i] >= classes)
+      return drv_error(DRV_ERR_INVALID, "%s: label %d of sample %u outside [0, %u)", who, h_y[i], i,
+                       classes);
+  return DRV_OK;
+}
+
+// --- the pipelined step -----------------------------------------------------------------
+
+void trainer_set_reducer(trainer_t *t, const trainer_reducer_t *r) {
+  if (t->active >= 0) t->be->synchronize(t->be);
+  t->reducer = r;
+  drop_graphs(t); /* they captured the old reducer's operations */
+}
+
+void trainer_next_batch(trainer_t *t, float **h_x, int32_t **h_y) {
+  *h_x = t->slots[t->fill].h_x;
+  *h_y = t->slots[t->fill].h_y;
+}
+
+/* The optimizer's per-step values (be_optim_t's sched) for `step`. */
+static void fill_sched(const trainer_t *t, uint64_t step, uint64_t total, float *sched) {
+  const jobspec_t *s = &t->spec;
+  float lr = trainer_lr(s, step, total);
+  /* As adamw_step: bias corrections in double, t = step + 1. */
+  double bc1 = 1.0 - pow((double)s->train.optimizer.beta1, (double)(step + 1));
+  double bc2 = 1.0 - pow((double)s->train.optimizer.beta2, (double)(step + 1));
+  sched[0] = lr;
+  sched[1] = (float)(lr / bc1);
+  sched[2] = (float)sqrt(bc2);
+  sched[3] = 1.0f - lr * s->train.optimizer.weight_decay;
+}
+
+drv_result_t trainer_stage(trainer_t *t, uint32_t n, uint32_t global_batch, uint64_t step,
+                           uint64_t total_steps) {
+  const backend_t *be = t->be;
+  if (global_batch == 0) return drv_error(DRV_ERR_INVALID, "trainer_stage: global_batch is 0");
+  if (n > t->max_batch)
+    return drv_error(DRV_ERR_INVALID, "trainer_stage: batch of %u exceeds max_batch %u", n,
+                     t->max_batch);
+  int k = t->fill;
+  slot_t *sl = &t->slots[k];
+  DRV_CHECK(check_labels(t, sl->h_y, n, "trainer_stage"));
+  fill_sched(t, step, total_steps, sl->h_sched);
+  t->lr_staged[k] = sl->h_sched[0];
+  DRV_CHECK(be->upload(be, sl->d_x, sl->h_x, (size_t)n * t->sizes[0] * sizeof(float)));
+  DRV_CHECK(be->upload(be, sl->d_y, sl->h_y, (size_t)n * sizeof(int32_t)));
+  DRV_CHECK(be->upload(be, sl->d_sched, sl->h_sched, 4 * sizeof(float)));
+  sl->n = n;
+  sl->batch = global_batch;
+  t->staged = k;
+  t->fill = 1 - k;
+  return DRV_OK;
+}
+
+static drv_result_t optimizer(trainer_t *t, const float *d_sched) {
+  const backend_t *be = t->be;
+  const trainer_reducer_t *r = t->reducer;
+  const jobspec_t *s = &t->spec;
+  be_optim_t op = {
+      .type = s->train.optimizer.type == SPEC_OPT_ADAMW ? BE_OPT_ADAMW : BE_OPT_SGD,
+      .count = t->nparams,
+      .param = t->d_params,
+      .grad = r && r->grads ? r->grads : t->d_grads,
+      .grad_type = r && r->grads ? r->grads_type : BE_F32,
+      .grad_scale = 1.0f,
+      .m = t->d_opt,
+      .v = s->train.optimizer.type == SPEC_OPT_ADAMW ? t->d_opt + t->nparams : NULL,
+      .param_copy = t->d_wlow,
+      .copy_type = BE_BF16,
+      .sched = d_sched,
+      .momentum = s->train.optimizer.momentum,
+      .weight_decay = s->train.optimizer.weight_decay,
+      .beta1 = s->train.optimizer.beta1,
+      .beta2 = s->train.optimizer.beta2,
+      .eps = s->train.optimizer.eps,
+  };
+  return be->optimizer_step(be, &op);
+}
+
+/* Everything a step issues after the input is on the device. */
+static drv_result_t issue_step(trainer_t *t, const slot_t *sl) {
+  const trainer_reducer_t *r = t->reducer;
+  if (sl->n) DRV_CHECK(forward(t, sl->d_x, sl->n));
+  DRV_CHECK(backward(t, sl->d_x, sl->d_y, sl->n, sl->batch));
+  if (r && r->finish) DRV_CHECK(r->finish(r->ctx));
+  return optimizer(t, sl->d_sched);
+}
+
+static drv_result_t launch_graph(trainer_t *t, slot_t *sl) {
+  const backend_t *be = t->be;
+  if (sl->graph && (sl->graph_n != sl->n || sl->graph_batch != sl->batch)) {
+    be->graph_free(be, sl->graph);
+    sl->graph = NULL;
+  }
+  if (!sl->graph) {
+    DRV_CHECK(be->graph_begin(be));
+    drv_result_t rc = issue_step(t, sl);
+    void *g = NULL;
+    drv_result_t end = be->graph_end(be, &g);
+    if (rc != DRV_OK) {
+      if (end == DRV_OK) be->graph_free(be, g);
+      return rc;
+    }
+    DRV_CHECK(end);
+    sl->graph = g;
+    sl->graph_n = sl->n;
+    sl->graph_batch = sl->batch;
+  }
+  return be->graph_launch(be, sl->graph);
+}
+
+drv_result_t trainer_step_launch(trainer_t *t, float *lr) {
+  const backend_t *be = t->be;
+  if (t->staged < 0) return drv_error(DRV_ERR_INVALID, "trainer_step_launch: nothing staged");
+  if (t->active >= 0) return drv_error(DRV_ERR_INVALID, "trainer_step_launch: a step is running");
+  int k = t->staged;
+  slot_t *sl = &t->slots[k];
+  t->staged = -1;
+  t->active = k;
+  if (lr) *lr = t->lr_staged[k];
+  t->t_launch = drv_now_s();
+  DRV_CHECK(be->upload_fence(be));
+  bool graph = t->graphs == GRAPHS_ON || t->graphs == GRAPHS_TRY_GRAPH;
+  drv_result_t rc = graph ? launch_graph(t, sl) : issue_step(t, sl);
+  if (rc != DRV_OK) {
+    /* A failed step (a reducer that lost a peer) is over: wait for what was issued (a
+     * failed reducer has aborted its communicator, so this ends) and forget it. */
+    be->synchronize(be);
+    t->active = -1;
+  }
+  return rc;
+}
+
+static double median(double *v, int n) {
+  for (int i = 1; i < n; i++)
+    for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+      double tmp = v[j];
+      v[j] = v[j - 1];
+      v[j - 1] = tmp;
+    }
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* cuda_graphs: auto: a few eager steps, then as many replayed ones; keep the faster. */
+static void graph_trial(trainer_t *t, double dt) {
+  uint32_t i = t->graph_steps++;
+  if (t->graphs == GRAPHS_TRY_EAGER) {
+    if (i >= GRAPH_WARMUP) t->trial_eager[i - GRAPH_WARMUP] = dt;
+    if (i + 1 == GRAPH_WARMUP + GRAPH_TRIAL) {
+      t->graphs = GRAPHS_TRY_GRAPH;
+      t->graph_steps = 0;
+    }
+  } else if (t->graphs == GRAPHS_TRY_GRAPH) {
+    if (i >= 1) t->trial_graph[i - 1] = dt; /* the first one also captured */
+    if (i == GRAPH_TRIAL) {
+      double e = median(t->trial_eager, GRAPH_TRIAL), g = median(t->trial_graph, GRAPH_TRIAL);
+      t->graphs = g < e ? GRAPHS_ON : GRAPHS_OFF;
+      log_info("CUDA graphs %s: a step takes %.3f ms replayed, %.3f ms issued op by op",
+               t->graphs == GRAPHS_ON ? "on" : "off", 1e3 * g, 1e3 * e);
+      if (t->graphs == GRAPHS_OFF) drop_graphs(t);
+    }
+  }
+}
+
+drv_result_t trainer_step_finish(trainer_t *t, double *loss_sum, double *data_wait_ms) {
+  const backend_t *be = t->be;
+  if (t->active < 0) return drv_error(DRV_ERR_INVALID, "trainer_step_finish: no step running");
+  t->active = -1;
+  const trainer_reducer_t *r = t->reducer;
+  float pair[2];
+  if (r && r->wait) DRV_CHECK(r->wait(r->ctx));
+  DRV_CHECK(be->copy_out(be, pair, t->d_grads + t->nparams, sizeof pair));
+  double dt = drv_now_s() - t->t_launch;
+  if (t->graphs == GRAPHS_TRY_EAGER || t->graphs == GRAPHS_TRY_GRAPH) graph_trial(t, dt);
+  if (loss_sum) *loss_sum = pair[0];
+  if (data_wait_ms) *data_wait_ms = be->data_wait_ms(be);
+  return DRV_OK;
+}
+
+bool trainer_uses_graphs(const trainer_t *t) {
+  return t->graphs == GRAPHS_ON;
+}
+
+// --- the single-call API (tests, evaluation) ---------------------------------------------
 
 drv_result_t trainer_forward_backward(trainer_t *t, const float *h_x, const int32_t *h_y,
                                       uint32_t n, uint32_t global_batch, double *loss_sum,
@@ -286,39 +627,27 @@ drv_result_t trainer_forward_backward(trainer_t *t, const float *h_x, const int3
   const backend_t *be = t->be;
   if (global_batch == 0)
     return drv_error(DRV_ERR_INVALID, "trainer_forward_backward: global_batch is 0");
-  DRV_CHECK(load_batch(t, h_x, h_y, n, "trainer_forward_backward"));
-  if (n == 0) return be->zero(be, t->d_grads, t->nparams * sizeof(float));
-  /* Every gradient below is written with beta = 0 (or overwritten by bias_grad), which is
-   * the zeroing: no separate pass over the buffer. */
-  DRV_CHECK(forward(t, n));
-
-  uint32_t L = t->layers;
-  /* dlogits (n, classes) = (softmax - onehot) / global_batch */
-  DRV_CHECK(be->softmax_xent(be, t->d_pre[L - 1], t->d_y, n, t->sizes[L],
-                             1.0f / (float)global_batch, t->d_ga, t->d_losses, t->d_correct));
-  float *dpre = t->d_ga, *spare = t->d_gb;
-  for (uint32_t l = L; l-- > 0;) {
-    uint32_t in = t->sizes[l], out = t->sizes[l + 1];
-    const float *in_act = l == 0 ? t->d_x : t->d_act[l - 1]; /* (n, in) */
-    /* dW (out, in) = dpre^T (out, n) @ in_act (n, in) */
-    DRV_CHECK(
-        be->gemm(be, true, false, out, in, n, 1.0f, dpre, in_act, 0.0f, t->d_grads + t->w_off[l]));
-    /* db (out) = column sums of dpre (n, out) */
-    DRV_CHECK(be->bias_grad(be, t->d_grads + t->b_off[l], dpre, n, out));
-    if (l == 0) break; /* no gradient needed for the input */
-    /* din (n, in) = dpre (n, out) @ W (out, in), then through the activation in place */
-    DRV_CHECK(
-        be->gemm(be, false, false, n, in, out, 1.0f, dpre, t->d_params + t->w_off[l], 0.0f, spare));
-    size_t count = (size_t)n * in;
-    if (t->spec.model.activation == SPEC_ACT_GELU)
-      DRV_CHECK(be->gelu_backward(be, spare, t->d_pre[l - 1], spare, count));
-    else
-      DRV_CHECK(be->relu_backward(be, spare, t->d_pre[l - 1], spare, count));
-    float *tmp = dpre;
-    dpre = spare;
-    spare = tmp;
-  }
-  return collect(t, n, loss_sum, correct);
+  if (n > t->max_batch)
+    return drv_error(DRV_ERR_INVALID, "trainer_forward_backward: batch of %u exceeds max_batch %u",
+                     n, t->max_batch);
+  if (n && (!h_x || !h_y)) return drv_error(DRV_ERR_INVALID, "trainer_forward_backward: NULL batch");
+  DRV_CHECK(check_labels(t, h_y, n, "trainer_forward_backward"));
+  if (t->active >= 0) return drv_error(DRV_ERR_INVALID, "trainer_forward_backward: a step is running");
+  slot_t *sl = &t->slots[t->fill];
+  DRV_CHECK(be->copy_in(be, sl->d_x, h_x, (size_t)n * t->sizes[0] * sizeof(float)));
+  DRV_CHECK(be->copy_in(be, sl->d_y, h_y, (size_t)n * sizeof(int32_t)));
+  const trainer_reducer_t *r = t->reducer;
+  t->reducer = NULL; /* this call computes the local gradients only */
+  drv_result_t rc = DRV_OK;
+  if (n) rc = forward(t, sl->d_x, n);
+  if (rc == DRV_OK) rc = backward(t, sl->d_x, sl->d_y, n, global_batch);
+  t->reducer = r;
+  DRV_CHECK(rc);
+  float pair[2];
+  DRV_CHECK(be->copy_out(be, pair, t->d_grads + t->nparams, sizeof pair));
+  if (loss_sum) *loss_sum += pair[0];
+  if (correct) *correct += (uint32_t)pair[1];
+  return DRV_OK;
 }
 
 drv_result_t trainer_evaluate(trainer_t *t, const float *h_x, const int32_t *h_y, uint32_t n,
@@ -326,13 +655,22 @@ drv_result_t trainer_evaluate(trainer_t *t, const float *h_x, const int32_t *h_y
   const backend_t *be = t->be;
   uint32_t L = t->layers;
   size_t features = t->sizes[0];
+  if (t->active >= 0) return drv_error(DRV_ERR_INVALID, "trainer_evaluate: a step is running");
+  /* The slot that holds no staged step: a batch staged for the next step stays intact. */
+  slot_t *sl = &t->slots[t->staged >= 0 ? 1 - t->staged : t->fill];
   for (uint32_t start = 0; start < n; start += t->max_batch) {
     uint32_t m = DRV_MIN(t->max_batch, n - start);
-    DRV_CHECK(load_batch(t, h_x + (size_t)start * features, h_y + start, m, "trainer_evaluate"));
-    DRV_CHECK(forward(t, m));
-    DRV_CHECK(be->softmax_xent(be, t->d_pre[L - 1], t->d_y, m, t->sizes[L], 1.0f, NULL, t->d_losses,
+    DRV_CHECK(check_labels(t, h_y + start, m, "trainer_evaluate"));
+    DRV_CHECK(be->copy_in(be, sl->d_x, h_x + (size_t)start * features, m * features * sizeof(float)));
+    DRV_CHECK(be->copy_in(be, sl->d_y, h_y + start, m * sizeof(int32_t)));
+    DRV_CHECK(forward(t, sl->d_x, m));
+    DRV_CHECK(be->softmax_xent(be, t->d_logits, sl->d_y, m, t->sizes[L], 1.0f, NULL, t->d_losses,
                                t->d_correct));
-    DRV_CHECK(collect(t, m, loss_sum, correct));
+    DRV_CHECK(be->loss_sum(be, t->d_losses, t->d_correct, m, t->d_eval));
+    float pair[2];
+    DRV_CHECK(be->copy_out(be, pair, t->d_eval, sizeof pair));
+    if (loss_sum) *loss_sum += pair[0];
+    if (correct) *correct += (uint32_t)pair[1];
   }
   return DRV_OK;
 }
@@ -378,15 +716,12 @@ float trainer_lr(const jobspec_t *spec, uint64_t step, uint64_t total_steps) {
 
 drv_result_t trainer_apply(trainer_t *t, uint64_t step, uint64_t total_steps, float *lr) {
   const backend_t *be = t->be;
-  float rate = trainer_lr(&t->spec, step, total_steps);
-  if (lr) *lr = rate;
-  if (t->spec.train.optimizer.type == SPEC_OPT_ADAMW)
-    return be->adamw_step(be, t->d_params, t->d_grads, t->d_opt, t->d_opt + t->nparams, t->nparams,
-                          rate, t->spec.train.optimizer.beta1, t->spec.train.optimizer.beta2,
-                          t->spec.train.optimizer.eps, t->spec.train.optimizer.weight_decay,
-                          step + 1);
-  return be->sgd_step(be, t->d_params, t->d_grads, t->d_opt, t->nparams, rate,
-                      t->spec.train.optimizer.momentum, t->spec.train.optimizer.weight_decay);
+  slot_t *sl = &t->slots[t->fill];
+  fill_sched(t, step, total_steps, sl->h_sched);
+  if (lr) *lr = sl->h_sched[0];
+  DRV_CHECK(be->copy_in(be, sl->d_sched, sl->h_sched, 4 * sizeof(float)));
+  DRV_CHECK(optimizer(t, sl->d_sched));
+  return be->synchronize(be);
 }
 
 // --- saving -----------------------------------------------------------------------------

@@ -11,13 +11,35 @@
  * a second buffer with the same layout, so that a data-parallel step all-reduces one flat
  * buffer, and the optimizer state (SGD momentum, or AdamW m then v) lives in a third.
  *
+ * The gradient buffer holds two more floats after the gradients: the step's loss sum and
+ * its number of correct predictions, written on the device, so that one all-reduce carries
+ * gradients and loss together and the host reads one pair per step.
+ *
  * Data parallelism. forward_backward leaves d/dθ of (sum of the per-sample losses) /
  * global_batch; summed over the ranks' slices of a global batch that is the mean gradient
- * of the global batch, whatever the number of ranks.
+ * of the global batch, whatever the number of ranks. The averaging is folded into the
+ * softmax cross-entropy kernel's scale: no pass over the gradients divides them.
+ *
+ * Precision (spec train.precision): fp32 and tf32 keep everything in F32 (tf32 is a
+ * property of the backend's GEMMs, chosen when the backend is made); bf16 keeps F32 master
+ * weights, optimizer state, biases, loss and gradients, and runs the GEMMs on BF16 inputs
+ * and activations: the optimizer writes a BF16 copy of the weights in the same pass.
+ *
+ * The pipelined step (what the worker runs):
+ *   trainer_next_batch()    host staging buffers for the next batch (pinned on a GPU)
+ *   trainer_stage()         checks the labels and starts the copy on the copy stream,
+ *                           with that step's learning rate
+ *   trainer_step_launch()   issues forward, backward (each layer's gradients handed to the
+ *                           reducer as soon as they are issued), reducer finish, optimizer;
+ *                           as one CUDA graph replay where graphs are on
+ *   trainer_step_finish()   waits for the step and reads its (all-reduced) loss
+ * The next batch is gathered and staged between launch and finish, so on a GPU the copy
+ * and the host's gather overlap the step that runs.
  */
 #ifndef DROVER_AGENT_TRAINER_H
 #define DROVER_AGENT_TRAINER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -51,7 +73,8 @@ drv_result_t trainer_forward_backward(trainer_t *t, const float *h_x, const int3
                                       uint32_t *correct);
 
 /* The flat gradient buffer (backend memory; host memory for the CPU backend) and its
- * element count in *count, for the all-reduce. Owned by the trainer. */
+ * element count in *count (the parameters'; the loss sum and correct count follow at
+ * [count] and [count + 1]), for the all-reduce. Owned by the trainer. */
 float *trainer_grads(trainer_t *t, size_t *count);
 
 /* The flat parameter buffer, same layout and ownership as trainer_grads. */
@@ -71,6 +94,57 @@ float trainer_lr(const jobspec_t *spec, uint64_t step, uint64_t total_steps);
  * at learning rate trainer_lr(step, total_steps) (AdamW's bias correction uses t = step+1).
  * Stores the lr used in *lr (may be NULL). */
 drv_result_t trainer_apply(trainer_t *t, uint64_t step, uint64_t total_steps, float *lr);
+
+/* A gradient reducer: how a data-parallel step sums the gradient buffer across ranks.
+ * ready(first) is called in the backward pass each time gradients [first, count + 2) have
+ * all been issued (layer by layer, from the last), so a reducer can start summing those
+ * while the rest of the backward pass runs; finish() is called once the backward pass is
+ * issued and must leave the complete sums visible to the ops issued after it. wait(), when
+ * set, replaces the backend's synchronize() at the end of a step (a wait with a deadline).
+ * grads, when set, is where the optimizer reads the summed gradients (of grads_type)
+ * instead of the trainer's own buffer. Borrowed; must outlive the trainer's use. */
+typedef struct {
+  void *ctx;
+  drv_result_t (*ready)(void *ctx, size_t first);
+  drv_result_t (*finish)(void *ctx);
+  drv_result_t (*wait)(void *ctx);
+  const void *grads;
+  be_dtype_t grads_type;
+} trainer_reducer_t;
+
+/* Sets (or with NULL removes) the reducer the next launches use. Drops captured graphs. */
+void trainer_set_reducer(trainer_t *t, const trainer_reducer_t *r);
+
+/* Host buffers to gather the next batch into: x (max_batch, features), y (max_batch). */
+void trainer_next_batch(trainer_t *t, float **h_x, int32_t **h_y);
+
+/* Stages the n samples written to trainer_next_batch()'s buffers as step `step` (0-based)
+ * of `total_steps` with global batch `global_batch` (the loss scale and the learning rate
+ * are fixed here). DRV_ERR_INVALID when n > max_batch, global_batch == 0 or a label is out
+ * of range. Staging again before a launch replaces the staged batch. */
+drv_result_t trainer_stage(trainer_t *t, uint32_t n, uint32_t global_batch, uint64_t step,
+                           uint64_t total_steps);
+
+/* Issues the staged step: forward, backward, reduce, optimizer. Returns without waiting
+ * (on a GPU). The learning rate used goes to *lr (may be NULL). */
+drv_result_t trainer_step_launch(trainer_t *t, float *lr);
+
+/* Waits for the launched step; *loss_sum gets the loss sum the reducer summed (all ranks'),
+ * *data_wait_ms how long the device sat waiting for input data (either may be NULL). */
+drv_result_t trainer_step_finish(trainer_t *t, double *loss_sum, double *data_wait_ms);
+
+/* Whether steps replay a captured CUDA graph (after the automatic choice, if any). */
+bool trainer_uses_graphs(const trainer_t *t);
+
+/* Keeps the parameters and optimizer state aside on the device (the commit), and puts
+ * them back. trainer_rollback without a commit is an error. */
+drv_result_t trainer_commit(trainer_t *t);
+drv_result_t trainer_rollback(trainer_t *t);
+
+/* Copies the parameters (count from trainer_params) and optimizer state (count from
+ * trainer_opt_state) to host memory, or from host memory into the trainer. */
+drv_result_t trainer_get_state(trainer_t *t, float *h_params, float *h_opt);
+drv_result_t trainer_set_state(trainer_t *t, const float *h_params, const float *h_opt);
 
 /* Forward only over n samples (in batches of at most max_batch): adds the sum of the
  * per-sample losses to *loss_sum and the number of correct predictions to *correct (either

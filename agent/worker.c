@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@
 
 #include "agent/checkpoint.h"
 #include "agent/dataset.h"
+#include "agent/nccl_reducer.h"
 #include "agent/ring.h"
 #include "agent/shard.h"
 #include "agent/trainer.h"
@@ -47,14 +49,19 @@ typedef struct {
   int pause_pending; /* the coordinator asked for a planned re-formation */
   int planned;       /* the current re-formation is a planned one */
   trainer_t *trainer;
+  backend_t *gpu;             /* the CUDA backend, when training on a GPU */
+  const backend_t *be;        /* gpu, or the CPU backend */
+  nccl_reducer_t *nccl;       /* gradient sums of a GPU world of 2 or more */
+  trainer_reducer_t ring_red; /* gradient sums of a CPU world: the host ring */
+  char gpu_key[128];          /* "host/device": ranks with the same key share a GPU */
+  char nccl_id[NCCL_ID_HEX_LEN];
   FILE *metrics; /* rank 0 only */
   FILE *audit;   /* $DROVER_AUDIT_DIR: sample ids of every step, for tests */
-  /* the commit: state after commit_step steps */
-  float *commit_params, *commit_opt;
+  /* the commit (kept by the trainer): state after commit_step steps */
   uint64_t commit_step;
   /* progress since the last report */
   uint64_t rep_samples, rep_steps;
-  double rep_step_s, rep_wait_s, rep_start_s;
+  double rep_step_s, rep_wait_s, rep_data_ms, rep_start_s;
   /* DROVER_FAULT_SLOW_MS: a fault-injection hook for tests, a sleep in every step */
   int64_t fault_slow_ms;
 } worker_t;
@@ -65,6 +72,11 @@ typedef struct {
   float *x;
   int32_t *y;
   uint32_t *perm;
+  int64_t perm_epoch; /* the epoch perm holds, -1 before the first */
+  /* The step staged in the trainer (UINT64_MAX: none) and its sample ids by step parity,
+   * for the audit once that step is done. */
+  uint64_t staged_step;
+  uint32_t *ids[2], nids[2], batch[2];
 } plan_t;
 
 // --- Helpers -------------------------------------------------------------------------------
@@ -150,10 +162,11 @@ static void report_progress(worker_t *w, uint32_t epoch, uint64_t step, uint64_t
   p->interval_s = now - w->rep_start_s;
   p->step_ms = w->rep_steps ? 1000.0 * w->rep_step_s / (double)w->rep_steps : 0;
   p->wait_ms = w->rep_steps ? 1000.0 * w->rep_wait_s / (double)w->rep_steps : 0;
-  p->coll_seq = ring_seq(w->ring);
+  p->data_ms = w->rep_steps ? w->rep_data_ms / (double)w->rep_steps : 0;
+  p->coll_seq = ring_seq(w->ring) + nccl_reducer_seq(w->nccl);
   send_coord(w, &m);
   w->rep_samples = w->rep_steps = 0;
-  w->rep_step_s = w->rep_wait_s = 0;
+  w->rep_step_s = w->rep_wait_s = w->rep_data_ms = 0;
   w->rep_start_s = now;
 }
 
@@ -229,11 +242,84 @@ static drv_result_t wait_coord(worker_t *w, int64_t deadline_ms, const char *wha
   }
 }
 
-/* Checks in with the coordinator (this generation, this rank) and connects the ring to
- * every rank's address from `start`. */
+/* A CPU world's gradient sums: the whole buffer (gradients and the loss pair) in one ring
+ * all-reduce once the backward pass is done (the CPU backend runs synchronously). Time in
+ * it is time spent waiting for the slowest rank (and moving bytes). */
+static drv_result_t ring_finish(void *ctx) {
+  worker_t *w = ctx;
+  size_t n;
+  float *g = trainer_grads(w->trainer, &n);
+  double t0 = drv_now_s();
+  drv_result_t rc = ring_sum(w, g, n + 2);
+  w->rep_wait_s += drv_now_s() - t0;
+  return rc;
+}
+
+/* While an NCCL wait spins: a closed ring link (a peer died, or its ring broke) or an abort
+ * from the coordinator ends it at once instead of at the deadline. */
+static drv_result_t nccl_poll(void *ctx) {
+  worker_t *w = ctx;
+  drv_result_t rc = ring_check(w->ring);
+  if (rc != DRV_OK) return rc;
+  return check_abort(w);
+}
+
+/* After `start`: the gradient sums of this world. A CPU world sums over the ring; a GPU
+ * world of two or more joins the NCCL communicator whose id rank 0 sent (ranks on one GPU
+ * first take NCCL_HOSTIDs of their own). Every rank must train on the same kind of device. */
+static drv_result_t join_sums(worker_t *w, const proto_start_t *st) {
+  nccl_reducer_destroy(&w->nccl);
+  trainer_set_reducer(w->trainer, NULL);
+  if (w->world < 2) return DRV_OK;
+  bool shared = false;
+  for (uint32_t r = 0; r < st->gpus_count && r < w->world; r++) {
+    const char *k = st->gpus[r] ? st->gpus[r] : "";
+    if (!!*k != !!w->gpu_key[0])
+      return drv_error(DRV_ERR_INVALID,
+                       "rank %u trains on %s but rank %u on %s: a job's ranks must all use GPUs "
+                       "or all the CPU (set train.backend)",
+                       r, *k ? "a GPU" : "the CPU", w->rank, w->gpu_key[0] ? "a GPU" : "the CPU");
+    if (r != w->rank && *k && strcmp(k, w->gpu_key) == 0) shared = true;
+  }
+  if (!w->gpu) {
+    w->ring_red = (trainer_reducer_t){.ctx = w, .finish = ring_finish};
+    trainer_set_reducer(w->trainer, &w->ring_red);
+    return DRV_OK;
+  }
+  if (!st->nccl_id || !*st->nccl_id)
+    return drv_error(DRV_ERR_PROTO, "start carries no NCCL id for a GPU world of %u", w->world);
+  if (shared) {
+    char tag[160];
+    snprintf(tag, sizeof tag, "drover-%s-%d", w->gpu_key, (int)getpid());
+    for (char *q = tag; *q; q++)
+      if (*q == '/') *q = '-';
+    nccl_reducer_share_device(tag, strcmp(w->cfg->host, "127.0.0.1") == 0 ||
+                                       strcmp(w->cfg->host, "localhost") == 0);
+  }
+  size_t np;
+  float *grads = trainer_grads(w->trainer, &np);
+  nccl_config_t nc = {.id_hex = st->nccl_id,
+                      .rank = w->rank,
+                      .world = w->world,
+                      .be = w->gpu,
+                      .grads = grads,
+                      .count = np,
+                      .bucket_bytes = (size_t)w->spec->train.allreduce_bucket_mb << 20,
+                      .dtype = w->spec->train.allreduce_dtype == SPEC_DTYPE_BF16 ? BE_BF16 : BE_F32,
+                      .timeout_ms = drv_setting(DRV_SET_RING_TIMEOUT_MS),
+                      .poll = nccl_poll,
+                      .poll_ctx = w};
+  DRV_CHECK(nccl_reducer_new(&nc, &w->nccl));
+  trainer_set_reducer(w->trainer, nccl_reducer_hooks(w->nccl));
+  return DRV_OK;
+}
+
+/* Checks in with the coordinator (this generation, this rank), connects the ring to every
+ * rank's address from `start`, and joins the world's gradient sums. */
 static drv_result_t rendezvous(worker_t *w) {
   const worker_config_t *c = w->cfg;
   ring_destroy(&w->ring);
+  nccl_reducer_destroy(&w->nccl);
   w->ring_broken = 0;
   w->pause_pending = 0; /* a pause of an older world means nothing in this one */
   DRV_CHECK(ring_listen(c->host, c->host, &w->ring));
@@ -244,6 +330,12 @@ static drv_result_t rendezvous(worker_t *w) {
   m.u.rendezvous.rank = w->rank;
   m.u.rendezvous.pid = (uint32_t)getpid();
   m.u.rendezvous.addr = (char *)ring_address(w->ring);
+  m.u.rendezvous.gpu = w->gpu_key;
+  w->nccl_id[0] = '\0';
+  if (w->gpu && w->rank == 0 && w->world > 1) {
+    DRV_CHECK(nccl_reducer_new_id(w->nccl_id));
+    m.u.rendezvous.nccl_id = w->nccl_id;
+  }
   send_coord(w, &m);
 
   int64_t deadline = drv_now_ms() + drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS);
@@ -273,8 +365,13 @@ static drv_result_t rendezvous(worker_t *w) {
     rc = ring_connect(w->ring, w->rank, w->world, (const char *const *)m.u.start.peers,
                       ((uint64_t)c->job << 32) | w->generation,
                       (int)drv_setting(DRV_SET_RING_CONNECT_TIMEOUT_MS));
+  if (rc != DRV_OK) {
+    w->ring_broken = 1;
+  } else if ((rc = join_sums(w, &m.u.start)) != DRV_OK && w->nccl == NULL &&
+             w->gpu != NULL && rc != DRV_ERR_INVALID) {
+    w->ring_broken = 1; /* NCCL could not join (a peer is missing): re-form like a ring */
+  }
   proto_msg_fini(&m);
-  if (rc != DRV_OK) w->ring_broken = 1;
   return rc;
 }
 
@@ -311,8 +408,12 @@ static drv_result_t save_checkpoint(worker_t *w, uint64_t step, uint32_t spe) {
   ckpt_tensor_t t[MAX_STATE_TENSORS];
   char names[MAX_STATE_TENSORS][32];
   size_t np, no;
-  size_t n = state_tensors(w->trainer, trainer_params(w->trainer, &np),
-                           trainer_opt_state(w->trainer, &no), t, names);
+  trainer_params(w->trainer, &np);
+  trainer_opt_state(w->trainer, &no);
+  float *host = malloc(sizeof *host * (np + no));
+  if (!host) return drv_error(DRV_ERR_NOMEM, "checkpoint: out of memory");
+  drv_result_t rc = trainer_get_state(w->trainer, host, host + np);
+  size_t n = state_tensors(w->trainer, host, host + np, t, names);
   ckpt_meta_t meta = {.step = step,
                       .epoch = (uint32_t)(step / spe),
                       .world = w->world,
@@ -321,7 +422,9 @@ static drv_result_t save_checkpoint(worker_t *w, uint64_t step, uint32_t spe) {
   char dir[1200];
   snprintf(dir, sizeof dir, "%s/checkpoints", w->cfg->run_dir);
   double t0 = drv_now_s();
-  DRV_CHECK(ckpt_write(dir, &meta, t, n));
+  if (rc == DRV_OK) rc = ckpt_write(dir, &meta, t, n);
+  free(host);
+  DRV_CHECK(rc);
   uint32_t removed = 0;
   if (ckpt_prune(dir, w->spec->train.keep_checkpoints, &removed) != DRV_OK)
     log_warn("%s", drv_last_error()); /* old checkpoints left behind: not fatal */
@@ -342,7 +445,8 @@ static drv_result_t save_checkpoint(worker_t *w, uint64_t step, uint32_t spe) {
 static drv_result_t load_checkpoint(worker_t *w, int *found, uint64_t *step) {
   const worker_config_t *c = w->cfg;
   size_t np, no;
-  float *params = trainer_params(w->trainer, &np), *opt = trainer_opt_state(w->trainer, &no);
+  trainer_params(w->trainer, &np);
+  trainer_opt_state(w->trainer, &no);
   /* Load into scratch first: a checkpoint refused half-way must not touch the trainer. */
   float *scratch = malloc(sizeof *scratch * (np + no));
   if (!scratch) return drv_error(DRV_ERR_NOMEM, "restoring a checkpoint: out of memory");
@@ -369,8 +473,7 @@ static drv_result_t load_checkpoint(worker_t *w, int *found, uint64_t *step) {
       continue;
     }
     log_info("resuming from %s: %" PRIu64 " steps done", where, meta.step);
-    memcpy(params, scratch, sizeof *params * np);
-    memcpy(opt, scratch + np, sizeof *opt * no);
+    if ((rc = trainer_set_state(w->trainer, scratch, scratch + np)) != DRV_OK) break;
     *found = 1;
     *step = meta.step;
   }
@@ -400,33 +503,30 @@ static drv_result_t sync_state(worker_t *w, int after_failure, uint64_t *step) {
     DRV_CHECK(ring_sum(w, head, 3));
     if (head[0] == 1.0f) {
       size_t np, no;
-      float *params = trainer_params(w->trainer, &np), *opt = trainer_opt_state(w->trainer, &no);
-      if (w->rank != 0) {
-        for (size_t i = 0; i < np; i++) params[i] = -0.0f;
-        for (size_t i = 0; i < no; i++) opt[i] = -0.0f;
-      }
-      DRV_CHECK(ring_sum(w, params, np));
-      DRV_CHECK(ring_sum(w, opt, no));
+      trainer_params(w->trainer, &np);
+      trainer_opt_state(w->trainer, &no);
+      float *host = malloc(sizeof *host * (np + no));
+      if (!host) return drv_error(DRV_ERR_NOMEM, "state broadcast: out of memory");
+      drv_result_t rc = DRV_OK;
+      if (w->rank == 0)
+        rc = trainer_get_state(w->trainer, host, host + np);
+      else
+        for (size_t i = 0; i < np + no; i++) host[i] = -0.0f;
+      if (rc == DRV_OK) rc = ring_sum(w, host, np + no);
+      if (rc == DRV_OK && w->rank != 0) rc = trainer_set_state(w->trainer, host, host + np);
+      free(host);
+      DRV_CHECK(rc);
     }
   }
   *step = head[0] == 1.0f ? (uint64_t)head[1] + ((uint64_t)head[2] << 24) : 0;
   return DRV_OK;
 }
 
-/* Keeps the state after `step` steps aside (in memory), to roll back to. */
-static void commit(worker_t *w, uint64_t step) {
-  size_t np, no;
-  const float *params = trainer_params(w->trainer, &np), *opt = trainer_opt_state(w->trainer, &no);
-  memcpy(w->commit_params, params, sizeof(float) * np);
-  memcpy(w->commit_opt, opt, sizeof(float) * no);
+/* Keeps the state after `step` steps aside (device memory), to roll back to. */
+static drv_result_t commit(worker_t *w, uint64_t step) {
+  DRV_CHECK(trainer_commit(w->trainer));
   w->commit_step = step;
-}
-
-static void rollback(worker_t *w) {
-  size_t np, no;
-  float *params = trainer_params(w->trainer, &np), *opt = trainer_opt_state(w->trainer, &no);
-  memcpy(params, w->commit_params, sizeof(float) * np);
-  memcpy(opt, w->commit_opt, sizeof(float) * no);
+  return DRV_OK;
 }
 
 /* The ring broke: close it (its other neighbour learns at once), roll back to the commit,
@@ -436,10 +536,12 @@ static drv_result_t recover(worker_t *w, uint64_t *step) {
   char reason[512];
   snprintf(reason, sizeof reason, "%s", drv_last_error());
   ring_destroy(&w->ring);
+  nccl_reducer_destroy(&w->nccl); /* aborted already when it failed */
+  trainer_set_reducer(w->trainer, NULL);
   /* Only a ring broken again in the new world (connect, state) is worth another try: an
    * abort or a coordinator that never answers ends the worker. */
   w->ring_broken = 0;
-  rollback(w);
+  DRV_CHECK(trainer_rollback(w->trainer));
   *step = w->commit_step;
   log_warn("ring broke (%s): rolled back to step %" PRIu64 ", waiting for the coordinator", reason,
            *step);
@@ -469,7 +571,7 @@ static drv_result_t recover(worker_t *w, uint64_t *step) {
   DRV_CHECK(open_rank0_files(w));
   DRV_CHECK(rendezvous(w));
   DRV_CHECK(sync_state(w, 1, step));
-  commit(w, *step);
+  DRV_CHECK(commit(w, *step));
   if (w->metrics)
     fprintf(w->metrics,
             "{\"type\":\"reform\",\"step\":%" PRIu64 ",\"world\":%u,\"generation\":%u}\n", *step,
@@ -531,41 +633,60 @@ static drv_result_t eval_epoch(worker_t *w, const plan_t *p, progress_t *g, uint
   return DRV_OK;
 }
 
-/* Trains from *step to the end. Returns with *step at the steps done; a ring failure
- * leaves w->ring_broken set. */
+/* Gathers the samples of `step` into the trainer's staging buffers and stages them: on a
+ * GPU the copy starts at once on the copy stream. */
+static drv_result_t stage_step(worker_t *w, plan_t *p, uint64_t step) {
+  uint32_t epoch = (uint32_t)(step / p->spe), si = (uint32_t)(step % p->spe);
+  if (p->perm_epoch != epoch) {
+    shard_permutation(w->spec->train.seed, epoch, p->n, p->perm);
+    p->perm_epoch = epoch;
+  }
+  uint32_t begin, count, batch;
+  shard_slice(p->n, p->B, si, w->rank, w->world, &begin, &count, &batch);
+  float *x;
+  int32_t *y;
+  trainer_next_batch(w->trainer, &x, &y);
+  dataset_gather(w->train, p->perm + begin, count, x, y);
+  memcpy(p->ids[step & 1], p->perm + begin, sizeof(uint32_t) * count);
+  p->nids[step & 1] = count;
+  p->batch[step & 1] = batch;
+  DRV_CHECK(trainer_stage(w->trainer, count, batch, step, p->total));
+  p->staged_step = step;
+  return DRV_OK;
+}
+
+/* A failed step: an NCCL failure (the communicator is aborted by then) is a lost peer, as
+ * a broken ring is. */
+static drv_result_t step_failed(worker_t *w, drv_result_t rc) {
+  if (w->nccl && (rc == DRV_ERR_NCCL || rc == DRV_ERR_TIMEOUT || rc == DRV_ERR_SYS)) w->ring_broken = 1;
+  return rc;
+}
+
+/* Trains from *step to the end. Returns with *step at the steps done; a ring or NCCL
+ * failure leaves w->ring_broken set. Each step is launched, the next one is gathered and
+ * staged while it runs, then the step is waited for. */
 static drv_result_t run(worker_t *w, plan_t *p, progress_t *g, uint64_t *step) {
   const jobspec_t *s = w->spec;
-  size_t ngrad;
-  float *grads = trainer_grads(w->trainer, &ngrad);
   uint32_t every = s->train.checkpoint_every, commit_every = s->train.commit_every;
-  int64_t perm_epoch = -1;
   for (;;) {
     uint64_t done = *step;
     /* An epoch ends with an evaluation (and so does training, wherever it stops). */
     if (done > 0 && (done % p->spe == 0 || done == p->total) && g->last_eval != done)
       DRV_CHECK(eval_epoch(w, p, g, done, p->spe));
     if (done >= p->total) return DRV_OK;
-    uint32_t epoch = (uint32_t)(done / p->spe), si = (uint32_t)(done % p->spe);
-    if (perm_epoch != epoch) {
-      shard_permutation(s->train.seed, epoch, p->n, p->perm);
-      perm_epoch = epoch;
-    }
+    uint32_t epoch = (uint32_t)(done / p->spe);
     double t0 = drv_now_s();
-    uint32_t begin, count, batch;
-    shard_slice(p->n, p->B, si, w->rank, w->world, &begin, &count, &batch);
-    dataset_gather(w->train, p->perm + begin, count, p->x, p->y);
-    double loss_sum = 0;
-    DRV_CHECK(trainer_forward_backward(w->trainer, p->x, p->y, count, batch, &loss_sum, NULL));
-    if (w->fault_slow_ms) usleep((useconds_t)w->fault_slow_ms * 1000);
-    /* Time in the all-reduces is time spent waiting for the slowest rank (and moving
-     * bytes): step time less this is this rank's own compute time. */
-    double tw = drv_now_s();
-    DRV_CHECK(ring_sum(w, grads, ngrad));
-    float lsum = (float)loss_sum;
-    DRV_CHECK(ring_sum(w, &lsum, 1));
-    w->rep_wait_s += drv_now_s() - tw;
+    if (p->staged_step != done) DRV_CHECK(stage_step(w, p, done));
     float lr;
-    DRV_CHECK(trainer_apply(w->trainer, done, p->total, &lr));
+    drv_result_t rc = trainer_step_launch(w->trainer, &lr);
+    if (rc != DRV_OK) return step_failed(w, rc);
+    uint32_t count = p->nids[done & 1];
+    uint32_t batch = p->batch[done & 1];
+    if (done + 1 < p->total) DRV_CHECK(stage_step(w, p, done + 1)); /* overlaps the step */
+    if (w->fault_slow_ms) usleep((useconds_t)w->fault_slow_ms * 1000);
+    double loss_sum = 0, data_ms = 0;
+    rc = trainer_step_finish(w->trainer, &loss_sum, &data_ms);
+    if (rc != DRV_OK) return step_failed(w, rc);
     double dt = drv_now_s() - t0;
     *step = done + 1;
     g->train_s += dt;
@@ -573,28 +694,29 @@ static drv_result_t run(worker_t *w, plan_t *p, progress_t *g, uint64_t *step) {
     w->rep_samples += count;
     w->rep_steps++;
     w->rep_step_s += dt;
-    double loss = lsum / batch;
+    w->rep_data_ms += data_ms;
+    double loss = loss_sum / batch;
     if (!isfinite(loss))
       return drv_error(DRV_ERR_INVALID,
                        "loss became %f at step %" PRIu64 ": lower the learning rate", loss, *step);
     if (w->audit) {
       fprintf(w->audit, "%u %" PRIu64, w->generation, *step);
-      for (uint32_t k = 0; k < count; k++) fprintf(w->audit, " %u", p->perm[begin + k]);
+      for (uint32_t k = 0; k < count; k++) fprintf(w->audit, " %u", p->ids[done & 1][k]);
       fputc('\n', w->audit);
     }
     if (w->metrics)
       fprintf(w->metrics,
               "{\"type\":\"step\",\"step\":%" PRIu64
               ",\"epoch\":%u,\"loss\":%.9g,\"lr\":%.9g,"
-              "\"batch\":%u,\"step_s\":%.6f,\"samples_per_s\":%.1f}\n",
-              *step, epoch, loss, lr, batch, dt, batch / dt);
+              "\"batch\":%u,\"step_s\":%.6f,\"samples_per_s\":%.1f,\"data_wait_ms\":%.4f}\n",
+              *step, epoch, loss, lr, batch, dt, batch / dt, data_ms);
     if ((drv_now_s() - w->rep_start_s) * 1000 >= (double)drv_setting(DRV_SET_PROGRESS_MS) ||
         *step == p->total) {
       report_progress(w, epoch, *step, p->total, loss, lr);
       DRV_CHECK(check_abort(w));
     }
     if (commit_every && *step % commit_every == 0) {
-      commit(w, *step);
+      DRV_CHECK(commit(w, *step));
       /* A planned re-formation (new agents, one leaving) happens at a commit that every
        * rank agrees on: any rank that was asked raises the flag. */
       float flag = w->pause_pending ? 1.0f : -0.0f;
@@ -613,6 +735,37 @@ static drv_result_t run(worker_t *w, plan_t *p, progress_t *g, uint64_t *step) {
   }
 }
 
+/* The backend this worker trains on: the GPU its agent assigned (train.backend auto or
+ * cuda), or the CPU; precision bf16 and tf32 need the GPU. */
+static drv_result_t pick_backend(worker_t *w) {
+  const worker_config_t *c = w->cfg;
+  const jobspec_t *s = w->spec;
+  bool want_gpu = s->train.backend == SPEC_BACKEND_CUDA ||
+                  (s->train.backend == SPEC_BACKEND_AUTO && c->device >= 0);
+  if (want_gpu && c->device < 0)
+    return drv_error(DRV_ERR_INVALID,
+                     "train.backend is cuda, but this worker's agent has no GPU to give it");
+  if (want_gpu) {
+    DRV_CHECK(backend_cuda_new(c->device, s->train.precision == SPEC_PREC_TF32, &w->gpu));
+    w->be = w->gpu;
+    char host[64] = "";
+    gethostname(host, sizeof host - 1);
+    snprintf(w->gpu_key, sizeof w->gpu_key, "%s/%d", host, c->device);
+    log_info("training on GPU %d (%s, precision %s)", c->device, w->be->name,
+             s->train.precision == SPEC_PREC_BF16   ? "bf16"
+             : s->train.precision == SPEC_PREC_TF32 ? "tf32"
+                                                    : "fp32");
+    return DRV_OK;
+  }
+  if (s->train.precision != SPEC_PREC_FP32 || s->train.allreduce_dtype != SPEC_DTYPE_FP32)
+    return drv_error(DRV_ERR_INVALID,
+                     "train.precision %s / allreduce_dtype needs a GPU, and this worker has "
+                     "none (its agent reports no GPU)",
+                     s->train.precision == SPEC_PREC_BF16 ? "bf16" : s->train.precision == SPEC_PREC_TF32 ? "tf32" : "fp32");
+  w->be = backend_cpu();
+  return DRV_OK;
+}
+
 static drv_result_t train(worker_t *w, proto_done_t *done) {
   const jobspec_t *s = w->spec;
   plan_t p = {.n = dataset_count(w->train), .B = s->train.global_batch};
@@ -629,17 +782,19 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
    * near 2^32), and at least an evaluation batch. */
   p.cap = DRV_MAX(p.B, 256u);
 
-  DRV_CHECK(trainer_new(s, backend_cpu(), p.features, p.classes, p.cap, &w->trainer));
-  size_t np, no;
+  p.perm_epoch = -1;
+  p.staged_step = UINT64_MAX;
+  DRV_CHECK(pick_backend(w));
+  DRV_CHECK(trainer_new(s, w->be, p.features, p.classes, p.cap, &w->trainer));
+  size_t np;
   trainer_params(w->trainer, &np);
-  trainer_opt_state(w->trainer, &no);
   p.perm = malloc(sizeof *p.perm * p.n);
   p.x = malloc(sizeof *p.x * (size_t)p.cap * p.features);
   p.y = malloc(sizeof *p.y * p.cap);
-  w->commit_params = malloc(sizeof(float) * np);
-  w->commit_opt = malloc(sizeof(float) * (no ? no : 1));
+  p.ids[0] = malloc(sizeof(uint32_t) * p.cap);
+  p.ids[1] = malloc(sizeof(uint32_t) * p.cap);
   drv_result_t rc = DRV_OK;
-  if (!p.perm || !p.x || !p.y || !w->commit_params || !w->commit_opt) {
+  if (!p.perm || !p.x || !p.y || !p.ids[0] || !p.ids[1]) {
     rc = drv_error(DRV_ERR_NOMEM, "training buffers: out of memory");
     goto out;
   }
@@ -648,6 +803,7 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
              " steps), global batch %u over %u rank(s), %zu parameters",
              p.n, p.features, p.classes, s->train.epochs, p.spe, p.total, p.B, w->world, np);
 
+  DRV_CHECK_GOTO(rendezvous(w), rc, out);
   uint64_t step = 0;
   DRV_CHECK_GOTO(sync_state(w, 0, &step), rc, out);
   if (step > p.total) {
@@ -657,7 +813,7 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
                    step, p.total);
     goto out;
   }
-  commit(w, step);
+  DRV_CHECK_GOTO(commit(w, step), rc, out);
   progress_t g = {.last_ckpt = step, .test_loss = NAN, .test_acc = NAN};
   if (step && w->metrics)
     fprintf(w->metrics, "{\"type\":\"resume\",\"step\":%" PRIu64 ",\"world\":%u}\n", step,
@@ -672,6 +828,7 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
     while (rc != DRV_OK && w->ring_broken && (s->max_restarts || w->planned)) {
       w->planned = 0;
       rc = recover(w, &step);
+      p.staged_step = UINT64_MAX; /* the staged batch belongs to the old world */
     }
     if (rc != DRV_OK) goto out;
   }
@@ -694,6 +851,8 @@ out:
   free(p.perm);
   free(p.x);
   free(p.y);
+  free(p.ids[0]);
+  free(p.ids[1]);
   return rc;
 }
 
@@ -705,9 +864,6 @@ drv_result_t worker_run(const worker_config_t *cfg) {
   DRV_CHECK_GOTO(read_all(cfg->spec_in, &w.spec_yaml), rc, fail);
   DRV_CHECK_GOTO(jobspec_parse(w.spec_yaml, strlen(w.spec_yaml), "assigned spec", NULL, 0, &w.spec),
                  rc, fail);
-  if (cfg->device >= 0)
-    log_warn("device %d assigned, but the GPU backend is not built yet: training on the CPU",
-             cfg->device);
   const char *slow = getenv("DROVER_FAULT_SLOW_MS");
   if (slow && *slow) {
     w.fault_slow_ms = atoll(slow);
@@ -729,7 +885,6 @@ drv_result_t worker_run(const worker_config_t *cfg) {
     raise(SIGKILL);
   }
   DRV_CHECK_GOTO(open_rank0_files(&w), rc, fail);
-  DRV_CHECK_GOTO(rendezvous(&w), rc, fail);
   DRV_CHECK_GOTO(train(&w, &done), rc, fail);
   proto_msg_t m;
   proto_msg_init(&m, PROTO_DONE);
@@ -752,7 +907,9 @@ fail:
 out:
   if (w.metrics) fclose(w.metrics);
   if (w.audit) fclose(w.audit);
+  nccl_reducer_destroy(&w.nccl);
   trainer_destroy(&w.trainer);
+  backend_cuda_destroy(&w.gpu);
   ring_destroy(&w.ring);
   if (w.sock) zmq_close(w.sock);
   if (w.ctx) zmq_ctx_term(w.ctx);
@@ -760,7 +917,5 @@ out:
   dataset_destroy(&w.test);
   jobspec_destroy(&w.spec);
   free(w.spec_yaml);
-  free(w.commit_params);
-  free(w.commit_opt);
   return rc;
 }

@@ -59,6 +59,25 @@ static const cyaml_strval_t spec_optimizer_names[] = {
     {"sgd", SPEC_OPT_SGD},
     {"adamw", SPEC_OPT_ADAMW},
 };
+static const cyaml_strval_t spec_backend_names[] = {
+    {"auto", SPEC_BACKEND_AUTO},
+    {"cpu", SPEC_BACKEND_CPU},
+    {"cuda", SPEC_BACKEND_CUDA},
+};
+static const cyaml_strval_t spec_precision_names[] = {
+    {"fp32", SPEC_PREC_FP32},
+    {"tf32", SPEC_PREC_TF32},
+    {"bf16", SPEC_PREC_BF16},
+};
+static const cyaml_strval_t spec_dtype_names[] = {
+    {"fp32", SPEC_DTYPE_FP32},
+    {"bf16", SPEC_DTYPE_BF16},
+};
+static const cyaml_strval_t spec_switch_names[] = {
+    {"auto", SPEC_AUTO},
+    {"on", SPEC_ON},
+    {"off", SPEC_OFF},
+};
 static const cyaml_strval_t spec_schedule_names[] = {
     {"constant", SPEC_LR_CONSTANT},
     {"cosine", SPEC_LR_COSINE},
@@ -138,6 +157,15 @@ static const cyaml_schema_field_t spec_train_fields[] = {
     CYAML_FIELD_UINT("commit_every", SPEC_OPT, spec_train_map_t, commit_every),
     CYAML_FIELD_UINT("checkpoint_every", SPEC_OPT, spec_train_map_t, checkpoint_every),
     CYAML_FIELD_UINT("keep_checkpoints", SPEC_OPT, spec_train_map_t, keep_checkpoints),
+    CYAML_FIELD_ENUM("backend", SPEC_ENUM_OPT, spec_train_map_t, backend, spec_backend_names,
+                     CYAML_ARRAY_LEN(spec_backend_names)),
+    CYAML_FIELD_ENUM("precision", SPEC_ENUM_OPT, spec_train_map_t, precision,
+                     spec_precision_names, CYAML_ARRAY_LEN(spec_precision_names)),
+    CYAML_FIELD_ENUM("allreduce_dtype", SPEC_ENUM_OPT, spec_train_map_t, allreduce_dtype,
+                     spec_dtype_names, CYAML_ARRAY_LEN(spec_dtype_names)),
+    CYAML_FIELD_UINT("allreduce_bucket_mb", SPEC_OPT, spec_train_map_t, allreduce_bucket_mb),
+    CYAML_FIELD_ENUM("cuda_graphs", SPEC_ENUM_OPT, spec_train_map_t, cuda_graphs,
+                     spec_switch_names, CYAML_ARRAY_LEN(spec_switch_names)),
     CYAML_FIELD_MAPPING("optimizer", CYAML_FLAG_DEFAULT, spec_train_map_t, optimizer,
                         spec_optim_fields),
     CYAML_FIELD_MAPPING("lr_schedule", SPEC_OPT, spec_train_map_t, lr_schedule, spec_sched_fields),
@@ -185,6 +213,11 @@ static const struct {
     {"train.commit_every", "50"},
     {"train.checkpoint_every", "0"},
     {"train.keep_checkpoints", "3"},
+    {"train.backend", "auto"},
+    {"train.precision", "fp32"},
+    {"train.allreduce_dtype", "fp32"},
+    {"train.allreduce_bucket_mb", "25"},
+    {"train.cuda_graphs", "auto"},
     {"train.optimizer.momentum", "0.9"},
     {"train.optimizer.weight_decay", "0"},
     {"train.optimizer.beta1", "0.9"},
@@ -1016,6 +1049,16 @@ static drv_result_t spec_validate(const jobspec_t *s, const char *origin) {
   if (s->train.keep_checkpoints < 1)
     return spec_invalid(origin, "train.keep_checkpoints", "must be at least 1, got %u",
                         s->train.keep_checkpoints);
+  if (s->train.allreduce_bucket_mb < 1 || s->train.allreduce_bucket_mb > 4096)
+    return spec_invalid(origin, "train.allreduce_bucket_mb", "must be in [1, 4096], got %u",
+                        s->train.allreduce_bucket_mb);
+  if (s->train.backend == SPEC_BACKEND_CPU && s->train.precision != SPEC_PREC_FP32)
+    return spec_invalid(origin, "train.precision",
+                        "%s needs a GPU, but train.backend is cpu (the CPU computes in fp32)",
+                        s->train.precision == SPEC_PREC_BF16 ? "bf16" : "tf32");
+  if (s->train.backend == SPEC_BACKEND_CPU && s->train.allreduce_dtype != SPEC_DTYPE_FP32)
+    return spec_invalid(origin, "train.allreduce_dtype",
+                        "bf16 needs a GPU, but train.backend is cpu");
   if (!(o->lr > 0)) return spec_invalid(origin, "train.optimizer.lr", "must be > 0, got %g", o->lr);
   if (!(o->momentum >= 0 && o->momentum < 1))
     return spec_invalid(origin, "train.optimizer.momentum", "must be in [0, 1), got %g",

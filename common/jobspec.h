@@ -36,6 +36,16 @@
  *     checkpoint_every: 0              # steps between checkpoints in the run directory
  *                                      # (0: none; the final model is always saved) (default 0)
  *     keep_checkpoints: 3              # newest checkpoints kept, at least 1 (default 3)
+ *     backend: auto                    # auto (the GPU the agent assigned, else the CPU)
+ *                                      # | cpu | cuda (fail without a GPU) (default auto)
+ *     precision: fp32                  # fp32 (exact, no TF32) | tf32 | bf16 (bf16
+ *                                      # activations and GEMMs, fp32 master weights,
+ *                                      # optimizer state and loss)  (default fp32)
+ *     allreduce_dtype: fp32            # gradient all-reduce type, fp32 | bf16 (default fp32)
+ *     allreduce_bucket_mb: 25          # gradient bucket size for the overlapped NCCL
+ *                                      # all-reduce, 1..4096 MB      (default 25)
+ *     cuda_graphs: auto                # capture the step as a CUDA graph: auto (when it is
+ *                                      # faster, measured at the start) | on | off (default auto)
  *     optimizer:
  *       type: sgd                      # sgd | adamw
  *       lr: 0.1                        # required
@@ -63,6 +73,10 @@ typedef enum { SPEC_ACT_RELU = 0, SPEC_ACT_GELU } spec_activation_t;
 typedef enum { SPEC_DATA_IDX = 0, SPEC_DATA_SYNTHETIC } spec_data_format_t;
 typedef enum { SPEC_OPT_SGD = 0, SPEC_OPT_ADAMW } spec_optimizer_t;
 typedef enum { SPEC_LR_CONSTANT = 0, SPEC_LR_COSINE } spec_lr_schedule_t;
+typedef enum { SPEC_BACKEND_AUTO = 0, SPEC_BACKEND_CPU, SPEC_BACKEND_CUDA } spec_backend_t;
+typedef enum { SPEC_PREC_FP32 = 0, SPEC_PREC_TF32, SPEC_PREC_BF16 } spec_precision_t;
+typedef enum { SPEC_DTYPE_FP32 = 0, SPEC_DTYPE_BF16 } spec_dtype_t;
+typedef enum { SPEC_AUTO = 0, SPEC_ON, SPEC_OFF } spec_switch_t;
 
 typedef struct {
   char *images; /* path, owned */
@@ -101,6 +115,11 @@ typedef struct {
     uint32_t commit_every;     /* steps; 0: never */
     uint32_t checkpoint_every; /* steps; 0: only the final model */
     uint32_t keep_checkpoints; /* >= 1 */
+    spec_backend_t backend;
+    spec_precision_t precision;
+    spec_dtype_t allreduce_dtype;
+    uint32_t allreduce_bucket_mb; /* 1..4096 */
+    spec_switch_t cuda_graphs;
     struct {
       spec_optimizer_t type;
       float lr, momentum, weight_decay, beta1, beta2, eps;

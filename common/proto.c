@@ -79,11 +79,13 @@ SCHEMA(worker_exit_schema, "worker_exit", proto_worker_exit_t,
 SCHEMA(rendezvous_schema, "rendezvous", proto_rendezvous_t,
        FLD(proto_rendezvous_t, job, F_I64, REQ), FLD(proto_rendezvous_t, generation, F_U32, REQ),
        FLD(proto_rendezvous_t, rank, F_U32, REQ), FLD(proto_rendezvous_t, pid, F_U32, OPT),
-       FLD(proto_rendezvous_t, addr, F_STR, REQ));
+       FLD(proto_rendezvous_t, addr, F_STR, REQ), FLD(proto_rendezvous_t, gpu, F_STR, OPT),
+       FLD(proto_rendezvous_t, nccl_id, F_STR, OPT));
 
 SCHEMA(start_schema, "start", proto_start_t, FLD(proto_start_t, job, F_I64, REQ),
        FLD(proto_start_t, generation, F_U32, REQ), FLD(proto_start_t, world, F_U32, REQ),
-       ARR(proto_start_t, peers, F_STRS, NULL, REQ));
+       ARR(proto_start_t, peers, F_STRS, NULL, REQ), ARR(proto_start_t, gpus, F_STRS, NULL, OPT),
+       FLD(proto_start_t, nccl_id, F_STR, OPT));
 
 SCHEMA(progress_schema, "progress", proto_progress_t, FLD(proto_progress_t, job, F_I64, REQ),
        FLD(proto_progress_t, generation, F_U32, REQ), FLD(proto_progress_t, rank, F_U32, REQ),
@@ -91,7 +93,8 @@ SCHEMA(progress_schema, "progress", proto_progress_t, FLD(proto_progress_t, job,
        FLD(proto_progress_t, steps_total, F_U64, REQ), FLD(proto_progress_t, loss, F_F64, REQ),
        FLD(proto_progress_t, lr, F_F64, OPT), FLD(proto_progress_t, samples, F_U64, REQ),
        FLD(proto_progress_t, interval_s, F_F64, REQ), FLD(proto_progress_t, step_ms, F_F64, REQ),
-       FLD(proto_progress_t, wait_ms, F_F64, OPT), FLD(proto_progress_t, coll_seq, F_U64, OPT));
+       FLD(proto_progress_t, wait_ms, F_F64, OPT), FLD(proto_progress_t, coll_seq, F_U64, OPT),
+       FLD(proto_progress_t, data_ms, F_F64, OPT));
 
 SCHEMA(eval_schema, "eval", proto_eval_t, FLD(proto_eval_t, job, F_I64, REQ),
        FLD(proto_eval_t, generation, F_U32, REQ), FLD(proto_eval_t, epoch, F_U32, REQ),
@@ -138,7 +141,8 @@ SCHEMA(status_schema, "status", proto_status_t, FLD(proto_status_t, job, F_I64, 
 SCHEMA(rank_schema, "rank", proto_rank_t, FLD(proto_rank_t, rank, F_U32, REQ),
        FLD(proto_rank_t, agent, F_STR, REQ), FLD(proto_rank_t, host, F_STR, REQ),
        FLD(proto_rank_t, step_ms, F_F64, REQ), FLD(proto_rank_t, compute_ms, F_F64, REQ),
-       FLD(proto_rank_t, wait_ms, F_F64, REQ), FLD(proto_rank_t, straggler, F_U32, REQ));
+       FLD(proto_rank_t, wait_ms, F_F64, REQ), FLD(proto_rank_t, straggler, F_U32, REQ),
+       FLD(proto_rank_t, data_ms, F_F64, OPT));
 
 SCHEMA(job_schema, "job", proto_job_t, FLD(proto_job_t, id, F_I64, REQ),
        FLD(proto_job_t, name, F_STR, REQ), FLD(proto_job_t, state, F_STR, REQ),

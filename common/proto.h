@@ -136,7 +136,9 @@ typedef struct {
   int64_t job;
   uint32_t generation, rank;
   uint32_t pid;
-  char *addr; /* "HOST:PORT" of its ring listener */
+  char *addr;    /* "HOST:PORT" of its ring listener */
+  char *gpu;     /* optional: "HOST/DEVICE" of the GPU it trains on; absent or "": the CPU */
+  char *nccl_id; /* optional, rank 0 of a GPU world: the NCCL unique id, 256 hex digits */
 } proto_rendezvous_t;
 
 typedef struct {
@@ -144,6 +146,9 @@ typedef struct {
   uint32_t generation, world;
   char **peers; /* ring addresses by rank */
   uint32_t peers_count;
+  char **gpus; /* optional: each rank's rendezvous `gpu` ("" for the CPU), by rank */
+  uint32_t gpus_count;
+  char *nccl_id; /* optional: rank 0's NCCL id, relayed */
 } proto_start_t;
 
 typedef struct {
@@ -159,6 +164,7 @@ typedef struct {
   double step_ms;    /* this rank's mean step time over the interval */
   double wait_ms;    /* of which spent in all-reduces (waiting for the others) */
   uint64_t coll_seq; /* collectives completed on its ring so far */
+  double data_ms;    /* optional: mean ms per step the device sat waiting for input data */
 } proto_progress_t;
 
 typedef struct {
@@ -230,6 +236,7 @@ typedef struct {
   double step_ms;     /* smoothed step time */
   double compute_ms;  /* step time less the time waiting in all-reduces */
   double wait_ms;     /* smoothed time in all-reduces per step */
+  double data_ms;     /* smoothed time per step the device waited for input data */
   uint32_t straggler; /* 1: compute time above DROVER_STRAGGLER_PCT % of the others' median */
 } proto_rank_t;
 

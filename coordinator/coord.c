@@ -411,17 +411,24 @@ static void on_rendezvous(coord_t *c, const unsigned char *ident, size_t len,
   slot_t *s = &j->slots[rv->rank];
   s->rendezvoused = 1;
   snprintf(s->addr, sizeof s->addr, "%s", rv->addr);
+  snprintf(s->gpu, sizeof s->gpu, "%s", rv->gpu ? rv->gpu : "");
+  snprintf(s->nccl_id, sizeof s->nccl_id, "%s", rv->nccl_id ? rv->nccl_id : "");
   memcpy(s->ident, ident, len);
   s->identlen = len;
   for (uint32_t r = 0; r < j->nodes; r++)
     if (!j->slots[r].rendezvoused) return;
-  /* Everyone is in: relay the ring addresses. */
-  char **peers = calloc(j->nodes, sizeof *peers);
-  if (!peers) {
+  /* Everyone is in: relay the ring addresses, each rank's GPU and rank 0's NCCL id. */
+  char **peers = calloc(j->nodes, sizeof *peers), **gpus = calloc(j->nodes, sizeof *gpus);
+  if (!peers || !gpus) {
+    free(peers);
+    free(gpus);
     coord_job_fail(c, j, "out of memory at rendezvous");
     return;
   }
-  for (uint32_t r = 0; r < j->nodes; r++) peers[r] = j->slots[r].addr;
+  for (uint32_t r = 0; r < j->nodes; r++) {
+    peers[r] = j->slots[r].addr;
+    gpus[r] = j->slots[r].gpu;
+  }
   proto_msg_t m;
   proto_msg_init(&m, PROTO_START);
   m.u.start.job = j->id;
@@ -429,10 +436,14 @@ static void on_rendezvous(coord_t *c, const unsigned char *ident, size_t len,
   m.u.start.world = j->nodes;
   m.u.start.peers = peers;
   m.u.start.peers_count = j->nodes;
+  m.u.start.gpus = gpus;
+  m.u.start.gpus_count = j->nodes;
+  m.u.start.nccl_id = j->slots[0].nccl_id[0] ? j->slots[0].nccl_id : NULL;
   for (uint32_t r = 0; r < j->nodes; r++)
     if (sock_send(c->workers, j->slots[r].ident, j->slots[r].identlen, &m, 1) != DRV_OK)
       log_warn("start to rank %u: %s", r, drv_last_error());
   free(peers);
+  free(gpus);
   j->started = 1;
   log_info("job %" PRId64 ": all %u workers checked in, started", j->id, j->nodes);
 }
@@ -527,12 +538,15 @@ static void on_progress(coord_t *c, const proto_progress_t *p) {
   s->samples_per_s = p->interval_s > 0 ? (double)p->samples / p->interval_s : 0;
   s->step_ms = p->step_ms;
   double wait = isnan(p->wait_ms) ? 0 : p->wait_ms;
+  double data = isnan(p->data_ms) ? 0 : p->data_ms;
   if (s->ewma_step_ms == 0) {
     s->ewma_step_ms = p->step_ms;
     s->ewma_wait_ms = wait;
+    s->ewma_data_ms = data;
   } else {
     s->ewma_step_ms = 0.7 * s->ewma_step_ms + 0.3 * p->step_ms;
     s->ewma_wait_ms = 0.7 * s->ewma_wait_ms + 0.3 * wait;
+    s->ewma_data_ms = 0.7 * s->ewma_data_ms + 0.3 * data;
   }
   update_stragglers(c, j);
   if (p->rank == 0) {
@@ -910,6 +924,7 @@ static void fill_job(coord_t *c, const store_job_t *sj, proto_job_t *pj) {
                                       .step_ms = s->ewma_step_ms,
                                       .compute_ms = compute_ms(s),
                                       .wait_ms = s->ewma_wait_ms,
+                                      .data_ms = s->ewma_data_ms,
                                       .straggler = (uint32_t)s->straggler};
       }
     }

@@ -35,6 +35,8 @@ typedef struct {
   int agent;        /* index into agents[] */
   int rendezvoused; /* rendezvous received for this generation */
   char addr[256];   /* ring address */
+  char gpu[128];    /* its rendezvous `gpu`: "" for the CPU */
+  char nccl_id[260]; /* rank 0's rendezvous `nccl_id` */
   unsigned char ident[ID_MAX];
   size_t identlen;
   int done, exited;
@@ -46,7 +48,7 @@ typedef struct {
   int leaving;         /* its agent is stopping: left out at the next re-formation */
   /* last progress report, and smoothed step and all-reduce times */
   uint64_t step;
-  double samples_per_s, step_ms, ewma_step_ms, ewma_wait_ms;
+  double samples_per_s, step_ms, ewma_step_ms, ewma_wait_ms, ewma_data_ms;
   uint64_t coll_seq; /* collectives it had completed at its last report */
   int straggler;
 } slot_t;

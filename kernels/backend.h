@@ -29,6 +29,78 @@
 
 typedef struct backend backend_t;
 
+/* Element types of the mixed-precision ops. Parameters, optimizer state, losses and bias
+ * vectors are always F32; activations, GEMM inputs and (optionally) gradients may be BF16
+ * (bfloat16: the top 16 bits of an IEEE float, rounded to nearest even). */
+typedef enum { BE_F32 = 0, BE_BF16 = 1 } be_dtype_t;
+
+static inline size_t be_dtype_size(be_dtype_t t) {
+  return t == BE_BF16 ? 2 : 4;
+}
+
+/* What matmul() does to the product P = op(A) @ op(B) (m, n) before storing it in C:
+ *   NONE         C = P
+ *   BIAS         C = P + bias                       (bias (n) added to every row)
+ *   BIAS_RELU    C = relu(P + bias)
+ *   BIAS_GELU    aux = P + bias;  C = gelu(aux)     (aux (m, n), kept for the backward)
+ *   DRELU_BGRAD  C = P * (aux > 0);  bgrad = column sums of C
+ *                (aux: the forward's ReLU OUTPUT, whose sign is the derivative's)
+ *   DGELU_BGRAD  C = P * gelu'(aux); bgrad = column sums of C
+ *                (aux: the forward's pre-activation, as BIAS_GELU left it)
+ * These are the fusions an MLP layer needs: forward = one matmul, backward to the previous
+ * layer = one matmul (cuBLASLt epilogues where the GPU has them). */
+typedef enum {
+  BE_EPI_NONE = 0,
+  BE_EPI_BIAS,
+  BE_EPI_BIAS_RELU,
+  BE_EPI_BIAS_GELU,
+  BE_EPI_DRELU_BGRAD,
+  BE_EPI_DGELU_BGRAD,
+} be_epilogue_t;
+
+/* One matmul with its epilogue. Shapes as gemm() (row-major, C (m, n) = op(A) op(B)), with
+ * A and B of type ab_type, C and aux of type c_type, accumulation in F32, bias and bgrad
+ * F32 (n). C is overwritten (no beta). */
+typedef struct {
+  bool trans_a, trans_b;
+  uint32_t m, n, k;
+  const void *a, *b;
+  be_dtype_t ab_type;
+  void *c;
+  be_dtype_t c_type;
+  be_epilogue_t epilogue;
+  const float *bias; /* BIAS, BIAS_RELU, BIAS_GELU */
+  void *aux;         /* BIAS_GELU (written), DRELU_BGRAD and DGELU_BGRAD (read) */
+  float *bgrad;      /* DRELU_BGRAD, DGELU_BGRAD (written) */
+} be_matmul_t;
+
+typedef enum { BE_OPT_SGD = 0, BE_OPT_ADAMW } be_optimizer_t;
+
+/* One optimizer update over every parameter in one pass (one launch on a GPU). The
+ * per-step values come from `sched`, backend memory the caller fills before the step
+ * (so that a captured CUDA graph replays with the current learning rate):
+ *   sched[0] lr
+ *   sched[1] AdamW step size lr / (1 - beta1^t)           (unused by SGD)
+ *   sched[2] AdamW sqrt(1 - beta2^t)                       (unused by SGD)
+ *   sched[3] AdamW decay factor 1 - lr * weight_decay      (unused by SGD)
+ * SGD and AdamW follow sgd_step() and adamw_step() exactly. grad is read as grad_type,
+ * multiplied by grad_scale; when param_copy is set the updated parameters are also
+ * written there as copy_type (the BF16 weights the next step's GEMMs read). */
+typedef struct {
+  be_optimizer_t type;
+  size_t count;
+  float *param;
+  const void *grad;
+  be_dtype_t grad_type;
+  float grad_scale;
+  float *m; /* SGD momentum; AdamW first moment */
+  float *v; /* AdamW second moment */
+  void *param_copy;
+  be_dtype_t copy_type;
+  const float *sched; /* (4) */
+  float momentum, weight_decay, beta1, beta2, eps;
+} be_optim_t;
+
 struct backend {
   const char *name; /* "cpu", "cuda:0", ... */
   void *ctx;        /* backend state; NULL for the CPU backend */
@@ -112,6 +184,50 @@ struct backend {
   drv_result_t (*adamw_step)(const backend_t *be, float *d_param, const float *d_grad, float *d_m,
                              float *d_v, size_t count, float lr, float beta1, float beta2,
                              float eps, float weight_decay, uint64_t t);
+
+  // --- fused and mixed-precision ops (what the trainer uses) ---------------------------
+
+  /* Device -> device copy of `bytes` (ordered with the other ops). */
+  drv_result_t (*copy)(const backend_t *be, void *d_dst, const void *d_src, size_t bytes);
+  /* dst = src converted element by element (F32 -> BF16 rounds to nearest even). */
+  drv_result_t (*convert)(const backend_t *be, void *d_dst, be_dtype_t dst_type, const void *d_src,
+                          be_dtype_t src_type, size_t count);
+  /* The matmul with epilogue described at be_matmul_t. */
+  drv_result_t (*matmul)(const backend_t *be, const be_matmul_t *op);
+  /* out[0] = sum of losses[0..n), out[1] = number of nonzero correct[0..n): accumulated in
+   * double in index order, so the sum is the same on every backend up to the final
+   * rounding to float. */
+  drv_result_t (*loss_sum)(const backend_t *be, const float *d_losses, const int32_t *d_correct,
+                           uint32_t n, float *d_out);
+  /* The optimizer update described at be_optim_t. */
+  drv_result_t (*optimizer_step)(const backend_t *be, const be_optim_t *op);
+
+  // --- input pipeline ------------------------------------------------------------------
+
+  /* Host memory the backend copies from fastest (pinned on a GPU); host_free() NULL-safe. */
+  drv_result_t (*host_alloc)(const backend_t *be, size_t bytes, void **h_ptr);
+  void (*host_free)(const backend_t *be, void *h_ptr);
+  /* Starts copying `bytes` from h_src (from host_alloc) to d_dst on a copy stream apart
+   * from the compute stream, so the copy overlaps the ops already issued. h_src must stay
+   * untouched until the next synchronize(). */
+  drv_result_t (*upload)(const backend_t *be, void *d_dst, const void *h_src, size_t bytes);
+  /* Makes the ops issued after it wait for every upload issued before it (an event wait,
+   * not a host wait). */
+  drv_result_t (*upload_fence)(const backend_t *be);
+  /* Milliseconds the compute stream sat idle waiting for uploads at upload_fence() since
+   * the last call (measured with events once they have completed; call after
+   * synchronize()). 0 on backends that copy synchronously. */
+  double (*data_wait_ms)(const backend_t *be);
+
+  // --- graphs (NULL where the backend has none) ----------------------------------------
+
+  /* Records the ops issued between graph_begin() and graph_end() instead of running them;
+   * graph_end() returns a replayable graph in *graph, graph_launch() replays it with the
+   * memory contents of the moment (pointers are fixed at capture), graph_free() frees it. */
+  drv_result_t (*graph_begin)(const backend_t *be);
+  drv_result_t (*graph_end)(const backend_t *be, void **graph);
+  drv_result_t (*graph_launch)(const backend_t *be, void *graph);
+  void (*graph_free)(const backend_t *be, void *graph);
 };
 
 /* The CPU backend: the readable reference (GEMM through CBLAS, plain C loops for the rest),
@@ -122,5 +238,18 @@ const backend_t *backend_cpu(void);
  * several CPU workers on one machine do not oversubscribe its cores; threads <= 0 leaves
  * the current setting. Returns the number now in use. */
 int backend_cpu_threads(int threads);
+
+/* Host-side bfloat16 conversions, the same rounding as every backend's convert(). */
+uint16_t be_f32_to_bf16(float x);
+float be_bf16_to_f32(uint16_t x);
+
+/* The CUDA backend (kernels/cuda/), built when the CUDA parts are: device `device`, its own
+ * compute and copy streams, cuBLAS and cuBLASLt handles. tf32 lets F32 GEMMs use TF32
+ * tensor cores (off: exact F32, as the CPU). backend_cuda_available() is false (and
+ * backend_cuda_new fails, saying why) when drover was built without CUDA or no GPU answers.
+ * The caller frees the backend with backend_cuda_destroy (NULL-safe, nulls the pointer). */
+bool backend_cuda_available(void);
+drv_result_t backend_cuda_new(int device, bool tf32, backend_t **out);
+void backend_cuda_destroy(backend_t **be);
 
 #endif

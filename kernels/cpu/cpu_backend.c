@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 
 #include "kernels/backend.h"
 
@@ -214,6 +215,134 @@ static drv_result_t cpu_adamw_step(const backend_t *be, float *d_param, const fl
   return DRV_OK;
 }
 
+// --- fused and mixed-precision ops ------------------------------------------------------
+
+uint16_t be_f32_to_bf16(float x) {
+  uint32_t u;
+  memcpy(&u, &x, sizeof u);
+  if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) return (uint16_t)((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest, ties to even */
+  return (uint16_t)(u >> 16);
+}
+
+float be_bf16_to_f32(uint16_t x) {
+  uint32_t u = (uint32_t)x << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+static drv_result_t cpu_copy(const backend_t *be, void *d_dst, const void *d_src, size_t bytes) {
+  if (bytes) memmove(d_dst, d_src, bytes);
+  return DRV_OK;
+}
+
+static drv_result_t cpu_convert(const backend_t *be, void *d_dst, be_dtype_t dst_type,
+                                const void *d_src, be_dtype_t src_type, size_t count) {
+  if (dst_type == src_type) return cpu_copy(be, d_dst, d_src, count * be_dtype_size(src_type));
+  if (dst_type == BE_BF16) {
+    const float *src = d_src;
+    uint16_t *dst = d_dst;
+    for (size_t i = 0; i < count; i++) dst[i] = be_f32_to_bf16(src[i]);
+  } else {
+    const uint16_t *src = d_src;
+    float *dst = d_dst;
+    for (size_t i = 0; i < count; i++) dst[i] = be_bf16_to_f32(src[i]);
+  }
+  return DRV_OK;
+}
+
+/* The reference matmul: gemm, then the epilogue as plain loops, F32 only (the CPU has no
+ * use for BF16 arithmetic; the GPU's BF16 results are checked against this on F32
+ * copies of the same inputs). */
+static drv_result_t cpu_matmul(const backend_t *be, const be_matmul_t *op) {
+  if (op->ab_type != BE_F32 || op->c_type != BE_F32)
+    return drv_error(DRV_ERR_INVALID, "cpu matmul: only F32 operands (precision bf16 needs a GPU)");
+  float *c = op->c;
+  DRV_CHECK(cpu_gemm(be, op->trans_a, op->trans_b, op->m, op->n, op->k, 1.0f, op->a, op->b, 0.0f,
+                     c));
+  size_t count = (size_t)op->m * op->n;
+  switch (op->epilogue) {
+  case BE_EPI_NONE: return DRV_OK;
+  case BE_EPI_BIAS: return cpu_bias_add(be, c, op->bias, op->m, op->n);
+  case BE_EPI_BIAS_RELU:
+    DRV_CHECK(cpu_bias_add(be, c, op->bias, op->m, op->n));
+    return cpu_relu_forward(be, c, c, count);
+  case BE_EPI_BIAS_GELU:
+    DRV_CHECK(cpu_bias_add(be, c, op->bias, op->m, op->n));
+    memcpy(op->aux, c, count * sizeof(float));
+    return cpu_gelu_forward(be, c, op->aux, count);
+  case BE_EPI_DRELU_BGRAD:
+    /* relu'(pre) = (pre > 0) = (relu(pre) > 0): the forward output serves as the mask. */
+    DRV_CHECK(cpu_relu_backward(be, c, op->aux, c, count));
+    return cpu_bias_grad(be, op->bgrad, c, op->m, op->n);
+  case BE_EPI_DGELU_BGRAD:
+    DRV_CHECK(cpu_gelu_backward(be, c, op->aux, c, count));
+    return cpu_bias_grad(be, op->bgrad, c, op->m, op->n);
+  }
+  return drv_error(DRV_ERR_INVALID, "cpu matmul: unknown epilogue %d", (int)op->epilogue);
+}
+
+static drv_result_t cpu_loss_sum(const backend_t *be, const float *d_losses,
+                                 const int32_t *d_correct, uint32_t n, float *d_out) {
+  double sum = 0.0;
+  uint32_t hits = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    sum += d_losses[i];
+    hits += d_correct[i] ? 1 : 0;
+  }
+  d_out[0] = (float)sum;
+  d_out[1] = (float)hits;
+  return DRV_OK;
+}
+
+static drv_result_t cpu_optimizer_step(const backend_t *be, const be_optim_t *op) {
+  if (op->grad_type != BE_F32)
+    return drv_error(DRV_ERR_INVALID, "cpu optimizer_step: only F32 gradients");
+  const float *grad = op->grad;
+  float *p = op->param, *m = op->m, *v = op->v;
+  float lr = op->sched[0], gs = op->grad_scale;
+  if (op->type == BE_OPT_SGD) {
+    for (size_t i = 0; i < op->count; i++) {
+      float g = grad[i] * gs + op->weight_decay * p[i];
+      float mom = op->momentum * m[i] + g;
+      m[i] = mom;
+      p[i] -= lr * mom;
+    }
+  } else {
+    float step_size = op->sched[1], bc2_sqrt = op->sched[2], decay = op->sched[3];
+    for (size_t i = 0; i < op->count; i++) {
+      float g = grad[i] * gs;
+      float mi = op->beta1 * m[i] + (1.0f - op->beta1) * g;
+      float vi = op->beta2 * v[i] + (1.0f - op->beta2) * g * g;
+      m[i] = mi;
+      v[i] = vi;
+      float denom = sqrtf(vi) / bc2_sqrt + op->eps;
+      p[i] = p[i] * decay - step_size * mi / denom;
+    }
+  }
+  if (op->param_copy) return cpu_convert(be, op->param_copy, op->copy_type, p, BE_F32, op->count);
+  return DRV_OK;
+}
+
+// --- input pipeline: plain host memory, synchronous copies ---------------------------------
+
+static drv_result_t cpu_host_alloc(const backend_t *be, size_t bytes, void **h_ptr) {
+  return cpu_alloc(be, bytes, h_ptr);
+}
+
+static drv_result_t cpu_upload(const backend_t *be, void *d_dst, const void *h_src, size_t bytes) {
+  return cpu_copy_in(be, d_dst, h_src, bytes);
+}
+
+static drv_result_t cpu_upload_fence(const backend_t *be) {
+  return DRV_OK;
+}
+
+static double cpu_data_wait_ms(const backend_t *be) {
+  return 0.0;
+}
+
 // --- the table ------------------------------------------------------------------------
 
 static const backend_t cpu_backend = {
@@ -235,6 +364,17 @@ static const backend_t cpu_backend = {
     .softmax_xent = cpu_softmax_xent,
     .sgd_step = cpu_sgd_step,
     .adamw_step = cpu_adamw_step,
+    .copy = cpu_copy,
+    .convert = cpu_convert,
+    .matmul = cpu_matmul,
+    .loss_sum = cpu_loss_sum,
+    .optimizer_step = cpu_optimizer_step,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_free,
+    .upload = cpu_upload,
+    .upload_fence = cpu_upload_fence,
+    .data_wait_ms = cpu_data_wait_ms,
+    /* no graphs: the trainer runs every step eagerly */
 };
 
 const backend_t *backend_cpu(void) {
