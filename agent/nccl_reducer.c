@@ -240,23 +240,7 @@ drv_result_t nccl_reducer_new(const nccl_config_t *cfg, nccl_reducer_t **out) {
   if (cfg->dtype == BE_BF16) TRY(cudaMalloc(&r->d_low, cfg->count * 2 + 64));
 #undef TRY
 
-  // Buckets from the end: [hi - per, hi), ..., down to 0. F32 sums carry the loss pair in
-  // the first bucket; BF16 sums it apart (hook_finish).
-  size_t esize = cfg->dtype == BE_BF16 ? 2 : 4;
-  size_t per = cfg->bucket_bytes / esize;
-  if (per < 1024) per = 1024;
-  size_t total = cfg->dtype == BE_BF16 ? cfg->count : cfg->count + 2;
-  r->nbuckets = (total + per - 1) / per;
-  r->buckets = calloc(r->nbuckets ? r->nbuckets : 1, sizeof *r->buckets);
-  if (!r->buckets) {
-    rc = drv_error(DRV_ERR_NOMEM, "NCCL reducer: out of memory");
-    goto fail;
-  }
-  for (size_t i = 0, hi = total; i < r->nbuckets; i++) {
-    size_t lo = hi > per ? hi - per : 0;
-    r->buckets[i] = (bucket_t){lo, hi};
-    hi = lo;
-  }
+  if ((rc = nccl_reducer_rebucket(r, cfg->bucket_bytes)) != DRV_OK) goto fail;
 
   // Join, non-blocking, within the deadline.
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
@@ -274,13 +258,36 @@ drv_result_t nccl_reducer_new(const nccl_config_t *cfg, nccl_reducer_t **out) {
                                  .grads = cfg->dtype == BE_BF16 ? r->d_low : NULL,
                                  .grads_type = cfg->dtype};
   log_info("NCCL: rank %u of %u joined; %zu gradient bucket(s) of up to %zu MB, summed in %s",
-           cfg->rank, cfg->world, r->nbuckets, (per * esize) >> 20,
+           cfg->rank, cfg->world, r->nbuckets, cfg->bucket_bytes >> 20,
            cfg->dtype == BE_BF16 ? "bf16" : "fp32");
   *out = r;
   return DRV_OK;
 fail:
   nccl_reducer_destroy(&r);
   return rc;
+}
+
+/* Buckets from the end: [hi - per, hi), ..., down to 0. F32 sums carry the loss pair in
+ * the first bucket; BF16 sums it apart (hook_finish). */
+drv_result_t nccl_reducer_rebucket(nccl_reducer_t *r, size_t bucket_bytes) {
+  size_t esize = r->cfg.dtype == BE_BF16 ? 2 : 4;
+  size_t per = bucket_bytes / esize;
+  if (per < 1024) per = 1024;
+  size_t total = r->cfg.dtype == BE_BF16 ? r->cfg.count : r->cfg.count + 2;
+  size_t nb = (total + per - 1) / per;
+  bucket_t *b = calloc(nb ? nb : 1, sizeof *b);
+  if (!b) return drv_error(DRV_ERR_NOMEM, "NCCL reducer: out of memory");
+  for (size_t i = 0, hi = total; i < nb; i++) {
+    size_t lo = hi > per ? hi - per : 0;
+    b[i] = (bucket_t){lo, hi};
+    hi = lo;
+  }
+  free(r->buckets);
+  r->buckets = b;
+  r->nbuckets = nb;
+  r->next = 0;
+  r->cfg.bucket_bytes = bucket_bytes;
+  return DRV_OK;
 }
 
 const trainer_reducer_t *nccl_reducer_hooks(nccl_reducer_t *r) {
@@ -358,6 +365,10 @@ void nccl_reducer_share_device(const char *tag, bool loopback) {}
 
 drv_result_t nccl_reducer_new(const nccl_config_t *cfg, nccl_reducer_t **out) {
   *out = NULL;
+  return drv_error(DRV_ERR_INVALID, "this drover was built without NCCL");
+}
+
+drv_result_t nccl_reducer_rebucket(nccl_reducer_t *r, size_t bucket_bytes) {
   return drv_error(DRV_ERR_INVALID, "this drover was built without NCCL");
 }
 

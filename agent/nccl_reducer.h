@@ -66,6 +66,11 @@ void nccl_reducer_share_device(const char *tag, bool loopback);
  * success the caller owns *out (nccl_reducer_destroy). */
 drv_result_t nccl_reducer_new(const nccl_config_t *cfg, nccl_reducer_t **out);
 
+/* Cuts the gradient buffer into buckets of bucket_bytes again (same communicator). Not
+ * while a step is running; a trainer must be given the hooks again (trainer_set_reducer),
+ * which drops graphs that captured the old cut. */
+drv_result_t nccl_reducer_rebucket(nccl_reducer_t *r, size_t bucket_bytes);
+
 /* The trainer hooks (ready, finish, wait, and for BF16 the summed gradients). Owned by the
  * reducer. */
 const trainer_reducer_t *nccl_reducer_hooks(nccl_reducer_t *r);

@@ -12,4 +12,9 @@
  * failure or a wrong result, 2 bad usage). */
 int bench_ring_main(int argc, char **argv);
 
+/* `drover bench train ...` (the training step, PyTorch's counterpart in bench/torch_mlp.py)
+ * and `drover bench overlap ...` (the NCCL all-reduce hidden behind the backward pass):
+ * see bench_train.c. argv[0] is "train" or "overlap". Same exit statuses. */
+int bench_train_main(int argc, char **argv);
+
 #endif

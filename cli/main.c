@@ -478,6 +478,12 @@ static void usage(FILE *out) {
       "                                   run the coordinator in the foreground\n"
       "  bench ring [--workers 2,4] [--bytes 64M] [--iters N] [--json]\n"
       "                                   host ring all-reduce benchmark\n"
+      "  bench train [--sizes 784,1024,1024,10] [--batch 256] [--precision fp32|tf32|bf16]\n"
+      "              [--steps 100] [--repeats 5] [--graphs auto|on|off] [--data synthetic|fashion]\n"
+      "              [--backend auto|cpu|cuda] [--json]\n"
+      "                                   the training step: ms/step, samples/s, TFLOP/s\n"
+      "  bench overlap [--bucket-mb 64] [--json]\n"
+      "                                   2 ranks on GPU 0: NCCL all-reduce hidden behind backward\n"
       "  settings                         tunables and their environment variables\n\n"
       "The coordinator endpoint defaults to $DROVER_COORDINATOR or tcp://127.0.0.1:7700\n"
       "(agents use that port, clients +1, events +2).\n",
@@ -501,7 +507,9 @@ int main(int argc, char **argv) {
   if (!strcmp(cmd, "worker")) return cmd_worker(argc, argv);
   if (!strcmp(cmd, "bench")) {
     if (argc >= 2 && !strcmp(argv[1], "ring")) return bench_ring_main(argc - 1, argv + 1);
-    fputs("usage: drover bench ring [--workers 2,4] [--bytes 64M] [--iters N] [--json]\n", stderr);
+    if (argc >= 2 && (!strcmp(argv[1], "train") || !strcmp(argv[1], "overlap")))
+      return bench_train_main(argc - 1, argv + 1);
+    fputs("usage: drover bench ring|train|overlap [options] (drover help)\n", stderr);
     return 2;
   }
   if (!strcmp(cmd, "settings")) {

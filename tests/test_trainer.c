@@ -18,47 +18,12 @@
 #include <cmocka.h>
 
 #include "agent/trainer.h"
+#include "tests/fixtures.h"
 #include "common/rng.h"
 #include "kernels/backend.h"
 
 // --- helpers ------------------------------------------------------------------------------
 
-static uint32_t hidden_2[2] = {16, 12};
-
-/* A spec as the loader would fill it, with only what the trainer reads. */
-static jobspec_t make_spec(spec_optimizer_t opt, spec_activation_t act, float lr) {
-  jobspec_t spec = {0};
-  spec.model.hidden = hidden_2;
-  spec.model.hidden_count = 2;
-  spec.model.activation = act;
-  spec.train.seed = 42;
-  spec.train.global_batch = 32;
-  spec.train.optimizer.type = opt;
-  spec.train.optimizer.lr = lr;
-  spec.train.optimizer.momentum = 0.9f;
-  spec.train.optimizer.beta1 = 0.9f;
-  spec.train.optimizer.beta2 = 0.999f;
-  spec.train.optimizer.eps = 1e-8f;
-  spec.train.lr_schedule.type = SPEC_LR_CONSTANT;
-  return spec;
-}
-
-/* Gaussian blobs: class k is centred at a random point of norm ~3 in `features`
- * dimensions, with unit noise; the classes are (nearly) linearly separable. */
-static void make_blobs(uint32_t n, uint32_t features, uint32_t classes, uint64_t seed, float *x,
-                       int32_t *y) {
-  rng_t rng;
-  rng_init(&rng, seed, 7);
-  float centres[8][16];
-  for (uint32_t k = 0; k < classes; k++)
-    for (uint32_t f = 0; f < features; f++) centres[k][f] = 1.5f * rng_normal(&rng);
-  for (uint32_t i = 0; i < n; i++) {
-    uint32_t k = rng_below(&rng, classes);
-    y[i] = (int32_t)k;
-    for (uint32_t f = 0; f < features; f++)
-      x[(size_t)i * features + f] = centres[k][f] + 0.5f * rng_normal(&rng);
-  }
-}
 
 // --- learning-rate schedule ---------------------------------------------------------------
 
@@ -525,6 +490,91 @@ static void test_save_safetensors(void **state) {
   trainer_destroy(&t);
 }
 
+// --- the pipelined step -----------------------------------------------------------------
+
+/* The worker's pipelined step (stage, launch, finish; the next batch staged while a step
+ * runs) does exactly what the single calls do, step for step and bit for bit; commit and
+ * rollback restore the committed state; get/set_state round-trip. */
+static void test_pipeline_matches_single_calls(void **state) {
+  enum { N = 32, F = 8, C = 3, STEPS = 20 };
+  jobspec_t spec = make_spec(SPEC_OPT_ADAMW, SPEC_ACT_GELU, 0.01f);
+  spec.train.lr_schedule.type = SPEC_LR_COSINE;
+  spec.train.lr_schedule.warmup_steps = 3;
+  const backend_t *be = backend_cpu();
+  trainer_t *a = NULL, *b = NULL;
+  assert_int_equal(trainer_new(&spec, be, F, C, N, &a), DRV_OK);
+  assert_int_equal(trainer_new(&spec, be, F, C, N, &b), DRV_OK);
+  float x[STEPS][N * F];
+  int32_t y[STEPS][N];
+  for (int s = 0; s < STEPS; s++) make_blobs(N, F, C, 100 + (uint64_t)s, x[s], y[s]);
+  size_t np, no;
+  trainer_params(a, &np);
+  trainer_opt_state(a, &no);
+  float *pa = malloc(sizeof(float) * np), *pb = malloc(sizeof(float) * np);
+  float *oa = malloc(sizeof(float) * no), *ob = malloc(sizeof(float) * no);
+  float *pc = malloc(sizeof(float) * np), *oc = malloc(sizeof(float) * no);
+  assert_non_null(pa);
+  assert_non_null(pb);
+  assert_non_null(oa);
+  assert_non_null(ob);
+  assert_non_null(pc);
+  assert_non_null(oc);
+
+  float *hx;
+  int32_t *hy;
+  trainer_next_batch(a, &hx, &hy);
+  memcpy(hx, x[0], sizeof x[0]);
+  memcpy(hy, y[0], sizeof y[0]);
+  assert_int_equal(trainer_stage(a, N, N, 0, STEPS), DRV_OK);
+  for (int s = 0; s < STEPS; s++) {
+    float lr_a, lr_b;
+    assert_int_equal(trainer_step_launch(a, &lr_a), DRV_OK);
+    assert_int_equal(trainer_step_launch(a, NULL), DRV_ERR_INVALID); /* nothing staged */
+    if (s + 1 < STEPS) {
+      trainer_next_batch(a, &hx, &hy);
+      memcpy(hx, x[s + 1], sizeof x[0]);
+      memcpy(hy, y[s + 1], sizeof y[0]);
+      assert_int_equal(trainer_stage(a, N, N, (uint64_t)s + 1, STEPS), DRV_OK);
+    }
+    double loss_a = 0, loss_b = 0, wait = -1;
+    assert_int_equal(trainer_step_finish(a, &loss_a, &wait), DRV_OK);
+    assert_true(wait == 0.0); /* the CPU copies synchronously */
+    assert_int_equal(trainer_forward_backward(b, x[s], y[s], N, N, &loss_b, NULL), DRV_OK);
+    assert_int_equal(trainer_apply(b, (uint64_t)s, STEPS, &lr_b), DRV_OK);
+    assert_true(lr_a == lr_b);
+    assert_true((float)loss_a == (float)loss_b);
+    if (s == 9) {
+      assert_int_equal(trainer_commit(a), DRV_OK);
+      assert_int_equal(trainer_get_state(a, pc, oc), DRV_OK);
+    }
+  }
+  assert_int_equal(trainer_get_state(a, pa, oa), DRV_OK);
+  assert_int_equal(trainer_get_state(b, pb, ob), DRV_OK);
+  assert_memory_equal(pa, pb, sizeof(float) * np);
+  assert_memory_equal(oa, ob, sizeof(float) * no);
+  assert_memory_not_equal(pa, pc, sizeof(float) * np);
+
+  /* Roll back to the commit after step 10; set_state writes what get_state read. */
+  assert_int_equal(trainer_rollback(a), DRV_OK);
+  assert_int_equal(trainer_get_state(a, pa, oa), DRV_OK);
+  assert_memory_equal(pa, pc, sizeof(float) * np);
+  assert_memory_equal(oa, oc, sizeof(float) * no);
+  assert_int_equal(trainer_set_state(b, pc, oc), DRV_OK);
+  assert_int_equal(trainer_get_state(b, pb, ob), DRV_OK);
+  assert_memory_equal(pb, pc, sizeof(float) * np);
+  assert_memory_equal(ob, oc, sizeof(float) * no);
+  assert_int_equal(trainer_step_finish(a, NULL, NULL), DRV_ERR_INVALID); /* none running */
+
+  free(pa);
+  free(pb);
+  free(oa);
+  free(ob);
+  free(pc);
+  free(oc);
+  trainer_destroy(&a);
+  trainer_destroy(&b);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_lr_schedule),
@@ -534,6 +584,7 @@ int main(void) {
       cmocka_unit_test(test_learns_adamw_gelu),
       cmocka_unit_test(test_bad_arguments),
       cmocka_unit_test(test_save_safetensors),
+      cmocka_unit_test(test_pipeline_matches_single_calls),
   };
   return cmocka_run_group_tests_name("trainer", tests, NULL, NULL);
 }

@@ -1,9 +1,5 @@
 # Integration tests: real coordinator, agent and worker processes on loopback, driven by
 # Debian's python3 with python3-zmq and python3-msgpack (scripts/install-deps.sh).
-find_program(DROVER_PYTHON NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
-if(NOT DROVER_PYTHON)
-  find_program(DROVER_PYTHON python3)
-endif()
 function(drover_it name script labels timeout)
   add_test(NAME ${name}
            COMMAND ${DROVER_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/integration/${script} $<TARGET_FILE:drover>)
