@@ -214,6 +214,17 @@ static void test_example_synthetic(void **state) {
   jobspec_destroy(&spec);
 }
 
+static void test_example_gpu(void **state) {
+  jobspec_t *spec = NULL;
+  const char *path = DROVER_SOURCE_DIR "/examples/fashion-mnist-gpu.yaml";
+  if (jobspec_load(path, NULL, 0, &spec) != DRV_OK) fail_msg("%s", drv_last_error());
+  assert_int_equal(spec->train.backend, SPEC_BACKEND_CUDA);
+  assert_int_equal(spec->train.precision, SPEC_PREC_BF16);
+  assert_int_equal(spec->train.allreduce_bucket_mb, 25);
+  assert_round_trip(spec);
+  jobspec_destroy(&spec);
+}
+
 static void test_load_missing_file(void **state) {
   jobspec_t *spec = NULL;
   assert_int_equal(jobspec_load("/nonexistent/spec.yaml", NULL, 0, &spec), DRV_ERR_SYS);
@@ -252,6 +263,11 @@ static void test_defaults_filled(void **state) {
   assert_int_equal(spec->train.lr_schedule.warmup_steps, 0);
   assert_true(spec->train.lr_schedule.lr_min == 0.0f);
   assert_string_equal(spec->run_dir, "runs");
+  assert_int_equal(spec->train.backend, SPEC_BACKEND_AUTO);
+  assert_int_equal(spec->train.precision, SPEC_PREC_FP32);
+  assert_int_equal(spec->train.allreduce_dtype, SPEC_DTYPE_FP32);
+  assert_int_equal(spec->train.allreduce_bucket_mb, 25);
+  assert_int_equal(spec->train.cuda_graphs, SPEC_AUTO);
   jobspec_destroy(&spec);
 
   /* No hidden layers at all is a valid (linear) model. */
@@ -507,6 +523,17 @@ static void test_error_semantic(void **state) {
                "train.global_batch (8)");
   EXPECT_SUBST("  epochs: 1\n", "  epochs: 1\n  keep_checkpoints: 0\n",
                "case.yaml: train.keep_checkpoints", "at least 1");
+  /* The GPU keys: precision and sum type need a GPU, buckets 1..4096 MB. */
+  EXPECT_SUBST("  epochs: 1\n", "  epochs: 1\n  backend: cpu\n  precision: bf16\n",
+               "case.yaml: train.precision", "bf16 needs a GPU");
+  EXPECT_SUBST("  epochs: 1\n", "  epochs: 1\n  backend: cpu\n  precision: tf32\n",
+               "case.yaml: train.precision", "tf32 needs a GPU");
+  EXPECT_SUBST("  epochs: 1\n", "  epochs: 1\n  backend: cpu\n  allreduce_dtype: bf16\n",
+               "case.yaml: train.allreduce_dtype", "needs a GPU");
+  EXPECT_SUBST("  epochs: 1\n", "  epochs: 1\n  allreduce_bucket_mb: 0\n",
+               "case.yaml: train.allreduce_bucket_mb", "[1, 4096]");
+  EXPECT_SUBST("  epochs: 1\n", "  epochs: 1\n  precision: fp16\n", "train.precision", "fp16");
+  EXPECT_SUBST("  epochs: 1\n", "  epochs: 1\n  cuda_graphs: yes\n", "train.cuda_graphs");
 }
 
 // --- --set --------------------------------------------------------------------------------
@@ -734,6 +761,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_example_fashion_mnist),
       cmocka_unit_test(test_example_synthetic),
+      cmocka_unit_test(test_example_gpu),
       cmocka_unit_test(test_load_missing_file),
       cmocka_unit_test(test_defaults_filled),
       cmocka_unit_test(test_explicit_zeros_stay),
