@@ -45,12 +45,12 @@ struct nccl_reducer {
       return drv_error(DRV_ERR_CUDA, "%s: %s", #call, cudaGetErrorString(e_));             \
   } while (0)
 
+/* An NCCL failure as an error. The communicator is left for the owner to abort (after
+ * freeing graphs that hold its operations). */
 static drv_result_t fail(nccl_reducer_t *r, const char *what, ncclResult_t n) {
   const char *last = r->comm ? ncclGetLastError(r->comm) : NULL;
-  drv_result_t rc = drv_error(DRV_ERR_NCCL, "%s: %s%s%s", what, ncclGetErrorString(n),
-                              last && *last ? ": " : "", last ? last : "");
-  nccl_reducer_abort(r);
-  return rc;
+  return drv_error(DRV_ERR_NCCL, "%s: %s%s%s", what, ncclGetErrorString(n),
+                   last && *last ? ": " : "", last ? last : "");
 }
 
 static void nap(void) {
@@ -58,23 +58,16 @@ static void nap(void) {
   nanosleep(&ts, NULL);
 }
 
-/* One turn of a wait that has not ended yet: the deadline (abort, DRV_ERR_TIMEOUT with
- * `late`), the poll callback at most every millisecond (abort, its error), then a nap.
- * DRV_OK: go on waiting. */
+/* One turn of a wait that has not ended yet: the deadline (DRV_ERR_TIMEOUT with `late`),
+ * the poll callback at most every millisecond (its error), then a nap. DRV_OK: go on
+ * waiting. Whoever gets an error aborts the communicator. */
 static drv_result_t wait_turn(nccl_reducer_t *r, int64_t deadline, int64_t *next_poll,
                               const char *late) {
   int64_t now = drv_now_ms();
-  if (now > deadline) {
-    nccl_reducer_abort(r);
-    return drv_error(DRV_ERR_TIMEOUT, "%s for %lld ms: communicator aborted", late,
-                     (long long)r->cfg.timeout_ms);
-  }
+  if (now > deadline)
+    return drv_error(DRV_ERR_TIMEOUT, "%s for %lld ms", late, (long long)r->cfg.timeout_ms);
   if (r->cfg.poll && now >= *next_poll) {
-    drv_result_t prc = r->cfg.poll(r->cfg.poll_ctx);
-    if (prc != DRV_OK) {
-      nccl_reducer_abort(r);
-      return prc;
-    }
+    DRV_CHECK(r->cfg.poll(r->cfg.poll_ctx));
     *next_poll = now + 1;
   }
   nap();
@@ -137,6 +130,12 @@ static drv_result_t issue_bucket(nccl_reducer_t *r, const bucket_t *b) {
   return DRV_OK;
 }
 
+static drv_result_t hook_begin(void *ctx) {
+  nccl_reducer_t *r = ctx;
+  r->next = 0; /* whatever an earlier, failed step left */
+  return DRV_OK;
+}
+
 static drv_result_t hook_ready(void *ctx, size_t first) {
   nccl_reducer_t *r = ctx;
   while (r->next < r->nbuckets && r->buckets[r->next].lo >= first)
@@ -157,13 +156,24 @@ static drv_result_t hook_finish(void *ctx) {
   CUDA_CALL(cudaEventRecord(r->ev_done, r->comm_stream));
   CUDA_CALL(cudaStreamWaitEvent(r->compute, r->ev_done, 0));
   r->next = 0;
+  return DRV_OK;
+}
+
+/* Once per step, replayed from a graph or not: the step's sums are one collective. */
+static drv_result_t hook_wait(void *ctx) {
+  nccl_reducer_t *r = ctx;
+  DRV_CHECK(wait_stream(r, r->compute, "training step"));
   r->seq++;
   return DRV_OK;
 }
 
-static drv_result_t hook_wait(void *ctx) {
+static void hook_abort(void *ctx) {
+  nccl_reducer_abort(ctx);
+}
+
+static drv_result_t hook_agree(void *ctx, double *value) {
   nccl_reducer_t *r = ctx;
-  return wait_stream(r, r->compute, "training step");
+  return r->cfg.agree ? r->cfg.agree(r->cfg.agree_ctx, value) : DRV_OK;
 }
 
 bool nccl_reducer_available(void) {
@@ -248,13 +258,20 @@ drv_result_t nccl_reducer_new(const nccl_config_t *cfg, nccl_reducer_t **out) {
   ncclResult_t n = ncclCommInitRankConfig(&r->comm, (int)cfg->world, id, (int)cfg->rank, &config);
   if (n != ncclSuccess && n != ncclInProgress) {
     rc = fail(r, "ncclCommInitRankConfig", n);
+    nccl_reducer_abort(r);
     goto fail;
   }
-  if (n == ncclInProgress && (rc = settle(r, "joining the NCCL communicator")) != DRV_OK) goto fail;
+  if (n == ncclInProgress && (rc = settle(r, "joining the NCCL communicator")) != DRV_OK) {
+    nccl_reducer_abort(r); /* no graph holds it yet */
+    goto fail;
+  }
   r->hooks = (trainer_reducer_t){.ctx = r,
+                                 .begin = hook_begin,
                                  .ready = hook_ready,
                                  .finish = hook_finish,
                                  .wait = hook_wait,
+                                 .abort = hook_abort,
+                                 .agree = hook_agree,
                                  .grads = cfg->dtype == BE_BF16 ? r->d_low : NULL,
                                  .grads_type = cfg->dtype};
   log_info("NCCL: rank %u of %u joined; %zu gradient bucket(s) of up to %zu MB, summed in %s",

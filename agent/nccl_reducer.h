@@ -4,7 +4,9 @@
  * it to every rank in `start` (as hex), and each rank joins with nccl_reducer_new. The
  * communicator is non-blocking (ncclConfig_t.blocking = 0): joining, every call and every
  * wait poll ncclCommGetAsyncError against a deadline, so a missing or dead peer is an
- * error after timeout_ms (and the communicator is aborted), never a hang.
+ * error after timeout_ms, never a hang. The reducer never aborts the communicator by
+ * itself inside a step: a CUDA graph holding its operations would make the abort wait
+ * forever. The trainer frees its graphs and then calls the abort hook (trainer.h).
  *
  * The trainer's gradient buffer is cut into buckets of bucket_bytes from its end (the
  * backward pass produces the last layer first). As the trainer reports that a tail of
@@ -49,6 +51,9 @@ typedef struct {
    * communicator and is returned (for example: the ring to a peer closed). May be NULL. */
   drv_result_t (*poll)(void *ctx);
   void *poll_ctx;
+  /* Sums one value over the ranks on the host (trainer_reducer_t.agree). May be NULL. */
+  drv_result_t (*agree)(void *ctx, double *value);
+  void *agree_ctx;
 } nccl_config_t;
 
 /* Whether this drover was built with NCCL. */
@@ -85,7 +90,8 @@ drv_result_t nccl_reducer_sum(nccl_reducer_t *r, float *d_data, size_t count);
 /* Copies rank 0's count floats of device memory to every rank, and waits. */
 drv_result_t nccl_reducer_broadcast(nccl_reducer_t *r, float *d_data, size_t count);
 
-/* Aborts the communicator: every rank's pending NCCL work ends. For a failure. */
+/* Aborts the communicator: every rank's pending NCCL work ends. For a failure; no CUDA
+ * graph that captured its operations may be alive. */
 void nccl_reducer_abort(nccl_reducer_t *r);
 
 /* Leaves the communicator (aborting it if it failed) and frees everything; NULL-safe,

@@ -88,10 +88,13 @@ struct trainer {
 
   graph_state_t graphs;
   uint32_t graph_steps; /* steps since the graph state began */
+  int eager_done;       /* a step has run op by op: captures may begin */
   double t_launch, trial_eager[GRAPH_TRIAL], trial_graph[GRAPH_TRIAL];
 };
 
 // --- construction -----------------------------------------------------------------------
+
+static graph_state_t graphs_initial(const trainer_t *t);
 
 /* Fills params (host, nparams) with the initial values, deterministically from the seed. */
 static void init_params(const trainer_t *t, float *h_params) {
@@ -239,10 +242,7 @@ drv_result_t trainer_new(const jobspec_t *spec, const backend_t *be, uint32_t fe
     t->d_pre[l] = carve(&p, B * t->sizes[l + 1]);
   }
   t->staged = t->active = -1;
-  if (!be->graph_begin || spec->train.cuda_graphs == SPEC_OFF)
-    t->graphs = GRAPHS_OFF;
-  else
-    t->graphs = spec->train.cuda_graphs == SPEC_ON ? GRAPHS_ON : GRAPHS_TRY_EAGER;
+  t->graphs = graphs_initial(t);
 
   h_init = malloc(pbytes ? pbytes : 1);
   if (!h_init) {
@@ -444,15 +444,41 @@ static drv_result_t check_labels(const trainer_t *t, const int32_t *h_y, uint32_
 
 // --- the pipelined step -----------------------------------------------------------------
 
+/* The cuda_graphs state a trainer starts from (and returns to with a new reducer). */
+static graph_state_t graphs_initial(const trainer_t *t) {
+  if (!t->be->graph_begin || t->spec.train.cuda_graphs == SPEC_OFF) return GRAPHS_OFF;
+  return t->spec.train.cuda_graphs == SPEC_ON ? GRAPHS_ON : GRAPHS_TRY_EAGER;
+}
+
 void trainer_set_reducer(trainer_t *t, const trainer_reducer_t *r) {
+  drop_graphs(t); /* they captured the old reducer's operations: free them first */
   if (t->active >= 0) t->be->synchronize(t->be);
+  t->active = -1;
   t->reducer = r;
-  drop_graphs(t); /* they captured the old reducer's operations */
+  t->graphs = graphs_initial(t);
+  t->graph_steps = 0;
+  t->eager_done = 0; /* a new communicator's first collective runs outside a capture */
+}
+
+/* A step failed: free the graphs (a communicator cannot be aborted while a graph holds its
+ * operations), abort the reducer's pending collectives, then wait for the device. */
+static void step_failed(trainer_t *t) {
+  const trainer_reducer_t *r = t->reducer;
+  drop_graphs(t);
+  if (r && r->abort) r->abort(r->ctx);
+  t->be->synchronize(t->be);
+  t->active = -1;
+}
+
+/* The slot the next staging writes: the staged one again (replacing it), else the free
+ * one. Never the slot of a step that is running. */
+static int stage_slot(const trainer_t *t) {
+  return t->staged >= 0 ? t->staged : t->fill;
 }
 
 void trainer_next_batch(trainer_t *t, float **h_x, int32_t **h_y) {
-  *h_x = t->slots[t->fill].h_x;
-  *h_y = t->slots[t->fill].h_y;
+  *h_x = t->slots[stage_slot(t)].h_x;
+  *h_y = t->slots[stage_slot(t)].h_y;
 }
 
 /* The optimizer's per-step values (be_optim_t's sched) for `step`. */
@@ -475,7 +501,7 @@ drv_result_t trainer_stage(trainer_t *t, uint32_t n, uint32_t global_batch, uint
   if (n > t->max_batch)
     return drv_error(DRV_ERR_INVALID, "trainer_stage: batch of %u exceeds max_batch %u", n,
                      t->max_batch);
-  int k = t->fill;
+  int k = stage_slot(t);
   slot_t *sl = &t->slots[k];
   DRV_CHECK(check_labels(t, sl->h_y, n, "trainer_stage"));
   fill_sched(t, step, total_steps, sl->h_sched);
@@ -518,6 +544,7 @@ static drv_result_t optimizer(trainer_t *t, const float *d_sched) {
 /* Everything a step issues after the input is on the device. */
 static drv_result_t issue_step(trainer_t *t, const slot_t *sl) {
   const trainer_reducer_t *r = t->reducer;
+  if (r && r->begin) DRV_CHECK(r->begin(r->ctx));
   if (sl->n) DRV_CHECK(forward(t, sl->d_x, sl->n));
   DRV_CHECK(backward(t, sl->d_x, sl->d_y, sl->n, sl->batch));
   if (r && r->finish) DRV_CHECK(r->finish(r->ctx));
@@ -558,15 +585,16 @@ drv_result_t trainer_step_launch(trainer_t *t, float *lr) {
   if (lr) *lr = t->lr_staged[k];
   t->t_launch = drv_now_s();
   DRV_CHECK(be->upload_fence(be));
-  bool graph = t->graphs == GRAPHS_ON || t->graphs == GRAPHS_TRY_GRAPH;
+  /* The first step of a trainer always runs op by op: lazy module loading, cuBLASLt's
+   * first plans and NCCL's first connections happen outside any capture. */
+  bool graph = (t->graphs == GRAPHS_ON || t->graphs == GRAPHS_TRY_GRAPH) && t->eager_done;
   drv_result_t rc = graph ? launch_graph(t, sl) : issue_step(t, sl);
   if (rc != DRV_OK) {
-    /* A failed step (a reducer that lost a peer) is over: wait for what was issued (a
-     * failed reducer has aborted its communicator, so this ends) and forget it. */
-    be->synchronize(be);
-    t->active = -1;
+    step_failed(t); /* the step is over: a reducer that lost a peer ends its collectives */
+    return rc;
   }
-  return rc;
+  if (!graph) t->eager_done = 1;
+  return DRV_OK;
 }
 
 static double median(double *v, int n) {
@@ -592,7 +620,15 @@ static void graph_trial(trainer_t *t, double dt) {
     if (i >= 1) t->trial_graph[i - 1] = dt; /* the first one also captured */
     if (i == GRAPH_TRIAL) {
       double e = median(t->trial_eager, GRAPH_TRIAL), g = median(t->trial_graph, GRAPH_TRIAL);
-      t->graphs = g < e ? GRAPHS_ON : GRAPHS_OFF;
+      /* Every rank must decide alike (graph capture of collectives is a collective
+       * property): the ranks' gains are summed and the sign decides. */
+      double gain = e - g;
+      const trainer_reducer_t *r = t->reducer;
+      if (r && r->agree && r->agree(r->ctx, &gain) != DRV_OK) {
+        log_warn("CUDA graphs: the ranks could not agree (%s): off", drv_last_error());
+        gain = -1;
+      }
+      t->graphs = gain > 0 ? GRAPHS_ON : GRAPHS_OFF;
       log_info("CUDA graphs %s: a step takes %.3f ms replayed, %.3f ms issued op by op",
                t->graphs == GRAPHS_ON ? "on" : "off", 1e3 * g, 1e3 * e);
       if (t->graphs == GRAPHS_OFF) drop_graphs(t);
@@ -603,11 +639,15 @@ static void graph_trial(trainer_t *t, double dt) {
 drv_result_t trainer_step_finish(trainer_t *t, double *loss_sum, double *data_wait_ms) {
   const backend_t *be = t->be;
   if (t->active < 0) return drv_error(DRV_ERR_INVALID, "trainer_step_finish: no step running");
-  t->active = -1;
   const trainer_reducer_t *r = t->reducer;
   float pair[2];
-  if (r && r->wait) DRV_CHECK(r->wait(r->ctx));
-  DRV_CHECK(be->copy_out(be, pair, t->d_grads + t->nparams, sizeof pair));
+  drv_result_t rc = r && r->wait ? r->wait(r->ctx) : DRV_OK;
+  if (rc == DRV_OK) rc = be->copy_out(be, pair, t->d_grads + t->nparams, sizeof pair);
+  if (rc != DRV_OK) {
+    step_failed(t);
+    return rc;
+  }
+  t->active = -1;
   double dt = drv_now_s() - t->t_launch;
   if (t->graphs == GRAPHS_TRY_EAGER || t->graphs == GRAPHS_TRY_GRAPH) graph_trial(t, dt);
   if (loss_sum) *loss_sum = pair[0];

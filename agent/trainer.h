@@ -96,23 +96,33 @@ float trainer_lr(const jobspec_t *spec, uint64_t step, uint64_t total_steps);
 drv_result_t trainer_apply(trainer_t *t, uint64_t step, uint64_t total_steps, float *lr);
 
 /* A gradient reducer: how a data-parallel step sums the gradient buffer across ranks.
- * ready(first) is called in the backward pass each time gradients [first, count + 2) have
+ * begin() (optional) is called when a step starts to be issued; ready(first) is called in the backward pass each time gradients [first, count + 2) have
  * all been issued (layer by layer, from the last), so a reducer can start summing those
  * while the rest of the backward pass runs; finish() is called once the backward pass is
  * issued and must leave the complete sums visible to the ops issued after it. wait(), when
  * set, replaces the backend's synchronize() at the end of a step (a wait with a deadline).
- * grads, when set, is where the optimizer reads the summed gradients (of grads_type)
- * instead of the trainer's own buffer. Borrowed; must outlive the trainer's use. */
+ * When a step fails, the trainer first destroys its captured graphs (a communicator whose
+ * operations a live graph holds cannot be aborted), then calls abort() (optional: end every
+ * pending collective), then waits for the device. agree() (optional) sums one value over
+ * the ranks (the host control plane), so that choices such as cuda_graphs: auto are the
+ * same on every rank. grads, when set, is where the optimizer reads the summed gradients
+ * (of grads_type) instead of the trainer's own buffer. Borrowed; must outlive the
+ * trainer's use. */
 typedef struct {
   void *ctx;
+  drv_result_t (*begin)(void *ctx);
   drv_result_t (*ready)(void *ctx, size_t first);
   drv_result_t (*finish)(void *ctx);
   drv_result_t (*wait)(void *ctx);
+  void (*abort)(void *ctx);
+  drv_result_t (*agree)(void *ctx, double *value);
   const void *grads;
   be_dtype_t grads_type;
 } trainer_reducer_t;
 
-/* Sets (or with NULL removes) the reducer the next launches use. Drops captured graphs. */
+/* Sets (or with NULL removes) the reducer the next launches use. Drops captured graphs and
+ * starts the cuda_graphs: auto choice again (every rank of a new world does so together).
+ * Call it with NULL before destroying a reducer whose operations graphs may hold. */
 void trainer_set_reducer(trainer_t *t, const trainer_reducer_t *r);
 
 /* Host buffers to gather the next batch into: x (max_batch, features), y (max_batch). */
@@ -121,7 +131,8 @@ void trainer_next_batch(trainer_t *t, float **h_x, int32_t **h_y);
 /* Stages the n samples written to trainer_next_batch()'s buffers as step `step` (0-based)
  * of `total_steps` with global batch `global_batch` (the loss scale and the learning rate
  * are fixed here). DRV_ERR_INVALID when n > max_batch, global_batch == 0 or a label is out
- * of range. Staging again before a launch replaces the staged batch. */
+ * of range. Staging again before a launch replaces the staged batch (trainer_next_batch
+ * then hands out the staged slot's buffers). */
 drv_result_t trainer_stage(trainer_t *t, uint32_t n, uint32_t global_batch, uint64_t step,
                            uint64_t total_steps);
 

@@ -255,6 +255,15 @@ static drv_result_t ring_finish(void *ctx) {
   return rc;
 }
 
+/* A sum of one value over the ranks, on the host ring (the trainer's agree hook). */
+static drv_result_t ring_agree(void *ctx, double *value) {
+  worker_t *w = ctx;
+  float v = (float)*value;
+  DRV_CHECK(ring_sum(w, &v, 1));
+  *value = v;
+  return DRV_OK;
+}
+
 /* While an NCCL wait spins: a closed ring link (a peer died, or its ring broke) or an abort
  * from the coordinator ends it at once instead of at the deadline. */
 static drv_result_t nccl_poll(void *ctx) {
@@ -268,8 +277,8 @@ static drv_result_t nccl_poll(void *ctx) {
  * world of two or more joins the NCCL communicator whose id rank 0 sent (ranks on one GPU
  * first take NCCL_HOSTIDs of their own). Every rank must train on the same kind of device. */
 static drv_result_t join_sums(worker_t *w, const proto_start_t *st) {
+  trainer_set_reducer(w->trainer, NULL); /* frees graphs holding the old communicator */
   nccl_reducer_destroy(&w->nccl);
-  trainer_set_reducer(w->trainer, NULL);
   if (w->world < 2) return DRV_OK;
   bool shared = false;
   for (uint32_t r = 0; r < st->gpus_count && r < w->world; r++) {
@@ -308,7 +317,9 @@ static drv_result_t join_sums(worker_t *w, const proto_start_t *st) {
                       .dtype = w->spec->train.allreduce_dtype == SPEC_DTYPE_BF16 ? BE_BF16 : BE_F32,
                       .timeout_ms = drv_setting(DRV_SET_RING_TIMEOUT_MS),
                       .poll = nccl_poll,
-                      .poll_ctx = w};
+                      .poll_ctx = w,
+                      .agree = ring_agree,
+                      .agree_ctx = w};
   DRV_CHECK(nccl_reducer_new(&nc, &w->nccl));
   trainer_set_reducer(w->trainer, nccl_reducer_hooks(w->nccl));
   return DRV_OK;
@@ -319,6 +330,7 @@ static drv_result_t join_sums(worker_t *w, const proto_start_t *st) {
 static drv_result_t rendezvous(worker_t *w) {
   const worker_config_t *c = w->cfg;
   ring_destroy(&w->ring);
+  if (w->trainer) trainer_set_reducer(w->trainer, NULL);
   nccl_reducer_destroy(&w->nccl);
   w->ring_broken = 0;
   w->pause_pending = 0; /* a pause of an older world means nothing in this one */
@@ -536,8 +548,8 @@ static drv_result_t recover(worker_t *w, uint64_t *step) {
   char reason[512];
   snprintf(reason, sizeof reason, "%s", drv_last_error());
   ring_destroy(&w->ring);
-  nccl_reducer_destroy(&w->nccl); /* aborted already when it failed */
   trainer_set_reducer(w->trainer, NULL);
+  nccl_reducer_destroy(&w->nccl); /* aborted already when it failed */
   /* Only a ring broken again in the new world (connect, state) is worth another try: an
    * abort or a coordinator that never answers ends the worker. */
   w->ring_broken = 0;
@@ -907,6 +919,7 @@ fail:
 out:
   if (w.metrics) fclose(w.metrics);
   if (w.audit) fclose(w.audit);
+  if (w.trainer) trainer_set_reducer(w.trainer, NULL);
   nccl_reducer_destroy(&w.nccl);
   trainer_destroy(&w.trainer);
   backend_cuda_destroy(&w.gpu);

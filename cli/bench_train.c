@@ -337,6 +337,7 @@ static drv_result_t overlap_rank(uint32_t rank, const char *id, const train_opts
   DRV_CHECK_GOTO(time_steps(t, &f, &k, &serial_ms), rc, out);
   /* The same communicator, its gradient buffer cut into --bucket-mb buckets. */
   DRV_CHECK_GOTO(nccl_reducer_rebucket(serial, (size_t)o->bucket_mb << 20), rc, out);
+  trainer_set_reducer(t, nccl_reducer_hooks(serial)); /* as the header asks after a re-cut */
   DRV_CHECK_GOTO(time_steps(t, &f, &k, &over_ms), rc, out);
   double hidden = ar_ms > 0 ? 100.0 * (serial_ms - over_ms) / ar_ms : 0;
   if (rank == 0 && out) {

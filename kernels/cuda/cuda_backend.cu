@@ -101,6 +101,7 @@ typedef struct {
   int upload_pending; /* an upload was issued since the last fence */
   double wait_ms;
   int warned_fallback;
+  int *d_bad_label; /* &g_bad_label on this device */
   char name[32];
 } cuda_ctx_t;
 
@@ -275,7 +276,6 @@ __global__ void k_softmax_xent(const float *logits, const int32_t *labels, uint3
   for (uint32_t j = lane; j < c; j += 32) sum += expf(x[j] - maxv);
   for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
   float picked = x[label];
-  float lse = maxv + logf(sum);
   __syncwarp();
   if (dlogits) {
     float *d = dlogits + (size_t)row * c;
@@ -286,7 +286,8 @@ __global__ void k_softmax_xent(const float *logits, const int32_t *labels, uint3
     }
   }
   if (lane == 0) {
-    losses[row] = lse - picked;
+    /* log(sum) - (picked - max): no cancellation between two large numbers */
+    losses[row] = logf(sum) - (picked - maxv);
     correct[row] = arg == (uint32_t)label ? 1 : 0;
   }
 }
@@ -495,8 +496,7 @@ static drv_result_t cu_softmax_xent(const backend_t *be, const float *d_logits,
   cuda_ctx_t *x = ctx_of(be);
   /* Labels are checked on the device (a bad one would index out of the row); the flag
    * is read back only when capture is off, since reading it means a host wait. */
-  int *d_bad = NULL;
-  CU_CHECK(cudaGetSymbolAddress((void **)&d_bad, g_bad_label));
+  int *d_bad = x->d_bad_label;
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
   CU_CHECK(cudaStreamIsCapturing(x->compute, &cap));
   if (cap == cudaStreamCaptureStatusNone) CU_CHECK(cudaMemsetAsync(d_bad, 0, sizeof(int), x->compute));
@@ -586,6 +586,21 @@ static int lt_epilogue(be_epilogue_t e, cublasLtEpilogue_t *out) {
   return 0;
 }
 
+/* The bias (or bias gradient) and aux pointers of this call, on the plan's descriptor. */
+static cublasStatus_t set_pointers(lt_plan_t *p, const be_matmul_t *op) {
+  cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+  if (op->epilogue != BE_EPI_NONE) {
+    const void *bias = op->epilogue == BE_EPI_DGELU_BGRAD ? (const void *)op->bgrad : op->bias;
+    st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                        sizeof bias);
+  }
+  if (st == CUBLAS_STATUS_SUCCESS &&
+      (op->epilogue == BE_EPI_BIAS_GELU || op->epilogue == BE_EPI_DGELU_BGRAD))
+    st = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                                        &op->aux, sizeof op->aux);
+  return st;
+}
+
 /* Builds (once per key) the descriptors and picks the algorithm. The swap as cu_gemm:
  * cuBLASLt's A is our B, its B our A, its (m, n) our (n, m); its bias runs along its rows,
  * which are our columns, and its bias gradient sums over its columns, our rows. */
@@ -611,7 +626,12 @@ static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, unsigned align) 
                    .epilogue = op->epilogue,
                    .align = align};
   cublasLtEpilogue_t epi;
-  if (!lt_epilogue(op->epilogue, &epi)) {
+  bool gelu = op->epilogue == BE_EPI_BIAS_GELU || op->epilogue == BE_EPI_DGELU_BGRAD;
+  /* cuBLASLt's GELU uses the GPU's approximate tanh: in exact F32 (no TF32) our fused
+   * kernel keeps the reference's accuracy. Its aux leading dimension must be a multiple
+   * of 8. */
+  if (!lt_epilogue(op->epilogue, &epi) || (gelu && op->ab_type == BE_F32 && !c->tf32) ||
+      (gelu && op->n % 8 != 0)) {
     p->fallback = 1;
     return p;
   }
@@ -633,13 +653,13 @@ static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, unsigned align) 
     ok = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
                                         sizeof bias_type) == CUBLAS_STATUS_SUCCESS;
   }
-  if (ok && (op->epilogue == BE_EPI_BIAS_GELU || op->epilogue == BE_EPI_DGELU_BGRAD)) {
-    int64_t aux_ld = (int64_t)M;
+  if (ok && gelu) {
+    int64_t aux_ld = (int64_t)M; /* the aux type is D's, by default */
     ok = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld,
-                                        sizeof aux_ld) == CUBLAS_STATUS_SUCCESS &&
-         cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, &ct,
-                                        sizeof ct) == CUBLAS_STATUS_SUCCESS;
+                                        sizeof aux_ld) == CUBLAS_STATUS_SUCCESS;
   }
+  /* The heuristic reads the epilogue pointers' values for their alignment: set them. */
+  if (ok) ok = set_pointers(p, op) == CUBLAS_STATUS_SUCCESS;
   /* Stored shapes (column-major): A' is (M, K) or, transposed, (K, M); B' likewise. */
   ok = ok &&
        cublasLtMatrixLayoutCreate(&p->la, ab, ta == CUBLAS_OP_N ? M : K,
@@ -721,26 +741,36 @@ static drv_result_t matmul_fallback(const backend_t *be, const be_matmul_t *op) 
 static drv_result_t cu_matmul(const backend_t *be, const be_matmul_t *op) {
   if (op->m > INT32_MAX || op->n > INT32_MAX || op->k > INT32_MAX)
     return drv_error(DRV_ERR_INVALID, "cuda matmul: size %ux%ux%u too large", op->m, op->n, op->k);
-  if (op->m == 0 || op->n == 0) return DRV_OK;
+  if (op->n == 0) return DRV_OK;
+  if (op->m == 0) /* no rows: the bias gradient is an empty sum */
+    return op->bgrad ? cu_zero(be, op->bgrad, (size_t)op->n * sizeof(float)) : DRV_OK;
   if (op->k == 0)
     return drv_error(DRV_ERR_INVALID, "cuda matmul: k == 0 (nothing to multiply)");
   cuda_ctx_t *c = ctx_of(be);
-  unsigned align = ptr_align(op->a);
-  align = align < ptr_align(op->b) ? align : ptr_align(op->b);
-  align = align < ptr_align(op->c) ? align : ptr_align(op->c);
+  /* The plan depends on every pointer's alignment (the epilogue's vectors included). */
+  const void *ptrs[] = {op->a, op->b, op->c, op->bias, op->aux, op->bgrad};
+  unsigned align = 256;
+  for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++)
+    if (ptrs[i] && ptr_align(ptrs[i]) < align) align = ptr_align(ptrs[i]);
   lt_plan_t *p = lt_plan(c, op, align);
   if (p->fallback) return matmul_fallback(be, op);
-  if (op->epilogue != BE_EPI_NONE) {
-    const void *bias = op->epilogue == BE_EPI_DGELU_BGRAD ? (const void *)op->bgrad : op->bias;
-    BLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
-                                              sizeof bias));
-  }
-  if (op->epilogue == BE_EPI_BIAS_GELU || op->epilogue == BE_EPI_DGELU_BGRAD)
-    BLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
-                                              &op->aux, sizeof op->aux));
+  BLAS_CHECK(set_pointers(p, op));
   const float one = 1.0f, zero = 0.0f;
-  BLAS_CHECK(cublasLtMatmul(c->lt, p->desc, &one, op->b, p->la, op->a, p->lb, &zero, op->c, p->lc,
-                            op->c, p->lc, &p->algo, c->lt_ws, LT_WORKSPACE_BYTES, c->compute));
+  cublasStatus_t st = cublasLtMatmul(c->lt, p->desc, &one, op->b, p->la, op->a, p->lb, &zero,
+                                     op->c, p->lc, op->c, p->lc, &p->algo, c->lt_ws,
+                                     LT_WORKSPACE_BYTES, c->compute);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) {
+    /* An algorithm the heuristic offered and the call refused: this shape takes the
+     * fallback from now on. */
+    if (!c->warned_fallback++)
+      log_info("%s: cublasLtMatmul refused a %ux%ux%u matmul (%s): using GEMM + a fused "
+               "epilogue kernel there",
+               c->name, op->m, op->n, op->k, cublasGetStatusString(st));
+    p->fallback = 1;
+    return matmul_fallback(be, op);
+  }
+  if (st != CUBLAS_STATUS_SUCCESS)
+    return drv_error(DRV_ERR_CUDA, "cublasLtMatmul: %s", cublasGetStatusString(st));
   return DRV_OK;
 }
 
@@ -776,8 +806,12 @@ static void cu_host_free(const backend_t *be, void *h_ptr) {
 
 /* The copy stream first waits for the compute stream to pass the last fence: everything
  * issued before it (the step that read this buffer last time) is done with the memory. */
+static void collect_waits(cuda_ctx_t *c, int block);
+
 static drv_result_t cu_upload(const backend_t *be, void *d_dst, const void *h_src, size_t bytes) {
   cuda_ctx_t *c = ctx_of(be);
+  /* The pair this upload records into must not hold an uncollected measurement. */
+  if (c->waits[c->wait_cur].pending) collect_waits(c, 1);
   if (c->last_fence >= 0) CU_CHECK(cudaStreamWaitEvent(c->copy, c->waits[c->last_fence].ready, 0));
   if (bytes) CU_CHECK(cudaMemcpyAsync(d_dst, h_src, bytes, cudaMemcpyHostToDevice, c->copy));
   CU_CHECK(cudaEventRecord(c->waits[c->wait_cur].arrived, c->copy));
@@ -980,6 +1014,7 @@ extern "C" drv_result_t backend_cuda_new(int device, bool tf32, backend_t **out)
   BLAS_NEW(cublasSetWorkspace(c->blas, c->blas_ws, LT_WORKSPACE_BYTES));
   BLAS_NEW(cublasSetMathMode(c->blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH));
   BLAS_NEW(cublasLtCreate(&c->lt));
+  CU_NEW(cudaGetSymbolAddress((void **)&c->d_bad_label, g_bad_label));
   *out = be;
   return DRV_OK;
 fail:
