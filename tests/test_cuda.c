@@ -501,9 +501,11 @@ static void train_50(const backend_t *be, const jobspec_t *spec, double *losses,
   trainer_destroy(&t);
 }
 
-static void compare_losses(const char *what, const double *g, const double *c, double tol) {
+/* Relative difference of the losses of every step, against max(|reference|, floor_). */
+static void compare_losses(const char *what, const double *g, const double *c, double tol,
+                           double floor_) {
   for (int s = 0; s < 50; s++) {
-    double e = fabs(g[s] - c[s]) / fmax(fabs(c[s]), 1e-12);
+    double e = fabs(g[s] - c[s]) / fmax(fabs(c[s]), floor_);
     if (!(e <= tol)) {
       print_error("%s: step %d loss %.9g vs %.9g (relative %.3g > %.1g)\n", what, s + 1, g[s], c[s],
                   e, tol);
@@ -521,19 +523,21 @@ static void test_training_matches_cpu(void **state) {
     train_50(cpu, &spec, lc, NULL);
     train_50(gpu, &spec, lg, NULL);
     compare_losses(variant ? "adamw/gelu fp32 gpu vs cpu" : "sgd/relu fp32 gpu vs cpu", lg, lc,
-                   1e-3);
+                   1e-3, 1e-12);
     /* The same steps replayed from a CUDA graph give the same losses. */
     spec.train.cuda_graphs = SPEC_ON;
     bool graphs = false;
     train_50(gpu, &spec, lgraph, &graphs);
     assert_true(graphs);
-    compare_losses("graphs on vs off", lgraph, lg, 1e-6);
-    /* bf16: close to fp32 (a looser bound: the activations carry 8 bits), and learning. */
+    /* (slots may differ in alignment, so in cuBLASLt algorithm: not bitwise) */
+    compare_losses("graphs on vs off", lgraph, lg, 1e-5, 1e-12);
+    /* bf16: close to fp32 (a looser bound: the activations carry 8 bits; losses below 0.1
+     * judged on 0.1), and learning. */
     spec.train.precision = SPEC_PREC_BF16;
     spec.train.cuda_graphs = SPEC_AUTO;
     double lb[50];
     train_50(gpu, &spec, lb, NULL);
-    compare_losses("bf16 vs fp32 cpu", lb, lc, 5e-2);
+    compare_losses("bf16 vs fp32 cpu", lb, lc, 5e-2, 0.1);
     assert_true(lb[49] < 0.5 * lb[0]);
   }
 }
