@@ -758,6 +758,10 @@ static drv_result_t pick_backend(worker_t *w) {
     return drv_error(DRV_ERR_INVALID,
                      "train.backend is cuda, but this worker's agent has no GPU to give it");
   if (want_gpu) {
+    /* A world on loopback: NCCL's bootstrap (rank 0 makes the id before it knows its
+     * peers) and its sockets must use lo. A value the user set is kept. */
+    if (strcmp(c->host, "127.0.0.1") == 0 || strcmp(c->host, "localhost") == 0)
+      setenv("NCCL_SOCKET_IFNAME", "lo", 0);
     DRV_CHECK(backend_cuda_new(c->device, s->train.precision == SPEC_PREC_TF32, &w->gpu));
     w->be = w->gpu;
     char host[64] = "";
