@@ -23,6 +23,8 @@ struct nccl_reducer {
   ncclComm_t comm;
   cudaStream_t comm_stream, compute;
   cudaEvent_t ev_ready, ev_done; /* compute -> comm fork, comm -> compute join */
+  cudaEvent_t ev_j0, ev_j1;      /* timed: the compute stream before and after the join */
+  double last_wait_ms;           /* the last step's time between them */
   bucket_t *buckets;             /* from the end of the buffer down */
   size_t nbuckets, next;         /* next: the first bucket not yet issued this step */
   void *d_low;                   /* (count) BF16 gradients, for dtype BF16 */
@@ -154,7 +156,11 @@ static drv_result_t hook_finish(void *ctx) {
     NCCL_CALL(r, ncclAllReduce(p, p, 2, ncclFloat32, ncclSum, r->comm, r->comm_stream));
   }
   CUDA_CALL(cudaEventRecord(r->ev_done, r->comm_stream));
+  /* The compute stream's idle time at the join is the all-reduce time the backward pass
+   * did not hide: the step's wait for the other ranks and the bytes. */
+  CUDA_CALL(cudaEventRecord(r->ev_j0, r->compute));
   CUDA_CALL(cudaStreamWaitEvent(r->compute, r->ev_done, 0));
+  CUDA_CALL(cudaEventRecord(r->ev_j1, r->compute));
   r->next = 0;
   return DRV_OK;
 }
@@ -164,6 +170,8 @@ static drv_result_t hook_wait(void *ctx) {
   nccl_reducer_t *r = ctx;
   DRV_CHECK(wait_stream(r, r->compute, "training step"));
   r->seq++;
+  float ms = 0;
+  r->last_wait_ms = cudaEventElapsedTime(&ms, r->ev_j0, r->ev_j1) == cudaSuccess ? ms : 0;
   return DRV_OK;
 }
 
@@ -216,6 +224,9 @@ drv_result_t nccl_reducer_new_id(char *id_hex) {
 void nccl_reducer_share_device(const char *tag, bool loopback) {
   if (!getenv("NCCL_HOSTID")) setenv("NCCL_HOSTID", tag, 1);
   if (loopback && !getenv("NCCL_SOCKET_IFNAME")) setenv("NCCL_SOCKET_IFNAME", "lo", 1);
+  /* Two "hosts" on one machine must meet over sockets, not over an InfiniBand adapter the
+   * machine may also have. */
+  if (loopback && !getenv("NCCL_IB_DISABLE")) setenv("NCCL_IB_DISABLE", "1", 1);
   log_info("sharing a GPU with other ranks: NCCL_HOSTID=%s%s", getenv("NCCL_HOSTID"),
            loopback ? ", NCCL_SOCKET_IFNAME=lo" : "");
 }
@@ -247,6 +258,8 @@ drv_result_t nccl_reducer_new(const nccl_config_t *cfg, nccl_reducer_t **out) {
   TRY(cudaStreamCreateWithPriority(&r->comm_stream, cudaStreamNonBlocking, hi_prio));
   TRY(cudaEventCreateWithFlags(&r->ev_ready, cudaEventDisableTiming));
   TRY(cudaEventCreateWithFlags(&r->ev_done, cudaEventDisableTiming));
+  TRY(cudaEventCreate(&r->ev_j0));
+  TRY(cudaEventCreate(&r->ev_j1));
   if (cfg->dtype == BE_BF16) TRY(cudaMalloc(&r->d_low, cfg->count * 2 + 64));
 #undef TRY
 
@@ -315,6 +328,10 @@ uint64_t nccl_reducer_seq(const nccl_reducer_t *r) {
   return r ? r->seq : 0;
 }
 
+double nccl_reducer_wait_ms(const nccl_reducer_t *r) {
+  return r ? r->last_wait_ms : 0;
+}
+
 drv_result_t nccl_reducer_sum(nccl_reducer_t *r, float *d_data, size_t count) {
   CUDA_CALL(cudaEventRecord(r->ev_ready, r->compute));
   CUDA_CALL(cudaStreamWaitEvent(r->comm_stream, r->ev_ready, 0));
@@ -358,6 +375,8 @@ void nccl_reducer_destroy(nccl_reducer_t **rp) {
   }
   if (r->ev_ready) cudaEventDestroy(r->ev_ready);
   if (r->ev_done) cudaEventDestroy(r->ev_done);
+  if (r->ev_j0) cudaEventDestroy(r->ev_j0);
+  if (r->ev_j1) cudaEventDestroy(r->ev_j1);
   if (r->d_low) cudaFree(r->d_low);
   free(r->buckets);
   free(r);
@@ -394,6 +413,10 @@ const trainer_reducer_t *nccl_reducer_hooks(nccl_reducer_t *r) {
 }
 
 uint64_t nccl_reducer_seq(const nccl_reducer_t *r) {
+  return 0;
+}
+
+double nccl_reducer_wait_ms(const nccl_reducer_t *r) {
   return 0;
 }
 

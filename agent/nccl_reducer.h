@@ -63,7 +63,7 @@ bool nccl_reducer_available(void);
 drv_result_t nccl_reducer_new_id(char *id_hex);
 
 /* Sets NCCL_HOSTID to a value of this process's own (`tag`, e.g. "job7-g2-r1"), and
- * NCCL_SOCKET_IFNAME=lo when `loopback`, unless the user set them. Call before joining,
+ * NCCL_SOCKET_IFNAME=lo and NCCL_IB_DISABLE=1 when `loopback`, unless the user set them. Call before joining,
  * when another rank uses the same GPU. */
 void nccl_reducer_share_device(const char *tag, bool loopback);
 
@@ -82,6 +82,10 @@ const trainer_reducer_t *nccl_reducer_hooks(nccl_reducer_t *r);
 
 /* Collectives completed (its collective sequence number), for progress reports. */
 uint64_t nccl_reducer_seq(const nccl_reducer_t *r);
+
+/* Milliseconds the last step's compute stream sat waiting for the sums after its backward
+ * pass (the all-reduce time not hidden behind it), measured with events. */
+double nccl_reducer_wait_ms(const nccl_reducer_t *r);
 
 /* Sums count floats of device memory across the ranks now and waits (deadline and poll as
  * every wait): for the few sums outside the step. */

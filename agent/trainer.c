@@ -477,6 +477,10 @@ static int stage_slot(const trainer_t *t) {
 }
 
 void trainer_next_batch(trainer_t *t, float **h_x, int32_t **h_y) {
+  /* Restaging (after a recovery): the staged slot's upload may still be reading these
+   * host buffers; let it finish before the caller overwrites them. An error here shows
+   * again at the next op. */
+  if (t->staged >= 0) t->be->synchronize(t->be);
   *h_x = t->slots[stage_slot(t)].h_x;
   *h_y = t->slots[stage_slot(t)].h_y;
 }
@@ -584,7 +588,11 @@ drv_result_t trainer_step_launch(trainer_t *t, float *lr) {
   t->active = k;
   if (lr) *lr = t->lr_staged[k];
   t->t_launch = drv_now_s();
-  DRV_CHECK(be->upload_fence(be));
+  drv_result_t fence = be->upload_fence(be);
+  if (fence != DRV_OK) {
+    step_failed(t);
+    return fence;
+  }
   /* The first step of a trainer always runs op by op: lazy module loading, cuBLASLt's
    * first plans and NCCL's first connections happen outside any capture. */
   bool graph = (t->graphs == GRAPHS_ON || t->graphs == GRAPHS_TRY_GRAPH) && t->eager_done;

@@ -707,6 +707,7 @@ static drv_result_t run(worker_t *w, plan_t *p, progress_t *g, uint64_t *step) {
     w->rep_steps++;
     w->rep_step_s += dt;
     w->rep_data_ms += data_ms;
+    if (w->nccl) w->rep_wait_s += nccl_reducer_wait_ms(w->nccl) / 1e3; /* (the ring adds its own) */
     double loss = loss_sum / batch;
     if (!isfinite(loss))
       return drv_error(DRV_ERR_INVALID,

@@ -71,7 +71,9 @@ def run_json(cmd, timeout):
     out, err = as_text(p.stdout), last_line(as_text(p.stderr))
     if p.returncode != 0:
         return None, "exit %d%s" % (p.returncode, ": " + err if err else "")
-    line = last_line(out)
+    # The last line that is a JSON object (a library may log to stdout after it).
+    objs = [l.strip() for l in out.splitlines() if l.strip().startswith("{")]
+    line = objs[-1] if objs else ""
     try:
         obj = json.loads(line)
     except ValueError:
@@ -193,7 +195,8 @@ def main(argv=None):
             common = ["--sizes", sizes, "--batch", str(batch), "--precision", precision,
                       "--steps", str(steps), "--repeats", str(repeats), "--json"]
             runs = {
-                "drover": [drover, "bench", "train"] + common,
+                # --backend cuda: a GPU that does not answer is an error, never a CPU figure
+                "drover": [drover, "bench", "train", "--backend", "cuda"] + common,
                 "pytorch": [sys.executable, TORCH_MLP] + common,
             }
             order = ("drover", "pytorch") if pair % 2 == 0 else ("pytorch", "drover")
@@ -220,7 +223,8 @@ def main(argv=None):
     # Real data: how much of the step time the loader leaves the GPU waiting.
     sizes, batch, precision, steps, repeats = FASHION
     log("fashion data (%s, batch %d, %s)" % (sizes, batch, precision))
-    row = measure("fashion", [drover, "bench", "train", "--sizes", sizes, "--batch", str(batch),
+    row = measure("fashion", [drover, "bench", "train", "--backend", "cuda", "--sizes", sizes,
+                              "--batch", str(batch),
                               "--precision", precision, "--data", "fashion", "--steps",
                               str(steps), "--repeats", str(repeats), "--json"],
                   a.timeout, {"config": "mid+fashion", "precision": precision})

@@ -118,7 +118,7 @@ struct backend {
   drv_result_t (*copy_out)(const backend_t *be, void *h_dst, const void *d_src, size_t bytes);
   /* Sets `bytes` of device memory to zero. */
   drv_result_t (*zero)(const backend_t *be, void *d_ptr, size_t bytes);
-  /* Waits until every op issued so far has finished. */
+  /* Waits until every op issued so far has finished (uploads included). */
   drv_result_t (*synchronize)(const backend_t *be);
 
   // --- linear algebra ------------------------------------------------------------------

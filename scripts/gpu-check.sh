@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# gpu-check.sh: the whole GPU check of drover on a GPU machine, in one go, in about
-# 5 minutes on an H100 (every step has a timeout; the caps add up to more, a normal run
-# stays well under 8 minutes):
+# gpu-check.sh: the whole GPU check of drover on a GPU machine, in one go, within a total
+# budget (BUDGET, default 450 s: every step's timeout is cut to what is left of it, so the
+# whole run ends inside 8 minutes on an H100, build included):
 #   1. nvidia-smi -L                    (no GPU: exit 77)
 #   2. configure and build build-gpu/   (CUDA on, Release, CUDA_ARCH, default 90)
 #   3. ctest -L gpu                     (pass or fail, the benchmarks still run)
-#   4. 2-worker NCCL training of examples/fashion-mnist-gpu.yaml on the one GPU
+#   4. 2-worker NCCL training of examples/fashion-mnist-gpu.yaml on the one GPU (2 epochs)
 #   5. bench/compare.py: drover against PyTorch, same GPU, same run
 #   6. a summary (step, status, seconds), then the comparison table, last
 #
 # Usage, from anywhere in the repository:
 #   scripts/gpu-check.sh
 #   QUICK=1 scripts/gpu-check.sh       # fewer benchmark steps
+#   BUDGET=600 scripts/gpu-check.sh    # more time in all (seconds)
 #   CUDA_ARCH=100 JOBS=8 scripts/gpu-check.sh
 # Needs: the CUDA toolkit (nvcc, NCCL), python3 with PyTorch for the reference benchmark,
 # and the Debian packages of scripts/install-deps.sh installed, or unpacked with their
@@ -40,6 +41,16 @@ trap 'rm -rf "$tmp"' EXIT
 drover=build-gpu/cli/drover
 steps=()
 declare -A status secs
+budget=${BUDGET:-450}
+# No GPU is a failure in the GPU tests here, never a skip (they exit 77 elsewhere).
+export DROVER_REQUIRE_GPU=1
+
+# cap WANTED: WANTED seconds, or what is left of the budget (at least 10) if less.
+cap() {
+  local left=$((budget - SECONDS))
+  if [ "$left" -lt 10 ]; then left=10; fi
+  if [ "$1" -lt "$left" ]; then echo "$1"; else echo "$left"; fi
+}
 
 # run_step NAME LIMIT_S CMD...: runs CMD under `timeout`, stdout and stderr to
 # $logs/NAME.log; records status and seconds; returns CMD's exit status.
@@ -69,15 +80,17 @@ skip() {
 }
 
 # 1. A GPU.
-if ! run_step gpu 30 nvidia-smi -L; then
-  echo "gpu: no GPU answers (nvidia-smi -L failed; see $logs/gpu.log)"
+if ! run_step gpu 30 bash -c 'nvidia-smi -L && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv && (nvcc --version | tail -2)'; then
+  echo "gpu: no GPU answers (nvidia-smi failed; see $logs/gpu.log)"
   exit 77
 fi
-echo "gpu: ok, $(head -1 "$logs/gpu.log")"
+echo "gpu: ok, $(head -1 "$logs/gpu.log"); driver $(sed -n 3p "$logs/gpu.log")"
 
 # 2. Configure and build.
-if run_step build 240 bash -c '
-  cmake -B build-gpu -DDROVER_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
+# (DROVER_WERROR=OFF: this machine's compiler may warn where CI's does not; the build
+# still shows every warning in its log.)
+if run_step build "$(cap 180)" bash -c '
+  cmake -B build-gpu -DDROVER_CUDA=ON -DDROVER_WERROR=OFF -DCMAKE_BUILD_TYPE=Release \
         -DCMAKE_CUDA_ARCHITECTURES="$1" && cmake --build build-gpu -j"$2"' \
     build "${CUDA_ARCH:-90}" "${JOBS:-16}"; then
   echo "build: ok in ${secs[build]} s (CUDA_ARCH ${CUDA_ARCH:-90})"
@@ -87,19 +100,21 @@ fi
 
 if [ "${status[build]}" = ok ]; then
   # 3. GPU tests.
-  if run_step ctest 300 ctest --test-dir build-gpu -L gpu --output-on-failure --no-tests=error --timeout 300; then
+  if run_step ctest "$(cap 200)" ctest --test-dir build-gpu -L gpu --output-on-failure --no-tests=error --timeout 190 &&
+    ! grep -qE 'Skipped|Not Run' "$logs/ctest.log"; then
     echo "ctest: ok in ${secs[ctest]} s, $(grep -E 'tests passed' "$logs/ctest.log" | tail -1)"
   else
+    status[ctest]=FAILED
     echo "ctest: FAILED after ${secs[ctest]} s, $(grep -E 'tests passed|No tests' "$logs/ctest.log" | tail -1); see $logs/ctest.log"
   fi
 
   # 4. Two NCCL workers on the one GPU; submit starts its own coordinator and agents, on a
   # port of its own so that nothing else on the machine is joined.
   port=$((30000 + RANDOM % 20000))
-  run_step train 120 env DROVER_STATE_DIR="$tmp/state" \
+  run_step train "$(cap 75)" env DROVER_STATE_DIR="$tmp/state" \
     DROVER_COORDINATOR="tcp://127.0.0.1:$port" \
     bash -c '"$1" submit examples/fashion-mnist-gpu.yaml --json --set nodes=2 \
-               --set run_dir="$2" >"$3"' \
+               --set train.epochs=2 --set run_dir="$2" >"$3"' \
     train "$drover" "$tmp/runs" "$logs/train.json" || true
   cp -r "$tmp/state" "$logs/train-state" 2>/dev/null || true
   cp -r "$tmp/runs" "$logs/train-runs" 2>/dev/null || true
@@ -128,9 +143,10 @@ PY
   # 5. drover against PyTorch. The table is compare.py's stdout; its progress, stderr.
   quick=()
   if [ "${QUICK:-0}" = 1 ]; then quick=(--quick); fi
-  run_step bench 240 bash -c 'out=$1; shift; python3 bench/compare.py "$@" >"$out"' \
-    bench "$logs/bench-table.txt" --drover "$drover" --out "$logs/bench.json" --budget 225 \
-    "${quick[@]}" || true
+  bench_s=$(cap 240)
+  run_step bench "$bench_s" bash -c 'out=$1; shift; python3 bench/compare.py "$@" >"$out"' \
+    bench "$logs/bench-table.txt" --drover "$drover" --out "$logs/bench.json" \
+    --budget $((bench_s - 15)) "${quick[@]}" || true
   if [ "${status[bench]}" = ok ]; then
     echo "bench: ok in ${secs[bench]} s (raw rows in $logs/bench.json)"
   else

@@ -73,11 +73,10 @@ static float *gpu_read(const void *d, size_t n, be_dtype_t t) {
   return h;
 }
 
-/* Largest relative error (see the top), and fails on any NaN or a value above tol. */
-static void check_close(const char *what, const float *g, const float *c, size_t n, double tol) {
-  double ss = 0;
-  for (size_t i = 0; i < n; i++) ss += (double)c[i] * c[i];
-  double floor_ = 1e-2 * sqrt(ss / (double)(n ? n : 1)) + 1e-30;
+/* Largest relative error against max(|c|, floor_), and fails on a NaN or a value above
+ * tol. */
+static void check_close_floor(const char *what, const float *g, const float *c, size_t n,
+                              double tol, double floor_) {
   double worst = 0;
   size_t at = 0;
   for (size_t i = 0; i < n; i++) {
@@ -93,6 +92,17 @@ static void check_close(const char *what, const float *g, const float *c, size_t
                 worst, at, (double)g[at], (double)c[at], tol);
     fail();
   }
+}
+
+static double rms(const float *c, size_t n) {
+  double ss = 0;
+  for (size_t i = 0; i < n; i++) ss += (double)c[i] * c[i];
+  return sqrt(ss / (double)(n ? n : 1));
+}
+
+/* The relative error of the top: elements near zero judged on 1 % of the output's rms. */
+static void check_close(const char *what, const float *g, const float *c, size_t n, double tol) {
+  check_close_floor(what, g, c, n, tol, 1e-2 * rms(c, n) + 1e-30);
 }
 
 /* F32 -> BF16 -> F32 on the host, in place: the inputs the BF16 GPU ops see. */
@@ -276,7 +286,13 @@ static void run_matmul(bool ta, bool tb, uint32_t m, uint32_t n, uint32_t k, be_
   }
   if (reads_aux) {
     g = gpu_read(dbgrad, n, BE_F32);
-    check_close("matmul bias gradient", g, cbgrad, n, tol);
+    if (ct == BE_BF16)
+      /* A column sum of m products that were rounded to 8 bits somewhere on the way (in
+       * the GEMM's output or its epilogue): judged on the scale of such a sum,
+       * sqrt(m) x rms(C), since columns that nearly cancel have no relative accuracy. */
+      check_close_floor("matmul bias gradient", g, cbgrad, n, tol, sqrt((double)m) * rms(c, nc));
+    else
+      check_close("matmul bias gradient", g, cbgrad, n, tol);
     free(g);
   }
   void *bufs[] = {da, db, dbias, dbgrad, daux, dc};
@@ -545,13 +561,12 @@ static void test_training_matches_cpu(void **state) {
 // --- main ---------------------------------------------------------------------------------
 
 int main(void) {
-  if (!backend_cuda_available()) {
-    printf("test_cuda: no GPU answers (or built without CUDA): skipped\n");
-    return 77;
-  }
+  /* DROVER_REQUIRE_GPU=1 (the GPU check script): no GPU is a failure, not a skip. */
+  const char *req = getenv("DROVER_REQUIRE_GPU");
+  bool required = req && *req == '1';
   if (backend_cuda_new(0, false, &gpu) != DRV_OK) {
-    fprintf(stderr, "test_cuda: %s\n", drv_last_error());
-    return 1;
+    printf("test_cuda: %s: %s\n", drv_last_error(), required ? "FAILED (DROVER_REQUIRE_GPU=1)" : "skipped");
+    return required ? 1 : 77;
   }
   cpu = backend_cpu();
   rng_init(&rng, 2026, 11);

@@ -225,7 +225,7 @@ __global__ void k_epi_backward(void *c, be_dtype_t ct, const void *aux, be_epilo
       float a = ld(aux, i, ct), g = ld(c, i, ct);
       g = epi == BE_EPI_DRELU_BGRAD ? (a > 0.0f ? g : 0.0f) : g * gelu_grad(a);
       st(c, i, ct, g);
-      sum += ld(c, i, ct); /* the stored value, so bgrad is the sum of what C holds */
+      sum += g; /* before rounding to C's type, as the reference sums in F32 */
     }
   part[threadIdx.y][threadIdx.x] = sum;
   __syncthreads();
@@ -414,8 +414,10 @@ static drv_result_t cu_zero(const backend_t *be, void *d_ptr, size_t bytes) {
   return DRV_OK;
 }
 
+/* Every op issued so far: the compute stream's and the uploads on the copy stream. */
 static drv_result_t cu_synchronize(const backend_t *be) {
   CU_CHECK(cudaStreamSynchronize(ctx_of(be)->compute));
+  CU_CHECK(cudaStreamSynchronize(ctx_of(be)->copy));
   return DRV_OK;
 }
 

@@ -6,5 +6,5 @@ drover_unit_test(test_cuda SOURCES test_cuda.c LIBS drover_agent drover_kernels 
 # accuracy. Standard-library Python only (a GPU machine may lack python3-zmq).
 add_test(NAME it_gpu COMMAND ${DROVER_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/integration/test_gpu.py
                              $<TARGET_FILE:drover>)
-set_tests_properties(it_gpu PROPERTIES LABELS "gpu" TIMEOUT 600 SKIP_RETURN_CODE 77
+set_tests_properties(it_gpu PROPERTIES LABELS "gpu" TIMEOUT 300 SKIP_RETURN_CODE 77
                      RUN_SERIAL TRUE ENVIRONMENT "PYTHONDONTWRITEBYTECODE=1")
