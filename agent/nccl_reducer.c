@@ -158,9 +158,11 @@ static drv_result_t hook_finish(void *ctx) {
   CUDA_CALL(cudaEventRecord(r->ev_done, r->comm_stream));
   /* The compute stream's idle time at the join is the all-reduce time the backward pass
    * did not hide: the step's wait for the other ranks and the bytes. */
-  CUDA_CALL(cudaEventRecord(r->ev_j0, r->compute));
+  /* (External records: inside a graph capture they become event-record nodes that fire
+   * at every replay, not capture-internal dependencies.) */
+  CUDA_CALL(cudaEventRecordWithFlags(r->ev_j0, r->compute, cudaEventRecordExternal));
   CUDA_CALL(cudaStreamWaitEvent(r->compute, r->ev_done, 0));
-  CUDA_CALL(cudaEventRecord(r->ev_j1, r->compute));
+  CUDA_CALL(cudaEventRecordWithFlags(r->ev_j1, r->compute, cudaEventRecordExternal));
   r->next = 0;
   return DRV_OK;
 }
