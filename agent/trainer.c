@@ -361,7 +361,10 @@ static drv_result_t forward(trainer_t *t, const float *d_x, uint32_t n) {
         .c = last ? (void *)t->d_logits : t->d_act[l],
         .c_type = last ? BE_F32 : t->act_type,
         .epilogue = last ? BE_EPI_BIAS : gelu ? BE_EPI_BIAS_GELU : BE_EPI_BIAS_RELU,
-        .bias = t->d_params + t->b_off[l],
+        /* the bias in C's type: F32, or for BF16 activations the optimizer's BF16 copy */
+        .bias = last || !t->d_wlow ? (const void *)(t->d_params + t->b_off[l])
+                                   : (const void *)((const uint16_t *)t->d_wlow + t->b_off[l]),
+        .bias_type = last ? BE_F32 : t->act_type,
         .aux = gelu && !last ? t->d_pre[l] : NULL,
     };
     DRV_CHECK(be->matmul(be, &op));

@@ -59,8 +59,8 @@ typedef enum {
 } be_epilogue_t;
 
 /* One matmul with its epilogue. Shapes as gemm() (row-major, C (m, n) = op(A) op(B)), with
- * A and B of type ab_type, C and aux of type c_type, accumulation in F32, bias and bgrad
- * F32 (n). C is overwritten (no beta). */
+ * A and B of type ab_type, C and aux of type c_type, accumulation in F32, bias (n) of
+ * bias_type (F32, or C's type), bgrad (n) F32. C is overwritten (no beta). */
 typedef struct {
   bool trans_a, trans_b;
   uint32_t m, n, k;
@@ -69,7 +69,8 @@ typedef struct {
   void *c;
   be_dtype_t c_type;
   be_epilogue_t epilogue;
-  const float *bias; /* BIAS, BIAS_RELU, BIAS_GELU */
+  const void *bias; /* BIAS, BIAS_RELU, BIAS_GELU */
+  be_dtype_t bias_type;
   void *aux;         /* BIAS_GELU (written), DRELU_BGRAD and DGELU_BGRAD (read) */
   float *bgrad;      /* DRELU_BGRAD, DGELU_BGRAD (written) */
 } be_matmul_t;

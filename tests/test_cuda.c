@@ -231,10 +231,14 @@ static void run_matmul(bool ta, bool tb, uint32_t m, uint32_t n, uint32_t k, be_
     round_bf16(a, na);
     round_bf16(b, nb);
   }
-  if (ct == BE_BF16) round_bf16(aux, nc);
+  if (ct == BE_BF16) {
+    round_bf16(aux, nc);
+    round_bf16(bias, n); /* the bias comes in C's type, as the trainer passes it */
+  }
   void *da = ab == BE_BF16 ? gpu_bf16(a, na) : gpu_buf(a, na * 4);
   void *db = ab == BE_BF16 ? gpu_bf16(b, nb) : gpu_buf(b, nb * 4);
-  void *dbias = gpu_buf(bias, n * 4), *dbgrad = gpu_buf(NULL, n * 4);
+  void *dbias = ct == BE_BF16 ? gpu_bf16(bias, n) : gpu_buf(bias, n * 4);
+  void *dbgrad = gpu_buf(NULL, n * 4);
   bool reads_aux = epi == BE_EPI_DRELU_BGRAD || epi == BE_EPI_DGELU_BGRAD;
   void *daux = reads_aux ? (ct == BE_BF16 ? gpu_bf16(aux, nc) : gpu_buf(aux, nc * 4))
                          : gpu_buf(NULL, nc * be_dtype_size(ct));
@@ -251,6 +255,7 @@ static void run_matmul(bool ta, bool tb, uint32_t m, uint32_t n, uint32_t k, be_
                     .c_type = ct,
                     .epilogue = epi,
                     .bias = dbias,
+                    .bias_type = ct,
                     .aux = daux,
                     .bgrad = dbgrad};
   assert_int_equal(gpu->matmul(gpu, &op), DRV_OK);
@@ -268,6 +273,7 @@ static void run_matmul(bool ta, bool tb, uint32_t m, uint32_t n, uint32_t k, be_
   ref.c = c;
   ref.c_type = BE_F32;
   ref.bias = bias;
+  ref.bias_type = BE_F32;
   ref.aux = caux;
   ref.bgrad = cbgrad;
   assert_int_equal(cpu->matmul(cpu, &ref), DRV_OK);

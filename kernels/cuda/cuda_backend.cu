@@ -69,7 +69,7 @@ typedef struct {
   /* key */
   bool trans_a, trans_b;
   uint32_t m, n, k;
-  be_dtype_t ab_type, c_type;
+  be_dtype_t ab_type, c_type, bias_type;
   be_epilogue_t epilogue;
   unsigned align; /* the smallest pointer alignment of the call, bytes */
   /* value */
@@ -196,11 +196,11 @@ __global__ void k_bias_grad(float *dbias, const float *dy, uint32_t n, uint32_t 
 
 /* The fallback forward epilogue over C (m, n) as the GEMM left it (F32 or BF16): bias,
  * then the activation; aux (GELU) keeps the pre-activation. */
-__global__ void k_epi_forward(void *c, be_dtype_t ct, const float *bias, void *aux,
+__global__ void k_epi_forward(void *c, be_dtype_t ct, const void *bias, be_dtype_t bt, void *aux,
                               be_epilogue_t epi, size_t count, uint32_t n) {
   GRID_STRIDE(i, count) {
     float v = ld(c, i, ct);
-    if (bias) v += bias[i % n];
+    if (bias) v += ld(bias, i % n, bt);
     if (epi == BE_EPI_BIAS_RELU) {
       v = v > 0.0f ? v : 0.0f;
     } else if (epi == BE_EPI_BIAS_GELU) {
@@ -611,7 +611,7 @@ static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, unsigned align) 
     lt_plan_t *p = &c->plans[i];
     if (p->used && p->trans_a == op->trans_a && p->trans_b == op->trans_b && p->m == op->m &&
         p->n == op->n && p->k == op->k && p->ab_type == op->ab_type && p->c_type == op->c_type &&
-        p->epilogue == op->epilogue && p->align == align)
+        p->bias_type == op->bias_type && p->epilogue == op->epilogue && p->align == align)
       return p;
   }
   lt_plan_t *p = &c->plans[c->plan_next];
@@ -625,6 +625,7 @@ static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, unsigned align) 
                    .k = op->k,
                    .ab_type = op->ab_type,
                    .c_type = op->c_type,
+                   .bias_type = op->bias_type,
                    .epilogue = op->epilogue,
                    .align = align};
   cublasLtEpilogue_t epi;
@@ -632,8 +633,9 @@ static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, unsigned align) 
   /* cuBLASLt's GELU uses the GPU's approximate tanh: in exact F32 (no TF32) our fused
    * kernel keeps the reference's accuracy. Its aux leading dimension must be a multiple
    * of 8. */
+  /* The bias gradient comes out in D's type: an F32 one only from an F32 D. */
   if (!lt_epilogue(op->epilogue, &epi) || (gelu && op->ab_type == BE_F32 && !c->tf32) ||
-      (gelu && op->n % 8 != 0)) {
+      (gelu && op->n % 8 != 0) || (op->epilogue == BE_EPI_DGELU_BGRAD && op->c_type != BE_F32)) {
     p->fallback = 1;
     return p;
   }
@@ -650,8 +652,11 @@ static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, unsigned align) 
                CUBLAS_STATUS_SUCCESS &&
            cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
                                           sizeof epi) == CUBLAS_STATUS_SUCCESS;
-  if (ok && op->epilogue != BE_EPI_NONE) {
-    cudaDataType_t bias_type = CUDA_R_32F; /* bias and bias gradient stay F32 */
+  /* The bias is of D's type by default (cublasLt.h); a bias of another type asks for it,
+   * and takes the fallback where cuBLASLt refuses. */
+  if (ok && op->epilogue != BE_EPI_NONE && op->epilogue != BE_EPI_DGELU_BGRAD &&
+      op->bias_type != op->c_type) {
+    cudaDataType_t bias_type = cuda_type(op->bias_type);
     ok = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
                                         sizeof bias_type) == CUBLAS_STATUS_SUCCESS;
   }
@@ -725,9 +730,8 @@ static drv_result_t matmul_fallback(const backend_t *be, const be_matmul_t *op) 
   case BE_EPI_BIAS:
   case BE_EPI_BIAS_RELU:
   case BE_EPI_BIAS_GELU:
-    k_epi_forward<<<grid_for(count, 256), 256, 0, c->compute>>>(op->c, op->c_type, op->bias,
-                                                                op->aux, op->epilogue, count,
-                                                                op->n);
+    k_epi_forward<<<grid_for(count, 256), 256, 0, c->compute>>>(
+        op->c, op->c_type, op->bias, op->bias_type, op->aux, op->epilogue, count, op->n);
     LAUNCH_CHECK("matmul forward epilogue");
     return DRV_OK;
   case BE_EPI_DRELU_BGRAD:
