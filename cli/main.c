@@ -322,8 +322,10 @@ static int cmd_status(int argc, char **argv) {
         cli_json_str(stdout, k->agent);
         fputs(",\"host\":", stdout);
         cli_json_str(stdout, k->host);
-        printf(",\"step_ms\":%.3f,\"compute_ms\":%.3f,\"wait_ms\":%.3f,\"straggler\":%s}",
-               k->step_ms, k->compute_ms, k->wait_ms, k->straggler ? "true" : "false");
+        printf(",\"step_ms\":%.3f,\"compute_ms\":%.3f,\"wait_ms\":%.3f,\"data_ms\":%.3f,"
+               "\"straggler\":%s}",
+               k->step_ms, k->compute_ms, k->wait_ms, isfinite(k->data_ms) ? k->data_ms : 0,
+               k->straggler ? "true" : "false");
       }
       fputs("]", stdout);
       fputs("}", stdout);
@@ -354,12 +356,13 @@ static int cmd_status(int argc, char **argv) {
     /* One running job: its ranks, for spotting the one the others wait for. */
     if (req.u.status.job && rep.u.jobs.jobs_count == 1 && rep.u.jobs.jobs[0].ranks_count) {
       const proto_job_t *j = &rep.u.jobs.jobs[0];
-      printf("\n%-5s %-28s %-16s %10s %12s %10s  %s\n", "RANK", "AGENT", "HOST", "STEP_MS",
-             "COMPUTE_MS", "WAIT_MS", "");
+      printf("\n%-5s %-28s %-16s %10s %12s %10s %10s  %s\n", "RANK", "AGENT", "HOST", "STEP_MS",
+             "COMPUTE_MS", "WAIT_MS", "DATA_MS", "");
       for (uint32_t r = 0; r < j->ranks_count; r++) {
         const proto_rank_t *k = &j->ranks[r];
-        printf("%-5u %-28.28s %-16.16s %10.2f %12.2f %10.2f  %s\n", k->rank, k->agent, k->host,
-               k->step_ms, k->compute_ms, k->wait_ms, k->straggler ? "straggler" : "");
+        printf("%-5u %-28.28s %-16.16s %10.2f %12.2f %10.2f %10.2f  %s\n", k->rank, k->agent,
+               k->host, k->step_ms, k->compute_ms, k->wait_ms,
+               isfinite(k->data_ms) ? k->data_ms : 0, k->straggler ? "straggler" : "");
       }
     }
   }
