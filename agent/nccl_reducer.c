@@ -245,25 +245,16 @@ drv_result_t nccl_reducer_new(const nccl_config_t *cfg, nccl_reducer_t **out) {
   r->cfg = *cfg;
   r->compute = backend_cuda_stream(cfg->be);
   drv_result_t rc = DRV_OK;
-#define TRY(call)                                                                   \
-  do {                                                                              \
-    cudaError_t e_ = (call);                                                        \
-    if (e_ != cudaSuccess) {                                                        \
-      rc = drv_error(DRV_ERR_CUDA, "%s: %s", #call, cudaGetErrorString(e_));        \
-      goto fail;                                                                    \
-    }                                                                               \
-  } while (0)
-  TRY(cudaSetDevice(backend_cuda_device(cfg->be)));
+  CUDA_CHECK_GOTO(cudaSetDevice(backend_cuda_device(cfg->be)), rc, fail);
   int lo_prio = 0, hi_prio = 0;
-  TRY(cudaDeviceGetStreamPriorityRange(&lo_prio, &hi_prio));
+  CUDA_CHECK_GOTO(cudaDeviceGetStreamPriorityRange(&lo_prio, &hi_prio), rc, fail);
   /* The sums run at high priority, so they start as soon as a bucket is ready. */
-  TRY(cudaStreamCreateWithPriority(&r->comm_stream, cudaStreamNonBlocking, hi_prio));
-  TRY(cudaEventCreateWithFlags(&r->ev_ready, cudaEventDisableTiming));
-  TRY(cudaEventCreateWithFlags(&r->ev_done, cudaEventDisableTiming));
-  TRY(cudaEventCreate(&r->ev_j0));
-  TRY(cudaEventCreate(&r->ev_j1));
-  if (cfg->dtype == BE_BF16) TRY(cudaMalloc(&r->d_low, cfg->count * 2 + 64));
-#undef TRY
+  CUDA_CHECK_GOTO(cudaStreamCreateWithPriority(&r->comm_stream, cudaStreamNonBlocking, hi_prio), rc, fail);
+  CUDA_CHECK_GOTO(cudaEventCreateWithFlags(&r->ev_ready, cudaEventDisableTiming), rc, fail);
+  CUDA_CHECK_GOTO(cudaEventCreateWithFlags(&r->ev_done, cudaEventDisableTiming), rc, fail);
+  CUDA_CHECK_GOTO(cudaEventCreate(&r->ev_j0), rc, fail);
+  CUDA_CHECK_GOTO(cudaEventCreate(&r->ev_j1), rc, fail);
+  if (cfg->dtype == BE_BF16) CUDA_CHECK_GOTO(cudaMalloc(&r->d_low, cfg->count * 2 + 64), rc, fail);
 
   if ((rc = nccl_reducer_rebucket(r, cfg->bucket_bytes)) != DRV_OK) goto fail;
 

@@ -984,19 +984,6 @@ extern "C" drv_result_t backend_cuda_new(int device, bool tf32, backend_t **out)
   snprintf(c->name, sizeof c->name, "cuda:%d", device);
   be->name = c->name;
   drv_result_t rc = DRV_OK;
-#define NEW_CHECK(call)                                                                      \
-  do {                                                                                       \
-    rc = (call);                                                                             \
-    if (rc != DRV_OK) goto fail;                                                             \
-  } while (0)
-#define CU_NEW(call)                                                                         \
-  do {                                                                                       \
-    cudaError_t e_ = (call);                                                                 \
-    if (e_ != cudaSuccess) {                                                                 \
-      rc = drv_error(DRV_ERR_CUDA, "%s: %s", #call, cudaGetErrorString(e_));                 \
-      goto fail;                                                                             \
-    }                                                                                        \
-  } while (0)
 #define BLAS_NEW(call)                                                                       \
   do {                                                                                       \
     cublasStatus_t s_ = (call);                                                              \
@@ -1005,29 +992,27 @@ extern "C" drv_result_t backend_cuda_new(int device, bool tf32, backend_t **out)
       goto fail;                                                                             \
     }                                                                                        \
   } while (0)
-  CU_NEW(cudaSetDevice(device));
-  CU_NEW(cudaStreamCreateWithFlags(&c->compute, cudaStreamNonBlocking));
-  CU_NEW(cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking));
+  CUDA_CHECK_GOTO(cudaSetDevice(device), rc, fail);
+  CUDA_CHECK_GOTO(cudaStreamCreateWithFlags(&c->compute, cudaStreamNonBlocking), rc, fail);
+  CUDA_CHECK_GOTO(cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking), rc, fail);
   for (int i = 0; i < WAIT_PAIRS; i++) {
-    CU_NEW(cudaEventCreate(&c->waits[i].ready));
-    CU_NEW(cudaEventCreate(&c->waits[i].arrived));
+    CUDA_CHECK_GOTO(cudaEventCreate(&c->waits[i].ready), rc, fail);
+    CUDA_CHECK_GOTO(cudaEventCreate(&c->waits[i].arrived), rc, fail);
   }
-  CU_NEW(cudaMalloc(&c->blas_ws, LT_WORKSPACE_BYTES));
-  CU_NEW(cudaMalloc(&c->lt_ws, LT_WORKSPACE_BYTES));
+  CUDA_CHECK_GOTO(cudaMalloc(&c->blas_ws, LT_WORKSPACE_BYTES), rc, fail);
+  CUDA_CHECK_GOTO(cudaMalloc(&c->lt_ws, LT_WORKSPACE_BYTES), rc, fail);
   BLAS_NEW(cublasCreate(&c->blas));
   BLAS_NEW(cublasSetStream(c->blas, c->compute));
   /* A fixed workspace: cuBLAS then allocates nothing during a graph capture. */
   BLAS_NEW(cublasSetWorkspace(c->blas, c->blas_ws, LT_WORKSPACE_BYTES));
   BLAS_NEW(cublasSetMathMode(c->blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH));
   BLAS_NEW(cublasLtCreate(&c->lt));
-  CU_NEW(cudaGetSymbolAddress((void **)&c->d_bad_label, g_bad_label));
+  CUDA_CHECK_GOTO(cudaGetSymbolAddress((void **)&c->d_bad_label, g_bad_label), rc, fail);
   *out = be;
   return DRV_OK;
 fail:
   backend_cuda_destroy(&be);
   return rc;
-#undef NEW_CHECK
-#undef CU_NEW
 #undef BLAS_NEW
 }
 
