@@ -16,16 +16,17 @@
 #   CUDA_ARCH=100 JOBS=8 scripts/gpu-check.sh
 # Needs: the CUDA toolkit (nvcc, NCCL), python3 with PyTorch for the reference benchmark,
 # and the Debian packages of scripts/install-deps.sh installed, or unpacked with their
-# paths exported (.device/setup.sh, when present, is sourced for that).
+# paths exported: DEPS_ENV=FILE names a shell script to source first that exports them
+# (CMAKE_PREFIX_PATH, PKG_CONFIG_PATH, LD_LIBRARY_PATH, ...), or source it yourself.
 # Each step's output goes to gpu-check-logs/ (created here); stdout gets one line a step.
 # Exit status: 0 when build, ctest and training succeeded, 1 otherwise, 77 with no GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -f .device/setup.sh ]; then
+if [ -n "${DEPS_ENV:-}" ]; then
   set +u
-  # shellcheck disable=SC1091
-  source .device/setup.sh
+  # shellcheck disable=SC1090
+  source "$DEPS_ENV"
   set -u
 fi
 if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
