@@ -128,6 +128,14 @@ static drv_result_t sql_step_done(store_t *s, sqlite3_stmt *st, const char *what
   return DRV_OK;
 }
 
+/* Runs an UPDATE of job `id`: DRV_ERR_INVALID "no such job" when it changed no row. */
+static drv_result_t update_one_job(store_t *s, sqlite3_stmt *st, int64_t id, const char *what) {
+  DRV_CHECK(sql_step_done(s, st, what));
+  if (sqlite3_changes(s->db) == 0)
+    return drv_error(DRV_ERR_INVALID, "job %lld: no such job", (long long)id);
+  return DRV_OK;
+}
+
 static int bind_metric(sqlite3_stmt *st, int idx, double v) {
   return isnan(v) ? sqlite3_bind_null(st, idx) : sqlite3_bind_double(st, idx, v);
 }
@@ -448,9 +456,7 @@ drv_result_t store_job_set_metrics(store_t *s, int64_t id, double test_accuracy,
     rc = sql_fail(s, what);
     goto fail;
   }
-  DRV_CHECK_GOTO(sql_step_done(s, st, what), rc, fail);
-  if (sqlite3_changes(s->db) == 0)
-    rc = drv_error(DRV_ERR_INVALID, "job %lld: no such job", (long long)id);
+  rc = update_one_job(s, st, id, what);
 fail:
   sqlite3_finalize(st);
   return rc;
@@ -477,9 +483,7 @@ static drv_result_t set_column(store_t *s, int64_t id, const char *column, const
     rc = sql_fail(s, what);
     goto fail;
   }
-  DRV_CHECK_GOTO(sql_step_done(s, st, what), rc, fail);
-  if (sqlite3_changes(s->db) == 0)
-    rc = drv_error(DRV_ERR_INVALID, "job %lld: no such job", (long long)id);
+  rc = update_one_job(s, st, id, what);
 fail:
   sqlite3_finalize(st);
   return rc;

@@ -15,7 +15,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -28,6 +27,7 @@
 #include <zlib.h>
 
 #include "agent/checkpoint.h"
+#include "tests/tmpdir.h"
 #include "common/log.h"
 
 // --- Fixture: one temporary directory per test --------------------------------------------
@@ -37,16 +37,10 @@ typedef struct {
   char dir[300];  /* root/ckpt: the checkpoint directory (created by ckpt_write) */
 } fx_t;
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-  return remove(path);
-}
-
 static int fx_setup(void **state) {
   fx_t *f = calloc(1, sizeof *f);
   assert_non_null(f);
-  snprintf(f->root, sizeof f->root, "%s/drover-ckpt-XXXXXX",
-           getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-  assert_non_null(mkdtemp(f->root));
+  assert_int_equal(tmpdir_make(f->root, sizeof f->root, "ckpt"), 0);
   snprintf(f->dir, sizeof f->dir, "%s/ckpt", f->root);
   *state = f;
   return 0;
@@ -54,7 +48,7 @@ static int fx_setup(void **state) {
 
 static int fx_teardown(void **state) {
   fx_t *f = *state;
-  nftw(f->root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  tmpdir_remove(f->root);
   free(f);
   return 0;
 }

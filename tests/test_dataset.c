@@ -11,7 +11,6 @@
 #include <cmocka.h>
 
 #include <errno.h>
-#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +21,7 @@
 
 #include "agent/dataset.h"
 #include "common/rng.h"
+#include "tests/tmpdir.h"
 
 #define FMNIST_DIR "/usr/share/datasets/fashion-mnist"
 
@@ -117,18 +117,12 @@ static void expect_error(const char *img, const char *lab, drv_result_t want, ..
   va_end(ap);
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-  return remove(path);
-}
-
 static int setup(void **state) {
-  const char *base = getenv("TMPDIR");
-  snprintf(tmpdir, sizeof tmpdir, "%s/drover-dataset-XXXXXX", base && *base ? base : "/tmp");
-  return mkdtemp(tmpdir) ? 0 : -1;
+  return tmpdir_make(tmpdir, sizeof tmpdir, "dataset");
 }
 
 static int teardown(void **state) {
-  return nftw(tmpdir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+  return tmpdir_remove(tmpdir);
 }
 
 // --- Loading good files -------------------------------------------------------------------

@@ -8,7 +8,6 @@
 
 #include <cmocka.h>
 
-#include <ftw.h>
 #include <math.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -18,6 +17,7 @@
 #include <unistd.h>
 
 #include "coordinator/store.h"
+#include "tests/tmpdir.h"
 
 // --- Fixture: one temporary directory per test -------------------------------------------
 
@@ -28,16 +28,10 @@ typedef struct {
   store_t *store;
 } fx_t;
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-  return remove(path);
-}
-
 static int fx_setup(void **state) {
   fx_t *f = calloc(1, sizeof *f);
   assert_non_null(f);
-  snprintf(f->dir, sizeof f->dir, "%s/drover-store-XXXXXX",
-           getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-  assert_non_null(mkdtemp(f->dir));
+  assert_int_equal(tmpdir_make(f->dir, sizeof f->dir, "store"), 0);
   snprintf(f->state, sizeof f->state, "%s/state", f->dir);
   snprintf(f->db, sizeof f->db, "%s/drover.db", f->state);
   *state = f;
@@ -47,7 +41,7 @@ static int fx_setup(void **state) {
 static int fx_teardown(void **state) {
   fx_t *f = *state;
   store_close(&f->store);
-  nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  tmpdir_remove(f->dir);
   free(f);
   return 0;
 }

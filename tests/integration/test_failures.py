@@ -51,6 +51,19 @@ def wait_progress(c, sub, job):
     raise AssertionError("no progress from job %d:\n%s" % (job, c.all_logs()))
 
 
+def long_job_running(c):
+    """A coordinator, agents a1 and a2, and LONG_SPEC running on them (progress seen).
+    Returns the event subscription and the job id."""
+    c.start_coordinator()
+    c.start_agent("a1")
+    c.start_agent("a2")
+    c.wait_agents(2)
+    sub = c.subscribe()
+    job = c.request("submit", {"spec": LONG_SPEC % c.runs})[2]["job"]
+    wait_progress(c, sub, job)
+    return sub, job
+
+
 def agent_states(c):
     return {a["agent_id"]: a for a in c.request("agents", {})[2]["agents"]}
 
@@ -76,13 +89,7 @@ def run_and_lose_agent(drover, sig):
     released. Returns (seconds to failure, reason)."""
     c = Cluster(drover, env=FAST)
     try:
-        c.start_coordinator()
-        c.start_agent("a1")
-        c.start_agent("a2")
-        c.wait_agents(2)
-        sub = c.subscribe()
-        job = c.request("submit", {"spec": LONG_SPEC % c.runs})[2]["job"]
-        wait_progress(c, sub, job)
+        sub, job = long_job_running(c)
         run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
         assert len(worker_pids(c, run_dir)) == 2
         assert agent_states(c)["a1"]["state"] == "busy"
@@ -128,13 +135,7 @@ def test_killed_agent_fails_job_within_seconds(drover):
 
 def test_cancel_running_job(drover):
     with cluster(drover, env=FAST) as c:
-        c.start_coordinator()
-        c.start_agent("a1")
-        c.start_agent("a2")
-        c.wait_agents(2)
-        sub = c.subscribe()
-        job = c.request("submit", {"spec": LONG_SPEC % c.runs})[2]["job"]
-        wait_progress(c, sub, job)
+        sub, job = long_job_running(c)
         r = c.drover_cli("cancel", str(job))
         assert r.returncode == 0, r.stderr
         final, _ = c.follow(sub, job, timeout=20)
@@ -149,13 +150,7 @@ def test_cancel_running_job(drover):
 
 def test_coordinator_restart(drover):
     with cluster(drover, env=FAST) as c:
-        c.start_coordinator()
-        c.start_agent("a1")
-        c.start_agent("a2")
-        c.wait_agents(2)
-        sub = c.subscribe()
-        job = c.request("submit", {"spec": LONG_SPEC % c.runs})[2]["job"]
-        wait_progress(c, sub, job)
+        sub, job = long_job_running(c)
         sub.close()
         run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
         old_workers = worker_pids(c, run_dir)
