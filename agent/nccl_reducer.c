@@ -134,7 +134,7 @@ static drv_result_t issue_bucket(nccl_reducer_t *r, const bucket_t *b) {
 
 static drv_result_t hook_begin(void *ctx) {
   nccl_reducer_t *r = ctx;
-  r->next = 0; /* whatever an earlier, failed step left */
+  r->next = 0; /* the first bucket again, whatever an earlier (failed) step left */
   return DRV_OK;
 }
 
@@ -163,7 +163,6 @@ static drv_result_t hook_finish(void *ctx) {
   CUDA_CALL(cudaEventRecordWithFlags(r->ev_j0, r->compute, cudaEventRecordExternal));
   CUDA_CALL(cudaStreamWaitEvent(r->compute, r->ev_done, 0));
   CUDA_CALL(cudaEventRecordWithFlags(r->ev_j1, r->compute, cudaEventRecordExternal));
-  r->next = 0;
   return DRV_OK;
 }
 

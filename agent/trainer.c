@@ -83,7 +83,6 @@ struct trainer {
   int fill;   /* the slot trainer_next_batch hands out */
   int staged; /* the slot holding the staged step, -1 when none */
   int active; /* the slot of the step launched and not finished, -1 when none */
-  float lr_staged[2];
   const trainer_reducer_t *reducer;
 
   graph_state_t graphs;
@@ -512,7 +511,6 @@ drv_result_t trainer_stage(trainer_t *t, uint32_t n, uint32_t global_batch, uint
   slot_t *sl = &t->slots[k];
   DRV_CHECK(check_labels(t, sl->h_y, n, "trainer_stage"));
   fill_sched(t, step, total_steps, sl->h_sched);
-  t->lr_staged[k] = sl->h_sched[0];
   DRV_CHECK(be->upload(be, sl->d_x, sl->h_x, (size_t)n * t->sizes[0] * sizeof(float)));
   DRV_CHECK(be->upload(be, sl->d_y, sl->h_y, (size_t)n * sizeof(int32_t)));
   DRV_CHECK(be->upload(be, sl->d_sched, sl->h_sched, 4 * sizeof(float)));
@@ -589,7 +587,7 @@ drv_result_t trainer_step_launch(trainer_t *t, float *lr) {
   slot_t *sl = &t->slots[k];
   t->staged = -1;
   t->active = k;
-  if (lr) *lr = t->lr_staged[k];
+  if (lr) *lr = sl->h_sched[0]; /* the host copy of what the step reads */
   t->t_launch = drv_now_s();
   drv_result_t fence = be->upload_fence(be);
   if (fence != DRV_OK) {
@@ -608,16 +606,6 @@ drv_result_t trainer_step_launch(trainer_t *t, float *lr) {
   return DRV_OK;
 }
 
-static double median(double *v, int n) {
-  for (int i = 1; i < n; i++)
-    for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
-      double tmp = v[j];
-      v[j] = v[j - 1];
-      v[j - 1] = tmp;
-    }
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* cuda_graphs: auto: a few eager steps, then as many replayed ones; keep the faster. */
 static void graph_trial(trainer_t *t, double dt) {
   uint32_t i = t->graph_steps++;
@@ -630,7 +618,8 @@ static void graph_trial(trainer_t *t, double dt) {
   } else if (t->graphs == GRAPHS_TRY_GRAPH) {
     if (i >= 1) t->trial_graph[i - 1] = dt; /* the first one also captured */
     if (i == GRAPH_TRIAL) {
-      double e = median(t->trial_eager, GRAPH_TRIAL), g = median(t->trial_graph, GRAPH_TRIAL);
+      double e = drv_median(t->trial_eager, GRAPH_TRIAL);
+      double g = drv_median(t->trial_graph, GRAPH_TRIAL);
       /* Every rank must decide alike (graph capture of collectives is a collective
        * property): the ranks' gains are summed and the sign decides. */
       double gain = e - g;

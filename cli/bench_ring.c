@@ -191,15 +191,9 @@ static int bench_parse(int argc, char **argv, bench_opts_t *o) {
 
 // --- helpers -------------------------------------------------------------------------------
 
-static int bench_cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
 /* v[n] is sorted in place. */
 static bench_stat_t bench_stat(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
-  double med = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  double med = drv_median(v, (size_t)n);
   return (bench_stat_t){med, v[0], v[n - 1]};
 }
 

@@ -52,16 +52,6 @@ typedef struct {
   uint32_t bucket_mb;
 } train_opts_t;
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median_of(double *v, uint32_t n) {
-  qsort(v, n, sizeof *v, cmp_double);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* A spec for the benchmark's model, through the same loader as a job's (so every key is
  * validated as it would be). The caller destroys it. */
 static drv_result_t make_spec(const train_opts_t *o, uint32_t *features, uint32_t *classes,
@@ -237,12 +227,7 @@ static int bench_train(const train_opts_t *o) {
     fprintf(stderr, "drover bench train: the loss became %g\n", loss);
     goto out;
   }
-  double lo = ms[0], hi = ms[0];
-  for (uint32_t r = 1; r < o->repeats; r++) {
-    lo = fmin(lo, ms[r]);
-    hi = fmax(hi, ms[r]);
-  }
-  double med = median_of(ms, o->repeats);
+  double med = drv_median(ms, o->repeats), lo = ms[0], hi = ms[o->repeats - 1];
   double sps = o->batch / (med / 1e3), tflops = 6.0 * (double)params * o->batch / (med / 1e3) / 1e12;
   double wait_pct = busy > 0 ? 100.0 * wait / (1e3 * busy) : 0;
   printf("%-28s batch %5u %-5s on %-7s %9.3f ms/step (min %.3f, max %.3f)  %10.0f samples/s  "
@@ -283,7 +268,7 @@ static drv_result_t time_steps(trainer_t *t, feed_t *f, uint64_t *k, double *out
     DRV_CHECK(run_steps(t, f, k, 1, UINT32_MAX, &wait, &loss));
     ms[s] = 1e3 * (drv_now_s() - t0);
   }
-  *out_ms = median_of(ms, OVERLAP_STEPS);
+  *out_ms = drv_median(ms, OVERLAP_STEPS);
   return DRV_OK;
 }
 
@@ -329,7 +314,7 @@ static drv_result_t overlap_rank(uint32_t rank, const char *id, const train_opts
     DRV_CHECK_GOTO(nccl_reducer_sum(serial, grads, np), rc, out);
     ar[s] = 1e3 * (drv_now_s() - t0);
   }
-  ar_ms = median_of(ar, OVERLAP_STEPS);
+  ar_ms = drv_median(ar, OVERLAP_STEPS);
   trainer_set_reducer(t, nccl_reducer_hooks(serial));
   DRV_CHECK_GOTO(time_steps(t, &f, &k, &serial_ms), rc, out);
   /* The same communicator, its gradient buffer cut into --bucket-mb buckets. */

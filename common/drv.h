@@ -77,4 +77,8 @@ double drv_now_s(void);
 /* Wall clock, seconds since the epoch. */
 double drv_wall_s(void);
 
+/* The median of v[0..n), n >= 1, sorting v in place (so v[0] is then the minimum and
+ * v[n-1] the maximum): for the medians every benchmark reports. */
+double drv_median(double *v, size_t n);
+
 #endif
