@@ -490,14 +490,9 @@ void trainer_next_batch(trainer_t *t, float **h_x, int32_t **h_y) {
 /* The optimizer's per-step values (be_optim_t's sched) for `step`. */
 static void fill_sched(const trainer_t *t, uint64_t step, uint64_t total, float *sched) {
   const jobspec_t *s = &t->spec;
-  float lr = trainer_lr(s, step, total);
-  /* As adamw_step: bias corrections in double, t = step + 1. */
-  double bc1 = 1.0 - pow((double)s->train.optimizer.beta1, (double)(step + 1));
-  double bc2 = 1.0 - pow((double)s->train.optimizer.beta2, (double)(step + 1));
-  sched[0] = lr;
-  sched[1] = (float)(lr / bc1);
-  sched[2] = (float)sqrt(bc2);
-  sched[3] = 1.0f - lr * s->train.optimizer.weight_decay;
+  /* AdamW counts its steps from t = 1 */
+  be_optim_sched(trainer_lr(s, step, total), s->train.optimizer.beta1, s->train.optimizer.beta2,
+                 s->train.optimizer.weight_decay, step + 1, sched);
 }
 
 drv_result_t trainer_stage(trainer_t *t, uint32_t n, uint32_t global_batch, uint64_t step,

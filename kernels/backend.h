@@ -240,6 +240,11 @@ const backend_t *backend_cpu(void);
  * the current setting. Returns the number now in use. */
 int backend_cpu_threads(int threads);
 
+/* Fills be_optim_t's sched[4] for learning rate lr at AdamW step t >= 1 (bias corrections
+ * in double, as torch.optim.AdamW); SGD reads only sched[0]. */
+void be_optim_sched(float lr, float beta1, float beta2, float weight_decay, uint64_t t,
+                    float sched[4]);
+
 /* Host-side bfloat16 conversions, the same rounding as every backend's convert(). */
 uint16_t be_f32_to_bf16(float x);
 float be_bf16_to_f32(uint16_t x);

@@ -180,42 +180,59 @@ static drv_result_t cpu_softmax_xent(const backend_t *be, const float *d_logits,
 
 // --- optimizers -----------------------------------------------------------------------
 
+static drv_result_t cpu_optimizer_step(const backend_t *be, const be_optim_t *op);
+
+/* The plain optimizer ops are the fused one with this step's schedule in host memory. */
 static drv_result_t cpu_sgd_step(const backend_t *be, float *d_param, const float *d_grad,
                                  float *d_mom, size_t count, float lr, float momentum,
                                  float weight_decay) {
-  for (size_t i = 0; i < count; i++) {
-    float g = d_grad[i] + weight_decay * d_param[i];
-    float v = momentum * d_mom[i] + g;
-    d_mom[i] = v;
-    d_param[i] -= lr * v;
-  }
-  return DRV_OK;
+  float sched[4] = {lr, 0, 0, 0};
+  be_optim_t op = {.type = BE_OPT_SGD,
+                   .count = count,
+                   .param = d_param,
+                   .grad = d_grad,
+                   .grad_scale = 1.0f,
+                   .m = d_mom,
+                   .sched = sched,
+                   .momentum = momentum,
+                   .weight_decay = weight_decay};
+  return cpu_optimizer_step(be, &op);
 }
 
 static drv_result_t cpu_adamw_step(const backend_t *be, float *d_param, const float *d_grad,
                                    float *d_m, float *d_v, size_t count, float lr, float beta1,
                                    float beta2, float eps, float weight_decay, uint64_t t) {
   if (t == 0) return drv_error(DRV_ERR_INVALID, "cpu adamw_step: step t must be >= 1");
+  float sched[4];
+  be_optim_sched(lr, beta1, beta2, weight_decay, t, sched);
+  be_optim_t op = {.type = BE_OPT_ADAMW,
+                   .count = count,
+                   .param = d_param,
+                   .grad = d_grad,
+                   .grad_scale = 1.0f,
+                   .m = d_m,
+                   .v = d_v,
+                   .sched = sched,
+                   .weight_decay = weight_decay,
+                   .beta1 = beta1,
+                   .beta2 = beta2,
+                   .eps = eps};
+  return cpu_optimizer_step(be, &op);
+}
+
+// --- fused and mixed-precision ops ------------------------------------------------------
+
+void be_optim_sched(float lr, float beta1, float beta2, float weight_decay, uint64_t t,
+                    float sched[4]) {
   /* As torch.optim.AdamW (single-tensor path): step_size = lr / bc1,
    * denom = sqrt(v) / sqrt(bc2) + eps. */
   double bc1 = 1.0 - pow((double)beta1, (double)t);
   double bc2 = 1.0 - pow((double)beta2, (double)t);
-  float step_size = (float)(lr / bc1);
-  float bc2_sqrt = (float)sqrt(bc2);
-  float decay = 1.0f - lr * weight_decay;
-  for (size_t i = 0; i < count; i++) {
-    float g = d_grad[i];
-    float m = beta1 * d_m[i] + (1.0f - beta1) * g;
-    float v = beta2 * d_v[i] + (1.0f - beta2) * g * g;
-    d_m[i] = m;
-    d_v[i] = v;
-    float denom = sqrtf(v) / bc2_sqrt + eps;
-    d_param[i] = d_param[i] * decay - step_size * m / denom;
-  }
-  return DRV_OK;
+  sched[0] = lr;
+  sched[1] = (float)(lr / bc1);
+  sched[2] = (float)sqrt(bc2);
+  sched[3] = 1.0f - lr * weight_decay;
 }
-
-// --- fused and mixed-precision ops ------------------------------------------------------
 
 uint16_t be_f32_to_bf16(float x) {
   uint32_t u;

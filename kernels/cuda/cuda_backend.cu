@@ -321,49 +321,51 @@ __global__ void k_loss_sum(const float *losses, const int32_t *correct, uint32_t
 
 // --- optimizers --------------------------------------------------------------------------
 
-__global__ void k_sgd(float *p, const float *g, float *mom, size_t count, float lr, float momentum,
-                      float wd) {
-  GRID_STRIDE(i, count) {
-    float gi = g[i] + wd * p[i];
-    float v = momentum * mom[i] + gi;
-    mom[i] = v;
-    p[i] -= lr * v;
-  }
+/* One parameter's update, shared by the plain ops and the fused one: the formulas of the
+ * CPU reference. */
+__device__ __forceinline__ float sgd_update(float p, float g, float *mom, float lr,
+                                            float momentum, float wd) {
+  g += wd * p;
+  float v = momentum * *mom + g;
+  *mom = v;
+  return p - lr * v;
 }
 
-__global__ void k_adamw(float *p, const float *g, float *m, float *v, size_t count, float step_size,
-                        float bc2_sqrt, float decay, float beta1, float beta2, float eps) {
-  GRID_STRIDE(i, count) {
-    float gi = g[i];
-    float mi = beta1 * m[i] + (1.0f - beta1) * gi;
-    float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    float denom = sqrtf(vi) / bc2_sqrt + eps;
-    p[i] = p[i] * decay - step_size * mi / denom;
-  }
+__device__ __forceinline__ float adamw_update(float p, float g, float *m, float *v,
+                                              const float *sched, float beta1, float beta2,
+                                              float eps) {
+  float mi = beta1 * *m + (1.0f - beta1) * g;
+  float vi = beta2 * *v + (1.0f - beta2) * g * g;
+  *m = mi;
+  *v = vi;
+  float denom = sqrtf(vi) / sched[2] + eps;
+  return p * sched[3] - sched[1] * mi / denom;
+}
+
+__global__ void k_sgd(float *p, const float *g, float *mom, size_t count, float lr, float momentum,
+                      float wd) {
+  GRID_STRIDE(i, count) p[i] = sgd_update(p[i], g[i], &mom[i], lr, momentum, wd);
+}
+
+/* sched by value: be_optim_sched's values of this call */
+struct sched4 {
+  float v[4];
+};
+
+__global__ void k_adamw(float *p, const float *g, float *m, float *v, size_t count, sched4 s,
+                        float beta1, float beta2, float eps) {
+  GRID_STRIDE(i, count) p[i] = adamw_update(p[i], g[i], &m[i], &v[i], s.v, beta1, beta2, eps);
 }
 
 /* Every parameter in one launch; lr and the bias corrections come from device memory, so a
  * captured graph replays with this step's values. */
 __global__ void k_optimizer(be_optim_t o) {
-  float lr = o.sched[0];
   GRID_STRIDE(i, o.count) {
     float g = ld(o.grad, i, o.grad_type) * o.grad_scale;
-    float p = o.param[i];
-    if (o.type == BE_OPT_SGD) {
-      g += o.weight_decay * p;
-      float v = o.momentum * o.m[i] + g;
-      o.m[i] = v;
-      p -= lr * v;
-    } else {
-      float mi = o.beta1 * o.m[i] + (1.0f - o.beta1) * g;
-      float vi = o.beta2 * o.v[i] + (1.0f - o.beta2) * g * g;
-      o.m[i] = mi;
-      o.v[i] = vi;
-      float denom = sqrtf(vi) / o.sched[2] + o.eps;
-      p = p * o.sched[3] - o.sched[1] * mi / denom;
-    }
+    float p = o.type == BE_OPT_SGD
+                  ? sgd_update(o.param[i], g, &o.m[i], o.sched[0], o.momentum, o.weight_decay)
+                  : adamw_update(o.param[i], g, &o.m[i], &o.v[i], o.sched, o.beta1, o.beta2,
+                                 o.eps);
     o.param[i] = p;
     if (o.param_copy) st(o.param_copy, i, o.copy_type, p);
   }
@@ -532,12 +534,10 @@ static drv_result_t cu_adamw_step(const backend_t *be, float *d_param, const flo
                                   float beta2, float eps, float weight_decay, uint64_t t) {
   if (t == 0) return drv_error(DRV_ERR_INVALID, "cuda adamw_step: step t must be >= 1");
   if (!count) return DRV_OK;
-  double bc1 = 1.0 - pow((double)beta1, (double)t);
-  double bc2 = 1.0 - pow((double)beta2, (double)t);
-  float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
-  float decay = 1.0f - lr * weight_decay;
-  k_adamw<<<grid_for(count, 256), 256, 0, ctx_of(be)->compute>>>(
-      d_param, d_grad, d_m, d_v, count, step_size, bc2_sqrt, decay, beta1, beta2, eps);
+  sched4 s;
+  be_optim_sched(lr, beta1, beta2, weight_decay, t, s.v);
+  k_adamw<<<grid_for(count, 256), 256, 0, ctx_of(be)->compute>>>(d_param, d_grad, d_m, d_v, count,
+                                                                 s, beta1, beta2, eps);
   LAUNCH_CHECK("adamw_step");
   return DRV_OK;
 }
