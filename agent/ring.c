@@ -26,6 +26,7 @@
 
 #include "common/log.h"
 #include "common/settings.h"
+#include "common/sock.h"
 
 #define RING_MAGIC_HELLO 0x474e5244u /* "DRNG" as little-endian bytes */
 #define RING_MAGIC_CALL 0x52415244u  /* "DRAR" */
@@ -306,7 +307,7 @@ drv_result_t ring_connect(ring_t *r, uint32_t rank, uint32_t world, const char *
       ring_sockbufs(rfd);
       dio = 0;
       if (connect(rfd, ai->ai_addr, ai->ai_addrlen) == 0) {
-        dial = DIAL_HELLO;
+        dial = DIAL_CONNECTING; /* checked like a connect in progress */
       } else if (errno == EINPROGRESS) {
         dial = DIAL_CONNECTING;
       } else {
@@ -345,6 +346,10 @@ drv_result_t ring_connect(ring_t *r, uint32_t rank, uint32_t world, const char *
         if (getsockopt(rfd, SOL_SOCKET, SO_ERROR, &err, &el) < 0) err = errno;
         if (err) {
           snprintf(why, sizeof why, "connect: %s", strerror(err));
+          retry = true;
+        } else if (sock_fd_self_connected(rfd, NULL, 0)) {
+          /* The peer's port is free and was handed to us as our own: dial again. */
+          snprintf(why, sizeof why, "nothing listens there (the connection reached itself)");
           retry = true;
         } else {
           dial = DIAL_HELLO;

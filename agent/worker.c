@@ -59,11 +59,16 @@ typedef struct {
   FILE *audit;   /* $DROVER_AUDIT_DIR: sample ids of every step, for tests */
   /* the commit (kept by the trainer): state after commit_step steps */
   uint64_t commit_step;
+  /* the step of the last evaluation: whether a rank evaluates (a collective) must not
+   * depend on its own history, so a new world takes rank 0's (sync_state) */
+  uint64_t last_eval;
   /* progress since the last report */
   uint64_t rep_samples, rep_steps;
   double rep_step_s, rep_wait_s, rep_data_ms, rep_start_s;
   /* DROVER_FAULT_SLOW_MS: a fault-injection hook for tests, a sleep in every step */
   int64_t fault_slow_ms;
+  /* DROVER_FAULT_KILL_AFTER_EVAL: killed right after the evaluation of this epoch (1-based) */
+  uint32_t fault_kill_after_eval;
 } worker_t;
 
 typedef struct {
@@ -500,7 +505,8 @@ static drv_result_t load_checkpoint(worker_t *w, int *found, uint64_t *step) {
  * value (+0 + -0 = +0, -0 + -0 = -0), so the sum is bitwise rank 0's state. *step receives
  * the steps already done. */
 static drv_result_t sync_state(worker_t *w, int after_failure, uint64_t *step) {
-  float head[3] = {-0.0f, -0.0f, -0.0f}; /* have state, step low 24 bits, step high bits */
+  /* have state, step low 24 bits, step high bits, evaluated at that step */
+  float head[4] = {-0.0f, -0.0f, -0.0f, -0.0f};
   if (w->rank == 0) {
     int found = after_failure;
     uint64_t s = w->commit_step;
@@ -509,10 +515,13 @@ static drv_result_t sync_state(worker_t *w, int after_failure, uint64_t *step) {
       head[0] = 1.0f;
       head[1] = (float)(s & 0xffffff);
       head[2] = (float)(s >> 24);
+      /* A survivor that evaluated at the step it rolled back to: a newcomer must not
+       * evaluate there alone (nor re-evaluate what was reported). */
+      head[3] = after_failure && w->last_eval == s ? 1.0f : 0.0f;
     }
   }
   if (w->world > 1) {
-    DRV_CHECK(ring_sum(w, head, 3));
+    DRV_CHECK(ring_sum(w, head, 4));
     if (head[0] == 1.0f) {
       size_t np, no;
       trainer_params(w->trainer, &np);
@@ -531,6 +540,7 @@ static drv_result_t sync_state(worker_t *w, int after_failure, uint64_t *step) {
     }
   }
   *step = head[0] == 1.0f ? (uint64_t)head[1] + ((uint64_t)head[2] << 24) : 0;
+  w->last_eval = head[3] == 1.0f ? *step : 0;
   return DRV_OK;
 }
 
@@ -618,7 +628,7 @@ out:
 }
 
 typedef struct {
-  uint64_t last_eval, last_ckpt; /* steps at the last evaluation and checkpoint */
+  uint64_t last_ckpt; /* the step of the last checkpoint */
   double test_loss, test_acc, train_s;
   uint64_t global_samples;
 } progress_t;
@@ -627,7 +637,13 @@ static drv_result_t eval_epoch(worker_t *w, const plan_t *p, progress_t *g, uint
                                uint32_t spe) {
   uint32_t epoch = (uint32_t)((step - 1) / spe);
   DRV_CHECK(evaluate(w, p, &g->test_loss, &g->test_acc));
-  g->last_eval = step;
+  w->last_eval = step;
+  if (w->fault_kill_after_eval == epoch + 1) {
+    log_warn("fault injection: killed after the evaluation of epoch %u "
+             "(DROVER_FAULT_KILL_AFTER_EVAL)",
+             epoch + 1);
+    raise(SIGKILL);
+  }
   if (w->rank != 0) return DRV_OK;
   proto_msg_t m;
   proto_msg_init(&m, PROTO_EVAL);
@@ -683,7 +699,7 @@ static drv_result_t run(worker_t *w, plan_t *p, progress_t *g, uint64_t *step) {
   for (;;) {
     uint64_t done = *step;
     /* An epoch ends with an evaluation (and so does training, wherever it stops). */
-    if (done > 0 && (done % p->spe == 0 || done == p->total) && g->last_eval != done)
+    if (done > 0 && (done % p->spe == 0 || done == p->total) && w->last_eval != done)
       DRV_CHECK(eval_epoch(w, p, g, done, p->spe));
     if (done >= p->total) return DRV_OK;
     uint32_t epoch = (uint32_t)(done / p->spe);
@@ -887,6 +903,8 @@ drv_result_t worker_run(const worker_config_t *cfg) {
     log_warn("fault injection: every step sleeps %" PRId64 " ms (DROVER_FAULT_SLOW_MS)",
              w.fault_slow_ms);
   }
+  const char *kill_eval = getenv("DROVER_FAULT_KILL_AFTER_EVAL");
+  if (kill_eval && *kill_eval) w.fault_kill_after_eval = (uint32_t)atoi(kill_eval);
   const char *audit = getenv("DROVER_AUDIT_DIR");
   if (audit && *audit) {
     char path[1200];

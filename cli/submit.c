@@ -144,8 +144,9 @@ static int coordinator_answers(void *ctx, const char *ep, int timeout_ms) {
   proto_msg_init(&req, PROTO_STATUS);
   req.u.status.limit = 1;
   drv_result_t rc = sock_request(ctx, ep, &req, &rep, timeout_ms);
+  int jobs = rep.type == PROTO_JOBS;
   proto_msg_fini(&rep);
-  return rc == DRV_OK;
+  return rc == DRV_OK && jobs;
 }
 
 static int ensure_coordinator(submit_t *s, void *ctx, int local) {

@@ -1,10 +1,13 @@
 /* sock.c: see sock.h. */
 #include "common/sock.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <zmq.h>
 
 #include "common/settings.h"
@@ -46,6 +49,16 @@ drv_result_t sock_endpoint(const char *base, sock_port_t port, char *out, size_t
   int n = snprintf(out, outsz, "%.*s:%ld", (int)(colon - base), base, p + (long)port);
   if (n < 0 || (size_t)n >= outsz) return drv_error(DRV_ERR_INVALID, "%s: endpoint too long", base);
   return DRV_OK;
+}
+
+int sock_ports_ephemeral(const char *base, int *lo, int *hi) {
+  const char *colon = strrchr(base, ':');
+  long p = colon ? strtol(colon + 1, NULL, 10) : 0;
+  FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+  if (!f) return 0;
+  int n = fscanf(f, "%d %d", lo, hi);
+  fclose(f);
+  return n == 2 && p > 0 && p + 2 >= *lo && p <= *hi;
 }
 
 drv_result_t sock_send(void *s, const void *identity, size_t idlen, const proto_msg_t *m,
@@ -91,6 +104,32 @@ static void drain(void *s) {
   }
 }
 
+int sock_fd_self_connected(int fd, char *addr, size_t addrsz) {
+  struct sockaddr_storage me, peer;
+  socklen_t lme = sizeof me, lpeer = sizeof peer;
+  if (fd < 0 || getsockname(fd, (struct sockaddr *)&me, &lme) < 0 ||
+      getpeername(fd, (struct sockaddr *)&peer, &lpeer) < 0 || lme != lpeer)
+    return 0;
+  int port;
+  char host[INET6_ADDRSTRLEN] = "?";
+  if (me.ss_family == AF_INET) {
+    const struct sockaddr_in *a = (const void *)&me, *b = (const void *)&peer;
+    if (a->sin_port != b->sin_port || a->sin_addr.s_addr != b->sin_addr.s_addr) return 0;
+    inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+    port = ntohs(a->sin_port);
+  } else if (me.ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const void *)&me, *b = (const void *)&peer;
+    if (a->sin6_port != b->sin6_port || memcmp(&a->sin6_addr, &b->sin6_addr, sizeof a->sin6_addr))
+      return 0;
+    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+    port = ntohs(a->sin6_port);
+  } else {
+    return 0;
+  }
+  if (addr) snprintf(addr, addrsz, "%s:%d", host, port);
+  return 1;
+}
+
 drv_result_t sock_recv(void *s, int is_router, unsigned char *identity, size_t *idlen,
                        proto_msg_t *m, int timeout_ms) {
   proto_msg_init(m, PROTO_TYPE_COUNT);
@@ -123,7 +162,21 @@ drv_result_t sock_recv(void *s, int is_router, unsigned char *identity, size_t *
   }
   int more = zmq_msg_more(&f);
   drv_result_t rc;
-  if (more) {
+  char self[INET6_ADDRSTRLEN + 8];
+  /* ZMQ_SRCFD is deprecated in libzmq but still the one way to reach the connection a
+   * message came over; -1 for transports without one. */
+  int fd = is_router ? -1 : zmq_msg_get(&f, ZMQ_SRCFD);
+  if (sock_fd_self_connected(fd, self, sizeof self)) {
+    /* A connecting socket's own message: nothing listened on that port and the kernel
+     * picked the same port for this end, so the connection reached itself. End it (ZeroMQ
+     * reconnects) so the port is free for whoever should listen there. */
+    shutdown(fd, SHUT_RDWR);
+    rc = drv_error(DRV_ERR_ZMQ,
+                   "the connection to %s reached this socket itself (nothing listened there "
+                   "and the port lies in the ephemeral range): dropped it",
+                   self);
+    if (more) drain(s);
+  } else if (more) {
     rc = drv_error(DRV_ERR_PROTO, "unexpected multipart message");
     drain(s);
   } else {

@@ -29,6 +29,12 @@ void *sock_new(void *ctx, int type);
  * works too. */
 drv_result_t sock_endpoint(const char *base, sock_port_t port, char *out, size_t outsz);
 
+/* Whether any of the three ports of coordinator endpoint `base` lies in this machine's
+ * ephemeral port range (Linux: /proc/sys/net/ipv4/ip_local_port_range, into *lo..*hi).
+ * Outgoing connections may then take those ports while the coordinator is down, and a
+ * client dialling one can connect to itself (sock_fd_self_connected). */
+int sock_ports_ephemeral(const char *base, int *lo, int *hi);
+
 /* Encodes and sends m. identity (ROUTER only) is sent first as its own frame when
  * non-NULL. Non-blocking when dontwait; a ROUTER peer that is gone gives DRV_ERR_ZMQ. */
 drv_result_t sock_send(void *s, const void *identity, size_t idlen, const proto_msg_t *m,
@@ -37,10 +43,20 @@ drv_result_t sock_send(void *s, const void *identity, size_t idlen, const proto_
 /* Publishes m on a PUB socket under `topic`. */
 drv_result_t sock_publish(void *pub, const char *topic, const proto_msg_t *m);
 
+/* Whether TCP socket fd is connected to itself (its local and peer addresses are the same),
+ * which happens on Linux when a client dials a port of the ephemeral range that nothing
+ * listens on and the kernel gives the client that very port. The address goes into addr
+ * ("127.0.0.1:40000") when addr is non-NULL. */
+int sock_fd_self_connected(int fd, char *addr, size_t addrsz);
+
 /* Receives one message (blocking up to timeout_ms; -1 forever). On a ROUTER the identity
  * frame is copied into identity[*idlen] (capacity 256). A frame that fails to decode is
  * consumed and reported as DRV_ERR_PROTO (the caller answers or drops it and keeps going);
- * DRV_ERR_TIMEOUT when nothing arrived. m must be fini'ed by the caller in every case. */
+ * DRV_ERR_TIMEOUT when nothing arrived. On a connecting socket, a message that came back
+ * over a connection to itself (sock_fd_self_connected) is dropped and reported as
+ * DRV_ERR_ZMQ, and that connection is shut down so ZeroMQ dials again: without this a
+ * client would take its own request for the answer and hold the port its server needs.
+ * m must be fini'ed by the caller in every case. */
 drv_result_t sock_recv(void *s, int is_router, unsigned char *identity, size_t *idlen,
                        proto_msg_t *m, int timeout_ms);
 

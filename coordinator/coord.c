@@ -1182,6 +1182,12 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
   DRV_CHECK_GOTO(store_job_list(c->store, 0, load_one, c), rc, out);
   log_info("coordinator listening on %s (+1 clients, +2 events), state in %s", cfg->bind,
            cfg->state_dir);
+  int lo, hi;
+  if (sock_ports_ephemeral(cfg->bind, &lo, &hi))
+    log_warn("the ports of %s lie in this machine's ephemeral range (%d-%d): while this "
+             "coordinator is down, other programs' connections may take them, so a restart "
+             "could fail to bind; a base port below %d avoids that",
+             cfg->bind, lo, hi, lo - 2);
 
   int64_t hb_ms = drv_setting(DRV_SET_HEARTBEAT_MS);
   int64_t next_tick = drv_now_ms() + hb_ms;

@@ -7,7 +7,6 @@ here are written from docs/protocol.md alone: [version, type, body-map] frames.
 import contextlib
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -18,28 +17,10 @@ import time
 import msgpack
 import zmq
 
+from ports import free_base_port
+
 PROTO_VERSION = 1
 CLUSTERS = []  # every Cluster made, checked for leftovers after each test
-
-
-def free_base_port():
-    """A base port P with P, P+1 and P+2 free on 127.0.0.1."""
-    for _ in range(200):
-        base = random.randint(20000, 60000)
-        socks = []
-        try:
-            for p in range(base, base + 3):
-                s = socket.socket()
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(("127.0.0.1", p))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free ports")
 
 
 def pack(mtype, body):

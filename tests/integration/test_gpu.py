@@ -12,13 +12,14 @@ Standard library only (GPU machines may lack python3-zmq): it drives the drover 
 Exits 77 (skipped) where no GPU answers."""
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+
+from ports import free_base_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE = os.path.join(ROOT, "examples", "fashion-mnist-gpu.yaml")
@@ -49,7 +50,7 @@ def cleanup():
 def submit_args(drover, tmp, sets, env_extra=None):
     env = dict(os.environ)
     env["DROVER_STATE_DIR"] = os.path.join(tmp, "state")
-    env["DROVER_COORDINATOR"] = "tcp://127.0.0.1:%d" % random.randint(20000, 60000)
+    env["DROVER_COORDINATOR"] = "tcp://127.0.0.1:%d" % free_base_port()
     ENDPOINTS.append(env["DROVER_COORDINATOR"])
     env.update(env_extra or {})
     args = [drover, "submit", EXAMPLE, "--json", "--set", "run_dir=" + os.path.join(tmp, "runs")]

@@ -29,10 +29,20 @@ def write_spec(c, name, samples):
     return path
 
 
-def result(proc):
+def coordinator_logs(c):
+    """The tails of the coordinator logs the local submits wrote, for a failure message."""
+    logs = []
+    for d in sorted(os.listdir(c.state)) if os.path.isdir(c.state) else []:
+        path = os.path.join(c.state, d, "coordinator.log")
+        if os.path.exists(path):
+            logs.append("%s:\n%s" % (path, open(path).read()[-2000:]))
+    return "\n".join(logs)
+
+
+def result(c, proc):
     out, err = proc.communicate(timeout=300)
     lines = [l for l in out.splitlines() if l.startswith("{")]
-    assert lines, (out, err[-3000:])
+    assert lines, (out, err[-3000:], coordinator_logs(c))
     return json.loads(lines[-1]), err
 
 
@@ -68,8 +78,8 @@ def test_overlapping_submits_share_a_coordinator(drover):
             time.sleep(0.1)
         b = subprocess.Popen([c.drover, "submit", long, "--json"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env)
-        ra, ea = result(a)
-        rb, eb = result(b)
+        ra, ea = result(c, a)
+        rb, eb = result(c, b)
         assert ra["status"] == "succeeded", (ra, ea[-2000:])
         assert rb["status"] == "succeeded", (rb, eb[-2000:])
         assert ra["job"] != rb["job"]

@@ -264,6 +264,32 @@ def test_waits_below_min_nodes_for_an_agent(drover):
         print("below min_nodes: waited, re-formed with a new agent at step %d" % rec["step"])
 
 
+def test_newcomer_after_a_loss_at_an_epoch_end(drover):
+    # Rank 1 dies right after the evaluation of epoch 1: rank 0 has evaluated at that step
+    # and rolls back to it (a commit). A newcomer that takes rank 1's place must make the
+    # same choice as rank 0 there (no evaluation: it was reported), or their collectives
+    # pair an evaluation with a gradient sum and the job fails at max_restarts.
+    with cluster(drover, env=ENV) as c:
+        sub, job = start(c, "boundary", agents=("a1", "a2"), epochs=3,
+                         nodes="nodes: 2\nrejoin_timeout: 30\n",
+                         agent_env={"a2": {"DROVER_FAULT_KILL_AFTER_EVAL": "1"}})
+        run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
+        deadline = time.time() + 60
+        while not any("fault injection" in open(f).read()
+                      for f in glob.glob(os.path.join(run_dir, "logs", "rank-1.log"))):
+            assert time.time() < deadline, "rank 1 was not killed after the first evaluation"
+            time.sleep(0.1)
+        c.start_agent("a3")
+        final, _ = c.follow(sub, job, timeout=120)
+        assert final["state"] == "succeeded", final
+        (rec, redone), = reform_records(run_dir)
+        assert rec["step"] == 400 and rec["world"] == 2, rec
+        evals = [x["epoch"] for x in read_metrics(run_dir) if x["type"] == "eval"]
+        assert evals == [0, 1, 2], evals  # each epoch evaluated once, none twice
+        print("lost at an epoch end: re-formed at step %d with a newcomer, evaluations %s"
+              % (rec["step"], evals))
+
+
 def test_rank_lost_before_start(drover):
     # A newcomer taken in by growth dies before checking in: the ranks already waiting for
     # `start` re-form again without it, and the job carries on.
@@ -283,5 +309,5 @@ def test_rank_lost_before_start(drover):
 
 
 if __name__ == "__main__":
-    main([test_rank_lost_before_start, test_waits_below_min_nodes_for_an_agent, test_straggler_reported_not_killed, test_killed_worker, test_hung_worker, test_killed_agent, test_max_restarts,
+    main([test_newcomer_after_a_loss_at_an_epoch_end, test_rank_lost_before_start, test_waits_below_min_nodes_for_an_agent, test_straggler_reported_not_killed, test_killed_worker, test_hung_worker, test_killed_agent, test_max_restarts,
           test_graceful_leave, test_grow_when_an_agent_joins])

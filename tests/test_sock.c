@@ -1,0 +1,153 @@
+/* test_sock.c: the ZeroMQ helpers' guard against TCP self-connections. On Linux a client
+ * that dials a free port of the ephemeral range can be given that very port as its own
+ * and connect to itself; the tests make such connections on purpose (a socket bound to a
+ * port and connected to it; ZeroMQ's "source;destination" endpoint) and check that they
+ * are recognised, that a looped-back message is never taken for a reply, and that real
+ * peers still are. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include <cmocka.h>
+
+#include "common/sock.h"
+
+/* A TCP socket bound to 127.0.0.1 on a port the kernel picked; the port in *port. */
+static int bound_socket(int *port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  assert_true(fd >= 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+  socklen_t l = sizeof a;
+  assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &l), 0);
+  *port = ntohs(a.sin_port);
+  return fd;
+}
+
+static void test_self_connected_fd_is_recognised(void **state) {
+  (void)state;
+  int port;
+  int fd = bound_socket(&port);
+  struct sockaddr_in to = {.sin_family = AF_INET,
+                           .sin_port = htons((uint16_t)port),
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  assert_int_equal(connect(fd, (struct sockaddr *)&to, sizeof to), 0);
+  char addr[64], want[64];
+  assert_true(sock_fd_self_connected(fd, addr, sizeof addr));
+  snprintf(want, sizeof want, "127.0.0.1:%d", port);
+  assert_string_equal(addr, want);
+  close(fd);
+
+  /* A connection between two sockets is not. */
+  int lfd = bound_socket(&port);
+  assert_int_equal(listen(lfd, 1), 0);
+  int cfd = socket(AF_INET, SOCK_STREAM, 0);
+  to.sin_port = htons((uint16_t)port);
+  assert_int_equal(connect(cfd, (struct sockaddr *)&to, sizeof to), 0);
+  int afd = accept(lfd, NULL, NULL);
+  assert_true(afd >= 0);
+  assert_false(sock_fd_self_connected(cfd, NULL, 0));
+  assert_false(sock_fd_self_connected(afd, NULL, 0));
+  assert_false(sock_fd_self_connected(lfd, NULL, 0)); /* not connected at all */
+  assert_false(sock_fd_self_connected(-1, NULL, 0));
+  close(afd);
+  close(cfd);
+  close(lfd);
+}
+
+static void test_looped_back_message_is_not_a_reply(void **state) {
+  (void)state;
+  int port;
+  close(bound_socket(&port)); /* a port nothing listens on */
+  void *ctx = zmq_ctx_new();
+  void *s = sock_new(ctx, ZMQ_DEALER);
+  assert_non_null(s);
+  char ep[128];
+  /* Dial from the port to itself: what the kernel may do by chance, made certain. */
+  snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d;127.0.0.1:%d", port, port);
+  assert_int_equal(zmq_connect(s, ep), 0);
+  proto_msg_t req, m;
+  proto_msg_init(&req, PROTO_STATUS);
+  req.u.status.limit = 1;
+  assert_int_equal(sock_send(s, NULL, 0, &req, 0), DRV_OK);
+  drv_result_t rc = sock_recv(s, 0, NULL, NULL, &m, 5000);
+  proto_msg_fini(&m);
+  assert_int_equal(rc, DRV_ERR_ZMQ);
+  assert_non_null(strstr(drv_last_error(), "reached this socket itself"));
+  zmq_close(s);
+  zmq_ctx_term(ctx);
+}
+
+static void test_real_peer_still_answers(void **state) {
+  (void)state;
+  void *ctx = zmq_ctx_new();
+  void *srv = sock_new(ctx, ZMQ_ROUTER);
+  void *cli = sock_new(ctx, ZMQ_DEALER);
+  assert_non_null(srv);
+  assert_non_null(cli);
+  assert_int_equal(zmq_bind(srv, "tcp://127.0.0.1:*"), 0);
+  char ep[128];
+  size_t len = sizeof ep;
+  assert_int_equal(zmq_getsockopt(srv, ZMQ_LAST_ENDPOINT, ep, &len), 0);
+  assert_int_equal(zmq_connect(cli, ep), 0);
+
+  proto_msg_t req, got, rep;
+  proto_msg_init(&req, PROTO_STATUS);
+  req.u.status.limit = 3;
+  assert_int_equal(sock_send(cli, NULL, 0, &req, 0), DRV_OK);
+  unsigned char ident[256];
+  size_t idlen = 0;
+  assert_int_equal(sock_recv(srv, 1, ident, &idlen, &got, 5000), DRV_OK);
+  assert_int_equal(got.type, PROTO_STATUS);
+  assert_int_equal(got.u.status.limit, 3);
+  proto_msg_fini(&got);
+  proto_msg_t ok;
+  proto_msg_init(&ok, PROTO_OK);
+  assert_int_equal(sock_send(srv, ident, idlen, &ok, 0), DRV_OK);
+  assert_int_equal(sock_recv(cli, 0, NULL, NULL, &rep, 5000), DRV_OK);
+  assert_int_equal(rep.type, PROTO_OK);
+  proto_msg_fini(&rep);
+  zmq_close(cli);
+  zmq_close(srv);
+  zmq_ctx_term(ctx);
+}
+
+static void test_ephemeral_port_check(void **state) {
+  (void)state;
+  int lo = 0, hi = 0;
+  FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+  if (!f) skip();
+  assert_int_equal(fscanf(f, "%d %d", &lo, &hi), 2);
+  fclose(f);
+  char ep[64];
+  int l2, h2;
+  snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", lo);
+  assert_true(sock_ports_ephemeral(ep, &l2, &h2));
+  assert_int_equal(l2, lo);
+  assert_int_equal(h2, hi);
+  snprintf(ep, sizeof ep, "tcp://*:%d", lo - 2); /* its events port is the first of the range */
+  assert_true(sock_ports_ephemeral(ep, &l2, &h2));
+  if (lo > 4) {
+    snprintf(ep, sizeof ep, "tcp://*:%d", lo - 3);
+    assert_false(sock_ports_ephemeral(ep, &l2, &h2));
+  }
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_self_connected_fd_is_recognised),
+      cmocka_unit_test(test_looped_back_message_is_not_a_reply),
+      cmocka_unit_test(test_real_peer_still_answers),
+      cmocka_unit_test(test_ephemeral_port_check),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
