@@ -752,6 +752,26 @@ static const char *resume_source(coord_t *c, int64_t from, store_job_t *old, cha
   return NULL;
 }
 
+/* Records a submitted job in one transaction: whole (with its run directory, which needs
+ * the id) or not at all, at the cost of one fsync. sj carries the pool and resume
+ * directory in, and gets the id and run directory. */
+static drv_result_t record_submission(coord_t *c, const jobspec_t *spec, const char *canon,
+                                      store_job_t *sj) {
+  drv_result_t rc;
+  DRV_CHECK(store_begin(c->store));
+  DRV_CHECK_GOTO(store_job_insert(c->store, spec->name, sj->target, spec->nodes, canon, "",
+                                  &sj->id),
+                 rc, fail);
+  snprintf(sj->run_dir, sizeof sj->run_dir, "%s/%s-%" PRId64, spec->run_dir, spec->name, sj->id);
+  DRV_CHECK_GOTO(store_job_set_run_dir(c->store, sj->id, sj->run_dir), rc, fail);
+  DRV_CHECK_GOTO(store_job_set_pool(c->store, sj->id, sj->pool), rc, fail);
+  DRV_CHECK_GOTO(store_job_set_resume_dir(c->store, sj->id, sj->resume_dir), rc, fail);
+  return store_commit(c->store);
+fail:
+  store_rollback(c->store);
+  return rc;
+}
+
 static void on_submit(coord_t *c, const unsigned char *ident, size_t len,
                       const proto_submit_t *sub) {
   jobspec_t *spec = NULL;
@@ -810,19 +830,15 @@ static void on_submit(coord_t *c, const unsigned char *ident, size_t len,
   }
   store_job_t sj = {0};
   const char *target = jobspec_target_name(spec->target);
-  if (store_job_insert(c->store, spec->name, target, spec->nodes, canon, "", &sj.id) != DRV_OK) {
-    reply_error(c, ident, len, "internal", drv_last_error());
-    goto out;
-  }
   snprintf(sj.name, sizeof sj.name, "%s", spec->name);
   snprintf(sj.target, sizeof sj.target, "%s", target);
   snprintf(sj.pool, sizeof sj.pool, "%s", sub->pool ? sub->pool : "");
   snprintf(sj.resume_dir, sizeof sj.resume_dir, "%s", resume_dir);
-  snprintf(sj.run_dir, sizeof sj.run_dir, "%s/%s-%" PRId64, spec->run_dir, spec->name, sj.id);
-  if (store_job_set_run_dir(c->store, sj.id, sj.run_dir) != DRV_OK ||
-      store_job_set_pool(c->store, sj.id, sj.pool) != DRV_OK ||
-      store_job_set_resume_dir(c->store, sj.id, sj.resume_dir) != DRV_OK)
-    log_error("store: %s", drv_last_error());
+  if (record_submission(c, spec, canon, &sj) != DRV_OK) {
+    log_error("submission of %s not recorded: %s", spec->name, drv_last_error());
+    reply_error(c, ident, len, "internal", drv_last_error());
+    goto out;
+  }
   job_fill(j, &sj, spec, canon);
   canon = NULL;
   if (sub->resume > 0)

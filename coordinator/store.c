@@ -334,6 +334,24 @@ void store_close(store_t **s) {
   *s = NULL;
 }
 
+// --- Transactions ---------------------------------------------------------------------
+
+drv_result_t store_begin(store_t *s) {
+  if (!s) return drv_error(DRV_ERR_INVALID, "store_begin: NULL store");
+  return sql_exec(s, "BEGIN IMMEDIATE", "begin a transaction");
+}
+
+drv_result_t store_commit(store_t *s) {
+  if (!s) return drv_error(DRV_ERR_INVALID, "store_commit: NULL store");
+  drv_result_t rc = sql_exec(s, "COMMIT", "commit a transaction");
+  if (rc != DRV_OK) store_rollback(s);
+  return rc;
+}
+
+void store_rollback(store_t *s) {
+  if (s && !sqlite3_get_autocommit(s->db)) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
 // --- Jobs -----------------------------------------------------------------------------
 
 drv_result_t store_job_insert(store_t *s, const char *name, const char *target, uint32_t nodes,

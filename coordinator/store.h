@@ -66,6 +66,14 @@ drv_result_t store_open(const char *state_dir, store_t **out);
 /* Closes the database and frees the store; nulls the caller's pointer. NULL-safe. */
 void store_close(store_t **s);
 
+/* Groups the writes that follow into one transaction (one fsync, all or nothing):
+ * store_begin, then the writes, then store_commit, or store_rollback to drop them. A
+ * coordinator that dies before the commit leaves none of them behind. Transactions do
+ * not nest. */
+drv_result_t store_begin(store_t *s);
+drv_result_t store_commit(store_t *s);
+void store_rollback(store_t *s);
+
 /* Inserts a queued job with its resolved spec YAML text (copied into the database) and
  * submitted_at = now; *id receives the new id (1, 2, ..., never reused, even after the
  * newest job's row is deleted). DRV_ERR_INVALID when name is empty or does not fit

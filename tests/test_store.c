@@ -444,6 +444,49 @@ static void test_resume_fields(void **state) {
   assert_int_equal(store_job_set_resume_dir(f->store, id, big), DRV_ERR_INVALID);
 }
 
+static int count_jobs(const store_job_t *job, void *arg) {
+  (void)job;
+  ++*(int *)arg;
+  return 0;
+}
+
+static int jobs_in(fx_t *f) {
+  int n = 0;
+  assert_int_equal(store_job_list(f->store, 0, count_jobs, &n), DRV_OK);
+  return n;
+}
+
+/* A transaction records all its writes or none: rolled back, the job is gone (and so is a
+ * write that failed inside it); committed, it survives a reopen whole. */
+static void test_transaction_all_or_nothing(void **state) {
+  fx_t *f = *state;
+  open_store(f);
+  assert_int_equal(store_begin(f->store), DRV_OK);
+  int64_t id = insert(f, "dropped");
+  assert_int_equal(store_job_set_pool(f->store, id, "local-1"), DRV_OK);
+  char big[2000];
+  memset(big, 'x', sizeof big - 1);
+  big[sizeof big - 1] = '\0';
+  assert_int_equal(store_job_set_resume_dir(f->store, id, big), DRV_ERR_INVALID);
+  store_rollback(f->store);
+  assert_int_equal(jobs_in(f), 0);
+  store_rollback(f->store); /* none open: nothing happens */
+
+  assert_int_equal(store_begin(f->store), DRV_OK);
+  id = insert(f, "kept");
+  assert_int_equal(store_job_set_run_dir(f->store, id, "/runs/kept-1"), DRV_OK);
+  assert_int_equal(store_job_set_pool(f->store, id, "local-2"), DRV_OK);
+  assert_int_equal(store_commit(f->store), DRV_OK);
+  assert_int_equal(store_commit(f->store), DRV_ERR_SYS); /* none open */
+  store_close(&f->store);
+  open_store(f);
+  assert_int_equal(jobs_in(f), 1);
+  store_job_t j = get(f, id);
+  assert_string_equal(j.name, "kept");
+  assert_string_equal(j.run_dir, "/runs/kept-1");
+  assert_string_equal(j.pool, "local-2");
+}
+
 static void test_ids_not_reused_after_reopen(void **state) {
   fx_t *f = *state;
   open_store(f);
@@ -622,6 +665,7 @@ int main(void) {
       T(test_reopen_keeps_jobs_and_recovers),
       T(test_resume_fields),
       T(test_migrates_version_1),
+      T(test_transaction_all_or_nothing),
       T(test_ids_not_reused_after_reopen),
       T(test_quotes_and_unicode_survive),
       T(test_long_reason_cut_at_utf8_boundary),
