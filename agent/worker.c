@@ -79,7 +79,7 @@ typedef struct {
   uint32_t *perm;
   int64_t perm_epoch; /* the epoch perm holds, -1 before the first */
   /* The step staged in the trainer (UINT64_MAX: none) and its sample ids by step parity,
-   * for the audit once that step is done. */
+   * for the audit when that step starts (the next one is staged meanwhile). */
   uint64_t staged_step;
   uint32_t *ids[2], nids[2], batch[2];
 } plan_t;
@@ -705,6 +705,15 @@ static drv_result_t run(worker_t *w, plan_t *p, progress_t *g, uint64_t *step) {
     uint32_t epoch = (uint32_t)(done / p->spe);
     double t0 = drv_now_s();
     if (p->staged_step != done) DRV_CHECK(stage_step(w, p, done));
+    if (w->audit) {
+      /* Written before the rank contributes its gradients: a step that reached the model
+       * (some rank completed its all-reduce) has a line from every rank of its world,
+       * even from one killed before its own all-reduce returned. */
+      fprintf(w->audit, "%u %" PRIu64, w->generation, done + 1);
+      for (uint32_t k = 0; k < p->nids[done & 1]; k++)
+        fprintf(w->audit, " %u", p->ids[done & 1][k]);
+      fputc('\n', w->audit);
+    }
     float lr;
     drv_result_t rc = trainer_step_launch(w->trainer, &lr);
     if (rc != DRV_OK) return step_failed(w, rc);
@@ -728,11 +737,6 @@ static drv_result_t run(worker_t *w, plan_t *p, progress_t *g, uint64_t *step) {
     if (!isfinite(loss))
       return drv_error(DRV_ERR_INVALID,
                        "loss became %f at step %" PRIu64 ": lower the learning rate", loss, *step);
-    if (w->audit) {
-      fprintf(w->audit, "%u %" PRIu64, w->generation, *step);
-      for (uint32_t k = 0; k < count; k++) fprintf(w->audit, " %u", p->ids[done & 1][k]);
-      fputc('\n', w->audit);
-    }
     if (w->metrics)
       fprintf(w->metrics,
               "{\"type\":\"step\",\"step\":%" PRIu64

@@ -61,7 +61,11 @@ def wait_step(c, sub, job, at_least):
 
 def audit(audit_dir, n, spe, epoch):
     """Every sample of `epoch` seen exactly once, counting for each step only the records of
-    the newest generation that completed it."""
+    the newest generation that started it. A rank writes a step's record before it adds its
+    gradients, so a step that reached the model has the records of its whole world even
+    when only some ranks saw its all-reduce finish (a rank killed mid-step, a survivor
+    whose send to it failed after everything had arrived); a step that did not reach the
+    model is started again by the next generation."""
     recs = {}
     for path in glob.glob(audit_dir + "/audit-*.txt"):
         for line in open(path):
