@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -25,6 +26,7 @@
 
 #define MAX_SETS 64
 #define MAX_LOCAL_AGENTS 64
+#define SUBMIT_ATTEMPTS 6 /* times CLIENT_TIMEOUT_MS: how long submit waits for its job id */
 
 static volatile sig_atomic_t interrupted;
 
@@ -447,6 +449,38 @@ static void print_result(const submit_t *s, const follow_t *f) {
     printf("job %" PRId64 " %s: %s\nrun directory: %s\n", f->job, f->state, f->reason, f->run_dir);
 }
 
+/* Sends the submission, asking again with the same token while the coordinator does not
+ * answer in time (a slow disk, a loaded machine): the coordinator answers a repeated
+ * token with the job the first request made, so a late answer never makes two jobs. */
+static drv_result_t send_submission(submit_t *s, void *ctx, const proto_msg_t *req,
+                                    proto_msg_t *rep) {
+  int timeout_ms = (int)drv_setting(DRV_SET_CLIENT_TIMEOUT_MS);
+  for (int attempt = 1;; attempt++) {
+    drv_result_t rc = sock_request(ctx, s->coordinator, req, rep, timeout_ms);
+    if (rc != DRV_ERR_TIMEOUT || attempt == SUBMIT_ATTEMPTS || interrupted) return rc;
+    if (s->coord_pid > 0 && waitpid(s->coord_pid, NULL, WNOHANG) == s->coord_pid) {
+      s->coord_pid = 0;
+      return drv_error(DRV_ERR_CANCELLED, "the coordinator this command started exited");
+    }
+    proto_msg_fini(rep);
+    fprintf(stderr,
+            "drover submit: no answer from %s in %d ms; asking again (same submission: it "
+            "is not queued twice)\n",
+            s->coordinator, timeout_ms);
+  }
+}
+
+/* A random name for this submission: 128 bits in hex. */
+static void make_token(char out[33]) {
+  unsigned char b[16];
+  if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) {
+    uint64_t x = (uint64_t)getpid() << 32 ^ (uint64_t)(drv_now_s() * 1e9);
+    memcpy(b, &x, sizeof x);
+    memcpy(b + 8, &x, sizeof x);
+  }
+  for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
 /* The resolved spec to submit, as YAML: from the file (paths made absolute against the
  * current directory), or for --resume without a file, the stored spec of the job resumed;
  * --set overrides apply to either. */
@@ -544,9 +578,10 @@ int cmd_submit(int argc, char **argv) {
   req.u.submit.spec = yaml;
   req.u.submit.pool = local ? s.pool : NULL;
   req.u.submit.resume = s.resume;
-  if (sock_request(ctx, s.coordinator, &req, &rep, (int)drv_setting(DRV_SET_CLIENT_TIMEOUT_MS)) !=
-          DRV_OK ||
-      rep.type != PROTO_SUBMITTED) {
+  char token[33];
+  make_token(token);
+  req.u.submit.token = token;
+  if (send_submission(&s, ctx, &req, &rep) != DRV_OK || rep.type != PROTO_SUBMITTED) {
     fprintf(stderr, "drover submit: %s\n", drv_last_error());
     proto_msg_fini(&rep);
     ret = 2;

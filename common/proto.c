@@ -111,7 +111,8 @@ SCHEMA(failed_schema, "failed", proto_failed_t, FLD(proto_failed_t, job, F_I64, 
        FLD(proto_failed_t, reason, F_STR, REQ));
 
 SCHEMA(submit_schema, "submit", proto_submit_t, FLD(proto_submit_t, spec, F_STR, REQ),
-       FLD(proto_submit_t, pool, F_STR, OPT), FLD(proto_submit_t, resume, F_I64, OPT));
+       FLD(proto_submit_t, pool, F_STR, OPT), FLD(proto_submit_t, resume, F_I64, OPT),
+       FLD(proto_submit_t, token, F_STR, OPT));
 
 SCHEMA(checkpoint_schema, "checkpoint", proto_checkpoint_t,
        FLD(proto_checkpoint_t, job, F_I64, REQ), FLD(proto_checkpoint_t, generation, F_U32, REQ),

@@ -193,6 +193,8 @@ typedef struct {
   char *spec;     /* YAML text of the job spec (resolved by the client) */
   char *pool;     /* optional: place the job only on agents of this pool */
   int64_t resume; /* optional: continue from this job's last checkpoint (0: none) */
+  char *token;    /* optional: the client's name for this submission; a retry with the same
+                     token gets the job the first one made instead of a second job */
 } proto_submit_t;
 
 typedef struct {

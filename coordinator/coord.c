@@ -756,7 +756,7 @@ static const char *resume_source(coord_t *c, int64_t from, store_job_t *old, cha
  * the id) or not at all, at the cost of one fsync. sj carries the pool and resume
  * directory in, and gets the id and run directory. */
 static drv_result_t record_submission(coord_t *c, const jobspec_t *spec, const char *canon,
-                                      store_job_t *sj) {
+                                      const char *token, store_job_t *sj) {
   drv_result_t rc;
   DRV_CHECK(store_begin(c->store));
   DRV_CHECK_GOTO(store_job_insert(c->store, spec->name, sj->target, spec->nodes, canon, "",
@@ -766,10 +766,39 @@ static drv_result_t record_submission(coord_t *c, const jobspec_t *spec, const c
   DRV_CHECK_GOTO(store_job_set_run_dir(c->store, sj->id, sj->run_dir), rc, fail);
   DRV_CHECK_GOTO(store_job_set_pool(c->store, sj->id, sj->pool), rc, fail);
   DRV_CHECK_GOTO(store_job_set_resume_dir(c->store, sj->id, sj->resume_dir), rc, fail);
+  DRV_CHECK_GOTO(store_job_set_token(c->store, sj->id, token), rc, fail);
   return store_commit(c->store);
 fail:
   store_rollback(c->store);
   return rc;
+}
+
+/* A submission the store already has under this token (a client that asked again after
+ * its answer was late or lost): answers with that job, whatever its state. Returns 1 when
+ * it answered. */
+static int resubmitted(coord_t *c, const unsigned char *ident, size_t len, const char *token) {
+  int64_t id = 0;
+  store_job_t old;
+  if (strlen(token) > STORE_TOKEN_MAX) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "submit: token longer than %d bytes", STORE_TOKEN_MAX);
+    reply_error(c, ident, len, "invalid", msg);
+    return 1;
+  }
+  if (store_job_by_token(c->store, token, &id) != DRV_OK ||
+      (id && store_job_get(c->store, id, &old) != DRV_OK)) {
+    reply_error(c, ident, len, "internal", drv_last_error());
+    return 1;
+  }
+  if (!id) return 0;
+  log_info("job %" PRId64 " (%s): its submission came again (token %s): answered with it", id,
+           old.name, token);
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_SUBMITTED);
+  m.u.submitted.job = id;
+  m.u.submitted.run_dir = old.run_dir;
+  reply(c, ident, len, &m);
+  return 1;
 }
 
 static void on_submit(coord_t *c, const unsigned char *ident, size_t len,
@@ -778,6 +807,7 @@ static void on_submit(coord_t *c, const unsigned char *ident, size_t len,
   char *stored = NULL, *canon = NULL;
   char resume_dir[1100] = "";
   const char *yaml = sub->spec;
+  if (sub->token && resubmitted(c, ident, len, sub->token)) return;
   if (sub->resume > 0) {
     store_job_t old;
     const char *why = resume_source(c, sub->resume, &old, resume_dir, sizeof resume_dir);
@@ -834,7 +864,7 @@ static void on_submit(coord_t *c, const unsigned char *ident, size_t len,
   snprintf(sj.target, sizeof sj.target, "%s", target);
   snprintf(sj.pool, sizeof sj.pool, "%s", sub->pool ? sub->pool : "");
   snprintf(sj.resume_dir, sizeof sj.resume_dir, "%s", resume_dir);
-  if (record_submission(c, spec, canon, &sj) != DRV_OK) {
+  if (record_submission(c, spec, canon, sub->token ? sub->token : "", &sj) != DRV_OK) {
     log_error("submission of %s not recorded: %s", spec->name, drv_last_error());
     reply_error(c, ident, len, "internal", drv_last_error());
     goto out;
@@ -847,6 +877,7 @@ static void on_submit(coord_t *c, const unsigned char *ident, size_t len,
   else
     log_info("job %" PRId64 " (%s) queued: target %s, %u node(s)", j->id, j->name, target,
              j->nodes);
+  if (c->fault_slow_submit_ms) usleep((useconds_t)c->fault_slow_submit_ms * 1000);
   proto_msg_t m;
   proto_msg_init(&m, PROTO_SUBMITTED);
   m.u.submitted.job = j->id;
@@ -1198,6 +1229,13 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
   DRV_CHECK_GOTO(store_job_list(c->store, 0, load_one, c), rc, out);
   log_info("coordinator listening on %s (+1 clients, +2 events), state in %s", cfg->bind,
            cfg->state_dir);
+  const char *slow = getenv("DROVER_FAULT_SLOW_SUBMIT_MS");
+  if (slow && *slow) {
+    c->fault_slow_submit_ms = atoll(slow);
+    log_warn("fault injection: new submissions are answered %" PRId64
+             " ms late (DROVER_FAULT_SLOW_SUBMIT_MS)",
+             c->fault_slow_submit_ms);
+  }
   int lo, hi;
   if (sock_ports_ephemeral(cfg->bind, &lo, &hi))
     log_warn("the ports of %s lie in this machine's ephemeral range (%d-%d): while this "

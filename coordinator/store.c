@@ -60,6 +60,10 @@ static const char *const store_migrations[] = {
     "ALTER TABLE jobs ADD COLUMN resume_dir TEXT NOT NULL DEFAULT '';"
     "ALTER TABLE jobs ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;"
     "PRAGMA user_version = 2;",
+    /* 2 -> 3: the client's submission token, so that a retried submit finds its job. */
+    "ALTER TABLE jobs ADD COLUMN token TEXT NOT NULL DEFAULT '';"
+    "CREATE UNIQUE INDEX jobs_by_token ON jobs(token) WHERE token != '';"
+    "PRAGMA user_version = 3;",
 };
 
 #define STORE_SCHEMA_VERSION ((int)DRV_ARRAY_LEN(store_migrations))
@@ -523,6 +527,37 @@ drv_result_t store_job_set_pool(store_t *s, int64_t id, const char *pool) {
 
 drv_result_t store_job_set_resume_dir(store_t *s, int64_t id, const char *dir) {
   return set_text(s, id, "resume_dir", dir, sizeof((store_job_t *)0)->resume_dir);
+}
+
+drv_result_t store_job_by_token(store_t *s, const char *token, int64_t *id) {
+  drv_result_t rc = DRV_OK;
+  sqlite3_stmt *st = NULL;
+  if (!s || !token || !id) return drv_error(DRV_ERR_INVALID, "find job by token: NULL argument");
+  *id = 0;
+  if (!*token) return DRV_OK;
+  DRV_CHECK_GOTO(sql_prepare(s, "SELECT id FROM jobs WHERE token = ?1", &st, "find job by token"),
+                 rc, fail);
+  if (sqlite3_bind_text(st, 1, token, -1, SQLITE_STATIC)) {
+    rc = sql_fail(s, "find job by token");
+    goto fail;
+  }
+  int r = sqlite3_step(st);
+  if (r == SQLITE_ROW)
+    *id = sqlite3_column_int64(st, 0);
+  else if (r != SQLITE_DONE)
+    rc = sql_fail(s, "find job by token");
+fail:
+  sqlite3_finalize(st);
+  return rc;
+}
+
+drv_result_t store_job_set_token(store_t *s, int64_t id, const char *token) {
+  int64_t other = 0;
+  if (token && strlen(token) <= STORE_TOKEN_MAX) DRV_CHECK(store_job_by_token(s, token, &other));
+  if (other && other != id)
+    return drv_error(DRV_ERR_INVALID, "job %lld: token already names job %lld", (long long)id,
+                     (long long)other);
+  return set_text(s, id, "token", token, STORE_TOKEN_MAX + 1);
 }
 
 drv_result_t store_job_set_checkpoint(store_t *s, int64_t id, uint64_t step) {

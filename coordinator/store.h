@@ -124,4 +124,12 @@ drv_result_t store_job_set_resume_dir(store_t *s, int64_t id, const char *dir);
 drv_result_t store_job_set_checkpoint(store_t *s, int64_t id, uint64_t step);
 drv_result_t store_job_set_generation(store_t *s, int64_t id, uint32_t generation);
 
+/* A submission token: the client's name for one submission, at most STORE_TOKEN_MAX
+ * bytes, unique among jobs ("" = none; any number of jobs have none). set: DRV_ERR_INVALID
+ * for an unknown job, a token too long, or one another job has. by_token: *id is the job
+ * recorded with `token`, 0 when none is (or token is ""). */
+#define STORE_TOKEN_MAX 64
+drv_result_t store_job_set_token(store_t *s, int64_t id, const char *token);
+drv_result_t store_job_by_token(store_t *s, const char *token, int64_t *id);
+
 #endif

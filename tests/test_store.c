@@ -603,7 +603,7 @@ static void test_open_newer_schema_refused(void **state) {
   assert_non_null(strstr(drv_last_error(), "schema version 99 is newer"));
 
   /* The refusal changed nothing: back at the current version, the job is there. */
-  raw_exec(f->db, "PRAGMA user_version = 2");
+  raw_exec(f->db, "PRAGMA user_version = 3");
   open_store(f);
   assert_string_equal(get(f, 1).name, "kept");
 }
@@ -632,6 +632,36 @@ static void test_migrates_version_1(void **state) {
   assert_string_equal(j.pool, "");
   assert_int_equal(j.ckpt_step, 0);
   assert_int_equal(store_job_set_checkpoint(f->store, 1, 7), DRV_OK);
+  int64_t id = -1;
+  assert_int_equal(store_job_by_token(f->store, "t", &id), DRV_OK); /* version 3's column */
+  assert_int_equal(id, 0);
+}
+
+/* A submission token finds its job, after a reopen too; it names one job only, and any
+ * number of jobs have none. */
+static void test_submission_tokens(void **state) {
+  fx_t *f = *state;
+  open_store(f);
+  int64_t a = insert(f, "a"), b = insert(f, "b"), c = insert(f, "c"), id = -1;
+  assert_int_equal(store_job_set_token(f->store, a, "3f9c"), DRV_OK);
+  assert_int_equal(store_job_set_token(f->store, b, ""), DRV_OK);
+  assert_int_equal(store_job_set_token(f->store, c, ""), DRV_OK);
+  assert_int_equal(store_job_set_token(f->store, b, "3f9c"), DRV_ERR_INVALID);
+  assert_non_null(strstr(drv_last_error(), "token already names job 1"));
+  assert_int_equal(store_job_set_token(f->store, a, "3f9c"), DRV_OK); /* its own again */
+  char big[STORE_TOKEN_MAX + 2];
+  memset(big, 'x', sizeof big - 1);
+  big[sizeof big - 1] = '\0';
+  assert_int_equal(store_job_set_token(f->store, c, big), DRV_ERR_INVALID);
+  assert_int_equal(store_job_set_token(f->store, 99, "other"), DRV_ERR_INVALID);
+  store_close(&f->store);
+  open_store(f);
+  assert_int_equal(store_job_by_token(f->store, "3f9c", &id), DRV_OK);
+  assert_int_equal(id, a);
+  assert_int_equal(store_job_by_token(f->store, "nope", &id), DRV_OK);
+  assert_int_equal(id, 0);
+  assert_int_equal(store_job_by_token(f->store, "", &id), DRV_OK);
+  assert_int_equal(id, 0);
 }
 
 static void test_two_connections_see_each_other(void **state) {
@@ -666,6 +696,7 @@ int main(void) {
       T(test_resume_fields),
       T(test_migrates_version_1),
       T(test_transaction_all_or_nothing),
+      T(test_submission_tokens),
       T(test_ids_not_reused_after_reopen),
       T(test_quotes_and_unicode_survive),
       T(test_long_reason_cut_at_utf8_boundary),

@@ -52,16 +52,18 @@ class Cluster:
         CLUSTERS.append(self)
 
     # -- processes --------------------------------------------------------------------
-    def _spawn(self, args, log):
+    def _spawn(self, args, log, env=None):
         f = open(os.path.join(self.tmp, log), "ab")
         p = subprocess.Popen([self.drover] + args, stdout=f, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+                             stdin=subprocess.DEVNULL, env=dict(self.env, **(env or {})),
+                             start_new_session=True)
         self.procs.append(p)
         return p
 
-    def start_coordinator(self):
+    def start_coordinator(self, env=None):
+        """The coordinator; `env` adds to its environment."""
         self.coord = self._spawn(["coordinator", "--bind", self.endpoint,
-                                  "--state-dir", self.state], "coordinator.log")
+                                  "--state-dir", self.state], "coordinator.log", env)
         deadline = time.time() + 15
         while time.time() < deadline:
             try:
@@ -78,11 +80,9 @@ class Cluster:
 
     def start_agent(self, name, target="attached", threads="1", env=None):
         """An agent named `name`; `env` adds to its environment (its workers inherit it)."""
-        env_backup = self.env
-        self.env = dict(self.env, OPENBLAS_NUM_THREADS=threads, **(env or {}))
         p = self._spawn(["agent", "--coordinator", self.endpoint, "--id", name, "--target",
-                         target, "--host", "127.0.0.1"], "agent-%s.log" % name)
-        self.env = env_backup
+                         target, "--host", "127.0.0.1"], "agent-%s.log" % name,
+                        dict({"OPENBLAS_NUM_THREADS": threads}, **(env or {})))
         self.agents[name] = p
         return p
 

@@ -279,6 +279,24 @@ def test_agent_freed_when_its_job_ends_without_a_worker(drover):
         mute.close()
 
 
+def test_submit_asks_again_while_the_coordinator_is_slow(drover):
+    # The coordinator records a submission but answers it after the client gave up (a
+    # slow disk): `drover submit` asks again with the same token and gets the job the first
+    # request made; one job, not two.
+    with cluster(drover, env=dict(FAST, DROVER_CLIENT_TIMEOUT_MS="1000")) as c:
+        c.start_coordinator(env={"DROVER_FAULT_SLOW_SUBMIT_MS": "1500"})
+        spec = os.path.join(c.tmp, "late.yaml")
+        with open(spec, "w") as f:
+            f.write((LONG_SPEC % c.runs).replace("name: long", "name: late"))
+        r = c.drover_cli("submit", spec, "--detach", "--json", timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "asking again" in r.stderr, r.stderr
+        job = json.loads(r.stdout.splitlines()[-1])["job"]
+        jobs = c.request("status", {"limit": 100})[2]["jobs"]
+        assert [j["id"] for j in jobs] == [job], jobs
+        assert "its submission came again" in c.log("coordinator.log"), c.log("coordinator.log")
+
+
 def test_second_coordinator_on_a_state_dir_is_refused(drover):
     with cluster(drover, env=FAST) as c:
         c.start_coordinator()
@@ -298,4 +316,5 @@ if __name__ == "__main__":
           test_coordinator_restart, test_bad_dataset_fails_with_named_file,
           test_unreachable_agent_is_forgotten_and_job_requeued,
           test_agent_freed_when_its_job_ends_without_a_worker,
+          test_submit_asks_again_while_the_coordinator_is_slow,
           test_second_coordinator_on_a_state_dir_is_refused])
