@@ -60,7 +60,8 @@ typedef enum {
 
 /* One matmul with its epilogue. Shapes as gemm() (row-major, C (m, n) = op(A) op(B)), with
  * A and B of type ab_type, C and aux of type c_type, accumulation in F32, bias (n) of
- * bias_type (F32, or C's type), bgrad (n) F32. C is overwritten (no beta). */
+ * bias_type (F32, or C's type), bgrad (n) F32. C is overwritten (no beta); k == 0 gives
+ * C = 0 and then the epilogue. F32 operands into a BF16 C are refused. */
 typedef struct {
   bool trans_a, trans_b;
   uint32_t m, n, k;

@@ -321,6 +321,8 @@ static void test_matmul_f32(void **state) {
         run_matmul(ta, tb, 37, 53, 29, epis[e], BE_F32, BE_F32);    /* odd sizes */
         run_matmul(ta, tb, 256, 512, 128, epis[e], BE_F32, BE_F32); /* aligned: cuBLASLt */
       }
+  for (size_t e = 0; e < DRV_ARRAY_LEN(epis); e++) /* k == 0: the epilogue on zeros */
+    run_matmul(false, false, 5, 9, 0, epis[e], BE_F32, BE_F32);
 }
 
 static void test_matmul_bf16(void **state) {

@@ -71,7 +71,9 @@ typedef struct {
   uint32_t m, n, k;
   be_dtype_t ab_type, c_type, bias_type;
   be_epilogue_t epilogue;
-  unsigned align; /* the smallest pointer alignment of the call, bytes */
+  /* pointer alignments in bytes: cuBLASLt's A (our b), B (our a), C and D (our c), and the
+   * smallest of the epilogue's vectors (the heuristic reads those pointers itself) */
+  unsigned align[4];
   /* value */
   int fallback; /* 1: cuBLASLt has no algorithm: GEMM + fused epilogue kernel */
   cublasLtMatmulDesc_t desc;
@@ -437,7 +439,7 @@ static drv_result_t cu_gemm(const backend_t *be, bool trans_a, bool trans_b, uin
   cuda_ctx_t *c = ctx_of(be);
   if (k == 0) {
     if (beta == 0.0f) return cu_zero(be, d_c, (size_t)m * n * sizeof(float));
-    BLAS_CHECK(cublasSscal(c->blas, (int)((size_t)m * n), &beta, d_c, 1));
+    BLAS_CHECK(cublasSscal_64(c->blas, (int64_t)m * n, &beta, d_c, 1));
     return DRV_OK;
   }
   int lda = trans_a ? (int)m : (int)k, ldb = trans_b ? (int)k : (int)n;
@@ -606,12 +608,13 @@ static cublasStatus_t set_pointers(lt_plan_t *p, const be_matmul_t *op) {
 /* Builds (once per key) the descriptors and picks the algorithm. The swap as cu_gemm:
  * cuBLASLt's A is our B, its B our A, its (m, n) our (n, m); its bias runs along its rows,
  * which are our columns, and its bias gradient sums over its columns, our rows. */
-static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, unsigned align) {
+static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, const unsigned align[4]) {
   for (int i = 0; i < LT_PLANS; i++) {
     lt_plan_t *p = &c->plans[i];
     if (p->used && p->trans_a == op->trans_a && p->trans_b == op->trans_b && p->m == op->m &&
         p->n == op->n && p->k == op->k && p->ab_type == op->ab_type && p->c_type == op->c_type &&
-        p->bias_type == op->bias_type && p->epilogue == op->epilogue && p->align == align)
+        p->bias_type == op->bias_type && p->epilogue == op->epilogue &&
+        !memcmp(p->align, align, sizeof p->align))
       return p;
   }
   lt_plan_t *p = &c->plans[c->plan_next];
@@ -626,8 +629,8 @@ static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, unsigned align) 
                    .ab_type = op->ab_type,
                    .c_type = op->c_type,
                    .bias_type = op->bias_type,
-                   .epilogue = op->epilogue,
-                   .align = align};
+                   .epilogue = op->epilogue};
+  memcpy(p->align, align, sizeof p->align);
   cublasLtEpilogue_t epi;
   bool gelu = op->epilogue == BE_EPI_BIAS_GELU || op->epilogue == BE_EPI_DGELU_BGRAD;
   /* cuBLASLt's GELU uses the GPU's approximate tanh: in exact F32 (no TF32) our fused
@@ -679,7 +682,7 @@ static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, unsigned align) 
   if (ok) {
     cublasLtMatmulPreference_t pref = NULL;
     uint64_t ws = LT_WORKSPACE_BYTES;
-    uint32_t al = align;
+    const uint32_t al[4] = {align[0], align[1], align[2], align[2]};
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
     ok = cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
@@ -689,7 +692,7 @@ static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, unsigned align) 
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
     for (int i = 0; ok && i < 4; i++)
-      ok = cublasLtMatmulPreferenceSetAttribute(pref, aligns[i], &al, sizeof al) ==
+      ok = cublasLtMatmulPreferenceSetAttribute(pref, aligns[i], &al[i], sizeof al[i]) ==
            CUBLAS_STATUS_SUCCESS;
     ok = ok && cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1,
                                               &res, &found) == CUBLAS_STATUS_SUCCESS &&
@@ -713,17 +716,9 @@ static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, unsigned align) 
   return p;
 }
 
-static drv_result_t matmul_fallback(const backend_t *be, const be_matmul_t *op) {
+/* The epilogue on a product already in op->c, by the fused kernels. */
+static drv_result_t matmul_epilogue(const backend_t *be, const be_matmul_t *op) {
   cuda_ctx_t *c = ctx_of(be);
-  const float one = 1.0f, zero = 0.0f;
-  cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
-  if (op->ab_type == BE_F32 && c->tf32) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
-  int lda = op->trans_a ? (int)op->m : (int)op->k, ldb = op->trans_b ? (int)op->k : (int)op->n;
-  BLAS_CHECK(cublasGemmEx(c->blas, op->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-                          op->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, (int)op->n, (int)op->m,
-                          (int)op->k, &one, op->b, cuda_type(op->ab_type), ldb, op->a,
-                          cuda_type(op->ab_type), lda, &zero, op->c, cuda_type(op->c_type),
-                          (int)op->n, compute, CUBLAS_GEMM_DEFAULT));
   size_t count = (size_t)op->m * op->n;
   switch (op->epilogue) {
   case BE_EPI_NONE: return DRV_OK;
@@ -744,20 +739,40 @@ static drv_result_t matmul_fallback(const backend_t *be, const be_matmul_t *op) 
   return drv_error(DRV_ERR_INVALID, "cuda matmul: unknown epilogue %d", (int)op->epilogue);
 }
 
+static drv_result_t matmul_fallback(const backend_t *be, const be_matmul_t *op) {
+  cuda_ctx_t *c = ctx_of(be);
+  const float one = 1.0f, zero = 0.0f;
+  cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+  if (op->ab_type == BE_F32 && c->tf32) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+  int lda = op->trans_a ? (int)op->m : (int)op->k, ldb = op->trans_b ? (int)op->k : (int)op->n;
+  BLAS_CHECK(cublasGemmEx(c->blas, op->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                          op->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, (int)op->n, (int)op->m,
+                          (int)op->k, &one, op->b, cuda_type(op->ab_type), ldb, op->a,
+                          cuda_type(op->ab_type), lda, &zero, op->c, cuda_type(op->c_type),
+                          (int)op->n, compute, CUBLAS_GEMM_DEFAULT));
+  return matmul_epilogue(be, op);
+}
+
 static drv_result_t cu_matmul(const backend_t *be, const be_matmul_t *op) {
   if (op->m > INT32_MAX || op->n > INT32_MAX || op->k > INT32_MAX)
     return drv_error(DRV_ERR_INVALID, "cuda matmul: size %ux%ux%u too large", op->m, op->n, op->k);
+  if (op->ab_type == BE_F32 && op->c_type == BE_BF16)
+    return drv_error(DRV_ERR_INVALID, "cuda matmul: F32 operands into a BF16 output are not "
+                                      "supported (cuBLAS has no such GEMM)");
   if (op->n == 0) return DRV_OK;
   if (op->m == 0) /* no rows: the bias gradient is an empty sum */
     return op->bgrad ? cu_zero(be, op->bgrad, (size_t)op->n * sizeof(float)) : DRV_OK;
-  if (op->k == 0)
-    return drv_error(DRV_ERR_INVALID, "cuda matmul: k == 0 (nothing to multiply)");
+  if (op->k == 0) { /* an empty product is 0, and the epilogue applies to it (as gemm) */
+    DRV_CHECK(cu_zero(be, op->c, (size_t)op->m * op->n * be_dtype_size(op->c_type)));
+    return matmul_epilogue(be, op);
+  }
   cuda_ctx_t *c = ctx_of(be);
-  /* The plan depends on every pointer's alignment (the epilogue's vectors included). */
-  const void *ptrs[] = {op->a, op->b, op->c, op->bias, op->aux, op->bgrad};
-  unsigned align = 256;
-  for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++)
-    if (ptrs[i] && ptr_align(ptrs[i]) < align) align = ptr_align(ptrs[i]);
+  /* The plan depends on every pointer's alignment, each operand's its own (a 4-byte
+   * aligned bias gradient must not hold the matrices to 4-byte kernels). */
+  unsigned align[4] = {ptr_align(op->b), ptr_align(op->a), ptr_align(op->c), 256};
+  const void *epi_ptrs[] = {op->bias, op->aux, op->bgrad};
+  for (size_t i = 0; i < sizeof epi_ptrs / sizeof epi_ptrs[0]; i++)
+    if (epi_ptrs[i] && ptr_align(epi_ptrs[i]) < align[3]) align[3] = ptr_align(epi_ptrs[i]);
   lt_plan_t *p = lt_plan(c, op, align);
   if (p->fallback) return matmul_fallback(be, op);
   BLAS_CHECK(set_pointers(p, op));
