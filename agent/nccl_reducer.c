@@ -33,26 +33,37 @@ struct nccl_reducer {
   trainer_reducer_t hooks;
 };
 
-#define NCCL_CALL(r, call)                                                     \
-  do {                                                                         \
-    ncclResult_t n_ = (call);                                                  \
+#define NCCL_CALL(r, call)                                                      \
+  do {                                                                          \
+    ncclResult_t n_ = (call);                                                   \
     if (n_ != ncclSuccess && n_ != ncclInProgress) return fail((r), #call, n_); \
-    if (n_ == ncclInProgress) DRV_CHECK(settle((r), #call));                   \
+    if (n_ == ncclInProgress) DRV_CHECK(settle((r), #call));                    \
   } while (0)
 
-#define CUDA_CALL(call)                                                                    \
-  do {                                                                                     \
-    cudaError_t e_ = (call);                                                               \
-    if (e_ != cudaSuccess)                                                                 \
-      return drv_error(DRV_ERR_CUDA, "%s: %s", #call, cudaGetErrorString(e_));             \
+#define CUDA_CALL(call)                                                        \
+  do {                                                                         \
+    cudaError_t e_ = (call);                                                   \
+    if (e_ != cudaSuccess)                                                     \
+      return drv_error(DRV_ERR_CUDA, "%s: %s", #call, cudaGetErrorString(e_)); \
   } while (0)
 
 /* An NCCL failure as an error. The communicator is left for the owner to abort (after
  * freeing graphs that hold its operations). */
 static drv_result_t fail(nccl_reducer_t *r, const char *what, ncclResult_t n) {
   const char *last = r->comm ? ncclGetLastError(r->comm) : NULL;
-  return drv_error(DRV_ERR_NCCL, "%s: %s%s%s", what, ncclGetErrorString(n),
-                   last && *last ? ": " : "", last ? last : "");
+  /* A misuse (a duplicate GPU, a bad argument) fails the same way in every world: it is
+   * bad input, not a lost peer to re-form without. */
+  drv_result_t code =
+      n == ncclInvalidUsage || n == ncclInvalidArgument ? DRV_ERR_INVALID : DRV_ERR_NCCL;
+  return drv_error(code, "%s: %s%s%s", what, ncclGetErrorString(n), last && *last ? ": " : "",
+                   last ? last : "");
+}
+
+/* Calls after an abort have no communicator to use. */
+static drv_result_t need_comm(const nccl_reducer_t *r) {
+  return r->comm ? DRV_OK
+                 : drv_error(DRV_ERR_NCCL, "NCCL: the communicator was aborted (collective %llu)",
+                             (unsigned long long)r->seq);
 }
 
 static void nap(void) {
@@ -68,7 +79,7 @@ static drv_result_t wait_turn(nccl_reducer_t *r, int64_t deadline, int64_t *next
   int64_t now = drv_now_ms();
   if (now > deadline)
     return drv_error(DRV_ERR_TIMEOUT, "%s for %lld ms", late, (long long)r->cfg.timeout_ms);
-  if (r->cfg.poll && now >= *next_poll) {
+  if (r->cfg.poll && next_poll && now >= *next_poll) {
     DRV_CHECK(r->cfg.poll(r->cfg.poll_ctx));
     *next_poll = now + 1;
   }
@@ -77,8 +88,8 @@ static drv_result_t wait_turn(nccl_reducer_t *r, int64_t deadline, int64_t *next
 }
 
 /* Waits until the communicator is no longer ncclInProgress (a non-blocking call's
- * completion). */
-static drv_result_t settle(nccl_reducer_t *r, const char *what) {
+ * completion); with `poll`, the poll callback runs meanwhile. */
+static drv_result_t settle_with(nccl_reducer_t *r, const char *what, bool poll) {
   int64_t deadline = drv_now_ms() + r->cfg.timeout_ms, next_poll = 0;
   char late[160];
   snprintf(late, sizeof late, "%s: still in progress", what);
@@ -88,8 +99,12 @@ static drv_result_t settle(nccl_reducer_t *r, const char *what) {
     if (q != ncclSuccess) return fail(r, "ncclCommGetAsyncError", q);
     if (st == ncclSuccess) return DRV_OK;
     if (st != ncclInProgress) return fail(r, what, st);
-    DRV_CHECK(wait_turn(r, deadline, &next_poll, late));
+    DRV_CHECK(wait_turn(r, deadline, poll ? &next_poll : NULL, late));
   }
+}
+
+static drv_result_t settle(nccl_reducer_t *r, const char *what) {
+  return settle_with(r, what, true);
 }
 
 /* Waits for everything issued on `s` so far: cudaStreamQuery, with the communicator's
@@ -97,8 +112,7 @@ static drv_result_t settle(nccl_reducer_t *r, const char *what) {
 static drv_result_t wait_stream(nccl_reducer_t *r, cudaStream_t s, const char *what) {
   int64_t deadline = drv_now_ms() + r->cfg.timeout_ms, next_poll = 0;
   char late[200];
-  snprintf(late, sizeof late,
-           "%s: collective %llu made no progress (a peer is gone or hung)", what,
+  snprintf(late, sizeof late, "%s: collective %llu made no progress (a peer is gone or hung)", what,
            (unsigned long long)r->seq);
   for (;;) {
     cudaError_t e = cudaStreamQuery(s);
@@ -106,19 +120,21 @@ static drv_result_t wait_stream(nccl_reducer_t *r, cudaStream_t s, const char *w
     if (e != cudaErrorNotReady)
       return drv_error(DRV_ERR_CUDA, "%s: %s", what, cudaGetErrorString(e));
     ncclResult_t st = ncclSuccess;
-    ncclCommGetAsyncError(r->comm, &st);
+    ncclResult_t q = ncclCommGetAsyncError(r->comm, &st);
+    if (q != ncclSuccess) return fail(r, "ncclCommGetAsyncError", q);
     if (st != ncclSuccess && st != ncclInProgress) return fail(r, what, st);
     DRV_CHECK(wait_turn(r, deadline, &next_poll, late));
   }
 }
 
 static drv_result_t issue_bucket(nccl_reducer_t *r, const bucket_t *b) {
+  DRV_CHECK(need_comm(r));
   size_t n = b->hi - b->lo;
   if (r->cfg.dtype == BE_BF16) {
     /* Converted on the compute stream, after the gradients it reads, before the fork. */
     const backend_t *be = r->cfg.be;
-    DRV_CHECK(be->convert(be, (uint16_t *)r->d_low + b->lo, BE_BF16, r->cfg.grads + b->lo,
-                          BE_F32, n));
+    DRV_CHECK(
+        be->convert(be, (uint16_t *)r->d_low + b->lo, BE_BF16, r->cfg.grads + b->lo, BE_F32, n));
   }
   CUDA_CALL(cudaEventRecord(r->ev_ready, r->compute));
   CUDA_CALL(cudaStreamWaitEvent(r->comm_stream, r->ev_ready, 0));
@@ -169,6 +185,7 @@ static drv_result_t hook_finish(void *ctx) {
 /* Once per step, replayed from a graph or not: the step's sums are one collective. */
 static drv_result_t hook_wait(void *ctx) {
   nccl_reducer_t *r = ctx;
+  DRV_CHECK(need_comm(r));
   DRV_CHECK(wait_stream(r, r->compute, "training step"));
   r->seq++;
   float ms = 0;
@@ -228,6 +245,8 @@ void nccl_reducer_share_device(const char *tag, bool loopback) {
   /* Two "hosts" on one machine must meet over sockets, not over an InfiniBand adapter the
    * machine may also have. */
   if (loopback && !getenv("NCCL_IB_DISABLE")) setenv("NCCL_IB_DISABLE", "1", 1);
+  /* (and over NCCL's own sockets: a network plugin may not heed NCCL_IB_DISABLE) */
+  if (loopback && !getenv("NCCL_NET")) setenv("NCCL_NET", "Socket", 1);
   log_info("sharing a GPU with other ranks: NCCL_HOSTID=%s%s", getenv("NCCL_HOSTID"),
            loopback ? ", NCCL_SOCKET_IFNAME=lo" : "");
 }
@@ -248,7 +267,8 @@ drv_result_t nccl_reducer_new(const nccl_config_t *cfg, nccl_reducer_t **out) {
   int lo_prio = 0, hi_prio = 0;
   CUDA_CHECK_GOTO(cudaDeviceGetStreamPriorityRange(&lo_prio, &hi_prio), rc, fail);
   /* The sums run at high priority, so they start as soon as a bucket is ready. */
-  CUDA_CHECK_GOTO(cudaStreamCreateWithPriority(&r->comm_stream, cudaStreamNonBlocking, hi_prio), rc, fail);
+  CUDA_CHECK_GOTO(cudaStreamCreateWithPriority(&r->comm_stream, cudaStreamNonBlocking, hi_prio), rc,
+                  fail);
   CUDA_CHECK_GOTO(cudaEventCreateWithFlags(&r->ev_ready, cudaEventDisableTiming), rc, fail);
   CUDA_CHECK_GOTO(cudaEventCreateWithFlags(&r->ev_done, cudaEventDisableTiming), rc, fail);
   CUDA_CHECK_GOTO(cudaEventCreate(&r->ev_j0), rc, fail);
@@ -299,11 +319,15 @@ drv_result_t nccl_reducer_rebucket(nccl_reducer_t *r, size_t bucket_bytes) {
   size_t nb = (total + per - 1) / per;
   bucket_t *b = calloc(nb ? nb : 1, sizeof *b);
   if (!b) return drv_error(DRV_ERR_NOMEM, "NCCL reducer: out of memory");
-  for (size_t i = 0, hi = total; i < nb; i++) {
-    size_t lo = hi > per ? hi - per : 0;
-    b[i] = (bucket_t){lo, hi};
+  /* Inner boundaries on 64 elements (NCCL's fast paths want aligned buffers): a bucket
+   * may be up to 63 elements over `per`, and the last one may not be needed. */
+  size_t used = 0;
+  for (size_t hi = total; hi > 0 && used < nb; used++) {
+    size_t lo = hi > per ? (hi - per) & ~(size_t)63 : 0;
+    b[used] = (bucket_t){lo, hi};
     hi = lo;
   }
+  nb = used;
   free(r->buckets);
   r->buckets = b;
   r->nbuckets = nb;
@@ -325,6 +349,7 @@ double nccl_reducer_wait_ms(const nccl_reducer_t *r) {
 }
 
 drv_result_t nccl_reducer_sum(nccl_reducer_t *r, float *d_data, size_t count) {
+  DRV_CHECK(need_comm(r));
   CUDA_CALL(cudaEventRecord(r->ev_ready, r->compute));
   CUDA_CALL(cudaStreamWaitEvent(r->comm_stream, r->ev_ready, 0));
   NCCL_CALL(r, ncclAllReduce(d_data, d_data, count, ncclFloat32, ncclSum, r->comm, r->comm_stream));
@@ -333,6 +358,7 @@ drv_result_t nccl_reducer_sum(nccl_reducer_t *r, float *d_data, size_t count) {
 }
 
 drv_result_t nccl_reducer_broadcast(nccl_reducer_t *r, float *d_data, size_t count) {
+  DRV_CHECK(need_comm(r));
   CUDA_CALL(cudaEventRecord(r->ev_ready, r->compute));
   CUDA_CALL(cudaStreamWaitEvent(r->comm_stream, r->ev_ready, 0));
   NCCL_CALL(r, ncclBroadcast(d_data, d_data, count, ncclFloat32, 0, r->comm, r->comm_stream));
@@ -352,10 +378,12 @@ void nccl_reducer_destroy(nccl_reducer_t **rp) {
   if (!rp || !*rp) return;
   nccl_reducer_t *r = *rp;
   if (r->comm) {
-    /* A clean leave: flush, wait (bounded), then free; abort when that fails. */
+    /* A clean leave: flush, wait (bounded), then free; abort when that fails. Local work:
+     * no poll callback (peers that finished first have closed their ring links, and an
+     * `abort` from the coordinator must stay for the worker to read). */
     ncclResult_t n = ncclCommFinalize(r->comm);
     if ((n == ncclSuccess || n == ncclInProgress) &&
-        settle(r, "leaving the NCCL communicator") == DRV_OK && r->comm)
+        settle_with(r, "leaving the NCCL communicator", false) == DRV_OK && r->comm)
       ncclCommDestroy(r->comm);
     else
       nccl_reducer_abort(r);

@@ -58,11 +58,11 @@ struct trainer {
   uint32_t max_batch;
   be_dtype_t act_type; /* T: F32, or BF16 under precision bf16 */
 
-  float *d_params;  /* (nparams) F32 master weights */
-  float *d_grads;   /* (nparams + 2): gradients, then loss sum and correct count */
-  float *d_opt;     /* SGD: momentum (nparams); AdamW: m (nparams) then v (nparams) */
-  void *d_wlow;     /* (nparams) BF16 copy of the parameters (bf16 only) */
-  float *d_commit;  /* (nparams + nopt) the commit, once made */
+  float *d_params; /* (nparams) F32 master weights */
+  float *d_grads;  /* (nparams + 2): gradients, then loss sum and correct count */
+  float *d_opt;    /* SGD: momentum (nparams); AdamW: m (nparams) then v (nparams) */
+  void *d_wlow;    /* (nparams) BF16 copy of the parameters (bf16 only) */
+  float *d_commit; /* (nparams + nopt) the commit, once made */
   int committed;
   size_t nopt;
 
@@ -267,11 +267,35 @@ static void drop_graphs(trainer_t *t) {
   }
 }
 
+/* A step failed: free the graphs (a communicator cannot be aborted while a graph holds its
+ * operations), abort the reducer's pending collectives, then wait for the device. */
+static void step_failed(trainer_t *t) {
+  const trainer_reducer_t *r = t->reducer;
+  drop_graphs(t);
+  if (r && r->abort) r->abort(r->ctx);
+  t->be->synchronize(t->be);
+  t->active = -1;
+}
+
+/* Ends a step still running (a caller that stops between launch and finish): waited for
+ * through the reducer, which has a deadline, and aborted when that fails; a device
+ * synchronize alone could wait forever on a collective whose peer is gone. */
+static void settle_step(trainer_t *t) {
+  if (t->active < 0) return;
+  const trainer_reducer_t *r = t->reducer;
+  if (r && r->wait && r->wait(r->ctx) != DRV_OK) {
+    step_failed(t);
+    return;
+  }
+  t->be->synchronize(t->be);
+  t->active = -1;
+}
+
 void trainer_destroy(trainer_t **tp) {
   if (!tp || !*tp) return;
   trainer_t *t = *tp;
   const backend_t *be = t->be;
-  if (t->active >= 0) be->synchronize(be);
+  settle_step(t);
   drop_graphs(t);
   for (int k = 0; k < 2; k++) {
     be->host_free(be, t->slots[k].h_x);
@@ -359,7 +383,9 @@ static drv_result_t forward(trainer_t *t, const float *d_x, uint32_t n) {
         .ab_type = t->act_type,
         .c = last ? (void *)t->d_logits : t->d_act[l],
         .c_type = last ? BE_F32 : t->act_type,
-        .epilogue = last ? BE_EPI_BIAS : gelu ? BE_EPI_BIAS_GELU : BE_EPI_BIAS_RELU,
+        .epilogue = last   ? BE_EPI_BIAS
+                    : gelu ? BE_EPI_BIAS_GELU
+                           : BE_EPI_BIAS_RELU,
         /* the bias in C's type: F32, or for BF16 activations the optimizer's BF16 copy */
         .bias = last || !t->d_wlow ? (const void *)(t->d_params + t->b_off[l])
                                    : (const void *)((const uint16_t *)t->d_wlow + t->b_off[l]),
@@ -453,23 +479,12 @@ static graph_state_t graphs_initial(const trainer_t *t) {
 }
 
 void trainer_set_reducer(trainer_t *t, const trainer_reducer_t *r) {
+  settle_step(t);
   drop_graphs(t); /* they captured the old reducer's operations: free them first */
-  if (t->active >= 0) t->be->synchronize(t->be);
-  t->active = -1;
   t->reducer = r;
   t->graphs = graphs_initial(t);
   t->graph_steps = 0;
   t->eager_done = 0; /* a new communicator's first collective runs outside a capture */
-}
-
-/* A step failed: free the graphs (a communicator cannot be aborted while a graph holds its
- * operations), abort the reducer's pending collectives, then wait for the device. */
-static void step_failed(trainer_t *t) {
-  const trainer_reducer_t *r = t->reducer;
-  drop_graphs(t);
-  if (r && r->abort) r->abort(r->ctx);
-  t->be->synchronize(t->be);
-  t->active = -1;
 }
 
 /* The slot the next staging writes: the staged one again (replacing it), else the free
@@ -665,9 +680,11 @@ drv_result_t trainer_forward_backward(trainer_t *t, const float *h_x, const int3
   if (n > t->max_batch)
     return drv_error(DRV_ERR_INVALID, "trainer_forward_backward: batch of %u exceeds max_batch %u",
                      n, t->max_batch);
-  if (n && (!h_x || !h_y)) return drv_error(DRV_ERR_INVALID, "trainer_forward_backward: NULL batch");
+  if (n && (!h_x || !h_y))
+    return drv_error(DRV_ERR_INVALID, "trainer_forward_backward: NULL batch");
   DRV_CHECK(check_labels(t, h_y, n, "trainer_forward_backward"));
-  if (t->active >= 0) return drv_error(DRV_ERR_INVALID, "trainer_forward_backward: a step is running");
+  if (t->active >= 0)
+    return drv_error(DRV_ERR_INVALID, "trainer_forward_backward: a step is running");
   slot_t *sl = &t->slots[t->fill];
   DRV_CHECK(be->copy_in(be, sl->d_x, h_x, (size_t)n * t->sizes[0] * sizeof(float)));
   DRV_CHECK(be->copy_in(be, sl->d_y, h_y, (size_t)n * sizeof(int32_t)));
@@ -696,7 +713,8 @@ drv_result_t trainer_evaluate(trainer_t *t, const float *h_x, const int32_t *h_y
   for (uint32_t start = 0; start < n; start += t->max_batch) {
     uint32_t m = DRV_MIN(t->max_batch, n - start);
     DRV_CHECK(check_labels(t, h_y + start, m, "trainer_evaluate"));
-    DRV_CHECK(be->copy_in(be, sl->d_x, h_x + (size_t)start * features, m * features * sizeof(float)));
+    DRV_CHECK(
+        be->copy_in(be, sl->d_x, h_x + (size_t)start * features, m * features * sizeof(float)));
     DRV_CHECK(be->copy_in(be, sl->d_y, h_y + start, m * sizeof(int32_t)));
     DRV_CHECK(forward(t, sl->d_x, m));
     DRV_CHECK(be->softmax_xent(be, t->d_logits, sl->d_y, m, t->sizes[L], 1.0f, NULL, t->d_losses,
@@ -755,7 +773,12 @@ drv_result_t trainer_apply(trainer_t *t, uint64_t step, uint64_t total_steps, fl
   fill_sched(t, step, total_steps, sl->h_sched);
   if (lr) *lr = sl->h_sched[0];
   DRV_CHECK(be->copy_in(be, sl->d_sched, sl->h_sched, 4 * sizeof(float)));
-  DRV_CHECK(optimizer(t, sl->d_sched));
+  /* The single-call API's gradients are the caller's, in d_grads (F32), not a reducer's. */
+  const trainer_reducer_t *r = t->reducer;
+  t->reducer = NULL;
+  drv_result_t rc = optimizer(t, sl->d_sched);
+  t->reducer = r;
+  DRV_CHECK(rc);
   return be->synchronize(be);
 }
 

@@ -53,7 +53,7 @@ typedef struct {
   const backend_t *be;        /* gpu, or the CPU backend */
   nccl_reducer_t *nccl;       /* gradient sums of a GPU world of 2 or more */
   trainer_reducer_t ring_red; /* gradient sums of a CPU world: the host ring */
-  char gpu_key[128];          /* "host/device": ranks with the same key share a GPU */
+  char gpu_key[128];          /* "host/PCI bus id": ranks with the same key share a GPU */
   char nccl_id[NCCL_ID_HEX_LEN];
   FILE *metrics; /* rank 0 only */
   FILE *audit;   /* $DROVER_AUDIT_DIR: sample ids of every step, for tests */
@@ -307,8 +307,8 @@ static drv_result_t join_sums(worker_t *w, const proto_start_t *st) {
     snprintf(tag, sizeof tag, "drover-%s-%d", w->gpu_key, (int)getpid());
     for (char *q = tag; *q; q++)
       if (*q == '/') *q = '-';
-    nccl_reducer_share_device(tag, strcmp(w->cfg->host, "127.0.0.1") == 0 ||
-                                       strcmp(w->cfg->host, "localhost") == 0);
+    nccl_reducer_share_device(
+        tag, strcmp(w->cfg->host, "127.0.0.1") == 0 || strcmp(w->cfg->host, "localhost") == 0);
   }
   size_t np;
   float *grads = trainer_grads(w->trainer, &np);
@@ -384,8 +384,8 @@ static drv_result_t rendezvous(worker_t *w) {
                       (int)drv_setting(DRV_SET_RING_CONNECT_TIMEOUT_MS));
   if (rc != DRV_OK) {
     w->ring_broken = 1;
-  } else if ((rc = join_sums(w, &m.u.start)) != DRV_OK && w->nccl == NULL &&
-             w->gpu != NULL && rc != DRV_ERR_INVALID) {
+  } else if ((rc = join_sums(w, &m.u.start)) != DRV_OK && w->nccl == NULL && w->gpu != NULL &&
+             rc != DRV_ERR_INVALID) {
     w->ring_broken = 1; /* NCCL could not join (a peer is missing): re-form like a ring */
   }
   proto_msg_fini(&m);
@@ -639,9 +639,10 @@ static drv_result_t eval_epoch(worker_t *w, const plan_t *p, progress_t *g, uint
   DRV_CHECK(evaluate(w, p, &g->test_loss, &g->test_acc));
   w->last_eval = step;
   if (w->fault_kill_after_eval == epoch + 1) {
-    log_warn("fault injection: killed after the evaluation of epoch %u "
-             "(DROVER_FAULT_KILL_AFTER_EVAL)",
-             epoch + 1);
+    log_warn(
+        "fault injection: killed after the evaluation of epoch %u "
+        "(DROVER_FAULT_KILL_AFTER_EVAL)",
+        epoch + 1);
     raise(SIGKILL);
   }
   if (w->rank != 0) return DRV_OK;
@@ -686,7 +687,8 @@ static drv_result_t stage_step(worker_t *w, plan_t *p, uint64_t step) {
 /* A failed step: an NCCL failure (the communicator is aborted by then) is a lost peer, as
  * a broken ring is. */
 static drv_result_t step_failed(worker_t *w, drv_result_t rc) {
-  if (w->nccl && (rc == DRV_ERR_NCCL || rc == DRV_ERR_TIMEOUT || rc == DRV_ERR_SYS)) w->ring_broken = 1;
+  if (w->nccl && (rc == DRV_ERR_NCCL || rc == DRV_ERR_TIMEOUT || rc == DRV_ERR_SYS))
+    w->ring_broken = 1;
   return rc;
 }
 
@@ -787,7 +789,10 @@ static drv_result_t pick_backend(worker_t *w) {
     w->be = w->gpu;
     char host[64] = "";
     gethostname(host, sizeof host - 1);
-    snprintf(w->gpu_key, sizeof w->gpu_key, "%s/%d", host, c->device);
+    /* The PCI bus id, not the ordinal: agents may number their GPUs differently. */
+    char bus[32];
+    DRV_CHECK(backend_cuda_pci_bus_id(w->gpu, bus, sizeof bus));
+    snprintf(w->gpu_key, sizeof w->gpu_key, "%s/%s", host, bus);
     log_info("training on GPU %d (%s, precision %s)", c->device, w->be->name,
              s->train.precision == SPEC_PREC_BF16   ? "bf16"
              : s->train.precision == SPEC_PREC_TF32 ? "tf32"
@@ -798,7 +803,9 @@ static drv_result_t pick_backend(worker_t *w) {
     return drv_error(DRV_ERR_INVALID,
                      "train.precision %s / allreduce_dtype needs a GPU, and this worker has "
                      "none (its agent reports no GPU)",
-                     s->train.precision == SPEC_PREC_BF16 ? "bf16" : s->train.precision == SPEC_PREC_TF32 ? "tf32" : "fp32");
+                     s->train.precision == SPEC_PREC_BF16   ? "bf16"
+                     : s->train.precision == SPEC_PREC_TF32 ? "tf32"
+                                                            : "fp32");
   w->be = backend_cpu();
   return DRV_OK;
 }

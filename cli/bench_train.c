@@ -112,7 +112,7 @@ static drv_result_t open_backend(const jobspec_t *spec, backend_t **gpu, const b
 
 typedef struct {
   uint32_t B, features, nbatches;
-  float *x;   /* synthetic: nbatches batches; fashion: unused */
+  float *x; /* synthetic: nbatches batches; fashion: unused */
   int32_t *y;
   dataset_t *ds;
   uint32_t *perm, n, epoch;
@@ -178,8 +178,8 @@ static void feed_fini(feed_t *f) {
 }
 
 /* Runs `steps` pipelined steps from step number *k; *wait_ms accumulates the data wait. */
-static drv_result_t run_steps(trainer_t *t, feed_t *f, uint64_t *k, uint32_t steps,
-                              uint64_t total, double *wait_ms, double *last_loss) {
+static drv_result_t run_steps(trainer_t *t, feed_t *f, uint64_t *k, uint32_t steps, uint64_t total,
+                              double *wait_ms, double *last_loss) {
   if (steps == 0) return DRV_OK;
   DRV_CHECK(feed(f, t, *k, total));
   for (uint32_t s = 0; s < steps; s++) {
@@ -203,7 +203,8 @@ static int bench_train(const train_opts_t *o) {
   uint32_t features = 0, classes = 0;
   int status = 1;
   double ms[MAX_REPEATS];
-  if (make_spec(o, &features, &classes, &spec) != DRV_OK || open_backend(spec, &gpu, &be) != DRV_OK ||
+  if (make_spec(o, &features, &classes, &spec) != DRV_OK ||
+      open_backend(spec, &gpu, &be) != DRV_OK ||
       trainer_new(spec, be, features, classes, o->batch, &t) != DRV_OK ||
       feed_init(&f, o, features, classes) != DRV_OK) {
     fprintf(stderr, "drover bench train: %s\n", drv_last_error());
@@ -228,19 +229,22 @@ static int bench_train(const train_opts_t *o) {
     goto out;
   }
   double med = drv_median(ms, o->repeats), lo = ms[0], hi = ms[o->repeats - 1];
-  double sps = o->batch / (med / 1e3), tflops = 6.0 * (double)params * o->batch / (med / 1e3) / 1e12;
+  double sps = o->batch / (med / 1e3),
+         tflops = 6.0 * (double)params * o->batch / (med / 1e3) / 1e12;
   double wait_pct = busy > 0 ? 100.0 * wait / (1e3 * busy) : 0;
-  printf("%-28s batch %5u %-5s on %-7s %9.3f ms/step (min %.3f, max %.3f)  %10.0f samples/s  "
-         "%7.2f TFLOP/s  graphs %s  data wait %.2f %%  loss %.4f\n",
-         o->sizes, o->batch, o->precision, be->name, med, lo, hi, sps, tflops,
-         trainer_uses_graphs(t) ? "on" : "off", wait_pct, loss);
+  printf(
+      "%-28s batch %5u %-5s on %-7s %9.3f ms/step (min %.3f, max %.3f)  %10.0f samples/s  "
+      "%7.2f TFLOP/s  graphs %s  data wait %.2f %%  loss %.4f\n",
+      o->sizes, o->batch, o->precision, be->name, med, lo, hi, sps, tflops,
+      trainer_uses_graphs(t) ? "on" : "off", wait_pct, loss);
   if (o->json)
-    printf("{\"impl\":\"drover\",\"sizes\":\"%s\",\"batch\":%u,\"precision\":\"%s\","
-           "\"backend\":\"%s\",\"data\":\"%s\",\"ms_per_step\":%.6f,\"ms_min\":%.6f,"
-           "\"ms_max\":%.6f,\"samples_per_s\":%.1f,\"tflops\":%.4f,\"params\":%zu,"
-           "\"graphs\":%s,\"data_wait_pct\":%.4f,\"steps\":%u,\"repeats\":%u}\n",
-           o->sizes, o->batch, o->precision, be->name, o->data, med, lo, hi, sps, tflops, params,
-           trainer_uses_graphs(t) ? "true" : "false", wait_pct, o->steps, o->repeats);
+    printf(
+        "{\"impl\":\"drover\",\"sizes\":\"%s\",\"batch\":%u,\"precision\":\"%s\","
+        "\"backend\":\"%s\",\"data\":\"%s\",\"ms_per_step\":%.6f,\"ms_min\":%.6f,"
+        "\"ms_max\":%.6f,\"samples_per_s\":%.1f,\"tflops\":%.4f,\"params\":%zu,"
+        "\"graphs\":%s,\"data_wait_pct\":%.4f,\"steps\":%u,\"repeats\":%u}\n",
+        o->sizes, o->batch, o->precision, be->name, o->data, med, lo, hi, sps, tflops, params,
+        trainer_uses_graphs(t) ? "true" : "false", wait_pct, o->steps, o->repeats);
   status = 0;
   goto out;
 fail:
@@ -373,7 +377,8 @@ static int bench_overlap(const train_opts_t *o) {
         _exit(1);
       }
       drv_result_t rc = overlap_rank(rank, id, o, rank == 0 ? stdout : NULL);
-      if (rc != DRV_OK) fprintf(stderr, "drover bench overlap: rank %u: %s\n", rank, drv_last_error());
+      if (rc != DRV_OK)
+        fprintf(stderr, "drover bench overlap: rank %u: %s\n", rank, drv_last_error());
       fflush(stdout);
       _exit(rc == DRV_OK ? 0 : 1);
     }
@@ -413,14 +418,19 @@ int bench_train_main(int argc, char **argv) {
                     .backend = "auto",
                     .bucket_mb = 64};
   bool overlap = !strcmp(argv[0], "overlap");
-  static const struct option longopts[] = {
-      {"sizes", required_argument, 0, 's'},     {"batch", required_argument, 0, 'b'},
-      {"precision", required_argument, 0, 'p'}, {"steps", required_argument, 0, 'n'},
-      {"repeats", required_argument, 0, 'r'},   {"warmup", required_argument, 0, 'w'},
-      {"graphs", required_argument, 0, 'g'},    {"data", required_argument, 0, 'd'},
-      {"optimizer", required_argument, 0, 'o'}, {"backend", required_argument, 0, 'B'},
-      {"bucket-mb", required_argument, 0, 'm'}, {"json", no_argument, 0, 'j'},
-      {0, 0, 0, 0}};
+  static const struct option longopts[] = {{"sizes", required_argument, 0, 's'},
+                                           {"batch", required_argument, 0, 'b'},
+                                           {"precision", required_argument, 0, 'p'},
+                                           {"steps", required_argument, 0, 'n'},
+                                           {"repeats", required_argument, 0, 'r'},
+                                           {"warmup", required_argument, 0, 'w'},
+                                           {"graphs", required_argument, 0, 'g'},
+                                           {"data", required_argument, 0, 'd'},
+                                           {"optimizer", required_argument, 0, 'o'},
+                                           {"backend", required_argument, 0, 'B'},
+                                           {"bucket-mb", required_argument, 0, 'm'},
+                                           {"json", no_argument, 0, 'j'},
+                                           {0, 0, 0, 0}};
   optind = 1;
   int ch;
   while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -442,8 +452,9 @@ int bench_train_main(int argc, char **argv) {
   }
   if (o.batch == 0 || o.steps == 0 || o.repeats == 0 || o.repeats > MAX_REPEATS ||
       o.bucket_mb == 0) {
-    fprintf(stderr, "drover bench: --batch, --steps, --bucket-mb must be > 0 and --repeats in "
-                    "1..%d\n%s",
+    fprintf(stderr,
+            "drover bench: --batch, --steps, --bucket-mb must be > 0 and --repeats in "
+            "1..%d\n%s",
             MAX_REPEATS, USAGE);
     return 2;
   }

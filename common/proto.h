@@ -137,7 +137,7 @@ typedef struct {
   uint32_t generation, rank;
   uint32_t pid;
   char *addr;    /* "HOST:PORT" of its ring listener */
-  char *gpu;     /* optional: "HOST/DEVICE" of the GPU it trains on; absent or "": the CPU */
+  char *gpu;     /* optional: "HOST/PCI bus id" of its GPU; absent or "": the CPU */
   char *nccl_id; /* optional, rank 0 of a GPU world: the NCCL unique id, 256 hex digits */
 } proto_rendezvous_t;
 

@@ -759,9 +759,9 @@ static drv_result_t record_submission(coord_t *c, const jobspec_t *spec, const c
                                       const char *token, store_job_t *sj) {
   drv_result_t rc;
   DRV_CHECK(store_begin(c->store));
-  DRV_CHECK_GOTO(store_job_insert(c->store, spec->name, sj->target, spec->nodes, canon, "",
-                                  &sj->id),
-                 rc, fail);
+  DRV_CHECK_GOTO(
+      store_job_insert(c->store, spec->name, sj->target, spec->nodes, canon, "", &sj->id), rc,
+      fail);
   snprintf(sj->run_dir, sizeof sj->run_dir, "%s/%s-%" PRId64, spec->run_dir, spec->name, sj->id);
   DRV_CHECK_GOTO(store_job_set_run_dir(c->store, sj->id, sj->run_dir), rc, fail);
   DRV_CHECK_GOTO(store_job_set_pool(c->store, sj->id, sj->pool), rc, fail);
@@ -1238,10 +1238,11 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
   }
   int lo, hi;
   if (sock_ports_ephemeral(cfg->bind, &lo, &hi))
-    log_warn("the ports of %s lie in this machine's ephemeral range (%d-%d): while this "
-             "coordinator is down, other programs' connections may take them, so a restart "
-             "could fail to bind; a base port below %d avoids that",
-             cfg->bind, lo, hi, lo - 2);
+    log_warn(
+        "the ports of %s lie in this machine's ephemeral range (%d-%d): while this "
+        "coordinator is down, other programs' connections may take them, so a restart "
+        "could fail to bind; a base port below %d avoids that",
+        cfg->bind, lo, hi, lo - 2);
 
   int64_t hb_ms = drv_setting(DRV_SET_HEARTBEAT_MS);
   int64_t next_tick = drv_now_ms() + hb_ms;

@@ -25,17 +25,17 @@ typedef struct {
   uint32_t cpus, gpus;
   uint64_t mem_bytes, session;
   int64_t last_seen_ms;
-  int64_t job; /* 0 when idle; set from assign until its worker exits */
-  uint32_t generation; /* of the assignment it is booked for */
+  int64_t job;               /* 0 when idle; set from assign until its worker exits */
+  uint32_t generation;       /* of the assignment it is booked for */
   int64_t cooldown_until_ms; /* its worker was killed: no new work before then */
   int leaving;               /* said `leave`: no new work */
 } agent_t;
 
 typedef struct {
-  int agent;        /* index into agents[] */
-  int rendezvoused; /* rendezvous received for this generation */
-  char addr[256];   /* ring address */
-  char gpu[128];    /* its rendezvous `gpu`: "" for the CPU */
+  int agent;         /* index into agents[] */
+  int rendezvoused;  /* rendezvous received for this generation */
+  char addr[256];    /* ring address */
+  char gpu[128];     /* its rendezvous `gpu`: "" for the CPU */
   char nccl_id[260]; /* rank 0's rendezvous `nccl_id` */
   unsigned char ident[ID_MAX];
   size_t identlen;

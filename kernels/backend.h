@@ -72,8 +72,8 @@ typedef struct {
   be_epilogue_t epilogue;
   const void *bias; /* BIAS, BIAS_RELU, BIAS_GELU */
   be_dtype_t bias_type;
-  void *aux;         /* BIAS_GELU (written), DRELU_BGRAD and DGELU_BGRAD (read) */
-  float *bgrad;      /* DRELU_BGRAD, DGELU_BGRAD (written) */
+  void *aux;    /* BIAS_GELU (written), DRELU_BGRAD and DGELU_BGRAD (read) */
+  float *bgrad; /* DRELU_BGRAD, DGELU_BGRAD (written) */
 } be_matmul_t;
 
 typedef enum { BE_OPT_SGD = 0, BE_OPT_ADAMW } be_optimizer_t;
@@ -258,5 +258,9 @@ float be_bf16_to_f32(uint16_t x);
 bool backend_cuda_available(void);
 drv_result_t backend_cuda_new(int device, bool tf32, backend_t **out);
 void backend_cuda_destroy(backend_t **be);
+
+/* The PCI bus id of a CUDA backend's GPU ("0000:3b:00.0"), what tells GPUs apart across
+ * processes whatever CUDA_VISIBLE_DEVICES numbers them (and what NCCL compares). */
+drv_result_t backend_cuda_pci_bus_id(const backend_t *be, char *out, size_t n);
 
 #endif

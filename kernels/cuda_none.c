@@ -16,3 +16,8 @@ drv_result_t backend_cuda_new(int device, bool tf32, backend_t **out) {
 void backend_cuda_destroy(backend_t **be) {
   if (be) *be = NULL;
 }
+
+drv_result_t backend_cuda_pci_bus_id(const backend_t *be, char *out, size_t n) {
+  if (n) *out = '\0';
+  return drv_error(DRV_ERR_INVALID, "this drover was built without CUDA");
+}

@@ -329,7 +329,7 @@ static void test_matmul_bf16(void **state) {
   const be_epilogue_t epis[] = {BE_EPI_NONE,      BE_EPI_BIAS,        BE_EPI_BIAS_RELU,
                                 BE_EPI_BIAS_GELU, BE_EPI_DRELU_BGRAD, BE_EPI_DGELU_BGRAD};
   for (size_t e = 0; e < DRV_ARRAY_LEN(epis); e++) {
-    run_matmul(false, true, 256, 512, 128, epis[e], BE_BF16, BE_BF16); /* forward shape */
+    run_matmul(false, true, 256, 512, 128, epis[e], BE_BF16, BE_BF16);  /* forward shape */
     run_matmul(false, false, 256, 512, 128, epis[e], BE_BF16, BE_BF16); /* backward dx */
     run_matmul(false, true, 37, 53, 29, epis[e], BE_BF16, BE_BF16);
   }
@@ -573,16 +573,21 @@ int main(void) {
   const char *req = getenv("DROVER_REQUIRE_GPU");
   bool required = req && *req == '1';
   if (backend_cuda_new(0, false, &gpu) != DRV_OK) {
-    printf("test_cuda: %s: %s\n", drv_last_error(), required ? "FAILED (DROVER_REQUIRE_GPU=1)" : "skipped");
+    printf("test_cuda: %s: %s\n", drv_last_error(),
+           required ? "FAILED (DROVER_REQUIRE_GPU=1)" : "skipped");
     return required ? 1 : 77;
   }
   cpu = backend_cpu();
   rng_init(&rng, 2026, 11);
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_elementwise),  cmocka_unit_test(test_bias),
-      cmocka_unit_test(test_gemm),         cmocka_unit_test(test_matmul_f32),
-      cmocka_unit_test(test_matmul_bf16),  cmocka_unit_test(test_softmax_xent),
-      cmocka_unit_test(test_optimizers),   cmocka_unit_test(test_upload_fence),
+      cmocka_unit_test(test_elementwise),
+      cmocka_unit_test(test_bias),
+      cmocka_unit_test(test_gemm),
+      cmocka_unit_test(test_matmul_f32),
+      cmocka_unit_test(test_matmul_bf16),
+      cmocka_unit_test(test_softmax_xent),
+      cmocka_unit_test(test_optimizers),
+      cmocka_unit_test(test_upload_fence),
       cmocka_unit_test(test_training_matches_cpu),
   };
   int failed = cmocka_run_group_tests(tests, NULL, NULL);

@@ -276,8 +276,8 @@ static drv_result_t cpu_matmul(const backend_t *be, const be_matmul_t *op) {
   if (op->ab_type != BE_F32 || op->c_type != BE_F32 || op->bias_type != BE_F32)
     return drv_error(DRV_ERR_INVALID, "cpu matmul: only F32 operands (precision bf16 needs a GPU)");
   float *c = op->c;
-  DRV_CHECK(cpu_gemm(be, op->trans_a, op->trans_b, op->m, op->n, op->k, 1.0f, op->a, op->b, 0.0f,
-                     c));
+  DRV_CHECK(
+      cpu_gemm(be, op->trans_a, op->trans_b, op->m, op->n, op->k, 1.0f, op->a, op->b, 0.0f, c));
   size_t count = (size_t)op->m * op->n;
   switch (op->epilogue) {
   case BE_EPI_NONE: return DRV_OK;

@@ -32,28 +32,28 @@ extern "C" {
 
 // --- errors ------------------------------------------------------------------------------
 
-#define CU_CHECK(call)                                                                       \
-  do {                                                                                       \
-    cudaError_t e_ = (call);                                                                 \
-    if (e_ != cudaSuccess)                                                                   \
+#define CU_CHECK(call)                                                                          \
+  do {                                                                                          \
+    cudaError_t e_ = (call);                                                                    \
+    if (e_ != cudaSuccess)                                                                      \
       return drv_error(DRV_ERR_CUDA, "%s: %s (%s:%d)", #call, cudaGetErrorString(e_), __FILE__, \
-                       __LINE__);                                                            \
+                       __LINE__);                                                               \
   } while (0)
 
-#define BLAS_CHECK(call)                                                                    \
-  do {                                                                                      \
-    cublasStatus_t s_ = (call);                                                             \
-    if (s_ != CUBLAS_STATUS_SUCCESS)                                                        \
-      return drv_error(DRV_ERR_CUDA, "%s: %s (%s:%d)", #call, cublasGetStatusString(s_),    \
-                       __FILE__, __LINE__);                                                 \
+#define BLAS_CHECK(call)                                                                           \
+  do {                                                                                             \
+    cublasStatus_t s_ = (call);                                                                    \
+    if (s_ != CUBLAS_STATUS_SUCCESS)                                                               \
+      return drv_error(DRV_ERR_CUDA, "%s: %s (%s:%d)", #call, cublasGetStatusString(s_), __FILE__, \
+                       __LINE__);                                                                  \
   } while (0)
 
 /* After every <<<>>>: a bad configuration shows here, a fault at the next sync. */
-#define LAUNCH_CHECK(name)                                                                    \
-  do {                                                                                        \
-    cudaError_t e_ = cudaGetLastError();                                                      \
-    if (e_ != cudaSuccess)                                                                    \
-      return drv_error(DRV_ERR_CUDA, "launch of %s: %s", (name), cudaGetErrorString(e_));     \
+#define LAUNCH_CHECK(name)                                                                \
+  do {                                                                                    \
+    cudaError_t e_ = cudaGetLastError();                                                  \
+    if (e_ != cudaSuccess)                                                                \
+      return drv_error(DRV_ERR_CUDA, "launch of %s: %s", (name), cudaGetErrorString(e_)); \
   } while (0)
 
 // --- state -------------------------------------------------------------------------------
@@ -147,7 +147,7 @@ __device__ __forceinline__ float gelu_grad(float x) {
 
 // --- elementwise kernels -----------------------------------------------------------------
 
-#define GRID_STRIDE(i, count) \
+#define GRID_STRIDE(i, count)                                                 \
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (count); \
        i += (size_t)gridDim.x * blockDim.x)
 
@@ -325,8 +325,8 @@ __global__ void k_loss_sum(const float *losses, const int32_t *correct, uint32_t
 
 /* One parameter's update, shared by the plain ops and the fused one: the formulas of the
  * CPU reference. */
-__device__ __forceinline__ float sgd_update(float p, float g, float *mom, float lr,
-                                            float momentum, float wd) {
+__device__ __forceinline__ float sgd_update(float p, float g, float *mom, float lr, float momentum,
+                                            float wd) {
   g += wd * p;
   float v = momentum * *mom + g;
   *mom = v;
@@ -366,8 +366,7 @@ __global__ void k_optimizer(be_optim_t o) {
     float g = ld(o.grad, i, o.grad_type) * o.grad_scale;
     float p = o.type == BE_OPT_SGD
                   ? sgd_update(o.param[i], g, &o.m[i], o.sched[0], o.momentum, o.weight_decay)
-                  : adamw_update(o.param[i], g, &o.m[i], &o.v[i], o.sched, o.beta1, o.beta2,
-                                 o.eps);
+                  : adamw_update(o.param[i], g, &o.m[i], &o.v[i], o.sched, o.beta1, o.beta2, o.eps);
     o.param[i] = p;
     if (o.param_copy) st(o.param_copy, i, o.copy_type, p);
   }
@@ -430,9 +429,9 @@ static drv_result_t cu_synchronize(const backend_t *be) {
 /* Row-major C (m, n) = op(A) op(B) is column-major C^T (n, m) = op(B)^T op(A)^T: cuBLAS is
  * called with the operands swapped, m and n swapped, and the row-major leading dimensions
  * (the stored row lengths). */
-static drv_result_t cu_gemm(const backend_t *be, bool trans_a, bool trans_b, uint32_t m,
-                            uint32_t n, uint32_t k, float alpha, const float *d_a,
-                            const float *d_b, float beta, float *d_c) {
+static drv_result_t cu_gemm(const backend_t *be, bool trans_a, bool trans_b, uint32_t m, uint32_t n,
+                            uint32_t k, float alpha, const float *d_a, const float *d_b, float beta,
+                            float *d_c) {
   if (m > INT32_MAX || n > INT32_MAX || k > INT32_MAX)
     return drv_error(DRV_ERR_INVALID, "cuda gemm: size %ux%ux%u too large", m, n, k);
   if (m == 0 || n == 0) return DRV_OK;
@@ -458,20 +457,20 @@ static drv_result_t cu_bias_add(const backend_t *be, float *d_y, const float *d_
   return DRV_OK;
 }
 
-static drv_result_t cu_bias_grad(const backend_t *be, float *d_dbias, const float *d_dy,
-                                 uint32_t n, uint32_t c) {
+static drv_result_t cu_bias_grad(const backend_t *be, float *d_dbias, const float *d_dy, uint32_t n,
+                                 uint32_t c) {
   if (!c) return DRV_OK;
   k_bias_grad<<<(c + 31) / 32, dim3(32, 8), 0, ctx_of(be)->compute>>>(d_dbias, d_dy, n, c);
   LAUNCH_CHECK("bias_grad");
   return DRV_OK;
 }
 
-#define ELEMENTWISE(fn, kernel, ...)                                                  \
-  do {                                                                                \
-    if (!count) return DRV_OK;                                                        \
+#define ELEMENTWISE(fn, kernel, ...)                                                   \
+  do {                                                                                 \
+    if (!count) return DRV_OK;                                                         \
     kernel<<<grid_for(count, 256), 256, 0, ctx_of(be)->compute>>>(__VA_ARGS__, count); \
-    LAUNCH_CHECK(fn);                                                                 \
-    return DRV_OK;                                                                    \
+    LAUNCH_CHECK(fn);                                                                  \
+    return DRV_OK;                                                                     \
   } while (0)
 
 static drv_result_t cu_relu_forward(const backend_t *be, float *d_y, const float *d_x,
@@ -505,7 +504,8 @@ static drv_result_t cu_softmax_xent(const backend_t *be, const float *d_logits,
   int *d_bad = x->d_bad_label;
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
   CU_CHECK(cudaStreamIsCapturing(x->compute, &cap));
-  if (cap == cudaStreamCaptureStatusNone) CU_CHECK(cudaMemsetAsync(d_bad, 0, sizeof(int), x->compute));
+  if (cap == cudaStreamCaptureStatusNone)
+    CU_CHECK(cudaMemsetAsync(d_bad, 0, sizeof(int), x->compute));
   unsigned rows_per_block = 8;
   k_softmax_xent<<<(n + rows_per_block - 1) / rows_per_block, 32 * rows_per_block, 0, x->compute>>>(
       d_logits, d_labels, n, c, scale, d_dlogits, d_losses, d_correct, d_bad);
@@ -550,8 +550,8 @@ static drv_result_t cu_convert(const backend_t *be, void *d_dst, be_dtype_t dst_
                                const void *d_src, be_dtype_t src_type, size_t count) {
   if (!count) return DRV_OK;
   if (dst_type == src_type) return cu_copy(be, d_dst, d_src, count * be_dtype_size(src_type));
-  k_convert<<<grid_for(count, 256), 256, 0, ctx_of(be)->compute>>>(d_dst, dst_type, d_src,
-                                                                   src_type, count);
+  k_convert<<<grid_for(count, 256), 256, 0, ctx_of(be)->compute>>>(d_dst, dst_type, d_src, src_type,
+                                                                   count);
   LAUNCH_CHECK("convert");
   return DRV_OK;
 }
@@ -672,11 +672,9 @@ static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, const unsigned a
   if (ok) ok = set_pointers(p, op) == CUBLAS_STATUS_SUCCESS;
   /* Stored shapes (column-major): A' is (M, K) or, transposed, (K, M); B' likewise. */
   ok = ok &&
-       cublasLtMatrixLayoutCreate(&p->la, ab, ta == CUBLAS_OP_N ? M : K,
-                                  ta == CUBLAS_OP_N ? K : M,
+       cublasLtMatrixLayoutCreate(&p->la, ab, ta == CUBLAS_OP_N ? M : K, ta == CUBLAS_OP_N ? K : M,
                                   (int64_t)(ta == CUBLAS_OP_N ? M : K)) == CUBLAS_STATUS_SUCCESS &&
-       cublasLtMatrixLayoutCreate(&p->lb, ab, tb == CUBLAS_OP_N ? K : N,
-                                  tb == CUBLAS_OP_N ? N : K,
+       cublasLtMatrixLayoutCreate(&p->lb, ab, tb == CUBLAS_OP_N ? K : N, tb == CUBLAS_OP_N ? N : K,
                                   (int64_t)(tb == CUBLAS_OP_N ? K : N)) == CUBLAS_STATUS_SUCCESS &&
        cublasLtMatrixLayoutCreate(&p->lc, ct, M, N, (int64_t)M) == CUBLAS_STATUS_SUCCESS;
   if (ok) {
@@ -694,18 +692,20 @@ static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, const unsigned a
     for (int i = 0; ok && i < 4; i++)
       ok = cublasLtMatmulPreferenceSetAttribute(pref, aligns[i], &al[i], sizeof al[i]) ==
            CUBLAS_STATUS_SUCCESS;
-    ok = ok && cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1,
-                                              &res, &found) == CUBLAS_STATUS_SUCCESS &&
+    ok = ok &&
+         cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &res,
+                                        &found) == CUBLAS_STATUS_SUCCESS &&
          found > 0;
     if (ok) p->algo = res.algo;
     if (pref) cublasLtMatmulPreferenceDestroy(pref);
   }
   if (!ok) {
     if (!c->warned_fallback++)
-      log_info("%s: cuBLASLt has no algorithm for a %ux%ux%u matmul (epilogue %d, %s): using "
-               "GEMM + a fused epilogue kernel there",
-               c->name, op->m, op->n, op->k, (int)op->epilogue,
-               op->ab_type == BE_BF16 ? "bf16" : "fp32");
+      log_info(
+          "%s: cuBLASLt has no algorithm for a %ux%ux%u matmul (epilogue %d, %s): using "
+          "GEMM + a fused epilogue kernel there",
+          c->name, op->m, op->n, op->k, (int)op->epilogue,
+          op->ab_type == BE_BF16 ? "bf16" : "fp32");
     lt_plan_t keep = *p;
     plan_free(p);
     *p = keep;
@@ -757,8 +757,9 @@ static drv_result_t cu_matmul(const backend_t *be, const be_matmul_t *op) {
   if (op->m > INT32_MAX || op->n > INT32_MAX || op->k > INT32_MAX)
     return drv_error(DRV_ERR_INVALID, "cuda matmul: size %ux%ux%u too large", op->m, op->n, op->k);
   if (op->ab_type == BE_F32 && op->c_type == BE_BF16)
-    return drv_error(DRV_ERR_INVALID, "cuda matmul: F32 operands into a BF16 output are not "
-                                      "supported (cuBLAS has no such GEMM)");
+    return drv_error(DRV_ERR_INVALID,
+                     "cuda matmul: F32 operands into a BF16 output are not "
+                     "supported (cuBLAS has no such GEMM)");
   if (op->n == 0) return DRV_OK;
   if (op->m == 0) /* no rows: the bias gradient is an empty sum */
     return op->bgrad ? cu_zero(be, op->bgrad, (size_t)op->n * sizeof(float)) : DRV_OK;
@@ -777,16 +778,17 @@ static drv_result_t cu_matmul(const backend_t *be, const be_matmul_t *op) {
   if (p->fallback) return matmul_fallback(be, op);
   BLAS_CHECK(set_pointers(p, op));
   const float one = 1.0f, zero = 0.0f;
-  cublasStatus_t st = cublasLtMatmul(c->lt, p->desc, &one, op->b, p->la, op->a, p->lb, &zero,
-                                     op->c, p->lc, op->c, p->lc, &p->algo, c->lt_ws,
-                                     LT_WORKSPACE_BYTES, c->compute);
+  cublasStatus_t st =
+      cublasLtMatmul(c->lt, p->desc, &one, op->b, p->la, op->a, p->lb, &zero, op->c, p->lc, op->c,
+                     p->lc, &p->algo, c->lt_ws, LT_WORKSPACE_BYTES, c->compute);
   if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE) {
     /* An algorithm the heuristic offered and the call refused: this shape takes the
      * fallback from now on. */
     if (!c->warned_fallback++)
-      log_info("%s: cublasLtMatmul refused a %ux%ux%u matmul (%s): using GEMM + a fused "
-               "epilogue kernel there",
-               c->name, op->m, op->n, op->k, cublasGetStatusString(st));
+      log_info(
+          "%s: cublasLtMatmul refused a %ux%ux%u matmul (%s): using GEMM + a fused "
+          "epilogue kernel there",
+          c->name, op->m, op->n, op->k, cublasGetStatusString(st));
     p->fallback = 1;
     return matmul_fallback(be, op);
   }
@@ -847,7 +849,8 @@ static void collect_waits(cuda_ctx_t *c, int block) {
     if (block) {
       cudaEventSynchronize(w->ready);
       cudaEventSynchronize(w->arrived);
-    } else if (cudaEventQuery(w->ready) != cudaSuccess || cudaEventQuery(w->arrived) != cudaSuccess) {
+    } else if (cudaEventQuery(w->ready) != cudaSuccess ||
+               cudaEventQuery(w->arrived) != cudaSuccess) {
       continue;
     }
     float ms = 0.0f;
@@ -891,7 +894,9 @@ static drv_result_t cu_graph_end(const backend_t *be, void **graph) {
   cudaGraph_t g = NULL;
   cudaGraphExec_t exec = NULL;
   CU_CHECK(cudaStreamEndCapture(ctx_of(be)->compute, &g));
-  cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
+  /* Node priorities kept: the all-reduces captured from the high-priority comm stream
+   * still overtake the backward kernels when replayed. */
+  cudaError_t e = cudaGraphInstantiate(&exec, g, cudaGraphInstantiateFlagUseNodePriority);
   cudaGraphDestroy(g);
   if (e != cudaSuccess)
     return drv_error(DRV_ERR_CUDA, "cudaGraphInstantiate: %s", cudaGetErrorString(e));
@@ -999,13 +1004,13 @@ extern "C" drv_result_t backend_cuda_new(int device, bool tf32, backend_t **out)
   snprintf(c->name, sizeof c->name, "cuda:%d", device);
   be->name = c->name;
   drv_result_t rc = DRV_OK;
-#define BLAS_NEW(call)                                                                       \
-  do {                                                                                       \
-    cublasStatus_t s_ = (call);                                                              \
-    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                       \
-      rc = drv_error(DRV_ERR_CUDA, "%s: %s", #call, cublasGetStatusString(s_));              \
-      goto fail;                                                                             \
-    }                                                                                        \
+#define BLAS_NEW(call)                                                          \
+  do {                                                                          \
+    cublasStatus_t s_ = (call);                                                 \
+    if (s_ != CUBLAS_STATUS_SUCCESS) {                                          \
+      rc = drv_error(DRV_ERR_CUDA, "%s: %s", #call, cublasGetStatusString(s_)); \
+      goto fail;                                                                \
+    }                                                                           \
   } while (0)
   CUDA_CHECK_GOTO(cudaSetDevice(device), rc, fail);
   CUDA_CHECK_GOTO(cudaStreamCreateWithFlags(&c->compute, cudaStreamNonBlocking), rc, fail);
@@ -1037,4 +1042,9 @@ extern "C" cudaStream_t backend_cuda_stream(const backend_t *be) {
 
 extern "C" int backend_cuda_device(const backend_t *be) {
   return ctx_of(be)->device;
+}
+
+extern "C" drv_result_t backend_cuda_pci_bus_id(const backend_t *be, char *out, size_t n) {
+  CU_CHECK(cudaDeviceGetPCIBusId(out, (int)n, ctx_of(be)->device));
+  return DRV_OK;
 }
