@@ -59,9 +59,10 @@ typedef struct {
   FILE *audit;   /* $DROVER_AUDIT_DIR: sample ids of every step, for tests */
   /* the commit (kept by the trainer): state after commit_step steps */
   uint64_t commit_step;
-  /* the step of the last evaluation: whether a rank evaluates (a collective) must not
-   * depend on its own history, so a new world takes rank 0's (sync_state) */
-  uint64_t last_eval;
+  /* the step of the last evaluation, and of the last one rank 0 reported: whether a rank
+   * evaluates (a collective) must not depend on its own history, so a new world takes
+   * rank 0's (sync_state), and a world whose rank 0 did not report evaluates again */
+  uint64_t last_eval, eval_reported;
   /* progress since the last report */
   uint64_t rep_samples, rep_steps;
   double rep_step_s, rep_wait_s, rep_data_ms, rep_start_s;
@@ -515,9 +516,10 @@ static drv_result_t sync_state(worker_t *w, int after_failure, uint64_t *step) {
       head[0] = 1.0f;
       head[1] = (float)(s & 0xffffff);
       head[2] = (float)(s >> 24);
-      /* A survivor that evaluated at the step it rolled back to: a newcomer must not
-       * evaluate there alone (nor re-evaluate what was reported). */
-      head[3] = after_failure && w->last_eval == s ? 1.0f : 0.0f;
+      /* Rank 0 reported an evaluation at the step it rolled back to: a newcomer must not
+       * evaluate there alone, nor anyone again. (Evaluated but not reported, by a rank
+       * that was not rank 0 then: everyone evaluates, so the epoch's record is not lost.) */
+      head[3] = after_failure && w->eval_reported == s ? 1.0f : 0.0f;
     }
   }
   if (w->world > 1) {
@@ -540,7 +542,7 @@ static drv_result_t sync_state(worker_t *w, int after_failure, uint64_t *step) {
     }
   }
   *step = head[0] == 1.0f ? (uint64_t)head[1] + ((uint64_t)head[2] << 24) : 0;
-  w->last_eval = head[3] == 1.0f ? *step : 0;
+  w->last_eval = w->eval_reported = head[3] == 1.0f ? *step : 0;
   return DRV_OK;
 }
 
@@ -646,6 +648,7 @@ static drv_result_t eval_epoch(worker_t *w, const plan_t *p, progress_t *g, uint
     raise(SIGKILL);
   }
   if (w->rank != 0) return DRV_OK;
+  w->eval_reported = step;
   proto_msg_t m;
   proto_msg_init(&m, PROTO_EVAL);
   m.u.eval = (proto_eval_t){.job = w->cfg->job,

@@ -322,10 +322,11 @@ static int cmd_status(int argc, char **argv) {
         cli_json_str(stdout, k->agent);
         fputs(",\"host\":", stdout);
         cli_json_str(stdout, k->host);
-        printf(",\"step_ms\":%.3f,\"compute_ms\":%.3f,\"wait_ms\":%.3f,\"data_ms\":%.3f,"
-               "\"straggler\":%s}",
-               k->step_ms, k->compute_ms, k->wait_ms, isfinite(k->data_ms) ? k->data_ms : 0,
-               k->straggler ? "true" : "false");
+        printf(
+            ",\"step_ms\":%.3f,\"compute_ms\":%.3f,\"wait_ms\":%.3f,\"data_ms\":%.3f,"
+            "\"straggler\":%s}",
+            k->step_ms, k->compute_ms, k->wait_ms, isfinite(k->data_ms) ? k->data_ms : 0,
+            k->straggler ? "true" : "false");
       }
       fputs("]", stdout);
       fputs("}", stdout);
@@ -482,11 +483,13 @@ static void usage(FILE *out) {
       "  bench ring [--workers 2,4] [--bytes 64M] [--iters N] [--json]\n"
       "                                   host ring all-reduce benchmark\n"
       "  bench train [--sizes 784,1024,1024,10] [--batch 256] [--precision fp32|tf32|bf16]\n"
-      "              [--steps 100] [--repeats 5] [--graphs auto|on|off] [--data synthetic|fashion]\n"
+      "              [--steps 100] [--repeats 5] [--graphs auto|on|off] [--data "
+      "synthetic|fashion]\n"
       "              [--backend auto|cpu|cuda] [--json]\n"
       "                                   the training step: ms/step, samples/s, TFLOP/s\n"
       "  bench overlap [--bucket-mb 64] [--json]\n"
-      "                                   2 ranks on GPU 0: NCCL all-reduce hidden behind backward\n"
+      "                                   2 ranks on GPU 0: NCCL all-reduce hidden behind "
+      "backward\n"
       "  settings                         tunables and their environment variables\n\n"
       "The coordinator endpoint defaults to $DROVER_COORDINATOR or tcp://127.0.0.1:7700\n"
       "(agents use that port, clients +1, events +2).\n",
@@ -498,6 +501,9 @@ int main(int argc, char **argv) {
     usage(stderr);
     return 2;
   }
+  /* A peer gone mid-write is an error to report, never a reason to die (libzmq's I/O
+   * threads write without MSG_NOSIGNAL). */
+  signal(SIGPIPE, SIG_IGN);
   const char *cmd = argv[1];
   argc--;
   argv++;

@@ -130,6 +130,16 @@ int sock_fd_self_connected(int fd, char *addr, size_t addrsz) {
   return 1;
 }
 
+void sock_fd_end_self_connection(int fd) {
+  /* Reset, not a FIN: a closed self-connection would sit in TIME_WAIT on the port for a
+   * minute, and the listener that should have it (SO_REUSEADDR or not) could not bind,
+   * since this end was bound without SO_REUSEADDR. Reading shut makes the owner see EOF
+   * and close the fd, which then sends the reset; no write of the owner fails meanwhile. */
+  struct linger hard = {.l_onoff = 1, .l_linger = 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &hard, sizeof hard);
+  shutdown(fd, SHUT_RD);
+}
+
 drv_result_t sock_recv(void *s, int is_router, unsigned char *identity, size_t *idlen,
                        proto_msg_t *m, int timeout_ms) {
   proto_msg_init(m, PROTO_TYPE_COUNT);
@@ -170,7 +180,7 @@ drv_result_t sock_recv(void *s, int is_router, unsigned char *identity, size_t *
     /* A connecting socket's own message: nothing listened on that port and the kernel
      * picked the same port for this end, so the connection reached itself. End it (ZeroMQ
      * reconnects) so the port is free for whoever should listen there. */
-    shutdown(fd, SHUT_RDWR);
+    sock_fd_end_self_connection(fd);
     rc = drv_error(DRV_ERR_ZMQ,
                    "the connection to %s reached this socket itself (nothing listened there "
                    "and the port lies in the ephemeral range): dropped it",

@@ -49,6 +49,11 @@ drv_result_t sock_publish(void *pub, const char *topic, const proto_msg_t *m);
  * ("127.0.0.1:40000") when addr is non-NULL. */
 int sock_fd_self_connected(int fd, char *addr, size_t addrsz);
 
+/* Ends a self-connected socket fd that another owner (libzmq) will close: its reading side
+ * is shut, so the owner sees the end of the stream and closes it, and that close resets
+ * the connection instead of leaving the port in TIME_WAIT. */
+void sock_fd_end_self_connection(int fd);
+
 /* Receives one message (blocking up to timeout_ms; -1 forever). On a ROUTER the identity
  * frame is copied into identity[*idlen] (capacity 256). A frame that fails to decode is
  * consumed and reported as DRV_ERR_PROTO (the caller answers or drops it and keeps going);

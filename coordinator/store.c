@@ -535,7 +535,8 @@ drv_result_t store_job_by_token(store_t *s, const char *token, int64_t *id) {
   if (!s || !token || !id) return drv_error(DRV_ERR_INVALID, "find job by token: NULL argument");
   *id = 0;
   if (!*token) return DRV_OK;
-  DRV_CHECK_GOTO(sql_prepare(s, "SELECT id FROM jobs WHERE token = ?1", &st, "find job by token"),
+  DRV_CHECK_GOTO(sql_prepare(s, "SELECT id FROM jobs WHERE token = ?1 AND token != ''", &st,
+                             "find job by token"),
                  rc, fail);
   if (sqlite3_bind_text(st, 1, token, -1, SQLITE_STATIC)) {
     rc = sql_fail(s, "find job by token");

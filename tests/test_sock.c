@@ -33,14 +33,24 @@ static int bound_socket(int *port) {
   return fd;
 }
 
+static struct sockaddr_in loopback_port(int port) {
+  return (struct sockaddr_in){.sin_family = AF_INET,
+                              .sin_port = htons((uint16_t)port),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+}
+
+/* A socket connected to itself, as the kernel may make one by chance. */
+static int self_connected_socket(int *port) {
+  int fd = bound_socket(port);
+  struct sockaddr_in to = loopback_port(*port);
+  assert_int_equal(connect(fd, (struct sockaddr *)&to, sizeof to), 0);
+  return fd;
+}
+
 static void test_self_connected_fd_is_recognised(void **state) {
   (void)state;
   int port;
-  int fd = bound_socket(&port);
-  struct sockaddr_in to = {.sin_family = AF_INET,
-                           .sin_port = htons((uint16_t)port),
-                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  assert_int_equal(connect(fd, (struct sockaddr *)&to, sizeof to), 0);
+  int fd = self_connected_socket(&port);
   char addr[64], want[64];
   assert_true(sock_fd_self_connected(fd, addr, sizeof addr));
   snprintf(want, sizeof want, "127.0.0.1:%d", port);
@@ -51,7 +61,7 @@ static void test_self_connected_fd_is_recognised(void **state) {
   int lfd = bound_socket(&port);
   assert_int_equal(listen(lfd, 1), 0);
   int cfd = socket(AF_INET, SOCK_STREAM, 0);
-  to.sin_port = htons((uint16_t)port);
+  struct sockaddr_in to = loopback_port(port);
   assert_int_equal(connect(cfd, (struct sockaddr *)&to, sizeof to), 0);
   int afd = accept(lfd, NULL, NULL);
   assert_true(afd >= 0);
@@ -62,6 +72,26 @@ static void test_self_connected_fd_is_recognised(void **state) {
   close(afd);
   close(cfd);
   close(lfd);
+}
+
+/* An ended self-connection leaves its port free at once (no TIME_WAIT): a listener without
+ * SO_REUSEADDR binds it right after the owner closes the fd. */
+static void test_ended_self_connection_frees_the_port(void **state) {
+  (void)state;
+  int port;
+  int fd = self_connected_socket(&port);
+  assert_int_equal(send(fd, "x", 1, 0), 1);
+  char c;
+  assert_int_equal(recv(fd, &c, 1, 0), 1); /* its own byte */
+  sock_fd_end_self_connection(fd);
+  assert_int_equal(recv(fd, &c, 1, 0), 0); /* the owner sees the end of the stream */
+  close(fd);
+  struct sockaddr_in to = loopback_port(port);
+  int l = socket(AF_INET, SOCK_STREAM, 0);
+  assert_true(l >= 0);
+  assert_int_equal(bind(l, (struct sockaddr *)&to, sizeof to), 0);
+  assert_int_equal(listen(l, 1), 0);
+  close(l);
 }
 
 static void test_looped_back_message_is_not_a_reply(void **state) {
@@ -145,6 +175,7 @@ static void test_ephemeral_port_check(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_self_connected_fd_is_recognised),
+      cmocka_unit_test(test_ended_self_connection_frees_the_port),
       cmocka_unit_test(test_looped_back_message_is_not_a_reply),
       cmocka_unit_test(test_real_peer_still_answers),
       cmocka_unit_test(test_ephemeral_port_check),

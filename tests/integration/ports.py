@@ -4,22 +4,25 @@ import random
 import socket
 
 
-def ephemeral_low():
-    """The first port of the kernel's ephemeral range (outgoing connections' ports)."""
+def ephemeral_range():
+    """The kernel's ephemeral port range (outgoing connections' ports), inclusive."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
+            lo, hi = f.read().split()[:2]
+            return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def free_base_port():
     """A base port P with P, P+1 and P+2 free on 127.0.0.1, all below the ephemeral range:
     a port in it can be taken by any outgoing connection between this check and the bind,
     and a client dialling it while nothing listens can connect to itself."""
-    top = max(ephemeral_low() - 3, 12000)
+    lo, hi = ephemeral_range()
+    # Below the range when there is room there, else above it.
+    first, last = (10000, lo - 3) if lo - 3 >= 12000 else (hi + 1, 65530)
     for _ in range(200):
-        base = random.randint(10000, top)
+        base = random.randint(first, last)
         socks = []
         try:
             for p in range(base, base + 3):
