@@ -531,9 +531,10 @@ drv_result_t trainer_stage(trainer_t *t, uint32_t n, uint32_t global_batch, uint
   return DRV_OK;
 }
 
-static drv_result_t optimizer(trainer_t *t, const float *d_sched) {
+/* The update from the gradients: the reducer's own copy when it sums one (BF16), else
+ * d_grads. r: the step's reducer, NULL for gradients the caller summed into d_grads. */
+static drv_result_t optimizer(trainer_t *t, const trainer_reducer_t *r, const float *d_sched) {
   const backend_t *be = t->be;
-  const trainer_reducer_t *r = t->reducer;
   const jobspec_t *s = &t->spec;
   be_optim_t op = {
       .type = s->train.optimizer.type == SPEC_OPT_ADAMW ? BE_OPT_ADAMW : BE_OPT_SGD,
@@ -563,7 +564,7 @@ static drv_result_t issue_step(trainer_t *t, const slot_t *sl) {
   if (sl->n) DRV_CHECK(forward(t, sl->d_x, sl->n));
   DRV_CHECK(backward(t, sl->d_x, sl->d_y, sl->n, sl->batch));
   if (r && r->finish) DRV_CHECK(r->finish(r->ctx));
-  return optimizer(t, sl->d_sched);
+  return optimizer(t, t->reducer, sl->d_sched);
 }
 
 static drv_result_t launch_graph(trainer_t *t, slot_t *sl) {
@@ -774,11 +775,7 @@ drv_result_t trainer_apply(trainer_t *t, uint64_t step, uint64_t total_steps, fl
   if (lr) *lr = sl->h_sched[0];
   DRV_CHECK(be->copy_in(be, sl->d_sched, sl->h_sched, 4 * sizeof(float)));
   /* The single-call API's gradients are the caller's, in d_grads (F32), not a reducer's. */
-  const trainer_reducer_t *r = t->reducer;
-  t->reducer = NULL;
-  drv_result_t rc = optimizer(t, sl->d_sched);
-  t->reducer = r;
-  DRV_CHECK(rc);
+  DRV_CHECK(optimizer(t, NULL, sl->d_sched));
   return be->synchronize(be);
 }
 

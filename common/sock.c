@@ -38,27 +38,36 @@ void *sock_new(void *ctx, int type) {
   return s;
 }
 
-drv_result_t sock_endpoint(const char *base, sock_port_t port, char *out, size_t outsz) {
-  const char *colon = strrchr(base, ':');
-  if (strncmp(base, "tcp://", 6) != 0 || !colon || colon < base + 6)
+/* The base port of coordinator endpoint "tcp://HOST:PORT" (its colon in *colon). */
+static drv_result_t base_port(const char *base, const char **colon, long *port) {
+  *colon = strrchr(base, ':');
+  if (strncmp(base, "tcp://", 6) != 0 || !*colon || *colon < base + 6)
     return drv_error(DRV_ERR_INVALID, "%s: expected an endpoint like tcp://HOST:PORT", base);
   char *end;
-  long p = strtol(colon + 1, &end, 10);
-  if (*end || p <= 0 || p + 2 > 65535)
-    return drv_error(DRV_ERR_INVALID, "%s: bad port '%s'", base, colon + 1);
+  *port = strtol(*colon + 1, &end, 10);
+  if (*end || *port <= 0 || *port + 2 > 65535)
+    return drv_error(DRV_ERR_INVALID, "%s: bad port '%s'", base, *colon + 1);
+  return DRV_OK;
+}
+
+drv_result_t sock_endpoint(const char *base, sock_port_t port, char *out, size_t outsz) {
+  const char *colon;
+  long p;
+  DRV_CHECK(base_port(base, &colon, &p));
   int n = snprintf(out, outsz, "%.*s:%ld", (int)(colon - base), base, p + (long)port);
   if (n < 0 || (size_t)n >= outsz) return drv_error(DRV_ERR_INVALID, "%s: endpoint too long", base);
   return DRV_OK;
 }
 
 int sock_ports_ephemeral(const char *base, int *lo, int *hi) {
-  const char *colon = strrchr(base, ':');
-  long p = colon ? strtol(colon + 1, NULL, 10) : 0;
+  const char *colon;
+  long p;
+  if (base_port(base, &colon, &p) != DRV_OK) return 0;
   FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
   if (!f) return 0;
   int n = fscanf(f, "%d %d", lo, hi);
   fclose(f);
-  return n == 2 && p > 0 && p + 2 >= *lo && p <= *hi;
+  return n == 2 && p + 2 >= *lo && p <= *hi;
 }
 
 drv_result_t sock_send(void *s, const void *identity, size_t idlen, const proto_msg_t *m,

@@ -59,9 +59,9 @@ void sock_fd_end_self_connection(int fd);
  * consumed and reported as DRV_ERR_PROTO (the caller answers or drops it and keeps going);
  * DRV_ERR_TIMEOUT when nothing arrived. On a connecting socket, a message that came back
  * over a connection to itself (sock_fd_self_connected) is dropped and reported as
- * DRV_ERR_ZMQ, and that connection is shut down so ZeroMQ dials again: without this a
- * client would take its own request for the answer and hold the port its server needs.
- * m must be fini'ed by the caller in every case. */
+ * DRV_ERR_ZMQ, and that connection is ended (sock_fd_end_self_connection) so ZeroMQ dials again:
+ * without this a client would take its own request for the answer and hold the port its server
+ * needs. m must be fini'ed by the caller in every case. */
 drv_result_t sock_recv(void *s, int is_router, unsigned char *identity, size_t *idlen,
                        proto_msg_t *m, int timeout_ms);
 

@@ -773,6 +773,15 @@ fail:
   return rc;
 }
 
+static void reply_submitted(coord_t *c, const unsigned char *ident, size_t len, int64_t job,
+                            char *run_dir) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_SUBMITTED);
+  m.u.submitted.job = job;
+  m.u.submitted.run_dir = run_dir;
+  reply(c, ident, len, &m);
+}
+
 /* A submission the store already has under this token (a client that asked again after
  * its answer was late or lost): answers with that job, whatever its state. Returns 1 when
  * it answered. */
@@ -793,11 +802,7 @@ static int resubmitted(coord_t *c, const unsigned char *ident, size_t len, const
   if (!id) return 0;
   log_info("job %" PRId64 " (%s): its submission came again (token %s): answered with it", id,
            old.name, token);
-  proto_msg_t m;
-  proto_msg_init(&m, PROTO_SUBMITTED);
-  m.u.submitted.job = id;
-  m.u.submitted.run_dir = old.run_dir;
-  reply(c, ident, len, &m);
+  reply_submitted(c, ident, len, id, old.run_dir);
   return 1;
 }
 
@@ -878,11 +883,7 @@ static void on_submit(coord_t *c, const unsigned char *ident, size_t len,
     log_info("job %" PRId64 " (%s) queued: target %s, %u node(s)", j->id, j->name, target,
              j->nodes);
   if (c->fault_slow_submit_ms) usleep((useconds_t)c->fault_slow_submit_ms * 1000);
-  proto_msg_t m;
-  proto_msg_init(&m, PROTO_SUBMITTED);
-  m.u.submitted.job = j->id;
-  m.u.submitted.run_dir = j->run_dir;
-  reply(c, ident, len, &m);
+  reply_submitted(c, ident, len, j->id, j->run_dir);
   coord_publish_state(c, j, NULL);
 out:
   free(canon);

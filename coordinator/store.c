@@ -232,14 +232,30 @@ fail:
   return rc;
 }
 
+// --- Transactions ---------------------------------------------------------------------
+
+drv_result_t store_begin(store_t *s) {
+  if (!s) return drv_error(DRV_ERR_INVALID, "store_begin: NULL store");
+  return sql_exec(s, "BEGIN IMMEDIATE", "begin a transaction");
+}
+
+drv_result_t store_commit(store_t *s) {
+  if (!s) return drv_error(DRV_ERR_INVALID, "store_commit: NULL store");
+  drv_result_t rc = sql_exec(s, "COMMIT", "commit a transaction");
+  if (rc != DRV_OK) store_rollback(s);
+  return rc;
+}
+
+void store_rollback(store_t *s) {
+  if (s && !sqlite3_get_autocommit(s->db)) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
 /* Creates or migrates the schema inside one IMMEDIATE transaction, so that two
  * coordinators opening a new directory at once do not both create it. */
 static drv_result_t store_migrate(store_t *s) {
   drv_result_t rc = DRV_OK;
   sqlite3_stmt *st = NULL;
-  int in_tx = 0;
-  DRV_CHECK_GOTO(sql_exec(s, "BEGIN IMMEDIATE", "begin schema migration"), rc, fail);
-  in_tx = 1;
+  DRV_CHECK(store_begin(s));
   DRV_CHECK_GOTO(sql_prepare(s, "PRAGMA user_version", &st, "read schema version"), rc, fail);
   if (sqlite3_step(st) != SQLITE_ROW) {
     rc = sql_fail(s, "read schema version");
@@ -259,7 +275,7 @@ static drv_result_t store_migrate(store_t *s) {
     snprintf(what, sizeof what, "migrate schema %d -> %d", v, v + 1);
     DRV_CHECK_GOTO(sql_exec(s, store_migrations[v], what), rc, fail);
   }
-  DRV_CHECK_GOTO(sql_exec(s, "COMMIT", "commit schema migration"), rc, fail);
+  DRV_CHECK(store_commit(s));
   if (version == 0)
     log_info("%s: created (schema version %d)", s->path, STORE_SCHEMA_VERSION);
   else if (version < STORE_SCHEMA_VERSION)
@@ -267,7 +283,7 @@ static drv_result_t store_migrate(store_t *s) {
   return DRV_OK;
 fail:
   sqlite3_finalize(st);
-  if (in_tx) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+  store_rollback(s);
   return rc;
 }
 
@@ -336,24 +352,6 @@ void store_close(store_t **s) {
   free((*s)->path);
   free(*s);
   *s = NULL;
-}
-
-// --- Transactions ---------------------------------------------------------------------
-
-drv_result_t store_begin(store_t *s) {
-  if (!s) return drv_error(DRV_ERR_INVALID, "store_begin: NULL store");
-  return sql_exec(s, "BEGIN IMMEDIATE", "begin a transaction");
-}
-
-drv_result_t store_commit(store_t *s) {
-  if (!s) return drv_error(DRV_ERR_INVALID, "store_commit: NULL store");
-  drv_result_t rc = sql_exec(s, "COMMIT", "commit a transaction");
-  if (rc != DRV_OK) store_rollback(s);
-  return rc;
-}
-
-void store_rollback(store_t *s) {
-  if (s && !sqlite3_get_autocommit(s->db)) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
 // --- Jobs -----------------------------------------------------------------------------

@@ -256,6 +256,14 @@ static void step_file(const fx_t *f, uint64_t step, const char *name, char *out,
   snprintf(out, cap, "%s/step-%010" PRIu64 "/%s", f->dir, step, name);
 }
 
+/* Checkpoints of steps 1 and 2, and the path of file `name` of step 2 (the one a test
+ * damages, so that loading falls back to step 1). */
+static void two_steps(const fx_t *f, const char *name, char *path, size_t cap) {
+  write_step(f, 1, 1);
+  write_step(f, 2, 1);
+  step_file(f, 2, name, path, cap);
+}
+
 /* Names in dir that start with prefix. */
 static int count_prefixed(const char *dir, const char *prefix) {
   DIR *d = opendir(dir);
@@ -554,31 +562,25 @@ static void expect_fallback(const fx_t *f, const char *reason) {
 
 static void test_flipped_model_byte(void **state) {
   fx_t *f = *state;
-  write_step(f, 1, 1);
-  write_step(f, 2, 1);
   char path[600];
-  step_file(f, 2, "model.safetensors", path, sizeof path);
+  two_steps(f, "model.safetensors", path, sizeof path);
   flip_byte(path, 1000);
   expect_fallback(f, "model.safetensors: CRC32 mismatch (expected 0x");
 }
 
 static void test_flipped_state_byte(void **state) {
   fx_t *f = *state;
-  write_step(f, 1, 1);
-  write_step(f, 2, 1);
   char path[600];
-  step_file(f, 2, "state.safetensors", path, sizeof path);
+  two_steps(f, "state.safetensors", path, sizeof path);
   flip_byte(path, 5);
   expect_fallback(f, "state.safetensors: CRC32 mismatch (expected 0x");
 }
 
 static void test_flipped_header_byte(void **state) {
   fx_t *f = *state;
-  write_step(f, 1, 1);
-  write_step(f, 2, 1);
   char path[600];
   struct stat st;
-  step_file(f, 2, "model.safetensors", path, sizeof path);
+  two_steps(f, "model.safetensors", path, sizeof path);
   assert_int_equal(stat(path, &st), 0);
   flip_byte(path, (long)st.st_size - 20); /* inside the JSON header */
   expect_fallback(f, "model.safetensors: CRC32 mismatch");
@@ -586,11 +588,9 @@ static void test_flipped_header_byte(void **state) {
 
 static void test_truncated_file(void **state) {
   fx_t *f = *state;
-  write_step(f, 1, 1);
-  write_step(f, 2, 1);
   char path[600];
   struct stat st;
-  step_file(f, 2, "model.safetensors", path, sizeof path);
+  two_steps(f, "model.safetensors", path, sizeof path);
   assert_int_equal(stat(path, &st), 0);
   assert_int_equal(truncate(path, st.st_size - 10), 0);
   char reason[200];
@@ -601,10 +601,8 @@ static void test_truncated_file(void **state) {
 
 static void test_missing_files(void **state) {
   fx_t *f = *state;
-  write_step(f, 1, 1);
-  write_step(f, 2, 1);
   char path[600];
-  step_file(f, 2, "state.safetensors", path, sizeof path);
+  two_steps(f, "state.safetensors", path, sizeof path);
   assert_int_equal(unlink(path), 0);
   expect_fallback(f, "state.safetensors: missing");
   step_file(f, 2, "manifest.json", path, sizeof path);
@@ -614,10 +612,8 @@ static void test_missing_files(void **state) {
 
 static void test_garbage_manifest(void **state) {
   fx_t *f = *state;
-  write_step(f, 1, 1);
-  write_step(f, 2, 1);
   char path[600];
-  step_file(f, 2, "manifest.json", path, sizeof path);
+  two_steps(f, "manifest.json", path, sizeof path);
   write_text(path, "\x89PNG\r\n", 6);
   expect_fallback(f, "manifest.json: byte 0: expected '{'");
   write_text(path, "", 0);
@@ -636,10 +632,8 @@ static void test_garbage_manifest(void **state) {
 
 static void test_nothing_usable(void **state) {
   fx_t *f = *state;
-  write_step(f, 1, 1);
-  write_step(f, 2, 1);
   char path[600];
-  step_file(f, 2, "model.safetensors", path, sizeof path);
+  two_steps(f, "model.safetensors", path, sizeof path);
   flip_byte(path, 1);
   step_file(f, 1, "manifest.json", path, sizeof path);
   assert_int_equal(unlink(path), 0);
@@ -691,10 +685,8 @@ static void resign(const char *path, const char *orig, const char *from, const c
 
 static void test_manifest_strict(void **state) {
   fx_t *f = *state;
-  write_step(f, 1, 1);
-  write_step(f, 2, 1);
   char path[600];
-  step_file(f, 2, "manifest.json", path, sizeof path);
+  two_steps(f, "manifest.json", path, sizeof path);
   char *orig = read_text(path, NULL);
   assert_non_null(orig);
 

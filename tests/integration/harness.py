@@ -180,6 +180,10 @@ class Cluster:
         time.sleep(0.2)
         return s
 
+    def run_dir(self, job):
+        """The run directory the coordinator gave job `job`."""
+        return self.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
+
     def follow(self, sub, job, timeout):
         """Reads events of `job` until a terminal state; returns (final ev_state body, events)."""
         events = []

@@ -90,7 +90,7 @@ def run_and_lose_agent(drover, sig):
     c = Cluster(drover, env=FAST)
     try:
         sub, job = long_job_running(c)
-        run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
+        run_dir = c.run_dir(job)
         assert len(worker_pids(c, run_dir)) == 2
         assert agent_states(c)["a1"]["state"] == "busy"
         t0 = time.time()
@@ -152,7 +152,7 @@ def test_coordinator_restart(drover):
     with cluster(drover, env=FAST) as c:
         sub, job = long_job_running(c)
         sub.close()
-        run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
+        run_dir = c.run_dir(job)
         old_workers = worker_pids(c, run_dir)
         assert len(old_workers) == 2
         c.stop_coordinator(signal.SIGKILL)

@@ -94,7 +94,7 @@ def run_with_fault(drover, fault):
     c.env["DROVER_AUDIT_DIR"] = audit_dir
     try:
         sub, job = start(c, "faulty")
-        run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
+        run_dir = c.run_dir(job)
         at = wait_step(c, sub, job, 130)
         t0 = time.time()
         victim = fault(c, run_dir)
@@ -160,7 +160,7 @@ def test_killed_agent(drover):
 def test_max_restarts(drover):
     with cluster(drover, env=ENV) as c:
         sub, job = start(c, "fragile", min_nodes=1, max_restarts=1, epochs=100)
-        run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
+        run_dir = c.run_dir(job)
         wait_step(c, sub, job, 60)
         os.kill(worker_pid(run_dir, 2), signal.SIGKILL)  # first failure: re-formed on 2
         deadline = time.time() + 30
@@ -194,7 +194,7 @@ def test_graceful_leave(drover):
     # step is lost, the job finishes on the others, and the agent exits by itself.
     with cluster(drover, env=ENV) as c:
         sub, job = start(c, "preempted", epochs=10)  # long enough to drain mid-run
-        run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
+        run_dir = c.run_dir(job)
         wait_step(c, sub, job, 130)
         c.agents["a2"].send_signal(signal.SIGTERM)
         final, _ = c.follow(sub, job, timeout=180)
@@ -212,7 +212,7 @@ def test_grow_when_an_agent_joins(drover):
     with cluster(drover, env=ENV) as c:
         sub, job = start(c, "growing", agents=("a1", "a2"), epochs=30,
                          nodes="nodes: 2\nmax_nodes: 3\n")
-        run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
+        run_dir = c.run_dir(job)
         wait_step(c, sub, job, 100)
         c.start_agent("a3")
         final, _ = c.follow(sub, job, timeout=180)
@@ -254,7 +254,7 @@ def test_waits_below_min_nodes_for_an_agent(drover):
     with cluster(drover, env=ENV) as c:
         sub, job = start(c, "patient", agents=("a1", "a2"), epochs=30,
                          nodes="nodes: 2\nrejoin_timeout: 30\n")
-        run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
+        run_dir = c.run_dir(job)
         wait_step(c, sub, job, 100)
         os.kill(worker_pid(run_dir, 1), signal.SIGKILL)
         time.sleep(2.0)
@@ -277,7 +277,7 @@ def test_newcomer_after_a_loss_at_an_epoch_end(drover):
         sub, job = start(c, "boundary", agents=("a1", "a2"), epochs=3,
                          nodes="nodes: 2\nrejoin_timeout: 30\n",
                          agent_env={"a2": {"DROVER_FAULT_KILL_AFTER_EVAL": "1"}})
-        run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
+        run_dir = c.run_dir(job)
         deadline = time.time() + 60
         while not any("fault injection" in open(f).read()
                       for f in glob.glob(os.path.join(run_dir, "logs", "rank-1.log"))):
@@ -300,7 +300,7 @@ def test_rank_lost_before_start(drover):
     with cluster(drover, env=ENV) as c:
         sub, job = start(c, "unlucky", agents=("a1", "a2"), epochs=30,
                          nodes="nodes: 2\nmax_nodes: 3\n")
-        run_dir = c.request("status", {"job": job})[2]["jobs"][0]["run_dir"]
+        run_dir = c.run_dir(job)
         wait_step(c, sub, job, 100)
         c.start_agent("a3", env={"DROVER_FAULT_KILL_BEFORE_START": "1"})
         final, events = c.follow(sub, job, timeout=180)
