@@ -18,7 +18,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#include "agent/gpuinfo.h"
+#include "kernels/gpuinfo.h"
 #include "common/fsutil.h"
 #include "common/log.h"
 #include "common/proto.h"

@@ -33,7 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "agent/ring.h"
+#include "collective/ring.h"
 #include "common/drv.h"
 #include "common/settings.h"
 
@@ -41,7 +41,7 @@
 #define BENCH_MAX_WORLDS 16
 #define BENCH_MAX_ITERS 100000
 #define BENCH_CONNECT_MS 30000
-#define BENCH_SOCKBUF_BYTES (4 << 20) /* as agent/ring.c asks for its links */
+#define BENCH_SOCKBUF_BYTES (4 << 20) /* as collective/ring.c asks for its links */
 
 typedef struct {
   int workers[BENCH_MAX_WORLDS];

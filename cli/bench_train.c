@@ -31,10 +31,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "agent/dataset.h"
-#include "agent/nccl_reducer.h"
-#include "agent/shard.h"
-#include "agent/trainer.h"
+#include "train/dataset.h"
+#include "collective/nccl_reducer.h"
+#include "train/shard.h"
+#include "train/trainer.h"
 #include "common/drv.h"
 #include "common/jobspec.h"
 #include "common/log.h"

@@ -14,7 +14,7 @@
 #include <zmq.h>
 
 #include "agent/agent.h"
-#include "agent/worker.h"
+#include "worker/worker.h"
 #include "cli/bench.h"
 #include "cli/cli.h"
 #include "common/log.h"

@@ -26,7 +26,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "agent/checkpoint.h"
+#include "train/checkpoint.h"
 #include "tests/tmpdir.h"
 #include "common/log.h"
 

@@ -1,4 +1,4 @@
-/* test_dataset.c: IDX loading, its error messages, and synthetic data (agent/dataset.h).
+/* test_dataset.c: IDX loading, its error messages, and synthetic data (train/dataset.h).
  *
  * Small IDX files, plain and gzipped, are written into a fresh temporary directory; each
  * kind of corruption must be refused with DRV_ERR_INVALID and a message naming the file
@@ -19,7 +19,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "agent/dataset.h"
+#include "train/dataset.h"
 #include "common/rng.h"
 #include "tests/tmpdir.h"
 

@@ -19,7 +19,7 @@
 
 #include <cmocka.h>
 
-#include "agent/trainer.h"
+#include "train/trainer.h"
 #include "common/rng.h"
 #include "kernels/backend.h"
 

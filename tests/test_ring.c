@@ -28,7 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "agent/ring.h"
+#include "collective/ring.h"
 #include "common/drv.h"
 
 #define RT_MAX 8

@@ -1,4 +1,4 @@
-/* test_shard.c: epoch permutations and per-rank slices (agent/shard.h).
+/* test_shard.c: epoch permutations and per-rank slices (train/shard.h).
  *
  * The property that matters: whatever the world size, the slices of all ranks over all
  * steps of an epoch visit every sample exactly once, in the order of the permutation. */
@@ -11,7 +11,7 @@
 
 #include <cmocka.h>
 
-#include "agent/shard.h"
+#include "train/shard.h"
 
 static int is_permutation(const uint32_t *perm, uint32_t n) {
   uint8_t *seen = calloc(n ? n : 1, 1);

@@ -17,7 +17,7 @@
 
 #include <cmocka.h>
 
-#include "agent/trainer.h"
+#include "train/trainer.h"
 #include "tests/fixtures.h"
 #include "common/rng.h"
 #include "kernels/backend.h"

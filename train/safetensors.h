@@ -10,8 +10,8 @@
  *   the data  every tensor's raw little-endian bytes, back to back in the order given;
  *             data_offsets are relative to the start of this section, with no holes.
  */
-#ifndef DROVER_AGENT_SAFETENSORS_H
-#define DROVER_AGENT_SAFETENSORS_H
+#ifndef DROVER_TRAIN_SAFETENSORS_H
+#define DROVER_TRAIN_SAFETENSORS_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,5 +1,5 @@
 /* shard.c: epoch permutations and per-rank slices of the global batch (see shard.h). */
-#include "agent/shard.h"
+#include "train/shard.h"
 
 #include "common/drv.h"
 #include "common/rng.h"

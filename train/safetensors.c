@@ -1,6 +1,6 @@
 /* safetensors.c: see safetensors.h. The JSON header is built in a growable string, then
  * header and data go to a temporary file that is renamed into place. */
-#include "agent/safetensors.h"
+#include "train/safetensors.h"
 
 #include "common/fsutil.h"
 

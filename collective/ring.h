@@ -24,8 +24,8 @@
  *   per all-reduce: header u32 magic "DRAR", u32 0, u64 sequence number, u64 count
  *                 (24 bytes), then raw float32 chunks in schedule order.
  */
-#ifndef DROVER_AGENT_RING_H
-#define DROVER_AGENT_RING_H
+#ifndef DROVER_COLLECTIVE_RING_H
+#define DROVER_COLLECTIVE_RING_H
 
 #include <stddef.h>
 #include <stdint.h>

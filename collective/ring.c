@@ -9,7 +9,7 @@
  * The TCP streams keep items in order on both ends, so the only state is "next item, bytes
  * done" per direction, and one poll() loop drives both directions at once.
  */
-#include "agent/ring.h"
+#include "collective/ring.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

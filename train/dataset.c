@@ -5,7 +5,7 @@
  * (data type 0x08). The file must hold exactly header + product(dims) bytes: anything
  * else means a truncated download or a wrong file, and is refused.
  */
-#include "agent/dataset.h"
+#include "train/dataset.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -14,8 +14,8 @@
  *
  * Either way, a dataset_t is immutable once made and can be read from several threads.
  */
-#ifndef DROVER_AGENT_DATASET_H
-#define DROVER_AGENT_DATASET_H
+#ifndef DROVER_TRAIN_DATASET_H
+#define DROVER_TRAIN_DATASET_H
 
 #include <stdint.h>
 

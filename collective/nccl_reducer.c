@@ -1,5 +1,5 @@
 /* nccl_reducer.c: see nccl_reducer.h. */
-#include "agent/nccl_reducer.h"
+#include "collective/nccl_reducer.h"
 
 #include <stdio.h>
 #include <stdlib.h>

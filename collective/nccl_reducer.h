@@ -22,14 +22,14 @@
  * different hosts. nccl_reducer_share_device() sets a distinct NCCL_HOSTID for this process
  * (and NCCL_SOCKET_IFNAME=lo when the peers are on loopback) before joining.
  */
-#ifndef DROVER_AGENT_NCCL_REDUCER_H
-#define DROVER_AGENT_NCCL_REDUCER_H
+#ifndef DROVER_COLLECTIVE_NCCL_REDUCER_H
+#define DROVER_COLLECTIVE_NCCL_REDUCER_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#include "agent/trainer.h"
+#include "train/trainer.h"
 #include "common/drv.h"
 #include "kernels/backend.h"
 

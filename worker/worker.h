@@ -3,17 +3,17 @@
  * It reads the resolved job spec from stdin, loads the data, opens its ring port, checks in
  * with the coordinator (rendezvous), waits for `start` with every rank's ring address,
  * then trains: for global step s of epoch e, the global batch is P_e[s·B : (s+1)·B] of the
- * epoch permutation P_e and this rank takes its contiguous slice (agent/shard.h);
+ * epoch permutation P_e and this rank takes its contiguous slice (train/shard.h);
  * gradients are summed over ranks by the host ring all-reduce and scaled by 1/B, so the
  * loss curve does not depend on the world size beyond float summation order. Each epoch
  * ends with an evaluation on the test split, shared across ranks. Rank 0 writes the run
  * directory: spec.yaml, metrics.jsonl and model.safetensors, and checkpoints every
- * train.checkpoint_every steps and at the end (agent/checkpoint.h). A worker starts from
+ * train.checkpoint_every steps and at the end (train/checkpoint.h). A worker starts from
  * the newest usable checkpoint in <run_dir>/checkpoints, else in resume_dir: rank 0 reads
  * it and every rank receives it through the ring.
  */
-#ifndef DROVER_AGENT_WORKER_H
-#define DROVER_AGENT_WORKER_H
+#ifndef DROVER_WORKER_WORKER_H
+#define DROVER_WORKER_WORKER_H
 
 #include <stdint.h>
 #include <stdio.h>

@@ -7,8 +7,8 @@
  * only through float summation order. Everything here is integer arithmetic on
  * common/rng.h, hence identical on every rank and machine.
  */
-#ifndef DROVER_AGENT_SHARD_H
-#define DROVER_AGENT_SHARD_H
+#ifndef DROVER_TRAIN_SHARD_H
+#define DROVER_TRAIN_SHARD_H
 
 #include <stdint.h>
 

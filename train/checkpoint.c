@@ -6,7 +6,7 @@
  * CRC32, each file's size and CRC32 are checked against it before any header is parsed,
  * every header field is range-checked, and the caller's buffers are only written once the
  * whole checkpoint has passed. */
-#include "agent/checkpoint.h"
+#include "train/checkpoint.h"
 
 #include "common/fsutil.h"
 
@@ -25,7 +25,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "agent/safetensors.h"
+#include "train/safetensors.h"
 #include "common/log.h"
 
 #define CKPT_MANIFEST "manifest.json"

@@ -33,8 +33,8 @@
  * ckpt_prune removes those whose process is gone. Pids are only meaningful on one host:
  * the directory is meant to be written by one host at a time.
  */
-#ifndef DROVER_AGENT_CHECKPOINT_H
-#define DROVER_AGENT_CHECKPOINT_H
+#ifndef DROVER_TRAIN_CHECKPOINT_H
+#define DROVER_TRAIN_CHECKPOINT_H
 
 #include <stddef.h>
 #include <stdint.h>

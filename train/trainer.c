@@ -15,14 +15,14 @@
  * where in_act is the input batch for l = 0 and act[l-1] otherwise. After dW[l] the whole
  * tail [w_off[l], end) of the gradient buffer is issued, which the reducer hears.
  */
-#include "agent/trainer.h"
+#include "train/trainer.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "agent/safetensors.h"
+#include "train/safetensors.h"
 #include "common/drv.h"
 #include "common/log.h"
 #include "common/rng.h"

@@ -9,7 +9,7 @@
  * `lost`, and waits for the coordinator: `reform` (a new rank and world, a new generation:
  * rendezvous again and go on from rank 0's commit) or `abort`.
  */
-#include "agent/worker.h"
+#include "worker/worker.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -22,12 +22,12 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#include "agent/checkpoint.h"
-#include "agent/dataset.h"
-#include "agent/nccl_reducer.h"
-#include "agent/ring.h"
-#include "agent/shard.h"
-#include "agent/trainer.h"
+#include "train/checkpoint.h"
+#include "train/dataset.h"
+#include "collective/nccl_reducer.h"
+#include "collective/ring.h"
+#include "train/shard.h"
+#include "train/trainer.h"
 #include "common/jobspec.h"
 #include "common/log.h"
 #include "common/proto.h"

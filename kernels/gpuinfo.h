@@ -1,7 +1,7 @@
 /* gpuinfo.h: the GPUs this node has, through the CUDA runtime when drover is built with
  * CUDA; none when built without it or when no GPU answers. */
-#ifndef DROVER_AGENT_GPUINFO_H
-#define DROVER_AGENT_GPUINFO_H
+#ifndef DROVER_KERNELS_GPUINFO_H
+#define DROVER_KERNELS_GPUINFO_H
 
 #include <stdint.h>
 

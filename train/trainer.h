@@ -36,8 +36,8 @@
  * The next batch is gathered and staged between launch and finish, so on a GPU the copy
  * and the host's gather overlap the step that runs.
  */
-#ifndef DROVER_AGENT_TRAINER_H
-#define DROVER_AGENT_TRAINER_H
+#ifndef DROVER_TRAIN_TRAINER_H
+#define DROVER_TRAIN_TRAINER_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -1,5 +1,5 @@
 /* gpuinfo.c: see gpuinfo.h. */
-#include "agent/gpuinfo.h"
+#include "kernels/gpuinfo.h"
 
 #include <stdlib.h>
 #include <string.h>
