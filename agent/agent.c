@@ -16,7 +16,6 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <zmq.h>
 
 #include "kernels/gpuinfo.h"
 #include "common/fsutil.h"
@@ -38,7 +37,8 @@ typedef struct {
 typedef struct {
   const agent_config_t *cfg;
   char agent_id[128], host[256];
-  void *ctx, *sock;
+  sock_ctx_t *ctx;
+  sock_t *sock;
   int registered;
   int64_t last_heard_ms, last_hello_ms;
   int64_t heartbeat_ms, peer_timeout_ms; /* ours until the coordinator's welcome says */
@@ -78,7 +78,7 @@ drv_result_t agent_route_host(const char *endpoint, char *out, size_t outsz) {
 }
 
 static void send_msg(agent_t *a, const proto_msg_t *m) {
-  if (a->sock && sock_send(a->sock, NULL, 0, m, 1) != DRV_OK)
+  if (a->sock && sock_send(a->sock, NULL, m) != DRV_OK)
     log_debug("send %s: %s", proto_type_name(m->type), drv_last_error());
 }
 
@@ -90,7 +90,28 @@ static uint32_t live_workers(const agent_t *a) {
 
 // --- Workers -------------------------------------------------------------------------------
 
-/* Starts `drover worker` for an assignment. The spec goes in through a memfd on stdin;
+/* The assignment as the worker reads it on stdin: one packed `assign`, with the address
+ * its ring listens on. In a memfd, so the child reads it whole whenever it starts. */
+static drv_result_t assignment_fd(const agent_t *a, const proto_assign_t *as, int *fd) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_ASSIGN);
+  m.u.assign = *as;
+  m.u.assign.host = a->host;
+  char *buf;
+  size_t len;
+  DRV_CHECK(proto_pack(&m, &buf, &len));
+  *fd = memfd_create("drover-assign", MFD_CLOEXEC); /* dup2 to stdin clears it there */
+  drv_result_t rc = DRV_OK;
+  if (*fd < 0)
+    rc = drv_error(DRV_ERR_SYS, "memfd_create: %s", strerror(errno));
+  else if (write(*fd, buf, len) != (ssize_t)len || lseek(*fd, 0, SEEK_SET) < 0)
+    rc = drv_error(DRV_ERR_SYS, "writing the assignment for the worker: %s", strerror(errno));
+  if (rc != DRV_OK && *fd >= 0) close(*fd);
+  free(buf);
+  return rc;
+}
+
+/* Starts `drover worker` for an assignment, which it reads on stdin (assignment_fd);
  * stdout and stderr go to <run_dir>/logs/rank-<r>.log. */
 static drv_result_t worker_spawn(agent_t *a, const proto_assign_t *as) {
   child_t *k = NULL;
@@ -102,25 +123,16 @@ static drv_result_t worker_spawn(agent_t *a, const proto_assign_t *as) {
   DRV_CHECK(fs_mkdir_p(logdir));
   snprintf(logpath, sizeof logpath, "%s/rank-%u.log", logdir, as->rank);
 
-  int spec_fd = memfd_create("drover-spec", MFD_CLOEXEC); /* dup2 to stdin clears it there */
-  if (spec_fd < 0) return drv_error(DRV_ERR_SYS, "memfd_create: %s", strerror(errno));
-  size_t len = strlen(as->spec);
-  if (write(spec_fd, as->spec, len) != (ssize_t)len || lseek(spec_fd, 0, SEEK_SET) < 0) {
-    close(spec_fd);
-    return drv_error(DRV_ERR_SYS, "writing the spec for the worker: %s", strerror(errno));
-  }
+  int spec_fd;
+  DRV_CHECK(assignment_fd(a, as, &spec_fd));
   int log_fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (log_fd < 0) {
     close(spec_fd);
     return drv_error(DRV_ERR_SYS, "open %s: %s", logpath, strerror(errno));
   }
-  char job[32], gen[16], rank[16], world[16], lrank[16], dev[16];
+  char job[32], rank[16];
   snprintf(job, sizeof job, "%" PRId64, as->job);
-  snprintf(gen, sizeof gen, "%u", as->generation);
   snprintf(rank, sizeof rank, "%u", as->rank);
-  snprintf(world, sizeof world, "%u", as->world);
-  snprintf(lrank, sizeof lrank, "%u", as->local_rank);
-  snprintf(dev, sizeof dev, "%d", as->device);
   pid_t parent = getpid();
   pid_t pid = fork();
   if (pid < 0) {
@@ -136,10 +148,9 @@ static drv_result_t worker_spawn(agent_t *a, const proto_assign_t *as) {
     dup2(spec_fd, 0);
     dup2(log_fd, 1);
     dup2(log_fd, 2);
-    execl(a->cfg->exe, a->cfg->exe, "worker", "--coordinator", as->coordinator, "--job", job,
-          "--generation", gen, "--rank", rank, "--world", world, "--local-rank", lrank, "--device",
-          dev, "--run-dir", as->run_dir, "--host", a->host, "--resume-dir",
-          as->resume_dir ? as->resume_dir : "", (char *)NULL);
+    /* The assignment is on stdin; the arguments only name the worker for ps and pgrep. */
+    execl(a->cfg->exe, a->cfg->exe, "worker", "--job", job, "--rank", rank, "--run-dir",
+          as->run_dir, (char *)NULL);
     dprintf(2, "exec %s: %s\n", a->cfg->exe, strerror(errno));
     _exit(127);
   }
@@ -208,8 +219,8 @@ static void send_hello(agent_t *a) {
   proto_hello_t *h = &m.u.hello;
   h->agent_id = a->agent_id;
   h->host = a->host;
-  h->target = (char *)(a->cfg->target ? a->cfg->target : "attached");
-  h->pool = (char *)a->cfg->pool;
+  h->target = a->cfg->target ? a->cfg->target : "attached";
+  h->pool = a->cfg->pool;
   h->pid = (uint32_t)getpid();
   h->session = a->session;
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -222,22 +233,18 @@ static void send_hello(agent_t *a) {
 }
 
 static drv_result_t link_open(agent_t *a) {
-  if (a->sock) zmq_close(a->sock);
-  a->sock = sock_new(a->ctx, ZMQ_DEALER);
-  if (!a->sock) return DRV_ERR_ZMQ;
-  zmq_setsockopt(a->sock, ZMQ_ROUTING_ID, a->agent_id, strlen(a->agent_id));
-  int linger = 0, immediate = 1;
-  zmq_setsockopt(a->sock, ZMQ_LINGER, &linger, sizeof linger);
+  sock_destroy(&a->sock);
   /* Queue nothing while the coordinator is away: stale hellos and heartbeats would all
    * arrive at once when it comes back. */
-  zmq_setsockopt(a->sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate);
+  a->sock = sock_new(a->ctx, SOCK_DEALER, PROTO_AT_AGENT,
+                     &(sock_opts_t){.identity = a->agent_id, .no_linger = 1, .immediate = 1});
+  if (!a->sock) return DRV_ERR_ZMQ;
   /* A new session: the coordinator learns that whatever the old one ran is gone. */
   a->session = ((uint64_t)(uint32_t)getpid() << 32) ^ (uint64_t)drv_now_ms() ^
                ((uint64_t)(uintptr_t)a->sock << 16);
   char ep[256];
   DRV_CHECK(sock_endpoint(a->cfg->coordinator, SOCK_AGENTS, ep, sizeof ep));
-  if (zmq_connect(a->sock, ep) < 0)
-    return drv_error(DRV_ERR_ZMQ, "connect %s: %s", ep, zmq_strerror(errno));
+  DRV_CHECK(sock_connect(a->sock, ep));
   a->registered = 0;
   a->last_heard_ms = drv_now_ms();
   send_hello(a);
@@ -318,7 +325,10 @@ drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
   else
     DRV_CHECK_GOTO(agent_route_host(cfg->coordinator, a->host, sizeof a->host), rc, out);
   gpuinfo_query(&a->gpus, &a->ngpus);
-  a->ctx = zmq_ctx_new();
+  if (!(a->ctx = sock_ctx_new())) {
+    rc = DRV_ERR_ZMQ;
+    goto out;
+  }
   DRV_CHECK_GOTO(link_open(a), rc, out);
   log_info("agent %s (host %s, target %s, %u GPU(s)) connecting to %s", a->agent_id, a->host,
            cfg->target ? cfg->target : "attached", a->ngpus, cfg->coordinator);
@@ -333,14 +343,14 @@ drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
       /* Drain: let the coordinator take our rank out at its job's next commit. */
       proto_msg_t lv;
       proto_msg_init(&lv, PROTO_LEAVE);
-      lv.u.kill.reason = "agent stopping (SIGTERM)";
+      lv.u.leave.reason = "agent stopping (SIGTERM)";
       send_msg(a, &lv);
       leave_deadline = drv_now_ms() + drv_setting(DRV_SET_RING_TIMEOUT_MS) + 5000;
       log_info("stopping: asked the coordinator to take our worker out at the next commit");
     }
     if (leave_deadline && (!live_workers(a) || drv_now_ms() > leave_deadline)) break;
     proto_msg_t m;
-    drv_result_t r = sock_recv(a->sock, 0, NULL, NULL, &m, 100);
+    drv_result_t r = sock_recv(a->sock, NULL, &m, 100);
     if (r == DRV_OK)
       on_message(a, &m);
     else if (r != DRV_ERR_TIMEOUT)
@@ -372,9 +382,8 @@ drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
   if (a->registered) { /* forget me now rather than after the heartbeat timeout */
     proto_msg_t bye;
     proto_msg_init(&bye, PROTO_BYE);
-    bye.u.kill.reason = "agent stopping";
-    int linger = 500;
-    zmq_setsockopt(a->sock, ZMQ_LINGER, &linger, sizeof linger);
+    bye.u.bye.reason = "agent stopping";
+    sock_set_linger(a->sock, 500);
     send_msg(a, &bye);
   }
   for (int w = 0; w < 50 && live_workers(a); w++) {
@@ -385,9 +394,9 @@ drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
     if (a->kids[i].pid) kill(-a->kids[i].pid, SIGKILL);
   reap_workers(a);
 out:
-  if (a->sock) zmq_close(a->sock);
-  if (a->ctx) zmq_ctx_term(a->ctx);
-  for (uint32_t i = 0; i < a->ngpus; i++) free(a->gpus[i].name);
+  sock_destroy(&a->sock);
+  sock_ctx_destroy(&a->ctx);
+  for (uint32_t i = 0; i < a->ngpus; i++) free((char *)a->gpus[i].name);
   free(a->gpus);
   free(a);
   return rc;

@@ -11,7 +11,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <zmq.h>
 
 #include "agent/agent.h"
 #include "worker/worker.h"
@@ -191,44 +190,26 @@ static int cmd_agent(int argc, char **argv) {
   return 0;
 }
 
+/* Started by an agent, which writes the assignment on its stdin (worker.h). Its arguments
+ * (--job J --rank R --run-dir DIR) only name the process for ps and pgrep. */
 static int cmd_worker(int argc, char **argv) {
-  static const struct option opts[] = {{"coordinator", required_argument, 0, 'c'},
-                                       {"job", required_argument, 0, 'j'},
-                                       {"generation", required_argument, 0, 'g'},
-                                       {"rank", required_argument, 0, 'r'},
-                                       {"world", required_argument, 0, 'w'},
-                                       {"local-rank", required_argument, 0, 'l'},
-                                       {"device", required_argument, 0, 'd'},
-                                       {"run-dir", required_argument, 0, 'o'},
-                                       {"host", required_argument, 0, 'H'},
-                                       {"resume-dir", required_argument, 0, 'R'},
-                                       {0, 0, 0, 0}};
-  worker_config_t cfg = {.device = -1, .host = "127.0.0.1", .spec_in = stdin, .world = 1};
-  int c;
-  while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-    switch (c) {
-    case 'c': cfg.coordinator = optarg; break;
-    case 'j': cfg.job = strtoll(optarg, NULL, 10); break;
-    case 'g': cfg.generation = (uint32_t)strtoul(optarg, NULL, 10); break;
-    case 'r': cfg.rank = (uint32_t)strtoul(optarg, NULL, 10); break;
-    case 'w': cfg.world = (uint32_t)strtoul(optarg, NULL, 10); break;
-    case 'l': cfg.local_rank = (uint32_t)strtoul(optarg, NULL, 10); break;
-    case 'd': cfg.device = (int32_t)strtol(optarg, NULL, 10); break;
-    case 'o': cfg.run_dir = optarg; break;
-    case 'H': cfg.host = optarg; break;
-    case 'R': cfg.resume_dir = optarg; break;
-    default: return fail_usage("worker", "(started by an agent)");
-    }
-  }
-  if (!cfg.coordinator || !cfg.run_dir || cfg.job <= 0 || cfg.world == 0 || cfg.rank >= cfg.world)
+  if (argc % 2 == 0)
     return fail_usage("worker",
-                      "--coordinator EP --job N --generation G --rank R --world W --run-dir DIR "
-                      "(started by an agent)");
+                      "[--job J --rank R --run-dir DIR] (started by an agent, "
+                      "assignment on stdin)");
+  log_init("worker");
+  proto_msg_t m;
+  if (worker_read_assignment(0, &m) != DRV_OK) {
+    log_error("%s", drv_last_error());
+    proto_msg_fini(&m);
+    return 2;
+  }
   char role[48];
-  snprintf(role, sizeof role, "worker %u", cfg.rank);
+  snprintf(role, sizeof role, "worker %u", m.u.assign.rank);
   log_init(role);
   signal(SIGPIPE, SIG_IGN);
-  drv_result_t rc = worker_run(&cfg);
+  drv_result_t rc = worker_run(&m.u.assign);
+  proto_msg_fini(&m);
   return rc == DRV_OK ? 0 : rc == DRV_ERR_CANCELLED ? 3 : 1;
 }
 
@@ -274,7 +255,7 @@ static int cmd_status(int argc, char **argv) {
       return 2;
     }
   }
-  void *ctx = zmq_ctx_new();
+  sock_ctx_t *ctx = sock_ctx_new();
   drv_result_t rc = sock_request(ctx, cli_coordinator(coord), &req, &rep,
                                  (int)drv_setting(DRV_SET_CLIENT_TIMEOUT_MS));
   int ret = 0;
@@ -368,7 +349,7 @@ static int cmd_status(int argc, char **argv) {
     }
   }
   proto_msg_fini(&rep);
-  zmq_ctx_term(ctx);
+  sock_ctx_destroy(&ctx);
   return ret;
 }
 
@@ -391,7 +372,7 @@ static int cmd_cancel(int argc, char **argv) {
     fprintf(stderr, "drover cancel: '%s' is not a job id\n", argv[optind]);
     return 2;
   }
-  void *ctx = zmq_ctx_new();
+  sock_ctx_t *ctx = sock_ctx_new();
   drv_result_t rc = sock_request(ctx, cli_coordinator(coord), &req, &rep,
                                  (int)drv_setting(DRV_SET_CLIENT_TIMEOUT_MS));
   if (rc == DRV_OK)
@@ -399,7 +380,7 @@ static int cmd_cancel(int argc, char **argv) {
   else
     fprintf(stderr, "drover cancel: %s\n", drv_last_error());
   proto_msg_fini(&rep);
-  zmq_ctx_term(ctx);
+  sock_ctx_destroy(&ctx);
   return rc == DRV_OK ? 0 : 1;
 }
 
@@ -418,7 +399,7 @@ static int cmd_agents(int argc, char **argv) {
   }
   proto_msg_t req, rep;
   proto_msg_init(&req, PROTO_AGENTS);
-  void *ctx = zmq_ctx_new();
+  sock_ctx_t *ctx = sock_ctx_new();
   drv_result_t rc = sock_request(ctx, cli_coordinator(coord), &req, &rep,
                                  (int)drv_setting(DRV_SET_CLIENT_TIMEOUT_MS));
   int ret = 0;
@@ -455,7 +436,7 @@ static int cmd_agents(int argc, char **argv) {
     }
   }
   proto_msg_fini(&rep);
-  zmq_ctx_term(ctx);
+  sock_ctx_destroy(&ctx);
   return ret;
 }
 

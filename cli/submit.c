@@ -15,7 +15,6 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <zmq.h>
 
 #include "cli/cli.h"
 #include "common/fsutil.h"
@@ -110,7 +109,7 @@ static void stop_child(pid_t pid, const char *what) {
 }
 
 /* Whether the coordinator has queued or running jobs other than `mine`. */
-static int others_active(void *ctx, const char *ep, int64_t mine) {
+static int others_active(sock_ctx_t *ctx, const char *ep, int64_t mine) {
   proto_msg_t req, rep;
   proto_msg_init(&req, PROTO_STATUS);
   req.u.status.limit = 1000;
@@ -124,7 +123,7 @@ static int others_active(void *ctx, const char *ep, int64_t mine) {
   return n;
 }
 
-static void stop_started(submit_t *s, void *ctx, int64_t job) {
+static void stop_started(submit_t *s, sock_ctx_t *ctx, int64_t job) {
   for (int i = 0; i < s->nagents; i++) stop_child(s->agents[i], "agent");
   s->nagents = 0;
   if (s->coord_pid > 0 && others_active(ctx, s->coordinator, job)) {
@@ -141,7 +140,7 @@ static void stop_started(submit_t *s, void *ctx, int64_t job) {
 }
 
 /* Asks the coordinator for one status line to learn whether it answers. */
-static int coordinator_answers(void *ctx, const char *ep, int timeout_ms) {
+static int coordinator_answers(sock_ctx_t *ctx, const char *ep, int timeout_ms) {
   proto_msg_t req, rep;
   proto_msg_init(&req, PROTO_STATUS);
   req.u.status.limit = 1;
@@ -151,7 +150,7 @@ static int coordinator_answers(void *ctx, const char *ep, int timeout_ms) {
   return rc == DRV_OK && jobs;
 }
 
-static int ensure_coordinator(submit_t *s, void *ctx, int local) {
+static int ensure_coordinator(submit_t *s, sock_ctx_t *ctx, int local) {
   if (coordinator_answers(ctx, s->coordinator, 1000)) return 0;
   char *args[] = {"drover",
                   "coordinator",
@@ -310,7 +309,7 @@ static void on_event(follow_t *f, const proto_msg_t *m) {
 }
 
 /* Reads the job's record: the authority when an event was missed. */
-static int poll_status(void *ctx, const char *ep, follow_t *f) {
+static int poll_status(sock_ctx_t *ctx, const char *ep, follow_t *f) {
   proto_msg_t req, rep;
   proto_msg_init(&req, PROTO_STATUS);
   req.u.status.job = f->job;
@@ -333,7 +332,7 @@ static int poll_status(void *ctx, const char *ep, follow_t *f) {
 
 /* Local target: agents are busy until their workers have exited; stopping them earlier
  * would kill a worker that is still flushing its files. Waits up to 5 s. */
-static void wait_agents_idle(void *ctx, const char *ep) {
+static void wait_agents_idle(sock_ctx_t *ctx, const char *ep) {
   char mine[40];
   snprintf(mine, sizeof mine, "local-%d-", (int)getpid()); /* our pool's agent ids */
   for (double end = drv_now_s() + 5.0; drv_now_s() < end;) {
@@ -352,7 +351,7 @@ static void wait_agents_idle(void *ctx, const char *ep) {
   }
 }
 
-static void cancel_job(void *ctx, const char *ep, int64_t job) {
+static void cancel_job(sock_ctx_t *ctx, const char *ep, int64_t job) {
   proto_msg_t req, rep;
   proto_msg_init(&req, PROTO_CANCEL);
   req.u.cancel.job = job;
@@ -452,7 +451,7 @@ static void print_result(const submit_t *s, const follow_t *f) {
 /* Sends the submission, asking again with the same token while the coordinator does not
  * answer in time (a slow disk, a loaded machine): the coordinator answers a repeated
  * token with the job the first request made, so a late answer never makes two jobs. */
-static drv_result_t send_submission(submit_t *s, void *ctx, const proto_msg_t *req,
+static drv_result_t send_submission(submit_t *s, sock_ctx_t *ctx, const proto_msg_t *req,
                                     proto_msg_t *rep) {
   int timeout_ms = (int)drv_setting(DRV_SET_CLIENT_TIMEOUT_MS);
   for (int attempt = 1;; attempt++) {
@@ -484,7 +483,7 @@ static void make_token(char out[33]) {
 /* The resolved spec to submit, as YAML: from the file (paths made absolute against the
  * current directory), or for --resume without a file, the stored spec of the job resumed;
  * --set overrides apply to either. */
-static int resolve_spec(submit_t *s, void *ctx, char **yaml, int *local, uint32_t *nodes) {
+static int resolve_spec(submit_t *s, sock_ctx_t *ctx, char **yaml, int *local, uint32_t *nodes) {
   jobspec_t *spec = NULL;
   drv_result_t rc;
   if (s->spec_path) {
@@ -546,11 +545,11 @@ int cmd_submit(int argc, char **argv) {
   sigaction(SIGTERM, &sa, NULL);
   signal(SIGPIPE, SIG_IGN);
 
-  void *ctx = zmq_ctx_new();
+  sock_ctx_t *ctx = sock_ctx_new();
   int ret = 1, local = 1;
   uint32_t nodes = 1;
   char *yaml = NULL;
-  void *sub = NULL;
+  sock_t *sub = NULL;
   follow_t f = {.tty = isatty(2), .test_loss = NAN, .test_accuracy = NAN, .samples_per_s = NAN};
   /* Resuming without a spec file: the stored spec comes from the coordinator, so it must
    * be up first (started as for the local target when none answers). */
@@ -568,10 +567,11 @@ int cmd_submit(int argc, char **argv) {
   /* Subscribe before submitting so no event of the job is missed. */
   char ev[256];
   sock_endpoint(s.coordinator, SOCK_EVENTS, ev, sizeof ev);
-  sub = sock_new(ctx, ZMQ_SUB);
-  zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "job/", 4);
-  zmq_connect(sub, ev);
-  usleep(100000); /* let the subscription reach the publisher */
+  if (!(sub = sock_new(ctx, SOCK_SUB, PROTO_AT_EVENTS, NULL)) ||
+      sock_subscribe(sub, ev, "job/", 1000) != DRV_OK) {
+    fprintf(stderr, "drover submit: %s\n", drv_last_error());
+    goto out;
+  }
 
   proto_msg_t req, rep;
   proto_msg_init(&req, PROTO_SUBMIT);
@@ -617,25 +617,9 @@ int cmd_submit(int argc, char **argv) {
       snprintf(f.reason, sizeof f.reason, "stopped waiting for the job after a second interrupt");
       break;
     }
-    zmq_pollitem_t it = {.socket = sub, .events = ZMQ_POLLIN};
-    if (zmq_poll(&it, 1, 250) > 0) {
-      zmq_msg_t topic;
-      zmq_msg_init(&topic);
-      zmq_msg_recv(&topic, sub, 0);
-      int more = zmq_msg_more(&topic);
-      zmq_msg_close(&topic);
-      if (more) {
-        zmq_msg_t body;
-        zmq_msg_init(&body);
-        zmq_msg_recv(&body, sub, 0);
-        proto_msg_t m;
-        if (proto_unpack(zmq_msg_data(&body), zmq_msg_size(&body),
-                         (size_t)drv_setting(DRV_SET_MAX_MSG_BYTES), &m) == DRV_OK)
-          on_event(&f, &m);
-        proto_msg_fini(&m);
-        zmq_msg_close(&body);
-      }
-    }
+    proto_msg_t m;
+    if (sock_recv(sub, NULL, &m, 250) == DRV_OK) on_event(&f, &m);
+    proto_msg_fini(&m);
     if (drv_now_s() - last_status > 2.0) {
       last_status = drv_now_s();
       if (poll_status(ctx, s.coordinator, &f)) {
@@ -661,9 +645,9 @@ int cmd_submit(int argc, char **argv) {
   if (ret && local && !s.verbose)
     fprintf(stderr, "logs: %s (coordinator, agents) and %s/logs (workers)\n", s.logdir, f.run_dir);
 out:
-  if (sub) zmq_close(sub);
+  sock_destroy(&sub);
   stop_started(&s, ctx, f.job);
-  zmq_ctx_term(ctx);
+  sock_ctx_destroy(&ctx);
   free(yaml);
   return ret;
 }

@@ -11,7 +11,7 @@
 /* A frame of tiny values could make msgpack-c build one object per byte; cap the count. */
 #define PROTO_MAX_ELEMENTS (1u << 20)
 
-// --- Tables --------------------------------------------------------------------------------
+// --- Tables, generated from the lists in proto.h ----------------------------------------
 
 typedef enum { F_I64, F_I32, F_U32, F_U64, F_F64, F_STR, F_STRS, F_OBJS } fkind_t;
 
@@ -35,205 +35,54 @@ struct schema {
 
 #define REQ 1
 #define OPT 0
-#define FLD(T, m, k, r) \
-  { #m, k, (uint16_t)offsetof(T, m), r, NULL, 0 }
-#define ARR(T, m, k, sub, r) \
-  { #m, k, (uint16_t)offsetof(T, m), r, sub, (uint16_t)offsetof(T, m##_count) }
-#define SCHEMA(var, label, T, ...)                     \
-  static const field_t var##_fields[] = {__VA_ARGS__}; \
-  static const schema_t var = {label, var##_fields, DRV_ARRAY_LEN(var##_fields), sizeof(T)}
+#define COUNT_OFF_I64(B, f) 0
+#define COUNT_OFF_I32(B, f) 0
+#define COUNT_OFF_U32(B, f) 0
+#define COUNT_OFF_U64(B, f) 0
+#define COUNT_OFF_F64(B, f) 0
+#define COUNT_OFF_STR(B, f) 0
+#define COUNT_OFF_STRS(B, f) (uint16_t) offsetof(proto_##B##_t, f##_count)
+#define FIELD_F(B, f, K, req) \
+  {#f, F_##K, (uint16_t)offsetof(proto_##B##_t, f), req, NULL, COUNT_OFF_##K(B, f)},
+#define FIELD_A(B, f, sub, req)                              \
+  {#f,  F_OBJS,        (uint16_t)offsetof(proto_##B##_t, f), \
+   req, &sub##_schema, (uint16_t)offsetof(proto_##B##_t, f##_count)},
+#define SCHEMA(b)                                                                \
+  static const field_t b##_fields[] = {PROTO_FIELDS_##b(FIELD_F, FIELD_A, b)};   \
+  static const schema_t b##_schema = {#b, b##_fields, DRV_ARRAY_LEN(b##_fields), \
+                                      sizeof(proto_##b##_t)};
+PROTO_BODIES(SCHEMA)
 
-SCHEMA(gpu_schema, "gpu", proto_gpu_t, FLD(proto_gpu_t, index, F_U32, REQ),
-       FLD(proto_gpu_t, name, F_STR, REQ), FLD(proto_gpu_t, mem_bytes, F_U64, REQ),
-       FLD(proto_gpu_t, cc_major, F_U32, REQ), FLD(proto_gpu_t, cc_minor, F_U32, REQ));
-
-SCHEMA(hello_schema, "hello", proto_hello_t, FLD(proto_hello_t, agent_id, F_STR, REQ),
-       FLD(proto_hello_t, host, F_STR, REQ), FLD(proto_hello_t, target, F_STR, REQ),
-       FLD(proto_hello_t, pool, F_STR, OPT), FLD(proto_hello_t, pid, F_U32, OPT),
-       FLD(proto_hello_t, session, F_U64, OPT), FLD(proto_hello_t, cpus, F_U32, REQ),
-       FLD(proto_hello_t, mem_bytes, F_U64, REQ),
-       ARR(proto_hello_t, gpus, F_OBJS, &gpu_schema, REQ));
-
-SCHEMA(welcome_schema, "welcome", proto_welcome_t, FLD(proto_welcome_t, agent_id, F_STR, REQ),
-       FLD(proto_welcome_t, heartbeat_ms, F_U32, REQ),
-       FLD(proto_welcome_t, peer_timeout_ms, F_U32, REQ));
-
-SCHEMA(heartbeat_schema, "heartbeat", proto_heartbeat_t, FLD(proto_heartbeat_t, seq, F_U64, OPT),
-       FLD(proto_heartbeat_t, workers, F_U32, OPT));
-
-SCHEMA(assign_schema, "assign", proto_assign_t, FLD(proto_assign_t, job, F_I64, REQ),
-       FLD(proto_assign_t, generation, F_U32, REQ), FLD(proto_assign_t, rank, F_U32, REQ),
-       FLD(proto_assign_t, world, F_U32, REQ), FLD(proto_assign_t, local_rank, F_U32, REQ),
-       FLD(proto_assign_t, device, F_I32, REQ), FLD(proto_assign_t, spec, F_STR, REQ),
-       FLD(proto_assign_t, run_dir, F_STR, REQ), FLD(proto_assign_t, coordinator, F_STR, REQ),
-       FLD(proto_assign_t, resume_dir, F_STR, OPT));
-
-SCHEMA(kill_schema, "kill", proto_kill_t, FLD(proto_kill_t, job, F_I64, REQ),
-       FLD(proto_kill_t, generation, F_U32, REQ), FLD(proto_kill_t, reason, F_STR, OPT));
-
-SCHEMA(worker_exit_schema, "worker_exit", proto_worker_exit_t,
-       FLD(proto_worker_exit_t, job, F_I64, REQ), FLD(proto_worker_exit_t, generation, F_U32, REQ),
-       FLD(proto_worker_exit_t, rank, F_U32, REQ), FLD(proto_worker_exit_t, exit_code, F_I32, REQ),
-       FLD(proto_worker_exit_t, signal, F_I32, REQ));
-
-SCHEMA(rendezvous_schema, "rendezvous", proto_rendezvous_t,
-       FLD(proto_rendezvous_t, job, F_I64, REQ), FLD(proto_rendezvous_t, generation, F_U32, REQ),
-       FLD(proto_rendezvous_t, rank, F_U32, REQ), FLD(proto_rendezvous_t, pid, F_U32, OPT),
-       FLD(proto_rendezvous_t, addr, F_STR, REQ), FLD(proto_rendezvous_t, gpu, F_STR, OPT),
-       FLD(proto_rendezvous_t, nccl_id, F_STR, OPT));
-
-SCHEMA(start_schema, "start", proto_start_t, FLD(proto_start_t, job, F_I64, REQ),
-       FLD(proto_start_t, generation, F_U32, REQ), FLD(proto_start_t, world, F_U32, REQ),
-       ARR(proto_start_t, peers, F_STRS, NULL, REQ), ARR(proto_start_t, gpus, F_STRS, NULL, OPT),
-       FLD(proto_start_t, nccl_id, F_STR, OPT));
-
-SCHEMA(progress_schema, "progress", proto_progress_t, FLD(proto_progress_t, job, F_I64, REQ),
-       FLD(proto_progress_t, generation, F_U32, REQ), FLD(proto_progress_t, rank, F_U32, REQ),
-       FLD(proto_progress_t, epoch, F_U32, REQ), FLD(proto_progress_t, step, F_U64, REQ),
-       FLD(proto_progress_t, steps_total, F_U64, REQ), FLD(proto_progress_t, loss, F_F64, REQ),
-       FLD(proto_progress_t, lr, F_F64, OPT), FLD(proto_progress_t, samples, F_U64, REQ),
-       FLD(proto_progress_t, interval_s, F_F64, REQ), FLD(proto_progress_t, step_ms, F_F64, REQ),
-       FLD(proto_progress_t, wait_ms, F_F64, OPT), FLD(proto_progress_t, coll_seq, F_U64, OPT),
-       FLD(proto_progress_t, data_ms, F_F64, OPT));
-
-SCHEMA(eval_schema, "eval", proto_eval_t, FLD(proto_eval_t, job, F_I64, REQ),
-       FLD(proto_eval_t, generation, F_U32, REQ), FLD(proto_eval_t, epoch, F_U32, REQ),
-       FLD(proto_eval_t, test_loss, F_F64, REQ), FLD(proto_eval_t, test_accuracy, F_F64, REQ));
-
-SCHEMA(done_schema, "done", proto_done_t, FLD(proto_done_t, job, F_I64, REQ),
-       FLD(proto_done_t, generation, F_U32, REQ), FLD(proto_done_t, rank, F_U32, REQ),
-       FLD(proto_done_t, steps, F_U64, REQ), FLD(proto_done_t, test_loss, F_F64, REQ),
-       FLD(proto_done_t, test_accuracy, F_F64, REQ), FLD(proto_done_t, samples_per_s, F_F64, REQ),
-       FLD(proto_done_t, train_s, F_F64, REQ));
-
-SCHEMA(failed_schema, "failed", proto_failed_t, FLD(proto_failed_t, job, F_I64, REQ),
-       FLD(proto_failed_t, generation, F_U32, REQ), FLD(proto_failed_t, rank, F_U32, REQ),
-       FLD(proto_failed_t, reason, F_STR, REQ));
-
-SCHEMA(submit_schema, "submit", proto_submit_t, FLD(proto_submit_t, spec, F_STR, REQ),
-       FLD(proto_submit_t, pool, F_STR, OPT), FLD(proto_submit_t, resume, F_I64, OPT),
-       FLD(proto_submit_t, token, F_STR, OPT));
-
-SCHEMA(checkpoint_schema, "checkpoint", proto_checkpoint_t,
-       FLD(proto_checkpoint_t, job, F_I64, REQ), FLD(proto_checkpoint_t, generation, F_U32, REQ),
-       FLD(proto_checkpoint_t, step, F_U64, REQ), FLD(proto_checkpoint_t, dir, F_STR, REQ));
-
-SCHEMA(lost_schema, "lost", proto_lost_t, FLD(proto_lost_t, job, F_I64, REQ),
-       FLD(proto_lost_t, generation, F_U32, REQ), FLD(proto_lost_t, rank, F_U32, REQ),
-       FLD(proto_lost_t, step, F_U64, REQ), FLD(proto_lost_t, reason, F_STR, REQ));
-
-SCHEMA(reform_schema, "reform", proto_reform_t, FLD(proto_reform_t, job, F_I64, REQ),
-       FLD(proto_reform_t, generation, F_U32, REQ), FLD(proto_reform_t, rank, F_U32, REQ),
-       FLD(proto_reform_t, world, F_U32, REQ));
-
-SCHEMA(get_spec_schema, "get_spec", proto_spec_t, FLD(proto_spec_t, job, F_I64, REQ));
-
-SCHEMA(spec_schema, "spec", proto_spec_t, FLD(proto_spec_t, job, F_I64, REQ),
-       FLD(proto_spec_t, spec, F_STR, REQ), FLD(proto_spec_t, run_dir, F_STR, REQ));
-
-SCHEMA(bye_schema, "bye", proto_kill_t, FLD(proto_kill_t, reason, F_STR, OPT));
-
-SCHEMA(submitted_schema, "submitted", proto_submitted_t, FLD(proto_submitted_t, job, F_I64, REQ),
-       FLD(proto_submitted_t, run_dir, F_STR, REQ));
-
-SCHEMA(status_schema, "status", proto_status_t, FLD(proto_status_t, job, F_I64, OPT),
-       FLD(proto_status_t, limit, F_U32, OPT));
-
-SCHEMA(rank_schema, "rank", proto_rank_t, FLD(proto_rank_t, rank, F_U32, REQ),
-       FLD(proto_rank_t, agent, F_STR, REQ), FLD(proto_rank_t, host, F_STR, REQ),
-       FLD(proto_rank_t, step_ms, F_F64, REQ), FLD(proto_rank_t, compute_ms, F_F64, REQ),
-       FLD(proto_rank_t, wait_ms, F_F64, REQ), FLD(proto_rank_t, straggler, F_U32, REQ),
-       FLD(proto_rank_t, data_ms, F_F64, OPT));
-
-SCHEMA(job_schema, "job", proto_job_t, FLD(proto_job_t, id, F_I64, REQ),
-       FLD(proto_job_t, name, F_STR, REQ), FLD(proto_job_t, state, F_STR, REQ),
-       FLD(proto_job_t, reason, F_STR, REQ), FLD(proto_job_t, target, F_STR, REQ),
-       FLD(proto_job_t, run_dir, F_STR, REQ), FLD(proto_job_t, nodes, F_U32, REQ),
-       FLD(proto_job_t, epoch, F_U32, REQ), FLD(proto_job_t, epochs, F_U32, REQ),
-       FLD(proto_job_t, step, F_U64, REQ), FLD(proto_job_t, steps_total, F_U64, REQ),
-       FLD(proto_job_t, loss, F_F64, REQ), FLD(proto_job_t, samples_per_s, F_F64, REQ),
-       FLD(proto_job_t, test_loss, F_F64, REQ), FLD(proto_job_t, test_accuracy, F_F64, REQ),
-       FLD(proto_job_t, submitted_at, F_F64, REQ), FLD(proto_job_t, started_at, F_F64, REQ),
-       FLD(proto_job_t, finished_at, F_F64, REQ), FLD(proto_job_t, ckpt_step, F_U64, OPT),
-       ARR(proto_job_t, ranks, F_OBJS, &rank_schema, OPT));
-
-SCHEMA(jobs_schema, "jobs", proto_jobs_t, ARR(proto_jobs_t, jobs, F_OBJS, &job_schema, REQ));
-
-SCHEMA(cancel_schema, "cancel", proto_cancel_t, FLD(proto_cancel_t, job, F_I64, REQ));
-
-SCHEMA(empty_schema, "empty", proto_cancel_t, );
-
-SCHEMA(agent_schema, "agent", proto_agent_t, FLD(proto_agent_t, agent_id, F_STR, REQ),
-       FLD(proto_agent_t, host, F_STR, REQ), FLD(proto_agent_t, target, F_STR, REQ),
-       FLD(proto_agent_t, state, F_STR, REQ), FLD(proto_agent_t, cpus, F_U32, REQ),
-       FLD(proto_agent_t, gpus, F_U32, REQ), FLD(proto_agent_t, mem_bytes, F_U64, REQ),
-       FLD(proto_agent_t, job, F_I64, REQ), FLD(proto_agent_t, last_seen_s, F_F64, REQ));
-
-SCHEMA(agent_list_schema, "agent_list", proto_agent_list_t,
-       ARR(proto_agent_list_t, agents, F_OBJS, &agent_schema, REQ));
-
-SCHEMA(error_schema, "error", proto_error_t, FLD(proto_error_t, code, F_STR, REQ),
-       FLD(proto_error_t, message, F_STR, REQ));
-
-SCHEMA(ev_state_schema, "ev_state", proto_ev_state_t, FLD(proto_ev_state_t, job, F_I64, REQ),
-       FLD(proto_ev_state_t, state, F_STR, REQ), FLD(proto_ev_state_t, reason, F_STR, OPT),
-       FLD(proto_ev_state_t, run_dir, F_STR, OPT), FLD(proto_ev_state_t, test_loss, F_F64, OPT),
-       FLD(proto_ev_state_t, test_accuracy, F_F64, OPT),
-       FLD(proto_ev_state_t, samples_per_s, F_F64, OPT));
-
-SCHEMA(ev_progress_schema, "ev_progress", proto_ev_progress_t,
-       FLD(proto_ev_progress_t, job, F_I64, REQ), FLD(proto_ev_progress_t, generation, F_U32, REQ),
-       FLD(proto_ev_progress_t, epoch, F_U32, REQ), FLD(proto_ev_progress_t, epochs, F_U32, REQ),
-       FLD(proto_ev_progress_t, step, F_U64, REQ),
-       FLD(proto_ev_progress_t, steps_total, F_U64, REQ),
-       FLD(proto_ev_progress_t, loss, F_F64, REQ), FLD(proto_ev_progress_t, lr, F_F64, REQ),
-       FLD(proto_ev_progress_t, samples_per_s, F_F64, REQ),
-       FLD(proto_ev_progress_t, slowest_rank, F_U32, REQ),
-       FLD(proto_ev_progress_t, slowest_step_ms, F_F64, REQ),
-       FLD(proto_ev_progress_t, eta_s, F_F64, REQ));
-
-/* The wire name and body schema of each type, in proto_type_t order. */
+/* The wire name, body schema and sockets of each type, in proto_type_t order. */
 static const struct {
   const char *name;
   const schema_t *schema;
+  unsigned at;
 } types[PROTO_TYPE_COUNT] = {
-    [PROTO_HELLO] = {"hello", &hello_schema},
-    [PROTO_WELCOME] = {"welcome", &welcome_schema},
-    [PROTO_HEARTBEAT] = {"heartbeat", &heartbeat_schema},
-    [PROTO_ASSIGN] = {"assign", &assign_schema},
-    [PROTO_KILL] = {"kill", &kill_schema},
-    [PROTO_WORKER_EXIT] = {"worker_exit", &worker_exit_schema},
-    [PROTO_RENDEZVOUS] = {"rendezvous", &rendezvous_schema},
-    [PROTO_START] = {"start", &start_schema},
-    [PROTO_PROGRESS] = {"progress", &progress_schema},
-    [PROTO_EVAL] = {"eval", &eval_schema},
-    [PROTO_DONE] = {"done", &done_schema},
-    [PROTO_FAILED] = {"failed", &failed_schema},
-    [PROTO_ABORT] = {"abort", &kill_schema},
-    [PROTO_CHECKPOINT] = {"checkpoint", &checkpoint_schema},
-    [PROTO_LOST] = {"lost", &lost_schema},
-    [PROTO_REFORM] = {"reform", &reform_schema},
-    [PROTO_PAUSE] = {"pause", &kill_schema},
-    [PROTO_LEAVE] = {"leave", &bye_schema},
-    [PROTO_SUBMIT] = {"submit", &submit_schema},
-    [PROTO_SUBMITTED] = {"submitted", &submitted_schema},
-    [PROTO_STATUS] = {"status", &status_schema},
-    [PROTO_JOBS] = {"jobs", &jobs_schema},
-    [PROTO_CANCEL] = {"cancel", &cancel_schema},
-    [PROTO_OK] = {"ok", &empty_schema},
-    [PROTO_AGENTS] = {"agents", &empty_schema},
-    [PROTO_AGENT_LIST] = {"agent_list", &agent_list_schema},
-    [PROTO_GET_SPEC] = {"get_spec", &get_spec_schema},
-    [PROTO_SPEC] = {"spec", &spec_schema},
-    [PROTO_BYE] = {"bye", &bye_schema},
-    [PROTO_ERROR] = {"error", &error_schema},
-    [PROTO_EV_STATE] = {"ev_state", &ev_state_schema},
-    [PROTO_EV_PROGRESS] = {"ev_progress", &ev_progress_schema},
-    [PROTO_EV_EVAL] = {"ev_eval", &eval_schema},
+#define TYPE_ENTRY(T, name, body, at) [PROTO_##T] = {#name, &body##_schema, at},
+    PROTO_MESSAGES(TYPE_ENTRY)
+#undef TYPE_ENTRY
 };
 
 const char *proto_type_name(proto_type_t type) {
   return (unsigned)type < PROTO_TYPE_COUNT ? types[type].name : NULL;
+}
+
+int proto_arrives_at(proto_type_t type, proto_at_t at) {
+  return (unsigned)type < PROTO_TYPE_COUNT && (types[type].at & (unsigned)at);
+}
+
+void proto_refusal(proto_type_t type, proto_at_t at, char *buf, size_t n) {
+  const char *what = at == PROTO_AT_API      ? "a request clients may send"
+                     : at == PROTO_AT_COORD  ? "a message agents and workers may send"
+                     : at == PROTO_AT_AGENT  ? "a message the coordinator sends agents"
+                     : at == PROTO_AT_WORKER ? "a message the coordinator sends workers"
+                     : at == PROTO_AT_CLIENT ? "a reply the coordinator sends clients"
+                     : at == PROTO_AT_EVENTS ? "an event"
+                     : at == PROTO_AT_STDIN  ? "a worker's assignment"
+                                             : "expected here";
+  const char *name = proto_type_name(type);
+  snprintf(buf, n, "'%s' is not %s", name ? name : "?", what);
 }
 
 int proto_field_info(proto_type_t type, uint32_t i, const char **name, const char **kind,
@@ -253,27 +102,27 @@ int proto_field_info(proto_type_t type, uint32_t i, const char **name, const cha
   return 1;
 }
 
-// --- Ownership -----------------------------------------------------------------------------
+// --- Ownership: the arena ----------------------------------------------------------------
 
-static void fields_free(const schema_t *s, void *base) {
-  char *b = base;
-  for (uint32_t i = 0; i < s->nfields; i++) {
-    const field_t *f = &s->fields[i];
-    void *p = b + f->off;
-    if (f->kind == F_STR) {
-      free(*(char **)p);
-    } else if (f->kind == F_STRS) {
-      char **arr = *(char ***)p;
-      uint32_t n = *(uint32_t *)(b + f->count_off);
-      for (uint32_t j = 0; arr && j < n; j++) free(arr[j]);
-      free(arr);
-    } else if (f->kind == F_OBJS) {
-      char *arr = *(char **)p;
-      uint32_t n = *(uint32_t *)(b + f->count_off);
-      for (uint32_t j = 0; arr && j < n; j++) fields_free(f->sub, arr + j * f->sub->size);
-      free(arr);
-    }
-  }
+struct proto_block {
+  proto_block_t *next;
+  max_align_t data[];
+};
+
+void *proto_msg_alloc(proto_msg_t *m, size_t n) {
+  proto_block_t *b = calloc(1, sizeof *b + (n ? n : 1));
+  if (!b) return NULL;
+  b->next = m->arena;
+  m->arena = b;
+  return b->data;
+}
+
+const char *proto_msg_strdup(proto_msg_t *m, const char *s) {
+  if (!s) s = "";
+  size_t n = strlen(s);
+  char *d = proto_msg_alloc(m, n + 1);
+  if (d) memcpy(d, s, n + 1);
+  return d;
 }
 
 void proto_msg_init(proto_msg_t *m, proto_type_t type) {
@@ -282,7 +131,10 @@ void proto_msg_init(proto_msg_t *m, proto_type_t type) {
 }
 
 void proto_msg_fini(proto_msg_t *m) {
-  if ((unsigned)m->type < PROTO_TYPE_COUNT) fields_free(types[m->type].schema, &m->u);
+  for (proto_block_t *b = m->arena, *next; b; b = next) {
+    next = b->next;
+    free(b);
+  }
   memset(m, 0, sizeof *m);
 }
 
@@ -308,9 +160,9 @@ static void pack_fields(msgpack_packer *pk, const schema_t *s, const void *base)
     case F_U32: msgpack_pack_uint32(pk, *(const uint32_t *)p); break;
     case F_U64: msgpack_pack_uint64(pk, *(const uint64_t *)p); break;
     case F_F64: msgpack_pack_double(pk, *(const double *)p); break;
-    case F_STR: pack_str(pk, *(char *const *)p); break;
+    case F_STR: pack_str(pk, *(const char *const *)p); break;
     case F_STRS: {
-      char *const *arr = *(char *const *const *)p;
+      const char *const *arr = *(const char *const *const *)p;
       uint32_t n = *(const uint32_t *)(b + f->count_off);
       msgpack_pack_array(pk, arr ? n : 0);
       for (uint32_t j = 0; arr && j < n; j++) pack_str(pk, arr[j]);
@@ -488,16 +340,16 @@ static int key_is(const msgpack_object *k, const char *name) {
          memcmp(k->via.str.ptr, name, n) == 0;
 }
 
-static char *dup_str(const msgpack_object *o) {
-  char *s = malloc(o->via.str.size + 1);
+static char *dup_str(proto_msg_t *m, const msgpack_object *o) {
+  char *s = proto_msg_alloc(m, o->via.str.size + 1);
   if (!s) return NULL;
   memcpy(s, o->via.str.ptr, o->via.str.size);
   s[o->via.str.size] = '\0';
   return s;
 }
 
-static drv_result_t decode_fields(const schema_t *s, const msgpack_object *map, void *base,
-                                  const char *path);
+static drv_result_t decode_fields(proto_msg_t *m, const schema_t *s, const msgpack_object *map,
+                                  void *base, const char *path);
 
 static drv_result_t bad_field(const char *path, const char *name, const char *want,
                               const msgpack_object *o) {
@@ -505,7 +357,7 @@ static drv_result_t bad_field(const char *path, const char *name, const char *wa
                    obj_kind(o));
 }
 
-static drv_result_t decode_field(const field_t *f, const msgpack_object *v, char *b,
+static drv_result_t decode_field(proto_msg_t *m, const field_t *f, const msgpack_object *v, char *b,
                                  const char *path) {
   void *p = b + f->off;
   switch (f->kind) {
@@ -551,14 +403,15 @@ static drv_result_t decode_field(const field_t *f, const msgpack_object *v, char
     return DRV_OK;
   case F_STR:
     if (v->type != MSGPACK_OBJECT_STR) return bad_field(path, f->name, "a string", v);
-    if (!(*(char **)p = dup_str(v))) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", path);
+    if (!(*(const char **)p = dup_str(m, v)))
+      return drv_error(DRV_ERR_NOMEM, "%s: out of memory", path);
     return DRV_OK;
   case F_STRS: {
     if (v->type != MSGPACK_OBJECT_ARRAY) return bad_field(path, f->name, "an array", v);
     uint32_t n = v->via.array.size;
-    char **arr = calloc(n ? n : 1, sizeof *arr);
+    const char **arr = proto_msg_alloc(m, sizeof *arr * n);
     if (!arr) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", path);
-    *(char ***)p = arr;
+    *(const char ***)p = arr;
     *(uint32_t *)(b + f->count_off) = n;
     for (uint32_t j = 0; j < n; j++) {
       const msgpack_object *e = &v->via.array.ptr[j];
@@ -567,21 +420,21 @@ static drv_result_t decode_field(const field_t *f, const msgpack_object *v, char
         snprintf(name, sizeof name, "%s[%u]", f->name, j);
         return bad_field(path, name, "a string", e);
       }
-      if (!(arr[j] = dup_str(e))) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", path);
+      if (!(arr[j] = dup_str(m, e))) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", path);
     }
     return DRV_OK;
   }
   case F_OBJS: {
     if (v->type != MSGPACK_OBJECT_ARRAY) return bad_field(path, f->name, "an array", v);
     uint32_t n = v->via.array.size;
-    char *arr = calloc(n ? n : 1, f->sub->size);
+    char *arr = proto_msg_alloc(m, (size_t)n * f->sub->size);
     if (!arr) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", path);
     *(char **)p = arr;
     *(uint32_t *)(b + f->count_off) = n;
     for (uint32_t j = 0; j < n; j++) {
       char sub[128];
       snprintf(sub, sizeof sub, "%s.%s[%u]", path, f->name, j);
-      DRV_CHECK(decode_fields(f->sub, &v->via.array.ptr[j], arr + j * f->sub->size, sub));
+      DRV_CHECK(decode_fields(m, f->sub, &v->via.array.ptr[j], arr + j * f->sub->size, sub));
     }
     return DRV_OK;
   }
@@ -589,8 +442,8 @@ static drv_result_t decode_field(const field_t *f, const msgpack_object *v, char
   return DRV_OK;
 }
 
-static drv_result_t decode_fields(const schema_t *s, const msgpack_object *map, void *base,
-                                  const char *path) {
+static drv_result_t decode_fields(proto_msg_t *m, const schema_t *s, const msgpack_object *map,
+                                  void *base, const char *path) {
   if (map->type != MSGPACK_OBJECT_MAP)
     return drv_error(DRV_ERR_PROTO, "%s: body must be a map, got %s", path, obj_kind(map));
   char *b = base;
@@ -607,7 +460,7 @@ static drv_result_t decode_fields(const schema_t *s, const msgpack_object *map, 
       if (f->kind == F_F64) *(double *)(b + f->off) = NAN;
       continue;
     }
-    DRV_CHECK(decode_field(f, v, b, path));
+    DRV_CHECK(decode_field(m, f, v, b, path));
   }
   return DRV_OK;
 }
@@ -653,7 +506,7 @@ drv_result_t proto_unpack(const void *buf, size_t len, size_t max_len, proto_msg
     goto out;
   }
   m->type = (proto_type_t)t;
-  rc = decode_fields(types[t].schema, &root->via.array.ptr[2], &m->u, types[t].name);
+  rc = decode_fields(m, types[t].schema, &root->via.array.ptr[2], &m->u, types[t].name);
 out:
   msgpack_unpacked_destroy(&up);
   return rc;

@@ -14,8 +14,19 @@
  * Decoding is defensive: before msgpack-c builds any object, proto_validate walks the raw
  * bytes and refuses a frame larger than the limit, a count or length larger than the bytes
  * left (a "msgpack bomb" that would make the decoder allocate wildly), nesting deeper than
- * PROTO_MAX_DEPTH, and trailing bytes. docs/protocol.md documents every message below,
- * field by field; the tables in proto.c are the single description both use.
+ * PROTO_MAX_DEPTH, and trailing bytes.
+ *
+ * One list, PROTO_MESSAGES, names every message once: its type, its wire name, its body
+ * and the sockets it may arrive at. The enum, the names, the bodies' C structs, the
+ * codec's field tables and the per-socket check (sock_recv) are all generated from it and
+ * from each body's field list, so a field's C type cannot disagree with its wire kind.
+ * docs/protocol.md documents every message field by field (test_protocol_doc checks it).
+ *
+ * Ownership, one rule: a message never owns what its fields point to, except what lives in
+ * its arena. A decoded message's strings and arrays are in its arena; a sender fills
+ * fields with borrowed pointers (kept alive until the message is packed or sent) or with
+ * copies made by proto_msg_strdup / proto_msg_alloc, which go to the arena.
+ * proto_msg_fini frees the arena and nothing else, so it is safe on every message.
  */
 #ifndef DROVER_COMMON_PROTO_H
 #define DROVER_COMMON_PROTO_H
@@ -28,317 +39,384 @@
 #define PROTO_VERSION 1
 #define PROTO_MAX_DEPTH 8
 
+/* Where a message may arrive: each socket accepts only the messages meant for it. */
 typedef enum {
-  /* agents and workers -> coordinator ROUTER (port base+0) */
-  PROTO_HELLO = 0,   /* agent: register, with its resources */
-  PROTO_WELCOME,     /* coordinator -> agent: registered */
-  PROTO_HEARTBEAT,   /* both ways between agent and coordinator */
-  PROTO_ASSIGN,      /* coordinator -> agent: start a worker for a job */
-  PROTO_KILL,        /* coordinator -> agent: kill a job's worker */
-  PROTO_WORKER_EXIT, /* agent -> coordinator: a worker process ended */
-  PROTO_RENDEZVOUS,  /* worker -> coordinator: I am up, here is my ring address */
-  PROTO_START,       /* coordinator -> worker: everyone is up, here are the peers */
-  PROTO_PROGRESS,    /* worker -> coordinator: steps done */
-  PROTO_EVAL,        /* worker (rank 0) -> coordinator: evaluation after an epoch */
-  PROTO_DONE,        /* worker -> coordinator: finished, final metrics */
-  PROTO_FAILED,
-  /* worker -> coordinator: gave up, with the reason */ PROTO_ABORT,
-  /* coordinator -> worker: stop
-     now */
-  PROTO_CHECKPOINT, /* worker (rank 0) -> coordinator: a checkpoint is durable */
-  PROTO_LOST,
-  /* worker -> coordinator: my ring broke; rolled back, waiting */ PROTO_REFORM, /* coordinator ->
-                                                                                    worker: rejoin
-                                                                                    as this rank of
-                                                                                    a new world */
-  PROTO_PAUSE, /* coordinator -> worker: stop at the next commit, report lost */
-  PROTO_LEAVE, /* agent -> coordinator: stopping; take my worker out at a commit */
-  /* clients -> coordinator ROUTER (port base+1) */
-  PROTO_SUBMIT,    /* submit a job spec */
-  PROTO_SUBMITTED, /* reply: the job id */
-  PROTO_STATUS,    /* ask for one job or the recent ones */
-  PROTO_JOBS,      /* reply: job records */
-  PROTO_CANCEL,    /* cancel a job */
-  PROTO_OK,        /* reply: done, nothing to say */
-  PROTO_AGENTS,
-  /* ask for the agent registry */ PROTO_AGENT_LIST, /* reply: agents */
-  PROTO_GET_SPEC,                                    /* ask for a job's resolved spec */
-  PROTO_SPEC,                                        /* reply: the spec */
-  PROTO_BYE,   /* agent -> coordinator: stopping, forget me (its job fails) */
-  PROTO_ERROR, /* reply to anything refused */
-  /* coordinator PUB (port base+2), topic "job/<id>" */
-  PROTO_EV_STATE,    /* a job changed state */
-  PROTO_EV_PROGRESS, /* aggregated progress */
-  PROTO_EV_EVAL,     /* evaluation after an epoch */
-  PROTO_TYPE_COUNT
+  PROTO_AT_COORD = 1 << 0,  /* the coordinator's agent and worker ROUTER (port base+0) */
+  PROTO_AT_API = 1 << 1,    /* the coordinator's client ROUTER (port base+1) */
+  PROTO_AT_AGENT = 1 << 2,  /* an agent's DEALER to the coordinator */
+  PROTO_AT_WORKER = 1 << 3, /* a worker's DEALER to the coordinator */
+  PROTO_AT_CLIENT = 1 << 4, /* a client's DEALER: replies to its requests */
+  PROTO_AT_EVENTS = 1 << 5, /* a SUB socket on the coordinator's PUB (port base+2) */
+  PROTO_AT_STDIN = 1 << 6,  /* a worker's standard input: its assignment */
+  PROTO_AT_ANY = 0x7f,
+} proto_at_t;
+
+/* clang-format off */
+
+/* X(TYPE, name, body, arrives at): every message, once. */
+#define PROTO_MESSAGES(X)                                                                    \
+  /* agents and workers <-> coordinator (port base+0) */                                   \
+  X(HELLO,       hello,       hello,       PROTO_AT_COORD)  /* agent: register, resources */ \
+  X(WELCOME,     welcome,     welcome,     PROTO_AT_AGENT)  /* registered */                 \
+  X(HEARTBEAT,   heartbeat,   heartbeat,   PROTO_AT_COORD | PROTO_AT_AGENT) /* both ways */  \
+  X(ASSIGN,      assign,      assign,      PROTO_AT_AGENT | PROTO_AT_STDIN) /* run a rank */ \
+  X(KILL,        kill,        kill,        PROTO_AT_AGENT)  /* kill a job's worker */        \
+  X(WORKER_EXIT, worker_exit, worker_exit, PROTO_AT_COORD)  /* agent: a worker ended */      \
+  X(RENDEZVOUS,  rendezvous,  rendezvous,  PROTO_AT_COORD)  /* worker: up, ring address */   \
+  X(START,       start,       start,       PROTO_AT_WORKER) /* everyone is up: the peers */  \
+  X(PROGRESS,    progress,    progress,    PROTO_AT_COORD)  /* worker: steps done */         \
+  X(EVAL,        eval,        eval,        PROTO_AT_COORD)  /* rank 0: evaluation */         \
+  X(DONE,        done,        done,        PROTO_AT_COORD)  /* worker: finished, metrics */  \
+  X(FAILED,      failed,      failed,      PROTO_AT_COORD)  /* worker: gave up, why */       \
+  X(ABORT,       abort,       abort,       PROTO_AT_WORKER) /* stop now */                   \
+  X(CHECKPOINT,  checkpoint,  checkpoint,  PROTO_AT_COORD)  /* rank 0: checkpoint durable */ \
+  X(LOST,        lost,        lost,        PROTO_AT_COORD)  /* worker: ring broke, waiting */\
+  X(REFORM,      reform,      reform,      PROTO_AT_WORKER) /* rejoin as rank of new world */\
+  X(PAUSE,       pause,       pause,       PROTO_AT_WORKER) /* stop at the next commit */    \
+  X(LEAVE,       leave,       leave,       PROTO_AT_COORD)  /* agent: take my rank out */    \
+  X(BYE,         bye,         bye,         PROTO_AT_COORD)  /* agent: stopping, forget me */ \
+  /* clients <-> coordinator (port base+1) */                                              \
+  X(SUBMIT,      submit,      submit,      PROTO_AT_API)    /* a job spec */                 \
+  X(SUBMITTED,   submitted,   submitted,   PROTO_AT_CLIENT) /* reply: the job id */          \
+  X(STATUS,      status,      status,      PROTO_AT_API)    /* one job or the recent ones */ \
+  X(JOBS,        jobs,        jobs,        PROTO_AT_CLIENT) /* reply: job records */         \
+  X(CANCEL,      cancel,      cancel,      PROTO_AT_API)    /* cancel a job */               \
+  X(OK,          ok,          empty,       PROTO_AT_CLIENT) /* reply: done */                \
+  X(AGENTS,      agents,      empty,       PROTO_AT_API)    /* the agent registry */         \
+  X(AGENT_LIST,  agent_list,  agent_list,  PROTO_AT_CLIENT) /* reply: agents */              \
+  X(GET_SPEC,    get_spec,    get_spec,    PROTO_AT_API)    /* a job's resolved spec */      \
+  X(SPEC,        spec,        spec,        PROTO_AT_CLIENT) /* reply: the spec */            \
+  X(ERROR,       error,       error,       PROTO_AT_CLIENT | PROTO_AT_AGENT) /* refused */   \
+  /* coordinator PUB (port base+2), topic "job/<id>" */                                    \
+  X(EV_STATE,    ev_state,    ev_state,    PROTO_AT_EVENTS) /* a job changed state */        \
+  X(EV_PROGRESS, ev_progress, ev_progress, PROTO_AT_EVENTS) /* aggregated progress */        \
+  X(EV_EVAL,     ev_eval,     eval,        PROTO_AT_EVENTS) /* evaluation after an epoch */
+
+/* Bodies: F(B, field, KIND, required) for scalars, strings and string arrays; A(B, field,
+ * element body, required) for arrays of maps. KIND is I64, I32, U32, U64, F64, STR or
+ * STRS; arrays come with a `<field>_count` (uint32_t). REQ: the field must be present. */
+
+#define PROTO_FIELDS_gpu(F, A, B)                                                            \
+  F(B, index,     U32, REQ)                                                                \
+  F(B, name,      STR, REQ)                                                                \
+  F(B, mem_bytes, U64, REQ)                                                                \
+  F(B, cc_major,  U32, REQ)                                                                \
+  F(B, cc_minor,  U32, REQ)
+
+#define PROTO_FIELDS_hello(F, A, B)                                                          \
+  F(B, agent_id,  STR, REQ) /* stable name of the agent (default: host-pid) */             \
+  F(B, host,      STR, REQ) /* host name or address workers' peers can reach */            \
+  F(B, target,    STR, REQ) /* "local" | "attached" | "managed": jobs it serves */         \
+  F(B, pool,      STR, OPT) /* it serves only jobs submitted with this pool */             \
+  F(B, pid,       U32, OPT)                                                                \
+  F(B, session,   U64, OPT) /* new each (re)connect: a new session's workers are gone */   \
+  F(B, cpus,      U32, REQ)                                                                \
+  F(B, mem_bytes, U64, REQ)                                                                \
+  A(B, gpus,      gpu, REQ)
+
+#define PROTO_FIELDS_welcome(F, A, B)                                                        \
+  F(B, agent_id,        STR, REQ)                                                          \
+  F(B, heartbeat_ms,    U32, REQ)                                                          \
+  F(B, peer_timeout_ms, U32, REQ)
+
+#define PROTO_FIELDS_heartbeat(F, A, B)                                                      \
+  F(B, seq,     U64, OPT)                                                                  \
+  F(B, workers, U32, OPT) /* worker processes the sender runs (agents) */
+
+#define PROTO_FIELDS_assign(F, A, B)                                                         \
+  F(B, job,         I64, REQ)                                                              \
+  F(B, generation,  U32, REQ)                                                              \
+  F(B, rank,        U32, REQ)                                                              \
+  F(B, world,       U32, REQ)                                                              \
+  F(B, local_rank,  U32, REQ)                                                              \
+  F(B, device,      I32, REQ) /* GPU index, -1 for a CPU worker */                         \
+  F(B, spec,        STR, REQ) /* resolved job spec, YAML */                                \
+  F(B, run_dir,     STR, REQ) /* absolute run directory of the job */                      \
+  F(B, coordinator, STR, REQ) /* endpoint the worker reports to */                         \
+  F(B, resume_dir,  STR, OPT) /* checkpoints to start from when run_dir has none */        \
+  F(B, host,        STR, OPT) /* worker's stdin only: the address its ring listens on */
+
+#define PROTO_FIELDS_kill(F, A, B)                                                           \
+  F(B, job,        I64, REQ)                                                               \
+  F(B, generation, U32, REQ)                                                               \
+  F(B, reason,     STR, OPT)
+
+#define PROTO_FIELDS_worker_exit(F, A, B)                                                    \
+  F(B, job,        I64, REQ)                                                               \
+  F(B, generation, U32, REQ)                                                               \
+  F(B, rank,       U32, REQ)                                                               \
+  F(B, exit_code,  I32, REQ) /* -1 when killed by a signal */                              \
+  F(B, signal,     I32, REQ) /* 0 when it exited */
+
+#define PROTO_FIELDS_rendezvous(F, A, B)                                                     \
+  F(B, job,        I64, REQ)                                                               \
+  F(B, generation, U32, REQ)                                                               \
+  F(B, rank,       U32, REQ)                                                               \
+  F(B, pid,        U32, OPT)                                                               \
+  F(B, addr,       STR, REQ) /* "HOST:PORT" of its ring listener */                        \
+  F(B, gpu,        STR, OPT) /* "HOST/PCI bus id" of its GPU; absent or "": the CPU */     \
+  F(B, nccl_id,    STR, OPT) /* rank 0 of a GPU world: NCCL unique id, 256 hex digits */
+
+#define PROTO_FIELDS_start(F, A, B)                                                          \
+  F(B, job,        I64,  REQ)                                                              \
+  F(B, generation, U32,  REQ)                                                              \
+  F(B, world,      U32,  REQ)                                                              \
+  F(B, peers,      STRS, REQ) /* ring addresses by rank */                                 \
+  F(B, gpus,       STRS, OPT) /* each rank's rendezvous `gpu` ("" for the CPU), by rank */ \
+  F(B, nccl_id,    STR,  OPT) /* rank 0's NCCL id, relayed */
+
+#define PROTO_FIELDS_progress(F, A, B)                                                       \
+  F(B, job,         I64, REQ)                                                              \
+  F(B, generation,  U32, REQ)                                                              \
+  F(B, rank,        U32, REQ)                                                              \
+  F(B, epoch,       U32, REQ) /* 0-based */                                                \
+  F(B, step,        U64, REQ) /* global steps done */                                      \
+  F(B, steps_total, U64, REQ)                                                              \
+  F(B, loss,        F64, REQ) /* mean training loss of the last global batch */            \
+  F(B, lr,          F64, OPT)                                                              \
+  F(B, samples,     U64, REQ) /* samples this rank processed since its last report */      \
+  F(B, interval_s,  F64, REQ) /* seconds those samples took */                             \
+  F(B, step_ms,     F64, REQ) /* this rank's mean step time over the interval */           \
+  F(B, wait_ms,     F64, OPT) /* of which spent in all-reduces (waiting for the others) */ \
+  F(B, coll_seq,    U64, OPT) /* collectives completed on its ring so far */               \
+  F(B, data_ms,     F64, OPT) /* mean ms per step the device waited for input data */
+
+#define PROTO_FIELDS_eval(F, A, B)                                                           \
+  F(B, job,           I64, REQ)                                                            \
+  F(B, generation,    U32, REQ)                                                            \
+  F(B, epoch,         U32, REQ)                                                            \
+  F(B, test_loss,     F64, REQ)                                                            \
+  F(B, test_accuracy, F64, REQ)
+
+#define PROTO_FIELDS_done(F, A, B)                                                           \
+  F(B, job,           I64, REQ)                                                            \
+  F(B, generation,    U32, REQ)                                                            \
+  F(B, rank,          U32, REQ)                                                            \
+  F(B, steps,         U64, REQ)                                                            \
+  F(B, test_loss,     F64, REQ)                                                            \
+  F(B, test_accuracy, F64, REQ)                                                            \
+  F(B, samples_per_s, F64, REQ) /* global training throughput seen by this rank */         \
+  F(B, train_s,       F64, REQ)
+
+#define PROTO_FIELDS_failed(F, A, B)                                                         \
+  F(B, job,        I64, REQ)                                                               \
+  F(B, generation, U32, REQ)                                                               \
+  F(B, rank,       U32, REQ)                                                               \
+  F(B, reason,     STR, REQ)
+
+#define PROTO_FIELDS_abort(F, A, B)                                                          \
+  F(B, job,        I64, REQ)                                                               \
+  F(B, generation, U32, REQ)                                                               \
+  F(B, reason,     STR, OPT)
+
+#define PROTO_FIELDS_checkpoint(F, A, B)                                                     \
+  F(B, job,        I64, REQ)                                                               \
+  F(B, generation, U32, REQ)                                                               \
+  F(B, step,       U64, REQ) /* global steps done when it was taken */                     \
+  F(B, dir,        STR, REQ) /* its directory */
+
+#define PROTO_FIELDS_lost(F, A, B)                                                           \
+  F(B, job,        I64, REQ)                                                               \
+  F(B, generation, U32, REQ) /* the one it had when its ring broke */                      \
+  F(B, rank,       U32, REQ) /* likewise */                                                \
+  F(B, step,       U64, REQ) /* its last commit: where it rolled back to */                \
+  F(B, reason,     STR, REQ) /* what broke, naming the peer */
+
+#define PROTO_FIELDS_reform(F, A, B)                                                         \
+  F(B, job,        I64, REQ)                                                               \
+  F(B, generation, U32, REQ) /* the new one */                                             \
+  F(B, rank,       U32, REQ)                                                               \
+  F(B, world,      U32, REQ)
+
+#define PROTO_FIELDS_pause(F, A, B)                                                          \
+  F(B, job,        I64, REQ)                                                               \
+  F(B, generation, U32, REQ)                                                               \
+  F(B, reason,     STR, OPT) /* why: growth, an agent leaving */
+
+#define PROTO_FIELDS_leave(F, A, B)                                                          \
+  F(B, reason, STR, OPT)
+
+#define PROTO_FIELDS_bye(F, A, B)                                                            \
+  F(B, reason, STR, OPT)
+
+#define PROTO_FIELDS_submit(F, A, B)                                                         \
+  F(B, spec,   STR, REQ) /* YAML text of the job spec (resolved by the client) */          \
+  F(B, pool,   STR, OPT) /* place the job only on agents of this pool */                   \
+  F(B, resume, I64, OPT) /* continue from this job's last checkpoint (0: none) */          \
+  F(B, token,  STR, OPT) /* client's name for it: a retry gets the first one's job */
+
+#define PROTO_FIELDS_submitted(F, A, B)                                                      \
+  F(B, job,     I64, REQ)                                                                  \
+  F(B, run_dir, STR, REQ)
+
+#define PROTO_FIELDS_status(F, A, B)                                                         \
+  F(B, job,   I64, OPT) /* 0: the most recent jobs */                                      \
+  F(B, limit, U32, OPT) /* 0: default (20) */
+
+#define PROTO_FIELDS_rank(F, A, B)                                                           \
+  F(B, rank,       U32, REQ)                                                               \
+  F(B, agent,      STR, REQ)                                                               \
+  F(B, host,       STR, REQ)                                                               \
+  F(B, step_ms,    F64, REQ) /* smoothed step time */                                      \
+  F(B, compute_ms, F64, REQ) /* step time less the time waiting in all-reduces */          \
+  F(B, wait_ms,    F64, REQ) /* smoothed time in all-reduces per step */                   \
+  F(B, straggler,  U32, REQ) /* 1: compute above DROVER_STRAGGLER_PCT % of the median */   \
+  F(B, data_ms,    F64, OPT) /* smoothed time per step the device waited for data */
+
+#define PROTO_FIELDS_job(F, A, B)                                                            \
+  F(B, id,            I64, REQ)                                                            \
+  F(B, name,          STR, REQ)                                                            \
+  F(B, state,         STR, REQ)                                                            \
+  F(B, reason,        STR, REQ)                                                            \
+  F(B, target,        STR, REQ)                                                            \
+  F(B, run_dir,       STR, REQ)                                                            \
+  F(B, nodes,         U32, REQ)                                                            \
+  F(B, epoch,         U32, REQ)                                                            \
+  F(B, epochs,        U32, REQ)                                                            \
+  F(B, step,          U64, REQ)                                                            \
+  F(B, steps_total,   U64, REQ)                                                            \
+  F(B, loss,          F64, REQ)                                                            \
+  F(B, samples_per_s, F64, REQ)                                                            \
+  F(B, test_loss,     F64, REQ)                                                            \
+  F(B, test_accuracy, F64, REQ)                                                            \
+  F(B, submitted_at,  F64, REQ) /* wall seconds; 0 = not yet */                            \
+  F(B, started_at,    F64, REQ)                                                            \
+  F(B, finished_at,   F64, REQ)                                                            \
+  F(B, ckpt_step,     U64, OPT) /* last durable checkpoint, 0 = none */                    \
+  A(B, ranks,         rank, OPT) /* live jobs: one per rank */
+
+#define PROTO_FIELDS_jobs(F, A, B)                                                           \
+  A(B, jobs, job, REQ)
+
+#define PROTO_FIELDS_cancel(F, A, B)                                                         \
+  F(B, job, I64, REQ)
+
+#define PROTO_FIELDS_empty(F, A, B)
+
+#define PROTO_FIELDS_agent(F, A, B)                                                          \
+  F(B, agent_id,    STR, REQ)                                                              \
+  F(B, host,        STR, REQ)                                                              \
+  F(B, target,      STR, REQ)                                                              \
+  F(B, state,       STR, REQ) /* "idle" | "busy" */                                        \
+  F(B, cpus,        U32, REQ)                                                              \
+  F(B, gpus,        U32, REQ)                                                              \
+  F(B, mem_bytes,   U64, REQ)                                                              \
+  F(B, job,         I64, REQ) /* 0 when idle */                                            \
+  F(B, last_seen_s, F64, REQ) /* seconds since its last message */
+
+#define PROTO_FIELDS_agent_list(F, A, B)                                                     \
+  A(B, agents, agent, REQ)
+
+#define PROTO_FIELDS_get_spec(F, A, B)                                                       \
+  F(B, job, I64, REQ)
+
+#define PROTO_FIELDS_spec(F, A, B)                                                           \
+  F(B, job,     I64, REQ)                                                                  \
+  F(B, spec,    STR, REQ)                                                                  \
+  F(B, run_dir, STR, REQ)
+
+#define PROTO_FIELDS_error(F, A, B)                                                          \
+  F(B, code,    STR, REQ) /* "invalid" | "proto" | "not_found" | "busy" | ... */           \
+  F(B, message, STR, REQ) /* human-readable, names what and where */
+
+#define PROTO_FIELDS_ev_state(F, A, B)                                                       \
+  F(B, job,           I64, REQ)                                                            \
+  F(B, state,         STR, REQ) /* "queued" | "running" | "succeeded" | ... */             \
+  F(B, reason,        STR, OPT) /* why it failed or was cancelled, "" otherwise */         \
+  F(B, run_dir,       STR, OPT)                                                            \
+  F(B, test_loss,     F64, OPT) /* final metrics on success */                             \
+  F(B, test_accuracy, F64, OPT)                                                            \
+  F(B, samples_per_s, F64, OPT)
+
+#define PROTO_FIELDS_ev_progress(F, A, B)                                                    \
+  F(B, job,             I64, REQ)                                                          \
+  F(B, generation,      U32, REQ)                                                          \
+  F(B, epoch,           U32, REQ)                                                          \
+  F(B, epochs,          U32, REQ)                                                          \
+  F(B, step,            U64, REQ)                                                          \
+  F(B, steps_total,     U64, REQ)                                                          \
+  F(B, loss,            F64, REQ)                                                          \
+  F(B, lr,              F64, REQ)                                                          \
+  F(B, samples_per_s,   F64, REQ) /* summed over ranks */                                  \
+  F(B, slowest_rank,    U32, REQ)                                                          \
+  F(B, slowest_step_ms, F64, REQ) /* that rank's mean step time */                         \
+  F(B, eta_s,           F64, REQ)
+
+/* Every body, element bodies (gpu, rank, job, agent) before the bodies that hold them. */
+#define PROTO_BODIES(X)                                                                      \
+  X(gpu) X(hello) X(welcome) X(heartbeat) X(assign) X(kill) X(worker_exit) X(rendezvous)   \
+  X(start) X(progress) X(eval) X(done) X(failed) X(abort) X(checkpoint) X(lost) X(reform)  \
+  X(pause) X(leave) X(bye) X(submit) X(submitted) X(status) X(rank) X(job) X(jobs)         \
+  X(cancel) X(empty) X(agent) X(agent_list) X(get_spec) X(spec) X(error) X(ev_state)       \
+  X(ev_progress)
+
+/* clang-format on */
+
+// --- Generated: the enum and the C structs ---------------------------------------------
+
+typedef enum {
+#define PROTO_ENUM_(T, name, body, at) PROTO_##T,
+  PROTO_MESSAGES(PROTO_ENUM_)
+#undef PROTO_ENUM_
+      PROTO_TYPE_COUNT
 } proto_type_t;
 
-/* ---- Bodies ---------------------------------------------------------------------------
- * Strings are heap-owned NUL-terminated copies (NULL when an optional one is absent);
- * arrays are heap arrays with a count. proto_msg_fini frees them all. */
+#define PROTO_CTYPE_I64 int64_t
+#define PROTO_CTYPE_I32 int32_t
+#define PROTO_CTYPE_U32 uint32_t
+#define PROTO_CTYPE_U64 uint64_t
+#define PROTO_CTYPE_F64 double
+#define PROTO_CTYPE_STR const char *
+#define PROTO_CTYPE_STRS const char **
+#define PROTO_COUNT_I64(f)
+#define PROTO_COUNT_I32(f)
+#define PROTO_COUNT_U32(f)
+#define PROTO_COUNT_U64(f)
+#define PROTO_COUNT_F64(f)
+#define PROTO_COUNT_STR(f)
+#define PROTO_COUNT_STRS(f) uint32_t f##_count;
+#define PROTO_DECL_F_(B, f, K, req) PROTO_CTYPE_##K f; PROTO_COUNT_##K(f)
+#define PROTO_DECL_A_(B, f, sub, req) struct proto_##sub *f; uint32_t f##_count;
+#define PROTO_STRUCT_(b) \
+  typedef struct proto_##b { PROTO_FIELDS_##b(PROTO_DECL_F_, PROTO_DECL_A_, b) } proto_##b##_t;
+PROTO_BODIES(PROTO_STRUCT_)
+#undef PROTO_STRUCT_
 
-typedef struct {
-  uint32_t index;
-  char *name;
-  uint64_t mem_bytes;
-  uint32_t cc_major, cc_minor;
-} proto_gpu_t;
-
-typedef struct {
-  char *agent_id; /* stable name of the agent (default: host-pid) */
-  char *host;     /* host name or address workers' peers can reach */
-  char *target;   /* "local" | "attached" | "managed": which jobs it serves */
-  char *pool;     /* optional: it serves only jobs submitted with this pool */
-  uint32_t pid;
-  uint64_t session; /* new each time the agent (re)connects: a repeated hello of one
-                       session is harmless, a new session means its workers are gone */
-  uint32_t cpus;
-  uint64_t mem_bytes;
-  proto_gpu_t *gpus;
-  uint32_t gpus_count;
-} proto_hello_t;
-
-typedef struct {
-  char *agent_id;
-  uint32_t heartbeat_ms, peer_timeout_ms;
-} proto_welcome_t;
-
-typedef struct {
-  uint64_t seq;
-  uint32_t workers; /* worker processes the sender runs (agents) */
-} proto_heartbeat_t;
-
-typedef struct {
-  int64_t job;
-  uint32_t generation;
-  uint32_t rank, world, local_rank;
-  int32_t device;    /* GPU index, -1 for a CPU worker */
-  char *spec;        /* resolved job spec, YAML */
-  char *run_dir;     /* absolute run directory of the job */
-  char *coordinator; /* endpoint the worker reports to */
-  char *resume_dir;  /* optional: checkpoints to start from when run_dir has none */
-} proto_assign_t;
-
-typedef struct {
-  int64_t job;
-  uint32_t generation;
-  char *reason;
-} proto_kill_t; /* also the body of PROTO_ABORT */
-
-typedef struct {
-  int64_t job;
-  uint32_t generation, rank;
-  int32_t exit_code; /* -1 when killed by a signal */
-  int32_t signal;    /* 0 when it exited */
-} proto_worker_exit_t;
-
-typedef struct {
-  int64_t job;
-  uint32_t generation, rank;
-  uint32_t pid;
-  char *addr;    /* "HOST:PORT" of its ring listener */
-  char *gpu;     /* optional: "HOST/PCI bus id" of its GPU; absent or "": the CPU */
-  char *nccl_id; /* optional, rank 0 of a GPU world: the NCCL unique id, 256 hex digits */
-} proto_rendezvous_t;
-
-typedef struct {
-  int64_t job;
-  uint32_t generation, world;
-  char **peers; /* ring addresses by rank */
-  uint32_t peers_count;
-  char **gpus; /* optional: each rank's rendezvous `gpu` ("" for the CPU), by rank */
-  uint32_t gpus_count;
-  char *nccl_id; /* optional: rank 0's NCCL id, relayed */
-} proto_start_t;
-
-typedef struct {
-  int64_t job;
-  uint32_t generation, rank;
-  uint32_t epoch; /* 0-based */
-  uint64_t step;  /* global steps done */
-  uint64_t steps_total;
-  double loss; /* mean training loss of the last global batch */
-  double lr;
-  uint64_t samples;  /* samples this rank processed since its last report */
-  double interval_s; /* seconds those samples took */
-  double step_ms;    /* this rank's mean step time over the interval */
-  double wait_ms;    /* of which spent in all-reduces (waiting for the others) */
-  uint64_t coll_seq; /* collectives completed on its ring so far */
-  double data_ms;    /* optional: mean ms per step the device sat waiting for input data */
-} proto_progress_t;
-
-typedef struct {
-  int64_t job;
-  uint32_t generation;
-  uint32_t epoch;
-  double test_loss, test_accuracy;
-} proto_eval_t;
-
-typedef struct {
-  int64_t job;
-  uint32_t generation, rank;
-  uint64_t steps;
-  double test_loss, test_accuracy;
-  double samples_per_s; /* global training throughput seen by this rank */
-  double train_s;
-} proto_done_t;
-
-typedef struct {
-  int64_t job;
-  uint32_t generation, rank;
-  char *reason;
-} proto_failed_t;
-
-typedef struct {
-  char *spec;     /* YAML text of the job spec (resolved by the client) */
-  char *pool;     /* optional: place the job only on agents of this pool */
-  int64_t resume; /* optional: continue from this job's last checkpoint (0: none) */
-  char *token;    /* optional: the client's name for this submission; a retry with the same
-                     token gets the job the first one made instead of a second job */
-} proto_submit_t;
-
-typedef struct {
-  int64_t job;
-  uint32_t generation;
-  uint64_t step; /* global steps done when it was taken */
-  char *dir;     /* its directory */
-} proto_checkpoint_t;
-
-typedef struct {
-  int64_t job;
-  uint32_t generation, rank; /* the ones it had when its ring broke */
-  uint64_t step;             /* its last commit: where it rolled back to */
-  char *reason;              /* what broke, naming the peer */
-} proto_lost_t;
-
-typedef struct {
-  int64_t job;
-  uint32_t generation, rank, world; /* the new ones */
-} proto_reform_t;
-
-typedef struct {
-  int64_t job;
-  char *spec;
-  char *run_dir;
-} proto_spec_t; /* PROTO_SPEC; PROTO_GET_SPEC uses only `job` */
-
-typedef struct {
-  int64_t job;
-  char *run_dir;
-} proto_submitted_t;
-
-typedef struct {
-  int64_t job;    /* 0: the most recent jobs */
-  uint32_t limit; /* 0: default (20) */
-} proto_status_t;
-
-typedef struct {
-  uint32_t rank;
-  char *agent, *host;
-  double step_ms;     /* smoothed step time */
-  double compute_ms;  /* step time less the time waiting in all-reduces */
-  double wait_ms;     /* smoothed time in all-reduces per step */
-  double data_ms;     /* smoothed time per step the device waited for input data */
-  uint32_t straggler; /* 1: compute time above DROVER_STRAGGLER_PCT % of the others' median */
-} proto_rank_t;
-
-typedef struct {
-  int64_t id;
-  char *name, *state, *reason, *target, *run_dir;
-  uint32_t nodes, epoch, epochs;
-  uint64_t step, steps_total;
-  double loss, samples_per_s, test_loss, test_accuracy;
-  double submitted_at, started_at, finished_at; /* wall seconds; 0 = not yet */
-  uint64_t ckpt_step;                           /* last durable checkpoint, 0 = none */
-  proto_rank_t *ranks;                          /* live jobs: one per rank */
-  uint32_t ranks_count;
-} proto_job_t;
-
-typedef struct {
-  proto_job_t *jobs;
-  uint32_t jobs_count;
-} proto_jobs_t;
-
-typedef struct {
-  int64_t job;
-} proto_cancel_t;
-
-typedef struct {
-  char *agent_id, *host, *target, *state; /* state: "idle" | "busy" */
-  uint32_t cpus, gpus;
-  uint64_t mem_bytes;
-  int64_t job;        /* 0 when idle */
-  double last_seen_s; /* seconds since its last message */
-} proto_agent_t;
-
-typedef struct {
-  proto_agent_t *agents;
-  uint32_t agents_count;
-} proto_agent_list_t;
-
-typedef struct {
-  char *code;    /* "invalid" | "proto" | "not_found" | "busy" | ... */
-  char *message; /* human-readable, names what and where */
-} proto_error_t;
-
-typedef struct {
-  int64_t job;
-  char *state;  /* "queued" | "running" | "succeeded" | "failed" | "cancelled" */
-  char *reason; /* why it failed or was cancelled, "" otherwise */
-  char *run_dir;
-  double test_loss, test_accuracy, samples_per_s; /* final metrics on success */
-} proto_ev_state_t;
-
-typedef struct {
-  int64_t job;
-  uint32_t generation, epoch, epochs;
-  uint64_t step, steps_total;
-  double loss, lr;
-  double samples_per_s; /* summed over ranks */
-  uint32_t slowest_rank;
-  double slowest_step_ms; /* that rank's mean step time */
-  double eta_s;
-} proto_ev_progress_t;
+typedef struct proto_block proto_block_t; /* the arena: what the message owns */
 
 typedef struct {
   proto_type_t type;
+  proto_block_t *arena;
   union {
-    proto_hello_t hello;
-    proto_welcome_t welcome;
-    proto_heartbeat_t heartbeat;
-    proto_assign_t assign;
-    proto_kill_t kill; /* PROTO_KILL, PROTO_ABORT, PROTO_PAUSE; PROTO_BYE, PROTO_LEAVE (reason) */
-    proto_worker_exit_t worker_exit;
-    proto_rendezvous_t rendezvous;
-    proto_start_t start;
-    proto_progress_t progress;
-    proto_eval_t eval; /* PROTO_EVAL and PROTO_EV_EVAL */
-    proto_done_t done;
-    proto_failed_t failed;
-    proto_submit_t submit;
-    proto_checkpoint_t checkpoint;
-    proto_lost_t lost;
-    proto_reform_t reform;
-    proto_spec_t spec; /* PROTO_GET_SPEC and PROTO_SPEC */
-    proto_submitted_t submitted;
-    proto_status_t status;
-    proto_jobs_t jobs;
-    proto_cancel_t cancel;
-    proto_agent_list_t agent_list;
-    proto_error_t error;
-    proto_ev_state_t ev_state;
-    proto_ev_progress_t ev_progress;
+#define PROTO_UNION_(T, name, body, at) proto_##body##_t name;
+    PROTO_MESSAGES(PROTO_UNION_)
+#undef PROTO_UNION_
   } u;
 } proto_msg_t;
+
+// --- Functions -------------------------------------------------------------------------
 
 /* The type's wire name ("hello"), or NULL when out of range. */
 const char *proto_type_name(proto_type_t type);
 
+/* Whether a message of `type` may arrive at the socket `at` (proto_at_t). */
+int proto_arrives_at(proto_type_t type, proto_at_t at);
+
+/* Why a message of `type` is refused at `at`, e.g. "'ok' is not a request clients may
+ * send", into buf. */
+void proto_refusal(proto_type_t type, proto_at_t at, char *buf, size_t n);
+
 /* Zeroes a message and sets its type, ready to fill. */
 void proto_msg_init(proto_msg_t *m, proto_type_t type);
 
-/* Frees what a message owns (strings, arrays) and zeroes it. Safe on a zeroed message. */
+/* Frees the message's arena and zeroes it. Safe on every initialised message. */
 void proto_msg_fini(proto_msg_t *m);
+
+/* n zeroed bytes in m's arena (freed by proto_msg_fini), or NULL when out of memory. */
+void *proto_msg_alloc(proto_msg_t *m, size_t n);
+
+/* A copy of s (NULL: "") in m's arena, or NULL when out of memory. */
+const char *proto_msg_strdup(proto_msg_t *m, const char *s);
 
 /* Encodes m. *buf is malloc'ed and owned by the caller; NULL strings go out as "". */
 drv_result_t proto_pack(const proto_msg_t *m, char **buf, size_t *len);

@@ -10,32 +10,164 @@
 #include <sys/socket.h>
 #include <zmq.h>
 
+#include "common/log.h"
 #include "common/settings.h"
+
+struct sock_ctx {
+  void *z;
+};
+
+struct sock {
+  void *z, *zctx; /* the socket, and its context (for monitors) */
+  sock_kind_t kind;
+  proto_at_t at;
+};
 
 static int set_int(void *s, int opt, int v) {
   return zmq_setsockopt(s, opt, &v, sizeof v);
 }
 
-void *sock_new(void *ctx, int type) {
-  void *s = zmq_socket(ctx, type);
-  if (!s) {
-    drv_error(DRV_ERR_ZMQ, "zmq_socket: %s", zmq_strerror(errno));
+sock_ctx_t *sock_ctx_new(void) {
+  sock_ctx_t *c = calloc(1, sizeof *c);
+  if (!c || !(c->z = zmq_ctx_new())) {
+    free(c);
+    drv_error(DRV_ERR_ZMQ, "zmq_ctx_new: %s", zmq_strerror(errno));
     return NULL;
   }
+  return c;
+}
+
+void sock_ctx_destroy(sock_ctx_t **ctx) {
+  if (!ctx || !*ctx) return;
+  zmq_ctx_term((*ctx)->z);
+  free(*ctx);
+  *ctx = NULL;
+}
+
+/* drover's limits and the caller's options, on a new ZeroMQ socket of zmq type `type`. */
+static int apply_options(void *s, int type, const sock_opts_t *o) {
   int64_t maxmsg = drv_setting(DRV_SET_MAX_MSG_BYTES);
   int hwm = (int)drv_setting(DRV_SET_HWM);
   int hb = (int)drv_setting(DRV_SET_HEARTBEAT_MS);
   int timeout = (int)drv_setting(DRV_SET_PEER_TIMEOUT_MS);
+  int linger = o->no_linger ? 0 : o->linger_ms ? o->linger_ms : 200;
   if (zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) || set_int(s, ZMQ_SNDHWM, hwm) ||
-      set_int(s, ZMQ_RCVHWM, hwm) || set_int(s, ZMQ_LINGER, 200) ||
+      set_int(s, ZMQ_RCVHWM, hwm) || set_int(s, ZMQ_LINGER, linger) ||
       set_int(s, ZMQ_HEARTBEAT_IVL, hb) || set_int(s, ZMQ_HEARTBEAT_TIMEOUT, timeout) ||
-      set_int(s, ZMQ_HEARTBEAT_TTL, timeout) ||
-      (type == ZMQ_ROUTER && set_int(s, ZMQ_ROUTER_MANDATORY, 1))) {
-    drv_error(DRV_ERR_ZMQ, "zmq_setsockopt: %s", zmq_strerror(errno));
-    zmq_close(s);
+      set_int(s, ZMQ_HEARTBEAT_TTL, timeout))
+    return -1;
+  if (type == ZMQ_ROUTER &&
+      (set_int(s, ZMQ_ROUTER_MANDATORY, 1) || (o->handover && set_int(s, ZMQ_ROUTER_HANDOVER, 1))))
+    return -1;
+  if (o->identity && zmq_setsockopt(s, ZMQ_ROUTING_ID, o->identity, strlen(o->identity))) return -1;
+  if (o->immediate && set_int(s, ZMQ_IMMEDIATE, 1)) return -1;
+  return 0;
+}
+
+sock_t *sock_new(sock_ctx_t *ctx, sock_kind_t kind, proto_at_t at, const sock_opts_t *opts) {
+  static const int types[] = {[SOCK_ROUTER] = ZMQ_ROUTER,
+                              [SOCK_DEALER] = ZMQ_DEALER,
+                              [SOCK_PUB] = ZMQ_PUB,
+                              [SOCK_SUB] = ZMQ_SUB};
+  static const sock_opts_t defaults = {0};
+  sock_t *s = calloc(1, sizeof *s);
+  if (!s) {
+    drv_error(DRV_ERR_NOMEM, "sock_new: out of memory");
     return NULL;
   }
+  s->kind = kind;
+  s->at = at;
+  s->zctx = ctx->z;
+  if (!(s->z = zmq_socket(ctx->z, types[kind]))) {
+    drv_error(DRV_ERR_ZMQ, "zmq_socket: %s", zmq_strerror(errno));
+    free(s);
+    return NULL;
+  }
+  if (apply_options(s->z, types[kind], opts ? opts : &defaults) < 0) {
+    drv_error(DRV_ERR_ZMQ, "zmq_setsockopt: %s", zmq_strerror(errno));
+    sock_destroy(&s);
+  }
   return s;
+}
+
+void sock_destroy(sock_t **s) {
+  if (!s || !*s) return;
+  zmq_close((*s)->z);
+  free(*s);
+  *s = NULL;
+}
+
+drv_result_t sock_bind(sock_t *s, const char *endpoint) {
+  if (zmq_bind(s->z, endpoint) < 0)
+    return drv_error(DRV_ERR_ZMQ, "bind %s: %s", endpoint, zmq_strerror(errno));
+  return DRV_OK;
+}
+
+drv_result_t sock_connect(sock_t *s, const char *endpoint) {
+  if (zmq_connect(s->z, endpoint) < 0)
+    return drv_error(DRV_ERR_ZMQ, "connect %s: %s", endpoint, zmq_strerror(errno));
+  return DRV_OK;
+}
+
+drv_result_t sock_bound_endpoint(sock_t *s, char *out, size_t n) {
+  size_t len = n;
+  if (zmq_getsockopt(s->z, ZMQ_LAST_ENDPOINT, out, &len) < 0)
+    return drv_error(DRV_ERR_ZMQ, "ZMQ_LAST_ENDPOINT: %s", zmq_strerror(errno));
+  return DRV_OK;
+}
+
+void sock_set_linger(sock_t *s, int ms) {
+  set_int(s->z, ZMQ_LINGER, ms);
+}
+
+/* Waits up to timeout_ms for `event` on the monitor PAIR socket mon. */
+static int wait_event(void *mon, int event, int timeout_ms) {
+  int64_t deadline = drv_now_ms() + timeout_ms;
+  for (;;) {
+    int64_t left = deadline - drv_now_ms();
+    zmq_pollitem_t it = {.socket = mon, .events = ZMQ_POLLIN};
+    if (left <= 0 || zmq_poll(&it, 1, (long)left) <= 0) return 0;
+    zmq_msg_t f;
+    zmq_msg_init(&f);
+    int got = 0;
+    if (zmq_msg_recv(&f, mon, 0) >= 6) {
+      uint16_t ev;
+      memcpy(&ev, zmq_msg_data(&f), sizeof ev);
+      got = ev == event;
+    }
+    int more = zmq_msg_more(&f);
+    zmq_msg_close(&f);
+    while (more) { /* the event's second frame: the endpoint */
+      zmq_msg_init(&f);
+      zmq_msg_recv(&f, mon, 0);
+      more = zmq_msg_more(&f);
+      zmq_msg_close(&f);
+    }
+    if (got) return 1;
+  }
+}
+
+drv_result_t sock_subscribe(sock_t *s, const char *endpoint, const char *prefix, int timeout_ms) {
+  if (zmq_setsockopt(s->z, ZMQ_SUBSCRIBE, prefix, strlen(prefix)) < 0)
+    return drv_error(DRV_ERR_ZMQ, "subscribe %s: %s", prefix, zmq_strerror(errno));
+  /* The subscription leaves right after the handshake: watch for it on a monitor. */
+  char mon_ep[64];
+  snprintf(mon_ep, sizeof mon_ep, "inproc://sock-monitor-%p", (void *)s);
+  void *mon = NULL;
+  if (zmq_socket_monitor(s->z, mon_ep, ZMQ_EVENT_HANDSHAKE_SUCCEEDED) == 0 &&
+      (mon = zmq_socket(s->zctx, ZMQ_PAIR)) && zmq_connect(mon, mon_ep) < 0) {
+    zmq_close(mon);
+    mon = NULL;
+  }
+  drv_result_t rc = sock_connect(s, endpoint);
+  if (rc == DRV_OK && !(mon && wait_event(mon, ZMQ_EVENT_HANDSHAKE_SUCCEEDED, timeout_ms)))
+    log_debug("subscribe %s: no handshake within %d ms", endpoint, timeout_ms);
+  zmq_socket_monitor(s->z, NULL, 0);
+  if (mon) {
+    set_int(mon, ZMQ_LINGER, 0);
+    zmq_close(mon);
+  }
+  return rc;
 }
 
 /* The base port of coordinator endpoint "tcp://HOST:PORT" (its colon in *colon). */
@@ -70,34 +202,49 @@ int sock_ports_ephemeral(const char *base, int *lo, int *hi) {
   return n == 2 && p + 2 >= *lo && p <= *hi;
 }
 
-drv_result_t sock_send(void *s, const void *identity, size_t idlen, const proto_msg_t *m,
-                       int dontwait) {
+drv_result_t sock_send(sock_t *s, const sock_peer_t *to, const proto_msg_t *m) {
   char *buf;
   size_t len;
   DRV_CHECK(proto_pack(m, &buf, &len));
-  int flags = dontwait ? ZMQ_DONTWAIT : 0;
   drv_result_t rc = DRV_OK;
-  if (identity && zmq_send(s, identity, idlen, flags | ZMQ_SNDMORE) < 0) {
+  if (s->kind == SOCK_ROUTER &&
+      zmq_send(s->z, to ? to->id : NULL, to ? to->len : 0, ZMQ_DONTWAIT | ZMQ_SNDMORE) < 0) {
     rc = drv_error(DRV_ERR_ZMQ, "send %s: %s", proto_type_name(m->type), zmq_strerror(errno));
     goto out;
   }
-  if (zmq_send(s, buf, len, flags) < 0)
+  if (zmq_send(s->z, buf, len, ZMQ_DONTWAIT) < 0)
     rc = drv_error(DRV_ERR_ZMQ, "send %s: %s", proto_type_name(m->type), zmq_strerror(errno));
 out:
   free(buf);
   return rc;
 }
 
-drv_result_t sock_publish(void *pub, const char *topic, const proto_msg_t *m) {
+drv_result_t sock_publish(sock_t *pub, const char *topic, const proto_msg_t *m) {
   char *buf;
   size_t len;
   DRV_CHECK(proto_pack(m, &buf, &len));
   drv_result_t rc = DRV_OK;
-  if (zmq_send(pub, topic, strlen(topic), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-      zmq_send(pub, buf, len, ZMQ_DONTWAIT) < 0)
+  if (zmq_send(pub->z, topic, strlen(topic), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+      zmq_send(pub->z, buf, len, ZMQ_DONTWAIT) < 0)
     rc = drv_error(DRV_ERR_ZMQ, "publish %s: %s", topic, zmq_strerror(errno));
   free(buf);
   return rc;
+}
+
+drv_result_t sock_poll(sock_t *const socks[], int n, int timeout_ms, int ready[]) {
+  zmq_pollitem_t items[8];
+  if (n > (int)DRV_ARRAY_LEN(items)) return drv_error(DRV_ERR_INVALID, "sock_poll: %d sockets", n);
+  for (int i = 0; i < n; i++)
+    items[i] = (zmq_pollitem_t){.socket = socks[i]->z, .events = ZMQ_POLLIN};
+  int got = zmq_poll(items, n, timeout_ms);
+  for (int i = 0; i < n; i++) ready[i] = got > 0 && (items[i].revents & ZMQ_POLLIN);
+  if (got < 0 && errno != EINTR) return drv_error(DRV_ERR_ZMQ, "zmq_poll: %s", zmq_strerror(errno));
+  return got > 0 ? DRV_OK : drv_error(DRV_ERR_TIMEOUT, "no message within %d ms", timeout_ms);
+}
+
+int sock_readable(sock_t *s) {
+  zmq_pollitem_t it = {.socket = s->z, .events = ZMQ_POLLIN};
+  return zmq_poll(&it, 1, 0) > 0;
 }
 
 /* Drops whatever frames remain of a multipart message. */
@@ -149,84 +296,100 @@ void sock_fd_end_self_connection(int fd) {
   shutdown(fd, SHUT_RD);
 }
 
-drv_result_t sock_recv(void *s, int is_router, unsigned char *identity, size_t *idlen,
-                       proto_msg_t *m, int timeout_ms) {
-  proto_msg_init(m, PROTO_TYPE_COUNT);
-  if (timeout_ms >= 0) {
-    zmq_pollitem_t it = {.socket = s, .events = ZMQ_POLLIN};
-    int n = zmq_poll(&it, 1, timeout_ms);
-    if (n < 0 && errno == EINTR) return drv_error(DRV_ERR_TIMEOUT, "interrupted");
-    if (n < 0) return drv_error(DRV_ERR_ZMQ, "zmq_poll: %s", zmq_strerror(errno));
-    if (n == 0) return drv_error(DRV_ERR_TIMEOUT, "no message within %d ms", timeout_ms);
-  }
-  zmq_msg_t f;
-  if (is_router) {
-    zmq_msg_init(&f);
-    if (zmq_msg_recv(&f, s, 0) < 0) {
-      zmq_msg_close(&f);
-      return drv_error(DRV_ERR_ZMQ, "recv: %s", zmq_strerror(errno));
-    }
-    size_t n = zmq_msg_size(&f);
-    if (n > 256) n = 256;
-    memcpy(identity, zmq_msg_data(&f), n);
-    *idlen = n;
-    int more = zmq_msg_more(&f);
-    zmq_msg_close(&f);
-    if (!more) return drv_error(DRV_ERR_PROTO, "identity frame without a message");
-  }
-  zmq_msg_init(&f);
-  if (zmq_msg_recv(&f, s, 0) < 0) {
-    zmq_msg_close(&f);
+/* Receives one frame into f (initialised here); its "more" flag in *more. */
+static drv_result_t recv_frame(sock_t *s, zmq_msg_t *f, int *more) {
+  zmq_msg_init(f);
+  if (zmq_msg_recv(f, s->z, 0) < 0) {
+    zmq_msg_close(f);
     return drv_error(DRV_ERR_ZMQ, "recv: %s", zmq_strerror(errno));
   }
-  int more = zmq_msg_more(&f);
-  drv_result_t rc;
+  *more = zmq_msg_more(f);
+  return DRV_OK;
+}
+
+/* The first frame of a ROUTER (the sender's identity) or a SUB (the topic) message. */
+static drv_result_t recv_envelope(sock_t *s, sock_peer_t *from) {
+  zmq_msg_t f;
+  int more;
+  DRV_CHECK(recv_frame(s, &f, &more));
+  if (s->kind == SOCK_ROUTER && from) {
+    from->len = DRV_MIN(zmq_msg_size(&f), sizeof from->id);
+    memcpy(from->id, zmq_msg_data(&f), from->len);
+  }
+  zmq_msg_close(&f);
+  if (!more)
+    return drv_error(DRV_ERR_PROTO, "%s frame without a message",
+                     s->kind == SOCK_ROUTER ? "identity" : "topic");
+  return DRV_OK;
+}
+
+/* Decodes frame f of socket s into m: refused when it came over a connection to itself,
+ * is multipart, malformed, or not a message for this socket. */
+static drv_result_t decode_frame(sock_t *s, zmq_msg_t *f, int more, proto_msg_t *m) {
   char self[INET6_ADDRSTRLEN + 8];
   /* ZMQ_SRCFD is deprecated in libzmq but still the one way to reach the connection a
    * message came over; -1 for transports without one. */
-  int fd = is_router ? -1 : zmq_msg_get(&f, ZMQ_SRCFD);
+  int fd = s->kind == SOCK_DEALER ? zmq_msg_get(f, ZMQ_SRCFD) : -1;
   if (sock_fd_self_connected(fd, self, sizeof self)) {
     /* A connecting socket's own message: nothing listened on that port and the kernel
      * picked the same port for this end, so the connection reached itself. End it (ZeroMQ
      * reconnects) so the port is free for whoever should listen there. */
     sock_fd_end_self_connection(fd);
-    rc = drv_error(DRV_ERR_ZMQ,
-                   "the connection to %s reached this socket itself (nothing listened there "
-                   "and the port lies in the ephemeral range): dropped it",
-                   self);
-    if (more) drain(s);
-  } else if (more) {
-    rc = drv_error(DRV_ERR_PROTO, "unexpected multipart message");
-    drain(s);
-  } else {
-    rc = proto_unpack(zmq_msg_data(&f), zmq_msg_size(&f),
-                      (size_t)drv_setting(DRV_SET_MAX_MSG_BYTES), m);
+    if (more) drain(s->z);
+    return drv_error(DRV_ERR_ZMQ,
+                     "the connection to %s reached this socket itself (nothing listened there "
+                     "and the port lies in the ephemeral range): dropped it",
+                     self);
   }
+  if (more) {
+    drain(s->z);
+    return drv_error(DRV_ERR_PROTO, "unexpected multipart message");
+  }
+  DRV_CHECK(proto_unpack(zmq_msg_data(f), zmq_msg_size(f),
+                         (size_t)drv_setting(DRV_SET_MAX_MSG_BYTES), m));
+  if (!proto_arrives_at(m->type, s->at)) {
+    char why[160];
+    proto_refusal(m->type, s->at, why, sizeof why);
+    proto_msg_fini(m);
+    proto_msg_init(m, PROTO_TYPE_COUNT);
+    return drv_error(DRV_ERR_PROTO, "%s", why);
+  }
+  return DRV_OK;
+}
+
+drv_result_t sock_recv(sock_t *s, sock_peer_t *from, proto_msg_t *m, int timeout_ms) {
+  proto_msg_init(m, PROTO_TYPE_COUNT);
+  if (from) from->len = 0;
+  if (timeout_ms >= 0) {
+    int ready;
+    DRV_CHECK(sock_poll(&s, 1, timeout_ms, &ready));
+  }
+  if (s->kind == SOCK_ROUTER || s->kind == SOCK_SUB) DRV_CHECK(recv_envelope(s, from));
+  zmq_msg_t f;
+  int more;
+  DRV_CHECK(recv_frame(s, &f, &more));
+  drv_result_t rc = decode_frame(s, &f, more, m);
   zmq_msg_close(&f);
   return rc;
 }
 
-drv_result_t sock_request(void *ctx, const char *base, const proto_msg_t *req, proto_msg_t *reply,
-                          int timeout_ms) {
+drv_result_t sock_request(sock_ctx_t *ctx, const char *base, const proto_msg_t *req,
+                          proto_msg_t *reply, int timeout_ms) {
   char ep[256];
   proto_msg_init(reply, PROTO_TYPE_COUNT);
   DRV_CHECK(sock_endpoint(base, SOCK_CLIENTS, ep, sizeof ep));
-  void *s = sock_new(ctx, ZMQ_DEALER);
+  sock_t *s = sock_new(ctx, SOCK_DEALER, PROTO_AT_CLIENT, &(sock_opts_t){.no_linger = 1});
   if (!s) return DRV_ERR_ZMQ;
-  set_int(s, ZMQ_LINGER, 0);
   drv_result_t rc = DRV_OK;
-  if (zmq_connect(s, ep) < 0) {
-    rc = drv_error(DRV_ERR_ZMQ, "connect %s: %s", ep, zmq_strerror(errno));
-    goto out;
-  }
-  DRV_CHECK_GOTO(sock_send(s, NULL, 0, req, 0), rc, out);
-  rc = sock_recv(s, 0, NULL, NULL, reply, timeout_ms);
+  DRV_CHECK_GOTO(sock_connect(s, ep), rc, out);
+  DRV_CHECK_GOTO(sock_send(s, NULL, req), rc, out);
+  rc = sock_recv(s, NULL, reply, timeout_ms);
   if (rc == DRV_ERR_TIMEOUT) {
     rc = drv_error(DRV_ERR_TIMEOUT, "no coordinator answered at %s within %d ms", ep, timeout_ms);
   } else if (rc == DRV_OK && reply->type == PROTO_ERROR) {
     rc = drv_error(DRV_ERR_INVALID, "%s", reply->u.error.message ? reply->u.error.message : "");
   }
 out:
-  zmq_close(s);
+  sock_destroy(&s);
   return rc;
 }

@@ -1,8 +1,12 @@
-/* sock.h: the one place ZeroMQ sockets are made and messages cross them.
+/* sock.h: the one place ZeroMQ sockets are made and messages cross them; the only
+ * user of zmq.h.
  *
- * sock_new applies drover's limits to every socket: ZMQ_MAXMSGSIZE (an oversized frame
- * is dropped by libzmq, which also disconnects that peer), send/receive high-water marks,
- * a short linger, ZMTP heartbeats, and ROUTER_MANDATORY on ROUTERs (sending to a peer that
+ * A sock_t is a socket of one kind (ROUTER, DEALER, PUB, SUB) at one place of the
+ * protocol (proto_at_t): sock_recv refuses a message that may not arrive there, with
+ * DRV_ERR_PROTO and a message such as "'ok' is not a request clients may send".
+ * sock_new applies drover's limits to every socket: ZMQ_MAXMSGSIZE (an oversized frame is
+ * dropped by libzmq, which also disconnects that peer), send/receive high-water marks, a
+ * short linger, ZMTP heartbeats, and ROUTER_MANDATORY on ROUTERs (sending to a peer that
  * is gone fails instead of vanishing). Security (CurveZMQ) will be switched on here too.
  *
  * Endpoints: a coordinator is named by its base endpoint "tcp://HOST:PORT"; agents and
@@ -17,12 +21,57 @@
 #include "common/proto.h"
 
 #define SOCK_DEFAULT_ENDPOINT "tcp://127.0.0.1:7700"
+#define SOCK_PEER_MAX 256
 
 typedef enum { SOCK_AGENTS = 0, SOCK_CLIENTS = 1, SOCK_EVENTS = 2 } sock_port_t;
 
-/* A ZeroMQ socket of `type` (ZMQ_ROUTER, ZMQ_DEALER, ...) on ctx with the limits applied.
- * Returns NULL with the last error set on failure. Close with zmq_close. */
-void *sock_new(void *ctx, int type);
+typedef enum { SOCK_ROUTER, SOCK_DEALER, SOCK_PUB, SOCK_SUB } sock_kind_t;
+
+typedef struct sock_ctx sock_ctx_t; /* a ZeroMQ context: its I/O thread */
+typedef struct sock sock_t;
+
+/* A ROUTER's name for one peer (its routing id). len 0: none. */
+typedef struct {
+  unsigned char id[SOCK_PEER_MAX];
+  size_t len;
+} sock_peer_t;
+
+/* What may differ between sockets; zero is the default for each. */
+typedef struct {
+  const char *identity; /* DEALER: routing id its ROUTER sees (NULL: libzmq's) */
+  int linger_ms;        /* how long unsent messages outlive sock_destroy (0: 200 ms) */
+  int no_linger;        /* drop unsent messages at once on sock_destroy */
+  int immediate;        /* DEALER: queue nothing while not connected */
+  int handover;         /* ROUTER: a new connection with a known identity takes it over */
+} sock_opts_t;
+
+/* A new context, or NULL with the last error set. */
+sock_ctx_t *sock_ctx_new(void);
+
+/* Ends the context (every socket must be destroyed first); NULL-safe, nulls *ctx. */
+void sock_ctx_destroy(sock_ctx_t **ctx);
+
+/* A socket of `kind` that receives the messages of `at`, with the limits applied and
+ * opts (NULL: defaults). NULL with the last error set on failure. */
+sock_t *sock_new(sock_ctx_t *ctx, sock_kind_t kind, proto_at_t at, const sock_opts_t *opts);
+
+/* Closes the socket; NULL-safe, nulls *s. */
+void sock_destroy(sock_t **s);
+
+/* Binds or connects to endpoint "tcp://HOST:PORT" (a ZeroMQ endpoint). */
+drv_result_t sock_bind(sock_t *s, const char *endpoint);
+drv_result_t sock_connect(sock_t *s, const char *endpoint);
+
+/* The endpoint the socket bound last ("tcp://127.0.0.1:41234" after binding port *). */
+drv_result_t sock_bound_endpoint(sock_t *s, char *out, size_t n);
+
+/* SUB: subscribes to topics starting with `prefix` and connects to endpoint, then waits
+ * up to timeout_ms for the connection's handshake so the subscription is on its way
+ * before the caller asks for what it wants to see. */
+drv_result_t sock_subscribe(sock_t *s, const char *endpoint, const char *prefix, int timeout_ms);
+
+/* Sets how long unsent messages outlive sock_destroy (say, a last `bye`). */
+void sock_set_linger(sock_t *s, int ms);
 
 /* Writes into out the endpoint of `port` for coordinator base endpoint `base`
  * ("tcp://h:7700", SOCK_CLIENTS -> "tcp://h:7701"). A wildcard bind endpoint ("tcp://" "*:7700")
@@ -35,13 +84,19 @@ drv_result_t sock_endpoint(const char *base, sock_port_t port, char *out, size_t
  * client dialling one can connect to itself (sock_fd_self_connected). */
 int sock_ports_ephemeral(const char *base, int *lo, int *hi);
 
-/* Encodes and sends m. identity (ROUTER only) is sent first as its own frame when
- * non-NULL. Non-blocking when dontwait; a ROUTER peer that is gone gives DRV_ERR_ZMQ. */
-drv_result_t sock_send(void *s, const void *identity, size_t idlen, const proto_msg_t *m,
-                       int dontwait);
+/* Encodes and sends m without blocking. `to` (ROUTER only) names the peer; a ROUTER peer
+ * that is gone gives DRV_ERR_ZMQ. */
+drv_result_t sock_send(sock_t *s, const sock_peer_t *to, const proto_msg_t *m);
 
 /* Publishes m on a PUB socket under `topic`. */
-drv_result_t sock_publish(void *pub, const char *topic, const proto_msg_t *m);
+drv_result_t sock_publish(sock_t *pub, const char *topic, const proto_msg_t *m);
+
+/* Waits up to timeout_ms (-1: forever) until one of socks[0..n) has a message; ready[i]
+ * says which. DRV_ERR_TIMEOUT when none did (or a signal came). */
+drv_result_t sock_poll(sock_t *const socks[], int n, int timeout_ms, int ready[]);
+
+/* Whether a message is waiting on s now. */
+int sock_readable(sock_t *s);
 
 /* Whether TCP socket fd is connected to itself (its local and peer addresses are the same),
  * which happens on Linux when a client dials a port of the ephemeral range that nothing
@@ -54,21 +109,21 @@ int sock_fd_self_connected(int fd, char *addr, size_t addrsz);
  * the connection instead of leaving the port in TIME_WAIT. */
 void sock_fd_end_self_connection(int fd);
 
-/* Receives one message (blocking up to timeout_ms; -1 forever). On a ROUTER the identity
- * frame is copied into identity[*idlen] (capacity 256). A frame that fails to decode is
- * consumed and reported as DRV_ERR_PROTO (the caller answers or drops it and keeps going);
- * DRV_ERR_TIMEOUT when nothing arrived. On a connecting socket, a message that came back
- * over a connection to itself (sock_fd_self_connected) is dropped and reported as
- * DRV_ERR_ZMQ, and that connection is ended (sock_fd_end_self_connection) so ZeroMQ dials again:
- * without this a client would take its own request for the answer and hold the port its server
- * needs. m must be fini'ed by the caller in every case. */
-drv_result_t sock_recv(void *s, int is_router, unsigned char *identity, size_t *idlen,
-                       proto_msg_t *m, int timeout_ms);
+/* Receives one message (blocking up to timeout_ms; -1 forever). On a ROUTER the sender's
+ * identity goes into *from (may be NULL elsewhere); on a SUB the topic frame is dropped.
+ * A frame that fails to decode, or a message that may not arrive at this socket, is
+ * consumed and reported as DRV_ERR_PROTO (the caller answers or drops it and keeps
+ * going); DRV_ERR_TIMEOUT when nothing arrived. On a connecting socket, a message that
+ * came back over a connection to itself (sock_fd_self_connected) is dropped and reported
+ * as DRV_ERR_ZMQ, and that connection is ended (sock_fd_end_self_connection) so ZeroMQ
+ * dials again: without this a client would take its own request for the answer and hold
+ * the port its server needs. m must be fini'ed by the caller in every case. */
+drv_result_t sock_recv(sock_t *s, sock_peer_t *from, proto_msg_t *m, int timeout_ms);
 
 /* Client helper: connects a fresh DEALER to the coordinator's client port, sends req,
  * waits up to timeout_ms for one reply. A PROTO_ERROR reply comes back as DRV_ERR_INVALID
  * with its message as the last error (the reply is still in *reply). */
-drv_result_t sock_request(void *ctx, const char *base, const proto_msg_t *req, proto_msg_t *reply,
-                          int timeout_ms);
+drv_result_t sock_request(sock_ctx_t *ctx, const char *base, const proto_msg_t *req,
+                          proto_msg_t *reply, int timeout_ms);
 
 #endif

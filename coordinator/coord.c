@@ -12,7 +12,6 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
-#include <zmq.h>
 
 #include "common/jobspec.h"
 #include "common/log.h"
@@ -35,31 +34,29 @@ void coord_publish_state(coord_t *c, const job_t *j, const char *reason) {
   proto_msg_t m;
   proto_msg_init(&m, PROTO_EV_STATE);
   m.u.ev_state.job = j->id;
-  m.u.ev_state.state = (char *)store_state_name(j->state);
-  m.u.ev_state.reason = (char *)(reason ? reason : "");
-  m.u.ev_state.run_dir = (char *)j->run_dir;
+  m.u.ev_state.state = store_state_name(j->state);
+  m.u.ev_state.reason = reason ? reason : "";
+  m.u.ev_state.run_dir = j->run_dir;
   m.u.ev_state.test_loss = j->test_loss;
   m.u.ev_state.test_accuracy = j->test_accuracy;
   m.u.ev_state.samples_per_s = j->final_samples_per_s;
   publish(c, j->id, &m); /* the strings above are borrowed: do not fini */
 }
 
-static void reply(coord_t *c, const unsigned char *ident, size_t identlen, const proto_msg_t *m) {
-  if (sock_send(c->clients, ident, identlen, m, 1) != DRV_OK)
-    log_warn("reply to client: %s", drv_last_error());
+static void reply(coord_t *c, const sock_peer_t *to, const proto_msg_t *m) {
+  if (sock_send(c->clients, to, m) != DRV_OK) log_warn("reply to client: %s", drv_last_error());
 }
 
-static void reply_error(coord_t *c, const unsigned char *ident, size_t identlen, const char *code,
-                        const char *message) {
+static void reply_error(coord_t *c, const sock_peer_t *to, const char *code, const char *message) {
   proto_msg_t m;
   proto_msg_init(&m, PROTO_ERROR);
-  m.u.error.code = (char *)code;
-  m.u.error.message = (char *)message;
-  reply(c, ident, identlen, &m);
+  m.u.error.code = code;
+  m.u.error.message = message;
+  reply(c, to, &m);
 }
 
 drv_result_t coord_send_to_agent(coord_t *c, const agent_t *a, const proto_msg_t *m) {
-  drv_result_t rc = sock_send(c->workers, a->ident, a->identlen, m, 1);
+  drv_result_t rc = sock_send(c->workers, &a->peer, m);
   if (rc != DRV_OK) log_warn("to agent %s: %s", a->agent_id, drv_last_error());
   return rc;
 }
@@ -86,17 +83,17 @@ static void job_stop_workers(coord_t *c, job_t *j, const char *reason) {
     slot_t *s = &j->slots[r];
     if (s->rendezvoused && !s->done) {
       proto_msg_init(&m, PROTO_ABORT);
-      m.u.kill.job = j->id;
-      m.u.kill.generation = j->generation;
-      m.u.kill.reason = (char *)reason;
-      sock_send(c->workers, s->ident, s->identlen, &m, 1);
+      m.u.abort.job = j->id;
+      m.u.abort.generation = j->generation;
+      m.u.abort.reason = reason;
+      sock_send(c->workers, &s->peer, &m);
     }
     if (s->agent >= 0 && c->agents[s->agent].used && c->agents[s->agent].job == j->id &&
         !s->exited) {
       proto_msg_init(&m, PROTO_KILL);
       m.u.kill.job = j->id;
       m.u.kill.generation = j->generation;
-      m.u.kill.reason = (char *)reason;
+      m.u.kill.reason = reason;
       coord_send_to_agent(c, &c->agents[s->agent], &m);
     }
   }
@@ -184,7 +181,7 @@ static void job_requeue(coord_t *c, job_t *j, const char *why) {
     proto_msg_init(&m, PROTO_KILL);
     m.u.kill.job = j->id;
     m.u.kill.generation = j->generation;
-    m.u.kill.reason = (char *)why;
+    m.u.kill.reason = why;
     coord_send_to_agent(c, &c->agents[ai], &m); /* its worker_exit frees it */
   }
   free(j->slots);
@@ -275,10 +272,10 @@ static void schedule(coord_t *c) {
 
 // --- Agents --------------------------------------------------------------------------------
 
-static agent_t *agent_by_ident(coord_t *c, const unsigned char *ident, size_t len) {
+static agent_t *agent_by_peer(coord_t *c, const sock_peer_t *p) {
   for (int i = 0; i < MAX_AGENTS; i++)
-    if (c->agents[i].used && c->agents[i].identlen == len &&
-        !memcmp(c->agents[i].ident, ident, len))
+    if (c->agents[i].used && c->agents[i].peer.len == p->len &&
+        !memcmp(c->agents[i].peer.id, p->id, p->len))
       return &c->agents[i];
   return NULL;
 }
@@ -319,14 +316,14 @@ static void on_leave(coord_t *c, agent_t *a, const char *reason) {
 static void send_welcome(coord_t *c, const agent_t *a) {
   proto_msg_t m;
   proto_msg_init(&m, PROTO_WELCOME);
-  m.u.welcome.agent_id = (char *)a->agent_id;
+  m.u.welcome.agent_id = a->agent_id;
   m.u.welcome.heartbeat_ms = (uint32_t)drv_setting(DRV_SET_HEARTBEAT_MS);
   m.u.welcome.peer_timeout_ms = (uint32_t)drv_setting(DRV_SET_PEER_TIMEOUT_MS);
   coord_send_to_agent(c, a, &m);
 }
 
-static void on_hello(coord_t *c, const unsigned char *ident, size_t len, proto_hello_t *h) {
-  agent_t *a = agent_by_ident(c, ident, len);
+static void on_hello(coord_t *c, const sock_peer_t *from, const proto_hello_t *h) {
+  agent_t *a = agent_by_peer(c, from);
   if (a && a->session == h->session) {
     send_welcome(c, a); /* the same connection said hello twice: nothing changed */
     return;
@@ -341,8 +338,7 @@ static void on_hello(coord_t *c, const unsigned char *ident, size_t len, proto_h
   }
   memset(a, 0, sizeof *a);
   a->used = 1;
-  memcpy(a->ident, ident, len);
-  a->identlen = len;
+  a->peer = *from;
   snprintf(a->agent_id, sizeof a->agent_id, "%s", h->agent_id);
   snprintf(a->host, sizeof a->host, "%s", h->host);
   snprintf(a->target, sizeof a->target, "%s", h->target);
@@ -396,16 +392,15 @@ static void on_worker_exit(coord_t *c, agent_t *a, const proto_worker_exit_t *e)
 
 // --- Workers -------------------------------------------------------------------------------
 
-static void on_rendezvous(coord_t *c, const unsigned char *ident, size_t len,
-                          const proto_rendezvous_t *rv) {
+static void on_rendezvous(coord_t *c, const sock_peer_t *from, const proto_rendezvous_t *rv) {
   job_t *j = job_for_msg(c, rv->job, rv->generation, rv->rank, "rendezvous");
   if (!j) {
     proto_msg_t m;
     proto_msg_init(&m, PROTO_ABORT);
-    m.u.kill.job = rv->job;
-    m.u.kill.generation = rv->generation;
-    m.u.kill.reason = "stale or unknown job";
-    sock_send(c->workers, ident, len, &m, 1);
+    m.u.abort.job = rv->job;
+    m.u.abort.generation = rv->generation;
+    m.u.abort.reason = "stale or unknown job";
+    sock_send(c->workers, from, &m);
     return;
   }
   slot_t *s = &j->slots[rv->rank];
@@ -413,12 +408,11 @@ static void on_rendezvous(coord_t *c, const unsigned char *ident, size_t len,
   snprintf(s->addr, sizeof s->addr, "%s", rv->addr);
   snprintf(s->gpu, sizeof s->gpu, "%s", rv->gpu ? rv->gpu : "");
   snprintf(s->nccl_id, sizeof s->nccl_id, "%s", rv->nccl_id ? rv->nccl_id : "");
-  memcpy(s->ident, ident, len);
-  s->identlen = len;
+  s->peer = *from;
   for (uint32_t r = 0; r < j->nodes; r++)
     if (!j->slots[r].rendezvoused) return;
   /* Everyone is in: relay the ring addresses, each rank's GPU and rank 0's NCCL id. */
-  char **peers = calloc(j->nodes, sizeof *peers), **gpus = calloc(j->nodes, sizeof *gpus);
+  const char **peers = calloc(j->nodes, sizeof *peers), **gpus = calloc(j->nodes, sizeof *gpus);
   if (!peers || !gpus) {
     free(peers);
     free(gpus);
@@ -440,7 +434,7 @@ static void on_rendezvous(coord_t *c, const unsigned char *ident, size_t len,
   m.u.start.gpus_count = j->nodes;
   m.u.start.nccl_id = j->slots[0].nccl_id[0] ? j->slots[0].nccl_id : NULL;
   for (uint32_t r = 0; r < j->nodes; r++)
-    if (sock_send(c->workers, j->slots[r].ident, j->slots[r].identlen, &m, 1) != DRV_OK)
+    if (sock_send(c->workers, &j->slots[r].peer, &m) != DRV_OK)
       log_warn("start to rank %u: %s", r, drv_last_error());
   free(peers);
   free(gpus);
@@ -572,7 +566,7 @@ static void on_eval(coord_t *c, const proto_eval_t *e) {
            e->test_loss, e->test_accuracy);
   proto_msg_t m;
   proto_msg_init(&m, PROTO_EV_EVAL);
-  m.u.eval = *e;
+  m.u.ev_eval = *e;
   publish(c, j->id, &m);
 }
 
@@ -603,7 +597,7 @@ static void on_checkpoint(coord_t *c, const proto_checkpoint_t *k) {
            k->dir);
 }
 
-static void on_lost(coord_t *c, const unsigned char *ident, size_t len, const proto_lost_t *l) {
+static void on_lost(coord_t *c, const sock_peer_t *from, const proto_lost_t *l) {
   job_t *j = job_find(c, l->job);
   if (!j || j->state != JOB_RUNNING || !j->slots || l->rank >= j->nodes) return;
   uint32_t expected = j->recovering ? j->recover_gen : j->generation;
@@ -615,8 +609,7 @@ static void on_lost(coord_t *c, const unsigned char *ident, size_t len, const pr
   slot_t *s = &j->slots[l->rank];
   if (s->dead) return;
   s->lost = 1;
-  memcpy(s->ident, ident, len);
-  s->identlen = len;
+  s->peer = *from;
   if (j->planned) { /* the ranks stopping at the agreed commit, as asked */
     recovery_check(c, j);
     return;
@@ -641,26 +634,25 @@ static void on_failed(coord_t *c, const proto_failed_t *f) {
 }
 
 static void handle_worker_socket(coord_t *c) {
-  unsigned char ident[ID_MAX];
-  size_t len = 0;
+  sock_peer_t from;
   proto_msg_t m;
-  drv_result_t rc = sock_recv(c->workers, 1, ident, &len, &m, 0);
+  drv_result_t rc = sock_recv(c->workers, &from, &m, 0);
   if (rc != DRV_OK) {
     if (rc != DRV_ERR_TIMEOUT) log_warn("agent socket: dropped a frame: %s", drv_last_error());
     proto_msg_fini(&m);
     return;
   }
-  agent_t *a = agent_by_ident(c, ident, len);
+  agent_t *a = agent_by_peer(c, &from);
   if (a) a->last_seen_ms = drv_now_ms();
   switch (m.type) {
-  case PROTO_HELLO: on_hello(c, ident, len, &m.u.hello); break;
+  case PROTO_HELLO: on_hello(c, &from, &m.u.hello); break;
   case PROTO_LEAVE:
-    if (a) on_leave(c, a, m.u.kill.reason);
+    if (a) on_leave(c, a, m.u.leave.reason);
     break;
   case PROTO_BYE:
     if (a) {
       char why[160];
-      snprintf(why, sizeof why, "stopped (%s)", m.u.kill.reason ? m.u.kill.reason : "bye");
+      snprintf(why, sizeof why, "stopped (%s)", m.u.bye.reason ? m.u.bye.reason : "bye");
       agent_lost(c, a, why);
     }
     break;
@@ -677,19 +669,19 @@ static void handle_worker_socket(coord_t *c) {
       proto_msg_init(&e, PROTO_ERROR);
       e.u.error.code = "not_registered";
       e.u.error.message = "unknown agent: send hello";
-      sock_send(c->workers, ident, len, &e, 1);
+      sock_send(c->workers, &from, &e);
     }
     break;
   case PROTO_WORKER_EXIT:
     if (a) on_worker_exit(c, a, &m.u.worker_exit);
     break;
-  case PROTO_RENDEZVOUS: on_rendezvous(c, ident, len, &m.u.rendezvous); break;
+  case PROTO_RENDEZVOUS: on_rendezvous(c, &from, &m.u.rendezvous); break;
   case PROTO_PROGRESS: on_progress(c, &m.u.progress); break;
   case PROTO_EVAL: on_eval(c, &m.u.eval); break;
   case PROTO_DONE: on_done(c, &m.u.done); break;
   case PROTO_FAILED: on_failed(c, &m.u.failed); break;
   case PROTO_CHECKPOINT: on_checkpoint(c, &m.u.checkpoint); break;
-  case PROTO_LOST: on_lost(c, ident, len, &m.u.lost); break;
+  case PROTO_LOST: on_lost(c, &from, &m.u.lost); break;
   default:
     log_warn("agent socket: unexpected '%s' message dropped", proto_type_name(m.type));
     break;
@@ -773,63 +765,61 @@ fail:
   return rc;
 }
 
-static void reply_submitted(coord_t *c, const unsigned char *ident, size_t len, int64_t job,
-                            char *run_dir) {
+static void reply_submitted(coord_t *c, const sock_peer_t *to, int64_t job, const char *run_dir) {
   proto_msg_t m;
   proto_msg_init(&m, PROTO_SUBMITTED);
   m.u.submitted.job = job;
   m.u.submitted.run_dir = run_dir;
-  reply(c, ident, len, &m);
+  reply(c, to, &m);
 }
 
 /* A submission the store already has under this token (a client that asked again after
  * its answer was late or lost): answers with that job, whatever its state. Returns 1 when
  * it answered. */
-static int resubmitted(coord_t *c, const unsigned char *ident, size_t len, const char *token) {
+static int resubmitted(coord_t *c, const sock_peer_t *from, const char *token) {
   int64_t id = 0;
   store_job_t old;
   if (strlen(token) > STORE_TOKEN_MAX) {
     char msg[96];
     snprintf(msg, sizeof msg, "submit: token longer than %d bytes", STORE_TOKEN_MAX);
-    reply_error(c, ident, len, "invalid", msg);
+    reply_error(c, from, "invalid", msg);
     return 1;
   }
   if (store_job_by_token(c->store, token, &id) != DRV_OK ||
       (id && store_job_get(c->store, id, &old) != DRV_OK)) {
-    reply_error(c, ident, len, "internal", drv_last_error());
+    reply_error(c, from, "internal", drv_last_error());
     return 1;
   }
   if (!id) return 0;
   log_info("job %" PRId64 " (%s): its submission came again (token %s): answered with it", id,
            old.name, token);
-  reply_submitted(c, ident, len, id, old.run_dir);
+  reply_submitted(c, from, id, old.run_dir);
   return 1;
 }
 
-static void on_submit(coord_t *c, const unsigned char *ident, size_t len,
-                      const proto_submit_t *sub) {
+static void on_submit(coord_t *c, const sock_peer_t *from, const proto_submit_t *sub) {
   jobspec_t *spec = NULL;
   char *stored = NULL, *canon = NULL;
   char resume_dir[1100] = "";
   const char *yaml = sub->spec;
-  if (sub->token && resubmitted(c, ident, len, sub->token)) return;
+  if (sub->token && resubmitted(c, from, sub->token)) return;
   if (sub->resume > 0) {
     store_job_t old;
     const char *why = resume_source(c, sub->resume, &old, resume_dir, sizeof resume_dir);
     if (why) {
-      reply_error(c, ident, len, "invalid", why);
+      reply_error(c, from, "invalid", why);
       return;
     }
     if (!yaml[0]) { /* no spec given: the old job's, as it was */
       if (store_job_spec(c->store, sub->resume, &stored) != DRV_OK) {
-        reply_error(c, ident, len, "internal", drv_last_error());
+        reply_error(c, from, "internal", drv_last_error());
         return;
       }
       yaml = stored;
     }
   }
   if (jobspec_parse(yaml, strlen(yaml), "submitted spec", NULL, 0, &spec) != DRV_OK) {
-    reply_error(c, ident, len, "invalid", drv_last_error());
+    reply_error(c, from, "invalid", drv_last_error());
     goto out;
   }
   /* Workers run elsewhere, in other directories: paths must not depend on a cwd. */
@@ -852,15 +842,15 @@ static void on_submit(coord_t *c, const unsigned char *ident, size_t len,
              "submitted spec: %s: must be an absolute path (drover submit "
              "resolves relative ones against the submitting directory)",
              rel);
-    reply_error(c, ident, len, "invalid", msg);
+    reply_error(c, from, "invalid", msg);
     goto out;
   }
   if (!j) {
-    reply_error(c, ident, len, "busy", "too many active jobs; try again later");
+    reply_error(c, from, "busy", "too many active jobs; try again later");
     goto out;
   }
   if (jobspec_dump(spec, &canon, &clen) != DRV_OK) {
-    reply_error(c, ident, len, "internal", drv_last_error());
+    reply_error(c, from, "internal", drv_last_error());
     goto out;
   }
   store_job_t sj = {0};
@@ -871,7 +861,7 @@ static void on_submit(coord_t *c, const unsigned char *ident, size_t len,
   snprintf(sj.resume_dir, sizeof sj.resume_dir, "%s", resume_dir);
   if (record_submission(c, spec, canon, sub->token ? sub->token : "", &sj) != DRV_OK) {
     log_error("submission of %s not recorded: %s", spec->name, drv_last_error());
-    reply_error(c, ident, len, "internal", drv_last_error());
+    reply_error(c, from, "internal", drv_last_error());
     goto out;
   }
   job_fill(j, &sj, spec, canon);
@@ -883,7 +873,7 @@ static void on_submit(coord_t *c, const unsigned char *ident, size_t len,
     log_info("job %" PRId64 " (%s) queued: target %s, %u node(s)", j->id, j->name, target,
              j->nodes);
   if (c->fault_slow_submit_ms) usleep((useconds_t)c->fault_slow_submit_ms * 1000);
-  reply_submitted(c, ident, len, j->id, j->run_dir);
+  reply_submitted(c, from, j->id, j->run_dir);
   coord_publish_state(c, j, NULL);
 out:
   free(canon);
@@ -915,34 +905,35 @@ static int load_one(const store_job_t *sj, void *arg) {
   return 0;
 }
 
-static void on_get_spec(coord_t *c, const unsigned char *ident, size_t len, int64_t id) {
+static void on_get_spec(coord_t *c, const sock_peer_t *from, int64_t id) {
   store_job_t sj;
-  proto_msg_t m;
-  proto_msg_init(&m, PROTO_SPEC);
-  if (store_job_get(c->store, id, &sj) != DRV_OK ||
-      store_job_spec(c->store, id, &m.u.spec.spec) != DRV_OK) {
-    reply_error(c, ident, len, "not_found", drv_last_error());
+  char *yaml = NULL;
+  if (store_job_get(c->store, id, &sj) != DRV_OK || store_job_spec(c->store, id, &yaml) != DRV_OK) {
+    reply_error(c, from, "not_found", drv_last_error());
     return;
   }
-  m.u.spec.job = id;
-  m.u.spec.run_dir = strdup(sj.run_dir);
-  reply(c, ident, len, &m);
-  proto_msg_fini(&m);
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_SPEC);
+  m.u.spec = (proto_spec_t){.job = id, .spec = yaml, .run_dir = sj.run_dir};
+  reply(c, from, &m);
+  free(yaml);
 }
 
 typedef struct {
+  coord_t *c;
+  proto_msg_t *m; /* the reply: its arena holds the records' strings */
   proto_job_t *jobs;
   uint32_t n, cap;
 } job_list_t;
 
-static void fill_job(coord_t *c, const store_job_t *sj, proto_job_t *pj) {
+static void fill_job(coord_t *c, proto_msg_t *m, const store_job_t *sj, proto_job_t *pj) {
   memset(pj, 0, sizeof *pj);
   pj->id = sj->id;
-  pj->name = strdup(sj->name);
-  pj->state = strdup(store_state_name(sj->state));
-  pj->reason = strdup(sj->reason);
-  pj->target = strdup(sj->target);
-  pj->run_dir = strdup(sj->run_dir);
+  pj->name = proto_msg_strdup(m, sj->name);
+  pj->state = store_state_name(sj->state);
+  pj->reason = proto_msg_strdup(m, sj->reason);
+  pj->target = proto_msg_strdup(m, sj->target);
+  pj->run_dir = proto_msg_strdup(m, sj->run_dir);
   pj->nodes = sj->nodes;
   pj->step = sj->steps_done;
   pj->loss = NAN;
@@ -961,14 +952,15 @@ static void fill_job(coord_t *c, const store_job_t *sj, proto_job_t *pj) {
     pj->steps_total = j->steps_total;
     pj->loss = j->loss;
     pj->samples_per_s = j->samples_per_s;
-    if (j->slots && j->state == JOB_RUNNING && (pj->ranks = calloc(j->nodes, sizeof *pj->ranks))) {
+    if (j->slots && j->state == JOB_RUNNING &&
+        (pj->ranks = proto_msg_alloc(m, j->nodes * sizeof *pj->ranks))) {
       pj->ranks_count = j->nodes;
       for (uint32_t r = 0; r < j->nodes; r++) {
         const slot_t *s = &j->slots[r];
         const agent_t *a = s->agent >= 0 && c->agents[s->agent].used ? &c->agents[s->agent] : NULL;
         pj->ranks[r] = (proto_rank_t){.rank = r,
-                                      .agent = strdup(a ? a->agent_id : "?"),
-                                      .host = strdup(a ? a->host : "?"),
+                                      .agent = proto_msg_strdup(m, a ? a->agent_id : "?"),
+                                      .host = proto_msg_strdup(m, a ? a->host : "?"),
                                       .step_ms = s->ewma_step_ms,
                                       .compute_ms = compute_ms(s),
                                       .wait_ms = s->ewma_wait_ms,
@@ -980,47 +972,41 @@ static void fill_job(coord_t *c, const store_job_t *sj, proto_job_t *pj) {
 }
 
 static int collect_job(const store_job_t *sj, void *arg) {
-  void **pair = arg;
-  coord_t *c = pair[0];
-  job_list_t *l = pair[1];
+  job_list_t *l = arg;
   if (l->n == l->cap) return 1;
-  fill_job(c, sj, &l->jobs[l->n++]);
+  fill_job(l->c, l->m, sj, &l->jobs[l->n++]);
   return 0;
 }
 
-static void on_status(coord_t *c, const unsigned char *ident, size_t len,
-                      const proto_status_t *st) {
+static void on_status(coord_t *c, const sock_peer_t *from, const proto_status_t *st) {
   proto_msg_t m;
   proto_msg_init(&m, PROTO_JOBS);
-  job_list_t l = {0};
+  job_list_t l = {.c = c, .m = &m};
   if (st->job > 0) {
     store_job_t sj;
     if (store_job_get(c->store, st->job, &sj) != DRV_OK) {
-      reply_error(c, ident, len, "not_found", drv_last_error());
+      reply_error(c, from, "not_found", drv_last_error());
       return;
     }
     l.cap = 1;
-    l.jobs = calloc(1, sizeof *l.jobs);
-    if (l.jobs) fill_job(c, &sj, &l.jobs[l.n++]);
+    l.jobs = proto_msg_alloc(&m, sizeof *l.jobs);
+    if (l.jobs) fill_job(c, &m, &sj, &l.jobs[l.n++]);
   } else {
     l.cap = st->limit ? DRV_MIN(st->limit, 1000u) : 20;
-    l.jobs = calloc(l.cap, sizeof *l.jobs);
-    void *pair[2] = {c, &l};
-    if (l.jobs && store_job_list(c->store, l.cap, collect_job, pair) != DRV_OK) {
-      m.u.jobs.jobs = l.jobs;
-      m.u.jobs.jobs_count = l.n;
+    l.jobs = proto_msg_alloc(&m, l.cap * sizeof *l.jobs);
+    if (l.jobs && store_job_list(c->store, l.cap, collect_job, &l) != DRV_OK) {
       proto_msg_fini(&m);
-      reply_error(c, ident, len, "internal", drv_last_error());
+      reply_error(c, from, "internal", drv_last_error());
       return;
     }
   }
   m.u.jobs.jobs = l.jobs;
   m.u.jobs.jobs_count = l.n;
-  reply(c, ident, len, &m);
+  reply(c, from, &m);
   proto_msg_fini(&m);
 }
 
-static void on_cancel(coord_t *c, const unsigned char *ident, size_t len, int64_t id) {
+static void on_cancel(coord_t *c, const sock_peer_t *from, int64_t id) {
   job_t *j = job_find(c, id);
   if (!j) {
     store_job_t sj;
@@ -1029,29 +1015,29 @@ static void on_cancel(coord_t *c, const unsigned char *ident, size_t len, int64_
       snprintf(msg, sizeof msg, "job %" PRId64 " already %s", id, store_state_name(sj.state));
     else
       snprintf(msg, sizeof msg, "job %" PRId64 ": no such job", id);
-    reply_error(c, ident, len, "not_found", msg);
+    reply_error(c, from, "not_found", msg);
     return;
   }
   job_finish(c, j, JOB_CANCELLED, "cancelled by user");
   proto_msg_t m;
   proto_msg_init(&m, PROTO_OK);
-  reply(c, ident, len, &m);
+  reply(c, from, &m);
 }
 
-static void on_agents(coord_t *c, const unsigned char *ident, size_t len) {
+static void on_agents(coord_t *c, const sock_peer_t *from) {
   proto_msg_t m;
   proto_msg_init(&m, PROTO_AGENT_LIST);
-  proto_agent_t *list = calloc(MAX_AGENTS, sizeof *list);
+  proto_agent_t *list = proto_msg_alloc(&m, MAX_AGENTS * sizeof *list);
   uint32_t n = 0;
   int64_t now = drv_now_ms();
   for (int i = 0; list && i < MAX_AGENTS; i++) {
     agent_t *a = &c->agents[i];
     if (!a->used) continue;
     proto_agent_t *p = &list[n++];
-    p->agent_id = strdup(a->agent_id);
-    p->host = strdup(a->host);
-    p->target = strdup(a->target);
-    p->state = strdup(a->job ? "busy" : "idle");
+    p->agent_id = a->agent_id;
+    p->host = a->host;
+    p->target = a->target;
+    p->state = a->job ? "busy" : "idle";
     p->cpus = a->cpus;
     p->gpus = a->gpus;
     p->mem_bytes = a->mem_bytes;
@@ -1060,18 +1046,17 @@ static void on_agents(coord_t *c, const unsigned char *ident, size_t len) {
   }
   m.u.agent_list.agents = list;
   m.u.agent_list.agents_count = n;
-  reply(c, ident, len, &m);
+  reply(c, from, &m);
   proto_msg_fini(&m);
 }
 
 static void handle_client_socket(coord_t *c) {
-  unsigned char ident[ID_MAX];
-  size_t len = 0;
+  sock_peer_t from;
   proto_msg_t m;
-  drv_result_t rc = sock_recv(c->clients, 1, ident, &len, &m, 0);
-  if (rc == DRV_ERR_PROTO && len > 0) {
+  drv_result_t rc = sock_recv(c->clients, &from, &m, 0);
+  if (rc == DRV_ERR_PROTO && from.len > 0) {
     log_warn("client socket: refused a frame: %s", drv_last_error());
-    reply_error(c, ident, len, "proto", drv_last_error());
+    reply_error(c, &from, "proto", drv_last_error());
     proto_msg_fini(&m);
     return;
   }
@@ -1081,15 +1066,15 @@ static void handle_client_socket(coord_t *c) {
     return;
   }
   switch (m.type) {
-  case PROTO_SUBMIT: on_submit(c, ident, len, &m.u.submit); break;
-  case PROTO_GET_SPEC: on_get_spec(c, ident, len, m.u.spec.job); break;
-  case PROTO_STATUS: on_status(c, ident, len, &m.u.status); break;
-  case PROTO_CANCEL: on_cancel(c, ident, len, m.u.cancel.job); break;
-  case PROTO_AGENTS: on_agents(c, ident, len); break;
+  case PROTO_SUBMIT: on_submit(c, &from, &m.u.submit); break;
+  case PROTO_GET_SPEC: on_get_spec(c, &from, m.u.get_spec.job); break;
+  case PROTO_STATUS: on_status(c, &from, &m.u.status); break;
+  case PROTO_CANCEL: on_cancel(c, &from, m.u.cancel.job); break;
+  case PROTO_AGENTS: on_agents(c, &from); break;
   default: {
     char msg[128];
     snprintf(msg, sizeof msg, "'%s' is not a request clients may send", proto_type_name(m.type));
-    reply_error(c, ident, len, "proto", msg);
+    reply_error(c, &from, "proto", msg);
     break;
   }
   }
@@ -1114,7 +1099,7 @@ static void tick(coord_t *c) {
       agent_lost(c, a, why);
       continue;
     }
-    sock_send(c->workers, a->ident, a->identlen, &hb, 1);
+    sock_send(c->workers, &a->peer, &hb);
   }
   for (int i = 0; i < MAX_JOBS; i++) {
     job_t *j = &c->jobs[i];
@@ -1196,17 +1181,14 @@ static drv_result_t lock_state_dir(coord_t *c, const char *dir) {
 
 // --- Loop ----------------------------------------------------------------------------------
 
-static drv_result_t bind_socket(coord_t *c, void **s, int type, sock_port_t port) {
+static drv_result_t bind_socket(coord_t *c, sock_t **s, sock_kind_t kind, proto_at_t at,
+                                sock_port_t port) {
   char ep[256];
   DRV_CHECK(sock_endpoint(c->cfg->bind, port, ep, sizeof ep));
-  *s = sock_new(c->ctx, type);
+  /* An agent that reconnects under its own identity takes its old connection over. */
+  *s = sock_new(c->ctx, kind, at, &(sock_opts_t){.handover = kind == SOCK_ROUTER});
   if (!*s) return DRV_ERR_ZMQ;
-  if (type == ZMQ_ROUTER) {
-    int one = 1;
-    zmq_setsockopt(*s, ZMQ_ROUTER_HANDOVER, &one, sizeof one);
-  }
-  if (zmq_bind(*s, ep) < 0) return drv_error(DRV_ERR_ZMQ, "bind %s: %s", ep, zmq_strerror(errno));
-  return DRV_OK;
+  return sock_bind(*s, ep);
 }
 
 drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
@@ -1219,10 +1201,13 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
   /* One coordinator per state directory, and only one that could bind touches the jobs
    * a previous one left behind. */
   DRV_CHECK_GOTO(lock_state_dir(c, cfg->state_dir), rc, out);
-  c->ctx = zmq_ctx_new();
-  DRV_CHECK_GOTO(bind_socket(c, &c->workers, ZMQ_ROUTER, SOCK_AGENTS), rc, out);
-  DRV_CHECK_GOTO(bind_socket(c, &c->clients, ZMQ_ROUTER, SOCK_CLIENTS), rc, out);
-  DRV_CHECK_GOTO(bind_socket(c, &c->events, ZMQ_PUB, SOCK_EVENTS), rc, out);
+  if (!(c->ctx = sock_ctx_new())) {
+    rc = DRV_ERR_ZMQ;
+    goto out;
+  }
+  DRV_CHECK_GOTO(bind_socket(c, &c->workers, SOCK_ROUTER, PROTO_AT_COORD, SOCK_AGENTS), rc, out);
+  DRV_CHECK_GOTO(bind_socket(c, &c->clients, SOCK_ROUTER, PROTO_AT_API, SOCK_CLIENTS), rc, out);
+  DRV_CHECK_GOTO(bind_socket(c, &c->events, SOCK_PUB, PROTO_AT_EVENTS, SOCK_EVENTS), rc, out);
   uint32_t recovered = 0;
   DRV_CHECK_GOTO(store_recover(c->store, &recovered), rc, out);
   if (recovered)
@@ -1254,26 +1239,20 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
       break;
     }
     if (active_jobs(c)) c->last_active_ms = drv_now_ms();
-    zmq_pollitem_t items[] = {{.socket = c->workers, .events = ZMQ_POLLIN},
-                              {.socket = c->clients, .events = ZMQ_POLLIN}};
+    sock_t *socks[2] = {c->workers, c->clients};
+    int ready[2];
     int64_t wait = next_tick - drv_now_ms();
-    if (wait < 0) wait = 0;
-    int n = zmq_poll(items, 2, (long)wait);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      rc = drv_error(DRV_ERR_ZMQ, "zmq_poll: %s", zmq_strerror(errno));
-      break;
-    }
+    rc = sock_poll(socks, 2, (int)DRV_MAX(wait, 0), ready);
+    if (rc != DRV_OK && rc != DRV_ERR_TIMEOUT) break;
+    rc = DRV_OK;
     /* Bounded batches so one busy socket cannot starve the other or the timers. */
-    for (int k = 0; k < 256 && (items[0].revents & ZMQ_POLLIN); k++) {
+    for (int k = 0; k < 256 && ready[0]; k++) {
       handle_worker_socket(c);
-      zmq_pollitem_t again = {.socket = c->workers, .events = ZMQ_POLLIN};
-      if (zmq_poll(&again, 1, 0) <= 0) break;
+      if (!sock_readable(c->workers)) break;
     }
-    for (int k = 0; k < 64 && (items[1].revents & ZMQ_POLLIN); k++) {
+    for (int k = 0; k < 64 && ready[1]; k++) {
       handle_client_socket(c);
-      zmq_pollitem_t again = {.socket = c->clients, .events = ZMQ_POLLIN};
-      if (zmq_poll(&again, 1, 0) <= 0) break;
+      if (!sock_readable(c->clients)) break;
     }
     if (drv_now_ms() >= next_tick) {
       tick(c);
@@ -1287,11 +1266,11 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
       coord_job_fail(c, &c->jobs[i], "coordinator stopped while the job was %s",
                      store_state_name(c->jobs[i].state));
 out:
-  if (c->workers) zmq_close(c->workers);
-  if (c->clients) zmq_close(c->clients);
-  if (c->events) zmq_close(c->events);
+  sock_destroy(&c->workers);
+  sock_destroy(&c->clients);
+  sock_destroy(&c->events);
   if (c->lock_fd >= 0) close(c->lock_fd); /* releases the lock */
-  if (c->ctx) zmq_ctx_term(c->ctx);
+  sock_ctx_destroy(&c->ctx);
   store_close(&c->store);
   free(c);
   return rc;

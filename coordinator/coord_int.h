@@ -8,19 +8,18 @@
 #include <stdint.h>
 
 #include "common/proto.h"
+#include "common/sock.h"
 #include "coordinator/coord.h"
 #include "coordinator/store.h"
 
 #define MAX_AGENTS 256
 #define MAX_JOBS 1024
-#define ID_MAX 256
 #define EXIT_GRACE_MS 3000    /* a worker that exited 0 has this long for its `done` to arrive */
 #define RECOVER_GRACE_MS 3000 /* survivors of a broken ring report `lost` within this */
 
 typedef struct {
   int used;
-  unsigned char ident[ID_MAX];
-  size_t identlen;
+  sock_peer_t peer;
   char agent_id[128], host[256], target[16], pool[64];
   uint32_t cpus, gpus;
   uint64_t mem_bytes, session;
@@ -37,8 +36,7 @@ typedef struct {
   char addr[256];    /* ring address */
   char gpu[128];     /* its rendezvous `gpu`: "" for the CPU */
   char nccl_id[260]; /* rank 0's rendezvous `nccl_id` */
-  unsigned char ident[ID_MAX];
-  size_t identlen;
+  sock_peer_t peer;  /* its worker, once it checked in */
   int done, exited;
   int32_t exit_code;   /* when exited: its code (0: clean, waiting for `done`) */
   int64_t exit_ms;     /* when its agent reported an exit without `done` or `failed` yet */
@@ -93,7 +91,8 @@ typedef struct {
 
 typedef struct {
   const coord_config_t *cfg;
-  void *ctx, *workers, *clients, *events;
+  sock_ctx_t *ctx;
+  sock_t *workers, *clients, *events;
   store_t *store;
   agent_t agents[MAX_AGENTS];
   job_t jobs[MAX_JOBS]; /* active jobs: queued or running */

@@ -19,13 +19,11 @@ int recovery_slot_of_agent(const job_t *j, int ai) {
 }
 
 static void abort_worker(coord_t *c, const job_t *j, const slot_t *s, const char *why) {
-  if (!s->identlen) return;
+  if (!s->peer.len) return;
   proto_msg_t m;
   proto_msg_init(&m, PROTO_ABORT);
-  m.u.kill.job = j->id;
-  m.u.kill.generation = j->generation;
-  m.u.kill.reason = (char *)why;
-  sock_send(c->workers, s->ident, s->identlen, &m, 1);
+  m.u.abort = (proto_abort_t){.job = j->id, .generation = j->generation, .reason = why};
+  sock_send(c->workers, &s->peer, &m);
 }
 
 /* Makes sure a left-out rank's process is gone: abort to the worker, kill to its agent. */
@@ -36,7 +34,7 @@ static void drop_slot(coord_t *c, job_t *j, slot_t *s, const char *why) {
     proto_msg_init(&m, PROTO_KILL);
     m.u.kill.job = j->id;
     m.u.kill.generation = s->assign_gen;
-    m.u.kill.reason = (char *)why;
+    m.u.kill.reason = why;
     coord_send_to_agent(c, &c->agents[s->agent], &m);
   }
 }
@@ -95,13 +93,12 @@ static void finish_recovery(coord_t *c, job_t *j) {
     next[k].assign_gen = s->assign_gen;
     next[k].step = s->step; /* where it is, for messages until it reports again */
     next[k].coll_seq = s->coll_seq;
-    memcpy(next[k].ident, s->ident, s->identlen);
-    next[k].identlen = s->identlen;
+    next[k].peer = s->peer;
     proto_msg_t m;
     proto_msg_init(&m, PROTO_REFORM);
     m.u.reform =
         (proto_reform_t){.job = j->id, .generation = j->generation, .rank = k, .world = world};
-    sock_send(c->workers, s->ident, s->identlen, &m, 1);
+    sock_send(c->workers, &s->peer, &m);
     k++;
   }
   for (uint32_t i = 0; i < nnew; i++, k++) {
@@ -119,7 +116,7 @@ static void finish_recovery(coord_t *c, job_t *j) {
                                   .device = a->gpus ? 0 : -1,
                                   .spec = j->spec_yaml,
                                   .run_dir = j->run_dir,
-                                  .coordinator = (char *)c->cfg->advertise,
+                                  .coordinator = c->cfg->advertise,
                                   .resume_dir = j->resume_dir};
     coord_send_to_agent(c, a, &m);
   }
@@ -161,11 +158,11 @@ int recovery_plan(coord_t *c, job_t *j, const char *why) {
   j->recover_deadline_ms = drv_now_ms() + 2 * drv_setting(DRV_SET_RING_TIMEOUT_MS) + 3000;
   for (uint32_t r = 0; r < j->nodes; r++) {
     slot_t *s = &j->slots[r];
-    if (!s->identlen) continue;
+    if (!s->peer.len) continue;
     proto_msg_t m;
     proto_msg_init(&m, PROTO_PAUSE);
-    m.u.kill = (proto_kill_t){.job = j->id, .generation = j->generation, .reason = (char *)why};
-    sock_send(c->workers, s->ident, s->identlen, &m, 1);
+    m.u.pause = (proto_pause_t){.job = j->id, .generation = j->generation, .reason = why};
+    sock_send(c->workers, &s->peer, &m);
   }
   log_info("job %" PRId64 ": %s: re-forming at the next commit", j->id, why);
   char ev[300];

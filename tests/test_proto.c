@@ -77,7 +77,7 @@ static void test_roundtrip_nested(void **state) {
   proto_msg_fini(&out);
   free(buf);
 
-  char *peers[3] = {"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"};
+  const char *peers[3] = {"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"};
   proto_msg_init(&m, PROTO_START);
   m.u.start =
       (proto_start_t){.job = 5, .generation = 1, .world = 3, .peers = peers, .peers_count = 3};
@@ -108,6 +108,52 @@ static void test_every_type(void **state) {
     for (uint32_t i = 0; proto_field_info((proto_type_t)t, i, &name, &kind, &req); i++)
       assert_non_null(name);
   }
+}
+
+/* The message list gives every type a place to arrive; the agent's stop messages and the
+ * coordinator's orders have bodies of their own. */
+static void test_every_type_arrives_somewhere(void **state) {
+  (void)state;
+  for (int t = 0; t < PROTO_TYPE_COUNT; t++)
+    if (!proto_arrives_at((proto_type_t)t, PROTO_AT_ANY))
+      fail_msg("%s arrives nowhere", proto_type_name((proto_type_t)t));
+  assert_true(proto_arrives_at(PROTO_SUBMIT, PROTO_AT_API));
+  assert_false(proto_arrives_at(PROTO_SUBMIT, PROTO_AT_COORD));
+  assert_true(proto_arrives_at(PROTO_ASSIGN, PROTO_AT_STDIN));
+  char why[128];
+  proto_refusal(PROTO_HELLO, PROTO_AT_API, why, sizeof why);
+  assert_string_equal(why, "'hello' is not a request clients may send");
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_PAUSE);
+  m.u.pause = (proto_pause_t){.job = 3, .generation = 2, .reason = "growth"};
+  char *buf;
+  size_t len;
+  assert_int_equal(proto_pack(&m, &buf, &len), DRV_OK);
+  proto_msg_t out;
+  assert_int_equal(proto_unpack(buf, len, LIMIT, &out), DRV_OK);
+  assert_int_equal(out.type, PROTO_PAUSE);
+  assert_int_equal(out.u.pause.generation, 2);
+  assert_string_equal(out.u.pause.reason, "growth");
+  proto_msg_fini(&out);
+  free(buf);
+}
+
+/* A message's copies live in its arena and go with proto_msg_fini. */
+static void test_arena(void **state) {
+  (void)state;
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_ERROR);
+  char text[] = "changes after the copy";
+  m.u.error.code = proto_msg_strdup(&m, "invalid");
+  m.u.error.message = proto_msg_strdup(&m, text);
+  text[0] = 'X';
+  assert_string_equal(m.u.error.message, "changes after the copy");
+  assert_string_equal(proto_msg_strdup(&m, NULL), "");
+  int *zeros = proto_msg_alloc(&m, 64 * sizeof *zeros);
+  assert_non_null(zeros);
+  for (int i = 0; i < 64; i++) assert_int_equal(zeros[i], 0);
+  proto_msg_fini(&m);
+  assert_null(m.arena);
 }
 
 static void test_malformed(void **state) {
@@ -228,6 +274,8 @@ int main(void) {
       cmocka_unit_test(test_roundtrip_progress),
       cmocka_unit_test(test_roundtrip_nested),
       cmocka_unit_test(test_every_type),
+      cmocka_unit_test(test_every_type_arrives_somewhere),
+      cmocka_unit_test(test_arena),
       cmocka_unit_test(test_malformed),
       cmocka_unit_test(test_bombs),
       cmocka_unit_test(test_fuzz),

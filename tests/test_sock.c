@@ -15,7 +15,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include <zmq.h>
 
 #include <cmocka.h>
 
@@ -98,57 +97,84 @@ static void test_looped_back_message_is_not_a_reply(void **state) {
   (void)state;
   int port;
   close(bound_socket(&port)); /* a port nothing listens on */
-  void *ctx = zmq_ctx_new();
-  void *s = sock_new(ctx, ZMQ_DEALER);
+  sock_ctx_t *ctx = sock_ctx_new();
+  sock_t *s = sock_new(ctx, SOCK_DEALER, PROTO_AT_CLIENT, NULL);
   assert_non_null(s);
   char ep[128];
   /* Dial from the port to itself: what the kernel may do by chance, made certain. */
   snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d;127.0.0.1:%d", port, port);
-  assert_int_equal(zmq_connect(s, ep), 0);
+  assert_int_equal(sock_connect(s, ep), DRV_OK);
   proto_msg_t req, m;
   proto_msg_init(&req, PROTO_STATUS);
   req.u.status.limit = 1;
-  assert_int_equal(sock_send(s, NULL, 0, &req, 0), DRV_OK);
-  drv_result_t rc = sock_recv(s, 0, NULL, NULL, &m, 5000);
+  assert_int_equal(sock_send(s, NULL, &req), DRV_OK);
+  drv_result_t rc = sock_recv(s, NULL, &m, 5000);
   proto_msg_fini(&m);
   assert_int_equal(rc, DRV_ERR_ZMQ);
   assert_non_null(strstr(drv_last_error(), "reached this socket itself"));
-  zmq_close(s);
-  zmq_ctx_term(ctx);
+  sock_destroy(&s);
+  sock_ctx_destroy(&ctx);
 }
 
 static void test_real_peer_still_answers(void **state) {
   (void)state;
-  void *ctx = zmq_ctx_new();
-  void *srv = sock_new(ctx, ZMQ_ROUTER);
-  void *cli = sock_new(ctx, ZMQ_DEALER);
+  sock_ctx_t *ctx = sock_ctx_new();
+  sock_t *srv = sock_new(ctx, SOCK_ROUTER, PROTO_AT_API, NULL);
+  sock_t *cli = sock_new(ctx, SOCK_DEALER, PROTO_AT_CLIENT, NULL);
   assert_non_null(srv);
   assert_non_null(cli);
-  assert_int_equal(zmq_bind(srv, "tcp://127.0.0.1:*"), 0);
+  assert_int_equal(sock_bind(srv, "tcp://127.0.0.1:*"), DRV_OK);
   char ep[128];
-  size_t len = sizeof ep;
-  assert_int_equal(zmq_getsockopt(srv, ZMQ_LAST_ENDPOINT, ep, &len), 0);
-  assert_int_equal(zmq_connect(cli, ep), 0);
+  assert_int_equal(sock_bound_endpoint(srv, ep, sizeof ep), DRV_OK);
+  assert_int_equal(sock_connect(cli, ep), DRV_OK);
 
   proto_msg_t req, got, rep;
   proto_msg_init(&req, PROTO_STATUS);
   req.u.status.limit = 3;
-  assert_int_equal(sock_send(cli, NULL, 0, &req, 0), DRV_OK);
-  unsigned char ident[256];
-  size_t idlen = 0;
-  assert_int_equal(sock_recv(srv, 1, ident, &idlen, &got, 5000), DRV_OK);
+  assert_int_equal(sock_send(cli, NULL, &req), DRV_OK);
+  sock_peer_t from;
+  assert_int_equal(sock_recv(srv, &from, &got, 5000), DRV_OK);
   assert_int_equal(got.type, PROTO_STATUS);
   assert_int_equal(got.u.status.limit, 3);
   proto_msg_fini(&got);
   proto_msg_t ok;
   proto_msg_init(&ok, PROTO_OK);
-  assert_int_equal(sock_send(srv, ident, idlen, &ok, 0), DRV_OK);
-  assert_int_equal(sock_recv(cli, 0, NULL, NULL, &rep, 5000), DRV_OK);
+  assert_int_equal(sock_send(srv, &from, &ok), DRV_OK);
+  assert_int_equal(sock_recv(cli, NULL, &rep, 5000), DRV_OK);
   assert_int_equal(rep.type, PROTO_OK);
   proto_msg_fini(&rep);
-  zmq_close(cli);
-  zmq_close(srv);
-  zmq_ctx_term(ctx);
+  sock_destroy(&cli);
+  sock_destroy(&srv);
+  sock_ctx_destroy(&ctx);
+}
+
+/* A socket refuses a message that may not arrive at it, names why, and keeps the sender's
+ * identity so a ROUTER can answer; the next good message goes through. */
+static void test_message_for_another_socket_is_refused(void **state) {
+  (void)state;
+  sock_ctx_t *ctx = sock_ctx_new();
+  sock_t *srv = sock_new(ctx, SOCK_ROUTER, PROTO_AT_API, NULL);
+  sock_t *cli = sock_new(ctx, SOCK_DEALER, PROTO_AT_CLIENT, NULL);
+  assert_int_equal(sock_bind(srv, "tcp://127.0.0.1:*"), DRV_OK);
+  char ep[128];
+  assert_int_equal(sock_bound_endpoint(srv, ep, sizeof ep), DRV_OK);
+  assert_int_equal(sock_connect(cli, ep), DRV_OK);
+  proto_msg_t ok, st, got;
+  proto_msg_init(&ok, PROTO_OK); /* a reply, not a request */
+  proto_msg_init(&st, PROTO_STATUS);
+  assert_int_equal(sock_send(cli, NULL, &ok), DRV_OK);
+  assert_int_equal(sock_send(cli, NULL, &st), DRV_OK);
+  sock_peer_t from;
+  assert_int_equal(sock_recv(srv, &from, &got, 5000), DRV_ERR_PROTO);
+  assert_non_null(strstr(drv_last_error(), "'ok' is not a request clients may send"));
+  assert_true(from.len > 0);
+  proto_msg_fini(&got);
+  assert_int_equal(sock_recv(srv, &from, &got, 5000), DRV_OK);
+  assert_int_equal(got.type, PROTO_STATUS);
+  proto_msg_fini(&got);
+  sock_destroy(&cli);
+  sock_destroy(&srv);
+  sock_ctx_destroy(&ctx);
 }
 
 static void test_ephemeral_port_check(void **state) {
@@ -178,6 +204,7 @@ int main(void) {
       cmocka_unit_test(test_ended_self_connection_frees_the_port),
       cmocka_unit_test(test_looped_back_message_is_not_a_reply),
       cmocka_unit_test(test_real_peer_still_answers),
+      cmocka_unit_test(test_message_for_another_socket_is_refused),
       cmocka_unit_test(test_ephemeral_port_check),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

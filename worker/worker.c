@@ -20,7 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <zmq.h>
 
 #include "train/checkpoint.h"
 #include "train/dataset.h"
@@ -38,12 +37,13 @@
 #define MAX_STATE_TENSORS (2 * JOBSPEC_MAX_HIDDEN + 3)
 
 typedef struct {
-  const worker_config_t *cfg;
+  const proto_assign_t *cfg;
   uint32_t rank, world, generation; /* change when the world is re-formed */
   jobspec_t *spec;
   char *spec_yaml;
   dataset_t *train, *test;
-  void *ctx, *sock;
+  sock_ctx_t *ctx;
+  sock_t *sock;
   ring_t *ring;
   int ring_broken;   /* a ring operation failed: the ring is unusable */
   int pause_pending; /* the coordinator asked for a planned re-formation */
@@ -87,33 +87,8 @@ typedef struct {
 
 // --- Helpers -------------------------------------------------------------------------------
 
-static drv_result_t read_all(FILE *f, char **out) {
-  size_t cap = 4096, len = 0;
-  char *buf = malloc(cap);
-  if (!buf) return drv_error(DRV_ERR_NOMEM, "reading the spec: out of memory");
-  size_t n;
-  while ((n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-    len += n;
-    if (len + 1 == cap) {
-      if (cap > (16u << 20)) {
-        free(buf);
-        return drv_error(DRV_ERR_INVALID, "spec on stdin is over 16 MiB");
-      }
-      char *nb = realloc(buf, cap *= 2);
-      if (!nb) {
-        free(buf);
-        return drv_error(DRV_ERR_NOMEM, "reading the spec: out of memory");
-      }
-      buf = nb;
-    }
-  }
-  buf[len] = '\0';
-  *out = buf;
-  return DRV_OK;
-}
-
 static void send_coord(worker_t *w, const proto_msg_t *m) {
-  if (sock_send(w->sock, NULL, 0, m, 1) != DRV_OK) log_warn("to coordinator: %s", drv_last_error());
+  if (sock_send(w->sock, NULL, m) != DRV_OK) log_warn("to coordinator: %s", drv_last_error());
 }
 
 /* A sum over the ring that remembers when the ring broke. */
@@ -128,21 +103,21 @@ static drv_result_t ring_sum(worker_t *w, float *data, size_t count) {
 static drv_result_t check_abort(worker_t *w) {
   for (;;) {
     proto_msg_t m;
-    drv_result_t rc = sock_recv(w->sock, 0, NULL, NULL, &m, 0);
+    drv_result_t rc = sock_recv(w->sock, NULL, &m, 0);
     if (rc == DRV_ERR_TIMEOUT) {
       proto_msg_fini(&m);
       return DRV_OK;
     }
-    if (rc == DRV_OK && m.type == PROTO_ABORT && m.u.kill.job == w->cfg->job) {
+    if (rc == DRV_OK && m.type == PROTO_ABORT && m.u.abort.job == w->cfg->job) {
       rc = drv_error(DRV_ERR_CANCELLED, "aborted by the coordinator: %s",
-                     m.u.kill.reason ? m.u.kill.reason : "no reason given");
+                     m.u.abort.reason ? m.u.abort.reason : "no reason given");
       proto_msg_fini(&m);
       return rc;
     }
-    if (rc == DRV_OK && m.type == PROTO_PAUSE && m.u.kill.job == w->cfg->job &&
-        m.u.kill.generation == w->generation) {
+    if (rc == DRV_OK && m.type == PROTO_PAUSE && m.u.pause.job == w->cfg->job &&
+        m.u.pause.generation == w->generation) {
       log_info("the coordinator asks for a re-formation at the next commit: %s",
-               m.u.kill.reason ? m.u.kill.reason : "");
+               m.u.pause.reason ? m.u.pause.reason : "");
       w->pause_pending = 1;
     }
     if (rc != DRV_OK) log_warn("dropped a frame from the coordinator: %s", drv_last_error());
@@ -197,19 +172,16 @@ static drv_result_t load_data(worker_t *w) {
 
 /* Opens the link to the coordinator first, so that any later failure is reported. */
 static drv_result_t connect_coord(worker_t *w) {
-  const worker_config_t *c = w->cfg;
+  const proto_assign_t *c = w->cfg;
   char ep[256], id[96];
   DRV_CHECK(sock_endpoint(c->coordinator, SOCK_AGENTS, ep, sizeof ep));
-  w->ctx = zmq_ctx_new();
-  w->sock = sock_new(w->ctx, ZMQ_DEALER);
-  if (!w->sock) return DRV_ERR_ZMQ;
+  if (!(w->ctx = sock_ctx_new())) return DRV_ERR_ZMQ;
   snprintf(id, sizeof id, "w-%" PRId64 "-%u-%u-%d", c->job, c->generation, c->rank, (int)getpid());
-  zmq_setsockopt(w->sock, ZMQ_ROUTING_ID, id, strlen(id));
-  int linger = 2000; /* let `done` or `failed` leave before the process does */
-  zmq_setsockopt(w->sock, ZMQ_LINGER, &linger, sizeof linger);
-  if (zmq_connect(w->sock, ep) < 0)
-    return drv_error(DRV_ERR_ZMQ, "connect %s: %s", ep, zmq_strerror(errno));
-  return DRV_OK;
+  /* A long linger lets `done` or `failed` leave before the process does. */
+  w->sock = sock_new(w->ctx, SOCK_DEALER, PROTO_AT_WORKER,
+                     &(sock_opts_t){.identity = id, .linger_ms = 2000});
+  if (!w->sock) return DRV_ERR_ZMQ;
+  return sock_connect(w->sock, ep);
 }
 
 /* Rank 0 keeps the run directory's records: the resolved spec and metrics.jsonl
@@ -234,10 +206,10 @@ static drv_result_t wait_coord(worker_t *w, int64_t deadline_ms, const char *wha
   for (;;) {
     int64_t left = deadline_ms - drv_now_ms();
     if (left <= 0) return drv_error(DRV_ERR_TIMEOUT, "no %s from the coordinator in time", what);
-    drv_result_t rc = sock_recv(w->sock, 0, NULL, NULL, m, (int)left);
+    drv_result_t rc = sock_recv(w->sock, NULL, m, (int)left);
     if (rc == DRV_OK && m->type == PROTO_ABORT) {
       rc = drv_error(DRV_ERR_CANCELLED, "aborted while waiting for %s: %s", what,
-                     m->u.kill.reason ? m->u.kill.reason : "no reason given");
+                     m->u.abort.reason ? m->u.abort.reason : "no reason given");
       proto_msg_fini(m);
       return rc;
     }
@@ -334,7 +306,7 @@ static drv_result_t join_sums(worker_t *w, const proto_start_t *st) {
 /* Checks in with the coordinator (this generation, this rank), connects the ring to every
  * rank's address from `start`, and joins the world's gradient sums. */
 static drv_result_t rendezvous(worker_t *w) {
-  const worker_config_t *c = w->cfg;
+  const proto_assign_t *c = w->cfg;
   ring_destroy(&w->ring);
   if (w->trainer) trainer_set_reducer(w->trainer, NULL);
   nccl_reducer_destroy(&w->nccl);
@@ -347,7 +319,7 @@ static drv_result_t rendezvous(worker_t *w) {
   m.u.rendezvous.generation = w->generation;
   m.u.rendezvous.rank = w->rank;
   m.u.rendezvous.pid = (uint32_t)getpid();
-  m.u.rendezvous.addr = (char *)ring_address(w->ring);
+  m.u.rendezvous.addr = ring_address(w->ring);
   m.u.rendezvous.gpu = w->gpu_key;
   w->nccl_id[0] = '\0';
   if (w->gpu && w->rank == 0 && w->world > 1) {
@@ -461,7 +433,7 @@ static drv_result_t save_checkpoint(worker_t *w, uint64_t step, uint32_t spe) {
 /* Rank 0 only: loads the newest usable checkpoint (its own run directory first, then
  * resume_dir) into the trainer. *found is 1 and *step its steps when one was loaded. */
 static drv_result_t load_checkpoint(worker_t *w, int *found, uint64_t *step) {
-  const worker_config_t *c = w->cfg;
+  const proto_assign_t *c = w->cfg;
   size_t np, no;
   trainer_params(w->trainer, &np);
   trainer_opt_state(w->trainer, &no);
@@ -776,7 +748,7 @@ static drv_result_t run(worker_t *w, plan_t *p, progress_t *g, uint64_t *step) {
 /* The backend this worker trains on: the GPU its agent assigned (train.backend auto or
  * cuda), or the CPU; precision bf16 and tf32 need the GPU. */
 static drv_result_t pick_backend(worker_t *w) {
-  const worker_config_t *c = w->cfg;
+  const proto_assign_t *c = w->cfg;
   const jobspec_t *s = w->spec;
   bool want_gpu = s->train.backend == SPEC_BACKEND_CUDA ||
                   (s->train.backend == SPEC_BACKEND_AUTO && c->device >= 0);
@@ -903,12 +875,47 @@ out:
   return rc;
 }
 
-drv_result_t worker_run(const worker_config_t *cfg) {
+drv_result_t worker_read_assignment(int fd, proto_msg_t *m) {
+  proto_msg_init(m, PROTO_TYPE_COUNT);
+  size_t max = (size_t)drv_setting(DRV_SET_MAX_MSG_BYTES), len = 0;
+  char *buf = malloc(max + 1);
+  if (!buf) return drv_error(DRV_ERR_NOMEM, "reading the assignment: out of memory");
+  ssize_t n;
+  while (len <= max && (n = read(fd, buf + len, max + 1 - len)) != 0) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      free(buf);
+      return drv_error(DRV_ERR_SYS, "reading the assignment on stdin: %s", strerror(errno));
+    }
+    len += (size_t)n;
+  }
+  drv_result_t rc = proto_unpack(buf, len, max, m);
+  free(buf);
+  if (rc != DRV_OK) return drv_error_prefix(rc, "the assignment on stdin");
+  const proto_assign_t *as = &m->u.assign;
+  if (m->type != PROTO_ASSIGN)
+    return drv_error(DRV_ERR_PROTO, "the assignment on stdin: expected assign, got %s",
+                     proto_type_name(m->type));
+  if (as->job <= 0 || as->world == 0 || as->rank >= as->world || !as->run_dir[0] ||
+      !as->coordinator[0])
+    return drv_error(DRV_ERR_INVALID,
+                     "the assignment on stdin: job %" PRId64
+                     ", rank %u of %u, run_dir '%s', "
+                     "coordinator '%s': not a rank of a job",
+                     as->job, as->rank, as->world, as->run_dir, as->coordinator);
+  if (!as->host || !as->host[0]) m->u.assign.host = "127.0.0.1";
+  return DRV_OK;
+}
+
+drv_result_t worker_run(const proto_assign_t *cfg) {
   worker_t w = {.cfg = cfg, .rank = cfg->rank, .world = cfg->world, .generation = cfg->generation};
   proto_done_t done = {0};
   drv_result_t rc = DRV_OK;
   DRV_CHECK_GOTO(connect_coord(&w), rc, fail);
-  DRV_CHECK_GOTO(read_all(cfg->spec_in, &w.spec_yaml), rc, fail);
+  if (!(w.spec_yaml = strdup(cfg->spec))) {
+    rc = drv_error(DRV_ERR_NOMEM, "worker: out of memory");
+    goto fail;
+  }
   DRV_CHECK_GOTO(jobspec_parse(w.spec_yaml, strlen(w.spec_yaml), "assigned spec", NULL, 0, &w.spec),
                  rc, fail);
   const char *slow = getenv("DROVER_FAULT_SLOW_MS");
@@ -947,10 +954,8 @@ fail:
   if (w.sock && rc != DRV_ERR_CANCELLED) {
     proto_msg_t f;
     proto_msg_init(&f, PROTO_FAILED);
-    f.u.failed = (proto_failed_t){.job = cfg->job,
-                                  .generation = w.generation,
-                                  .rank = w.rank,
-                                  .reason = (char *)drv_last_error()};
+    f.u.failed = (proto_failed_t){
+        .job = cfg->job, .generation = w.generation, .rank = w.rank, .reason = drv_last_error()};
     send_coord(&w, &f);
   }
 out:
@@ -961,8 +966,8 @@ out:
   trainer_destroy(&w.trainer);
   backend_cuda_destroy(&w.gpu);
   ring_destroy(&w.ring);
-  if (w.sock) zmq_close(w.sock);
-  if (w.ctx) zmq_ctx_term(w.ctx);
+  sock_destroy(&w.sock);
+  sock_ctx_destroy(&w.ctx);
   dataset_destroy(&w.train);
   dataset_destroy(&w.test);
   jobspec_destroy(&w.spec);
