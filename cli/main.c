@@ -41,16 +41,14 @@ static void install_stop_signals(void) {
 // --- Shared helpers ------------------------------------------------------------------------
 
 const char *cli_coordinator(const char *flag) {
-  if (flag) return flag;
-  const char *env = getenv("DROVER_COORDINATOR");
-  return env && *env ? env : SOCK_DEFAULT_ENDPOINT;
+  return flag ? flag : drv_setting_text(DRV_TEXT_COORDINATOR);
 }
 
 const char *cli_state_dir(const char *flag) {
   static char buf[PATH_MAX];
   if (flag) return flag;
-  const char *env = getenv("DROVER_STATE_DIR");
-  if (env && *env) return env;
+  const char *env = drv_setting_text(DRV_TEXT_STATE_DIR);
+  if (*env) return env;
   const char *xdg = getenv("XDG_STATE_HOME");
   if (xdg && *xdg) {
     snprintf(buf, sizeof buf, "%s/drover", xdg);

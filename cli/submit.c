@@ -48,25 +48,6 @@ typedef struct {
   char pool[32]; /* local target: our agents' pool, so no other submit's job lands on them */
 } submit_t;
 
-// --- Paths ---------------------------------------------------------------------------------
-
-/* Makes a relative path absolute against the current directory (the spec travels to
- * processes that run elsewhere). */
-static int absolutize(char **p) {
-  if (!*p || (*p)[0] == '/' || !(*p)[0]) return 0;
-  char cwd[PATH_MAX];
-  if (!getcwd(cwd, sizeof cwd)) return -1;
-  size_t n = strlen(cwd) + strlen(*p) + 2;
-  char *abs = malloc(n);
-  if (!abs) return -1;
-  const char *rel = *p;
-  if (rel[0] == '.' && rel[1] == '/') rel += 2;
-  snprintf(abs, n, "%s/%s", cwd, rel);
-  free(*p);
-  *p = abs;
-  return 0;
-}
-
 // --- Processes we start --------------------------------------------------------------------
 
 /* Starts `drover ARGS...` with stderr/stdout to logfile (or inherited when verbose). */
@@ -507,11 +488,8 @@ static int resolve_spec(submit_t *s, sock_ctx_t *ctx, char **yaml, int *local, u
     fprintf(stderr, "drover submit: %s\n", drv_last_error());
     return 2;
   }
-  if ((spec->data.train &&
-       (absolutize(&spec->data.train->images) || absolutize(&spec->data.train->labels))) ||
-      (spec->data.test &&
-       (absolutize(&spec->data.test->images) || absolutize(&spec->data.test->labels))) ||
-      absolutize(&spec->run_dir)) {
+  char cwd[PATH_MAX];
+  if (!getcwd(cwd, sizeof cwd) || jobspec_absolutize(spec, cwd) != DRV_OK) {
     fprintf(stderr, "drover submit: cannot resolve paths: %s\n", strerror(errno));
     jobspec_destroy(&spec);
     return 1;

@@ -159,13 +159,13 @@ static const cyaml_schema_field_t spec_train_fields[] = {
     CYAML_FIELD_UINT("keep_checkpoints", SPEC_OPT, spec_train_map_t, keep_checkpoints),
     CYAML_FIELD_ENUM("backend", SPEC_ENUM_OPT, spec_train_map_t, backend, spec_backend_names,
                      CYAML_ARRAY_LEN(spec_backend_names)),
-    CYAML_FIELD_ENUM("precision", SPEC_ENUM_OPT, spec_train_map_t, precision,
-                     spec_precision_names, CYAML_ARRAY_LEN(spec_precision_names)),
+    CYAML_FIELD_ENUM("precision", SPEC_ENUM_OPT, spec_train_map_t, precision, spec_precision_names,
+                     CYAML_ARRAY_LEN(spec_precision_names)),
     CYAML_FIELD_ENUM("allreduce_dtype", SPEC_ENUM_OPT, spec_train_map_t, allreduce_dtype,
                      spec_dtype_names, CYAML_ARRAY_LEN(spec_dtype_names)),
     CYAML_FIELD_UINT("allreduce_bucket_mb", SPEC_OPT, spec_train_map_t, allreduce_bucket_mb),
-    CYAML_FIELD_ENUM("cuda_graphs", SPEC_ENUM_OPT, spec_train_map_t, cuda_graphs,
-                     spec_switch_names, CYAML_ARRAY_LEN(spec_switch_names)),
+    CYAML_FIELD_ENUM("cuda_graphs", SPEC_ENUM_OPT, spec_train_map_t, cuda_graphs, spec_switch_names,
+                     CYAML_ARRAY_LEN(spec_switch_names)),
     CYAML_FIELD_MAPPING("optimizer", CYAML_FLAG_DEFAULT, spec_train_map_t, optimizer,
                         spec_optim_fields),
     CYAML_FIELD_MAPPING("lr_schedule", SPEC_OPT, spec_train_map_t, lr_schedule, spec_sched_fields),
@@ -1232,6 +1232,56 @@ void jobspec_destroy(jobspec_t **spec) {
   cyaml_config_t cfg = spec_config(&log);
   cyaml_free(&cfg, &spec_schema, *spec, 0);
   *spec = NULL;
+}
+
+// --- Paths ---------------------------------------------------------------------------------
+
+/* X(key, char ** of the path in spec s, NULL when its part is absent): every path key. */
+#define JOBSPEC_PATHS(X)                                                \
+  X("run_dir", &s->run_dir)                                             \
+  X("data.train.images", s->data.train ? &s->data.train->images : NULL) \
+  X("data.train.labels", s->data.train ? &s->data.train->labels : NULL) \
+  X("data.test.images", s->data.test ? &s->data.test->images : NULL)    \
+  X("data.test.labels", s->data.test ? &s->data.test->labels : NULL)
+
+/* Path key i of s (its name in *key), NULL past the last one or when its part is absent;
+ * *key is NULL past the last. */
+static char **path_slot(const jobspec_t *cs, unsigned i, const char **key) {
+  jobspec_t *s = (jobspec_t *)cs;
+  unsigned k = 0;
+#define PATH_SLOT(name, expr) \
+  if (i == k++) {             \
+    *key = name;              \
+    return (expr);            \
+  }
+  JOBSPEC_PATHS(PATH_SLOT)
+#undef PATH_SLOT
+  *key = NULL;
+  return NULL;
+}
+
+drv_result_t jobspec_absolutize(jobspec_t *spec, const char *dir) {
+  const char *key;
+  char **p;
+  for (unsigned i = 0; (p = path_slot(spec, i, &key)) || key; i++) {
+    if (!p || !*p || !**p || **p == '/') continue;
+    const char *rel = (*p)[0] == '.' && (*p)[1] == '/' ? *p + 2 : *p;
+    size_t n = strlen(dir) + strlen(rel) + 2;
+    char *abs = malloc(n);
+    if (!abs) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", key);
+    snprintf(abs, n, "%s/%s", dir, rel);
+    free(*p);
+    *p = abs;
+  }
+  return DRV_OK;
+}
+
+const char *jobspec_relative_path(const jobspec_t *spec) {
+  const char *key;
+  char **p;
+  for (unsigned i = 0; (p = path_slot(spec, i, &key)) || key; i++)
+    if (p && *p && (*p)[0] != '/') return key;
+  return NULL;
 }
 
 const char *jobspec_target_name(spec_target_t t) {

@@ -153,6 +153,16 @@ drv_result_t jobspec_dump(const jobspec_t *spec, char **yaml, size_t *len);
 /* Frees a spec and nulls the caller's pointer. NULL-safe. */
 void jobspec_destroy(jobspec_t **spec);
 
+/* The spec keys that are paths (run_dir, data.{train,test}.{images,labels}) are listed once,
+ * in jobspec.c. A spec file's relative paths are relative to where it is submitted; a
+ * submitted spec's paths must be absolute, for its workers run elsewhere. */
+
+/* Makes each relative path of spec absolute against directory dir ("./x" loses its "./"). */
+drv_result_t jobspec_absolutize(jobspec_t *spec, const char *dir);
+
+/* The key of the first path of spec that is not absolute ("data.train.images"), or NULL. */
+const char *jobspec_relative_path(const jobspec_t *spec);
+
 /* Names of enum values as they appear in YAML ("local", "relu", ...). */
 const char *jobspec_target_name(spec_target_t t);
 

@@ -26,12 +26,43 @@
   X(STRAGGLER_PCT, 150,                                                                         \
     "a rank whose compute time per step is above this % of the others' median is a straggler")
 
+/* X(NAME, help): fault injection for tests and drills, integers like the above, 0 = off.
+ * Listed apart by `drover settings`; a process logs a warning when one is on. */
+#define DRV_FAULTS(X)                                                                    \
+  X(FAULT_SLOW_MS, "worker: every training step sleeps this long, a straggler (ms)")     \
+  X(FAULT_SLOW_SUBMIT_MS, "coordinator: each new submission is answered this late (ms)") \
+  X(FAULT_KILL_AFTER_EVAL,                                                               \
+    "worker: SIGKILLs itself right after the evaluation of this epoch (1-based)")        \
+  X(FAULT_KILL_BEFORE_START,                                                             \
+    "worker: 1 = SIGKILLs itself after loading its data, before it "                     \
+    "checks in")
+
 typedef enum {
 #define DRV_SETTING_ENUM(name, def, help) DRV_SET_##name,
-  DRV_SETTINGS(DRV_SETTING_ENUM)
+#define DRV_FAULT_ENUM(name, help) DRV_SET_##name,
+  DRV_SETTINGS(DRV_SETTING_ENUM) DRV_FAULTS(DRV_FAULT_ENUM)
 #undef DRV_SETTING_ENUM
+#undef DRV_FAULT_ENUM
       DRV_SET_COUNT
 } drv_setting_t;
+
+/* X(NAME, default, help): settings whose values are text. */
+#define DRV_TEXT_SETTINGS(X)                                                                   \
+  X(COORDINATOR, "tcp://127.0.0.1:7700", "the coordinator's base endpoint, for every command") \
+  X(STATE_DIR, "",                                                                             \
+    "coordinator state directory (empty: $XDG_STATE_HOME/drover, else ~/.local/state/drover)") \
+  X(AUDIT_DIR, "", "workers append each step's sample ids to audit-<pid>.txt here (tests)")
+
+typedef enum {
+#define DRV_TEXT_ENUM(name, def, help) DRV_TEXT_##name,
+  DRV_TEXT_SETTINGS(DRV_TEXT_ENUM)
+#undef DRV_TEXT_ENUM
+      DRV_TEXT_COUNT
+} drv_text_setting_t;
+
+/* The text setting's value: DROVER_<NAME> from the environment when set and not empty,
+ * else its default. Read once per process and cached; never NULL. */
+const char *drv_setting_text(drv_text_setting_t id);
 
 /* The setting's value: DROVER_<NAME> from the environment when set and a valid integer,
  * else its default. Read once per process and cached. */

@@ -20,7 +20,6 @@
 #include "common/drv.h"
 #include "common/proto.h"
 
-#define SOCK_DEFAULT_ENDPOINT "tcp://127.0.0.1:7700"
 #define SOCK_PEER_MAX 256
 
 typedef enum { SOCK_AGENTS = 0, SOCK_CLIENTS = 1, SOCK_EVENTS = 2 } sock_port_t;

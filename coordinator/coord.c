@@ -823,17 +823,7 @@ static void on_submit(coord_t *c, const sock_peer_t *from, const proto_submit_t 
     goto out;
   }
   /* Workers run elsewhere, in other directories: paths must not depend on a cwd. */
-  const char *rel = NULL;
-  if (spec->run_dir[0] != '/')
-    rel = "run_dir";
-  else if (spec->data.train && spec->data.train->images[0] != '/')
-    rel = "data.train.images";
-  else if (spec->data.train && spec->data.train->labels[0] != '/')
-    rel = "data.train.labels";
-  else if (spec->data.test && spec->data.test->images[0] != '/')
-    rel = "data.test.images";
-  else if (spec->data.test && spec->data.test->labels[0] != '/')
-    rel = "data.test.labels";
+  const char *rel = jobspec_relative_path(spec);
   job_t *j = job_slot(c);
   size_t clen;
   if (rel) {
@@ -1215,9 +1205,8 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
   DRV_CHECK_GOTO(store_job_list(c->store, 0, load_one, c), rc, out);
   log_info("coordinator listening on %s (+1 clients, +2 events), state in %s", cfg->bind,
            cfg->state_dir);
-  const char *slow = getenv("DROVER_FAULT_SLOW_SUBMIT_MS");
-  if (slow && *slow) {
-    c->fault_slow_submit_ms = atoll(slow);
+  c->fault_slow_submit_ms = drv_setting(DRV_SET_FAULT_SLOW_SUBMIT_MS);
+  if (c->fault_slow_submit_ms) {
     log_warn("fault injection: new submissions are answered %" PRId64
              " ms late (DROVER_FAULT_SLOW_SUBMIT_MS)",
              c->fault_slow_submit_ms);

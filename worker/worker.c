@@ -918,16 +918,13 @@ drv_result_t worker_run(const proto_assign_t *cfg) {
   }
   DRV_CHECK_GOTO(jobspec_parse(w.spec_yaml, strlen(w.spec_yaml), "assigned spec", NULL, 0, &w.spec),
                  rc, fail);
-  const char *slow = getenv("DROVER_FAULT_SLOW_MS");
-  if (slow && *slow) {
-    w.fault_slow_ms = atoll(slow);
+  w.fault_slow_ms = drv_setting(DRV_SET_FAULT_SLOW_MS);
+  if (w.fault_slow_ms)
     log_warn("fault injection: every step sleeps %" PRId64 " ms (DROVER_FAULT_SLOW_MS)",
              w.fault_slow_ms);
-  }
-  const char *kill_eval = getenv("DROVER_FAULT_KILL_AFTER_EVAL");
-  if (kill_eval && *kill_eval) w.fault_kill_after_eval = (uint32_t)atoi(kill_eval);
-  const char *audit = getenv("DROVER_AUDIT_DIR");
-  if (audit && *audit) {
+  w.fault_kill_after_eval = (uint32_t)drv_setting(DRV_SET_FAULT_KILL_AFTER_EVAL);
+  const char *audit = drv_setting_text(DRV_TEXT_AUDIT_DIR);
+  if (*audit) {
     char path[1200];
     snprintf(path, sizeof path, "%s/audit-%d.txt", audit, (int)getpid());
     if ((w.audit = fopen(path, "a"))) setvbuf(w.audit, NULL, _IOLBF, 0);
@@ -935,8 +932,8 @@ drv_result_t worker_run(const proto_assign_t *cfg) {
   double t0 = drv_now_s();
   DRV_CHECK_GOTO(load_data(&w), rc, fail);
   log_info("data loaded in %.2f s", drv_now_s() - t0);
-  const char *die = getenv("DROVER_FAULT_KILL_BEFORE_START");
-  if (die && *die == '1') { /* fault injection for tests: a rank lost before start */
+  if (drv_setting(DRV_SET_FAULT_KILL_BEFORE_START) ==
+      1) { /* fault injection for tests: a rank lost before start */
     log_warn("fault injection: killed before checking in (DROVER_FAULT_KILL_BEFORE_START)");
     raise(SIGKILL);
   }
