@@ -750,6 +750,35 @@ static void test_dump_round_trip(void **state) {
   jobspec_destroy(&spec);
 }
 
+/* The path keys: relative ones are found (in key order) and made absolute against a
+ * directory, "./" dropped; absolute ones and absent parts are left alone. */
+static void test_paths(void **state) {
+  (void)state;
+  char *yaml = subst(minimal, "  format: synthetic\n",
+                     "  format: idx\n"
+                     "  train: {images: ./a/train.idx, labels: /abs/train-labels.idx}\n"
+                     "  test: {images: t10k.idx, labels: t10k-labels.idx}\n");
+  jobspec_t *spec = parse_ok(yaml, NULL, 0);
+  assert_string_equal(jobspec_relative_path(spec), "run_dir"); /* "runs" by default */
+  assert_int_equal(jobspec_absolutize(spec, "/home/u/exp"), DRV_OK);
+  assert_null(jobspec_relative_path(spec));
+  assert_string_equal(spec->run_dir, "/home/u/exp/runs");
+  assert_string_equal(spec->data.train->images, "/home/u/exp/a/train.idx");
+  assert_string_equal(spec->data.train->labels, "/abs/train-labels.idx");
+  assert_string_equal(spec->data.test->images, "/home/u/exp/t10k.idx");
+  assert_string_equal(spec->data.test->labels, "/home/u/exp/t10k-labels.idx");
+  free(spec->data.test->labels);
+  spec->data.test->labels = strdup("rel/labels");
+  assert_string_equal(jobspec_relative_path(spec), "data.test.labels");
+  jobspec_destroy(&spec);
+  free(yaml);
+  spec = parse_ok(minimal, NULL, 0); /* synthetic: no data paths at all */
+  assert_int_equal(jobspec_absolutize(spec, "/d"), DRV_OK);
+  assert_string_equal(spec->run_dir, "/d/runs");
+  assert_null(jobspec_relative_path(spec));
+  jobspec_destroy(&spec);
+}
+
 static void test_target_names(void **state) {
   assert_string_equal(jobspec_target_name(SPEC_TARGET_LOCAL), "local");
   assert_string_equal(jobspec_target_name(SPEC_TARGET_ATTACHED), "attached");
@@ -779,6 +808,7 @@ int main(void) {
       cmocka_unit_test(test_set_errors),
       cmocka_unit_test(test_dump_every_field),
       cmocka_unit_test(test_dump_round_trip),
+      cmocka_unit_test(test_paths),
       cmocka_unit_test(test_target_names),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
