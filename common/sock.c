@@ -48,13 +48,15 @@ void sock_ctx_destroy(sock_ctx_t **ctx) {
 static int apply_options(void *s, int type, const sock_opts_t *o) {
   int64_t maxmsg = drv_setting(DRV_SET_MAX_MSG_BYTES);
   int hwm = (int)drv_setting(DRV_SET_HWM);
-  int hb = (int)drv_setting(DRV_SET_HEARTBEAT_MS);
-  int timeout = (int)drv_setting(DRV_SET_PEER_TIMEOUT_MS);
   int linger = o->no_linger ? 0 : o->linger_ms ? o->linger_ms : 200;
+  /* No ZMTP heartbeats: libzmq 4.3.4 asserts (stream_engine_base.cpp:331, !_io_error) when
+   * a heartbeat timeout resets a connection whose input is stopped at the high-water mark,
+   * which a slow or hostile peer can bring about. drover's own heartbeats find dead peers;
+   * TCP keepalive ends connections to hosts that vanished. */
   if (zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) || set_int(s, ZMQ_SNDHWM, hwm) ||
       set_int(s, ZMQ_RCVHWM, hwm) || set_int(s, ZMQ_LINGER, linger) ||
-      set_int(s, ZMQ_HEARTBEAT_IVL, hb) || set_int(s, ZMQ_HEARTBEAT_TIMEOUT, timeout) ||
-      set_int(s, ZMQ_HEARTBEAT_TTL, timeout))
+      set_int(s, ZMQ_TCP_KEEPALIVE, 1) || set_int(s, ZMQ_TCP_KEEPALIVE_IDLE, 30) ||
+      set_int(s, ZMQ_TCP_KEEPALIVE_INTVL, 10) || set_int(s, ZMQ_TCP_KEEPALIVE_CNT, 3))
     return -1;
   if (type == ZMQ_ROUTER &&
       (set_int(s, ZMQ_ROUTER_MANDATORY, 1) || (o->handover && set_int(s, ZMQ_ROUTER_HANDOVER, 1))))

@@ -6,8 +6,8 @@
  * DRV_ERR_PROTO and a message such as "'ok' is not a request clients may send".
  * sock_new applies drover's limits to every socket: ZMQ_MAXMSGSIZE (an oversized frame is
  * dropped by libzmq, which also disconnects that peer), send/receive high-water marks, a
- * short linger, ZMTP heartbeats, and ROUTER_MANDATORY on ROUTERs (sending to a peer that
- * is gone fails instead of vanishing). Security (CurveZMQ) will be switched on here too.
+ * short linger, TCP keepalive (no ZMTP heartbeats: see sock.c), and ROUTER_MANDATORY on
+ * ROUTERs (sending to a peer that is gone fails instead of vanishing). Security (CurveZMQ) will be switched on here too.
  *
  * Endpoints: a coordinator is named by its base endpoint "tcp://HOST:PORT"; agents and
  * workers use PORT, clients PORT+1, events PORT+2 (sock_endpoint).
