@@ -954,10 +954,10 @@ drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_ten
 fail:
   if (fd >= 0) close(fd);
   if (made_tmp) {
-    char keep[1024];
-    snprintf(keep, sizeof keep, "%s", drv_last_error());
+    drv_error_saved_t keep; /* the failure, not the clean-up's */
+    drv_error_save(&keep);
     if (rm_tree(tmp) != DRV_OK) log_warn("%s: not removed: %s", tmp, drv_last_error());
-    drv_error(rc, "%s", keep);
+    drv_error_restore(&keep, rc);
   }
   free(st);
   return rc;
