@@ -1,19 +1,17 @@
-/* nccl_reducer.c: see nccl_reducer.h. */
+/* nccl_reducer.c: see nccl_reducer.h. Built where NCCL is found (collective/CMakeLists.txt);
+ * nccl_none.c stands in for it elsewhere. */
 #include "collective/nccl_reducer.h"
 
+#include <cuda_runtime_api.h>
+#include <nccl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "common/log.h"
-
-#ifdef DROVER_HAVE_NCCL
-#include <cuda_runtime_api.h>
-#include <nccl.h>
-
 #include "kernels/cuda/cuda.h"
-#include "kernels/cuda/checks.h"
+#include "kernels/cuda/checks.h" /* after nccl.h: NCCL_CHECK */
 
 typedef struct {
   size_t lo, hi; /* element range of the reduced buffer */
@@ -394,56 +392,3 @@ void nccl_reducer_destroy(nccl_reducer_t **rp) {
   free(r);
   *rp = NULL;
 }
-
-#else /* no NCCL in this build */
-
-struct nccl_reducer {
-  int unused;
-};
-
-bool nccl_reducer_available(void) {
-  return false;
-}
-
-drv_result_t nccl_reducer_new_id(char *id_hex) {
-  return drv_error(DRV_ERR_INVALID, "this drover was built without NCCL");
-}
-
-void nccl_reducer_share_device(const char *tag, bool loopback) {}
-
-drv_result_t nccl_reducer_new(const nccl_config_t *cfg, nccl_reducer_t **out) {
-  *out = NULL;
-  return drv_error(DRV_ERR_INVALID, "this drover was built without NCCL");
-}
-
-drv_result_t nccl_reducer_rebucket(nccl_reducer_t *r, size_t bucket_bytes) {
-  return drv_error(DRV_ERR_INVALID, "this drover was built without NCCL");
-}
-
-const trainer_reducer_t *nccl_reducer_hooks(nccl_reducer_t *r) {
-  return NULL;
-}
-
-uint64_t nccl_reducer_seq(const nccl_reducer_t *r) {
-  return 0;
-}
-
-double nccl_reducer_wait_ms(const nccl_reducer_t *r) {
-  return 0;
-}
-
-drv_result_t nccl_reducer_sum(nccl_reducer_t *r, float *d_data, size_t count) {
-  return drv_error(DRV_ERR_INVALID, "this drover was built without NCCL");
-}
-
-drv_result_t nccl_reducer_broadcast(nccl_reducer_t *r, float *d_data, size_t count) {
-  return drv_error(DRV_ERR_INVALID, "this drover was built without NCCL");
-}
-
-void nccl_reducer_abort(nccl_reducer_t *r) {}
-
-void nccl_reducer_destroy(nccl_reducer_t **r) {
-  if (r) *r = NULL;
-}
-
-#endif
