@@ -1,6 +1,6 @@
-/* checkpoint.c: see checkpoint.h. Sections: file helpers (write, fsync, CRC, mkdir -p,
- * rm -r), a small strict JSON cursor used for both the manifest and the safetensors
- * header, the manifest, the safetensors reader, then the three public functions.
+/* checkpoint.c: see checkpoint.h. Sections: file helpers (paths, CRC, rm -r), a small strict JSON
+ * cursor used for both the manifest and the safetensors header, the manifest, the safetensors
+ * reader, then the three public functions.
  *
  * The loader never trusts a byte before it has been checked: the manifest carries its own
  * CRC32, each file's size and CRC32 are checked against it before any header is parsed,
@@ -62,33 +62,6 @@ static drv_result_t path_fmt(char *out, size_t cap, const char *fmt, ...) {
   return DRV_OK;
 }
 
-/* Reads exactly len bytes at off; a short file is DRV_ERR_INVALID ("truncated"). */
-static drv_result_t pread_all(int fd, void *buf, size_t len, uint64_t off, const char *what) {
-  char *p = buf;
-  while (len > 0) {
-    ssize_t r = pread(fd, p, len, (off_t)off);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return drv_error(DRV_ERR_SYS, "%s: read: %s", what, strerror(errno));
-    }
-    if (r == 0) return drv_error(DRV_ERR_INVALID, "%s: truncated at byte %" PRIu64, what, off);
-    p += r;
-    off += (uint64_t)r;
-    len -= (size_t)r;
-  }
-  return DRV_OK;
-}
-
-static drv_result_t fsync_path(const char *path) {
-  int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return drv_error(DRV_ERR_SYS, "%s: open directory: %s", path, strerror(errno));
-  drv_result_t rc = DRV_OK;
-  if (fsync(fd) < 0 && errno != EINVAL)
-    rc = drv_error(DRV_ERR_SYS, "%s: fsync directory: %s", path, strerror(errno));
-  close(fd);
-  return rc;
-}
-
 /* CRC32 (zlib) and length of everything in fd, read from offset 0. */
 static drv_result_t fd_crc32(int fd, const char *what, uint64_t *size, uint32_t *crc) {
   unsigned char *buf = malloc(CKPT_IO_CHUNK);
@@ -110,40 +83,6 @@ static drv_result_t fd_crc32(int fd, const char *what, uint64_t *size, uint32_t 
   free(buf);
   *size = off;
   *crc = (uint32_t)c;
-  return DRV_OK;
-}
-
-/* mkdir -p, fsyncing the parent of each directory it creates so that the path survives a
- * crash once a checkpoint inside it is reported durable. */
-static drv_result_t mkdir_p(const char *path) {
-  char buf[PATH_MAX];
-  DRV_CHECK(path_fmt(buf, sizeof buf, "%s", path));
-  size_t len = strlen(buf);
-  while (len > 1 && buf[len - 1] == '/') buf[--len] = '\0';
-  for (size_t i = 1; i <= len; i++) {
-    if (buf[i] != '/' && buf[i] != '\0') continue;
-    char save = buf[i];
-    buf[i] = '\0';
-    if (mkdir(buf, 0755) == 0) {
-      /* Make the new entry durable in its parent. */
-      char parent[PATH_MAX];
-      memcpy(parent, buf, i + 1);
-      char *slash = strrchr(parent, '/');
-      if (slash == parent)
-        parent[1] = '\0';
-      else if (slash)
-        *slash = '\0';
-      else
-        strcpy(parent, ".");
-      DRV_CHECK(fsync_path(parent));
-    } else if (errno != EEXIST) {
-      return drv_error(DRV_ERR_SYS, "%s: mkdir: %s", buf, strerror(errno));
-    }
-    buf[i] = save;
-  }
-  struct stat st;
-  if (stat(path, &st) < 0) return drv_error(DRV_ERR_SYS, "%s: stat: %s", path, strerror(errno));
-  if (!S_ISDIR(st.st_mode)) return drv_error(DRV_ERR_INVALID, "%s: not a directory", path);
   return DRV_OK;
 }
 
@@ -602,7 +541,7 @@ static drv_result_t st_locate(int fd, uint64_t size, int which, const ckpt_tenso
   jp_t j = {0};
 
   if (size < 8) return drv_error(DRV_ERR_INVALID, "%s: %" PRIu64 " bytes, too short", fname, size);
-  DRV_CHECK(pread_all(fd, lenb, 8, 0, fname));
+  DRV_CHECK(fs_pread_all(fd, lenb, 8, 0, fname));
   uint64_t hlen = 0;
   for (int b = 7; b >= 0; b--) hlen = hlen << 8 | lenb[b];
   if (hlen > CKPT_ST_HEADER_MAX || hlen > size - 8)
@@ -618,7 +557,7 @@ static drv_result_t st_locate(int fd, uint64_t size, int which, const ckpt_tenso
     rc = drv_error(DRV_ERR_NOMEM, "%s: out of memory for the header", fname);
     goto fail;
   }
-  DRV_CHECK_GOTO(pread_all(fd, hdr, hlen, 8, fname), rc, fail);
+  DRV_CHECK_GOTO(fs_pread_all(fd, hdr, hlen, 8, fname), rc, fail);
 
   j.buf = hdr;
   j.len = hlen;
@@ -767,7 +706,7 @@ fail:
 /* Reads count little-endian floats at off into dst. */
 static drv_result_t st_read_f32(int fd, uint64_t off, float *dst, uint64_t count,
                                 const char *what) {
-  DRV_CHECK(pread_all(fd, dst, (size_t)(count * sizeof(float)), off, what));
+  DRV_CHECK(fs_pread_all(fd, dst, (size_t)(count * sizeof(float)), off, what));
   if (!fs_host_little_endian()) {
     unsigned char *p = (unsigned char *)dst;
     for (uint64_t i = 0; i < count; i++, p += 4) {
@@ -879,7 +818,7 @@ drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_ten
   size_t counts[FILE_COUNT] = {0, 0};
   for (size_t i = 0; i < n; i++) counts[file_of(t[i].name)]++;
 
-  DRV_CHECK_GOTO(mkdir_p(dir), rc, fail);
+  DRV_CHECK_GOTO(fs_mkdir_p_durable(dir), rc, fail);
   // A directory of this name is ours by name: an earlier attempt of this process.
   DRV_CHECK_GOTO(rm_tree(tmp), rc, fail);
   if (mkdir(tmp, 0755) < 0) {
@@ -929,7 +868,7 @@ drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_ten
     rc = drv_error(DRV_ERR_SYS, "%s: close: %s", file, strerror(errno));
     goto fail;
   }
-  DRV_CHECK_GOTO(fsync_path(tmp), rc, fail);
+  DRV_CHECK_GOTO(fs_fsync_dir(tmp), rc, fail);
 
   // Into place, then make the rename durable.
   int old = 0;
@@ -941,7 +880,7 @@ drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_ten
     goto fail;
   }
   made_tmp = old == 1; /* after an exchange, tmp holds the earlier copy */
-  DRV_CHECK_GOTO(fsync_path(dir), rc, fail);
+  DRV_CHECK_GOTO(fs_fsync_dir(dir), rc, fail);
   if (old) {
     const char *gone = old == 1 ? tmp : del;
     if (rm_tree(gone) != DRV_OK)
@@ -1282,7 +1221,7 @@ drv_result_t ckpt_prune(const char *dir, uint32_t keep, uint32_t *removed) {
     DRV_CHECK_GOTO(rm_tree(del), rc, fail);
     done++;
   }
-  if (done) DRV_CHECK_GOTO(fsync_path(dir), rc, fail);
+  if (done) DRV_CHECK_GOTO(fs_fsync_dir(dir), rc, fail);
 
 fail:
   if (d) closedir(d);

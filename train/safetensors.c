@@ -108,19 +108,11 @@ static drv_result_t write_le(int fd, const void *data, size_t bytes, size_t elem
   return DRV_OK;
 }
 
+/* fsyncs the directory holding path, so that a rename into it is durable. */
 static drv_result_t fsync_dir_of(const char *path) {
   char *copy = strdup(path);
   if (!copy) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", path);
-  const char *dir = dirname(copy);
-  drv_result_t rc = DRV_OK;
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) {
-    rc = drv_error(DRV_ERR_SYS, "%s: open directory: %s", dir, strerror(errno));
-  } else {
-    if (fsync(fd) < 0 && errno != EINVAL)
-      rc = drv_error(DRV_ERR_SYS, "%s: fsync directory: %s", dir, strerror(errno));
-    close(fd);
-  }
+  drv_result_t rc = fs_fsync_dir(dirname(copy));
   free(copy);
   return rc;
 }
