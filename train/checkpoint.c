@@ -1,6 +1,6 @@
-/* checkpoint.c: see checkpoint.h. Sections: file helpers (paths, CRC, rm -r), a small strict JSON
- * cursor used for both the manifest and the safetensors header, the manifest, the safetensors
- * reader, then the three public functions.
+/* checkpoint.c: see checkpoint.h. Sections: file helpers (paths, CRC, rm -r), the
+ * manifest (read with the JSON cursor of train/json.h), the safetensors reader, then the
+ * three public functions.
  *
  * The loader never trusts a byte before it has been checked: the manifest carries its own
  * CRC32, each file's size and CRC32 are checked against it before any header is parsed,
@@ -25,8 +25,9 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "train/safetensors.h"
 #include "common/log.h"
+#include "train/json.h"
+#include "train/safetensors.h"
 
 #define CKPT_MANIFEST "manifest.json"
 #define CKPT_MODEL "model.safetensors"
@@ -127,196 +128,23 @@ static drv_result_t rm_tree(const char *path) {
   return DRV_OK;
 }
 
-// --- a strict JSON cursor -----------------------------------------------------------------
-// Only what the manifest and safetensors headers use: objects, arrays, strings, integers.
-// No recursion (the schemas have fixed depth), every string and number bounded. Errors
-// leave "byte N: what" in err.
+// --- the manifest -------------------------------------------------------------------------
 
-typedef struct {
-  const char *buf;
-  size_t len, pos;
-  size_t key_pos; /* where the last key read by jp_member began (its opening quote) */
-  char err[200];
-} jp_t;
-
-static int jp_fail(jp_t *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int jp_fail(jp_t *j, const char *fmt, ...) {
-  char what[160];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(what, sizeof what, fmt, ap);
-  va_end(ap);
-  if (!j->err[0]) snprintf(j->err, sizeof j->err, "byte %zu: %s", j->pos, what);
-  return -1;
-}
-
-static void jp_ws(jp_t *j) {
-  while (j->pos < j->len) {
-    char c = j->buf[j->pos];
-    if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
-    j->pos++;
-  }
-}
-
-/* The next non-blank byte, not consumed; -1 at the end. */
-static int jp_peek(jp_t *j) {
-  jp_ws(j);
-  return j->pos < j->len ? (unsigned char)j->buf[j->pos] : -1;
-}
-
-static int jp_lit(jp_t *j, char c) {
-  if (jp_peek(j) != (unsigned char)c) {
-    if (j->pos >= j->len) return jp_fail(j, "expected '%c', found the end", c);
-    return jp_fail(j, "expected '%c', found '%c'", c, j->buf[j->pos]);
-  }
-  j->pos++;
-  return 0;
-}
-
-static int hexval(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-/* A string into out (cap bytes, NUL-terminated). Escapes: \" \\ \/ \b \f \n \r \t and
- * \u0001..\u007f; anything else, a raw control byte or a string of cap bytes or more, fails. */
-static int jp_str(jp_t *j, char *out, size_t cap) {
-  if (jp_lit(j, '"') < 0) return -1;
-  size_t n = 0;
-  for (;;) {
-    if (j->pos >= j->len) return jp_fail(j, "unterminated string");
-    unsigned char c = (unsigned char)j->buf[j->pos++];
-    if (c == '"') break;
-    if (c < 0x20) return jp_fail(j, "control byte 0x%02x in a string", c);
-    if (c == '\\') {
-      if (j->pos >= j->len) return jp_fail(j, "unterminated string");
-      char e = j->buf[j->pos++];
-      switch (e) {
-      case '"':
-      case '\\':
-      case '/': c = (unsigned char)e; break;
-      case 'b': c = '\b'; break;
-      case 'f': c = '\f'; break;
-      case 'n': c = '\n'; break;
-      case 'r': c = '\r'; break;
-      case 't': c = '\t'; break;
-      case 'u': {
-        if (j->len - j->pos < 4) return jp_fail(j, "truncated \\u escape");
-        int v = 0;
-        for (int k = 0; k < 4; k++) {
-          int h = hexval(j->buf[j->pos + (size_t)k]);
-          if (h < 0) return jp_fail(j, "bad \\u escape");
-          v = v * 16 + h;
-        }
-        if (v == 0 || v > 0x7f) return jp_fail(j, "\\u%04x: only \\u0001..\\u007f supported", v);
-        j->pos += 4;
-        c = (unsigned char)v;
-        break;
-      }
-      default: return jp_fail(j, "bad escape '\\%c'", e);
-      }
-    }
-    if (n + 1 >= cap) return jp_fail(j, "string longer than %zu bytes", cap - 1);
-    out[n++] = (char)c;
-  }
-  out[n] = '\0';
-  return 0;
-}
-
-/* A non-negative decimal integer: no sign, no leading zero, no fraction or exponent. */
-static int jp_u64(jp_t *j, uint64_t *v) {
-  jp_ws(j);
-  size_t start = j->pos;
-  uint64_t x = 0;
-  while (j->pos < j->len && j->buf[j->pos] >= '0' && j->buf[j->pos] <= '9') {
-    unsigned d = (unsigned)(j->buf[j->pos] - '0');
-    if (x > (UINT64_MAX - d) / 10) return jp_fail(j, "integer out of range");
-    x = x * 10 + d;
-    j->pos++;
-  }
-  if (j->pos == start) return jp_fail(j, "expected an unsigned integer");
-  if (j->pos - start > 1 && j->buf[start] == '0') return jp_fail(j, "leading zero in an integer");
-  if (j->pos < j->len && strchr(".eE+-", j->buf[j->pos]))
-    return jp_fail(j, "expected an integer, found a fraction or exponent");
-  *v = x;
-  return 0;
-}
-
-static int jp_i64(jp_t *j, int64_t *v) {
-  int neg = jp_peek(j) == '-';
-  if (neg) j->pos++;
-  if (neg && j->pos < j->len && (j->buf[j->pos] < '0' || j->buf[j->pos] > '9'))
-    return jp_fail(j, "expected digits after '-'");
-  uint64_t u;
-  if (jp_u64(j, &u) < 0) return -1;
-  if (neg ? u > (uint64_t)INT64_MAX + 1 : u > (uint64_t)INT64_MAX)
-    return jp_fail(j, "integer out of range");
-  *v = neg ? (int64_t)(0 - u) : (int64_t)u;
-  return 0;
-}
-
-/* Object iteration, after its '{' was consumed: 1 when a member follows (its key read into
- * key and the ':' consumed), 0 when the closing '}' was consumed, -1 on error. *count is the
- * number of members read so far (start at 0). */
-static int jp_member(jp_t *j, int *count, char *key, size_t cap) {
-  int c = jp_peek(j);
-  if (c == '}') {
-    j->pos++;
-    return 0;
-  }
-  if (*count > 0) {
-    if (c != ',') return jp_fail(j, "expected ',' or '}'");
-    j->pos++;
-    jp_ws(j);
-  }
-  j->key_pos = j->pos;
-  if (jp_str(j, key, cap) < 0 || jp_lit(j, ':') < 0) return -1;
-  (*count)++;
-  return 1;
-}
-
-/* Array iteration, after its '[' was consumed: 1 when an element follows, 0 when ']' was
- * consumed, -1 on error. */
-static int jp_element(jp_t *j, int *count) {
-  int c = jp_peek(j);
-  if (c == ']') {
-    j->pos++;
-    return 0;
-  }
-  if (*count > 0) {
-    if (c != ',') return jp_fail(j, "expected ',' or ']'");
-    j->pos++;
-    if (jp_peek(j) == ']') return jp_fail(j, "trailing ',' in an array");
-  }
-  (*count)++;
-  return 1;
-}
-
-/* Only blanks may follow the value. */
-static int jp_end(jp_t *j) {
-  if (jp_peek(j) != -1) return jp_fail(j, "unexpected bytes after the end");
-  return 0;
-}
-
-/* "%08x" lowercase, exactly. */
-static int jp_crc(jp_t *j, uint32_t *v) {
+/* A CRC32 as the manifest writes it ("%08x"): a string of exactly 8 lowercase hex digits. */
+static int read_crc32(json_cursor_t *j, uint32_t *v) {
   char s[16];
-  if (jp_str(j, s, sizeof s) < 0) return -1;
-  if (strlen(s) != 8) return jp_fail(j, "a CRC32 is 8 hex digits, found \"%s\"", s);
+  if (json_str(j, s, sizeof s) < 0) return -1;
+  if (strlen(s) != 8) return json_fail(j, "a CRC32 is 8 hex digits, found \"%s\"", s);
   uint32_t x = 0;
   for (int k = 0; k < 8; k++) {
-    int h = hexval(s[k]);
+    int h = json_hex_digit(s[k]);
     if (h < 0 || (s[k] >= 'A' && s[k] <= 'F'))
-      return jp_fail(j, "a CRC32 is 8 lowercase hex digits, found \"%s\"", s);
+      return json_fail(j, "a CRC32 is 8 lowercase hex digits, found \"%s\"", s);
     x = x << 4 | (uint32_t)h;
   }
   *v = x;
   return 0;
 }
-
-// --- the manifest -------------------------------------------------------------------------
 
 typedef struct {
   ckpt_meta_t meta;
@@ -328,7 +156,7 @@ static int spec_sha_ok(const char *s) {
   const char *nul = memchr(s, '\0', 65);
   if (!nul) return 0;
   for (const char *p = s; p < nul; p++)
-    if (hexval(*p) < 0) return 0;
+    if (json_hex_digit(*p) < 0) return 0;
   return 1;
 }
 
@@ -363,46 +191,46 @@ static size_t manifest_format(const manifest_t *m, char *out, size_t cap) {
 }
 
 /* The "files" array: exactly one entry for each of our two files. */
-static int manifest_parse_files(jp_t *j, manifest_t *m) {
+static int manifest_parse_files(json_cursor_t *j, manifest_t *m) {
   int seen[FILE_COUNT] = {0};
   int n = 0;
-  if (jp_lit(j, '[') < 0) return -1;
+  if (json_lit(j, '[') < 0) return -1;
   for (;;) {
-    int r = jp_element(j, &n);
+    int r = json_element(j, &n);
     if (r < 0) return -1;
     if (r == 0) break;
-    if (jp_lit(j, '{') < 0) return -1;
+    if (json_lit(j, '{') < 0) return -1;
     char key[32], name[64] = "";
     int members = 0, have_name = 0, have_size = 0, have_crc = 0;
     uint64_t size = 0;
     uint32_t crc = 0;
     for (;;) {
-      r = jp_member(j, &members, key, sizeof key);
+      r = json_member(j, &members, key, sizeof key);
       if (r < 0) return -1;
       if (r == 0) break;
       if (strcmp(key, "name") == 0 && !have_name++) {
-        if (jp_str(j, name, sizeof name) < 0) return -1;
+        if (json_str(j, name, sizeof name) < 0) return -1;
       } else if (strcmp(key, "size") == 0 && !have_size++) {
-        if (jp_u64(j, &size) < 0) return -1;
+        if (json_u64(j, &size) < 0) return -1;
       } else if (strcmp(key, "crc32") == 0 && !have_crc++) {
-        if (jp_crc(j, &crc) < 0) return -1;
+        if (read_crc32(j, &crc) < 0) return -1;
       } else {
         j->pos = j->key_pos;
-        return jp_fail(j, "files[%d]: unexpected or repeated key \"%s\"", n - 1, key);
+        return json_fail(j, "files[%d]: unexpected or repeated key \"%s\"", n - 1, key);
       }
     }
     if (!have_name || !have_size || !have_crc)
-      return jp_fail(j, "files[%d]: needs \"name\", \"size\" and \"crc32\"", n - 1);
+      return json_fail(j, "files[%d]: needs \"name\", \"size\" and \"crc32\"", n - 1);
     int f = -1;
     for (int k = 0; k < FILE_COUNT; k++)
       if (strcmp(name, file_names[k]) == 0) f = k;
-    if (f < 0) return jp_fail(j, "files[%d]: unknown file \"%s\"", n - 1, name);
-    if (seen[f]++) return jp_fail(j, "files: \"%s\" listed twice", name);
+    if (f < 0) return json_fail(j, "files[%d]: unknown file \"%s\"", n - 1, name);
+    if (seen[f]++) return json_fail(j, "files: \"%s\" listed twice", name);
     m->size[f] = size;
     m->crc[f] = crc;
   }
   for (int k = 0; k < FILE_COUNT; k++)
-    if (!seen[k]) return jp_fail(j, "files: \"%s\" is not listed", file_names[k]);
+    if (!seen[k]) return json_fail(j, "files: \"%s\" is not listed", file_names[k]);
   return 0;
 }
 
@@ -422,21 +250,21 @@ enum {
 
 /* Parses and checks manifest text; on failure err holds why. */
 static int manifest_parse(const char *buf, size_t len, manifest_t *m, char *err, size_t errcap) {
-  jp_t j = {.buf = buf, .len = len};
+  json_cursor_t j = {.buf = buf, .len = len};
   memset(m, 0, sizeof *m);
   unsigned seen = 0;
   int members = 0;
   uint32_t self = 0;
   size_t self_pos = 0;
   char key[32];
-  if (jp_lit(&j, '{') < 0) goto fail;
+  if (json_lit(&j, '{') < 0) goto fail;
   for (;;) {
-    int r = jp_member(&j, &members, key, sizeof key);
+    int r = json_member(&j, &members, key, sizeof key);
     if (r < 0) goto fail;
     if (r == 0) break;
     if (seen & MK_SELF) {
       j.pos = j.key_pos;
-      jp_fail(&j, "\"manifest_crc32\" must be the last key");
+      json_fail(&j, "\"manifest_crc32\" must be the last key");
       goto fail;
     }
     unsigned bit = 0;
@@ -444,41 +272,42 @@ static int manifest_parse(const char *buf, size_t len, manifest_t *m, char *err,
     if (strcmp(key, "format") == 0) {
       bit = MK_FORMAT;
       char fmt[32];
-      if (!(seen & bit) && jp_str(&j, fmt, sizeof fmt) < 0) goto fail;
+      if (!(seen & bit) && json_str(&j, fmt, sizeof fmt) < 0) goto fail;
       if (!(seen & bit) && strcmp(fmt, CKPT_FORMAT) != 0) {
-        jp_fail(&j, "format \"%s\", expected \"" CKPT_FORMAT "\"", fmt);
+        json_fail(&j, "format \"%s\", expected \"" CKPT_FORMAT "\"", fmt);
         goto fail;
       }
     } else if (strcmp(key, "version") == 0) {
       bit = MK_VERSION;
-      if (!(seen & bit) && jp_u64(&j, &u) < 0) goto fail;
+      if (!(seen & bit) && json_u64(&j, &u) < 0) goto fail;
       if (!(seen & bit) && u != CKPT_VERSION) {
-        jp_fail(&j, "version %" PRIu64 " is not supported (this build reads %d)", u, CKPT_VERSION);
+        json_fail(&j, "version %" PRIu64 " is not supported (this build reads %d)", u,
+                  CKPT_VERSION);
         goto fail;
       }
     } else if (strcmp(key, "step") == 0) {
       bit = MK_STEP;
-      if (!(seen & bit) && jp_u64(&j, &m->meta.step) < 0) goto fail;
+      if (!(seen & bit) && json_u64(&j, &m->meta.step) < 0) goto fail;
     } else if (strcmp(key, "epoch") == 0 || strcmp(key, "world") == 0) {
       int is_epoch = key[0] == 'e';
       bit = is_epoch ? MK_EPOCH : MK_WORLD;
-      if (!(seen & bit) && jp_u64(&j, &u) < 0) goto fail;
+      if (!(seen & bit) && json_u64(&j, &u) < 0) goto fail;
       if (!(seen & bit) && u > UINT32_MAX) {
-        jp_fail(&j, "%s %" PRIu64 " out of range", key, u);
+        json_fail(&j, "%s %" PRIu64 " out of range", key, u);
         goto fail;
       }
       *(is_epoch ? &m->meta.epoch : &m->meta.world) = (uint32_t)u;
     } else if (strcmp(key, "seed") == 0) {
       bit = MK_SEED;
-      if (!(seen & bit) && jp_u64(&j, &m->meta.seed) < 0) goto fail;
+      if (!(seen & bit) && json_u64(&j, &m->meta.seed) < 0) goto fail;
     } else if (strcmp(key, "job") == 0) {
       bit = MK_JOB;
-      if (!(seen & bit) && jp_i64(&j, &m->meta.job) < 0) goto fail;
+      if (!(seen & bit) && json_i64(&j, &m->meta.job) < 0) goto fail;
     } else if (strcmp(key, "spec_sha") == 0) {
       bit = MK_SPEC;
-      if (!(seen & bit) && jp_str(&j, m->meta.spec_sha, sizeof m->meta.spec_sha) < 0) goto fail;
+      if (!(seen & bit) && json_str(&j, m->meta.spec_sha, sizeof m->meta.spec_sha) < 0) goto fail;
       if (!(seen & bit) && !spec_sha_ok(m->meta.spec_sha)) {
-        jp_fail(&j, "spec_sha is not hex");
+        json_fail(&j, "spec_sha is not hex");
         goto fail;
       }
     } else if (strcmp(key, "files") == 0) {
@@ -487,20 +316,20 @@ static int manifest_parse(const char *buf, size_t len, manifest_t *m, char *err,
     } else if (strcmp(key, "manifest_crc32") == 0) {
       bit = MK_SELF;
       self_pos = j.key_pos;
-      if (!(seen & bit) && jp_crc(&j, &self) < 0) goto fail;
+      if (!(seen & bit) && read_crc32(&j, &self) < 0) goto fail;
     } else {
       j.pos = j.key_pos;
-      jp_fail(&j, "unknown key \"%s\"", key);
+      json_fail(&j, "unknown key \"%s\"", key);
       goto fail;
     }
     if (seen & bit) {
       j.pos = j.key_pos;
-      jp_fail(&j, "key \"%s\" appears twice", key);
+      json_fail(&j, "key \"%s\" appears twice", key);
       goto fail;
     }
     seen |= bit;
   }
-  if (jp_end(&j) < 0) goto fail;
+  if (json_end(&j) < 0) goto fail;
   if (seen != MK_ALL) {
     static const char *names[] = {"format", "version", "step",     "epoch", "world",
                                   "seed",   "job",     "spec_sha", "files", "manifest_crc32"};
@@ -538,7 +367,7 @@ static drv_result_t st_locate(int fd, uint64_t size, int which, const ckpt_tenso
   char *key = NULL;
   uint8_t *found = NULL;
   unsigned char lenb[8];
-  jp_t j = {0};
+  json_cursor_t j = {0};
 
   if (size < 8) return drv_error(DRV_ERR_INVALID, "%s: %" PRIu64 " bytes, too short", fname, size);
   DRV_CHECK(fs_pread_all(fd, lenb, 8, 0, fname));
@@ -562,26 +391,26 @@ static drv_result_t st_locate(int fd, uint64_t size, int which, const ckpt_tenso
   j.buf = hdr;
   j.len = hlen;
   int members = 0;
-  if (jp_lit(&j, '{') < 0) goto bad;
+  if (json_lit(&j, '{') < 0) goto bad;
   int have_meta = 0;
   for (;;) {
-    int r = jp_member(&j, &members, key, CKPT_NAME_MAX);
+    int r = json_member(&j, &members, key, CKPT_NAME_MAX);
     if (r < 0) goto bad;
     if (r == 0) break;
     if (strcmp(key, "__metadata__") == 0) {
       if (have_meta++) {
-        jp_fail(&j, "\"__metadata__\" appears twice");
+        json_fail(&j, "\"__metadata__\" appears twice");
         goto bad;
       }
       /* strings to strings; read and dropped */
       char k2[256], v2[4096];
       int m2 = 0;
-      if (jp_lit(&j, '{') < 0) goto bad;
+      if (json_lit(&j, '{') < 0) goto bad;
       for (;;) {
-        r = jp_member(&j, &m2, k2, sizeof k2);
+        r = json_member(&j, &m2, k2, sizeof k2);
         if (r < 0) goto bad;
         if (r == 0) break;
-        if (jp_str(&j, v2, sizeof v2) < 0) goto bad;
+        if (json_str(&j, v2, sizeof v2) < 0) goto bad;
       }
       continue;
     }
@@ -590,63 +419,63 @@ static drv_result_t st_locate(int fd, uint64_t size, int which, const ckpt_tenso
     char dtype[16] = "", k2[32];
     uint64_t shape[SAFETENSORS_MAX_DIMS], offs[2] = {0, 0};
     int ndim = 0, m2 = 0, have_dtype = 0, have_shape = 0, have_offs = 0;
-    if (jp_lit(&j, '{') < 0) goto bad;
+    if (json_lit(&j, '{') < 0) goto bad;
     for (;;) {
-      r = jp_member(&j, &m2, k2, sizeof k2);
+      r = json_member(&j, &m2, k2, sizeof k2);
       if (r < 0) goto bad;
       if (r == 0) break;
       if (strcmp(k2, "dtype") == 0 && !have_dtype++) {
-        if (jp_str(&j, dtype, sizeof dtype) < 0) goto bad;
+        if (json_str(&j, dtype, sizeof dtype) < 0) goto bad;
       } else if ((strcmp(k2, "shape") == 0 && !have_shape++) ||
                  (strcmp(k2, "data_offsets") == 0 && !have_offs++)) {
         int is_shape = k2[0] == 's', cnt = 0, cap = is_shape ? SAFETENSORS_MAX_DIMS : 2;
         uint64_t *dst = is_shape ? shape : offs;
-        if (jp_lit(&j, '[') < 0) goto bad;
+        if (json_lit(&j, '[') < 0) goto bad;
         for (;;) {
-          r = jp_element(&j, &cnt);
+          r = json_element(&j, &cnt);
           if (r < 0) goto bad;
           if (r == 0) break;
           if (cnt > cap) {
-            jp_fail(&j, "tensor %s: more than %d entries in \"%s\"", key, cap, k2);
+            json_fail(&j, "tensor %s: more than %d entries in \"%s\"", key, cap, k2);
             goto bad;
           }
-          if (jp_u64(&j, &dst[cnt - 1]) < 0) goto bad;
+          if (json_u64(&j, &dst[cnt - 1]) < 0) goto bad;
         }
         if (is_shape) {
           ndim = cnt;
         } else if (cnt != 2) {
-          jp_fail(&j, "tensor %s: data_offsets needs 2 entries", key);
+          json_fail(&j, "tensor %s: data_offsets needs 2 entries", key);
           goto bad;
         }
       } else {
         j.pos = j.key_pos;
-        jp_fail(&j, "tensor %s: unexpected or repeated key \"%s\"", key, k2);
+        json_fail(&j, "tensor %s: unexpected or repeated key \"%s\"", key, k2);
         goto bad;
       }
     }
     if (!have_dtype || !have_shape || !have_offs) {
-      jp_fail(&j, "tensor %s: needs dtype, shape and data_offsets", key);
+      json_fail(&j, "tensor %s: needs dtype, shape and data_offsets", key);
       goto bad;
     }
     size_t esize = safetensors_dtype_size(dtype);
     if (esize == 0) {
-      jp_fail(&j, "tensor %s: unknown dtype \"%s\"", key, dtype);
+      json_fail(&j, "tensor %s: unknown dtype \"%s\"", key, dtype);
       goto bad;
     }
     uint64_t elems = 1;
     for (int d = 0; d < ndim; d++) {
       if (shape[d] && elems > UINT64_MAX / esize / shape[d]) {
-        jp_fail(&j, "tensor %s: shape overflows", key);
+        json_fail(&j, "tensor %s: shape overflows", key);
         goto bad;
       }
       elems *= shape[d];
     }
     if (offs[1] < offs[0] || offs[1] > data_len || offs[1] - offs[0] != elems * esize) {
-      jp_fail(&j,
-              "tensor %s: data_offsets [%" PRIu64 ", %" PRIu64
-              "] do not fit its shape or "
-              "the %" PRIu64 " data bytes",
-              key, offs[0], offs[1], data_len);
+      json_fail(&j,
+                "tensor %s: data_offsets [%" PRIu64 ", %" PRIu64
+                "] do not fit its shape or "
+                "the %" PRIu64 " data bytes",
+                key, offs[0], offs[1], data_len);
       goto bad;
     }
 
@@ -683,7 +512,7 @@ static drv_result_t st_locate(int fd, uint64_t size, int which, const ckpt_tenso
       off[i] = data_start + offs[0];
     }
   }
-  if (jp_end(&j) < 0) goto bad;
+  if (json_end(&j) < 0) goto bad;
   for (size_t i = 0; i < n; i++)
     if (file_of(t[i].name) == which && !found[i]) {
       rc = drv_error(DRV_ERR_INVALID, "%s: tensor %s is not in the file", fname, t[i].name);
