@@ -1,6 +1,6 @@
 /* checkpoint.c: see checkpoint.h. Sections: file helpers (paths, CRC, rm -r), the
- * manifest (read with the JSON cursor of train/json.h), the safetensors reader, then the
- * three public functions.
+ * manifest (read with the JSON cursor of train/json.h), then the three public functions.
+ * The tensor files are written and read by train/safetensors.h.
  *
  * The loader never trusts a byte before it has been checked: the manifest carries its own
  * CRC32, each file's size and CRC32 are checked against it before any header is parsed,
@@ -36,8 +36,6 @@
 #define CKPT_FORMAT "drover-checkpoint"
 #define CKPT_VERSION 1
 #define CKPT_MANIFEST_MAX 65536         /* bytes; ours are ~500 */
-#define CKPT_ST_HEADER_MAX (16u << 20)  /* bytes of safetensors JSON header we accept */
-#define CKPT_NAME_MAX 1024              /* bytes of a tensor name */
 #define CKPT_IO_CHUNK ((size_t)1 << 20) /* bytes per read when checksumming */
 #define CKPT_RM_DEPTH 8                 /* rm -r goes no deeper (ours are flat) */
 
@@ -353,211 +351,15 @@ fail:
   return -1;
 }
 
-// --- the safetensors reader ---------------------------------------------------------------
-
-/* Parses the header of one of our safetensors files (open as fd, size bytes) and finds,
- * for every t[i] that belongs in file `which`, its data's absolute offset in off[i], after
- * checking dtype F32, element count and shape. DRV_ERR_INVALID with the tensor named when a
- * check fails. */
-static drv_result_t st_locate(int fd, uint64_t size, int which, const ckpt_tensor_t *t, size_t n,
-                              uint64_t *off) {
-  const char *fname = file_names[which];
-  drv_result_t rc = DRV_OK;
-  char *hdr = NULL;
-  char *key = NULL;
-  uint8_t *found = NULL;
-  unsigned char lenb[8];
-  json_cursor_t j = {0};
-
-  if (size < 8) return drv_error(DRV_ERR_INVALID, "%s: %" PRIu64 " bytes, too short", fname, size);
-  DRV_CHECK(fs_pread_all(fd, lenb, 8, 0, fname));
-  uint64_t hlen = 0;
-  for (int b = 7; b >= 0; b--) hlen = hlen << 8 | lenb[b];
-  if (hlen > CKPT_ST_HEADER_MAX || hlen > size - 8)
-    return drv_error(DRV_ERR_INVALID,
-                     "%s: header length %" PRIu64 " does not fit (file %" PRIu64
-                     " bytes, at most %u)",
-                     fname, hlen, size, CKPT_ST_HEADER_MAX);
-  uint64_t data_start = 8 + hlen, data_len = size - data_start;
-  hdr = malloc(hlen ? hlen : 1);
-  key = malloc(CKPT_NAME_MAX);
-  found = calloc(n ? n : 1, 1);
-  if (!hdr || !key || !found) {
-    rc = drv_error(DRV_ERR_NOMEM, "%s: out of memory for the header", fname);
-    goto fail;
-  }
-  DRV_CHECK_GOTO(fs_pread_all(fd, hdr, hlen, 8, fname), rc, fail);
-
-  j.buf = hdr;
-  j.len = hlen;
-  int members = 0;
-  if (json_lit(&j, '{') < 0) goto bad;
-  int have_meta = 0;
-  for (;;) {
-    int r = json_member(&j, &members, key, CKPT_NAME_MAX);
-    if (r < 0) goto bad;
-    if (r == 0) break;
-    if (strcmp(key, "__metadata__") == 0) {
-      if (have_meta++) {
-        json_fail(&j, "\"__metadata__\" appears twice");
-        goto bad;
-      }
-      /* strings to strings; read and dropped */
-      char k2[256], v2[4096];
-      int m2 = 0;
-      if (json_lit(&j, '{') < 0) goto bad;
-      for (;;) {
-        r = json_member(&j, &m2, k2, sizeof k2);
-        if (r < 0) goto bad;
-        if (r == 0) break;
-        if (json_str(&j, v2, sizeof v2) < 0) goto bad;
-      }
-      continue;
-    }
-
-    // One tensor: {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}
-    char dtype[16] = "", k2[32];
-    uint64_t shape[SAFETENSORS_MAX_DIMS], offs[2] = {0, 0};
-    int ndim = 0, m2 = 0, have_dtype = 0, have_shape = 0, have_offs = 0;
-    if (json_lit(&j, '{') < 0) goto bad;
-    for (;;) {
-      r = json_member(&j, &m2, k2, sizeof k2);
-      if (r < 0) goto bad;
-      if (r == 0) break;
-      if (strcmp(k2, "dtype") == 0 && !have_dtype++) {
-        if (json_str(&j, dtype, sizeof dtype) < 0) goto bad;
-      } else if ((strcmp(k2, "shape") == 0 && !have_shape++) ||
-                 (strcmp(k2, "data_offsets") == 0 && !have_offs++)) {
-        int is_shape = k2[0] == 's', cnt = 0, cap = is_shape ? SAFETENSORS_MAX_DIMS : 2;
-        uint64_t *dst = is_shape ? shape : offs;
-        if (json_lit(&j, '[') < 0) goto bad;
-        for (;;) {
-          r = json_element(&j, &cnt);
-          if (r < 0) goto bad;
-          if (r == 0) break;
-          if (cnt > cap) {
-            json_fail(&j, "tensor %s: more than %d entries in \"%s\"", key, cap, k2);
-            goto bad;
-          }
-          if (json_u64(&j, &dst[cnt - 1]) < 0) goto bad;
-        }
-        if (is_shape) {
-          ndim = cnt;
-        } else if (cnt != 2) {
-          json_fail(&j, "tensor %s: data_offsets needs 2 entries", key);
-          goto bad;
-        }
-      } else {
-        j.pos = j.key_pos;
-        json_fail(&j, "tensor %s: unexpected or repeated key \"%s\"", key, k2);
-        goto bad;
-      }
-    }
-    if (!have_dtype || !have_shape || !have_offs) {
-      json_fail(&j, "tensor %s: needs dtype, shape and data_offsets", key);
-      goto bad;
-    }
-    size_t esize = safetensors_dtype_size(dtype);
-    if (esize == 0) {
-      json_fail(&j, "tensor %s: unknown dtype \"%s\"", key, dtype);
-      goto bad;
-    }
-    uint64_t elems = 1;
-    for (int d = 0; d < ndim; d++) {
-      if (shape[d] && elems > UINT64_MAX / esize / shape[d]) {
-        json_fail(&j, "tensor %s: shape overflows", key);
-        goto bad;
-      }
-      elems *= shape[d];
-    }
-    if (offs[1] < offs[0] || offs[1] > data_len || offs[1] - offs[0] != elems * esize) {
-      json_fail(&j,
-                "tensor %s: data_offsets [%" PRIu64 ", %" PRIu64
-                "] do not fit its shape or "
-                "the %" PRIu64 " data bytes",
-                key, offs[0], offs[1], data_len);
-      goto bad;
-    }
-
-    // Is it one the caller asked for?
-    for (size_t i = 0; i < n; i++) {
-      if (file_of(t[i].name) != which || strcmp(t[i].name, key) != 0) continue;
-      if (found[i]++) {
-        rc = drv_error(DRV_ERR_INVALID, "%s: tensor %s appears twice", fname, key);
-        goto fail;
-      }
-      if (strcmp(dtype, "F32") != 0) {
-        rc = drv_error(DRV_ERR_INVALID, "%s: tensor %s: dtype %s, expected F32", fname, key, dtype);
-        goto fail;
-      }
-      if (elems != t[i].count) {
-        rc = drv_error(DRV_ERR_INVALID,
-                       "%s: tensor %s: %" PRIu64 " elements in the file, %" PRIu64 " expected",
-                       fname, key, elems, t[i].count);
-        goto fail;
-      }
-      int same = (uint32_t)ndim == t[i].ndim;
-      for (int d = 0; same && d < ndim; d++) same = shape[d] == t[i].shape[d];
-      if (!same) {
-        char a[200] = "", b[200] = "";
-        size_t la = 0, lb = 0;
-        for (int d = 0; d < ndim; d++)
-          la += (size_t)snprintf(a + la, sizeof a - la, "%s%" PRIu64, d ? "," : "", shape[d]);
-        for (uint32_t d = 0; d < t[i].ndim && d < CKPT_MAX_DIMS; d++)
-          lb += (size_t)snprintf(b + lb, sizeof b - lb, "%s%" PRIu64, d ? "," : "", t[i].shape[d]);
-        rc = drv_error(DRV_ERR_INVALID, "%s: tensor %s: shape [%s] in the file, [%s] expected",
-                       fname, key, a, b);
-        goto fail;
-      }
-      off[i] = data_start + offs[0];
-    }
-  }
-  if (json_end(&j) < 0) goto bad;
-  for (size_t i = 0; i < n; i++)
-    if (file_of(t[i].name) == which && !found[i]) {
-      rc = drv_error(DRV_ERR_INVALID, "%s: tensor %s is not in the file", fname, t[i].name);
-      goto fail;
-    }
-  free(found);
-  free(key);
-  free(hdr);
-  return DRV_OK;
-
-bad:
-  rc = drv_error(DRV_ERR_INVALID, "%s: header %s", fname, j.err[0] ? j.err : "malformed");
-fail:
-  free(found);
-  free(key);
-  free(hdr);
-  return rc;
-}
-
-/* Reads count little-endian floats at off into dst. */
-static drv_result_t st_read_f32(int fd, uint64_t off, float *dst, uint64_t count,
-                                const char *what) {
-  DRV_CHECK(fs_pread_all(fd, dst, (size_t)(count * sizeof(float)), off, what));
-  if (!fs_host_little_endian()) {
-    unsigned char *p = (unsigned char *)dst;
-    for (uint64_t i = 0; i < count; i++, p += 4) {
-      unsigned char a = p[0], b = p[1];
-      p[0] = p[3];
-      p[1] = p[2];
-      p[2] = b;
-      p[3] = a;
-    }
-  }
-  return DRV_OK;
-}
-
 // --- writing ------------------------------------------------------------------------------
 
 static drv_result_t check_tensors(const ckpt_tensor_t *t, size_t n) {
   for (size_t i = 0; i < n; i++) {
     if (!t[i].name || !t[i].name[0] || strcmp(t[i].name, "__metadata__") == 0)
       return drv_error(DRV_ERR_INVALID, "checkpoint tensor %zu: empty or reserved name", i);
-    if (strlen(t[i].name) >= CKPT_NAME_MAX)
+    if (strlen(t[i].name) >= SAFETENSORS_NAME_MAX)
       return drv_error(DRV_ERR_INVALID, "checkpoint tensor %zu: name longer than %d bytes", i,
-                       CKPT_NAME_MAX - 1);
+                       SAFETENSORS_NAME_MAX - 1);
     if (t[i].ndim > CKPT_MAX_DIMS)
       return drv_error(DRV_ERR_INVALID, "checkpoint tensor %s: %u dims, at most %d", t[i].name,
                        t[i].ndim, CKPT_MAX_DIMS);
@@ -842,6 +644,31 @@ out:
   return rc;
 }
 
+/* Finds each t[i] in its file, open as fds[f] (size[f] bytes), as an F32 tensor of exactly
+ * its count and shape, and puts its data's offset in off[i]. */
+static drv_result_t locate_tensors(const int fds[FILE_COUNT], const uint64_t size[FILE_COUNT],
+                                   const ckpt_tensor_t *t, size_t n, uint64_t *off) {
+  drv_result_t rc = DRV_OK;
+  safetensors_want_t *want = calloc(n ? n : 1, sizeof *want); /* one file's tensors at a time */
+  if (!want) return drv_error(DRV_ERR_NOMEM, "out of memory");
+  for (int f = 0; f < FILE_COUNT && rc == DRV_OK; f++) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+      if (file_of(t[i].name) != f) continue;
+      safetensors_want_t *w = &want[k++];
+      *w = (safetensors_want_t){
+          .name = t[i].name, .dtype = "F32", .count = t[i].count, .ndim = t[i].ndim};
+      memcpy(w->shape, t[i].shape, t[i].ndim * sizeof t[i].shape[0]); /* ndim <= 4, checked */
+    }
+    rc = safetensors_locate(fds[f], size[f], file_names[f], want, k);
+    k = 0;
+    for (size_t i = 0; rc == DRV_OK && i < n; i++)
+      if (file_of(t[i].name) == f) off[i] = want[k++].offset;
+  }
+  free(want);
+  return rc;
+}
+
 /* Checks the checkpoint at path (of step `step`) in full and, when `load` is set, reads
  * the tensors into the caller's buffers. The error message names the file, not the path. */
 static drv_result_t try_checkpoint(const char *path, uint64_t step, ckpt_meta_t *meta,
@@ -893,11 +720,10 @@ static drv_result_t try_checkpoint(const char *path, uint64_t step, ckpt_meta_t 
     rc = drv_error(DRV_ERR_NOMEM, "out of memory");
     goto fail;
   }
-  for (int f = 0; f < FILE_COUNT; f++)
-    DRV_CHECK_GOTO(st_locate(fds[f], m.size[f], f, t, n, off), rc, fail);
+  DRV_CHECK_GOTO(locate_tensors(fds, m.size, t, n, off), rc, fail);
   for (size_t i = 0; i < n; i++)
-    DRV_CHECK_GOTO(st_read_f32(fds[file_of(t[i].name)], off[i], t[i].data, t[i].count,
-                               file_names[file_of(t[i].name)]),
+    DRV_CHECK_GOTO(safetensors_read_f32(fds[file_of(t[i].name)], off[i], t[i].data, t[i].count,
+                                        file_names[file_of(t[i].name)]),
                    rc, fail);
   *meta = m.meta;
 
