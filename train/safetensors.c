@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <libgen.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,113 +123,101 @@ static drv_result_t fsync_dir_of(const char *path) {
 
 // --- the writer -------------------------------------------------------------------------
 
-drv_result_t safetensors_write(const char *path, const safetensors_tensor_t *tensors, size_t count,
-                               const safetensors_meta_t *meta, size_t meta_count) {
-  drv_result_t rc = DRV_OK;
-  strbuf_t sb = {0};
-  size_t *bytes = NULL; /* (count) data size of each tensor */
-  char *tmp = NULL;
-  int fd = -1;
+/* Checks tensors[i] (name, dtype, dims, unique name, size, data) and gives the bytes of its
+ * data in *bytes. */
+static drv_result_t tensor_check(const char *path, const safetensors_tensor_t *tensors, size_t i,
+                                 size_t *bytes) {
+  const safetensors_tensor_t *t = &tensors[i];
+  size_t elem = safetensors_dtype_size(t->dtype);
+  if (!t->name || !*t->name || strcmp(t->name, "__metadata__") == 0)
+    return drv_error(DRV_ERR_INVALID, "%s: tensor %zu has an empty or reserved name", path, i);
+  if (elem == 0)
+    return drv_error(DRV_ERR_INVALID, "%s: tensor %s: unknown dtype \"%s\"", path, t->name,
+                     t->dtype ? t->dtype : "(null)");
+  if (t->ndim > SAFETENSORS_MAX_DIMS)
+    return drv_error(DRV_ERR_INVALID, "%s: tensor %s: %u dims, at most %d", path, t->name, t->ndim,
+                     SAFETENSORS_MAX_DIMS);
+  for (size_t j = 0; j < i; j++)
+    if (strcmp(tensors[j].name, t->name) == 0)
+      return drv_error(DRV_ERR_INVALID, "%s: tensor name %s appears twice", path, t->name);
+  uint64_t elems = 1;
+  for (uint32_t d = 0; d < t->ndim; d++) {
+    if (t->shape[d] && elems > UINT64_MAX / t->shape[d] / elem)
+      return drv_error(DRV_ERR_INVALID, "%s: tensor %s: shape overflows", path, t->name);
+    elems *= t->shape[d];
+  }
+  if (elems && !t->data) return drv_error(DRV_ERR_INVALID, "%s: tensor %s: no data", path, t->name);
+  *bytes = (size_t)(elems * elem);
+  return DRV_OK;
+}
 
-  if (!path || (count && !tensors) || (meta_count && !meta))
-    return drv_error(DRV_ERR_INVALID, "safetensors_write: NULL argument");
-  bytes = calloc(count ? count : 1, sizeof *bytes);
-  if (!bytes) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", path);
-
-  // Header: tensors first, in the order given, then the metadata.
-  sb_append(&sb, "{", 1);
+/* The JSON header into sb: the tensors in the order given, each checked, with their
+ * data_offsets (bytes[i] their sizes, filled here), then the metadata; padded with spaces
+ * so that the data section starts 8-byte aligned. */
+static drv_result_t header_build(const char *path, const safetensors_tensor_t *tensors,
+                                 size_t count, const safetensors_meta_t *meta, size_t meta_count,
+                                 strbuf_t *sb, size_t *bytes) {
+  sb_append(sb, "{", 1);
   uint64_t offset = 0;
   for (size_t i = 0; i < count; i++) {
     const safetensors_tensor_t *t = &tensors[i];
-    size_t elem = safetensors_dtype_size(t->dtype);
-    if (!t->name || !*t->name || strcmp(t->name, "__metadata__") == 0) {
-      rc = drv_error(DRV_ERR_INVALID, "%s: tensor %zu has an empty or reserved name", path, i);
-      goto fail;
-    }
-    if (elem == 0) {
-      rc = drv_error(DRV_ERR_INVALID, "%s: tensor %s: unknown dtype \"%s\"", path, t->name,
-                     t->dtype ? t->dtype : "(null)");
-      goto fail;
-    }
-    if (t->ndim > SAFETENSORS_MAX_DIMS) {
-      rc = drv_error(DRV_ERR_INVALID, "%s: tensor %s: %u dims, at most %d", path, t->name, t->ndim,
-                     SAFETENSORS_MAX_DIMS);
-      goto fail;
-    }
-    for (size_t j = 0; j < i; j++)
-      if (strcmp(tensors[j].name, t->name) == 0) {
-        rc = drv_error(DRV_ERR_INVALID, "%s: tensor name %s appears twice", path, t->name);
-        goto fail;
-      }
-    uint64_t elems = 1;
-    for (uint32_t d = 0; d < t->ndim; d++) {
-      if (t->shape[d] && elems > UINT64_MAX / t->shape[d] / elem) {
-        rc = drv_error(DRV_ERR_INVALID, "%s: tensor %s: shape overflows", path, t->name);
-        goto fail;
-      }
-      elems *= t->shape[d];
-    }
-    if (elems && !t->data) {
-      rc = drv_error(DRV_ERR_INVALID, "%s: tensor %s: no data", path, t->name);
-      goto fail;
-    }
-    bytes[i] = (size_t)(elems * elem);
-
-    if (i) sb_append(&sb, ",", 1);
-    sb_json_string(&sb, t->name);
-    sb_printf(&sb, ":{\"dtype\":\"%s\",\"shape\":[", t->dtype);
-    for (uint32_t d = 0; d < t->ndim; d++) sb_printf(&sb, "%s%" PRIu64, d ? "," : "", t->shape[d]);
-    sb_printf(&sb, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", offset, offset + bytes[i]);
+    DRV_CHECK(tensor_check(path, tensors, i, &bytes[i]));
+    if (i) sb_append(sb, ",", 1);
+    sb_json_string(sb, t->name);
+    sb_printf(sb, ":{\"dtype\":\"%s\",\"shape\":[", t->dtype);
+    for (uint32_t d = 0; d < t->ndim; d++) sb_printf(sb, "%s%" PRIu64, d ? "," : "", t->shape[d]);
+    sb_printf(sb, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", offset, offset + bytes[i]);
     offset += bytes[i];
   }
   if (meta_count) {
-    if (count) sb_append(&sb, ",", 1);
-    sb_json_string(&sb, "__metadata__");
-    sb_append(&sb, ":{", 2);
+    if (count) sb_append(sb, ",", 1);
+    sb_json_string(sb, "__metadata__");
+    sb_append(sb, ":{", 2);
     for (size_t i = 0; i < meta_count; i++) {
-      if (!meta[i].key || !meta[i].value) {
-        rc = drv_error(DRV_ERR_INVALID, "%s: metadata entry %zu is NULL", path, i);
-        goto fail;
-      }
-      if (i) sb_append(&sb, ",", 1);
-      sb_json_string(&sb, meta[i].key);
-      sb_append(&sb, ":", 1);
-      sb_json_string(&sb, meta[i].value);
+      if (!meta[i].key || !meta[i].value)
+        return drv_error(DRV_ERR_INVALID, "%s: metadata entry %zu is NULL", path, i);
+      if (i) sb_append(sb, ",", 1);
+      sb_json_string(sb, meta[i].key);
+      sb_append(sb, ":", 1);
+      sb_json_string(sb, meta[i].value);
     }
-    sb_append(&sb, "}", 1);
+    sb_append(sb, "}", 1);
   }
-  sb_append(&sb, "}", 1);
-  /* Pad with spaces so the data section starts 8-byte aligned. */
-  while ((8 + sb.len) % 8) sb_append(&sb, " ", 1);
-  if (sb.failed) {
-    rc = drv_error(DRV_ERR_NOMEM, "%s: out of memory building the header", path);
-    goto fail;
-  }
+  sb_append(sb, "}", 1);
+  while ((8 + sb->len) % 8) sb_append(sb, " ", 1);
+  if (sb->failed) return drv_error(DRV_ERR_NOMEM, "%s: out of memory building the header", path);
+  return DRV_OK;
+}
 
-  // Data: to a temporary file next to the target, then renamed into place.
+/* The length prefix, the header and every tensor's data into a temporary file next to path,
+ * fsynced, closed and renamed over path; then the directory fsynced. The temporary file is
+ * removed on failure. */
+static drv_result_t file_write(const char *path, const strbuf_t *sb,
+                               const safetensors_tensor_t *tensors, size_t count,
+                               const size_t *bytes) {
+  drv_result_t rc = DRV_OK;
+  int fd = -1;
+  bool created = false; /* tmp exists and is ours to remove */
   size_t plen = strlen(path);
-  tmp = malloc(plen + 8);
-  if (!tmp) {
-    rc = drv_error(DRV_ERR_NOMEM, "%s: out of memory", path);
-    goto fail;
-  }
+  char *tmp = malloc(plen + 8);
+  if (!tmp) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", path);
   memcpy(tmp, path, plen);
   memcpy(tmp + plen, ".XXXXXX", 8);
+
   fd = mkostemp(tmp, O_CLOEXEC);
   if (fd < 0) {
     rc = drv_error(DRV_ERR_SYS, "%s: create temporary file: %s", tmp, strerror(errno));
-    free(tmp);
-    tmp = NULL; /* nothing to unlink */
     goto fail;
   }
+  created = true;
   if (fchmod(fd, 0644) < 0) {
     rc = drv_error(DRV_ERR_SYS, "%s: chmod: %s", tmp, strerror(errno));
     goto fail;
   }
   unsigned char len_le[8];
-  for (int b = 0; b < 8; b++) len_le[b] = (unsigned char)((uint64_t)sb.len >> (8 * b));
+  for (int b = 0; b < 8; b++) len_le[b] = (unsigned char)((uint64_t)sb->len >> (8 * b));
   DRV_CHECK_GOTO(fs_write_all(fd, len_le, sizeof len_le, tmp), rc, fail);
-  DRV_CHECK_GOTO(fs_write_all(fd, sb.buf, sb.len, tmp), rc, fail);
+  DRV_CHECK_GOTO(fs_write_all(fd, sb->buf, sb->len, tmp), rc, fail);
   for (size_t i = 0; i < count; i++)
     DRV_CHECK_GOTO(
         write_le(fd, tensors[i].data, bytes[i], safetensors_dtype_size(tensors[i].dtype), tmp), rc,
@@ -237,29 +226,40 @@ drv_result_t safetensors_write(const char *path, const safetensors_tensor_t *ten
     rc = drv_error(DRV_ERR_SYS, "%s: fsync: %s", tmp, strerror(errno));
     goto fail;
   }
-  if (close(fd) < 0) {
-    fd = -1;
+  int closed = close(fd);
+  fd = -1;
+  if (closed < 0) {
     rc = drv_error(DRV_ERR_SYS, "%s: close: %s", tmp, strerror(errno));
     goto fail;
   }
-  fd = -1;
   if (rename(tmp, path) < 0) {
     rc = drv_error(DRV_ERR_SYS, "%s: rename to %s: %s", tmp, path, strerror(errno));
     goto fail;
   }
-  free(tmp);
-  tmp = NULL;
-  DRV_CHECK_GOTO(fsync_dir_of(path), rc, fail);
-  free(sb.buf);
-  free(bytes);
-  return DRV_OK;
+  created = false; /* it is path now */
+  rc = fsync_dir_of(path);
 
 fail:
   if (fd >= 0) close(fd);
-  if (tmp) {
-    unlink(tmp);
-    free(tmp);
-  }
+  if (created) unlink(tmp);
+  free(tmp);
+  return rc;
+}
+
+drv_result_t safetensors_write(const char *path, const safetensors_tensor_t *tensors, size_t count,
+                               const safetensors_meta_t *meta, size_t meta_count) {
+  drv_result_t rc = DRV_OK;
+  strbuf_t sb = {0};
+  size_t *bytes = NULL; /* (count) data size of each tensor */
+
+  if (!path || (count && !tensors) || (meta_count && !meta))
+    return drv_error(DRV_ERR_INVALID, "safetensors_write: NULL argument");
+  bytes = calloc(count ? count : 1, sizeof *bytes);
+  if (!bytes) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", path);
+  DRV_CHECK_GOTO(header_build(path, tensors, count, meta, meta_count, &sb, bytes), rc, fail);
+  DRV_CHECK_GOTO(file_write(path, &sb, tensors, count, bytes), rc, fail);
+
+fail:
   free(sb.buf);
   free(bytes);
   return rc;
