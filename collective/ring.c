@@ -602,6 +602,179 @@ static void ring_add(float *restrict dst, const float *restrict src, size_t n) {
 }
 
 // --- all-reduce ----------------------------------------------------------------------------
+// One poll() loop moves both directions: receive from the left (the call's header, then the
+// recv items in order, each reduced or landed), watch the right link for a close, send to
+// the right (the header, then each send item once its input has arrived).
+
+/* Where one all-reduce stands in each direction. */
+typedef struct {
+  ring_t *r;
+  float *data;
+  size_t count;
+  uint32_t right, left;
+  unsigned char hdr_out[RING_MSG_BYTES], hdr_in[RING_MSG_BYTES];
+  size_t si, ri;       /* next send / recv item */
+  size_t sdone, rdone; /* bytes of the current item (or header) done */
+  bool hdr_sent, hdr_got;
+} ring_call_t;
+
+static bool call_send_left(const ring_call_t *c) {
+  return !c->hdr_sent || c->si < c->r->nsend;
+}
+
+static bool call_recv_left(const ring_call_t *c) {
+  return !c->hdr_got || c->ri < c->r->nrecv;
+}
+
+/* The header, or the next send item once the recv item it depends on is complete. */
+static bool call_send_ready(const ring_call_t *c) {
+  if (!c->hdr_sent) return true;
+  if (c->si >= c->r->nsend) return false;
+  int64_t dep = c->r->sends[c->si].dep;
+  return dep < 0 || (size_t)dep < c->ri;
+}
+
+/* Our header and the first attempt to send it. It goes out first of all, so a neighbour
+ * always learns what we called even when we stop at its header (a mismatch fails both
+ * ends, neither waits for a timeout). */
+static void call_begin(ring_call_t *c) {
+  put_u32(c->hdr_out, RING_MAGIC_CALL);
+  put_u32(c->hdr_out + 4, 0);
+  put_u64(c->hdr_out + 8, c->r->seq);
+  put_u64(c->hdr_out + 16, (uint64_t)c->count);
+  ssize_t k = send(c->r->right_fd, c->hdr_out, sizeof c->hdr_out, MSG_NOSIGNAL | MSG_DONTWAIT);
+  if (k > 0) c->sdone = (size_t)k;
+  if (c->sdone == sizeof c->hdr_out) {
+    c->hdr_sent = true;
+    c->sdone = 0;
+  }
+}
+
+/* The left neighbour's header: the same call (sequence number) with the same count. */
+static drv_result_t call_header_check(const ring_call_t *c) {
+  uint64_t seq = get_u64(c->hdr_in + 8), cnt = get_u64(c->hdr_in + 16);
+  if (get_u32(c->hdr_in) != RING_MAGIC_CALL || seq != c->r->seq || cnt != (uint64_t)c->count)
+    return drv_error(DRV_ERR_PROTO,
+                     "ring all-reduce: rank %u (call %llu, %zu floats): rank %u (left) "
+                     "sent call %llu with %llu floats",
+                     c->r->rank, (unsigned long long)c->r->seq, c->count, c->left,
+                     (unsigned long long)seq, (unsigned long long)cnt);
+  return DRV_OK;
+}
+
+/* Receives from the left what is there (up to a burst): the header, then recv items
+ * strictly in order, each added into data through scratch or landed in place. *moved is
+ * set when bytes came. */
+static drv_result_t call_recv(ring_call_t *c, bool *moved) {
+  ring_t *r = c->r;
+  size_t burst = 0;
+  while (burst < RING_BURST_BYTES && call_recv_left(c)) {
+    const ring_item_t *it = c->hdr_got ? &r->recvs[c->ri] : NULL;
+    char *dst;
+    size_t want;
+    if (!it) {
+      dst = (char *)c->hdr_in + c->rdone;
+      want = sizeof c->hdr_in - c->rdone;
+    } else {
+      dst = (it->reduce ? (char *)r->scratch : (char *)(c->data + it->off)) + c->rdone;
+      want = it->n * sizeof(float) - c->rdone;
+    }
+    ssize_t k = recv(r->left_fd, dst, want, 0);
+    if (k == 0)
+      return drv_error(DRV_ERR_SYS,
+                       "ring all-reduce: rank %u: rank %u (left) closed the connection", r->rank,
+                       c->left);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) break;
+      return drv_error(DRV_ERR_SYS, "ring all-reduce: rank %u: link from rank %u (left): %s",
+                       r->rank, c->left, strerror(errno));
+    }
+    *moved = true;
+    burst += (size_t)k;
+    c->rdone += (size_t)k;
+    if (c->rdone < (it ? it->n * sizeof(float) : sizeof c->hdr_in)) continue;
+    c->rdone = 0;
+    if (!it) {
+      DRV_CHECK(call_header_check(c));
+      c->hdr_got = true;
+    } else {
+      if (it->reduce) ring_add(c->data + it->off, r->scratch, it->n);
+      c->ri++;
+    }
+  }
+  return DRV_OK;
+}
+
+/* The right link polled readable while we owe it data: the neighbour never writes to us, so
+ * it closed or reset (or broke the protocol). */
+static drv_result_t call_check_right(const ring_call_t *c) {
+  const ring_t *r = c->r;
+  char b;
+  ssize_t k = recv(r->right_fd, &b, 1, MSG_DONTWAIT);
+  if (k == 0)
+    return drv_error(DRV_ERR_SYS, "ring all-reduce: rank %u: rank %u (right) closed the connection",
+                     r->rank, c->right);
+  if (k > 0)
+    return drv_error(DRV_ERR_PROTO,
+                     "ring all-reduce: rank %u: rank %u (right) sent data on a send-only link",
+                     r->rank, c->right);
+  if (errno != EAGAIN && errno != EINTR)
+    return drv_error(DRV_ERR_SYS, "ring all-reduce: rank %u: link to rank %u (right): %s", r->rank,
+                     c->right, strerror(errno));
+  return DRV_OK;
+}
+
+/* Sends to the right what can go (up to a burst): the header, then every send item whose
+ * input is complete. *moved is set when bytes went. */
+static drv_result_t call_send(ring_call_t *c, bool *moved) {
+  ring_t *r = c->r;
+  size_t burst = 0;
+  while (burst < RING_BURST_BYTES && call_send_ready(c)) {
+    const ring_item_t *it = c->hdr_sent ? &r->sends[c->si] : NULL;
+    const char *src;
+    size_t want;
+    if (!it) {
+      src = (const char *)c->hdr_out + c->sdone;
+      want = sizeof c->hdr_out - c->sdone;
+    } else {
+      src = (const char *)(c->data + it->off) + c->sdone;
+      want = it->n * sizeof(float) - c->sdone;
+    }
+    ssize_t k = send(r->right_fd, src, want, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) break;
+      return drv_error(DRV_ERR_SYS, "ring all-reduce: rank %u: link to rank %u (right): %s",
+                       r->rank, c->right, strerror(errno));
+    }
+    *moved = true;
+    burst += (size_t)k;
+    c->sdone += (size_t)k;
+    if ((size_t)k < want) continue;
+    c->sdone = 0;
+    if (!it)
+      c->hdr_sent = true;
+    else
+      c->si++;
+  }
+  return DRV_OK;
+}
+
+/* Nothing moved for `timeout` ms: the neighbour we wait for, named. */
+static drv_result_t call_timeout(const ring_call_t *c, bool recv_left, bool send_ready,
+                                 int64_t timeout) {
+  const ring_t *r = c->r;
+  if (recv_left && !send_ready)
+    return drv_error(DRV_ERR_TIMEOUT,
+                     "ring all-reduce: rank %u got nothing from rank %u (left) for %lld ms "
+                     "(recv item %zu of %zu)",
+                     r->rank, c->left, (long long)timeout, c->ri, r->nrecv);
+  return drv_error(DRV_ERR_TIMEOUT,
+                   "ring all-reduce: rank %u: rank %u (right) took nothing for %lld ms "
+                   "(send item %zu of %zu)",
+                   r->rank, c->right, (long long)timeout, c->si, r->nsend);
+}
 
 drv_result_t ring_allreduce(ring_t *r, float *data, size_t count) {
   drv_result_t rc = DRV_OK;
@@ -620,36 +793,17 @@ drv_result_t ring_allreduce(ring_t *r, float *data, size_t count) {
   if (chunk == 0) chunk = 1;
   DRV_CHECK_GOTO(ring_schedule(r, count, chunk), rc, fail);
 
-  uint32_t right = (r->rank + 1) % r->world, left = (r->rank + r->world - 1) % r->world;
-  unsigned char hdr_out[RING_MSG_BYTES], hdr_in[RING_MSG_BYTES];
-  put_u32(hdr_out, RING_MAGIC_CALL);
-  put_u32(hdr_out + 4, 0);
-  put_u64(hdr_out + 8, r->seq);
-  put_u64(hdr_out + 16, (uint64_t)count);
-
-  const ring_item_t *sends = r->sends, *recvs = r->recvs;
-  size_t nsend = r->nsend, nrecv = r->nrecv;
-  size_t si = 0, ri = 0;       /* next send / recv item */
-  size_t sdone = 0, rdone = 0; /* bytes of the current item (or header) done */
-  bool hdr_sent = false, hdr_got = false;
-  int64_t last = drv_now_ms();
-
-  /* The header goes out first of all, so a neighbour always learns what we called even
-   * when we stop at its header (a mismatch fails both ends, neither waits for a timeout). */
-  ssize_t k0 = send(r->right_fd, hdr_out, sizeof hdr_out, MSG_NOSIGNAL | MSG_DONTWAIT);
-  if (k0 > 0) sdone = (size_t)k0;
-  if (sdone == sizeof hdr_out) {
-    hdr_sent = true;
-    sdone = 0;
-  }
-
+  ring_call_t c = {.r = r,
+                   .data = data,
+                   .count = count,
+                   .right = (r->rank + 1) % r->world,
+                   .left = (r->rank + r->world - 1) % r->world};
+  call_begin(&c);
+  int64_t last = drv_now_ms(); /* when bytes last moved */
   for (;;) {
-    bool send_left = !hdr_sent || si < nsend;
-    bool recv_left = !hdr_got || ri < nrecv;
+    bool send_left = call_send_left(&c), recv_left = call_recv_left(&c);
     if (!send_left && !recv_left) break;
-    bool send_ready =
-        !hdr_sent || (si < nsend && (sends[si].dep < 0 || (size_t)sends[si].dep < ri));
-
+    bool send_ready = call_send_ready(&c);
     /* While we still owe the right neighbour data, POLLIN on its socket means it closed
      * or reset (it never writes to us). */
     struct pollfd pfd[2] = {
@@ -665,135 +819,18 @@ drv_result_t ring_allreduce(ring_t *r, float *data, size_t count) {
     }
     if (n == 0) {
       if (drv_now_ms() - last < timeout) continue;
-      if (recv_left && !send_ready)
-        rc = drv_error(DRV_ERR_TIMEOUT,
-                       "ring all-reduce: rank %u got nothing from rank %u (left) for %lld ms "
-                       "(recv item %zu of %zu)",
-                       r->rank, left, (long long)timeout, ri, nrecv);
-      else
-        rc = drv_error(DRV_ERR_TIMEOUT,
-                       "ring all-reduce: rank %u: rank %u (right) took nothing for %lld ms "
-                       "(send item %zu of %zu)",
-                       r->rank, right, (long long)timeout, si, nsend);
+      rc = call_timeout(&c, recv_left, send_ready, timeout);
       goto fail;
     }
     bool moved = false;
-
-    // Receive from the left: the header, then recv items strictly in order.
-    if (pfd[1].revents) {
-      size_t burst = 0;
-      while (burst < RING_BURST_BYTES && (!hdr_got || ri < nrecv)) {
-        char *dst;
-        size_t want;
-        const ring_item_t *it = hdr_got ? &recvs[ri] : NULL;
-        if (!it) {
-          dst = (char *)hdr_in + rdone;
-          want = sizeof hdr_in - rdone;
-        } else {
-          dst = (it->reduce ? (char *)r->scratch : (char *)(data + it->off)) + rdone;
-          want = it->n * sizeof(float) - rdone;
-        }
-        ssize_t k = recv(r->left_fd, dst, want, 0);
-        if (k == 0) {
-          rc = drv_error(DRV_ERR_SYS,
-                         "ring all-reduce: rank %u: rank %u (left) closed the "
-                         "connection",
-                         r->rank, left);
-          goto fail;
-        }
-        if (k < 0) {
-          if (errno == EINTR) continue;
-          if (errno == EAGAIN) break;
-          rc = drv_error(DRV_ERR_SYS, "ring all-reduce: rank %u: link from rank %u (left): %s",
-                         r->rank, left, strerror(errno));
-          goto fail;
-        }
-        moved = true;
-        burst += (size_t)k;
-        rdone += (size_t)k;
-        if (rdone < (it ? it->n * sizeof(float) : sizeof hdr_in)) continue;
-        rdone = 0;
-        if (!it) {
-          uint64_t seq = get_u64(hdr_in + 8), cnt = get_u64(hdr_in + 16);
-          if (get_u32(hdr_in) != RING_MAGIC_CALL || seq != r->seq || cnt != (uint64_t)count) {
-            rc = drv_error(DRV_ERR_PROTO,
-                           "ring all-reduce: rank %u (call %llu, %zu floats): rank %u (left) "
-                           "sent call %llu with %llu floats",
-                           r->rank, (unsigned long long)r->seq, count, left,
-                           (unsigned long long)seq, (unsigned long long)cnt);
-            goto fail;
-          }
-          hdr_got = true;
-        } else {
-          if (it->reduce) ring_add(data + it->off, r->scratch, it->n);
-          ri++;
-        }
-      }
-    }
-
+    if (pfd[1].revents) DRV_CHECK_GOTO(call_recv(&c, &moved), rc, fail);
     // After receiving (data already queued from a neighbour that then closed is still
     // read and checked first), a closed or reset right link.
-    if (pfd[0].revents & (POLLIN | POLLERR | POLLHUP)) {
-      char b;
-      ssize_t k = recv(r->right_fd, &b, 1, MSG_DONTWAIT);
-      if (k == 0) {
-        rc = drv_error(DRV_ERR_SYS,
-                       "ring all-reduce: rank %u: rank %u (right) closed the "
-                       "connection",
-                       r->rank, right);
-        goto fail;
-      }
-      if (k > 0) {
-        rc = drv_error(DRV_ERR_PROTO,
-                       "ring all-reduce: rank %u: rank %u (right) sent data "
-                       "on a send-only link",
-                       r->rank, right);
-        goto fail;
-      }
-      if (errno != EAGAIN && errno != EINTR) {
-        rc = drv_error(DRV_ERR_SYS, "ring all-reduce: rank %u: link to rank %u (right): %s",
-                       r->rank, right, strerror(errno));
-        goto fail;
-      }
-    }
-
-    // Send to the right: the header, then every send item whose input is complete. Tried
-    // whenever something is ready: the receive above may just have unlocked it.
-    if ((pfd[0].revents & POLLOUT) || (moved && send_left)) {
-      size_t burst = 0;
-      while (burst < RING_BURST_BYTES) {
-        const char *src;
-        size_t want;
-        const ring_item_t *it = NULL;
-        if (!hdr_sent) {
-          src = (const char *)hdr_out + sdone;
-          want = sizeof hdr_out - sdone;
-        } else if (si < nsend && (sends[si].dep < 0 || (size_t)sends[si].dep < ri)) {
-          it = &sends[si];
-          src = (const char *)(data + it->off) + sdone;
-          want = it->n * sizeof(float) - sdone;
-        } else {
-          break;
-        }
-        ssize_t k = send(r->right_fd, src, want, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (k < 0) {
-          if (errno == EINTR) continue;
-          if (errno == EAGAIN) break;
-          rc = drv_error(DRV_ERR_SYS, "ring all-reduce: rank %u: link to rank %u (right): %s",
-                         r->rank, right, strerror(errno));
-          goto fail;
-        }
-        moved = true;
-        burst += (size_t)k;
-        sdone += (size_t)k;
-        if ((size_t)k < want) continue;
-        sdone = 0;
-        if (!it)
-          hdr_sent = true;
-        else
-          si++;
-      }
-    }
+    if (pfd[0].revents & (POLLIN | POLLERR | POLLHUP))
+      DRV_CHECK_GOTO(call_check_right(&c), rc, fail);
+    // Tried whenever something is ready: the receive above may just have unlocked it.
+    if ((pfd[0].revents & POLLOUT) || (moved && send_left))
+      DRV_CHECK_GOTO(call_send(&c, &moved), rc, fail);
     if (moved) last = drv_now_ms();
   }
   r->seq++;
