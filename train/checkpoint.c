@@ -414,12 +414,85 @@ static drv_result_t publish(const char *tmp, const char *final, const char *old_
   return DRV_OK;
 }
 
+/* The tensors as the two files' lists, one after the other (model file first): *st (n,
+ * malloc'ed, the caller frees it) borrows t's names and data; counts[f] per file. */
+static drv_result_t split_tensors(const ckpt_tensor_t *t, size_t n, const char *what,
+                                  safetensors_tensor_t **st, size_t counts[FILE_COUNT]) {
+  safetensors_tensor_t *v = calloc(n ? n : 1, sizeof *v);
+  if (!v) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", what);
+  size_t k = 0;
+  for (int f = 0; f < FILE_COUNT; f++) {
+    counts[f] = 0;
+    for (size_t i = 0; i < n; i++) {
+      if (file_of(t[i].name) != f) continue;
+      safetensors_tensor_t *s = &v[k++];
+      s->name = t[i].name;
+      s->dtype = "F32";
+      s->ndim = t[i].ndim;
+      for (uint32_t d = 0; d < t[i].ndim; d++) s->shape[d] = t[i].shape[d];
+      s->data = t[i].data;
+      counts[f]++;
+    }
+  }
+  *st = v;
+  return DRV_OK;
+}
+
+/* The two tensor files into the directory tmp (each written to a temp file, fsynced and
+ * renamed by the writer), their sizes and CRC32s into m. */
+static drv_result_t tensor_files_write(const char *tmp, const safetensors_tensor_t *st,
+                                       const size_t counts[FILE_COUNT], manifest_t *m) {
+  static const safetensors_meta_t st_meta[] = {{"format", "pt"}};
+  drv_result_t rc = DRV_OK;
+  char file[PATH_MAX];
+  int fd = -1;
+  for (int f = 0; f < FILE_COUNT; f++) {
+    DRV_CHECK_GOTO(path_fmt(file, sizeof file, "%s/%s", tmp, file_names[f]), rc, fail);
+    DRV_CHECK_GOTO(safetensors_write(file, st + (f ? counts[0] : 0), counts[f], st_meta, 1), rc,
+                   fail);
+    fd = open(file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      rc = drv_error(DRV_ERR_SYS, "%s: open: %s", file, strerror(errno));
+      goto fail;
+    }
+    DRV_CHECK_GOTO(fd_crc32(fd, file, &m->size[f], &m->crc[f]), rc, fail);
+    close(fd);
+    fd = -1;
+  }
+fail:
+  if (fd >= 0) close(fd);
+  return rc;
+}
+
+/* The manifest as tmp/manifest.json: created, written, fsynced and closed. */
+static drv_result_t manifest_write(const char *tmp, const manifest_t *m) {
+  drv_result_t rc = DRV_OK;
+  char text[2048], file[PATH_MAX];
+  size_t tlen = manifest_format(m, text, sizeof text);
+  if (tlen == 0) return drv_error(DRV_ERR_INVALID, "%s: manifest does not fit", tmp);
+  DRV_CHECK(path_fmt(file, sizeof file, "%s/" CKPT_MANIFEST, tmp));
+  int fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return drv_error(DRV_ERR_SYS, "%s: create: %s", file, strerror(errno));
+  DRV_CHECK_GOTO(fs_write_all(fd, text, tlen, file), rc, fail);
+  if (fsync(fd) < 0) {
+    rc = drv_error(DRV_ERR_SYS, "%s: fsync: %s", file, strerror(errno));
+    goto fail;
+  }
+  int closed = close(fd);
+  fd = -1;
+  if (closed < 0) rc = drv_error(DRV_ERR_SYS, "%s: close: %s", file, strerror(errno));
+fail:
+  if (fd >= 0) close(fd);
+  return rc;
+}
+
 drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_tensor_t *t,
                         size_t n) {
   drv_result_t rc = DRV_OK;
   safetensors_tensor_t *st = NULL; /* (n) model tensors first, then state tensors */
+  size_t counts[FILE_COUNT];
   char tmp[PATH_MAX], final[PATH_MAX], del[PATH_MAX], file[PATH_MAX];
-  int made_tmp = 0, fd = -1;
+  int made_tmp = 0;
 
   if (!dir || !*dir || !meta || (n && !t))
     return drv_error(DRV_ERR_INVALID, "ckpt_write: NULL argument");
@@ -431,23 +504,8 @@ drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_ten
   DRV_CHECK(path_fmt(final, sizeof final, "%s/step-%010llu", dir, step));
   DRV_CHECK(path_fmt(tmp, sizeof tmp, "%s/.tmp-step-%llu-%ld", dir, step, pid));
   DRV_CHECK(path_fmt(del, sizeof del, "%s/.tmp-del-step-%llu-%ld", dir, step, pid));
-  DRV_CHECK(path_fmt(file, sizeof file, "%s/" CKPT_MANIFEST, tmp));
-
-  st = calloc(n ? n : 1, sizeof *st);
-  if (!st) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", final);
-  size_t nmodel = 0;
-  for (int pass = 0; pass < FILE_COUNT; pass++)
-    for (size_t i = 0; i < n; i++) {
-      if (file_of(t[i].name) != pass) continue;
-      safetensors_tensor_t *s = &st[nmodel++];
-      s->name = t[i].name;
-      s->dtype = "F32";
-      s->ndim = t[i].ndim;
-      for (uint32_t d = 0; d < t[i].ndim; d++) s->shape[d] = t[i].shape[d];
-      s->data = t[i].data;
-    }
-  size_t counts[FILE_COUNT] = {0, 0};
-  for (size_t i = 0; i < n; i++) counts[file_of(t[i].name)]++;
+  DRV_CHECK(path_fmt(file, sizeof file, "%s/" CKPT_MANIFEST, tmp)); /* all paths fit */
+  DRV_CHECK(split_tensors(t, n, final, &st, counts));
 
   DRV_CHECK_GOTO(fs_mkdir_p_durable(dir), rc, fail);
   // A directory of this name is ours by name: an earlier attempt of this process.
@@ -457,48 +515,9 @@ drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_ten
     goto fail;
   }
   made_tmp = 1;
-
-  // The two tensor files (each written to a temp file, fsynced and renamed by the writer).
   manifest_t m = {.meta = *meta};
-  static const safetensors_meta_t st_meta[] = {{"format", "pt"}};
-  for (int f = 0; f < FILE_COUNT; f++) {
-    DRV_CHECK_GOTO(path_fmt(file, sizeof file, "%s/%s", tmp, file_names[f]), rc, fail);
-    DRV_CHECK_GOTO(safetensors_write(file, st + (f ? counts[0] : 0), counts[f], st_meta, 1), rc,
-                   fail);
-    fd = open(file, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      rc = drv_error(DRV_ERR_SYS, "%s: open: %s", file, strerror(errno));
-      goto fail;
-    }
-    DRV_CHECK_GOTO(fd_crc32(fd, file, &m.size[f], &m.crc[f]), rc, fail);
-    close(fd);
-    fd = -1;
-  }
-
-  // The manifest, last.
-  char text[2048];
-  size_t tlen = manifest_format(&m, text, sizeof text);
-  if (tlen == 0) {
-    rc = drv_error(DRV_ERR_INVALID, "%s: manifest does not fit", tmp);
-    goto fail;
-  }
-  DRV_CHECK_GOTO(path_fmt(file, sizeof file, "%s/" CKPT_MANIFEST, tmp), rc, fail);
-  fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    rc = drv_error(DRV_ERR_SYS, "%s: create: %s", file, strerror(errno));
-    goto fail;
-  }
-  DRV_CHECK_GOTO(fs_write_all(fd, text, tlen, file), rc, fail);
-  if (fsync(fd) < 0) {
-    rc = drv_error(DRV_ERR_SYS, "%s: fsync: %s", file, strerror(errno));
-    goto fail;
-  }
-  int close_rc = close(fd);
-  fd = -1;
-  if (close_rc < 0) {
-    rc = drv_error(DRV_ERR_SYS, "%s: close: %s", file, strerror(errno));
-    goto fail;
-  }
+  DRV_CHECK_GOTO(tensor_files_write(tmp, st, counts, &m), rc, fail);
+  DRV_CHECK_GOTO(manifest_write(tmp, &m), rc, fail); /* last: it vouches for the others */
   DRV_CHECK_GOTO(fs_fsync_dir(tmp), rc, fail);
 
   // Into place, then make the rename durable.
@@ -518,11 +537,8 @@ drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_ten
       log_warn("%s: written, but the earlier copy was not removed: %s", final, drv_last_error());
     made_tmp = 0;
   }
-  free(st);
-  return DRV_OK;
 
 fail:
-  if (fd >= 0) close(fd);
   if (made_tmp) {
     drv_error_saved_t keep; /* the failure, not the clean-up's */
     drv_error_save(&keep);
