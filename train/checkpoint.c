@@ -232,6 +232,11 @@ static int manifest_parse_files(json_cursor_t *j, manifest_t *m) {
   return 0;
 }
 
+/* The manifest's top-level keys, in the order written; key k's bit in a seen-set is 1 << k
+ * (MK_*). */
+static const char *const manifest_keys[] = {"format", "version",       "step", "epoch",
+                                            "world",  "seed",          "job",  "spec_sha",
+                                            "files",  "manifest_crc32"};
 enum {
   MK_FORMAT = 1 << 0,
   MK_VERSION = 1 << 1,
@@ -243,100 +248,87 @@ enum {
   MK_SPEC = 1 << 7,
   MK_FILES = 1 << 8,
   MK_SELF = 1 << 9,
-  MK_ALL = (1 << 10) - 1,
+  MK_COUNT = 10,
+  MK_ALL = (1 << MK_COUNT) - 1,
 };
+_Static_assert(DRV_ARRAY_LEN(manifest_keys) == MK_COUNT, "one name per manifest key");
 
-/* Parses and checks manifest text; on failure err holds why. */
+/* The MK_* bit of a top-level key; 0 for a key the manifest has not. */
+static unsigned manifest_key_bit(const char *key) {
+  for (int k = 0; k < MK_COUNT; k++)
+    if (strcmp(key, manifest_keys[k]) == 0) return 1u << k;
+  return 0;
+}
+
+/* The value of the key with bit `bit` (named key) into m, or into *self for the
+ * manifest's own CRC32. */
+static int manifest_value(json_cursor_t *j, unsigned bit, const char *key, manifest_t *m,
+                          uint32_t *self) {
+  uint64_t u = 0;
+  char fmt[32];
+  switch (bit) {
+  case MK_FORMAT:
+    if (json_str(j, fmt, sizeof fmt) < 0) return -1;
+    if (strcmp(fmt, CKPT_FORMAT) != 0)
+      return json_fail(j, "format \"%s\", expected \"" CKPT_FORMAT "\"", fmt);
+    return 0;
+  case MK_VERSION:
+    if (json_u64(j, &u) < 0) return -1;
+    if (u != CKPT_VERSION)
+      return json_fail(j, "version %" PRIu64 " is not supported (this build reads %d)", u,
+                       CKPT_VERSION);
+    return 0;
+  case MK_STEP: return json_u64(j, &m->meta.step);
+  case MK_EPOCH:
+  case MK_WORLD:
+    if (json_u64(j, &u) < 0) return -1;
+    if (u > UINT32_MAX) return json_fail(j, "%s %" PRIu64 " out of range", key, u);
+    *(bit == MK_EPOCH ? &m->meta.epoch : &m->meta.world) = (uint32_t)u;
+    return 0;
+  case MK_SEED: return json_u64(j, &m->meta.seed);
+  case MK_JOB: return json_i64(j, &m->meta.job);
+  case MK_SPEC:
+    if (json_str(j, m->meta.spec_sha, sizeof m->meta.spec_sha) < 0) return -1;
+    return spec_sha_ok(m->meta.spec_sha) ? 0 : json_fail(j, "spec_sha is not hex");
+  case MK_FILES: return manifest_parse_files(j, m);
+  case MK_SELF: return read_crc32(j, self);
+  }
+  return json_fail(j, "unknown key \"%s\"", key);
+}
+
+/* Parses and checks manifest text: every key exactly once, nothing else, "manifest_crc32"
+ * last and matching every byte before its key. On failure err holds why. */
 static int manifest_parse(const char *buf, size_t len, manifest_t *m, char *err, size_t errcap) {
   json_cursor_t j = {.buf = buf, .len = len};
   memset(m, 0, sizeof *m);
   unsigned seen = 0;
-  int members = 0;
+  int members = 0, r;
   uint32_t self = 0;
-  size_t self_pos = 0;
+  size_t self_pos = 0; /* where the key "manifest_crc32" starts: the CRC covers what is before */
   char key[32];
   if (json_lit(&j, '{') < 0) goto fail;
-  for (;;) {
-    int r = json_member(&j, &members, key, sizeof key);
-    if (r < 0) goto fail;
-    if (r == 0) break;
-    if (seen & MK_SELF) {
+  while ((r = json_member(&j, &members, key, sizeof key)) > 0) {
+    unsigned bit = manifest_key_bit(key);
+    if ((seen & MK_SELF) || !bit || (seen & bit)) {
       j.pos = j.key_pos;
-      json_fail(&j, "\"manifest_crc32\" must be the last key");
+      if (seen & MK_SELF)
+        json_fail(&j, "\"manifest_crc32\" must be the last key");
+      else if (!bit)
+        json_fail(&j, "unknown key \"%s\"", key);
+      else
+        json_fail(&j, "key \"%s\" appears twice", key);
       goto fail;
     }
-    unsigned bit = 0;
-    uint64_t u = 0;
-    if (strcmp(key, "format") == 0) {
-      bit = MK_FORMAT;
-      char fmt[32];
-      if (!(seen & bit) && json_str(&j, fmt, sizeof fmt) < 0) goto fail;
-      if (!(seen & bit) && strcmp(fmt, CKPT_FORMAT) != 0) {
-        json_fail(&j, "format \"%s\", expected \"" CKPT_FORMAT "\"", fmt);
-        goto fail;
-      }
-    } else if (strcmp(key, "version") == 0) {
-      bit = MK_VERSION;
-      if (!(seen & bit) && json_u64(&j, &u) < 0) goto fail;
-      if (!(seen & bit) && u != CKPT_VERSION) {
-        json_fail(&j, "version %" PRIu64 " is not supported (this build reads %d)", u,
-                  CKPT_VERSION);
-        goto fail;
-      }
-    } else if (strcmp(key, "step") == 0) {
-      bit = MK_STEP;
-      if (!(seen & bit) && json_u64(&j, &m->meta.step) < 0) goto fail;
-    } else if (strcmp(key, "epoch") == 0 || strcmp(key, "world") == 0) {
-      int is_epoch = key[0] == 'e';
-      bit = is_epoch ? MK_EPOCH : MK_WORLD;
-      if (!(seen & bit) && json_u64(&j, &u) < 0) goto fail;
-      if (!(seen & bit) && u > UINT32_MAX) {
-        json_fail(&j, "%s %" PRIu64 " out of range", key, u);
-        goto fail;
-      }
-      *(is_epoch ? &m->meta.epoch : &m->meta.world) = (uint32_t)u;
-    } else if (strcmp(key, "seed") == 0) {
-      bit = MK_SEED;
-      if (!(seen & bit) && json_u64(&j, &m->meta.seed) < 0) goto fail;
-    } else if (strcmp(key, "job") == 0) {
-      bit = MK_JOB;
-      if (!(seen & bit) && json_i64(&j, &m->meta.job) < 0) goto fail;
-    } else if (strcmp(key, "spec_sha") == 0) {
-      bit = MK_SPEC;
-      if (!(seen & bit) && json_str(&j, m->meta.spec_sha, sizeof m->meta.spec_sha) < 0) goto fail;
-      if (!(seen & bit) && !spec_sha_ok(m->meta.spec_sha)) {
-        json_fail(&j, "spec_sha is not hex");
-        goto fail;
-      }
-    } else if (strcmp(key, "files") == 0) {
-      bit = MK_FILES;
-      if (!(seen & bit) && manifest_parse_files(&j, m) < 0) goto fail;
-    } else if (strcmp(key, "manifest_crc32") == 0) {
-      bit = MK_SELF;
-      self_pos = j.key_pos;
-      if (!(seen & bit) && read_crc32(&j, &self) < 0) goto fail;
-    } else {
-      j.pos = j.key_pos;
-      json_fail(&j, "unknown key \"%s\"", key);
-      goto fail;
-    }
-    if (seen & bit) {
-      j.pos = j.key_pos;
-      json_fail(&j, "key \"%s\" appears twice", key);
-      goto fail;
-    }
+    if (bit == MK_SELF) self_pos = j.key_pos;
+    if (manifest_value(&j, bit, key, m, &self) < 0) goto fail;
     seen |= bit;
   }
-  if (json_end(&j) < 0) goto fail;
-  if (seen != MK_ALL) {
-    static const char *names[] = {"format", "version", "step",     "epoch", "world",
-                                  "seed",   "job",     "spec_sha", "files", "manifest_crc32"};
-    for (int k = 0; k < 10; k++)
-      if (!(seen & (1u << k))) {
-        snprintf(err, errcap, "key \"%s\" is missing", names[k]);
-        return -1;
-      }
-  }
+  if (r < 0 || json_end(&j) < 0) goto fail;
+  for (int k = 0; k < MK_COUNT; k++)
+    if (!(seen & (1u << k))) {
+      snprintf(err, errcap, "key \"%s\" is missing", manifest_keys[k]);
+      return -1;
+    }
   uint32_t found = (uint32_t)crc32(crc32(0L, Z_NULL, 0), (const Bytef *)buf, (uInt)self_pos);
   if (found != self) {
     snprintf(err, errcap,
