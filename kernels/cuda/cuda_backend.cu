@@ -580,10 +580,8 @@ static cublasStatus_t set_pointers(lt_plan_t *p, const be_matmul_t *op) {
   return st;
 }
 
-/* Builds (once per key) the descriptors and picks the algorithm. The swap as cu_gemm:
- * cuBLASLt's A is our B, its B our A, its (m, n) our (n, m); its bias runs along its rows,
- * which are our columns, and its bias gradient sums over its columns, our rows. */
-static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, const unsigned align[4]) {
+/* The cached plan for this call's key (shape, types, epilogue, alignments), or NULL. */
+static lt_plan_t *lt_plan_find(cuda_ctx_t *c, const be_matmul_t *op, const unsigned align[4]) {
   for (int i = 0; i < LT_PLANS; i++) {
     lt_plan_t *p = &c->plans[i];
     if (p->used && p->trans_a == op->trans_a && p->trans_b == op->trans_b && p->m == op->m &&
@@ -592,6 +590,11 @@ static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, const unsigned a
         !memcmp(p->align, align, sizeof p->align))
       return p;
   }
+  return NULL;
+}
+
+/* The next plan slot (round robin, the plan there freed), holding this call's key. */
+static lt_plan_t *lt_plan_slot(cuda_ctx_t *c, const be_matmul_t *op, const unsigned align[4]) {
   lt_plan_t *p = &c->plans[c->plan_next];
   c->plan_next = (c->plan_next + 1) % LT_PLANS;
   plan_free(p);
@@ -606,17 +609,25 @@ static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, const unsigned a
                    .bias_type = op->bias_type,
                    .epilogue = op->epilogue};
   memcpy(p->align, align, sizeof p->align);
-  cublasLtEpilogue_t epi;
+  return p;
+}
+
+/* Whether cuBLASLt is to be asked at all (its epilogue in *epi), rather than the fallback. */
+static bool lt_wanted(const cuda_ctx_t *c, const be_matmul_t *op, cublasLtEpilogue_t *epi) {
   bool gelu = op->epilogue == BE_EPI_BIAS_GELU || op->epilogue == BE_EPI_DGELU_BGRAD;
   /* cuBLASLt's GELU uses the GPU's approximate tanh: in exact F32 (no TF32) our fused
    * kernel keeps the reference's accuracy. Its aux leading dimension must be a multiple
    * of 8. */
   /* The bias gradient comes out in D's type: an F32 one only from an F32 D. */
-  if (!lt_epilogue(op->epilogue, &epi) || (gelu && op->ab_type == BE_F32 && !c->tf32) ||
-      (gelu && op->n % 8 != 0) || (op->epilogue == BE_EPI_DGELU_BGRAD && op->c_type != BE_F32)) {
-    p->fallback = 1;
-    return p;
-  }
+  return lt_epilogue(op->epilogue, epi) && !(gelu && op->ab_type == BE_F32 && !c->tf32) &&
+         !(gelu && op->n % 8 != 0) && !(op->epilogue == BE_EPI_DGELU_BGRAD && op->c_type != BE_F32);
+}
+
+/* The plan's matmul descriptor and matrix layouts; false where cuBLASLt refuses one. The
+ * swap as cu_gemm: cuBLASLt's A is our B, its B our A, its (m, n) our (n, m). */
+static bool lt_describe(const cuda_ctx_t *c, lt_plan_t *p, const be_matmul_t *op,
+                        cublasLtEpilogue_t epi) {
+  bool gelu = op->epilogue == BE_EPI_BIAS_GELU || op->epilogue == BE_EPI_DGELU_BGRAD;
   cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
   if (op->ab_type == BE_F32 && c->tf32) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
   cudaDataType_t ab = cuda_type(op->ab_type), ct = cuda_type(op->c_type);
@@ -646,35 +657,55 @@ static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, const unsigned a
   /* The heuristic reads the epilogue pointers' values for their alignment: set them. */
   if (ok) ok = set_pointers(p, op) == CUBLAS_STATUS_SUCCESS;
   /* Stored shapes (column-major): A' is (M, K) or, transposed, (K, M); B' likewise. */
+  return ok &&
+         cublasLtMatrixLayoutCreate(
+             &p->la, ab, ta == CUBLAS_OP_N ? M : K, ta == CUBLAS_OP_N ? K : M,
+             (int64_t)(ta == CUBLAS_OP_N ? M : K)) == CUBLAS_STATUS_SUCCESS &&
+         cublasLtMatrixLayoutCreate(
+             &p->lb, ab, tb == CUBLAS_OP_N ? K : N, tb == CUBLAS_OP_N ? N : K,
+             (int64_t)(tb == CUBLAS_OP_N ? K : N)) == CUBLAS_STATUS_SUCCESS &&
+         cublasLtMatrixLayoutCreate(&p->lc, ct, M, N, (int64_t)M) == CUBLAS_STATUS_SUCCESS;
+}
+
+/* The algorithm for a described plan: the heuristic's first choice within our workspace and
+ * the operands' alignments; false when it offers none. */
+static bool lt_pick_algo(const cuda_ctx_t *c, lt_plan_t *p, const unsigned align[4]) {
+  cublasLtMatmulPreference_t pref = NULL;
+  uint64_t ws = LT_WORKSPACE_BYTES;
+  const uint32_t al[4] = {align[0], align[1], align[2], align[2]};
+  cublasLtMatmulHeuristicResult_t res;
+  int found = 0;
+  bool ok = cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                 &ws, sizeof ws) == CUBLAS_STATUS_SUCCESS;
+  const cublasLtMatmulPreferenceAttributes_t aligns[] = {
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+  for (int i = 0; ok && i < 4; i++)
+    ok = cublasLtMatmulPreferenceSetAttribute(pref, aligns[i], &al[i], sizeof al[i]) ==
+         CUBLAS_STATUS_SUCCESS;
   ok = ok &&
-       cublasLtMatrixLayoutCreate(&p->la, ab, ta == CUBLAS_OP_N ? M : K, ta == CUBLAS_OP_N ? K : M,
-                                  (int64_t)(ta == CUBLAS_OP_N ? M : K)) == CUBLAS_STATUS_SUCCESS &&
-       cublasLtMatrixLayoutCreate(&p->lb, ab, tb == CUBLAS_OP_N ? K : N, tb == CUBLAS_OP_N ? N : K,
-                                  (int64_t)(tb == CUBLAS_OP_N ? K : N)) == CUBLAS_STATUS_SUCCESS &&
-       cublasLtMatrixLayoutCreate(&p->lc, ct, M, N, (int64_t)M) == CUBLAS_STATUS_SUCCESS;
-  if (ok) {
-    cublasLtMatmulPreference_t pref = NULL;
-    uint64_t ws = LT_WORKSPACE_BYTES;
-    const uint32_t al[4] = {align[0], align[1], align[2], align[2]};
-    cublasLtMatmulHeuristicResult_t res;
-    int found = 0;
-    ok = cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
-         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
-                                              sizeof ws) == CUBLAS_STATUS_SUCCESS;
-    const cublasLtMatmulPreferenceAttributes_t aligns[] = {
-        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
-    for (int i = 0; ok && i < 4; i++)
-      ok = cublasLtMatmulPreferenceSetAttribute(pref, aligns[i], &al[i], sizeof al[i]) ==
-           CUBLAS_STATUS_SUCCESS;
-    ok = ok &&
-         cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &res,
-                                        &found) == CUBLAS_STATUS_SUCCESS &&
-         found > 0;
-    if (ok) p->algo = res.algo;
-    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+       cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &res,
+                                      &found) == CUBLAS_STATUS_SUCCESS &&
+       found > 0;
+  if (ok) p->algo = res.algo;
+  if (pref) cublasLtMatmulPreferenceDestroy(pref);
+  return ok;
+}
+
+/* The plan for this call: cached per key, or built once (descriptors and algorithm); its
+ * bias runs along cuBLASLt's rows, which are our columns, and its bias gradient sums over
+ * its columns, our rows. A plan cuBLASLt cannot run is marked fallback. */
+static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, const unsigned align[4]) {
+  lt_plan_t *p = lt_plan_find(c, op, align);
+  if (p) return p;
+  p = lt_plan_slot(c, op, align);
+  cublasLtEpilogue_t epi;
+  if (!lt_wanted(c, op, &epi)) {
+    p->fallback = 1;
+    return p;
   }
-  if (!ok) {
+  if (!lt_describe(c, p, op, epi) || !lt_pick_algo(c, p, align)) {
     if (!c->warned_fallback++)
       log_info(
           "%s: cuBLASLt has no algorithm for a %ux%ux%u matmul (epilogue %d, %s): using "
