@@ -6,8 +6,8 @@
 #include <string.h>
 #include <time.h>
 
-static _Thread_local char last_error[sizeof(((drv_error_saved_t *)0)->message)];
-static _Thread_local char last_where[sizeof(((drv_error_saved_t *)0)->where)]; /* "dir/file.c:12" */
+static _Thread_local char last_error[DRV_ERROR_MAX];
+static _Thread_local char last_where[DRV_WHERE_MAX]; /* "train/checkpoint.c:123" */
 
 const char *drv_strerror(drv_result_t rc) {
   switch (rc) {

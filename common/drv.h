@@ -62,9 +62,11 @@ void drv_error_clear(void);
 
 /* A copy of the calling thread's last error (message and location), for a clean-up path
  * that may set errors of its own and must then put the first one back. */
+#define DRV_ERROR_MAX 1024 /* bytes of a last-error message, NUL included */
+#define DRV_WHERE_MAX 256  /* bytes of its location */
 typedef struct {
-  char message[1024];
-  char where[256];
+  char message[DRV_ERROR_MAX];
+  char where[DRV_WHERE_MAX];
 } drv_error_saved_t;
 void drv_error_save(drv_error_saved_t *saved);
 /* Puts a saved error back as the calling thread's last error; returns rc. */
