@@ -1,18 +1,17 @@
-/* nccl_reducer.c: see nccl_reducer.h. */
+/* nccl_reducer.c: see nccl_reducer.h. Built where NCCL is found (collective/CMakeLists.txt);
+ * nccl_none.c stands in for it elsewhere. */
 #include "collective/nccl_reducer.h"
 
+#include <cuda_runtime_api.h>
+#include <nccl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "common/log.h"
-
-#ifdef DROVER_HAVE_NCCL
-#include <cuda_runtime_api.h>
-#include <nccl.h>
-
 #include "kernels/cuda/cuda.h"
+#include "kernels/cuda/checks.h" /* after nccl.h: NCCL_CHECK */
 
 typedef struct {
   size_t lo, hi; /* element range of the reduced buffer */
@@ -33,30 +32,22 @@ struct nccl_reducer {
   trainer_reducer_t hooks;
 };
 
-#define NCCL_CALL(r, call)                                                      \
-  do {                                                                          \
-    ncclResult_t n_ = (call);                                                   \
-    if (n_ != ncclSuccess && n_ != ncclInProgress) return fail((r), #call, n_); \
-    if (n_ == ncclInProgress) DRV_CHECK(settle((r), #call));                    \
-  } while (0)
-
-#define CUDA_CALL(call)                                                        \
-  do {                                                                         \
-    cudaError_t e_ = (call);                                                   \
-    if (e_ != cudaSuccess)                                                     \
-      return drv_error(DRV_ERR_CUDA, "%s: %s", #call, cudaGetErrorString(e_)); \
+/* NCCL_CHECK (kernels/cuda/checks.h) for a call on the non-blocking communicator:
+ * ncclInProgress is not a failure but a completion to wait for (settle), and a failure's
+ * message adds the communicator's last error. */
+#define NCCL_COMM_CHECK(r, call)                                                        \
+  do {                                                                                  \
+    ncclResult_t n_ = (call);                                                           \
+    if (n_ != ncclSuccess && n_ != ncclInProgress) return comm_failure((r), #call, n_); \
+    if (n_ == ncclInProgress) DRV_CHECK(settle((r), #call));                            \
   } while (0)
 
 /* An NCCL failure as an error. The communicator is left for the owner to abort (after
  * freeing graphs that hold its operations). */
-static drv_result_t fail(nccl_reducer_t *r, const char *what, ncclResult_t n) {
+static drv_result_t comm_failure(nccl_reducer_t *r, const char *what, ncclResult_t n) {
   const char *last = r->comm ? ncclGetLastError(r->comm) : NULL;
-  /* A misuse (a duplicate GPU, a bad argument) fails the same way in every world: it is
-   * bad input, not a lost peer to re-form without. */
-  drv_result_t code =
-      n == ncclInvalidUsage || n == ncclInvalidArgument ? DRV_ERR_INVALID : DRV_ERR_NCCL;
-  return drv_error(code, "%s: %s%s%s", what, ncclGetErrorString(n), last && *last ? ": " : "",
-                   last ? last : "");
+  return drv_error(drv_nccl_result(n), "%s: %s%s%s", what, ncclGetErrorString(n),
+                   last && *last ? ": " : "", last ? last : "");
 }
 
 /* Calls after an abort have no communicator to use. */
@@ -96,9 +87,9 @@ static drv_result_t settle_with(nccl_reducer_t *r, const char *what, bool poll) 
   for (;;) {
     ncclResult_t st = ncclInProgress;
     ncclResult_t q = ncclCommGetAsyncError(r->comm, &st);
-    if (q != ncclSuccess) return fail(r, "ncclCommGetAsyncError", q);
+    if (q != ncclSuccess) return comm_failure(r, "ncclCommGetAsyncError", q);
     if (st == ncclSuccess) return DRV_OK;
-    if (st != ncclInProgress) return fail(r, what, st);
+    if (st != ncclInProgress) return comm_failure(r, what, st);
     DRV_CHECK(wait_turn(r, deadline, poll ? &next_poll : NULL, late));
   }
 }
@@ -121,8 +112,8 @@ static drv_result_t wait_stream(nccl_reducer_t *r, cudaStream_t s, const char *w
       return drv_error(DRV_ERR_CUDA, "%s: %s", what, cudaGetErrorString(e));
     ncclResult_t st = ncclSuccess;
     ncclResult_t q = ncclCommGetAsyncError(r->comm, &st);
-    if (q != ncclSuccess) return fail(r, "ncclCommGetAsyncError", q);
-    if (st != ncclSuccess && st != ncclInProgress) return fail(r, what, st);
+    if (q != ncclSuccess) return comm_failure(r, "ncclCommGetAsyncError", q);
+    if (st != ncclSuccess && st != ncclInProgress) return comm_failure(r, what, st);
     DRV_CHECK(wait_turn(r, deadline, &next_poll, late));
   }
 }
@@ -136,14 +127,14 @@ static drv_result_t issue_bucket(nccl_reducer_t *r, const bucket_t *b) {
     DRV_CHECK(
         be->convert(be, (uint16_t *)r->d_low + b->lo, BE_BF16, r->cfg.grads + b->lo, BE_F32, n));
   }
-  CUDA_CALL(cudaEventRecord(r->ev_ready, r->compute));
-  CUDA_CALL(cudaStreamWaitEvent(r->comm_stream, r->ev_ready, 0));
+  CUDA_CHECK(cudaEventRecord(r->ev_ready, r->compute));
+  CUDA_CHECK(cudaStreamWaitEvent(r->comm_stream, r->ev_ready, 0));
   if (r->cfg.dtype == BE_BF16) {
     void *p = (uint16_t *)r->d_low + b->lo;
-    NCCL_CALL(r, ncclAllReduce(p, p, n, ncclBfloat16, ncclSum, r->comm, r->comm_stream));
+    NCCL_COMM_CHECK(r, ncclAllReduce(p, p, n, ncclBfloat16, ncclSum, r->comm, r->comm_stream));
   } else {
     float *p = r->cfg.grads + b->lo;
-    NCCL_CALL(r, ncclAllReduce(p, p, n, ncclFloat32, ncclSum, r->comm, r->comm_stream));
+    NCCL_COMM_CHECK(r, ncclAllReduce(p, p, n, ncclFloat32, ncclSum, r->comm, r->comm_stream));
   }
   return DRV_OK;
 }
@@ -166,19 +157,19 @@ static drv_result_t hook_finish(void *ctx) {
   DRV_CHECK(hook_ready(r, 0));
   if (r->cfg.dtype == BE_BF16) {
     /* The loss pair, in F32: it was written before any gradient, so the fork is ordered. */
-    CUDA_CALL(cudaEventRecord(r->ev_ready, r->compute));
-    CUDA_CALL(cudaStreamWaitEvent(r->comm_stream, r->ev_ready, 0));
+    CUDA_CHECK(cudaEventRecord(r->ev_ready, r->compute));
+    CUDA_CHECK(cudaStreamWaitEvent(r->comm_stream, r->ev_ready, 0));
     float *p = r->cfg.grads + r->cfg.count;
-    NCCL_CALL(r, ncclAllReduce(p, p, 2, ncclFloat32, ncclSum, r->comm, r->comm_stream));
+    NCCL_COMM_CHECK(r, ncclAllReduce(p, p, 2, ncclFloat32, ncclSum, r->comm, r->comm_stream));
   }
-  CUDA_CALL(cudaEventRecord(r->ev_done, r->comm_stream));
+  CUDA_CHECK(cudaEventRecord(r->ev_done, r->comm_stream));
   /* The compute stream's idle time at the join is the all-reduce time the backward pass
    * did not hide: the step's wait for the other ranks and the bytes. */
   /* (External records: inside a graph capture they become event-record nodes that fire
    * at every replay, not capture-internal dependencies.) */
-  CUDA_CALL(cudaEventRecordWithFlags(r->ev_j0, r->compute, cudaEventRecordExternal));
-  CUDA_CALL(cudaStreamWaitEvent(r->compute, r->ev_done, 0));
-  CUDA_CALL(cudaEventRecordWithFlags(r->ev_j1, r->compute, cudaEventRecordExternal));
+  CUDA_CHECK(cudaEventRecordWithFlags(r->ev_j0, r->compute, cudaEventRecordExternal));
+  CUDA_CHECK(cudaStreamWaitEvent(r->compute, r->ev_done, 0));
+  CUDA_CHECK(cudaEventRecordWithFlags(r->ev_j1, r->compute, cudaEventRecordExternal));
   return DRV_OK;
 }
 
@@ -231,9 +222,7 @@ static int from_hex(const char *s, unsigned char *b, size_t n) {
 
 drv_result_t nccl_reducer_new_id(char *id_hex) {
   ncclUniqueId id;
-  ncclResult_t n = ncclGetUniqueId(&id);
-  if (n != ncclSuccess)
-    return drv_error(DRV_ERR_NCCL, "ncclGetUniqueId: %s", ncclGetErrorString(n));
+  NCCL_CHECK(ncclGetUniqueId(&id));
   _Static_assert(sizeof id.internal * 2 + 1 == NCCL_ID_HEX_LEN, "ncclUniqueId size");
   to_hex((const unsigned char *)id.internal, sizeof id.internal, id_hex);
   return DRV_OK;
@@ -282,7 +271,7 @@ drv_result_t nccl_reducer_new(const nccl_config_t *cfg, nccl_reducer_t **out) {
   config.blocking = 0;
   ncclResult_t n = ncclCommInitRankConfig(&r->comm, (int)cfg->world, id, (int)cfg->rank, &config);
   if (n != ncclSuccess && n != ncclInProgress) {
-    rc = fail(r, "ncclCommInitRankConfig", n);
+    rc = comm_failure(r, "ncclCommInitRankConfig", n);
     nccl_reducer_abort(r);
     goto fail;
   }
@@ -350,18 +339,19 @@ double nccl_reducer_wait_ms(const nccl_reducer_t *r) {
 
 drv_result_t nccl_reducer_sum(nccl_reducer_t *r, float *d_data, size_t count) {
   DRV_CHECK(need_comm(r));
-  CUDA_CALL(cudaEventRecord(r->ev_ready, r->compute));
-  CUDA_CALL(cudaStreamWaitEvent(r->comm_stream, r->ev_ready, 0));
-  NCCL_CALL(r, ncclAllReduce(d_data, d_data, count, ncclFloat32, ncclSum, r->comm, r->comm_stream));
+  CUDA_CHECK(cudaEventRecord(r->ev_ready, r->compute));
+  CUDA_CHECK(cudaStreamWaitEvent(r->comm_stream, r->ev_ready, 0));
+  NCCL_COMM_CHECK(
+      r, ncclAllReduce(d_data, d_data, count, ncclFloat32, ncclSum, r->comm, r->comm_stream));
   r->seq++;
   return wait_stream(r, r->comm_stream, "all-reduce");
 }
 
 drv_result_t nccl_reducer_broadcast(nccl_reducer_t *r, float *d_data, size_t count) {
   DRV_CHECK(need_comm(r));
-  CUDA_CALL(cudaEventRecord(r->ev_ready, r->compute));
-  CUDA_CALL(cudaStreamWaitEvent(r->comm_stream, r->ev_ready, 0));
-  NCCL_CALL(r, ncclBroadcast(d_data, d_data, count, ncclFloat32, 0, r->comm, r->comm_stream));
+  CUDA_CHECK(cudaEventRecord(r->ev_ready, r->compute));
+  CUDA_CHECK(cudaStreamWaitEvent(r->comm_stream, r->ev_ready, 0));
+  NCCL_COMM_CHECK(r, ncclBroadcast(d_data, d_data, count, ncclFloat32, 0, r->comm, r->comm_stream));
   r->seq++;
   return wait_stream(r, r->comm_stream, "broadcast");
 }
@@ -402,56 +392,3 @@ void nccl_reducer_destroy(nccl_reducer_t **rp) {
   free(r);
   *rp = NULL;
 }
-
-#else /* no NCCL in this build */
-
-struct nccl_reducer {
-  int unused;
-};
-
-bool nccl_reducer_available(void) {
-  return false;
-}
-
-drv_result_t nccl_reducer_new_id(char *id_hex) {
-  return drv_error(DRV_ERR_INVALID, "this drover was built without NCCL");
-}
-
-void nccl_reducer_share_device(const char *tag, bool loopback) {}
-
-drv_result_t nccl_reducer_new(const nccl_config_t *cfg, nccl_reducer_t **out) {
-  *out = NULL;
-  return drv_error(DRV_ERR_INVALID, "this drover was built without NCCL");
-}
-
-drv_result_t nccl_reducer_rebucket(nccl_reducer_t *r, size_t bucket_bytes) {
-  return drv_error(DRV_ERR_INVALID, "this drover was built without NCCL");
-}
-
-const trainer_reducer_t *nccl_reducer_hooks(nccl_reducer_t *r) {
-  return NULL;
-}
-
-uint64_t nccl_reducer_seq(const nccl_reducer_t *r) {
-  return 0;
-}
-
-double nccl_reducer_wait_ms(const nccl_reducer_t *r) {
-  return 0;
-}
-
-drv_result_t nccl_reducer_sum(nccl_reducer_t *r, float *d_data, size_t count) {
-  return drv_error(DRV_ERR_INVALID, "this drover was built without NCCL");
-}
-
-drv_result_t nccl_reducer_broadcast(nccl_reducer_t *r, float *d_data, size_t count) {
-  return drv_error(DRV_ERR_INVALID, "this drover was built without NCCL");
-}
-
-void nccl_reducer_abort(nccl_reducer_t *r) {}
-
-void nccl_reducer_destroy(nccl_reducer_t **r) {
-  if (r) *r = NULL;
-}
-
-#endif

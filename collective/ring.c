@@ -219,6 +219,11 @@ uint64_t ring_seq(const ring_t *r) {
 }
 
 // --- connect -------------------------------------------------------------------------------
+// ring_connect dials the right neighbour and accepts the left one at the same time, in one
+// poll() loop: each side may come up in any order, and a peer that is not listening yet is
+// dialled again with a growing backoff. The dial runs through DIAL_WAIT (until the next try),
+// DIAL_CONNECTING, DIAL_HELLO (ours going out), DIAL_ANSWER (theirs coming in), DIAL_DONE;
+// accepted connections wait in `pend` until their hello is complete and judged.
 
 typedef struct {
   int fd;
@@ -227,6 +232,26 @@ typedef struct {
 } ring_pending_t;
 
 typedef enum { DIAL_WAIT, DIAL_CONNECTING, DIAL_HELLO, DIAL_ANSWER, DIAL_DONE } ring_dial_t;
+
+/* The state of one ring_connect. */
+typedef struct {
+  ring_t *r;
+  uint32_t right, left;
+  const char *right_addr;
+  struct addrinfo *ai; /* the right neighbour's address */
+  /* dialling the right neighbour */
+  ring_dial_t dial;
+  int rfd;
+  size_t dio; /* bytes of the hello sent, then of the answer received */
+  unsigned char hello[RING_MSG_BYTES], ans[RING_MSG_BYTES];
+  int64_t next_try;
+  int backoff;   /* ms before the next try, doubling up to 500 */
+  char why[160]; /* why the last try failed */
+  /* accepting the left neighbour */
+  int lfd; /* -1 until its hello is accepted */
+  ring_pending_t pend[RING_PENDING_MAX];
+  int npend;
+} ring_link_t;
 
 /* A hello from a would-be left neighbour is complete: accept or refuse it. Returns true
  * when it is the neighbour we wait for (the answer has been sent). */
@@ -254,14 +279,200 @@ static bool ring_judge_hello(ring_t *r, ring_pending_t *p, uint32_t left) {
   return k == (ssize_t)sizeof ans;
 }
 
+/* Starts a connection to the right neighbour (DIAL_WAIT, its time has come). A connect
+ * that fails at once schedules the next try. */
+static drv_result_t dial_start(ring_link_t *c, int64_t now) {
+  drv_result_t rc = DRV_OK;
+  c->rfd = socket(c->ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  SYS_CHECK_GOTO(c->rfd, rc, fail, "ring: socket");
+  ring_sockbufs(c->rfd);
+  c->dio = 0;
+  if (connect(c->rfd, c->ai->ai_addr, c->ai->ai_addrlen) == 0 || errno == EINPROGRESS) {
+    c->dial = DIAL_CONNECTING; /* an immediate success is checked like one in progress */
+  } else {
+    snprintf(c->why, sizeof c->why, "connect: %s", strerror(errno));
+    ring_close(&c->rfd);
+    c->next_try = now + c->backoff;
+    c->backoff = DRV_MIN(c->backoff * 2, 500);
+  }
+fail:
+  return rc;
+}
+
+/* The try failed (c->why says how): close it and try again after the backoff. */
+static void dial_retry(ring_link_t *c) {
+  ring_close(&c->rfd);
+  c->dial = DIAL_WAIT;
+  c->next_try = drv_now_ms() + c->backoff;
+  c->backoff = DRV_MIN(c->backoff * 2, 500);
+}
+
+/* DIAL_CONNECTING, the socket is writable: on to DIAL_HELLO, or false (with why). */
+static bool dial_connected(ring_link_t *c) {
+  int err = 0;
+  socklen_t el = sizeof err;
+  if (getsockopt(c->rfd, SOL_SOCKET, SO_ERROR, &err, &el) < 0) err = errno;
+  if (err) {
+    snprintf(c->why, sizeof c->why, "connect: %s", strerror(err));
+    return false;
+  }
+  if (sock_fd_self_connected(c->rfd, NULL, 0)) {
+    /* The peer's port is free and was handed to us as our own: dial again. */
+    snprintf(c->why, sizeof c->why, "nothing listens there (the connection reached itself)");
+    return false;
+  }
+  c->dial = DIAL_HELLO;
+  return true;
+}
+
+/* DIAL_HELLO: sends what is left of our hello (then on to DIAL_ANSWER); false (with why)
+ * when the link failed. */
+static bool dial_hello(ring_link_t *c) {
+  bool ok = true;
+  ssize_t k = send(c->rfd, c->hello + c->dio, sizeof c->hello - c->dio, MSG_NOSIGNAL);
+  if (k > 0) {
+    c->dio += (size_t)k;
+  } else if (k < 0 && errno != EAGAIN && errno != EINTR) {
+    snprintf(c->why, sizeof c->why, "hello: %s", strerror(errno));
+    ok = false;
+  }
+  if (c->dio == sizeof c->hello) {
+    c->dial = DIAL_ANSWER;
+    c->dio = 0;
+  }
+  return ok;
+}
+
+/* DIAL_ANSWER: reads what is left of the answer; false (with why) when the link failed. */
+static bool dial_answer(ring_link_t *c) {
+  ssize_t k = recv(c->rfd, c->ans + c->dio, sizeof c->ans - c->dio, 0);
+  if (k > 0) {
+    c->dio += (size_t)k;
+  } else if (k == 0) {
+    snprintf(c->why, sizeof c->why, "it closed the connection before answering");
+    return false;
+  } else if (errno != EAGAIN && errno != EINTR) {
+    snprintf(c->why, sizeof c->why, "answer: %s", strerror(errno));
+    return false;
+  }
+  return true;
+}
+
+/* The right neighbour's whole answer: it must be a ring peer that accepted us and is who
+ * we dialled. DRV_ERR_PROTO otherwise (no retry: the address belongs to someone else). */
+static drv_result_t answer_check(const ring_link_t *c) {
+  const ring_t *r = c->r;
+  const unsigned char *a = c->ans;
+  uint32_t magic = get_u32(a), kind = get_u32(a + 4), prank = get_u32(a + 8);
+  uint32_t pworld = get_u32(a + 12);
+  uint64_t ptag = get_u64(a + 16);
+  if (magic != RING_MAGIC_HELLO || (kind != RING_KIND_ACCEPT && kind != RING_KIND_REFUSE))
+    return drv_error(DRV_ERR_PROTO, "ring: rank %u: %s did not answer as a ring peer", r->rank,
+                     c->right_addr);
+  if (kind == RING_KIND_REFUSE || prank != c->right || pworld != r->world || ptag != r->tag)
+    return drv_error(DRV_ERR_PROTO,
+                     "ring: rank %u of %u (tag %#llx): the peer at %s %s: it is rank %u "
+                     "of %u with tag %#llx, expected rank %u",
+                     r->rank, r->world, (unsigned long long)r->tag, c->right_addr,
+                     kind == RING_KIND_REFUSE ? "refused us" : "is someone else", prank, pworld,
+                     (unsigned long long)ptag, c->right);
+  return DRV_OK;
+}
+
+/* The dialled socket is ready: one step of connect, hello, answer. A failed try is retried
+ * after the backoff; a wrong peer is an error. */
+static drv_result_t dial_step(ring_link_t *c) {
+  bool retry = false;
+  if (c->dial == DIAL_CONNECTING) retry = !dial_connected(c);
+  if (c->dial == DIAL_HELLO && !retry) {
+    retry = !dial_hello(c);
+  } else if (c->dial == DIAL_ANSWER && !retry) {
+    retry = !dial_answer(c);
+    if (c->dio == sizeof c->ans) {
+      DRV_CHECK(answer_check(c));
+      c->dial = DIAL_DONE;
+    }
+  }
+  if (retry) dial_retry(c);
+  return DRV_OK;
+}
+
+/* Reads the hellos of would-be left neighbours that have data (pfd[i] for pend[i]): the
+ * one we wait for becomes the left link, stale or foreign ones are refused and closed. */
+static void hellos_read(ring_link_t *c, const struct pollfd *pfd) {
+  for (int i = 0; i < c->npend; i++) {
+    if (!pfd[i].revents) continue;
+    ring_pending_t *p = &c->pend[i];
+    ssize_t k = recv(p->fd, p->buf + p->got, sizeof p->buf - p->got, 0);
+    if (k < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+    bool drop = k <= 0;
+    if (k > 0) p->got += (size_t)k;
+    if (!drop && p->got == sizeof p->buf) {
+      if (c->lfd < 0 && ring_judge_hello(c->r, p, c->left)) {
+        c->lfd = p->fd;
+        p->fd = -1;
+      }
+      drop = true;
+    }
+    if (drop) ring_close(&p->fd);
+  }
+  int keep = 0;
+  for (int i = 0; i < c->npend; i++)
+    if (c->pend[i].fd >= 0) c->pend[keep++] = c->pend[i];
+  c->npend = keep;
+}
+
+/* Takes every connection waiting on the listening socket, to wait for its hello. */
+static void accept_pending(ring_link_t *c) {
+  for (;;) {
+    int fd = accept4(c->r->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) break; /* EAGAIN, or a connection that died before we took it */
+    if (c->npend == RING_PENDING_MAX) {
+      log_warn("ring: rank %u: too many connections without a hello; dropping one", c->r->rank);
+      close(fd);
+      continue;
+    }
+    c->pend[c->npend++] = (ring_pending_t){.fd = fd, .got = 0};
+  }
+}
+
+/* What to poll: [0] the listening socket (until the left link is in), [1] the dialled
+ * socket in its current state, [2..] the pending hellos. Returns how many entries. */
+static nfds_t link_pollfds(const ring_link_t *c, struct pollfd *pfd) {
+  pfd[0] = (struct pollfd){.fd = c->lfd < 0 ? c->r->listen_fd : -1, .events = POLLIN};
+  short ev = c->dial == DIAL_CONNECTING || c->dial == DIAL_HELLO ? POLLOUT
+             : c->dial == DIAL_ANSWER                            ? POLLIN
+                                                                 : 0;
+  pfd[1] = (struct pollfd){.fd = ev ? c->rfd : -1, .events = ev};
+  for (int i = 0; i < c->npend; i++)
+    pfd[2 + i] = (struct pollfd){.fd = c->pend[i].fd, .events = POLLIN};
+  return (nfds_t)(2 + c->npend);
+}
+
+/* The deadline passed: which neighbour is missing, and why. */
+static drv_result_t link_timeout(const ring_link_t *c, int timeout_ms) {
+  char lmsg[96] = "", rmsg[RING_ADDR_MAX + 200] = "";
+  if (c->lfd < 0) snprintf(lmsg, sizeof lmsg, "rank %u (left) never connected", c->left);
+  if (c->dial != DIAL_DONE)
+    snprintf(rmsg, sizeof rmsg, "rank %u (right) at %s did not answer (%s)", c->right,
+             c->right_addr, c->why);
+  return drv_error(DRV_ERR_TIMEOUT, "ring: rank %u of %u: %s%s%s within %d ms", c->r->rank,
+                   c->r->world, lmsg, *lmsg && *rmsg ? "; " : "", rmsg, timeout_ms);
+}
+
+/* Closes every socket of a connect that is over and frees the address. */
+static void link_close(ring_link_t *c) {
+  for (int i = 0; i < c->npend; i++) ring_close(&c->pend[i].fd);
+  c->npend = 0;
+  ring_close(&c->rfd);
+  ring_close(&c->lfd);
+  if (c->ai) freeaddrinfo(c->ai);
+  c->ai = NULL;
+}
+
 drv_result_t ring_connect(ring_t *r, uint32_t rank, uint32_t world, const char *const *addrs,
                           uint64_t tag, int timeout_ms) {
   drv_result_t rc = DRV_OK;
-  struct addrinfo *ai = NULL;
-  ring_pending_t pend[RING_PENDING_MAX];
-  int npend = 0;
-  int rfd = -1, lfd = -1;
-
   if (!r) return drv_error(DRV_ERR_INVALID, "ring_connect: NULL ring");
   if (r->connected || r->listen_fd < 0)
     return drv_error(DRV_ERR_INVALID, "ring_connect: ring already connected");
@@ -276,189 +487,54 @@ drv_result_t ring_connect(ring_t *r, uint32_t rank, uint32_t world, const char *
     r->connected = true;
     return DRV_OK;
   }
-  uint32_t right = (rank + 1) % world, left = (rank + world - 1) % world;
-  if (!addrs || !addrs[right])
-    return drv_error(DRV_ERR_INVALID, "ring_connect: no address for rank %u", right);
-  DRV_CHECK_GOTO(ring_resolve(addrs[right], &ai), rc, fail);
+  ring_link_t c = {.r = r,
+                   .right = (rank + 1) % world,
+                   .left = (rank + world - 1) % world,
+                   .dial = DIAL_WAIT,
+                   .rfd = -1,
+                   .backoff = 10,
+                   .why = "no attempt finished",
+                   .lfd = -1};
+  if (!addrs || !addrs[c.right])
+    return drv_error(DRV_ERR_INVALID, "ring_connect: no address for rank %u", c.right);
+  c.right_addr = addrs[c.right];
+  DRV_CHECK_GOTO(ring_resolve(c.right_addr, &c.ai), rc, fail);
+  ring_msg_pack(c.hello, RING_KIND_HELLO, rank, world, tag);
 
-  unsigned char hello[RING_MSG_BYTES], ans[RING_MSG_BYTES];
-  ring_msg_pack(hello, RING_KIND_HELLO, rank, world, tag);
-  ring_dial_t dial = DIAL_WAIT;
-  size_t dio = 0; /* bytes of hello sent, then of the answer received */
-  int64_t deadline = drv_now_ms() + timeout_ms, next_try = 0;
-  int backoff = 10;
-  char why[160] = "no attempt finished";
-
-  while (dial != DIAL_DONE || lfd < 0) {
+  int64_t deadline = drv_now_ms() + timeout_ms;
+  while (c.dial != DIAL_DONE || c.lfd < 0) {
     int64_t now = drv_now_ms();
     if (now >= deadline) {
-      char lmsg[96] = "", rmsg[RING_ADDR_MAX + 200] = "";
-      if (lfd < 0) snprintf(lmsg, sizeof lmsg, "rank %u (left) never connected", left);
-      if (dial != DIAL_DONE)
-        snprintf(rmsg, sizeof rmsg, "rank %u (right) at %s did not answer (%s)", right,
-                 addrs[right], why);
-      rc = drv_error(DRV_ERR_TIMEOUT, "ring: rank %u of %u: %s%s%s within %d ms", rank, world, lmsg,
-                     *lmsg && *rmsg ? "; " : "", rmsg, timeout_ms);
+      rc = link_timeout(&c, timeout_ms);
       goto fail;
     }
-    if (dial == DIAL_WAIT && now >= next_try) {
-      rfd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-      SYS_CHECK_GOTO(rfd, rc, fail, "ring: socket");
-      ring_sockbufs(rfd);
-      dio = 0;
-      if (connect(rfd, ai->ai_addr, ai->ai_addrlen) == 0) {
-        dial = DIAL_CONNECTING; /* checked like a connect in progress */
-      } else if (errno == EINPROGRESS) {
-        dial = DIAL_CONNECTING;
-      } else {
-        snprintf(why, sizeof why, "connect: %s", strerror(errno));
-        ring_close(&rfd);
-        next_try = now + backoff;
-        backoff = DRV_MIN(backoff * 2, 500);
-      }
-    }
-
+    if (c.dial == DIAL_WAIT && now >= c.next_try) DRV_CHECK_GOTO(dial_start(&c, now), rc, fail);
     struct pollfd pfd[2 + RING_PENDING_MAX];
-    pfd[0] = (struct pollfd){.fd = lfd < 0 ? r->listen_fd : -1, .events = POLLIN};
-    short ev = dial == DIAL_CONNECTING || dial == DIAL_HELLO ? POLLOUT
-               : dial == DIAL_ANSWER                         ? POLLIN
-                                                             : 0;
-    pfd[1] = (struct pollfd){.fd = ev ? rfd : -1, .events = ev};
-    for (int i = 0; i < npend; i++)
-      pfd[2 + i] = (struct pollfd){.fd = pend[i].fd, .events = POLLIN};
-    int64_t until = deadline;
-    if (dial == DIAL_WAIT) until = DRV_MIN(until, next_try);
-    int wait = (int)DRV_MAX(0, until - now);
-    int n = poll(pfd, (nfds_t)(2 + npend), wait);
+    nfds_t nfds = link_pollfds(&c, pfd);
+    int64_t until = c.dial == DIAL_WAIT ? DRV_MIN(deadline, c.next_try) : deadline;
+    int n = poll(pfd, nfds, (int)DRV_MAX(0, until - now));
     if (n < 0) {
       if (errno == EINTR) continue;
       rc = drv_error(DRV_ERR_SYS, "ring: poll: %s", strerror(errno));
       goto fail;
     }
     if (n == 0) continue;
-
-    // Dialling the right neighbour: connect, hello, answer.
-    if (pfd[1].revents) {
-      bool retry = false;
-      if (dial == DIAL_CONNECTING) {
-        int err = 0;
-        socklen_t el = sizeof err;
-        if (getsockopt(rfd, SOL_SOCKET, SO_ERROR, &err, &el) < 0) err = errno;
-        if (err) {
-          snprintf(why, sizeof why, "connect: %s", strerror(err));
-          retry = true;
-        } else if (sock_fd_self_connected(rfd, NULL, 0)) {
-          /* The peer's port is free and was handed to us as our own: dial again. */
-          snprintf(why, sizeof why, "nothing listens there (the connection reached itself)");
-          retry = true;
-        } else {
-          dial = DIAL_HELLO;
-        }
-      }
-      if (dial == DIAL_HELLO && !retry) {
-        ssize_t k = send(rfd, hello + dio, sizeof hello - dio, MSG_NOSIGNAL);
-        if (k > 0)
-          dio += (size_t)k;
-        else if (k < 0 && errno != EAGAIN && errno != EINTR) {
-          snprintf(why, sizeof why, "hello: %s", strerror(errno));
-          retry = true;
-        }
-        if (dio == sizeof hello) {
-          dial = DIAL_ANSWER;
-          dio = 0;
-        }
-      } else if (dial == DIAL_ANSWER && !retry) {
-        ssize_t k = recv(rfd, ans + dio, sizeof ans - dio, 0);
-        if (k > 0)
-          dio += (size_t)k;
-        else if (k == 0) {
-          snprintf(why, sizeof why, "it closed the connection before answering");
-          retry = true;
-        } else if (errno != EAGAIN && errno != EINTR) {
-          snprintf(why, sizeof why, "answer: %s", strerror(errno));
-          retry = true;
-        }
-        if (dio == sizeof ans) {
-          uint32_t magic = get_u32(ans), kind = get_u32(ans + 4), prank = get_u32(ans + 8);
-          uint32_t pworld = get_u32(ans + 12);
-          uint64_t ptag = get_u64(ans + 16);
-          if (magic != RING_MAGIC_HELLO || (kind != RING_KIND_ACCEPT && kind != RING_KIND_REFUSE)) {
-            rc = drv_error(DRV_ERR_PROTO, "ring: rank %u: %s did not answer as a ring peer", rank,
-                           addrs[right]);
-            goto fail;
-          }
-          if (kind == RING_KIND_REFUSE || prank != right || pworld != world || ptag != tag) {
-            rc = drv_error(DRV_ERR_PROTO,
-                           "ring: rank %u of %u (tag %#llx): the peer at %s %s: it is rank %u "
-                           "of %u with tag %#llx, expected rank %u",
-                           rank, world, (unsigned long long)tag, addrs[right],
-                           kind == RING_KIND_REFUSE ? "refused us" : "is someone else", prank,
-                           pworld, (unsigned long long)ptag, right);
-            goto fail;
-          }
-          dial = DIAL_DONE;
-        }
-      }
-      if (retry) {
-        ring_close(&rfd);
-        dial = DIAL_WAIT;
-        next_try = drv_now_ms() + backoff;
-        backoff = DRV_MIN(backoff * 2, 500);
-      }
-    }
-
-    // Hellos from would-be left neighbours (a stale one is refused, the wait goes on).
-    for (int i = 0; i < npend; i++) {
-      if (!pfd[2 + i].revents) continue;
-      ring_pending_t *p = &pend[i];
-      ssize_t k = recv(p->fd, p->buf + p->got, sizeof p->buf - p->got, 0);
-      if (k < 0 && (errno == EAGAIN || errno == EINTR)) continue;
-      bool drop = k <= 0;
-      if (k > 0) p->got += (size_t)k;
-      if (!drop && p->got == sizeof p->buf) {
-        if (lfd < 0 && ring_judge_hello(r, p, left)) {
-          lfd = p->fd;
-          p->fd = -1;
-        }
-        drop = true;
-      }
-      if (drop) ring_close(&p->fd);
-    }
-    int keep = 0;
-    for (int i = 0; i < npend; i++)
-      if (pend[i].fd >= 0) pend[keep++] = pend[i];
-    npend = keep;
-
-    if (lfd < 0 && (pfd[0].revents & POLLIN)) {
-      for (;;) {
-        int fd = accept4(r->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) break; /* EAGAIN, or a connection that died before we took it */
-        if (npend == RING_PENDING_MAX) {
-          log_warn("ring: rank %u: too many connections without a hello; dropping one", rank);
-          close(fd);
-          continue;
-        }
-        pend[npend++] = (ring_pending_t){.fd = fd, .got = 0};
-      }
-    }
+    if (pfd[1].revents) DRV_CHECK_GOTO(dial_step(&c), rc, fail);
+    hellos_read(&c, pfd + 2);
+    if (c.lfd < 0 && (pfd[0].revents & POLLIN)) accept_pending(&c);
   }
 
   int one = 1;
-  (void)setsockopt(rfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  (void)setsockopt(lfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  for (int i = 0; i < npend; i++) ring_close(&pend[i].fd);
+  (void)setsockopt(c.rfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  (void)setsockopt(c.lfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  r->right_fd = c.rfd;
+  r->left_fd = c.lfd;
+  c.rfd = c.lfd = -1; /* the ring's now */
   ring_close(&r->listen_fd);
-  freeaddrinfo(ai);
-  r->right_fd = rfd;
-  r->left_fd = lfd;
   r->connected = true;
-  return DRV_OK;
 
 fail:
-  for (int i = 0; i < npend; i++) ring_close(&pend[i].fd);
-  ring_close(&rfd);
-  ring_close(&lfd);
-  if (ai) freeaddrinfo(ai);
+  link_close(&c);
   return rc;
 }
 
@@ -526,6 +602,179 @@ static void ring_add(float *restrict dst, const float *restrict src, size_t n) {
 }
 
 // --- all-reduce ----------------------------------------------------------------------------
+// One poll() loop moves both directions: receive from the left (the call's header, then the
+// recv items in order, each reduced or landed), watch the right link for a close, send to
+// the right (the header, then each send item once its input has arrived).
+
+/* Where one all-reduce stands in each direction. */
+typedef struct {
+  ring_t *r;
+  float *data;
+  size_t count;
+  uint32_t right, left;
+  unsigned char hdr_out[RING_MSG_BYTES], hdr_in[RING_MSG_BYTES];
+  size_t si, ri;       /* next send / recv item */
+  size_t sdone, rdone; /* bytes of the current item (or header) done */
+  bool hdr_sent, hdr_got;
+} ring_call_t;
+
+static bool call_send_left(const ring_call_t *c) {
+  return !c->hdr_sent || c->si < c->r->nsend;
+}
+
+static bool call_recv_left(const ring_call_t *c) {
+  return !c->hdr_got || c->ri < c->r->nrecv;
+}
+
+/* The header, or the next send item once the recv item it depends on is complete. */
+static bool call_send_ready(const ring_call_t *c) {
+  if (!c->hdr_sent) return true;
+  if (c->si >= c->r->nsend) return false;
+  int64_t dep = c->r->sends[c->si].dep;
+  return dep < 0 || (size_t)dep < c->ri;
+}
+
+/* Our header and the first attempt to send it. It goes out first of all, so a neighbour
+ * always learns what we called even when we stop at its header (a mismatch fails both
+ * ends, neither waits for a timeout). */
+static void call_begin(ring_call_t *c) {
+  put_u32(c->hdr_out, RING_MAGIC_CALL);
+  put_u32(c->hdr_out + 4, 0);
+  put_u64(c->hdr_out + 8, c->r->seq);
+  put_u64(c->hdr_out + 16, (uint64_t)c->count);
+  ssize_t k = send(c->r->right_fd, c->hdr_out, sizeof c->hdr_out, MSG_NOSIGNAL | MSG_DONTWAIT);
+  if (k > 0) c->sdone = (size_t)k;
+  if (c->sdone == sizeof c->hdr_out) {
+    c->hdr_sent = true;
+    c->sdone = 0;
+  }
+}
+
+/* The left neighbour's header: the same call (sequence number) with the same count. */
+static drv_result_t call_header_check(const ring_call_t *c) {
+  uint64_t seq = get_u64(c->hdr_in + 8), cnt = get_u64(c->hdr_in + 16);
+  if (get_u32(c->hdr_in) != RING_MAGIC_CALL || seq != c->r->seq || cnt != (uint64_t)c->count)
+    return drv_error(DRV_ERR_PROTO,
+                     "ring all-reduce: rank %u (call %llu, %zu floats): rank %u (left) "
+                     "sent call %llu with %llu floats",
+                     c->r->rank, (unsigned long long)c->r->seq, c->count, c->left,
+                     (unsigned long long)seq, (unsigned long long)cnt);
+  return DRV_OK;
+}
+
+/* Receives from the left what is there (up to a burst): the header, then recv items
+ * strictly in order, each added into data through scratch or landed in place. *moved is
+ * set when bytes came. */
+static drv_result_t call_recv(ring_call_t *c, bool *moved) {
+  ring_t *r = c->r;
+  size_t burst = 0;
+  while (burst < RING_BURST_BYTES && call_recv_left(c)) {
+    const ring_item_t *it = c->hdr_got ? &r->recvs[c->ri] : NULL;
+    char *dst;
+    size_t want;
+    if (!it) {
+      dst = (char *)c->hdr_in + c->rdone;
+      want = sizeof c->hdr_in - c->rdone;
+    } else {
+      dst = (it->reduce ? (char *)r->scratch : (char *)(c->data + it->off)) + c->rdone;
+      want = it->n * sizeof(float) - c->rdone;
+    }
+    ssize_t k = recv(r->left_fd, dst, want, 0);
+    if (k == 0)
+      return drv_error(DRV_ERR_SYS,
+                       "ring all-reduce: rank %u: rank %u (left) closed the connection", r->rank,
+                       c->left);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) break;
+      return drv_error(DRV_ERR_SYS, "ring all-reduce: rank %u: link from rank %u (left): %s",
+                       r->rank, c->left, strerror(errno));
+    }
+    *moved = true;
+    burst += (size_t)k;
+    c->rdone += (size_t)k;
+    if (c->rdone < (it ? it->n * sizeof(float) : sizeof c->hdr_in)) continue;
+    c->rdone = 0;
+    if (!it) {
+      DRV_CHECK(call_header_check(c));
+      c->hdr_got = true;
+    } else {
+      if (it->reduce) ring_add(c->data + it->off, r->scratch, it->n);
+      c->ri++;
+    }
+  }
+  return DRV_OK;
+}
+
+/* The right link polled readable while we owe it data: the neighbour never writes to us, so
+ * it closed or reset (or broke the protocol). */
+static drv_result_t call_check_right(const ring_call_t *c) {
+  const ring_t *r = c->r;
+  char b;
+  ssize_t k = recv(r->right_fd, &b, 1, MSG_DONTWAIT);
+  if (k == 0)
+    return drv_error(DRV_ERR_SYS, "ring all-reduce: rank %u: rank %u (right) closed the connection",
+                     r->rank, c->right);
+  if (k > 0)
+    return drv_error(DRV_ERR_PROTO,
+                     "ring all-reduce: rank %u: rank %u (right) sent data on a send-only link",
+                     r->rank, c->right);
+  if (errno != EAGAIN && errno != EINTR)
+    return drv_error(DRV_ERR_SYS, "ring all-reduce: rank %u: link to rank %u (right): %s", r->rank,
+                     c->right, strerror(errno));
+  return DRV_OK;
+}
+
+/* Sends to the right what can go (up to a burst): the header, then every send item whose
+ * input is complete. *moved is set when bytes went. */
+static drv_result_t call_send(ring_call_t *c, bool *moved) {
+  ring_t *r = c->r;
+  size_t burst = 0;
+  while (burst < RING_BURST_BYTES && call_send_ready(c)) {
+    const ring_item_t *it = c->hdr_sent ? &r->sends[c->si] : NULL;
+    const char *src;
+    size_t want;
+    if (!it) {
+      src = (const char *)c->hdr_out + c->sdone;
+      want = sizeof c->hdr_out - c->sdone;
+    } else {
+      src = (const char *)(c->data + it->off) + c->sdone;
+      want = it->n * sizeof(float) - c->sdone;
+    }
+    ssize_t k = send(r->right_fd, src, want, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) break;
+      return drv_error(DRV_ERR_SYS, "ring all-reduce: rank %u: link to rank %u (right): %s",
+                       r->rank, c->right, strerror(errno));
+    }
+    *moved = true;
+    burst += (size_t)k;
+    c->sdone += (size_t)k;
+    if ((size_t)k < want) continue;
+    c->sdone = 0;
+    if (!it)
+      c->hdr_sent = true;
+    else
+      c->si++;
+  }
+  return DRV_OK;
+}
+
+/* Nothing moved for `timeout` ms: the neighbour we wait for, named. */
+static drv_result_t call_timeout(const ring_call_t *c, bool recv_left, bool send_ready,
+                                 int64_t timeout) {
+  const ring_t *r = c->r;
+  if (recv_left && !send_ready)
+    return drv_error(DRV_ERR_TIMEOUT,
+                     "ring all-reduce: rank %u got nothing from rank %u (left) for %lld ms "
+                     "(recv item %zu of %zu)",
+                     r->rank, c->left, (long long)timeout, c->ri, r->nrecv);
+  return drv_error(DRV_ERR_TIMEOUT,
+                   "ring all-reduce: rank %u: rank %u (right) took nothing for %lld ms "
+                   "(send item %zu of %zu)",
+                   r->rank, c->right, (long long)timeout, c->si, r->nsend);
+}
 
 drv_result_t ring_allreduce(ring_t *r, float *data, size_t count) {
   drv_result_t rc = DRV_OK;
@@ -544,36 +793,17 @@ drv_result_t ring_allreduce(ring_t *r, float *data, size_t count) {
   if (chunk == 0) chunk = 1;
   DRV_CHECK_GOTO(ring_schedule(r, count, chunk), rc, fail);
 
-  uint32_t right = (r->rank + 1) % r->world, left = (r->rank + r->world - 1) % r->world;
-  unsigned char hdr_out[RING_MSG_BYTES], hdr_in[RING_MSG_BYTES];
-  put_u32(hdr_out, RING_MAGIC_CALL);
-  put_u32(hdr_out + 4, 0);
-  put_u64(hdr_out + 8, r->seq);
-  put_u64(hdr_out + 16, (uint64_t)count);
-
-  const ring_item_t *sends = r->sends, *recvs = r->recvs;
-  size_t nsend = r->nsend, nrecv = r->nrecv;
-  size_t si = 0, ri = 0;       /* next send / recv item */
-  size_t sdone = 0, rdone = 0; /* bytes of the current item (or header) done */
-  bool hdr_sent = false, hdr_got = false;
-  int64_t last = drv_now_ms();
-
-  /* The header goes out first of all, so a neighbour always learns what we called even
-   * when we stop at its header (a mismatch fails both ends, neither waits for a timeout). */
-  ssize_t k0 = send(r->right_fd, hdr_out, sizeof hdr_out, MSG_NOSIGNAL | MSG_DONTWAIT);
-  if (k0 > 0) sdone = (size_t)k0;
-  if (sdone == sizeof hdr_out) {
-    hdr_sent = true;
-    sdone = 0;
-  }
-
+  ring_call_t c = {.r = r,
+                   .data = data,
+                   .count = count,
+                   .right = (r->rank + 1) % r->world,
+                   .left = (r->rank + r->world - 1) % r->world};
+  call_begin(&c);
+  int64_t last = drv_now_ms(); /* when bytes last moved */
   for (;;) {
-    bool send_left = !hdr_sent || si < nsend;
-    bool recv_left = !hdr_got || ri < nrecv;
+    bool send_left = call_send_left(&c), recv_left = call_recv_left(&c);
     if (!send_left && !recv_left) break;
-    bool send_ready =
-        !hdr_sent || (si < nsend && (sends[si].dep < 0 || (size_t)sends[si].dep < ri));
-
+    bool send_ready = call_send_ready(&c);
     /* While we still owe the right neighbour data, POLLIN on its socket means it closed
      * or reset (it never writes to us). */
     struct pollfd pfd[2] = {
@@ -589,135 +819,18 @@ drv_result_t ring_allreduce(ring_t *r, float *data, size_t count) {
     }
     if (n == 0) {
       if (drv_now_ms() - last < timeout) continue;
-      if (recv_left && !send_ready)
-        rc = drv_error(DRV_ERR_TIMEOUT,
-                       "ring all-reduce: rank %u got nothing from rank %u (left) for %lld ms "
-                       "(recv item %zu of %zu)",
-                       r->rank, left, (long long)timeout, ri, nrecv);
-      else
-        rc = drv_error(DRV_ERR_TIMEOUT,
-                       "ring all-reduce: rank %u: rank %u (right) took nothing for %lld ms "
-                       "(send item %zu of %zu)",
-                       r->rank, right, (long long)timeout, si, nsend);
+      rc = call_timeout(&c, recv_left, send_ready, timeout);
       goto fail;
     }
     bool moved = false;
-
-    // Receive from the left: the header, then recv items strictly in order.
-    if (pfd[1].revents) {
-      size_t burst = 0;
-      while (burst < RING_BURST_BYTES && (!hdr_got || ri < nrecv)) {
-        char *dst;
-        size_t want;
-        const ring_item_t *it = hdr_got ? &recvs[ri] : NULL;
-        if (!it) {
-          dst = (char *)hdr_in + rdone;
-          want = sizeof hdr_in - rdone;
-        } else {
-          dst = (it->reduce ? (char *)r->scratch : (char *)(data + it->off)) + rdone;
-          want = it->n * sizeof(float) - rdone;
-        }
-        ssize_t k = recv(r->left_fd, dst, want, 0);
-        if (k == 0) {
-          rc = drv_error(DRV_ERR_SYS,
-                         "ring all-reduce: rank %u: rank %u (left) closed the "
-                         "connection",
-                         r->rank, left);
-          goto fail;
-        }
-        if (k < 0) {
-          if (errno == EINTR) continue;
-          if (errno == EAGAIN) break;
-          rc = drv_error(DRV_ERR_SYS, "ring all-reduce: rank %u: link from rank %u (left): %s",
-                         r->rank, left, strerror(errno));
-          goto fail;
-        }
-        moved = true;
-        burst += (size_t)k;
-        rdone += (size_t)k;
-        if (rdone < (it ? it->n * sizeof(float) : sizeof hdr_in)) continue;
-        rdone = 0;
-        if (!it) {
-          uint64_t seq = get_u64(hdr_in + 8), cnt = get_u64(hdr_in + 16);
-          if (get_u32(hdr_in) != RING_MAGIC_CALL || seq != r->seq || cnt != (uint64_t)count) {
-            rc = drv_error(DRV_ERR_PROTO,
-                           "ring all-reduce: rank %u (call %llu, %zu floats): rank %u (left) "
-                           "sent call %llu with %llu floats",
-                           r->rank, (unsigned long long)r->seq, count, left,
-                           (unsigned long long)seq, (unsigned long long)cnt);
-            goto fail;
-          }
-          hdr_got = true;
-        } else {
-          if (it->reduce) ring_add(data + it->off, r->scratch, it->n);
-          ri++;
-        }
-      }
-    }
-
+    if (pfd[1].revents) DRV_CHECK_GOTO(call_recv(&c, &moved), rc, fail);
     // After receiving (data already queued from a neighbour that then closed is still
     // read and checked first), a closed or reset right link.
-    if (pfd[0].revents & (POLLIN | POLLERR | POLLHUP)) {
-      char b;
-      ssize_t k = recv(r->right_fd, &b, 1, MSG_DONTWAIT);
-      if (k == 0) {
-        rc = drv_error(DRV_ERR_SYS,
-                       "ring all-reduce: rank %u: rank %u (right) closed the "
-                       "connection",
-                       r->rank, right);
-        goto fail;
-      }
-      if (k > 0) {
-        rc = drv_error(DRV_ERR_PROTO,
-                       "ring all-reduce: rank %u: rank %u (right) sent data "
-                       "on a send-only link",
-                       r->rank, right);
-        goto fail;
-      }
-      if (errno != EAGAIN && errno != EINTR) {
-        rc = drv_error(DRV_ERR_SYS, "ring all-reduce: rank %u: link to rank %u (right): %s",
-                       r->rank, right, strerror(errno));
-        goto fail;
-      }
-    }
-
-    // Send to the right: the header, then every send item whose input is complete. Tried
-    // whenever something is ready: the receive above may just have unlocked it.
-    if ((pfd[0].revents & POLLOUT) || (moved && send_left)) {
-      size_t burst = 0;
-      while (burst < RING_BURST_BYTES) {
-        const char *src;
-        size_t want;
-        const ring_item_t *it = NULL;
-        if (!hdr_sent) {
-          src = (const char *)hdr_out + sdone;
-          want = sizeof hdr_out - sdone;
-        } else if (si < nsend && (sends[si].dep < 0 || (size_t)sends[si].dep < ri)) {
-          it = &sends[si];
-          src = (const char *)(data + it->off) + sdone;
-          want = it->n * sizeof(float) - sdone;
-        } else {
-          break;
-        }
-        ssize_t k = send(r->right_fd, src, want, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (k < 0) {
-          if (errno == EINTR) continue;
-          if (errno == EAGAIN) break;
-          rc = drv_error(DRV_ERR_SYS, "ring all-reduce: rank %u: link to rank %u (right): %s",
-                         r->rank, right, strerror(errno));
-          goto fail;
-        }
-        moved = true;
-        burst += (size_t)k;
-        sdone += (size_t)k;
-        if ((size_t)k < want) continue;
-        sdone = 0;
-        if (!it)
-          hdr_sent = true;
-        else
-          si++;
-      }
-    }
+    if (pfd[0].revents & (POLLIN | POLLERR | POLLHUP))
+      DRV_CHECK_GOTO(call_check_right(&c), rc, fail);
+    // Tried whenever something is ready: the receive above may just have unlocked it.
+    if ((pfd[0].revents & POLLOUT) || (moved && send_left))
+      DRV_CHECK_GOTO(call_send(&c, &moved), rc, fail);
     if (moved) last = drv_now_ms();
   }
   r->seq++;

@@ -1,4 +1,4 @@
-/* drv.c: result codes, the per-thread last-error message, clocks. */
+/* drv.c: result codes, the per-thread last error (message and location), clocks. */
 #include "common/drv.h"
 
 #include <stdio.h>
@@ -6,7 +6,8 @@
 #include <string.h>
 #include <time.h>
 
-static _Thread_local char last_error[1024];
+static _Thread_local char last_error[DRV_ERROR_MAX];
+static _Thread_local char last_where[DRV_WHERE_MAX]; /* "train/checkpoint.c:123" */
 
 const char *drv_strerror(drv_result_t rc) {
   switch (rc) {
@@ -24,11 +25,27 @@ const char *drv_strerror(drv_result_t rc) {
   return "unknown error";
 }
 
-drv_result_t drv_error(drv_result_t rc, const char *fmt, ...) {
+/* __FILE__ relative to the source tree: this file is <root>/common/drv.c, and every file
+ * of the tree is compiled with the same kind of path (absolute from CMake, or relative
+ * under -ffile-prefix-map), so <root> is cut off where a file starts with it. */
+static const char *source_relative(const char *file) {
+  static const char self[] = __FILE__, tail[] = "common/drv.c";
+  const size_t len = sizeof self - 1, tail_len = sizeof tail - 1;
+  if (len < tail_len || strcmp(self + len - tail_len, tail) != 0) return file; /* renamed? */
+  size_t root = len - tail_len;
+  return strncmp(file, self, root) == 0 ? file + root : file;
+}
+
+static void set_where(const char *file, int line) {
+  snprintf(last_where, sizeof last_where, "%s:%d", source_relative(file), line);
+}
+
+drv_result_t drv_error_at(const char *file, int line, drv_result_t rc, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(last_error, sizeof last_error, fmt, ap);
   va_end(ap);
+  set_where(file, line);
   return rc;
 }
 
@@ -55,8 +72,28 @@ const char *drv_last_error(void) {
   return last_error;
 }
 
+const char *drv_last_error_where(void) {
+  return last_where;
+}
+
+void drv_error_mark(const char *file, int line) {
+  if (!last_where[0]) set_where(file, line);
+}
+
 void drv_error_clear(void) {
   last_error[0] = '\0';
+  last_where[0] = '\0';
+}
+
+void drv_error_save(drv_error_saved_t *saved) {
+  memcpy(saved->message, last_error, sizeof saved->message);
+  memcpy(saved->where, last_where, sizeof saved->where);
+}
+
+drv_result_t drv_error_restore(const drv_error_saved_t *saved, drv_result_t rc) {
+  memcpy(last_error, saved->message, sizeof last_error);
+  memcpy(last_where, saved->where, sizeof last_where);
+  return rc;
 }
 
 int64_t drv_now_ms(void) {

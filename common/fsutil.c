@@ -2,26 +2,70 @@
 #include "common/fsutil.h"
 
 #include <errno.h>
-#include <stdint.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-drv_result_t fs_mkdir_p(const char *path) {
-  char tmp[4096];
-  size_t n = strlen(path);
-  if (n >= sizeof tmp) return drv_error(DRV_ERR_INVALID, "%.64s...: path too long", path);
-  memcpy(tmp, path, n + 1);
-  for (char *p = tmp + 1; *p; p++) {
-    if (*p != '/') continue;
-    *p = '\0';
-    if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-      return drv_error(DRV_ERR_SYS, "mkdir %s: %s", tmp, strerror(errno));
-    *p = '/';
+drv_result_t fs_fsync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return drv_error(DRV_ERR_SYS, "%s: open directory: %s", dir, strerror(errno));
+  drv_result_t rc = DRV_OK;
+  if (fsync(fd) < 0 && errno != EINVAL)
+    rc = drv_error(DRV_ERR_SYS, "%s: fsync directory: %s", dir, strerror(errno));
+  close(fd);
+  return rc;
+}
+
+/* fsyncs the directory holding path (a new entry in it). */
+static drv_result_t fsync_parent(const char *path) {
+  char parent[PATH_MAX];
+  snprintf(parent, sizeof parent, "%s", path);
+  char *slash = strrchr(parent, '/');
+  if (slash == parent)
+    parent[1] = '\0';
+  else if (slash)
+    *slash = '\0';
+  else
+    strcpy(parent, ".");
+  return fs_fsync_dir(parent);
+}
+
+/* mkdir -p, each new directory made durable in its parent when `durable`. */
+static drv_result_t mkdir_parents(const char *path, bool durable) {
+  char buf[PATH_MAX];
+  size_t len = strlen(path);
+  if (len >= sizeof buf) return drv_error(DRV_ERR_INVALID, "path too long: %.200s...", path);
+  memcpy(buf, path, len + 1);
+  while (len > 1 && buf[len - 1] == '/') buf[--len] = '\0';
+  for (size_t i = 1; i <= len; i++) {
+    if (buf[i] != '/' && buf[i] != '\0') continue;
+    char save = buf[i];
+    buf[i] = '\0';
+    if (mkdir(buf, 0755) == 0) {
+      if (durable) DRV_CHECK(fsync_parent(buf));
+    } else if (errno != EEXIST) {
+      return drv_error(DRV_ERR_SYS, "%s: mkdir: %s", buf, strerror(errno));
+    }
+    buf[i] = save;
   }
-  if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
-    return drv_error(DRV_ERR_SYS, "mkdir %s: %s", tmp, strerror(errno));
+  /* EEXIST above also covers a file of that name. */
+  struct stat st;
+  if (stat(path, &st) < 0) return drv_error(DRV_ERR_SYS, "%s: stat: %s", path, strerror(errno));
+  if (!S_ISDIR(st.st_mode)) return drv_error(DRV_ERR_INVALID, "%s: not a directory", path);
   return DRV_OK;
+}
+
+drv_result_t fs_mkdir_p(const char *path) {
+  return mkdir_parents(path, false);
+}
+
+drv_result_t fs_mkdir_p_durable(const char *path) {
+  return mkdir_parents(path, true);
 }
 
 drv_result_t fs_write_all(int fd, const void *buf, size_t len, const char *path) {
@@ -34,6 +78,22 @@ drv_result_t fs_write_all(int fd, const void *buf, size_t len, const char *path)
     }
     p += w;
     len -= (size_t)w;
+  }
+  return DRV_OK;
+}
+
+drv_result_t fs_pread_all(int fd, void *buf, size_t len, uint64_t off, const char *what) {
+  char *p = buf;
+  while (len > 0) {
+    ssize_t r = pread(fd, p, len, (off_t)off);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return drv_error(DRV_ERR_SYS, "%s: read: %s", what, strerror(errno));
+    }
+    if (r == 0) return drv_error(DRV_ERR_INVALID, "%s: truncated at byte %" PRIu64, what, off);
+    p += r;
+    off += (uint64_t)r;
+    len -= (size_t)r;
   }
   return DRV_OK;
 }

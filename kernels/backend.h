@@ -107,6 +107,10 @@ struct backend {
   const char *name; /* "cpu", "cuda:0", ... */
   void *ctx;        /* backend state; NULL for the CPU backend */
 
+  /* Every entry down to the graphs is required: the trainer (train/trainer.c) issues a
+   * step through them, the NCCL reducer converts through convert(). The graph entries and
+   * the reference ops at the end are optional. */
+
   // --- memory --------------------------------------------------------------------------
 
   /* Allocates `bytes` of device memory (at least 64-byte aligned) into *d_ptr. The caller
@@ -118,46 +122,21 @@ struct backend {
   drv_result_t (*copy_in)(const backend_t *be, void *d_dst, const void *h_src, size_t bytes);
   /* Device -> host copy of `bytes`; waits for the ops issued before it. */
   drv_result_t (*copy_out)(const backend_t *be, void *h_dst, const void *d_src, size_t bytes);
+  /* Device -> device copy of `bytes` (ordered with the other ops). */
+  drv_result_t (*copy)(const backend_t *be, void *d_dst, const void *d_src, size_t bytes);
   /* Sets `bytes` of device memory to zero. */
   drv_result_t (*zero)(const backend_t *be, void *d_ptr, size_t bytes);
   /* Waits until every op issued so far has finished (uploads included). */
   drv_result_t (*synchronize)(const backend_t *be);
 
-  // --- linear algebra ------------------------------------------------------------------
+  // --- the training step: fused and mixed-precision ops --------------------------------
 
-  /* C = alpha * op(A) @ op(B) + beta * C, where
-   *   op(A) is (m, k): A is (m, k) row-major, or (k, m) when trans_a;
-   *   op(B) is (k, n): B is (k, n) row-major, or (n, k) when trans_b;
-   *   C is (m, n) row-major.
-   * With beta == 0 the previous contents of C are ignored (NaN included). k == 0 gives
-   * C = beta * C. */
-  drv_result_t (*gemm)(const backend_t *be, bool trans_a, bool trans_b, uint32_t m, uint32_t n,
-                       uint32_t k, float alpha, const float *d_a, const float *d_b, float beta,
-                       float *d_c);
-
-  /* y[i][j] += bias[j] for y (n, c), bias (c). In place. */
-  drv_result_t (*bias_add)(const backend_t *be, float *d_y, const float *d_bias, uint32_t n,
-                           uint32_t c);
+  /* The matmul with epilogue described at be_matmul_t. */
+  drv_result_t (*matmul)(const backend_t *be, const be_matmul_t *op);
   /* dbias[j] = sum_i dy[i][j] for dy (n, c), dbias (c): the column sums. Overwrites
    * dbias (zeros when n == 0). */
   drv_result_t (*bias_grad)(const backend_t *be, float *d_dbias, const float *d_dy, uint32_t n,
                             uint32_t c);
-
-  // --- activations (elementwise over `count` floats) -----------------------------------
-
-  /* y = max(x, 0). y may alias x. */
-  drv_result_t (*relu_forward)(const backend_t *be, float *d_y, const float *d_x, size_t count);
-  /* dx = dy * (x > 0), x the forward input. dx may alias dy. */
-  drv_result_t (*relu_backward)(const backend_t *be, float *d_dx, const float *d_x,
-                                const float *d_dy, size_t count);
-  /* y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), PyTorch's
-   * gelu(approximate='tanh'). y may alias x. */
-  drv_result_t (*gelu_forward)(const backend_t *be, float *d_y, const float *d_x, size_t count);
-  /* dx = dy * gelu'(x), x the forward input. dx may alias dy. */
-  drv_result_t (*gelu_backward)(const backend_t *be, float *d_dx, const float *d_x,
-                                const float *d_dy, size_t count);
-
-  // --- loss ----------------------------------------------------------------------------
 
   /* Fused, numerically stable softmax cross-entropy over logits (n, c) with labels (n),
    * each in [0, c), in one pass per row:
@@ -170,37 +149,15 @@ struct backend {
   drv_result_t (*softmax_xent)(const backend_t *be, const float *d_logits, const int32_t *d_labels,
                                uint32_t n, uint32_t c, float scale, float *d_dlogits,
                                float *d_losses, int32_t *d_correct);
-
-  // --- optimizers (elementwise over `count` parameters) --------------------------------
-
-  /* SGD with momentum, PyTorch semantics (dampening 0, no Nesterov):
-   *   g = grad + weight_decay * param;  mom = momentum * mom + g;  param -= lr * mom.
-   * mom (count) starts at zero, which matches PyTorch's first step (buf = g). */
-  drv_result_t (*sgd_step)(const backend_t *be, float *d_param, const float *d_grad, float *d_mom,
-                           size_t count, float lr, float momentum, float weight_decay);
-  /* AdamW, PyTorch semantics (decoupled weight decay, bias-corrected), step t >= 1:
-   *   param *= 1 - lr * weight_decay;
-   *   m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2;
-   *   param -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps).
-   * m and v (count each) start at zero. */
-  drv_result_t (*adamw_step)(const backend_t *be, float *d_param, const float *d_grad, float *d_m,
-                             float *d_v, size_t count, float lr, float beta1, float beta2,
-                             float eps, float weight_decay, uint64_t t);
-
-  // --- fused and mixed-precision ops (what the trainer uses) ---------------------------
-
-  /* Device -> device copy of `bytes` (ordered with the other ops). */
-  drv_result_t (*copy)(const backend_t *be, void *d_dst, const void *d_src, size_t bytes);
-  /* dst = src converted element by element (F32 -> BF16 rounds to nearest even). */
-  drv_result_t (*convert)(const backend_t *be, void *d_dst, be_dtype_t dst_type, const void *d_src,
-                          be_dtype_t src_type, size_t count);
-  /* The matmul with epilogue described at be_matmul_t. */
-  drv_result_t (*matmul)(const backend_t *be, const be_matmul_t *op);
   /* out[0] = sum of losses[0..n), out[1] = number of nonzero correct[0..n): accumulated in
    * double in index order, so the sum is the same on every backend up to the final
    * rounding to float. */
   drv_result_t (*loss_sum)(const backend_t *be, const float *d_losses, const int32_t *d_correct,
                            uint32_t n, float *d_out);
+
+  /* dst = src converted element by element (F32 -> BF16 rounds to nearest even). */
+  drv_result_t (*convert)(const backend_t *be, void *d_dst, be_dtype_t dst_type, const void *d_src,
+                          be_dtype_t src_type, size_t count);
   /* The optimizer update described at be_optim_t. */
   drv_result_t (*optimizer_step)(const backend_t *be, const be_optim_t *op);
 
@@ -221,7 +178,7 @@ struct backend {
    * synchronize()). 0 on backends that copy synchronously. */
   double (*data_wait_ms)(const backend_t *be);
 
-  // --- graphs (NULL where the backend has none) ----------------------------------------
+  // --- graphs (optional: NULL where the backend has none) ------------------------------
 
   /* Records the ops issued between graph_begin() and graph_end() instead of running them;
    * graph_end() returns a replayable graph in *graph, graph_launch() replays it with the
@@ -230,6 +187,56 @@ struct backend {
   drv_result_t (*graph_end)(const backend_t *be, void **graph);
   drv_result_t (*graph_launch)(const backend_t *be, void *graph);
   void (*graph_free)(const backend_t *be, void *graph);
+
+  // --- reference ops (optional: used by tests only) ------------------------------------
+
+  /* The unfused building blocks of the step, in F32: the parity and finite-difference
+   * tests (tests/test_kernels.c, tests/test_cuda.c) check them against naive loops and
+   * the fused ops above against them. The trainer never calls them. The CPU and CUDA
+   * backends fill them all; another backend may leave them NULL, and then cannot run
+   * those tests. */
+
+  /* C = alpha * op(A) @ op(B) + beta * C, where
+   *   op(A) is (m, k): A is (m, k) row-major, or (k, m) when trans_a;
+   *   op(B) is (k, n): B is (k, n) row-major, or (n, k) when trans_b;
+   *   C is (m, n) row-major.
+   * With beta == 0 the previous contents of C are ignored (NaN included). k == 0 gives
+   * C = beta * C. */
+  drv_result_t (*gemm)(const backend_t *be, bool trans_a, bool trans_b, uint32_t m, uint32_t n,
+                       uint32_t k, float alpha, const float *d_a, const float *d_b, float beta,
+                       float *d_c);
+
+  /* y[i][j] += bias[j] for y (n, c), bias (c). In place. */
+  drv_result_t (*bias_add)(const backend_t *be, float *d_y, const float *d_bias, uint32_t n,
+                           uint32_t c);
+
+  // activations, elementwise over `count` floats
+  /* y = max(x, 0). y may alias x. */
+  drv_result_t (*relu_forward)(const backend_t *be, float *d_y, const float *d_x, size_t count);
+  /* dx = dy * (x > 0), x the forward input. dx may alias dy. */
+  drv_result_t (*relu_backward)(const backend_t *be, float *d_dx, const float *d_x,
+                                const float *d_dy, size_t count);
+  /* y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), PyTorch's
+   * gelu(approximate='tanh'). y may alias x. */
+  drv_result_t (*gelu_forward)(const backend_t *be, float *d_y, const float *d_x, size_t count);
+  /* dx = dy * gelu'(x), x the forward input. dx may alias dy. */
+  drv_result_t (*gelu_backward)(const backend_t *be, float *d_dx, const float *d_x,
+                                const float *d_dy, size_t count);
+
+  // optimizers, elementwise over `count` parameters (optimizer_step fuses both)
+  /* SGD with momentum, PyTorch semantics (dampening 0, no Nesterov):
+   *   g = grad + weight_decay * param;  mom = momentum * mom + g;  param -= lr * mom.
+   * mom (count) starts at zero, which matches PyTorch's first step (buf = g). */
+  drv_result_t (*sgd_step)(const backend_t *be, float *d_param, const float *d_grad, float *d_mom,
+                           size_t count, float lr, float momentum, float weight_decay);
+  /* AdamW, PyTorch semantics (decoupled weight decay, bias-corrected), step t >= 1:
+   *   param *= 1 - lr * weight_decay;
+   *   m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2;
+   *   param -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps).
+   * m and v (count each) start at zero. */
+  drv_result_t (*adamw_step)(const backend_t *be, float *d_param, const float *d_grad, float *d_m,
+                             float *d_v, size_t count, float lr, float beta1, float beta2,
+                             float eps, float weight_decay, uint64_t t);
 };
 
 /* The CPU backend: the readable reference (GEMM through CBLAS, plain C loops for the rest),

@@ -1,6 +1,6 @@
-/* checkpoint.c: see checkpoint.h. Sections: file helpers (write, fsync, CRC, mkdir -p,
- * rm -r), a small strict JSON cursor used for both the manifest and the safetensors
- * header, the manifest, the safetensors reader, then the three public functions.
+/* checkpoint.c: see checkpoint.h. Sections: file helpers (paths, CRC, rm -r), the
+ * manifest (read with the JSON cursor of train/json.h), then the three public functions.
+ * The tensor files are written and read by train/safetensors.h.
  *
  * The loader never trusts a byte before it has been checked: the manifest carries its own
  * CRC32, each file's size and CRC32 are checked against it before any header is parsed,
@@ -25,8 +25,9 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "train/safetensors.h"
 #include "common/log.h"
+#include "train/json.h"
+#include "train/safetensors.h"
 
 #define CKPT_MANIFEST "manifest.json"
 #define CKPT_MODEL "model.safetensors"
@@ -35,8 +36,6 @@
 #define CKPT_FORMAT "drover-checkpoint"
 #define CKPT_VERSION 1
 #define CKPT_MANIFEST_MAX 65536         /* bytes; ours are ~500 */
-#define CKPT_ST_HEADER_MAX (16u << 20)  /* bytes of safetensors JSON header we accept */
-#define CKPT_NAME_MAX 1024              /* bytes of a tensor name */
 #define CKPT_IO_CHUNK ((size_t)1 << 20) /* bytes per read when checksumming */
 #define CKPT_RM_DEPTH 8                 /* rm -r goes no deeper (ours are flat) */
 
@@ -62,33 +61,6 @@ static drv_result_t path_fmt(char *out, size_t cap, const char *fmt, ...) {
   return DRV_OK;
 }
 
-/* Reads exactly len bytes at off; a short file is DRV_ERR_INVALID ("truncated"). */
-static drv_result_t pread_all(int fd, void *buf, size_t len, uint64_t off, const char *what) {
-  char *p = buf;
-  while (len > 0) {
-    ssize_t r = pread(fd, p, len, (off_t)off);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return drv_error(DRV_ERR_SYS, "%s: read: %s", what, strerror(errno));
-    }
-    if (r == 0) return drv_error(DRV_ERR_INVALID, "%s: truncated at byte %" PRIu64, what, off);
-    p += r;
-    off += (uint64_t)r;
-    len -= (size_t)r;
-  }
-  return DRV_OK;
-}
-
-static drv_result_t fsync_path(const char *path) {
-  int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return drv_error(DRV_ERR_SYS, "%s: open directory: %s", path, strerror(errno));
-  drv_result_t rc = DRV_OK;
-  if (fsync(fd) < 0 && errno != EINVAL)
-    rc = drv_error(DRV_ERR_SYS, "%s: fsync directory: %s", path, strerror(errno));
-  close(fd);
-  return rc;
-}
-
 /* CRC32 (zlib) and length of everything in fd, read from offset 0. */
 static drv_result_t fd_crc32(int fd, const char *what, uint64_t *size, uint32_t *crc) {
   unsigned char *buf = malloc(CKPT_IO_CHUNK);
@@ -110,40 +82,6 @@ static drv_result_t fd_crc32(int fd, const char *what, uint64_t *size, uint32_t 
   free(buf);
   *size = off;
   *crc = (uint32_t)c;
-  return DRV_OK;
-}
-
-/* mkdir -p, fsyncing the parent of each directory it creates so that the path survives a
- * crash once a checkpoint inside it is reported durable. */
-static drv_result_t mkdir_p(const char *path) {
-  char buf[PATH_MAX];
-  DRV_CHECK(path_fmt(buf, sizeof buf, "%s", path));
-  size_t len = strlen(buf);
-  while (len > 1 && buf[len - 1] == '/') buf[--len] = '\0';
-  for (size_t i = 1; i <= len; i++) {
-    if (buf[i] != '/' && buf[i] != '\0') continue;
-    char save = buf[i];
-    buf[i] = '\0';
-    if (mkdir(buf, 0755) == 0) {
-      /* Make the new entry durable in its parent. */
-      char parent[PATH_MAX];
-      memcpy(parent, buf, i + 1);
-      char *slash = strrchr(parent, '/');
-      if (slash == parent)
-        parent[1] = '\0';
-      else if (slash)
-        *slash = '\0';
-      else
-        strcpy(parent, ".");
-      DRV_CHECK(fsync_path(parent));
-    } else if (errno != EEXIST) {
-      return drv_error(DRV_ERR_SYS, "%s: mkdir: %s", buf, strerror(errno));
-    }
-    buf[i] = save;
-  }
-  struct stat st;
-  if (stat(path, &st) < 0) return drv_error(DRV_ERR_SYS, "%s: stat: %s", path, strerror(errno));
-  if (!S_ISDIR(st.st_mode)) return drv_error(DRV_ERR_INVALID, "%s: not a directory", path);
   return DRV_OK;
 }
 
@@ -188,196 +126,23 @@ static drv_result_t rm_tree(const char *path) {
   return DRV_OK;
 }
 
-// --- a strict JSON cursor -----------------------------------------------------------------
-// Only what the manifest and safetensors headers use: objects, arrays, strings, integers.
-// No recursion (the schemas have fixed depth), every string and number bounded. Errors
-// leave "byte N: what" in err.
+// --- the manifest -------------------------------------------------------------------------
 
-typedef struct {
-  const char *buf;
-  size_t len, pos;
-  size_t key_pos; /* where the last key read by jp_member began (its opening quote) */
-  char err[200];
-} jp_t;
-
-static int jp_fail(jp_t *j, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int jp_fail(jp_t *j, const char *fmt, ...) {
-  char what[160];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(what, sizeof what, fmt, ap);
-  va_end(ap);
-  if (!j->err[0]) snprintf(j->err, sizeof j->err, "byte %zu: %s", j->pos, what);
-  return -1;
-}
-
-static void jp_ws(jp_t *j) {
-  while (j->pos < j->len) {
-    char c = j->buf[j->pos];
-    if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
-    j->pos++;
-  }
-}
-
-/* The next non-blank byte, not consumed; -1 at the end. */
-static int jp_peek(jp_t *j) {
-  jp_ws(j);
-  return j->pos < j->len ? (unsigned char)j->buf[j->pos] : -1;
-}
-
-static int jp_lit(jp_t *j, char c) {
-  if (jp_peek(j) != (unsigned char)c) {
-    if (j->pos >= j->len) return jp_fail(j, "expected '%c', found the end", c);
-    return jp_fail(j, "expected '%c', found '%c'", c, j->buf[j->pos]);
-  }
-  j->pos++;
-  return 0;
-}
-
-static int hexval(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-/* A string into out (cap bytes, NUL-terminated). Escapes: \" \\ \/ \b \f \n \r \t and
- * \u0001..\u007f; anything else, a raw control byte or a string of cap bytes or more, fails. */
-static int jp_str(jp_t *j, char *out, size_t cap) {
-  if (jp_lit(j, '"') < 0) return -1;
-  size_t n = 0;
-  for (;;) {
-    if (j->pos >= j->len) return jp_fail(j, "unterminated string");
-    unsigned char c = (unsigned char)j->buf[j->pos++];
-    if (c == '"') break;
-    if (c < 0x20) return jp_fail(j, "control byte 0x%02x in a string", c);
-    if (c == '\\') {
-      if (j->pos >= j->len) return jp_fail(j, "unterminated string");
-      char e = j->buf[j->pos++];
-      switch (e) {
-      case '"':
-      case '\\':
-      case '/': c = (unsigned char)e; break;
-      case 'b': c = '\b'; break;
-      case 'f': c = '\f'; break;
-      case 'n': c = '\n'; break;
-      case 'r': c = '\r'; break;
-      case 't': c = '\t'; break;
-      case 'u': {
-        if (j->len - j->pos < 4) return jp_fail(j, "truncated \\u escape");
-        int v = 0;
-        for (int k = 0; k < 4; k++) {
-          int h = hexval(j->buf[j->pos + (size_t)k]);
-          if (h < 0) return jp_fail(j, "bad \\u escape");
-          v = v * 16 + h;
-        }
-        if (v == 0 || v > 0x7f) return jp_fail(j, "\\u%04x: only \\u0001..\\u007f supported", v);
-        j->pos += 4;
-        c = (unsigned char)v;
-        break;
-      }
-      default: return jp_fail(j, "bad escape '\\%c'", e);
-      }
-    }
-    if (n + 1 >= cap) return jp_fail(j, "string longer than %zu bytes", cap - 1);
-    out[n++] = (char)c;
-  }
-  out[n] = '\0';
-  return 0;
-}
-
-/* A non-negative decimal integer: no sign, no leading zero, no fraction or exponent. */
-static int jp_u64(jp_t *j, uint64_t *v) {
-  jp_ws(j);
-  size_t start = j->pos;
-  uint64_t x = 0;
-  while (j->pos < j->len && j->buf[j->pos] >= '0' && j->buf[j->pos] <= '9') {
-    unsigned d = (unsigned)(j->buf[j->pos] - '0');
-    if (x > (UINT64_MAX - d) / 10) return jp_fail(j, "integer out of range");
-    x = x * 10 + d;
-    j->pos++;
-  }
-  if (j->pos == start) return jp_fail(j, "expected an unsigned integer");
-  if (j->pos - start > 1 && j->buf[start] == '0') return jp_fail(j, "leading zero in an integer");
-  if (j->pos < j->len && strchr(".eE+-", j->buf[j->pos]))
-    return jp_fail(j, "expected an integer, found a fraction or exponent");
-  *v = x;
-  return 0;
-}
-
-static int jp_i64(jp_t *j, int64_t *v) {
-  int neg = jp_peek(j) == '-';
-  if (neg) j->pos++;
-  if (neg && j->pos < j->len && (j->buf[j->pos] < '0' || j->buf[j->pos] > '9'))
-    return jp_fail(j, "expected digits after '-'");
-  uint64_t u;
-  if (jp_u64(j, &u) < 0) return -1;
-  if (neg ? u > (uint64_t)INT64_MAX + 1 : u > (uint64_t)INT64_MAX)
-    return jp_fail(j, "integer out of range");
-  *v = neg ? (int64_t)(0 - u) : (int64_t)u;
-  return 0;
-}
-
-/* Object iteration, after its '{' was consumed: 1 when a member follows (its key read into
- * key and the ':' consumed), 0 when the closing '}' was consumed, -1 on error. *count is the
- * number of members read so far (start at 0). */
-static int jp_member(jp_t *j, int *count, char *key, size_t cap) {
-  int c = jp_peek(j);
-  if (c == '}') {
-    j->pos++;
-    return 0;
-  }
-  if (*count > 0) {
-    if (c != ',') return jp_fail(j, "expected ',' or '}'");
-    j->pos++;
-    jp_ws(j);
-  }
-  j->key_pos = j->pos;
-  if (jp_str(j, key, cap) < 0 || jp_lit(j, ':') < 0) return -1;
-  (*count)++;
-  return 1;
-}
-
-/* Array iteration, after its '[' was consumed: 1 when an element follows, 0 when ']' was
- * consumed, -1 on error. */
-static int jp_element(jp_t *j, int *count) {
-  int c = jp_peek(j);
-  if (c == ']') {
-    j->pos++;
-    return 0;
-  }
-  if (*count > 0) {
-    if (c != ',') return jp_fail(j, "expected ',' or ']'");
-    j->pos++;
-    if (jp_peek(j) == ']') return jp_fail(j, "trailing ',' in an array");
-  }
-  (*count)++;
-  return 1;
-}
-
-/* Only blanks may follow the value. */
-static int jp_end(jp_t *j) {
-  if (jp_peek(j) != -1) return jp_fail(j, "unexpected bytes after the end");
-  return 0;
-}
-
-/* "%08x" lowercase, exactly. */
-static int jp_crc(jp_t *j, uint32_t *v) {
+/* A CRC32 as the manifest writes it ("%08x"): a string of exactly 8 lowercase hex digits. */
+static int read_crc32(json_cursor_t *j, uint32_t *v) {
   char s[16];
-  if (jp_str(j, s, sizeof s) < 0) return -1;
-  if (strlen(s) != 8) return jp_fail(j, "a CRC32 is 8 hex digits, found \"%s\"", s);
+  if (json_str(j, s, sizeof s) < 0) return -1;
+  if (strlen(s) != 8) return json_fail(j, "a CRC32 is 8 hex digits, found \"%s\"", s);
   uint32_t x = 0;
   for (int k = 0; k < 8; k++) {
-    int h = hexval(s[k]);
+    int h = json_hex_digit(s[k]);
     if (h < 0 || (s[k] >= 'A' && s[k] <= 'F'))
-      return jp_fail(j, "a CRC32 is 8 lowercase hex digits, found \"%s\"", s);
+      return json_fail(j, "a CRC32 is 8 lowercase hex digits, found \"%s\"", s);
     x = x << 4 | (uint32_t)h;
   }
   *v = x;
   return 0;
 }
-
-// --- the manifest -------------------------------------------------------------------------
 
 typedef struct {
   ckpt_meta_t meta;
@@ -389,7 +154,7 @@ static int spec_sha_ok(const char *s) {
   const char *nul = memchr(s, '\0', 65);
   if (!nul) return 0;
   for (const char *p = s; p < nul; p++)
-    if (hexval(*p) < 0) return 0;
+    if (json_hex_digit(*p) < 0) return 0;
   return 1;
 }
 
@@ -424,49 +189,54 @@ static size_t manifest_format(const manifest_t *m, char *out, size_t cap) {
 }
 
 /* The "files" array: exactly one entry for each of our two files. */
-static int manifest_parse_files(jp_t *j, manifest_t *m) {
+static int manifest_parse_files(json_cursor_t *j, manifest_t *m) {
   int seen[FILE_COUNT] = {0};
   int n = 0;
-  if (jp_lit(j, '[') < 0) return -1;
+  if (json_lit(j, '[') < 0) return -1;
   for (;;) {
-    int r = jp_element(j, &n);
+    int r = json_element(j, &n);
     if (r < 0) return -1;
     if (r == 0) break;
-    if (jp_lit(j, '{') < 0) return -1;
+    if (json_lit(j, '{') < 0) return -1;
     char key[32], name[64] = "";
     int members = 0, have_name = 0, have_size = 0, have_crc = 0;
     uint64_t size = 0;
     uint32_t crc = 0;
     for (;;) {
-      r = jp_member(j, &members, key, sizeof key);
+      r = json_member(j, &members, key, sizeof key);
       if (r < 0) return -1;
       if (r == 0) break;
       if (strcmp(key, "name") == 0 && !have_name++) {
-        if (jp_str(j, name, sizeof name) < 0) return -1;
+        if (json_str(j, name, sizeof name) < 0) return -1;
       } else if (strcmp(key, "size") == 0 && !have_size++) {
-        if (jp_u64(j, &size) < 0) return -1;
+        if (json_u64(j, &size) < 0) return -1;
       } else if (strcmp(key, "crc32") == 0 && !have_crc++) {
-        if (jp_crc(j, &crc) < 0) return -1;
+        if (read_crc32(j, &crc) < 0) return -1;
       } else {
         j->pos = j->key_pos;
-        return jp_fail(j, "files[%d]: unexpected or repeated key \"%s\"", n - 1, key);
+        return json_fail(j, "files[%d]: unexpected or repeated key \"%s\"", n - 1, key);
       }
     }
     if (!have_name || !have_size || !have_crc)
-      return jp_fail(j, "files[%d]: needs \"name\", \"size\" and \"crc32\"", n - 1);
+      return json_fail(j, "files[%d]: needs \"name\", \"size\" and \"crc32\"", n - 1);
     int f = -1;
     for (int k = 0; k < FILE_COUNT; k++)
       if (strcmp(name, file_names[k]) == 0) f = k;
-    if (f < 0) return jp_fail(j, "files[%d]: unknown file \"%s\"", n - 1, name);
-    if (seen[f]++) return jp_fail(j, "files: \"%s\" listed twice", name);
+    if (f < 0) return json_fail(j, "files[%d]: unknown file \"%s\"", n - 1, name);
+    if (seen[f]++) return json_fail(j, "files: \"%s\" listed twice", name);
     m->size[f] = size;
     m->crc[f] = crc;
   }
   for (int k = 0; k < FILE_COUNT; k++)
-    if (!seen[k]) return jp_fail(j, "files: \"%s\" is not listed", file_names[k]);
+    if (!seen[k]) return json_fail(j, "files: \"%s\" is not listed", file_names[k]);
   return 0;
 }
 
+/* The manifest's top-level keys, in the order written; key k's bit in a seen-set is 1 << k
+ * (MK_*). */
+static const char *const manifest_keys[] = {"format", "version",       "step", "epoch",
+                                            "world",  "seed",          "job",  "spec_sha",
+                                            "files",  "manifest_crc32"};
 enum {
   MK_FORMAT = 1 << 0,
   MK_VERSION = 1 << 1,
@@ -478,99 +248,87 @@ enum {
   MK_SPEC = 1 << 7,
   MK_FILES = 1 << 8,
   MK_SELF = 1 << 9,
-  MK_ALL = (1 << 10) - 1,
+  MK_COUNT = 10,
+  MK_ALL = (1 << MK_COUNT) - 1,
 };
+_Static_assert(DRV_ARRAY_LEN(manifest_keys) == MK_COUNT, "one name per manifest key");
 
-/* Parses and checks manifest text; on failure err holds why. */
+/* The MK_* bit of a top-level key; 0 for a key the manifest has not. */
+static unsigned manifest_key_bit(const char *key) {
+  for (int k = 0; k < MK_COUNT; k++)
+    if (strcmp(key, manifest_keys[k]) == 0) return 1u << k;
+  return 0;
+}
+
+/* The value of the key with bit `bit` (named key) into m, or into *self for the
+ * manifest's own CRC32. */
+static int manifest_value(json_cursor_t *j, unsigned bit, const char *key, manifest_t *m,
+                          uint32_t *self) {
+  uint64_t u = 0;
+  char fmt[32];
+  switch (bit) {
+  case MK_FORMAT:
+    if (json_str(j, fmt, sizeof fmt) < 0) return -1;
+    if (strcmp(fmt, CKPT_FORMAT) != 0)
+      return json_fail(j, "format \"%s\", expected \"" CKPT_FORMAT "\"", fmt);
+    return 0;
+  case MK_VERSION:
+    if (json_u64(j, &u) < 0) return -1;
+    if (u != CKPT_VERSION)
+      return json_fail(j, "version %" PRIu64 " is not supported (this build reads %d)", u,
+                       CKPT_VERSION);
+    return 0;
+  case MK_STEP: return json_u64(j, &m->meta.step);
+  case MK_EPOCH:
+  case MK_WORLD:
+    if (json_u64(j, &u) < 0) return -1;
+    if (u > UINT32_MAX) return json_fail(j, "%s %" PRIu64 " out of range", key, u);
+    *(bit == MK_EPOCH ? &m->meta.epoch : &m->meta.world) = (uint32_t)u;
+    return 0;
+  case MK_SEED: return json_u64(j, &m->meta.seed);
+  case MK_JOB: return json_i64(j, &m->meta.job);
+  case MK_SPEC:
+    if (json_str(j, m->meta.spec_sha, sizeof m->meta.spec_sha) < 0) return -1;
+    return spec_sha_ok(m->meta.spec_sha) ? 0 : json_fail(j, "spec_sha is not hex");
+  case MK_FILES: return manifest_parse_files(j, m);
+  case MK_SELF: return read_crc32(j, self);
+  }
+  return json_fail(j, "unknown key \"%s\"", key);
+}
+
+/* Parses and checks manifest text: every key exactly once, nothing else, "manifest_crc32"
+ * last and matching every byte before its key. On failure err holds why. */
 static int manifest_parse(const char *buf, size_t len, manifest_t *m, char *err, size_t errcap) {
-  jp_t j = {.buf = buf, .len = len};
+  json_cursor_t j = {.buf = buf, .len = len};
   memset(m, 0, sizeof *m);
   unsigned seen = 0;
-  int members = 0;
+  int members = 0, r;
   uint32_t self = 0;
-  size_t self_pos = 0;
+  size_t self_pos = 0; /* where the key "manifest_crc32" starts: the CRC covers what is before */
   char key[32];
-  if (jp_lit(&j, '{') < 0) goto fail;
-  for (;;) {
-    int r = jp_member(&j, &members, key, sizeof key);
-    if (r < 0) goto fail;
-    if (r == 0) break;
-    if (seen & MK_SELF) {
+  if (json_lit(&j, '{') < 0) goto fail;
+  while ((r = json_member(&j, &members, key, sizeof key)) > 0) {
+    unsigned bit = manifest_key_bit(key);
+    if ((seen & MK_SELF) || !bit || (seen & bit)) {
       j.pos = j.key_pos;
-      jp_fail(&j, "\"manifest_crc32\" must be the last key");
+      if (seen & MK_SELF)
+        json_fail(&j, "\"manifest_crc32\" must be the last key");
+      else if (!bit)
+        json_fail(&j, "unknown key \"%s\"", key);
+      else
+        json_fail(&j, "key \"%s\" appears twice", key);
       goto fail;
     }
-    unsigned bit = 0;
-    uint64_t u = 0;
-    if (strcmp(key, "format") == 0) {
-      bit = MK_FORMAT;
-      char fmt[32];
-      if (!(seen & bit) && jp_str(&j, fmt, sizeof fmt) < 0) goto fail;
-      if (!(seen & bit) && strcmp(fmt, CKPT_FORMAT) != 0) {
-        jp_fail(&j, "format \"%s\", expected \"" CKPT_FORMAT "\"", fmt);
-        goto fail;
-      }
-    } else if (strcmp(key, "version") == 0) {
-      bit = MK_VERSION;
-      if (!(seen & bit) && jp_u64(&j, &u) < 0) goto fail;
-      if (!(seen & bit) && u != CKPT_VERSION) {
-        jp_fail(&j, "version %" PRIu64 " is not supported (this build reads %d)", u, CKPT_VERSION);
-        goto fail;
-      }
-    } else if (strcmp(key, "step") == 0) {
-      bit = MK_STEP;
-      if (!(seen & bit) && jp_u64(&j, &m->meta.step) < 0) goto fail;
-    } else if (strcmp(key, "epoch") == 0 || strcmp(key, "world") == 0) {
-      int is_epoch = key[0] == 'e';
-      bit = is_epoch ? MK_EPOCH : MK_WORLD;
-      if (!(seen & bit) && jp_u64(&j, &u) < 0) goto fail;
-      if (!(seen & bit) && u > UINT32_MAX) {
-        jp_fail(&j, "%s %" PRIu64 " out of range", key, u);
-        goto fail;
-      }
-      *(is_epoch ? &m->meta.epoch : &m->meta.world) = (uint32_t)u;
-    } else if (strcmp(key, "seed") == 0) {
-      bit = MK_SEED;
-      if (!(seen & bit) && jp_u64(&j, &m->meta.seed) < 0) goto fail;
-    } else if (strcmp(key, "job") == 0) {
-      bit = MK_JOB;
-      if (!(seen & bit) && jp_i64(&j, &m->meta.job) < 0) goto fail;
-    } else if (strcmp(key, "spec_sha") == 0) {
-      bit = MK_SPEC;
-      if (!(seen & bit) && jp_str(&j, m->meta.spec_sha, sizeof m->meta.spec_sha) < 0) goto fail;
-      if (!(seen & bit) && !spec_sha_ok(m->meta.spec_sha)) {
-        jp_fail(&j, "spec_sha is not hex");
-        goto fail;
-      }
-    } else if (strcmp(key, "files") == 0) {
-      bit = MK_FILES;
-      if (!(seen & bit) && manifest_parse_files(&j, m) < 0) goto fail;
-    } else if (strcmp(key, "manifest_crc32") == 0) {
-      bit = MK_SELF;
-      self_pos = j.key_pos;
-      if (!(seen & bit) && jp_crc(&j, &self) < 0) goto fail;
-    } else {
-      j.pos = j.key_pos;
-      jp_fail(&j, "unknown key \"%s\"", key);
-      goto fail;
-    }
-    if (seen & bit) {
-      j.pos = j.key_pos;
-      jp_fail(&j, "key \"%s\" appears twice", key);
-      goto fail;
-    }
+    if (bit == MK_SELF) self_pos = j.key_pos;
+    if (manifest_value(&j, bit, key, m, &self) < 0) goto fail;
     seen |= bit;
   }
-  if (jp_end(&j) < 0) goto fail;
-  if (seen != MK_ALL) {
-    static const char *names[] = {"format", "version", "step",     "epoch", "world",
-                                  "seed",   "job",     "spec_sha", "files", "manifest_crc32"};
-    for (int k = 0; k < 10; k++)
-      if (!(seen & (1u << k))) {
-        snprintf(err, errcap, "key \"%s\" is missing", names[k]);
-        return -1;
-      }
-  }
+  if (r < 0 || json_end(&j) < 0) goto fail;
+  for (int k = 0; k < MK_COUNT; k++)
+    if (!(seen & (1u << k))) {
+      snprintf(err, errcap, "key \"%s\" is missing", manifest_keys[k]);
+      return -1;
+    }
   uint32_t found = (uint32_t)crc32(crc32(0L, Z_NULL, 0), (const Bytef *)buf, (uInt)self_pos);
   if (found != self) {
     snprintf(err, errcap,
@@ -585,211 +343,15 @@ fail:
   return -1;
 }
 
-// --- the safetensors reader ---------------------------------------------------------------
-
-/* Parses the header of one of our safetensors files (open as fd, size bytes) and finds,
- * for every t[i] that belongs in file `which`, its data's absolute offset in off[i], after
- * checking dtype F32, element count and shape. DRV_ERR_INVALID with the tensor named when a
- * check fails. */
-static drv_result_t st_locate(int fd, uint64_t size, int which, const ckpt_tensor_t *t, size_t n,
-                              uint64_t *off) {
-  const char *fname = file_names[which];
-  drv_result_t rc = DRV_OK;
-  char *hdr = NULL;
-  char *key = NULL;
-  uint8_t *found = NULL;
-  unsigned char lenb[8];
-  jp_t j = {0};
-
-  if (size < 8) return drv_error(DRV_ERR_INVALID, "%s: %" PRIu64 " bytes, too short", fname, size);
-  DRV_CHECK(pread_all(fd, lenb, 8, 0, fname));
-  uint64_t hlen = 0;
-  for (int b = 7; b >= 0; b--) hlen = hlen << 8 | lenb[b];
-  if (hlen > CKPT_ST_HEADER_MAX || hlen > size - 8)
-    return drv_error(DRV_ERR_INVALID,
-                     "%s: header length %" PRIu64 " does not fit (file %" PRIu64
-                     " bytes, at most %u)",
-                     fname, hlen, size, CKPT_ST_HEADER_MAX);
-  uint64_t data_start = 8 + hlen, data_len = size - data_start;
-  hdr = malloc(hlen ? hlen : 1);
-  key = malloc(CKPT_NAME_MAX);
-  found = calloc(n ? n : 1, 1);
-  if (!hdr || !key || !found) {
-    rc = drv_error(DRV_ERR_NOMEM, "%s: out of memory for the header", fname);
-    goto fail;
-  }
-  DRV_CHECK_GOTO(pread_all(fd, hdr, hlen, 8, fname), rc, fail);
-
-  j.buf = hdr;
-  j.len = hlen;
-  int members = 0;
-  if (jp_lit(&j, '{') < 0) goto bad;
-  int have_meta = 0;
-  for (;;) {
-    int r = jp_member(&j, &members, key, CKPT_NAME_MAX);
-    if (r < 0) goto bad;
-    if (r == 0) break;
-    if (strcmp(key, "__metadata__") == 0) {
-      if (have_meta++) {
-        jp_fail(&j, "\"__metadata__\" appears twice");
-        goto bad;
-      }
-      /* strings to strings; read and dropped */
-      char k2[256], v2[4096];
-      int m2 = 0;
-      if (jp_lit(&j, '{') < 0) goto bad;
-      for (;;) {
-        r = jp_member(&j, &m2, k2, sizeof k2);
-        if (r < 0) goto bad;
-        if (r == 0) break;
-        if (jp_str(&j, v2, sizeof v2) < 0) goto bad;
-      }
-      continue;
-    }
-
-    // One tensor: {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}
-    char dtype[16] = "", k2[32];
-    uint64_t shape[SAFETENSORS_MAX_DIMS], offs[2] = {0, 0};
-    int ndim = 0, m2 = 0, have_dtype = 0, have_shape = 0, have_offs = 0;
-    if (jp_lit(&j, '{') < 0) goto bad;
-    for (;;) {
-      r = jp_member(&j, &m2, k2, sizeof k2);
-      if (r < 0) goto bad;
-      if (r == 0) break;
-      if (strcmp(k2, "dtype") == 0 && !have_dtype++) {
-        if (jp_str(&j, dtype, sizeof dtype) < 0) goto bad;
-      } else if ((strcmp(k2, "shape") == 0 && !have_shape++) ||
-                 (strcmp(k2, "data_offsets") == 0 && !have_offs++)) {
-        int is_shape = k2[0] == 's', cnt = 0, cap = is_shape ? SAFETENSORS_MAX_DIMS : 2;
-        uint64_t *dst = is_shape ? shape : offs;
-        if (jp_lit(&j, '[') < 0) goto bad;
-        for (;;) {
-          r = jp_element(&j, &cnt);
-          if (r < 0) goto bad;
-          if (r == 0) break;
-          if (cnt > cap) {
-            jp_fail(&j, "tensor %s: more than %d entries in \"%s\"", key, cap, k2);
-            goto bad;
-          }
-          if (jp_u64(&j, &dst[cnt - 1]) < 0) goto bad;
-        }
-        if (is_shape) {
-          ndim = cnt;
-        } else if (cnt != 2) {
-          jp_fail(&j, "tensor %s: data_offsets needs 2 entries", key);
-          goto bad;
-        }
-      } else {
-        j.pos = j.key_pos;
-        jp_fail(&j, "tensor %s: unexpected or repeated key \"%s\"", key, k2);
-        goto bad;
-      }
-    }
-    if (!have_dtype || !have_shape || !have_offs) {
-      jp_fail(&j, "tensor %s: needs dtype, shape and data_offsets", key);
-      goto bad;
-    }
-    size_t esize = safetensors_dtype_size(dtype);
-    if (esize == 0) {
-      jp_fail(&j, "tensor %s: unknown dtype \"%s\"", key, dtype);
-      goto bad;
-    }
-    uint64_t elems = 1;
-    for (int d = 0; d < ndim; d++) {
-      if (shape[d] && elems > UINT64_MAX / esize / shape[d]) {
-        jp_fail(&j, "tensor %s: shape overflows", key);
-        goto bad;
-      }
-      elems *= shape[d];
-    }
-    if (offs[1] < offs[0] || offs[1] > data_len || offs[1] - offs[0] != elems * esize) {
-      jp_fail(&j,
-              "tensor %s: data_offsets [%" PRIu64 ", %" PRIu64
-              "] do not fit its shape or "
-              "the %" PRIu64 " data bytes",
-              key, offs[0], offs[1], data_len);
-      goto bad;
-    }
-
-    // Is it one the caller asked for?
-    for (size_t i = 0; i < n; i++) {
-      if (file_of(t[i].name) != which || strcmp(t[i].name, key) != 0) continue;
-      if (found[i]++) {
-        rc = drv_error(DRV_ERR_INVALID, "%s: tensor %s appears twice", fname, key);
-        goto fail;
-      }
-      if (strcmp(dtype, "F32") != 0) {
-        rc = drv_error(DRV_ERR_INVALID, "%s: tensor %s: dtype %s, expected F32", fname, key, dtype);
-        goto fail;
-      }
-      if (elems != t[i].count) {
-        rc = drv_error(DRV_ERR_INVALID,
-                       "%s: tensor %s: %" PRIu64 " elements in the file, %" PRIu64 " expected",
-                       fname, key, elems, t[i].count);
-        goto fail;
-      }
-      int same = (uint32_t)ndim == t[i].ndim;
-      for (int d = 0; same && d < ndim; d++) same = shape[d] == t[i].shape[d];
-      if (!same) {
-        char a[200] = "", b[200] = "";
-        size_t la = 0, lb = 0;
-        for (int d = 0; d < ndim; d++)
-          la += (size_t)snprintf(a + la, sizeof a - la, "%s%" PRIu64, d ? "," : "", shape[d]);
-        for (uint32_t d = 0; d < t[i].ndim && d < CKPT_MAX_DIMS; d++)
-          lb += (size_t)snprintf(b + lb, sizeof b - lb, "%s%" PRIu64, d ? "," : "", t[i].shape[d]);
-        rc = drv_error(DRV_ERR_INVALID, "%s: tensor %s: shape [%s] in the file, [%s] expected",
-                       fname, key, a, b);
-        goto fail;
-      }
-      off[i] = data_start + offs[0];
-    }
-  }
-  if (jp_end(&j) < 0) goto bad;
-  for (size_t i = 0; i < n; i++)
-    if (file_of(t[i].name) == which && !found[i]) {
-      rc = drv_error(DRV_ERR_INVALID, "%s: tensor %s is not in the file", fname, t[i].name);
-      goto fail;
-    }
-  free(found);
-  free(key);
-  free(hdr);
-  return DRV_OK;
-
-bad:
-  rc = drv_error(DRV_ERR_INVALID, "%s: header %s", fname, j.err[0] ? j.err : "malformed");
-fail:
-  free(found);
-  free(key);
-  free(hdr);
-  return rc;
-}
-
-/* Reads count little-endian floats at off into dst. */
-static drv_result_t st_read_f32(int fd, uint64_t off, float *dst, uint64_t count,
-                                const char *what) {
-  DRV_CHECK(pread_all(fd, dst, (size_t)(count * sizeof(float)), off, what));
-  if (!fs_host_little_endian()) {
-    unsigned char *p = (unsigned char *)dst;
-    for (uint64_t i = 0; i < count; i++, p += 4) {
-      unsigned char a = p[0], b = p[1];
-      p[0] = p[3];
-      p[1] = p[2];
-      p[2] = b;
-      p[3] = a;
-    }
-  }
-  return DRV_OK;
-}
-
 // --- writing ------------------------------------------------------------------------------
 
 static drv_result_t check_tensors(const ckpt_tensor_t *t, size_t n) {
   for (size_t i = 0; i < n; i++) {
     if (!t[i].name || !t[i].name[0] || strcmp(t[i].name, "__metadata__") == 0)
       return drv_error(DRV_ERR_INVALID, "checkpoint tensor %zu: empty or reserved name", i);
-    if (strlen(t[i].name) >= CKPT_NAME_MAX)
+    if (strlen(t[i].name) >= SAFETENSORS_NAME_MAX)
       return drv_error(DRV_ERR_INVALID, "checkpoint tensor %zu: name longer than %d bytes", i,
-                       CKPT_NAME_MAX - 1);
+                       SAFETENSORS_NAME_MAX - 1);
     if (t[i].ndim > CKPT_MAX_DIMS)
       return drv_error(DRV_ERR_INVALID, "checkpoint tensor %s: %u dims, at most %d", t[i].name,
                        t[i].ndim, CKPT_MAX_DIMS);
@@ -844,12 +406,85 @@ static drv_result_t publish(const char *tmp, const char *final, const char *old_
   return DRV_OK;
 }
 
+/* The tensors as the two files' lists, one after the other (model file first): *st (n,
+ * malloc'ed, the caller frees it) borrows t's names and data; counts[f] per file. */
+static drv_result_t split_tensors(const ckpt_tensor_t *t, size_t n, const char *what,
+                                  safetensors_tensor_t **st, size_t counts[FILE_COUNT]) {
+  safetensors_tensor_t *v = calloc(n ? n : 1, sizeof *v);
+  if (!v) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", what);
+  size_t k = 0;
+  for (int f = 0; f < FILE_COUNT; f++) {
+    counts[f] = 0;
+    for (size_t i = 0; i < n; i++) {
+      if (file_of(t[i].name) != f) continue;
+      safetensors_tensor_t *s = &v[k++];
+      s->name = t[i].name;
+      s->dtype = "F32";
+      s->ndim = t[i].ndim;
+      for (uint32_t d = 0; d < t[i].ndim; d++) s->shape[d] = t[i].shape[d];
+      s->data = t[i].data;
+      counts[f]++;
+    }
+  }
+  *st = v;
+  return DRV_OK;
+}
+
+/* The two tensor files into the directory tmp (each written to a temp file, fsynced and
+ * renamed by the writer), their sizes and CRC32s into m. */
+static drv_result_t tensor_files_write(const char *tmp, const safetensors_tensor_t *st,
+                                       const size_t counts[FILE_COUNT], manifest_t *m) {
+  static const safetensors_meta_t st_meta[] = {{"format", "pt"}};
+  drv_result_t rc = DRV_OK;
+  char file[PATH_MAX];
+  int fd = -1;
+  for (int f = 0; f < FILE_COUNT; f++) {
+    DRV_CHECK_GOTO(path_fmt(file, sizeof file, "%s/%s", tmp, file_names[f]), rc, fail);
+    DRV_CHECK_GOTO(safetensors_write(file, st + (f ? counts[0] : 0), counts[f], st_meta, 1), rc,
+                   fail);
+    fd = open(file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      rc = drv_error(DRV_ERR_SYS, "%s: open: %s", file, strerror(errno));
+      goto fail;
+    }
+    DRV_CHECK_GOTO(fd_crc32(fd, file, &m->size[f], &m->crc[f]), rc, fail);
+    close(fd);
+    fd = -1;
+  }
+fail:
+  if (fd >= 0) close(fd);
+  return rc;
+}
+
+/* The manifest as tmp/manifest.json: created, written, fsynced and closed. */
+static drv_result_t manifest_write(const char *tmp, const manifest_t *m) {
+  drv_result_t rc = DRV_OK;
+  char text[2048], file[PATH_MAX];
+  size_t tlen = manifest_format(m, text, sizeof text);
+  if (tlen == 0) return drv_error(DRV_ERR_INVALID, "%s: manifest does not fit", tmp);
+  DRV_CHECK(path_fmt(file, sizeof file, "%s/" CKPT_MANIFEST, tmp));
+  int fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return drv_error(DRV_ERR_SYS, "%s: create: %s", file, strerror(errno));
+  DRV_CHECK_GOTO(fs_write_all(fd, text, tlen, file), rc, fail);
+  if (fsync(fd) < 0) {
+    rc = drv_error(DRV_ERR_SYS, "%s: fsync: %s", file, strerror(errno));
+    goto fail;
+  }
+  int closed = close(fd);
+  fd = -1;
+  if (closed < 0) rc = drv_error(DRV_ERR_SYS, "%s: close: %s", file, strerror(errno));
+fail:
+  if (fd >= 0) close(fd);
+  return rc;
+}
+
 drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_tensor_t *t,
                         size_t n) {
   drv_result_t rc = DRV_OK;
   safetensors_tensor_t *st = NULL; /* (n) model tensors first, then state tensors */
+  size_t counts[FILE_COUNT];
   char tmp[PATH_MAX], final[PATH_MAX], del[PATH_MAX], file[PATH_MAX];
-  int made_tmp = 0, fd = -1;
+  int made_tmp = 0;
 
   if (!dir || !*dir || !meta || (n && !t))
     return drv_error(DRV_ERR_INVALID, "ckpt_write: NULL argument");
@@ -861,25 +496,10 @@ drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_ten
   DRV_CHECK(path_fmt(final, sizeof final, "%s/step-%010llu", dir, step));
   DRV_CHECK(path_fmt(tmp, sizeof tmp, "%s/.tmp-step-%llu-%ld", dir, step, pid));
   DRV_CHECK(path_fmt(del, sizeof del, "%s/.tmp-del-step-%llu-%ld", dir, step, pid));
-  DRV_CHECK(path_fmt(file, sizeof file, "%s/" CKPT_MANIFEST, tmp));
+  DRV_CHECK(path_fmt(file, sizeof file, "%s/" CKPT_MANIFEST, tmp)); /* all paths fit */
+  DRV_CHECK(split_tensors(t, n, final, &st, counts));
 
-  st = calloc(n ? n : 1, sizeof *st);
-  if (!st) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", final);
-  size_t nmodel = 0;
-  for (int pass = 0; pass < FILE_COUNT; pass++)
-    for (size_t i = 0; i < n; i++) {
-      if (file_of(t[i].name) != pass) continue;
-      safetensors_tensor_t *s = &st[nmodel++];
-      s->name = t[i].name;
-      s->dtype = "F32";
-      s->ndim = t[i].ndim;
-      for (uint32_t d = 0; d < t[i].ndim; d++) s->shape[d] = t[i].shape[d];
-      s->data = t[i].data;
-    }
-  size_t counts[FILE_COUNT] = {0, 0};
-  for (size_t i = 0; i < n; i++) counts[file_of(t[i].name)]++;
-
-  DRV_CHECK_GOTO(mkdir_p(dir), rc, fail);
+  DRV_CHECK_GOTO(fs_mkdir_p_durable(dir), rc, fail);
   // A directory of this name is ours by name: an earlier attempt of this process.
   DRV_CHECK_GOTO(rm_tree(tmp), rc, fail);
   if (mkdir(tmp, 0755) < 0) {
@@ -887,49 +507,10 @@ drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_ten
     goto fail;
   }
   made_tmp = 1;
-
-  // The two tensor files (each written to a temp file, fsynced and renamed by the writer).
   manifest_t m = {.meta = *meta};
-  static const safetensors_meta_t st_meta[] = {{"format", "pt"}};
-  for (int f = 0; f < FILE_COUNT; f++) {
-    DRV_CHECK_GOTO(path_fmt(file, sizeof file, "%s/%s", tmp, file_names[f]), rc, fail);
-    DRV_CHECK_GOTO(safetensors_write(file, st + (f ? counts[0] : 0), counts[f], st_meta, 1), rc,
-                   fail);
-    fd = open(file, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      rc = drv_error(DRV_ERR_SYS, "%s: open: %s", file, strerror(errno));
-      goto fail;
-    }
-    DRV_CHECK_GOTO(fd_crc32(fd, file, &m.size[f], &m.crc[f]), rc, fail);
-    close(fd);
-    fd = -1;
-  }
-
-  // The manifest, last.
-  char text[2048];
-  size_t tlen = manifest_format(&m, text, sizeof text);
-  if (tlen == 0) {
-    rc = drv_error(DRV_ERR_INVALID, "%s: manifest does not fit", tmp);
-    goto fail;
-  }
-  DRV_CHECK_GOTO(path_fmt(file, sizeof file, "%s/" CKPT_MANIFEST, tmp), rc, fail);
-  fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    rc = drv_error(DRV_ERR_SYS, "%s: create: %s", file, strerror(errno));
-    goto fail;
-  }
-  DRV_CHECK_GOTO(fs_write_all(fd, text, tlen, file), rc, fail);
-  if (fsync(fd) < 0) {
-    rc = drv_error(DRV_ERR_SYS, "%s: fsync: %s", file, strerror(errno));
-    goto fail;
-  }
-  int close_rc = close(fd);
-  fd = -1;
-  if (close_rc < 0) {
-    rc = drv_error(DRV_ERR_SYS, "%s: close: %s", file, strerror(errno));
-    goto fail;
-  }
-  DRV_CHECK_GOTO(fsync_path(tmp), rc, fail);
+  DRV_CHECK_GOTO(tensor_files_write(tmp, st, counts, &m), rc, fail);
+  DRV_CHECK_GOTO(manifest_write(tmp, &m), rc, fail); /* last: it vouches for the others */
+  DRV_CHECK_GOTO(fs_fsync_dir(tmp), rc, fail);
 
   // Into place, then make the rename durable.
   int old = 0;
@@ -941,23 +522,20 @@ drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_ten
     goto fail;
   }
   made_tmp = old == 1; /* after an exchange, tmp holds the earlier copy */
-  DRV_CHECK_GOTO(fsync_path(dir), rc, fail);
+  DRV_CHECK_GOTO(fs_fsync_dir(dir), rc, fail);
   if (old) {
     const char *gone = old == 1 ? tmp : del;
     if (rm_tree(gone) != DRV_OK)
       log_warn("%s: written, but the earlier copy was not removed: %s", final, drv_last_error());
     made_tmp = 0;
   }
-  free(st);
-  return DRV_OK;
 
 fail:
-  if (fd >= 0) close(fd);
   if (made_tmp) {
-    char keep[1024];
-    snprintf(keep, sizeof keep, "%s", drv_last_error());
+    drv_error_saved_t keep; /* the failure, not the clean-up's */
+    drv_error_save(&keep);
     if (rm_tree(tmp) != DRV_OK) log_warn("%s: not removed: %s", tmp, drv_last_error());
-    drv_error(rc, "%s", keep);
+    drv_error_restore(&keep, rc);
   }
   free(st);
   return rc;
@@ -1074,6 +652,31 @@ out:
   return rc;
 }
 
+/* Finds each t[i] in its file, open as fds[f] (size[f] bytes), as an F32 tensor of exactly
+ * its count and shape, and puts its data's offset in off[i]. */
+static drv_result_t locate_tensors(const int fds[FILE_COUNT], const uint64_t size[FILE_COUNT],
+                                   const ckpt_tensor_t *t, size_t n, uint64_t *off) {
+  drv_result_t rc = DRV_OK;
+  safetensors_want_t *want = calloc(n ? n : 1, sizeof *want); /* one file's tensors at a time */
+  if (!want) return drv_error(DRV_ERR_NOMEM, "out of memory");
+  for (int f = 0; f < FILE_COUNT && rc == DRV_OK; f++) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+      if (file_of(t[i].name) != f) continue;
+      safetensors_want_t *w = &want[k++];
+      *w = (safetensors_want_t){
+          .name = t[i].name, .dtype = "F32", .count = t[i].count, .ndim = t[i].ndim};
+      memcpy(w->shape, t[i].shape, t[i].ndim * sizeof t[i].shape[0]); /* ndim <= 4, checked */
+    }
+    rc = safetensors_locate(fds[f], size[f], file_names[f], want, k);
+    k = 0;
+    for (size_t i = 0; rc == DRV_OK && i < n; i++)
+      if (file_of(t[i].name) == f) off[i] = want[k++].offset;
+  }
+  free(want);
+  return rc;
+}
+
 /* Checks the checkpoint at path (of step `step`) in full and, when `load` is set, reads
  * the tensors into the caller's buffers. The error message names the file, not the path. */
 static drv_result_t try_checkpoint(const char *path, uint64_t step, ckpt_meta_t *meta,
@@ -1125,11 +728,10 @@ static drv_result_t try_checkpoint(const char *path, uint64_t step, ckpt_meta_t 
     rc = drv_error(DRV_ERR_NOMEM, "out of memory");
     goto fail;
   }
-  for (int f = 0; f < FILE_COUNT; f++)
-    DRV_CHECK_GOTO(st_locate(fds[f], m.size[f], f, t, n, off), rc, fail);
+  DRV_CHECK_GOTO(locate_tensors(fds, m.size, t, n, off), rc, fail);
   for (size_t i = 0; i < n; i++)
-    DRV_CHECK_GOTO(st_read_f32(fds[file_of(t[i].name)], off[i], t[i].data, t[i].count,
-                               file_names[file_of(t[i].name)]),
+    DRV_CHECK_GOTO(safetensors_read_f32(fds[file_of(t[i].name)], off[i], t[i].data, t[i].count,
+                                        file_names[file_of(t[i].name)]),
                    rc, fail);
   *meta = m.meta;
 
@@ -1282,7 +884,7 @@ drv_result_t ckpt_prune(const char *dir, uint32_t keep, uint32_t *removed) {
     DRV_CHECK_GOTO(rm_tree(del), rc, fail);
     done++;
   }
-  if (done) DRV_CHECK_GOTO(fsync_path(dir), rc, fail);
+  if (done) DRV_CHECK_GOTO(fs_fsync_dir(dir), rc, fail);
 
 fail:
   if (d) closedir(d);

@@ -192,11 +192,96 @@ static drv_result_t gz_read_full(const char *path, gzFile gz, uint8_t *buf, uint
   return DRV_OK;
 }
 
+/* The gzip stream's IDX header (magic and dims) into f; *hdr_len its length and *values
+ * the bytes of values it promises. */
+static drv_result_t gz_read_header(const char *path, gzFile gz, int is_labels, idx_file_t *f,
+                                   uint64_t *hdr_len, uint64_t *values) {
+  uint8_t hdr[16];
+  uint64_t got = 0;
+  DRV_CHECK(gz_read_full(path, gz, hdr, 4, 0, 4, &got));
+  if (got < 4) {
+    DRV_CHECK(gz_check_end(path, gz, 4, got));
+    return drv_error(DRV_ERR_INVALID,
+                     "%s: truncated: expected at least 4 bytes of header, found %llu", path,
+                     (unsigned long long)got);
+  }
+  DRV_CHECK(idx_check_magic(path, hdr, is_labels));
+  f->ndims = hdr[3];
+  *hdr_len = 4 + 4 * (uint64_t)f->ndims;
+  DRV_CHECK(gz_read_full(path, gz, hdr + 4, *hdr_len - 4, 4, *hdr_len, &got));
+  if (got < *hdr_len - 4) {
+    DRV_CHECK(gz_check_end(path, gz, *hdr_len, 4 + got));
+    return drv_error(DRV_ERR_INVALID,
+                     "%s: truncated: expected at least %llu bytes of header, found %llu", path,
+                     (unsigned long long)*hdr_len, (unsigned long long)(4 + got));
+  }
+  DRV_CHECK(idx_check_dims(path, f, hdr + 4, values));
+  if (*values > SIZE_MAX / 2)
+    return drv_error(DRV_ERR_INVALID, "%s: %llu bytes of values do not fit in memory", path,
+                     (unsigned long long)*values);
+  return DRV_OK;
+}
+
+/* The values after a header of hdr_len bytes into *buf (malloc'ed, `values` bytes), grown
+ * by doubling up to the size the header promises. */
+static drv_result_t gz_read_values(const char *path, gzFile gz, uint64_t hdr_len, uint64_t values,
+                                   uint8_t **buf) {
+  uint64_t expected = hdr_len + values, cap = 0, have = 0, got = 0;
+  for (;;) {
+    if (have == cap) {
+      if (cap == values) break;
+      uint64_t next = cap ? DRV_MIN(cap * 2, values) : DRV_MIN((uint64_t)GZ_CHUNK, values);
+      uint8_t *grown = realloc(*buf, (size_t)next);
+      if (!grown)
+        return drv_error(DRV_ERR_NOMEM, "%s: cannot allocate %llu bytes for decompressed data",
+                         path, (unsigned long long)next);
+      *buf = grown;
+      cap = next;
+    }
+    DRV_CHECK(gz_read_full(path, gz, *buf + have, cap - have, hdr_len + have, expected, &got));
+    have += got;
+    if (have < cap) break; /* end of stream (or an error, checked below) */
+  }
+  if (have < values) {
+    DRV_CHECK(gz_check_end(path, gz, expected, hdr_len + have));
+    return drv_error(DRV_ERR_INVALID, "%s: truncated: expected %llu bytes, found %llu", path,
+                     (unsigned long long)expected, (unsigned long long)(hdr_len + have));
+  }
+  return DRV_OK;
+}
+
+/* After the `expected` bytes the header promises: a clean end of the stream. Anything more
+ * is a wrong file; a bounded amount of it is counted for the message. */
+static drv_result_t gz_check_trailing(const char *path, gzFile gz, uint64_t expected) {
+  drv_result_t rc = DRV_OK;
+  uint8_t *scratch = malloc(1u << 16);
+  if (!scratch) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", path);
+  uint64_t extra = 0, got = 0;
+  for (;;) {
+    DRV_CHECK_GOTO(gz_read_full(path, gz, scratch, 1u << 16, expected + extra, expected, &got), rc,
+                   fail);
+    extra += got;
+    if (got < (1u << 16) || extra >= GZ_TRAILING_COUNT_MAX) break;
+  }
+  /* A clean end of stream, or the gzip trailer (CRC, length) missing or wrong. */
+  DRV_CHECK_GOTO(gz_check_end(path, gz, expected, expected + extra), rc, fail);
+  if (extra > 0)
+    rc = drv_error(DRV_ERR_INVALID,
+                   "%s: %s%llu trailing bytes: expected %llu bytes (decompressed), found %llu%s",
+                   path, extra >= GZ_TRAILING_COUNT_MAX ? "at least " : "",
+                   (unsigned long long)extra, (unsigned long long)expected,
+                   (unsigned long long)(expected + extra),
+                   extra >= GZ_TRAILING_COUNT_MAX ? " or more" : "");
+fail:
+  free(scratch);
+  return rc;
+}
+
 /* A gzip file: decompressed once into a buffer that grows as data arrives, so that a
  * header claiming gigabytes costs memory only for what the stream really holds. */
 static drv_result_t idx_read_gzip(const char *path, int fd, int is_labels, idx_file_t *f) {
   drv_result_t rc = DRV_OK;
-  uint8_t *buf = NULL, *scratch = NULL;
+  uint8_t *buf = NULL;
   int fd2 = dup(fd);
   if (fd2 < 0) return drv_error(DRV_ERR_SYS, "%s: dup: %s", path, strerror(errno));
   gzFile gz = gzdopen(fd2, "rb");
@@ -206,95 +291,15 @@ static drv_result_t idx_read_gzip(const char *path, int fd, int is_labels, idx_f
   }
   gzbuffer(gz, 1u << 18);
 
-  uint8_t hdr[16];
-  uint64_t got = 0;
-  DRV_CHECK_GOTO(gz_read_full(path, gz, hdr, 4, 0, 4, &got), rc, fail);
-  if (got < 4) {
-    DRV_CHECK_GOTO(gz_check_end(path, gz, 4, got), rc, fail);
-    rc =
-        drv_error(DRV_ERR_INVALID, "%s: truncated: expected at least 4 bytes of header, found %llu",
-                  path, (unsigned long long)got);
-    goto fail;
-  }
-  DRV_CHECK_GOTO(idx_check_magic(path, hdr, is_labels), rc, fail);
-  f->ndims = hdr[3];
-  uint64_t hdr_len = 4 + 4 * (uint64_t)f->ndims;
-  DRV_CHECK_GOTO(gz_read_full(path, gz, hdr + 4, hdr_len - 4, 4, hdr_len, &got), rc, fail);
-  if (got < hdr_len - 4) {
-    DRV_CHECK_GOTO(gz_check_end(path, gz, hdr_len, 4 + got), rc, fail);
-    rc = drv_error(DRV_ERR_INVALID,
-                   "%s: truncated: expected at least %llu bytes of header, found %llu", path,
-                   (unsigned long long)hdr_len, (unsigned long long)(4 + got));
-    goto fail;
-  }
-  uint64_t values;
-  DRV_CHECK_GOTO(idx_check_dims(path, f, hdr + 4, &values), rc, fail);
-  uint64_t expected = hdr_len + values;
-  if (values > SIZE_MAX / 2) {
-    rc = drv_error(DRV_ERR_INVALID, "%s: %llu bytes of values do not fit in memory", path,
-                   (unsigned long long)values);
-    goto fail;
-  }
-
-  /* (values) bytes, grown by doubling up to the size the header promises. */
-  uint64_t cap = 0, have = 0;
-  for (;;) {
-    if (have == cap) {
-      if (cap == values) break;
-      uint64_t next = cap ? DRV_MIN(cap * 2, values) : DRV_MIN((uint64_t)GZ_CHUNK, values);
-      uint8_t *grown = realloc(buf, (size_t)next);
-      if (!grown) {
-        rc = drv_error(DRV_ERR_NOMEM, "%s: cannot allocate %llu bytes for decompressed data", path,
-                       (unsigned long long)next);
-        goto fail;
-      }
-      buf = grown;
-      cap = next;
-    }
-    DRV_CHECK_GOTO(gz_read_full(path, gz, buf + have, cap - have, hdr_len + have, expected, &got),
-                   rc, fail);
-    have += got;
-    if (have < cap) break; /* end of stream (or an error, checked below) */
-  }
-  if (have < values) {
-    DRV_CHECK_GOTO(gz_check_end(path, gz, expected, hdr_len + have), rc, fail);
-    rc = drv_error(DRV_ERR_INVALID, "%s: truncated: expected %llu bytes, found %llu", path,
-                   (unsigned long long)expected, (unsigned long long)(hdr_len + have));
-    goto fail;
-  }
-
-  /* Anything after the values is a wrong file; count a bounded amount of it. */
-  scratch = malloc(1u << 16);
-  if (!scratch) {
-    rc = drv_error(DRV_ERR_NOMEM, "%s: out of memory", path);
-    goto fail;
-  }
-  uint64_t extra = 0;
-  for (;;) {
-    DRV_CHECK_GOTO(gz_read_full(path, gz, scratch, 1u << 16, expected + extra, expected, &got), rc,
-                   fail);
-    extra += got;
-    if (got < (1u << 16) || extra >= GZ_TRAILING_COUNT_MAX) break;
-  }
-  /* A clean end of stream, or the gzip trailer (CRC, length) missing or wrong. */
-  DRV_CHECK_GOTO(gz_check_end(path, gz, expected, expected + extra), rc, fail);
-  if (extra > 0) {
-    rc = drv_error(DRV_ERR_INVALID,
-                   "%s: %s%llu trailing bytes: expected %llu bytes (decompressed), found %llu%s",
-                   path, extra >= GZ_TRAILING_COUNT_MAX ? "at least " : "",
-                   (unsigned long long)extra, (unsigned long long)expected,
-                   (unsigned long long)(expected + extra),
-                   extra >= GZ_TRAILING_COUNT_MAX ? " or more" : "");
-    goto fail;
-  }
-  free(scratch);
-  gzclose(gz);
+  uint64_t hdr_len = 0, values = 0;
+  DRV_CHECK_GOTO(gz_read_header(path, gz, is_labels, f, &hdr_len, &values), rc, fail);
+  DRV_CHECK_GOTO(gz_read_values(path, gz, hdr_len, values, &buf), rc, fail);
+  DRV_CHECK_GOTO(gz_check_trailing(path, gz, hdr_len + values), rc, fail);
   f->heap = buf;
   f->data = buf;
-  return DRV_OK;
+  buf = NULL; /* f's now */
 
 fail:
-  free(scratch);
   free(buf);
   gzclose(gz);
   return rc;

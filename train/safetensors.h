@@ -1,5 +1,6 @@
-/* safetensors.h: a small writer for the .safetensors format (what
- * safetensors.torch.load_file and safetensors.numpy.load_file read).
+/* safetensors.h: the .safetensors format (what safetensors.torch.load_file and
+ * safetensors.numpy.load_file read): a writer for any tensors, and a checking reader that
+ * finds the tensors a caller expects (the checkpoint loader's).
  *
  * Layout of the file:
  *   8 bytes   N, the header length, unsigned little-endian
@@ -19,6 +20,8 @@
 #include "common/drv.h"
 
 #define SAFETENSORS_MAX_DIMS 8
+#define SAFETENSORS_NAME_MAX 1024 /* bytes of a tensor name the reader takes, NUL included */
+#define SAFETENSORS_HEADER_MAX (16u << 20) /* bytes of JSON header the reader takes */
 
 typedef struct {
   const char *name;  /* unique, not "__metadata__" */
@@ -43,5 +46,35 @@ drv_result_t safetensors_write(const char *path, const safetensors_tensor_t *ten
 
 /* The size in bytes of one element of `dtype` ("F32" -> 4), or 0 when unknown. */
 size_t safetensors_dtype_size(const char *dtype);
+
+// --- reading ------------------------------------------------------------------------------
+
+/* A tensor a reader expects in a file: its name, dtype, element count and shape (filled by
+ * the caller), and where its data starts (filled by safetensors_locate). */
+typedef struct {
+  const char *name;
+  const char *dtype; /* e.g. "F32" */
+  uint64_t count;    /* elements */
+  uint32_t ndim;     /* 0 (a scalar) .. SAFETENSORS_MAX_DIMS */
+  uint64_t shape[SAFETENSORS_MAX_DIMS];
+  uint64_t offset; /* out: absolute byte offset of the tensor's data in the file */
+} safetensors_want_t;
+
+/* Reads the header of the safetensors file open as fd (size bytes; `what` names it in
+ * errors), checks every entry (known dtype, data_offsets inside the data and matching the
+ * shape; "__metadata__" strings only; no other key) and finds each want[i]: it must appear
+ * exactly once, with want[i]'s dtype, count and shape. Tensors nobody asked for are checked
+ * and passed over. Sets every want[i].offset on DRV_OK. DRV_ERR_INVALID saying what is
+ * wrong and where ("model.safetensors: tensor layers.0.bias: 512 elements in the file, 511
+ * expected", "model.safetensors: header byte 17: ..."), DRV_ERR_SYS when fd cannot be
+ * read, DRV_ERR_NOMEM. Nothing in the file is trusted: a caller that must not parse a
+ * damaged file checks its size and checksum first. */
+drv_result_t safetensors_locate(int fd, uint64_t size, const char *what, safetensors_want_t *want,
+                                size_t n);
+
+/* Reads count F32 values at byte offset off of fd (little-endian in the file) into dst, in
+ * host order; `what` names the file in errors. */
+drv_result_t safetensors_read_f32(int fd, uint64_t off, float *dst, uint64_t count,
+                                  const char *what);
 
 #endif

@@ -55,6 +55,8 @@ struct trainer {
   size_t w_off[TRAINER_MAX_LAYERS];       /* offset of W[l] (out, in) in params, floats */
   size_t b_off[TRAINER_MAX_LAYERS];       /* offset of b[l] (out) in params, floats */
   size_t nparams;
+  trainer_tensor_t tensors[TRAINER_MAX_TENSORS]; /* the state's names over the buffers */
+  size_t ntensors;
   uint32_t max_batch;
   be_dtype_t act_type; /* T: F32, or BF16 under precision bf16 */
 
@@ -126,14 +128,9 @@ static float *carve(float **p, size_t floats) {
   return slice;
 }
 
-drv_result_t trainer_new(const jobspec_t *spec, const backend_t *be, uint32_t features,
-                         uint32_t classes, uint32_t max_batch, trainer_t **out) {
-  drv_result_t rc = DRV_OK;
-  trainer_t *t = NULL;
-  float *h_init = NULL;
-
-  if (!out) return drv_error(DRV_ERR_INVALID, "trainer_new: NULL out");
-  *out = NULL;
+/* The checks trainer_new makes before it allocates anything. */
+static drv_result_t check_args(const jobspec_t *spec, const backend_t *be, uint32_t features,
+                               uint32_t classes, uint32_t max_batch) {
   if (!spec || !be) return drv_error(DRV_ERR_INVALID, "trainer_new: NULL spec or backend");
   if (features == 0 || classes < 2 || max_batch == 0)
     return drv_error(DRV_ERR_INVALID,
@@ -152,81 +149,111 @@ drv_result_t trainer_new(const jobspec_t *spec, const backend_t *be, uint32_t fe
   if (spec->train.optimizer.type != SPEC_OPT_SGD && spec->train.optimizer.type != SPEC_OPT_ADAMW)
     return drv_error(DRV_ERR_INVALID, "train.optimizer.type: unknown value %d",
                      (int)spec->train.optimizer.type);
+  return DRV_OK;
+}
 
-  t = calloc(1, sizeof *t);
-  if (!t) return drv_error(DRV_ERR_NOMEM, "trainer_new: out of memory");
-  t->be = be;
-  t->spec = *spec;
-  t->spec.name = NULL;
-  t->spec.model.type = NULL;
-  t->spec.model.hidden = NULL;
-  t->spec.model.hidden_count = 0;
-  t->spec.data.train = t->spec.data.test = NULL;
-  t->spec.data.synthetic = NULL;
-  t->spec.run_dir = NULL;
-  t->max_batch = max_batch;
+/* The spec as the trainer keeps it: every pointer nulled (the trainer outlives nothing of
+ * the caller's), the model sizes kept in t->sizes instead. */
+static jobspec_t spec_kept(const jobspec_t *spec) {
+  jobspec_t k = *spec;
+  k.name = NULL;
+  k.model.type = NULL;
+  k.model.hidden = NULL;
+  k.model.hidden_count = 0;
+  k.data.train = k.data.test = NULL;
+  k.data.synthetic = NULL;
+  k.run_dir = NULL;
+  return k;
+}
 
-  // Sizes and the parameter layout.
+/* Appends a tensor of (d0) or (d0, d1) to the trainer's list. */
+static void describe(trainer_t *t, const char *name, uint32_t ndim, uint64_t d0, uint64_t d1,
+                     trainer_buffer_t buffer, size_t offset) {
+  trainer_tensor_t *d = &t->tensors[t->ntensors++];
+  *d = (trainer_tensor_t){
+      .ndim = ndim, .shape = {d0, ndim > 1 ? d1 : 0}, .buffer = buffer, .offset = offset};
+  snprintf(d->name, sizeof d->name, "%s", name);
+  d->count = ndim > 1 ? d0 * d1 : d0;
+}
+
+/* Sizes and the flat layout: each layer's W (out, in) then b (out), layer after layer, the
+ * optimizer state's size, and the tensors that name them; *max_width the widest layer. */
+static drv_result_t plan_layout(trainer_t *t, const jobspec_t *spec, uint32_t features,
+                                uint32_t classes, uint32_t *max_width) {
   t->layers = spec->model.hidden_count + 1;
   t->sizes[0] = features;
   for (uint32_t i = 0; i < spec->model.hidden_count; i++) {
-    if (spec->model.hidden[i] == 0) {
-      rc = drv_error(DRV_ERR_INVALID, "model.hidden[%u]: a layer needs at least one unit", i);
-      goto fail;
-    }
+    if (spec->model.hidden[i] == 0)
+      return drv_error(DRV_ERR_INVALID, "model.hidden[%u]: a layer needs at least one unit", i);
     t->sizes[i + 1] = spec->model.hidden[i];
   }
   t->sizes[t->layers] = classes;
   uint64_t np = 0;
-  uint32_t max_width = 0;
+  *max_width = 0;
   for (uint32_t l = 0; l < t->layers; l++) {
     t->w_off[l] = (size_t)np;
     np += (uint64_t)t->sizes[l] * t->sizes[l + 1];
     t->b_off[l] = (size_t)np;
     np += t->sizes[l + 1];
-    max_width = DRV_MAX(max_width, t->sizes[l + 1]);
+    *max_width = DRV_MAX(*max_width, t->sizes[l + 1]);
   }
   /* A sane bound (4G parameters) that also keeps every size_t product below overflow. */
-  if (np > ((uint64_t)1 << 32)) {
-    rc = drv_error(DRV_ERR_INVALID, "model: %llu parameters is too many", (unsigned long long)np);
-    goto fail;
-  }
+  if (np > ((uint64_t)1 << 32))
+    return drv_error(DRV_ERR_INVALID, "model: %llu parameters is too many", (unsigned long long)np);
   t->nparams = (size_t)np;
   t->nopt = spec->train.optimizer.type == SPEC_OPT_ADAMW ? 2 * t->nparams : t->nparams;
-
   t->act_type = spec->train.precision == SPEC_PREC_BF16 ? BE_BF16 : BE_F32;
 
-  // Device buffers: parameters, gradients (+ loss pair), optimizer state, then the arena.
-  size_t pbytes = t->nparams * sizeof(float);
-  DRV_CHECK_GOTO(be->alloc(be, pbytes, (void **)&t->d_params), rc, fail);
-  DRV_CHECK_GOTO(be->alloc(be, pbytes + 2 * sizeof(float), (void **)&t->d_grads), rc, fail);
-  DRV_CHECK_GOTO(be->alloc(be, t->nopt * sizeof(float), (void **)&t->d_opt), rc, fail);
-  DRV_CHECK_GOTO(be->zero(be, t->d_grads, pbytes + 2 * sizeof(float)), rc, fail);
-  DRV_CHECK_GOTO(be->zero(be, t->d_opt, t->nopt * sizeof(float)), rc, fail);
-  if (t->act_type == BE_BF16)
-    DRV_CHECK_GOTO(be->alloc(be, t->nparams * be_dtype_size(BE_BF16), &t->d_wlow), rc, fail);
-
-  size_t B = max_batch, C = classes;
-  if ((uint64_t)B * DRV_MAX(features, max_width) > ((uint64_t)1 << 36)) {
-    rc = drv_error(DRV_ERR_INVALID, "trainer_new: max_batch %u is too large for this model",
-                   max_batch);
-    goto fail;
+  for (uint32_t l = 0; l < t->layers; l++) {
+    char name[32];
+    uint32_t in = t->sizes[l], out = t->sizes[l + 1];
+    snprintf(name, sizeof name, "layers.%u.weight", l);
+    describe(t, name, 2, out, in, TRAINER_PARAMS, t->w_off[l]);
+    snprintf(name, sizeof name, "layers.%u.bias", l);
+    describe(t, name, 1, out, 0, TRAINER_PARAMS, t->b_off[l]);
   }
+  describe(t, "optimizer.state", 1, t->nopt, 0, TRAINER_OPT_STATE, 0);
+  return DRV_OK;
+}
+
+/* Device buffers of the state: parameters, gradients (+ the loss pair), optimizer state,
+ * and the BF16 copy of the parameters under bf16. */
+static drv_result_t alloc_state(trainer_t *t) {
+  const backend_t *be = t->be;
+  size_t pbytes = t->nparams * sizeof(float);
+  DRV_CHECK(be->alloc(be, pbytes, (void **)&t->d_params));
+  DRV_CHECK(be->alloc(be, pbytes + 2 * sizeof(float), (void **)&t->d_grads));
+  DRV_CHECK(be->alloc(be, t->nopt * sizeof(float), (void **)&t->d_opt));
+  DRV_CHECK(be->zero(be, t->d_grads, pbytes + 2 * sizeof(float)));
+  DRV_CHECK(be->zero(be, t->d_opt, t->nopt * sizeof(float)));
+  if (t->act_type == BE_BF16)
+    DRV_CHECK(be->alloc(be, t->nparams * be_dtype_size(BE_BF16), &t->d_wlow));
+  return DRV_OK;
+}
+
+/* The two staging slots (device slices and host buffers) and the activations, carved out
+ * of one device arena sized for max_batch rows. */
+static drv_result_t alloc_activations(trainer_t *t, uint32_t max_width) {
+  const backend_t *be = t->be;
+  size_t B = t->max_batch, C = t->sizes[t->layers], features = t->sizes[0];
+  if ((uint64_t)B * DRV_MAX(features, max_width) > ((uint64_t)1 << 36))
+    return drv_error(DRV_ERR_INVALID, "trainer_new: max_batch %u is too large for this model",
+                     t->max_batch);
   /* two input slots (x, y, sched), x as T, losses, correct, eval sums, logits, dlogits,
    * the gradient ping-pong, then per layer act and pre */
   size_t arena = 2 * (align16(B * features) + align16(B) + align16(4)) + align16(B * features) +
                  2 * align16(B) + align16(2) + 2 * align16(B * C) + 2 * align16(B * max_width);
   for (uint32_t l = 0; l + 1 < t->layers; l++) arena += 2 * align16(B * t->sizes[l + 1]);
-  DRV_CHECK_GOTO(be->alloc(be, arena * sizeof(float), &t->d_arena), rc, fail);
+  DRV_CHECK(be->alloc(be, arena * sizeof(float), &t->d_arena));
   float *p = t->d_arena;
   for (int k = 0; k < 2; k++) {
     slot_t *sl = &t->slots[k];
     sl->d_x = carve(&p, B * features);
     sl->d_y = (int32_t *)carve(&p, B); /* int32 slices take as many bytes as float ones */
     sl->d_sched = carve(&p, 4);
-    DRV_CHECK_GOTO(be->host_alloc(be, B * features * sizeof(float), (void **)&sl->h_x), rc, fail);
-    DRV_CHECK_GOTO(be->host_alloc(be, B * sizeof(int32_t), (void **)&sl->h_y), rc, fail);
-    DRV_CHECK_GOTO(be->host_alloc(be, 4 * sizeof(float), (void **)&sl->h_sched), rc, fail);
+    DRV_CHECK(be->host_alloc(be, B * features * sizeof(float), (void **)&sl->h_x));
+    DRV_CHECK(be->host_alloc(be, B * sizeof(int32_t), (void **)&sl->h_y));
+    DRV_CHECK(be->host_alloc(be, 4 * sizeof(float), (void **)&sl->h_sched));
   }
   t->d_xlow = carve(&p, B * features);
   t->d_losses = carve(&p, B);
@@ -240,22 +267,43 @@ drv_result_t trainer_new(const jobspec_t *spec, const backend_t *be, uint32_t fe
     t->d_act[l] = carve(&p, B * t->sizes[l + 1]);
     t->d_pre[l] = carve(&p, B * t->sizes[l + 1]);
   }
+  return DRV_OK;
+}
+
+/* The initial parameters (init_params) onto the device. */
+static drv_result_t init_state(trainer_t *t) {
+  float *h_init = malloc(t->nparams ? t->nparams * sizeof(float) : 1);
+  if (!h_init) return drv_error(DRV_ERR_NOMEM, "trainer_new: out of memory");
+  init_params(t, h_init);
+  drv_result_t rc = trainer_set_state(t, h_init, NULL);
+  free(h_init);
+  return rc;
+}
+
+drv_result_t trainer_new(const jobspec_t *spec, const backend_t *be, uint32_t features,
+                         uint32_t classes, uint32_t max_batch, trainer_t **out) {
+  drv_result_t rc = DRV_OK;
+  trainer_t *t = NULL;
+  uint32_t max_width = 0;
+
+  if (!out) return drv_error(DRV_ERR_INVALID, "trainer_new: NULL out");
+  *out = NULL;
+  DRV_CHECK(check_args(spec, be, features, classes, max_batch));
+  t = calloc(1, sizeof *t);
+  if (!t) return drv_error(DRV_ERR_NOMEM, "trainer_new: out of memory");
+  t->be = be;
+  t->spec = spec_kept(spec);
+  t->max_batch = max_batch;
+  DRV_CHECK_GOTO(plan_layout(t, spec, features, classes, &max_width), rc, fail);
+  DRV_CHECK_GOTO(alloc_state(t), rc, fail);
+  DRV_CHECK_GOTO(alloc_activations(t, max_width), rc, fail);
   t->staged = t->active = -1;
   t->graphs = graphs_initial(t);
-
-  h_init = malloc(pbytes ? pbytes : 1);
-  if (!h_init) {
-    rc = drv_error(DRV_ERR_NOMEM, "trainer_new: out of memory");
-    goto fail;
-  }
-  init_params(t, h_init);
-  DRV_CHECK_GOTO(trainer_set_state(t, h_init, NULL), rc, fail);
-  free(h_init);
+  DRV_CHECK_GOTO(init_state(t), rc, fail);
   *out = t;
   return DRV_OK;
 
 fail:
-  free(h_init);
   trainer_destroy(&t);
   return rc;
 }
@@ -754,6 +802,11 @@ uint32_t trainer_size(const trainer_t *t, uint32_t i) {
   return i <= t->layers ? t->sizes[i] : 0;
 }
 
+const trainer_tensor_t *trainer_tensors(const trainer_t *t, size_t *count) {
+  if (count) *count = t->ntensors;
+  return t->tensors;
+}
+
 // --- optimizer --------------------------------------------------------------------------
 
 float trainer_lr(const jobspec_t *spec, uint64_t step, uint64_t total_steps) {
@@ -784,30 +837,23 @@ drv_result_t trainer_apply(trainer_t *t, uint64_t step, uint64_t total_steps, fl
 drv_result_t trainer_save(const trainer_t *t, const char *path) {
   drv_result_t rc = DRV_OK;
   const backend_t *be = t->be;
-  float *h_params = malloc(t->nparams ? t->nparams * sizeof(float) : 1);
-  char names[2 * TRAINER_MAX_LAYERS][32];
-  safetensors_tensor_t tensors[2 * TRAINER_MAX_LAYERS];
+  size_t nmodel = 2 * (size_t)t->layers; /* the tensors before the optimizer state */
+  safetensors_tensor_t tensors[TRAINER_MAX_TENSORS];
   char sizes[16 * (TRAINER_MAX_LAYERS + 1)];
+  float *h_params = malloc(t->nparams ? t->nparams * sizeof(float) : 1);
   if (!h_params) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", path);
   DRV_CHECK_GOTO(be->copy_out(be, h_params, t->d_params, t->nparams * sizeof(float)), rc, fail);
 
   size_t len = 0;
   for (uint32_t i = 0; i <= t->layers; i++)
     len += (size_t)snprintf(sizes + len, sizeof sizes - len, "%s%u", i ? "," : "", t->sizes[i]);
-  for (uint32_t l = 0; l < t->layers; l++) {
-    safetensors_tensor_t *w = &tensors[2 * l], *b = &tensors[2 * l + 1];
-    snprintf(names[2 * l], sizeof names[0], "layers.%u.weight", l);
-    snprintf(names[2 * l + 1], sizeof names[0], "layers.%u.bias", l);
-    *w = (safetensors_tensor_t){.name = names[2 * l],
-                                .dtype = "F32",
-                                .ndim = 2,
-                                .shape = {t->sizes[l + 1], t->sizes[l]},
-                                .data = h_params + t->w_off[l]};
-    *b = (safetensors_tensor_t){.name = names[2 * l + 1],
-                                .dtype = "F32",
-                                .ndim = 1,
-                                .shape = {t->sizes[l + 1]},
-                                .data = h_params + t->b_off[l]};
+  for (size_t i = 0; i < nmodel; i++) {
+    const trainer_tensor_t *d = &t->tensors[i];
+    tensors[i] = (safetensors_tensor_t){.name = d->name,
+                                        .dtype = "F32",
+                                        .ndim = d->ndim,
+                                        .shape = {d->shape[0], d->shape[1]},
+                                        .data = h_params + d->offset};
   }
   const safetensors_meta_t meta[] = {
       {"format", "pt"},
@@ -815,8 +861,7 @@ drv_result_t trainer_save(const trainer_t *t, const char *path) {
       {"activation", t->spec.model.activation == SPEC_ACT_GELU ? "gelu" : "relu"},
       {"sizes", sizes},
   };
-  DRV_CHECK_GOTO(safetensors_write(path, tensors, 2 * (size_t)t->layers, meta, DRV_ARRAY_LEN(meta)),
-                 rc, fail);
+  DRV_CHECK_GOTO(safetensors_write(path, tensors, nmodel, meta, DRV_ARRAY_LEN(meta)), rc, fail);
 fail:
   free(h_params);
   return rc;

@@ -96,18 +96,19 @@ float trainer_lr(const jobspec_t *spec, uint64_t step, uint64_t total_steps);
 drv_result_t trainer_apply(trainer_t *t, uint64_t step, uint64_t total_steps, float *lr);
 
 /* A gradient reducer: how a data-parallel step sums the gradient buffer across ranks.
- * begin() (optional) is called when a step starts to be issued; ready(first) is called in the backward pass each time gradients [first, count + 2) have
- * all been issued (layer by layer, from the last), so a reducer can start summing those
- * while the rest of the backward pass runs; finish() is called once the backward pass is
- * issued and must leave the complete sums visible to the ops issued after it. wait(), when
- * set, replaces the backend's synchronize() at the end of a step (a wait with a deadline).
- * When a step fails, the trainer first destroys its captured graphs (a communicator whose
- * operations a live graph holds cannot be aborted), then calls abort() (optional: end every
- * pending collective), then waits for the device. agree() (optional) sums one value over
- * the ranks (the host control plane), so that choices such as cuda_graphs: auto are the
- * same on every rank. grads, when set, is where the optimizer reads the summed gradients
- * (of grads_type) instead of the trainer's own buffer. Borrowed; must outlive the
- * trainer's use. */
+ * begin() (optional) is called when a step starts to be issued; ready(first) is called in
+ * the backward pass each time gradients [first, count + 2) have all been issued (layer by
+ * layer, from the last), so a reducer can start summing those while the rest of the
+ * backward pass runs; finish() is called once the backward pass is issued and must leave
+ * the complete sums visible to the ops issued after it. wait(), when set, replaces the
+ * backend's synchronize() at the end of a step (a wait with a deadline). When a step
+ * fails, the trainer first destroys its captured graphs (a communicator whose operations a
+ * live graph holds cannot be aborted), then calls abort() (optional: end every pending
+ * collective), then waits for the device. agree() (optional) sums one value over the
+ * ranks (the host control plane), so that choices such as cuda_graphs: auto are the same
+ * on every rank. grads, when set, is where the optimizer reads the summed gradients (of
+ * grads_type) instead of the trainer's own buffer. Borrowed; must outlive the trainer's
+ * use. */
 typedef struct {
   void *ctx;
   drv_result_t (*begin)(void *ctx);
@@ -173,5 +174,30 @@ drv_result_t trainer_save(const trainer_t *t, const char *path);
  * sizes[0] = features, sizes[layers] = classes. */
 uint32_t trainer_layers(const trainer_t *t);
 uint32_t trainer_size(const trainer_t *t, uint32_t i);
+
+/* Which flat buffer a tensor lives in. */
+typedef enum { TRAINER_PARAMS = 0, TRAINER_OPT_STATE = 1 } trainer_buffer_t;
+
+/* One named tensor of the trainer's state: a slice of one of its flat buffers, `buffer`
+ * (TRAINER_PARAMS: trainer_params'; TRAINER_OPT_STATE: trainer_opt_state's). */
+typedef struct {
+  char name[32]; /* "layers.{l}.weight", "layers.{l}.bias", "optimizer.state" */
+  uint32_t ndim; /* 2 for a weight, 1 otherwise */
+  uint64_t shape[2];
+  uint64_t count; /* elements, the product of shape */
+  trainer_buffer_t buffer;
+  size_t offset; /* first float of the tensor in that buffer */
+} trainer_tensor_t;
+
+/* The most tensors trainer_tensors describes. */
+#define TRAINER_MAX_TENSORS (2 * (JOBSPEC_MAX_HIDDEN + 1) + 1)
+
+/* The tensors of the trainer's state, in this order: for each layer l, its weight (out, in)
+ * and its bias (out) over the flat parameter buffer (named as torch.nn.Linear's state dict,
+ * what trainer_save writes), then the whole optimizer state as one tensor (nopt) over the
+ * optimizer-state buffer. The first 2 * trainer_layers() entries are the model. *count
+ * (2 * layers + 1) receives how many. The same layout on every backend, so host copies of
+ * the buffers (trainer_get_state) can be cut with it too. Owned by the trainer. */
+const trainer_tensor_t *trainer_tensors(const trainer_t *t, size_t *count);
 
 #endif

@@ -368,27 +368,19 @@ static drv_result_t rendezvous(worker_t *w) {
 // --- State: checkpoints, commits, agreement --------------------------------------------------
 
 /* The trainer's state as checkpoint tensors over the buffers p (the flat parameter layout)
- * and o (the optimizer state): each layer's weight (out, in) and bias (out), named as in
- * the saved model, then the optimizer state. t must hold 2 * layers + 1 entries; names
- * is storage for their names. */
+ * and o (the optimizer state), as trainer_tensors describes them: each layer's weight
+ * (out, in) and bias (out), named as in the saved model, then the optimizer state. t must
+ * hold TRAINER_MAX_TENSORS entries. (names is no longer used: the trainer owns them.) */
 static size_t state_tensors(trainer_t *tr, float *p, float *o, ckpt_tensor_t *t,
                             char (*names)[32]) {
-  size_t no, n = 0;
-  trainer_opt_state(tr, &no);
-  for (uint32_t l = 0; l < trainer_layers(tr); l++) {
-    uint64_t in = trainer_size(tr, l), out = trainer_size(tr, l + 1);
-    snprintf(names[n], 32, "layers.%u.weight", l);
-    t[n] = (ckpt_tensor_t){
-        .name = names[n], .data = p, .count = out * in, .ndim = 2, .shape = {out, in}};
-    p += out * in;
-    n++;
-    snprintf(names[n], 32, "layers.%u.bias", l);
-    t[n] = (ckpt_tensor_t){.name = names[n], .data = p, .count = out, .ndim = 1, .shape = {out}};
-    p += out;
-    n++;
-  }
-  t[n++] =
-      (ckpt_tensor_t){.name = "optimizer.state", .data = o, .count = no, .ndim = 1, .shape = {no}};
+  size_t n;
+  const trainer_tensor_t *d = trainer_tensors(tr, &n);
+  for (size_t i = 0; i < n; i++)
+    t[i] = (ckpt_tensor_t){.name = d[i].name,
+                           .data = (d[i].buffer == TRAINER_PARAMS ? p : o) + d[i].offset,
+                           .count = d[i].count,
+                           .ndim = d[i].ndim,
+                           .shape = {d[i].shape[0], d[i].shape[1]}};
   return n;
 }
 

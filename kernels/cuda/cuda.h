@@ -8,17 +8,6 @@
 
 #include "kernels/backend.h"
 
-/* When the CUDA runtime call `call` fails: rc becomes an error naming the call, then goto
- * label. For constructors that unwind through one label. */
-#define CUDA_CHECK_GOTO(call, rc, label)                                     \
-  do {                                                                       \
-    cudaError_t e_ = (call);                                                 \
-    if (e_ != cudaSuccess) {                                                 \
-      (rc) = drv_error(DRV_ERR_CUDA, "%s: %s", #call, cudaGetErrorString(e_)); \
-      goto label;                                                            \
-    }                                                                        \
-  } while (0)
-
 /* The stream every op of the backend runs on, in issue order. */
 cudaStream_t backend_cuda_stream(const backend_t *be);
 

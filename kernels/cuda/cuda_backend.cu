@@ -14,7 +14,7 @@
  * intrinsics. F32 GEMMs use exact F32 arithmetic unless the backend was made with tf32.
  *
  * Every launch is followed by a check of cudaGetLastError(); every API call's status is
- * checked and turned into a drv_result_t naming the call.
+ * checked and turned into a drv_result_t naming the call (kernels/cuda/checks.h).
  */
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -28,33 +28,8 @@ extern "C" {
 #include "common/log.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda.h"
+#include "kernels/cuda/checks.h"
 }
-
-// --- errors ------------------------------------------------------------------------------
-
-#define CU_CHECK(call)                                                                          \
-  do {                                                                                          \
-    cudaError_t e_ = (call);                                                                    \
-    if (e_ != cudaSuccess)                                                                      \
-      return drv_error(DRV_ERR_CUDA, "%s: %s (%s:%d)", #call, cudaGetErrorString(e_), __FILE__, \
-                       __LINE__);                                                               \
-  } while (0)
-
-#define BLAS_CHECK(call)                                                                           \
-  do {                                                                                             \
-    cublasStatus_t s_ = (call);                                                                    \
-    if (s_ != CUBLAS_STATUS_SUCCESS)                                                               \
-      return drv_error(DRV_ERR_CUDA, "%s: %s (%s:%d)", #call, cublasGetStatusString(s_), __FILE__, \
-                       __LINE__);                                                                  \
-  } while (0)
-
-/* After every <<<>>>: a bad configuration shows here, a fault at the next sync. */
-#define LAUNCH_CHECK(name)                                                                \
-  do {                                                                                    \
-    cudaError_t e_ = cudaGetLastError();                                                  \
-    if (e_ != cudaSuccess)                                                                \
-      return drv_error(DRV_ERR_CUDA, "launch of %s: %s", (name), cudaGetErrorString(e_)); \
-  } while (0)
 
 // --- state -------------------------------------------------------------------------------
 
@@ -391,36 +366,36 @@ static void cu_free(const backend_t *be, void *d_ptr) {
 static drv_result_t cu_copy_in(const backend_t *be, void *d_dst, const void *h_src, size_t bytes) {
   if (!bytes) return DRV_OK;
   cudaStream_t s = ctx_of(be)->compute;
-  CU_CHECK(cudaMemcpyAsync(d_dst, h_src, bytes, cudaMemcpyHostToDevice, s));
+  CUDA_CHECK(cudaMemcpyAsync(d_dst, h_src, bytes, cudaMemcpyHostToDevice, s));
   /* h_src may be pageable and reused at once by the caller: finish before returning. */
-  CU_CHECK(cudaStreamSynchronize(s));
+  CUDA_CHECK(cudaStreamSynchronize(s));
   return DRV_OK;
 }
 
 static drv_result_t cu_copy_out(const backend_t *be, void *h_dst, const void *d_src, size_t bytes) {
   if (!bytes) return DRV_OK;
   cudaStream_t s = ctx_of(be)->compute;
-  CU_CHECK(cudaMemcpyAsync(h_dst, d_src, bytes, cudaMemcpyDeviceToHost, s));
-  CU_CHECK(cudaStreamSynchronize(s));
+  CUDA_CHECK(cudaMemcpyAsync(h_dst, d_src, bytes, cudaMemcpyDeviceToHost, s));
+  CUDA_CHECK(cudaStreamSynchronize(s));
   return DRV_OK;
 }
 
 static drv_result_t cu_copy(const backend_t *be, void *d_dst, const void *d_src, size_t bytes) {
   if (!bytes) return DRV_OK;
-  CU_CHECK(cudaMemcpyAsync(d_dst, d_src, bytes, cudaMemcpyDeviceToDevice, ctx_of(be)->compute));
+  CUDA_CHECK(cudaMemcpyAsync(d_dst, d_src, bytes, cudaMemcpyDeviceToDevice, ctx_of(be)->compute));
   return DRV_OK;
 }
 
 static drv_result_t cu_zero(const backend_t *be, void *d_ptr, size_t bytes) {
   if (!bytes) return DRV_OK;
-  CU_CHECK(cudaMemsetAsync(d_ptr, 0, bytes, ctx_of(be)->compute));
+  CUDA_CHECK(cudaMemsetAsync(d_ptr, 0, bytes, ctx_of(be)->compute));
   return DRV_OK;
 }
 
 /* Every op issued so far: the compute stream's and the uploads on the copy stream. */
 static drv_result_t cu_synchronize(const backend_t *be) {
-  CU_CHECK(cudaStreamSynchronize(ctx_of(be)->compute));
-  CU_CHECK(cudaStreamSynchronize(ctx_of(be)->copy));
+  CUDA_CHECK(cudaStreamSynchronize(ctx_of(be)->compute));
+  CUDA_CHECK(cudaStreamSynchronize(ctx_of(be)->copy));
   return DRV_OK;
 }
 
@@ -438,13 +413,13 @@ static drv_result_t cu_gemm(const backend_t *be, bool trans_a, bool trans_b, uin
   cuda_ctx_t *c = ctx_of(be);
   if (k == 0) {
     if (beta == 0.0f) return cu_zero(be, d_c, (size_t)m * n * sizeof(float));
-    BLAS_CHECK(cublasSscal_64(c->blas, (int64_t)m * n, &beta, d_c, 1));
+    CUBLAS_CHECK(cublasSscal_64(c->blas, (int64_t)m * n, &beta, d_c, 1));
     return DRV_OK;
   }
   int lda = trans_a ? (int)m : (int)k, ldb = trans_b ? (int)k : (int)n;
-  BLAS_CHECK(cublasSgemm(c->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-                         trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, (int)n, (int)m, (int)k, &alpha, d_b,
-                         ldb, d_a, lda, &beta, d_c, (int)n));
+  CUBLAS_CHECK(cublasSgemm(c->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                           trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, (int)n, (int)m, (int)k, &alpha, d_b,
+                           ldb, d_a, lda, &beta, d_c, (int)n));
   return DRV_OK;
 }
 
@@ -453,7 +428,7 @@ static drv_result_t cu_bias_add(const backend_t *be, float *d_y, const float *d_
   size_t count = (size_t)n * c;
   if (!count) return DRV_OK;
   k_bias_add<<<grid_for(count, 256), 256, 0, ctx_of(be)->compute>>>(d_y, d_bias, count, c);
-  LAUNCH_CHECK("bias_add");
+  CUDA_LAUNCH_CHECK("bias_add");
   return DRV_OK;
 }
 
@@ -461,7 +436,7 @@ static drv_result_t cu_bias_grad(const backend_t *be, float *d_dbias, const floa
                                  uint32_t c) {
   if (!c) return DRV_OK;
   k_bias_grad<<<(c + 31) / 32, dim3(32, 8), 0, ctx_of(be)->compute>>>(d_dbias, d_dy, n, c);
-  LAUNCH_CHECK("bias_grad");
+  CUDA_LAUNCH_CHECK("bias_grad");
   return DRV_OK;
 }
 
@@ -469,7 +444,7 @@ static drv_result_t cu_bias_grad(const backend_t *be, float *d_dbias, const floa
   do {                                                                                 \
     if (!count) return DRV_OK;                                                         \
     kernel<<<grid_for(count, 256), 256, 0, ctx_of(be)->compute>>>(__VA_ARGS__, count); \
-    LAUNCH_CHECK(fn);                                                                  \
+    CUDA_LAUNCH_CHECK(fn);                                                             \
     return DRV_OK;                                                                     \
   } while (0)
 
@@ -503,19 +478,19 @@ static drv_result_t cu_softmax_xent(const backend_t *be, const float *d_logits,
    * is read back only when capture is off, since reading it means a host wait. */
   int *d_bad = x->d_bad_label;
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-  CU_CHECK(cudaStreamIsCapturing(x->compute, &cap));
+  CUDA_CHECK(cudaStreamIsCapturing(x->compute, &cap));
   if (cap == cudaStreamCaptureStatusNone)
-    CU_CHECK(cudaMemsetAsync(d_bad, 0, sizeof(int), x->compute));
+    CUDA_CHECK(cudaMemsetAsync(d_bad, 0, sizeof(int), x->compute));
   unsigned rows_per_block = 8;
   k_softmax_xent<<<(n + rows_per_block - 1) / rows_per_block, 32 * rows_per_block, 0, x->compute>>>(
       d_logits, d_labels, n, c, scale, d_dlogits, d_losses, d_correct, d_bad);
-  LAUNCH_CHECK("softmax_xent");
+  CUDA_LAUNCH_CHECK("softmax_xent");
   if (cap == cudaStreamCaptureStatusNone && d_dlogits == NULL) {
     /* Evaluation calls are few: check the labels there. Training checks them on the host
      * before upload (trainer.c). */
     int bad = 0;
-    CU_CHECK(cudaMemcpyAsync(&bad, d_bad, sizeof bad, cudaMemcpyDeviceToHost, x->compute));
-    CU_CHECK(cudaStreamSynchronize(x->compute));
+    CUDA_CHECK(cudaMemcpyAsync(&bad, d_bad, sizeof bad, cudaMemcpyDeviceToHost, x->compute));
+    CUDA_CHECK(cudaStreamSynchronize(x->compute));
     if (bad) return drv_error(DRV_ERR_INVALID, "cuda softmax_xent: a label outside [0, %u)", c);
   }
   return DRV_OK;
@@ -527,7 +502,7 @@ static drv_result_t cu_sgd_step(const backend_t *be, float *d_param, const float
   if (!count) return DRV_OK;
   k_sgd<<<grid_for(count, 256), 256, 0, ctx_of(be)->compute>>>(d_param, d_grad, d_mom, count, lr,
                                                                momentum, weight_decay);
-  LAUNCH_CHECK("sgd_step");
+  CUDA_LAUNCH_CHECK("sgd_step");
   return DRV_OK;
 }
 
@@ -540,7 +515,7 @@ static drv_result_t cu_adamw_step(const backend_t *be, float *d_param, const flo
   be_optim_sched(lr, beta1, beta2, weight_decay, t, s.v);
   k_adamw<<<grid_for(count, 256), 256, 0, ctx_of(be)->compute>>>(d_param, d_grad, d_m, d_v, count,
                                                                  s, beta1, beta2, eps);
-  LAUNCH_CHECK("adamw_step");
+  CUDA_LAUNCH_CHECK("adamw_step");
   return DRV_OK;
 }
 
@@ -552,7 +527,7 @@ static drv_result_t cu_convert(const backend_t *be, void *d_dst, be_dtype_t dst_
   if (dst_type == src_type) return cu_copy(be, d_dst, d_src, count * be_dtype_size(src_type));
   k_convert<<<grid_for(count, 256), 256, 0, ctx_of(be)->compute>>>(d_dst, dst_type, d_src, src_type,
                                                                    count);
-  LAUNCH_CHECK("convert");
+  CUDA_LAUNCH_CHECK("convert");
   return DRV_OK;
 }
 
@@ -605,10 +580,8 @@ static cublasStatus_t set_pointers(lt_plan_t *p, const be_matmul_t *op) {
   return st;
 }
 
-/* Builds (once per key) the descriptors and picks the algorithm. The swap as cu_gemm:
- * cuBLASLt's A is our B, its B our A, its (m, n) our (n, m); its bias runs along its rows,
- * which are our columns, and its bias gradient sums over its columns, our rows. */
-static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, const unsigned align[4]) {
+/* The cached plan for this call's key (shape, types, epilogue, alignments), or NULL. */
+static lt_plan_t *lt_plan_find(cuda_ctx_t *c, const be_matmul_t *op, const unsigned align[4]) {
   for (int i = 0; i < LT_PLANS; i++) {
     lt_plan_t *p = &c->plans[i];
     if (p->used && p->trans_a == op->trans_a && p->trans_b == op->trans_b && p->m == op->m &&
@@ -617,6 +590,11 @@ static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, const unsigned a
         !memcmp(p->align, align, sizeof p->align))
       return p;
   }
+  return NULL;
+}
+
+/* The next plan slot (round robin, the plan there freed), holding this call's key. */
+static lt_plan_t *lt_plan_slot(cuda_ctx_t *c, const be_matmul_t *op, const unsigned align[4]) {
   lt_plan_t *p = &c->plans[c->plan_next];
   c->plan_next = (c->plan_next + 1) % LT_PLANS;
   plan_free(p);
@@ -631,17 +609,25 @@ static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, const unsigned a
                    .bias_type = op->bias_type,
                    .epilogue = op->epilogue};
   memcpy(p->align, align, sizeof p->align);
-  cublasLtEpilogue_t epi;
+  return p;
+}
+
+/* Whether cuBLASLt is to be asked at all (its epilogue in *epi), rather than the fallback. */
+static bool lt_wanted(const cuda_ctx_t *c, const be_matmul_t *op, cublasLtEpilogue_t *epi) {
   bool gelu = op->epilogue == BE_EPI_BIAS_GELU || op->epilogue == BE_EPI_DGELU_BGRAD;
   /* cuBLASLt's GELU uses the GPU's approximate tanh: in exact F32 (no TF32) our fused
    * kernel keeps the reference's accuracy. Its aux leading dimension must be a multiple
    * of 8. */
   /* The bias gradient comes out in D's type: an F32 one only from an F32 D. */
-  if (!lt_epilogue(op->epilogue, &epi) || (gelu && op->ab_type == BE_F32 && !c->tf32) ||
-      (gelu && op->n % 8 != 0) || (op->epilogue == BE_EPI_DGELU_BGRAD && op->c_type != BE_F32)) {
-    p->fallback = 1;
-    return p;
-  }
+  return lt_epilogue(op->epilogue, epi) && !(gelu && op->ab_type == BE_F32 && !c->tf32) &&
+         !(gelu && op->n % 8 != 0) && !(op->epilogue == BE_EPI_DGELU_BGRAD && op->c_type != BE_F32);
+}
+
+/* The plan's matmul descriptor and matrix layouts; false where cuBLASLt refuses one. The
+ * swap as cu_gemm: cuBLASLt's A is our B, its B our A, its (m, n) our (n, m). */
+static bool lt_describe(const cuda_ctx_t *c, lt_plan_t *p, const be_matmul_t *op,
+                        cublasLtEpilogue_t epi) {
+  bool gelu = op->epilogue == BE_EPI_BIAS_GELU || op->epilogue == BE_EPI_DGELU_BGRAD;
   cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
   if (op->ab_type == BE_F32 && c->tf32) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
   cudaDataType_t ab = cuda_type(op->ab_type), ct = cuda_type(op->c_type);
@@ -671,35 +657,55 @@ static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, const unsigned a
   /* The heuristic reads the epilogue pointers' values for their alignment: set them. */
   if (ok) ok = set_pointers(p, op) == CUBLAS_STATUS_SUCCESS;
   /* Stored shapes (column-major): A' is (M, K) or, transposed, (K, M); B' likewise. */
+  return ok &&
+         cublasLtMatrixLayoutCreate(
+             &p->la, ab, ta == CUBLAS_OP_N ? M : K, ta == CUBLAS_OP_N ? K : M,
+             (int64_t)(ta == CUBLAS_OP_N ? M : K)) == CUBLAS_STATUS_SUCCESS &&
+         cublasLtMatrixLayoutCreate(
+             &p->lb, ab, tb == CUBLAS_OP_N ? K : N, tb == CUBLAS_OP_N ? N : K,
+             (int64_t)(tb == CUBLAS_OP_N ? K : N)) == CUBLAS_STATUS_SUCCESS &&
+         cublasLtMatrixLayoutCreate(&p->lc, ct, M, N, (int64_t)M) == CUBLAS_STATUS_SUCCESS;
+}
+
+/* The algorithm for a described plan: the heuristic's first choice within our workspace and
+ * the operands' alignments; false when it offers none. */
+static bool lt_pick_algo(const cuda_ctx_t *c, lt_plan_t *p, const unsigned align[4]) {
+  cublasLtMatmulPreference_t pref = NULL;
+  uint64_t ws = LT_WORKSPACE_BYTES;
+  const uint32_t al[4] = {align[0], align[1], align[2], align[2]};
+  cublasLtMatmulHeuristicResult_t res;
+  int found = 0;
+  bool ok = cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                 &ws, sizeof ws) == CUBLAS_STATUS_SUCCESS;
+  const cublasLtMatmulPreferenceAttributes_t aligns[] = {
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+  for (int i = 0; ok && i < 4; i++)
+    ok = cublasLtMatmulPreferenceSetAttribute(pref, aligns[i], &al[i], sizeof al[i]) ==
+         CUBLAS_STATUS_SUCCESS;
   ok = ok &&
-       cublasLtMatrixLayoutCreate(&p->la, ab, ta == CUBLAS_OP_N ? M : K, ta == CUBLAS_OP_N ? K : M,
-                                  (int64_t)(ta == CUBLAS_OP_N ? M : K)) == CUBLAS_STATUS_SUCCESS &&
-       cublasLtMatrixLayoutCreate(&p->lb, ab, tb == CUBLAS_OP_N ? K : N, tb == CUBLAS_OP_N ? N : K,
-                                  (int64_t)(tb == CUBLAS_OP_N ? K : N)) == CUBLAS_STATUS_SUCCESS &&
-       cublasLtMatrixLayoutCreate(&p->lc, ct, M, N, (int64_t)M) == CUBLAS_STATUS_SUCCESS;
-  if (ok) {
-    cublasLtMatmulPreference_t pref = NULL;
-    uint64_t ws = LT_WORKSPACE_BYTES;
-    const uint32_t al[4] = {align[0], align[1], align[2], align[2]};
-    cublasLtMatmulHeuristicResult_t res;
-    int found = 0;
-    ok = cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
-         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
-                                              sizeof ws) == CUBLAS_STATUS_SUCCESS;
-    const cublasLtMatmulPreferenceAttributes_t aligns[] = {
-        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
-    for (int i = 0; ok && i < 4; i++)
-      ok = cublasLtMatmulPreferenceSetAttribute(pref, aligns[i], &al[i], sizeof al[i]) ==
-           CUBLAS_STATUS_SUCCESS;
-    ok = ok &&
-         cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &res,
-                                        &found) == CUBLAS_STATUS_SUCCESS &&
-         found > 0;
-    if (ok) p->algo = res.algo;
-    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+       cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &res,
+                                      &found) == CUBLAS_STATUS_SUCCESS &&
+       found > 0;
+  if (ok) p->algo = res.algo;
+  if (pref) cublasLtMatmulPreferenceDestroy(pref);
+  return ok;
+}
+
+/* The plan for this call: cached per key, or built once (descriptors and algorithm); its
+ * bias runs along cuBLASLt's rows, which are our columns, and its bias gradient sums over
+ * its columns, our rows. A plan cuBLASLt cannot run is marked fallback. */
+static lt_plan_t *lt_plan(cuda_ctx_t *c, const be_matmul_t *op, const unsigned align[4]) {
+  lt_plan_t *p = lt_plan_find(c, op, align);
+  if (p) return p;
+  p = lt_plan_slot(c, op, align);
+  cublasLtEpilogue_t epi;
+  if (!lt_wanted(c, op, &epi)) {
+    p->fallback = 1;
+    return p;
   }
-  if (!ok) {
+  if (!lt_describe(c, p, op, epi) || !lt_pick_algo(c, p, align)) {
     if (!c->warned_fallback++)
       log_info(
           "%s: cuBLASLt has no algorithm for a %ux%ux%u matmul (epilogue %d, %s): using "
@@ -727,13 +733,13 @@ static drv_result_t matmul_epilogue(const backend_t *be, const be_matmul_t *op) 
   case BE_EPI_BIAS_GELU:
     k_epi_forward<<<grid_for(count, 256), 256, 0, c->compute>>>(
         op->c, op->c_type, op->bias, op->bias_type, op->aux, op->epilogue, count, op->n);
-    LAUNCH_CHECK("matmul forward epilogue");
+    CUDA_LAUNCH_CHECK("matmul forward epilogue");
     return DRV_OK;
   case BE_EPI_DRELU_BGRAD:
   case BE_EPI_DGELU_BGRAD:
     k_epi_backward<<<(op->n + 31) / 32, dim3(32, 8), 0, c->compute>>>(
         op->c, op->c_type, op->aux, op->epilogue, op->bgrad, op->m, op->n);
-    LAUNCH_CHECK("matmul backward epilogue");
+    CUDA_LAUNCH_CHECK("matmul backward epilogue");
     return DRV_OK;
   }
   return drv_error(DRV_ERR_INVALID, "cuda matmul: unknown epilogue %d", (int)op->epilogue);
@@ -745,11 +751,11 @@ static drv_result_t matmul_fallback(const backend_t *be, const be_matmul_t *op) 
   cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
   if (op->ab_type == BE_F32 && c->tf32) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
   int lda = op->trans_a ? (int)op->m : (int)op->k, ldb = op->trans_b ? (int)op->k : (int)op->n;
-  BLAS_CHECK(cublasGemmEx(c->blas, op->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-                          op->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, (int)op->n, (int)op->m,
-                          (int)op->k, &one, op->b, cuda_type(op->ab_type), ldb, op->a,
-                          cuda_type(op->ab_type), lda, &zero, op->c, cuda_type(op->c_type),
-                          (int)op->n, compute, CUBLAS_GEMM_DEFAULT));
+  CUBLAS_CHECK(cublasGemmEx(c->blas, op->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                            op->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, (int)op->n, (int)op->m,
+                            (int)op->k, &one, op->b, cuda_type(op->ab_type), ldb, op->a,
+                            cuda_type(op->ab_type), lda, &zero, op->c, cuda_type(op->c_type),
+                            (int)op->n, compute, CUBLAS_GEMM_DEFAULT));
   return matmul_epilogue(be, op);
 }
 
@@ -776,7 +782,7 @@ static drv_result_t cu_matmul(const backend_t *be, const be_matmul_t *op) {
     if (epi_ptrs[i] && ptr_align(epi_ptrs[i]) < align[3]) align[3] = ptr_align(epi_ptrs[i]);
   lt_plan_t *p = lt_plan(c, op, align);
   if (p->fallback) return matmul_fallback(be, op);
-  BLAS_CHECK(set_pointers(p, op));
+  CUBLAS_CHECK(set_pointers(p, op));
   const float one = 1.0f, zero = 0.0f;
   cublasStatus_t st =
       cublasLtMatmul(c->lt, p->desc, &one, op->b, p->la, op->a, p->lb, &zero, op->c, p->lc, op->c,
@@ -800,14 +806,14 @@ static drv_result_t cu_matmul(const backend_t *be, const be_matmul_t *op) {
 static drv_result_t cu_loss_sum(const backend_t *be, const float *d_losses,
                                 const int32_t *d_correct, uint32_t n, float *d_out) {
   k_loss_sum<<<1, 256, 0, ctx_of(be)->compute>>>(d_losses, d_correct, n, d_out);
-  LAUNCH_CHECK("loss_sum");
+  CUDA_LAUNCH_CHECK("loss_sum");
   return DRV_OK;
 }
 
 static drv_result_t cu_optimizer_step(const backend_t *be, const be_optim_t *op) {
   if (!op->count) return DRV_OK;
   k_optimizer<<<grid_for(op->count, 256), 256, 0, ctx_of(be)->compute>>>(*op);
-  LAUNCH_CHECK("optimizer_step");
+  CUDA_LAUNCH_CHECK("optimizer_step");
   return DRV_OK;
 }
 
@@ -835,9 +841,10 @@ static drv_result_t cu_upload(const backend_t *be, void *d_dst, const void *h_sr
   cuda_ctx_t *c = ctx_of(be);
   /* The pair this upload records into must not hold an uncollected measurement. */
   if (c->waits[c->wait_cur].pending) collect_waits(c, 1);
-  if (c->last_fence >= 0) CU_CHECK(cudaStreamWaitEvent(c->copy, c->waits[c->last_fence].ready, 0));
-  if (bytes) CU_CHECK(cudaMemcpyAsync(d_dst, h_src, bytes, cudaMemcpyHostToDevice, c->copy));
-  CU_CHECK(cudaEventRecord(c->waits[c->wait_cur].arrived, c->copy));
+  if (c->last_fence >= 0)
+    CUDA_CHECK(cudaStreamWaitEvent(c->copy, c->waits[c->last_fence].ready, 0));
+  if (bytes) CUDA_CHECK(cudaMemcpyAsync(d_dst, h_src, bytes, cudaMemcpyHostToDevice, c->copy));
+  CUDA_CHECK(cudaEventRecord(c->waits[c->wait_cur].arrived, c->copy));
   c->upload_pending = 1;
   return DRV_OK;
 }
@@ -864,9 +871,9 @@ static drv_result_t cu_upload_fence(const backend_t *be) {
   cuda_ctx_t *c = ctx_of(be);
   wait_pair_t *w = &c->waits[c->wait_cur];
   if (w->pending) collect_waits(c, 1); /* every pair in use: settle them first */
-  CU_CHECK(cudaEventRecord(w->ready, c->compute));
+  CUDA_CHECK(cudaEventRecord(w->ready, c->compute));
   if (c->upload_pending) {
-    CU_CHECK(cudaStreamWaitEvent(c->compute, w->arrived, 0));
+    CUDA_CHECK(cudaStreamWaitEvent(c->compute, w->arrived, 0));
     w->pending = 1;
   }
   c->upload_pending = 0;
@@ -886,14 +893,14 @@ static double cu_data_wait_ms(const backend_t *be) {
 // --- graphs ------------------------------------------------------------------------------
 
 static drv_result_t cu_graph_begin(const backend_t *be) {
-  CU_CHECK(cudaStreamBeginCapture(ctx_of(be)->compute, cudaStreamCaptureModeThreadLocal));
+  CUDA_CHECK(cudaStreamBeginCapture(ctx_of(be)->compute, cudaStreamCaptureModeThreadLocal));
   return DRV_OK;
 }
 
 static drv_result_t cu_graph_end(const backend_t *be, void **graph) {
   cudaGraph_t g = NULL;
   cudaGraphExec_t exec = NULL;
-  CU_CHECK(cudaStreamEndCapture(ctx_of(be)->compute, &g));
+  CUDA_CHECK(cudaStreamEndCapture(ctx_of(be)->compute, &g));
   /* Node priorities kept: the all-reduces captured from the high-priority comm stream
    * still overtake the backward kernels when replayed. */
   cudaError_t e = cudaGraphInstantiate(&exec, g, cudaGraphInstantiateFlagUseNodePriority);
@@ -905,7 +912,7 @@ static drv_result_t cu_graph_end(const backend_t *be, void **graph) {
 }
 
 static drv_result_t cu_graph_launch(const backend_t *be, void *graph) {
-  CU_CHECK(cudaGraphLaunch((cudaGraphExec_t)graph, ctx_of(be)->compute));
+  CUDA_CHECK(cudaGraphLaunch((cudaGraphExec_t)graph, ctx_of(be)->compute));
   return DRV_OK;
 }
 
@@ -922,22 +929,14 @@ static const backend_t cuda_table = {
     .free = cu_free,
     .copy_in = cu_copy_in,
     .copy_out = cu_copy_out,
+    .copy = cu_copy,
     .zero = cu_zero,
     .synchronize = cu_synchronize,
-    .gemm = cu_gemm,
-    .bias_add = cu_bias_add,
-    .bias_grad = cu_bias_grad,
-    .relu_forward = cu_relu_forward,
-    .relu_backward = cu_relu_backward,
-    .gelu_forward = cu_gelu_forward,
-    .gelu_backward = cu_gelu_backward,
-    .softmax_xent = cu_softmax_xent,
-    .sgd_step = cu_sgd_step,
-    .adamw_step = cu_adamw_step,
-    .copy = cu_copy,
-    .convert = cu_convert,
     .matmul = cu_matmul,
+    .bias_grad = cu_bias_grad,
+    .softmax_xent = cu_softmax_xent,
     .loss_sum = cu_loss_sum,
+    .convert = cu_convert,
     .optimizer_step = cu_optimizer_step,
     .host_alloc = cu_host_alloc,
     .host_free = cu_host_free,
@@ -948,6 +947,15 @@ static const backend_t cuda_table = {
     .graph_end = cu_graph_end,
     .graph_launch = cu_graph_launch,
     .graph_free = cu_graph_free,
+    /* reference ops, for the tests */
+    .gemm = cu_gemm,
+    .bias_add = cu_bias_add,
+    .relu_forward = cu_relu_forward,
+    .relu_backward = cu_relu_backward,
+    .gelu_forward = cu_gelu_forward,
+    .gelu_backward = cu_gelu_backward,
+    .sgd_step = cu_sgd_step,
+    .adamw_step = cu_adamw_step,
 };
 
 extern "C" bool backend_cuda_available(void) {
@@ -1004,14 +1012,6 @@ extern "C" drv_result_t backend_cuda_new(int device, bool tf32, backend_t **out)
   snprintf(c->name, sizeof c->name, "cuda:%d", device);
   be->name = c->name;
   drv_result_t rc = DRV_OK;
-#define BLAS_NEW(call)                                                          \
-  do {                                                                          \
-    cublasStatus_t s_ = (call);                                                 \
-    if (s_ != CUBLAS_STATUS_SUCCESS) {                                          \
-      rc = drv_error(DRV_ERR_CUDA, "%s: %s", #call, cublasGetStatusString(s_)); \
-      goto fail;                                                                \
-    }                                                                           \
-  } while (0)
   CUDA_CHECK_GOTO(cudaSetDevice(device), rc, fail);
   CUDA_CHECK_GOTO(cudaStreamCreateWithFlags(&c->compute, cudaStreamNonBlocking), rc, fail);
   CUDA_CHECK_GOTO(cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking), rc, fail);
@@ -1021,19 +1021,20 @@ extern "C" drv_result_t backend_cuda_new(int device, bool tf32, backend_t **out)
   }
   CUDA_CHECK_GOTO(cudaMalloc(&c->blas_ws, LT_WORKSPACE_BYTES), rc, fail);
   CUDA_CHECK_GOTO(cudaMalloc(&c->lt_ws, LT_WORKSPACE_BYTES), rc, fail);
-  BLAS_NEW(cublasCreate(&c->blas));
-  BLAS_NEW(cublasSetStream(c->blas, c->compute));
+  CUBLAS_CHECK_GOTO(cublasCreate(&c->blas), rc, fail);
+  CUBLAS_CHECK_GOTO(cublasSetStream(c->blas, c->compute), rc, fail);
   /* A fixed workspace: cuBLAS then allocates nothing during a graph capture. */
-  BLAS_NEW(cublasSetWorkspace(c->blas, c->blas_ws, LT_WORKSPACE_BYTES));
-  BLAS_NEW(cublasSetMathMode(c->blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH));
-  BLAS_NEW(cublasLtCreate(&c->lt));
+  CUBLAS_CHECK_GOTO(cublasSetWorkspace(c->blas, c->blas_ws, LT_WORKSPACE_BYTES), rc, fail);
+  CUBLAS_CHECK_GOTO(
+      cublasSetMathMode(c->blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH), rc,
+      fail);
+  CUBLAS_CHECK_GOTO(cublasLtCreate(&c->lt), rc, fail);
   CUDA_CHECK_GOTO(cudaGetSymbolAddress((void **)&c->d_bad_label, g_bad_label), rc, fail);
   *out = be;
   return DRV_OK;
 fail:
   backend_cuda_destroy(&be);
   return rc;
-#undef BLAS_NEW
 }
 
 extern "C" cudaStream_t backend_cuda_stream(const backend_t *be) {
@@ -1045,6 +1046,6 @@ extern "C" int backend_cuda_device(const backend_t *be) {
 }
 
 extern "C" drv_result_t backend_cuda_pci_bus_id(const backend_t *be, char *out, size_t n) {
-  CU_CHECK(cudaDeviceGetPCIBusId(out, (int)n, ctx_of(be)->device));
+  CUDA_CHECK(cudaDeviceGetPCIBusId(out, (int)n, ctx_of(be)->device));
   return DRV_OK;
 }
