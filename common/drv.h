@@ -96,13 +96,12 @@ drv_result_t drv_error_restore(const drv_error_saved_t *saved, drv_result_t rc);
   } while (0)
 
 /* For calls that return -1 and set errno (POSIX, ZeroMQ). */
-#define SYS_CHECK_GOTO(call, rc, label, what)                                                    \
-  do {                                                                                           \
-    if ((call) < 0) {                                                                            \
-      (rc) =                                                                                     \
-          drv_error(DRV_ERR_SYS, "%s: %s (%s:%d)", (what), strerror(errno), __FILE__, __LINE__); \
-      goto label;                                                                                \
-    }                                                                                            \
+#define SYS_CHECK_GOTO(call, rc, label, what)                           \
+  do {                                                                  \
+    if ((call) < 0) {                                                   \
+      (rc) = drv_error(DRV_ERR_SYS, "%s: %s", (what), strerror(errno)); \
+      goto label;                                                       \
+    }                                                                   \
   } while (0)
 
 #define DRV_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
