@@ -33,44 +33,10 @@
 #include "common/settings.h"
 #include "common/sock.h"
 #include "kernels/backend.h"
+#include "worker/report.h"
+#include "worker/worker_int.h"
 
 #define MAX_STATE_TENSORS (2 * JOBSPEC_MAX_HIDDEN + 3)
-
-typedef struct {
-  const proto_assign_t *cfg;
-  uint32_t rank, world, generation; /* change when the world is re-formed */
-  jobspec_t *spec;
-  char *spec_yaml;
-  dataset_t *train, *test;
-  sock_ctx_t *ctx;
-  sock_t *sock;
-  ring_t *ring;
-  int ring_broken;   /* a ring operation failed: the ring is unusable */
-  int pause_pending; /* the coordinator asked for a planned re-formation */
-  int planned;       /* the current re-formation is a planned one */
-  trainer_t *trainer;
-  backend_t *gpu;             /* the CUDA backend, when training on a GPU */
-  const backend_t *be;        /* gpu, or the CPU backend */
-  nccl_reducer_t *nccl;       /* gradient sums of a GPU world of 2 or more */
-  trainer_reducer_t ring_red; /* gradient sums of a CPU world: the host ring */
-  char gpu_key[128];          /* "host/PCI bus id": ranks with the same key share a GPU */
-  char nccl_id[NCCL_ID_HEX_LEN];
-  FILE *metrics; /* rank 0 only */
-  FILE *audit;   /* $DROVER_AUDIT_DIR: sample ids of every step, for tests */
-  /* the commit (kept by the trainer): state after commit_step steps */
-  uint64_t commit_step;
-  /* the step of the last evaluation, and of the last one rank 0 reported: whether a rank
-   * evaluates (a collective) must not depend on its own history, so a new world takes
-   * rank 0's (sync_state), and a world whose rank 0 did not report evaluates again */
-  uint64_t last_eval, eval_reported;
-  /* progress since the last report */
-  uint64_t rep_samples, rep_steps;
-  double rep_step_s, rep_wait_s, rep_data_ms, rep_start_s;
-  /* DROVER_FAULT_SLOW_MS: a fault-injection hook for tests, a sleep in every step */
-  int64_t fault_slow_ms;
-  /* DROVER_FAULT_KILL_AFTER_EVAL: killed right after the evaluation of this epoch (1-based) */
-  uint32_t fault_kill_after_eval;
-} worker_t;
 
 typedef struct {
   uint32_t n, B, spe, features, classes, cap;
@@ -86,10 +52,6 @@ typedef struct {
 } plan_t;
 
 // --- Helpers -------------------------------------------------------------------------------
-
-static void send_coord(worker_t *w, const proto_msg_t *m) {
-  if (sock_send(w->sock, NULL, m) != DRV_OK) log_warn("to coordinator: %s", drv_last_error());
-}
 
 /* A sum over the ring that remembers when the ring broke. */
 static drv_result_t ring_sum(worker_t *w, float *data, size_t count) {
@@ -125,32 +87,6 @@ static drv_result_t check_abort(worker_t *w) {
   }
 }
 
-static void report_progress(worker_t *w, uint32_t epoch, uint64_t step, uint64_t total, double loss,
-                            double lr) {
-  double now = drv_now_s();
-  proto_msg_t m;
-  proto_msg_init(&m, PROTO_PROGRESS);
-  proto_progress_t *p = &m.u.progress;
-  p->job = w->cfg->job;
-  p->generation = w->generation;
-  p->rank = w->rank;
-  p->epoch = epoch;
-  p->step = step;
-  p->steps_total = total;
-  p->loss = loss;
-  p->lr = lr;
-  p->samples = w->rep_samples;
-  p->interval_s = now - w->rep_start_s;
-  p->step_ms = w->rep_steps ? 1000.0 * w->rep_step_s / (double)w->rep_steps : 0;
-  p->wait_ms = w->rep_steps ? 1000.0 * w->rep_wait_s / (double)w->rep_steps : 0;
-  p->data_ms = w->rep_steps ? w->rep_data_ms / (double)w->rep_steps : 0;
-  p->coll_seq = ring_seq(w->ring) + nccl_reducer_seq(w->nccl);
-  send_coord(w, &m);
-  w->rep_samples = w->rep_steps = 0;
-  w->rep_step_s = w->rep_wait_s = w->rep_data_ms = 0;
-  w->rep_start_s = now;
-}
-
 // --- Setup ---------------------------------------------------------------------------------
 
 static drv_result_t load_data(worker_t *w) {
@@ -181,24 +117,8 @@ static drv_result_t connect_coord(worker_t *w) {
   w->sock = sock_new(w->ctx, SOCK_DEALER, PROTO_AT_WORKER,
                      &(sock_opts_t){.identity = id, .linger_ms = 2000});
   if (!w->sock) return DRV_ERR_ZMQ;
+  w->report.sock = w->sock; /* what the rank reports goes out on it from now on */
   return sock_connect(w->sock, ep);
-}
-
-/* Rank 0 keeps the run directory's records: the resolved spec and metrics.jsonl
- * (appended: a job placed again keeps the history of its earlier runs). */
-static drv_result_t open_rank0_files(worker_t *w) {
-  if (w->rank != 0 || w->metrics) return DRV_OK;
-  char path[1200];
-  snprintf(path, sizeof path, "%s/spec.yaml", w->cfg->run_dir);
-  FILE *f = fopen(path, "w");
-  if (!f || fputs(w->spec_yaml, f) < 0 || fclose(f) != 0)
-    return drv_error(DRV_ERR_SYS, "write %s: %s", path, strerror(errno));
-  snprintf(path, sizeof path, "%s/metrics.jsonl", w->cfg->run_dir);
-  if (!(w->metrics = fopen(path, "a")))
-    return drv_error(DRV_ERR_SYS, "open %s: %s", path, strerror(errno));
-  /* Whole lines only: a worker killed mid-run leaves no half record behind. */
-  setvbuf(w->metrics, NULL, _IOLBF, 0);
-  return DRV_OK;
 }
 
 /* Waits for the next message from the coordinator that is not chatter. */
@@ -229,7 +149,7 @@ static drv_result_t ring_finish(void *ctx) {
   float *g = trainer_grads(w->trainer, &n);
   double t0 = drv_now_s();
   drv_result_t rc = ring_sum(w, g, n + 2);
-  w->rep_wait_s += drv_now_s() - t0;
+  report_wait(&w->report, drv_now_s() - t0);
   return rc;
 }
 
@@ -303,6 +223,14 @@ static drv_result_t join_sums(worker_t *w, const proto_start_t *st) {
   return DRV_OK;
 }
 
+/* This rank's place in the world that `reform` names: the report names it from now on. */
+static void take_place(worker_t *w, const proto_reform_t *rf) {
+  w->generation = rf->generation;
+  w->rank = rf->rank;
+  w->world = rf->world;
+  report_as(&w->report, w->generation, w->rank);
+}
+
 /* Checks in with the coordinator (this generation, this rank), connects the ring to every
  * rank's address from `start`, and joins the world's gradient sums. */
 static drv_result_t rendezvous(worker_t *w) {
@@ -326,7 +254,7 @@ static drv_result_t rendezvous(worker_t *w) {
     DRV_CHECK(nccl_reducer_new_id(w->nccl_id));
     m.u.rendezvous.nccl_id = w->nccl_id;
   }
-  send_coord(w, &m);
+  report_send(&w->report, &m);
 
   int64_t deadline = drv_now_ms() + drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS);
   for (;;) {
@@ -336,13 +264,11 @@ static drv_result_t rendezvous(worker_t *w) {
     if (m.type == PROTO_REFORM && m.u.reform.job == c->job &&
         m.u.reform.generation > w->generation) {
       /* A rank was lost before everyone checked in: check in again, in the new world. */
-      w->generation = m.u.reform.generation;
-      w->rank = m.u.reform.rank;
-      w->world = m.u.reform.world;
+      take_place(w, &m.u.reform);
       proto_msg_fini(&m);
       log_info("re-formed before start: generation %u, rank %u of %u", w->generation, w->rank,
                w->world);
-      DRV_CHECK(open_rank0_files(w));
+      DRV_CHECK(report_open_rank0(&w->report, w->cfg->run_dir, w->spec_yaml));
       return rendezvous(w);
     }
     proto_msg_fini(&m);
@@ -422,11 +348,7 @@ static drv_result_t save_checkpoint(worker_t *w, uint64_t step, uint32_t spe) {
            drv_now_s() - t0, removed);
   char path[1300];
   snprintf(path, sizeof path, "%s/step-%010" PRIu64, dir, step);
-  proto_msg_t m;
-  proto_msg_init(&m, PROTO_CHECKPOINT);
-  m.u.checkpoint = (proto_checkpoint_t){
-      .job = w->cfg->job, .generation = w->generation, .step = step, .dir = path};
-  send_coord(w, &m);
+  report_checkpoint(&w->report, step, path);
   return DRV_OK;
 }
 
@@ -548,7 +470,7 @@ static drv_result_t recover(worker_t *w, uint64_t *step) {
                             .rank = w->rank,
                             .step = *step,
                             .reason = reason};
-  send_coord(w, &m);
+  report_send(&w->report, &m);
   /* The coordinator may wait for hung peers' rings to time out, and for agents. */
   int64_t deadline = drv_now_ms() + 2 * drv_setting(DRV_SET_RING_TIMEOUT_MS) +
                      (int64_t)w->spec->rejoin_timeout_s * 1000;
@@ -559,19 +481,15 @@ static drv_result_t recover(worker_t *w, uint64_t *step) {
       break;
     proto_msg_fini(&m);
   }
-  w->generation = m.u.reform.generation;
-  w->rank = m.u.reform.rank;
-  w->world = m.u.reform.world;
+  take_place(w, &m.u.reform);
   proto_msg_fini(&m);
   log_info("re-formed: generation %u, rank %u of %u", w->generation, w->rank, w->world);
-  DRV_CHECK(open_rank0_files(w));
+  DRV_CHECK(report_open_rank0(&w->report, w->cfg->run_dir, w->spec_yaml));
   DRV_CHECK(rendezvous(w));
   DRV_CHECK(sync_state(w, 1, step));
   DRV_CHECK(commit(w, *step));
-  if (w->metrics)
-    fprintf(w->metrics,
-            "{\"type\":\"reform\",\"step\":%" PRIu64 ",\"world\":%u,\"generation\":%u}\n", *step,
-            w->world, w->generation);
+  report_rec_reform_t rec = {.step = *step, .world = w->world, .generation = w->generation};
+  report_rec_reform(&w->report, &rec);
   return DRV_OK;
 }
 
@@ -621,19 +539,7 @@ static drv_result_t eval_epoch(worker_t *w, const plan_t *p, progress_t *g, uint
   }
   if (w->rank != 0) return DRV_OK;
   w->eval_reported = step;
-  proto_msg_t m;
-  proto_msg_init(&m, PROTO_EVAL);
-  m.u.eval = (proto_eval_t){.job = w->cfg->job,
-                            .generation = w->generation,
-                            .epoch = epoch,
-                            .test_loss = g->test_loss,
-                            .test_accuracy = g->test_acc};
-  send_coord(w, &m);
-  if (w->metrics)
-    fprintf(w->metrics,
-            "{\"type\":\"eval\",\"epoch\":%u,\"step\":%" PRIu64
-            ",\"test_loss\":%.9g,\"test_accuracy\":%.6f}\n",
-            epoch, step, g->test_loss, g->test_acc);
+  report_eval(&w->report, epoch, step, g->test_loss, g->test_acc);
   return DRV_OK;
 }
 
@@ -682,15 +588,10 @@ static drv_result_t run(worker_t *w, plan_t *p, progress_t *g, uint64_t *step) {
     uint32_t epoch = (uint32_t)(done / p->spe);
     double t0 = drv_now_s();
     if (p->staged_step != done) DRV_CHECK(stage_step(w, p, done));
-    if (w->audit) {
-      /* Written before the rank contributes its gradients: a step that reached the model
-       * (some rank completed its all-reduce) has a line from every rank of its world,
-       * even from one killed before its own all-reduce returned. */
-      fprintf(w->audit, "%u %" PRIu64, w->generation, done + 1);
-      for (uint32_t k = 0; k < p->nids[done & 1]; k++)
-        fprintf(w->audit, " %u", p->ids[done & 1][k]);
-      fputc('\n', w->audit);
-    }
+    /* Audited before the rank contributes its gradients: a step that reached the model
+     * (some rank completed its all-reduce) has a line from every rank of its world, even
+     * from one killed before its own all-reduce returned. */
+    report_audit(&w->report, done + 1, p->ids[done & 1], p->nids[done & 1]);
     float lr;
     drv_result_t rc = trainer_step_launch(w->trainer, &lr);
     if (rc != DRV_OK) return step_failed(w, rc);
@@ -705,26 +606,24 @@ static drv_result_t run(worker_t *w, plan_t *p, progress_t *g, uint64_t *step) {
     *step = done + 1;
     g->train_s += dt;
     g->global_samples += batch;
-    w->rep_samples += count;
-    w->rep_steps++;
-    w->rep_step_s += dt;
-    w->rep_data_ms += data_ms;
-    if (w->nccl) w->rep_wait_s += nccl_reducer_wait_ms(w->nccl) / 1e3; /* (the ring adds its own) */
+    report_count_step(&w->report, count, dt, data_ms);
+    if (w->nccl) /* (the ring adds its own) */
+      report_wait(&w->report, nccl_reducer_wait_ms(w->nccl) / 1e3);
     double loss = loss_sum / batch;
     if (!isfinite(loss))
       return drv_error(DRV_ERR_INVALID,
                        "loss became %f at step %" PRIu64 ": lower the learning rate", loss, *step);
-    if (w->metrics)
-      fprintf(w->metrics,
-              "{\"type\":\"step\",\"step\":%" PRIu64
-              ",\"epoch\":%u,\"loss\":%.9g,\"lr\":%.9g,"
-              "\"batch\":%u,\"step_s\":%.6f,\"samples_per_s\":%.1f,\"data_wait_ms\":%.4f}\n",
-              *step, epoch, loss, lr, batch, dt, batch / dt, data_ms);
-    if ((drv_now_s() - w->rep_start_s) * 1000 >= (double)drv_setting(DRV_SET_PROGRESS_MS) ||
-        *step == p->total) {
-      report_progress(w, epoch, *step, p->total, loss, lr);
+    report_rec_step(&w->report, &(report_rec_step_t){.step = *step,
+                                                     .epoch = epoch,
+                                                     .loss = loss,
+                                                     .lr = lr,
+                                                     .batch = batch,
+                                                     .step_s = dt,
+                                                     .samples_per_s = batch / dt,
+                                                     .data_wait_ms = data_ms});
+    uint64_t coll_seq = ring_seq(w->ring) + nccl_reducer_seq(w->nccl);
+    if (report_progress(&w->report, coll_seq, epoch, *step, p->total, loss, lr))
       DRV_CHECK(check_abort(w));
-    }
     if (commit_every && *step % commit_every == 0) {
       DRV_CHECK(commit(w, *step));
       /* A planned re-formation (new agents, one leaving) happens at a commit that every
@@ -834,10 +733,11 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
   }
   DRV_CHECK_GOTO(commit(w, step), rc, out);
   progress_t g = {.last_ckpt = step, .test_loss = NAN, .test_acc = NAN};
-  if (step && w->metrics)
-    fprintf(w->metrics, "{\"type\":\"resume\",\"step\":%" PRIu64 ",\"world\":%u}\n", step,
-            w->world);
-  w->rep_start_s = drv_now_s();
+  if (step) {
+    report_rec_resume_t rec = {.step = step, .world = w->world};
+    report_rec_resume(&w->report, &rec);
+  }
+  report_progress_begin(&w->report);
   for (;;) {
     rc = run(w, &p, &g, &step);
     if (rc == DRV_OK) break;
@@ -858,10 +758,7 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
     snprintf(path, sizeof path, "%s/model.safetensors", w->cfg->run_dir);
     DRV_CHECK_GOTO(trainer_save(w->trainer, path), rc, out);
   }
-  *done = (proto_done_t){.job = w->cfg->job,
-                         .generation = w->generation,
-                         .rank = w->rank,
-                         .steps = step,
+  *done = (proto_done_t){.steps = step,
                          .test_loss = g.test_loss,
                          .test_accuracy = g.test_acc,
                          .samples_per_s = g.train_s > 0 ? g.global_samples / g.train_s : 0,
@@ -908,7 +805,11 @@ drv_result_t worker_read_assignment(int fd, proto_msg_t *m) {
 }
 
 drv_result_t worker_run(const proto_assign_t *cfg) {
-  worker_t w = {.cfg = cfg, .rank = cfg->rank, .world = cfg->world, .generation = cfg->generation};
+  worker_t w = {.cfg = cfg,
+                .rank = cfg->rank,
+                .world = cfg->world,
+                .generation = cfg->generation,
+                .report = {.job = cfg->job, .generation = cfg->generation, .rank = cfg->rank}};
   proto_done_t done = {0};
   drv_result_t rc = DRV_OK;
   DRV_CHECK_GOTO(connect_coord(&w), rc, fail);
@@ -923,12 +824,7 @@ drv_result_t worker_run(const proto_assign_t *cfg) {
     log_warn("fault injection: every step sleeps %" PRId64 " ms (DROVER_FAULT_SLOW_MS)",
              w.fault_slow_ms);
   w.fault_kill_after_eval = (uint32_t)drv_setting(DRV_SET_FAULT_KILL_AFTER_EVAL);
-  const char *audit = drv_setting_text(DRV_TEXT_AUDIT_DIR);
-  if (*audit) {
-    char path[1200];
-    snprintf(path, sizeof path, "%s/audit-%d.txt", audit, (int)getpid());
-    if ((w.audit = fopen(path, "a"))) setvbuf(w.audit, NULL, _IOLBF, 0);
-  }
+  report_open_audit(&w.report, drv_setting_text(DRV_TEXT_AUDIT_DIR));
   double t0 = drv_now_s();
   DRV_CHECK_GOTO(load_data(&w), rc, fail);
   log_info("data loaded in %.2f s", drv_now_s() - t0);
@@ -937,27 +833,17 @@ drv_result_t worker_run(const proto_assign_t *cfg) {
     log_warn("fault injection: killed before checking in (DROVER_FAULT_KILL_BEFORE_START)");
     raise(SIGKILL);
   }
-  DRV_CHECK_GOTO(open_rank0_files(&w), rc, fail);
+  DRV_CHECK_GOTO(report_open_rank0(&w.report, cfg->run_dir, w.spec_yaml), rc, fail);
   DRV_CHECK_GOTO(train(&w, &done), rc, fail);
-  proto_msg_t m;
-  proto_msg_init(&m, PROTO_DONE);
-  m.u.done = done;
-  send_coord(&w, &m);
+  report_done(&w.report, &done);
   log_info("done: %" PRIu64 " steps, test accuracy %.4f, %.0f samples/s", done.steps,
            done.test_accuracy, done.samples_per_s);
   goto out;
 fail:
   log_error("%s", drv_last_error());
-  if (w.sock && rc != DRV_ERR_CANCELLED) {
-    proto_msg_t f;
-    proto_msg_init(&f, PROTO_FAILED);
-    f.u.failed = (proto_failed_t){
-        .job = cfg->job, .generation = w.generation, .rank = w.rank, .reason = drv_last_error()};
-    send_coord(&w, &f);
-  }
+  if (rc != DRV_ERR_CANCELLED) report_failed(&w.report, drv_last_error());
 out:
-  if (w.metrics) fclose(w.metrics);
-  if (w.audit) fclose(w.audit);
+  report_close(&w.report);
   if (w.trainer) trainer_set_reducer(w.trainer, NULL);
   nccl_reducer_destroy(&w.nccl);
   trainer_destroy(&w.trainer);
