@@ -34,9 +34,8 @@
 #include "common/sock.h"
 #include "kernels/backend.h"
 #include "worker/report.h"
+#include "worker/state.h"
 #include "worker/worker_int.h"
-
-#define MAX_STATE_TENSORS (2 * JOBSPEC_MAX_HIDDEN + 3)
 
 typedef struct {
   uint32_t n, B, spe, features, classes, cap;
@@ -291,107 +290,7 @@ static drv_result_t rendezvous(worker_t *w) {
   return rc;
 }
 
-// --- State: checkpoints, commits, agreement --------------------------------------------------
-
-/* The trainer's state as checkpoint tensors over the buffers p (the flat parameter layout)
- * and o (the optimizer state): each layer's weight (out, in) and bias (out), named as in
- * the saved model, then the optimizer state. t must hold 2 * layers + 1 entries; names
- * is storage for their names. */
-static size_t state_tensors(trainer_t *tr, float *p, float *o, ckpt_tensor_t *t,
-                            char (*names)[32]) {
-  size_t no, n = 0;
-  trainer_opt_state(tr, &no);
-  for (uint32_t l = 0; l < trainer_layers(tr); l++) {
-    uint64_t in = trainer_size(tr, l), out = trainer_size(tr, l + 1);
-    snprintf(names[n], 32, "layers.%u.weight", l);
-    t[n] = (ckpt_tensor_t){
-        .name = names[n], .data = p, .count = out * in, .ndim = 2, .shape = {out, in}};
-    p += out * in;
-    n++;
-    snprintf(names[n], 32, "layers.%u.bias", l);
-    t[n] = (ckpt_tensor_t){.name = names[n], .data = p, .count = out, .ndim = 1, .shape = {out}};
-    p += out;
-    n++;
-  }
-  t[n++] =
-      (ckpt_tensor_t){.name = "optimizer.state", .data = o, .count = no, .ndim = 1, .shape = {no}};
-  return n;
-}
-
-/* Rank 0 writes a checkpoint of `step` steps done, keeps the newest keep_checkpoints, and
- * tells the coordinator it is durable. */
-static drv_result_t save_checkpoint(worker_t *w, uint64_t step, uint32_t spe) {
-  ckpt_tensor_t t[MAX_STATE_TENSORS];
-  char names[MAX_STATE_TENSORS][32];
-  size_t np, no;
-  trainer_params(w->trainer, &np);
-  trainer_opt_state(w->trainer, &no);
-  float *host = malloc(sizeof *host * (np + no));
-  if (!host) return drv_error(DRV_ERR_NOMEM, "checkpoint: out of memory");
-  drv_result_t rc = trainer_get_state(w->trainer, host, host + np);
-  size_t n = state_tensors(w->trainer, host, host + np, t, names);
-  ckpt_meta_t meta = {.step = step,
-                      .epoch = (uint32_t)(step / spe),
-                      .world = w->world,
-                      .seed = w->spec->train.seed,
-                      .job = w->cfg->job};
-  char dir[1200];
-  snprintf(dir, sizeof dir, "%s/checkpoints", w->cfg->run_dir);
-  double t0 = drv_now_s();
-  if (rc == DRV_OK) rc = ckpt_write(dir, &meta, t, n);
-  free(host);
-  DRV_CHECK(rc);
-  uint32_t removed = 0;
-  if (ckpt_prune(dir, w->spec->train.keep_checkpoints, &removed) != DRV_OK)
-    log_warn("%s", drv_last_error()); /* old checkpoints left behind: not fatal */
-  log_info("checkpoint of step %" PRIu64 " written in %.3f s (%u old removed)", step,
-           drv_now_s() - t0, removed);
-  char path[1300];
-  snprintf(path, sizeof path, "%s/step-%010" PRIu64, dir, step);
-  report_checkpoint(&w->report, step, path);
-  return DRV_OK;
-}
-
-/* Rank 0 only: loads the newest usable checkpoint (its own run directory first, then
- * resume_dir) into the trainer. *found is 1 and *step its steps when one was loaded. */
-static drv_result_t load_checkpoint(worker_t *w, int *found, uint64_t *step) {
-  const proto_assign_t *c = w->cfg;
-  size_t np, no;
-  trainer_params(w->trainer, &np);
-  trainer_opt_state(w->trainer, &no);
-  /* Load into scratch first: a checkpoint refused half-way must not touch the trainer. */
-  float *scratch = malloc(sizeof *scratch * (np + no));
-  if (!scratch) return drv_error(DRV_ERR_NOMEM, "restoring a checkpoint: out of memory");
-  ckpt_tensor_t t[MAX_STATE_TENSORS];
-  char names[MAX_STATE_TENSORS][32];
-  size_t n = state_tensors(w->trainer, scratch, scratch + np, t, names);
-  char own[1200], where[1400];
-  snprintf(own, sizeof own, "%s/checkpoints", c->run_dir);
-  const char *dirs[2] = {own, c->resume_dir};
-  drv_result_t rc = DRV_OK;
-  *found = 0;
-  for (int d = 0; d < 2 && !*found; d++) {
-    if (!dirs[d] || !dirs[d][0]) continue;
-    ckpt_meta_t meta;
-    if (access(dirs[d], F_OK) != 0) {
-      if (d == 1) rc = drv_error(DRV_ERR_INVALID, "resume: %s does not exist", dirs[d]);
-      continue;
-    }
-    if (ckpt_load_latest(dirs[d], &meta, t, n, where, sizeof where) != DRV_OK) {
-      if (d == 1)
-        rc = drv_error_prefix(DRV_ERR_INVALID, "resume");
-      else
-        log_warn("no usable checkpoint in %s: %s", dirs[d], drv_last_error());
-      continue;
-    }
-    log_info("resuming from %s: %" PRIu64 " steps done", where, meta.step);
-    if ((rc = trainer_set_state(w->trainer, scratch, scratch + np)) != DRV_OK) break;
-    *found = 1;
-    *step = meta.step;
-  }
-  free(scratch);
-  return rc;
-}
+// --- State: commits, agreement --------------------------------------------------------------
 
 /* Every rank agrees on the state to go on from, which rank 0 provides: after a
  * re-formation its commit (already rolled back into its trainer); at a first start the
@@ -405,7 +304,8 @@ static drv_result_t sync_state(worker_t *w, int after_failure, uint64_t *step) {
   if (w->rank == 0) {
     int found = after_failure;
     uint64_t s = w->commit_step;
-    if (!after_failure) DRV_CHECK(load_checkpoint(w, &found, &s));
+    if (!after_failure)
+      DRV_CHECK(state_load(w->trainer, w->cfg->run_dir, w->cfg->resume_dir, &found, &s));
     if (found) {
       head[0] = 1.0f;
       head[1] = (float)(s & 0xffffff);
@@ -571,6 +471,21 @@ static drv_result_t step_failed(worker_t *w, drv_result_t rc) {
   if (w->nccl && (rc == DRV_ERR_NCCL || rc == DRV_ERR_TIMEOUT || rc == DRV_ERR_SYS))
     w->ring_broken = 1;
   return rc;
+}
+
+/* Rank 0 writes a checkpoint of `step` steps done, keeps the newest keep_checkpoints, and
+ * tells the coordinator it is durable. */
+static drv_result_t save_checkpoint(worker_t *w, uint64_t step, uint32_t spe) {
+  ckpt_meta_t meta = {.step = step,
+                      .epoch = (uint32_t)(step / spe),
+                      .world = w->world,
+                      .seed = w->spec->train.seed,
+                      .job = w->cfg->job};
+  char path[1300];
+  DRV_CHECK(state_save(w->trainer, w->cfg->run_dir, &meta, w->spec->train.keep_checkpoints, path,
+                       sizeof path));
+  report_checkpoint(&w->report, step, path);
+  return DRV_OK;
 }
 
 /* Trains from *step to the end. Returns with *step at the steps done; a ring or NCCL

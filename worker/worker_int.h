@@ -1,6 +1,6 @@
 /* worker_int.h: the state of one rank process, shared by the worker's own files. Not a
- * public interface: only worker/ includes it. report.c takes narrower arguments and does
- * not see it. Everything runs on one thread.
+ * public interface: only worker/ includes it. report.c and state.c take narrower arguments
+ * and do not see it. Everything runs on one thread.
  */
 #ifndef DROVER_WORKER_WORKER_INT_H
 #define DROVER_WORKER_WORKER_INT_H
