@@ -1,6 +1,8 @@
-/* worker_int.h: the state of one rank process, shared by the worker's own files. Not a
- * public interface: only worker/ includes it. report.c and state.c take narrower arguments
- * and do not see it. Everything runs on one thread.
+/* worker_int.h: the state of one rank process, shared by its own files (worker.c: the
+ * lifecycle and the training loop; world.c: rendezvous, re-formation, state sync, commits
+ * and the coordinator's messages while training). Not a public interface: only worker/
+ * includes it. report.c and state.c take narrower arguments and do not see it.
+ * Everything runs on one thread.
  */
 #ifndef DROVER_WORKER_WORKER_INT_H
 #define DROVER_WORKER_WORKER_INT_H
