@@ -147,6 +147,28 @@ static void test_records_as_documented(void **state) {
   fclose(r.metrics);
 }
 
+/* docs/user-guide.md shows every record: {"type":"<kind>" and each field as "<field>":, so
+ * a field added to REPORT_RECORDS must be documented too. */
+static void test_records_documented(void **state) {
+  FILE *f = fopen(DROVER_SOURCE_DIR "/docs/user-guide.md", "r");
+  assert_non_null(f);
+  static char doc[1 << 20];
+  size_t n = fread(doc, 1, sizeof doc - 1, f);
+  fclose(f);
+  doc[n] = '\0';
+  char want[128];
+#define CHECK_FIELD_(field, K)                    \
+  snprintf(want, sizeof want, "\"%s\":", #field); \
+  if (!strstr(doc, want)) fail_msg("user-guide.md: no %s", want);
+#define CHECK_RECORD_(kind)                                       \
+  snprintf(want, sizeof want, "{\"type\":\"%s\"", #kind);         \
+  if (!strstr(doc, want)) fail_msg("user-guide.md: no %s", want); \
+  REPORT_FIELDS_##kind(CHECK_FIELD_)
+  REPORT_RECORDS(CHECK_RECORD_)
+#undef CHECK_RECORD_
+#undef CHECK_FIELD_
+}
+
 /* A rank without metrics.jsonl (not rank 0) writes nothing, and does not crash. */
 static void test_no_metrics_file(void **state) {
   report_t r = {.job = 7, .generation = 2, .rank = 1};
@@ -162,6 +184,7 @@ int main(void) {
       cmocka_unit_test(test_step_record),
       cmocka_unit_test(test_eval_resume_reform_records),
       cmocka_unit_test(test_records_as_documented),
+      cmocka_unit_test(test_records_documented),
       cmocka_unit_test(test_no_metrics_file),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
