@@ -1,13 +1,14 @@
 /* worker.c: see worker.h.
  *
- * One rank's life: connect to the coordinator, load the data, rendezvous (ring port,
- * `rendezvous`, `start`, ring connect), agree on the starting state (sync_state), then
- * train. Every train.commit_every steps the parameters, optimizer state and cursor are
- * copied aside (the commit). When the ring breaks (a peer died, hung, or closed its links
- * after its own ring broke), the worker closes its ring, which breaks its other neighbour's
- * link in turn so every survivor learns within moments, rolls back to its commit, reports
- * `lost`, and waits for the coordinator: `reform` (a new rank and world, a new generation:
- * rendezvous again and go on from rank 0's commit) or `abort`.
+ * One rank's life: read the assignment, connect to the coordinator (first, so any later
+ * failure is reported), load the data, pick the backend, then form the world and agree on
+ * the starting state (world.h), and train: each step is staged, launched, and waited for
+ * while the next one is staged; an epoch ends with an evaluation shared by every rank;
+ * commits and checkpoints come every train.commit_every and train.checkpoint_every steps.
+ * A broken ring sends the rank to world_recover and training goes on from the commit in
+ * the new world. At the end rank 0 checkpoints and saves the model, and every rank sends
+ * `done` (or `failed`). What it tells the coordinator and writes to the run directory goes
+ * through the report (report.h); checkpoints are written and read by state.h.
  */
 #include "worker/worker.h"
 
@@ -33,44 +34,10 @@
 #include "common/settings.h"
 #include "common/sock.h"
 #include "kernels/backend.h"
-
-#define MAX_STATE_TENSORS (2 * JOBSPEC_MAX_HIDDEN + 3)
-
-typedef struct {
-  const proto_assign_t *cfg;
-  uint32_t rank, world, generation; /* change when the world is re-formed */
-  jobspec_t *spec;
-  char *spec_yaml;
-  dataset_t *train, *test;
-  sock_ctx_t *ctx;
-  sock_t *sock;
-  ring_t *ring;
-  int ring_broken;   /* a ring operation failed: the ring is unusable */
-  int pause_pending; /* the coordinator asked for a planned re-formation */
-  int planned;       /* the current re-formation is a planned one */
-  trainer_t *trainer;
-  backend_t *gpu;             /* the CUDA backend, when training on a GPU */
-  const backend_t *be;        /* gpu, or the CPU backend */
-  nccl_reducer_t *nccl;       /* gradient sums of a GPU world of 2 or more */
-  trainer_reducer_t ring_red; /* gradient sums of a CPU world: the host ring */
-  char gpu_key[128];          /* "host/PCI bus id": ranks with the same key share a GPU */
-  char nccl_id[NCCL_ID_HEX_LEN];
-  FILE *metrics; /* rank 0 only */
-  FILE *audit;   /* $DROVER_AUDIT_DIR: sample ids of every step, for tests */
-  /* the commit (kept by the trainer): state after commit_step steps */
-  uint64_t commit_step;
-  /* the step of the last evaluation, and of the last one rank 0 reported: whether a rank
-   * evaluates (a collective) must not depend on its own history, so a new world takes
-   * rank 0's (sync_state), and a world whose rank 0 did not report evaluates again */
-  uint64_t last_eval, eval_reported;
-  /* progress since the last report */
-  uint64_t rep_samples, rep_steps;
-  double rep_step_s, rep_wait_s, rep_data_ms, rep_start_s;
-  /* DROVER_FAULT_SLOW_MS: a fault-injection hook for tests, a sleep in every step */
-  int64_t fault_slow_ms;
-  /* DROVER_FAULT_KILL_AFTER_EVAL: killed right after the evaluation of this epoch (1-based) */
-  uint32_t fault_kill_after_eval;
-} worker_t;
+#include "worker/report.h"
+#include "worker/state.h"
+#include "worker/world.h"
+#include "worker/worker_int.h"
 
 typedef struct {
   uint32_t n, B, spe, features, classes, cap;
@@ -84,72 +51,6 @@ typedef struct {
   uint64_t staged_step;
   uint32_t *ids[2], nids[2], batch[2];
 } plan_t;
-
-// --- Helpers -------------------------------------------------------------------------------
-
-static void send_coord(worker_t *w, const proto_msg_t *m) {
-  if (sock_send(w->sock, NULL, m) != DRV_OK) log_warn("to coordinator: %s", drv_last_error());
-}
-
-/* A sum over the ring that remembers when the ring broke. */
-static drv_result_t ring_sum(worker_t *w, float *data, size_t count) {
-  drv_result_t rc = ring_allreduce(w->ring, data, count);
-  if (rc != DRV_OK) w->ring_broken = 1;
-  return rc;
-}
-
-/* Non-blocking look at the coordinator's messages: `abort` ends the worker, `pause` asks
- * for a planned re-formation at the next commit. */
-static drv_result_t check_abort(worker_t *w) {
-  for (;;) {
-    proto_msg_t m;
-    drv_result_t rc = sock_recv(w->sock, NULL, &m, 0);
-    if (rc == DRV_ERR_TIMEOUT) {
-      proto_msg_fini(&m);
-      return DRV_OK;
-    }
-    if (rc == DRV_OK && m.type == PROTO_ABORT && m.u.abort.job == w->cfg->job) {
-      rc = drv_error(DRV_ERR_CANCELLED, "aborted by the coordinator: %s",
-                     m.u.abort.reason ? m.u.abort.reason : "no reason given");
-      proto_msg_fini(&m);
-      return rc;
-    }
-    if (rc == DRV_OK && m.type == PROTO_PAUSE && m.u.pause.job == w->cfg->job &&
-        m.u.pause.generation == w->generation) {
-      log_info("the coordinator asks for a re-formation at the next commit: %s",
-               m.u.pause.reason ? m.u.pause.reason : "");
-      w->pause_pending = 1;
-    }
-    if (rc != DRV_OK) log_warn("dropped a frame from the coordinator: %s", drv_last_error());
-    proto_msg_fini(&m);
-  }
-}
-
-static void report_progress(worker_t *w, uint32_t epoch, uint64_t step, uint64_t total, double loss,
-                            double lr) {
-  double now = drv_now_s();
-  proto_msg_t m;
-  proto_msg_init(&m, PROTO_PROGRESS);
-  proto_progress_t *p = &m.u.progress;
-  p->job = w->cfg->job;
-  p->generation = w->generation;
-  p->rank = w->rank;
-  p->epoch = epoch;
-  p->step = step;
-  p->steps_total = total;
-  p->loss = loss;
-  p->lr = lr;
-  p->samples = w->rep_samples;
-  p->interval_s = now - w->rep_start_s;
-  p->step_ms = w->rep_steps ? 1000.0 * w->rep_step_s / (double)w->rep_steps : 0;
-  p->wait_ms = w->rep_steps ? 1000.0 * w->rep_wait_s / (double)w->rep_steps : 0;
-  p->data_ms = w->rep_steps ? w->rep_data_ms / (double)w->rep_steps : 0;
-  p->coll_seq = ring_seq(w->ring) + nccl_reducer_seq(w->nccl);
-  send_coord(w, &m);
-  w->rep_samples = w->rep_steps = 0;
-  w->rep_step_s = w->rep_wait_s = w->rep_data_ms = 0;
-  w->rep_start_s = now;
-}
 
 // --- Setup ---------------------------------------------------------------------------------
 
@@ -181,560 +82,8 @@ static drv_result_t connect_coord(worker_t *w) {
   w->sock = sock_new(w->ctx, SOCK_DEALER, PROTO_AT_WORKER,
                      &(sock_opts_t){.identity = id, .linger_ms = 2000});
   if (!w->sock) return DRV_ERR_ZMQ;
+  w->report.sock = w->sock; /* what the rank reports goes out on it from now on */
   return sock_connect(w->sock, ep);
-}
-
-/* Rank 0 keeps the run directory's records: the resolved spec and metrics.jsonl
- * (appended: a job placed again keeps the history of its earlier runs). */
-static drv_result_t open_rank0_files(worker_t *w) {
-  if (w->rank != 0 || w->metrics) return DRV_OK;
-  char path[1200];
-  snprintf(path, sizeof path, "%s/spec.yaml", w->cfg->run_dir);
-  FILE *f = fopen(path, "w");
-  if (!f || fputs(w->spec_yaml, f) < 0 || fclose(f) != 0)
-    return drv_error(DRV_ERR_SYS, "write %s: %s", path, strerror(errno));
-  snprintf(path, sizeof path, "%s/metrics.jsonl", w->cfg->run_dir);
-  if (!(w->metrics = fopen(path, "a")))
-    return drv_error(DRV_ERR_SYS, "open %s: %s", path, strerror(errno));
-  /* Whole lines only: a worker killed mid-run leaves no half record behind. */
-  setvbuf(w->metrics, NULL, _IOLBF, 0);
-  return DRV_OK;
-}
-
-/* Waits for the next message from the coordinator that is not chatter. */
-static drv_result_t wait_coord(worker_t *w, int64_t deadline_ms, const char *what, proto_msg_t *m) {
-  for (;;) {
-    int64_t left = deadline_ms - drv_now_ms();
-    if (left <= 0) return drv_error(DRV_ERR_TIMEOUT, "no %s from the coordinator in time", what);
-    drv_result_t rc = sock_recv(w->sock, NULL, m, (int)left);
-    if (rc == DRV_OK && m->type == PROTO_ABORT) {
-      rc = drv_error(DRV_ERR_CANCELLED, "aborted while waiting for %s: %s", what,
-                     m->u.abort.reason ? m->u.abort.reason : "no reason given");
-      proto_msg_fini(m);
-      return rc;
-    }
-    if (rc == DRV_OK) return DRV_OK;
-    if (rc != DRV_ERR_TIMEOUT)
-      log_warn("dropped a frame from the coordinator: %s", drv_last_error());
-    proto_msg_fini(m);
-  }
-}
-
-/* A CPU world's gradient sums: the whole buffer (gradients and the loss pair) in one ring
- * all-reduce once the backward pass is done (the CPU backend runs synchronously). Time in
- * it is time spent waiting for the slowest rank (and moving bytes). */
-static drv_result_t ring_finish(void *ctx) {
-  worker_t *w = ctx;
-  size_t n;
-  float *g = trainer_grads(w->trainer, &n);
-  double t0 = drv_now_s();
-  drv_result_t rc = ring_sum(w, g, n + 2);
-  w->rep_wait_s += drv_now_s() - t0;
-  return rc;
-}
-
-/* A sum of one value over the ranks, on the host ring (the trainer's agree hook). */
-static drv_result_t ring_agree(void *ctx, double *value) {
-  worker_t *w = ctx;
-  float v = (float)*value;
-  DRV_CHECK(ring_sum(w, &v, 1));
-  *value = v;
-  return DRV_OK;
-}
-
-/* While an NCCL wait spins: a closed ring link (a peer died, or its ring broke) or an abort
- * from the coordinator ends it at once instead of at the deadline. */
-static drv_result_t nccl_poll(void *ctx) {
-  worker_t *w = ctx;
-  drv_result_t rc = ring_check(w->ring);
-  if (rc != DRV_OK) return rc;
-  return check_abort(w);
-}
-
-/* After `start`: the gradient sums of this world. A CPU world sums over the ring; a GPU
- * world of two or more joins the NCCL communicator whose id rank 0 sent (ranks on one GPU
- * first take NCCL_HOSTIDs of their own). Every rank must train on the same kind of device. */
-static drv_result_t join_sums(worker_t *w, const proto_start_t *st) {
-  trainer_set_reducer(w->trainer, NULL); /* frees graphs holding the old communicator */
-  nccl_reducer_destroy(&w->nccl);
-  if (w->world < 2) return DRV_OK;
-  bool shared = false;
-  for (uint32_t r = 0; r < st->gpus_count && r < w->world; r++) {
-    const char *k = st->gpus[r] ? st->gpus[r] : "";
-    if (!!*k != !!w->gpu_key[0])
-      return drv_error(DRV_ERR_INVALID,
-                       "rank %u trains on %s but rank %u on %s: a job's ranks must all use GPUs "
-                       "or all the CPU (set train.backend)",
-                       r, *k ? "a GPU" : "the CPU", w->rank, w->gpu_key[0] ? "a GPU" : "the CPU");
-    if (r != w->rank && *k && strcmp(k, w->gpu_key) == 0) shared = true;
-  }
-  if (!w->gpu) {
-    w->ring_red = (trainer_reducer_t){.ctx = w, .finish = ring_finish};
-    trainer_set_reducer(w->trainer, &w->ring_red);
-    return DRV_OK;
-  }
-  if (!st->nccl_id || !*st->nccl_id)
-    return drv_error(DRV_ERR_PROTO, "start carries no NCCL id for a GPU world of %u", w->world);
-  if (shared) {
-    char tag[160];
-    snprintf(tag, sizeof tag, "drover-%s-%d", w->gpu_key, (int)getpid());
-    for (char *q = tag; *q; q++)
-      if (*q == '/') *q = '-';
-    nccl_reducer_share_device(
-        tag, strcmp(w->cfg->host, "127.0.0.1") == 0 || strcmp(w->cfg->host, "localhost") == 0);
-  }
-  size_t np;
-  float *grads = trainer_grads(w->trainer, &np);
-  nccl_config_t nc = {.id_hex = st->nccl_id,
-                      .rank = w->rank,
-                      .world = w->world,
-                      .be = w->gpu,
-                      .grads = grads,
-                      .count = np,
-                      .bucket_bytes = (size_t)w->spec->train.allreduce_bucket_mb << 20,
-                      .dtype = w->spec->train.allreduce_dtype == SPEC_DTYPE_BF16 ? BE_BF16 : BE_F32,
-                      .timeout_ms = drv_setting(DRV_SET_RING_TIMEOUT_MS),
-                      .poll = nccl_poll,
-                      .poll_ctx = w,
-                      .agree = ring_agree,
-                      .agree_ctx = w};
-  DRV_CHECK(nccl_reducer_new(&nc, &w->nccl));
-  trainer_set_reducer(w->trainer, nccl_reducer_hooks(w->nccl));
-  return DRV_OK;
-}
-
-/* Checks in with the coordinator (this generation, this rank), connects the ring to every
- * rank's address from `start`, and joins the world's gradient sums. */
-static drv_result_t rendezvous(worker_t *w) {
-  const proto_assign_t *c = w->cfg;
-  ring_destroy(&w->ring);
-  if (w->trainer) trainer_set_reducer(w->trainer, NULL);
-  nccl_reducer_destroy(&w->nccl);
-  w->ring_broken = 0;
-  w->pause_pending = 0; /* a pause of an older world means nothing in this one */
-  DRV_CHECK(ring_listen(c->host, c->host, &w->ring));
-  proto_msg_t m;
-  proto_msg_init(&m, PROTO_RENDEZVOUS);
-  m.u.rendezvous.job = c->job;
-  m.u.rendezvous.generation = w->generation;
-  m.u.rendezvous.rank = w->rank;
-  m.u.rendezvous.pid = (uint32_t)getpid();
-  m.u.rendezvous.addr = ring_address(w->ring);
-  m.u.rendezvous.gpu = w->gpu_key;
-  w->nccl_id[0] = '\0';
-  if (w->gpu && w->rank == 0 && w->world > 1) {
-    DRV_CHECK(nccl_reducer_new_id(w->nccl_id));
-    m.u.rendezvous.nccl_id = w->nccl_id;
-  }
-  send_coord(w, &m);
-
-  int64_t deadline = drv_now_ms() + drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS);
-  for (;;) {
-    DRV_CHECK(wait_coord(w, deadline, "start", &m));
-    if (m.type == PROTO_START && m.u.start.job == c->job && m.u.start.generation == w->generation)
-      break;
-    if (m.type == PROTO_REFORM && m.u.reform.job == c->job &&
-        m.u.reform.generation > w->generation) {
-      /* A rank was lost before everyone checked in: check in again, in the new world. */
-      w->generation = m.u.reform.generation;
-      w->rank = m.u.reform.rank;
-      w->world = m.u.reform.world;
-      proto_msg_fini(&m);
-      log_info("re-formed before start: generation %u, rank %u of %u", w->generation, w->rank,
-               w->world);
-      DRV_CHECK(open_rank0_files(w));
-      return rendezvous(w);
-    }
-    proto_msg_fini(&m);
-  }
-  drv_result_t rc = DRV_OK;
-  if (m.u.start.world != w->world || m.u.start.peers_count != w->world)
-    rc = drv_error(DRV_ERR_PROTO, "start names %u peers for a world of %u", m.u.start.peers_count,
-                   w->world);
-  else
-    rc = ring_connect(w->ring, w->rank, w->world, (const char *const *)m.u.start.peers,
-                      ((uint64_t)c->job << 32) | w->generation,
-                      (int)drv_setting(DRV_SET_RING_CONNECT_TIMEOUT_MS));
-  if (rc != DRV_OK) {
-    w->ring_broken = 1;
-  } else if ((rc = join_sums(w, &m.u.start)) != DRV_OK && w->nccl == NULL && w->gpu != NULL &&
-             rc != DRV_ERR_INVALID) {
-    w->ring_broken = 1; /* NCCL could not join (a peer is missing): re-form like a ring */
-  }
-  proto_msg_fini(&m);
-  return rc;
-}
-
-// --- State: checkpoints, commits, agreement --------------------------------------------------
-
-/* The trainer's state as checkpoint tensors over the buffers p (the flat parameter layout)
- * and o (the optimizer state), as trainer_tensors describes them: each layer's weight
- * (out, in) and bias (out), named as in the saved model, then the optimizer state. t must
- * hold TRAINER_MAX_TENSORS entries. (names is no longer used: the trainer owns them.) */
-static size_t state_tensors(trainer_t *tr, float *p, float *o, ckpt_tensor_t *t,
-                            char (*names)[32]) {
-  size_t n;
-  const trainer_tensor_t *d = trainer_tensors(tr, &n);
-  for (size_t i = 0; i < n; i++)
-    t[i] = (ckpt_tensor_t){.name = d[i].name,
-                           .data = (d[i].buffer == TRAINER_PARAMS ? p : o) + d[i].offset,
-                           .count = d[i].count,
-                           .ndim = d[i].ndim,
-                           .shape = {d[i].shape[0], d[i].shape[1]}};
-  return n;
-}
-
-/* Rank 0 writes a checkpoint of `step` steps done, keeps the newest keep_checkpoints, and
- * tells the coordinator it is durable. */
-static drv_result_t save_checkpoint(worker_t *w, uint64_t step, uint32_t spe) {
-  ckpt_tensor_t t[MAX_STATE_TENSORS];
-  char names[MAX_STATE_TENSORS][32];
-  size_t np, no;
-  trainer_params(w->trainer, &np);
-  trainer_opt_state(w->trainer, &no);
-  float *host = malloc(sizeof *host * (np + no));
-  if (!host) return drv_error(DRV_ERR_NOMEM, "checkpoint: out of memory");
-  drv_result_t rc = trainer_get_state(w->trainer, host, host + np);
-  size_t n = state_tensors(w->trainer, host, host + np, t, names);
-  ckpt_meta_t meta = {.step = step,
-                      .epoch = (uint32_t)(step / spe),
-                      .world = w->world,
-                      .seed = w->spec->train.seed,
-                      .job = w->cfg->job};
-  char dir[1200];
-  snprintf(dir, sizeof dir, "%s/checkpoints", w->cfg->run_dir);
-  double t0 = drv_now_s();
-  if (rc == DRV_OK) rc = ckpt_write(dir, &meta, t, n);
-  free(host);
-  DRV_CHECK(rc);
-  uint32_t removed = 0;
-  if (ckpt_prune(dir, w->spec->train.keep_checkpoints, &removed) != DRV_OK)
-    log_warn("%s", drv_last_error()); /* old checkpoints left behind: not fatal */
-  log_info("checkpoint of step %" PRIu64 " written in %.3f s (%u old removed)", step,
-           drv_now_s() - t0, removed);
-  char path[1300];
-  snprintf(path, sizeof path, "%s/step-%010" PRIu64, dir, step);
-  proto_msg_t m;
-  proto_msg_init(&m, PROTO_CHECKPOINT);
-  m.u.checkpoint = (proto_checkpoint_t){
-      .job = w->cfg->job, .generation = w->generation, .step = step, .dir = path};
-  send_coord(w, &m);
-  return DRV_OK;
-}
-
-/* Rank 0 only: loads the newest usable checkpoint (its own run directory first, then
- * resume_dir) into the trainer. *found is 1 and *step its steps when one was loaded. */
-static drv_result_t load_checkpoint(worker_t *w, int *found, uint64_t *step) {
-  const proto_assign_t *c = w->cfg;
-  size_t np, no;
-  trainer_params(w->trainer, &np);
-  trainer_opt_state(w->trainer, &no);
-  /* Load into scratch first: a checkpoint refused half-way must not touch the trainer. */
-  float *scratch = malloc(sizeof *scratch * (np + no));
-  if (!scratch) return drv_error(DRV_ERR_NOMEM, "restoring a checkpoint: out of memory");
-  ckpt_tensor_t t[MAX_STATE_TENSORS];
-  char names[MAX_STATE_TENSORS][32];
-  size_t n = state_tensors(w->trainer, scratch, scratch + np, t, names);
-  char own[1200], where[1400];
-  snprintf(own, sizeof own, "%s/checkpoints", c->run_dir);
-  const char *dirs[2] = {own, c->resume_dir};
-  drv_result_t rc = DRV_OK;
-  *found = 0;
-  for (int d = 0; d < 2 && !*found; d++) {
-    if (!dirs[d] || !dirs[d][0]) continue;
-    ckpt_meta_t meta;
-    if (access(dirs[d], F_OK) != 0) {
-      if (d == 1) rc = drv_error(DRV_ERR_INVALID, "resume: %s does not exist", dirs[d]);
-      continue;
-    }
-    if (ckpt_load_latest(dirs[d], &meta, t, n, where, sizeof where) != DRV_OK) {
-      if (d == 1)
-        rc = drv_error_prefix(DRV_ERR_INVALID, "resume");
-      else
-        log_warn("no usable checkpoint in %s: %s", dirs[d], drv_last_error());
-      continue;
-    }
-    log_info("resuming from %s: %" PRIu64 " steps done", where, meta.step);
-    if ((rc = trainer_set_state(w->trainer, scratch, scratch + np)) != DRV_OK) break;
-    *found = 1;
-    *step = meta.step;
-  }
-  free(scratch);
-  return rc;
-}
-
-/* Every rank agrees on the state to go on from, which rank 0 provides: after a
- * re-formation its commit (already rolled back into its trainer); at a first start the
- * newest usable checkpoint, or nothing (the seeded init is the same on every rank). The
- * ring carries it: the other ranks contribute -0.0, the identity of IEEE addition for every
- * value (+0 + -0 = +0, -0 + -0 = -0), so the sum is bitwise rank 0's state. *step receives
- * the steps already done. */
-static drv_result_t sync_state(worker_t *w, int after_failure, uint64_t *step) {
-  /* have state, step low 24 bits, step high bits, evaluated at that step */
-  float head[4] = {-0.0f, -0.0f, -0.0f, -0.0f};
-  if (w->rank == 0) {
-    int found = after_failure;
-    uint64_t s = w->commit_step;
-    if (!after_failure) DRV_CHECK(load_checkpoint(w, &found, &s));
-    if (found) {
-      head[0] = 1.0f;
-      head[1] = (float)(s & 0xffffff);
-      head[2] = (float)(s >> 24);
-      /* Rank 0 reported an evaluation at the step it rolled back to: a newcomer must not
-       * evaluate there alone, nor anyone again. (Evaluated but not reported, by a rank
-       * that was not rank 0 then: everyone evaluates, so the epoch's record is not lost.) */
-      head[3] = after_failure && w->eval_reported == s ? 1.0f : 0.0f;
-    }
-  }
-  if (w->world > 1) {
-    DRV_CHECK(ring_sum(w, head, 4));
-    if (head[0] == 1.0f) {
-      size_t np, no;
-      trainer_params(w->trainer, &np);
-      trainer_opt_state(w->trainer, &no);
-      float *host = malloc(sizeof *host * (np + no));
-      if (!host) return drv_error(DRV_ERR_NOMEM, "state broadcast: out of memory");
-      drv_result_t rc = DRV_OK;
-      if (w->rank == 0)
-        rc = trainer_get_state(w->trainer, host, host + np);
-      else
-        for (size_t i = 0; i < np + no; i++) host[i] = -0.0f;
-      if (rc == DRV_OK) rc = ring_sum(w, host, np + no);
-      if (rc == DRV_OK && w->rank != 0) rc = trainer_set_state(w->trainer, host, host + np);
-      free(host);
-      DRV_CHECK(rc);
-    }
-  }
-  *step = head[0] == 1.0f ? (uint64_t)head[1] + ((uint64_t)head[2] << 24) : 0;
-  w->last_eval = w->eval_reported = head[3] == 1.0f ? *step : 0;
-  return DRV_OK;
-}
-
-/* Keeps the state after `step` steps aside (device memory), to roll back to. */
-static drv_result_t commit(worker_t *w, uint64_t step) {
-  DRV_CHECK(trainer_commit(w->trainer));
-  w->commit_step = step;
-  return DRV_OK;
-}
-
-/* The ring broke: close it (its other neighbour learns at once), roll back to the commit,
- * report `lost`, and wait for the coordinator's `reform` (or `abort`). On DRV_OK the
- * worker is a rank of the new world, in step with it at *step. */
-static drv_result_t recover(worker_t *w, uint64_t *step) {
-  char reason[512];
-  snprintf(reason, sizeof reason, "%s", drv_last_error());
-  ring_destroy(&w->ring);
-  trainer_set_reducer(w->trainer, NULL);
-  nccl_reducer_destroy(&w->nccl); /* aborted already when it failed */
-  /* Only a ring broken again in the new world (connect, state) is worth another try: an
-   * abort or a coordinator that never answers ends the worker. */
-  w->ring_broken = 0;
-  DRV_CHECK(trainer_rollback(w->trainer));
-  *step = w->commit_step;
-  log_warn("ring broke (%s): rolled back to step %" PRIu64 ", waiting for the coordinator", reason,
-           *step);
-  proto_msg_t m;
-  proto_msg_init(&m, PROTO_LOST);
-  m.u.lost = (proto_lost_t){.job = w->cfg->job,
-                            .generation = w->generation,
-                            .rank = w->rank,
-                            .step = *step,
-                            .reason = reason};
-  send_coord(w, &m);
-  /* The coordinator may wait for hung peers' rings to time out, and for agents. */
-  int64_t deadline = drv_now_ms() + 2 * drv_setting(DRV_SET_RING_TIMEOUT_MS) +
-                     (int64_t)w->spec->rejoin_timeout_s * 1000;
-  for (;;) {
-    DRV_CHECK(wait_coord(w, deadline, "reform", &m));
-    if (m.type == PROTO_REFORM && m.u.reform.job == w->cfg->job &&
-        m.u.reform.generation > w->generation)
-      break;
-    proto_msg_fini(&m);
-  }
-  w->generation = m.u.reform.generation;
-  w->rank = m.u.reform.rank;
-  w->world = m.u.reform.world;
-  proto_msg_fini(&m);
-  log_info("re-formed: generation %u, rank %u of %u", w->generation, w->rank, w->world);
-  DRV_CHECK(open_rank0_files(w));
-  DRV_CHECK(rendezvous(w));
-  DRV_CHECK(sync_state(w, 1, step));
-  DRV_CHECK(commit(w, *step));
-  if (w->metrics)
-    fprintf(w->metrics,
-            "{\"type\":\"reform\",\"step\":%" PRIu64 ",\"world\":%u,\"generation\":%u}\n", *step,
-            w->world, w->generation);
-  return DRV_OK;
-}
-
-// --- Training ------------------------------------------------------------------------------
-
-/* Test loss and accuracy over the whole test split, each rank taking a contiguous part. */
-static drv_result_t evaluate(worker_t *w, const plan_t *p, double *loss, double *acc) {
-  uint32_t n = dataset_count(w->test), W = w->world, r = w->rank;
-  uint32_t lo = (uint32_t)((uint64_t)n * r / W), hi = (uint32_t)((uint64_t)n * (r + 1) / W);
-  double loss_sum = 0;
-  uint32_t correct = 0;
-  uint32_t *idx = malloc(sizeof *idx * p->cap);
-  if (!idx) return drv_error(DRV_ERR_NOMEM, "evaluation: out of memory");
-  drv_result_t rc = DRV_OK;
-  for (uint32_t i = lo; i < hi; i += p->cap) {
-    uint32_t k = DRV_MIN(p->cap, hi - i);
-    for (uint32_t j = 0; j < k; j++) idx[j] = i + j;
-    dataset_gather(w->test, idx, k, p->x, p->y);
-    DRV_CHECK_GOTO(trainer_evaluate(w->trainer, p->x, p->y, k, &loss_sum, &correct), rc, out);
-  }
-  float sums[2] = {(float)loss_sum, (float)correct};
-  DRV_CHECK_GOTO(ring_sum(w, sums, 2), rc, out);
-  *loss = sums[0] / n;
-  *acc = sums[1] / n;
-out:
-  free(idx);
-  return rc;
-}
-
-typedef struct {
-  uint64_t last_ckpt; /* the step of the last checkpoint */
-  double test_loss, test_acc, train_s;
-  uint64_t global_samples;
-} progress_t;
-
-static drv_result_t eval_epoch(worker_t *w, const plan_t *p, progress_t *g, uint64_t step,
-                               uint32_t spe) {
-  uint32_t epoch = (uint32_t)((step - 1) / spe);
-  DRV_CHECK(evaluate(w, p, &g->test_loss, &g->test_acc));
-  w->last_eval = step;
-  if (w->fault_kill_after_eval == epoch + 1) {
-    log_warn(
-        "fault injection: killed after the evaluation of epoch %u "
-        "(DROVER_FAULT_KILL_AFTER_EVAL)",
-        epoch + 1);
-    raise(SIGKILL);
-  }
-  if (w->rank != 0) return DRV_OK;
-  w->eval_reported = step;
-  proto_msg_t m;
-  proto_msg_init(&m, PROTO_EVAL);
-  m.u.eval = (proto_eval_t){.job = w->cfg->job,
-                            .generation = w->generation,
-                            .epoch = epoch,
-                            .test_loss = g->test_loss,
-                            .test_accuracy = g->test_acc};
-  send_coord(w, &m);
-  if (w->metrics)
-    fprintf(w->metrics,
-            "{\"type\":\"eval\",\"epoch\":%u,\"step\":%" PRIu64
-            ",\"test_loss\":%.9g,\"test_accuracy\":%.6f}\n",
-            epoch, step, g->test_loss, g->test_acc);
-  return DRV_OK;
-}
-
-/* Gathers the samples of `step` into the trainer's staging buffers and stages them: on a
- * GPU the copy starts at once on the copy stream. */
-static drv_result_t stage_step(worker_t *w, plan_t *p, uint64_t step) {
-  uint32_t epoch = (uint32_t)(step / p->spe), si = (uint32_t)(step % p->spe);
-  if (p->perm_epoch != epoch) {
-    shard_permutation(w->spec->train.seed, epoch, p->n, p->perm);
-    p->perm_epoch = epoch;
-  }
-  uint32_t begin, count, batch;
-  shard_slice(p->n, p->B, si, w->rank, w->world, &begin, &count, &batch);
-  float *x;
-  int32_t *y;
-  trainer_next_batch(w->trainer, &x, &y);
-  dataset_gather(w->train, p->perm + begin, count, x, y);
-  memcpy(p->ids[step & 1], p->perm + begin, sizeof(uint32_t) * count);
-  p->nids[step & 1] = count;
-  p->batch[step & 1] = batch;
-  DRV_CHECK(trainer_stage(w->trainer, count, batch, step, p->total));
-  p->staged_step = step;
-  return DRV_OK;
-}
-
-/* A failed step: an NCCL failure (the communicator is aborted by then) is a lost peer, as
- * a broken ring is. */
-static drv_result_t step_failed(worker_t *w, drv_result_t rc) {
-  if (w->nccl && (rc == DRV_ERR_NCCL || rc == DRV_ERR_TIMEOUT || rc == DRV_ERR_SYS))
-    w->ring_broken = 1;
-  return rc;
-}
-
-/* Trains from *step to the end. Returns with *step at the steps done; a ring or NCCL
- * failure leaves w->ring_broken set. Each step is launched, the next one is gathered and
- * staged while it runs, then the step is waited for. */
-static drv_result_t run(worker_t *w, plan_t *p, progress_t *g, uint64_t *step) {
-  const jobspec_t *s = w->spec;
-  uint32_t every = s->train.checkpoint_every, commit_every = s->train.commit_every;
-  for (;;) {
-    uint64_t done = *step;
-    /* An epoch ends with an evaluation (and so does training, wherever it stops). */
-    if (done > 0 && (done % p->spe == 0 || done == p->total) && w->last_eval != done)
-      DRV_CHECK(eval_epoch(w, p, g, done, p->spe));
-    if (done >= p->total) return DRV_OK;
-    uint32_t epoch = (uint32_t)(done / p->spe);
-    double t0 = drv_now_s();
-    if (p->staged_step != done) DRV_CHECK(stage_step(w, p, done));
-    if (w->audit) {
-      /* Written before the rank contributes its gradients: a step that reached the model
-       * (some rank completed its all-reduce) has a line from every rank of its world,
-       * even from one killed before its own all-reduce returned. */
-      fprintf(w->audit, "%u %" PRIu64, w->generation, done + 1);
-      for (uint32_t k = 0; k < p->nids[done & 1]; k++)
-        fprintf(w->audit, " %u", p->ids[done & 1][k]);
-      fputc('\n', w->audit);
-    }
-    float lr;
-    drv_result_t rc = trainer_step_launch(w->trainer, &lr);
-    if (rc != DRV_OK) return step_failed(w, rc);
-    uint32_t count = p->nids[done & 1];
-    uint32_t batch = p->batch[done & 1];
-    if (done + 1 < p->total) DRV_CHECK(stage_step(w, p, done + 1)); /* overlaps the step */
-    if (w->fault_slow_ms) usleep((useconds_t)w->fault_slow_ms * 1000);
-    double loss_sum = 0, data_ms = 0;
-    rc = trainer_step_finish(w->trainer, &loss_sum, &data_ms);
-    if (rc != DRV_OK) return step_failed(w, rc);
-    double dt = drv_now_s() - t0;
-    *step = done + 1;
-    g->train_s += dt;
-    g->global_samples += batch;
-    w->rep_samples += count;
-    w->rep_steps++;
-    w->rep_step_s += dt;
-    w->rep_data_ms += data_ms;
-    if (w->nccl) w->rep_wait_s += nccl_reducer_wait_ms(w->nccl) / 1e3; /* (the ring adds its own) */
-    double loss = loss_sum / batch;
-    if (!isfinite(loss))
-      return drv_error(DRV_ERR_INVALID,
-                       "loss became %f at step %" PRIu64 ": lower the learning rate", loss, *step);
-    if (w->metrics)
-      fprintf(w->metrics,
-              "{\"type\":\"step\",\"step\":%" PRIu64
-              ",\"epoch\":%u,\"loss\":%.9g,\"lr\":%.9g,"
-              "\"batch\":%u,\"step_s\":%.6f,\"samples_per_s\":%.1f,\"data_wait_ms\":%.4f}\n",
-              *step, epoch, loss, lr, batch, dt, batch / dt, data_ms);
-    if ((drv_now_s() - w->rep_start_s) * 1000 >= (double)drv_setting(DRV_SET_PROGRESS_MS) ||
-        *step == p->total) {
-      report_progress(w, epoch, *step, p->total, loss, lr);
-      DRV_CHECK(check_abort(w));
-    }
-    if (commit_every && *step % commit_every == 0) {
-      DRV_CHECK(commit(w, *step));
-      /* A planned re-formation (new agents, one leaving) happens at a commit that every
-       * rank agrees on: any rank that was asked raises the flag. */
-      float flag = w->pause_pending ? 1.0f : -0.0f;
-      DRV_CHECK(ring_sum(w, &flag, 1));
-      if (flag > 0) {
-        w->pause_pending = 0;
-        w->planned = 1;
-        w->ring_broken = 1;
-        return drv_error(DRV_ERR_CANCELLED, "planned re-formation at step %" PRIu64, *step);
-      }
-    }
-    if (every && *step % every == 0 && *step < p->total) {
-      if (w->rank == 0) DRV_CHECK(save_checkpoint(w, *step, p->spe));
-      g->last_ckpt = *step;
-    }
-  }
 }
 
 /* The backend this worker trains on: the GPU its agent assigned (train.backend auto or
@@ -777,6 +126,155 @@ static drv_result_t pick_backend(worker_t *w) {
   return DRV_OK;
 }
 
+// --- Training ------------------------------------------------------------------------------
+
+/* Test loss and accuracy over the whole test split, each rank taking a contiguous part. */
+static drv_result_t evaluate(worker_t *w, const plan_t *p, double *loss, double *acc) {
+  uint32_t n = dataset_count(w->test), W = w->world, r = w->rank;
+  uint32_t lo = (uint32_t)((uint64_t)n * r / W), hi = (uint32_t)((uint64_t)n * (r + 1) / W);
+  double loss_sum = 0;
+  uint32_t correct = 0;
+  uint32_t *idx = malloc(sizeof *idx * p->cap);
+  if (!idx) return drv_error(DRV_ERR_NOMEM, "evaluation: out of memory");
+  drv_result_t rc = DRV_OK;
+  for (uint32_t i = lo; i < hi; i += p->cap) {
+    uint32_t k = DRV_MIN(p->cap, hi - i);
+    for (uint32_t j = 0; j < k; j++) idx[j] = i + j;
+    dataset_gather(w->test, idx, k, p->x, p->y);
+    DRV_CHECK_GOTO(trainer_evaluate(w->trainer, p->x, p->y, k, &loss_sum, &correct), rc, out);
+  }
+  float sums[2] = {(float)loss_sum, (float)correct};
+  DRV_CHECK_GOTO(world_sum(w, sums, 2), rc, out);
+  *loss = sums[0] / n;
+  *acc = sums[1] / n;
+out:
+  free(idx);
+  return rc;
+}
+
+typedef struct {
+  uint64_t last_ckpt; /* the step of the last checkpoint */
+  double test_loss, test_acc, train_s;
+  uint64_t global_samples;
+} progress_t;
+
+static drv_result_t eval_epoch(worker_t *w, const plan_t *p, progress_t *g, uint64_t step,
+                               uint32_t spe) {
+  uint32_t epoch = (uint32_t)((step - 1) / spe);
+  DRV_CHECK(evaluate(w, p, &g->test_loss, &g->test_acc));
+  w->last_eval = step;
+  if (w->fault_kill_after_eval == epoch + 1) {
+    log_warn(
+        "fault injection: killed after the evaluation of epoch %u "
+        "(DROVER_FAULT_KILL_AFTER_EVAL)",
+        epoch + 1);
+    raise(SIGKILL);
+  }
+  if (w->rank != 0) return DRV_OK;
+  w->eval_reported = step;
+  report_eval(&w->report, epoch, step, g->test_loss, g->test_acc);
+  return DRV_OK;
+}
+
+/* Gathers the samples of `step` into the trainer's staging buffers and stages them: on a
+ * GPU the copy starts at once on the copy stream. */
+static drv_result_t stage_step(worker_t *w, plan_t *p, uint64_t step) {
+  uint32_t epoch = (uint32_t)(step / p->spe), si = (uint32_t)(step % p->spe);
+  if (p->perm_epoch != epoch) {
+    shard_permutation(w->spec->train.seed, epoch, p->n, p->perm);
+    p->perm_epoch = epoch;
+  }
+  uint32_t begin, count, batch;
+  shard_slice(p->n, p->B, si, w->rank, w->world, &begin, &count, &batch);
+  float *x;
+  int32_t *y;
+  trainer_next_batch(w->trainer, &x, &y);
+  dataset_gather(w->train, p->perm + begin, count, x, y);
+  memcpy(p->ids[step & 1], p->perm + begin, sizeof(uint32_t) * count);
+  p->nids[step & 1] = count;
+  p->batch[step & 1] = batch;
+  DRV_CHECK(trainer_stage(w->trainer, count, batch, step, p->total));
+  p->staged_step = step;
+  return DRV_OK;
+}
+
+/* Rank 0 writes a checkpoint of `step` steps done, keeps the newest keep_checkpoints, and
+ * tells the coordinator it is durable. */
+static drv_result_t save_checkpoint(worker_t *w, uint64_t step, uint32_t spe) {
+  ckpt_meta_t meta = {.step = step,
+                      .epoch = (uint32_t)(step / spe),
+                      .world = w->world,
+                      .seed = w->spec->train.seed,
+                      .job = w->cfg->job};
+  char path[1300];
+  DRV_CHECK(state_save(w->trainer, w->cfg->run_dir, &meta, w->spec->train.keep_checkpoints, path,
+                       sizeof path));
+  report_checkpoint(&w->report, step, path);
+  return DRV_OK;
+}
+
+/* Trains from *step to the end. Returns with *step at the steps done; a ring or NCCL
+ * failure leaves w->ring_broken set. Each step is launched, the next one is gathered and
+ * staged while it runs, then the step is waited for. */
+static drv_result_t run(worker_t *w, plan_t *p, progress_t *g, uint64_t *step) {
+  const jobspec_t *s = w->spec;
+  uint32_t every = s->train.checkpoint_every, commit_every = s->train.commit_every;
+  for (;;) {
+    uint64_t done = *step;
+    /* An epoch ends with an evaluation (and so does training, wherever it stops). */
+    if (done > 0 && (done % p->spe == 0 || done == p->total) && w->last_eval != done)
+      DRV_CHECK(eval_epoch(w, p, g, done, p->spe));
+    if (done >= p->total) return DRV_OK;
+    uint32_t epoch = (uint32_t)(done / p->spe);
+    double t0 = drv_now_s();
+    if (p->staged_step != done) DRV_CHECK(stage_step(w, p, done));
+    /* Audited before the rank contributes its gradients: a step that reached the model
+     * (some rank completed its all-reduce) has a line from every rank of its world, even
+     * from one killed before its own all-reduce returned. */
+    report_audit(&w->report, done + 1, p->ids[done & 1], p->nids[done & 1]);
+    float lr;
+    drv_result_t rc = trainer_step_launch(w->trainer, &lr);
+    if (rc != DRV_OK) return world_step_failed(w, rc);
+    uint32_t count = p->nids[done & 1];
+    uint32_t batch = p->batch[done & 1];
+    if (done + 1 < p->total) DRV_CHECK(stage_step(w, p, done + 1)); /* overlaps the step */
+    if (w->fault_slow_ms) usleep((useconds_t)w->fault_slow_ms * 1000);
+    double loss_sum = 0, data_ms = 0;
+    rc = trainer_step_finish(w->trainer, &loss_sum, &data_ms);
+    if (rc != DRV_OK) return world_step_failed(w, rc);
+    double dt = drv_now_s() - t0;
+    *step = done + 1;
+    g->train_s += dt;
+    g->global_samples += batch;
+    report_count_step(&w->report, count, dt, data_ms);
+    if (w->nccl) /* (the ring adds its own) */
+      report_wait(&w->report, nccl_reducer_wait_ms(w->nccl) / 1e3);
+    double loss = loss_sum / batch;
+    if (!isfinite(loss))
+      return drv_error(DRV_ERR_INVALID,
+                       "loss became %f at step %" PRIu64 ": lower the learning rate", loss, *step);
+    report_rec_step(&w->report, &(report_rec_step_t){.step = *step,
+                                                     .epoch = epoch,
+                                                     .loss = loss,
+                                                     .lr = lr,
+                                                     .batch = batch,
+                                                     .step_s = dt,
+                                                     .samples_per_s = batch / dt,
+                                                     .data_wait_ms = data_ms});
+    uint64_t coll_seq = ring_seq(w->ring) + nccl_reducer_seq(w->nccl);
+    if (report_progress(&w->report, coll_seq, epoch, *step, p->total, loss, lr))
+      DRV_CHECK(world_check_abort(w));
+    if (commit_every && *step % commit_every == 0) {
+      DRV_CHECK(world_commit(w, *step));
+      DRV_CHECK(world_pause_if_asked(w, *step));
+    }
+    if (every && *step % every == 0 && *step < p->total) {
+      if (w->rank == 0) DRV_CHECK(save_checkpoint(w, *step, p->spe));
+      g->last_ckpt = *step;
+    }
+  }
+}
+
 static drv_result_t train(worker_t *w, proto_done_t *done) {
   const jobspec_t *s = w->spec;
   plan_t p = {.n = dataset_count(w->train), .B = s->train.global_batch};
@@ -814,9 +312,9 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
              " steps), global batch %u over %u rank(s), %zu parameters",
              p.n, p.features, p.classes, s->train.epochs, p.spe, p.total, p.B, w->world, np);
 
-  DRV_CHECK_GOTO(rendezvous(w), rc, out);
+  DRV_CHECK_GOTO(world_rendezvous(w), rc, out);
   uint64_t step = 0;
-  DRV_CHECK_GOTO(sync_state(w, 0, &step), rc, out);
+  DRV_CHECK_GOTO(world_sync_state(w, 0, &step), rc, out);
   if (step > p.total) {
     rc = drv_error(DRV_ERR_INVALID,
                    "the checkpoint has %" PRIu64 " steps done, more than the %" PRIu64
@@ -824,12 +322,13 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
                    step, p.total);
     goto out;
   }
-  DRV_CHECK_GOTO(commit(w, step), rc, out);
+  DRV_CHECK_GOTO(world_commit(w, step), rc, out);
   progress_t g = {.last_ckpt = step, .test_loss = NAN, .test_acc = NAN};
-  if (step && w->metrics)
-    fprintf(w->metrics, "{\"type\":\"resume\",\"step\":%" PRIu64 ",\"world\":%u}\n", step,
-            w->world);
-  w->rep_start_s = drv_now_s();
+  if (step) {
+    report_rec_resume_t rec = {.step = step, .world = w->world};
+    report_rec_resume(&w->report, &rec);
+  }
+  report_progress_begin(&w->report);
   for (;;) {
     rc = run(w, &p, &g, &step);
     if (rc == DRV_OK) break;
@@ -838,7 +337,7 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
      * else ends this worker. */
     while (rc != DRV_OK && w->ring_broken && (s->max_restarts || w->planned)) {
       w->planned = 0;
-      rc = recover(w, &step);
+      rc = world_recover(w, &step);
       p.staged_step = UINT64_MAX; /* the staged batch belongs to the old world */
     }
     if (rc != DRV_OK) goto out;
@@ -850,10 +349,7 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
     snprintf(path, sizeof path, "%s/model.safetensors", w->cfg->run_dir);
     DRV_CHECK_GOTO(trainer_save(w->trainer, path), rc, out);
   }
-  *done = (proto_done_t){.job = w->cfg->job,
-                         .generation = w->generation,
-                         .rank = w->rank,
-                         .steps = step,
+  *done = (proto_done_t){.steps = step,
                          .test_loss = g.test_loss,
                          .test_accuracy = g.test_acc,
                          .samples_per_s = g.train_s > 0 ? g.global_samples / g.train_s : 0,
@@ -900,7 +396,11 @@ drv_result_t worker_read_assignment(int fd, proto_msg_t *m) {
 }
 
 drv_result_t worker_run(const proto_assign_t *cfg) {
-  worker_t w = {.cfg = cfg, .rank = cfg->rank, .world = cfg->world, .generation = cfg->generation};
+  worker_t w = {.cfg = cfg,
+                .rank = cfg->rank,
+                .world = cfg->world,
+                .generation = cfg->generation,
+                .report = {.job = cfg->job, .generation = cfg->generation, .rank = cfg->rank}};
   proto_done_t done = {0};
   drv_result_t rc = DRV_OK;
   DRV_CHECK_GOTO(connect_coord(&w), rc, fail);
@@ -915,12 +415,7 @@ drv_result_t worker_run(const proto_assign_t *cfg) {
     log_warn("fault injection: every step sleeps %" PRId64 " ms (DROVER_FAULT_SLOW_MS)",
              w.fault_slow_ms);
   w.fault_kill_after_eval = (uint32_t)drv_setting(DRV_SET_FAULT_KILL_AFTER_EVAL);
-  const char *audit = drv_setting_text(DRV_TEXT_AUDIT_DIR);
-  if (*audit) {
-    char path[1200];
-    snprintf(path, sizeof path, "%s/audit-%d.txt", audit, (int)getpid());
-    if ((w.audit = fopen(path, "a"))) setvbuf(w.audit, NULL, _IOLBF, 0);
-  }
+  report_open_audit(&w.report, drv_setting_text(DRV_TEXT_AUDIT_DIR));
   double t0 = drv_now_s();
   DRV_CHECK_GOTO(load_data(&w), rc, fail);
   log_info("data loaded in %.2f s", drv_now_s() - t0);
@@ -929,27 +424,17 @@ drv_result_t worker_run(const proto_assign_t *cfg) {
     log_warn("fault injection: killed before checking in (DROVER_FAULT_KILL_BEFORE_START)");
     raise(SIGKILL);
   }
-  DRV_CHECK_GOTO(open_rank0_files(&w), rc, fail);
+  DRV_CHECK_GOTO(report_open_rank0(&w.report, cfg->run_dir, w.spec_yaml), rc, fail);
   DRV_CHECK_GOTO(train(&w, &done), rc, fail);
-  proto_msg_t m;
-  proto_msg_init(&m, PROTO_DONE);
-  m.u.done = done;
-  send_coord(&w, &m);
+  report_done(&w.report, &done);
   log_info("done: %" PRIu64 " steps, test accuracy %.4f, %.0f samples/s", done.steps,
            done.test_accuracy, done.samples_per_s);
   goto out;
 fail:
   log_error("%s", drv_last_error());
-  if (w.sock && rc != DRV_ERR_CANCELLED) {
-    proto_msg_t f;
-    proto_msg_init(&f, PROTO_FAILED);
-    f.u.failed = (proto_failed_t){
-        .job = cfg->job, .generation = w.generation, .rank = w.rank, .reason = drv_last_error()};
-    send_coord(&w, &f);
-  }
+  if (rc != DRV_ERR_CANCELLED) report_failed(&w.report, drv_last_error());
 out:
-  if (w.metrics) fclose(w.metrics);
-  if (w.audit) fclose(w.audit);
+  report_close(&w.report);
   if (w.trainer) trainer_set_reducer(w.trainer, NULL);
   nccl_reducer_destroy(&w.nccl);
   trainer_destroy(&w.trainer);
