@@ -16,83 +16,12 @@
 #include "worker/worker.h"
 #include "cli/bench.h"
 #include "cli/cli.h"
+#include "cli/submit.h"
 #include "common/log.h"
 #include "common/proto.h"
 #include "common/settings.h"
 #include "common/sock.h"
 #include "coordinator/coord.h"
-
-static volatile sig_atomic_t stop_flag;
-
-/* Counts stop requests: an agent drains on the first and stops at once on the second. */
-static void on_signal(int sig) {
-  (void)sig;
-  if (stop_flag < 2) stop_flag++;
-}
-
-static void install_stop_signals(void) {
-  struct sigaction sa = {.sa_handler = on_signal};
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, NULL);
-  sigaction(SIGTERM, &sa, NULL);
-  signal(SIGPIPE, SIG_IGN);
-}
-
-// --- Shared helpers ------------------------------------------------------------------------
-
-const char *cli_coordinator(const char *flag) {
-  return flag ? flag : drv_setting_text(DRV_TEXT_COORDINATOR);
-}
-
-const char *cli_state_dir(const char *flag) {
-  static char buf[PATH_MAX];
-  if (flag) return flag;
-  const char *env = drv_setting_text(DRV_TEXT_STATE_DIR);
-  if (*env) return env;
-  const char *xdg = getenv("XDG_STATE_HOME");
-  if (xdg && *xdg) {
-    snprintf(buf, sizeof buf, "%s/drover", xdg);
-    return buf;
-  }
-  const char *home = getenv("HOME");
-  snprintf(buf, sizeof buf, "%s/.local/state/drover", home && *home ? home : "/tmp");
-  return buf;
-}
-
-const char *cli_self_exe(void) {
-  static char buf[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) return "drover";
-  buf[n] = '\0';
-  return buf;
-}
-
-void cli_json_str(FILE *out, const char *s) {
-  fputc('"', out);
-  for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-    if (*p == '"' || *p == '\\')
-      fprintf(out, "\\%c", *p);
-    else if (*p == '\n')
-      fputs("\\n", out);
-    else if (*p < 0x20)
-      fprintf(out, "\\u%04x", *p);
-    else
-      fputc(*p, out);
-  }
-  fputc('"', out);
-}
-
-void cli_json_num(FILE *out, double v) {
-  if (isfinite(v))
-    fprintf(out, "%.10g", v);
-  else
-    fputs("null", out);
-}
-
-static int fail_usage(const char *cmd, const char *usage) {
-  fprintf(stderr, "usage: drover %s %s\n", cmd, usage);
-  return 2;
-}
 
 // --- coordinator, agent, worker ------------------------------------------------------------
 
@@ -115,12 +44,12 @@ static int cmd_coordinator(int argc, char **argv) {
     else if (c == 'i')
       idle_s = atoi(optarg);
     else
-      return fail_usage("coordinator",
-                        "[--bind tcp://*:7700] [--advertise tcp://HEAD:7700] [--state-dir DIR] "
-                        "[--exit-when-idle SECONDS]");
+      return cli_usage_fail("coordinator",
+                            "[--bind tcp://*:7700] [--advertise tcp://HEAD:7700] [--state-dir DIR] "
+                            "[--exit-when-idle SECONDS]");
   }
   log_init("coordinator");
-  install_stop_signals();
+  volatile sig_atomic_t *stop = cli_stop_signals();
   bind = cli_coordinator(bind);
   char adv[256];
   if (!advertise) {
@@ -138,7 +67,7 @@ static int cmd_coordinator(int argc, char **argv) {
                         .advertise = advertise,
                         .state_dir = cli_state_dir(state),
                         .exit_when_idle_s = idle_s};
-  drv_result_t rc = coord_run(&cfg, &stop_flag);
+  drv_result_t rc = coord_run(&cfg, stop);
   if (rc != DRV_OK) {
     log_error("%s", drv_last_error());
     return 1;
@@ -168,9 +97,9 @@ static int cmd_agent(int argc, char **argv) {
     else if (c == 'p')
       cfg.pool = optarg;
     else
-      return fail_usage("agent",
-                        "--coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local] "
-                        "[--host ADDR] [--pool NAME]");
+      return cli_usage_fail("agent",
+                            "--coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local] "
+                            "[--host ADDR] [--pool NAME]");
   }
   if (strcmp(cfg.target, "attached") && strcmp(cfg.target, "local") &&
       strcmp(cfg.target, "managed")) {
@@ -180,8 +109,8 @@ static int cmd_agent(int argc, char **argv) {
   cfg.coordinator = cli_coordinator(cfg.coordinator);
   cfg.exe = cli_self_exe();
   log_init("agent");
-  install_stop_signals();
-  if (agent_run(&cfg, &stop_flag) != DRV_OK) {
+  volatile sig_atomic_t *stop = cli_stop_signals();
+  if (agent_run(&cfg, stop) != DRV_OK) {
     log_error("%s", drv_last_error());
     return 1;
   }
@@ -192,9 +121,9 @@ static int cmd_agent(int argc, char **argv) {
  * (--job J --rank R --run-dir DIR) only name the process for ps and pgrep. */
 static int cmd_worker(int argc, char **argv) {
   if (argc % 2 == 0)
-    return fail_usage("worker",
-                      "[--job J --rank R --run-dir DIR] (started by an agent, "
-                      "assignment on stdin)");
+    return cli_usage_fail("worker",
+                          "[--job J --rank R --run-dir DIR] (started by an agent, "
+                          "assignment on stdin)");
   log_init("worker");
   proto_msg_t m;
   if (worker_read_assignment(0, &m) != DRV_OK) {
@@ -240,7 +169,7 @@ static int cmd_status(int argc, char **argv) {
     else if (c == 'n')
       limit = (uint32_t)strtoul(optarg, NULL, 10);
     else
-      return fail_usage("status", "[JOB] [--json] [--limit N] [--coordinator EP]");
+      return cli_usage_fail("status", "[JOB] [--json] [--limit N] [--coordinator EP]");
   }
   proto_msg_t req, rep;
   proto_msg_init(&req, PROTO_STATUS);
@@ -359,9 +288,9 @@ static int cmd_cancel(int argc, char **argv) {
     if (c == 'c')
       coord = optarg;
     else
-      return fail_usage("cancel", "JOB [--coordinator EP]");
+      return cli_usage_fail("cancel", "JOB [--coordinator EP]");
   }
-  if (optind >= argc) return fail_usage("cancel", "JOB [--coordinator EP]");
+  if (optind >= argc) return cli_usage_fail("cancel", "JOB [--coordinator EP]");
   char *end;
   proto_msg_t req, rep;
   proto_msg_init(&req, PROTO_CANCEL);
@@ -393,7 +322,7 @@ static int cmd_agents(int argc, char **argv) {
     else if (c == 'j')
       json = 1;
     else
-      return fail_usage("agents", "[--json] [--coordinator EP]");
+      return cli_usage_fail("agents", "[--json] [--coordinator EP]");
   }
   proto_msg_t req, rep;
   proto_msg_init(&req, PROTO_AGENTS);

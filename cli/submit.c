@@ -1,6 +1,8 @@
 /* submit.c: `drover submit`: validate a job spec, make sure a coordinator answers (starting
  * one when none does), start the local agents for the local target, submit, follow the
  * job's events with a live progress line, print the result, and stop what it started. */
+#include "cli/submit.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
