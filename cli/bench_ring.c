@@ -15,7 +15,7 @@
  * Everything is bounded: the parent kills the workers when one fails or when a generous
  * wall limit passes, and the ring's own timeouts apply inside.
  */
-#include "cli/bench.h"
+#include "cli/bench_ring.h"
 
 #include <errno.h>
 #include <netinet/in.h>

@@ -18,7 +18,7 @@
  * while the backward pass runs (overlapped). hidden_pct = (serial - overlapped) /
  * all-reduce: how much of the all-reduce the backward pass hides.
  */
-#include "cli/bench.h"
+#include "cli/bench_train.h"
 
 #include <getopt.h>
 #include <math.h>
@@ -405,19 +405,20 @@ static const char *USAGE =
     "                          [--backend auto|cpu|cuda] [--json]\n"
     "       drover bench overlap [--bucket-mb 64] [--json]\n";
 
-int bench_train_main(int argc, char **argv) {
-  train_opts_t o = {.sizes = "784,1024,1024,10",
-                    .batch = 256,
-                    .steps = 100,
-                    .repeats = 5,
-                    .warmup = 20,
-                    .precision = "fp32",
-                    .graphs = "auto",
-                    .data = "synthetic",
-                    .optimizer = "sgd",
-                    .backend = "auto",
-                    .bucket_mb = 64};
-  bool overlap = !strcmp(argv[0], "overlap");
+/* Parses the options of bench train and bench overlap into *o; 0, or 2 (bad usage, the
+ * usage printed). */
+static int parse_opts(int argc, char **argv, train_opts_t *o) {
+  *o = (train_opts_t){.sizes = "784,1024,1024,10",
+                      .batch = 256,
+                      .steps = 100,
+                      .repeats = 5,
+                      .warmup = 20,
+                      .precision = "fp32",
+                      .graphs = "auto",
+                      .data = "synthetic",
+                      .optimizer = "sgd",
+                      .backend = "auto",
+                      .bucket_mb = 64};
   static const struct option longopts[] = {{"sizes", required_argument, 0, 's'},
                                            {"batch", required_argument, 0, 'b'},
                                            {"precision", required_argument, 0, 'p'},
@@ -435,28 +436,40 @@ int bench_train_main(int argc, char **argv) {
   int ch;
   while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     switch (ch) {
-    case 's': snprintf(o.sizes, sizeof o.sizes, "%s", optarg); break;
-    case 'b': o.batch = (uint32_t)strtoul(optarg, NULL, 10); break;
-    case 'p': o.precision = optarg; break;
-    case 'n': o.steps = (uint32_t)strtoul(optarg, NULL, 10); break;
-    case 'r': o.repeats = (uint32_t)strtoul(optarg, NULL, 10); break;
-    case 'w': o.warmup = (uint32_t)strtoul(optarg, NULL, 10); break;
-    case 'g': o.graphs = optarg; break;
-    case 'd': o.data = optarg; break;
-    case 'o': o.optimizer = optarg; break;
-    case 'B': o.backend = optarg; break;
-    case 'm': o.bucket_mb = (uint32_t)strtoul(optarg, NULL, 10); break;
-    case 'j': o.json = true; break;
+    case 's': snprintf(o->sizes, sizeof o->sizes, "%s", optarg); break;
+    case 'b': o->batch = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case 'p': o->precision = optarg; break;
+    case 'n': o->steps = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case 'r': o->repeats = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case 'w': o->warmup = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case 'g': o->graphs = optarg; break;
+    case 'd': o->data = optarg; break;
+    case 'o': o->optimizer = optarg; break;
+    case 'B': o->backend = optarg; break;
+    case 'm': o->bucket_mb = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case 'j': o->json = true; break;
     default: fputs(USAGE, stderr); return 2;
     }
   }
-  if (o.batch == 0 || o.steps == 0 || o.repeats == 0 || o.repeats > MAX_REPEATS ||
-      o.bucket_mb == 0) {
+  if (o->batch == 0 || o->steps == 0 || o->repeats == 0 || o->repeats > MAX_REPEATS ||
+      o->bucket_mb == 0) {
     fprintf(stderr,
             "drover bench: --batch, --steps, --bucket-mb must be > 0 and --repeats in "
             "1..%d\n%s",
             MAX_REPEATS, USAGE);
     return 2;
   }
-  return overlap ? bench_overlap(&o) : bench_train(&o);
+  return 0;
+}
+
+int bench_train_main(int argc, char **argv) {
+  train_opts_t o;
+  int rc = parse_opts(argc, argv, &o);
+  return rc ? rc : bench_train(&o);
+}
+
+int bench_overlap_main(int argc, char **argv) {
+  train_opts_t o;
+  int rc = parse_opts(argc, argv, &o);
+  return rc ? rc : bench_overlap(&o);
 }
