@@ -1,7 +1,7 @@
 /* bench_ring.c: `drover bench ring`, the host ring all-reduce on this machine.
  *
  * For each world size it forks that many worker processes on 127.0.0.1, connects them in a
- * ring (agent/ring), runs warm-up all-reduces and then timed ones, each timed one started
+ * ring (collective/ring), runs warm-up all-reduces and then timed ones, each timed one started
  * together (a process-shared barrier) and timed as the slowest rank took. Afterwards the
  * workers refill their buffers with integer-valued floats, all-reduce once more and count
  * every element that is not exactly the expected sum (#wrong).
@@ -14,8 +14,11 @@
  *
  * Everything is bounded: the parent kills the workers when one fails or when a generous
  * wall limit passes, and the ring's own timeouts apply inside.
+ *
+ * The timing loop, medians, bandwidths, check data, table and JSON line are the benchmark
+ * driver's (bench.h); this file starts the processes and fills in what they measure.
  */
-#include "cli/bench.h"
+#include "cli/bench_ring.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -33,6 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli/bench.h"
 #include "collective/ring.h"
 #include "common/drv.h"
 #include "common/settings.h"
@@ -50,11 +54,6 @@ typedef struct {
   int iters, warmup;
   bool json;
 } bench_opts_t;
-
-/* median, min, max of a sample */
-typedef struct {
-  double med, min, max;
-} bench_stat_t;
 
 /* Shared between the parent and its workers (MAP_SHARED, set up before fork). */
 typedef struct {
@@ -191,12 +190,6 @@ static int bench_parse(int argc, char **argv, bench_opts_t *o) {
 
 // --- helpers -------------------------------------------------------------------------------
 
-/* v[n] is sorted in place. */
-static bench_stat_t bench_stat(double *v, int n) {
-  double med = drv_median(v, (size_t)n);
-  return (bench_stat_t){med, v[0], v[n - 1]};
-}
-
 static bench_shared_t *bench_shared_new(int iters, size_t *size) {
   *size = sizeof(bench_shared_t) + (size_t)BENCH_MAX_WORKERS * (size_t)iters * sizeof(double);
   bench_shared_t *sh = mmap(NULL, *size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -256,25 +249,6 @@ static int64_t bench_deadline(const bench_opts_t *o) {
   return drv_now_ms() + (int64_t)(s * 1000.0);
 }
 
-/* data[i] = rank*1000 + i%1000, integer-valued so every sum is exact. */
-static void bench_fill(float *data, size_t count, int rank) {
-  float base = (float)(rank * 1000);
-  for (size_t i = 0; i < count; i += 1000) {
-    size_t n = DRV_MIN((size_t)1000, count - i);
-    for (size_t k = 0; k < n; k++) data[i + k] = base + (float)k;
-  }
-}
-
-static uint64_t bench_count_wrong(const float *data, size_t count, int world) {
-  float base = (float)(1000 * world * (world - 1) / 2);
-  uint64_t wrong = 0;
-  for (size_t i = 0; i < count; i += 1000) {
-    size_t n = DRV_MIN((size_t)1000, count - i);
-    for (size_t k = 0; k < n; k++) wrong += data[i + k] != base + (float)(world * (int)k);
-  }
-  return wrong;
-}
-
 // --- raw loopback stream -------------------------------------------------------------------
 
 static void bench_sockopts(int fd) {
@@ -282,6 +256,36 @@ static void bench_sockopts(int fd) {
   (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
   (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
+}
+
+/* One end of the raw stream, as the driver times it: all o->bytes sent or received. */
+typedef struct {
+  bench_shared_t *sh;
+  int fd, role; /* role 0 receives (and times), role 1 sends */
+  char *buf;
+  size_t bytes;
+} bench_stream_op_t;
+
+static drv_result_t bench_stream_start(void *arg) {
+  pthread_barrier_wait(&((bench_stream_op_t *)arg)->sh->barrier);
+  return DRV_OK;
+}
+
+static drv_result_t bench_stream_once(void *arg, bool warmup) {
+  bench_stream_op_t *op = arg;
+  size_t done = 0;
+  while (done < op->bytes) {
+    ssize_t k = op->role ? send(op->fd, op->buf + done, op->bytes - done, MSG_NOSIGNAL)
+                         : recv(op->fd, op->buf + done, op->bytes - done, 0);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) {
+      fprintf(stderr, "drover bench ring: raw stream %s: %s\n", op->role ? "send" : "recv",
+              k ? strerror(errno) : "connection closed");
+      return DRV_ERR_SYS;
+    }
+    done += (size_t)k;
+  }
+  return DRV_OK;
 }
 
 /* role 0 receives (and times), role 1 sends. Returns the exit status. */
@@ -311,26 +315,16 @@ static int bench_stream_child(int role, int lfd, int port, const bench_opts_t *o
     return 1;
   }
   bench_sockopts(fd);
-  for (int it = 0; it < o->warmup + o->iters; it++) {
-    pthread_barrier_wait(&sh->barrier);
-    double t0 = drv_now_s();
-    size_t done = 0;
-    while (done < o->bytes) {
-      ssize_t k = role ? send(fd, buf + done, o->bytes - done, MSG_NOSIGNAL)
-                       : recv(fd, buf + done, o->bytes - done, 0);
-      if (k < 0 && errno == EINTR) continue;
-      if (k <= 0) {
-        fprintf(stderr, "drover bench ring: raw stream %s: %s\n", role ? "send" : "recv",
-                k ? strerror(errno) : "connection closed");
-        return 1;
-      }
-      done += (size_t)k;
-    }
-    if (role == 0 && it >= o->warmup) sh->t[it - o->warmup] = drv_now_s() - t0;
-  }
+  bench_stream_op_t sop = {.sh = sh, .fd = fd, .role = role, .buf = buf, .bytes = o->bytes};
+  bench_op_t op = {.run = bench_stream_once,
+                   .prepare = bench_stream_start,
+                   .arg = &sop,
+                   .warmup = o->warmup,
+                   .iters = o->iters};
+  drv_result_t rc = bench_time(&op, role == 0 ? sh->t : NULL);
   close(fd);
   free(buf);
-  return 0;
+  return rc == DRV_OK ? 0 : 1;
 }
 
 /* Median GB/s of a raw TCP stream of o->bytes over loopback, into *out. */
@@ -380,6 +374,26 @@ done:
 
 // --- ring workers --------------------------------------------------------------------------
 
+/* One rank's all-reduce, as the driver times it. The timed loop sums its own output again
+ * and again: values grow, but stay finite for any sane iteration count, and the ring's
+ * cost does not depend on them. */
+typedef struct {
+  bench_shared_t *sh;
+  ring_t *r;
+  float *data;
+  size_t count;
+} bench_ring_op_t;
+
+static drv_result_t bench_ring_start(void *arg) {
+  pthread_barrier_wait(&((bench_ring_op_t *)arg)->sh->barrier);
+  return DRV_OK;
+}
+
+static drv_result_t bench_ring_once(void *arg, bool warmup) {
+  bench_ring_op_t *op = arg;
+  return ring_allreduce(op->r, op->data, op->count);
+}
+
 static int bench_ring_child(int rank, int world, const bench_opts_t *o, bench_shared_t *sh) {
   ring_t *r = NULL;
   float *data = NULL;
@@ -408,21 +422,19 @@ static int bench_ring_child(int rank, int world, const bench_opts_t *o, bench_sh
     rc = drv_error(DRV_ERR_NOMEM, "%zu bytes for the data", o->bytes);
     goto fail;
   }
-  bench_fill(data, count, rank);
-  for (int it = 0; it < o->warmup + o->iters; it++) {
-    /* The timed loop sums its own output again and again: values grow, but stay finite
-     * for any sane iteration count, and the ring's cost does not depend on them. */
-    pthread_barrier_wait(&sh->barrier);
-    double t0 = drv_now_s();
-    rc = ring_allreduce(r, data, count);
-    double t = drv_now_s() - t0;
-    if (rc != DRV_OK) goto fail;
-    if (it >= o->warmup) sh->t[(size_t)rank * (size_t)o->iters + (size_t)(it - o->warmup)] = t;
-  }
-  bench_fill(data, count, rank);
+  bench_allreduce_fill(data, count, rank);
+  bench_ring_op_t rop = {.sh = sh, .r = r, .data = data, .count = count};
+  bench_op_t op = {.run = bench_ring_once,
+                   .prepare = bench_ring_start,
+                   .arg = &rop,
+                   .warmup = o->warmup,
+                   .iters = o->iters};
+  rc = bench_time(&op, sh->t + (size_t)rank * (size_t)o->iters);
+  if (rc != DRV_OK) goto fail;
+  bench_allreduce_fill(data, count, rank);
   rc = ring_allreduce(r, data, count);
   if (rc != DRV_OK) goto fail;
-  sh->wrong[rank] = bench_count_wrong(data, count, world);
+  sh->wrong[rank] = bench_allreduce_wrong(data, count, world);
   code = 0;
 fail:
   if (code) snprintf(sh->err[rank], sizeof sh->err[rank], "%s", drv_last_error());
@@ -435,8 +447,8 @@ fail:
 
 typedef struct {
   int world;
-  bench_stat_t ms;     /* per-iteration time of the slowest rank */
-  double algbw, busbw; /* GB/s at the median time */
+  bench_stat_t ms; /* per-iteration time of the slowest rank */
+  bench_bw_t bw;   /* GB/s at the median time */
   uint64_t wrong;
   bool ok;
 } bench_row_t;
@@ -463,16 +475,10 @@ static void bench_ring_world(int world, const bench_opts_t *o, bench_row_t *row)
   if (!bench_wait(pid, world, deadline, "ring worker")) goto done;
   double *ms = malloc((size_t)o->iters * sizeof *ms);
   if (!ms) goto done;
-  for (int it = 0; it < o->iters; it++) {
-    double slowest = 0;
-    for (int q = 0; q < world; q++)
-      slowest = DRV_MAX(slowest, sh->t[(size_t)q * (size_t)o->iters + (size_t)it]);
-    ms[it] = slowest * 1e3;
-  }
+  bench_slowest(sh->t, world, o->iters, 1e3, ms);
   row->ms = bench_stat(ms, o->iters);
   free(ms);
-  row->algbw = (double)o->bytes / (row->ms.med * 1e-3) / 1e9;
-  row->busbw = row->algbw * 2.0 * (world - 1) / world;
+  row->bw = bench_allreduce_bw(o->bytes, row->ms.med, world);
   for (int q = 0; q < world; q++) row->wrong += sh->wrong[q];
   row->ok = true;
 done:
@@ -482,11 +488,81 @@ done:
 
 // --- main ----------------------------------------------------------------------------------
 
+/* The columns of the table; docs/benchmarks.md and docs/user-guide.md show them. */
+static const bench_col_t COLUMNS[] = {
+    {"world", 5},    {"bytes", 12},       {"count", 11},       {"time(ms)", 10},  {"min(ms)", 10},
+    {"max(ms)", 10}, {"algbw(GB/s)", 11}, {"busbw(GB/s)", 11}, {"busbw/raw", 10}, {"#wrong", 7}};
+
+static void bench_print_row(bench_table_t *tab, const bench_opts_t *o, const bench_row_t *row,
+                            const bench_stat_t *raw) {
+  bench_table_cell(tab, "%d", row->world);
+  bench_table_cell(tab, "%zu", o->bytes);
+  bench_table_cell(tab, "%zu", o->bytes / sizeof(float));
+  if (!row->ok) {
+    bench_table_cell(tab, "failed");
+    bench_table_end_row(tab);
+    return;
+  }
+  /* A world of one moves nothing: its bandwidths would only measure a no-op call. */
+  char alg[16] = "-", bus[16] = "-", ratio[16] = "-";
+  if (row->world > 1) {
+    snprintf(alg, sizeof alg, "%.3f", row->bw.algbw);
+    snprintf(bus, sizeof bus, "%.3f", row->bw.busbw);
+    if (raw) snprintf(ratio, sizeof ratio, "%.2f", row->bw.busbw / raw->med);
+  }
+  bench_table_cell(tab, "%.2f", row->ms.med);
+  bench_table_cell(tab, "%.2f", row->ms.min);
+  bench_table_cell(tab, "%.2f", row->ms.max);
+  bench_table_cell(tab, "%s", alg);
+  bench_table_cell(tab, "%s", bus);
+  bench_table_cell(tab, "%s", ratio);
+  bench_table_cell(tab, "%llu", (unsigned long long)row->wrong);
+  bench_table_end_row(tab);
+}
+
+/* The --json line: the run's parameters, the raw stream (null when it failed), one result
+ * per world. */
+static void bench_print_json(const bench_opts_t *o, long long chunk, long cpus,
+                             const bench_stat_t *raw, const bench_row_t *rows) {
+  bench_json_t j;
+  bench_json_begin(&j, stdout);
+  bench_json_str(&j, "bench", "ring");
+  bench_json_uint(&j, "bytes", o->bytes);
+  bench_json_uint(&j, "count", o->bytes / sizeof(float));
+  bench_json_int(&j, "warmup", o->warmup);
+  bench_json_int(&j, "iters", o->iters);
+  bench_json_int(&j, "chunk_bytes", chunk);
+  bench_json_int(&j, "cpus", cpus);
+  if (raw)
+    bench_json_stat(&j, "raw_gbps", raw, 4);
+  else
+    bench_json_null(&j, "raw_gbps");
+  bench_json_open(&j, "results", '[');
+  for (int w = 0; w < o->nworlds; w++) {
+    const bench_row_t *row = &rows[w];
+    bench_json_open(&j, NULL, '{');
+    bench_json_int(&j, "world", row->world);
+    bench_json_bool(&j, "ok", row->ok);
+    if (row->ok) {
+      bench_json_stat(&j, "time_ms", &row->ms, 4);
+      bench_json_uint(&j, "wrong", row->wrong);
+      if (row->world > 1) {
+        bench_json_fixed(&j, "algbw_gbps", row->bw.algbw, 4);
+        bench_json_fixed(&j, "busbw_gbps", row->bw.busbw, 4);
+      }
+      if (raw && row->world > 1)
+        bench_json_fixed(&j, "busbw_over_raw", row->bw.busbw / raw->med, 4);
+    }
+    bench_json_close(&j, '}');
+  }
+  bench_json_close(&j, ']');
+  bench_json_end(&j);
+}
+
 int bench_ring_main(int argc, char **argv) {
   bench_opts_t o;
   int prc = bench_parse(argc, argv, &o);
   if (prc) return prc == 1 ? 0 : 2;
-  size_t count = o.bytes / sizeof(float);
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   long long chunk = (long long)drv_setting(DRV_SET_RING_CHUNK_BYTES);
 
@@ -504,32 +580,16 @@ int bench_ring_main(int argc, char **argv) {
         raw.med, raw.min, raw.max);
   else
     printf("# raw loopback TCP stream: failed\n");
-  printf("#\n# %5s %12s %11s %10s %10s %10s %11s %11s %10s %7s\n", "world", "bytes", "count",
-         "time(ms)", "min(ms)", "max(ms)", "algbw(GB/s)", "busbw(GB/s)", "busbw/raw", "#wrong");
-  fflush(stdout);
+  printf("#\n");
+  bench_table_t tab = {.out = stdout, .cols = COLUMNS, .ncols = (int)DRV_ARRAY_LEN(COLUMNS)};
+  bench_table_header(&tab);
 
   bench_row_t rows[BENCH_MAX_WORLDS];
   bool all_ok = raw_ok;
   for (int w = 0; w < o.nworlds; w++) {
-    bench_row_t *row = &rows[w];
-    bench_ring_world(o.workers[w], &o, row);
-    if (!row->ok) {
-      printf("  %5d %12zu %11zu %10s\n", row->world, o.bytes, count, "failed");
-      all_ok = false;
-    } else {
-      /* A world of one moves nothing: its bandwidths would only measure a no-op call. */
-      char alg[16] = "-", bus[16] = "-", ratio[16] = "-";
-      if (row->world > 1) {
-        snprintf(alg, sizeof alg, "%.3f", row->algbw);
-        snprintf(bus, sizeof bus, "%.3f", row->busbw);
-        if (raw_ok) snprintf(ratio, sizeof ratio, "%.2f", row->busbw / raw.med);
-      }
-      printf("  %5d %12zu %11zu %10.2f %10.2f %10.2f %11s %11s %10s %7llu\n", row->world, o.bytes,
-             count, row->ms.med, row->ms.min, row->ms.max, alg, bus, ratio,
-             (unsigned long long)row->wrong);
-      if (row->wrong) all_ok = false;
-    }
-    fflush(stdout);
+    bench_ring_world(o.workers[w], &o, &rows[w]);
+    bench_print_row(&tab, &o, &rows[w], raw_ok ? &raw : NULL);
+    if (!rows[w].ok || rows[w].wrong) all_ok = false;
   }
   for (int w = 0; w < o.nworlds; w++)
     if (o.workers[w] > cpus) {
@@ -540,30 +600,7 @@ int bench_ring_main(int argc, char **argv) {
       break;
     }
 
-  if (o.json) {
-    printf(
-        "{\"bench\":\"ring\",\"bytes\":%zu,\"count\":%zu,\"warmup\":%d,\"iters\":%d,"
-        "\"chunk_bytes\":%lld,\"cpus\":%ld,\"raw_gbps\":",
-        o.bytes, count, o.warmup, o.iters, chunk, cpus);
-    if (raw_ok)
-      printf("{\"median\":%.4f,\"min\":%.4f,\"max\":%.4f}", raw.med, raw.min, raw.max);
-    else
-      printf("null");
-    printf(",\"results\":[");
-    for (int w = 0; w < o.nworlds; w++) {
-      const bench_row_t *row = &rows[w];
-      printf("%s{\"world\":%d,\"ok\":%s", w ? "," : "", row->world, row->ok ? "true" : "false");
-      if (row->ok) {
-        printf(",\"time_ms\":{\"median\":%.4f,\"min\":%.4f,\"max\":%.4f},\"wrong\":%llu",
-               row->ms.med, row->ms.min, row->ms.max, (unsigned long long)row->wrong);
-        if (row->world > 1)
-          printf(",\"algbw_gbps\":%.4f,\"busbw_gbps\":%.4f", row->algbw, row->busbw);
-        if (raw_ok && row->world > 1) printf(",\"busbw_over_raw\":%.4f", row->busbw / raw.med);
-      }
-      printf("}");
-    }
-    printf("]}\n");
-  }
+  if (o.json) bench_print_json(&o, chunk, cpus, raw_ok ? &raw : NULL, rows);
   fflush(stdout);
   return all_ok ? 0 : 1;
 }

@@ -17,8 +17,11 @@
  * summed after the backward pass (serial), and the step with --bucket-mb buckets summed
  * while the backward pass runs (overlapped). hidden_pct = (serial - overlapped) /
  * all-reduce: how much of the all-reduce the backward pass hides.
+ *
+ * Both run their timed loops, medians and --json line through the benchmark driver
+ * (bench.h), filling in the steps (or sums) to time and the figures to print.
  */
-#include "cli/bench.h"
+#include "cli/bench_train.h"
 
 #include <getopt.h>
 #include <math.h>
@@ -31,6 +34,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cli/bench.h"
 #include "train/dataset.h"
 #include "collective/nccl_reducer.h"
 #include "train/shard.h"
@@ -194,6 +198,59 @@ static drv_result_t run_steps(trainer_t *t, feed_t *f, uint64_t *k, uint32_t ste
   return DRV_OK;
 }
 
+/* Training steps as the driver times them: a warm-up call runs `warmup` steps, a timed
+ * call `steps` steps; the data wait of the timed calls adds up in wait_ms. */
+typedef struct {
+  trainer_t *t;
+  feed_t *f;
+  uint64_t k, total; /* the next step's number; steps in the whole run */
+  uint32_t warmup, steps;
+  double wait_ms, loss;
+} steps_op_t;
+
+static drv_result_t steps_once(void *arg, bool warmup) {
+  steps_op_t *op = arg;
+  double warm_wait = 0;
+  return run_steps(op->t, op->f, &op->k, warmup ? op->warmup : op->steps, op->total,
+                   warmup ? &warm_wait : &op->wait_ms, &op->loss);
+}
+
+/* The figures of one bench train run. */
+typedef struct {
+  bench_stat_t ms; /* per step, over the repeats */
+  double sps, tflops, wait_pct;
+  size_t params;
+  bool graphs;
+} train_fig_t;
+
+static void print_train(const train_opts_t *o, const char *be, const train_fig_t *g, double loss) {
+  printf(
+      "%-28s batch %5u %-5s on %-7s %9.3f ms/step (min %.3f, max %.3f)  %10.0f samples/s  "
+      "%7.2f TFLOP/s  graphs %s  data wait %.2f %%  loss %.4f\n",
+      o->sizes, o->batch, o->precision, be, g->ms.med, g->ms.min, g->ms.max, g->sps, g->tflops,
+      g->graphs ? "on" : "off", g->wait_pct, loss);
+  if (!o->json) return;
+  bench_json_t j;
+  bench_json_begin(&j, stdout);
+  bench_json_str(&j, "impl", "drover");
+  bench_json_str(&j, "sizes", o->sizes);
+  bench_json_uint(&j, "batch", o->batch);
+  bench_json_str(&j, "precision", o->precision);
+  bench_json_str(&j, "backend", be);
+  bench_json_str(&j, "data", o->data);
+  bench_json_fixed(&j, "ms_per_step", g->ms.med, 6);
+  bench_json_fixed(&j, "ms_min", g->ms.min, 6);
+  bench_json_fixed(&j, "ms_max", g->ms.max, 6);
+  bench_json_fixed(&j, "samples_per_s", g->sps, 1);
+  bench_json_fixed(&j, "tflops", g->tflops, 4);
+  bench_json_uint(&j, "params", g->params);
+  bench_json_bool(&j, "graphs", g->graphs);
+  bench_json_fixed(&j, "data_wait_pct", g->wait_pct, 4);
+  bench_json_uint(&j, "steps", o->steps);
+  bench_json_uint(&j, "repeats", o->repeats);
+  bench_json_end(&j);
+}
+
 static int bench_train(const train_opts_t *o) {
   jobspec_t *spec = NULL;
   backend_t *gpu = NULL;
@@ -202,7 +259,7 @@ static int bench_train(const train_opts_t *o) {
   feed_t f = {0};
   uint32_t features = 0, classes = 0;
   int status = 1;
-  double ms[MAX_REPEATS];
+  double sec[MAX_REPEATS], ms[MAX_REPEATS];
   if (make_spec(o, &features, &classes, &spec) != DRV_OK ||
       open_backend(spec, &gpu, &be) != DRV_OK ||
       trainer_new(spec, be, features, classes, o->batch, &t) != DRV_OK ||
@@ -212,43 +269,36 @@ static int bench_train(const train_opts_t *o) {
   }
   size_t params;
   trainer_params(t, &params);
-  uint64_t k = 0, total = (uint64_t)o->warmup + (uint64_t)o->steps * o->repeats;
-  double wait = 0, loss = NAN, busy = 0;
-  /* Warm-up: cuBLASLt plans, and the CUDA graph trial under --graphs auto. */
-  if (run_steps(t, &f, &k, o->warmup, total, &wait, &loss) != DRV_OK) goto fail;
-  wait = 0;
-  for (uint32_t r = 0; r < o->repeats; r++) {
-    double t0 = drv_now_s();
-    if (run_steps(t, &f, &k, o->steps, total, &wait, &loss) != DRV_OK) goto fail;
-    double dt = drv_now_s() - t0;
-    busy += dt;
-    ms[r] = 1e3 * dt / o->steps;
-  }
-  if (!isfinite(loss)) {
-    fprintf(stderr, "drover bench train: the loss became %g\n", loss);
+  train_fig_t g = {.params = params};
+  /* One warm-up call of o->warmup steps (cuBLASLt plans, and the CUDA graph trial under
+   * --graphs auto), then o->repeats timed runs of o->steps steps. */
+  steps_op_t sop = {.t = t,
+                    .f = &f,
+                    .total = (uint64_t)o->warmup + (uint64_t)o->steps * o->repeats,
+                    .warmup = o->warmup,
+                    .steps = o->steps,
+                    .loss = NAN};
+  bench_op_t op = {.run = steps_once, .arg = &sop, .warmup = 1, .iters = (int)o->repeats};
+  if (bench_time(&op, sec) != DRV_OK) {
+    fprintf(stderr, "drover bench train: %s\n", drv_last_error());
     goto out;
   }
-  double med = drv_median(ms, o->repeats), lo = ms[0], hi = ms[o->repeats - 1];
-  double sps = o->batch / (med / 1e3),
-         tflops = 6.0 * (double)params * o->batch / (med / 1e3) / 1e12;
-  double wait_pct = busy > 0 ? 100.0 * wait / (1e3 * busy) : 0;
-  printf(
-      "%-28s batch %5u %-5s on %-7s %9.3f ms/step (min %.3f, max %.3f)  %10.0f samples/s  "
-      "%7.2f TFLOP/s  graphs %s  data wait %.2f %%  loss %.4f\n",
-      o->sizes, o->batch, o->precision, be->name, med, lo, hi, sps, tflops,
-      trainer_uses_graphs(t) ? "on" : "off", wait_pct, loss);
-  if (o->json)
-    printf(
-        "{\"impl\":\"drover\",\"sizes\":\"%s\",\"batch\":%u,\"precision\":\"%s\","
-        "\"backend\":\"%s\",\"data\":\"%s\",\"ms_per_step\":%.6f,\"ms_min\":%.6f,"
-        "\"ms_max\":%.6f,\"samples_per_s\":%.1f,\"tflops\":%.4f,\"params\":%zu,"
-        "\"graphs\":%s,\"data_wait_pct\":%.4f,\"steps\":%u,\"repeats\":%u}\n",
-        o->sizes, o->batch, o->precision, be->name, o->data, med, lo, hi, sps, tflops, params,
-        trainer_uses_graphs(t) ? "true" : "false", wait_pct, o->steps, o->repeats);
+  if (!isfinite(sop.loss)) {
+    fprintf(stderr, "drover bench train: the loss became %g\n", sop.loss);
+    goto out;
+  }
+  double busy = 0;
+  for (uint32_t r = 0; r < o->repeats; r++) {
+    busy += sec[r];
+    ms[r] = 1e3 * sec[r] / o->steps;
+  }
+  g.ms = bench_stat(ms, (int)o->repeats);
+  g.sps = o->batch / (g.ms.med / 1e3);
+  g.tflops = 6.0 * (double)g.params * o->batch / (g.ms.med / 1e3) / 1e12;
+  g.wait_pct = busy > 0 ? 100.0 * sop.wait_ms / (1e3 * busy) : 0;
+  g.graphs = trainer_uses_graphs(t);
+  print_train(o, be->name, &g, sop.loss);
   status = 0;
-  goto out;
-fail:
-  fprintf(stderr, "drover bench train: %s\n", drv_last_error());
 out:
   feed_fini(&f);
   trainer_destroy(&t);
@@ -263,17 +313,70 @@ out:
 #define OVERLAP_BATCH 1024
 #define OVERLAP_STEPS 10
 
-/* Median ms of `steps` steps, each timed alone (launch to finish). */
+/* Median ms of OVERLAP_STEPS steps, each timed alone (launch to finish), after 2 warm-up
+ * steps. */
 static drv_result_t time_steps(trainer_t *t, feed_t *f, uint64_t *k, double *out_ms) {
-  double ms[OVERLAP_STEPS], wait = 0, loss = 0;
-  DRV_CHECK(run_steps(t, f, k, 2, UINT32_MAX, &wait, &loss)); /* warm-up */
-  for (int s = 0; s < OVERLAP_STEPS; s++) {
-    double t0 = drv_now_s();
-    DRV_CHECK(run_steps(t, f, k, 1, UINT32_MAX, &wait, &loss));
-    ms[s] = 1e3 * (drv_now_s() - t0);
-  }
-  *out_ms = drv_median(ms, OVERLAP_STEPS);
+  double ms[OVERLAP_STEPS];
+  steps_op_t sop = {.t = t, .f = f, .k = *k, .total = UINT32_MAX, .warmup = 2, .steps = 1};
+  bench_op_t op = {.run = steps_once, .arg = &sop, .warmup = 1, .iters = OVERLAP_STEPS};
+  drv_result_t rc = bench_time(&op, ms);
+  *k = sop.k;
+  DRV_CHECK(rc);
+  for (int s = 0; s < OVERLAP_STEPS; s++) ms[s] *= 1e3;
+  *out_ms = bench_stat(ms, OVERLAP_STEPS).med;
   return DRV_OK;
+}
+
+/* The all-reduce alone, of the whole gradient buffer, as the driver times it. */
+typedef struct {
+  nccl_reducer_t *serial;
+  float *grads;
+  size_t np;
+} sum_op_t;
+
+static drv_result_t sum_once(void *arg, bool warmup) {
+  sum_op_t *op = arg;
+  return nccl_reducer_sum(op->serial, op->grads, op->np);
+}
+
+/* Median ms of OVERLAP_STEPS all-reduces of the whole gradient buffer, no warm-up. */
+static drv_result_t time_sum(nccl_reducer_t *serial, float *grads, size_t np, double *out_ms) {
+  double ms[OVERLAP_STEPS];
+  sum_op_t sum = {.serial = serial, .grads = grads, .np = np};
+  bench_op_t op = {.run = sum_once, .arg = &sum, .iters = OVERLAP_STEPS};
+  DRV_CHECK(bench_time(&op, ms));
+  for (int s = 0; s < OVERLAP_STEPS; s++) ms[s] *= 1e3;
+  *out_ms = bench_stat(ms, OVERLAP_STEPS).med;
+  return DRV_OK;
+}
+
+/* The figures of bench overlap, milliseconds. */
+typedef struct {
+  double grad_mb, compute_ms, ar_ms, serial_ms, over_ms, hidden_pct;
+} overlap_fig_t;
+
+static void print_overlap(FILE *out, const train_opts_t *o, const overlap_fig_t *g) {
+  fprintf(out,
+          "2 ranks time-slicing one GPU (sums over loopback sockets, not NVLink), MLP %s, "
+          "batch %u, %.0f MB of fp32 gradients:\n"
+          "  step without sums %.2f ms, all-reduce alone %.2f ms\n"
+          "  step + sum after the backward pass %.2f ms, with %u MB buckets during it %.2f ms:"
+          " %.0f %% of the all-reduce hidden\n",
+          OVERLAP_SIZES, OVERLAP_BATCH, g->grad_mb, g->compute_ms, g->ar_ms, g->serial_ms,
+          o->bucket_mb, g->over_ms, g->hidden_pct);
+  if (o->json) {
+    bench_json_t j;
+    bench_json_begin(&j, out);
+    bench_json_uint(&j, "bucket_mb", o->bucket_mb);
+    bench_json_fixed(&j, "grad_mb", g->grad_mb, 1);
+    bench_json_fixed(&j, "allreduce_ms", g->ar_ms, 4);
+    bench_json_fixed(&j, "compute_ms", g->compute_ms, 4);
+    bench_json_fixed(&j, "serial_ms", g->serial_ms, 4);
+    bench_json_fixed(&j, "overlapped_ms", g->over_ms, 4);
+    bench_json_fixed(&j, "hidden_pct", g->hidden_pct, 2);
+    bench_json_end(&j);
+  }
+  fflush(out);
 }
 
 /* One rank of bench overlap; rank 0 writes the figures to `out`. */
@@ -308,40 +411,19 @@ static drv_result_t overlap_rank(uint32_t rank, const char *id, const train_opts
                       .timeout_ms = 60000};
   DRV_CHECK_GOTO(nccl_reducer_new(&nc, &serial), rc, out);
   uint64_t k = 0;
-  double compute_ms, ar_ms, serial_ms, over_ms;
+  overlap_fig_t g = {.grad_mb = np * 4.0 / 1e6};
   trainer_set_reducer(t, NULL);
-  DRV_CHECK_GOTO(time_steps(t, &f, &k, &compute_ms), rc, out);
+  DRV_CHECK_GOTO(time_steps(t, &f, &k, &g.compute_ms), rc, out);
   /* The all-reduce alone, of the whole gradient buffer. */
-  double ar[OVERLAP_STEPS];
-  for (int s = 0; s < OVERLAP_STEPS; s++) {
-    double t0 = drv_now_s();
-    DRV_CHECK_GOTO(nccl_reducer_sum(serial, grads, np), rc, out);
-    ar[s] = 1e3 * (drv_now_s() - t0);
-  }
-  ar_ms = drv_median(ar, OVERLAP_STEPS);
+  DRV_CHECK_GOTO(time_sum(serial, grads, np, &g.ar_ms), rc, out);
   trainer_set_reducer(t, nccl_reducer_hooks(serial));
-  DRV_CHECK_GOTO(time_steps(t, &f, &k, &serial_ms), rc, out);
+  DRV_CHECK_GOTO(time_steps(t, &f, &k, &g.serial_ms), rc, out);
   /* The same communicator, its gradient buffer cut into --bucket-mb buckets. */
   DRV_CHECK_GOTO(nccl_reducer_rebucket(serial, (size_t)o->bucket_mb << 20), rc, out);
   trainer_set_reducer(t, nccl_reducer_hooks(serial)); /* as the header asks after a re-cut */
-  DRV_CHECK_GOTO(time_steps(t, &f, &k, &over_ms), rc, out);
-  double hidden = ar_ms > 0 ? 100.0 * (serial_ms - over_ms) / ar_ms : 0;
-  if (rank == 0 && out) {
-    fprintf(out,
-            "2 ranks time-slicing one GPU (sums over loopback sockets, not NVLink), MLP %s, "
-            "batch %u, %.0f MB of fp32 gradients:\n"
-            "  step without sums %.2f ms, all-reduce alone %.2f ms\n"
-            "  step + sum after the backward pass %.2f ms, with %u MB buckets during it %.2f ms:"
-            " %.0f %% of the all-reduce hidden\n",
-            OVERLAP_SIZES, OVERLAP_BATCH, np * 4.0 / 1e6, compute_ms, ar_ms, serial_ms,
-            o->bucket_mb, over_ms, hidden);
-    if (o->json)
-      fprintf(out,
-              "{\"bucket_mb\":%u,\"grad_mb\":%.1f,\"allreduce_ms\":%.4f,\"compute_ms\":%.4f,"
-              "\"serial_ms\":%.4f,\"overlapped_ms\":%.4f,\"hidden_pct\":%.2f}\n",
-              o->bucket_mb, np * 4.0 / 1e6, ar_ms, compute_ms, serial_ms, over_ms, hidden);
-    fflush(out);
-  }
+  DRV_CHECK_GOTO(time_steps(t, &f, &k, &g.over_ms), rc, out);
+  g.hidden_pct = g.ar_ms > 0 ? 100.0 * (g.serial_ms - g.over_ms) / g.ar_ms : 0;
+  if (rank == 0 && out) print_overlap(out, o, &g);
 out:
   if (t) trainer_set_reducer(t, NULL);
   nccl_reducer_destroy(&serial);
@@ -405,19 +487,20 @@ static const char *USAGE =
     "                          [--backend auto|cpu|cuda] [--json]\n"
     "       drover bench overlap [--bucket-mb 64] [--json]\n";
 
-int bench_train_main(int argc, char **argv) {
-  train_opts_t o = {.sizes = "784,1024,1024,10",
-                    .batch = 256,
-                    .steps = 100,
-                    .repeats = 5,
-                    .warmup = 20,
-                    .precision = "fp32",
-                    .graphs = "auto",
-                    .data = "synthetic",
-                    .optimizer = "sgd",
-                    .backend = "auto",
-                    .bucket_mb = 64};
-  bool overlap = !strcmp(argv[0], "overlap");
+/* Parses the options of bench train and bench overlap into *o; 0, or 2 (bad usage, the
+ * usage printed). */
+static int parse_opts(int argc, char **argv, train_opts_t *o) {
+  *o = (train_opts_t){.sizes = "784,1024,1024,10",
+                      .batch = 256,
+                      .steps = 100,
+                      .repeats = 5,
+                      .warmup = 20,
+                      .precision = "fp32",
+                      .graphs = "auto",
+                      .data = "synthetic",
+                      .optimizer = "sgd",
+                      .backend = "auto",
+                      .bucket_mb = 64};
   static const struct option longopts[] = {{"sizes", required_argument, 0, 's'},
                                            {"batch", required_argument, 0, 'b'},
                                            {"precision", required_argument, 0, 'p'},
@@ -435,28 +518,40 @@ int bench_train_main(int argc, char **argv) {
   int ch;
   while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
     switch (ch) {
-    case 's': snprintf(o.sizes, sizeof o.sizes, "%s", optarg); break;
-    case 'b': o.batch = (uint32_t)strtoul(optarg, NULL, 10); break;
-    case 'p': o.precision = optarg; break;
-    case 'n': o.steps = (uint32_t)strtoul(optarg, NULL, 10); break;
-    case 'r': o.repeats = (uint32_t)strtoul(optarg, NULL, 10); break;
-    case 'w': o.warmup = (uint32_t)strtoul(optarg, NULL, 10); break;
-    case 'g': o.graphs = optarg; break;
-    case 'd': o.data = optarg; break;
-    case 'o': o.optimizer = optarg; break;
-    case 'B': o.backend = optarg; break;
-    case 'm': o.bucket_mb = (uint32_t)strtoul(optarg, NULL, 10); break;
-    case 'j': o.json = true; break;
+    case 's': snprintf(o->sizes, sizeof o->sizes, "%s", optarg); break;
+    case 'b': o->batch = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case 'p': o->precision = optarg; break;
+    case 'n': o->steps = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case 'r': o->repeats = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case 'w': o->warmup = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case 'g': o->graphs = optarg; break;
+    case 'd': o->data = optarg; break;
+    case 'o': o->optimizer = optarg; break;
+    case 'B': o->backend = optarg; break;
+    case 'm': o->bucket_mb = (uint32_t)strtoul(optarg, NULL, 10); break;
+    case 'j': o->json = true; break;
     default: fputs(USAGE, stderr); return 2;
     }
   }
-  if (o.batch == 0 || o.steps == 0 || o.repeats == 0 || o.repeats > MAX_REPEATS ||
-      o.bucket_mb == 0) {
+  if (o->batch == 0 || o->steps == 0 || o->repeats == 0 || o->repeats > MAX_REPEATS ||
+      o->bucket_mb == 0) {
     fprintf(stderr,
             "drover bench: --batch, --steps, --bucket-mb must be > 0 and --repeats in "
             "1..%d\n%s",
             MAX_REPEATS, USAGE);
     return 2;
   }
-  return overlap ? bench_overlap(&o) : bench_train(&o);
+  return 0;
+}
+
+int bench_train_main(int argc, char **argv) {
+  train_opts_t o;
+  int rc = parse_opts(argc, argv, &o);
+  return rc ? rc : bench_train(&o);
+}
+
+int bench_overlap_main(int argc, char **argv) {
+  train_opts_t o;
+  int rc = parse_opts(argc, argv, &o);
+  return rc ? rc : bench_overlap(&o);
 }

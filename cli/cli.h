@@ -1,7 +1,11 @@
-/* cli.h: the `drover` command's subcommands and what they share. */
+/* cli.h: what the `drover` command's subcommands share: where the coordinator and the
+ * state directory are, the path of this executable, JSON output, the usage failure and
+ * the stop signals. Every command file uses these; nothing here knows any command.
+ */
 #ifndef DROVER_CLI_CLI_H
 #define DROVER_CLI_CLI_H
 
+#include <signal.h>
 #include <stdio.h>
 
 /* The coordinator's base endpoint: --coordinator, else $DROVER_COORDINATOR, else
@@ -12,15 +16,24 @@ const char *cli_coordinator(const char *flag);
  * $XDG_STATE_HOME/drover, else ~/.local/state/drover. Static buffer. */
 const char *cli_state_dir(const char *flag);
 
-/* Path of the running drover executable (for starting agents and workers). */
+/* Path of the running drover executable (for starting agents and workers). Static buffer;
+ * "drover" when /proc/self/exe cannot be read. */
 const char *cli_self_exe(void);
 
-/* Writes s as a JSON string literal (quotes and escapes included). */
+/* Writes s as a JSON string literal (quotes and escapes included); NULL writes "". */
 void cli_json_str(FILE *out, const char *s);
 
-/* Writes a number, or null when it is not finite. */
+/* Writes a number (%.10g), or null when it is not finite. */
 void cli_json_num(FILE *out, double v);
 
-int cmd_submit(int argc, char **argv);
+/* Prints "usage: drover CMD USAGE" to stderr and returns 2, the exit status of bad usage:
+ * `return cli_usage_fail("cancel", "JOB [--coordinator EP]");`. */
+int cli_usage_fail(const char *cmd, const char *usage);
+
+/* Installs the stop handlers: SIGINT and SIGTERM count stop requests (1, then 2, where the
+ * count stays) into the returned flag, and SIGPIPE is ignored. A daemon drains on the first
+ * request and stops at once on the second; a command may set the flag back to 0 once it
+ * has acted on a request. The flag is process-wide, the same on every call. */
+volatile sig_atomic_t *cli_stop_signals(void);
 
 #endif

@@ -1,0 +1,86 @@
+/* cli.c: the helpers every subcommand shares (cli.h). */
+#include "cli/cli.h"
+
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "common/settings.h"
+
+const char *cli_coordinator(const char *flag) {
+  return flag ? flag : drv_setting_text(DRV_TEXT_COORDINATOR);
+}
+
+const char *cli_state_dir(const char *flag) {
+  static char buf[PATH_MAX];
+  if (flag) return flag;
+  const char *env = drv_setting_text(DRV_TEXT_STATE_DIR);
+  if (*env) return env;
+  const char *xdg = getenv("XDG_STATE_HOME");
+  if (xdg && *xdg) {
+    snprintf(buf, sizeof buf, "%s/drover", xdg);
+    return buf;
+  }
+  const char *home = getenv("HOME");
+  snprintf(buf, sizeof buf, "%s/.local/state/drover", home && *home ? home : "/tmp");
+  return buf;
+}
+
+const char *cli_self_exe(void) {
+  static char buf[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return "drover";
+  buf[n] = '\0';
+  return buf;
+}
+
+// --- JSON ----------------------------------------------------------------------------------
+
+void cli_json_str(FILE *out, const char *s) {
+  fputc('"', out);
+  for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+    if (*p == '"' || *p == '\\')
+      fprintf(out, "\\%c", *p);
+    else if (*p == '\n')
+      fputs("\\n", out);
+    else if (*p < 0x20)
+      fprintf(out, "\\u%04x", *p);
+    else
+      fputc(*p, out);
+  }
+  fputc('"', out);
+}
+
+void cli_json_num(FILE *out, double v) {
+  if (isfinite(v))
+    fprintf(out, "%.10g", v);
+  else
+    fputs("null", out);
+}
+
+// --- Usage and signals ---------------------------------------------------------------------
+
+int cli_usage_fail(const char *cmd, const char *usage) {
+  fprintf(stderr, "usage: drover %s %s\n", cmd, usage);
+  return 2;
+}
+
+static volatile sig_atomic_t stop_flag;
+
+/* Counts stop requests: an agent drains on the first and stops at once on the second. */
+static void on_stop_signal(int sig) {
+  (void)sig;
+  if (stop_flag < 2) stop_flag++;
+}
+
+volatile sig_atomic_t *cli_stop_signals(void) {
+  struct sigaction sa = {.sa_handler = on_stop_signal};
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  signal(SIGPIPE, SIG_IGN);
+  return &stop_flag;
+}

@@ -1,0 +1,274 @@
+/* cmd_jobs.c: `drover status`, `cancel`, `agents` and `settings` (cmd_jobs.h). Each asks
+ * the coordinator's client port one question and prints the answer, as a table for people
+ * or as JSON for programs; tests and docs/user-guide.md read both, so their columns and
+ * keys are fixed. */
+#include "cli/cmd_jobs.h"
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "cli/cli.h"
+#include "common/proto.h"
+#include "common/settings.h"
+#include "common/sock.h"
+
+/* Sends req to the coordinator's client port and waits DROVER_CLIENT_TIMEOUT_MS for the
+ * reply, which the caller fini's in every case. */
+static drv_result_t ask(const char *coord, const proto_msg_t *req, proto_msg_t *rep) {
+  sock_ctx_t *ctx = sock_ctx_new();
+  drv_result_t rc = sock_request(ctx, cli_coordinator(coord), req, rep,
+                                 (int)drv_setting(DRV_SET_CLIENT_TIMEOUT_MS));
+  sock_ctx_destroy(&ctx);
+  return rc;
+}
+
+// --- status --------------------------------------------------------------------------------
+
+static void print_time(double t, char *buf, size_t n) {
+  if (t <= 0) {
+    snprintf(buf, n, "-");
+    return;
+  }
+  time_t s = (time_t)t;
+  struct tm tm;
+  localtime_r(&s, &tm);
+  strftime(buf, n, "%Y-%m-%d %H:%M:%S", &tm);
+}
+
+/* One job as a JSON object (keys listed in docs/user-guide.md, drover status). */
+static void print_job_json(const proto_job_t *j) {
+  printf("{\"job\":%" PRId64 ",\"name\":", j->id);
+  cli_json_str(stdout, j->name);
+  fputs(",\"status\":", stdout);
+  cli_json_str(stdout, j->state);
+  fputs(",\"reason\":", stdout);
+  cli_json_str(stdout, j->reason);
+  fputs(",\"target\":", stdout);
+  cli_json_str(stdout, j->target);
+  printf(",\"nodes\":%u,\"epoch\":%u,\"epochs\":%u,\"step\":%" PRIu64 ",\"steps_total\":%" PRIu64,
+         j->nodes, j->epoch, j->epochs, j->step, j->steps_total);
+  fputs(",\"loss\":", stdout);
+  cli_json_num(stdout, j->loss);
+  fputs(",\"samples_per_s\":", stdout);
+  cli_json_num(stdout, j->samples_per_s);
+  fputs(",\"test_loss\":", stdout);
+  cli_json_num(stdout, j->test_loss);
+  fputs(",\"test_accuracy\":", stdout);
+  cli_json_num(stdout, j->test_accuracy);
+  fputs(",\"run_dir\":", stdout);
+  cli_json_str(stdout, j->run_dir);
+  fputs(",\"submitted_at\":", stdout);
+  cli_json_num(stdout, j->submitted_at);
+  fputs(",\"started_at\":", stdout);
+  cli_json_num(stdout, j->started_at);
+  fputs(",\"finished_at\":", stdout);
+  cli_json_num(stdout, j->finished_at);
+  printf(",\"ckpt_step\":%" PRIu64 ",\"ranks\":[", j->ckpt_step);
+  for (uint32_t r = 0; r < j->ranks_count; r++) {
+    const proto_rank_t *k = &j->ranks[r];
+    printf("%s{\"rank\":%u,\"agent\":", r ? "," : "", k->rank);
+    cli_json_str(stdout, k->agent);
+    fputs(",\"host\":", stdout);
+    cli_json_str(stdout, k->host);
+    printf(
+        ",\"step_ms\":%.3f,\"compute_ms\":%.3f,\"wait_ms\":%.3f,\"data_ms\":%.3f,"
+        "\"straggler\":%s}",
+        k->step_ms, k->compute_ms, k->wait_ms, isfinite(k->data_ms) ? k->data_ms : 0,
+        k->straggler ? "true" : "false");
+  }
+  fputs("]", stdout);
+  fputs("}", stdout);
+}
+
+static void print_jobs_json(const proto_jobs_t *jobs) {
+  fputs("[", stdout);
+  for (uint32_t i = 0; i < jobs->jobs_count; i++) {
+    if (i) fputs(",", stdout);
+    print_job_json(&jobs->jobs[i]);
+  }
+  fputs("]\n", stdout);
+}
+
+static void print_jobs_table(const proto_jobs_t *jobs) {
+  printf("%-5s %-20s %-10s %-9s %5s %13s %9s %11s  %-19s  %s\n", "JOB", "NAME", "STATE", "TARGET",
+         "NODES", "STEP", "TEST_ACC", "SAMPLES/S", "SUBMITTED", "REASON");
+  for (uint32_t i = 0; i < jobs->jobs_count; i++) {
+    const proto_job_t *j = &jobs->jobs[i];
+    char when[32], step[32], acc[16], sps[16];
+    print_time(j->submitted_at, when, sizeof when);
+    if (j->steps_total)
+      snprintf(step, sizeof step, "%" PRIu64 "/%" PRIu64, j->step, j->steps_total);
+    else
+      snprintf(step, sizeof step, "%" PRIu64, j->step);
+    if (isfinite(j->test_accuracy))
+      snprintf(acc, sizeof acc, "%.4f", j->test_accuracy);
+    else
+      snprintf(acc, sizeof acc, "-");
+    if (isfinite(j->samples_per_s) && j->samples_per_s > 0)
+      snprintf(sps, sizeof sps, "%.0f", j->samples_per_s);
+    else
+      snprintf(sps, sizeof sps, "-");
+    printf("%-5" PRId64 " %-20.20s %-10s %-9s %5u %13s %9s %11s  %-19s  %s\n", j->id, j->name,
+           j->state, j->target, j->nodes, step, acc, sps, when, j->reason);
+  }
+}
+
+/* One running job's ranks, for spotting the one the others wait for. */
+static void print_ranks_table(const proto_job_t *j) {
+  printf("\n%-5s %-28s %-16s %10s %12s %10s %10s  %s\n", "RANK", "AGENT", "HOST", "STEP_MS",
+         "COMPUTE_MS", "WAIT_MS", "DATA_MS", "");
+  for (uint32_t r = 0; r < j->ranks_count; r++) {
+    const proto_rank_t *k = &j->ranks[r];
+    printf("%-5u %-28.28s %-16.16s %10.2f %12.2f %10.2f %10.2f  %s\n", k->rank, k->agent, k->host,
+           k->step_ms, k->compute_ms, k->wait_ms, isfinite(k->data_ms) ? k->data_ms : 0,
+           k->straggler ? "straggler" : "");
+  }
+}
+
+int cmd_status(int argc, char **argv) {
+  static const struct option opts[] = {{"coordinator", required_argument, 0, 'c'},
+                                       {"json", no_argument, 0, 'j'},
+                                       {"limit", required_argument, 0, 'n'},
+                                       {0, 0, 0, 0}};
+  const char *coord = NULL;
+  int json = 0, c;
+  uint32_t limit = 20;
+  while ((c = getopt_long(argc, argv, "c:jn:", opts, NULL)) != -1) {
+    if (c == 'c')
+      coord = optarg;
+    else if (c == 'j')
+      json = 1;
+    else if (c == 'n')
+      limit = (uint32_t)strtoul(optarg, NULL, 10);
+    else
+      return cli_usage_fail("status", "[JOB] [--json] [--limit N] [--coordinator EP]");
+  }
+  proto_msg_t req, rep;
+  proto_msg_init(&req, PROTO_STATUS);
+  req.u.status.limit = limit;
+  if (optind < argc) {
+    char *end;
+    req.u.status.job = strtoll(argv[optind], &end, 10);
+    if (*end || req.u.status.job <= 0) {
+      fprintf(stderr, "drover status: '%s' is not a job id\n", argv[optind]);
+      return 2;
+    }
+  }
+  drv_result_t rc = ask(coord, &req, &rep);
+  int ret = 0;
+  if (rc != DRV_OK) {
+    fprintf(stderr, "drover status: %s\n", drv_last_error());
+    ret = 1;
+  } else if (rep.type != PROTO_JOBS) {
+    fprintf(stderr, "drover status: unexpected reply '%s'\n", proto_type_name(rep.type));
+    ret = 1;
+  } else if (json) {
+    print_jobs_json(&rep.u.jobs);
+  } else {
+    print_jobs_table(&rep.u.jobs);
+    if (req.u.status.job && rep.u.jobs.jobs_count == 1 && rep.u.jobs.jobs[0].ranks_count)
+      print_ranks_table(&rep.u.jobs.jobs[0]);
+  }
+  proto_msg_fini(&rep);
+  return ret;
+}
+
+// --- cancel, agents, settings --------------------------------------------------------------
+
+int cmd_cancel(int argc, char **argv) {
+  const char *coord = NULL;
+  static const struct option opts[] = {{"coordinator", required_argument, 0, 'c'}, {0, 0, 0, 0}};
+  int c;
+  while ((c = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
+    if (c == 'c')
+      coord = optarg;
+    else
+      return cli_usage_fail("cancel", "JOB [--coordinator EP]");
+  }
+  if (optind >= argc) return cli_usage_fail("cancel", "JOB [--coordinator EP]");
+  char *end;
+  proto_msg_t req, rep;
+  proto_msg_init(&req, PROTO_CANCEL);
+  req.u.cancel.job = strtoll(argv[optind], &end, 10);
+  if (*end || req.u.cancel.job <= 0) {
+    fprintf(stderr, "drover cancel: '%s' is not a job id\n", argv[optind]);
+    return 2;
+  }
+  drv_result_t rc = ask(coord, &req, &rep);
+  if (rc == DRV_OK)
+    printf("job %" PRId64 " cancelled\n", req.u.cancel.job);
+  else
+    fprintf(stderr, "drover cancel: %s\n", drv_last_error());
+  proto_msg_fini(&rep);
+  return rc == DRV_OK ? 0 : 1;
+}
+
+static void print_agents_json(const proto_agent_list_t *l) {
+  fputs("[", stdout);
+  for (uint32_t i = 0; i < l->agents_count; i++) {
+    const proto_agent_t *a = &l->agents[i];
+    fputs(i ? ",{\"agent\":" : "{\"agent\":", stdout);
+    cli_json_str(stdout, a->agent_id);
+    fputs(",\"host\":", stdout);
+    cli_json_str(stdout, a->host);
+    fputs(",\"target\":", stdout);
+    cli_json_str(stdout, a->target);
+    fputs(",\"state\":", stdout);
+    cli_json_str(stdout, a->state);
+    printf(",\"cpus\":%u,\"gpus\":%u,\"mem_bytes\":%" PRIu64 ",\"job\":%" PRId64
+           ",\"last_seen_s\":%.3f}",
+           a->cpus, a->gpus, a->mem_bytes, a->job, a->last_seen_s);
+  }
+  fputs("]\n", stdout);
+}
+
+static void print_agents_table(const proto_agent_list_t *l) {
+  printf("%-28s %-16s %-9s %-5s %5s %5s %9s %6s %10s\n", "AGENT", "HOST", "TARGET", "STATE", "CPUS",
+         "GPUS", "MEM_GIB", "JOB", "LAST_SEEN");
+  for (uint32_t i = 0; i < l->agents_count; i++) {
+    const proto_agent_t *a = &l->agents[i];
+    char job[24] = "-";
+    if (a->job) snprintf(job, sizeof job, "%" PRId64, a->job);
+    printf("%-28.28s %-16.16s %-9s %-5s %5u %5u %9.1f %6s %9.1fs\n", a->agent_id, a->host,
+           a->target, a->state, a->cpus, a->gpus, (double)a->mem_bytes / (1 << 30), job,
+           a->last_seen_s);
+  }
+}
+
+int cmd_agents(int argc, char **argv) {
+  const char *coord = NULL;
+  int json = 0, c;
+  static const struct option opts[] = {
+      {"coordinator", required_argument, 0, 'c'}, {"json", no_argument, 0, 'j'}, {0, 0, 0, 0}};
+  while ((c = getopt_long(argc, argv, "c:j", opts, NULL)) != -1) {
+    if (c == 'c')
+      coord = optarg;
+    else if (c == 'j')
+      json = 1;
+    else
+      return cli_usage_fail("agents", "[--json] [--coordinator EP]");
+  }
+  proto_msg_t req, rep;
+  proto_msg_init(&req, PROTO_AGENTS);
+  drv_result_t rc = ask(coord, &req, &rep);
+  int ret = 0;
+  if (rc != DRV_OK || rep.type != PROTO_AGENT_LIST) {
+    fprintf(stderr, "drover agents: %s\n", rc != DRV_OK ? drv_last_error() : "unexpected reply");
+    ret = 1;
+  } else if (json) {
+    print_agents_json(&rep.u.agent_list);
+  } else {
+    print_agents_table(&rep.u.agent_list);
+  }
+  proto_msg_fini(&rep);
+  return ret;
+}
+
+int cmd_settings(int argc, char **argv) {
+  drv_settings_print(stdout);
+  return 0;
+}

@@ -1,0 +1,132 @@
+/* cmd_node.c: `drover coordinator`, `drover agent` and `drover worker` (cmd_node.h): parse
+ * the flags, fill in the process's configuration and run it until it stops. */
+#include "cli/cmd_node.h"
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agent/agent.h"
+#include "cli/cli.h"
+#include "common/log.h"
+#include "common/proto.h"
+#include "coordinator/coord.h"
+#include "worker/worker.h"
+
+int cmd_coordinator(int argc, char **argv) {
+  static const struct option opts[] = {{"bind", required_argument, 0, 'b'},
+                                       {"advertise", required_argument, 0, 'a'},
+                                       {"state-dir", required_argument, 0, 's'},
+                                       {"exit-when-idle", required_argument, 0, 'i'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+  const char *bind = NULL, *advertise = NULL, *state = NULL;
+  int c, idle_s = 0;
+  while ((c = getopt_long(argc, argv, "b:a:s:i:h", opts, NULL)) != -1) {
+    if (c == 'b')
+      bind = optarg;
+    else if (c == 'a')
+      advertise = optarg;
+    else if (c == 's')
+      state = optarg;
+    else if (c == 'i')
+      idle_s = atoi(optarg);
+    else
+      return cli_usage_fail("coordinator",
+                            "[--bind tcp://*:7700] [--advertise tcp://HEAD:7700] [--state-dir DIR] "
+                            "[--exit-when-idle SECONDS]");
+  }
+  log_init("coordinator");
+  volatile sig_atomic_t *stop = cli_stop_signals();
+  bind = cli_coordinator(bind);
+  char adv[256];
+  if (!advertise) {
+    /* Workers connect where the coordinator listens; a wildcard bind needs a real name. */
+    if (strstr(bind, "://*:") || strstr(bind, "://0.0.0.0:")) {
+      char host[200] = "localhost";
+      gethostname(host, sizeof host - 1);
+      snprintf(adv, sizeof adv, "tcp://%s%s", host, strrchr(bind, ':'));
+      advertise = adv;
+    } else {
+      advertise = bind;
+    }
+  }
+  coord_config_t cfg = {.bind = bind,
+                        .advertise = advertise,
+                        .state_dir = cli_state_dir(state),
+                        .exit_when_idle_s = idle_s};
+  drv_result_t rc = coord_run(&cfg, stop);
+  if (rc != DRV_OK) {
+    log_error("%s", drv_last_error());
+    return 1;
+  }
+  return 0;
+}
+
+int cmd_agent(int argc, char **argv) {
+  static const struct option opts[] = {{"coordinator", required_argument, 0, 'c'},
+                                       {"id", required_argument, 0, 'i'},
+                                       {"target", required_argument, 0, 't'},
+                                       {"host", required_argument, 0, 'H'},
+                                       {"pool", required_argument, 0, 'p'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+  agent_config_t cfg = {.target = "attached"};
+  int c;
+  while ((c = getopt_long(argc, argv, "c:i:t:H:p:h", opts, NULL)) != -1) {
+    if (c == 'c')
+      cfg.coordinator = optarg;
+    else if (c == 'i')
+      cfg.agent_id = optarg;
+    else if (c == 't')
+      cfg.target = optarg;
+    else if (c == 'H')
+      cfg.host = optarg;
+    else if (c == 'p')
+      cfg.pool = optarg;
+    else
+      return cli_usage_fail("agent",
+                            "--coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local] "
+                            "[--host ADDR] [--pool NAME]");
+  }
+  if (strcmp(cfg.target, "attached") && strcmp(cfg.target, "local") &&
+      strcmp(cfg.target, "managed")) {
+    fprintf(stderr, "drover agent: --target %s: expected attached, local or managed\n", cfg.target);
+    return 2;
+  }
+  cfg.coordinator = cli_coordinator(cfg.coordinator);
+  cfg.exe = cli_self_exe();
+  log_init("agent");
+  volatile sig_atomic_t *stop = cli_stop_signals();
+  if (agent_run(&cfg, stop) != DRV_OK) {
+    log_error("%s", drv_last_error());
+    return 1;
+  }
+  return 0;
+}
+
+/* Started by an agent, which writes the assignment on its stdin (worker.h). Its arguments
+ * (--job J --rank R --run-dir DIR) only name the process for ps and pgrep. */
+int cmd_worker(int argc, char **argv) {
+  if (argc % 2 == 0)
+    return cli_usage_fail("worker",
+                          "[--job J --rank R --run-dir DIR] (started by an agent, "
+                          "assignment on stdin)");
+  log_init("worker");
+  proto_msg_t m;
+  if (worker_read_assignment(0, &m) != DRV_OK) {
+    log_error("%s", drv_last_error());
+    proto_msg_fini(&m);
+    return 2;
+  }
+  char role[48];
+  snprintf(role, sizeof role, "worker %u", m.u.assign.rank);
+  log_init(role);
+  signal(SIGPIPE, SIG_IGN);
+  drv_result_t rc = worker_run(&m.u.assign);
+  proto_msg_fini(&m);
+  return rc == DRV_OK ? 0 : rc == DRV_ERR_CANCELLED ? 3 : 1;
+}
