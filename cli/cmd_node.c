@@ -60,7 +60,7 @@ int cmd_coordinator(int argc, char **argv) {
                         .exit_when_idle_s = idle_s};
   drv_result_t rc = coord_run(&cfg, stop);
   if (rc != DRV_OK) {
-    log_error("%s", drv_last_error());
+    log_last_error();
     return 1;
   }
   return 0;
@@ -102,7 +102,7 @@ int cmd_agent(int argc, char **argv) {
   log_init("agent");
   volatile sig_atomic_t *stop = cli_stop_signals();
   if (agent_run(&cfg, stop) != DRV_OK) {
-    log_error("%s", drv_last_error());
+    log_last_error();
     return 1;
   }
   return 0;
@@ -118,7 +118,7 @@ int cmd_worker(int argc, char **argv) {
   log_init("worker");
   proto_msg_t m;
   if (worker_read_assignment(0, &m) != DRV_OK) {
-    log_error("%s", drv_last_error());
+    log_last_error();
     proto_msg_fini(&m);
     return 2;
   }

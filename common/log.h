@@ -18,4 +18,8 @@ void log_msg(log_level_t level, const char *file, int line, const char *fmt, ...
 #define log_warn(...) log_msg(LOG_WARN, __FILE__, __LINE__, __VA_ARGS__)
 #define log_error(...) log_msg(LOG_ERROR, __FILE__, __LINE__, __VA_ARGS__)
 
+/* Logs the calling thread's last error (drv_last_error) at error level, with the place it
+ * arose (drv_last_error_where, "train/dataset.c:212") rather than the place it is logged. */
+void log_last_error(void);
+
 #endif

@@ -431,7 +431,7 @@ drv_result_t worker_run(const proto_assign_t *cfg) {
            done.test_accuracy, done.samples_per_s);
   goto out;
 fail:
-  log_error("%s", drv_last_error());
+  log_last_error();
   if (rc != DRV_ERR_CANCELLED) report_failed(&w.report, drv_last_error());
 out:
   report_close(&w.report);
