@@ -9,8 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include "common/jobspec.h"
@@ -1148,27 +1146,6 @@ static int active_jobs(const coord_t *c) {
   return n;
 }
 
-static drv_result_t lock_state_dir(coord_t *c, const char *dir) {
-  char path[4200];
-  snprintf(path, sizeof path, "%s/coordinator.lock", dir);
-  c->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (c->lock_fd < 0) return drv_error(DRV_ERR_SYS, "open %s: %s", path, strerror(errno));
-  if (flock(c->lock_fd, LOCK_EX | LOCK_NB) < 0) {
-    char pid[32] = "?";
-    ssize_t n = pread(c->lock_fd, pid, sizeof pid - 1, 0);
-    if (n > 0) pid[n] = '\0';
-    return drv_error(DRV_ERR_INVALID,
-                     "%s: another coordinator (pid %s) uses this state "
-                     "directory",
-                     dir, strtok(pid, "\n") ? pid : "?");
-  }
-  char pid[32];
-  int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
-  if (ftruncate(c->lock_fd, 0) < 0 || pwrite(c->lock_fd, pid, (size_t)n, 0) != n)
-    log_warn("%s: cannot record the pid: %s", path, strerror(errno));
-  return DRV_OK;
-}
-
 // --- Loop ----------------------------------------------------------------------------------
 
 static drv_result_t bind_socket(coord_t *c, sock_t **s, sock_kind_t kind, proto_at_t at,
@@ -1185,12 +1162,11 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
   coord_t *c = calloc(1, sizeof *c);
   if (!c) return drv_error(DRV_ERR_NOMEM, "coordinator: out of memory");
   c->cfg = cfg;
-  c->lock_fd = -1;
   drv_result_t rc = DRV_OK;
   DRV_CHECK_GOTO(store_open(cfg->state_dir, &c->store), rc, out);
   /* One coordinator per state directory, and only one that could bind touches the jobs
    * a previous one left behind. */
-  DRV_CHECK_GOTO(lock_state_dir(c, cfg->state_dir), rc, out);
+  DRV_CHECK_GOTO(store_lock(c->store), rc, out);
   if (!(c->ctx = sock_ctx_new())) {
     rc = DRV_ERR_ZMQ;
     goto out;
@@ -1258,7 +1234,6 @@ out:
   sock_destroy(&c->workers);
   sock_destroy(&c->clients);
   sock_destroy(&c->events);
-  if (c->lock_fd >= 0) close(c->lock_fd); /* releases the lock */
   sock_ctx_destroy(&c->ctx);
   store_close(&c->store);
   free(c);

@@ -97,7 +97,6 @@ typedef struct {
   agent_t agents[MAX_AGENTS];
   job_t jobs[MAX_JOBS]; /* active jobs: queued or running */
   uint64_t hb_seq;
-  int lock_fd;            /* flock'ed <state_dir>/coordinator.lock */
   int64_t last_active_ms; /* last time a job was queued or running; 0 before the first */
   /* DROVER_FAULT_SLOW_SUBMIT_MS: a new submission is answered this late (tests, drills) */
   int64_t fault_slow_submit_ms;
