@@ -34,7 +34,7 @@
 
 /* One rank of a placed job. */
 typedef struct {
-  int agent;         /* index into the registry; -1 once its agent is gone */
+  int agent;         /* its agent's registry index; -1: unreachable when placed */
   int rendezvoused;  /* rendezvous received for this generation */
   char addr[256];    /* ring address */
   char gpu[128];     /* its rendezvous `gpu`: "" for the CPU */
