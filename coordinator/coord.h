@@ -6,11 +6,13 @@
  *   ROUTER base+1  clients: submit, status, cancel, agents, get_spec in; replies out
  *   PUB    base+2  events on topic "job/<id>": ev_state, ev_progress, ev_eval
  *
- * It keeps the agent registry (heartbeats both ways; an agent silent for longer than
- * DROVER_PEER_TIMEOUT_MS is lost), a FIFO queue per target and pool with gang scheduling
- * (a job starts only when all its workers are placed), rank assignment, the rendezvous
- * relay, progress aggregation and stragglers, re-formation of a job's world after a
- * failure or as planned (recovery.c), and durable job records in SQLite (store.h).
+ * The loop (coord.c) only dispatches: agents' messages to the registry (registry.h) and the
+ * job table (job.h), workers' messages to the job table, clients' requests to the API
+ * (api.h); timers for heartbeats and job deadlines; the scheduler after every pass. The
+ * job table keeps each job's state machine and carries out the plans of the scheduler
+ * (sched.h: gang placement, a FIFO queue per target and pool) and of recovery (recovery.h:
+ * re-forming a world after a failure or as planned). Durable job records, and the state
+ * directory's lock (one coordinator per directory), are the store's (store.h).
  */
 #ifndef DROVER_COORDINATOR_COORD_H
 #define DROVER_COORDINATOR_COORD_H

@@ -8,13 +8,16 @@
 #include "coordinator/store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include "common/log.h"
 
@@ -24,7 +27,9 @@
 
 struct store {
   sqlite3 *db;
-  char *path; /* <state_dir>/drover.db, for messages */
+  char *dir;   /* the state directory, as given */
+  char *path;  /* <state_dir>/drover.db, for messages */
+  int lock_fd; /* <state_dir>/coordinator.lock once store_lock took it; -1 before */
 };
 
 // --- Schema ---------------------------------------------------------------------------
@@ -299,7 +304,8 @@ drv_result_t store_open(const char *state_dir, store_t **out) {
   DRV_CHECK(mkdir_parents(state_dir));
   s = calloc(1, sizeof *s);
   if (!s) return drv_error(DRV_ERR_NOMEM, "store_open: out of memory");
-  if (asprintf(&s->path, "%s/drover.db", state_dir) < 0) {
+  s->lock_fd = -1;
+  if (!(s->dir = strdup(state_dir)) || asprintf(&s->path, "%s/drover.db", state_dir) < 0) {
     s->path = NULL;
     rc = drv_error(DRV_ERR_NOMEM, "store_open: out of memory");
     goto fail;
@@ -349,9 +355,36 @@ void store_close(store_t **s) {
   /* close_v2 never fails for a busy handle: it closes once the last statement goes,
    * and every statement here is finalized before its function returns. */
   sqlite3_close_v2((*s)->db);
+  if ((*s)->lock_fd >= 0) close((*s)->lock_fd); /* releases the lock */
+  free((*s)->dir);
   free((*s)->path);
   free(*s);
   *s = NULL;
+}
+
+drv_result_t store_lock(store_t *s) {
+  if (!s) return drv_error(DRV_ERR_INVALID, "store_lock: NULL store");
+  if (s->lock_fd >= 0) return DRV_OK;
+  char path[4200];
+  snprintf(path, sizeof path, "%s/coordinator.lock", s->dir);
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return drv_error(DRV_ERR_SYS, "open %s: %s", path, strerror(errno));
+  /* flock belongs to the open file: a second open of the file, even in this process,
+   * is refused like another coordinator. */
+  if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+    char pid[32] = "?";
+    ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+    if (n > 0) pid[n] = '\0';
+    close(fd);
+    return drv_error(DRV_ERR_INVALID, "%s: another coordinator (pid %s) uses this state directory",
+                     s->dir, strtok(pid, "\n") ? pid : "?");
+  }
+  char pid[32];
+  int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+  if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, (size_t)n, 0) != n)
+    log_warn("%s: cannot record the pid: %s", path, strerror(errno));
+  s->lock_fd = fd;
+  return DRV_OK;
 }
 
 // --- Jobs -----------------------------------------------------------------------------

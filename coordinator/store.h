@@ -21,6 +21,8 @@
  *
  * A store_t is one SQLite connection: use it from one thread at a time. Several
  * processes may open the same directory; writers wait up to a busy timeout for each other.
+ * Only one of them may be its coordinator: the one holding the state directory's lock
+ * (store_lock), the only one that moves jobs a previous coordinator left behind.
  */
 #ifndef DROVER_COORDINATOR_STORE_H
 #define DROVER_COORDINATOR_STORE_H
@@ -63,8 +65,17 @@ typedef struct {
  * database"), DRV_ERR_INVALID when the schema is newer than this build understands. */
 drv_result_t store_open(const char *state_dir, store_t **out);
 
-/* Closes the database and frees the store; nulls the caller's pointer. NULL-safe. */
+/* Closes the database and frees the store, releasing its lock (store_lock) if it holds
+ * it; nulls the caller's pointer. NULL-safe. */
 void store_close(store_t **s);
+
+/* Makes this store the state directory's coordinator: an exclusive flock on
+ * <state_dir>/coordinator.lock, with this process's pid written into the file, held until
+ * store_close (or the process's end). One coordinator per state directory: when another
+ * open store (in this process or another) holds the lock, DRV_ERR_INVALID "<state_dir>:
+ * another coordinator (pid N) uses this state directory"; DRV_ERR_SYS when the file cannot
+ * be opened. Calling it again on the store that holds the lock returns DRV_OK. */
+drv_result_t store_lock(store_t *s);
 
 /* Groups the writes that follow into one transaction (one fsync, all or nothing):
  * store_begin, then the writes, then store_commit, or store_rollback to drop them. A

@@ -1,7 +1,8 @@
 /* test_store.c: coordinator/store against real SQLite files in fresh temporary
  * directories: insert, read, list, state transitions and their timestamps, metrics,
- * a restart (close and reopen) with recovery, id reuse, awkward text, and the errors of
- * opening a directory or a file that cannot be used. */
+ * a restart (close and reopen) with recovery, id reuse, awkward text, the errors of
+ * opening a directory or a file that cannot be used, and the state directory's lock (one
+ * coordinator per directory). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -680,6 +681,37 @@ static void test_two_connections_see_each_other(void **state) {
   store_close(&other); /* NULL-safe */
 }
 
+static void test_second_lock_refused(void **state) {
+  fx_t *f = *state;
+  open_store(f);
+  assert_int_equal(store_lock(f->store), DRV_OK);
+  assert_int_equal(store_lock(f->store), DRV_OK); /* the holder may ask again */
+  char pidfile[340], text[32] = "";
+  snprintf(pidfile, sizeof pidfile, "%s/coordinator.lock", f->state);
+  FILE *fp = fopen(pidfile, "r");
+  assert_non_null(fp);
+  assert_non_null(fgets(text, sizeof text, fp));
+  fclose(fp);
+  assert_int_equal(atoi(text), (int)getpid());
+
+  /* A second store on the directory may read and write, but not be its coordinator. */
+  store_t *other = NULL;
+  assert_int_equal(store_open(f->state, &other), DRV_OK);
+  assert_int_equal(store_lock(other), DRV_ERR_INVALID);
+  char want[400];
+  snprintf(want, sizeof want, "%s: another coordinator (pid %d) uses this state directory",
+           f->state, (int)getpid());
+  assert_string_equal(drv_last_error(), want);
+  int64_t id = insert(f, "locked");
+  store_job_t j;
+  assert_int_equal(store_job_get(other, id, &j), DRV_OK);
+
+  /* Closing the holder releases the lock. */
+  store_close(&f->store);
+  assert_int_equal(store_lock(other), DRV_OK);
+  store_close(&other);
+}
+
 int main(void) {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
   const struct CMUnitTest tests[] = {
@@ -704,6 +736,7 @@ int main(void) {
       T(test_open_not_a_database),
       T(test_open_newer_schema_refused),
       T(test_two_connections_see_each_other),
+      T(test_second_lock_refused),
   };
 #undef T
   return cmocka_run_group_tests(tests, NULL, NULL);

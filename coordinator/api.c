@@ -1,0 +1,339 @@
+/* api.c: the client API (see api.h). */
+#include "coordinator/api.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/jobspec.h"
+#include "common/log.h"
+
+void api_init(api_t *api, sock_t *clients, store_t *store, job_table_t *jobs, registry_t *reg,
+              int64_t fault_slow_submit_ms) {
+  *api = (api_t){.clients = clients,
+                 .store = store,
+                 .jobs = jobs,
+                 .reg = reg,
+                 .fault_slow_submit_ms = fault_slow_submit_ms};
+}
+
+static void reply(api_t *api, const sock_peer_t *to, const proto_msg_t *m) {
+  if (sock_send(api->clients, to, m) != DRV_OK) log_warn("reply to client: %s", drv_last_error());
+}
+
+void api_reply_error(api_t *api, const sock_peer_t *to, const char *code, const char *message) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_ERROR);
+  m.u.error.code = code;
+  m.u.error.message = message;
+  reply(api, to, &m);
+}
+
+// --- submit --------------------------------------------------------------------------------
+
+/* Whether job `from` can be resumed: 0 and resume_dir filled, or -1 with why[] saying why
+ * not ("resume: job 7 has no durable checkpoint"). */
+static int resume_source(api_t *api, int64_t from, char *resume_dir, size_t n, char *why,
+                         size_t whyn) {
+  store_job_t old;
+  if (store_job_get(api->store, from, &old) != DRV_OK) {
+    snprintf(why, whyn, "resume: job %" PRId64 ": no such job", from);
+    return -1;
+  }
+  if (job_find(api->jobs, from)) {
+    snprintf(why, whyn, "resume: job %" PRId64 " is still %s; cancel it first", from,
+             store_state_name(old.state));
+    return -1;
+  }
+  if (!old.ckpt_step) {
+    snprintf(why, whyn, "resume: job %" PRId64 " has no durable checkpoint", from);
+    return -1;
+  }
+  snprintf(resume_dir, n, "%s/checkpoints", old.run_dir);
+  return 0;
+}
+
+/* Records a submitted job in one transaction: whole (with its run directory, which needs
+ * the id) or not at all, at the cost of one fsync. sj carries the pool and resume
+ * directory in, and gets the id and run directory. */
+static drv_result_t record_submission(api_t *api, const jobspec_t *spec, const char *canon,
+                                      const char *token, store_job_t *sj) {
+  drv_result_t rc;
+  store_t *s = api->store;
+  DRV_CHECK(store_begin(s));
+  DRV_CHECK_GOTO(store_job_insert(s, spec->name, sj->target, spec->nodes, canon, "", &sj->id), rc,
+                 fail);
+  snprintf(sj->run_dir, sizeof sj->run_dir, "%s/%s-%" PRId64, spec->run_dir, spec->name, sj->id);
+  DRV_CHECK_GOTO(store_job_set_run_dir(s, sj->id, sj->run_dir), rc, fail);
+  DRV_CHECK_GOTO(store_job_set_pool(s, sj->id, sj->pool), rc, fail);
+  DRV_CHECK_GOTO(store_job_set_resume_dir(s, sj->id, sj->resume_dir), rc, fail);
+  DRV_CHECK_GOTO(store_job_set_token(s, sj->id, token), rc, fail);
+  return store_commit(s);
+fail:
+  store_rollback(s);
+  return rc;
+}
+
+static void reply_submitted(api_t *api, const sock_peer_t *to, int64_t job, const char *run_dir) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_SUBMITTED);
+  m.u.submitted.job = job;
+  m.u.submitted.run_dir = run_dir;
+  reply(api, to, &m);
+}
+
+/* A submission the store already has under this token (a client that asked again after
+ * its answer was late or lost): answers with that job, whatever its state. Returns 1 when
+ * it answered. */
+static int resubmitted(api_t *api, const sock_peer_t *from, const char *token) {
+  int64_t id = 0;
+  store_job_t old;
+  if (strlen(token) > STORE_TOKEN_MAX) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "submit: token longer than %d bytes", STORE_TOKEN_MAX);
+    api_reply_error(api, from, "invalid", msg);
+    return 1;
+  }
+  if (store_job_by_token(api->store, token, &id) != DRV_OK ||
+      (id && store_job_get(api->store, id, &old) != DRV_OK)) {
+    api_reply_error(api, from, "internal", drv_last_error());
+    return 1;
+  }
+  if (!id) return 0;
+  log_info("job %" PRId64 " (%s): its submission came again (token %s): answered with it", id,
+           old.name, token);
+  reply_submitted(api, from, id, old.run_dir);
+  return 1;
+}
+
+/* The spec text a submission runs: its own, or with `resume` and no spec the old job's
+ * (into *stored, the caller's to free). Fills resume_dir. NULL when it answered an error. */
+static const char *submitted_spec(api_t *api, const sock_peer_t *from, const proto_submit_t *sub,
+                                  char **stored, char *resume_dir, size_t n) {
+  if (sub->resume <= 0) return sub->spec;
+  char why[256];
+  if (resume_source(api, sub->resume, resume_dir, n, why, sizeof why) != 0) {
+    api_reply_error(api, from, "invalid", why);
+    return NULL;
+  }
+  if (sub->spec[0]) return sub->spec;
+  /* no spec given: the old job's, as it was */
+  if (store_job_spec(api->store, sub->resume, stored) != DRV_OK) {
+    api_reply_error(api, from, "internal", drv_last_error());
+    return NULL;
+  }
+  return *stored;
+}
+
+void api_submit(api_t *api, const sock_peer_t *from, const proto_submit_t *sub) {
+  jobspec_t *spec = NULL;
+  char *stored = NULL, *canon = NULL;
+  char resume_dir[1100] = "";
+  if (sub->token && resubmitted(api, from, sub->token)) return;
+  const char *yaml = submitted_spec(api, from, sub, &stored, resume_dir, sizeof resume_dir);
+  if (!yaml) goto out;
+  if (jobspec_parse(yaml, strlen(yaml), "submitted spec", NULL, 0, &spec) != DRV_OK) {
+    api_reply_error(api, from, "invalid", drv_last_error());
+    goto out;
+  }
+  /* Workers run elsewhere, in other directories: paths must not depend on a cwd. */
+  const char *rel = jobspec_relative_path(spec);
+  size_t clen;
+  if (rel) {
+    char msg[256];
+    snprintf(msg, sizeof msg,
+             "submitted spec: %s: must be an absolute path (drover submit "
+             "resolves relative ones against the submitting directory)",
+             rel);
+    api_reply_error(api, from, "invalid", msg);
+    goto out;
+  }
+  if (!job_has_room(api->jobs)) {
+    api_reply_error(api, from, "busy", "too many active jobs; try again later");
+    goto out;
+  }
+  if (jobspec_dump(spec, &canon, &clen) != DRV_OK) {
+    api_reply_error(api, from, "internal", drv_last_error());
+    goto out;
+  }
+  store_job_t sj = {0};
+  const char *target = jobspec_target_name(spec->target);
+  snprintf(sj.name, sizeof sj.name, "%s", spec->name);
+  snprintf(sj.target, sizeof sj.target, "%s", target);
+  snprintf(sj.pool, sizeof sj.pool, "%s", sub->pool ? sub->pool : "");
+  snprintf(sj.resume_dir, sizeof sj.resume_dir, "%s", resume_dir);
+  if (record_submission(api, spec, canon, sub->token ? sub->token : "", &sj) != DRV_OK) {
+    log_error("submission of %s not recorded: %s", spec->name, drv_last_error());
+    api_reply_error(api, from, "internal", drv_last_error());
+    goto out;
+  }
+  job_t *j = job_add(api->jobs, &sj, spec, &canon); /* room was checked above */
+  if (sub->resume > 0)
+    log_info("job %" PRId64 " (%s) queued: target %s, %u node(s), resuming job %" PRId64, j->id,
+             j->name, target, j->nodes, sub->resume);
+  else
+    log_info("job %" PRId64 " (%s) queued: target %s, %u node(s)", j->id, j->name, target,
+             j->nodes);
+  if (api->fault_slow_submit_ms) usleep((useconds_t)api->fault_slow_submit_ms * 1000);
+  reply_submitted(api, from, j->id, j->run_dir);
+  job_publish_state(api->jobs, j, NULL);
+out:
+  free(canon);
+  free(stored);
+  jobspec_destroy(&spec);
+}
+
+// --- status, cancel, agents, get_spec ------------------------------------------------------
+
+void api_get_spec(api_t *api, const sock_peer_t *from, int64_t id) {
+  store_job_t sj;
+  char *yaml = NULL;
+  if (store_job_get(api->store, id, &sj) != DRV_OK ||
+      store_job_spec(api->store, id, &yaml) != DRV_OK) {
+    api_reply_error(api, from, "not_found", drv_last_error());
+    return;
+  }
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_SPEC);
+  m.u.spec = (proto_spec_t){.job = id, .spec = yaml, .run_dir = sj.run_dir};
+  reply(api, from, &m);
+  free(yaml);
+}
+
+typedef struct {
+  api_t *api;
+  proto_msg_t *m; /* the reply: its arena holds the records' strings */
+  proto_job_t *jobs;
+  uint32_t n, cap;
+} job_list_t;
+
+/* The live ranks of a placed job, into the reply's arena. */
+static void fill_ranks(api_t *api, proto_msg_t *m, const job_t *j, proto_job_t *pj) {
+  if (!j->ranks || job_state(j->phase) != JOB_RUNNING ||
+      !(pj->ranks = proto_msg_alloc(m, j->nodes * sizeof *pj->ranks)))
+    return;
+  pj->ranks_count = j->nodes;
+  for (uint32_t r = 0; r < j->nodes; r++) {
+    const job_rank_t *s = &j->ranks[r];
+    const agent_t *a = registry_at(api->reg, s->agent);
+    pj->ranks[r] = (proto_rank_t){.rank = r,
+                                  .agent = proto_msg_strdup(m, a ? a->agent_id : "?"),
+                                  .host = proto_msg_strdup(m, a ? a->host : "?"),
+                                  .step_ms = s->ewma_step_ms,
+                                  .compute_ms = job_rank_compute_ms(s),
+                                  .wait_ms = s->ewma_wait_ms,
+                                  .data_ms = s->ewma_data_ms,
+                                  .straggler = (uint32_t)s->straggler};
+  }
+}
+
+static void fill_job(api_t *api, proto_msg_t *m, const store_job_t *sj, proto_job_t *pj) {
+  memset(pj, 0, sizeof *pj);
+  pj->id = sj->id;
+  pj->name = proto_msg_strdup(m, sj->name);
+  pj->state = store_state_name(sj->state);
+  pj->reason = proto_msg_strdup(m, sj->reason);
+  pj->target = proto_msg_strdup(m, sj->target);
+  pj->run_dir = proto_msg_strdup(m, sj->run_dir);
+  pj->nodes = sj->nodes;
+  pj->step = sj->steps_done;
+  pj->loss = NAN;
+  pj->samples_per_s = sj->samples_per_s;
+  pj->test_loss = sj->test_loss;
+  pj->test_accuracy = sj->test_accuracy;
+  pj->submitted_at = sj->submitted_at;
+  pj->started_at = sj->started_at;
+  pj->finished_at = sj->finished_at;
+  pj->ckpt_step = sj->ckpt_step;
+  const job_t *j = job_find(api->jobs, sj->id);
+  if (!j) return;
+  /* live progress of an active job */
+  pj->epoch = j->epoch;
+  pj->epochs = j->epochs;
+  pj->step = j->step;
+  pj->steps_total = j->steps_total;
+  pj->loss = j->loss;
+  pj->samples_per_s = j->samples_per_s;
+  fill_ranks(api, m, j, pj);
+}
+
+static int collect_job(const store_job_t *sj, void *arg) {
+  job_list_t *l = arg;
+  if (l->n == l->cap) return 1;
+  fill_job(l->api, l->m, sj, &l->jobs[l->n++]);
+  return 0;
+}
+
+void api_status(api_t *api, const sock_peer_t *from, const proto_status_t *st) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_JOBS);
+  job_list_t l = {.api = api, .m = &m};
+  if (st->job > 0) {
+    store_job_t sj;
+    if (store_job_get(api->store, st->job, &sj) != DRV_OK) {
+      api_reply_error(api, from, "not_found", drv_last_error());
+      return;
+    }
+    l.cap = 1;
+    l.jobs = proto_msg_alloc(&m, sizeof *l.jobs);
+    if (l.jobs) fill_job(api, &m, &sj, &l.jobs[l.n++]);
+  } else {
+    l.cap = st->limit ? DRV_MIN(st->limit, 1000u) : 20;
+    l.jobs = proto_msg_alloc(&m, l.cap * sizeof *l.jobs);
+    if (l.jobs && store_job_list(api->store, l.cap, collect_job, &l) != DRV_OK) {
+      proto_msg_fini(&m);
+      api_reply_error(api, from, "internal", drv_last_error());
+      return;
+    }
+  }
+  m.u.jobs.jobs = l.jobs;
+  m.u.jobs.jobs_count = l.n;
+  reply(api, from, &m);
+  proto_msg_fini(&m);
+}
+
+void api_cancel(api_t *api, const sock_peer_t *from, int64_t id) {
+  job_t *j = job_find(api->jobs, id);
+  if (!j) {
+    store_job_t sj;
+    char msg[256];
+    if (store_job_get(api->store, id, &sj) == DRV_OK)
+      snprintf(msg, sizeof msg, "job %" PRId64 " already %s", id, store_state_name(sj.state));
+    else
+      snprintf(msg, sizeof msg, "job %" PRId64 ": no such job", id);
+    api_reply_error(api, from, "not_found", msg);
+    return;
+  }
+  job_cancel(api->jobs, j);
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_OK);
+  reply(api, from, &m);
+}
+
+void api_agents(api_t *api, const sock_peer_t *from) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_AGENT_LIST);
+  proto_agent_t *list = proto_msg_alloc(&m, REGISTRY_MAX_AGENTS * sizeof *list);
+  uint32_t n = 0;
+  int64_t now = drv_now_ms();
+  for (int i = 0; list && i < REGISTRY_MAX_AGENTS; i++) {
+    const agent_t *a = registry_at(api->reg, i);
+    if (!a) continue;
+    list[n++] = (proto_agent_t){.agent_id = a->agent_id,
+                                .host = a->host,
+                                .target = a->target,
+                                .state = a->job ? "busy" : "idle",
+                                .cpus = a->cpus,
+                                .gpus = a->gpus,
+                                .mem_bytes = a->mem_bytes,
+                                .job = a->job,
+                                .last_seen_s = (double)(now - a->last_seen_ms) / 1000.0};
+  }
+  m.u.agent_list.agents = list;
+  m.u.agent_list.agents_count = n;
+  reply(api, from, &m);
+  proto_msg_fini(&m);
+}

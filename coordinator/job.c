@@ -1,0 +1,986 @@
+/* job.c: the active jobs and their state machine (see job.h, and phase.h for the phases).
+ * The decisions are sched_plan's and recovery_plan's; this file builds their snapshots,
+ * carries their plans out and handles the job messages of agents and workers. */
+#include "coordinator/job.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/settings.h"
+#include "coordinator/sched.h"
+
+// --- Phases --------------------------------------------------------------------------------
+
+static const char *const job_phase_names[] = {
+    [JOB_PHASE_QUEUED] = "queued",       [JOB_PHASE_STARTING] = "starting",
+    [JOB_PHASE_RUNNING] = "running",     [JOB_PHASE_PAUSING] = "pausing",
+    [JOB_PHASE_REFORMING] = "reforming", [JOB_PHASE_WAITING] = "waiting_for_agents",
+    [JOB_PHASE_SUCCEEDED] = "succeeded", [JOB_PHASE_FAILED] = "failed",
+    [JOB_PHASE_CANCELLED] = "cancelled",
+};
+
+const char *job_phase_name(job_phase_t p) {
+  if ((unsigned)p >= DRV_ARRAY_LEN(job_phase_names)) return "unknown";
+  return job_phase_names[p];
+}
+
+job_state_t job_state(job_phase_t p) {
+  switch (p) {
+  case JOB_PHASE_QUEUED: return JOB_QUEUED;
+  case JOB_PHASE_SUCCEEDED: return JOB_SUCCEEDED;
+  case JOB_PHASE_FAILED: return JOB_FAILED;
+  case JOB_PHASE_CANCELLED: return JOB_CANCELLED;
+  default: return JOB_RUNNING;
+  }
+}
+
+/* Placed on agents: it has ranks, and their messages count. */
+static int phase_placed(job_phase_t p) {
+  return p >= JOB_PHASE_STARTING && p <= JOB_PHASE_WAITING;
+}
+
+/* A re-formation is under way: survivors are being collected. */
+static int phase_collecting(job_phase_t p) {
+  return p == JOB_PHASE_PAUSING || p == JOB_PHASE_REFORMING || p == JOB_PHASE_WAITING;
+}
+
+/* The one place a job changes phase. Logs the transition once: the caller's line about
+ * it (with the caller's file and line), and "[from -> to]" after it. */
+static void job_enter_at(int line, job_t *j, job_phase_t to, log_level_t level, const char *fmt,
+                         ...) __attribute__((format(printf, 5, 6)));
+static void job_enter_at(int line, job_t *j, job_phase_t to, log_level_t level, const char *fmt,
+                         ...) {
+  char what[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof what, fmt, ap);
+  va_end(ap);
+  log_msg(level, __FILE__, line, "%s [%s -> %s]", what, job_phase_name(j->phase),
+          job_phase_name(to));
+  j->phase = to;
+}
+#define job_enter(j, to, level, ...) job_enter_at(__LINE__, j, to, level, __VA_ARGS__)
+
+// --- Events --------------------------------------------------------------------------------
+
+/* Publishes an event of job `id` on topic "job/<id>". */
+static void publish(job_table_t *t, int64_t id, const proto_msg_t *m) {
+  char topic[64];
+  snprintf(topic, sizeof topic, "job/%" PRId64, id);
+  if (sock_publish(t->events, topic, m) != DRV_OK) log_warn("%s", drv_last_error());
+}
+
+void job_publish_state(job_table_t *t, const job_t *j, const char *reason) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_EV_STATE);
+  m.u.ev_state.job = j->id;
+  m.u.ev_state.state = store_state_name(job_state(j->phase));
+  m.u.ev_state.reason = reason ? reason : "";
+  m.u.ev_state.run_dir = j->run_dir;
+  m.u.ev_state.test_loss = j->test_loss;
+  m.u.ev_state.test_accuracy = j->test_accuracy;
+  m.u.ev_state.samples_per_s = j->final_samples_per_s;
+  publish(t, j->id, &m); /* the strings above are borrowed: do not fini */
+}
+
+// --- The table -----------------------------------------------------------------------------
+
+void job_table_init(job_table_t *t, sock_t *workers, sock_t *events, store_t *store,
+                    registry_t *reg, const char *advertise) {
+  memset(t, 0, sizeof *t);
+  t->workers = workers;
+  t->events = events;
+  t->store = store;
+  t->reg = reg;
+  t->advertise = advertise;
+}
+
+job_t *job_find(job_table_t *t, int64_t id) {
+  for (int i = 0; i < JOB_MAX; i++)
+    if (t->jobs[i].used && t->jobs[i].id == id) return &t->jobs[i];
+  return NULL;
+}
+
+uint32_t job_active(const job_table_t *t) {
+  uint32_t n = 0;
+  for (int i = 0; i < JOB_MAX; i++) n += (uint32_t)t->jobs[i].used;
+  return n;
+}
+
+static job_t *job_free_entry(job_table_t *t) {
+  for (int i = 0; i < JOB_MAX; i++)
+    if (!t->jobs[i].used) return &t->jobs[i];
+  return NULL;
+}
+
+int job_has_room(const job_table_t *t) {
+  return job_active(t) < JOB_MAX;
+}
+
+job_t *job_add(job_table_t *t, const store_job_t *sj, const jobspec_t *spec, char **spec_yaml) {
+  job_t *j = job_free_entry(t);
+  if (!j) {
+    free(*spec_yaml);
+    *spec_yaml = NULL;
+    return NULL;
+  }
+  memset(j, 0, sizeof *j);
+  j->used = 1;
+  j->id = sj->id;
+  j->phase = JOB_PHASE_QUEUED;
+  snprintf(j->name, sizeof j->name, "%s", sj->name);
+  snprintf(j->target, sizeof j->target, "%s", sj->target);
+  snprintf(j->pool, sizeof j->pool, "%s", sj->pool);
+  snprintf(j->run_dir, sizeof j->run_dir, "%s", sj->run_dir);
+  snprintf(j->resume_dir, sizeof j->resume_dir, "%s", sj->resume_dir);
+  j->ckpt_step = sj->ckpt_step;
+  /* Generations go on across coordinators: messages of the old one's workers are stale. */
+  j->generation = sj->generation;
+  j->nodes = spec->nodes;
+  j->epochs = spec->train.epochs;
+  j->min_nodes = spec->min_nodes;
+  j->max_nodes = spec->max_nodes;
+  j->max_restarts = spec->max_restarts;
+  j->commit_every = spec->train.commit_every;
+  j->rejoin_timeout_s = spec->rejoin_timeout_s;
+  j->spec_yaml = *spec_yaml;
+  *spec_yaml = NULL;
+  j->test_loss = j->test_accuracy = j->final_samples_per_s = NAN;
+  j->pool_seen_ms = drv_now_ms();
+  return j;
+}
+
+/* At start: a job a previous coordinator left queued (or running, now queued again)
+ * becomes active again, to be placed and resumed from its checkpoints. */
+static int reload_one(const store_job_t *sj, void *arg) {
+  job_table_t *t = arg;
+  if (sj->state != JOB_QUEUED) return 0;
+  char *yaml = NULL;
+  jobspec_t *spec = NULL;
+  int room = job_has_room(t);
+  if (!room || store_job_spec(t->store, sj->id, &yaml) != DRV_OK ||
+      jobspec_parse(yaml, strlen(yaml), "stored spec", NULL, 0, &spec) != DRV_OK) {
+    char why[600];
+    snprintf(why, sizeof why, "cannot be reloaded: %s", room ? drv_last_error() : "too many jobs");
+    log_error("job %" PRId64 ": %s", sj->id, why);
+    store_job_set_state(t->store, sj->id, JOB_FAILED, why);
+    free(yaml);
+    return 0;
+  }
+  job_t *j = job_add(t, sj, spec, &yaml);
+  jobspec_destroy(&spec);
+  log_info("job %" PRId64 " (%s) reloaded: queued%s", j->id, j->name,
+           j->ckpt_step ? ", will resume from its last checkpoint" : "");
+  return 0;
+}
+
+drv_result_t job_table_reload(job_table_t *t) {
+  return store_job_list(t->store, 0, reload_one, t);
+}
+
+static void job_release(job_t *j) {
+  free(j->spec_yaml);
+  free(j->ranks);
+  memset(j, 0, sizeof *j);
+}
+
+/* The agent of rank r, or NULL when it is gone. */
+static agent_t *rank_agent(job_table_t *t, const job_rank_t *r) {
+  return registry_at(t->reg, r->agent);
+}
+
+/* The rank of j whose agent is at registry index ai, or -1. */
+static int rank_of_agent(const job_t *j, int ai) {
+  for (uint32_t r = 0; j->ranks && r < j->nodes; r++)
+    if (j->ranks[r].agent == ai) return (int)r;
+  return -1;
+}
+
+static void send_abort(job_table_t *t, const sock_peer_t *to, int64_t job, uint32_t generation,
+                       const char *reason) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_ABORT);
+  m.u.abort = (proto_abort_t){.job = job, .generation = generation, .reason = reason};
+  sock_send(t->workers, to, &m);
+}
+
+static void send_kill(job_table_t *t, const agent_t *a, int64_t job, uint32_t generation,
+                      const char *reason) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_KILL);
+  m.u.kill = (proto_kill_t){.job = job, .generation = generation, .reason = reason};
+  registry_send(t->reg, a, &m);
+}
+
+/* The agent of rank s still runs its worker for j. */
+static agent_t *rank_agent_busy(job_table_t *t, const job_t *j, const job_rank_t *s) {
+  agent_t *a = rank_agent(t, s);
+  return a && a->job == j->id && !s->exited ? a : NULL;
+}
+
+/* Tells the job's agents to kill its workers and the workers to abort. */
+static void stop_workers(job_table_t *t, job_t *j, const char *reason) {
+  for (uint32_t r = 0; j->ranks && r < j->nodes; r++) {
+    const job_rank_t *s = &j->ranks[r];
+    if (s->rendezvoused && !s->done) send_abort(t, &s->peer, j->id, j->generation, reason);
+    const agent_t *a = rank_agent_busy(t, j, s);
+    if (a) send_kill(t, a, j->id, j->generation, reason);
+  }
+}
+
+/* Moves a job to a terminal phase: durable record, event, workers stopped, entry freed.
+ * Agents stay busy until their worker's exit is reported, so nothing is double-booked. */
+static void job_finish(job_table_t *t, job_t *j, job_phase_t to, const char *reason) {
+  job_state_t state = job_state(to);
+  if (to != JOB_PHASE_SUCCEEDED) stop_workers(t, j, reason ? reason : "job ended");
+  /* Steps and throughput are worth keeping for failed and cancelled jobs too. */
+  double sps = to == JOB_PHASE_SUCCEEDED ? j->final_samples_per_s : j->samples_per_s;
+  if (store_job_set_metrics(t->store, j->id, j->test_accuracy, j->test_loss, j->step ? sps : NAN,
+                            j->step) != DRV_OK)
+    log_error("store: %s", drv_last_error());
+  if (store_job_set_state(t->store, j->id, state, reason) != DRV_OK)
+    log_error("store: %s", drv_last_error());
+  job_enter(j, to, LOG_INFO, "job %" PRId64 " (%s) %s%s%s", j->id, j->name, store_state_name(state),
+            reason && *reason ? ": " : "", reason ? reason : "");
+  job_publish_state(t, j, reason);
+  /* Agents whose worker is still alive keep `job` set; they free themselves on exit. */
+  for (uint32_t r = 0; j->ranks && r < j->nodes; r++) {
+    agent_t *a = rank_agent(t, &j->ranks[r]);
+    if (j->ranks[r].exited && a && a->job == j->id) a->job = 0;
+  }
+  job_release(j);
+}
+
+void job_fail(job_table_t *t, job_t *j, const char *fmt, ...) {
+  char reason[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(reason, sizeof reason, fmt, ap);
+  va_end(ap);
+  job_finish(t, j, JOB_PHASE_FAILED, reason);
+}
+
+void job_cancel(job_table_t *t, job_t *j) {
+  job_finish(t, j, JOB_PHASE_CANCELLED, "cancelled by user");
+}
+
+void job_table_fini(job_table_t *t) {
+  for (int i = 0; i < JOB_MAX; i++)
+    if (t->jobs[i].used)
+      job_fail(t, &t->jobs[i], "coordinator stopped while the job was %s",
+               store_state_name(job_state(t->jobs[i].phase)));
+}
+
+// --- Scheduling: carrying out sched_plan ---------------------------------------------------
+
+/* The registered agents as the planners see them; index[k] is view k's registry index. */
+static uint32_t agents_view(job_table_t *t, sched_agent_t *view, int *index) {
+  uint32_t n = 0;
+  for (int i = 0; i < REGISTRY_MAX_AGENTS; i++) {
+    const agent_t *a = registry_at(t->reg, i);
+    if (!a) continue;
+    view[n] = (sched_agent_t){.id = a->agent_id,
+                              .target = a->target,
+                              .pool = a->pool,
+                              .busy = a->job != 0,
+                              .leaving = a->leaving,
+                              .cooldown_until_ms = a->cooldown_until_ms};
+    index[n++] = i;
+  }
+  return n;
+}
+
+/* The free agents of j's queue, as registry indices in agent-id order (room for
+ * REGISTRY_MAX_AGENTS). Returns how many. */
+static uint32_t free_agents(job_table_t *t, const job_t *j, int64_t now, int *out) {
+  sched_agent_t view[REGISTRY_MAX_AGENTS];
+  int index[REGISTRY_MAX_AGENTS];
+  uint32_t fit[REGISTRY_MAX_AGENTS];
+  uint32_t n = sched_free(view, agents_view(t, view, index), j->target, j->pool, now, fit);
+  for (uint32_t k = 0; k < n; k++) out[k] = index[fit[k]];
+  return n;
+}
+
+/* A placement failed half-way (an agent could not be reached): the reached agents are
+ * told to drop their worker, and the job stays queued. */
+static void unplace(job_table_t *t, job_t *j, const char *why) {
+  for (uint32_t r = 0; r < j->nodes; r++) {
+    const agent_t *a = rank_agent(t, &j->ranks[r]);
+    if (a && a->job == j->id) send_kill(t, a, j->id, j->generation, why); /* its exit frees it */
+  }
+  free(j->ranks);
+  j->ranks = NULL;
+  if (store_job_set_state(t->store, j->id, JOB_QUEUED, why) != DRV_OK)
+    log_error("store: %s", drv_last_error());
+  log_warn("job %" PRId64 " queued again: %s", j->id, why);
+  job_publish_state(t, j, why);
+}
+
+/* Places queued job j on registry agents agent[0..nodes), in rank order: `assign` to
+ * each. Returns 0 when it did not start (an agent could not be reached, or no memory). */
+static int place(job_table_t *t, job_t *j, const int *agent, int64_t now) {
+  if (!(j->ranks = calloc(j->nodes, sizeof *j->ranks))) {
+    job_fail(t, j, "out of memory placing the job");
+    return 0;
+  }
+  j->generation++;
+  char unreachable[160] = "";
+  for (uint32_t r = 0; r < j->nodes; r++) {
+    agent_t *a = registry_at(t->reg, agent[r]);
+    j->ranks[r].agent = agent[r];
+    j->ranks[r].assign_gen = j->generation;
+    proto_msg_t m;
+    proto_msg_init(&m, PROTO_ASSIGN);
+    m.u.assign = (proto_assign_t){.job = j->id,
+                                  .generation = j->generation,
+                                  .rank = r,
+                                  .world = j->nodes,
+                                  .local_rank = 0,
+                                  .device = a->gpus ? 0 : -1,
+                                  .spec = j->spec_yaml,
+                                  .run_dir = j->run_dir,
+                                  .coordinator = t->advertise,
+                                  .resume_dir = j->resume_dir};
+    if (registry_send(t->reg, a, &m) != DRV_OK) {
+      /* Not connected any more (ROUTER_MANDATORY): it is gone. */
+      snprintf(unreachable, sizeof unreachable, "agent %s could not be reached", a->agent_id);
+      log_warn("agent %s (%s) lost: unreachable", a->agent_id, a->host);
+      registry_forget(t->reg, a);
+      j->ranks[r].agent = -1;
+      continue;
+    }
+    a->job = j->id;
+    a->generation = j->generation;
+  }
+  if (unreachable[0]) {
+    unplace(t, j, unreachable);
+    return 0;
+  }
+  j->deadline_ms = now + drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS);
+  if (store_job_set_state(t->store, j->id, JOB_RUNNING, NULL) != DRV_OK ||
+      store_job_set_generation(t->store, j->id, j->generation) != DRV_OK)
+    log_error("store: %s", drv_last_error());
+  job_enter(j, JOB_PHASE_STARTING, LOG_INFO,
+            "job %" PRId64 " (%s) placed on %u agent(s), generation %u", j->id, j->name, j->nodes,
+            j->generation);
+  job_publish_state(t, j, NULL);
+  return 1;
+}
+
+void job_schedule(job_table_t *t, int64_t now) {
+  for (;;) {
+    sched_job_t queued[JOB_MAX];
+    job_t *jobs[JOB_MAX];
+    uint32_t nq = 0;
+    for (int i = 0; i < JOB_MAX; i++) {
+      job_t *j = &t->jobs[i];
+      if (!j->used || j->phase != JOB_PHASE_QUEUED) continue;
+      queued[nq] =
+          (sched_job_t){.id = j->id, .target = j->target, .pool = j->pool, .nodes = j->nodes};
+      jobs[nq++] = j;
+    }
+    if (!nq) return;
+    sched_agent_t view[REGISTRY_MAX_AGENTS];
+    int index[REGISTRY_MAX_AGENTS];
+    uint32_t na = agents_view(t, view, index);
+    sched_plan_t plan;
+    sched_plan(queued, nq, view, na, now, &plan);
+    /* Oldest first; when one does not start, what comes after it is planned again, as if
+     * the placements had been decided one at a time. */
+    int replan = 0;
+    for (uint32_t p = 0; p < plan.count && !replan; p++) {
+      const sched_placement_t *pl = &plan.placements[p];
+      int agent[SCHED_MAX_AGENTS];
+      for (uint32_t r = 0; r < pl->nodes; r++) agent[r] = index[plan.agents[pl->first + r]];
+      replan = !place(t, jobs[pl->job], agent, now);
+    }
+    if (!replan) return;
+  }
+}
+
+// --- Recovery: carrying out recovery_plan --------------------------------------------------
+
+/* Makes sure a left-out rank's process is gone: abort to the worker, kill to its agent. */
+static void drop_rank(job_table_t *t, job_t *j, const job_rank_t *s, const char *why) {
+  if (s->peer.len) send_abort(t, &s->peer, j->id, j->generation, why);
+  const agent_t *a = rank_agent_busy(t, j, s);
+  if (a) send_kill(t, a, j->id, s->assign_gen, why);
+}
+
+/* Forms the next world of the plan: survivors get `reform` with their new rank, the first
+ * plan->newcomers of the free agents get `assign`; everyone then rendezvouses again and
+ * training goes on from the new rank 0's commit. */
+static void reform(job_table_t *t, job_t *j, const recovery_plan_t *plan, const int *free_list,
+                   int64_t now) {
+  job_rank_t *next = calloc(plan->world, sizeof *next);
+  if (!next) {
+    job_fail(t, j, "%s (out of memory re-forming the world)",
+             plan->cause.kind == RECOVERY_CAUSE_NONE ? j->pause_reason : plan->cause.text);
+    return;
+  }
+  j->generation++;
+  for (uint32_t k = 0; k < plan->survivors; k++) {
+    const job_rank_t *s = &j->ranks[plan->from[k]];
+    next[k].agent = s->agent;
+    next[k].assign_gen = s->assign_gen;
+    next[k].step = s->step; /* where it is, for messages until it reports again */
+    next[k].coll_seq = s->coll_seq;
+    next[k].commit = s->commit;
+    next[k].peer = s->peer;
+    proto_msg_t m;
+    proto_msg_init(&m, PROTO_REFORM);
+    m.u.reform = (proto_reform_t){
+        .job = j->id, .generation = j->generation, .rank = k, .world = plan->world};
+    sock_send(t->workers, &s->peer, &m);
+  }
+  for (uint32_t i = 0; i < plan->newcomers; i++) {
+    uint32_t k = plan->survivors + i;
+    agent_t *a = registry_at(t->reg, free_list[i]);
+    next[k].agent = free_list[i];
+    next[k].assign_gen = j->generation;
+    a->job = j->id;
+    a->generation = j->generation;
+    proto_msg_t m;
+    proto_msg_init(&m, PROTO_ASSIGN);
+    m.u.assign = (proto_assign_t){.job = j->id,
+                                  .generation = j->generation,
+                                  .rank = k,
+                                  .world = plan->world,
+                                  .device = a->gpus ? 0 : -1,
+                                  .spec = j->spec_yaml,
+                                  .run_dir = j->run_dir,
+                                  .coordinator = t->advertise,
+                                  .resume_dir = j->resume_dir};
+    registry_send(t->reg, a, &m);
+  }
+  free(j->ranks);
+  j->ranks = next;
+  j->nodes = plan->world;
+  j->deadline_ms = now + drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS);
+  if (store_job_set_generation(t->store, j->id, j->generation) != DRV_OK)
+    log_error("store: %s", drv_last_error());
+  j->cause = (recovery_cause_t){.kind = RECOVERY_CAUSE_NONE};
+  job_enter(j, JOB_PHASE_STARTING, LOG_WARN, "job %" PRId64 " %s; generation %u, restart %u of %u",
+            j->id, plan->reason, j->generation, j->restarts, j->max_restarts);
+  if (plan->step)
+    log_info("job %" PRId64 ": generation %u goes on from rank 0's commit at step %" PRIu64, j->id,
+             j->generation, plan->step);
+  job_publish_state(t, j, plan->reason);
+}
+
+/* Carries out a recovery plan for j, made after `failure` (NULL: a check). j may be freed
+ * on return. */
+static void carry_out(job_table_t *t, job_t *j, const recovery_plan_t *plan,
+                      const recovery_failure_t *failure, const recovery_rank_t *view,
+                      const int *free_list, int64_t now) {
+  for (uint32_t r = 0; r < j->nodes && r < RECOVERY_MAX_RANKS; r++) {
+    j->ranks[r].dead = plan->fate[r] >= RECOVERY_RANK_DEAD;
+    j->ranks[r].lost = plan->fate[r] == RECOVERY_RANK_REPORTED;
+  }
+  j->restarts = plan->restarts;
+  j->deadline_ms = plan->deadline_ms;
+  j->cause = plan->cause;
+  snprintf(j->first_cause, sizeof j->first_cause, "%s", plan->first_cause);
+  if (plan->restart) {
+    job_enter(j, JOB_PHASE_REFORMING, LOG_WARN, "job %" PRId64 ": %s: re-forming its world", j->id,
+              failure->reason);
+    char why[600];
+    snprintf(why, sizeof why, "re-forming after: %s", failure->reason);
+    job_publish_state(t, j, why);
+  }
+  if (plan->waits_for_agents)
+    job_enter(j, JOB_PHASE_WAITING, LOG_WARN,
+              "job %" PRId64 ": %u worker(s) left, min_nodes %u: waiting up to %u s for agents",
+              j->id, plan->workers, j->min_nodes, j->rejoin_timeout_s);
+  for (uint32_t r = 0; plan->settled && r < j->nodes && r < RECOVERY_MAX_RANKS; r++) {
+    if (plan->fate[r] == RECOVERY_RANK_SILENT) {
+      char why[512];
+      recovery_silent_reason(&view[r], r, why, sizeof why);
+      log_warn("job %" PRId64 ": %s: left out", j->id, why);
+    }
+    if (plan->fate[r] >= RECOVERY_RANK_DEAD)
+      drop_rank(t, j, &j->ranks[r], "left out of the re-formed world");
+  }
+  switch (plan->action) {
+  case RECOVERY_WAIT: break;
+  case RECOVERY_REFORM: reform(t, j, plan, free_list, now); break;
+  case RECOVERY_FAIL: job_fail(t, j, "%s", plan->reason); break;
+  }
+}
+
+/* Plans j's recovery after `failure` (NULL: a check) and carries the plan out. j may be
+ * freed on return. */
+static void recover(job_table_t *t, job_t *j, const recovery_failure_t *failure, int64_t now) {
+  recovery_rank_t view[RECOVERY_MAX_RANKS];
+  for (uint32_t r = 0; r < j->nodes && r < RECOVERY_MAX_RANKS; r++) {
+    const job_rank_t *s = &j->ranks[r];
+    const agent_t *a = rank_agent(t, s);
+    view[r] = (recovery_rank_t){.agent_id = a ? a->agent_id : "?",
+                                .host = a ? a->host : "?",
+                                .rendezvoused = s->rendezvoused,
+                                .lost = s->lost,
+                                .dead = s->dead,
+                                .leaving = s->leaving,
+                                .step = s->step,
+                                .coll_seq = s->coll_seq,
+                                .commit = s->commit};
+  }
+  int free_list[REGISTRY_MAX_AGENTS];
+  recovery_job_t in = {.phase = j->phase,
+                       .nodes = j->nodes,
+                       .ranks = view,
+                       .min_nodes = j->min_nodes,
+                       .max_nodes = j->max_nodes,
+                       .max_restarts = j->max_restarts,
+                       .restarts = j->restarts,
+                       .rejoin_timeout_s = j->rejoin_timeout_s,
+                       .free_agents = free_agents(t, j, now, free_list),
+                       .deadline_ms = j->deadline_ms,
+                       .ring_timeout_ms = drv_setting(DRV_SET_RING_TIMEOUT_MS),
+                       .cause = j->cause,
+                       .first_cause = j->first_cause,
+                       .pause_reason = j->pause_reason};
+  recovery_plan_t plan;
+  recovery_plan(&in, failure, now, &plan);
+  carry_out(t, j, &plan, failure, view, free_list, now);
+}
+
+/* Something went wrong in placed job j: rank `rank` (-1: none known) is gone. Its worker
+ * is told to stop at once; the rest is recovery_plan's. j may be freed on return. */
+static void job_trouble(job_table_t *t, job_t *j, int rank, const char *reason) {
+  if (rank >= 0 && !j->ranks[rank].dead) {
+    j->ranks[rank].dead = 1;
+    if (j->ranks[rank].peer.len) send_abort(t, &j->ranks[rank].peer, j->id, j->generation, reason);
+  }
+  recover(t, j, &(recovery_failure_t){.rank = rank, .reason = reason}, drv_now_ms());
+}
+
+/* Asks running job j to re-form at its next commit (to take in free agents, or to let a
+ * leaving agent go without losing steps): every worker gets `pause`; they agree on the
+ * commit through the ring and report `lost`. Returns 0 when j cannot do it now. */
+static int job_pause(job_table_t *t, job_t *j, const char *why, int64_t now) {
+  if (j->phase != JOB_PHASE_RUNNING || !j->commit_every || !j->ranks) return 0;
+  snprintf(j->pause_reason, sizeof j->pause_reason, "%s", why);
+  j->deadline_ms = now + 2 * drv_setting(DRV_SET_RING_TIMEOUT_MS) + 3000;
+  for (uint32_t r = 0; r < j->nodes; r++) {
+    const job_rank_t *s = &j->ranks[r];
+    if (!s->peer.len) continue;
+    proto_msg_t m;
+    proto_msg_init(&m, PROTO_PAUSE);
+    m.u.pause = (proto_pause_t){.job = j->id, .generation = j->generation, .reason = why};
+    sock_send(t->workers, &s->peer, &m);
+  }
+  job_enter(j, JOB_PHASE_PAUSING, LOG_INFO, "job %" PRId64 ": %s: re-forming at the next commit",
+            j->id, why);
+  char ev[300];
+  snprintf(ev, sizeof ev, "re-forming: %s", why);
+  job_publish_state(t, j, ev);
+  return 1;
+}
+
+// --- Time ----------------------------------------------------------------------------------
+
+/* A pool belongs to one drover submit: when it is gone, nobody will serve the job. */
+static void check_pool(job_table_t *t, job_t *j, int64_t now) {
+  for (int k = 0; k < REGISTRY_MAX_AGENTS; k++) {
+    const agent_t *a = registry_at(t->reg, k);
+    if (a && !strcmp(a->pool, j->pool)) j->pool_seen_ms = now;
+  }
+  if (now - j->pool_seen_ms > drv_setting(DRV_SET_POOL_WAIT_MS))
+    job_fail(t, j, "no agent of pool %s registered for %" PRId64 " s", j->pool,
+             (now - j->pool_seen_ms) / 1000);
+}
+
+/* Room to grow and a free agent for it, with nobody queued for that agent: re-form at the
+ * next commit with it. Returns 1 when it asked. */
+static int maybe_grow(job_table_t *t, job_t *j, int64_t now) {
+  if (j->phase != JOB_PHASE_RUNNING || j->nodes >= j->max_nodes || !j->commit_every) return 0;
+  int free_list[REGISTRY_MAX_AGENTS];
+  uint32_t n = free_agents(t, j, now, free_list);
+  for (int k = 0; k < JOB_MAX; k++) {
+    const job_t *q = &t->jobs[k];
+    if (q->used && q->phase == JOB_PHASE_QUEUED && !strcmp(q->target, j->target) &&
+        !strcmp(q->pool, j->pool))
+      return 0;
+  }
+  if (!n) return 0;
+  char why[128];
+  snprintf(why, sizeof why, "taking in %u free agent(s)", n);
+  return job_pause(t, j, why, now);
+}
+
+/* A worker that exited without `done` or `failed` had JOB_EXIT_GRACE_MS for them to come:
+ * the job fails. Returns 1 when it did. */
+static int check_exits(job_table_t *t, job_t *j, int64_t now) {
+  for (uint32_t r = 0; r < j->nodes; r++) {
+    const job_rank_t *s = &j->ranks[r];
+    if (!s->exited || s->done || !s->exit_ms || now - s->exit_ms <= JOB_EXIT_GRACE_MS) continue;
+    if (s->exit_code)
+      job_fail(t, j, "rank %u exited with code %d without saying why", r, s->exit_code);
+    else
+      job_fail(t, j, "rank %u exited without reporting its result", r);
+    return 1;
+  }
+  return 0;
+}
+
+void job_tick(job_table_t *t, int64_t now) {
+  for (int i = 0; i < JOB_MAX; i++) {
+    job_t *j = &t->jobs[i];
+    if (j->used && j->phase == JOB_PHASE_QUEUED && j->pool[0]) check_pool(t, j, now);
+  }
+  for (int i = 0; i < JOB_MAX; i++) {
+    job_t *j = &t->jobs[i];
+    if (!j->used || !phase_placed(j->phase)) continue;
+    if (phase_collecting(j->phase)) {
+      recover(t, j, NULL, now);
+      continue;
+    }
+    if (maybe_grow(t, j, now)) continue;
+    if (j->phase == JOB_PHASE_STARTING && now > j->deadline_ms) {
+      uint32_t missing = 0;
+      for (uint32_t r = 0; r < j->nodes; r++) missing += !j->ranks[r].rendezvoused;
+      job_fail(t, j, "%u of %u workers did not check in within %" PRId64 " ms", missing, j->nodes,
+               drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS));
+      continue;
+    }
+    check_exits(t, j, now);
+  }
+}
+
+// --- Agents --------------------------------------------------------------------------------
+
+/* The rank of placed job `job` on agent a, with the job; -1 (and *jp NULL) when none. */
+static int agent_rank(job_table_t *t, const agent_t *a, job_t **jp) {
+  job_t *j = a->job ? job_find(t, a->job) : NULL;
+  int r = j && phase_placed(j->phase) ? rank_of_agent(j, registry_index(t->reg, a)) : -1;
+  *jp = r >= 0 ? j : NULL;
+  return r;
+}
+
+void job_agent_lost(job_table_t *t, agent_t *a, const char *why) {
+  log_warn("agent %s (%s) lost: %s", a->agent_id, a->host, why);
+  job_t *j;
+  int r = agent_rank(t, a, &j);
+  if (r >= 0) {
+    char reason[512];
+    snprintf(reason, sizeof reason, "agent %s (%s, rank %u, near step %" PRIu64 ") lost: %s",
+             a->agent_id, a->host, (uint32_t)r, j->ranks[r].step, why);
+    j->ranks[r].exited = 1; /* nobody is left to report its worker's end */
+    job_trouble(t, j, r, reason);
+  }
+  registry_forget(t->reg, a);
+}
+
+void job_agent_leaving(job_table_t *t, agent_t *a, const char *reason) {
+  a->leaving = 1;
+  job_t *j;
+  int r = agent_rank(t, a, &j);
+  log_info("agent %s is leaving (%s)%s", a->agent_id, reason ? reason : "no reason given",
+           r >= 0 ? ": its rank leaves its job at the next commit" : "");
+  if (r < 0) return;
+  j->ranks[r].leaving = 1;
+  char why[300];
+  snprintf(why, sizeof why, "agent %s (rank %d) leaving: %s", a->agent_id, r,
+           reason ? reason : "stopping");
+  if (!phase_collecting(j->phase) && !job_pause(t, j, why, drv_now_ms())) job_trouble(t, j, r, why);
+}
+
+void job_agent_heartbeat(job_table_t *t, agent_t *a, uint32_t workers) {
+  if (a->job && !workers && !job_find(t, a->job)) {
+    /* Its job is over and it runs no worker: whatever exit report there was is lost (or
+     * there was no worker to report), so it is free. */
+    log_debug("agent %s: job %" PRId64 " over and no worker left: idle", a->agent_id, a->job);
+    a->job = 0;
+  }
+}
+
+void job_on_worker_exit(job_table_t *t, agent_t *a, const proto_worker_exit_t *e) {
+  /* Only the exit of the worker it is booked for frees it: an older generation's worker
+   * of the same job (a coordinator restart) says nothing about the current one. */
+  if (a->job == e->job && a->generation == e->generation) a->job = 0;
+  job_t *j = job_find(t, e->job);
+  if (!j || !phase_placed(j->phase) || !j->ranks) return;
+  int r = rank_of_agent(j, registry_index(t->reg, a));
+  if (r < 0 || j->ranks[r].assign_gen != e->generation) return; /* left out, or stale */
+  job_rank_t *s = &j->ranks[r];
+  s->exited = 1;
+  if (s->done) return;
+  char reason[256];
+  if (e->signal) {
+    snprintf(reason, sizeof reason,
+             "rank %d (agent %s, %s) was killed by signal %d near step %" PRIu64, r, a->agent_id,
+             a->host, e->signal, s->step);
+    /* Whatever killed it may strike again: no replacement worker on this agent for now. */
+    a->cooldown_until_ms = drv_now_ms() + drv_setting(DRV_SET_COOLDOWN_MS);
+    job_trouble(t, j, r, reason);
+    return;
+  }
+  if (phase_collecting(j->phase)) {
+    snprintf(reason, sizeof reason, "rank %d on agent %s exited with code %d", r, a->agent_id,
+             e->exit_code);
+    job_trouble(t, j, r, reason);
+    return;
+  }
+  /* Its `done` or `failed` may still be in flight on the worker's own socket. */
+  s->exit_code = e->exit_code;
+  s->exit_ms = drv_now_ms();
+}
+
+// --- Workers -------------------------------------------------------------------------------
+
+/* Validates the message's job and generation; NULL (and a debug line) for stale ones. */
+static job_t *job_for_msg(job_table_t *t, int64_t id, uint32_t generation, uint32_t rank,
+                          const char *what) {
+  job_t *j = job_find(t, id);
+  if (!j || !phase_placed(j->phase)) {
+    log_debug("%s for job %" PRId64 " that is not running: dropped", what, id);
+    return NULL;
+  }
+  if (generation != j->generation || rank >= j->nodes) {
+    log_warn("%s for job %" PRId64
+             " generation %u rank %u refused (current generation %u, "
+             "world %u)",
+             what, id, generation, rank, j->generation, j->nodes);
+    return NULL;
+  }
+  return j;
+}
+
+/* Everyone is in: relays the ring addresses, each rank's GPU and rank 0's NCCL id. */
+static void send_start(job_table_t *t, job_t *j) {
+  const char **peers = calloc(j->nodes, sizeof *peers), **gpus = calloc(j->nodes, sizeof *gpus);
+  if (!peers || !gpus) {
+    free(peers);
+    free(gpus);
+    job_fail(t, j, "out of memory at rendezvous");
+    return;
+  }
+  for (uint32_t r = 0; r < j->nodes; r++) {
+    peers[r] = j->ranks[r].addr;
+    gpus[r] = j->ranks[r].gpu;
+  }
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_START);
+  m.u.start.job = j->id;
+  m.u.start.generation = j->generation;
+  m.u.start.world = j->nodes;
+  m.u.start.peers = peers;
+  m.u.start.peers_count = j->nodes;
+  m.u.start.gpus = gpus;
+  m.u.start.gpus_count = j->nodes;
+  m.u.start.nccl_id = j->ranks[0].nccl_id[0] ? j->ranks[0].nccl_id : NULL;
+  for (uint32_t r = 0; r < j->nodes; r++)
+    if (sock_send(t->workers, &j->ranks[r].peer, &m) != DRV_OK)
+      log_warn("start to rank %u: %s", r, drv_last_error());
+  free(peers);
+  free(gpus);
+  job_enter(j, JOB_PHASE_RUNNING, LOG_INFO, "job %" PRId64 ": all %u workers checked in, started",
+            j->id, j->nodes);
+}
+
+void job_on_rendezvous(job_table_t *t, const sock_peer_t *from, const proto_rendezvous_t *rv) {
+  job_t *j = job_for_msg(t, rv->job, rv->generation, rv->rank, "rendezvous");
+  if (!j) {
+    send_abort(t, from, rv->job, rv->generation, "stale or unknown job");
+    return;
+  }
+  job_rank_t *s = &j->ranks[rv->rank];
+  s->rendezvoused = 1;
+  snprintf(s->addr, sizeof s->addr, "%s", rv->addr);
+  snprintf(s->gpu, sizeof s->gpu, "%s", rv->gpu ? rv->gpu : "");
+  snprintf(s->nccl_id, sizeof s->nccl_id, "%s", rv->nccl_id ? rv->nccl_id : "");
+  s->peer = *from;
+  /* Only a world being formed starts: a late check-in of a generation that broke before
+   * its start is left to the re-formation, which knows its worker now. */
+  if (j->phase != JOB_PHASE_STARTING) return;
+  for (uint32_t r = 0; r < j->nodes; r++)
+    if (!j->ranks[r].rendezvoused) return;
+  send_start(t, j);
+}
+
+double job_rank_compute_ms(const job_rank_t *r) {
+  double v = r->ewma_step_ms - r->ewma_wait_ms;
+  return v > 0 ? v : 0;
+}
+
+/* A straggler is slow but alive: its own compute time per step is above
+ * DROVER_STRAGGLER_PCT % of the median of the other ranks'. Reported, never declared dead. */
+static void update_stragglers(job_table_t *t, job_t *j) {
+  if (j->nodes < 2) return;
+  double pct = (double)drv_setting(DRV_SET_STRAGGLER_PCT) / 100.0;
+  double others[REGISTRY_MAX_AGENTS];
+  for (uint32_t r = 0; r < j->nodes; r++) {
+    job_rank_t *s = &j->ranks[r];
+    uint32_t n = 0;
+    for (uint32_t q = 0; q < j->nodes && n < REGISTRY_MAX_AGENTS; q++)
+      if (q != r && j->ranks[q].ewma_step_ms > 0) others[n++] = job_rank_compute_ms(&j->ranks[q]);
+    if (!n || s->ewma_step_ms == 0) continue;
+    double median = drv_median(others, n);
+    double mine = job_rank_compute_ms(s);
+    int slow = mine > pct * median && mine - median > 0.05;
+    if (slow == s->straggler) continue;
+    const agent_t *a = rank_agent(t, s);
+    if (slow)
+      log_warn("job %" PRId64
+               ": rank %u (agent %s) is a straggler: %.2f ms of compute per step, "
+               "others' median %.2f ms",
+               j->id, r, a ? a->agent_id : "?", mine, median);
+    else
+      log_info("job %" PRId64 ": rank %u is no longer a straggler", j->id, r);
+    s->straggler = slow;
+  }
+}
+
+static void publish_progress(job_table_t *t, job_t *j) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_EV_PROGRESS);
+  proto_ev_progress_t *p = &m.u.ev_progress;
+  p->job = j->id;
+  p->generation = j->generation;
+  p->epoch = j->epoch;
+  p->epochs = j->epochs;
+  p->step = j->step;
+  p->steps_total = j->steps_total;
+  p->loss = j->loss;
+  p->lr = j->lr;
+  double total = 0, slowest = -1, slowest_compute = -1;
+  uint32_t slow_rank = 0;
+  for (uint32_t r = 0; r < j->nodes; r++) {
+    total += j->ranks[r].samples_per_s;
+    slowest = DRV_MAX(slowest, j->ranks[r].step_ms);
+    if (job_rank_compute_ms(&j->ranks[r]) > slowest_compute) { /* the one the others wait for */
+      slowest_compute = job_rank_compute_ms(&j->ranks[r]);
+      slow_rank = r;
+    }
+  }
+  j->samples_per_s = total;
+  p->samples_per_s = total;
+  p->slowest_rank = slow_rank;
+  p->slowest_step_ms = slowest < 0 ? 0 : slowest;
+  double steps_per_s = slowest > 0 ? 1000.0 / slowest : 0;
+  p->eta_s = steps_per_s > 0 && j->step < j->steps_total
+                 ? (double)(j->steps_total - j->step) / steps_per_s
+                 : 0;
+  publish(t, j->id, &m);
+}
+
+void job_on_progress(job_table_t *t, const proto_progress_t *p) {
+  job_t *j = job_for_msg(t, p->job, p->generation, p->rank, "progress");
+  if (!j) return;
+  job_rank_t *s = &j->ranks[p->rank];
+  s->step = p->step;
+  s->coll_seq = p->coll_seq;
+  if (j->phase == JOB_PHASE_PAUSING) {
+    /* Still training towards the agreed commit, however slow its steps: wait for it. */
+    int reported = 0;
+    for (uint32_t r = 0; r < j->nodes; r++) reported |= j->ranks[r].lost;
+    if (!reported)
+      j->deadline_ms = drv_now_ms() + drv_setting(DRV_SET_RING_TIMEOUT_MS) + RECOVERY_GRACE_MS;
+  }
+  s->samples_per_s = p->interval_s > 0 ? (double)p->samples / p->interval_s : 0;
+  s->step_ms = p->step_ms;
+  double wait = isnan(p->wait_ms) ? 0 : p->wait_ms;
+  double data = isnan(p->data_ms) ? 0 : p->data_ms;
+  if (s->ewma_step_ms == 0) {
+    s->ewma_step_ms = p->step_ms;
+    s->ewma_wait_ms = wait;
+    s->ewma_data_ms = data;
+  } else {
+    s->ewma_step_ms = 0.7 * s->ewma_step_ms + 0.3 * p->step_ms;
+    s->ewma_wait_ms = 0.7 * s->ewma_wait_ms + 0.3 * wait;
+    s->ewma_data_ms = 0.7 * s->ewma_data_ms + 0.3 * data;
+  }
+  update_stragglers(t, j);
+  if (p->rank == 0) {
+    /* Ranks move in lockstep through the all-reduce; rank 0 speaks for the job. */
+    j->epoch = p->epoch;
+    j->step = p->step;
+    j->steps_total = p->steps_total;
+    j->loss = p->loss;
+    j->lr = p->lr;
+    int64_t now = drv_now_ms();
+    if (now - j->last_publish_ms >= (int64_t)drv_setting(DRV_SET_PROGRESS_MS) ||
+        p->step == p->steps_total) {
+      j->last_publish_ms = now;
+      publish_progress(t, j);
+    }
+  }
+}
+
+void job_on_eval(job_table_t *t, const proto_eval_t *e) {
+  job_t *j = job_for_msg(t, e->job, e->generation, 0, "eval");
+  if (!j) return;
+  log_info("job %" PRId64 " epoch %u: test loss %.4f, accuracy %.4f", j->id, e->epoch + 1,
+           e->test_loss, e->test_accuracy);
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_EV_EVAL);
+  m.u.ev_eval = *e;
+  publish(t, j->id, &m);
+}
+
+void job_on_done(job_table_t *t, const proto_done_t *d) {
+  job_t *j = job_for_msg(t, d->job, d->generation, d->rank, "done");
+  if (!j) return;
+  j->ranks[d->rank].done = 1;
+  if (d->rank == 0) {
+    j->test_loss = d->test_loss;
+    j->test_accuracy = d->test_accuracy;
+    j->final_samples_per_s = d->samples_per_s;
+    j->step = d->steps;
+  }
+  for (uint32_t r = 0; r < j->nodes; r++)
+    if (!j->ranks[r].done) return;
+  job_finish(t, j, JOB_PHASE_SUCCEEDED, NULL);
+}
+
+void job_on_failed(job_table_t *t, const proto_failed_t *f) {
+  job_t *j = job_for_msg(t, f->job, f->generation, f->rank, "failed");
+  if (!j) return;
+  const agent_t *a = rank_agent(t, &j->ranks[f->rank]);
+  job_fail(t, j, "rank %u (agent %s): %s", f->rank, a ? a->agent_id : "?", f->reason);
+}
+
+void job_on_checkpoint(job_table_t *t, const proto_checkpoint_t *k) {
+  job_t *j = job_for_msg(t, k->job, k->generation, 0, "checkpoint");
+  if (!j) return;
+  if (store_job_set_checkpoint(t->store, j->id, k->step) != DRV_OK) {
+    log_error("store: %s", drv_last_error());
+    return;
+  }
+  j->ckpt_step = k->step;
+  log_info("job %" PRId64 ": checkpoint of step %" PRIu64 " is durable (%s)", j->id, k->step,
+           k->dir);
+}
+
+void job_on_lost(job_table_t *t, const sock_peer_t *from, const proto_lost_t *l) {
+  job_t *j = job_find(t, l->job);
+  if (!j || !phase_placed(j->phase) || !j->ranks || l->rank >= j->nodes) return;
+  if (l->generation != j->generation) {
+    log_debug("lost of job %" PRId64 " generation %u dropped (expected %u)", l->job, l->generation,
+              j->generation);
+    return;
+  }
+  job_rank_t *s = &j->ranks[l->rank];
+  if (s->dead) return;
+  s->lost = 1;
+  s->peer = *from;
+  s->commit = l->step;
+  int64_t now = drv_now_ms();
+  if (j->phase == JOB_PHASE_PAUSING) { /* the ranks stopping at the agreed commit, as asked */
+    recover(t, j, NULL, now);
+    return;
+  }
+  /* The ring is broken now: the others report within moments. */
+  if (phase_collecting(j->phase)) j->deadline_ms = DRV_MIN(j->deadline_ms, now + RECOVERY_GRACE_MS);
+  const agent_t *a = rank_agent(t, s);
+  char reason[700];
+  snprintf(reason, sizeof reason, "rank %u (agent %s) lost its ring at step %" PRIu64 ": %s",
+           l->rank, a ? a->agent_id : "?", l->step, l->reason);
+  job_trouble(t, j, -1, reason);
+}

@@ -1,0 +1,204 @@
+/* job.h: the coordinator's active jobs (queued or placed) and their state machine.
+ *
+ * A job moves through the phases of phase.h, one transition at a time, each made by one
+ * function (job_enter in job.c) that logs it once. The job table owns its jobs and their
+ * ranks; it borrows the sockets, the store and the agent registry from the coordinator
+ * (coord.c), which feeds it the agents' and workers' messages and the clock's ticks.
+ *
+ * Decide, then act: which queued jobs start where is sched_plan's decision (sched.h) and
+ * how a broken world re-forms is recovery_plan's (recovery.h); the job table builds their
+ * snapshots and carries the plans out: `assign`, `reform`, `pause`, `abort` and `kill`
+ * messages, the store's records, the `job/<id>` events. It also relays the rendezvous
+ * (`start` with every rank's ring address, GPU and rank 0's NCCL id), aggregates progress
+ * (rank 0 speaks for the job), spots stragglers and records results and checkpoints.
+ *
+ * Messages that carry a job are checked against its current generation and world; stale
+ * ones are dropped (a stale `rendezvous` is answered with `abort`). Everything runs on the
+ * coordinator's one thread.
+ */
+#ifndef DROVER_COORDINATOR_JOB_H
+#define DROVER_COORDINATOR_JOB_H
+
+#include <stdint.h>
+
+#include "common/jobspec.h"
+#include "common/proto.h"
+#include "common/sock.h"
+#include "coordinator/phase.h"
+#include "coordinator/recovery.h"
+#include "coordinator/registry.h"
+#include "coordinator/store.h"
+
+#define JOB_MAX 1024           /* active jobs: queued or placed */
+#define JOB_EXIT_GRACE_MS 3000 /* a worker that exited 0 has this long for its `done` to arrive */
+
+/* One rank of a placed job. */
+typedef struct {
+  int agent;         /* its agent's registry index; -1: unreachable when placed */
+  int rendezvoused;  /* rendezvous received for this generation */
+  char addr[256];    /* ring address */
+  char gpu[128];     /* its rendezvous `gpu`: "" for the CPU */
+  char nccl_id[260]; /* rank 0's rendezvous `nccl_id` */
+  sock_peer_t peer;  /* its worker, once it checked in */
+  int done, exited;
+  int32_t exit_code;   /* when exited: its code (0: clean, waiting for `done`) */
+  int64_t exit_ms;     /* when its agent reported an exit without `done` or `failed` yet */
+  uint32_t assign_gen; /* generation of its agent's assignment (its process's birth) */
+  int dead;            /* lost for good: excluded from the next world */
+  int lost;            /* reported `lost` during a re-formation: alive, rolled back */
+  int leaving;         /* its agent is stopping: left out at the next re-formation */
+  uint64_t commit;     /* the commit it rolled back to (its `lost`), 0 when not known */
+  /* last progress report, and smoothed step and all-reduce times */
+  uint64_t step;
+  double samples_per_s, step_ms, ewma_step_ms, ewma_wait_ms, ewma_data_ms;
+  uint64_t coll_seq; /* collectives it had completed at its last report */
+  int straggler;
+} job_rank_t;
+
+typedef struct {
+  int used;
+  int64_t id;
+  job_phase_t phase;
+  char name[128];
+  char target[16];
+  char pool[64]; /* "" or the pool of agents it must run on */
+  uint32_t nodes, epochs;
+  uint32_t generation;
+  char *spec_yaml;
+  char run_dir[1024];
+  char resume_dir[1024]; /* checkpoints to start from when run_dir has none; "" */
+  uint64_t ckpt_step;    /* last durable checkpoint */
+  int64_t pool_seen_ms;  /* last time an agent of its pool was registered */
+  job_rank_t *ranks;     /* nodes of them from placement on */
+  uint32_t min_nodes, max_nodes, max_restarts, restarts, rejoin_timeout_s;
+  uint32_t commit_every;  /* planned re-formations need commits */
+  int64_t deadline_ms;    /* STARTING: every rank checks in by then; PAUSING, REFORMING and
+                             WAITING: the re-formation's (ranks not heard from are left out) */
+  recovery_cause_t cause; /* the failure being recovered from */
+  char first_cause[RECOVERY_REASON_MAX]; /* the first one it re-formed after */
+  char pause_reason[256];                /* PAUSING: why it was asked to */
+  /* aggregated progress */
+  uint32_t epoch;
+  uint64_t step, steps_total;
+  double loss, lr, samples_per_s;
+  int64_t last_publish_ms;
+  /* final metrics from rank 0 */
+  double test_loss, test_accuracy, final_samples_per_s;
+} job_t;
+
+typedef struct {
+  sock_t *workers;       /* borrowed: the agents' and workers' ROUTER */
+  sock_t *events;        /* borrowed: the PUB */
+  store_t *store;        /* borrowed */
+  registry_t *reg;       /* borrowed */
+  const char *advertise; /* borrowed: the endpoint workers are told to connect to */
+  job_t jobs[JOB_MAX];
+} job_table_t;
+
+// --- The table ------------------------------------------------------------------------------
+
+/* An empty table using the borrowed sockets, store and registry (they outlive it). */
+void job_table_init(job_table_t *t, sock_t *workers, sock_t *events, store_t *store,
+                    registry_t *reg, const char *advertise);
+
+/* At the coordinator's stop: fails every active job ("coordinator stopped while the job
+ * was running"), stopping its workers, and frees them. */
+void job_table_fini(job_table_t *t);
+
+/* Loads the jobs a previous coordinator left queued (store_recover queued the running
+ * ones again) to be placed again and resumed from their checkpoints. A job that cannot be
+ * reloaded is failed in the store with the reason. Returns the store's error, if any. */
+drv_result_t job_table_reload(job_table_t *t);
+
+/* The active job `id`, or NULL. */
+job_t *job_find(job_table_t *t, int64_t id);
+
+/* How many jobs are active (queued or placed). */
+uint32_t job_active(const job_table_t *t);
+
+/* Whether the table can take one more job. */
+int job_has_room(const job_table_t *t);
+
+/* Makes the recorded job sj, of spec `spec`, active and queued; takes ownership of
+ * *spec_yaml (its canonical text, nulled). Returns it, or NULL when the table is full (the
+ * text is then freed all the same). */
+job_t *job_add(job_table_t *t, const store_job_t *sj, const jobspec_t *spec, char **spec_yaml);
+
+// --- Phases ---------------------------------------------------------------------------------
+
+/* "queued", "starting", "running", "pausing", "reforming", "waiting_for_agents",
+ * "succeeded", "failed", "cancelled"; "unknown" outside the enum. Never NULL. */
+const char *job_phase_name(job_phase_t p);
+
+/* The state the store and the wire know a phase by: STARTING .. WAITING are running. */
+job_state_t job_state(job_phase_t p);
+
+/* Publishes ev_state of j on "job/<id>", with `reason` (may be NULL). */
+void job_publish_state(job_table_t *t, const job_t *j, const char *reason);
+
+/* Cancels j ("cancelled by user"): record, event, workers stopped, j freed. */
+void job_cancel(job_table_t *t, job_t *j);
+
+/* Fails j with a printf-style reason: record, event, workers stopped, j freed (do not
+ * touch j afterwards). */
+void job_fail(job_table_t *t, job_t *j, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+// --- Time -----------------------------------------------------------------------------------
+
+/* Places what can be placed now: builds the scheduler's snapshot, asks sched_plan, and
+ * carries the plan out (assign to every rank; an agent that cannot be reached is
+ * forgotten and its job queued again, then the rest is planned anew). Run after every
+ * pass of the coordinator's loop. */
+void job_schedule(job_table_t *t, int64_t now);
+
+/* The job timers, every heartbeat: queued jobs whose pool is gone fail, re-formations
+ * whose time has come are planned, running jobs with room and a free agent grow, jobs
+ * whose ranks did not check in fail, and so do those whose worker exited without a word. */
+void job_tick(job_table_t *t, int64_t now);
+
+// --- Agents ---------------------------------------------------------------------------------
+
+/* Agent a is gone (silent, stopped, or registered anew): logs it, treats its rank (if any)
+ * as lost, and forgets a in the registry. */
+void job_agent_lost(job_table_t *t, agent_t *a, const char *why);
+
+/* Agent a is stopping (`leave`): it takes no new work; its rank leaves its job at the
+ * next commit and the job goes on without it (without commits, it is lost at once). */
+void job_agent_leaving(job_table_t *t, agent_t *a, const char *reason);
+
+/* Agent a's heartbeat says it runs `workers` workers: one booked for a job that is over
+ * and running none is free again (its exit report was lost, or there was no worker). */
+void job_agent_heartbeat(job_table_t *t, agent_t *a, uint32_t workers);
+
+/* Agent a reaped its worker: frees a when it was that worker's booking, and treats a
+ * killed worker (or one that exited during a re-formation) as a lost rank. */
+void job_on_worker_exit(job_table_t *t, agent_t *a, const proto_worker_exit_t *e);
+
+// --- Workers --------------------------------------------------------------------------------
+
+/* A rank checked in; when all have, every rank gets `start`. */
+void job_on_rendezvous(job_table_t *t, const sock_peer_t *from, const proto_rendezvous_t *rv);
+
+/* A rank's progress: smoothed times, stragglers, and (rank 0) the job's ev_progress. */
+void job_on_progress(job_table_t *t, const proto_progress_t *p);
+
+/* Rank 0's evaluation: logged and published as ev_eval. */
+void job_on_eval(job_table_t *t, const proto_eval_t *e);
+
+/* A rank is done; when all are, the job succeeded with rank 0's metrics. */
+void job_on_done(job_table_t *t, const proto_done_t *d);
+
+/* A rank failed: the job fails with its reason. */
+void job_on_failed(job_table_t *t, const proto_failed_t *f);
+
+/* Rank 0's checkpoint is durable: recorded in the store. */
+void job_on_checkpoint(job_table_t *t, const proto_checkpoint_t *k);
+
+/* A rank's ring broke (or it stopped at the agreed commit, as asked): it rolled back and
+ * waits, and the job re-forms as recovery_plan says. */
+void job_on_lost(job_table_t *t, const sock_peer_t *from, const proto_lost_t *l);
+
+/* A rank's own compute time per step: its step time less its all-reduce waits (>= 0). */
+double job_rank_compute_ms(const job_rank_t *r);
+
+#endif

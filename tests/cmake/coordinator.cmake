@@ -1,0 +1,6 @@
+# coordinator/: the scheduler's and recovery's plans, pure functions driven in-process from
+# snapshots (no processes, sockets or sleeps).
+drover_unit_test(test_sched SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_sched.c
+                 LIBS drover_coordinator LABELS unit)
+drover_unit_test(test_recovery SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_recovery.c
+                 LIBS drover_coordinator LABELS unit)

@@ -1,0 +1,224 @@
+/* test_sched.c: coordinator/sched, the scheduler's pure decision, driven in-process from
+ * snapshots of queued jobs and agents: gang placement, FIFO per queue (target + pool),
+ * rank order by agent id, and the agents that may not take work (busy, cooling down,
+ * leaving, another target or pool). No processes, sockets or sleeps. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include <stdint.h>
+#include <string.h>
+
+#include "coordinator/sched.h"
+
+#define NOW 1000000
+
+static sched_agent_t agent(const char *id, const char *target, const char *pool) {
+  return (sched_agent_t){.id = id, .target = target, .pool = pool};
+}
+
+static sched_job_t job(int64_t id, const char *target, const char *pool, uint32_t nodes) {
+  return (sched_job_t){.id = id, .target = target, .pool = pool, .nodes = nodes};
+}
+
+/* The placement of queued[qi] in the plan, or NULL when it was not placed. */
+static const sched_placement_t *placement_of(const sched_plan_t *p, uint32_t qi) {
+  for (uint32_t k = 0; k < p->count; k++)
+    if (p->placements[k].job == qi) return &p->placements[k];
+  return NULL;
+}
+
+/* The agent id of rank r of queued[qi]'s placement. */
+static const char *rank_agent(const sched_plan_t *p, const sched_agent_t *agents, uint32_t qi,
+                              uint32_t r) {
+  const sched_placement_t *pl = placement_of(p, qi);
+  assert_non_null(pl);
+  assert_true(r < pl->nodes);
+  return agents[p->agents[pl->first + r]].id;
+}
+
+// --- Gang placement ------------------------------------------------------------------------
+
+static void test_gang_waits_for_every_worker(void **state) {
+  /* Listed out of id order: ranks must follow the ids, not the array. */
+  sched_agent_t agents[] = {agent("c-agent", "attached", ""), agent("a-agent", "attached", ""),
+                            agent("b-agent", "attached", "")};
+  sched_job_t queued[] = {job(7, "attached", "", 3)};
+  sched_plan_t plan;
+
+  sched_plan(queued, 1, agents, 2, NOW, &plan); /* only c and a */
+  assert_int_equal(plan.count, 0);
+
+  sched_plan(queued, 1, agents, 3, NOW, &plan);
+  assert_int_equal(plan.count, 1);
+  assert_int_equal(plan.placements[0].job, 0);
+  assert_int_equal(plan.placements[0].nodes, 3);
+  assert_string_equal(rank_agent(&plan, agents, 0, 0), "a-agent");
+  assert_string_equal(rank_agent(&plan, agents, 0, 1), "b-agent");
+  assert_string_equal(rank_agent(&plan, agents, 0, 2), "c-agent");
+}
+
+static void test_gang_does_not_count_busy_agents(void **state) {
+  sched_agent_t agents[] = {agent("a1", "attached", ""), agent("a2", "attached", ""),
+                            agent("a3", "attached", "")};
+  agents[1].busy = 1;
+  sched_job_t queued[] = {job(1, "attached", "", 3)};
+  sched_plan_t plan;
+  sched_plan(queued, 1, agents, 3, NOW, &plan);
+  assert_int_equal(plan.count, 0);
+  agents[1].busy = 0;
+  sched_plan(queued, 1, agents, 3, NOW, &plan);
+  assert_int_equal(plan.count, 1);
+}
+
+static void test_no_agent_in_two_placements(void **state) {
+  sched_agent_t agents[] = {agent("a1", "attached", ""), agent("a2", "attached", ""),
+                            agent("a3", "attached", ""), agent("a4", "attached", "")};
+  sched_job_t queued[] = {job(1, "attached", "", 2), job(2, "attached", "", 2),
+                          job(3, "attached", "", 1)};
+  sched_plan_t plan;
+  sched_plan(queued, 3, agents, 4, NOW, &plan);
+  /* Jobs 1 and 2 take all four agents, oldest first; job 3 waits for one. */
+  assert_int_equal(plan.count, 2);
+  assert_int_equal(plan.placements[0].job, 0);
+  assert_int_equal(plan.placements[1].job, 1);
+  assert_string_equal(rank_agent(&plan, agents, 0, 0), "a1");
+  assert_string_equal(rank_agent(&plan, agents, 0, 1), "a2");
+  assert_string_equal(rank_agent(&plan, agents, 1, 0), "a3");
+  assert_string_equal(rank_agent(&plan, agents, 1, 1), "a4");
+  assert_null(placement_of(&plan, 2));
+}
+
+// --- FIFO per queue ------------------------------------------------------------------------
+
+static void test_fifo_older_job_blocks_its_queue(void **state) {
+  sched_agent_t agents[] = {agent("a1", "attached", "")};
+  /* The younger job first in the array: age is the id, not the position. */
+  sched_job_t queued[] = {job(9, "attached", "", 1), job(4, "attached", "", 2)};
+  sched_plan_t plan;
+  sched_plan(queued, 2, agents, 1, NOW, &plan);
+  /* Job 4 needs two agents and holds up job 9, which one agent could run. */
+  assert_int_equal(plan.count, 0);
+
+  /* Without the older job, the younger one is placed. */
+  sched_plan(queued, 1, agents, 1, NOW, &plan);
+  assert_int_equal(plan.count, 1);
+  assert_int_equal(plan.placements[0].job, 0);
+}
+
+static void test_fifo_oldest_first(void **state) {
+  sched_agent_t agents[] = {agent("z", "local", "p"), agent("y", "local", "p")};
+  sched_job_t queued[] = {job(12, "local", "p", 1), job(11, "local", "p", 1),
+                          job(13, "local", "p", 1)};
+  sched_plan_t plan;
+  sched_plan(queued, 3, agents, 1, NOW, &plan); /* one agent: the oldest job gets it */
+  assert_int_equal(plan.count, 1);
+  assert_int_equal(plan.placements[0].job, 1);
+
+  sched_plan(queued, 3, agents, 2, NOW, &plan); /* two: jobs 11 and 12, in that order */
+  assert_int_equal(plan.count, 2);
+  assert_int_equal(plan.placements[0].job, 1);
+  assert_int_equal(plan.placements[1].job, 0);
+  assert_string_equal(rank_agent(&plan, agents, 1, 0), "y");
+  assert_string_equal(rank_agent(&plan, agents, 0, 0), "z");
+  assert_null(placement_of(&plan, 2));
+}
+
+static void test_fifo_other_queues_not_blocked(void **state) {
+  sched_agent_t agents[] = {agent("att", "attached", ""), agent("loc", "local", ""),
+                            agent("pooled", "attached", "p1")};
+  sched_job_t queued[] = {job(1, "attached", "", 2), job(2, "attached", "", 1),
+                          job(3, "local", "", 1), job(4, "attached", "p1", 1)};
+  sched_plan_t plan;
+  sched_plan(queued, 4, agents, 3, NOW, &plan);
+  /* attached/"" is blocked by job 1 (job 2 waits behind it, though "att" is free);
+   * local/"" and attached/p1 go on. */
+  assert_int_equal(plan.count, 2);
+  assert_null(placement_of(&plan, 0));
+  assert_null(placement_of(&plan, 1));
+  assert_string_equal(rank_agent(&plan, agents, 2, 0), "loc");
+  assert_string_equal(rank_agent(&plan, agents, 3, 0), "pooled");
+}
+
+// --- Which agents may take work ------------------------------------------------------------
+
+static void test_targets_and_pools_respected(void **state) {
+  sched_agent_t agents[] = {agent("a-local", "local", ""), agent("b-pool", "attached", "p"),
+                            agent("c-plain", "attached", ""), agent("d-other", "attached", "q")};
+  sched_job_t queued[] = {job(1, "attached", "", 2)};
+  sched_plan_t plan;
+  /* One agent of attached/"": the others serve another target or pool. */
+  sched_plan(queued, 1, agents, 4, NOW, &plan);
+  assert_int_equal(plan.count, 0);
+
+  sched_job_t pooled[] = {job(2, "attached", "p", 1)};
+  sched_plan(pooled, 1, agents, 4, NOW, &plan);
+  assert_int_equal(plan.count, 1);
+  assert_string_equal(rank_agent(&plan, agents, 0, 0), "b-pool");
+
+  sched_job_t local[] = {job(3, "local", "", 1)};
+  sched_plan(local, 1, agents, 4, NOW, &plan);
+  assert_int_equal(plan.count, 1);
+  assert_string_equal(rank_agent(&plan, agents, 0, 0), "a-local");
+}
+
+static void test_cooling_down_and_leaving_not_used(void **state) {
+  sched_agent_t agents[] = {agent("a1", "attached", ""), agent("a2", "attached", ""),
+                            agent("a3", "attached", "")};
+  agents[0].cooldown_until_ms = NOW + 5000;
+  agents[1].leaving = 1;
+  sched_job_t big[] = {job(1, "attached", "", 2)}, small[] = {job(2, "attached", "", 1)};
+  sched_plan_t plan;
+  sched_plan(big, 1, agents, 3, NOW, &plan);
+  assert_int_equal(plan.count, 0);
+  sched_plan(small, 1, agents, 3, NOW, &plan);
+  assert_int_equal(plan.count, 1);
+  assert_string_equal(rank_agent(&plan, agents, 0, 0), "a3");
+
+  /* Once the cool-down is over, a1 works again; a leaving agent never does. */
+  sched_plan(big, 1, agents, 3, NOW + 5000, &plan);
+  assert_int_equal(plan.count, 1);
+  assert_string_equal(rank_agent(&plan, agents, 0, 0), "a1");
+  assert_string_equal(rank_agent(&plan, agents, 0, 1), "a3");
+  assert_false(sched_fits(&agents[1], "attached", "", NOW + 5000));
+}
+
+static void test_free_agents_in_id_order(void **state) {
+  sched_agent_t agents[] = {agent("n3", "attached", ""), agent("n1", "attached", ""),
+                            agent("n2", "local", ""), agent("n0", "attached", "")};
+  agents[3].busy = 1;
+  uint32_t out[SCHED_MAX_AGENTS];
+  assert_int_equal(sched_free(agents, 4, "attached", "", NOW, out), 2);
+  assert_string_equal(agents[out[0]].id, "n1");
+  assert_string_equal(agents[out[1]].id, "n3");
+  assert_int_equal(sched_free(agents, 4, "attached", "nope", NOW, out), 0);
+}
+
+static void test_empty_inputs(void **state) {
+  sched_agent_t agents[] = {agent("a", "attached", "")};
+  sched_job_t queued[] = {job(1, "attached", "", 1)};
+  sched_plan_t plan = {.count = 99};
+  sched_plan(queued, 0, agents, 1, NOW, &plan);
+  assert_int_equal(plan.count, 0);
+  plan.count = 99;
+  sched_plan(queued, 1, agents, 0, NOW, &plan);
+  assert_int_equal(plan.count, 0);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_gang_waits_for_every_worker),
+      cmocka_unit_test(test_gang_does_not_count_busy_agents),
+      cmocka_unit_test(test_no_agent_in_two_placements),
+      cmocka_unit_test(test_fifo_older_job_blocks_its_queue),
+      cmocka_unit_test(test_fifo_oldest_first),
+      cmocka_unit_test(test_fifo_other_queues_not_blocked),
+      cmocka_unit_test(test_targets_and_pools_respected),
+      cmocka_unit_test(test_cooling_down_and_leaving_not_used),
+      cmocka_unit_test(test_free_agents_in_id_order),
+      cmocka_unit_test(test_empty_inputs),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
