@@ -217,6 +217,25 @@ static void send_kill(job_table_t *t, const agent_t *a, int64_t job, uint32_t ge
   registry_send(t->reg, a, &m);
 }
 
+/* Sends agent a its `assign`: rank `rank` of j's current generation, in a world of `world`.
+ * Returns registry_send's result. */
+static drv_result_t send_assign(job_table_t *t, const job_t *j, const agent_t *a, uint32_t rank,
+                                uint32_t world) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_ASSIGN);
+  m.u.assign = (proto_assign_t){.job = j->id,
+                                .generation = j->generation,
+                                .rank = rank,
+                                .world = world,
+                                .local_rank = 0,
+                                .device = a->gpus ? 0 : -1,
+                                .spec = j->spec_yaml,
+                                .run_dir = j->run_dir,
+                                .coordinator = t->advertise,
+                                .resume_dir = j->resume_dir};
+  return registry_send(t->reg, a, &m);
+}
+
 /* The agent of rank s still runs its worker for j. */
 static agent_t *rank_agent_busy(job_table_t *t, const job_t *j, const job_rank_t *s) {
   agent_t *a = rank_agent(t, s);
@@ -335,19 +354,7 @@ static int place(job_table_t *t, job_t *j, const int *agent, int64_t now) {
     agent_t *a = registry_at(t->reg, agent[r]);
     j->ranks[r].agent = agent[r];
     j->ranks[r].assign_gen = j->generation;
-    proto_msg_t m;
-    proto_msg_init(&m, PROTO_ASSIGN);
-    m.u.assign = (proto_assign_t){.job = j->id,
-                                  .generation = j->generation,
-                                  .rank = r,
-                                  .world = j->nodes,
-                                  .local_rank = 0,
-                                  .device = a->gpus ? 0 : -1,
-                                  .spec = j->spec_yaml,
-                                  .run_dir = j->run_dir,
-                                  .coordinator = t->advertise,
-                                  .resume_dir = j->resume_dir};
-    if (registry_send(t->reg, a, &m) != DRV_OK) {
+    if (send_assign(t, j, a, r, j->nodes) != DRV_OK) {
       /* Not connected any more (ROUTER_MANDATORY): it is gone. */
       snprintf(unreachable, sizeof unreachable, "agent %s could not be reached", a->agent_id);
       log_warn("agent %s (%s) lost: unreachable", a->agent_id, a->host);
@@ -446,18 +453,7 @@ static void reform(job_table_t *t, job_t *j, const recovery_plan_t *plan, const 
     next[k].assign_gen = j->generation;
     a->job = j->id;
     a->generation = j->generation;
-    proto_msg_t m;
-    proto_msg_init(&m, PROTO_ASSIGN);
-    m.u.assign = (proto_assign_t){.job = j->id,
-                                  .generation = j->generation,
-                                  .rank = k,
-                                  .world = plan->world,
-                                  .device = a->gpus ? 0 : -1,
-                                  .spec = j->spec_yaml,
-                                  .run_dir = j->run_dir,
-                                  .coordinator = t->advertise,
-                                  .resume_dir = j->resume_dir};
-    registry_send(t->reg, a, &m);
+    send_assign(t, j, a, k, plan->world);
   }
   free(j->ranks);
   j->ranks = next;
