@@ -72,7 +72,7 @@ static void job_enter_at(int line, job_t *j, job_phase_t to, log_level_t level, 
 static void publish(job_table_t *t, int64_t id, const proto_msg_t *m) {
   char topic[64];
   snprintf(topic, sizeof topic, "job/%" PRId64, id);
-  if (sock_publish(t->events, topic, m) != DRV_OK) log_warn("%s", drv_last_error());
+  if (sock_publish(t->events, topic, m) != DRV_OK) log_last_error();
 }
 
 void job_publish_state(job_table_t *t, const job_t *j, const char *reason) {
