@@ -33,7 +33,8 @@ typedef struct {
   int straggler; /* as progress_stragglers last judged it */
 } progress_rank_t;
 
-/* A job's progress, as its rank 0 last reported it. */
+/* A job's progress, as its rank 0 last reported it (the job table sets `step` to rank 0's
+ * final count at its `done`). */
 typedef struct {
   uint32_t epoch;
   uint64_t step, steps_total;
