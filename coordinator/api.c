@@ -222,11 +222,11 @@ static void fill_ranks(api_t *api, proto_msg_t *m, const job_t *j, proto_job_t *
     pj->ranks[r] = (proto_rank_t){.rank = r,
                                   .agent = proto_msg_strdup(m, a ? a->agent_id : "?"),
                                   .host = proto_msg_strdup(m, a ? a->host : "?"),
-                                  .step_ms = s->ewma_step_ms,
-                                  .compute_ms = job_rank_compute_ms(s),
-                                  .wait_ms = s->ewma_wait_ms,
-                                  .data_ms = s->ewma_data_ms,
-                                  .straggler = (uint32_t)s->straggler};
+                                  .step_ms = s->progress.ewma_step_ms,
+                                  .compute_ms = progress_compute_ms(&s->progress),
+                                  .wait_ms = s->progress.ewma_wait_ms,
+                                  .data_ms = s->progress.ewma_data_ms,
+                                  .straggler = (uint32_t)s->progress.straggler};
   }
 }
 
@@ -251,12 +251,12 @@ static void fill_job(api_t *api, proto_msg_t *m, const store_job_t *sj, proto_jo
   const job_t *j = job_find(api->jobs, sj->id);
   if (!j) return;
   /* live progress of an active job */
-  pj->epoch = j->epoch;
+  pj->epoch = j->progress.epoch;
   pj->epochs = j->epochs;
-  pj->step = j->step;
-  pj->steps_total = j->steps_total;
-  pj->loss = j->loss;
-  pj->samples_per_s = j->samples_per_s;
+  pj->step = j->progress.step;
+  pj->steps_total = j->progress.steps_total;
+  pj->loss = j->progress.loss;
+  pj->samples_per_s = j->progress.samples_per_s;
   fill_ranks(api, m, j, pj);
 }
 

@@ -72,7 +72,7 @@ static void job_enter_at(int line, job_t *j, job_phase_t to, log_level_t level, 
 static void publish(job_table_t *t, int64_t id, const proto_msg_t *m) {
   char topic[64];
   snprintf(topic, sizeof topic, "job/%" PRId64, id);
-  if (sock_publish(t->events, topic, m) != DRV_OK) log_warn("%s", drv_last_error());
+  if (sock_publish(t->events, topic, m) != DRV_OK) log_last_error();
 }
 
 void job_publish_state(job_table_t *t, const job_t *j, const char *reason) {
@@ -217,6 +217,25 @@ static void send_kill(job_table_t *t, const agent_t *a, int64_t job, uint32_t ge
   registry_send(t->reg, a, &m);
 }
 
+/* Sends agent a its `assign`: rank `rank` of j's current generation, in a world of `world`.
+ * Returns registry_send's result. */
+static drv_result_t send_assign(job_table_t *t, const job_t *j, const agent_t *a, uint32_t rank,
+                                uint32_t world) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_ASSIGN);
+  m.u.assign = (proto_assign_t){.job = j->id,
+                                .generation = j->generation,
+                                .rank = rank,
+                                .world = world,
+                                .local_rank = 0,
+                                .device = a->gpus ? 0 : -1,
+                                .spec = j->spec_yaml,
+                                .run_dir = j->run_dir,
+                                .coordinator = t->advertise,
+                                .resume_dir = j->resume_dir};
+  return registry_send(t->reg, a, &m);
+}
+
 /* The agent of rank s still runs its worker for j. */
 static agent_t *rank_agent_busy(job_table_t *t, const job_t *j, const job_rank_t *s) {
   agent_t *a = rank_agent(t, s);
@@ -239,9 +258,10 @@ static void job_finish(job_table_t *t, job_t *j, job_phase_t to, const char *rea
   job_state_t state = job_state(to);
   if (to != JOB_PHASE_SUCCEEDED) stop_workers(t, j, reason ? reason : "job ended");
   /* Steps and throughput are worth keeping for failed and cancelled jobs too. */
-  double sps = to == JOB_PHASE_SUCCEEDED ? j->final_samples_per_s : j->samples_per_s;
-  if (store_job_set_metrics(t->store, j->id, j->test_accuracy, j->test_loss, j->step ? sps : NAN,
-                            j->step) != DRV_OK)
+  double sps = to == JOB_PHASE_SUCCEEDED ? j->final_samples_per_s : j->progress.samples_per_s;
+  uint64_t steps = j->progress.step;
+  if (store_job_set_metrics(t->store, j->id, j->test_accuracy, j->test_loss, steps ? sps : NAN,
+                            steps) != DRV_OK)
     log_error("store: %s", drv_last_error());
   if (store_job_set_state(t->store, j->id, state, reason) != DRV_OK)
     log_error("store: %s", drv_last_error());
@@ -334,19 +354,7 @@ static int place(job_table_t *t, job_t *j, const int *agent, int64_t now) {
     agent_t *a = registry_at(t->reg, agent[r]);
     j->ranks[r].agent = agent[r];
     j->ranks[r].assign_gen = j->generation;
-    proto_msg_t m;
-    proto_msg_init(&m, PROTO_ASSIGN);
-    m.u.assign = (proto_assign_t){.job = j->id,
-                                  .generation = j->generation,
-                                  .rank = r,
-                                  .world = j->nodes,
-                                  .local_rank = 0,
-                                  .device = a->gpus ? 0 : -1,
-                                  .spec = j->spec_yaml,
-                                  .run_dir = j->run_dir,
-                                  .coordinator = t->advertise,
-                                  .resume_dir = j->resume_dir};
-    if (registry_send(t->reg, a, &m) != DRV_OK) {
+    if (send_assign(t, j, a, r, j->nodes) != DRV_OK) {
       /* Not connected any more (ROUTER_MANDATORY): it is gone. */
       snprintf(unreachable, sizeof unreachable, "agent %s could not be reached", a->agent_id);
       log_warn("agent %s (%s) lost: unreachable", a->agent_id, a->host);
@@ -445,18 +453,7 @@ static void reform(job_table_t *t, job_t *j, const recovery_plan_t *plan, const 
     next[k].assign_gen = j->generation;
     a->job = j->id;
     a->generation = j->generation;
-    proto_msg_t m;
-    proto_msg_init(&m, PROTO_ASSIGN);
-    m.u.assign = (proto_assign_t){.job = j->id,
-                                  .generation = j->generation,
-                                  .rank = k,
-                                  .world = plan->world,
-                                  .device = a->gpus ? 0 : -1,
-                                  .spec = j->spec_yaml,
-                                  .run_dir = j->run_dir,
-                                  .coordinator = t->advertise,
-                                  .resume_dir = j->resume_dir};
-    registry_send(t->reg, a, &m);
+    send_assign(t, j, a, k, plan->world);
   }
   free(j->ranks);
   j->ranks = next;
@@ -804,70 +801,15 @@ void job_on_rendezvous(job_table_t *t, const sock_peer_t *from, const proto_rend
   send_start(t, j);
 }
 
-double job_rank_compute_ms(const job_rank_t *r) {
-  double v = r->ewma_step_ms - r->ewma_wait_ms;
-  return v > 0 ? v : 0;
-}
-
-/* A straggler is slow but alive: its own compute time per step is above
- * DROVER_STRAGGLER_PCT % of the median of the other ranks'. Reported, never declared dead. */
-static void update_stragglers(job_table_t *t, job_t *j) {
-  if (j->nodes < 2) return;
-  double pct = (double)drv_setting(DRV_SET_STRAGGLER_PCT) / 100.0;
-  double others[REGISTRY_MAX_AGENTS];
-  for (uint32_t r = 0; r < j->nodes; r++) {
-    job_rank_t *s = &j->ranks[r];
-    uint32_t n = 0;
-    for (uint32_t q = 0; q < j->nodes && n < REGISTRY_MAX_AGENTS; q++)
-      if (q != r && j->ranks[q].ewma_step_ms > 0) others[n++] = job_rank_compute_ms(&j->ranks[q]);
-    if (!n || s->ewma_step_ms == 0) continue;
-    double median = drv_median(others, n);
-    double mine = job_rank_compute_ms(s);
-    int slow = mine > pct * median && mine - median > 0.05;
-    if (slow == s->straggler) continue;
-    const agent_t *a = rank_agent(t, s);
-    if (slow)
-      log_warn("job %" PRId64
-               ": rank %u (agent %s) is a straggler: %.2f ms of compute per step, "
-               "others' median %.2f ms",
-               j->id, r, a ? a->agent_id : "?", mine, median);
-    else
-      log_info("job %" PRId64 ": rank %u is no longer a straggler", j->id, r);
-    s->straggler = slow;
+/* j's world as progress_report sees it: each rank's progress and agent. Returns how many
+ * ranks (at most PROGRESS_MAX_RANKS). */
+static uint32_t progress_world(job_table_t *t, job_t *j, progress_view_t *world) {
+  uint32_t n = DRV_MIN(j->nodes, PROGRESS_MAX_RANKS);
+  for (uint32_t r = 0; r < n; r++) {
+    const agent_t *a = rank_agent(t, &j->ranks[r]);
+    world[r] = (progress_view_t){.rank = &j->ranks[r].progress, .agent = a ? a->agent_id : "?"};
   }
-}
-
-static void publish_progress(job_table_t *t, job_t *j) {
-  proto_msg_t m;
-  proto_msg_init(&m, PROTO_EV_PROGRESS);
-  proto_ev_progress_t *p = &m.u.ev_progress;
-  p->job = j->id;
-  p->generation = j->generation;
-  p->epoch = j->epoch;
-  p->epochs = j->epochs;
-  p->step = j->step;
-  p->steps_total = j->steps_total;
-  p->loss = j->loss;
-  p->lr = j->lr;
-  double total = 0, slowest = -1, slowest_compute = -1;
-  uint32_t slow_rank = 0;
-  for (uint32_t r = 0; r < j->nodes; r++) {
-    total += j->ranks[r].samples_per_s;
-    slowest = DRV_MAX(slowest, j->ranks[r].step_ms);
-    if (job_rank_compute_ms(&j->ranks[r]) > slowest_compute) { /* the one the others wait for */
-      slowest_compute = job_rank_compute_ms(&j->ranks[r]);
-      slow_rank = r;
-    }
-  }
-  j->samples_per_s = total;
-  p->samples_per_s = total;
-  p->slowest_rank = slow_rank;
-  p->slowest_step_ms = slowest < 0 ? 0 : slowest;
-  double steps_per_s = slowest > 0 ? 1000.0 / slowest : 0;
-  p->eta_s = steps_per_s > 0 && j->step < j->steps_total
-                 ? (double)(j->steps_total - j->step) / steps_per_s
-                 : 0;
-  publish(t, j->id, &m);
+  return n;
 }
 
 void job_on_progress(job_table_t *t, const proto_progress_t *p) {
@@ -883,34 +825,16 @@ void job_on_progress(job_table_t *t, const proto_progress_t *p) {
     if (!reported)
       j->deadline_ms = drv_now_ms() + drv_setting(DRV_SET_RING_TIMEOUT_MS) + RECOVERY_GRACE_MS;
   }
-  s->samples_per_s = p->interval_s > 0 ? (double)p->samples / p->interval_s : 0;
-  s->step_ms = p->step_ms;
-  double wait = isnan(p->wait_ms) ? 0 : p->wait_ms;
-  double data = isnan(p->data_ms) ? 0 : p->data_ms;
-  if (s->ewma_step_ms == 0) {
-    s->ewma_step_ms = p->step_ms;
-    s->ewma_wait_ms = wait;
-    s->ewma_data_ms = data;
-  } else {
-    s->ewma_step_ms = 0.7 * s->ewma_step_ms + 0.3 * p->step_ms;
-    s->ewma_wait_ms = 0.7 * s->ewma_wait_ms + 0.3 * wait;
-    s->ewma_data_ms = 0.7 * s->ewma_data_ms + 0.3 * data;
-  }
-  update_stragglers(t, j);
-  if (p->rank == 0) {
-    /* Ranks move in lockstep through the all-reduce; rank 0 speaks for the job. */
-    j->epoch = p->epoch;
-    j->step = p->step;
-    j->steps_total = p->steps_total;
-    j->loss = p->loss;
-    j->lr = p->lr;
-    int64_t now = drv_now_ms();
-    if (now - j->last_publish_ms >= (int64_t)drv_setting(DRV_SET_PROGRESS_MS) ||
-        p->step == p->steps_total) {
-      j->last_publish_ms = now;
-      publish_progress(t, j);
-    }
-  }
+  progress_view_t world[PROGRESS_MAX_RANKS];
+  uint32_t n = progress_world(t, j, world);
+  if (!progress_report(&j->progress, world, n, p, drv_now_ms())) return;
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_EV_PROGRESS);
+  m.u.ev_progress.job = j->id;
+  m.u.ev_progress.generation = j->generation;
+  m.u.ev_progress.epochs = j->epochs;
+  progress_event(&j->progress, world, n, &m.u.ev_progress);
+  publish(t, j->id, &m);
 }
 
 void job_on_eval(job_table_t *t, const proto_eval_t *e) {
@@ -932,7 +856,7 @@ void job_on_done(job_table_t *t, const proto_done_t *d) {
     j->test_loss = d->test_loss;
     j->test_accuracy = d->test_accuracy;
     j->final_samples_per_s = d->samples_per_s;
-    j->step = d->steps;
+    j->progress.step = d->steps;
   }
   for (uint32_t r = 0; r < j->nodes; r++)
     if (!j->ranks[r].done) return;

@@ -9,8 +9,9 @@
  * how a broken world re-forms is recovery_plan's (recovery.h); the job table builds their
  * snapshots and carries the plans out: `assign`, `reform`, `pause`, `abort` and `kill`
  * messages, the store's records, the `job/<id>` events. It also relays the rendezvous
- * (`start` with every rank's ring address, GPU and rank 0's NCCL id), aggregates progress
- * (rank 0 speaks for the job), spots stragglers and records results and checkpoints.
+ * (`start` with every rank's ring address, GPU and rank 0's NCCL id) and records results
+ * and checkpoints. What progress reports mean (smoothed times, stragglers, the job's
+ * aggregate) is progress.h's; the job table keeps that state and publishes its events.
  *
  * Messages that carry a job are checked against its current generation and world; stale
  * ones are dropped (a stale `rendezvous` is answered with `abort`). Everything runs on the
@@ -25,6 +26,7 @@
 #include "common/proto.h"
 #include "common/sock.h"
 #include "coordinator/phase.h"
+#include "coordinator/progress.h"
 #include "coordinator/recovery.h"
 #include "coordinator/registry.h"
 #include "coordinator/store.h"
@@ -41,18 +43,16 @@ typedef struct {
   char nccl_id[260]; /* rank 0's rendezvous `nccl_id` */
   sock_peer_t peer;  /* its worker, once it checked in */
   int done, exited;
-  int32_t exit_code;   /* when exited: its code (0: clean, waiting for `done`) */
-  int64_t exit_ms;     /* when its agent reported an exit without `done` or `failed` yet */
-  uint32_t assign_gen; /* generation of its agent's assignment (its process's birth) */
-  int dead;            /* lost for good: excluded from the next world */
-  int lost;            /* reported `lost` during a re-formation: alive, rolled back */
-  int leaving;         /* its agent is stopping: left out at the next re-formation */
-  uint64_t commit;     /* the commit it rolled back to (its `lost`), 0 when not known */
-  /* last progress report, and smoothed step and all-reduce times */
-  uint64_t step;
-  double samples_per_s, step_ms, ewma_step_ms, ewma_wait_ms, ewma_data_ms;
-  uint64_t coll_seq; /* collectives it had completed at its last report */
-  int straggler;
+  int32_t exit_code;        /* when exited: its code (0: clean, waiting for `done`) */
+  int64_t exit_ms;          /* when its agent reported an exit without `done` or `failed` yet */
+  uint32_t assign_gen;      /* generation of its agent's assignment (its process's birth) */
+  int dead;                 /* lost for good: excluded from the next world */
+  int lost;                 /* reported `lost` during a re-formation: alive, rolled back */
+  int leaving;              /* its agent is stopping: left out at the next re-formation */
+  uint64_t commit;          /* the commit it rolled back to (its `lost`), 0 when not known */
+  uint64_t step;            /* where it is: the step of its last progress report */
+  uint64_t coll_seq;        /* collectives it had completed at its last report */
+  progress_rank_t progress; /* how fast it goes: smoothed times, straggler (progress.h) */
 } job_rank_t;
 
 typedef struct {
@@ -77,11 +77,7 @@ typedef struct {
   recovery_cause_t cause; /* the failure being recovered from */
   char first_cause[RECOVERY_REASON_MAX]; /* the first one it re-formed after */
   char pause_reason[256];                /* PAUSING: why it was asked to */
-  /* aggregated progress */
-  uint32_t epoch;
-  uint64_t step, steps_total;
-  double loss, lr, samples_per_s;
-  int64_t last_publish_ms;
+  progress_job_t progress; /* rank 0's last report, the world's throughput (progress.h) */
   /* final metrics from rank 0 */
   double test_loss, test_accuracy, final_samples_per_s;
 } job_t;
@@ -179,7 +175,8 @@ void job_on_worker_exit(job_table_t *t, agent_t *a, const proto_worker_exit_t *e
 /* A rank checked in; when all have, every rank gets `start`. */
 void job_on_rendezvous(job_table_t *t, const sock_peer_t *from, const proto_rendezvous_t *rv);
 
-/* A rank's progress: smoothed times, stragglers, and (rank 0) the job's ev_progress. */
+/* A rank's progress: where it is, then progress_report's (smoothed times, stragglers, and
+ * for rank 0 the job's ev_progress, published when due). */
 void job_on_progress(job_table_t *t, const proto_progress_t *p);
 
 /* Rank 0's evaluation: logged and published as ev_eval. */
@@ -197,8 +194,5 @@ void job_on_checkpoint(job_table_t *t, const proto_checkpoint_t *k);
 /* A rank's ring broke (or it stopped at the agreed commit, as asked): it rolled back and
  * waits, and the job re-forms as recovery_plan says. */
 void job_on_lost(job_table_t *t, const sock_peer_t *from, const proto_lost_t *l);
-
-/* A rank's own compute time per step: its step time less its all-reduce waits (>= 0). */
-double job_rank_compute_ms(const job_rank_t *r);
 
 #endif

@@ -15,10 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
-#include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "common/fsutil.h"
 #include "common/log.h"
 
 /* Writers from other connections (another coordinator, the CLI reading status) are
@@ -197,46 +197,6 @@ static drv_result_t job_read(sqlite3_stmt *st, store_job_t *out) {
   return DRV_OK;
 }
 
-// --- Opening --------------------------------------------------------------------------
-
-/* mkdir -p: creates `dir` and its missing parents with mode 0755. */
-static drv_result_t mkdir_parents(const char *dir) {
-  drv_result_t rc = DRV_OK;
-  char *buf = strdup(dir);
-  if (!buf) return drv_error(DRV_ERR_NOMEM, "store: state directory %s: out of memory", dir);
-  size_t len = strlen(buf);
-  for (size_t i = 1; i <= len; i++) {
-    if (buf[i] != '/' && buf[i] != '\0') continue;
-    if (buf[i - 1] == '/') continue; /* "a//b" or a trailing slash */
-    char saved = buf[i];
-    buf[i] = '\0';
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
-      int err = errno;
-      if (strcmp(buf, dir) == 0)
-        rc = drv_error(DRV_ERR_SYS, "store: cannot create state directory %s: %s", dir,
-                       strerror(err));
-      else
-        rc = drv_error(DRV_ERR_SYS, "store: cannot create state directory %s (at %s): %s", dir, buf,
-                       strerror(err));
-      goto fail;
-    }
-    buf[i] = saved;
-  }
-  /* EEXIST above also covers a file of that name: make sure it is a directory. */
-  struct stat st;
-  if (stat(dir, &st) != 0) {
-    rc = drv_error(DRV_ERR_SYS, "store: state directory %s: %s", dir, strerror(errno));
-    goto fail;
-  }
-  if (!S_ISDIR(st.st_mode)) {
-    rc = drv_error(DRV_ERR_SYS, "store: state directory %s: %s", dir, strerror(ENOTDIR));
-    goto fail;
-  }
-fail:
-  free(buf);
-  return rc;
-}
-
 // --- Transactions ---------------------------------------------------------------------
 
 drv_result_t store_begin(store_t *s) {
@@ -254,6 +214,8 @@ drv_result_t store_commit(store_t *s) {
 void store_rollback(store_t *s) {
   if (s && !sqlite3_get_autocommit(s->db)) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
 }
+
+// --- Opening --------------------------------------------------------------------------
 
 /* Creates or migrates the schema inside one IMMEDIATE transaction, so that two
  * coordinators opening a new directory at once do not both create it. */
@@ -301,7 +263,9 @@ drv_result_t store_open(const char *state_dir, store_t **out) {
   if (!state_dir || !*state_dir)
     return drv_error(DRV_ERR_INVALID, "store_open: empty state directory");
 
-  DRV_CHECK(mkdir_parents(state_dir));
+  rc = fs_mkdir_p(state_dir); /* the error names the directory that could not be made */
+  if (rc != DRV_OK)
+    return drv_error_prefix(rc, "store: cannot create state directory %s", state_dir);
   s = calloc(1, sizeof *s);
   if (!s) return drv_error(DRV_ERR_NOMEM, "store_open: out of memory");
   s->lock_fd = -1;

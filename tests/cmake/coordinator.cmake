@@ -1,6 +1,8 @@
-# coordinator/: the scheduler's and recovery's plans, pure functions driven in-process from
-# snapshots (no processes, sockets or sleeps).
+# coordinator/: the scheduler's and recovery's plans and the straggler decision, pure
+# functions driven in-process from snapshots (no processes, sockets or sleeps).
 drover_unit_test(test_sched SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_sched.c
                  LIBS drover_coordinator LABELS unit)
 drover_unit_test(test_recovery SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_recovery.c
+                 LIBS drover_coordinator LABELS unit)
+drover_unit_test(test_progress SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_progress.c
                  LIBS drover_coordinator LABELS unit)
