@@ -56,7 +56,7 @@ static drv_result_t mkdir_parents(const char *path, bool durable) {
   /* EEXIST above also covers a file of that name. */
   struct stat st;
   if (stat(path, &st) < 0) return drv_error(DRV_ERR_SYS, "%s: stat: %s", path, strerror(errno));
-  if (!S_ISDIR(st.st_mode)) return drv_error(DRV_ERR_INVALID, "%s: not a directory", path);
+  if (!S_ISDIR(st.st_mode)) return drv_error(DRV_ERR_SYS, "%s: %s", path, strerror(ENOTDIR));
   return DRV_OK;
 }
 

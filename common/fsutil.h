@@ -10,8 +10,8 @@
 #include "common/drv.h"
 
 /* mkdir -p: creates path and its missing parents (mode 0755); a path that exists already
- * must be a directory. DRV_ERR_SYS naming the directory that could not be made,
- * DRV_ERR_INVALID when the path is too long or names something else than a directory. */
+ * must be a directory. DRV_ERR_SYS naming the directory that could not be made (a path
+ * that names a file: "Not a directory"), DRV_ERR_INVALID when the path is too long. */
 drv_result_t fs_mkdir_p(const char *path);
 
 /* fs_mkdir_p for a path that must survive a crash once something inside it is reported
