@@ -4,7 +4,8 @@
   - only common/proto.c includes msgpack.h, only common/sock.c includes zmq.h;
   - no function of our C or CUDA code outside tests/ is longer than MAX_FUNC lines;
   - coordinator/coord.c and worker/worker.c stay under MAX_CORE lines;
-  - arrows point down: a folder includes only headers of the folders below it.
+  - arrows point down: a folder includes only headers of the folders below it;
+  - docs/architecture.md's file map names every source file.
 
 Usage: check-layout.py [SOURCE_DIR] [--list N]  (--list: the N longest functions)
 Exit status 0 when every rule holds, 1 otherwise (each breach on its own line)."""
@@ -99,6 +100,27 @@ def functions(text):
     return found
 
 
+def unmapped(root):
+    """Source files that docs/architecture.md's file map does not name."""
+    try:
+        doc = open(os.path.join(root, "docs", "architecture.md"), encoding="utf-8").read()
+    except OSError:
+        return ["docs/architecture.md: missing"]
+    start = doc.find("## File map")
+    end = doc.find("\n## ", start + 1)
+    if start < 0:
+        return ["docs/architecture.md: no '## File map' section"]
+    fmap = doc[start:end if end > 0 else len(doc)]
+    missing = []
+    for rel, _ in sources(root):
+        base = os.path.basename(rel)
+        stem, ext = os.path.splitext(base)
+        if not re.search(r"(?<![\w.])" + re.escape(base) + r"(?![\w])", fmap) and \
+           not (ext in (".c", ".h") and (stem + ".h/.c") in fmap):
+            missing.append(f"{rel}: not in docs/architecture.md's file map")
+    return missing
+
+
 def main():
     args = sys.argv[1:]
     list_n = 0
@@ -125,6 +147,7 @@ def main():
             n = text.count("\n")
             if n >= MAX_CORE:
                 bad.append(f"{rel}: {n} lines (limit {MAX_CORE})")
+    bad += unmapped(root)
     for count, where, name in sorted(lengths, reverse=True)[:list_n]:
         print(f"{count:5d}  {where}  {name}")
     for b in bad:
