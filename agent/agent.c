@@ -41,6 +41,8 @@ typedef struct {
   sock_t *sock;
   int registered;
   int64_t last_heard_ms, last_hello_ms;
+  int64_t heard_ms; /* the last message from a coordinator; unlike last_heard_ms, not reset
+                       by a reconnect */
   int64_t heartbeat_ms, peer_timeout_ms; /* ours until the coordinator's welcome says */
   uint64_t seq, session;
   child_t kids[MAX_WORKERS];
@@ -211,6 +213,25 @@ static void kill_all(agent_t *a, const char *why) {
   for (int i = 0; i < MAX_WORKERS; i++) worker_kill(&a->kids[i], why);
 }
 
+/* Why the agent must stop now although nobody asked it to, written to why; 0 when it
+ * need not: its parent (cfg->parent) is gone, or no coordinator has been heard from for
+ * cfg->exit_without_coordinator_s. */
+static int orphaned(const agent_t *a, int64_t now, char *why, size_t whysz) {
+  const agent_config_t *cfg = a->cfg;
+  if (cfg->parent > 0 && getppid() != cfg->parent) {
+    /* Reparented: the process that started us (submit) has exited, however it went. */
+    snprintf(why, whysz, "its parent (pid %d) is gone", (int)cfg->parent);
+    return 1;
+  }
+  if (cfg->exit_without_coordinator_s > 0 &&
+      now - a->heard_ms > (int64_t)cfg->exit_without_coordinator_s * 1000) {
+    snprintf(why, whysz, "no coordinator heard from for %" PRId64 " s (limit %d s)",
+             (now - a->heard_ms) / 1000, cfg->exit_without_coordinator_s);
+    return 1;
+  }
+  return 0;
+}
+
 // --- Coordinator link ----------------------------------------------------------------------
 
 static void send_hello(agent_t *a) {
@@ -252,7 +273,7 @@ static drv_result_t link_open(agent_t *a) {
 }
 
 static void on_message(agent_t *a, proto_msg_t *m) {
-  a->last_heard_ms = drv_now_ms();
+  a->last_heard_ms = a->heard_ms = drv_now_ms();
   switch (m->type) {
   case PROTO_WELCOME:
     if (!a->registered)
@@ -337,6 +358,8 @@ drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
   a->peer_timeout_ms = drv_setting(DRV_SET_PEER_TIMEOUT_MS);
   int64_t next_hb = drv_now_ms() + a->heartbeat_ms;
   int64_t leave_deadline = 0;
+  a->heard_ms = drv_now_ms();
+  char gone[160] = "";
   while (*stop < 2) {
     if (*stop && !leave_deadline) {
       if (!a->registered || !live_workers(a)) break;
@@ -358,6 +381,7 @@ drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
     proto_msg_fini(&m);
     reap_workers(a);
     int64_t now = drv_now_ms();
+    if (orphaned(a, now, gone, sizeof gone)) break; /* no drain: nobody waits for us */
     if (now - a->last_heard_ms > a->peer_timeout_ms) {
       log_warn("coordinator silent for %" PRId64 " ms: reconnecting", now - a->last_heard_ms);
       kill_all(a, "lost the coordinator");
@@ -376,6 +400,10 @@ drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
       send_msg(a, &h);
       next_hb = now + a->heartbeat_ms;
     }
+  }
+  if (gone[0]) {
+    log_warn("%s: stopping its workers and exiting", gone);
+    kill_all(a, gone);
   }
   log_info("agent stopping");
   kill_all(a, "agent stopping");

@@ -7,22 +7,29 @@
 #define DROVER_AGENT_AGENT_H
 
 #include <signal.h>
+#include <sys/types.h>
 
 #include "common/drv.h"
 
 typedef struct {
-  const char *coordinator; /* base endpoint, "tcp://HEAD:7700" */
-  const char *agent_id;    /* NULL: "<hostname>-<pid>" */
-  const char *target;      /* "attached" (default) or "local" */
-  const char *host;        /* address peers reach this node at; NULL: found from the route
-                              to the coordinator */
-  const char *exe;         /* the drover executable to run workers with */
-  const char *pool;        /* NULL, or the pool it serves (jobs submitted with that pool) */
+  const char *coordinator;        /* base endpoint, "tcp://HEAD:7700" */
+  const char *agent_id;           /* NULL: "<hostname>-<pid>" */
+  const char *target;             /* "attached" (default) or "local" */
+  const char *host;               /* address peers reach this node at; NULL: found from the route
+                                     to the coordinator */
+  const char *exe;                /* the drover executable to run workers with */
+  const char *pool;               /* NULL, or the pool it serves (jobs submitted with that pool) */
+  pid_t parent;                   /* > 0: stop at once when our parent is no longer this process
+                                     (`drover submit` of the local target, killed or gone) */
+  int exit_without_coordinator_s; /* > 0: stop at once after hearing nothing from any
+                                     coordinator for this long (s); 0: reconnect forever */
 } agent_config_t;
 
-/* Runs until *stop is set. On the first stop request an agent whose worker runs sends
- * `leave`: the coordinator takes the rank out at the job's next commit (the job goes on
- * without it, no step lost), kills the worker, and the agent then says `bye` and returns.
+/* Runs until *stop is set, or until its parent or its coordinator is gone as cfg->parent
+ * and cfg->exit_without_coordinator_s say (then it logs why, stops its workers, says
+ * `bye` when it can and returns DRV_OK, as on *stop >= 2). On the first stop request an agent whose
+ * worker runs sends `leave`: the coordinator takes the rank out at the job's next commit (the job
+ * goes on without it, no step lost), kills the worker, and the agent then says `bye` and returns.
  * It waits at most DROVER_RING_TIMEOUT_MS + 5 s for that; *stop >= 2 stops at once.
  * Returns DRV_OK on a clean stop. */
 drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop);

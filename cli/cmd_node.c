@@ -3,6 +3,7 @@
 #include "cli/cmd_node.h"
 
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,11 +73,15 @@ int cmd_agent(int argc, char **argv) {
                                        {"target", required_argument, 0, 't'},
                                        {"host", required_argument, 0, 'H'},
                                        {"pool", required_argument, 0, 'p'},
+                                       {"parent", required_argument, 0, 'P'},
+                                       {"exit-without-coordinator", required_argument, 0, 'X'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   agent_config_t cfg = {.target = "attached"};
   int c;
-  while ((c = getopt_long(argc, argv, "c:i:t:H:p:h", opts, NULL)) != -1) {
+  char *end;
+  long v;
+  while ((c = getopt_long(argc, argv, "c:i:t:H:p:P:X:h", opts, NULL)) != -1) {
     if (c == 'c')
       cfg.coordinator = optarg;
     else if (c == 'i')
@@ -87,10 +92,17 @@ int cmd_agent(int argc, char **argv) {
       cfg.host = optarg;
     else if (c == 'p')
       cfg.pool = optarg;
-    else
+    else if ((c == 'P' || c == 'X') && (v = strtol(optarg, &end, 10)) > 0 && !*end &&
+             v <= INT_MAX) {
+      if (c == 'P')
+        cfg.parent = (pid_t)v;
+      else
+        cfg.exit_without_coordinator_s = (int)v;
+    } else
       return cli_usage_fail("agent",
                             "--coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local] "
-                            "[--host ADDR] [--pool NAME]");
+                            "[--host ADDR] [--pool NAME] [--parent PID] "
+                            "[--exit-without-coordinator SECONDS]");
   }
   if (strcmp(cfg.target, "attached") && strcmp(cfg.target, "local") &&
       strcmp(cfg.target, "managed")) {

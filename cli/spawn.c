@@ -13,6 +13,9 @@
 #include "cli/cli.h"
 #include "common/proto.h"
 
+/* Seconds a local agent waits without any coordinator before it exits by itself. */
+#define SPAWN_AGENT_ORPHAN_S "15"
+
 void spawn_init(spawn_t *s, const char *coordinator, const char *state_dir, int verbose) {
   *s = (spawn_t){.coordinator = coordinator, .state_dir = state_dir, .verbose = verbose};
   snprintf(s->logdir, sizeof s->logdir, "%s/local-%d", state_dir, (int)getpid());
@@ -143,13 +146,31 @@ int spawn_local_agents(spawn_t *s, uint32_t n) {
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   char threads[16];
   snprintf(threads, sizeof threads, "%ld", cpus / (long)n > 0 ? cpus / (long)n : 1);
+  char parent[16];
+  snprintf(parent, sizeof parent, "%d", (int)getpid());
   for (uint32_t i = 0; i < n; i++) {
     char id[64], log[64];
     snprintf(id, sizeof id, "%s-%u", s->pool, i);
     snprintf(log, sizeof log, "agent-%u.log", i);
-    char *args[] = {"drover",   "agent",     "--coordinator", (char *)s->coordinator,
-                    "--target", "local",     "--id",          id,
-                    "--host",   "127.0.0.1", "--pool",        s->pool,
+    /* --parent: an agent whose submit is gone, even SIGKILLed, stops with its workers.
+     * --exit-without-coordinator: so does one whose coordinator has exited (it exits
+     * when idle) while this submit cannot stop it, e.g. stopped (SIGSTOP). */
+    char *args[] = {"drover",
+                    "agent",
+                    "--coordinator",
+                    (char *)s->coordinator,
+                    "--target",
+                    "local",
+                    "--id",
+                    id,
+                    "--host",
+                    "127.0.0.1",
+                    "--pool",
+                    s->pool,
+                    "--parent",
+                    parent,
+                    "--exit-without-coordinator",
+                    SPAWN_AGENT_ORPHAN_S,
                     NULL};
     pid_t pid = spawn_child(s, log, args, threads);
     if (pid < 0) {
