@@ -40,8 +40,10 @@ int spawn_coordinator(spawn_t *s, sock_ctx_t *ctx, int local);
 /* Whether the coordinator started as our child has exited (then s->coord_pid becomes 0). */
 int spawn_coordinator_exited(spawn_t *s);
 
-/* Starts n local agents in our pool (OPENBLAS_NUM_THREADS = CPUs / n unless set). Returns
- * 0, or -1 with the reason printed. */
+/* Starts n local agents in our pool (OPENBLAS_NUM_THREADS = CPUs / n unless set). They
+ * stop by themselves, workers and all, when this process is gone however it went
+ * (`--parent`), or 15 s after their coordinator is (`--exit-without-coordinator`).
+ * Returns 0, or -1 with the reason printed. */
 int spawn_local_agents(spawn_t *s, uint32_t n);
 
 /* Local target: waits up to 5 s until our agents are idle. An agent is busy until its
