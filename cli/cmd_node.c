@@ -123,7 +123,8 @@ int cmd_agent(int argc, char **argv) {
 /* Started by an agent, which writes the assignment on its stdin (worker.h). Its arguments
  * (--job J --rank R --run-dir DIR) only name the process for ps and pgrep. */
 int cmd_worker(int argc, char **argv) {
-  if (argc % 2 == 0)
+  /* A terminal on stdin: a person, not an agent, started it; it would wait forever. */
+  if (argc % 2 == 0 || isatty(0))
     return cli_usage_fail("worker",
                           "[--job J --rank R --run-dir DIR] (started by an agent, "
                           "assignment on stdin)");
