@@ -141,7 +141,7 @@ job_t *job_add(job_table_t *t, const store_job_t *sj, const jobspec_t *spec, cha
   j->ckpt_step = sj->ckpt_step;
   /* Generations go on across coordinators: messages of the old one's workers are stale. */
   j->generation = sj->generation;
-  j->nodes = spec->nodes;
+  j->nodes = j->nodes_wanted = spec->nodes;
   j->epochs = spec->train.epochs;
   j->min_nodes = spec->min_nodes;
   j->max_nodes = spec->max_nodes;
@@ -151,7 +151,7 @@ job_t *job_add(job_table_t *t, const store_job_t *sj, const jobspec_t *spec, cha
   j->spec_yaml = *spec_yaml;
   *spec_yaml = NULL;
   j->test_loss = j->test_accuracy = j->final_samples_per_s = NAN;
-  j->pool_seen_ms = drv_now_ms();
+  j->pool_seen_ms = j->queued_ms = drv_now_ms();
   return j;
 }
 
@@ -174,6 +174,7 @@ static int reload_one(const store_job_t *sj, void *arg) {
   }
   job_t *j = job_add(t, sj, spec, &yaml);
   jobspec_destroy(&spec);
+  j->reloaded = 1;
   log_info("job %" PRId64 " (%s) reloaded: queued%s", j->id, j->name,
            j->ckpt_step ? ", will resume from its last checkpoint" : "");
   return 0;
@@ -335,15 +336,19 @@ static void unplace(job_table_t *t, job_t *j, const char *why) {
   }
   free(j->ranks);
   j->ranks = NULL;
+  j->nodes = j->nodes_wanted;
+  j->queued_ms = drv_now_ms();
   if (store_job_set_state(t->store, j->id, JOB_QUEUED, why) != DRV_OK)
     log_error("store: %s", drv_last_error());
   log_warn("job %" PRId64 " queued again: %s", j->id, why);
   job_publish_state(t, j, why);
 }
 
-/* Places queued job j on registry agents agent[0..nodes), in rank order: `assign` to
- * each. Returns 0 when it did not start (an agent could not be reached, or no memory). */
-static int place(job_table_t *t, job_t *j, const int *agent, int64_t now) {
+/* Places queued job j on registry agents agent[0..world), in rank order: `assign` to
+ * each (world: its nodes, or fewer when sched_plan let it shrink). Returns 0 when it did
+ * not start (an agent could not be reached, or no memory). */
+static int place(job_table_t *t, job_t *j, const int *agent, uint32_t world, int64_t now) {
+  j->nodes = world;
   if (!(j->ranks = calloc(j->nodes, sizeof *j->ranks))) {
     job_fail(t, j, "out of memory placing the job");
     return 0;
@@ -373,11 +378,48 @@ static int place(job_table_t *t, job_t *j, const int *agent, int64_t now) {
   if (store_job_set_state(t->store, j->id, JOB_RUNNING, NULL) != DRV_OK ||
       store_job_set_generation(t->store, j->id, j->generation) != DRV_OK)
     log_error("store: %s", drv_last_error());
-  job_enter(j, JOB_PHASE_STARTING, LOG_INFO,
-            "job %" PRId64 " (%s) placed on %u agent(s), generation %u", j->id, j->name, j->nodes,
-            j->generation);
+  job_enter(
+      j, JOB_PHASE_STARTING, LOG_INFO,
+      "job %" PRId64 " (%s) placed on %u agent(s)%s, generation %u", j->id, j->name, j->nodes,
+      j->nodes < j->nodes_wanted ? " (fewer than its nodes: resuming with min_nodes or more)" : "",
+      j->generation);
+  j->wait_reason[0] = '\0';
   job_publish_state(t, j, NULL);
   return 1;
+}
+
+/* A queued job that was running before (a coordinator restart queued it again): it has a
+ * checkpoint, or a generation of a previous coordinator. */
+static int job_resumable(const job_t *j) {
+  return j->ckpt_step > 0 || (j->reloaded && j->generation > 0);
+}
+
+/* Queued job j as sched_plan sees it: a job that was running before may shrink to its
+ * min_nodes once it has waited rejoin_timeout for the rest; a fresh one is a strict gang. */
+static sched_job_t sched_view(const job_t *j) {
+  sched_job_t q = {.id = j->id, .target = j->target, .pool = j->pool, .nodes = j->nodes_wanted};
+  if (job_resumable(j) && j->min_nodes < j->nodes_wanted) {
+    q.min_nodes = j->min_nodes;
+    q.shrink_at_ms = j->queued_ms + (int64_t)j->rejoin_timeout_s * 1000;
+  }
+  return q;
+}
+
+/* Queued job j, which may shrink, was not placed: records why it waits (in the store, for
+ * drover status) when that changed. */
+static void note_waiting(job_table_t *t, job_t *j, int64_t now) {
+  int free_list[REGISTRY_MAX_AGENTS];
+  uint32_t n = free_agents(t, j, now, free_list);
+  char why[sizeof j->wait_reason];
+  snprintf(why, sizeof why,
+           "was running before: waiting up to %u s for its %u agent(s) (%u free now), then "
+           "resuming from its checkpoint with at least min_nodes %u",
+           j->rejoin_timeout_s, j->nodes_wanted, n, j->min_nodes);
+  if (!strcmp(why, j->wait_reason)) return;
+  snprintf(j->wait_reason, sizeof j->wait_reason, "%s", why);
+  log_info("job %" PRId64 " %s", j->id, why);
+  if (store_job_set_state(t->store, j->id, JOB_QUEUED, why) != DRV_OK)
+    log_error("store: %s", drv_last_error());
 }
 
 void job_schedule(job_table_t *t, int64_t now) {
@@ -388,8 +430,7 @@ void job_schedule(job_table_t *t, int64_t now) {
     for (int i = 0; i < JOB_MAX; i++) {
       job_t *j = &t->jobs[i];
       if (!j->used || j->phase != JOB_PHASE_QUEUED) continue;
-      queued[nq] =
-          (sched_job_t){.id = j->id, .target = j->target, .pool = j->pool, .nodes = j->nodes};
+      queued[nq] = sched_view(j);
       jobs[nq++] = j;
     }
     if (!nq) return;
@@ -405,9 +446,13 @@ void job_schedule(job_table_t *t, int64_t now) {
       const sched_placement_t *pl = &plan.placements[p];
       int agent[SCHED_MAX_AGENTS];
       for (uint32_t r = 0; r < pl->nodes; r++) agent[r] = index[plan.agents[pl->first + r]];
-      replan = !place(t, jobs[pl->job], agent, now);
+      replan = !place(t, jobs[pl->job], agent, pl->nodes, now);
     }
-    if (!replan) return;
+    if (replan) continue;
+    for (uint32_t q = 0; q < nq; q++)
+      if (jobs[q]->used && jobs[q]->phase == JOB_PHASE_QUEUED && queued[q].min_nodes)
+        note_waiting(t, jobs[q], now);
+    return;
   }
 }
 

@@ -63,7 +63,11 @@ typedef struct {
   char target[16];
   char pool[64]; /* "" or the pool of agents it must run on */
   uint32_t nodes, epochs;
+  uint32_t nodes_wanted; /* the spec's nodes: what a placement asks for */
   uint32_t generation;
+  int reloaded;          /* loaded from the store at a coordinator's start */
+  int64_t queued_ms;     /* when it became queued in this coordinator */
+  char wait_reason[256]; /* QUEUED, allowed to shrink: why it waits (in the store) */
   char *spec_yaml;
   char run_dir[1024];
   char resume_dir[1024]; /* checkpoints to start from when run_dir has none; "" */
