@@ -504,14 +504,16 @@ static void reform(job_table_t *t, job_t *j, const recovery_plan_t *plan, const 
   j->ranks = next;
   j->nodes = plan->world;
   j->deadline_ms = now + drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS);
-  if (store_job_set_generation(t->store, j->id, j->generation) != DRV_OK)
+  if (store_job_set_generation(t->store, j->id, j->generation) != DRV_OK ||
+      (j->phase == JOB_PHASE_WAITING && /* the wait's reason is over */
+       store_job_set_state(t->store, j->id, JOB_RUNNING, plan->reason) != DRV_OK))
     log_error("store: %s", drv_last_error());
   j->cause = (recovery_cause_t){.kind = RECOVERY_CAUSE_NONE};
   job_enter(j, JOB_PHASE_STARTING, LOG_WARN, "job %" PRId64 " %s; generation %u, restart %u of %u",
             j->id, plan->reason, j->generation, j->restarts, j->max_restarts);
   if (plan->step)
-    log_info("job %" PRId64 ": generation %u goes on from rank 0's commit at step %" PRIu64, j->id,
-             j->generation, plan->step);
+    log_info("job %" PRId64 ": generation %u goes on from %s at step %" PRIu64, j->id,
+             j->generation, plan->survivors ? "rank 0's commit" : "the checkpoint", plan->step);
   job_publish_state(t, j, plan->reason);
 }
 
@@ -535,10 +537,15 @@ static void carry_out(job_table_t *t, job_t *j, const recovery_plan_t *plan,
     snprintf(why, sizeof why, "re-forming after: %s", failure->reason);
     job_publish_state(t, j, why);
   }
-  if (plan->waits_for_agents)
-    job_enter(j, JOB_PHASE_WAITING, LOG_WARN,
-              "job %" PRId64 ": %u worker(s) left, min_nodes %u: waiting up to %u s for agents",
-              j->id, plan->workers, j->min_nodes, j->rejoin_timeout_s);
+  if (plan->waits_for_agents) {
+    char why[300];
+    snprintf(why, sizeof why, "%u worker(s) left, min_nodes %u: waiting up to %u s for agents",
+             plan->workers, j->min_nodes, j->rejoin_timeout_s);
+    job_enter(j, JOB_PHASE_WAITING, LOG_WARN, "job %" PRId64 ": %s", j->id, why);
+    /* drover status shows it as the job's reason while it waits. */
+    if (store_job_set_state(t->store, j->id, JOB_RUNNING, why) != DRV_OK)
+      log_error("store: %s", drv_last_error());
+  }
   for (uint32_t r = 0; plan->settled && r < j->nodes && r < RECOVERY_MAX_RANKS; r++) {
     if (plan->fate[r] == RECOVERY_RANK_SILENT) {
       char why[512];
@@ -581,6 +588,7 @@ static void recover(job_table_t *t, job_t *j, const recovery_failure_t *failure,
                        .max_restarts = j->max_restarts,
                        .restarts = j->restarts,
                        .rejoin_timeout_s = j->rejoin_timeout_s,
+                       .ckpt_step = j->ckpt_step,
                        .free_agents = free_agents(t, j, now, free_list),
                        .deadline_ms = j->deadline_ms,
                        .ring_timeout_ms = drv_setting(DRV_SET_RING_TIMEOUT_MS),

@@ -76,7 +76,9 @@ static int note_failure(const recovery_job_t *job, const recovery_failure_t *f, 
   }
   uint32_t alive = count_alive(out, n);
   out->workers = alive + job->free_agents;
-  if (alive == 0 || (out->workers < job->min_nodes && !job->rejoin_timeout_s)) {
+  /* Nobody left to go on from: newcomers can still start from the durable checkpoint. */
+  int from_ckpt = alive == 0 && job->ckpt_step && job->rejoin_timeout_s;
+  if ((alive == 0 && !from_ckpt) || (out->workers < job->min_nodes && !job->rejoin_timeout_s)) {
     fail(out, "%s (%u worker(s) left, min_nodes %u)", out->cause.text, out->workers,
          job->min_nodes);
     return 0;
@@ -110,14 +112,19 @@ static void settle(const recovery_job_t *job, uint32_t n, recovery_plan_t *out) 
   out->newcomers = job->max_nodes > nsurv ? DRV_MIN(job->free_agents, job->max_nodes - nsurv) : 0;
   out->world = nsurv + out->newcomers;
   const char *cause = planned ? job->pause_reason : out->cause.text;
-  if (nsurv == 0 || out->world < job->min_nodes) {
+  if ((nsurv == 0 && !job->ckpt_step) || out->world < job->min_nodes) {
     fail(out, "%s (%u worker(s) left, min_nodes %u)", cause, out->world, job->min_nodes);
     return;
   }
   out->action = RECOVERY_REFORM;
   out->phase = JOB_PHASE_STARTING;
-  out->step = job->ranks[out->from[0]].commit;
-  if (planned)
+  out->step = nsurv ? job->ranks[out->from[0]].commit : job->ckpt_step;
+  if (!nsurv)
+    snprintf(out->reason, sizeof out->reason,
+             "re-formed with %u new worker(s) from the checkpoint of step %" PRIu64
+             " (no worker survived) after: %s",
+             out->world, job->ckpt_step, cause);
+  else if (planned)
     snprintf(out->reason, sizeof out->reason, "re-formed with %u worker(s) (%u new): %s",
              out->world, out->newcomers, cause);
   else

@@ -15,7 +15,11 @@
  * alone after a broken ring): survivors keep their old rank order, so the new rank 0 is
  * the lowest surviving rank and its commit is the one every rank goes on from; free agents
  * fill up to max_nodes; ranks that never reported are left out as silent. Below min_nodes
- * the job fails, or waits up to rejoin_timeout for agents when it has one. A planned
+ * the job fails, or waits up to rejoin_timeout for agents when it has one. When no rank
+ * survives (every worker killed at once) a job with a durable checkpoint and restarts left
+ * does not fail: it waits up to rejoin_timeout for free agents (those whose workers died
+ * are free again after their cool-down) and re-forms from the checkpoint with newcomers
+ * only, which load it at their start (rank 0 loads and broadcasts it). A planned
  * re-formation (PAUSING) is the same without a failure: every rank stops at its next
  * commit and reports `lost`; no restart is counted.
  *
@@ -79,6 +83,9 @@ typedef struct {
   uint32_t min_nodes, max_nodes;
   uint32_t max_restarts, restarts; /* restarts: re-formations after failures so far */
   uint32_t rejoin_timeout_s;       /* below min_nodes: how long to wait for agents; 0: fail */
+  uint64_t ckpt_step;              /* its newest durable checkpoint; 0: none. With one, a
+                                      world with no survivor left re-forms from it with free
+                                      agents only (waiting up to rejoin_timeout for them) */
   uint32_t free_agents;     /* free agents of its queue now; newcomers are the first of them */
   int64_t deadline_ms;      /* of the re-formation under way */
   int64_t ring_timeout_ms;  /* DROVER_RING_TIMEOUT_MS: how long ring peers take to notice */
@@ -119,7 +126,8 @@ typedef struct {
    * ranks survivors .. world-1 are the first `newcomers` free agents. */
   uint32_t world, survivors, newcomers;
   uint32_t from[RECOVERY_MAX_RANKS];
-  uint64_t step; /* the commit the next world goes on from: its rank 0's (0: not known) */
+  uint64_t step; /* the commit the next world goes on from: its rank 0's (0: not known); with
+                    no survivor, the checkpoint's (ckpt_step) */
   char reason[RECOVERY_REASON_MAX + 256]; /* FAIL: the job's reason; REFORM: the event's */
 } recovery_plan_t;
 

@@ -374,6 +374,70 @@ static void test_no_survivor_fails(void **state) {
   assert_non_null(strstr(p.reason, "rank 0 (agent a0, h0) was killed by signal 9"));
 }
 
+static void test_no_survivor_with_checkpoint_waits_then_reforms_from_it(void **state) {
+  fx_t f;
+  char first[RECOVERY_REASON_MAX];
+  recovery_plan_t p;
+  fx_init(&f, JOB_PHASE_RUNNING, 3);
+  f.job.min_nodes = 2;
+  f.job.rejoin_timeout_s = 30;
+  f.job.ckpt_step = 40;
+  /* All three die together; their agents cool down, so none is free. */
+  fail_rank(&f, 0, "rank 0 (agent a0, h0) was killed by signal 9 near step 50", NOW, &p);
+  fx_apply(&f, &p, first, sizeof first);
+  fail_rank(&f, 1, KILLED_1, NOW, &p);
+  fx_apply(&f, &p, first, sizeof first);
+  fail_rank(&f, 2, "rank 2 (agent a2, h2) was killed by signal 9 near step 50", NOW, &p);
+  assert_int_equal(p.action, RECOVERY_WAIT); /* not failed: it has a checkpoint */
+  assert_int_equal(p.phase, JOB_PHASE_WAITING);
+  assert_int_equal(p.restarts, 1); /* one failure, one restart */
+  /* The longer of the re-formation's deadline (ring timeout + grace) and rejoin_timeout. */
+  assert_int_equal(p.deadline_ms, NOW + RING_MS + RECOVERY_GRACE_MS);
+  fx_apply(&f, &p, first, sizeof first);
+  recovery_plan(&f.job, NULL, NOW + 5000, &p); /* still cooling down */
+  assert_int_equal(p.action, RECOVERY_WAIT);
+  /* The cool-down is over: the same three agents are free again. */
+  f.job.free_agents = 3;
+  recovery_plan(&f.job, NULL, NOW + 6000, &p);
+  assert_int_equal(p.action, RECOVERY_REFORM);
+  assert_int_equal(p.survivors, 0);
+  assert_int_equal(p.newcomers, 3);
+  assert_int_equal(p.world, 3);
+  assert_int_equal(p.step, 40); /* the checkpoint's */
+  assert_non_null(strstr(p.reason, "from the checkpoint of step 40"));
+  assert_non_null(strstr(p.reason, "rank 0 (agent a0, h0) was killed by signal 9"));
+  /* Too few come back by the deadline: it fails, naming the cause. */
+  f.job.free_agents = 1;
+  recovery_plan(&f.job, NULL, NOW + RING_MS + RECOVERY_GRACE_MS + 1, &p);
+  assert_int_equal(p.action, RECOVERY_FAIL);
+  assert_non_null(strstr(p.reason, "(1 worker(s) left, min_nodes 2)"));
+}
+
+static void test_no_survivor_with_checkpoint_needs_restarts_and_rejoin(void **state) {
+  fx_t f;
+  recovery_plan_t p;
+  fx_init(&f, JOB_PHASE_RUNNING, 1);
+  f.job.ckpt_step = 40;
+  f.job.free_agents = 2;
+  fail_rank(&f, 0, "rank 0 gone", NOW, &p); /* no rejoin_timeout: fails as before */
+  assert_int_equal(p.action, RECOVERY_FAIL);
+  fx_init(&f, JOB_PHASE_RUNNING, 1);
+  f.job.ckpt_step = 40;
+  f.job.rejoin_timeout_s = 30;
+  f.job.max_restarts = 0;
+  fail_rank(&f, 0, "rank 0 gone", NOW, &p); /* no restart left */
+  assert_int_equal(p.action, RECOVERY_FAIL);
+  assert_string_equal(p.reason, "rank 0 gone");
+  fx_init(&f, JOB_PHASE_RUNNING, 1); /* with both, free agents take over at once */
+  f.job.ckpt_step = 40;
+  f.job.rejoin_timeout_s = 30;
+  f.job.free_agents = 2;
+  fail_rank(&f, 0, "rank 0 gone", NOW, &p);
+  assert_int_equal(p.action, RECOVERY_REFORM);
+  assert_int_equal(p.world, 1); /* max_nodes */
+  assert_int_equal(p.step, 40);
+}
+
 static void test_max_restarts_fails_with_first_cause(void **state) {
   fx_t f;
   char first[RECOVERY_REASON_MAX];
@@ -433,6 +497,8 @@ int main(void) {
       cmocka_unit_test(test_below_min_nodes_waits_with_rejoin_timeout),
       cmocka_unit_test(test_below_min_nodes_fails_without_rejoin_timeout),
       cmocka_unit_test(test_no_survivor_fails),
+      cmocka_unit_test(test_no_survivor_with_checkpoint_waits_then_reforms_from_it),
+      cmocka_unit_test(test_no_survivor_with_checkpoint_needs_restarts_and_rejoin),
       cmocka_unit_test(test_max_restarts_fails_with_first_cause),
       cmocka_unit_test(test_check_outside_reformation_does_nothing),
   };

@@ -211,4 +211,5 @@ def test_hung_node_cools_down(drover):
 
 
 if __name__ == "__main__":
-    main([test_restart_with_an_agent_gone_resumes_on_min_nodes, test_fresh_job_waits_for_all_nodes])
+    main([test_restart_with_an_agent_gone_resumes_on_min_nodes, test_fresh_job_waits_for_all_nodes,
+          test_every_worker_killed_resumes_from_checkpoint])
