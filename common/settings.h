@@ -22,7 +22,8 @@
   X(PROGRESS_MS, 100, "workers coalesce progress reports to at most one per interval (ms)")     \
   X(CLIENT_TIMEOUT_MS, 5000, "CLI: how long to wait for the coordinator to answer (ms)")        \
   X(POOL_WAIT_MS, 60000, "a queued job whose agent pool has no agent for this long fails (ms)") \
-  X(COOLDOWN_MS, 30000, "an agent whose worker was killed takes no work for this long (ms)")    \
+  X(COOLDOWN_MS, 30000,                                                                         \
+    "an agent whose worker was killed or hung takes no work for this long (ms)")                \
   X(STRAGGLER_PCT, 150,                                                                         \
     "a rank whose compute time per step is above this % of the others' median is a straggler")
 

@@ -550,7 +550,10 @@ static void carry_out(job_table_t *t, job_t *j, const recovery_plan_t *plan,
     if (plan->fate[r] == RECOVERY_RANK_SILENT) {
       char why[512];
       recovery_silent_reason(&view[r], r, why, sizeof why);
-      log_warn("job %" PRId64 ": %s: left out", j->id, why);
+      /* A hung node is as suspect as a crashed one: no new work for it for a while. */
+      agent_t *a = rank_agent(t, &j->ranks[r]);
+      if (a) a->cooldown_until_ms = now + drv_setting(DRV_SET_COOLDOWN_MS);
+      log_warn("job %" PRId64 ": %s: left out%s", j->id, why, a ? ", its agent cooling down" : "");
     }
     if (plan->fate[r] >= RECOVERY_RANK_DEAD)
       drop_rank(t, j, &j->ranks[r], "left out of the re-formed world");
