@@ -517,6 +517,12 @@ static void reform(job_table_t *t, job_t *j, const recovery_plan_t *plan, const 
   job_publish_state(t, j, plan->reason);
 }
 
+/* An agent not heard from for longer than this (two heartbeats and a half) is taken for
+ * dead when its rank is silent too. */
+static int64_t agent_quiet_limit(void) {
+  return drv_setting(DRV_SET_HEARTBEAT_MS) * 5 / 2;
+}
+
 /* Carries out a recovery plan for j, made after `failure` (NULL: a check). j may be freed
  * on return. */
 static void carry_out(job_table_t *t, job_t *j, const recovery_plan_t *plan,
@@ -549,7 +555,7 @@ static void carry_out(job_table_t *t, job_t *j, const recovery_plan_t *plan,
   for (uint32_t r = 0; plan->settled && r < j->nodes && r < RECOVERY_MAX_RANKS; r++) {
     if (plan->fate[r] == RECOVERY_RANK_SILENT) {
       char why[512];
-      recovery_silent_reason(&view[r], r, why, sizeof why);
+      recovery_silent_reason(&view[r], r, agent_quiet_limit(), why, sizeof why);
       /* A hung node is as suspect as a crashed one: no new work for it for a while. */
       agent_t *a = rank_agent(t, &j->ranks[r]);
       if (a) a->cooldown_until_ms = now + drv_setting(DRV_SET_COOLDOWN_MS);
@@ -580,7 +586,8 @@ static void recover(job_table_t *t, job_t *j, const recovery_failure_t *failure,
                                 .leaving = s->leaving,
                                 .step = s->step,
                                 .coll_seq = s->coll_seq,
-                                .commit = s->commit};
+                                .commit = s->commit,
+                                .agent_quiet_ms = a ? now - a->last_seen_ms : -1};
   }
   int free_list[REGISTRY_MAX_AGENTS];
   recovery_job_t in = {.phase = j->phase,
@@ -595,6 +602,7 @@ static void recover(job_table_t *t, job_t *j, const recovery_failure_t *failure,
                        .free_agents = free_agents(t, j, now, free_list),
                        .deadline_ms = j->deadline_ms,
                        .ring_timeout_ms = drv_setting(DRV_SET_RING_TIMEOUT_MS),
+                       .agent_quiet_ms = agent_quiet_limit(),
                        .cause = j->cause,
                        .first_cause = j->first_cause,
                        .pause_reason = j->pause_reason};

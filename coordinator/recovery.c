@@ -9,7 +9,17 @@
 
 #include "common/drv.h"
 
-void recovery_silent_reason(const recovery_rank_t *rk, uint32_t rank, char *buf, size_t n) {
+void recovery_silent_reason(const recovery_rank_t *rk, uint32_t rank, int64_t quiet_ms, char *buf,
+                            size_t n) {
+  if (quiet_ms > 0 && (rk->agent_quiet_ms < 0 || rk->agent_quiet_ms > quiet_ms)) {
+    char quiet[64] = "gone";
+    if (rk->agent_quiet_ms >= 0)
+      snprintf(quiet, sizeof quiet, "no heartbeat for %" PRId64 " ms", rk->agent_quiet_ms);
+    snprintf(buf, n,
+             "agent %s (%s, rank %u, near step %" PRIu64 ") went silent with its worker: %s",
+             rk->agent_id ? rk->agent_id : "?", rk->host ? rk->host : "?", rank, rk->step, quiet);
+    return;
+  }
   snprintf(buf, n,
            "rank %u (agent %s, %s) stopped making progress after step %" PRIu64
            " (collective %" PRIu64 "): its ring broke and it did not report",
@@ -102,7 +112,8 @@ static void settle(const recovery_job_t *job, uint32_t n, recovery_plan_t *out) 
     if (*fate == RECOVERY_RANK_IN) { /* silent: hung, or still stuck in a collective */
       *fate = RECOVERY_RANK_SILENT;
       if (out->cause.kind == RECOVERY_CAUSE_SYMPTOM) {
-        recovery_silent_reason(&job->ranks[r], r, out->cause.text, sizeof out->cause.text);
+        recovery_silent_reason(&job->ranks[r], r, job->agent_quiet_ms, out->cause.text,
+                               sizeof out->cause.text);
         out->cause.kind = RECOVERY_CAUSE_KNOWN;
       }
     }

@@ -73,6 +73,7 @@ typedef struct {
   uint64_t step;               /* at its last progress report */
   uint64_t coll_seq;           /* collectives it had completed then */
   uint64_t commit;             /* the commit it rolled back to (its `lost`); 0: not known */
+  int64_t agent_quiet_ms;      /* how long since its agent was last heard from; -1: gone */
 } recovery_rank_t;
 
 /* The job, as recovery sees it. Strings and ranks are borrowed for the call. */
@@ -89,6 +90,9 @@ typedef struct {
   uint32_t free_agents;     /* free agents of its queue now; newcomers are the first of them */
   int64_t deadline_ms;      /* of the re-formation under way */
   int64_t ring_timeout_ms;  /* DROVER_RING_TIMEOUT_MS: how long ring peers take to notice */
+  int64_t agent_quiet_ms;   /* a silent rank whose agent was not heard from for longer than
+                               this (or is gone) died with its agent, rather than hung;
+                               0: never said */
   recovery_cause_t cause;   /* of the re-formation under way */
   const char *first_cause;  /* the first failure it re-formed after; "" none yet */
   const char *pause_reason; /* PAUSING: why it was asked to ("taking in 1 free agent(s)") */
@@ -140,7 +144,10 @@ void recovery_plan(const recovery_job_t *job, const recovery_failure_t *failure,
                    recovery_plan_t *out);
 
 /* The reason a silent rank is left out with: "rank 2 (agent a3, 10.0.0.3) stopped making
- * progress after step 364 (collective 1093): its ring broke and it did not report". */
-void recovery_silent_reason(const recovery_rank_t *rk, uint32_t rank, char *buf, size_t n);
+ * progress after step 364 (collective 1093): its ring broke and it did not report"; when its
+ * agent was quiet for longer than quiet_ms (> 0) too, the agent's death: "agent a3
+ * (10.0.0.3, rank 2, near step 364) went silent with its worker: no heartbeat for 3200 ms". */
+void recovery_silent_reason(const recovery_rank_t *rk, uint32_t rank, int64_t quiet_ms, char *buf,
+                            size_t n);
 
 #endif

@@ -177,6 +177,32 @@ static void test_silent_rank_left_out_at_deadline_with_its_cause(void **state) {
   assert_null(strstr(p.reason, "lost its ring"));
 }
 
+static void test_silent_rank_of_a_quiet_agent_is_the_agents_death(void **state) {
+  fx_t f;
+  recovery_plan_t p;
+  fx_init(&f, JOB_PHASE_REFORMING, 3);
+  f.job.deadline_ms = NOW;
+  f.job.cause = (recovery_cause_t){.kind = RECOVERY_CAUSE_SYMPTOM, .text = "rank 0 lost its ring"};
+  f.job.agent_quiet_ms = 2500;
+  f.ranks[0].lost = f.ranks[1].lost = 1;
+  f.ranks[0].agent_quiet_ms = f.ranks[1].agent_quiet_ms = 100;
+  f.ranks[2].agent_quiet_ms = 3200; /* its agent went quiet when the ring broke */
+  recovery_plan(&f.job, NULL, NOW + 1, &p);
+  assert_int_equal(p.action, RECOVERY_REFORM);
+  assert_int_equal(p.fate[2], RECOVERY_RANK_SILENT);
+  assert_string_equal(p.cause.text,
+                      "agent a2 (h2, rank 2, near step 50) went silent with its "
+                      "worker: no heartbeat for 3200 ms");
+  /* Its agent still heartbeats: a hang, as before. */
+  f.ranks[2].agent_quiet_ms = 300;
+  recovery_plan(&f.job, NULL, NOW + 1, &p);
+  assert_non_null(strstr(p.cause.text, "rank 2 (agent a2, h2) stopped making progress"));
+  /* Its agent is gone from the registry already. */
+  f.ranks[2].agent_quiet_ms = -1;
+  recovery_plan(&f.job, NULL, NOW + 1, &p);
+  assert_non_null(strstr(p.cause.text, "went silent with its worker: gone"));
+}
+
 static void test_cause_replaces_symptom(void **state) {
   fx_t f;
   char first[RECOVERY_REASON_MAX];
@@ -489,6 +515,7 @@ int main(void) {
       cmocka_unit_test(test_dead_rank_waits_then_reforms),
       cmocka_unit_test(test_survivors_keep_order_and_rank0_commit),
       cmocka_unit_test(test_silent_rank_left_out_at_deadline_with_its_cause),
+      cmocka_unit_test(test_silent_rank_of_a_quiet_agent_is_the_agents_death),
       cmocka_unit_test(test_cause_replaces_symptom),
       cmocka_unit_test(test_leaving_agent_planned),
       cmocka_unit_test(test_failure_while_pausing_is_a_restart),

@@ -211,6 +211,27 @@ def test_hung_node_cools_down(drover):
                     pass
 
 
+def test_killed_agent_named_as_its_death(drover):
+    # SIGKILL to an agent: its worker dies with it and nobody reports; the rank is left out
+    # naming the agent's death, not a hang.
+    # The agent timeout longer than the re-formation's grace, so the grace ends first.
+    with cluster(drover, env=dict(ENV, DROVER_PEER_TIMEOUT_MS="8000")) as c:
+        sub, job = start(c, "orphaned", rejoin=30, epochs=10)
+        wait_for_checkpoint(c, job, 40)
+        t0 = time.time()
+        c.agents["a2"].send_signal(signal.SIGKILL)
+        final, states = follow_timed(c, sub, job, timeout=180)
+        assert final["state"] == "succeeded", final
+        reformed = [(t, s["reason"]) for t, s in states if "re-formed" in (s.get("reason") or "")]
+        assert reformed, states
+        t_re, reason = reformed[0]
+        assert "agent a2" in reason, reason
+        assert "went silent with its worker: no heartbeat for" in reason, reason
+        assert "stopped making progress" not in reason, reason
+        print("agent SIGKILL: re-formed after %.1f s: %s" % (t_re - t0, reason))
+
+
 if __name__ == "__main__":
     main([test_restart_with_an_agent_gone_resumes_on_min_nodes, test_fresh_job_waits_for_all_nodes,
-          test_every_worker_killed_resumes_from_checkpoint, test_hung_node_cools_down])
+          test_every_worker_killed_resumes_from_checkpoint, test_hung_node_cools_down,
+          test_killed_agent_named_as_its_death])
