@@ -611,12 +611,25 @@ static void recover(job_table_t *t, job_t *j, const recovery_failure_t *failure,
   carry_out(t, j, &plan, failure, view, free_list, now);
 }
 
+/* A report of j's trouble while its failure is held: kept when it tells more of the cause
+ * than the held one (the first of equals). */
+static void hold_note(job_t *j, recovery_report_t kind, const char *reason) {
+  if (kind <= j->verdict_kind) return;
+  log_info("job %" PRId64 ": %s: a better cause than '%s'", j->id, reason, j->verdict);
+  j->verdict_kind = kind;
+  snprintf(j->verdict, sizeof j->verdict, "%s", reason);
+}
+
 /* Something went wrong in placed job j: rank `rank` (-1: none known) is gone. Its worker
  * is told to stop at once; the rest is recovery_plan's. j may be freed on return. */
 static void job_trouble(job_table_t *t, job_t *j, int rank, const char *reason) {
   if (rank >= 0 && !j->ranks[rank].dead) {
     j->ranks[rank].dead = 1;
     if (j->ranks[rank].peer.len) send_abort(t, &j->ranks[rank].peer, j->id, j->generation, reason);
+  }
+  if (j->verdict_ms) { /* it fails in moments: no re-formation, but the report may say more */
+    hold_note(j, rank < 0 ? RECOVERY_REPORT_SYMPTOM : RECOVERY_REPORT_OWN, reason);
+    return;
   }
   recover(t, j, &(recovery_failure_t){.rank = rank, .reason = reason}, drv_now_ms());
 }
@@ -931,7 +944,28 @@ void job_on_failed(job_table_t *t, const proto_failed_t *f) {
   job_t *j = job_for_msg(t, f->job, f->generation, f->rank, "failed");
   if (!j) return;
   const agent_t *a = rank_agent(t, &j->ranks[f->rank]);
-  job_fail(t, j, "rank %u (agent %s): %s", f->rank, a ? a->agent_id : "?", f->reason);
+  char reason[RECOVERY_REASON_MAX];
+  snprintf(reason, sizeof reason, "rank %u (agent %s): %s", f->rank, a ? a->agent_id : "?",
+           f->reason);
+  int64_t hold = drv_setting(DRV_SET_FAIL_HOLD_MS);
+  if (hold <= 0) {
+    job_fail(t, j, "%s", reason);
+    return;
+  }
+  if (!j->verdict_ms) {
+    /* The others' reports of the same instant may name the cause better: wait for them. */
+    j->verdict_ms = drv_now_ms() + hold;
+    log_info("job %" PRId64 ": %s: failing in %" PRId64 " ms, with the best cause by then", j->id,
+             reason, hold);
+  }
+  hold_note(j, recovery_failed_kind(f->reason), reason);
+}
+
+void job_verdicts(job_table_t *t, int64_t now) {
+  for (int i = 0; i < JOB_MAX; i++) {
+    job_t *j = &t->jobs[i];
+    if (j->used && j->verdict_ms && now >= j->verdict_ms) job_fail(t, j, "%s", j->verdict);
+  }
 }
 
 void job_on_checkpoint(job_table_t *t, const proto_checkpoint_t *k) {

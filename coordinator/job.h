@@ -81,7 +81,10 @@ typedef struct {
   recovery_cause_t cause; /* the failure being recovered from */
   char first_cause[RECOVERY_REASON_MAX]; /* the first one it re-formed after */
   char pause_reason[256];                /* PAUSING: why it was asked to */
-  progress_job_t progress; /* rank 0's last report, the world's throughput (progress.h) */
+  int64_t verdict_ms; /* a `failed` came: the job fails then, with the best cause by then */
+  recovery_report_t verdict_kind;    /* how telling the held cause is */
+  char verdict[RECOVERY_REASON_MAX]; /* the held cause */
+  progress_job_t progress;           /* rank 0's last report, the world's throughput (progress.h) */
   /* final metrics from rank 0 */
   double test_loss, test_accuracy, final_samples_per_s;
 } job_t;
@@ -189,8 +192,13 @@ void job_on_eval(job_table_t *t, const proto_eval_t *e);
 /* A rank is done; when all are, the job succeeded with rank 0's metrics. */
 void job_on_done(job_table_t *t, const proto_done_t *d);
 
-/* A rank failed: the job fails with its reason. */
+/* A rank failed: the job fails with its reason, after DROVER_FAIL_HOLD_MS in which a
+ * better-ranked report (recovery_report_t) of another rank replaces it; meanwhile no
+ * re-formation starts. */
 void job_on_failed(job_table_t *t, const proto_failed_t *f);
+
+/* Fails the jobs whose held failure (job_on_failed) is due. Run every few tens of ms. */
+void job_verdicts(job_table_t *t, int64_t now);
 
 /* Rank 0's checkpoint is durable: recorded in the store. */
 void job_on_checkpoint(job_table_t *t, const proto_checkpoint_t *k);

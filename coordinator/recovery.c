@@ -27,6 +27,14 @@ void recovery_silent_reason(const recovery_rank_t *rk, uint32_t rank, int64_t qu
            rk->coll_seq);
 }
 
+recovery_report_t recovery_failed_kind(const char *reason) {
+  static const char *const peer[] = {"ring all-reduce: rank ", "ring: rank ", "ring: broken by",
+                                     "closed the connection"};
+  for (size_t k = 0; reason && k < DRV_ARRAY_LEN(peer); k++)
+    if (strstr(reason, peer[k])) return RECOVERY_REPORT_PEER;
+  return RECOVERY_REPORT_OWN;
+}
+
 static int phase_collecting(job_phase_t p) {
   return p == JOB_PHASE_PAUSING || p == JOB_PHASE_REFORMING || p == JOB_PHASE_WAITING;
 }

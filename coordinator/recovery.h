@@ -143,6 +143,21 @@ typedef struct {
 void recovery_plan(const recovery_job_t *job, const recovery_failure_t *failure, int64_t now,
                    recovery_plan_t *out);
 
+/* How much a report that ends or breaks a job says about the root cause, least first:
+ * reports that arrive within DROVER_FAIL_HOLD_MS of each other are ranked by it, and the
+ * job's reason is the best-ranked one (the first of equals). */
+typedef enum {
+  RECOVERY_REPORT_NONE = 0,
+  RECOVERY_REPORT_PEER,    /* a rank's `failed` that is its ring's error: a peer went away */
+  RECOVERY_REPORT_SYMPTOM, /* a survivor's `lost`: its ring broke */
+  RECOVERY_REPORT_OWN,     /* a rank's `failed` with an error of its own (data, spec, loss) */
+} recovery_report_t;
+
+/* The rank of a `failed` report with this reason: PEER when it reads as a broken ring's
+ * error ("ring all-reduce: rank 1: rank 0 (left) closed the connection", "ring: rank 2 ...",
+ * "ring: broken by an earlier failure"), OWN otherwise. */
+recovery_report_t recovery_failed_kind(const char *reason);
+
 /* The reason a silent rank is left out with: "rank 2 (agent a3, 10.0.0.3) stopped making
  * progress after step 364 (collective 1093): its ring broke and it did not report"; when its
  * agent was quiet for longer than quiet_ms (> 0) too, the agent's death: "agent a3

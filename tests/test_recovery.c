@@ -203,6 +203,24 @@ static void test_silent_rank_of_a_quiet_agent_is_the_agents_death(void **state) 
   assert_non_null(strstr(p.cause.text, "went silent with its worker: gone"));
 }
 
+static void test_failed_reports_ranked_own_over_peer(void **state) {
+  assert_int_equal(recovery_failed_kind("ring all-reduce: rank 0: rank 2 (left) closed the "
+                                        "connection"),
+                   RECOVERY_REPORT_PEER);
+  assert_int_equal(recovery_failed_kind("ring: rank 1 of 3: no word from rank 0 within 3000 ms"),
+                   RECOVERY_REPORT_PEER);
+  assert_int_equal(recovery_failed_kind("ring: broken by an earlier failure"),
+                   RECOVERY_REPORT_PEER);
+  assert_int_equal(recovery_failed_kind("loss became nan at step 12: lower the learning rate"),
+                   RECOVERY_REPORT_OWN);
+  assert_int_equal(recovery_failed_kind("/tmp/x/train.idx: expected magic 0x00000803"),
+                   RECOVERY_REPORT_OWN);
+  /* The order the coordinator ranks a held failure's reports by. */
+  assert_true(RECOVERY_REPORT_OWN > RECOVERY_REPORT_SYMPTOM);
+  assert_true(RECOVERY_REPORT_SYMPTOM > RECOVERY_REPORT_PEER);
+  assert_true(RECOVERY_REPORT_PEER > RECOVERY_REPORT_NONE);
+}
+
 static void test_cause_replaces_symptom(void **state) {
   fx_t f;
   char first[RECOVERY_REASON_MAX];
@@ -516,6 +534,7 @@ int main(void) {
       cmocka_unit_test(test_survivors_keep_order_and_rank0_commit),
       cmocka_unit_test(test_silent_rank_left_out_at_deadline_with_its_cause),
       cmocka_unit_test(test_silent_rank_of_a_quiet_agent_is_the_agents_death),
+      cmocka_unit_test(test_failed_reports_ranked_own_over_peer),
       cmocka_unit_test(test_cause_replaces_symptom),
       cmocka_unit_test(test_leaving_agent_planned),
       cmocka_unit_test(test_failure_while_pausing_is_a_restart),

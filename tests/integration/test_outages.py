@@ -37,13 +37,15 @@ run_dir: %s
 """  # 400 steps per epoch
 
 
-def start(c, name, rejoin, epochs):
+def start(c, name, rejoin, epochs, agent_env=None, restarts=3):
     c.start_coordinator()
     for a in ("a1", "a2", "a3"):
-        c.start_agent(a)
+        c.start_agent(a, env=(agent_env or {}).get(a))
     c.wait_agents(3)
     sub = c.subscribe()
-    job = c.request("submit", {"spec": SPEC % (name, rejoin, epochs, c.runs)})[2]["job"]
+    spec = (SPEC % (name, rejoin, epochs, c.runs)).replace("max_restarts: 3",
+                                                         "max_restarts: %d" % restarts)
+    job = c.request("submit", {"spec": spec})[2]["job"]
     return sub, job
 
 
@@ -78,6 +80,12 @@ def follow_timed(c, sub, job, timeout):
             if m[2]["state"] in ("succeeded", "failed", "cancelled"):
                 return m[2], states
     raise AssertionError("job %d did not finish within %d s" % (job, timeout))
+
+
+def redone(m, resumed):
+    """Steps trained before the resume record `resumed` beyond the step it resumed from."""
+    before = [x["step"] for x in m[:m.index(resumed)] if x["type"] == "step"]
+    return max(before) - resumed["step"]
 
 
 def wait_reason(c, job, state, words, timeout=20):
@@ -121,7 +129,8 @@ def test_restart_with_an_agent_gone_resumes_on_min_nodes(drover):
             log = f.read()
         assert "placed on 2 agent(s) (fewer than its nodes" in log, log[-3000:]
         print("coordinator restarted with 2 of 3 agents: queued (%s), placed on 2 after %.1f s, "
-              "resumed from step %d" % (st["reason"], placed[0] - t0, resumed[-1]["step"]))
+              "resumed from step %d, %d step(s) redone"
+              % (st["reason"], placed[0] - t0, resumed[-1]["step"], redone(m, resumed[-1])))
 
 
 def test_fresh_job_waits_for_all_nodes(drover):
@@ -167,8 +176,8 @@ def test_every_worker_killed_resumes_from_checkpoint(drover):
         assert resumed and resumed[-1]["world"] == 3 and resumed[-1]["step"] >= 40, resumed
         done = [x["step"] for x in m if x["type"] == "step"]
         assert done[-1] == 4000, done[-3:]
-        print("every worker killed: waited (%s), re-formed after %.1f s: %s"
-              % (st["reason"], t_re - t0, s_re["reason"]))
+        print("every worker killed: waited (%s), re-formed after %.1f s, %d step(s) redone: %s"
+              % (st["reason"], t_re - t0, redone(m, resumed[-1]), s_re["reason"]))
 
 
 def test_hung_node_cools_down(drover):
@@ -231,7 +240,23 @@ def test_killed_agent_named_as_its_death(drover):
         print("agent SIGKILL: re-formed after %.1f s: %s" % (t_re - t0, reason))
 
 
+def test_own_error_named_over_peers_broken_rings(drover):
+    # Rank 1 fails with an error of its own after its ring is closed and its peers' failed
+    # reports (their rings' errors) have reached the coordinator first: the job's reason is
+    # rank 1's error, the root cause, not whichever report came first.
+    fault = {"a2": {"DROVER_FAULT_FAIL_AT_STEP": "150"}}
+    for hold in ("200", "0"):
+        with cluster(drover, env=dict(ENV, DROVER_FAIL_HOLD_MS=hold)) as c:
+            sub, job = start(c, "rooted", rejoin=30, epochs=10, agent_env=fault, restarts=0)
+            final, _ = follow_timed(c, sub, job, timeout=120)
+            assert final["state"] == "failed", final
+            if hold != "0":
+                assert "rank 1 (agent a2): fault injection: failed after step 150" in \
+                    final["reason"], final
+            print("DROVER_FAIL_HOLD_MS=%s: %s" % (hold, final["reason"]))
+
+
 if __name__ == "__main__":
     main([test_restart_with_an_agent_gone_resumes_on_min_nodes, test_fresh_job_waits_for_all_nodes,
           test_every_worker_killed_resumes_from_checkpoint, test_hung_node_cools_down,
-          test_killed_agent_named_as_its_death])
+          test_killed_agent_named_as_its_death, test_own_error_named_over_peers_broken_rings])
