@@ -509,6 +509,7 @@ static void reform(job_table_t *t, job_t *j, const recovery_plan_t *plan, const 
        store_job_set_state(t->store, j->id, JOB_RUNNING, plan->reason) != DRV_OK))
     log_error("store: %s", drv_last_error());
   j->cause = (recovery_cause_t){.kind = RECOVERY_CAUSE_NONE};
+  j->wait_reason[0] = '\0';
   job_enter(j, JOB_PHASE_STARTING, LOG_WARN, "job %" PRId64 " %s; generation %u, restart %u of %u",
             j->id, plan->reason, j->generation, j->restarts, j->max_restarts);
   if (plan->step)
@@ -521,6 +522,20 @@ static void reform(job_table_t *t, job_t *j, const recovery_plan_t *plan, const 
  * dead when its rank is silent too. */
 static int64_t agent_quiet_limit(void) {
   return drv_setting(DRV_SET_HEARTBEAT_MS) * 5 / 2;
+}
+
+/* j waits for agents (the plan began the wait, or goes on with it): the phase on entering,
+ * and the reason drover status shows, kept up to date as workers die or agents free up. */
+static void note_wait_for_agents(job_table_t *t, job_t *j, const recovery_plan_t *plan) {
+  char why[sizeof j->wait_reason];
+  snprintf(why, sizeof why, "%u worker(s) left, min_nodes %u: waiting up to %u s for agents",
+           plan->workers, j->min_nodes, j->rejoin_timeout_s);
+  if (plan->waits_for_agents)
+    job_enter(j, JOB_PHASE_WAITING, LOG_WARN, "job %" PRId64 ": %s", j->id, why);
+  if (!strcmp(why, j->wait_reason)) return;
+  snprintf(j->wait_reason, sizeof j->wait_reason, "%s", why);
+  if (store_job_set_state(t->store, j->id, JOB_RUNNING, why) != DRV_OK)
+    log_error("store: %s", drv_last_error());
 }
 
 /* Carries out a recovery plan for j, made after `failure` (NULL: a check). j may be freed
@@ -543,15 +558,8 @@ static void carry_out(job_table_t *t, job_t *j, const recovery_plan_t *plan,
     snprintf(why, sizeof why, "re-forming after: %s", failure->reason);
     job_publish_state(t, j, why);
   }
-  if (plan->waits_for_agents) {
-    char why[300];
-    snprintf(why, sizeof why, "%u worker(s) left, min_nodes %u: waiting up to %u s for agents",
-             plan->workers, j->min_nodes, j->rejoin_timeout_s);
-    job_enter(j, JOB_PHASE_WAITING, LOG_WARN, "job %" PRId64 ": %s", j->id, why);
-    /* drover status shows it as the job's reason while it waits. */
-    if (store_job_set_state(t->store, j->id, JOB_RUNNING, why) != DRV_OK)
-      log_error("store: %s", drv_last_error());
-  }
+  if (plan->waits_for_agents || (plan->phase == JOB_PHASE_WAITING && plan->action == RECOVERY_WAIT))
+    note_wait_for_agents(t, j, plan);
   for (uint32_t r = 0; plan->settled && r < j->nodes && r < RECOVERY_MAX_RANKS; r++) {
     if (plan->fate[r] == RECOVERY_RANK_SILENT) {
       char why[512];

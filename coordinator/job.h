@@ -67,7 +67,8 @@ typedef struct {
   uint32_t generation;
   int reloaded;          /* loaded from the store at a coordinator's start */
   int64_t queued_ms;     /* when it became queued in this coordinator */
-  char wait_reason[256]; /* QUEUED, allowed to shrink: why it waits (in the store) */
+  char wait_reason[256]; /* why it waits, as the store has it: QUEUED and allowed to shrink,
+                            or WAITING for agents */
   char *spec_yaml;
   char run_dir[1024];
   char resume_dir[1024]; /* checkpoints to start from when run_dir has none; "" */

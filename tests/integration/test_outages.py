@@ -162,7 +162,8 @@ def test_every_worker_killed_resumes_from_checkpoint(drover):
         for p in pids:
             os.kill(p, signal.SIGKILL)
         # Not failed: waiting (cool-down keeps the agents out for 4 s), saying so.
-        st = wait_reason(c, job, "running", ["waiting up to 30 s for agents", "min_nodes 2"])
+        st = wait_reason(c, job, "running",
+                         ["0 worker(s) left", "waiting up to 30 s for agents", "min_nodes 2"])
         final, states = follow_timed(c, sub, job, timeout=180)
         assert final["state"] == "succeeded", final
         reformed = [(t, s) for t, s in states if "re-formed" in (s.get("reason") or "")]
