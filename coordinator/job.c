@@ -582,6 +582,7 @@ static void carry_out(job_table_t *t, job_t *j, const recovery_plan_t *plan,
 /* Plans j's recovery after `failure` (NULL: a check) and carries the plan out. j may be
  * freed on return. */
 static void recover(job_table_t *t, job_t *j, const recovery_failure_t *failure, int64_t now) {
+  if (j->verdict_ms) return; /* it fails when its hold is over: nothing to re-form */
   recovery_rank_t view[RECOVERY_MAX_RANKS];
   for (uint32_t r = 0; r < j->nodes && r < RECOVERY_MAX_RANKS; r++) {
     const job_rank_t *s = &j->ranks[r];
@@ -718,7 +719,7 @@ void job_tick(job_table_t *t, int64_t now) {
   }
   for (int i = 0; i < JOB_MAX; i++) {
     job_t *j = &t->jobs[i];
-    if (!j->used || !phase_placed(j->phase)) continue;
+    if (!j->used || !phase_placed(j->phase) || j->verdict_ms) continue; /* held: failing */
     if (phase_collecting(j->phase)) {
       recover(t, j, NULL, now);
       continue;
