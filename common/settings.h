@@ -22,7 +22,10 @@
   X(PROGRESS_MS, 100, "workers coalesce progress reports to at most one per interval (ms)")     \
   X(CLIENT_TIMEOUT_MS, 5000, "CLI: how long to wait for the coordinator to answer (ms)")        \
   X(POOL_WAIT_MS, 60000, "a queued job whose agent pool has no agent for this long fails (ms)") \
-  X(COOLDOWN_MS, 30000, "an agent whose worker was killed takes no work for this long (ms)")    \
+  X(FAIL_HOLD_MS, 200,                                                                          \
+    "a rank's `failed` is held this long for a better cause from the others (0: none) (ms)")    \
+  X(COOLDOWN_MS, 30000,                                                                         \
+    "an agent whose worker was killed or hung takes no work for this long (ms)")                \
   X(STRAGGLER_PCT, 150,                                                                         \
     "a rank whose compute time per step is above this % of the others' median is a straggler")
 
@@ -35,7 +38,10 @@
     "worker: SIGKILLs itself right after the evaluation of this epoch (1-based)")        \
   X(FAULT_KILL_BEFORE_START,                                                             \
     "worker: 1 = SIGKILLs itself after loading its data, before it "                     \
-    "checks in")
+    "checks in")                                                                         \
+  X(FAULT_FAIL_AT_STEP,                                                                  \
+    "worker: after this step closes its ring, waits 100 ms and fails with an error of "  \
+    "its own (its peers' reports of the broken ring reach the coordinator first)")
 
 typedef enum {
 #define DRV_SETTING_ENUM(name, def, help) DRV_SET_##name,

@@ -197,6 +197,10 @@ static void job_timer(coord_t *c, int64_t now) {
   job_tick(&c->jobs, now);
 }
 
+static void verdict_timer(coord_t *c, int64_t now) {
+  job_verdicts(&c->jobs, now);
+}
+
 // --- Loop ----------------------------------------------------------------------------------
 
 static drv_result_t bind_socket(coord_t *c, sock_t **s, sock_kind_t kind, proto_at_t at,
@@ -262,6 +266,8 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
   int64_t hb_ms = drv_setting(DRV_SET_HEARTBEAT_MS);
   timer_add(c, "heartbeats", hb_ms, heartbeat_timer); /* first: lost agents, then their jobs */
   timer_add(c, "jobs", hb_ms, job_timer);
+  /* Held failures are due within DROVER_FAIL_HOLD_MS: checked a few times within it. */
+  timer_add(c, "verdicts", DRV_MAX(drv_setting(DRV_SET_FAIL_HOLD_MS) / 4, 10), verdict_timer);
 
   while (!*stop) {
     if (idle_long_enough(c)) {

@@ -141,7 +141,7 @@ job_t *job_add(job_table_t *t, const store_job_t *sj, const jobspec_t *spec, cha
   j->ckpt_step = sj->ckpt_step;
   /* Generations go on across coordinators: messages of the old one's workers are stale. */
   j->generation = sj->generation;
-  j->nodes = spec->nodes;
+  j->nodes = j->nodes_wanted = spec->nodes;
   j->epochs = spec->train.epochs;
   j->min_nodes = spec->min_nodes;
   j->max_nodes = spec->max_nodes;
@@ -151,7 +151,7 @@ job_t *job_add(job_table_t *t, const store_job_t *sj, const jobspec_t *spec, cha
   j->spec_yaml = *spec_yaml;
   *spec_yaml = NULL;
   j->test_loss = j->test_accuracy = j->final_samples_per_s = NAN;
-  j->pool_seen_ms = drv_now_ms();
+  j->pool_seen_ms = j->queued_ms = drv_now_ms();
   return j;
 }
 
@@ -174,6 +174,7 @@ static int reload_one(const store_job_t *sj, void *arg) {
   }
   job_t *j = job_add(t, sj, spec, &yaml);
   jobspec_destroy(&spec);
+  j->reloaded = 1;
   log_info("job %" PRId64 " (%s) reloaded: queued%s", j->id, j->name,
            j->ckpt_step ? ", will resume from its last checkpoint" : "");
   return 0;
@@ -335,15 +336,19 @@ static void unplace(job_table_t *t, job_t *j, const char *why) {
   }
   free(j->ranks);
   j->ranks = NULL;
+  j->nodes = j->nodes_wanted;
+  j->queued_ms = drv_now_ms();
   if (store_job_set_state(t->store, j->id, JOB_QUEUED, why) != DRV_OK)
     log_error("store: %s", drv_last_error());
   log_warn("job %" PRId64 " queued again: %s", j->id, why);
   job_publish_state(t, j, why);
 }
 
-/* Places queued job j on registry agents agent[0..nodes), in rank order: `assign` to
- * each. Returns 0 when it did not start (an agent could not be reached, or no memory). */
-static int place(job_table_t *t, job_t *j, const int *agent, int64_t now) {
+/* Places queued job j on registry agents agent[0..world), in rank order: `assign` to
+ * each (world: its nodes, or fewer when sched_plan let it shrink). Returns 0 when it did
+ * not start (an agent could not be reached, or no memory). */
+static int place(job_table_t *t, job_t *j, const int *agent, uint32_t world, int64_t now) {
+  j->nodes = world;
   if (!(j->ranks = calloc(j->nodes, sizeof *j->ranks))) {
     job_fail(t, j, "out of memory placing the job");
     return 0;
@@ -373,11 +378,48 @@ static int place(job_table_t *t, job_t *j, const int *agent, int64_t now) {
   if (store_job_set_state(t->store, j->id, JOB_RUNNING, NULL) != DRV_OK ||
       store_job_set_generation(t->store, j->id, j->generation) != DRV_OK)
     log_error("store: %s", drv_last_error());
-  job_enter(j, JOB_PHASE_STARTING, LOG_INFO,
-            "job %" PRId64 " (%s) placed on %u agent(s), generation %u", j->id, j->name, j->nodes,
-            j->generation);
+  job_enter(
+      j, JOB_PHASE_STARTING, LOG_INFO,
+      "job %" PRId64 " (%s) placed on %u agent(s)%s, generation %u", j->id, j->name, j->nodes,
+      j->nodes < j->nodes_wanted ? " (fewer than its nodes: resuming with min_nodes or more)" : "",
+      j->generation);
+  j->wait_reason[0] = '\0';
   job_publish_state(t, j, NULL);
   return 1;
+}
+
+/* A queued job that was running before (a coordinator restart queued it again): it has a
+ * checkpoint, or a generation of a previous coordinator. */
+static int job_resumable(const job_t *j) {
+  return j->ckpt_step > 0 || (j->reloaded && j->generation > 0);
+}
+
+/* Queued job j as sched_plan sees it: a job that was running before may shrink to its
+ * min_nodes once it has waited rejoin_timeout for the rest; a fresh one is a strict gang. */
+static sched_job_t sched_view(const job_t *j) {
+  sched_job_t q = {.id = j->id, .target = j->target, .pool = j->pool, .nodes = j->nodes_wanted};
+  if (job_resumable(j) && j->min_nodes < j->nodes_wanted) {
+    q.min_nodes = j->min_nodes;
+    q.shrink_at_ms = j->queued_ms + (int64_t)j->rejoin_timeout_s * 1000;
+  }
+  return q;
+}
+
+/* Queued job j, which may shrink, was not placed: records why it waits (in the store, for
+ * drover status) when that changed. */
+static void note_waiting(job_table_t *t, job_t *j, int64_t now) {
+  int free_list[REGISTRY_MAX_AGENTS];
+  uint32_t n = free_agents(t, j, now, free_list);
+  char why[sizeof j->wait_reason];
+  snprintf(why, sizeof why,
+           "was running before: waiting up to %u s for its %u agent(s) (%u free now), then "
+           "resuming from its checkpoint with at least min_nodes %u",
+           j->rejoin_timeout_s, j->nodes_wanted, n, j->min_nodes);
+  if (!strcmp(why, j->wait_reason)) return;
+  snprintf(j->wait_reason, sizeof j->wait_reason, "%s", why);
+  log_info("job %" PRId64 " %s", j->id, why);
+  if (store_job_set_state(t->store, j->id, JOB_QUEUED, why) != DRV_OK)
+    log_error("store: %s", drv_last_error());
 }
 
 void job_schedule(job_table_t *t, int64_t now) {
@@ -388,8 +430,7 @@ void job_schedule(job_table_t *t, int64_t now) {
     for (int i = 0; i < JOB_MAX; i++) {
       job_t *j = &t->jobs[i];
       if (!j->used || j->phase != JOB_PHASE_QUEUED) continue;
-      queued[nq] =
-          (sched_job_t){.id = j->id, .target = j->target, .pool = j->pool, .nodes = j->nodes};
+      queued[nq] = sched_view(j);
       jobs[nq++] = j;
     }
     if (!nq) return;
@@ -405,9 +446,13 @@ void job_schedule(job_table_t *t, int64_t now) {
       const sched_placement_t *pl = &plan.placements[p];
       int agent[SCHED_MAX_AGENTS];
       for (uint32_t r = 0; r < pl->nodes; r++) agent[r] = index[plan.agents[pl->first + r]];
-      replan = !place(t, jobs[pl->job], agent, now);
+      replan = !place(t, jobs[pl->job], agent, pl->nodes, now);
     }
-    if (!replan) return;
+    if (replan) continue;
+    for (uint32_t q = 0; q < nq; q++)
+      if (jobs[q]->used && jobs[q]->phase == JOB_PHASE_QUEUED && queued[q].min_nodes)
+        note_waiting(t, jobs[q], now);
+    return;
   }
 }
 
@@ -459,15 +504,38 @@ static void reform(job_table_t *t, job_t *j, const recovery_plan_t *plan, const 
   j->ranks = next;
   j->nodes = plan->world;
   j->deadline_ms = now + drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS);
-  if (store_job_set_generation(t->store, j->id, j->generation) != DRV_OK)
+  if (store_job_set_generation(t->store, j->id, j->generation) != DRV_OK ||
+      (j->phase == JOB_PHASE_WAITING && /* the wait's reason is over */
+       store_job_set_state(t->store, j->id, JOB_RUNNING, plan->reason) != DRV_OK))
     log_error("store: %s", drv_last_error());
   j->cause = (recovery_cause_t){.kind = RECOVERY_CAUSE_NONE};
+  j->wait_reason[0] = '\0';
   job_enter(j, JOB_PHASE_STARTING, LOG_WARN, "job %" PRId64 " %s; generation %u, restart %u of %u",
             j->id, plan->reason, j->generation, j->restarts, j->max_restarts);
   if (plan->step)
-    log_info("job %" PRId64 ": generation %u goes on from rank 0's commit at step %" PRIu64, j->id,
-             j->generation, plan->step);
+    log_info("job %" PRId64 ": generation %u goes on from %s at step %" PRIu64, j->id,
+             j->generation, plan->survivors ? "rank 0's commit" : "the checkpoint", plan->step);
   job_publish_state(t, j, plan->reason);
+}
+
+/* An agent not heard from for longer than this (two heartbeats and a half) is taken for
+ * dead when its rank is silent too. */
+static int64_t agent_quiet_limit(void) {
+  return drv_setting(DRV_SET_HEARTBEAT_MS) * 5 / 2;
+}
+
+/* j waits for agents (the plan began the wait, or goes on with it): the phase on entering,
+ * and the reason drover status shows, kept up to date as workers die or agents free up. */
+static void note_wait_for_agents(job_table_t *t, job_t *j, const recovery_plan_t *plan) {
+  char why[sizeof j->wait_reason];
+  snprintf(why, sizeof why, "%u worker(s) left, min_nodes %u: waiting up to %u s for agents",
+           plan->workers, j->min_nodes, j->rejoin_timeout_s);
+  if (plan->waits_for_agents)
+    job_enter(j, JOB_PHASE_WAITING, LOG_WARN, "job %" PRId64 ": %s", j->id, why);
+  if (!strcmp(why, j->wait_reason)) return;
+  snprintf(j->wait_reason, sizeof j->wait_reason, "%s", why);
+  if (store_job_set_state(t->store, j->id, JOB_RUNNING, why) != DRV_OK)
+    log_error("store: %s", drv_last_error());
 }
 
 /* Carries out a recovery plan for j, made after `failure` (NULL: a check). j may be freed
@@ -490,15 +558,16 @@ static void carry_out(job_table_t *t, job_t *j, const recovery_plan_t *plan,
     snprintf(why, sizeof why, "re-forming after: %s", failure->reason);
     job_publish_state(t, j, why);
   }
-  if (plan->waits_for_agents)
-    job_enter(j, JOB_PHASE_WAITING, LOG_WARN,
-              "job %" PRId64 ": %u worker(s) left, min_nodes %u: waiting up to %u s for agents",
-              j->id, plan->workers, j->min_nodes, j->rejoin_timeout_s);
+  if (plan->waits_for_agents || (plan->phase == JOB_PHASE_WAITING && plan->action == RECOVERY_WAIT))
+    note_wait_for_agents(t, j, plan);
   for (uint32_t r = 0; plan->settled && r < j->nodes && r < RECOVERY_MAX_RANKS; r++) {
     if (plan->fate[r] == RECOVERY_RANK_SILENT) {
       char why[512];
-      recovery_silent_reason(&view[r], r, why, sizeof why);
-      log_warn("job %" PRId64 ": %s: left out", j->id, why);
+      recovery_silent_reason(&view[r], r, agent_quiet_limit(), why, sizeof why);
+      /* A hung node is as suspect as a crashed one: no new work for it for a while. */
+      agent_t *a = rank_agent(t, &j->ranks[r]);
+      if (a) a->cooldown_until_ms = now + drv_setting(DRV_SET_COOLDOWN_MS);
+      log_warn("job %" PRId64 ": %s: left out%s", j->id, why, a ? ", its agent cooling down" : "");
     }
     if (plan->fate[r] >= RECOVERY_RANK_DEAD)
       drop_rank(t, j, &j->ranks[r], "left out of the re-formed world");
@@ -513,6 +582,7 @@ static void carry_out(job_table_t *t, job_t *j, const recovery_plan_t *plan,
 /* Plans j's recovery after `failure` (NULL: a check) and carries the plan out. j may be
  * freed on return. */
 static void recover(job_table_t *t, job_t *j, const recovery_failure_t *failure, int64_t now) {
+  if (j->verdict_ms) return; /* it fails when its hold is over: nothing to re-form */
   recovery_rank_t view[RECOVERY_MAX_RANKS];
   for (uint32_t r = 0; r < j->nodes && r < RECOVERY_MAX_RANKS; r++) {
     const job_rank_t *s = &j->ranks[r];
@@ -525,7 +595,8 @@ static void recover(job_table_t *t, job_t *j, const recovery_failure_t *failure,
                                 .leaving = s->leaving,
                                 .step = s->step,
                                 .coll_seq = s->coll_seq,
-                                .commit = s->commit};
+                                .commit = s->commit,
+                                .agent_quiet_ms = a ? now - a->last_seen_ms : -1};
   }
   int free_list[REGISTRY_MAX_AGENTS];
   recovery_job_t in = {.phase = j->phase,
@@ -536,9 +607,11 @@ static void recover(job_table_t *t, job_t *j, const recovery_failure_t *failure,
                        .max_restarts = j->max_restarts,
                        .restarts = j->restarts,
                        .rejoin_timeout_s = j->rejoin_timeout_s,
+                       .ckpt_step = j->ckpt_step,
                        .free_agents = free_agents(t, j, now, free_list),
                        .deadline_ms = j->deadline_ms,
                        .ring_timeout_ms = drv_setting(DRV_SET_RING_TIMEOUT_MS),
+                       .agent_quiet_ms = agent_quiet_limit(),
                        .cause = j->cause,
                        .first_cause = j->first_cause,
                        .pause_reason = j->pause_reason};
@@ -547,12 +620,25 @@ static void recover(job_table_t *t, job_t *j, const recovery_failure_t *failure,
   carry_out(t, j, &plan, failure, view, free_list, now);
 }
 
+/* A report of j's trouble while its failure is held: kept when it tells more of the cause
+ * than the held one (the first of equals). */
+static void hold_note(job_t *j, recovery_report_t kind, const char *reason) {
+  if (kind <= j->verdict_kind) return;
+  log_info("job %" PRId64 ": %s: a better cause than '%s'", j->id, reason, j->verdict);
+  j->verdict_kind = kind;
+  snprintf(j->verdict, sizeof j->verdict, "%s", reason);
+}
+
 /* Something went wrong in placed job j: rank `rank` (-1: none known) is gone. Its worker
  * is told to stop at once; the rest is recovery_plan's. j may be freed on return. */
 static void job_trouble(job_table_t *t, job_t *j, int rank, const char *reason) {
   if (rank >= 0 && !j->ranks[rank].dead) {
     j->ranks[rank].dead = 1;
     if (j->ranks[rank].peer.len) send_abort(t, &j->ranks[rank].peer, j->id, j->generation, reason);
+  }
+  if (j->verdict_ms) { /* it fails in moments: no re-formation, but the report may say more */
+    hold_note(j, rank < 0 ? RECOVERY_REPORT_SYMPTOM : RECOVERY_REPORT_OWN, reason);
+    return;
   }
   recover(t, j, &(recovery_failure_t){.rank = rank, .reason = reason}, drv_now_ms());
 }
@@ -633,7 +719,7 @@ void job_tick(job_table_t *t, int64_t now) {
   }
   for (int i = 0; i < JOB_MAX; i++) {
     job_t *j = &t->jobs[i];
-    if (!j->used || !phase_placed(j->phase)) continue;
+    if (!j->used || !phase_placed(j->phase) || j->verdict_ms) continue; /* held: failing */
     if (phase_collecting(j->phase)) {
       recover(t, j, NULL, now);
       continue;
@@ -867,7 +953,28 @@ void job_on_failed(job_table_t *t, const proto_failed_t *f) {
   job_t *j = job_for_msg(t, f->job, f->generation, f->rank, "failed");
   if (!j) return;
   const agent_t *a = rank_agent(t, &j->ranks[f->rank]);
-  job_fail(t, j, "rank %u (agent %s): %s", f->rank, a ? a->agent_id : "?", f->reason);
+  char reason[RECOVERY_REASON_MAX];
+  snprintf(reason, sizeof reason, "rank %u (agent %s): %s", f->rank, a ? a->agent_id : "?",
+           f->reason);
+  int64_t hold = drv_setting(DRV_SET_FAIL_HOLD_MS);
+  if (hold <= 0) {
+    job_fail(t, j, "%s", reason);
+    return;
+  }
+  if (!j->verdict_ms) {
+    /* The others' reports of the same instant may name the cause better: wait for them. */
+    j->verdict_ms = drv_now_ms() + hold;
+    log_info("job %" PRId64 ": %s: failing in %" PRId64 " ms, with the best cause by then", j->id,
+             reason, hold);
+  }
+  hold_note(j, recovery_failed_kind(f->reason), reason);
+}
+
+void job_verdicts(job_table_t *t, int64_t now) {
+  for (int i = 0; i < JOB_MAX; i++) {
+    job_t *j = &t->jobs[i];
+    if (j->used && j->verdict_ms && now >= j->verdict_ms) job_fail(t, j, "%s", j->verdict);
+  }
 }
 
 void job_on_checkpoint(job_table_t *t, const proto_checkpoint_t *k) {

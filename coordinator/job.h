@@ -63,7 +63,12 @@ typedef struct {
   char target[16];
   char pool[64]; /* "" or the pool of agents it must run on */
   uint32_t nodes, epochs;
+  uint32_t nodes_wanted; /* the spec's nodes: what a placement asks for */
   uint32_t generation;
+  int reloaded;          /* loaded from the store at a coordinator's start */
+  int64_t queued_ms;     /* when it became queued in this coordinator */
+  char wait_reason[256]; /* why it waits, as the store has it: QUEUED and allowed to shrink,
+                            or WAITING for agents */
   char *spec_yaml;
   char run_dir[1024];
   char resume_dir[1024]; /* checkpoints to start from when run_dir has none; "" */
@@ -77,7 +82,10 @@ typedef struct {
   recovery_cause_t cause; /* the failure being recovered from */
   char first_cause[RECOVERY_REASON_MAX]; /* the first one it re-formed after */
   char pause_reason[256];                /* PAUSING: why it was asked to */
-  progress_job_t progress; /* rank 0's last report, the world's throughput (progress.h) */
+  int64_t verdict_ms; /* a `failed` came: the job fails then, with the best cause by then */
+  recovery_report_t verdict_kind;    /* how telling the held cause is */
+  char verdict[RECOVERY_REASON_MAX]; /* the held cause */
+  progress_job_t progress;           /* rank 0's last report, the world's throughput (progress.h) */
   /* final metrics from rank 0 */
   double test_loss, test_accuracy, final_samples_per_s;
 } job_t;
@@ -185,8 +193,13 @@ void job_on_eval(job_table_t *t, const proto_eval_t *e);
 /* A rank is done; when all are, the job succeeded with rank 0's metrics. */
 void job_on_done(job_table_t *t, const proto_done_t *d);
 
-/* A rank failed: the job fails with its reason. */
+/* A rank failed: the job fails with its reason, after DROVER_FAIL_HOLD_MS in which a
+ * better-ranked report (recovery_report_t) of another rank replaces it; meanwhile no
+ * re-formation starts. */
 void job_on_failed(job_table_t *t, const proto_failed_t *f);
+
+/* Fails the jobs whose held failure (job_on_failed) is due. Run every few tens of ms. */
+void job_verdicts(job_table_t *t, int64_t now);
 
 /* Rank 0's checkpoint is durable: recorded in the store. */
 void job_on_checkpoint(job_table_t *t, const proto_checkpoint_t *k);

@@ -9,12 +9,30 @@
 
 #include "common/drv.h"
 
-void recovery_silent_reason(const recovery_rank_t *rk, uint32_t rank, char *buf, size_t n) {
+void recovery_silent_reason(const recovery_rank_t *rk, uint32_t rank, int64_t quiet_ms, char *buf,
+                            size_t n) {
+  if (quiet_ms > 0 && (rk->agent_quiet_ms < 0 || rk->agent_quiet_ms > quiet_ms)) {
+    char quiet[64] = "gone";
+    if (rk->agent_quiet_ms >= 0)
+      snprintf(quiet, sizeof quiet, "no heartbeat for %" PRId64 " ms", rk->agent_quiet_ms);
+    snprintf(buf, n,
+             "agent %s (%s, rank %u, near step %" PRIu64 ") went silent with its worker: %s",
+             rk->agent_id ? rk->agent_id : "?", rk->host ? rk->host : "?", rank, rk->step, quiet);
+    return;
+  }
   snprintf(buf, n,
            "rank %u (agent %s, %s) stopped making progress after step %" PRIu64
            " (collective %" PRIu64 "): its ring broke and it did not report",
            rank, rk->agent_id ? rk->agent_id : "?", rk->host ? rk->host : "?", rk->step,
            rk->coll_seq);
+}
+
+recovery_report_t recovery_failed_kind(const char *reason) {
+  static const char *const peer[] = {"ring all-reduce: rank ", "ring: rank ", "ring: broken by",
+                                     "closed the connection"};
+  for (size_t k = 0; reason && k < DRV_ARRAY_LEN(peer); k++)
+    if (strstr(reason, peer[k])) return RECOVERY_REPORT_PEER;
+  return RECOVERY_REPORT_OWN;
 }
 
 static int phase_collecting(job_phase_t p) {
@@ -76,7 +94,9 @@ static int note_failure(const recovery_job_t *job, const recovery_failure_t *f, 
   }
   uint32_t alive = count_alive(out, n);
   out->workers = alive + job->free_agents;
-  if (alive == 0 || (out->workers < job->min_nodes && !job->rejoin_timeout_s)) {
+  /* Nobody left to go on from: newcomers can still start from the durable checkpoint. */
+  int from_ckpt = alive == 0 && job->ckpt_step && job->rejoin_timeout_s;
+  if ((alive == 0 && !from_ckpt) || (out->workers < job->min_nodes && !job->rejoin_timeout_s)) {
     fail(out, "%s (%u worker(s) left, min_nodes %u)", out->cause.text, out->workers,
          job->min_nodes);
     return 0;
@@ -100,7 +120,8 @@ static void settle(const recovery_job_t *job, uint32_t n, recovery_plan_t *out) 
     if (*fate == RECOVERY_RANK_IN) { /* silent: hung, or still stuck in a collective */
       *fate = RECOVERY_RANK_SILENT;
       if (out->cause.kind == RECOVERY_CAUSE_SYMPTOM) {
-        recovery_silent_reason(&job->ranks[r], r, out->cause.text, sizeof out->cause.text);
+        recovery_silent_reason(&job->ranks[r], r, job->agent_quiet_ms, out->cause.text,
+                               sizeof out->cause.text);
         out->cause.kind = RECOVERY_CAUSE_KNOWN;
       }
     }
@@ -110,14 +131,19 @@ static void settle(const recovery_job_t *job, uint32_t n, recovery_plan_t *out) 
   out->newcomers = job->max_nodes > nsurv ? DRV_MIN(job->free_agents, job->max_nodes - nsurv) : 0;
   out->world = nsurv + out->newcomers;
   const char *cause = planned ? job->pause_reason : out->cause.text;
-  if (nsurv == 0 || out->world < job->min_nodes) {
+  if ((nsurv == 0 && !job->ckpt_step) || out->world < job->min_nodes) {
     fail(out, "%s (%u worker(s) left, min_nodes %u)", cause, out->world, job->min_nodes);
     return;
   }
   out->action = RECOVERY_REFORM;
   out->phase = JOB_PHASE_STARTING;
-  out->step = job->ranks[out->from[0]].commit;
-  if (planned)
+  out->step = nsurv ? job->ranks[out->from[0]].commit : job->ckpt_step;
+  if (!nsurv)
+    snprintf(out->reason, sizeof out->reason,
+             "re-formed with %u new worker(s) from the checkpoint of step %" PRIu64
+             " (no worker survived) after: %s",
+             out->world, job->ckpt_step, cause);
+  else if (planned)
     snprintf(out->reason, sizeof out->reason, "re-formed with %u worker(s) (%u new): %s",
              out->world, out->newcomers, cause);
   else

@@ -15,7 +15,11 @@
  * alone after a broken ring): survivors keep their old rank order, so the new rank 0 is
  * the lowest surviving rank and its commit is the one every rank goes on from; free agents
  * fill up to max_nodes; ranks that never reported are left out as silent. Below min_nodes
- * the job fails, or waits up to rejoin_timeout for agents when it has one. A planned
+ * the job fails, or waits up to rejoin_timeout for agents when it has one. When no rank
+ * survives (every worker killed at once) a job with a durable checkpoint and restarts left
+ * does not fail: it waits up to rejoin_timeout for free agents (those whose workers died
+ * are free again after their cool-down) and re-forms from the checkpoint with newcomers
+ * only, which load it at their start (rank 0 loads and broadcasts it). A planned
  * re-formation (PAUSING) is the same without a failure: every rank stops at its next
  * commit and reports `lost`; no restart is counted.
  *
@@ -69,6 +73,7 @@ typedef struct {
   uint64_t step;               /* at its last progress report */
   uint64_t coll_seq;           /* collectives it had completed then */
   uint64_t commit;             /* the commit it rolled back to (its `lost`); 0: not known */
+  int64_t agent_quiet_ms;      /* how long since its agent was last heard from; -1: gone */
 } recovery_rank_t;
 
 /* The job, as recovery sees it. Strings and ranks are borrowed for the call. */
@@ -79,9 +84,15 @@ typedef struct {
   uint32_t min_nodes, max_nodes;
   uint32_t max_restarts, restarts; /* restarts: re-formations after failures so far */
   uint32_t rejoin_timeout_s;       /* below min_nodes: how long to wait for agents; 0: fail */
+  uint64_t ckpt_step;              /* its newest durable checkpoint; 0: none. With one, a
+                                      world with no survivor left re-forms from it with free
+                                      agents only (waiting up to rejoin_timeout for them) */
   uint32_t free_agents;     /* free agents of its queue now; newcomers are the first of them */
   int64_t deadline_ms;      /* of the re-formation under way */
   int64_t ring_timeout_ms;  /* DROVER_RING_TIMEOUT_MS: how long ring peers take to notice */
+  int64_t agent_quiet_ms;   /* a silent rank whose agent was not heard from for longer than
+                               this (or is gone) died with its agent, rather than hung;
+                               0: never said */
   recovery_cause_t cause;   /* of the re-formation under way */
   const char *first_cause;  /* the first failure it re-formed after; "" none yet */
   const char *pause_reason; /* PAUSING: why it was asked to ("taking in 1 free agent(s)") */
@@ -119,7 +130,8 @@ typedef struct {
    * ranks survivors .. world-1 are the first `newcomers` free agents. */
   uint32_t world, survivors, newcomers;
   uint32_t from[RECOVERY_MAX_RANKS];
-  uint64_t step; /* the commit the next world goes on from: its rank 0's (0: not known) */
+  uint64_t step; /* the commit the next world goes on from: its rank 0's (0: not known); with
+                    no survivor, the checkpoint's (ckpt_step) */
   char reason[RECOVERY_REASON_MAX + 256]; /* FAIL: the job's reason; REFORM: the event's */
 } recovery_plan_t;
 
@@ -131,8 +143,26 @@ typedef struct {
 void recovery_plan(const recovery_job_t *job, const recovery_failure_t *failure, int64_t now,
                    recovery_plan_t *out);
 
+/* How much a report that ends or breaks a job says about the root cause, least first:
+ * reports that arrive within DROVER_FAIL_HOLD_MS of each other are ranked by it, and the
+ * job's reason is the best-ranked one (the first of equals). */
+typedef enum {
+  RECOVERY_REPORT_NONE = 0,
+  RECOVERY_REPORT_PEER,    /* a rank's `failed` that is its ring's error: a peer went away */
+  RECOVERY_REPORT_SYMPTOM, /* a survivor's `lost`: its ring broke */
+  RECOVERY_REPORT_OWN,     /* a rank's `failed` with an error of its own (data, spec, loss) */
+} recovery_report_t;
+
+/* The rank of a `failed` report with this reason: PEER when it reads as a broken ring's
+ * error ("ring all-reduce: rank 1: rank 0 (left) closed the connection", "ring: rank 2 ...",
+ * "ring: broken by an earlier failure"), OWN otherwise. */
+recovery_report_t recovery_failed_kind(const char *reason);
+
 /* The reason a silent rank is left out with: "rank 2 (agent a3, 10.0.0.3) stopped making
- * progress after step 364 (collective 1093): its ring broke and it did not report". */
-void recovery_silent_reason(const recovery_rank_t *rk, uint32_t rank, char *buf, size_t n);
+ * progress after step 364 (collective 1093): its ring broke and it did not report"; when its
+ * agent was quiet for longer than quiet_ms (> 0) too, the agent's death: "agent a3
+ * (10.0.0.3, rank 2, near step 364) went silent with its worker: no heartbeat for 3200 ms". */
+void recovery_silent_reason(const recovery_rank_t *rk, uint32_t rank, int64_t quiet_ms, char *buf,
+                            size_t n);
 
 #endif

@@ -32,6 +32,12 @@ uint32_t sched_free(const sched_agent_t *agents, uint32_t n, const char *target,
   return collect(agents, n, NULL, target, pool, now, out);
 }
 
+uint32_t sched_world(const sched_job_t *q, uint32_t n, int64_t now) {
+  if (n >= q->nodes) return q->nodes;
+  if (q->min_nodes && n >= q->min_nodes && now >= q->shrink_at_ms) return n;
+  return 0;
+}
+
 typedef struct {
   int64_t id;
   uint32_t index;
@@ -70,13 +76,14 @@ void sched_plan(const sched_job_t *queued, uint32_t nq, const sched_agent_t *age
     if (!q->nodes || queue_blocked(queued, blocked, nblocked, q)) continue;
     uint32_t fit[SCHED_MAX_AGENTS];
     uint32_t n = collect(agents, na, taken, q->target, q->pool, now, fit);
-    if (n < q->nodes) { /* not whole: it holds up its queue */
+    uint32_t world = sched_world(q, n, now);
+    if (!world) { /* not whole (nor allowed to shrink yet): it holds up its queue */
       blocked[nblocked++] = order[k].index;
       continue;
     }
     out->placements[out->count++] =
-        (sched_placement_t){.job = order[k].index, .first = used, .nodes = q->nodes};
-    for (uint32_t r = 0; r < q->nodes; r++) {
+        (sched_placement_t){.job = order[k].index, .first = used, .nodes = world};
+    for (uint32_t r = 0; r < world; r++) {
       taken[fit[r]] = 1;
       out->agents[used++] = fit[r];
     }

@@ -7,6 +7,10 @@
  *   - one FIFO queue per target and pool: jobs are taken oldest first (lowest id);
  *   - gang placement: a job is placed only when all its `nodes` workers can be, each on
  *     an agent of its own, or not at all;
+ *   - except a job that was running before (queued again by a coordinator restart, with a
+ *     checkpoint to go on from): from its `shrink_at_ms` on it takes what there is, down to
+ *     its `min_nodes`, rather than wait for all `nodes` (it resumes from the checkpoint;
+ *     the data order does not depend on the world size);
  *   - a job that cannot be placed whole blocks the jobs behind it in its queue, not the
  *     jobs of other queues;
  *   - an agent serves the queue of its target and pool (no pool: jobs without one), when
@@ -35,9 +39,12 @@ typedef struct {
   int64_t id;                /* older jobs have smaller ids */
   const char *target, *pool; /* its queue */
   uint32_t nodes;            /* workers it needs, one agent each */
+  uint32_t min_nodes;        /* 0 (or nodes): strict gang; else the fewest it may start with */
+  int64_t shrink_at_ms;      /* with min_nodes: from then on it starts with what fits */
 } sched_job_t;
 
-/* One job to start: its ranks are the plan's agents[first .. first + nodes). */
+/* One job to start: its ranks are the plan's agents[first .. first + nodes); nodes is the
+ * job's, or fewer (not below its min_nodes) when it was allowed to shrink. */
 typedef struct {
   uint32_t job;   /* index into the queued[] the plan was made from */
   uint32_t first; /* its rank 0 in the plan's agents[] */
@@ -59,6 +66,11 @@ int sched_fits(const sched_agent_t *a, const char *target, const char *pool, int
  * n, at most SCHED_MAX_AGENTS). Returns how many. */
 uint32_t sched_free(const sched_agent_t *agents, uint32_t n, const char *target, const char *pool,
                     int64_t now, uint32_t *out);
+
+/* How many workers job q may start with now when n agents fit its queue: its nodes when
+ * n reaches them, else n when it may shrink (min_nodes <= n, now >= shrink_at_ms), else 0
+ * (it waits). */
+uint32_t sched_world(const sched_job_t *q, uint32_t n, int64_t now);
 
 /* Plans which of queued[0..nq) start now on agents[0..na) (order of either array does not
  * matter): *out receives the placements, oldest job first, each with its agents in rank

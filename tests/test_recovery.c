@@ -177,6 +177,50 @@ static void test_silent_rank_left_out_at_deadline_with_its_cause(void **state) {
   assert_null(strstr(p.reason, "lost its ring"));
 }
 
+static void test_silent_rank_of_a_quiet_agent_is_the_agents_death(void **state) {
+  fx_t f;
+  recovery_plan_t p;
+  fx_init(&f, JOB_PHASE_REFORMING, 3);
+  f.job.deadline_ms = NOW;
+  f.job.cause = (recovery_cause_t){.kind = RECOVERY_CAUSE_SYMPTOM, .text = "rank 0 lost its ring"};
+  f.job.agent_quiet_ms = 2500;
+  f.ranks[0].lost = f.ranks[1].lost = 1;
+  f.ranks[0].agent_quiet_ms = f.ranks[1].agent_quiet_ms = 100;
+  f.ranks[2].agent_quiet_ms = 3200; /* its agent went quiet when the ring broke */
+  recovery_plan(&f.job, NULL, NOW + 1, &p);
+  assert_int_equal(p.action, RECOVERY_REFORM);
+  assert_int_equal(p.fate[2], RECOVERY_RANK_SILENT);
+  assert_string_equal(p.cause.text,
+                      "agent a2 (h2, rank 2, near step 50) went silent with its "
+                      "worker: no heartbeat for 3200 ms");
+  /* Its agent still heartbeats: a hang, as before. */
+  f.ranks[2].agent_quiet_ms = 300;
+  recovery_plan(&f.job, NULL, NOW + 1, &p);
+  assert_non_null(strstr(p.cause.text, "rank 2 (agent a2, h2) stopped making progress"));
+  /* Its agent is gone from the registry already. */
+  f.ranks[2].agent_quiet_ms = -1;
+  recovery_plan(&f.job, NULL, NOW + 1, &p);
+  assert_non_null(strstr(p.cause.text, "went silent with its worker: gone"));
+}
+
+static void test_failed_reports_ranked_own_over_peer(void **state) {
+  assert_int_equal(recovery_failed_kind("ring all-reduce: rank 0: rank 2 (left) closed the "
+                                        "connection"),
+                   RECOVERY_REPORT_PEER);
+  assert_int_equal(recovery_failed_kind("ring: rank 1 of 3: no word from rank 0 within 3000 ms"),
+                   RECOVERY_REPORT_PEER);
+  assert_int_equal(recovery_failed_kind("ring: broken by an earlier failure"),
+                   RECOVERY_REPORT_PEER);
+  assert_int_equal(recovery_failed_kind("loss became nan at step 12: lower the learning rate"),
+                   RECOVERY_REPORT_OWN);
+  assert_int_equal(recovery_failed_kind("/tmp/x/train.idx: expected magic 0x00000803"),
+                   RECOVERY_REPORT_OWN);
+  /* The order the coordinator ranks a held failure's reports by. */
+  assert_true(RECOVERY_REPORT_OWN > RECOVERY_REPORT_SYMPTOM);
+  assert_true(RECOVERY_REPORT_SYMPTOM > RECOVERY_REPORT_PEER);
+  assert_true(RECOVERY_REPORT_PEER > RECOVERY_REPORT_NONE);
+}
+
 static void test_cause_replaces_symptom(void **state) {
   fx_t f;
   char first[RECOVERY_REASON_MAX];
@@ -374,6 +418,70 @@ static void test_no_survivor_fails(void **state) {
   assert_non_null(strstr(p.reason, "rank 0 (agent a0, h0) was killed by signal 9"));
 }
 
+static void test_no_survivor_with_checkpoint_waits_then_reforms_from_it(void **state) {
+  fx_t f;
+  char first[RECOVERY_REASON_MAX];
+  recovery_plan_t p;
+  fx_init(&f, JOB_PHASE_RUNNING, 3);
+  f.job.min_nodes = 2;
+  f.job.rejoin_timeout_s = 30;
+  f.job.ckpt_step = 40;
+  /* All three die together; their agents cool down, so none is free. */
+  fail_rank(&f, 0, "rank 0 (agent a0, h0) was killed by signal 9 near step 50", NOW, &p);
+  fx_apply(&f, &p, first, sizeof first);
+  fail_rank(&f, 1, KILLED_1, NOW, &p);
+  fx_apply(&f, &p, first, sizeof first);
+  fail_rank(&f, 2, "rank 2 (agent a2, h2) was killed by signal 9 near step 50", NOW, &p);
+  assert_int_equal(p.action, RECOVERY_WAIT); /* not failed: it has a checkpoint */
+  assert_int_equal(p.phase, JOB_PHASE_WAITING);
+  assert_int_equal(p.restarts, 1); /* one failure, one restart */
+  /* The longer of the re-formation's deadline (ring timeout + grace) and rejoin_timeout. */
+  assert_int_equal(p.deadline_ms, NOW + RING_MS + RECOVERY_GRACE_MS);
+  fx_apply(&f, &p, first, sizeof first);
+  recovery_plan(&f.job, NULL, NOW + 5000, &p); /* still cooling down */
+  assert_int_equal(p.action, RECOVERY_WAIT);
+  /* The cool-down is over: the same three agents are free again. */
+  f.job.free_agents = 3;
+  recovery_plan(&f.job, NULL, NOW + 6000, &p);
+  assert_int_equal(p.action, RECOVERY_REFORM);
+  assert_int_equal(p.survivors, 0);
+  assert_int_equal(p.newcomers, 3);
+  assert_int_equal(p.world, 3);
+  assert_int_equal(p.step, 40); /* the checkpoint's */
+  assert_non_null(strstr(p.reason, "from the checkpoint of step 40"));
+  assert_non_null(strstr(p.reason, "rank 0 (agent a0, h0) was killed by signal 9"));
+  /* Too few come back by the deadline: it fails, naming the cause. */
+  f.job.free_agents = 1;
+  recovery_plan(&f.job, NULL, NOW + RING_MS + RECOVERY_GRACE_MS + 1, &p);
+  assert_int_equal(p.action, RECOVERY_FAIL);
+  assert_non_null(strstr(p.reason, "(1 worker(s) left, min_nodes 2)"));
+}
+
+static void test_no_survivor_with_checkpoint_needs_restarts_and_rejoin(void **state) {
+  fx_t f;
+  recovery_plan_t p;
+  fx_init(&f, JOB_PHASE_RUNNING, 1);
+  f.job.ckpt_step = 40;
+  f.job.free_agents = 2;
+  fail_rank(&f, 0, "rank 0 gone", NOW, &p); /* no rejoin_timeout: fails as before */
+  assert_int_equal(p.action, RECOVERY_FAIL);
+  fx_init(&f, JOB_PHASE_RUNNING, 1);
+  f.job.ckpt_step = 40;
+  f.job.rejoin_timeout_s = 30;
+  f.job.max_restarts = 0;
+  fail_rank(&f, 0, "rank 0 gone", NOW, &p); /* no restart left */
+  assert_int_equal(p.action, RECOVERY_FAIL);
+  assert_string_equal(p.reason, "rank 0 gone");
+  fx_init(&f, JOB_PHASE_RUNNING, 1); /* with both, free agents take over at once */
+  f.job.ckpt_step = 40;
+  f.job.rejoin_timeout_s = 30;
+  f.job.free_agents = 2;
+  fail_rank(&f, 0, "rank 0 gone", NOW, &p);
+  assert_int_equal(p.action, RECOVERY_REFORM);
+  assert_int_equal(p.world, 1); /* max_nodes */
+  assert_int_equal(p.step, 40);
+}
+
 static void test_max_restarts_fails_with_first_cause(void **state) {
   fx_t f;
   char first[RECOVERY_REASON_MAX];
@@ -425,6 +533,8 @@ int main(void) {
       cmocka_unit_test(test_dead_rank_waits_then_reforms),
       cmocka_unit_test(test_survivors_keep_order_and_rank0_commit),
       cmocka_unit_test(test_silent_rank_left_out_at_deadline_with_its_cause),
+      cmocka_unit_test(test_silent_rank_of_a_quiet_agent_is_the_agents_death),
+      cmocka_unit_test(test_failed_reports_ranked_own_over_peer),
       cmocka_unit_test(test_cause_replaces_symptom),
       cmocka_unit_test(test_leaving_agent_planned),
       cmocka_unit_test(test_failure_while_pausing_is_a_restart),
@@ -433,6 +543,8 @@ int main(void) {
       cmocka_unit_test(test_below_min_nodes_waits_with_rejoin_timeout),
       cmocka_unit_test(test_below_min_nodes_fails_without_rejoin_timeout),
       cmocka_unit_test(test_no_survivor_fails),
+      cmocka_unit_test(test_no_survivor_with_checkpoint_waits_then_reforms_from_it),
+      cmocka_unit_test(test_no_survivor_with_checkpoint_needs_restarts_and_rejoin),
       cmocka_unit_test(test_max_restarts_fails_with_first_cause),
       cmocka_unit_test(test_check_outside_reformation_does_nothing),
   };

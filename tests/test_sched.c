@@ -207,6 +207,58 @@ static void test_empty_inputs(void **state) {
   assert_int_equal(plan.count, 0);
 }
 
+// --- A job that was running before: it may shrink to min_nodes -----------------------------
+
+static void test_resumable_job_shrinks_after_its_wait(void **state) {
+  sched_agent_t agents[] = {agent("a1", "attached", ""), agent("a3", "attached", "")};
+  sched_job_t queued[] = {job(4, "attached", "", 3)};
+  queued[0].min_nodes = 2;
+  queued[0].shrink_at_ms = NOW + 10000;
+  sched_plan_t plan;
+  sched_plan(queued, 1, agents, 2, NOW, &plan); /* still waiting for the third */
+  assert_int_equal(plan.count, 0);
+  sched_plan(queued, 1, agents, 2, NOW + 10000, &plan); /* the wait is over: 2 of 3 */
+  assert_int_equal(plan.count, 1);
+  assert_int_equal(plan.placements[0].nodes, 2);
+  assert_string_equal(rank_agent(&plan, agents, 0, 0), "a1");
+  assert_string_equal(rank_agent(&plan, agents, 0, 1), "a3");
+  sched_plan(queued, 1, agents, 1, NOW + 10000, &plan); /* never below min_nodes */
+  assert_int_equal(plan.count, 0);
+}
+
+static void test_resumable_job_takes_all_nodes_at_once(void **state) {
+  sched_agent_t agents[] = {agent("a1", "attached", ""), agent("a2", "attached", ""),
+                            agent("a3", "attached", ""), agent("a4", "attached", "")};
+  sched_job_t queued[] = {job(4, "attached", "", 3)};
+  queued[0].min_nodes = 2;
+  queued[0].shrink_at_ms = NOW + 10000;
+  sched_plan_t plan;
+  sched_plan(queued, 1, agents, 4, NOW, &plan); /* whole before the deadline: no wait */
+  assert_int_equal(plan.count, 1);
+  assert_int_equal(plan.placements[0].nodes, 3); /* nodes, not every free agent */
+}
+
+static void test_fresh_job_keeps_strict_gang(void **state) {
+  /* min_nodes 0 (a job never started): however long it has waited, all or nothing. */
+  sched_agent_t agents[] = {agent("a1", "attached", ""), agent("a2", "attached", "")};
+  sched_job_t queued[] = {job(5, "attached", "", 3)};
+  sched_plan_t plan;
+  sched_plan(queued, 1, agents, 2, NOW + 1000000, &plan);
+  assert_int_equal(plan.count, 0);
+  assert_int_equal(sched_world(&queued[0], 2, NOW + 1000000), 0);
+  assert_int_equal(sched_world(&queued[0], 3, NOW), 3);
+}
+
+static void test_shrinking_job_still_blocks_its_queue(void **state) {
+  sched_agent_t agents[] = {agent("a1", "attached", ""), agent("a2", "attached", "")};
+  sched_job_t queued[] = {job(4, "attached", "", 3), job(9, "attached", "", 1)};
+  queued[0].min_nodes = 2;
+  queued[0].shrink_at_ms = NOW + 10000;
+  sched_plan_t plan;
+  sched_plan(queued, 2, agents, 2, NOW, &plan); /* the older job waits: the younger too */
+  assert_int_equal(plan.count, 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_gang_waits_for_every_worker),
@@ -219,6 +271,10 @@ int main(void) {
       cmocka_unit_test(test_cooling_down_and_leaving_not_used),
       cmocka_unit_test(test_free_agents_in_id_order),
       cmocka_unit_test(test_empty_inputs),
+      cmocka_unit_test(test_resumable_job_shrinks_after_its_wait),
+      cmocka_unit_test(test_resumable_job_takes_all_nodes_at_once),
+      cmocka_unit_test(test_fresh_job_keeps_strict_gang),
+      cmocka_unit_test(test_shrinking_job_still_blocks_its_queue),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

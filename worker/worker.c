@@ -213,6 +213,16 @@ static drv_result_t save_checkpoint(worker_t *w, uint64_t step, uint32_t spe) {
   return DRV_OK;
 }
 
+/* DROVER_FAULT_FAIL_AT_STEP, for tests: the rank's own error, reported after its ring is
+ * closed and its peers have had 100 ms to report the break (the race of a real failure,
+ * made certain). */
+static drv_result_t fault_fail(worker_t *w, uint64_t step) {
+  log_warn("fault injection: failing after step %" PRIu64 " (DROVER_FAULT_FAIL_AT_STEP)", step);
+  ring_destroy(&w->ring);
+  usleep(100 * 1000);
+  return drv_error(DRV_ERR_INVALID, "fault injection: failed after step %" PRIu64, step);
+}
+
 /* Trains from *step to the end. Returns with *step at the steps done; a ring or NCCL
  * failure leaves w->ring_broken set. Each step is launched, the next one is gathered and
  * staged while it runs, then the step is waited for. */
@@ -244,6 +254,7 @@ static drv_result_t run(worker_t *w, plan_t *p, progress_t *g, uint64_t *step) {
     if (rc != DRV_OK) return world_step_failed(w, rc);
     double dt = drv_now_s() - t0;
     *step = done + 1;
+    if (w->fault_fail_at_step && *step == w->fault_fail_at_step) return fault_fail(w, *step);
     g->train_s += dt;
     g->global_samples += batch;
     report_count_step(&w->report, count, dt, data_ms);
@@ -415,6 +426,7 @@ drv_result_t worker_run(const proto_assign_t *cfg) {
     log_warn("fault injection: every step sleeps %" PRId64 " ms (DROVER_FAULT_SLOW_MS)",
              w.fault_slow_ms);
   w.fault_kill_after_eval = (uint32_t)drv_setting(DRV_SET_FAULT_KILL_AFTER_EVAL);
+  w.fault_fail_at_step = (uint64_t)drv_setting(DRV_SET_FAULT_FAIL_AT_STEP);
   report_open_audit(&w.report, drv_setting_text(DRV_TEXT_AUDIT_DIR));
   double t0 = drv_now_s();
   DRV_CHECK_GOTO(load_data(&w), rc, fail);

@@ -51,6 +51,8 @@ typedef struct worker {
   int64_t fault_slow_ms;
   /* DROVER_FAULT_KILL_AFTER_EVAL: killed right after the evaluation of this epoch (1-based) */
   uint32_t fault_kill_after_eval;
+  /* DROVER_FAULT_FAIL_AT_STEP: fails with an error of its own after this step */
+  uint64_t fault_fail_at_step;
 } worker_t;
 
 #endif
