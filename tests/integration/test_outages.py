@@ -174,7 +174,9 @@ def test_every_worker_killed_resumes_from_checkpoint(drover):
         assert t_re - t0 >= 3.0, "re-formed before the cool-down was over: %.1f s" % (t_re - t0)
         m = read_metrics(run_dir)
         resumed = [x for x in m if x["type"] == "resume"]
-        assert resumed and resumed[-1]["world"] == 3 and resumed[-1]["step"] >= 40, resumed
+        # On as many agents as were free when the job re-formed: min_nodes at least (the
+        # agents leave their cool-down one by one, as their workers' exits were reported).
+        assert resumed and 2 <= resumed[-1]["world"] <= 3 and resumed[-1]["step"] >= 40, resumed
         done = [x["step"] for x in m if x["type"] == "step"]
         assert done[-1] == 4000, done[-3:]
         print("every worker killed: waited (%s), re-formed after %.1f s, %d step(s) redone: %s"
