@@ -40,7 +40,9 @@ struct coord {
   api_t api;
   coord_timer_t timers[COORD_MAX_TIMERS];
   int ntimers;
-  int64_t last_active_ms; /* last time a job was queued or running; 0 before the first */
+  int64_t last_active_ms;   /* last time a job was queued or running; 0 before the first */
+  int64_t away_ms, woke_ms; /* the last time the coordinator was not running, and its end */
+  int workers_gone;         /* it was away longer than the agents' timeout: to reconcile */
 };
 
 // --- Agents' and workers' messages ---------------------------------------------------------
@@ -52,7 +54,15 @@ static void on_hello(coord_t *c, const sock_peer_t *from, const proto_hello_t *h
     return;
   }
   if (a && a->job) { /* it reconnected: the workers of its old session are gone */
-    job_agent_lost(&c->jobs, a, "reconnected while running a job");
+    char why[160] = "reconnected while running a job";
+    /* Just after the coordinator's own absence, that absence is why: the agent lost us,
+     * stopped its workers and reconnected, as it should. */
+    if (c->woke_ms && drv_now_ms() - c->woke_ms < 2 * drv_setting(DRV_SET_PEER_TIMEOUT_MS))
+      snprintf(why, sizeof why,
+               "reconnected after the coordinator was not running for %" PRId64
+               " ms: the workers of its job are gone",
+               c->away_ms);
+    job_agent_lost(&c->jobs, a, why);
     a = NULL;
   }
   if ((a = registry_add(&c->reg, a, from, h, drv_now_ms()))) registry_welcome(&c->reg, a);
@@ -201,6 +211,35 @@ static void verdict_timer(coord_t *c, int64_t now) {
   job_verdicts(&c->jobs, now);
 }
 
+// --- The coordinator's own absence --------------------------------------------------------
+
+int64_t coord_away_ms(int64_t last_wake_ms, int64_t wait_ms, int64_t now_ms, int64_t limit_ms) {
+  int64_t away = now_ms - last_wake_ms - DRV_MAX(wait_ms, 0);
+  return away > limit_ms ? away : 0;
+}
+
+/* The coordinator was not running for away_ms (stopped, stalled, its VM suspended): its
+ * peers could not be heard meanwhile, so they get a fresh timeout, and its deadlines move
+ * by that much. What the agents did meanwhile (they lost us, stopped their workers and
+ * reconnect with a new session) comes in their messages next, and is reconciled there. */
+static void coord_was_away(coord_t *c, int64_t away_ms, int64_t now) {
+  log_warn("the coordinator was not running for %" PRId64
+           " ms (stopped, stalled or its machine suspended): peers get a fresh timeout and "
+           "its deadlines move by as much",
+           away_ms);
+  c->away_ms = away_ms;
+  c->woke_ms = now;
+  registry_pardon(&c->reg, now, away_ms);
+  job_table_shift(&c->jobs, away_ms);
+  if (c->last_active_ms) c->last_active_ms += away_ms;
+  /* Longer than the timeout the agents were given (welcome): each of them lost us and
+   * stopped its workers. Settled after this pass's messages, which may still say that some
+   * finished first. */
+  c->workers_gone = away_ms > drv_setting(DRV_SET_PEER_TIMEOUT_MS);
+  /* The timers are periodic and simply due now: each runs once, not once per period
+   * missed, and nothing they check counts the absence (last seen, deadlines moved). */
+}
+
 // --- Loop ----------------------------------------------------------------------------------
 
 static drv_result_t bind_socket(coord_t *c, sock_t **s, sock_kind_t kind, proto_at_t at,
@@ -269,6 +308,10 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
   /* Held failures are due within DROVER_FAIL_HOLD_MS: checked a few times within it. */
   timer_add(c, "verdicts", DRV_MAX(drv_setting(DRV_SET_FAIL_HOLD_MS) / 4, 10), verdict_timer);
 
+  /* More than half the peer timeout unaccounted for: peers would have been declared lost
+   * for the coordinator's own absence. */
+  int64_t away_limit = drv_setting(DRV_SET_PEER_TIMEOUT_MS) / 2;
+  int64_t last_wake = drv_now_ms();
   while (!*stop) {
     if (idle_long_enough(c)) {
       log_info("no job for %d s: exiting (--exit-when-idle)", cfg->exit_when_idle_s);
@@ -277,9 +320,13 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
     if (job_active(&c->jobs)) c->last_active_ms = drv_now_ms();
     sock_t *socks[2] = {c->workers, c->clients};
     int ready[2];
-    rc = sock_poll(socks, 2, timers_wait_ms(c), ready);
+    int wait_ms = timers_wait_ms(c);
+    rc = sock_poll(socks, 2, wait_ms, ready);
     if (rc != DRV_OK && rc != DRV_ERR_TIMEOUT) break;
     rc = DRV_OK;
+    int64_t now = drv_now_ms(), away = coord_away_ms(last_wake, wait_ms, now, away_limit);
+    if (away) coord_was_away(c, away, now); /* before any message or timer sees the clock */
+    last_wake = now;
     /* Bounded batches so one busy socket cannot starve the other or the timers. */
     for (int k = 0; k < 256 && ready[0]; k++) {
       handle_worker_socket(c);
@@ -288,6 +335,15 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
     for (int k = 0; k < 64 && ready[1]; k++) {
       handle_client_socket(c);
       if (!sock_readable(c->clients)) break;
+    }
+    if (c->workers_gone) {
+      char why[256];
+      snprintf(why, sizeof why,
+               "the coordinator was not running for %" PRId64
+               " ms, longer than the agents' timeout (%" PRId64 " ms): they stopped its workers",
+               c->away_ms, drv_setting(DRV_SET_PEER_TIMEOUT_MS));
+      job_table_workers_gone(&c->jobs, why);
+      c->workers_gone = 0;
     }
     timers_run(c);
     job_schedule(&c->jobs, drv_now_ms());

@@ -18,6 +18,7 @@
 #define DROVER_COORDINATOR_COORD_H
 
 #include <signal.h>
+#include <stdint.h>
 
 #include "common/drv.h"
 
@@ -28,6 +29,14 @@ typedef struct {
   int exit_when_idle_s;  /* > 0: exit once jobs have run and none was active for this
                             long (a coordinator started for the local target) */
 } coord_config_t;
+
+/* How long the coordinator itself was not running between two wakes of its loop: the
+ * time from the previous wake (last_wake_ms) to this one (now_ms) beyond the poll's
+ * timeout (wait_ms) it asked for, when that exceeds limit_ms; 0 otherwise (the loop
+ * merely busy, or woken early by a message). CLOCK_MONOTONIC runs on while a process is
+ * stopped (SIGSTOP), stalled or its VM suspended, so a gap well beyond the heartbeat is
+ * the coordinator's own absence, not its peers' silence. Pure. */
+int64_t coord_away_ms(int64_t last_wake_ms, int64_t wait_ms, int64_t now_ms, int64_t limit_ms);
 
 /* Runs the coordinator until *stop becomes non-zero (or it is idle, see exit_when_idle_s).
  * Returns DRV_OK on a clean stop; an error if it could not start (sockets, store). */

@@ -736,6 +736,38 @@ void job_tick(job_table_t *t, int64_t now) {
   }
 }
 
+void job_table_shift(job_table_t *t, int64_t away_ms) {
+  for (int i = 0; i < JOB_MAX; i++) {
+    job_t *j = &t->jobs[i];
+    if (!j->used) continue;
+    j->queued_ms += away_ms; /* a reloaded job's wait for all its nodes (shrink_at_ms) */
+    j->pool_seen_ms += away_ms;
+    if (j->deadline_ms) j->deadline_ms += away_ms;
+    if (j->verdict_ms) j->verdict_ms += away_ms;
+    if (j->progress.last_publish_ms) j->progress.last_publish_ms += away_ms;
+    for (uint32_t r = 0; j->ranks && r < j->nodes; r++)
+      if (j->ranks[r].exit_ms) j->ranks[r].exit_ms += away_ms;
+  }
+}
+
+void job_table_workers_gone(job_table_t *t, const char *why) {
+  for (int i = 0; i < JOB_MAX; i++) {
+    job_t *j = &t->jobs[i];
+    if (!j->used || !phase_placed(j->phase) || !j->ranks || j->verdict_ms) continue;
+    int gone = -1;
+    for (uint32_t r = 0; r < j->nodes; r++) {
+      job_rank_t *s = &j->ranks[r];
+      if (s->done || s->dead) continue;
+      s->dead = s->exited = 1; /* its agent stopped it; nobody else will say so */
+      if (gone < 0) gone = (int)r;
+    }
+    if (gone < 0) continue;
+    log_warn("job %" PRId64 ": %s", j->id, why);
+    /* One failure for all of them, named by the first rank: its cause is known. */
+    recover(t, j, &(recovery_failure_t){.rank = gone, .reason = why}, drv_now_ms());
+  }
+}
+
 // --- Agents --------------------------------------------------------------------------------
 
 /* The rank of placed job `job` on agent a, with the job; -1 (and *jp NULL) when none. */

@@ -160,6 +160,19 @@ void job_schedule(job_table_t *t, int64_t now);
  * whose ranks did not check in fail, and so do those whose worker exited without a word. */
 void job_tick(job_table_t *t, int64_t now);
 
+/* The coordinator was not running for away_ms (coord_away_ms): every deadline of every
+ * job (rendezvous, re-formation, the failure hold, the exit grace, the pool wait, the wait
+ * for all nodes after a reload) moves away_ms later, so none expires because of the
+ * coordinator's own absence. */
+void job_table_shift(job_table_t *t, int64_t away_ms);
+
+/* The coordinator was not running for longer than the agents' peer timeout: every agent
+ * lost it and stopped its workers (they reconnect with a new session). Every placed job
+ * has lost the workers that had not finished: `why` (the coordinator's absence, nobody
+ * else's) is the cause, and recovery_plan decides once, with all of them gone (with
+ * restarts left and a durable checkpoint: wait for agents, re-form from it). */
+void job_table_workers_gone(job_table_t *t, const char *why);
+
 // --- Agents ---------------------------------------------------------------------------------
 
 /* Agent a is gone (silent, stopped, or registered anew): logs it, treats its rank (if any)

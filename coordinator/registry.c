@@ -94,3 +94,12 @@ uint32_t registry_tick(registry_t *r, int64_t now, int64_t timeout_ms, int *sile
   }
   return n;
 }
+
+void registry_pardon(registry_t *r, int64_t now, int64_t away_ms) {
+  for (int i = 0; i < REGISTRY_MAX_AGENTS; i++) {
+    agent_t *a = &r->agents[i];
+    if (!a->used) continue;
+    a->last_seen_ms = now;
+    if (a->cooldown_until_ms) a->cooldown_until_ms += away_ms;
+  }
+}

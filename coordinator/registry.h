@@ -76,4 +76,9 @@ void registry_forget(registry_t *r, agent_t *a);
  * there are. They stay registered: the caller declares them lost. */
 uint32_t registry_tick(registry_t *r, int64_t now, int64_t timeout_ms, int *silent);
 
+/* The coordinator was not running for away_ms (coord_away_ms), up to `now`: that time is
+ * not held against the agents. Every agent's last sign of life becomes `now` (a fresh
+ * peer timeout) and the cool-downs it was serving end away_ms later. */
+void registry_pardon(registry_t *r, int64_t now, int64_t away_ms);
+
 #endif

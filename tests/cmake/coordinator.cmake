@@ -1,8 +1,11 @@
-# coordinator/: the scheduler's and recovery's plans and the straggler decision, pure
-# functions driven in-process from snapshots (no processes, sockets or sleeps).
+# coordinator/: the scheduler's and recovery's plans, the straggler decision and the
+# coordinator's own absence (coord_away_ms), pure functions driven in-process from
+# snapshots (no processes, sockets or sleeps).
 drover_unit_test(test_sched SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_sched.c
                  LIBS drover_coordinator LABELS unit)
 drover_unit_test(test_recovery SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_recovery.c
                  LIBS drover_coordinator LABELS unit)
 drover_unit_test(test_progress SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_progress.c
+                 LIBS drover_coordinator LABELS unit)
+drover_unit_test(test_coord SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_coord.c
                  LIBS drover_coordinator LABELS unit)

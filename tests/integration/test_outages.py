@@ -3,7 +3,9 @@ while one of its agents died (the job resumes on min_nodes after rejoin_timeout 
 waiting for all its nodes forever), every worker of a job killed at once (the job re-forms
 from its durable checkpoint with the same agents once their cool-down is over, instead of
 failing), and a hung worker's node cooling down like a killed one's (not taken straight
-back by growth)."""
+back by growth), and a coordinator stopped (SIGSTOP) for longer than its agents' timeout
+(the job re-forms from its checkpoint instead of failing, and no agent is blamed for the
+coordinator's own silence)."""
 import json
 import os
 import signal
@@ -259,7 +261,71 @@ def test_own_error_named_over_peers_broken_rings(drover):
             print("DROVER_FAIL_HOLD_MS=%s: %s" % (hold, final["reason"]))
 
 
+def follow_training(c, sub, job, timeout):
+    """Like follow_timed, and the time of the first ev_progress of a generation after
+    the first: (final, [(t, ev_state body)], t_training or None)."""
+    states, t_train = [], None
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not sub.poll(500):
+            st = status(c, job)
+            if st["state"] in ("succeeded", "failed", "cancelled"):
+                return st, states, t_train
+            continue
+        _, frame = sub.recv_multipart()
+        m = unpack(frame)
+        if m[2].get("job") != job:
+            continue
+        if m[1] == "ev_progress" and t_train is None and m[2]["generation"] > 1:
+            t_train = time.time()
+        if m[1] == "ev_state":
+            states.append((time.time(), m[2]))
+            if m[2]["state"] in ("succeeded", "failed", "cancelled"):
+                return m[2], states, t_train
+    raise AssertionError("job %d did not finish within %d s" % (job, timeout))
+
+
+def test_coordinator_stopped_resumes_from_checkpoint(drover):
+    # SIGSTOP the coordinator for 8 s, longer than the agents' 3 s timeout: they stop their
+    # workers (they lost the coordinator) and reconnect. On waking, the coordinator knows it
+    # was away: it does not declare its agents silent, and the job, all its workers gone,
+    # waits for agents and re-forms from its durable checkpoint instead of failing.
+    # Steps slowed to 1 ms so that the workers are still training when their agents stop
+    # them.
+    with cluster(drover, env=dict(ENV, DROVER_FAULT_SLOW_MS="1")) as c:
+        sub, job = start(c, "stalled", rejoin=30, epochs=10)
+        run_dir = c.run_dir(job)
+        wait_for_checkpoint(c, job, 40)
+        c.coord.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(8)
+        finally:
+            c.coord.send_signal(signal.SIGCONT)
+        t0 = time.time()
+        final, states, t_train = follow_training(c, sub, job, timeout=180)
+        assert final["state"] == "succeeded", final
+        reasons = [s.get("reason") or "" for _, s in states] + [final.get("reason") or ""]
+        assert not [r for r in reasons if "silent for" in r], reasons
+        assert [r for r in reasons if "from the checkpoint of step" in r], reasons
+        with open(os.path.join(c.tmp, "coordinator.log"), errors="replace") as f:
+            log = f.read()
+        assert "the coordinator was not running for" in log, log[-3000:]
+        assert "silent for" not in log, log[-3000:]
+        m = read_metrics(run_dir)
+        resumed = [x for x in m if x["type"] == "resume"]
+        assert resumed and resumed[-1]["step"] >= 40 and resumed[-1]["step"] % 40 == 0, \
+            [x for x in m if x["type"] != "step"]
+        done = [x["step"] for x in m if x["type"] == "step"]
+        assert done[-1] == 4000, done[-3:]
+        assert t_train, "no progress after the re-formation"
+        print("coordinator SIGSTOP 8 s: training again %.2f s after SIGCONT, resumed from the "
+              "checkpoint of step %d, %d step(s) redone: %s"
+              % (t_train - t0, resumed[-1]["step"], redone(m, resumed[-1]),
+                 [r for r in reasons if "checkpoint" in r][0]))
+
+
 if __name__ == "__main__":
     main([test_restart_with_an_agent_gone_resumes_on_min_nodes, test_fresh_job_waits_for_all_nodes,
           test_every_worker_killed_resumes_from_checkpoint, test_hung_node_cools_down,
-          test_killed_agent_named_as_its_death, test_own_error_named_over_peers_broken_rings])
+          test_killed_agent_named_as_its_death, test_own_error_named_over_peers_broken_rings,
+          test_coordinator_stopped_resumes_from_checkpoint])
