@@ -90,6 +90,33 @@ def redone(m, resumed):
     return max(before) - resumed["step"]
 
 
+_UNFAILED = {}
+
+
+def unfailed_accuracy(drover, epochs=10):
+    """The test accuracy of the same job with nothing failing: what a job that came through
+    an outage must reach within 1 %. One run per epochs, cached for the file's tests."""
+    if epochs not in _UNFAILED:
+        with cluster(drover, env=ENV) as c:
+            sub, job = start(c, "unfailed", rejoin=30, epochs=epochs)
+            final, _ = follow_timed(c, sub, job, timeout=180)
+            assert final["state"] == "succeeded", final
+            steps = [x for x in read_metrics(c.run_dir(job)) if x["type"] == "step"]
+            _UNFAILED[epochs] = (status(c, job)["test_accuracy"], steps[-1]["loss"])
+    return _UNFAILED[epochs][0]
+
+
+def unfailed_last_loss(epochs=10):
+    """The last step's loss of the unfailed run (unfailed_accuracy ran it)."""
+    return _UNFAILED[epochs][1]
+
+
+def assert_accuracy(c, job, ref):
+    acc = status(c, job)["test_accuracy"]
+    assert abs(acc - ref) <= 0.01, "test accuracy %.4f, unfailed %.4f" % (acc, ref)
+    return acc
+
+
 def wait_reason(c, job, state, words, timeout=20):
     deadline = time.time() + timeout
     st = None
@@ -102,6 +129,7 @@ def wait_reason(c, job, state, words, timeout=20):
 
 
 def test_restart_with_an_agent_gone_resumes_on_min_nodes(drover):
+    ref = unfailed_accuracy(drover)
     with cluster(drover, env=ENV) as c:
         sub, job = start(c, "shrunk", rejoin=6, epochs=10)
         wait_for_checkpoint(c, job, 40)
@@ -130,9 +158,11 @@ def test_restart_with_an_agent_gone_resumes_on_min_nodes(drover):
         with open(os.path.join(c.tmp, "coordinator.log"), errors="replace") as f:
             log = f.read()
         assert "placed on 2 agent(s) (fewer than its nodes" in log, log[-3000:]
+        acc = assert_accuracy(c, job, ref)
         print("coordinator restarted with 2 of 3 agents: queued (%s), placed on 2 after %.1f s, "
-              "resumed from step %d, %d step(s) redone"
-              % (st["reason"], placed[0] - t0, resumed[-1]["step"], redone(m, resumed[-1])))
+              "resumed from step %d, %d step(s) redone; accuracy %.4f vs %.4f unfailed"
+              % (st["reason"], placed[0] - t0, resumed[-1]["step"], redone(m, resumed[-1]), acc,
+                 ref))
 
 
 def test_fresh_job_waits_for_all_nodes(drover):
@@ -150,6 +180,7 @@ def test_fresh_job_waits_for_all_nodes(drover):
 
 
 def test_every_worker_killed_resumes_from_checkpoint(drover):
+    ref = unfailed_accuracy(drover)
     env = dict(ENV, DROVER_COOLDOWN_MS="4000")
     with cluster(drover, env=env) as c:
         sub, job = start(c, "wiped", rejoin=30, epochs=10)
@@ -181,8 +212,15 @@ def test_every_worker_killed_resumes_from_checkpoint(drover):
         assert resumed and 2 <= resumed[-1]["world"] <= 3 and resumed[-1]["step"] >= 40, resumed
         done = [x["step"] for x in m if x["type"] == "step"]
         assert done[-1] == 4000, done[-3:]
-        print("every worker killed: waited (%s), re-formed after %.1f s, %d step(s) redone: %s"
-              % (st["reason"], t_re - t0, redone(m, resumed[-1]), s_re["reason"]))
+        acc = assert_accuracy(c, job, ref)
+        same = "world 2: loss not compared"
+        if resumed[-1]["world"] == 3:  # the same world size from a checkpoint: the same bits
+            last = [x for x in m if x["type"] == "step"][-1]["loss"]
+            assert last == unfailed_last_loss(), (last, unfailed_last_loss())
+            same = "last loss %.9g, bit-identical to the unfailed run's" % last
+        print("every worker killed: waited (%s), re-formed after %.1f s, %d step(s) redone: %s; "
+              "accuracy %.4f vs %.4f unfailed; %s"
+              % (st["reason"], t_re - t0, redone(m, resumed[-1]), s_re["reason"], acc, ref, same))
 
 
 def test_hung_node_cools_down(drover):
@@ -229,6 +267,7 @@ def test_killed_agent_named_as_its_death(drover):
     # SIGKILL to an agent: its worker dies with it and nobody reports; the rank is left out
     # naming the agent's death, not a hang.
     # The agent timeout longer than the re-formation's grace, so the grace ends first.
+    ref = unfailed_accuracy(drover)
     with cluster(drover, env=dict(ENV, DROVER_PEER_TIMEOUT_MS="8000")) as c:
         sub, job = start(c, "orphaned", rejoin=30, epochs=10)
         wait_for_checkpoint(c, job, 40)
@@ -242,7 +281,9 @@ def test_killed_agent_named_as_its_death(drover):
         assert "agent a2" in reason, reason
         assert "went silent with its worker: no heartbeat for" in reason, reason
         assert "stopped making progress" not in reason, reason
-        print("agent SIGKILL: re-formed after %.1f s: %s" % (t_re - t0, reason))
+        acc = assert_accuracy(c, job, ref)
+        print("agent SIGKILL: re-formed after %.1f s: %s; accuracy %.4f vs %.4f unfailed"
+              % (t_re - t0, reason, acc, ref))
 
 
 def test_own_error_named_over_peers_broken_rings(drover):
@@ -292,6 +333,7 @@ def test_coordinator_stopped_resumes_from_checkpoint(drover):
     # waits for agents and re-forms from its durable checkpoint instead of failing.
     # Steps slowed to 1 ms so that the workers are still training when their agents stop
     # them.
+    ref = unfailed_accuracy(drover)
     with cluster(drover, env=dict(ENV, DROVER_FAULT_SLOW_MS="1")) as c:
         sub, job = start(c, "stalled", rejoin=30, epochs=10)
         run_dir = c.run_dir(job)
@@ -318,10 +360,11 @@ def test_coordinator_stopped_resumes_from_checkpoint(drover):
         done = [x["step"] for x in m if x["type"] == "step"]
         assert done[-1] == 4000, done[-3:]
         assert t_train, "no progress after the re-formation"
+        acc = assert_accuracy(c, job, ref)
         print("coordinator SIGSTOP 8 s: training again %.2f s after SIGCONT, resumed from the "
-              "checkpoint of step %d, %d step(s) redone: %s"
+              "checkpoint of step %d, %d step(s) redone: %s; accuracy %.4f vs %.4f unfailed"
               % (t_train - t0, resumed[-1]["step"], redone(m, resumed[-1]),
-                 [r for r in reasons if "checkpoint" in r][0]))
+                 [r for r in reasons if "checkpoint" in r][0], acc, ref))
 
 
 if __name__ == "__main__":
