@@ -226,6 +226,7 @@ def test_every_worker_killed_resumes_from_checkpoint(drover):
 def test_hung_node_cools_down(drover):
     # Steps slowed to 1 ms (12000 of them) so that the job outlives the cool-down.
     env = dict(ENV, DROVER_COOLDOWN_MS="5000", DROVER_FAULT_SLOW_MS="1")
+    ref = unfailed_accuracy(drover, epochs=30)
     stopped = []
     with cluster(drover, env=env) as c:
         sub, job = start(c, "hung", rejoin=30, epochs=30)
@@ -253,8 +254,9 @@ def test_hung_node_cools_down(drover):
             # job grows back onto it (before, it was taken back 1-3 s after).
             assert grown, "never grew back onto the cooled-down agent: %r" % states
             assert grown[0] - t_out >= 4.5, "taken back after %.1f s" % (grown[0] - t_out)
-            print("hung rank left out (%s); taken back after %.1f s"
-                  % (first, grown[0] - t_out))
+            acc = assert_accuracy(c, job, ref)
+            print("hung rank left out (%s); taken back after %.1f s; accuracy %.4f vs %.4f "
+                  "unfailed" % (first, grown[0] - t_out, acc, ref))
         finally:
             for p in stopped:
                 try:

@@ -1,7 +1,8 @@
 """Checkpoints and resuming, with real processes: a job cancelled after a checkpoint and
 resumed with `drover submit --resume` ends with parameters bitwise identical to an
 uninterrupted run; so does a job whose coordinator was SIGKILLed and restarted; a corrupt
-newest checkpoint is detected and the one before it used."""
+newest checkpoint is detected and the one before it used; with every checkpoint damaged, the
+failure is named after rank 0's refusal, not a peer's broken ring."""
 import glob
 import json
 import os
@@ -166,7 +167,43 @@ def test_corrupt_checkpoint_falls_back(drover):
         assert bad[1] == "error" and "no such job" in bad[2]["message"], bad
 
 
+def test_every_checkpoint_damaged_names_rank_0s_refusal(drover):
+    # Every checkpoint of a job damaged, then resumed on 3 ranks: rank 0 refuses each
+    # checkpoint and fails; the other ranks then see their ring break in the same instant.
+    # The job's reason is rank 0's own error, whichever report the coordinator reads first
+    # (the failure hold), never a peer's broken ring. Three times, as the race is timing.
+    with cluster(drover, env=FAST) as c:
+        c.start_coordinator()
+        for a in ("a1", "a2", "a3"):
+            c.start_agent(a)
+        c.wait_agents(3)
+        spec = make_spec("damaged", "attached", c.runs).replace("nodes: 2", "nodes: 3")
+        sub = c.subscribe()
+        job = c.request("submit", {"spec": spec})[2]["job"]
+        st = wait_for_checkpoint(c, job, 80)
+        assert c.request("cancel", {"job": job})[1] == "ok"
+        c.follow(sub, job, timeout=30)
+        run = st["run_dir"]
+        for f in glob.glob("%s/checkpoints/step-*/model.safetensors" % run):
+            with open(f, "r+b") as fh:
+                fh.seek(os.path.getsize(f) // 2)
+                byte = fh.read(1)
+                fh.seek(-1, 1)
+                fh.write(bytes([byte[0] ^ 0x10]))
+        reasons = []
+        for _ in range(3):
+            job2 = c.request("submit", {"spec": "", "resume": job})[2]["job"]
+            final, _ = c.follow(sub, job2, timeout=120)
+            assert final["state"] == "failed", final
+            reasons.append(c.request("status", {"job": job2})[2]["jobs"][0]["reason"])
+        for r in reasons:
+            assert "rank 0" in r and "resume" in r and "CRC32 mismatch" in r, reasons
+            assert "ring all-reduce" not in r and "Connection reset" not in r, reasons
+        print("every checkpoint damaged, resumed 3 times: %s" % reasons[0])
+
+
 if __name__ == "__main__":
     main([test_cancel_and_resume_is_bitwise_exact,
           test_coordinator_killed_mid_job_resumes_from_checkpoint,
-          test_corrupt_checkpoint_falls_back])
+          test_corrupt_checkpoint_falls_back,
+          test_every_checkpoint_damaged_names_rank_0s_refusal])
