@@ -31,6 +31,11 @@ static const text_def_t text_defs[DRV_TEXT_COUNT] = {
 #undef DRV_TEXT_DEF
 };
 
+/* How many entries DRV_SETTINGS has: the fault hooks' first index. */
+#define DRV_SETTING_ONE(name, def, help) +1
+enum { DRV_SETTINGS_PLAIN = 0 DRV_SETTINGS(DRV_SETTING_ONE) };
+#undef DRV_SETTING_ONE
+
 static int64_t values[DRV_SET_COUNT];
 static const char *text_values[DRV_TEXT_COUNT];
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -75,7 +80,7 @@ void drv_settings_print(FILE *out) {
   for (int i = 0; i < DRV_SET_COUNT; i++) {
     char var[96];
     snprintf(var, sizeof var, "DROVER_%s", defs[i].name);
-    if (i == DRV_SET_FAULT_SLOW_MS)
+    if (i == DRV_SETTINGS_PLAIN) /* the fault hooks follow the plain settings */
       fputs("\nfault injection, for tests and drills (0: off)\n", out);
     fprintf(out, "%-34s %12lld %12lld  %s\n", var, (long long)defs[i].def, (long long)values[i],
             defs[i].help);

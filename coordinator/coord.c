@@ -151,9 +151,9 @@ static void handle_client_socket(coord_t *c) {
   case PROTO_STATUS: api_status(&c->api, &from, &m.u.status); break;
   case PROTO_CANCEL: api_cancel(&c->api, &from, m.u.cancel.job); break;
   case PROTO_AGENTS: api_agents(&c->api, &from); break;
-  default: {
+  default: { /* listed as a request but not handled here: refused as sock_recv would */
     char msg[128];
-    snprintf(msg, sizeof msg, "'%s' is not a request clients may send", proto_type_name(m.type));
+    proto_refusal(m.type, PROTO_AT_API, msg, sizeof msg);
     api_reply_error(&c->api, &from, "proto", msg);
     break;
   }
