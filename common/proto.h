@@ -134,7 +134,12 @@ typedef enum {
   F(B, run_dir,     STR, REQ) /* absolute run directory of the job */                      \
   F(B, coordinator, STR, REQ) /* endpoint the worker reports to */                         \
   F(B, resume_dir,  STR, OPT) /* checkpoints to start from when run_dir has none */        \
-  F(B, host,        STR, OPT) /* worker's stdin only: the address its ring listens on */
+  F(B, host,        STR, OPT) /* worker's stdin only: the address its ring listens on */ \
+  F(B, owner,       STR, OPT) /* the job's owner (from the submitter's key) */             \
+  F(B, lineage,     STR, OPT) /* the job's lineage: checkpoints of other lineages refused */ \
+  F(B, secret,      STR, OPT) /* this worker's CurveZMQ secret key, Z85 (its own, secret) */ \
+  F(B, coordinator_key, STR, OPT) /* the coordinator's CurveZMQ public key, Z85: pinned */ \
+  F(B, ring_key,    STR, OPT) /* the job's ring key, 64 hex digits: proves ring peers */
 
 #define PROTO_FIELDS_kill(F, A, B)                                                           \
   F(B, job,        I64, REQ)                                                               \
@@ -283,6 +288,7 @@ typedef enum {
   F(B, started_at,    F64, REQ)                                                            \
   F(B, finished_at,   F64, REQ)                                                            \
   F(B, ckpt_step,     U64, OPT) /* last durable checkpoint, 0 = none */                    \
+  F(B, owner,         STR, OPT) /* who submitted it (the name bound to their key) */       \
   A(B, ranks,         rank, OPT) /* live jobs: one per rank */
 
 #define PROTO_FIELDS_jobs(F, A, B)                                                           \
