@@ -1,4 +1,5 @@
-/* drv.c: result codes, the per-thread last error (message and location), clocks. */
+/* drv.c: result codes, the per-thread last error (message and location), clocks, medians,
+ * UTF-8 checks. */
 #include "common/drv.h"
 
 #include <stdio.h>
@@ -122,4 +123,45 @@ static int cmp_double(const void *a, const void *b) {
 double drv_median(double *v, size_t n) {
   qsort(v, n, sizeof *v, cmp_double);
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+size_t drv_utf8_char(const char *s, size_t n) {
+  const unsigned char *p = (const unsigned char *)s;
+  if (n == 0) return 0;
+  if (p[0] < 0x80) return 1;
+  /* The lead byte gives the length and the range the second byte must lie in (which is
+   * what rules out overlong forms, surrogates and code points above U+10FFFF). */
+  size_t len;
+  unsigned char lo = 0x80, hi = 0xbf;
+  if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+    len = 2;
+  } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+    len = 3;
+    if (p[0] == 0xe0) lo = 0xa0; /* overlong below U+0800 */
+    if (p[0] == 0xed) hi = 0x9f; /* surrogates */
+  } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+    len = 4;
+    if (p[0] == 0xf0) lo = 0x90; /* overlong below U+10000 */
+    if (p[0] == 0xf4) hi = 0x8f; /* above U+10FFFF */
+  } else {
+    return 0; /* a continuation byte, 0xc0, 0xc1 or 0xf5.. */
+  }
+  if (n < len || p[1] < lo || p[1] > hi) return 0;
+  for (size_t i = 2; i < len; i++)
+    if (p[i] < 0x80 || p[i] > 0xbf) return 0;
+  return len;
+}
+
+size_t drv_utf8_valid(const char *s, size_t n) {
+  size_t i = 0;
+  while (i < n) {
+    if ((unsigned char)s[i] < 0x80) { /* the common case, byte by byte */
+      i++;
+      continue;
+    }
+    size_t len = drv_utf8_char(s + i, n - i);
+    if (!len) break;
+    i += len;
+  }
+  return i;
 }

@@ -119,4 +119,12 @@ double drv_wall_s(void);
  * v[n-1] the maximum): for the medians every benchmark reports. */
 double drv_median(double *v, size_t n);
 
+/* UTF-8 as the protocol and job specs take it: shortest forms only, no surrogates
+ * (U+D800..U+DFFF), nothing above U+10FFFF. drv_utf8_char: the length (1 to 4) of the one
+ * character s[0..n) starts with, 0 when those bytes start none (n == 0 included).
+ * drv_utf8_valid: the length of the longest valid prefix of s[0..n), so n when all of it
+ * is valid and otherwise the offset of the first byte that is not. */
+size_t drv_utf8_char(const char *s, size_t n);
+size_t drv_utf8_valid(const char *s, size_t n);
+
 #endif

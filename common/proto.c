@@ -140,11 +140,34 @@ void proto_msg_fini(proto_msg_t *m) {
 
 // --- Encoding ------------------------------------------------------------------------------
 
+/* Strings go out as valid UTF-8 whatever they hold: each byte that starts no character
+ * (text of ours cut mid-character by a fixed-size buffer) becomes U+FFFD, for the peer
+ * refuses invalid UTF-8. Valid text, the rule, is packed as it is. */
 static void pack_str(msgpack_packer *pk, const char *s) {
+  static const char repl[] = "\xef\xbf\xbd"; /* U+FFFD */
   if (!s) s = "";
-  size_t n = strlen(s);
-  msgpack_pack_str(pk, n);
-  msgpack_pack_str_body(pk, s, n);
+  size_t n = strlen(s), ok = drv_utf8_valid(s, n);
+  if (ok == n) {
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+    return;
+  }
+  size_t out = 0;
+  for (size_t i = 0; i < n;) {
+    size_t c = drv_utf8_char(s + i, n - i);
+    out += c ? c : 3;
+    i += c ? c : 1;
+  }
+  msgpack_pack_str(pk, out);
+  for (size_t i = 0; i < n;) {
+    size_t run = drv_utf8_valid(s + i, n - i);
+    msgpack_pack_str_body(pk, s + i, run);
+    i += run;
+    if (i < n) {
+      msgpack_pack_str_body(pk, repl, 3);
+      i++;
+    }
+  }
 }
 
 static void pack_fields(msgpack_packer *pk, const schema_t *s, const void *base) {
@@ -205,6 +228,7 @@ typedef struct {
   size_t len, pos;
   size_t elements;
   const char *err;
+  char why[96]; /* err, when it carries a figure */
 } walker_t;
 
 static uint64_t be_read(const uint8_t *p, int n) {
@@ -223,6 +247,7 @@ static int walk(walker_t *w, int depth) {
   uint64_t n = 0;    /* payload bytes to skip, or element count */
   int container = 0; /* 1 array, 2 map */
   int hdr = 0;       /* bytes of length field */
+  int bytes = 0;     /* a string or binary: n is its length */
   if (t <= 0x7f || t >= 0xe0 || t == 0xc0 || t == 0xc2 || t == 0xc3) return 0;
   if (t >= 0x80 && t <= 0x8f) {
     n = t & 0x0f;
@@ -235,11 +260,17 @@ static int walk(walker_t *w, int depth) {
   } else {
     switch (t) {
     case 0xc4:
-    case 0xd9: hdr = 1; break; /* bin8, str8 */
+    case 0xd9: hdr = bytes = 1; break; /* bin8, str8 */
     case 0xc5:
-    case 0xda: hdr = 2; break; /* bin16, str16 */
+    case 0xda: /* bin16, str16 */
+      hdr = 2;
+      bytes = 1;
+      break;
     case 0xc6:
-    case 0xdb: hdr = 4; break; /* bin32, str32 */
+    case 0xdb: /* bin32, str32 */
+      hdr = 4;
+      bytes = 1;
+      break;
     case 0xc7:
       hdr = 1;
       n = 1;
@@ -294,11 +325,27 @@ static int walk(walker_t *w, int depth) {
   }
   if (!container) {
     if (n > left) return w->err = "length larger than the bytes left", -1;
+    if (bytes && n > PROTO_MAX_STR) {
+      snprintf(w->why, sizeof w->why, "string of %" PRIu64 " bytes, more than %u", n,
+               PROTO_MAX_STR);
+      return w->err = w->why, -1;
+    }
     w->pos += n;
     return 0;
   }
   uint64_t items = container == 2 ? n * 2 : n;
   if (items > left) return w->err = "count larger than the bytes left", -1;
+  /* A frame's bytes already bound its elements; these bound what one map costs to look
+   * fields up in, and keep every count near what the protocol sends. */
+  if (container == 2 && n > PROTO_MAX_KEYS) {
+    snprintf(w->why, sizeof w->why, "map of %" PRIu64 " keys, more than %d", n, PROTO_MAX_KEYS);
+    return w->err = w->why, -1;
+  }
+  if (container == 1 && n > PROTO_MAX_ITEMS) {
+    snprintf(w->why, sizeof w->why, "array of %" PRIu64 " elements, more than %d", n,
+             PROTO_MAX_ITEMS);
+    return w->err = w->why, -1;
+  }
   for (uint64_t i = 0; i < items; i++)
     if (walk(w, depth + 1) < 0) return -1;
   return 0;
@@ -338,6 +385,24 @@ static int key_is(const msgpack_object *k, const char *name) {
   size_t n = strlen(name);
   return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
          memcmp(k->via.str.ptr, name, n) == 0;
+}
+
+/* Whether string o may go into a field: valid UTF-8 without NUL (a C string would end
+ * there, and the rest be silently lost). 0, or -1 with the error naming the field. */
+static int str_refused(const msgpack_object *o, const char *path, const char *name) {
+  const char *p = o->via.str.ptr;
+  size_t n = o->via.str.size, ok = drv_utf8_valid(p, n);
+  if (ok < n) {
+    drv_error(DRV_ERR_PROTO, "%s: field '%s' is not valid UTF-8 (byte %zu)", path, name, ok);
+    return -1;
+  }
+  const char *nul = memchr(p, '\0', n);
+  if (nul) {
+    drv_error(DRV_ERR_PROTO, "%s: field '%s' holds a NUL byte (byte %zu)", path, name,
+              (size_t)(nul - p));
+    return -1;
+  }
+  return 0;
 }
 
 static char *dup_str(proto_msg_t *m, const msgpack_object *o) {
@@ -403,6 +468,7 @@ static drv_result_t decode_field(proto_msg_t *m, const field_t *f, const msgpack
     return DRV_OK;
   case F_STR:
     if (v->type != MSGPACK_OBJECT_STR) return bad_field(path, f->name, "a string", v);
+    if (str_refused(v, path, f->name)) return DRV_ERR_PROTO;
     if (!(*(const char **)p = dup_str(m, v)))
       return drv_error(DRV_ERR_NOMEM, "%s: out of memory", path);
     return DRV_OK;
@@ -415,11 +481,10 @@ static drv_result_t decode_field(proto_msg_t *m, const field_t *f, const msgpack
     *(uint32_t *)(b + f->count_off) = n;
     for (uint32_t j = 0; j < n; j++) {
       const msgpack_object *e = &v->via.array.ptr[j];
-      if (e->type != MSGPACK_OBJECT_STR) {
-        char name[64];
-        snprintf(name, sizeof name, "%s[%u]", f->name, j);
-        return bad_field(path, name, "a string", e);
-      }
+      char name[64];
+      snprintf(name, sizeof name, "%s[%u]", f->name, j);
+      if (e->type != MSGPACK_OBJECT_STR) return bad_field(path, name, "a string", e);
+      if (str_refused(e, path, name)) return DRV_ERR_PROTO;
       if (!(arr[j] = dup_str(m, e))) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", path);
     }
     return DRV_OK;
@@ -501,8 +566,11 @@ drv_result_t proto_unpack(const void *buf, size_t len, size_t max_len, proto_msg
   for (int i = 0; i < PROTO_TYPE_COUNT; i++)
     if (key_is(type, types[i].name)) t = i;
   if (t < 0) {
-    rc = drv_error(DRV_ERR_PROTO, "unknown message type '%.*s'",
-                   (int)DRV_MIN(type->via.str.size, 64), type->via.str.ptr);
+    /* Echoed to the sender: only as much as is valid UTF-8, whole characters. */
+    size_t shown = drv_utf8_valid(type->via.str.ptr, DRV_MIN(type->via.str.size, 64));
+    if (memchr(type->via.str.ptr, '\0', shown)) shown = 0;
+    rc = drv_error(DRV_ERR_PROTO, "unknown message type '%.*s'%s", (int)shown, type->via.str.ptr,
+                   shown < type->via.str.size ? " (cut)" : "");
     goto out;
   }
   m->type = (proto_type_t)t;

@@ -14,7 +14,14 @@
  * Decoding is defensive: before msgpack-c builds any object, proto_validate walks the raw
  * bytes and refuses a frame larger than the limit, a count or length larger than the bytes
  * left (a "msgpack bomb" that would make the decoder allocate wildly), nesting deeper than
- * PROTO_MAX_DEPTH, and trailing bytes.
+ * PROTO_MAX_DEPTH, a map of more than PROTO_MAX_KEYS keys, an array of more than
+ * PROTO_MAX_ITEMS elements, a string longer than PROTO_MAX_STR bytes, and trailing bytes.
+ * So decoding a frame costs a small multiple of its bytes (msgpack-c's one object per
+ * element, each element taking at least a byte) and a bounded walk over its maps' keys,
+ * however it was built. Every string field must be valid UTF-8 without NUL bytes
+ * (drv_utf8_valid); a sender never sends anything else: a string of its own that is not
+ * (text cut in the middle of a character by a fixed-size buffer) goes out with each
+ * invalid byte replaced by U+FFFD.
  *
  * One list, PROTO_MESSAGES, names every message once: its type, its wire name, its body
  * and the sockets it may arrive at. The enum, the names, the bodies' C structs, the
@@ -38,6 +45,9 @@
 
 #define PROTO_VERSION 1
 #define PROTO_MAX_DEPTH 8
+#define PROTO_MAX_KEYS 64       /* keys of one map: a body has at most 21 fields */
+#define PROTO_MAX_ITEMS 4096    /* elements of one array: jobs (<= 1000), agents, ranks */
+#define PROTO_MAX_STR (1u << 20) /* bytes of one string: a job spec is smaller */
 
 /* Where a message may arrive: each socket accepts only the messages meant for it. */
 typedef enum {
@@ -428,12 +438,16 @@ const char *proto_msg_strdup(proto_msg_t *m, const char *s);
 drv_result_t proto_pack(const proto_msg_t *m, char **buf, size_t *len);
 
 /* Checks raw bytes without building objects: at most max_len bytes, one msgpack value
- * exactly, no count or length beyond the bytes left, depth <= PROTO_MAX_DEPTH. */
+ * exactly, no count or length beyond the bytes left, depth <= PROTO_MAX_DEPTH, maps of at
+ * most PROTO_MAX_KEYS keys, arrays of at most PROTO_MAX_ITEMS elements, strings of at
+ * most PROTO_MAX_STR bytes. Stops at the first header over a limit: a refusal costs no
+ * more than the bytes before it. */
 drv_result_t proto_validate(const void *buf, size_t len, size_t max_len);
 
 /* Validates and decodes one frame into m (initialised here; proto_msg_fini it even on
  * failure). DRV_ERR_PROTO with a message such as "progress: field 'loss' must be a
- * number, got string" on anything wrong. */
+ * number, got string" or "submit: field 'spec' is not valid UTF-8 (byte 12)" on anything
+ * wrong. */
 drv_result_t proto_unpack(const void *buf, size_t len, size_t max_len, proto_msg_t *m);
 
 /* For docs and tests: the field table of a type, one call per field index until it

@@ -1,6 +1,6 @@
 /* test_drv.c: the per-thread last error (common/drv.h): its message, and the location where
  * it arose, as a path relative to the source tree, through drv_error_prefix and the check
- * macros. */
+ * macros; the UTF-8 checks at the edges of each range. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -130,8 +130,56 @@ static void test_per_thread(void **state) {
   assert_where(fail_line);
 }
 
+/* Every boundary of the UTF-8 ranges: the last and first of each length, and the forms
+ * just outside (overlong, surrogate, above U+10FFFF, cut short). */
+static void test_utf8(void **state) {
+  (void)state;
+  static const struct {
+    const char *s;
+    size_t len;
+  } chars[] = {
+      {"\x00", 1},
+      {"\x7f", 1},
+      {"\xc2\x80", 2},
+      {"\xdf\xbf", 2},
+      {"\xe0\xa0\x80", 3},
+      {"\xed\x9f\xbf", 3},
+      {"\xee\x80\x80", 3},
+      {"\xef\xbf\xbf", 3},
+      {"\xf0\x90\x80\x80", 4},
+      {"\xf4\x8f\xbf\xbf", 4},
+      {"\x80", 0},
+      {"\xbf", 0},
+      {"\xc0\x80", 0},
+      {"\xc1\xbf", 0},
+      {"\xe0\x9f\xbf", 0},
+      {"\xed\xa0\x80", 0},
+      {"\xed\xbf\xbf", 0},
+      {"\xf0\x8f\xbf\xbf", 0},
+      {"\xf4\x90\x80\x80", 0},
+      {"\xf5\x80\x80\x80", 0},
+      {"\xff", 0},
+      {"\xe2\x82", 0},
+      {"\xc3\x28", 0},
+  };
+  for (size_t i = 0; i < DRV_ARRAY_LEN(chars); i++) {
+    size_t n = chars[i].len ? chars[i].len : strlen(chars[i].s);
+    if (drv_utf8_char(chars[i].s, n) != chars[i].len)
+      fail_msg("case %zu: got %zu, want %zu", i, drv_utf8_char(chars[i].s, n), chars[i].len);
+  }
+  assert_int_equal(drv_utf8_char("", 0), 0);
+  const char *text = "caf\xc3\xa9 \xe2\x82\xac\xf0\x9d\x84\x9e!";
+  assert_int_equal(drv_utf8_valid(text, strlen(text)), strlen(text));
+  assert_int_equal(drv_utf8_valid("ab\xc3\xa9\xc3", 5), 4); /* cut mid-character */
+  assert_int_equal(drv_utf8_valid("\xff"
+                                  "abc",
+                                  4),
+                   0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_utf8),
       cmocka_unit_test(test_error_records_location),
       cmocka_unit_test(test_prefix_keeps_location),
       cmocka_unit_test(test_check_marks_only_unlocated_errors),

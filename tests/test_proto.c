@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -218,21 +219,369 @@ static void test_bombs(void **state) {
   assert_non_null(huge);
   expect_refused(huge, big, "over the");
   free(huge);
-  /* one million tiny elements: refused by the element cap, not allocated */
-  size_t n = (1u << 20) + 10;
-  uint8_t *many = malloc(n + 5);
+  /* over a million tiny elements (257 arrays of 4096), each array within its own limit:
+   * refused by the element cap, not allocated */
+  size_t outer = 257, inner = PROTO_MAX_ITEMS, n = 3 + outer * (3 + inner);
+  uint8_t *many = malloc(n), *p = many;
   assert_non_null(many);
-  many[0] = 0xdd;
-  many[1] = (uint8_t)(n >> 24);
-  many[2] = (uint8_t)(n >> 16);
-  many[3] = (uint8_t)(n >> 8);
-  many[4] = (uint8_t)n;
-  memset(many + 5, 0x01, n);
+  *p++ = 0xdc;
+  *p++ = (uint8_t)(outer >> 8);
+  *p++ = (uint8_t)outer;
+  for (size_t i = 0; i < outer; i++) {
+    *p++ = 0xdc;
+    *p++ = (uint8_t)(inner >> 8);
+    *p++ = (uint8_t)inner;
+    memset(p, 0x01, inner);
+    p += inner;
+  }
   proto_msg_t m;
-  assert_int_equal(proto_unpack(many, n + 5, n + 5, &m), DRV_ERR_PROTO);
+  assert_int_equal(proto_unpack(many, n, n, &m), DRV_ERR_PROTO);
   assert_non_null(strstr(drv_last_error(), "too many elements"));
   proto_msg_fini(&m);
   free(many);
+}
+
+// --- Limits on what one frame may cost ---------------------------------------------------
+
+/* A growing buffer of raw msgpack, for frames the encoder would never make. */
+typedef struct {
+  uint8_t *p;
+  size_t len, cap;
+} raw_t;
+
+static void raw_put(raw_t *r, const void *b, size_t n) {
+  if (r->len + n > r->cap) {
+    r->cap = (r->len + n) * 2;
+    r->p = realloc(r->p, r->cap);
+    assert_non_null(r->p);
+  }
+  memcpy(r->p + r->len, b, n);
+  r->len += n;
+}
+
+static void raw_byte(raw_t *r, uint8_t b) {
+  raw_put(r, &b, 1);
+}
+
+static void raw_be(raw_t *r, uint8_t tag, uint64_t v, int bytes) {
+  raw_byte(r, tag);
+  for (int i = bytes - 1; i >= 0; i--) raw_byte(r, (uint8_t)(v >> (8 * i)));
+}
+
+static void raw_str(raw_t *r, const char *s, size_t n) {
+  if (n < 32)
+    raw_byte(r, (uint8_t)(0xa0 | n));
+  else
+    raw_be(r, 0xdb, n, 4);
+  raw_put(r, s, n);
+}
+
+static void raw_map(raw_t *r, uint32_t n) {
+  if (n < 16)
+    raw_byte(r, (uint8_t)(0x80 | n));
+  else
+    raw_be(r, 0xdf, n, 4);
+}
+
+static void raw_array(raw_t *r, uint32_t n) {
+  if (n < 16)
+    raw_byte(r, (uint8_t)(0x90 | n));
+  else
+    raw_be(r, 0xdd, n, 4);
+}
+
+/* [1, type, ...]: the envelope, up to the body. */
+static void raw_envelope(raw_t *r, const char *type) {
+  raw_array(r, 3);
+  raw_byte(r, 0x01);
+  raw_str(r, type, strlen(type));
+}
+
+static double now_ms(void) {
+  return (double)drv_now_ms();
+}
+
+/* The frame of the flood that once made agents lose their coordinator: heartbeats whose
+ * body is a map of 524286 junk keys (1 MiB). Refused at the map's header, before any object
+ * is built, however many keys it claims; a map of 64 keys (unknown ones ignored) is fine. */
+static void test_junk_keys_refused(void **state) {
+  (void)state;
+  raw_t r = {0};
+  uint32_t keys = 524286; /* with the envelope, exactly the element cap */
+  raw_envelope(&r, "heartbeat");
+  raw_map(&r, keys);
+  for (uint32_t i = 0; i < keys; i++) {
+    raw_byte(&r, 0xa0); /* "" */
+    raw_byte(&r, 0xc0); /* nil */
+  }
+  double t0 = now_ms();
+  proto_msg_t m;
+  drv_result_t rc = DRV_OK;
+  for (int i = 0; i < 200; i++) {
+    rc = proto_unpack(r.p, r.len, 16u << 20, &m);
+    proto_msg_fini(&m);
+  }
+  print_message("200 frames of %u junk keys (%zu bytes each) refused in %.0f ms\n", keys, r.len,
+                now_ms() - t0);
+  assert_int_equal(rc, DRV_ERR_PROTO);
+  assert_non_null(strstr(drv_last_error(), "map of 524286 keys, more than 64"));
+  free(r.p);
+
+  r = (raw_t){0};
+  raw_envelope(&r, "heartbeat");
+  raw_map(&r, PROTO_MAX_KEYS);
+  raw_str(&r, "seq", 3);
+  raw_byte(&r, 0x07);
+  for (int i = 1; i < PROTO_MAX_KEYS; i++) {
+    char k[8];
+    int n = snprintf(k, sizeof k, "k%d", i);
+    raw_str(&r, k, (size_t)n);
+    raw_byte(&r, 0xc0);
+  }
+  assert_int_equal(proto_unpack(r.p, r.len, LIMIT, &m), DRV_OK);
+  assert_int_equal(m.u.heartbeat.seq, 7);
+  proto_msg_fini(&m);
+  free(r.p);
+
+  r = (raw_t){0};
+  raw_envelope(&r, "heartbeat");
+  raw_map(&r, PROTO_MAX_KEYS + 1);
+  for (int i = 0; i <= PROTO_MAX_KEYS; i++) {
+    raw_byte(&r, 0xa0);
+    raw_byte(&r, 0xc0);
+  }
+  expect_refused(r.p, r.len, "map of 65 keys, more than 64");
+  free(r.p);
+}
+
+/* Arrays and strings have limits of their own, checked at their headers; a string over
+ * its limit is refused even when the frame may be larger. */
+static void test_array_and_string_limits(void **state) {
+  (void)state;
+  raw_t r = {0};
+  raw_envelope(&r, "start");
+  raw_map(&r, 1);
+  raw_str(&r, "peers", 5);
+  raw_array(&r, PROTO_MAX_ITEMS + 1);
+  for (int i = 0; i <= PROTO_MAX_ITEMS; i++) raw_byte(&r, 0xa0);
+  expect_refused(r.p, r.len, "array of 4097 elements, more than 4096");
+  free(r.p);
+
+  size_t big = PROTO_MAX_STR + 1;
+  char *text = malloc(big);
+  assert_non_null(text);
+  memset(text, 'x', big);
+  r = (raw_t){0};
+  raw_envelope(&r, "submit");
+  raw_map(&r, 1);
+  raw_str(&r, "spec", 4);
+  raw_str(&r, text, big);
+  proto_msg_t m;
+  assert_int_equal(proto_unpack(r.p, r.len, 4u << 20, &m), DRV_ERR_PROTO);
+  assert_non_null(strstr(drv_last_error(), "string of 1048577 bytes, more than 1048576"));
+  proto_msg_fini(&m);
+  /* a spec of the largest size goes through */
+  r.len = 0;
+  raw_envelope(&r, "submit");
+  raw_map(&r, 1);
+  raw_str(&r, "spec", 4);
+  raw_str(&r, text, PROTO_MAX_STR);
+  assert_int_equal(proto_unpack(r.p, r.len, 4u << 20, &m), DRV_OK);
+  assert_int_equal(strlen(m.u.submit.spec), PROTO_MAX_STR);
+  proto_msg_fini(&m);
+  free(text);
+  free(r.p);
+
+  /* Every body fits the key limit with room for fields a newer peer adds. */
+  for (int t = 0; t < PROTO_TYPE_COUNT; t++) {
+    const char *name, *kind;
+    int req;
+    uint32_t i = 0;
+    while (proto_field_info((proto_type_t)t, i, &name, &kind, &req)) i++;
+    assert_true(i * 2 <= PROTO_MAX_KEYS);
+  }
+}
+
+/* The costliest frames the limits allow, decoded or refused: what one costs is printed,
+ * not asserted (the point is that it is bounded, and the figure says by how much). */
+static void test_costliest_frames(void **state) {
+  (void)state;
+  /* A hello of 4096 gpus, each a map of 64 keys (59 unknown ones first, then the 5
+   * fields): the most objects and field lookups one frame of the agents' port can ask
+   * for. */
+  static const char *const gpu_fields[] = {"index", "name", "mem_bytes", "cc_major", "cc_minor"};
+  raw_t r = {0};
+  raw_envelope(&r, "hello");
+  raw_map(&r, 6);
+  raw_str(&r, "agent_id", 8);
+  raw_str(&r, "a", 1);
+  raw_str(&r, "host", 4);
+  raw_str(&r, "h", 1);
+  raw_str(&r, "target", 6);
+  raw_str(&r, "attached", 8);
+  raw_str(&r, "cpus", 4);
+  raw_byte(&r, 0x01);
+  raw_str(&r, "mem_bytes", 9);
+  raw_byte(&r, 0x01);
+  raw_str(&r, "gpus", 4);
+  raw_array(&r, PROTO_MAX_ITEMS);
+  for (int g = 0; g < PROTO_MAX_ITEMS; g++) {
+    raw_map(&r, PROTO_MAX_KEYS);
+    for (int k = 0; k < PROTO_MAX_KEYS - 5; k++) {
+      raw_byte(&r, 0xa0);
+      raw_byte(&r, 0xc0);
+    }
+    for (int k = 0; k < 5; k++) {
+      raw_str(&r, gpu_fields[k], strlen(gpu_fields[k]));
+      raw_byte(&r, k == 1 ? 0xa0 : 0x01);
+    }
+  }
+  double t0 = now_ms();
+  proto_msg_t m;
+  assert_int_equal(proto_unpack(r.p, r.len, 16u << 20, &m), DRV_OK);
+  print_message("hello of 4096 gpus x 64 keys (%zu bytes): decoded in %.1f ms\n", r.len,
+                now_ms() - t0);
+  assert_int_equal(m.u.hello.gpus_count, PROTO_MAX_ITEMS);
+  proto_msg_fini(&m);
+  free(r.p);
+
+  /* start with 4096 peers of 255 bytes each: the most strings one array may hold. */
+  char peer[255];
+  memset(peer, 'p', sizeof peer);
+  r = (raw_t){0};
+  raw_envelope(&r, "start");
+  raw_map(&r, 4);
+  raw_str(&r, "job", 3);
+  raw_byte(&r, 0x01);
+  raw_str(&r, "generation", 10);
+  raw_byte(&r, 0x01);
+  raw_str(&r, "world", 5);
+  raw_byte(&r, 0x02);
+  raw_str(&r, "peers", 5);
+  raw_array(&r, PROTO_MAX_ITEMS);
+  for (int i = 0; i < PROTO_MAX_ITEMS; i++) raw_str(&r, peer, sizeof peer);
+  t0 = now_ms();
+  assert_int_equal(proto_unpack(r.p, r.len, 16u << 20, &m), DRV_OK);
+  print_message("start of 4096 peers (%zu bytes): decoded in %.1f ms\n", r.len, now_ms() - t0);
+  assert_int_equal(m.u.start.peers_count, PROTO_MAX_ITEMS);
+  proto_msg_fini(&m);
+  free(r.p);
+}
+
+/* Every string field must be valid UTF-8 without NUL: refused naming the field, nested
+ * ones with their path. */
+static void test_utf8_fields(void **state) {
+  (void)state;
+  static const struct {
+    const char *bytes, *why;
+  } bad[] = {
+      {"\xff", "a byte that starts nothing"},   {"ok\x80", "a lone continuation byte"},
+      {"\xc0\xaf", "an overlong '/'"},          {"\xe0\x80\xaf", "an overlong '/', three bytes"},
+      {"\xed\xa0\x80", "a surrogate"},          {"\xf4\x90\x80\x80", "above U+10FFFF"},
+      {"abc\xe2\x82", "a character cut short"},
+  };
+  for (size_t i = 0; i < DRV_ARRAY_LEN(bad); i++) {
+    raw_t r = {0};
+    raw_envelope(&r, "submit");
+    raw_map(&r, 1);
+    raw_str(&r, "spec", 4);
+    raw_str(&r, bad[i].bytes, strlen(bad[i].bytes));
+    proto_msg_t m;
+    if (proto_unpack(r.p, r.len, LIMIT, &m) != DRV_ERR_PROTO ||
+        !strstr(drv_last_error(), "submit: field 'spec' is not valid UTF-8"))
+      fail_msg("%s: '%s'", bad[i].why, drv_last_error());
+    proto_msg_fini(&m);
+    free(r.p);
+  }
+  /* valid text of every length goes through as it is */
+  const char *good = "h\xc3\xa9llo \xe2\x82\xac \xf0\x9d\x84\x9e \xef\xbf\xbf";
+  raw_t r = {0};
+  raw_envelope(&r, "submit");
+  raw_map(&r, 1);
+  raw_str(&r, "spec", 4);
+  raw_str(&r, good, strlen(good));
+  proto_msg_t m;
+  assert_int_equal(proto_unpack(r.p, r.len, LIMIT, &m), DRV_OK);
+  assert_string_equal(m.u.submit.spec, good);
+  proto_msg_fini(&m);
+  /* a NUL would cut the C string short */
+  r.len = 0;
+  raw_envelope(&r, "submit");
+  raw_map(&r, 2);
+  raw_str(&r, "spec", 4);
+  raw_str(&r, "a", 1);
+  raw_str(&r, "token", 5);
+  raw_str(&r, "ab\0cd", 5);
+  expect_refused(r.p, r.len, "submit: field 'token' holds a NUL byte (byte 2)");
+  /* an element of a string array */
+  r.len = 0;
+  raw_envelope(&r, "start");
+  raw_map(&r, 4);
+  raw_str(&r, "job", 3);
+  raw_byte(&r, 0x01);
+  raw_str(&r, "generation", 10);
+  raw_byte(&r, 0x01);
+  raw_str(&r, "world", 5);
+  raw_byte(&r, 0x02);
+  raw_str(&r, "peers", 5);
+  raw_array(&r, 2);
+  raw_str(&r, "a:1", 3);
+  raw_str(&r, "b:\xfe", 3);
+  expect_refused(r.p, r.len, "start: field 'peers[1]' is not valid UTF-8 (byte 2)");
+  /* a field of a nested map (built by hand: our encoder repairs what it sends) */
+  const char *gpu_name =
+      "H\xff"
+      "00";
+  r.len = 0;
+  raw_envelope(&r, "hello");
+  raw_map(&r, 6);
+  raw_str(&r, "agent_id", 8);
+  raw_str(&r, "a", 1);
+  raw_str(&r, "host", 4);
+  raw_str(&r, "h", 1);
+  raw_str(&r, "target", 6);
+  raw_str(&r, "attached", 8);
+  raw_str(&r, "cpus", 4);
+  raw_byte(&r, 0x01);
+  raw_str(&r, "mem_bytes", 9);
+  raw_byte(&r, 0x01);
+  raw_str(&r, "gpus", 4);
+  raw_array(&r, 1);
+  raw_map(&r, 5);
+  raw_str(&r, "index", 5);
+  raw_byte(&r, 0x00);
+  raw_str(&r, "name", 4);
+  raw_str(&r, gpu_name, strlen(gpu_name));
+  raw_str(&r, "mem_bytes", 9);
+  raw_byte(&r, 0x01);
+  raw_str(&r, "cc_major", 8);
+  raw_byte(&r, 0x09);
+  raw_str(&r, "cc_minor", 8);
+  raw_byte(&r, 0x00);
+  expect_refused(r.p, r.len, "hello.gpus[0]: field 'name' is not valid UTF-8 (byte 1)");
+  /* an unknown type that is not UTF-8 is named only as far as it is */
+  r.len = 0;
+  raw_envelope(&r, "frob\xffnicate");
+  raw_map(&r, 0);
+  expect_refused(r.p, r.len, "unknown message type 'frob' (cut)");
+  free(r.p);
+}
+
+/* What a sender packs is valid UTF-8 even when its own text is not (cut mid-character by
+ * a fixed-size buffer): each stray byte becomes U+FFFD, the rest is kept. */
+static void test_pack_repairs_utf8(void **state) {
+  (void)state;
+  proto_msg_t m, out;
+  proto_msg_init(&m, PROTO_ERROR);
+  m.u.error.code = "invalid";
+  m.u.error.message = "agent \xc3\xa9t\xc3"; /* "agent ét" and half of a character */
+  char *buf;
+  size_t len;
+  assert_int_equal(proto_pack(&m, &buf, &len), DRV_OK);
+  assert_int_equal(proto_unpack(buf, len, LIMIT, &out), DRV_OK);
+  assert_string_equal(out.u.error.message, "agent \xc3\xa9t\xef\xbf\xbd");
+  proto_msg_fini(&out);
+  free(buf);
 }
 
 /* Random bytes and random mutations of valid frames never crash the decoder. */
@@ -278,6 +627,11 @@ int main(void) {
       cmocka_unit_test(test_arena),
       cmocka_unit_test(test_malformed),
       cmocka_unit_test(test_bombs),
+      cmocka_unit_test(test_junk_keys_refused),
+      cmocka_unit_test(test_array_and_string_limits),
+      cmocka_unit_test(test_costliest_frames),
+      cmocka_unit_test(test_utf8_fields),
+      cmocka_unit_test(test_pack_repairs_utf8),
       cmocka_unit_test(test_fuzz),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
