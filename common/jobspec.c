@@ -29,9 +29,219 @@
 #include <string.h>
 #include <yaml.h>
 
-#define SPEC_MAX_BYTES (1u << 20) /* a spec is a page of text; refuse anything huge */
+#include "common/settings.h"
+
+#define SPEC_MAX_BYTES (1u << 20) /* DROVER_MAX_SPEC_BYTES cannot raise the limit past this */
+#define SPEC_MAX_DEPTH 16         /* collections open at once; a spec needs 4 */
+#define SPEC_MAX_FLOW 256         /* '[' and '{' in a whole spec, quoted or not; it needs a few */
 #define SPEC_PATH_MAX 128         /* longest dotted key path ("data.synthetic.train_samples") */
 #define SPEC_SET_MAX_ENTRIES 64   /* most entries a `--set` list may carry */
+
+// --- Before libyaml: a linear pre-scan ---------------------------------------------------
+/*
+ * libyaml's scanner costs the product of a text's tokens and its flow nesting: with every
+ * '[' it keeps one more possible simple key, and checks them all at each token, so 100000
+ * nested '[' (200 KB) took it over a minute. Nothing of libyaml's or libcyaml's runs on a
+ * text until this pass has bounded, in one walk over the bytes:
+ *   - valid UTF-8, so that what is stored and echoed can be read by every client;
+ *   - nesting: collections open at once, block ones (indentation, and the compact "- - x"
+ *     form, each indicator a level) and flow ones ('[' and '{' outside quotes and
+ *     comments) together, at most SPEC_MAX_DEPTH;
+ *   - every '[' and '{' of the text, wherever it is, at most SPEC_MAX_FLOW. This one needs
+ *     no YAML and so cannot be misled by text this pass takes for a quoted scalar when
+ *     libyaml does not: whatever the walk above believes, libyaml's flow nesting, and
+ *     with it its cost, stay below SPEC_MAX_FLOW.
+ * The walk follows YAML only as far as it needs to: quoted scalars start where a node
+ * does, comments after a blank, flow collections end with ']' and '}'. Where it guesses
+ * wrong, it counts more levels than libyaml would, never fewer, except after a false quote,
+ * which the count of '[' and '{' covers.
+ */
+
+/* A setting that can only lower a fixed cap: 0 (no limit) and anything above give it. */
+static int64_t spec_capped(drv_setting_t id, int64_t cap) {
+  int64_t v = drv_setting(id);
+  return v > 0 && v < cap ? v : cap;
+}
+
+static size_t spec_max_bytes(void) {
+  return (size_t)spec_capped(DRV_SET_MAX_SPEC_BYTES, SPEC_MAX_BYTES);
+}
+
+typedef struct {
+  const char *p;
+  size_t n, i;
+  size_t line;                       /* 1-based, of p[i] */
+  uint32_t cols[SPEC_MAX_DEPTH + 1]; /* columns of the block collections open, increasing */
+  int ncols;
+  int flow;           /* flow collections open */
+  uint32_t braces;    /* '[' and '{' seen */
+  size_t braces_line; /* where the one over SPEC_MAX_FLOW was */
+  const char *origin;
+} spec_scan_t;
+
+static drv_result_t spec_scan_deep(const spec_scan_t *sc) {
+  return drv_error(DRV_ERR_INVALID,
+                   "%s:%zu: nesting deeper than %d levels (block and flow collections "
+                   "together), more than a job spec may have",
+                   sc->origin, sc->line, SPEC_MAX_DEPTH);
+}
+
+/* A block collection opens at column col (when deeper than the innermost open one). */
+static drv_result_t spec_scan_block(spec_scan_t *sc, uint32_t col) {
+  if (sc->ncols && sc->cols[sc->ncols - 1] >= col) return DRV_OK;
+  if (sc->ncols + sc->flow >= SPEC_MAX_DEPTH) return spec_scan_deep(sc);
+  sc->cols[sc->ncols++] = col;
+  return DRV_OK;
+}
+
+/* Counts a '[' or '{', wherever it is. */
+static void spec_scan_brace(spec_scan_t *sc) {
+  if (++sc->braces == SPEC_MAX_FLOW + 1) sc->braces_line = sc->line;
+}
+
+/* Skips a quoted scalar starting at p[i] (the quote), lines included. */
+static void spec_scan_quoted(spec_scan_t *sc) {
+  char q = sc->p[sc->i++];
+  while (sc->i < sc->n) {
+    char c = sc->p[sc->i++];
+    if (c == '\n') sc->line++;
+    if (c == '[' || c == '{') spec_scan_brace(sc);
+    if (q == '"' && c == '\\' && sc->i < sc->n) {
+      if (sc->p[sc->i] == '\n') sc->line++;
+      sc->i++;
+    } else if (c == q) {
+      if (q == '\'' && sc->i < sc->n && sc->p[sc->i] == '\'') {
+        sc->i++; /* '' inside single quotes */
+        continue;
+      }
+      return;
+    }
+  }
+}
+
+static int spec_scan_blank(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* At the start of a line in block context: its indentation closes the collections
+ * deeper than it; then each indicator "- ", "? ", ": " opens one at the column after it. */
+static drv_result_t spec_scan_line(spec_scan_t *sc) {
+  uint32_t col = 0;
+  while (sc->i < sc->n && (sc->p[sc->i] == ' ' || sc->p[sc->i] == '\t')) sc->i++, col++;
+  if (sc->i >= sc->n || sc->p[sc->i] == '\n' || sc->p[sc->i] == '\r' || sc->p[sc->i] == '#')
+    return DRV_OK; /* blank or comment lines say nothing about nesting */
+  while (sc->ncols && sc->cols[sc->ncols - 1] > col) sc->ncols--;
+  DRV_CHECK(spec_scan_block(sc, col));
+  for (;;) {
+    char c = sc->p[sc->i];
+    if (!(c == '-' || c == '?' || c == ':') || sc->i + 1 >= sc->n ||
+        !spec_scan_blank(sc->p[sc->i + 1]))
+      return DRV_OK;
+    sc->i++, col++;
+    while (sc->i < sc->n && (sc->p[sc->i] == ' ' || sc->p[sc->i] == '\t')) sc->i++, col++;
+    if (sc->i >= sc->n || sc->p[sc->i] == '\n' || sc->p[sc->i] == '\r') return DRV_OK;
+    DRV_CHECK(spec_scan_block(sc, col));
+  }
+}
+
+/* Where the walk is within a line: whether a node may start at p[i] (after indentation,
+ * an indicator, or in a flow collection a bracket, ',' or ':'), whether it is inside a
+ * plain scalar (whose blanks start nothing: "a 'b" is one scalar), and whether the last
+ * character was a blank (a '#' after one starts a comment). */
+typedef struct {
+  int start, plain, blank;
+} spec_pos_t;
+
+/* A flow bracket at p[i-1]: counted, and opening a collection where a node may start or
+ * inside another one. */
+static drv_result_t spec_scan_bracket(spec_scan_t *sc, spec_pos_t *at) {
+  spec_scan_brace(sc);
+  if (!at->start && !sc->flow) { /* "a[b": part of a plain scalar */
+    at->plain = 1;
+    at->start = 0;
+    return DRV_OK;
+  }
+  if (sc->ncols + sc->flow >= SPEC_MAX_DEPTH) return spec_scan_deep(sc);
+  sc->flow++;
+  at->start = 1;
+  at->plain = 0;
+  return DRV_OK;
+}
+
+/* One character at p[i] that is not a line break (a quoted scalar or a comment whole). */
+static drv_result_t spec_scan_char(spec_scan_t *sc, spec_pos_t *at) {
+  char c = sc->p[sc->i];
+  if (spec_scan_blank(c)) {
+    sc->i++;
+    at->blank = 1;
+    if (!at->plain) at->start = 1;
+    return DRV_OK;
+  }
+  if (c == '#' && at->blank) { /* a comment, to the end of the line */
+    while (sc->i < sc->n && sc->p[sc->i] != '\n') sc->i++;
+    return DRV_OK;
+  }
+  int was_start = at->start;
+  at->blank = at->start = at->plain = 0;
+  if ((c == '"' || c == '\'') && was_start) {
+    spec_scan_quoted(sc);
+    return DRV_OK;
+  }
+  sc->i++;
+  int next_blank = sc->i >= sc->n || spec_scan_blank(sc->p[sc->i]);
+  if (c == '[' || c == '{') {
+    at->start = was_start;
+    return spec_scan_bracket(sc, at);
+  }
+  if ((c == ']' || c == '}') && sc->flow) {
+    sc->flow--;
+  } else if ((c == ',' || c == ':') && sc->flow) {
+    at->start = 1;
+  } else if ((c == ':' || c == '-' || c == '?') && next_blank) {
+    at->start = 1; /* an indicator */
+  } else {
+    at->plain = 1;
+  }
+  return DRV_OK;
+}
+
+/* The pre-scan: size, UTF-8, nesting and the count of '[' and '{' (see above). */
+static drv_result_t spec_prescan(const char *yaml, size_t len, const char *origin) {
+  size_t max = spec_max_bytes();
+  if (len > max)
+    return drv_error(DRV_ERR_INVALID,
+                     "%s: %zu bytes; a job spec is at most %zu (DROVER_MAX_SPEC_BYTES)", origin,
+                     len, max);
+  size_t ok = drv_utf8_valid(yaml, len);
+  if (ok < len) {
+    size_t line = 1;
+    for (size_t i = 0; i < ok; i++) line += yaml[i] == '\n';
+    return drv_error(DRV_ERR_INVALID, "%s:%zu: not valid UTF-8 (byte %zu of the spec)", origin,
+                     line, ok);
+  }
+  spec_scan_t sc = {.p = yaml, .n = len, .line = 1, .origin = origin};
+  spec_pos_t at = {.start = 1, .blank = 1};
+  int bol = 1; /* at the beginning of a line */
+  while (sc.i < sc.n) {
+    if (bol && !sc.flow) DRV_CHECK(spec_scan_line(&sc));
+    bol = 0;
+    if (sc.i >= sc.n) break;
+    if (sc.p[sc.i] == '\n') {
+      sc.i++;
+      sc.line++;
+      bol = 1;
+      at = (spec_pos_t){.start = 1, .blank = 1};
+      continue;
+    }
+    DRV_CHECK(spec_scan_char(&sc, &at));
+    if (sc.braces > SPEC_MAX_FLOW)
+      return drv_error(DRV_ERR_INVALID,
+                       "%s:%zu: more than %d '[' and '{' (quoted or not), more than a job "
+                       "spec may have",
+                       origin, sc.braces_line, SPEC_MAX_FLOW);
+  }
+  return DRV_OK;
+}
 
 // --- Schema --------------------------------------------------------------------------------
 
@@ -991,9 +1201,12 @@ static drv_result_t spec_check_split(const spec_split_t *split, const char *name
   return DRV_OK;
 }
 
+static drv_result_t spec_check_limits(const jobspec_t *s, const char *origin);
+
 static drv_result_t spec_validate(const jobspec_t *s, const char *origin) {
   const spec_optim_map_t *o = &s->train.optimizer;
   if (!s->name || !*s->name) return spec_invalid(origin, "name", "must not be empty");
+  DRV_CHECK(spec_check_limits(s, origin));
   if (s->nodes < 1) return spec_invalid(origin, "nodes", "must be at least 1, got %u", s->nodes);
   if (s->min_nodes < 1)
     return spec_invalid(origin, "min_nodes", "must be at least 1, got %u", s->min_nodes);
@@ -1100,9 +1313,8 @@ drv_result_t jobspec_parse(const char *yaml, size_t len, const char *origin,
   if (!yaml) return drv_error(DRV_ERR_INVALID, "%s: no text", origin);
   if (nset > 0 && !sets)
     return drv_error(DRV_ERR_INVALID, "%s: %d overrides but no list", origin, nset);
-  if (len > SPEC_MAX_BYTES)
-    return drv_error(DRV_ERR_INVALID, "%s: %zu bytes; a job spec is at most %u", origin, len,
-                     SPEC_MAX_BYTES);
+  /* 0. Size, UTF-8 and nesting, in one linear pass: libyaml is quadratic in nesting. */
+  DRV_CHECK(spec_prescan(yaml, len, origin));
 
   /* 1. Syntax, with line and column. */
   if (!yaml_parser_initialize(&parser))
@@ -1166,9 +1378,12 @@ drv_result_t jobspec_load(const char *path, const char *const *sets, int nset, j
   if (!f) return drv_error(DRV_ERR_SYS, "%s: %s", path, strerror(errno));
   for (;;) {
     if (len == cap) {
-      if (cap > SPEC_MAX_BYTES) {
-        rc = drv_error(DRV_ERR_INVALID, "%s: larger than %u bytes; not a job spec", path,
-                       SPEC_MAX_BYTES);
+      size_t max = spec_max_bytes();
+      if (len > max) {
+        rc = drv_error(DRV_ERR_INVALID,
+                       "%s: larger than %zu bytes; a job spec is at most that "
+                       "(DROVER_MAX_SPEC_BYTES)",
+                       path, max);
         goto fail;
       }
       cap = cap ? cap * 2 : 4096;
@@ -1258,6 +1473,71 @@ static char **path_slot(const jobspec_t *cs, unsigned i, const char **key) {
 #undef PATH_SLOT
   *key = NULL;
   return NULL;
+}
+
+// --- Limits: what one job may ask of the cluster -------------------------------------
+
+/* A limit of DRV_SETTINGS, 0 meaning none. */
+static int over_limit(double value, drv_setting_t limit) {
+  int64_t max = drv_setting(limit);
+  return max > 0 && value > (double)max;
+}
+
+/* Parameters of the MLP: (in x out + out) per layer, over [in, hidden..., out]. For IDX data
+ * the input and output sizes come from the files, unknown here: they count as 1. */
+static double spec_model_params(const jobspec_t *s) {
+  int syn = s->data.format == SPEC_DATA_SYNTHETIC && s->data.synthetic;
+  double in = syn ? s->data.synthetic->features : 1, params = 0;
+  for (uint32_t i = 0; i <= s->model.hidden_count; i++) {
+    double out = i < s->model.hidden_count ? s->model.hidden[i]
+                 : syn                     ? s->data.synthetic->classes
+                                           : 1;
+    params += in * out + out;
+    in = out;
+  }
+  return params;
+}
+
+/* The limits of DRV_SETTINGS on what a spec may ask for (DROVER_MAX_*), so that a spec
+ * cannot cost the cluster or the coordinator's store more than they allow: each error
+ * names the key, the value and the limit. */
+static drv_result_t spec_check_limits(const jobspec_t *s, const char *origin) {
+#define SPEC_LIMIT(value, setting, key, what)                                               \
+  if (over_limit((double)(value), DRV_SET_##setting))                                       \
+    return spec_invalid(origin, key, "%.0f%s, more than DROVER_" #setting " (%" PRId64 ")", \
+                        (double)(value), what, drv_setting(DRV_SET_##setting));
+  SPEC_LIMIT(s->nodes, MAX_NODES, "nodes", "");
+  SPEC_LIMIT(s->max_nodes, MAX_NODES, "max_nodes", "");
+  SPEC_LIMIT(s->train.epochs, MAX_EPOCHS, "train.epochs", "");
+  SPEC_LIMIT(s->train.global_batch, MAX_BATCH, "train.global_batch", "");
+  double params = spec_model_params(s);
+  SPEC_LIMIT(params * 4, MAX_MODEL_BYTES, "model.hidden", " bytes of parameters (4 per parameter)");
+  const spec_synthetic_t *syn = s->data.synthetic;
+  if (s->data.format == SPEC_DATA_SYNTHETIC && syn) {
+    double bytes = ((double)syn->train_samples + syn->test_samples) * syn->features * 4;
+    SPEC_LIMIT(bytes, MAX_DATA_BYTES, "data.synthetic", " bytes of samples (4 per feature)");
+  }
+#undef SPEC_LIMIT
+  size_t name = strlen(s->name);
+  if (name >= JOBSPEC_NAME_MAX)
+    return spec_invalid(origin, "name", "%zu bytes, at most %d", name, JOBSPEC_NAME_MAX - 1);
+  int64_t path_max = spec_capped(DRV_SET_MAX_PATH_BYTES, JOBSPEC_PATH_MAX);
+  const char *key;
+  char **p;
+  for (unsigned i = 0; (p = path_slot(s, i, &key)) || key; i++) {
+    size_t n = p && *p ? strlen(*p) : 0;
+    if ((int64_t)n > path_max)
+      return spec_invalid(origin, key, "%zu bytes, more than DROVER_MAX_PATH_BYTES (%" PRId64 ")",
+                          n, path_max);
+  }
+  /* The job's own directory, <run_dir>/<name>-<id>, must fit where it is kept. */
+  size_t run = (s->run_dir ? strlen(s->run_dir) : 0) + 1 + name + 1 + 20;
+  if (run >= JOBSPEC_PATH_MAX)
+    return spec_invalid(origin, "run_dir",
+                        "the job's run directory, <run_dir>/<name>-<id>, would be up to %zu "
+                        "bytes, more than %d",
+                        run, JOBSPEC_PATH_MAX - 1);
+  return DRV_OK;
 }
 
 drv_result_t jobspec_absolutize(jobspec_t *spec, const char *dir) {

@@ -67,6 +67,8 @@
 #include "common/drv.h"
 
 #define JOBSPEC_MAX_HIDDEN 8
+#define JOBSPEC_NAME_MAX 128  /* bytes of `name`, NUL included */
+#define JOBSPEC_PATH_MAX 1024 /* bytes of a path, and of a job's run directory, NUL included */
 
 typedef enum { SPEC_TARGET_LOCAL = 0, SPEC_TARGET_ATTACHED, SPEC_TARGET_MANAGED } spec_target_t;
 typedef enum { SPEC_ACT_RELU = 0, SPEC_ACT_GELU } spec_activation_t;
@@ -137,9 +139,13 @@ typedef struct {
  * "key.path=value" (e.g. "train.optimizer.lr=0.05", "model.hidden=[512,256]"), fills
  * defaults and validates. min_nodes and max_nodes, when neither the text nor an override
  * wrote them, take the final value of nodes (so `--set nodes=4` moves them too).
- * `origin` names the source in errors ("examples/x.yaml"). On failure returns
- * DRV_ERR_INVALID with a message naming the key and what is wrong, and *out stays NULL.
- * The caller owns *out (jobspec_destroy). */
+ * `origin` names the source in errors ("examples/x.yaml"). Before libyaml sees the text, a
+ * linear pre-scan refuses one over DROVER_MAX_SPEC_BYTES, one that is not UTF-8, and
+ * nesting deeper than 16 levels (libyaml's scanner is quadratic in it), naming the line;
+ * the values are then held to the DROVER_MAX_* limits (nodes, epochs, batch, model and
+ * synthetic data bytes, path lengths). On failure returns DRV_ERR_INVALID with a message
+ * naming the key (or line) and what is wrong, and *out stays NULL. The caller owns *out
+ * (jobspec_destroy). */
 drv_result_t jobspec_parse(const char *yaml, size_t len, const char *origin,
                            const char *const *sets, int nset, jobspec_t **out);
 

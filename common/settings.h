@@ -27,7 +27,19 @@
   X(COOLDOWN_MS, 30000,                                                                         \
     "an agent whose worker was killed or hung takes no work for this long (ms)")                \
   X(STRAGGLER_PCT, 150,                                                                         \
-    "a rank whose compute time per step is above this % of the others' median is a straggler")
+    "a rank whose compute time per step is above this % of the others' median is a straggler")  \
+  X(LOOP_BUDGET_MS, 5,                                                                          \
+    "coordinator: longest it reads messages before its timers run (ms; 0: one per socket)")     \
+  X(HISTORY_DAYS, 30, "coordinator: finished jobs older than this are forgotten (days; 0: never)") \
+  X(MAX_SPEC_BYTES, 65536, "largest job spec text (bytes, at most 1048576)")                    \
+  X(MAX_PATH_BYTES, 1024, "longest path in a job spec: run_dir, data files (bytes, at most 1024)") \
+  X(MAX_NODES, 256, "most workers a job may ask for: nodes, max_nodes (0: no limit)")           \
+  X(MAX_EPOCHS, 10000, "most epochs a job may ask for (0: no limit)")                           \
+  X(MAX_BATCH, 65536, "largest train.global_batch (samples; 0: no limit)")                      \
+  X(MAX_MODEL_BYTES, 4294967296,                                                                \
+    "largest model a job may ask for: its parameters x 4 bytes (0: no limit)")                  \
+  X(MAX_DATA_BYTES, 4294967296,                                                                 \
+    "largest synthetic data a job may ask for: samples x features x 4 bytes (0: no limit)")
 
 /* X(NAME, help): fault injection for tests and drills, integers like the above, 0 = off.
  * Listed apart by `drover settings`; a process logs a warning when one is on. */

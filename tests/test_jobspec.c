@@ -1,6 +1,7 @@
 /* test_jobspec.c: the job spec (common/jobspec.h): the examples load, defaults fill only
  * what was left out, every kind of mistake is refused with DRV_ERR_INVALID and a message
- * naming the key, `--set` overrides of each type work, and a dump parses back equal.
+ * naming the key, the pre-scan refuses deep nesting in linear time and the limits hold,
+ * `--set` overrides of each type work, and a dump parses back equal.
  * min_nodes and max_nodes default to the final nodes (after `--set nodes=`) unless written. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/jobspec.h"
 
@@ -536,6 +538,211 @@ static void test_error_semantic(void **state) {
   EXPECT_SUBST("  epochs: 1\n", "  epochs: 1\n  cuda_graphs: yes\n", "train.cuda_graphs");
 }
 
+// --- The pre-scan and the limits ---------------------------------------------------------
+
+/* text repeated n times, then `tail`. (heap) */
+static char *repeat(const char *head, const char *text, size_t n, const char *tail) {
+  size_t h = strlen(head), t = strlen(text), e = strlen(tail);
+  char *s = malloc(h + t * n + e + 1), *p = s;
+  assert_non_null(s);
+  memcpy(p, head, h), p += h;
+  for (size_t i = 0; i < n; i++) memcpy(p, text, t), p += t;
+  memcpy(p, tail, e + 1);
+  return s;
+}
+
+static double ms_since(const struct timespec *t0) {
+  struct timespec t1;
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  return (t1.tv_sec - t0->tv_sec) * 1e3 + (t1.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+/* Deep flow nesting, the text libyaml's scanner is quadratic in, is refused by the linear
+ * pre-scan, naming the limit and the line; the time it takes is printed for a few sizes
+ * (it grows with the text, not with its square), never asserted. */
+static void test_prescan_flow_nesting(void **state) {
+  (void)state;
+  char *deep = repeat("name: t\nmodel: ", "[", 17, "]");
+  expect_invalid(deep, NULL, 0, "case.yaml:2: nesting deeper than 16 levels", (const char *)NULL);
+  free(deep);
+  deep = repeat("name: t\nmodel: ", "{a: ", 17, "1}");
+  expect_invalid(deep, NULL, 0, "case.yaml:2: nesting deeper than 16", (const char *)NULL);
+  free(deep);
+  for (size_t kb = 15; kb <= 60; kb *= 2) {
+    size_t n = kb * 512; /* n '[' and n ']': kb KB */
+    char *open = repeat("name: ", "[", n, ""), *text = repeat(open, "]", n, "\n");
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    expect_invalid(text, NULL, 0, "case.yaml:1: nesting deeper than 16", (const char *)NULL);
+    print_message("%zu KB of nested '[': refused in %.3f ms\n", kb, ms_since(&t0));
+    free(open);
+    free(text);
+  }
+  /* The costliest text the pre-scan lets through to libyaml: 15 levels holding as many
+   * tokens as 64 KB can; its cost is libyaml's tokens times its nesting, now at most 16. */
+  char *head = repeat("name: t\nx: ", "[", 15, ""), *body = repeat(head, "a,", 32000, "");
+  char *worst = repeat(body, "]", 15, "\n");
+  struct timespec t1;
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  expect_invalid(worst, NULL, 0, "case.yaml", (const char *)NULL);
+  print_message(
+      "%zu KB at 15 levels, 32000 tokens: through the pre-scan, parsed and refused in "
+      "%.1f ms\n",
+      strlen(worst) / 1024, ms_since(&t1));
+  free(head);
+  free(body);
+  free(worst);
+  /* The 200 KB one of the report: refused by its size before anything reads it. */
+  char *open = repeat("name: ", "[", 100000, ""), *big = repeat(open, "]", 100000, "\n");
+  struct timespec t0;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  expect_invalid(big, NULL, 0, "200007 bytes; a job spec is at most 65536 (DROVER_MAX_SPEC_BYTES)",
+                 (const char *)NULL);
+  print_message("200 KB of nested '[': refused in %.3f ms\n", ms_since(&t0));
+  free(open);
+  free(big);
+}
+
+/* Block nesting counts too: by indentation, and by the compact "- - - x" form. */
+static void test_prescan_block_nesting(void **state) {
+  (void)state;
+  char *compact = repeat("name: t\nmodel:\n", "- ", 16, "x\n");
+  expect_invalid(compact, NULL, 0, "case.yaml:3: nesting deeper than 16", (const char *)NULL);
+  free(compact);
+  char *text = strdup("name: t\n"), key[64];
+  for (int i = 0; i < 17; i++) {
+    snprintf(key, sizeof key, "%*sk%d:\n", 2 * i, "", i);
+    char *more = repeat(text, key, 1, "");
+    free(text);
+    text = more;
+  }
+  expect_invalid(text, NULL, 0, "case.yaml:18: nesting deeper than 16", (const char *)NULL);
+  free(text);
+  /* block and flow together: 9 indented levels, then 9 brackets */
+  char *mixed = strdup("");
+  for (int i = 0; i < 8; i++) {
+    snprintf(key, sizeof key, "%*sk%d:\n", 2 * i, "", i);
+    char *more = repeat(mixed, key, 1, "");
+    free(mixed);
+    mixed = more;
+  }
+  char *both = repeat(mixed, "[", 9, "\n"), *nine = repeat(mixed, "                k8: ", 1, "");
+  free(both);
+  both = repeat(nine, "[", 9, "\n"); /* 9 block levels, then the 8th bracket is the 17th */
+  free(nine);
+  expect_invalid(both, NULL, 0, "case.yaml:9: nesting deeper than 16", (const char *)NULL);
+  free(mixed);
+  free(both);
+  /* Nesting that closes again is no deeper: 200 flow lists one after the other are fine
+   * for the pre-scan (the schema then refuses the key). */
+  char *many = repeat("name: t\nx: ", "[[1]], ", 100, "\n");
+  expect_invalid(many, NULL, 0, "case.yaml:2", (const char *)NULL);
+  assert_null(strstr(drv_last_error(), "nesting"));
+  free(many);
+}
+
+/* Brackets in quoted scalars, comments and the middle of plain scalars open nothing; but
+ * every '[' and '{' counts towards SPEC_MAX_FLOW wherever it is, so text the walk takes
+ * for a quoted scalar when libyaml does not (a continuation line starting with a quote)
+ * cannot hide a deep flow nesting from it. */
+static void test_prescan_quotes_and_comments(void **state) {
+  (void)state;
+  char *ok =
+      subst(minimal, "name: t\n",
+            "name: \"a[[[[[[[[[[[[[[[[[[b {{{{{{{{{{{{{{{{{{ \\\" [[\"  # [[[[[[[[[[[[[[[[[[\n"
+            "run_dir: '/runs/[[[[[[[[[[[[[[[[[[[ it''s [[[['\n"
+            "# {{{{{{{{{{{{{{{{{{{{{{{{{\n");
+  jobspec_t *spec = parse_ok(ok, NULL, 0);
+  assert_string_equal(spec->name, "a[[[[[[[[[[[[[[[[[[b {{{{{{{{{{{{{{{{{{ \" [[");
+  assert_string_equal(spec->run_dir, "/runs/[[[[[[[[[[[[[[[[[[[ it's [[[[");
+  jobspec_destroy(&spec);
+  free(ok);
+  ok = subst(minimal, "name: t\n", "name: a[b[c[d[e[f[g[h[i[j[k[l[m[n[o[p[q[r[s[t 'u\n");
+  spec = parse_ok(ok, NULL, 0);
+  assert_string_equal(spec->name, "a[b[c[d[e[f[g[h[i[j[k[l[m[n[o[p[q[r[s[t 'u");
+  jobspec_destroy(&spec);
+  free(ok);
+  /* A plain scalar continued on a line that starts with a quote: the walk takes the quote
+   * for one, libyaml does not; the count of brackets still stops the nesting after it. */
+  char *open = repeat("name: a\n  'b\nx: ", "[", 300, ""), *text = repeat(open, "]", 300, "\n");
+  expect_invalid(text, NULL, 0, "case.yaml:3: more than 256 '[' and '{' (quoted or not)",
+                 (const char *)NULL);
+  free(open);
+  free(text);
+  char *quoted = repeat("name: \"", "[", 257, "\"\n");
+  expect_invalid(quoted, NULL, 0, "more than 256 '[' and '{'", (const char *)NULL);
+  free(quoted);
+}
+
+static void test_prescan_utf8(void **state) {
+  (void)state;
+  EXPECT_SUBST("  format: synthetic\n", "  format: synthetic\n# caf\xc3\n",
+               "case.yaml:7: not valid UTF-8 (byte");
+  EXPECT_SUBST("name: t", "name: t\xed\xa0\x80", "case.yaml:1: not valid UTF-8");
+  char *ok = subst(minimal, "name: t", "name: caf\xc3\xa9-\xe2\x82\xac");
+  jobspec_t *spec = parse_ok(ok, NULL, 0);
+  assert_string_equal(spec->name, "caf\xc3\xa9-\xe2\x82\xac");
+  jobspec_destroy(&spec);
+  free(ok);
+}
+
+/* What one job may ask of the cluster: each limit names the key, the value and the
+ * setting (defaults: DROVER_MAX_NODES 256, _EPOCHS 10000, _BATCH 65536, _MODEL_BYTES and
+ * _DATA_BYTES 4 GiB, _PATH_BYTES 1024). */
+static void test_limits(void **state) {
+  (void)state;
+  EXPECT_SUBST("name: t\n", "name: t\nnodes: 257\n",
+               "case.yaml: nodes: 257, more than DROVER_MAX_NODES (256)");
+  EXPECT_SUBST("name: t\n", "name: t\nmax_nodes: 300\n",
+               "max_nodes: 300, more than DROVER_MAX_NODES");
+  EXPECT_SUBST("epochs: 1", "epochs: 4294967295",
+               "train.epochs: 4294967295, more than DROVER_MAX_EPOCHS (10000)");
+  EXPECT_SUBST("global_batch: 8", "global_batch: 65537",
+               "train.global_batch: 65537, more than DROVER_MAX_BATCH (65536)");
+  /* 784 -> 65536 -> 65536 -> 65536 -> 10: 35 GB of parameters */
+  EXPECT_SUBST("hidden: [16]", "hidden: [65536, 65536, 65536]",
+               "model.hidden: 34568667176 bytes of parameters (4 per parameter), more than "
+               "DROVER_MAX_MODEL_BYTES (4294967296)");
+  EXPECT_SUBST("format: synthetic", "format: synthetic\n  synthetic: {train_samples: 4000000}",
+               "data.synthetic: 12575360000 bytes of samples", "DROVER_MAX_DATA_BYTES");
+  char *run = repeat("run_dir: /", "r", 1100, "\n"), *spec_text = subst(minimal, "name: t\n", "");
+  char *with = repeat(spec_text, run, 1, "name: t\n");
+  expect_invalid(with, NULL, 0, "run_dir: 1101 bytes, more than DROVER_MAX_PATH_BYTES (1024)",
+                 (const char *)NULL);
+  free(run);
+  free(with);
+  char *img = repeat("format: idx\n  train: {images: /", "i", 1500,
+                     ", labels: /l}\n  test: {images: /a, labels: /b}");
+  char *idx = subst(minimal, "format: synthetic", img);
+  expect_invalid(idx, NULL, 0, "data.train.images: 1501 bytes, more than DROVER_MAX_PATH_BYTES",
+                 (const char *)NULL);
+  free(img);
+  free(idx);
+  char *name = repeat("name: ", "n", 200, "\n"), *named = repeat(name, spec_text, 1, "");
+  expect_invalid(named, NULL, 0, "case.yaml: name: 200 bytes, at most 127", (const char *)NULL);
+  free(name);
+  free(named);
+  /* the job's own directory <run_dir>/<name>-<id> must fit in 1023 bytes */
+  char *both = repeat("run_dir: /", "r", 950, "\n"), *n100 = repeat("name: ", "n", 100, "\n");
+  char *long_dir = repeat(spec_text, both, 1, n100);
+  expect_invalid(long_dir, NULL, 0, "run_dir: the job's run directory", "more than 1023",
+                 (const char *)NULL);
+  free(both);
+  free(n100);
+  free(long_dir);
+  free(spec_text);
+  /* at the limits, accepted */
+  char *at = subst(minimal, "global_batch: 8", "global_batch: 65536");
+  char *at2 = subst(at, "epochs: 1", "epochs: 10000");
+  char *at3 = subst(at2, "name: t\n", "name: t\nnodes: 256\n");
+  jobspec_t *spec = parse_ok(at3, NULL, 0);
+  assert_int_equal(spec->nodes, 256);
+  jobspec_destroy(&spec);
+  free(at);
+  free(at2);
+  free(at3);
+}
+
 // --- --set --------------------------------------------------------------------------------
 
 static void test_set_each_kind(void **state) {
@@ -802,6 +1009,11 @@ int main(void) {
       cmocka_unit_test(test_error_bad_enum),
       cmocka_unit_test(test_error_syntax),
       cmocka_unit_test(test_error_semantic),
+      cmocka_unit_test(test_prescan_flow_nesting),
+      cmocka_unit_test(test_prescan_block_nesting),
+      cmocka_unit_test(test_prescan_quotes_and_comments),
+      cmocka_unit_test(test_prescan_utf8),
+      cmocka_unit_test(test_limits),
       cmocka_unit_test(test_set_each_kind),
       cmocka_unit_test(test_set_elastic_keys),
       cmocka_unit_test(test_set_creates_mappings),
