@@ -28,7 +28,7 @@ typedef struct {
   void (*fn)(coord_t *c, int64_t now);
 } coord_timer_t;
 
-#define COORD_MAX_TIMERS 4
+#define COORD_MAX_TIMERS 8
 
 struct coord {
   const coord_config_t *cfg;
@@ -211,6 +211,12 @@ static void verdict_timer(coord_t *c, int64_t now) {
   job_verdicts(&c->jobs, now);
 }
 
+static void history_timer(coord_t *c, int64_t now) {
+  (void)now;
+  if (store_prune(c->store, drv_setting(DRV_SET_HISTORY_DAYS), NULL) != DRV_OK)
+    log_warn("%s", drv_last_error());
+}
+
 // --- The coordinator's own absence --------------------------------------------------------
 
 int64_t coord_away_ms(int64_t last_wake_ms, int64_t wait_ms, int64_t now_ms, int64_t limit_ms) {
@@ -307,6 +313,8 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
   timer_add(c, "jobs", hb_ms, job_timer);
   /* Held failures are due within DROVER_FAIL_HOLD_MS: checked a few times within it. */
   timer_add(c, "verdicts", DRV_MAX(drv_setting(DRV_SET_FAIL_HOLD_MS) / 4, 10), verdict_timer);
+  history_timer(c, drv_now_ms()); /* finished jobs past DROVER_HISTORY_DAYS, then daily */
+  timer_add(c, "history", 24 * 3600 * 1000, history_timer);
 
   /* More than half the peer timeout unaccounted for: peers would have been declared lost
    * for the coordinator's own absence. */
@@ -327,14 +335,20 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
     int64_t now = drv_now_ms(), away = coord_away_ms(last_wake, wait_ms, now, away_limit);
     if (away) coord_was_away(c, away, now); /* before any message or timer sees the clock */
     last_wake = now;
-    /* Bounded batches so one busy socket cannot starve the other or the timers. */
-    for (int k = 0; k < 256 && ready[0]; k++) {
-      handle_worker_socket(c);
-      if (!sock_readable(c->workers)) break;
-    }
-    for (int k = 0; k < 64 && ready[1]; k++) {
-      handle_client_socket(c);
-      if (!sock_readable(c->clients)) break;
+    /* Both sockets in turn for at most DROVER_LOOP_BUDGET_MS, then the timers: however
+     * many frames a peer sends and whatever each costs, heartbeats go out and silent
+     * agents are noticed on time, and neither socket starves the other. */
+    int64_t until = now + drv_setting(DRV_SET_LOOP_BUDGET_MS);
+    while (ready[0] || ready[1]) {
+      if (ready[0]) {
+        handle_worker_socket(c);
+        ready[0] = sock_readable(c->workers);
+      }
+      if (ready[1]) {
+        handle_client_socket(c);
+        ready[1] = sock_readable(c->clients);
+      }
+      if (drv_now_ms() >= until) break;
     }
     if (c->workers_gone) {
       char why[256];

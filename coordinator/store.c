@@ -655,3 +655,29 @@ fail:
   sqlite3_finalize(st);
   return rc;
 }
+
+drv_result_t store_prune(store_t *s, int64_t days, uint32_t *deleted) {
+  drv_result_t rc = DRV_OK;
+  sqlite3_stmt *st = NULL;
+  if (deleted) *deleted = 0;
+  if (!s) return drv_error(DRV_ERR_INVALID, "store_prune: NULL store");
+  if (days <= 0) return DRV_OK;
+  DRV_CHECK_GOTO(sql_prepare(s,
+                             "DELETE FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled')"
+                             " AND finished_at > 0 AND finished_at < ?1",
+                             &st, "prune finished jobs"),
+                 rc, fail);
+  if (sqlite3_bind_double(st, 1, drv_wall_s() - (double)days * 86400.0)) {
+    rc = sql_fail(s, "prune finished jobs");
+    goto fail;
+  }
+  DRV_CHECK_GOTO(sql_step_done(s, st, "prune finished jobs"), rc, fail);
+  int n = sqlite3_changes(s->db);
+  if (n > 0)
+    log_info("%s: %d job(s) finished more than %lld day(s) ago forgotten (DROVER_HISTORY_DAYS)",
+             s->path, n, (long long)days);
+  if (deleted) *deleted = (uint32_t)n;
+fail:
+  sqlite3_finalize(st);
+  return rc;
+}

@@ -143,4 +143,10 @@ drv_result_t store_job_set_generation(store_t *s, int64_t id, uint32_t generatio
 drv_result_t store_job_set_token(store_t *s, int64_t id, const char *token);
 drv_result_t store_job_by_token(store_t *s, const char *token, int64_t *id);
 
+/* Deletes the finished jobs (succeeded, failed, cancelled) whose finished_at is more than
+ * `days` days ago (days <= 0: none), so that the history does not grow for ever; queued
+ * and running jobs are never touched. *deleted (may be NULL) receives how many went. Their
+ * ids are not reused, and such a job can no longer be shown or resumed. */
+drv_result_t store_prune(store_t *s, int64_t days, uint32_t *deleted);
+
 #endif

@@ -712,6 +712,45 @@ static void test_second_lock_refused(void **state) {
   store_close(&other);
 }
 
+/* Finished jobs older than the history go; newer ones, queued and running ones (however
+ * old) stay; ids stay spent; days <= 0 deletes nothing. */
+static void test_prune_finished_history(void **state) {
+  fx_t *f = *state;
+  open_store(f);
+  int64_t old_ok = insert(f, "old-ok"), old_failed = insert(f, "old-failed");
+  int64_t old_cancelled = insert(f, "old-cancelled"), recent = insert(f, "recent");
+  int64_t queued = insert(f, "queued"), running = insert(f, "running");
+  assert_int_equal(store_job_set_state(f->store, old_ok, JOB_RUNNING, NULL), DRV_OK);
+  assert_int_equal(store_job_set_state(f->store, old_ok, JOB_SUCCEEDED, NULL), DRV_OK);
+  assert_int_equal(store_job_set_state(f->store, old_failed, JOB_FAILED, "x"), DRV_OK);
+  assert_int_equal(store_job_set_state(f->store, old_cancelled, JOB_CANCELLED, "y"), DRV_OK);
+  assert_int_equal(store_job_set_state(f->store, recent, JOB_SUCCEEDED, NULL), DRV_OK);
+  assert_int_equal(store_job_set_state(f->store, running, JOB_RUNNING, NULL), DRV_OK);
+  /* 40 days ago, as the clock said then */
+  raw_exec(f->db,
+           "UPDATE jobs SET finished_at = finished_at - 40 * 86400,"
+           " submitted_at = submitted_at - 41 * 86400 WHERE name LIKE 'old-%'");
+  raw_exec(f->db,
+           "UPDATE jobs SET submitted_at = submitted_at - 90 * 86400"
+           " WHERE name IN ('queued', 'running')");
+  uint32_t n = 99;
+  assert_int_equal(store_prune(f->store, 0, &n), DRV_OK);
+  assert_int_equal(n, 0);
+  assert_int_equal(store_prune(f->store, 60, &n), DRV_OK);
+  assert_int_equal(n, 0);
+  assert_int_equal(store_prune(f->store, 30, &n), DRV_OK);
+  assert_int_equal(n, 3);
+  store_job_t j;
+  assert_int_equal(store_job_get(f->store, old_ok, &j), DRV_ERR_INVALID);
+  assert_int_equal(store_job_get(f->store, old_failed, &j), DRV_ERR_INVALID);
+  assert_int_equal(store_job_get(f->store, old_cancelled, &j), DRV_ERR_INVALID);
+  assert_int_equal(get(f, recent).state, JOB_SUCCEEDED);
+  assert_int_equal(get(f, queued).state, JOB_QUEUED);
+  assert_int_equal(get(f, running).state, JOB_RUNNING);
+  assert_int_equal(store_prune(f->store, 30, NULL), DRV_OK); /* nothing left to do */
+  assert_int_equal(insert(f, "next"), running + 1);
+}
+
 int main(void) {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
   const struct CMUnitTest tests[] = {
@@ -737,6 +776,7 @@ int main(void) {
       T(test_open_newer_schema_refused),
       T(test_two_connections_see_each_other),
       T(test_second_lock_refused),
+      T(test_prune_finished_history),
   };
 #undef T
   return cmocka_run_group_tests(tests, NULL, NULL);
