@@ -3,9 +3,11 @@
  * declared here once; what it does lives in its own file (cmd_node.c, cmd_jobs.c,
  * submit.c, bench_*.c).
  */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "cli/bench_ring.h"
 #include "cli/bench_train.h"
@@ -156,7 +158,25 @@ static int group_usage(const char *group) {
   return 2;
 }
 
+/* Open files up to the hard limit: every connection a coordinator accepts is a
+ * descriptor, and at the usual soft limit (1024) 2000 idle connections left libzmq
+ * failing accept() in a loop, at 80-90% CPU, and clients and agents could no longer
+ * connect. drover uses poll and epoll only (never select), so descriptors above 1024 are
+ * fine; children inherit the limit. */
+static void open_files_raise(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return;
+  /* Linux refuses more than fs.nr_open (2^20 by default), "unlimited" included. */
+  rlim_t want = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > (1u << 20) ? (1u << 20) : rl.rlim_max;
+  if (rl.rlim_cur >= want) return;
+  rl.rlim_cur = want;
+  if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+    fprintf(stderr, "drover: cannot raise the open-file limit to %llu: %s\n",
+            (unsigned long long)want, strerror(errno));
+}
+
 int main(int argc, char **argv) {
+  open_files_raise();
   if (argc < 2) {
     usage(stderr);
     return 2;
