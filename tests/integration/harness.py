@@ -162,6 +162,26 @@ class Cluster:
         s.connect("tcp://127.0.0.1:%d" % (self.base + 1))
         return s
 
+    def agent_port_socket(self):
+        """A DEALER connected to the coordinator's agent and worker port (base+0), as an
+        agent's or a worker's is: for tests that send that port frames of their own."""
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect("tcp://127.0.0.1:%d" % self.base)
+        return s
+
+    def send_raw(self, frame, timeout=5.0):
+        """Sends one hand-built frame (bytes) to the client port and returns the reply
+        frame as bytes, undecoded, or None when none came within `timeout`."""
+        s = self.client_socket()
+        try:
+            s.send(frame)
+            if not s.poll(int(timeout * 1000)):
+                return None
+            return s.recv()
+        finally:
+            s.close()
+
     def request(self, mtype, body, timeout=5.0):
         s = self.client_socket()
         try:
