@@ -148,6 +148,13 @@ static int resolve_spec(submit_t *s, sock_ctx_t *ctx, char **yaml, int *local, u
     jobspec_destroy(&spec);
     return 1;
   }
+  /* The coordinator's limits, as this environment sets them, before anything starts. */
+  if (jobspec_check_limits(spec, s->spec_path ? s->spec_path : "the resumed job's spec") !=
+      DRV_OK) {
+    fprintf(stderr, "drover submit: %s\n", drv_last_error());
+    jobspec_destroy(&spec);
+    return 2;
+  }
   size_t ylen;
   if (jobspec_dump(spec, yaml, &ylen) != DRV_OK) {
     fprintf(stderr, "drover submit: %s\n", drv_last_error());

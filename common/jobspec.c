@@ -1201,12 +1201,9 @@ static drv_result_t spec_check_split(const spec_split_t *split, const char *name
   return DRV_OK;
 }
 
-static drv_result_t spec_check_limits(const jobspec_t *s, const char *origin);
-
 static drv_result_t spec_validate(const jobspec_t *s, const char *origin) {
   const spec_optim_map_t *o = &s->train.optimizer;
   if (!s->name || !*s->name) return spec_invalid(origin, "name", "must not be empty");
-  DRV_CHECK(spec_check_limits(s, origin));
   if (s->nodes < 1) return spec_invalid(origin, "nodes", "must be at least 1, got %u", s->nodes);
   if (s->min_nodes < 1)
     return spec_invalid(origin, "min_nodes", "must be at least 1, got %u", s->min_nodes);
@@ -1498,10 +1495,8 @@ static double spec_model_params(const jobspec_t *s) {
   return params;
 }
 
-/* The limits of DRV_SETTINGS on what a spec may ask for (DROVER_MAX_*), so that a spec
- * cannot cost the cluster or the coordinator's store more than they allow: each error
- * names the key, the value and the limit. */
-static drv_result_t spec_check_limits(const jobspec_t *s, const char *origin) {
+drv_result_t jobspec_check_limits(const jobspec_t *s, const char *origin) {
+  if (!origin) origin = "job spec";
 #define SPEC_LIMIT(value, setting, key, what)                                               \
   if (over_limit((double)(value), DRV_SET_##setting))                                       \
     return spec_invalid(origin, key, "%.0f%s, more than DROVER_" #setting " (%" PRId64 ")", \

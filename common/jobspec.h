@@ -141,13 +141,21 @@ typedef struct {
  * wrote them, take the final value of nodes (so `--set nodes=4` moves them too).
  * `origin` names the source in errors ("examples/x.yaml"). Before libyaml sees the text, a
  * linear pre-scan refuses one over DROVER_MAX_SPEC_BYTES, one that is not UTF-8, and
- * nesting deeper than 16 levels (libyaml's scanner is quadratic in it), naming the line;
- * the values are then held to the DROVER_MAX_* limits (nodes, epochs, batch, model and
- * synthetic data bytes, path lengths). On failure returns DRV_ERR_INVALID with a message
- * naming the key (or line) and what is wrong, and *out stays NULL. The caller owns *out
- * (jobspec_destroy). */
+ * nesting deeper than 16 levels (libyaml's scanner is quadratic in it), naming the line.
+ * On failure returns DRV_ERR_INVALID with a message naming the key (or line) and what is
+ * wrong, and *out stays NULL. The caller owns *out (jobspec_destroy). */
 drv_result_t jobspec_parse(const char *yaml, size_t len, const char *origin,
                            const char *const *sets, int nset, jobspec_t **out);
+
+/* What a job may ask of the cluster, checked where a job is admitted (the coordinator's
+ * submit, and drover submit before it sends): nodes and max_nodes, epochs, global_batch,
+ * the model's and the synthetic data's bytes, each path's length (DROVER_MAX_*, 0: no
+ * limit), the name (< JOBSPEC_NAME_MAX) and the job's run directory <run_dir>/<name>-<id>
+ * (< JOBSPEC_PATH_MAX). Not on a spec already admitted (a worker's assignment, a job a
+ * restarted coordinator reloads), so that limits lowered later stop no running job.
+ * DRV_ERR_INVALID naming the key, the value and the setting, e.g.
+ * "x.yaml: train.epochs: 4294967295, more than DROVER_MAX_EPOCHS (10000)". */
+drv_result_t jobspec_check_limits(const jobspec_t *spec, const char *origin);
 
 /* Reads `path` and calls jobspec_parse. */
 drv_result_t jobspec_load(const char *path, const char *const *sets, int nset, jobspec_t **out);

@@ -135,7 +135,8 @@ void api_submit(api_t *api, const sock_peer_t *from, const proto_submit_t *sub) 
   if (sub->token && resubmitted(api, from, sub->token)) return;
   const char *yaml = submitted_spec(api, from, sub, &stored, resume_dir, sizeof resume_dir);
   if (!yaml) goto out;
-  if (jobspec_parse(yaml, strlen(yaml), "submitted spec", NULL, 0, &spec) != DRV_OK) {
+  if (jobspec_parse(yaml, strlen(yaml), "submitted spec", NULL, 0, &spec) != DRV_OK ||
+      jobspec_check_limits(spec, "submitted spec") != DRV_OK) {
     api_reply_error(api, from, "invalid", drv_last_error());
     goto out;
   }

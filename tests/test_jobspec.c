@@ -686,47 +686,69 @@ static void test_prescan_utf8(void **state) {
   free(ok);
 }
 
-/* What one job may ask of the cluster: each limit names the key, the value and the
- * setting (defaults: DROVER_MAX_NODES 256, _EPOCHS 10000, _BATCH 65536, _MODEL_BYTES and
- * _DATA_BYTES 4 GiB, _PATH_BYTES 1024). */
+/* A spec that parses, but asks for more than the limits allow: jobspec_check_limits
+ * refuses it saying `needle`. */
+static void expect_limit(const char *yaml, const char *needle) {
+  jobspec_t *spec = parse_ok(yaml, NULL, 0);
+  drv_result_t rc = jobspec_check_limits(spec, "case.yaml");
+  jobspec_destroy(&spec);
+  if (rc != DRV_ERR_INVALID || !strstr(drv_last_error(), needle))
+    fail_msg("expected a refusal saying \"%s\", got %d: \"%s\"\n--- yaml:\n%.300s", needle, rc,
+             drv_last_error(), yaml);
+}
+
+#define EXPECT_LIMIT(from, to, needle)       \
+  do {                                       \
+    char *y_ = subst(minimal, (from), (to)); \
+    expect_limit(y_, (needle));              \
+    free(y_);                                \
+  } while (0)
+
+/* What one job may ask of the cluster (jobspec_check_limits): each limit names the key,
+ * the value and the setting (defaults: DROVER_MAX_NODES 256, _EPOCHS 10000, _BATCH 65536,
+ * _MODEL_BYTES and _DATA_BYTES 4 GiB, _PATH_BYTES 1024). */
 static void test_limits(void **state) {
   (void)state;
-  EXPECT_SUBST("name: t\n", "name: t\nnodes: 257\n",
-               "case.yaml: nodes: 257, more than DROVER_MAX_NODES (256)");
-  EXPECT_SUBST("name: t\n", "name: t\nmax_nodes: 300\n",
-               "max_nodes: 300, more than DROVER_MAX_NODES");
-  EXPECT_SUBST("epochs: 1", "epochs: 4294967295",
+  char *wide = subst(minimal, "global_batch: 8", "global_batch: 1024");
+  char *nodes = subst(wide, "name: t\n", "name: t\nnodes: 257\n");
+  expect_limit(nodes, "case.yaml: nodes: 257, more than DROVER_MAX_NODES (256)");
+  free(nodes);
+  nodes = subst(wide, "name: t\n", "name: t\nmax_nodes: 300\n");
+  expect_limit(nodes, "case.yaml: max_nodes: 300, more than DROVER_MAX_NODES (256)");
+  free(nodes);
+  free(wide);
+  EXPECT_LIMIT("epochs: 1", "epochs: 4294967295",
                "train.epochs: 4294967295, more than DROVER_MAX_EPOCHS (10000)");
-  EXPECT_SUBST("global_batch: 8", "global_batch: 65537",
+  EXPECT_LIMIT("global_batch: 8", "global_batch: 65537",
                "train.global_batch: 65537, more than DROVER_MAX_BATCH (65536)");
   /* 784 -> 65536 -> 65536 -> 65536 -> 10: 35 GB of parameters */
-  EXPECT_SUBST("hidden: [16]", "hidden: [65536, 65536, 65536]",
+  EXPECT_LIMIT("hidden: [16]", "hidden: [65536, 65536, 65536]",
                "model.hidden: 34568667176 bytes of parameters (4 per parameter), more than "
                "DROVER_MAX_MODEL_BYTES (4294967296)");
-  EXPECT_SUBST("format: synthetic", "format: synthetic\n  synthetic: {train_samples: 4000000}",
-               "data.synthetic: 12575360000 bytes of samples", "DROVER_MAX_DATA_BYTES");
+  EXPECT_LIMIT("format: synthetic", "format: synthetic\n  synthetic: {train_samples: 4000000}",
+               "data.synthetic: 12575360000 bytes of samples (4 per feature), more than "
+               "DROVER_MAX_DATA_BYTES (4294967296)");
   char *run = repeat("run_dir: /", "r", 1100, "\n"), *spec_text = subst(minimal, "name: t\n", "");
   char *with = repeat(spec_text, run, 1, "name: t\n");
-  expect_invalid(with, NULL, 0, "run_dir: 1101 bytes, more than DROVER_MAX_PATH_BYTES (1024)",
-                 (const char *)NULL);
+  expect_limit(with, "run_dir: 1101 bytes, more than DROVER_MAX_PATH_BYTES (1024)");
   free(run);
   free(with);
   char *img = repeat("format: idx\n  train: {images: /", "i", 1500,
                      ", labels: /l}\n  test: {images: /a, labels: /b}");
   char *idx = subst(minimal, "format: synthetic", img);
-  expect_invalid(idx, NULL, 0, "data.train.images: 1501 bytes, more than DROVER_MAX_PATH_BYTES",
-                 (const char *)NULL);
+  expect_limit(idx, "data.train.images: 1501 bytes, more than DROVER_MAX_PATH_BYTES");
   free(img);
   free(idx);
   char *name = repeat("name: ", "n", 200, "\n"), *named = repeat(name, spec_text, 1, "");
-  expect_invalid(named, NULL, 0, "case.yaml: name: 200 bytes, at most 127", (const char *)NULL);
+  expect_limit(named, "case.yaml: name: 200 bytes, at most 127");
   free(name);
   free(named);
   /* the job's own directory <run_dir>/<name>-<id> must fit in 1023 bytes */
   char *both = repeat("run_dir: /", "r", 950, "\n"), *n100 = repeat("name: ", "n", 100, "\n");
   char *long_dir = repeat(spec_text, both, 1, n100);
-  expect_invalid(long_dir, NULL, 0, "run_dir: the job's run directory", "more than 1023",
-                 (const char *)NULL);
+  expect_limit(long_dir,
+               "run_dir: the job's run directory, <run_dir>/<name>-<id>, would be up "
+               "to 1073 bytes, more than 1023");
   free(both);
   free(n100);
   free(long_dir);
@@ -737,10 +759,18 @@ static void test_limits(void **state) {
   char *at3 = subst(at2, "name: t\n", "name: t\nnodes: 256\n");
   jobspec_t *spec = parse_ok(at3, NULL, 0);
   assert_int_equal(spec->nodes, 256);
+  assert_int_equal(jobspec_check_limits(spec, "case.yaml"), DRV_OK);
   jobspec_destroy(&spec);
   free(at);
   free(at2);
   free(at3);
+  /* A spec already admitted is not held to them again: jobspec_parse alone (a worker's
+   * assignment, a reloaded job) takes what the limits refuse. */
+  char *many = subst(minimal, "epochs: 1", "epochs: 4294967295");
+  spec = parse_ok(many, NULL, 0);
+  assert_int_equal(spec->train.epochs, 4294967295u);
+  jobspec_destroy(&spec);
+  free(many);
 }
 
 // --- --set --------------------------------------------------------------------------------

@@ -254,7 +254,8 @@ def test_costly_specs_and_history(drover):
              "train.epochs: 4294967295, more than DROVER_MAX_EPOCHS (10000)"),
             (base.replace("global_batch: 64", "global_batch: 4000000"),
              "train.global_batch: 4000000, more than DROVER_MAX_BATCH (65536)"),
-            (base.replace("nodes: 2", "nodes: 100000"), "nodes: 100000, more than DROVER_MAX_NODES (256)"),
+            (base.replace("nodes: 2", "nodes: 100000").replace("global_batch: 64", "global_batch: 100000"),
+             "nodes: 100000, more than DROVER_MAX_NODES (256)"),
             (base.replace("train_samples: 4000", "train_samples: 4000000000"),
              "data.synthetic: ", "more than DROVER_MAX_DATA_BYTES"),
             (base.replace("run_dir: /", "run_dir: /" + "r" * 2000 + "/"),
@@ -265,6 +266,13 @@ def test_costly_specs_and_history(drover):
         ]
         for spec, *needles in cases:
             expect_refusal(c, {"spec": spec}, *needles)
+        # drover submit holds a spec to the same limits before it sends anything.
+        path = os.path.join(c.tmp, "forever.yaml")
+        with open(path, "w") as f:
+            f.write(cases[1][0])
+        r = c.drover_cli("submit", path, timeout=60)
+        assert r.returncode == 2 and "forever.yaml: train.epochs: 4294967295, more than " \
+            "DROVER_MAX_EPOCHS (10000)" in r.stderr, (r.returncode, r.stderr)
         db = os.path.join(c.state, "drover.db")
 
         def db_bytes():
