@@ -132,6 +132,13 @@ static drv_result_t spec_scan_line(spec_scan_t *sc) {
     return DRV_OK; /* blank or comment lines say nothing about nesting */
   while (sc->ncols && sc->cols[sc->ncols - 1] > col) sc->ncols--;
   DRV_CHECK(spec_scan_block(sc, col));
+  /* A document marker: a node may follow it on its line. */
+  if (col == 0 && sc->n - sc->i >= 3 &&
+      (!memcmp(sc->p + sc->i, "---", 3) || !memcmp(sc->p + sc->i, "...", 3)) &&
+      (sc->i + 3 == sc->n || spec_scan_blank(sc->p[sc->i + 3]))) {
+    sc->i += 3;
+    return DRV_OK;
+  }
   for (;;) {
     char c = sc->p[sc->i];
     if (!(c == '-' || c == '?' || c == ':') || sc->i + 1 >= sc->n ||

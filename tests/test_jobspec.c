@@ -565,6 +565,9 @@ static void test_prescan_flow_nesting(void **state) {
   char *deep = repeat("name: t\nmodel: ", "[", 17, "]");
   expect_invalid(deep, NULL, 0, "case.yaml:2: nesting deeper than 16 levels", (const char *)NULL);
   free(deep);
+  deep = repeat("--- ", "[", 17, "]"); /* after a document marker */
+  expect_invalid(deep, NULL, 0, "case.yaml:1: nesting deeper than 16", (const char *)NULL);
+  free(deep);
   deep = repeat("name: t\nmodel: ", "{a: ", 17, "1}");
   expect_invalid(deep, NULL, 0, "case.yaml:2: nesting deeper than 16", (const char *)NULL);
   free(deep);
@@ -655,6 +658,10 @@ static void test_prescan_quotes_and_comments(void **state) {
   jobspec_t *spec = parse_ok(ok, NULL, 0);
   assert_string_equal(spec->name, "a[[[[[[[[[[[[[[[[[[b {{{{{{{{{{{{{{{{{{ \" [[");
   assert_string_equal(spec->run_dir, "/runs/[[[[[[[[[[[[[[[[[[[ it's [[[[");
+  jobspec_destroy(&spec);
+  free(ok);
+  ok = repeat("--- # a document\n", minimal, 1, "...\n");
+  spec = parse_ok(ok, NULL, 0);
   jobspec_destroy(&spec);
   free(ok);
   ok = subst(minimal, "name: t\n", "name: a[b[c[d[e[f[g[h[i[j[k[l[m[n[o[p[q[r[s[t 'u\n");
