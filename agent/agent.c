@@ -258,7 +258,7 @@ static drv_result_t link_open(agent_t *a) {
   /* Queue nothing while the coordinator is away: stale hellos and heartbeats would all
    * arrive at once when it comes back. */
   a->sock = sock_new(a->ctx, SOCK_DEALER, PROTO_AT_AGENT,
-                     &(sock_opts_t){.identity = a->agent_id, .no_linger = 1, .immediate = 1});
+                     &(sock_opts_t){.no_linger = 1, .immediate = 1});
   if (!a->sock) return DRV_ERR_ZMQ;
   /* A new session: the coordinator learns that whatever the old one ran is gone. */
   a->session = ((uint64_t)(uint32_t)getpid() << 32) ^ (uint64_t)drv_now_ms() ^
@@ -296,6 +296,8 @@ static void on_message(agent_t *a, proto_msg_t *m) {
       send_hello(a);
     } else {
       log_warn("coordinator error: %s", m->u.error.message);
+      /* A refused hello (an id in use, or not this key's): ask again, but calmly. */
+      if (!a->registered) a->last_hello_ms = drv_now_ms() + 1000;
     }
     break;
   case PROTO_ASSIGN:
@@ -350,6 +352,10 @@ drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
     rc = DRV_ERR_ZMQ;
     goto out;
   }
+  if (cfg->keys)
+    sock_ctx_secure(a->ctx, cfg->keys); /* the coordinator's key is pinned: no other one */
+  else
+    sock_ctx_plaintext(a->ctx);
   DRV_CHECK_GOTO(link_open(a), rc, out);
   log_info("agent %s (host %s, target %s, %u GPU(s)) connecting to %s", a->agent_id, a->host,
            cfg->target ? cfg->target : "attached", a->ngpus, cfg->coordinator);

@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include "common/drv.h"
+#include "common/sock.h"
 
 typedef struct {
   const char *coordinator;        /* base endpoint, "tcp://HEAD:7700" */
@@ -23,6 +24,7 @@ typedef struct {
                                      (`drover submit` of the local target, killed or gone) */
   int exit_without_coordinator_s; /* > 0: stop at once after hearing nothing from any
                                      coordinator for this long (s); 0: reconnect forever */
+  const sock_keys_t *keys;        /* its key and the coordinator's (pinned); NULL: plaintext */
 } agent_config_t;
 
 /* Runs until *stop is set, or until its parent or its coordinator is gone as cfg->parent

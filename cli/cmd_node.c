@@ -14,6 +14,7 @@
 #include "cli/cli.h"
 #include "common/log.h"
 #include "common/proto.h"
+#include "common/settings.h"
 #include "coordinator/coord.h"
 #include "worker/worker.h"
 
@@ -38,7 +39,7 @@ int cmd_coordinator(int argc, char **argv) {
     else
       return cli_usage_fail("coordinator",
                             "[--bind tcp://*:7700] [--advertise tcp://HEAD:7700] [--state-dir DIR] "
-                            "[--exit-when-idle SECONDS]");
+                            "[--exit-when-idle SECONDS] [--insecure]");
   }
   log_init("coordinator");
   volatile sig_atomic_t *stop = cli_stop_signals();
@@ -58,7 +59,8 @@ int cmd_coordinator(int argc, char **argv) {
   coord_config_t cfg = {.bind = bind,
                         .advertise = advertise,
                         .state_dir = cli_state_dir(state),
-                        .exit_when_idle_s = idle_s};
+                        .exit_when_idle_s = idle_s,
+                        .insecure = drv_setting(DRV_SET_INSECURE) != 0};
   drv_result_t rc = coord_run(&cfg, stop);
   if (rc != DRV_OK) {
     log_last_error();
@@ -102,7 +104,7 @@ int cmd_agent(int argc, char **argv) {
       return cli_usage_fail("agent",
                             "--coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local] "
                             "[--host ADDR] [--pool NAME] [--parent PID] "
-                            "[--exit-without-coordinator SECONDS]");
+                            "[--exit-without-coordinator SECONDS] [--join FILE] [--insecure]");
   }
   if (strcmp(cfg.target, "attached") && strcmp(cfg.target, "local") &&
       strcmp(cfg.target, "managed")) {
@@ -112,6 +114,13 @@ int cmd_agent(int argc, char **argv) {
   cfg.coordinator = cli_coordinator(cfg.coordinator);
   cfg.exe = cli_self_exe();
   log_init("agent");
+  sock_keys_t keys;
+  int plaintext;
+  if (cli_peer_keys("agent.secret", &keys, &plaintext) != DRV_OK) {
+    log_last_error();
+    return 1;
+  }
+  cfg.keys = plaintext ? NULL : &keys;
   volatile sig_atomic_t *stop = cli_stop_signals();
   if (agent_run(&cfg, stop) != DRV_OK) {
     log_last_error();

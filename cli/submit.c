@@ -444,6 +444,7 @@ int cmd_submit(int argc, char **argv) {
   s.stop = cli_stop_signals();
 
   sock_ctx_t *ctx = sock_ctx_new();
+  cli_secure(ctx, "admin.secret"); /* no keys yet: made by the coordinator it starts */
   int ret, local = 1;
   char *yaml = NULL;
   sock_t *sub = NULL;

@@ -119,4 +119,7 @@ double drv_wall_s(void);
  * v[n-1] the maximum): for the medians every benchmark reports. */
 double drv_median(double *v, size_t n);
 
+/* n (at most 64) bytes from the system's random source as 2n hex digits and a NUL. */
+void drv_random_hex(char *out, size_t n);
+
 #endif

@@ -12,6 +12,9 @@
   X(HEARTBEAT_MS, 1000, "interval between heartbeats, both ways (ms)")                          \
   X(PEER_TIMEOUT_MS, 5000, "a peer silent this long is declared dead (ms)")                     \
   X(RECONNECT_MS, 1000, "agent: pause between reconnect attempts to the coordinator (ms)")      \
+  X(INSECURE, 0, "1: no CurveZMQ anywhere (plaintext: whoever reaches the ports controls every job)") \
+  X(MAX_QUEUED_PER_USER, 100, "active (queued or running) jobs one user may have at once")   \
+  X(HANDSHAKE_MS, 5000, "a connection not authenticated within this is closed (ms)")          \
   X(MAX_MSG_BYTES, 16777216, "largest frame any socket accepts (ZMQ_MAXMSGSIZE, bytes)")        \
   X(HWM, 10000, "ZeroMQ send/receive high-water mark (messages)")                               \
   X(RING_TIMEOUT_MS, 30000,                                                                     \
@@ -57,7 +60,8 @@ typedef enum {
   X(COORDINATOR, "tcp://127.0.0.1:7700", "the coordinator's base endpoint, for every command") \
   X(STATE_DIR, "",                                                                             \
     "coordinator state directory (empty: $XDG_STATE_HOME/drover, else ~/.local/state/drover)") \
-  X(AUDIT_DIR, "", "workers append each step's sample ids to audit-<pid>.txt here (tests)")
+  X(AUDIT_DIR, "", "workers append each step's sample ids to audit-<pid>.txt here (tests)") \
+  X(JOIN, "", "join file: this user's or agent's key and the coordinator's (drover keys add)")
 
 typedef enum {
 #define DRV_TEXT_ENUM(name, def, help) DRV_TEXT_##name,

@@ -69,6 +69,11 @@ static const char *const store_migrations[] = {
     "ALTER TABLE jobs ADD COLUMN token TEXT NOT NULL DEFAULT '';"
     "CREATE UNIQUE INDEX jobs_by_token ON jobs(token) WHERE token != '';"
     "PRAGMA user_version = 3;",
+    /* 3 -> 4: who owns the job (the name bound to the submitter's key) and its lineage
+     * (kept by resume: a checkpoint of another lineage is never loaded). */
+    "ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE jobs ADD COLUMN lineage TEXT NOT NULL DEFAULT '';"
+    "PRAGMA user_version = 4;",
 };
 
 #define STORE_SCHEMA_VERSION ((int)DRV_ARRAY_LEN(store_migrations))
@@ -77,7 +82,7 @@ static const char *const store_migrations[] = {
 #define STORE_JOB_COLUMNS                                                                       \
   "id, name, target, nodes, state, reason, submitted_at, started_at, finished_at, "             \
   "test_accuracy, test_loss, samples_per_s, steps_done, run_dir, pool, ckpt_step, resume_dir, " \
-  "generation"
+  "generation, owner, lineage"
 
 static const char *const store_state_names[] = {
     [JOB_QUEUED] = "queued", [JOB_RUNNING] = "running",     [JOB_SUCCEEDED] = "succeeded",
@@ -194,6 +199,8 @@ static drv_result_t job_read(sqlite3_stmt *st, store_job_t *out) {
   out->ckpt_step = (uint64_t)sqlite3_column_int64(st, 15);
   column_text_copy(st, 16, out->resume_dir, sizeof out->resume_dir);
   out->generation = (uint32_t)sqlite3_column_int64(st, 17);
+  column_text_copy(st, 18, out->owner, sizeof out->owner);
+  column_text_copy(st, 19, out->lineage, sizeof out->lineage);
   return DRV_OK;
 }
 
@@ -518,6 +525,11 @@ drv_result_t store_job_set_run_dir(store_t *s, int64_t id, const char *run_dir) 
 
 drv_result_t store_job_set_pool(store_t *s, int64_t id, const char *pool) {
   return set_text(s, id, "pool", pool, sizeof((store_job_t *)0)->pool);
+}
+
+drv_result_t store_job_set_owner(store_t *s, int64_t id, const char *owner, const char *lineage) {
+  DRV_CHECK(set_text(s, id, "owner", owner, sizeof((store_job_t *)0)->owner));
+  return set_text(s, id, "lineage", lineage, sizeof((store_job_t *)0)->lineage);
 }
 
 drv_result_t store_job_set_resume_dir(store_t *s, int64_t id, const char *dir) {

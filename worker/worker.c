@@ -74,13 +74,26 @@ static drv_result_t load_data(worker_t *w) {
 /* Opens the link to the coordinator first, so that any later failure is reported. */
 static drv_result_t connect_coord(worker_t *w) {
   const proto_assign_t *c = w->cfg;
-  char ep[256], id[96];
+  char ep[256];
   DRV_CHECK(sock_endpoint(c->coordinator, SOCK_AGENTS, ep, sizeof ep));
   if (!(w->ctx = sock_ctx_new())) return DRV_ERR_ZMQ;
-  snprintf(id, sizeof id, "w-%" PRId64 "-%u-%u-%d", c->job, c->generation, c->rank, (int)getpid());
+  if (c->secret && c->secret[0]) {
+    /* Its own key, made for this rank by the coordinator, and the coordinator's, pinned. */
+    sock_keys_t keys;
+    DRV_CHECK(sock_z85_decode(c->secret, keys.sec));
+    sock_public_key(keys.sec, keys.pub);
+    DRV_CHECK(sock_z85_decode(c->coordinator_key, keys.server));
+    sock_ctx_secure(w->ctx, &keys);
+    memset(&keys, 0, sizeof keys);
+  } else if (drv_setting(DRV_SET_INSECURE)) {
+    sock_ctx_plaintext(w->ctx);
+  } else {
+    return drv_error(DRV_ERR_INVALID, "the assignment carries no key: refusing to report to %s "
+                                      "in plaintext (only with DROVER_INSECURE=1)",
+                     c->coordinator);
+  }
   /* A long linger lets `done` or `failed` leave before the process does. */
-  w->sock = sock_new(w->ctx, SOCK_DEALER, PROTO_AT_WORKER,
-                     &(sock_opts_t){.identity = id, .linger_ms = 2000});
+  w->sock = sock_new(w->ctx, SOCK_DEALER, PROTO_AT_WORKER, &(sock_opts_t){.linger_ms = 2000});
   if (!w->sock) return DRV_ERR_ZMQ;
   w->report.sock = w->sock; /* what the rank reports goes out on it from now on */
   return sock_connect(w->sock, ep);

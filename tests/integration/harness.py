@@ -31,6 +31,26 @@ def unpack(frame):
     return msgpack.unpackb(frame, raw=False)
 
 
+def load_key(path):
+    """A drover key file (common/keys.h): its `name = "value"` lines as a dict."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if "=" in line and not line.startswith("#"):
+                k, v = line.split("=", 1)
+                out[k.strip()] = v.strip().strip('"')
+    return out
+
+
+def curve(sock, own, server_key):
+    """Makes sock a CurveZMQ client with key file dict `own`, pinning server_key (Z85)."""
+    sock.curve_secretkey = own["secret-key"].encode()
+    sock.curve_publickey = zmq.curve_public(own["secret-key"].encode())
+    sock.curve_serverkey = server_key.encode()
+    return sock
+
+
 class Cluster:
     """A coordinator and agents started by hand, as an operator would."""
 
@@ -155,15 +175,38 @@ class Cluster:
                 sk.close()
         return procs, ports
 
-    # -- protocol -----------------------------------------------------------------------
-    def client_socket(self):
-        s = self.ctx.socket(zmq.DEALER)
+    # -- keys ---------------------------------------------------------------------------
+    def key(self, name):
+        """Key file `name` of the coordinator's state directory ("admin.secret", ...)."""
+        return load_key(os.path.join(self.state, "keys", name))
+
+    def server_key(self):
+        return self.key("coordinator.key")["public-key"]
+
+    def socket(self, kind, port, own="admin.secret", keys=None):
+        """A socket to the coordinator's port base+`port` with key file `own` of the state
+        directory, or with `keys` (a dict with "secret-key"); own=None: plaintext."""
+        s = self.ctx.socket(kind)
         s.setsockopt(zmq.LINGER, 0)
-        s.connect("tcp://127.0.0.1:%d" % (self.base + 1))
+        if keys is not None or own is not None:
+            curve(s, keys if keys is not None else self.key(own), self.server_key())
+        s.connect("tcp://127.0.0.1:%d" % (self.base + port))
         return s
 
-    def request(self, mtype, body, timeout=5.0):
-        s = self.client_socket()
+    # -- protocol -----------------------------------------------------------------------
+    def client_socket(self, own="admin.secret", keys=None):
+        return self.socket(zmq.DEALER, 1, own, keys)
+
+    def agent_port_socket(self, own="agent.secret", keys=None):
+        """A DEALER to the agents' and workers' port, with the local agents' key."""
+        return self.socket(zmq.DEALER, 0, own, keys)
+
+    def request(self, mtype, body, timeout=5.0, own="admin.secret", keys=None):
+        try:
+            s = self.client_socket(own, keys)
+        except OSError:  # no keys yet: the coordinator makes them at its first start
+            time.sleep(min(timeout, 0.2))
+            raise TimeoutError("no keys yet for %s" % mtype)
         try:
             s.send(pack(mtype, body))
             if not s.poll(int(timeout * 1000)):
@@ -172,10 +215,12 @@ class Cluster:
         finally:
             s.close()
 
-    def subscribe(self, job=None):
+    def subscribe(self, job=None, own="admin.secret", keys=None):
         s = self.ctx.socket(zmq.SUB)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SUBSCRIBE, b"job/" if job is None else ("job/%d" % job).encode())
+        if keys is not None or own is not None:
+            curve(s, keys if keys is not None else self.key(own), self.server_key())
         s.connect("tcp://127.0.0.1:%d" % (self.base + 2))
         time.sleep(0.2)
         return s
@@ -197,6 +242,8 @@ class Cluster:
                 continue
             topic, frame = sub.recv_multipart()
             msg = unpack(frame)
+            if msg[2].get("job") != job:
+                continue
             events.append(msg)
             if msg[1] == "ev_state" and msg[2]["state"] in ("succeeded", "failed", "cancelled"):
                 return msg[2], events

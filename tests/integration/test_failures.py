@@ -224,10 +224,7 @@ def fake_agent(c, name):
     """A hand-made agent on the protocol: registers, answers nothing else."""
     import zmq
     from harness import pack
-    s = c.ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.ROUTING_ID, name.encode())
-    s.connect(c.endpoint)
+    s = c.agent_port_socket()
     s.send(pack("hello", {"agent_id": name, "host": "127.0.0.1", "target": "attached",
                           "session": 1, "cpus": 1, "mem_bytes": 1 << 30, "gpus": []}))
     assert s.poll(5000)
