@@ -14,6 +14,8 @@
   X(RECONNECT_MS, 1000, "agent: pause between reconnect attempts to the coordinator (ms)")      \
   X(INSECURE, 0, "1: no CurveZMQ anywhere (plaintext: whoever reaches the ports controls every job)") \
   X(MAX_QUEUED_PER_USER, 100, "active (queued or running) jobs one user may have at once")   \
+  X(MAX_CONN_PER_ADDR, 256, "coordinator: TCP connections one IP address may hold per port")  \
+  X(MAX_CONN, 4096, "coordinator: TCP connections per port, from everyone together")          \
   X(HANDSHAKE_MS, 5000, "a connection not authenticated within this is closed (ms)")          \
   X(MAX_MSG_BYTES, 16777216, "largest frame any socket accepts (ZMQ_MAXMSGSIZE, bytes)")        \
   X(HWM, 10000, "ZeroMQ send/receive high-water mark (messages)")                               \

@@ -22,11 +22,28 @@ struct sock_ctx {
   int has_zap;      /* a ZAP handler is bound: servers may be made */
 };
 
+/* One accepted connection a monitor counts. */
+typedef struct {
+  int fd;
+  char addr[INET6_ADDRSTRLEN];
+} sock_conn_t;
+
+/* A SOCK_MONITOR's state: the watched socket's connections, by fd. */
+typedef struct {
+  int per_addr, total;
+  sock_conn_t *conns;
+  int n, cap;
+  uint64_t ended;
+  int64_t last_warn_ms;
+  void *watched; /* the socket whose monitor this is */
+} sock_limits_t;
+
 struct sock {
   void *z, *zctx; /* the socket, and its context (for monitors) */
   sock_ctx_t *ctx;
   sock_kind_t kind;
   proto_at_t at;
+  sock_limits_t *lim; /* SOCK_MONITOR only */
 };
 
 /* The ZAP endpoint libzmq asks (RFC 27). */
@@ -208,6 +225,107 @@ sock_t *sock_zap_new(sock_ctx_t *ctx) {
   return s;
 }
 
+sock_t *sock_limits_new(sock_t *s, int per_addr, int total) {
+  char ep[64];
+  snprintf(ep, sizeof ep, "inproc://sock-limits-%p", (void *)s);
+  sock_t *m = calloc(1, sizeof *m);
+  sock_limits_t *lim = calloc(1, sizeof *lim);
+  if (!m || !lim) {
+    free(m);
+    free(lim);
+    drv_error(DRV_ERR_NOMEM, "sock_limits_new: out of memory");
+    return NULL;
+  }
+  *lim = (sock_limits_t){.per_addr = per_addr, .total = total, .watched = s->z};
+  *m = (sock_t){.zctx = s->zctx, .ctx = s->ctx, .kind = SOCK_MONITOR, .lim = lim};
+  if (zmq_socket_monitor(s->z, ep, ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) < 0 ||
+      !(m->z = zmq_socket(s->zctx, ZMQ_PAIR)) || zmq_connect(m->z, ep) < 0) {
+    drv_error(DRV_ERR_ZMQ, "connection monitor: %s", zmq_strerror(errno));
+    zmq_socket_monitor(s->z, NULL, 0);
+    if (m->z) zmq_close(m->z);
+    free(lim);
+    free(m);
+    return NULL;
+  }
+  set_int(m->z, ZMQ_LINGER, 0);
+  return m;
+}
+
+/* A connection accepted on fd: counted, or ended when over a limit. */
+static void limits_accepted(sock_limits_t *l, int fd) {
+  struct sockaddr_storage peer;
+  socklen_t len = sizeof peer;
+  char addr[INET6_ADDRSTRLEN] = "?";
+  if (getpeername(fd, (struct sockaddr *)&peer, &len) == 0) {
+    const void *a = peer.ss_family == AF_INET6 ? (const void *)&((struct sockaddr_in6 *)&peer)->sin6_addr
+                                               : (const void *)&((struct sockaddr_in *)&peer)->sin_addr;
+    inet_ntop(peer.ss_family, a, addr, sizeof addr);
+  }
+  int from_addr = 0;
+  for (int i = 0; i < l->n; i++) from_addr += !strcmp(l->conns[i].addr, addr);
+  if (from_addr >= l->per_addr || l->n >= l->total) {
+    l->ended++;
+    shutdown(fd, SHUT_RD); /* libzmq reads the end of the stream and closes it */
+    int64_t now = drv_now_ms();
+    if (now - l->last_warn_ms >= 1000) {
+      l->last_warn_ms = now;
+      log_warn("ended a connection from %s: %d from that address and %d in all already (limits "
+               "%d and %d; %llu ended so far)",
+               addr, from_addr, l->n, l->per_addr, l->total, (unsigned long long)l->ended);
+    }
+    return;
+  }
+  if (l->n == l->cap) {
+    int cap = l->cap ? 2 * l->cap : 64;
+    sock_conn_t *c = realloc(l->conns, (size_t)cap * sizeof *c);
+    if (!c) return; /* uncounted: the limit is a little looser for it */
+    l->conns = c;
+    l->cap = cap;
+  }
+  l->conns[l->n].fd = fd;
+  snprintf(l->conns[l->n].addr, sizeof l->conns[l->n].addr, "%s", addr);
+  l->n++;
+}
+
+static void limits_disconnected(sock_limits_t *l, int fd) {
+  for (int i = 0; i < l->n; i++)
+    if (l->conns[i].fd == fd) {
+      l->conns[i] = l->conns[--l->n];
+      return;
+    }
+}
+
+void sock_limits_service(sock_t *mon) {
+  for (;;) {
+    zmq_msg_t f;
+    zmq_msg_init(&f);
+    if (zmq_msg_recv(&f, mon->z, ZMQ_DONTWAIT) < 0) {
+      zmq_msg_close(&f);
+      return;
+    }
+    uint16_t ev = 0;
+    uint32_t value = 0;
+    if (zmq_msg_size(&f) >= 6) {
+      memcpy(&ev, zmq_msg_data(&f), sizeof ev);
+      memcpy(&value, (char *)zmq_msg_data(&f) + 2, sizeof value);
+    }
+    int more = zmq_msg_more(&f);
+    zmq_msg_close(&f);
+    if (more) drain(mon->z); /* the endpoint frame */
+    /* Events come in order, so an fd number reused by a later connection is
+     * disconnected before it is accepted again. */
+    if (ev == ZMQ_EVENT_ACCEPTED)
+      limits_accepted(mon->lim, (int)value);
+    else if (ev == ZMQ_EVENT_DISCONNECTED)
+      limits_disconnected(mon->lim, (int)value);
+  }
+}
+
+void sock_limits_counts(const sock_t *mon, int *open, uint64_t *ended) {
+  *open = mon->lim->n;
+  *ended = mon->lim->ended;
+}
+
 /* Receives ZAP request frame i into buf (NUL-terminated when text); its size in *len. */
 static int zap_frame(void *z, char *buf, size_t cap, size_t *len, int *more) {
   zmq_msg_t f;
@@ -257,6 +375,11 @@ drv_result_t sock_zap_answer(sock_t *zap, sock_authorize_fn fn, void *arg) {
 
 void sock_destroy(sock_t **s) {
   if (!s || !*s) return;
+  if ((*s)->lim) {
+    zmq_socket_monitor((*s)->lim->watched, NULL, 0);
+    free((*s)->lim->conns);
+    free((*s)->lim);
+  }
   zmq_close((*s)->z);
   free(*s);
   *s = NULL;

@@ -25,6 +25,7 @@
 #define DROVER_COMMON_SOCK_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common/drv.h"
 #include "common/proto.h"
@@ -36,7 +37,7 @@
 
 typedef enum { SOCK_AGENTS = 0, SOCK_CLIENTS = 1, SOCK_EVENTS = 2 } sock_port_t;
 
-typedef enum { SOCK_ROUTER, SOCK_DEALER, SOCK_PUB, SOCK_SUB, SOCK_ZAP } sock_kind_t;
+typedef enum { SOCK_ROUTER, SOCK_DEALER, SOCK_PUB, SOCK_SUB, SOCK_ZAP, SOCK_MONITOR } sock_kind_t;
 
 typedef struct sock_ctx sock_ctx_t; /* a ZeroMQ context: its I/O thread */
 typedef struct sock sock_t;
@@ -93,6 +94,20 @@ sock_t *sock_zap_new(sock_ctx_t *ctx);
 /* Answers one waiting authentication request on zap with fn's decision. DRV_ERR_TIMEOUT
  * when none waits; DRV_ERR_PROTO for a malformed request (refused). */
 drv_result_t sock_zap_answer(sock_t *zap, sock_authorize_fn fn, void *arg);
+
+/* Connection limits on bound socket s: at most per_addr TCP connections from one IP
+ * address and `total` in all (authenticated or not yet). A connection over a limit is
+ * ended as soon as it is accepted (its reading side shut: libzmq sees the end of the
+ * stream and closes it), with a warning at most once a second. Returns the monitor that
+ * counts them: poll it with the others and call sock_limits_service when it is
+ * readable. NULL with the last error on failure. Destroy it before s. */
+sock_t *sock_limits_new(sock_t *s, int per_addr, int total);
+
+/* Handles the monitor's waiting events (accepted, disconnected). */
+void sock_limits_service(sock_t *mon);
+
+/* How many connections the monitor's socket has now, and how many it ended so far. */
+void sock_limits_counts(const sock_t *mon, int *open, uint64_t *ended);
 
 /* A new CurveZMQ keypair from the system's random source (libsodium). */
 void sock_keypair(unsigned char pub[SOCK_KEY_BYTES], unsigned char sec[SOCK_KEY_BYTES]);

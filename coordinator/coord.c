@@ -38,6 +38,7 @@ struct coord {
   sock_ctx_t *ctx;
   sock_t *workers, *clients, *events;
   sock_t *zap; /* the ZAP handler: NULL in plaintext */
+  sock_t *limits[3]; /* connection limits of workers, clients, events (sock_limits_new) */
   auth_t auth;
   char key_z85[SOCK_Z85_LEN + 1]; /* its public key; "" in plaintext */
   store_t *store;
@@ -346,6 +347,11 @@ static drv_result_t coord_start(coord_t *c) {
   DRV_CHECK(bind_socket(c, &c->workers, SOCK_ROUTER, PROTO_AT_COORD, SOCK_AGENTS));
   DRV_CHECK(bind_socket(c, &c->clients, SOCK_ROUTER, PROTO_AT_API, SOCK_CLIENTS));
   DRV_CHECK(bind_socket(c, &c->events, SOCK_PUB, PROTO_AT_EVENTS, SOCK_EVENTS));
+  sock_t *bound[3] = {c->workers, c->clients, c->events};
+  for (int i = 0; i < 3; i++)
+    if (!(c->limits[i] = sock_limits_new(bound[i], (int)drv_setting(DRV_SET_MAX_CONN_PER_ADDR),
+                                         (int)drv_setting(DRV_SET_MAX_CONN))))
+      return DRV_ERR_ZMQ;
   registry_init(&c->reg, c->workers);
   job_table_init(&c->jobs, c->workers, c->events, c->store, &c->reg, cfg->advertise);
   if (c->zap) job_table_secure(&c->jobs, c->key_z85);
@@ -401,10 +407,11 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
       break;
     }
     if (job_active(&c->jobs)) c->last_active_ms = drv_now_ms();
-    sock_t *socks[3] = {c->workers, c->clients, c->zap};
-    int ready[3] = {0};
+    /* The ZAP handler last: a plaintext coordinator has none. */
+    sock_t *socks[6] = {c->workers, c->clients, c->limits[0], c->limits[1], c->limits[2], c->zap};
+    int ready[6] = {0};
     int wait_ms = timers_wait_ms(c);
-    rc = sock_poll(socks, c->zap ? 3 : 2, wait_ms, ready);
+    rc = sock_poll(socks, c->zap ? 6 : 5, wait_ms, ready);
     if (rc != DRV_OK && rc != DRV_ERR_TIMEOUT) break;
     rc = DRV_OK;
     int64_t now = drv_now_ms(), away = coord_away_ms(last_wake, wait_ms, now, away_limit);
@@ -419,7 +426,9 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
       handle_client_socket(c);
       if (!sock_readable(c->clients)) break;
     }
-    for (int k = 0; k < 64 && ready[2]; k++)
+    for (int i = 0; i < 3; i++)
+      if (ready[2 + i]) sock_limits_service(c->limits[i]);
+    for (int k = 0; k < 64 && ready[5]; k++)
       if (sock_zap_answer(c->zap, coord_authorize, c) == DRV_ERR_TIMEOUT) break;
     if (c->workers_gone) {
       char why[256];
@@ -436,6 +445,7 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
   log_info("coordinator stopping");
   job_table_fini(&c->jobs);
 out:
+  for (int i = 0; i < 3; i++) sock_destroy(&c->limits[i]);
   sock_destroy(&c->workers);
   sock_destroy(&c->clients);
   sock_destroy(&c->events);

@@ -72,18 +72,19 @@ class Cluster:
         CLUSTERS.append(self)
 
     # -- processes --------------------------------------------------------------------
-    def _spawn(self, args, log, env=None):
+    def _spawn(self, args, log, env=None, wrap=()):
         f = open(os.path.join(self.tmp, log), "ab")
-        p = subprocess.Popen([self.drover] + args, stdout=f, stderr=subprocess.STDOUT,
+        p = subprocess.Popen(list(wrap) + [self.drover] + args, stdout=f, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, env=dict(self.env, **(env or {})),
                              start_new_session=True)
         self.procs.append(p)
         return p
 
-    def start_coordinator(self, env=None):
-        """The coordinator; `env` adds to its environment."""
+    def start_coordinator(self, env=None, wrap=()):
+        """The coordinator; `env` adds to its environment; `wrap` runs it under a command
+        (["prlimit", "--nofile=1024:1024", "--"])."""
         self.coord = self._spawn(["coordinator", "--bind", self.endpoint,
-                                  "--state-dir", self.state], "coordinator.log", env)
+                                  "--state-dir", self.state], "coordinator.log", env, wrap)
         deadline = time.time() + 15
         while time.time() < deadline:
             try:

@@ -300,6 +300,62 @@ def test_stalled_flooded_reset_coordinator_lives(drover):
         assert_trained(c, sub, job, 15)
 
 
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_connection_flood_is_bounded(drover):
+    # 2000 idle TCP connections to the client port of a coordinator whose open-file limit
+    # is 1024 (soft and hard): before, its loop spun at 100 % CPU on EMFILE. Now one
+    # address may hold DROVER_MAX_CONN_PER_ADDR (here 100) per port; the rest are ended at
+    # once, the coordinator answers when the flood is gone, and the victim job goes on.
+    env = dict(FAST, DROVER_MAX_CONN_PER_ADDR="100")
+    with cluster(drover, env=FAST) as c:
+        c.start_coordinator(env=env, wrap=["prlimit", "--nofile=1024:1024", "--"])
+        c.start_agent("a1")
+        c.start_agent("a2")
+        c.wait_agents(2)
+        sub = c.subscribe()
+        job = c.request("submit", {"spec": SPEC % (20, c.runs)})[2]["job"]
+        flood = []
+        for _ in range(2000):
+            try:
+                s = socket.create_connection(("127.0.0.1", c.base + 1), timeout=2)
+                s.setblocking(False)
+                flood.append(s)
+            except OSError:
+                break
+        t0, before = time.time(), cpu_seconds(c.coord.pid)
+        ended = set()
+        # Those beyond its open-file limit wait in the kernel's backlog until fds free up:
+        # they are accepted, and ended, as the earlier ones are.
+        while len(flood) - len(ended) > 100 and time.time() - t0 < 60:
+            for i, s in enumerate(flood):
+                if i in ended:
+                    continue
+                try:
+                    if s.recv(1) == b"":
+                        ended.add(i)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    ended.add(i)
+            time.sleep(0.2)
+        spent, took = cpu_seconds(c.coord.pid) - before, time.time() - t0
+        print("flood: %d connections made, %d ended by the coordinator within %.1f s, using "
+              "%.2f s of CPU meanwhile" % (len(flood), len(ended), took, spent))
+        assert len(flood) - len(ended) <= 100, (len(flood), len(ended))
+        assert "ended a connection from 127.0.0.1" in c.log("coordinator.log")
+        for s in flood:
+            s.close()
+        time.sleep(1.0)
+        assert c.coord.poll() is None
+        assert c.request("status", {"job": job}, timeout=10)[1] == "jobs"
+        assert_trained(c, sub, job, 20)
+
+
 def test_owners_and_admins(drover):
     with cluster(drover, env=FAST) as c:
         sub, job, gen = running_job(c, epochs=6)
@@ -341,4 +397,5 @@ def test_owners_and_admins(drover):
 if __name__ == "__main__":
     main([test_strangers_get_nothing, test_forged_worker_messages_are_refused,
           test_agent_ids_are_bound_to_keys, test_agents_ignore_a_fake_coordinator,
-          test_stalled_flooded_reset_coordinator_lives, test_owners_and_admins])
+          test_stalled_flooded_reset_coordinator_lives, test_connection_flood_is_bounded,
+          test_owners_and_admins])
