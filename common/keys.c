@@ -151,20 +151,21 @@ drv_result_t keys_format(const keys_file_t *k, int with_secret, char *buf, size_
   sock_z85_encode(k->sec, sec);
   sock_z85_encode(k->server, server);
   size_t at = 0;
-  int w = snprintf(buf, n, "# drover key%s%s%s\n%s\ncurve\n    public-key = \"%s\"\n",
-                   k->name[0] ? ": " : "", k->name, with_secret ? " (secret: keep it so)" : "",
-                   k->role ? "metadata" : "", pub);
-#define KEYS_APPEND(...)                                              \
-  do {                                                                \
-    if (w < 0 || (size_t)w >= n - at) goto full;                      \
-    at += (size_t)w;                                                  \
-    w = snprintf(buf + at, n - at, __VA_ARGS__);                      \
+  int w = snprintf(buf, n, "# drover key%s%s%s\n", k->name[0] ? ": " : "", k->name,
+                   with_secret ? " (secret: keep it so)" : "");
+#define KEYS_APPEND(...)                         \
+  do {                                           \
+    if (w < 0 || (size_t)w >= n - at) goto full; \
+    at += (size_t)w;                             \
+    w = snprintf(buf + at, n - at, __VA_ARGS__); \
   } while (0)
-  if (with_secret) KEYS_APPEND("    secret-key = \"%s\"\n", sec);
+  KEYS_APPEND("metadata\n");
   if (k->role) KEYS_APPEND("    role = \"%s\"\n", keys_role_name(k->role));
   if (k->name[0]) KEYS_APPEND("    name = \"%s\"\n", k->name);
   if (k->coordinator[0]) KEYS_APPEND("    coordinator = \"%s\"\n", k->coordinator);
   if (k->has_server) KEYS_APPEND("    coordinator-key = \"%s\"\n", server);
+  KEYS_APPEND("curve\n    public-key = \"%s\"\n", pub);
+  if (with_secret) KEYS_APPEND("    secret-key = \"%s\"\n", sec);
   KEYS_APPEND("%s", "");
 #undef KEYS_APPEND
   memset(sec, 0, sizeof sec);
