@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "common/log.h"
 #include "common/settings.h"
 #include "coordinator/sched.h"
@@ -233,7 +235,8 @@ static drv_result_t send_assign(job_table_t *t, const job_t *j, const agent_t *a
                                 .spec = j->spec_yaml,
                                 .run_dir = j->run_dir,
                                 .coordinator = t->advertise,
-                                .resume_dir = j->resume_dir};
+                                .resume_dir = j->resume_dir,
+                                .ring_key = j->ring_key};
   return registry_send(t->reg, a, &m);
 }
 
@@ -348,6 +351,17 @@ static void unplace(job_table_t *t, job_t *j, const char *why) {
  * each (world: its nodes, or fewer when sched_plan let it shrink). Returns 0 when it did
  * not start (an agent could not be reached, or no memory). */
 static int place(job_table_t *t, job_t *j, const int *agent, uint32_t world, int64_t now) {
+  if (!j->ring_key[0]) {
+    /* The job's ring key, made when it is first placed: its ranks prove it to each other. */
+    unsigned char key[32];
+    if (sodium_init() < 0) {
+      job_fail(t, j, "libsodium could not start: no ring key for the job");
+      return 0;
+    }
+    randombytes_buf(key, sizeof key);
+    sodium_bin2hex(j->ring_key, sizeof j->ring_key, key, sizeof key);
+    sodium_memzero(key, sizeof key);
+  }
   j->nodes = world;
   if (!(j->ranks = calloc(j->nodes, sizeof *j->ranks))) {
     job_fail(t, j, "out of memory placing the job");

@@ -72,6 +72,7 @@ typedef struct {
   char *spec_yaml;
   char run_dir[1024];
   char resume_dir[1024]; /* checkpoints to start from when run_dir has none; "" */
+  char ring_key[65];     /* the job's ring key, 64 hex digits, made when first placed */
   uint64_t ckpt_step;    /* last durable checkpoint */
   int64_t pool_seen_ms;  /* last time an agent of its pool was registered */
   job_rank_t *ranks;     /* nodes of them from placement on */
