@@ -18,6 +18,11 @@
     "ring all-reduce: a peer that makes no progress this long fails the step (ms)")             \
   X(RING_CONNECT_TIMEOUT_MS, 30000, "ring all-reduce: time allowed to connect the ring (ms)")   \
   X(RING_CHUNK_BYTES, 262144, "ring all-reduce: pipelining chunk (bytes)")                      \
+  X(RING_HANDSHAKE_MS, 5000,                                                                    \
+    "ring: a link whose handshake (the ring key's proofs) is not over by then is closed (ms)")  \
+  X(INSECURE, 0,                                                                                \
+    "1: a worker assigned no ring key connects its ring by the public tag only (anyone who "    \
+    "can reach a ring port can join it); 0: it refuses to")                                     \
   X(RENDEZVOUS_TIMEOUT_MS, 60000, "a job whose workers do not all check in by then fails (ms)") \
   X(PROGRESS_MS, 100, "workers coalesce progress reports to at most one per interval (ms)")     \
   X(CLIENT_TIMEOUT_MS, 5000, "CLI: how long to wait for the coordinator to answer (ms)")        \
