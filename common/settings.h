@@ -46,7 +46,10 @@
     "checks in")                                                                         \
   X(FAULT_FAIL_AT_STEP,                                                                  \
     "worker: after this step closes its ring, waits 100 ms and fails with an error of "  \
-    "its own (its peers' reports of the broken ring reach the coordinator first)")
+    "its own (its peers' reports of the broken ring reach the coordinator first)")       \
+  X(FAULT_RING_WAIT_MS,                                                                  \
+    "worker: waits this long after `start` before it connects its ring, its ring port "  \
+    "open meanwhile (ms)")
 
 typedef enum {
 #define DRV_SETTING_ENUM(name, def, help) DRV_SET_##name,

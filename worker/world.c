@@ -184,6 +184,16 @@ static drv_result_t ring_auth(worker_t *w, ring_auth_t *a) {
   return DRV_OK;
 }
 
+/* DROVER_FAULT_RING_WAIT_MS, for tests: the ring port stays open this long before the ring
+ * connects. */
+static void fault_ring_wait(void) {
+  int64_t ms = drv_setting(DRV_SET_FAULT_RING_WAIT_MS);
+  if (ms <= 0) return;
+  log_warn("fault injection: %" PRId64 " ms before the ring connects (DROVER_FAULT_RING_WAIT_MS)",
+           ms);
+  usleep((useconds_t)ms * 1000);
+}
+
 /* This rank's place in the world that `reform` names: the report names it from now on. */
 static void take_place(worker_t *w, const proto_reform_t *rf) {
   w->generation = rf->generation;
@@ -237,6 +247,7 @@ drv_result_t world_rendezvous(worker_t *w) {
     proto_msg_fini(&m);
   }
   drv_result_t rc = DRV_OK;
+  if (w->world > 1) fault_ring_wait();
   if (m.u.start.world != w->world || m.u.start.peers_count != w->world)
     rc = drv_error(DRV_ERR_PROTO, "start names %u peers for a world of %u", m.u.start.peers_count,
                    w->world);
