@@ -9,6 +9,12 @@
  *
  * Data are integer-valued floats (rank*1000 + i%1000), so the sums are exact and every
  * rank must match them exactly.
+ *
+ * Every ring proves one ring key, made before the first fork. Strangers (a child that
+ * speaks the handshake by hand, from ring.h's description) try to join without it, as
+ * dialer and as acceptor, replay another generation's transcript, or hold connections
+ * open saying nothing: each is refused, gets nothing past the handshake, and the real
+ * ring still forms.
  */
 #include <setjmp.h>
 #include <stdarg.h>
