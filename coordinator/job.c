@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+
 #include "common/log.h"
 #include "common/settings.h"
 #include "coordinator/auth.h"

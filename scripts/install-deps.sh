@@ -13,6 +13,7 @@ pkgs=(
   libcyaml-dev         # YAML job specs
   libsqlite3-dev       # coordinator's durable state
   libcmocka-dev        # unit tests
+  libsodium-dev        # the ring's handshake (ring keys, proofs)
   dataset-fashion-mnist  # /usr/share/datasets/fashion-mnist
   python3              # protocol client test (pyzmq, msgpack from Debian)
   python3-zmq python3-msgpack

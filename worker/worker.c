@@ -465,6 +465,7 @@ out:
   trainer_destroy(&w.trainer);
   backend_cuda_destroy(&w.gpu);
   ring_destroy(&w.ring);
+  explicit_bzero(w.ring_key, sizeof w.ring_key);
   sock_destroy(&w.sock);
   sock_ctx_destroy(&w.ctx);
   dataset_destroy(&w.train);
