@@ -251,6 +251,17 @@ class Cluster:
         raise AssertionError("job %d did not finish within %d s" % (job, timeout))
 
 
+def wait_for(pred, timeout, what):
+    """pred()'s first true value within timeout seconds (polled every 0.1 s)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what)
+
+
 @contextlib.contextmanager
 def cluster(drover, env=None):
     """A Cluster that prints every process's log when the test fails, and is always closed."""

@@ -20,7 +20,7 @@ import time
 
 import zmq
 
-from harness import Cluster, cluster, curve, load_key, main, pack, unpack
+from harness import cluster, curve, load_key, main, pack, unpack, wait_for
 
 # Steps slowed to 2 ms, so that the victim job is still training while it is attacked.
 FAST = {"DROVER_HEARTBEAT_MS": "200", "DROVER_PEER_TIMEOUT_MS": "3000",
@@ -40,16 +40,6 @@ train:
   optimizer: {type: sgd, lr: 0.05}
 run_dir: %s
 """
-
-
-def wait_for(pred, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def stranger_keys():
