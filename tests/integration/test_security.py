@@ -346,6 +346,32 @@ def test_connection_flood_is_bounded(drover):
         assert_trained(c, sub, job, 20)
 
 
+def test_one_user_cannot_fill_the_queue(drover):
+    # Before: 1024 queued jobs in 1 s, then `busy` for everyone; 254 fake agents filled the
+    # registry. Now a user has DROVER_MAX_QUEUED_PER_USER active jobs at most (here 5) and
+    # others still submit; keys the allow-list lacks register no agent, however many.
+    with cluster(drover, env=dict(FAST, DROVER_MAX_QUEUED_PER_USER="5")) as c:
+        sub, job, gen = running_job(c, epochs=20)
+        bob, _ = add_key(c, "user", "bob")
+        codes = []
+        for _ in range(8):
+            r = c.request("submit", {"spec": SPEC % (1, c.runs)}, keys=bob)
+            codes.append(r[1] if r[1] != "error" else r[2]["code"])
+        assert codes == ["submitted"] * 5 + ["quota"] * 3, codes
+        r = c.request("submit", {"spec": SPEC % (1, c.runs)}, keys=bob)
+        assert "bob has 5 active jobs" in r[2]["message"], r
+        mine = c.request("submit", {"spec": SPEC % (1, c.runs)})  # the admin: 2 of 5
+        assert mine[1] == "submitted", mine
+        for _ in range(300):
+            fake = c.agent_port_socket(keys=stranger_keys())
+            fake.send(pack("hello", {"agent_id": "fake", "host": "127.0.0.1", "target": "attached",
+                                     "session": 1, "cpus": 1, "mem_bytes": 1, "gpus": []}))
+            fake.close()
+        time.sleep(1.0)
+        assert sorted(a["agent_id"] for a in c.request("agents", {})[2]["agents"]) == ["a1", "a2"]
+        assert_trained(c, sub, job, 20)
+
+
 def test_owners_and_admins(drover):
     with cluster(drover, env=FAST) as c:
         sub, job, gen = running_job(c, epochs=6)
@@ -388,4 +414,5 @@ if __name__ == "__main__":
     main([test_strangers_get_nothing, test_forged_worker_messages_are_refused,
           test_agent_ids_are_bound_to_keys, test_agents_ignore_a_fake_coordinator,
           test_stalled_flooded_reset_coordinator_lives, test_connection_flood_is_bounded,
+          test_one_user_cannot_fill_the_queue,
           test_owners_and_admins])
