@@ -65,6 +65,7 @@ class Cluster:
         self.env.update(env or {})
         self.env["DROVER_COORDINATOR"] = self.endpoint
         self.env["DROVER_STATE_DIR"] = self.state
+        self.plaintext = self.env.get("DROVER_INSECURE") == "1"
         self.procs = []
         self.coord = None
         self.agents = {}
@@ -189,6 +190,8 @@ class Cluster:
         directory, or with `keys` (a dict with "secret-key"); own=None: plaintext."""
         s = self.ctx.socket(kind)
         s.setsockopt(zmq.LINGER, 0)
+        if self.plaintext and keys is None:
+            own = None  # a cluster started with DROVER_INSECURE=1 has no keys
         if keys is not None or own is not None:
             curve(s, keys if keys is not None else self.key(own), self.server_key())
         s.connect("tcp://127.0.0.1:%d" % (self.base + port))
@@ -220,6 +223,8 @@ class Cluster:
         s = self.ctx.socket(zmq.SUB)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SUBSCRIBE, b"job/" if job is None else ("job/%d" % job).encode())
+        if self.plaintext and keys is None:
+            own = None
         if keys is not None or own is not None:
             curve(s, keys if keys is not None else self.key(own), self.server_key())
         s.connect("tcp://127.0.0.1:%d" % (self.base + 2))

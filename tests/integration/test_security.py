@@ -372,6 +372,33 @@ def test_one_user_cannot_fill_the_queue(drover):
         assert_trained(c, sub, job, 20)
 
 
+def test_plaintext_only_when_asked(drover):
+    # An agent that asks for plaintext cannot join a secure coordinator; a cluster that is
+    # plaintext throughout (--insecure) runs jobs, and every process says so in its log.
+    with cluster(drover, env=FAST) as c:
+        c.start_coordinator()
+        a = c._spawn(["agent", "--insecure", "--id", "plain", "--host", "127.0.0.1"],
+                     "agent-plain.log")
+        time.sleep(2.0)
+        assert c.request("agents", {})[2]["agents"] == []
+        a.send_signal(signal.SIGTERM)
+        a.wait(timeout=20)
+        c.stop_coordinator()
+    with cluster(drover, env=dict(FAST, DROVER_INSECURE="1")) as c:
+        c.start_coordinator()
+        c.start_agent("a1")
+        c.start_agent("a2")
+        c.wait_agents(2)
+        r = c.request("agents", {}, own=None)  # a plaintext client: believed
+        assert len(r[2]["agents"]) == 2, r
+        sub = c.subscribe(own=None)
+        job = c.request("submit", {"spec": SPEC % (2, c.runs)}, own=None)[2]["job"]
+        final, _ = c.follow(sub, job, timeout=120)
+        assert final["state"] == "succeeded", final
+        for log in ("coordinator.log", "agent-a1.log"):
+            assert "PLAINTEXT: no CurveZMQ" in c.log(log), log
+
+
 def test_owners_and_admins(drover):
     with cluster(drover, env=FAST) as c:
         sub, job, gen = running_job(c, epochs=6)
@@ -414,5 +441,5 @@ if __name__ == "__main__":
     main([test_strangers_get_nothing, test_forged_worker_messages_are_refused,
           test_agent_ids_are_bound_to_keys, test_agents_ignore_a_fake_coordinator,
           test_stalled_flooded_reset_coordinator_lives, test_connection_flood_is_bounded,
-          test_one_user_cannot_fill_the_queue,
+          test_one_user_cannot_fill_the_queue, test_plaintext_only_when_asked,
           test_owners_and_admins])
