@@ -33,7 +33,7 @@ static pid_t spawn_child(const spawn_t *s, const char *logname, char *const args
   if (pid < 0) return -1;
   if (pid == 0) {
     if (!s->verbose) {
-      int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0640);
       if (fd >= 0) {
         dup2(fd, 1);
         dup2(fd, 2);
@@ -88,7 +88,7 @@ static void start_detached(const spawn_t *s, char *const args[]) {
     if (g != 0) _exit(g < 0);
     char logpath[PATH_MAX + 32];
     snprintf(logpath, sizeof logpath, "%s/coordinator.log", s->state_dir);
-    int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0640);
     if (fd >= 0) {
       dup2(fd, 1);
       dup2(fd, 2);
@@ -138,7 +138,10 @@ int spawn_coordinator_exited(spawn_t *s) {
 
 // --- Local agents --------------------------------------------------------------------------
 
-int spawn_local_agents(spawn_t *s, uint32_t n) {
+#define SPAWN_MAX_ALLOW 16
+
+int spawn_local_agents(spawn_t *s, uint32_t n, const char *const *dirs, int ndirs) {
+  if (ndirs > SPAWN_MAX_ALLOW) ndirs = SPAWN_MAX_ALLOW;
   if (n > SPAWN_MAX_AGENTS) {
     fprintf(stderr, "drover submit: the local target runs at most %d agents\n", SPAWN_MAX_AGENTS);
     return -1;
@@ -155,7 +158,7 @@ int spawn_local_agents(spawn_t *s, uint32_t n) {
     /* --parent: an agent whose submit is gone, even SIGKILLed, stops with its workers.
      * --exit-without-coordinator: so does one whose coordinator has exited (it exits
      * when idle) while this submit cannot stop it, e.g. stopped (SIGSTOP). */
-    char *args[] = {"drover",
+    char *args[18 + 2 * SPAWN_MAX_ALLOW] = {"drover",
                     "agent",
                     "--coordinator",
                     (char *)s->coordinator,
@@ -172,6 +175,12 @@ int spawn_local_agents(spawn_t *s, uint32_t n) {
                     "--exit-without-coordinator",
                     SPAWN_AGENT_ORPHAN_S,
                     NULL};
+    int argc = 16;
+    for (int d = 0; d < ndirs; d++) {
+      args[argc++] = "--allow-dir";
+      args[argc++] = (char *)dirs[d];
+    }
+    args[argc] = NULL;
     pid_t pid = spawn_child(s, log, args, threads);
     if (pid < 0) {
       fprintf(stderr, "drover submit: fork: %s\n", strerror(errno));

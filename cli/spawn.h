@@ -40,11 +40,12 @@ int spawn_coordinator(spawn_t *s, sock_ctx_t *ctx, int local);
 /* Whether the coordinator started as our child has exited (then s->coord_pid becomes 0). */
 int spawn_coordinator_exited(spawn_t *s);
 
-/* Starts n local agents in our pool (OPENBLAS_NUM_THREADS = CPUs / n unless set). They
- * stop by themselves, workers and all, when this process is gone however it went
- * (`--parent`), or 15 s after their coordinator is (`--exit-without-coordinator`).
- * Returns 0, or -1 with the reason printed. */
-int spawn_local_agents(spawn_t *s, uint32_t n);
+/* Starts n local agents in our pool (OPENBLAS_NUM_THREADS = CPUs / n unless set), each
+ * allowing the ndirs directories dirs (`--allow-dir`: the job's, which this user named;
+ * none: the agents' defaults). They stop by themselves, workers and all, when this process
+ * is gone however it went (`--parent`), or 15 s after their coordinator is
+ * (`--exit-without-coordinator`). Returns 0, or -1 with the reason printed. */
+int spawn_local_agents(spawn_t *s, uint32_t n, const char *const *dirs, int ndirs);
 
 /* Local target: waits up to 5 s until our agents are idle. An agent is busy until its
  * worker has exited; stopping it earlier would kill a worker still flushing its files. */

@@ -218,10 +218,34 @@ static void send_kill(job_table_t *t, const agent_t *a, int64_t job, uint32_t ge
   registry_send(t->reg, a, &m);
 }
 
+/* Stand-in for the lineage the store will keep: the id and submission time of the job's
+ * root (a new state directory's job 1 is not an old one's job 1), where a job resumed
+ * from another (resume_dir "<...>/<name>-<id>/checkpoints") has the root of that one. 32
+ * hex digits into out. */
+static void lineage_standin(job_table_t *t, const job_t *j, char out[33]) {
+  store_job_t sj = {0}, root = {.id = j->id};
+  for (int64_t id = j->id, hop = 0; id > 0 && hop < 64; hop++) {
+    if (store_job_get(t->store, id, &sj) != DRV_OK) break;
+    root = sj;
+    size_t n = strlen(sj.resume_dir), tail = strlen("/checkpoints");
+    const char *dash = NULL;
+    for (size_t k = n > tail ? n - tail : 0; k > 0 && !dash; k--)
+      if (sj.resume_dir[k - 1] == '-') dash = sj.resume_dir + k;
+    id = n > tail && !strcmp(sj.resume_dir + n - tail, "/checkpoints") && dash
+             ? strtoll(dash, NULL, 10)
+             : 0;
+  }
+  uint64_t bits;
+  memcpy(&bits, &root.submitted_at, sizeof bits);
+  snprintf(out, 33, "%016" PRIx64 "%016" PRIx64, (uint64_t)root.id, bits);
+}
+
 /* Sends agent a its `assign`: rank `rank` of j's current generation, in a world of `world`.
  * Returns registry_send's result. */
 static drv_result_t send_assign(job_table_t *t, const job_t *j, const agent_t *a, uint32_t rank,
                                 uint32_t world) {
+  char lineage[33];
+  lineage_standin(t, j, lineage);
   proto_msg_t m;
   proto_msg_init(&m, PROTO_ASSIGN);
   m.u.assign = (proto_assign_t){.job = j->id,
@@ -233,7 +257,8 @@ static drv_result_t send_assign(job_table_t *t, const job_t *j, const agent_t *a
                                 .spec = j->spec_yaml,
                                 .run_dir = j->run_dir,
                                 .coordinator = t->advertise,
-                                .resume_dir = j->resume_dir};
+                                .resume_dir = j->resume_dir,
+                                .lineage = lineage};
   return registry_send(t->reg, a, &m);
 }
 

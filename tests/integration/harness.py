@@ -37,6 +37,9 @@ class Cluster:
     def __init__(self, drover, env=None):
         self.drover = os.path.abspath(drover)
         self.tmp = tempfile.mkdtemp(prefix="drover-it-")
+        # An agent running as root runs its workers as another user (nobody): they must
+        # reach the run directories and the test's data under here.
+        os.chmod(self.tmp, 0o755)
         self.state = os.path.join(self.tmp, "state")
         self.runs = os.path.join(self.tmp, "runs")
         self.base = free_base_port()
