@@ -165,16 +165,16 @@ static drv_result_t fork_worker(const agent_t *a, const proto_assign_t *as, cons
     dup2(spec_fd, 0);
     dup2(log_fd, 1);
     dup2(log_fd, 2);
-    if (u->owner.set && (setgroups((size_t)u->ngroups, u->groups) < 0 ||
-                         setgid(u->owner.gid) < 0 || setuid(u->owner.uid) < 0)) {
+    if (u->owner.set && (setgroups((size_t)u->ngroups, u->groups) < 0 || setgid(u->owner.gid) < 0 ||
+                         setuid(u->owner.uid) < 0)) {
       dprintf(2, "cannot run the worker as %s: %s\n", u->user, strerror(errno));
       _exit(126);
     }
     prctl(PR_SET_PDEATHSIG, SIGKILL); /* after the change of user, which clears it */
     if (getppid() != parent) _exit(127);
     /* The assignment is on stdin; the arguments only name the worker for ps and pgrep. */
-    execl(a->cfg->exe, a->cfg->exe, "worker", "--job", job, "--rank", rank, "--run-dir",
-          name_dir, (char *)NULL);
+    execl(a->cfg->exe, a->cfg->exe, "worker", "--job", job, "--rank", rank, "--run-dir", name_dir,
+          (char *)NULL);
     dprintf(2, "exec %s: %s\n", a->cfg->exe, strerror(errno));
     _exit(127);
   }

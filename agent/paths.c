@@ -104,8 +104,8 @@ drv_result_t paths_roots_add(paths_roots_t *r, const char *dir) {
   return DRV_OK;
 }
 
-drv_result_t paths_allow(const paths_roots_t *r, const char *what, const char *path,
-                         char *resolved, size_t cap) {
+drv_result_t paths_allow(const paths_roots_t *r, const char *what, const char *path, char *resolved,
+                         size_t cap) {
   if (resolve(path, resolved, cap) == 0)
     for (unsigned k = 0; k < r->n; k++) {
       size_t n = strlen(r->dir[k]);
@@ -151,8 +151,8 @@ drv_result_t paths_vet(const paths_roots_t *r, const proto_assign_t *as, paths_v
   *v = (paths_vetted_t){.spec = NULL};
   DRV_CHECK(paths_allow(r, "run directory", as->run_dir, v->run_dir, sizeof v->run_dir));
   if (as->resume_dir && as->resume_dir[0])
-    DRV_CHECK(paths_allow(r, "resume directory", as->resume_dir, v->resume_dir,
-                          sizeof v->resume_dir));
+    DRV_CHECK(
+        paths_allow(r, "resume directory", as->resume_dir, v->resume_dir, sizeof v->resume_dir));
   return vet_spec(r, as, v);
 }
 
@@ -164,8 +164,10 @@ void paths_vetted_fini(paths_vetted_t *v) {
 // --- The run directory ---------------------------------------------------------------------
 
 /* The directory `dir` (absolute, resolved) open, each component walked with O_NOFOLLOW
- * and the missing ones created (mode, then chowned as o says). -1 with errno. */
-static int walk_dirs(const char *dir, mode_t mode, const paths_owner_t *o) {
+ * and the missing ones created (mode, then chowned as o says). -1 with errno; *nested set
+ * (errno EEXIST) when one of them is a run directory already (holds a lineage file). */
+static int walk_dirs(const char *dir, mode_t mode, const paths_owner_t *o, int *nested) {
+  *nested = 0;
   int fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   for (const char *p = dir; fd >= 0 && *p;) {
     while (*p == '/') p++;
@@ -194,6 +196,13 @@ static int walk_dirs(const char *dir, mode_t mode, const paths_owner_t *o) {
     errno = e;
     if (fd >= 0 && made && (fchmod(fd, mode) < 0 || (o->set && fchown(fd, o->uid, o->gid) < 0)))
       log_warn("%s: chmod/chown of %s: %s", dir, name, strerror(errno));
+    struct stat st;
+    if (fd >= 0 && !made && fstatat(fd, PATHS_LINEAGE_FILE, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+      close(fd);
+      *nested = 1;
+      errno = EEXIST;
+      return -1;
+    }
   }
   return fd;
 }
@@ -240,7 +249,7 @@ static int create_run_dir(int pfd, const char *name, const char *lineage, const 
   e = errno;
   if (lfd >= 0) close(lfd);
   if (tfd >= 0) close(tfd);
-  if (ret != 0) { /* ours alone: remove it */
+  if (ret != 0) {          /* ours alone: remove it */
     unlinkat(pfd, tmp, 0); /* (a no-op when tmp is a directory) */
     int dfd = openat(pfd, tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (dfd >= 0) {
@@ -264,8 +273,12 @@ drv_result_t paths_claim(const char *run_dir, const char *lineage, const paths_o
   if (!slash || !slash[1]) return drv_error(DRV_ERR_INVALID, "run directory %s: no name", run_dir);
   char parent[PATH_MAX];
   DRV_CHECK(fs_path(parent, sizeof parent, "%.*s", (int)(slash - run_dir), run_dir));
-  int pfd = walk_dirs(parent[0] ? parent : "/",
-                      o->set ? PATHS_PARENT_SHARED_MODE : PATHS_DIR_MODE, o);
+  int nested;
+  int pfd = walk_dirs(parent[0] ? parent : "/", o->set ? PATHS_PARENT_SHARED_MODE : PATHS_DIR_MODE,
+                      o, &nested);
+  if (pfd < 0 && nested)
+    return drv_error(DRV_ERR_INVALID,
+                     "run directory %s is inside another job's run directory (refused)", run_dir);
   if (pfd < 0)
     return drv_error(DRV_ERR_SYS, "run directory %s: its parent: %s", run_dir, strerror(errno));
   const char *name = slash + 1;
@@ -300,8 +313,8 @@ drv_result_t paths_claim(const char *run_dir, const char *lineage, const paths_o
   return rc;
 }
 
-drv_result_t paths_open_log(int run_fd, const char *run_dir, uint32_t rank,
-                            const paths_owner_t *o, int *log_fd, char *path, size_t cap) {
+drv_result_t paths_open_log(int run_fd, const char *run_dir, uint32_t rank, const paths_owner_t *o,
+                            int *log_fd, char *path, size_t cap) {
   *log_fd = -1;
   DRV_CHECK(fs_path(path, cap, "%s/logs/rank-%u.log", run_dir, rank));
   if (mkdirat(run_fd, "logs", PATHS_DIR_MODE) < 0 && errno != EEXIST)
@@ -311,8 +324,8 @@ drv_result_t paths_open_log(int run_fd, const char *run_dir, uint32_t rank,
   char name[32];
   snprintf(name, sizeof name, "rank-%u.log", rank);
   drv_result_t rc = fs_open_append(dfd, name, path, PATHS_FILE_MODE, log_fd);
-  if (rc == DRV_OK && o->set && (fchown(dfd, o->uid, o->gid) < 0 ||
-                                 fchown(*log_fd, o->uid, o->gid) < 0))
+  if (rc == DRV_OK && o->set &&
+      (fchown(dfd, o->uid, o->gid) < 0 || fchown(*log_fd, o->uid, o->gid) < 0))
     log_warn("%s: chown: %s", path, strerror(errno));
   close(dfd);
   return rc;

@@ -18,7 +18,8 @@
  * existing run directory is accepted only when its `lineage` file names the assignment's
  * lineage (another rank of the job, the job placed again); anything else, a directory of
  * another job, one without a lineage file, a symlink or a file, fails the job ("run
- * directory X belongs to another job"). Every directory on the way is walked with
+ * directory X belongs to another job"), and so does a run directory inside another (an
+ * ancestor holding a lineage file). Every directory on the way is walked with
  * O_NOFOLLOW, and created with mode 0750 (0711 for the parents an agent running workers
  * as another user makes, so that user can reach its run directory and nobody can list
  * them); logs/ and logs/rank-<r>.log (appended, never through a symlink) are the job's.
@@ -60,8 +61,8 @@ void paths_roots_fini(paths_roots_t *r);
  * directories; the resolved path into resolved[cap]. DRV_ERR_INVALID "<what> <path> is
  * outside the directories this agent allows (<list>)" otherwise, whatever the reason
  * (missing, a link out, not absolute, too long). */
-drv_result_t paths_allow(const paths_roots_t *r, const char *what, const char *path,
-                         char *resolved, size_t cap);
+drv_result_t paths_allow(const paths_roots_t *r, const char *what, const char *path, char *resolved,
+                         size_t cap);
 
 /* Who owns what the agent makes for a worker: `set` when the worker runs as another user
  * (uid, gid) than the agent. */
@@ -92,7 +93,7 @@ drv_result_t paths_claim(const char *run_dir, const char *lineage, const paths_o
 
 /* Opens <run dir>/logs/rank-<rank>.log for appending (creating logs/ and the file, 0750
  * and 0640, owned as o says) into *log_fd; its path into path[cap]. */
-drv_result_t paths_open_log(int run_fd, const char *run_dir, uint32_t rank,
-                            const paths_owner_t *o, int *log_fd, char *path, size_t cap);
+drv_result_t paths_open_log(int run_fd, const char *run_dir, uint32_t rank, const paths_owner_t *o,
+                            int *log_fd, char *path, size_t cap);
 
 #endif

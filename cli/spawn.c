@@ -158,7 +158,7 @@ int spawn_local_agents(spawn_t *s, uint32_t n, const char *const *dirs, int ndir
     /* --parent: an agent whose submit is gone, even SIGKILLed, stops with its workers.
      * --exit-without-coordinator: so does one whose coordinator has exited (it exits
      * when idle) while this submit cannot stop it, e.g. stopped (SIGSTOP). */
-    char *args[18 + 2 * SPAWN_MAX_ALLOW] = {"drover",
+    char *base[] = {"drover",
                     "agent",
                     "--coordinator",
                     (char *)s->coordinator,
@@ -173,10 +173,11 @@ int spawn_local_agents(spawn_t *s, uint32_t n, const char *const *dirs, int ndir
                     "--parent",
                     parent,
                     "--exit-without-coordinator",
-                    SPAWN_AGENT_ORPHAN_S,
-                    NULL};
-    int argc = 16;
-    for (int d = 0; d < ndirs; d++) {
+                    SPAWN_AGENT_ORPHAN_S};
+    char *args[DRV_ARRAY_LEN(base) + 2 * SPAWN_MAX_ALLOW + 1];
+    size_t argc = 0;
+    for (size_t k = 0; k < DRV_ARRAY_LEN(base); k++) args[argc++] = base[k];
+    for (int d = 0; d < ndirs; d++) { /* the job's directories, which this user named */
       args[argc++] = "--allow-dir";
       args[argc++] = (char *)dirs[d];
     }

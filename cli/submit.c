@@ -210,7 +210,8 @@ static int resolve_spec(submit_t *s, sock_ctx_t *ctx, char **yaml, int *local, u
 static int prepare(submit_t *s, sock_ctx_t *ctx, char **yaml, int *local) {
   spawn_t *sp = &s->sp;
   uint32_t nodes = 1;
-  if (!s->spec_path && (fs_mkdir_p(sp->logdir, 0750) != DRV_OK || spawn_coordinator(sp, ctx, 1) < 0))
+  if (!s->spec_path &&
+      (fs_mkdir_p(sp->logdir, 0750) != DRV_OK || spawn_coordinator(sp, ctx, 1) < 0))
     return 1;
   int rc = resolve_spec(s, ctx, yaml, local, &nodes);
   if (rc != 0) return rc;

@@ -124,9 +124,9 @@ drv_result_t fs_open_read(int dirfd, const char *name, const char *what, int *fd
 }
 
 drv_result_t fs_open_append(int dirfd, const char *name, const char *what, mode_t mode, int *fd) {
-  *fd = openat(dirfd, name,
-               O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY,
-               mode);
+  *fd =
+      openat(dirfd, name,
+             O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY, mode);
   if (*fd < 0) return open_failed(what);
   drv_result_t rc = check_regular(*fd, what, true);
   if (rc != DRV_OK) *fd = -1;

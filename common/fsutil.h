@@ -19,7 +19,8 @@
 
 /* snprintf into a path buffer of cap bytes. DRV_ERR_INVALID ("path too long (N bytes, at
  * most M): <its start>...") when the whole path does not fit: a path is never cut. */
-drv_result_t fs_path(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+drv_result_t fs_path(char *out, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* mkdir -p: creates path and its missing parents with `mode` (less the umask); a path that
  * exists already must be a directory. DRV_ERR_SYS naming the directory that could not be

@@ -74,8 +74,10 @@ static drv_result_t record_submission(api_t *api, const jobspec_t *spec, const c
   int w = snprintf(sj->run_dir, sizeof sj->run_dir, "%s/%s-%" PRId64, spec->run_dir, spec->name,
                    sj->id);
   if (w < 0 || (size_t)w >= sizeof sj->run_dir) {
-    rc = drv_error(DRV_ERR_INVALID, "submitted spec: run_dir: the run directory would be %d bytes, "
-                   "at most %zu", w, sizeof sj->run_dir - 1);
+    rc = drv_error(DRV_ERR_INVALID,
+                   "submitted spec: run_dir: the run directory would be %d bytes, "
+                   "at most %zu",
+                   w, sizeof sj->run_dir - 1);
     goto fail;
   }
   DRV_CHECK_GOTO(store_job_set_run_dir(s, sj->id, sj->run_dir), rc, fail);

@@ -886,7 +886,7 @@ static void test_write_refuses_bad_input(void **state) {
   assert_int_equal(ckpt_write(f->dir, &m, w.t, NT), DRV_ERR_INVALID);
   assert_non_null(strstr(drv_last_error(), "spec_sha"));
   m.spec_sha[0] = '\0'; /* "" is fine */
-  m.lineage[0] = '\0'; /* no lineage is not */
+  m.lineage[0] = '\0';  /* no lineage is not */
   assert_int_equal(ckpt_write(f->dir, &m, w.t, NT), DRV_ERR_INVALID);
   assert_non_null(strstr(drv_last_error(), "lineage"));
   snprintf(m.lineage, sizeof m.lineage, "%s", LINEAGE);

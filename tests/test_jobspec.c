@@ -485,7 +485,14 @@ static void test_error_syntax(void **state) {
  * run_dir has no ".." component. Errors name the key. */
 static void test_names_and_run_dir(void **state) {
   static const char *bad[] = {
-      "../../victim", "a/b", ".hidden", "..", "a b", "tab\\there", "caf\\u00e9", "x%s",
+      "../../victim",
+      "a/b",
+      ".hidden",
+      "..",
+      "a b",
+      "tab\\there",
+      "caf\\u00e9",
+      "x%s",
       "0123456789012345678901234567890123456789012345678901234567890123X" /* 65 */};
   for (size_t k = 0; k < DRV_ARRAY_LEN(bad); k++) {
     char line[160];

@@ -248,9 +248,9 @@ static int manifest_parse_files(json_cursor_t *j, manifest_t *m) {
 
 /* The manifest's top-level keys, in the order written; key k's bit in a seen-set is 1 << k
  * (MK_*). */
-static const char *const manifest_keys[] = {
-    "format", "version", "step", "epoch", "world", "seed", "job", "spec_sha", "lineage",
-    "files",  "manifest_crc32"};
+static const char *const manifest_keys[] = {"format",  "version", "step",          "epoch",
+                                            "world",   "seed",    "job",           "spec_sha",
+                                            "lineage", "files",   "manifest_crc32"};
 enum {
   MK_FORMAT = 1 << 0,
   MK_VERSION = 1 << 1,

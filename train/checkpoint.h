@@ -81,15 +81,15 @@ typedef struct {
  *
  * Borrows everything. Returns DRV_OK only once the checkpoint is durable; DRV_ERR_INVALID
  * for a bad argument (duplicate or empty name, count != prod(shape), ndim > 4, spec_sha not
- * hex, lineage empty or not hex), DRV_ERR_SYS when the disk refuses; on failure the temporary directory is removed
- * and any earlier step-<n> is left as it was. */
+ * hex, lineage empty or not hex), DRV_ERR_SYS when the disk refuses; on failure the temporary
+ * directory is removed and any earlier step-<n> is left as it was. */
 drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_tensor_t *t, size_t n);
 
 /* Finds the newest usable checkpoint of `lineage` in dir and loads it: for each step-*
  * directory, newest first, checks manifest.json (present, parseable, its own CRC32, step
  * matching the name, the lineage exactly `lineage`: another's is "of another job's
- * lineage", never loaded), that both files have the recorded size and CRC32, and that each t[i] is in its file
- * (model.safetensors for "layers.*", state.safetensors otherwise) as an F32 tensor of
+ * lineage", never loaded), that both files have the recorded size and CRC32, and that each t[i] is
+ * in its file (model.safetensors for "layers.*", state.safetensors otherwise) as an F32 tensor of
  * exactly t[i].count elements and t[i].shape; only then reads the tensors into t[i].data.
  * A checkpoint that fails a check is skipped with a log_warn saying which and why
  * ("<dir>/step-0000000200: model.safetensors: CRC32 mismatch (expected 0x..., found 0x...)")

@@ -58,7 +58,8 @@ static drv_result_t write_spec(const char *run_dir, const char *spec_yaml) {
   int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, REPORT_FILE_MODE);
   if (fd < 0) return drv_error(DRV_ERR_SYS, "create %s: %s", tmp, strerror(errno));
   drv_result_t rc = fs_write_all(fd, spec_yaml, strlen(spec_yaml), tmp);
-  if (close(fd) < 0 && rc == DRV_OK) rc = drv_error(DRV_ERR_SYS, "close %s: %s", tmp, strerror(errno));
+  if (close(fd) < 0 && rc == DRV_OK)
+    rc = drv_error(DRV_ERR_SYS, "close %s: %s", tmp, strerror(errno));
   if (rc == DRV_OK && rename(tmp, path) < 0)
     rc = drv_error(DRV_ERR_SYS, "rename %s to %s: %s", tmp, path, strerror(errno));
   if (rc != DRV_OK) unlink(tmp);
@@ -88,7 +89,8 @@ drv_result_t report_open_rank0(report_t *r, const char *run_dir, const char *spe
 
 void report_open_audit(report_t *r, const char *dir) {
   char path[1200];
-  if (!dir || !*dir || fs_path(path, sizeof path, "%s/audit-%d.txt", dir, (int)getpid()) != DRV_OK ||
+  if (!dir || !*dir ||
+      fs_path(path, sizeof path, "%s/audit-%d.txt", dir, (int)getpid()) != DRV_OK ||
       open_lines(path, &r->audit) != DRV_OK)
     r->audit = NULL;
 }

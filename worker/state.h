@@ -27,8 +27,8 @@ drv_result_t state_save(trainer_t *tr, const char *run_dir, const ckpt_meta_t *m
 
 /* Loads the newest usable checkpoint of `lineage` (the job's) into the trainer: from
  * <run_dir>/checkpoints first, else from resume_dir (NULL or "": none); a checkpoint of
- * another lineage is never loaded (train/checkpoint.h). *found is 1 and *step its steps done when one
- * was loaded; none in run_dir is not an error, a resume_dir that is missing or has no usable
+ * another lineage is never loaded (train/checkpoint.h). *found is 1 and *step its steps done when
+ * one was loaded; none in run_dir is not an error, a resume_dir that is missing or has no usable
  * checkpoint is (DRV_ERR_INVALID). A checkpoint refused half-way leaves the trainer as it
  * was. */
 drv_result_t state_load(trainer_t *tr, const char *run_dir, const char *resume_dir,

@@ -407,9 +407,9 @@ drv_result_t worker_read_assignment(int fd, proto_msg_t *m) {
   /* Checkpoints are written and loaded for the job's lineage only: without one there is
    * no telling ours from another job's. */
   if (!as->lineage || !as->lineage[0] || strlen(as->lineage) >= sizeof(((ckpt_meta_t *)0)->lineage))
-    return drv_error(DRV_ERR_INVALID, "the assignment on stdin: job %" PRId64 ": %s", as->job,
-                     as->lineage && as->lineage[0] ? "lineage longer than 64 digits"
-                                                    : "no lineage");
+    return drv_error(
+        DRV_ERR_INVALID, "the assignment on stdin: job %" PRId64 ": %s", as->job,
+        as->lineage && as->lineage[0] ? "lineage longer than 64 digits" : "no lineage");
   if (!as->host || !as->host[0]) m->u.assign.host = "127.0.0.1";
   return DRV_OK;
 }
