@@ -128,14 +128,15 @@ static void allow_dir(submit_t *s, const char *dir) {
 }
 
 /* The local target's directories from the resolved spec: its run_dir and its data files'
- * directories. */
+ * directories (of the files themselves: a data file that is a link to elsewhere is
+ * allowed where it leads). */
 static void allow_spec_dirs(submit_t *s, jobspec_t *spec) {
   allow_dir(s, spec->run_dir);
   const char *key;
   char **p, dir[PATH_MAX];
   for (unsigned i = 0; (p = jobspec_path_at(spec, i, &key)) || key; i++) {
-    if (!p || !*p || !strcmp(key, "run_dir") || fs_path(dir, sizeof dir, "%s", *p) != DRV_OK)
-      continue;
+    if (!p || !*p || !strcmp(key, "run_dir")) continue;
+    if (!realpath(*p, dir) && fs_path(dir, sizeof dir, "%s", *p) != DRV_OK) continue;
     char *slash = strrchr(dir, '/');
     if (slash) *(slash == dir ? slash + 1 : slash) = '\0';
     allow_dir(s, dir);
