@@ -93,12 +93,14 @@ drv_result_t paths_roots_add(paths_roots_t *r, const char *dir) {
                      PATHS_MAX_ROOTS);
   char real[PATH_MAX], abs[PATH_MAX], cwd[PATH_MAX];
   struct stat st;
-  if (dir[0] != '/' && (!getcwd(cwd, sizeof cwd) ||
-                        fs_path(abs, sizeof abs, "%s/%s", cwd, dir) != DRV_OK))
+  if (dir[0] != '/' &&
+      (!getcwd(cwd, sizeof cwd) || fs_path(abs, sizeof abs, "%s/%s", cwd, dir) != DRV_OK))
     return drv_error(DRV_ERR_INVALID, "--allow-dir %s: cannot be made absolute", dir);
   if (resolve(dir[0] == '/' ? dir : abs, real, sizeof real) < 0)
-    return drv_error(DRV_ERR_INVALID, "--allow-dir %s: does not resolve (no '.' or '..' "
-                     "after its deepest existing directory)", dir);
+    return drv_error(DRV_ERR_INVALID,
+                     "--allow-dir %s: does not resolve (no '.' or '..' "
+                     "after its deepest existing directory)",
+                     dir);
   if (stat(real, &st) == 0 && !S_ISDIR(st.st_mode))
     return drv_error(DRV_ERR_INVALID, "--allow-dir %s: not a directory", dir);
   for (unsigned k = 0; k < r->n; k++)
