@@ -11,15 +11,16 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "common/fsutil.h"
 #include "common/proto.h"
 
 /* Seconds a local agent waits without any coordinator before it exits by itself. */
 #define SPAWN_AGENT_ORPHAN_S "15"
 
-void spawn_init(spawn_t *s, const char *coordinator, const char *state_dir, int verbose) {
+drv_result_t spawn_init(spawn_t *s, const char *coordinator, const char *state_dir, int verbose) {
   *s = (spawn_t){.coordinator = coordinator, .state_dir = state_dir, .verbose = verbose};
-  snprintf(s->logdir, sizeof s->logdir, "%s/local-%d", state_dir, (int)getpid());
   snprintf(s->pool, sizeof s->pool, "local-%d", (int)getpid());
+  return fs_path(s->logdir, sizeof s->logdir, "%s/local-%d", state_dir, (int)getpid());
 }
 
 // --- Children ------------------------------------------------------------------------------
@@ -28,11 +29,11 @@ void spawn_init(spawn_t *s, const char *coordinator, const char *state_dir, int 
 static pid_t spawn_child(const spawn_t *s, const char *logname, char *const args[],
                          const char *blas_threads) {
   char logpath[PATH_MAX + 64];
-  snprintf(logpath, sizeof logpath, "%s/%s", s->logdir, logname);
+  int have_log = fs_path(logpath, sizeof logpath, "%s/%s", s->logdir, logname) == DRV_OK;
   pid_t pid = fork();
   if (pid < 0) return -1;
   if (pid == 0) {
-    if (!s->verbose) {
+    if (!s->verbose && have_log) {
       int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0640);
       if (fd >= 0) {
         dup2(fd, 1);
@@ -87,8 +88,9 @@ static void start_detached(const spawn_t *s, char *const args[]) {
     pid_t g = fork();
     if (g != 0) _exit(g < 0);
     char logpath[PATH_MAX + 32];
-    snprintf(logpath, sizeof logpath, "%s/coordinator.log", s->state_dir);
-    int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0640);
+    int fd = fs_path(logpath, sizeof logpath, "%s/coordinator.log", s->state_dir) != DRV_OK
+                 ? -1
+                 : open(logpath, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0640);
     if (fd >= 0) {
       dup2(fd, 1);
       dup2(fd, 2);

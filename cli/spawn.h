@@ -27,8 +27,9 @@ typedef struct {
 } spawn_t;
 
 /* Fills in *s for this process: nothing started yet; logdir and pool named after our pid.
- * The strings are borrowed and must outlive *s. */
-void spawn_init(spawn_t *s, const char *coordinator, const char *state_dir, int verbose);
+ * The strings are borrowed and must outlive *s. DRV_ERR_INVALID when the log directory's
+ * path would not fit (it is never cut). */
+drv_result_t spawn_init(spawn_t *s, const char *coordinator, const char *state_dir, int verbose);
 
 /* Makes sure a coordinator answers at s->coordinator: when none answers within 1 s, starts
  * one bound there (local: our child, logging into logdir, exiting by itself 10 s after its

@@ -482,8 +482,9 @@ static int follow_job(submit_t *s, sock_ctx_t *ctx, sock_t *sub, follow_t *f, in
 int cmd_submit(int argc, char **argv) {
   submit_t s = {0};
   if (parse_args(&s, argc, argv) < 0) return 2;
-  spawn_init(&s.sp, cli_coordinator(s.coordinator), cli_state_dir(s.state_dir), s.verbose);
-  if (fs_mkdir_p(s.sp.state_dir, 0700) != DRV_OK) {
+  if (spawn_init(&s.sp, cli_coordinator(s.coordinator), cli_state_dir(s.state_dir), s.verbose) !=
+          DRV_OK ||
+      fs_mkdir_p(s.sp.state_dir, 0700) != DRV_OK) {
     fprintf(stderr, "drover submit: %s\n", drv_last_error());
     return 1;
   }

@@ -523,6 +523,11 @@ drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_ten
   DRV_CHECK(split_tensors(t, n, final, &st, counts));
 
   DRV_CHECK_GOTO(fs_mkdir_p_durable(dir, CKPT_DIR_MODE), rc, fail);
+  struct stat dst; /* the checkpoint directory itself, not a link to another one */
+  if (lstat(dir, &dst) < 0 || !S_ISDIR(dst.st_mode)) {
+    rc = drv_error(DRV_ERR_INVALID, "%s: not a directory (a symbolic link?): refused", dir);
+    goto fail;
+  }
   // A directory of this name is ours by name: an earlier attempt of this process.
   DRV_CHECK_GOTO(rm_tree(tmp), rc, fail);
   if (mkdir(tmp, CKPT_DIR_MODE) < 0) {
