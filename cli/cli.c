@@ -46,17 +46,16 @@ drv_result_t cli_secure(sock_ctx_t *ctx, const char *own) {
 }
 
 const char *cli_state_dir(const char *flag) {
-  static char buf[PATH_MAX];
+  static char *buf; /* made once, whole: a path is never cut */
   if (flag) return flag;
   const char *env = drv_setting_text(DRV_TEXT_STATE_DIR);
   if (*env) return env;
+  if (buf) return buf;
   const char *xdg = getenv("XDG_STATE_HOME");
-  if (xdg && *xdg) {
-    snprintf(buf, sizeof buf, "%s/drover", xdg);
-    return buf;
-  }
   const char *home = getenv("HOME");
-  snprintf(buf, sizeof buf, "%s/.local/state/drover", home && *home ? home : "/tmp");
+  if ((xdg && *xdg ? asprintf(&buf, "%s/drover", xdg)
+                   : asprintf(&buf, "%s/.local/state/drover", home && *home ? home : "/tmp")) < 0)
+    buf = "/tmp/drover-state"; /* out of memory */
   return buf;
 }
 

@@ -77,14 +77,21 @@ int cmd_agent(int argc, char **argv) {
                                        {"pool", required_argument, 0, 'p'},
                                        {"parent", required_argument, 0, 'P'},
                                        {"exit-without-coordinator", required_argument, 0, 'X'},
+                                       {"allow-dir", required_argument, 0, 'A'},
+                                       {"run-as", required_argument, 0, 'U'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   agent_config_t cfg = {.target = "attached"};
+  static const char *allow[64];
   int c;
   char *end;
   long v;
-  while ((c = getopt_long(argc, argv, "c:i:t:H:p:P:X:h", opts, NULL)) != -1) {
-    if (c == 'c')
+  while ((c = getopt_long(argc, argv, "c:i:t:H:p:P:X:A:U:h", opts, NULL)) != -1) {
+    if (c == 'A' && cfg.nallow_dirs < (int)DRV_ARRAY_LEN(allow))
+      allow[cfg.nallow_dirs++] = optarg;
+    else if (c == 'U')
+      cfg.run_as = optarg;
+    else if (c == 'c')
       cfg.coordinator = optarg;
     else if (c == 'i')
       cfg.agent_id = optarg;
@@ -104,8 +111,10 @@ int cmd_agent(int argc, char **argv) {
       return cli_usage_fail("agent",
                             "--coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local] "
                             "[--host ADDR] [--pool NAME] [--parent PID] "
-                            "[--exit-without-coordinator SECONDS] [--join FILE] [--insecure]");
+                            "[--exit-without-coordinator SECONDS] [--allow-dir DIR]... "
+                            "[--run-as USER] [--join FILE] [--insecure]");
   }
+  cfg.allow_dirs = allow;
   if (strcmp(cfg.target, "attached") && strcmp(cfg.target, "local") &&
       strcmp(cfg.target, "managed")) {
     fprintf(stderr, "drover agent: --target %s: expected attached, local or managed\n", cfg.target);

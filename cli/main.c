@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli/bench_ring.h"
 #include "cli/bench_train.h"
@@ -45,7 +46,7 @@ static const command_t COMMANDS[] = {
     {"agents", cmd_agents, "[--json]", "the agent registry", 0},
     {"agent", cmd_agent,
      "--coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local]\n"
-     "[--host ADDR] [--pool NAME]",
+     "[--host ADDR] [--pool NAME] [--allow-dir DIR]... [--run-as USER]",
      "run the node daemon (one per node)", 0},
     {"coordinator", cmd_coordinator,
      "[--bind tcp://*:7700] [--advertise EP] [--state-dir DIR]\n"
@@ -182,6 +183,9 @@ static int security_flags(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+  /* Nothing drover makes is for other users: run directories, checkpoints, logs, the
+   * state directory. Group members may read (a team's shared group), nobody else. */
+  umask(027);
   argc = security_flags(argc, argv);
   if (argc < 2) {
     usage(stderr);

@@ -349,7 +349,7 @@ static drv_result_t ensure_key(const char *state_dir, const char *file, keys_rol
 drv_result_t keys_state_ensure(const char *state_dir, const char *owner_name, keys_file_t *coord) {
   char dir[1100], pub_path[1100];
   DRV_CHECK(keys_path(state_dir, "", dir, sizeof dir));
-  DRV_CHECK(fs_mkdir_p(dir));
+  DRV_CHECK(fs_mkdir_p(dir, 0700));
   if (chmod(dir, 0700) < 0) return drv_error(DRV_ERR_SYS, "%s: %s", dir, strerror(errno));
   char owner[KEYS_NAME_MAX];
   snprintf(owner, sizeof owner, "%s", keys_name_valid(owner_name) ? owner_name : "admin");

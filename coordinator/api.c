@@ -75,7 +75,11 @@ static int resume_source(api_t *api, const sock_peer_t *peer, int64_t from, char
     snprintf(why, whyn, "resume: job %" PRId64 " has no durable checkpoint", from);
     return -1;
   }
-  snprintf(resume_dir, n, "%s/checkpoints", old.run_dir);
+  int w = snprintf(resume_dir, n, "%s/checkpoints", old.run_dir);
+  if (w < 0 || (size_t)w >= n) {
+    snprintf(why, whyn, "resume: job %" PRId64 ": its run directory is too long", from);
+    return -1;
+  }
   return 0;
 }
 
@@ -89,7 +93,16 @@ static drv_result_t record_submission(api_t *api, const jobspec_t *spec, const c
   DRV_CHECK(store_begin(s));
   DRV_CHECK_GOTO(store_job_insert(s, spec->name, sj->target, spec->nodes, canon, "", &sj->id), rc,
                  fail);
-  snprintf(sj->run_dir, sizeof sj->run_dir, "%s/%s-%" PRId64, spec->run_dir, spec->name, sj->id);
+  /* Never cut: a cut path would name another directory (padding picks which). */
+  int w = snprintf(sj->run_dir, sizeof sj->run_dir, "%s/%s-%" PRId64, spec->run_dir, spec->name,
+                   sj->id);
+  if (w < 0 || (size_t)w >= sizeof sj->run_dir) {
+    rc = drv_error(DRV_ERR_INVALID,
+                   "submitted spec: run_dir: the run directory would be %d bytes, "
+                   "at most %zu",
+                   w, sizeof sj->run_dir - 1);
+    goto fail;
+  }
   DRV_CHECK_GOTO(store_job_set_run_dir(s, sj->id, sj->run_dir), rc, fail);
   DRV_CHECK_GOTO(store_job_set_pool(s, sj->id, sj->pool), rc, fail);
   DRV_CHECK_GOTO(store_job_set_resume_dir(s, sj->id, sj->resume_dir), rc, fail);
@@ -185,16 +198,11 @@ void api_submit(api_t *api, const sock_peer_t *from, const proto_submit_t *sub) 
     api_reply_error(api, from, "invalid", drv_last_error());
     goto out;
   }
-  /* Workers run elsewhere, in other directories: paths must not depend on a cwd. */
-  const char *rel = jobspec_relative_path(spec);
+  /* Workers run elsewhere, in other directories: paths must not depend on a cwd, and the
+   * run directory must be the one its path names. */
   size_t clen;
-  if (rel) {
-    char msg[256];
-    snprintf(msg, sizeof msg,
-             "submitted spec: %s: must be an absolute path (drover submit "
-             "resolves relative ones against the submitting directory)",
-             rel);
-    api_reply_error(api, from, "invalid", msg);
+  if (jobspec_check_submitted(spec, "submitted spec") != DRV_OK) {
+    api_reply_error(api, from, "invalid", drv_last_error());
     goto out;
   }
   if (!job_has_room(api->jobs)) {
@@ -216,9 +224,10 @@ void api_submit(api_t *api, const sock_peer_t *from, const proto_submit_t *sub) 
     snprintf(sj.lineage, sizeof sj.lineage, "%s", lineage);
   else
     drv_random_hex(sj.lineage, 16);
-  if (record_submission(api, spec, canon, sub->token ? sub->token : "", &sj) != DRV_OK) {
+  drv_result_t rec = record_submission(api, spec, canon, sub->token ? sub->token : "", &sj);
+  if (rec != DRV_OK) {
     log_error("submission of %s not recorded: %s", spec->name, drv_last_error());
-    api_reply_error(api, from, "internal", drv_last_error());
+    api_reply_error(api, from, rec == DRV_ERR_INVALID ? "invalid" : "internal", drv_last_error());
     goto out;
   }
   job_t *j = job_add(api->jobs, &sj, spec, &canon); /* room was checked above */

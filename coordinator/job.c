@@ -890,9 +890,12 @@ void job_on_worker_exit(job_table_t *t, agent_t *a, const proto_worker_exit_t *e
 
 /* Whether `from` sent with the key of rank's worker (always, on a plaintext coordinator);
  * a warning names the impostor otherwise. */
-static int from_rank(const job_table_t *t, const job_t *j, uint32_t rank, const sock_peer_t *from,
+static int from_rank(job_table_t *t, const job_t *j, uint32_t rank, const sock_peer_t *from,
                      const char *what) {
   if (!t->secure || !strcmp(from->user, j->ranks[rank].key)) return 1;
+  /* An agent that refused its assignment (a path it does not allow) says why itself. */
+  const agent_t *a = registry_by_peer(t->reg, from);
+  if (!strcmp(what, "failed") && a && a == rank_agent(t, &j->ranks[rank])) return 1;
   log_warn("%s for job %" PRId64 " rank %u refused: sent by %s from %s, not by that rank's worker",
            what, j->id, rank, from->user[0] ? from->user : "an unnamed peer",
            from->addr[0] ? from->addr : "?");

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -270,7 +271,7 @@ drv_result_t store_open(const char *state_dir, store_t **out) {
   if (!state_dir || !*state_dir)
     return drv_error(DRV_ERR_INVALID, "store_open: empty state directory");
 
-  rc = fs_mkdir_p(state_dir); /* the error names the directory that could not be made */
+  rc = fs_mkdir_p(state_dir, 0700); /* the error names the directory that could not be made */
   if (rc != DRV_OK)
     return drv_error_prefix(rc, "store: cannot create state directory %s", state_dir);
   s = calloc(1, sizeof *s);
@@ -282,6 +283,15 @@ drv_result_t store_open(const char *state_dir, store_t **out) {
     goto fail;
   }
 
+  /* The database is the coordinator's alone (SQLite gives its -wal and -shm files the
+   * database's mode). */
+  int dbfd = open(s->path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (dbfd < 0 || fchmod(dbfd, 0600) < 0) {
+    rc = drv_error(DRV_ERR_SYS, "%s: open: %s", s->path, strerror(errno));
+    if (dbfd >= 0) close(dbfd);
+    goto fail;
+  }
+  close(dbfd);
   /* sqlite3_open_v2 may hand back a handle even when it fails: it is closed below. */
   if (sqlite3_open_v2(s->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
       SQLITE_OK) {
@@ -338,7 +348,7 @@ drv_result_t store_lock(store_t *s) {
   if (s->lock_fd >= 0) return DRV_OK;
   char path[4200];
   snprintf(path, sizeof path, "%s/coordinator.lock", s->dir);
-  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) return drv_error(DRV_ERR_SYS, "open %s: %s", path, strerror(errno));
   /* flock belongs to the open file: a second open of the file, even in this process,
    * is refused like another coordinator. */

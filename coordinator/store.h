@@ -61,8 +61,8 @@ typedef struct {
 } store_job_t;
 
 /* Opens (creating) state_dir/drover.db, creating state_dir and its parents as needed
- * (mode 0755), in WAL mode with synchronous=FULL and a busy timeout; creates or migrates
- * the schema via PRAGMA user_version. On success the caller owns *out (store_close). On
+ * (mode 0700; the database 0600), in WAL mode with synchronous=FULL and a busy timeout; creates or
+ * migrates the schema via PRAGMA user_version. On success the caller owns *out (store_close). On
  * failure *out stays NULL and the error names the path: DRV_ERR_SYS when the directory
  * cannot be created or SQLite fails (its message included, e.g. "file is not a
  * database"), DRV_ERR_INVALID when the schema is newer than this build understands. */

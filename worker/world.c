@@ -276,7 +276,8 @@ drv_result_t world_sync_state(worker_t *w, int after_failure, uint64_t *step) {
     int found = after_failure;
     uint64_t s = w->commit_step;
     if (!after_failure)
-      DRV_CHECK(state_load(w->trainer, w->cfg->run_dir, w->cfg->resume_dir, &found, &s));
+      DRV_CHECK(
+          state_load(w->trainer, w->cfg->run_dir, w->cfg->resume_dir, w->cfg->lineage, &found, &s));
     if (found) {
       head[0] = 1.0f;
       head[1] = (float)(s & 0xffffff);

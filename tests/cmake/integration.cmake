@@ -16,6 +16,7 @@ drover_it(it_recovery test_recovery.py "integration" 600)
 drover_it(it_outages test_outages.py "integration" 600)
 drover_it(it_security test_security.py "integration" 600)
 drover_it(it_ring_auth test_ring_auth.py "integration" 400)
+drover_it(it_paths test_paths.py "integration" 600)
 drover_it(it_train test_train.py "integration;slow" 900)
 # Heavy on CPU: run it alone so the timing of the failure tests is not disturbed.
 set_tests_properties(it_train PROPERTIES RUN_SERIAL TRUE)

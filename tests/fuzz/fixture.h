@@ -24,7 +24,8 @@ static const struct {
 
 /* The checkpoint's meta: fuzz_checkpoint reads step-0000000007. */
 static const ckpt_meta_t fixture_meta = {
-    .step = 7, .epoch = 1, .world = 2, .seed = 42, .job = 3, .spec_sha = "c0ffee"};
+    .step = 7, .epoch = 1, .world = 2, .seed = 42, .job = 3, .spec_sha = "c0ffee",
+    .lineage = "0123456789abcdef0123456789abcdef"};
 
 /* t[FIXTURE_TENSORS] over data[FIXTURE_FLOATS]; data filled with the fixture's values when
  * `fill` is set (zeroed otherwise, for loading into). */

@@ -90,7 +90,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fixture_tensors(t, got, 0);
   ckpt_meta_t meta;
   char found[512];
-  drv_result_t rc = ckpt_load_latest(root, &meta, t, FIXTURE_TENSORS, found, sizeof found);
+  drv_result_t rc = ckpt_load_latest(root, fixture_meta.lineage, &meta, t, FIXTURE_TENSORS,
+                                     found, sizeof found);
   if (rc == DRV_OK) {
     FUZZ_CHECK(meta.step == fixture_meta.step); /* the rest is whatever the manifest says */
     FUZZ_CHECK(strcmp(found, step_dir) == 0);

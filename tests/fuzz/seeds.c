@@ -26,7 +26,7 @@ static char corpus[4096]; /* SOURCE_DIR/tests/fuzz/corpus */
 static void put(const char *target, const char *name, const void *data, size_t len) {
   char dir[4200], path[4400];
   snprintf(dir, sizeof dir, "%s/%s", corpus, target);
-  FUZZ_CHECK(fs_mkdir_p(dir) == DRV_OK);
+  FUZZ_CHECK(fs_mkdir_p(dir, 0750) == DRV_OK);
   snprintf(path, sizeof path, "%s/%s", dir, name);
   FILE *f = fopen(path, "wb");
   FUZZ_CHECK(f && fwrite(data, 1, len, f) == len && fclose(f) == 0);

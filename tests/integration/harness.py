@@ -57,6 +57,9 @@ class Cluster:
     def __init__(self, drover, env=None):
         self.drover = os.path.abspath(drover)
         self.tmp = tempfile.mkdtemp(prefix="drover-it-")
+        # An agent running as root runs its workers as another user (nobody): they must
+        # reach the run directories and the test's data under here.
+        os.chmod(self.tmp, 0o755)
         self.state = os.path.join(self.tmp, "state")
         self.runs = os.path.join(self.tmp, "runs")
         self.base = free_base_port()
@@ -100,10 +103,11 @@ class Cluster:
         self.coord.send_signal(sig)
         self.coord.wait(timeout=20)
 
-    def start_agent(self, name, target="attached", threads="1", env=None):
-        """An agent named `name`; `env` adds to its environment (its workers inherit it)."""
+    def start_agent(self, name, target="attached", threads="1", env=None, args=()):
+        """An agent named `name`; `env` adds to its environment (its workers inherit it),
+        `args` to its command line (e.g. "--allow-dir", DIR)."""
         p = self._spawn(["agent", "--coordinator", self.endpoint, "--id", name, "--target",
-                         target, "--host", "127.0.0.1"], "agent-%s.log" % name,
+                         target, "--host", "127.0.0.1"] + list(args), "agent-%s.log" % name,
                         dict({"OPENBLAS_NUM_THREADS": threads}, **(env or {})))
         self.agents[name] = p
         return p

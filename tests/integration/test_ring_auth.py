@@ -281,7 +281,8 @@ def run_worker(drover, tmp, env, curve_keys=True):
     spec = SPEC.replace("nodes: 3", "nodes: 2") % ("keyless", tmp)
     body = {"job": 7, "generation": 1, "rank": 0, "world": 2, "local_rank": 0,
             "device": -1, "spec": spec, "run_dir": os.path.join(tmp, "run"),
-            "coordinator": "tcp://127.0.0.1:%d" % base, "host": "127.0.0.1"}
+            "coordinator": "tcp://127.0.0.1:%d" % base, "host": "127.0.0.1",
+            "lineage": "0123456789abcdef0123456789abcdef"}
     if curve_keys:
         body["secret"] = zmq.curve_keypair()[1].decode()
         body["coordinator_key"] = zmq.curve_keypair()[0].decode()
