@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import stat
 import struct
 import subprocess
@@ -27,7 +26,7 @@ import time
 
 import zmq
 
-from harness import Cluster, cluster, main, pack, read_metrics, worker_pid
+from harness import cluster, main, pack, read_metrics, worker_pid
 
 FAST = {"DROVER_HEARTBEAT_MS": "200", "DROVER_PEER_TIMEOUT_MS": "3000",
         "DROVER_RECONNECT_MS": "300"}
