@@ -5,8 +5,11 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <netdb.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +20,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "agent/paths.h"
 #include "kernels/gpuinfo.h"
 #include "common/fsutil.h"
 #include "common/log.h"
@@ -48,6 +52,7 @@ typedef struct {
   child_t kids[MAX_WORKERS];
   proto_gpu_t *gpus;
   uint32_t ngpus;
+  paths_roots_t roots; /* where its jobs may read and write (paths.h) */
 } agent_t;
 
 // --- Helpers -------------------------------------------------------------------------------
@@ -113,59 +118,104 @@ static drv_result_t assignment_fd(const agent_t *a, const proto_assign_t *as, in
   return rc;
 }
 
-/* Starts `drover worker` for an assignment, which it reads on stdin (assignment_fd);
- * stdout and stderr go to <run_dir>/logs/rank-<r>.log. */
-static drv_result_t worker_spawn(agent_t *a, const proto_assign_t *as) {
-  child_t *k = NULL;
-  for (int i = 0; i < MAX_WORKERS && !k; i++)
-    if (!a->kids[i].pid) k = &a->kids[i];
-  if (!k) return drv_error(DRV_ERR_INVALID, "already running %d workers", MAX_WORKERS);
-  char logdir[1100], logpath[1200];
-  snprintf(logdir, sizeof logdir, "%s/logs", as->run_dir);
-  DRV_CHECK(fs_mkdir_p(logdir));
-  snprintf(logpath, sizeof logpath, "%s/rank-%u.log", logdir, as->rank);
+/* Who a worker runs as, found before the fork (the child only makes system calls). */
+typedef struct {
+  paths_owner_t owner; /* .set: another user than the agent's */
+  char user[64];
+  gid_t groups[64];
+  int ngroups;
+} run_as_t;
 
-  int spec_fd;
-  DRV_CHECK(assignment_fd(a, as, &spec_fd));
-  int log_fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (log_fd < 0) {
-    close(spec_fd);
-    return drv_error(DRV_ERR_SYS, "open %s: %s", logpath, strerror(errno));
+/* An agent running as root runs no worker as root: the job's owner when that names a Unix
+ * user other than root, else cfg->run_as ("nobody"). Nothing to change otherwise. */
+static drv_result_t pick_user(const agent_t *a, const proto_assign_t *as, run_as_t *u) {
+  *u = (run_as_t){.ngroups = 0};
+  if (geteuid() != 0) return DRV_OK;
+  struct passwd *pw = as->owner && *as->owner ? getpwnam(as->owner) : NULL;
+  if (!pw || pw->pw_uid == 0) {
+    const char *name = a->cfg->run_as ? a->cfg->run_as : "nobody";
+    if (!(pw = getpwnam(name)) || pw->pw_uid == 0)
+      return drv_error(DRV_ERR_INVALID, "no user to run the worker as: --run-as %s %s", name,
+                       pw ? "is root" : "is not a user here");
   }
+  u->owner = (paths_owner_t){.set = 1, .uid = pw->pw_uid, .gid = pw->pw_gid};
+  snprintf(u->user, sizeof u->user, "%s", pw->pw_name);
+  u->ngroups = (int)DRV_ARRAY_LEN(u->groups);
+  if (getgrouplist(u->user, u->owner.gid, u->groups, &u->ngroups) < 0) {
+    u->groups[0] = u->owner.gid; /* more groups than we keep: its own only */
+    u->ngroups = 1;
+  }
+  return DRV_OK;
+}
+
+/* Forks `drover worker` with the assignment on stdin (spec_fd) and stdout and stderr to
+ * log_fd, in its own process group, as u says, dying with the agent. `name_dir` only
+ * names the process for ps and pgrep. */
+static drv_result_t fork_worker(const agent_t *a, const proto_assign_t *as, const char *name_dir,
+                                const run_as_t *u, int spec_fd, int log_fd, pid_t *out) {
   char job[32], rank[16];
   snprintf(job, sizeof job, "%" PRId64, as->job);
   snprintf(rank, sizeof rank, "%u", as->rank);
   pid_t parent = getpid();
   pid_t pid = fork();
-  if (pid < 0) {
-    close(spec_fd);
-    close(log_fd);
-    return drv_error(DRV_ERR_SYS, "fork: %s", strerror(errno));
-  }
+  if (pid < 0) return drv_error(DRV_ERR_SYS, "fork: %s", strerror(errno));
   if (pid == 0) {
     /* Child: own process group (killed as one), dies with the agent. */
     setpgid(0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
     dup2(spec_fd, 0);
     dup2(log_fd, 1);
     dup2(log_fd, 2);
+    if (u->owner.set && (setgroups((size_t)u->ngroups, u->groups) < 0 || setgid(u->owner.gid) < 0 ||
+                         setuid(u->owner.uid) < 0)) {
+      dprintf(2, "cannot run the worker as %s: %s\n", u->user, strerror(errno));
+      _exit(126);
+    }
+    prctl(PR_SET_PDEATHSIG, SIGKILL); /* after the change of user, which clears it */
+    if (getppid() != parent) _exit(127);
     /* The assignment is on stdin; the arguments only name the worker for ps and pgrep. */
-    execl(a->cfg->exe, a->cfg->exe, "worker", "--job", job, "--rank", rank, "--run-dir",
-          as->run_dir, (char *)NULL);
+    execl(a->cfg->exe, a->cfg->exe, "worker", "--job", job, "--rank", rank, "--run-dir", name_dir,
+          (char *)NULL);
     dprintf(2, "exec %s: %s\n", a->cfg->exe, strerror(errno));
     _exit(127);
   }
   setpgid(pid, pid); /* also from the parent: no race with an early kill */
-  close(spec_fd);
-  close(log_fd);
-  k->pid = pid;
-  k->job = as->job;
-  k->generation = as->generation;
-  k->rank = as->rank;
-  k->kill_deadline_ms = 0;
-  log_info("job %" PRId64 " rank %u/%u: worker pid %d started (log %s)", as->job, as->rank,
-           as->world, (int)pid, logpath);
+  *out = pid;
+  return DRV_OK;
+}
+
+/* Starts `drover worker` for an assignment once it is vetted (paths.h): the paths allowed,
+ * the run directory claimed for the job's lineage, stdout and stderr appended to
+ * <run_dir>/logs/rank-<r>.log; the worker reads the assignment, its paths resolved, on
+ * stdin (assignment_fd). */
+static drv_result_t worker_spawn(agent_t *a, const proto_assign_t *as) {
+  child_t *k = NULL;
+  for (int i = 0; i < MAX_WORKERS && !k; i++)
+    if (!a->kids[i].pid) k = &a->kids[i];
+  if (!k) return drv_error(DRV_ERR_INVALID, "already running %d workers", MAX_WORKERS);
+  paths_vetted_t v;
+  run_as_t u = {.ngroups = 0};
+  int run_fd = -1, log_fd = -1, spec_fd = -1;
+  pid_t pid = 0;
+  char logpath[PATH_MAX];
+  drv_result_t rc = paths_vet(&a->roots, as, &v);
+  proto_assign_t given = *as;
+  given.spec = v.spec;
+  given.run_dir = v.run_dir;
+  if (as->resume_dir && as->resume_dir[0]) given.resume_dir = v.resume_dir;
+  if (rc == DRV_OK) rc = pick_user(a, as, &u);
+  if (rc == DRV_OK) rc = paths_claim(v.run_dir, as->lineage, &u.owner, &run_fd);
+  if (rc == DRV_OK)
+    rc = paths_open_log(run_fd, v.run_dir, as->rank, &u.owner, &log_fd, logpath, sizeof logpath);
+  if (rc == DRV_OK) rc = assignment_fd(a, &given, &spec_fd);
+  if (rc == DRV_OK) rc = fork_worker(a, &given, as->run_dir, &u, spec_fd, log_fd, &pid);
+  if (spec_fd >= 0) close(spec_fd);
+  if (log_fd >= 0) close(log_fd);
+  if (run_fd >= 0) close(run_fd);
+  paths_vetted_fini(&v);
+  DRV_CHECK(rc);
+  *k = (child_t){.pid = pid, .job = as->job, .generation = as->generation, .rank = as->rank};
+  log_info("job %" PRId64 " rank %u/%u: worker pid %d started%s%s (log %s)", as->job, as->rank,
+           as->world, (int)pid, u.owner.set ? " as " : "", u.owner.set ? u.user : "", logpath);
   return DRV_OK;
 }
 
@@ -258,7 +308,7 @@ static drv_result_t link_open(agent_t *a) {
   /* Queue nothing while the coordinator is away: stale hellos and heartbeats would all
    * arrive at once when it comes back. */
   a->sock = sock_new(a->ctx, SOCK_DEALER, PROTO_AT_AGENT,
-                     &(sock_opts_t){.identity = a->agent_id, .no_linger = 1, .immediate = 1});
+                     &(sock_opts_t){.no_linger = 1, .immediate = 1});
   if (!a->sock) return DRV_ERR_ZMQ;
   /* A new session: the coordinator learns that whatever the old one ran is gone. */
   a->session = ((uint64_t)(uint32_t)getpid() << 32) ^ (uint64_t)drv_now_ms() ^
@@ -270,6 +320,22 @@ static drv_result_t link_open(agent_t *a) {
   a->last_heard_ms = drv_now_ms();
   send_hello(a);
   return DRV_OK;
+}
+
+/* An assignment that cannot be run (drv_last_error says why): its job fails with the
+ * reason, which the agent sends as the rank's `failed`, then the exit of the worker that
+ * never ran. The agent goes on serving. */
+static void refuse(agent_t *a, const proto_assign_t *as) {
+  char why[DRV_ERROR_MAX];
+  snprintf(why, sizeof why, "%s", drv_last_error());
+  log_error("job %" PRId64 " rank %u: cannot start worker: %s", as->job, as->rank, why);
+  proto_msg_t f;
+  proto_msg_init(&f, PROTO_FAILED);
+  f.u.failed = (proto_failed_t){
+      .job = as->job, .generation = as->generation, .rank = as->rank, .reason = why};
+  send_msg(a, &f);
+  child_t k = {.job = as->job, .generation = as->generation, .rank = as->rank};
+  report_exit(a, &k, 127, 0);
 }
 
 static void on_message(agent_t *a, proto_msg_t *m) {
@@ -296,16 +362,12 @@ static void on_message(agent_t *a, proto_msg_t *m) {
       send_hello(a);
     } else {
       log_warn("coordinator error: %s", m->u.error.message);
+      /* A refused hello (an id in use, or not this key's): ask again, but calmly. */
+      if (!a->registered) a->last_hello_ms = drv_now_ms() + 1000;
     }
     break;
   case PROTO_ASSIGN:
-    if (worker_spawn(a, &m->u.assign) != DRV_OK) {
-      log_error("job %" PRId64 " rank %u: cannot start worker: %s", m->u.assign.job,
-                m->u.assign.rank, drv_last_error());
-      child_t k = {
-          .job = m->u.assign.job, .generation = m->u.assign.generation, .rank = m->u.assign.rank};
-      report_exit(a, &k, 127, 0);
-    }
+    if (worker_spawn(a, &m->u.assign) != DRV_OK) refuse(a, &m->u.assign);
     break;
   case PROTO_KILL: {
     int found = 0;
@@ -334,6 +396,15 @@ drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
   if (!a) return drv_error(DRV_ERR_NOMEM, "agent: out of memory");
   a->cfg = cfg;
   drv_result_t rc = DRV_OK;
+  for (int i = 0; i < cfg->nallow_dirs; i++)
+    DRV_CHECK_GOTO(paths_roots_add(&a->roots, cfg->allow_dirs[i]), rc, out);
+  if (!cfg->nallow_dirs) paths_roots_defaults(&a->roots);
+  char roots[1024];
+  paths_roots_list(&a->roots, roots, sizeof roots);
+  log_info("jobs may use the directories %s%s", roots, cfg->nallow_dirs ? "" : " (the defaults)");
+  if (cfg->run_as && geteuid() != 0)
+    log_warn("--run-as %s: ignored, the agent is not root (workers run as its own user)",
+             cfg->run_as);
   if (cfg->agent_id) {
     snprintf(a->agent_id, sizeof a->agent_id, "%s", cfg->agent_id);
   } else {
@@ -350,6 +421,10 @@ drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
     rc = DRV_ERR_ZMQ;
     goto out;
   }
+  if (cfg->keys)
+    sock_ctx_secure(a->ctx, cfg->keys); /* the coordinator's key is pinned: no other one */
+  else
+    sock_ctx_plaintext(a->ctx);
   DRV_CHECK_GOTO(link_open(a), rc, out);
   log_info("agent %s (host %s, target %s, %u GPU(s)) connecting to %s", a->agent_id, a->host,
            cfg->target ? cfg->target : "attached", a->ngpus, cfg->coordinator);
@@ -426,6 +501,7 @@ out:
   sock_ctx_destroy(&a->ctx);
   for (uint32_t i = 0; i < a->ngpus; i++) free((char *)a->gpus[i].name);
   free(a->gpus);
+  paths_roots_fini(&a->roots);
   free(a);
   return rc;
 }

@@ -2,7 +2,13 @@
  * coordinator, heartbeats both ways, runs one worker child process per assignment (the
  * `drover worker` command, in its own process group, dying with the agent), reports how
  * each worker ended, kills them on `kill` or when it loses the coordinator, and reconnects
- * to a restarted coordinator by itself. */
+ * to a restarted coordinator by itself.
+ *
+ * Before it starts a worker it vets the assignment (agent/paths.h): every path under its
+ * allowed directories, the run directory claimed for the job's lineage. An assignment it
+ * refuses fails its job with the reason (`failed`, then `worker_exit` 127); the agent
+ * goes on serving. An agent running as root never runs a worker as root: it runs it as
+ * the job's owner when that names a Unix user other than root, else as `run_as`. */
 #ifndef DROVER_AGENT_AGENT_H
 #define DROVER_AGENT_AGENT_H
 
@@ -10,6 +16,7 @@
 #include <sys/types.h>
 
 #include "common/drv.h"
+#include "common/sock.h"
 
 typedef struct {
   const char *coordinator;        /* base endpoint, "tcp://HEAD:7700" */
@@ -23,6 +30,11 @@ typedef struct {
                                      (`drover submit` of the local target, killed or gone) */
   int exit_without_coordinator_s; /* > 0: stop at once after hearing nothing from any
                                      coordinator for this long (s); 0: reconnect forever */
+  const sock_keys_t *keys;        /* its key and the coordinator's (pinned); NULL: plaintext */
+  const char *const *allow_dirs;  /* directories its jobs may use (paths.h); none: defaults */
+  int nallow_dirs;
+  const char *run_as; /* an agent running as root: the user workers run as when the job's
+                         owner is not a Unix user (NULL: "nobody") */
 } agent_config_t;
 
 /* Runs until *stop is set, or until its parent or its coordinator is gone as cfg->parent

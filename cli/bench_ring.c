@@ -60,6 +60,7 @@ typedef struct {
   pthread_barrier_t barrier;
   int listening; /* workers that published their address (atomic) */
   char addr[BENCH_MAX_WORKERS][RING_ADDR_MAX];
+  unsigned char key[RING_KEY_BYTES]; /* the ring key, as a job's ranks share one */
   uint64_t wrong[BENCH_MAX_WORKERS];
   char err[BENCH_MAX_WORKERS][256];
   double t[]; /* [worker][iteration] seconds */
@@ -414,8 +415,8 @@ static int bench_ring_child(int rank, int world, const bench_opts_t *o, bench_sh
   }
   const char *addrs[BENCH_MAX_WORKERS];
   for (int i = 0; i < world; i++) addrs[i] = sh->addr[i];
-  rc = ring_connect(r, (uint32_t)rank, (uint32_t)world, addrs, 0xbe4c0000u + (uint64_t)world,
-                    BENCH_CONNECT_MS);
+  ring_auth_t auth = {.job = 0xbe4c, .generation = (uint32_t)world, .key = sh->key};
+  rc = ring_connect(r, (uint32_t)rank, (uint32_t)world, addrs, &auth, BENCH_CONNECT_MS);
   if (rc != DRV_OK) goto fail;
   data = malloc(count * sizeof *data);
   if (!data) {
@@ -460,6 +461,10 @@ static void bench_ring_world(int world, const bench_opts_t *o, bench_row_t *row)
   if (!sh) return;
   bool barrier = bench_barrier_init(sh, world);
   if (!barrier) goto done;
+  if (ring_key_new(sh->key) != DRV_OK) {
+    fprintf(stderr, "drover bench ring: %s\n", drv_last_error());
+    goto done;
+  }
   int64_t deadline = bench_deadline(o);
   pid_t pid[BENCH_MAX_WORKERS];
   fflush(NULL);

@@ -6,26 +6,56 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
+
+#include "common/keys.h"
 
 #include "common/settings.h"
 
 const char *cli_coordinator(const char *flag) {
-  return flag ? flag : drv_setting_text(DRV_TEXT_COORDINATOR);
+  static char joined[256];
+  if (flag) return flag;
+  const char *env = getenv("DROVER_COORDINATOR"), *join = drv_setting_text(DRV_TEXT_JOIN);
+  if ((!env || !*env) && *join && !joined[0]) {
+    keys_file_t k;
+    if (keys_read(join, &k) == DRV_OK) snprintf(joined, sizeof joined, "%s", k.coordinator);
+    memset(&k, 0, sizeof k);
+  }
+  return (!env || !*env) && joined[0] ? joined : drv_setting_text(DRV_TEXT_COORDINATOR);
+}
+
+drv_result_t cli_peer_keys(const char *own, sock_keys_t *keys, int *plaintext) {
+  *plaintext = drv_setting(DRV_SET_INSECURE) != 0;
+  if (*plaintext) return DRV_OK;
+  char from[1100];
+  return keys_for_peer(drv_setting_text(DRV_TEXT_JOIN), cli_state_dir(NULL), own, keys, NULL, 0,
+                       from, sizeof from);
+}
+
+drv_result_t cli_secure(sock_ctx_t *ctx, const char *own) {
+  sock_keys_t keys;
+  int plaintext;
+  DRV_CHECK(cli_peer_keys(own, &keys, &plaintext));
+  if (plaintext && !sock_ctx_is_secure(ctx))
+    sock_ctx_plaintext(ctx);
+  else if (!plaintext)
+    sock_ctx_secure(ctx, &keys);
+  memset(&keys, 0, sizeof keys);
+  return DRV_OK;
 }
 
 const char *cli_state_dir(const char *flag) {
-  static char buf[PATH_MAX];
+  static char *buf; /* made once, whole: a path is never cut */
   if (flag) return flag;
   const char *env = drv_setting_text(DRV_TEXT_STATE_DIR);
   if (*env) return env;
+  if (buf) return buf;
   const char *xdg = getenv("XDG_STATE_HOME");
-  if (xdg && *xdg) {
-    snprintf(buf, sizeof buf, "%s/drover", xdg);
-    return buf;
-  }
   const char *home = getenv("HOME");
-  snprintf(buf, sizeof buf, "%s/.local/state/drover", home && *home ? home : "/tmp");
+  if ((xdg && *xdg ? asprintf(&buf, "%s/drover", xdg)
+                   : asprintf(&buf, "%s/.local/state/drover", home && *home ? home : "/tmp")) < 0)
+    buf = "/tmp/drover-state"; /* out of memory */
   return buf;
 }
 

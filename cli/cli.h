@@ -8,9 +8,22 @@
 #include <signal.h>
 #include <stdio.h>
 
-/* The coordinator's base endpoint: --coordinator, else $DROVER_COORDINATOR, else
- * tcp://127.0.0.1:7700. */
+#include "common/drv.h"
+#include "common/sock.h"
+
+/* The coordinator's base endpoint: --coordinator, else $DROVER_COORDINATOR, else the
+ * join file's (--join, DROVER_JOIN), else tcp://127.0.0.1:7700. */
 const char *cli_coordinator(const char *flag);
+
+/* Gives ctx the keys this process reaches its coordinator with (keys.h keys_for_peer:
+ * --join / DROVER_JOIN, else the state directory's `own` key, "admin.secret" for
+ * commands and "agent.secret" for agents, else ~/.config/drover/join), or makes it
+ * plaintext under --insecure / DROVER_INSECURE=1. The error says what to do. */
+drv_result_t cli_secure(sock_ctx_t *ctx, const char *own);
+
+/* The same keys into *keys for a process that makes its own context (an agent); *plaintext
+ * is 1 under --insecure. */
+drv_result_t cli_peer_keys(const char *own, sock_keys_t *keys, int *plaintext);
 
 /* The state directory: --state-dir, else $DROVER_STATE_DIR, else
  * $XDG_STATE_HOME/drover, else ~/.local/state/drover. Static buffer. */

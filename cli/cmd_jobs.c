@@ -20,8 +20,12 @@
  * reply, which the caller fini's in every case. */
 static drv_result_t ask(const char *coord, const proto_msg_t *req, proto_msg_t *rep) {
   sock_ctx_t *ctx = sock_ctx_new();
-  drv_result_t rc = sock_request(ctx, cli_coordinator(coord), req, rep,
-                                 (int)drv_setting(DRV_SET_CLIENT_TIMEOUT_MS));
+  proto_msg_init(rep, PROTO_TYPE_COUNT);
+  if (!ctx) return DRV_ERR_ZMQ;
+  drv_result_t rc = cli_secure(ctx, "admin.secret");
+  if (rc == DRV_OK)
+    rc = sock_request(ctx, cli_coordinator(coord), req, rep,
+                      (int)drv_setting(DRV_SET_CLIENT_TIMEOUT_MS));
   sock_ctx_destroy(&ctx);
   return rc;
 }
@@ -61,6 +65,8 @@ static void print_job_json(const proto_job_t *j) {
   cli_json_num(stdout, j->test_accuracy);
   fputs(",\"run_dir\":", stdout);
   cli_json_str(stdout, j->run_dir);
+  fputs(",\"owner\":", stdout);
+  cli_json_str(stdout, j->owner);
   fputs(",\"submitted_at\":", stdout);
   cli_json_num(stdout, j->submitted_at);
   fputs(",\"started_at\":", stdout);
@@ -94,8 +100,8 @@ static void print_jobs_json(const proto_jobs_t *jobs) {
 }
 
 static void print_jobs_table(const proto_jobs_t *jobs) {
-  printf("%-5s %-20s %-10s %-9s %5s %13s %9s %11s  %-19s  %s\n", "JOB", "NAME", "STATE", "TARGET",
-         "NODES", "STEP", "TEST_ACC", "SAMPLES/S", "SUBMITTED", "REASON");
+  printf("%-5s %-20s %-12s %-10s %-9s %5s %13s %9s %11s  %-19s  %s\n", "JOB", "NAME", "OWNER",
+         "STATE", "TARGET", "NODES", "STEP", "TEST_ACC", "SAMPLES/S", "SUBMITTED", "REASON");
   for (uint32_t i = 0; i < jobs->jobs_count; i++) {
     const proto_job_t *j = &jobs->jobs[i];
     char when[32], step[32], acc[16], sps[16];
@@ -112,8 +118,9 @@ static void print_jobs_table(const proto_jobs_t *jobs) {
       snprintf(sps, sizeof sps, "%.0f", j->samples_per_s);
     else
       snprintf(sps, sizeof sps, "-");
-    printf("%-5" PRId64 " %-20.20s %-10s %-9s %5u %13s %9s %11s  %-19s  %s\n", j->id, j->name,
-           j->state, j->target, j->nodes, step, acc, sps, when, j->reason);
+    printf("%-5" PRId64 " %-20.20s %-12.12s %-10s %-9s %5u %13s %9s %11s  %-19s  %s\n", j->id,
+           j->name, j->owner && j->owner[0] ? j->owner : "-", j->state, j->target, j->nodes, step,
+           acc, sps, when, j->reason);
   }
 }
 

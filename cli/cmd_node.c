@@ -14,6 +14,7 @@
 #include "cli/cli.h"
 #include "common/log.h"
 #include "common/proto.h"
+#include "common/settings.h"
 #include "coordinator/coord.h"
 #include "worker/worker.h"
 
@@ -38,7 +39,7 @@ int cmd_coordinator(int argc, char **argv) {
     else
       return cli_usage_fail("coordinator",
                             "[--bind tcp://*:7700] [--advertise tcp://HEAD:7700] [--state-dir DIR] "
-                            "[--exit-when-idle SECONDS]");
+                            "[--exit-when-idle SECONDS] [--insecure]");
   }
   log_init("coordinator");
   volatile sig_atomic_t *stop = cli_stop_signals();
@@ -58,7 +59,8 @@ int cmd_coordinator(int argc, char **argv) {
   coord_config_t cfg = {.bind = bind,
                         .advertise = advertise,
                         .state_dir = cli_state_dir(state),
-                        .exit_when_idle_s = idle_s};
+                        .exit_when_idle_s = idle_s,
+                        .insecure = drv_setting(DRV_SET_INSECURE) != 0};
   drv_result_t rc = coord_run(&cfg, stop);
   if (rc != DRV_OK) {
     log_last_error();
@@ -75,14 +77,21 @@ int cmd_agent(int argc, char **argv) {
                                        {"pool", required_argument, 0, 'p'},
                                        {"parent", required_argument, 0, 'P'},
                                        {"exit-without-coordinator", required_argument, 0, 'X'},
+                                       {"allow-dir", required_argument, 0, 'A'},
+                                       {"run-as", required_argument, 0, 'U'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   agent_config_t cfg = {.target = "attached"};
+  static const char *allow[64];
   int c;
   char *end;
   long v;
-  while ((c = getopt_long(argc, argv, "c:i:t:H:p:P:X:h", opts, NULL)) != -1) {
-    if (c == 'c')
+  while ((c = getopt_long(argc, argv, "c:i:t:H:p:P:X:A:U:h", opts, NULL)) != -1) {
+    if (c == 'A' && cfg.nallow_dirs < (int)DRV_ARRAY_LEN(allow))
+      allow[cfg.nallow_dirs++] = optarg;
+    else if (c == 'U')
+      cfg.run_as = optarg;
+    else if (c == 'c')
       cfg.coordinator = optarg;
     else if (c == 'i')
       cfg.agent_id = optarg;
@@ -102,8 +111,10 @@ int cmd_agent(int argc, char **argv) {
       return cli_usage_fail("agent",
                             "--coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local] "
                             "[--host ADDR] [--pool NAME] [--parent PID] "
-                            "[--exit-without-coordinator SECONDS]");
+                            "[--exit-without-coordinator SECONDS] [--allow-dir DIR]... "
+                            "[--run-as USER] [--join FILE] [--insecure]");
   }
+  cfg.allow_dirs = allow;
   if (strcmp(cfg.target, "attached") && strcmp(cfg.target, "local") &&
       strcmp(cfg.target, "managed")) {
     fprintf(stderr, "drover agent: --target %s: expected attached, local or managed\n", cfg.target);
@@ -112,6 +123,13 @@ int cmd_agent(int argc, char **argv) {
   cfg.coordinator = cli_coordinator(cfg.coordinator);
   cfg.exe = cli_self_exe();
   log_init("agent");
+  sock_keys_t keys;
+  int plaintext;
+  if (cli_peer_keys("agent.secret", &keys, &plaintext) != DRV_OK) {
+    log_last_error();
+    return 1;
+  }
+  cfg.keys = plaintext ? NULL : &keys;
   volatile sig_atomic_t *stop = cli_stop_signals();
   if (agent_run(&cfg, stop) != DRV_OK) {
     log_last_error();

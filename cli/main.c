@@ -6,12 +6,15 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include "cli/bench_ring.h"
 #include "cli/bench_train.h"
 #include "cli/cmd_jobs.h"
+#include "cli/cmd_keys.h"
 #include "cli/cmd_node.h"
 #include "cli/submit.h"
 
@@ -45,7 +48,7 @@ static const command_t COMMANDS[] = {
     {"agents", cmd_agents, "[--json]", "the agent registry", 0},
     {"agent", cmd_agent,
      "--coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local]\n"
-     "[--host ADDR] [--pool NAME]",
+     "[--host ADDR] [--pool NAME] [--allow-dir DIR]... [--run-as USER]",
      "run the node daemon (one per node)", 0},
     {"coordinator", cmd_coordinator,
      "[--bind tcp://*:7700] [--advertise EP] [--state-dir DIR]\n"
@@ -60,6 +63,8 @@ static const command_t COMMANDS[] = {
      "the training step: ms/step, samples/s, TFLOP/s", 0},
     {"bench overlap", bench_overlap_main, "[--bucket-mb 64] [--json]",
      "2 ranks on GPU 0: NCCL all-reduce hidden behind backward", 0},
+    {"keys", cmd_keys, "add agent|user|admin NAME [--coordinator EP] | list | remove NAME | show",
+     "who may reach this machine's coordinator (add prints a join file)", 0},
     {"settings", cmd_settings, "", "tunables and their environment variables", 0},
     {"worker", cmd_worker, NULL, NULL, 0},
     {"help", cmd_help, NULL, NULL, 0},
@@ -175,8 +180,33 @@ static void open_files_raise(void) {
             (unsigned long long)want, strerror(errno));
 }
 
+/* The security flags every command takes, anywhere on its line: `--join FILE` (the
+ * join file `drover keys add` prints) and `--insecure` (plaintext). They become
+ * DROVER_JOIN and DROVER_INSECURE=1 for this process and those it starts (agents pass
+ * them to their workers that way), and are taken out of argv. */
+static int security_flags(int argc, char **argv) {
+  int out = 1;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--insecure")) {
+      setenv("DROVER_INSECURE", "1", 1);
+    } else if (!strcmp(argv[i], "--join") && i + 1 < argc) {
+      setenv("DROVER_JOIN", argv[++i], 1);
+    } else if (!strncmp(argv[i], "--join=", 7)) {
+      setenv("DROVER_JOIN", argv[i] + 7, 1);
+    } else {
+      argv[out++] = argv[i];
+    }
+  }
+  argv[out] = NULL;
+  return out;
+}
+
 int main(int argc, char **argv) {
   open_files_raise();
+  /* Nothing drover makes is for other users: run directories, checkpoints, logs, the
+   * state directory. Group members may read (a team's shared group), nobody else. */
+  umask(027);
+  argc = security_flags(argc, argv);
   if (argc < 2) {
     usage(stderr);
     return 2;

@@ -11,15 +11,16 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "common/fsutil.h"
 #include "common/proto.h"
 
 /* Seconds a local agent waits without any coordinator before it exits by itself. */
 #define SPAWN_AGENT_ORPHAN_S "15"
 
-void spawn_init(spawn_t *s, const char *coordinator, const char *state_dir, int verbose) {
+drv_result_t spawn_init(spawn_t *s, const char *coordinator, const char *state_dir, int verbose) {
   *s = (spawn_t){.coordinator = coordinator, .state_dir = state_dir, .verbose = verbose};
-  snprintf(s->logdir, sizeof s->logdir, "%s/local-%d", state_dir, (int)getpid());
   snprintf(s->pool, sizeof s->pool, "local-%d", (int)getpid());
+  return fs_path(s->logdir, sizeof s->logdir, "%s/local-%d", state_dir, (int)getpid());
 }
 
 // --- Children ------------------------------------------------------------------------------
@@ -28,12 +29,12 @@ void spawn_init(spawn_t *s, const char *coordinator, const char *state_dir, int 
 static pid_t spawn_child(const spawn_t *s, const char *logname, char *const args[],
                          const char *blas_threads) {
   char logpath[PATH_MAX + 64];
-  snprintf(logpath, sizeof logpath, "%s/%s", s->logdir, logname);
+  int have_log = fs_path(logpath, sizeof logpath, "%s/%s", s->logdir, logname) == DRV_OK;
   pid_t pid = fork();
   if (pid < 0) return -1;
   if (pid == 0) {
-    if (!s->verbose) {
-      int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (!s->verbose && have_log) {
+      int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0640);
       if (fd >= 0) {
         dup2(fd, 1);
         dup2(fd, 2);
@@ -68,6 +69,11 @@ static void stop_child(pid_t pid, const char *what) {
 
 /* Asks the coordinator for one status line to learn whether it answers. */
 static int coordinator_answers(sock_ctx_t *ctx, const char *ep, int timeout_ms) {
+  /* The keys may be new: a coordinator just started makes them at its first start. */
+  if (!sock_ctx_is_secure(ctx) && cli_secure(ctx, "admin.secret") != DRV_OK) {
+    usleep((useconds_t)timeout_ms * 1000 / 4);
+    return 0;
+  }
   proto_msg_t req, rep;
   proto_msg_init(&req, PROTO_STATUS);
   req.u.status.limit = 1;
@@ -87,8 +93,9 @@ static void start_detached(const spawn_t *s, char *const args[]) {
     pid_t g = fork();
     if (g != 0) _exit(g < 0);
     char logpath[PATH_MAX + 32];
-    snprintf(logpath, sizeof logpath, "%s/coordinator.log", s->state_dir);
-    int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    int fd = fs_path(logpath, sizeof logpath, "%s/coordinator.log", s->state_dir) != DRV_OK
+                 ? -1
+                 : open(logpath, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0640);
     if (fd >= 0) {
       dup2(fd, 1);
       dup2(fd, 2);
@@ -138,7 +145,10 @@ int spawn_coordinator_exited(spawn_t *s) {
 
 // --- Local agents --------------------------------------------------------------------------
 
-int spawn_local_agents(spawn_t *s, uint32_t n) {
+#define SPAWN_MAX_ALLOW 16
+
+int spawn_local_agents(spawn_t *s, uint32_t n, const char *const *dirs, int ndirs) {
+  if (ndirs > SPAWN_MAX_ALLOW) ndirs = SPAWN_MAX_ALLOW;
   if (n > SPAWN_MAX_AGENTS) {
     fprintf(stderr, "drover submit: the local target runs at most %d agents\n", SPAWN_MAX_AGENTS);
     return -1;
@@ -155,7 +165,7 @@ int spawn_local_agents(spawn_t *s, uint32_t n) {
     /* --parent: an agent whose submit is gone, even SIGKILLed, stops with its workers.
      * --exit-without-coordinator: so does one whose coordinator has exited (it exits
      * when idle) while this submit cannot stop it, e.g. stopped (SIGSTOP). */
-    char *args[] = {"drover",
+    char *base[] = {"drover",
                     "agent",
                     "--coordinator",
                     (char *)s->coordinator,
@@ -170,8 +180,15 @@ int spawn_local_agents(spawn_t *s, uint32_t n) {
                     "--parent",
                     parent,
                     "--exit-without-coordinator",
-                    SPAWN_AGENT_ORPHAN_S,
-                    NULL};
+                    SPAWN_AGENT_ORPHAN_S};
+    char *args[DRV_ARRAY_LEN(base) + 2 * SPAWN_MAX_ALLOW + 1];
+    size_t argc = 0;
+    for (size_t k = 0; k < DRV_ARRAY_LEN(base); k++) args[argc++] = base[k];
+    for (int d = 0; d < ndirs; d++) { /* the job's directories, which this user named */
+      args[argc++] = "--allow-dir";
+      args[argc++] = (char *)dirs[d];
+    }
+    args[argc] = NULL;
     pid_t pid = spawn_child(s, log, args, threads);
     if (pid < 0) {
       fprintf(stderr, "drover submit: fork: %s\n", strerror(errno));

@@ -27,8 +27,9 @@ typedef struct {
 } spawn_t;
 
 /* Fills in *s for this process: nothing started yet; logdir and pool named after our pid.
- * The strings are borrowed and must outlive *s. */
-void spawn_init(spawn_t *s, const char *coordinator, const char *state_dir, int verbose);
+ * The strings are borrowed and must outlive *s. DRV_ERR_INVALID when the log directory's
+ * path would not fit (it is never cut). */
+drv_result_t spawn_init(spawn_t *s, const char *coordinator, const char *state_dir, int verbose);
 
 /* Makes sure a coordinator answers at s->coordinator: when none answers within 1 s, starts
  * one bound there (local: our child, logging into logdir, exiting by itself 10 s after its
@@ -40,11 +41,12 @@ int spawn_coordinator(spawn_t *s, sock_ctx_t *ctx, int local);
 /* Whether the coordinator started as our child has exited (then s->coord_pid becomes 0). */
 int spawn_coordinator_exited(spawn_t *s);
 
-/* Starts n local agents in our pool (OPENBLAS_NUM_THREADS = CPUs / n unless set). They
- * stop by themselves, workers and all, when this process is gone however it went
- * (`--parent`), or 15 s after their coordinator is (`--exit-without-coordinator`).
- * Returns 0, or -1 with the reason printed. */
-int spawn_local_agents(spawn_t *s, uint32_t n);
+/* Starts n local agents in our pool (OPENBLAS_NUM_THREADS = CPUs / n unless set), each
+ * allowing the ndirs directories dirs (`--allow-dir`: the job's, which this user named;
+ * none: the agents' defaults). They stop by themselves, workers and all, when this process
+ * is gone however it went (`--parent`), or 15 s after their coordinator is
+ * (`--exit-without-coordinator`). Returns 0, or -1 with the reason printed. */
+int spawn_local_agents(spawn_t *s, uint32_t n, const char *const *dirs, int ndirs);
 
 /* Local target: waits up to 5 s until our agents are idle. An agent is busy until its
  * worker has exited; stopping it earlier would kill a worker still flushing its files. */

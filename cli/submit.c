@@ -25,6 +25,7 @@
 
 #define MAX_SETS 64
 #define SUBMIT_ATTEMPTS 6 /* times CLIENT_TIMEOUT_MS: how long submit waits for its job id */
+#define MAX_ALLOW 8       /* directories the local agents are allowed (run, resume, data) */
 
 typedef struct {
   const char *spec_path, *coordinator, *state_dir; /* as given; resolved into sp */
@@ -34,6 +35,12 @@ typedef struct {
   int64_t resume;              /* --resume JOB, 0 when not resuming */
   volatile sig_atomic_t *stop; /* Ctrl-C requests (cli_stop_signals) */
   spawn_t sp;                  /* what we started, stopped at the end */
+  /* The local target: the directories the job needs, which its agents allow (they are this
+   * user's, as the agents are): the run directory's parent, the data files' directories,
+   * the resumed job's run directory. */
+  char allow[MAX_ALLOW][PATH_MAX];
+  const char *allow_ptrs[MAX_ALLOW];
+  int nallow;
 } submit_t;
 
 /* What we know of the job we follow. */
@@ -112,6 +119,42 @@ static int parse_args(submit_t *s, int argc, char **argv) {
 
 // --- The submission -----------------------------------------------------------------------
 
+/* Adds dir to the local agents' allowed directories. */
+static void allow_dir(submit_t *s, const char *dir) {
+  if (s->nallow >= MAX_ALLOW || dir[0] != '/') return;
+  if (fs_path(s->allow[s->nallow], sizeof s->allow[0], "%s", dir) != DRV_OK) return;
+  s->allow_ptrs[s->nallow] = s->allow[s->nallow];
+  s->nallow++;
+}
+
+/* The local target's directories from the resolved spec: its run_dir and its data files'
+ * directories (of the files themselves: a data file that is a link to elsewhere is
+ * allowed where it leads). */
+static void allow_spec_dirs(submit_t *s, jobspec_t *spec) {
+  allow_dir(s, spec->run_dir);
+  const char *key;
+  char **p, dir[PATH_MAX];
+  for (unsigned i = 0; (p = jobspec_path_at(spec, i, &key)) || key; i++) {
+    if (!p || !*p || !strcmp(key, "run_dir")) continue;
+    if (!realpath(*p, dir) && fs_path(dir, sizeof dir, "%s", *p) != DRV_OK) continue;
+    char *slash = strrchr(dir, '/');
+    if (slash) *(slash == dir ? slash + 1 : slash) = '\0';
+    allow_dir(s, dir);
+  }
+}
+
+/* --resume on the local target: the resumed job's run directory is allowed too. */
+static void allow_resumed(submit_t *s, sock_ctx_t *ctx) {
+  proto_msg_t req, rep;
+  proto_msg_init(&req, PROTO_GET_SPEC);
+  req.u.spec.job = s->resume;
+  if (sock_request(ctx, s->sp.coordinator, &req, &rep,
+                   (int)drv_setting(DRV_SET_CLIENT_TIMEOUT_MS)) == DRV_OK &&
+      rep.type == PROTO_SPEC && rep.u.spec.run_dir)
+    allow_dir(s, rep.u.spec.run_dir);
+  proto_msg_fini(&rep);
+}
+
 /* The resolved spec to submit, as YAML: from the file (paths made absolute against the
  * current directory), or for --resume without a file, the stored spec of the job resumed;
  * --set overrides apply to either. *local and *nodes say where it runs. Returns 0, or the
@@ -163,6 +206,7 @@ static int resolve_spec(submit_t *s, sock_ctx_t *ctx, char **yaml, int *local, u
   }
   *local = spec->target == SPEC_TARGET_LOCAL;
   *nodes = spec->nodes;
+  if (*local) allow_spec_dirs(s, spec);
   jobspec_destroy(&spec);
   return 0;
 }
@@ -174,16 +218,18 @@ static int resolve_spec(submit_t *s, sock_ctx_t *ctx, char **yaml, int *local, u
 static int prepare(submit_t *s, sock_ctx_t *ctx, char **yaml, int *local) {
   spawn_t *sp = &s->sp;
   uint32_t nodes = 1;
-  if (!s->spec_path && (fs_mkdir_p(sp->logdir) != DRV_OK || spawn_coordinator(sp, ctx, 1) < 0))
+  if (!s->spec_path &&
+      (fs_mkdir_p(sp->logdir, 0750) != DRV_OK || spawn_coordinator(sp, ctx, 1) < 0))
     return 1;
   int rc = resolve_spec(s, ctx, yaml, local, &nodes);
   if (rc != 0) return rc;
-  if (*local && fs_mkdir_p(sp->logdir) != DRV_OK) {
+  if (*local && fs_mkdir_p(sp->logdir, 0750) != DRV_OK) {
     fprintf(stderr, "drover submit: %s\n", drv_last_error());
     return 1;
   }
   if (s->spec_path && spawn_coordinator(sp, ctx, *local) < 0) return 1;
-  if (*local && spawn_local_agents(sp, nodes) < 0) return 1;
+  if (*local && s->resume) allow_resumed(s, ctx);
+  if (*local && spawn_local_agents(sp, nodes, s->allow_ptrs, s->nallow) < 0) return 1;
   return 0;
 }
 
@@ -443,14 +489,16 @@ static int follow_job(submit_t *s, sock_ctx_t *ctx, sock_t *sub, follow_t *f, in
 int cmd_submit(int argc, char **argv) {
   submit_t s = {0};
   if (parse_args(&s, argc, argv) < 0) return 2;
-  spawn_init(&s.sp, cli_coordinator(s.coordinator), cli_state_dir(s.state_dir), s.verbose);
-  if (fs_mkdir_p(s.sp.state_dir) != DRV_OK) {
+  if (spawn_init(&s.sp, cli_coordinator(s.coordinator), cli_state_dir(s.state_dir), s.verbose) !=
+          DRV_OK ||
+      fs_mkdir_p(s.sp.state_dir, 0700) != DRV_OK) {
     fprintf(stderr, "drover submit: %s\n", drv_last_error());
     return 1;
   }
   s.stop = cli_stop_signals();
 
   sock_ctx_t *ctx = sock_ctx_new();
+  cli_secure(ctx, "admin.secret"); /* no keys yet: made by the coordinator it starts */
   int ret, local = 1;
   char *yaml = NULL;
   sock_t *sub = NULL;

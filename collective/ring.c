@@ -8,6 +8,11 @@
  * chunk-sized scratch buffer and are added into data; those of the all-gather land in place.
  * The TCP streams keep items in order on both ends, so the only state is "next item, bytes
  * done" per direction, and one poll() loop drives both directions at once.
+ *
+ * Connecting comes first: a handshake per link (ring.h has its bytes) in which both ends
+ * prove the job's ring key with libsodium (BLAKE2b for the generation's key, HMAC-SHA-256
+ * for the proofs, random nonces, constant-time comparison) before the link is handed to
+ * the all-reduce. Its cryptography is one section below, its state machines the next.
  */
 #include "collective/ring.h"
 
@@ -24,14 +29,19 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "common/log.h"
 #include "common/settings.h"
 #include "common/sock.h"
 
 #define RING_MAGIC_HELLO 0x474e5244u /* "DRNG" as little-endian bytes */
 #define RING_MAGIC_CALL 0x52415244u  /* "DRAR" */
-#define RING_MSG_BYTES 24            /* hello/answer and per-call header alike */
-#define RING_PENDING_MAX 8           /* connections waiting for their hello at once */
+#define RING_HEAD_BYTES 24           /* a handshake message's head, and the per-call header */
+#define RING_NONCE_BYTES 32          /* each side's fresh nonce */
+#define RING_MAC_BYTES crypto_auth_hmacsha256_BYTES /* a proof: HMAC-SHA-256 */
+#define RING_MSG_MAX (RING_HEAD_BYTES + RING_NONCE_BYTES + RING_MAC_BYTES) /* the challenge */
+#define RING_PENDING_MAX 8 /* connections waiting for their hello at once */
 /* Socket buffers asked for on every link (the kernel clamps them to net.core.{w,r}mem_max,
  * and doubles them). On loopback this measured as good as autotuning or better, and more
  * steady; 0 leaves the kernel's autotuning alone. */
@@ -41,7 +51,16 @@
  * (a 1 MiB cap measured clearly slower), yet bounded so neither side can starve the other. */
 #define RING_BURST_BYTES (16 << 20)
 
-enum { RING_KIND_HELLO = 1, RING_KIND_ACCEPT = 2, RING_KIND_REFUSE = 3 };
+/* Handshake messages (ring.h has their layout). HELLO is the keyless one: the public tag
+ * is all it shows. */
+enum {
+  RING_KIND_HELLO = 1,
+  RING_KIND_ACCEPT = 2,
+  RING_KIND_REFUSE = 3,
+  RING_KIND_AUTH_HELLO = 4,
+  RING_KIND_CHALLENGE = 5,
+  RING_KIND_PROOF = 6,
+};
 
 typedef struct {
   size_t off;  /* first float of the chunk in data */
@@ -55,7 +74,9 @@ struct ring {
   int right_fd;  /* we send to rank+1 */
   int left_fd;   /* we receive from rank-1 */
   uint32_t rank, world;
-  uint64_t tag;
+  int64_t job;
+  uint32_t generation;
+  uint64_t tag; /* job << 32 | generation: what a hello shows in the clear */
   uint64_t seq; /* all-reduce calls made so far: both ends of a link must agree */
   bool connected;
   bool broken; /* an all-reduce failed part way: the streams are out of step */
@@ -90,7 +111,7 @@ static uint64_t get_u64(const unsigned char *p) {
   return v;
 }
 
-/* hello/answer: magic, kind, rank, world, tag */
+/* A handshake message's head: magic, kind, rank, world, tag. */
 static void ring_msg_pack(unsigned char *p, uint32_t kind, uint32_t rank, uint32_t world,
                           uint64_t tag) {
   put_u32(p, RING_MAGIC_HELLO);
@@ -218,65 +239,285 @@ uint64_t ring_seq(const ring_t *r) {
   return r ? r->seq : 0;
 }
 
+// --- the handshake's cryptography ----------------------------------------------------------
+// Each generation's links are proven with a key of their own, derived from the job's ring
+// key: BLAKE2b-256 keyed with the ring key over a label, the job and the generation. A
+// proof is HMAC-SHA-256 under that key over a label naming the side that proves, both
+// nonces, both ranks, the world, the generation, the job and both listening addresses (as
+// each side knows them: its own, and the one it has for its neighbour), every field fixed
+// in size or length-prefixed.
+
+static const char ring_label_gen[] = "drover ring generation key v1";
+static const char ring_label_dialer[] = "drover ring dialer proof v1";
+static const char ring_label_acceptor[] = "drover ring acceptor proof v1";
+
+/* What both ends of one link put in their proofs. */
+typedef struct {
+  const unsigned char *nonce_d, *nonce_a; /* the dialer's and the acceptor's */
+  uint32_t rank_d, rank_a;
+  const char *addr_d, *addr_a; /* the dialer's and the acceptor's ring addresses */
+} ring_transcript_t;
+
+static void mac_put(crypto_auth_hmacsha256_state *st, const void *p, size_t n) {
+  crypto_auth_hmacsha256_update(st, p, n);
+}
+
+static void mac_put_u32(crypto_auth_hmacsha256_state *st, uint32_t v) {
+  unsigned char b[4];
+  put_u32(b, v);
+  mac_put(st, b, sizeof b);
+}
+
+/* A length-prefixed string. */
+static void mac_put_str(crypto_auth_hmacsha256_state *st, const char *s) {
+  size_t n = strlen(s);
+  mac_put_u32(st, (uint32_t)n);
+  mac_put(st, s, n);
+}
+
+/* This generation's key, from the job's ring key. */
+static void ring_key_derive(const unsigned char key[RING_KEY_BYTES], int64_t job,
+                            uint32_t generation, unsigned char out[RING_KEY_BYTES]) {
+  unsigned char msg[sizeof ring_label_gen + 12];
+  memcpy(msg, ring_label_gen, sizeof ring_label_gen); /* the NUL ends the label */
+  put_u64(msg + sizeof ring_label_gen, (uint64_t)job);
+  put_u32(msg + sizeof ring_label_gen + 8, generation);
+  crypto_generichash(out, RING_KEY_BYTES, msg, sizeof msg, key, RING_KEY_BYTES);
+  sodium_memzero(msg, sizeof msg);
+}
+
+/* One side's proof of the generation key over the link's transcript; `dialer` picks the
+ * label, so neither side's proof can stand for the other's. */
+static void ring_proof(const ring_t *r, const unsigned char *kgen, const ring_transcript_t *t,
+                       bool dialer, unsigned char mac[RING_MAC_BYTES]) {
+  crypto_auth_hmacsha256_state st;
+  crypto_auth_hmacsha256_init(&st, kgen, RING_KEY_BYTES);
+  mac_put_str(&st, dialer ? ring_label_dialer : ring_label_acceptor);
+  mac_put(&st, t->nonce_d, RING_NONCE_BYTES);
+  mac_put(&st, t->nonce_a, RING_NONCE_BYTES);
+  mac_put_u32(&st, t->rank_d);
+  mac_put_u32(&st, t->rank_a);
+  mac_put_u32(&st, r->world);
+  mac_put_u32(&st, r->generation);
+  unsigned char job[8];
+  put_u64(job, (uint64_t)r->job);
+  mac_put(&st, job, sizeof job);
+  mac_put_str(&st, t->addr_d);
+  mac_put_str(&st, t->addr_a);
+  crypto_auth_hmacsha256_final(&st, mac);
+  sodium_memzero(&st, sizeof st);
+}
+
+/* Whether `got` is the proof the other side should have sent: computed here, compared in
+ * constant time. */
+static bool ring_proof_ok(const ring_t *r, const unsigned char *kgen, const ring_transcript_t *t,
+                          bool dialer, const unsigned char *got) {
+  unsigned char want[RING_MAC_BYTES];
+  ring_proof(r, kgen, t, dialer, want);
+  bool ok = sodium_memcmp(want, got, RING_MAC_BYTES) == 0;
+  sodium_memzero(want, sizeof want);
+  return ok;
+}
+
+drv_result_t ring_key_parse(const char *hex, unsigned char key[RING_KEY_BYTES]) {
+  size_t n = 0;
+  const char *end = NULL;
+  if (!hex || strlen(hex) != 2 * RING_KEY_BYTES ||
+      sodium_hex2bin(key, RING_KEY_BYTES, hex, strlen(hex), NULL, &n, &end) != 0 ||
+      n != RING_KEY_BYTES || *end) {
+    sodium_memzero(key, RING_KEY_BYTES);
+    return drv_error(DRV_ERR_INVALID, "the ring key is not %d hex digits", 2 * RING_KEY_BYTES);
+  }
+  return DRV_OK;
+}
+
+drv_result_t ring_key_new(unsigned char key[RING_KEY_BYTES]) {
+  if (sodium_init() < 0) return drv_error(DRV_ERR_SYS, "ring: libsodium could not start");
+  randombytes_buf(key, RING_KEY_BYTES);
+  return DRV_OK;
+}
+
 // --- connect -------------------------------------------------------------------------------
 // ring_connect dials the right neighbour and accepts the left one at the same time, in one
 // poll() loop: each side may come up in any order, and a peer that is not listening yet is
 // dialled again with a growing backoff. The dial runs through DIAL_WAIT (until the next try),
-// DIAL_CONNECTING, DIAL_HELLO (ours going out), DIAL_ANSWER (theirs coming in), DIAL_DONE;
-// accepted connections wait in `pend` until their hello is complete and judged.
+// DIAL_CONNECTING, DIAL_HELLO (ours going out), DIAL_CHALLENGE (the acceptor's nonce and
+// proof coming in; the plain answer without a key), DIAL_ANSWER (its verdict on our proof),
+// DIAL_DONE. Accepted connections wait in `pend` until their handshake is complete and
+// judged; each has RING_HANDSHAKE_MS to finish it, and a full table makes room by closing
+// its oldest, so that no stranger, silent or slow, can keep the left neighbour out.
 
 typedef struct {
   int fd;
-  size_t got;
-  unsigned char buf[RING_MSG_BYTES];
+  int64_t deadline; /* closed unless its handshake is over by then */
+  bool proving;     /* our challenge went out: its proof is what comes next */
+  size_t got;       /* bytes of the message being read */
+  unsigned char buf[RING_MSG_MAX];
+  uint32_t rank; /* the rank it claimed in its hello */
+  unsigned char nonce_d[RING_NONCE_BYTES], nonce_a[RING_NONCE_BYTES];
+  char from[RING_ADDR_MAX]; /* its address, for the log */
 } ring_pending_t;
 
-typedef enum { DIAL_WAIT, DIAL_CONNECTING, DIAL_HELLO, DIAL_ANSWER, DIAL_DONE } ring_dial_t;
+typedef enum {
+  DIAL_WAIT,
+  DIAL_CONNECTING,
+  DIAL_HELLO,
+  DIAL_CHALLENGE,
+  DIAL_ANSWER,
+  DIAL_DONE
+} ring_dial_t;
 
 /* The state of one ring_connect. */
 typedef struct {
   ring_t *r;
   uint32_t right, left;
-  const char *right_addr;
+  const char *right_addr, *left_addr;
   struct addrinfo *ai; /* the right neighbour's address */
+  bool keyed;          /* links are proven with kgen; else the public tag check only */
+  unsigned char kgen[RING_KEY_BYTES]; /* this generation's key */
+  int handshake_ms;
   /* dialling the right neighbour */
   ring_dial_t dial;
   int rfd;
-  size_t dio; /* bytes of the hello sent, then of the answer received */
-  unsigned char hello[RING_MSG_BYTES], ans[RING_MSG_BYTES];
-  int64_t next_try;
-  int backoff;   /* ms before the next try, doubling up to 500 */
-  char why[160]; /* why the last try failed */
+  size_t dio; /* bytes of the hello sent, then of the message being received */
+  unsigned char hello[RING_MSG_MAX], msg[RING_MSG_MAX];
+  unsigned char nonce_d[RING_NONCE_BYTES]; /* ours, for this try */
+  int64_t next_try, try_end;               /* the next try; the end of the current one */
+  int backoff;                             /* ms before the next try, doubling up to 500 */
+  char why[160];                           /* why the last try failed */
   /* accepting the left neighbour */
-  int lfd; /* -1 until its hello is accepted */
+  int lfd; /* -1 until its handshake is complete */
   ring_pending_t pend[RING_PENDING_MAX];
   int npend;
 } ring_link_t;
 
-/* A hello from a would-be left neighbour is complete: accept or refuse it. Returns true
- * when it is the neighbour we wait for (the answer has been sent). */
-static bool ring_judge_hello(ring_t *r, ring_pending_t *p, uint32_t left) {
+/* The length of a handshake message of this kind, its head included; 0: no such kind. */
+static size_t ring_msg_len(uint32_t kind) {
+  switch (kind) {
+  case RING_KIND_HELLO:
+  case RING_KIND_ACCEPT:
+  case RING_KIND_REFUSE: return RING_HEAD_BYTES;
+  case RING_KIND_AUTH_HELLO: return RING_HEAD_BYTES + RING_NONCE_BYTES;
+  case RING_KIND_CHALLENGE: return RING_HEAD_BYTES + RING_NONCE_BYTES + RING_MAC_BYTES;
+  case RING_KIND_PROOF: return RING_HEAD_BYTES + RING_MAC_BYTES;
+  default: return 0;
+  }
+}
+
+/* Reads what has come of one handshake message into buf[RING_MSG_MAX]: its head, then as
+ * many bytes as its kind says, never more (what follows belongs to the next message).
+ * 1: complete; 0: more to come; -1 (why says it): closed, failed, or not a ring message. */
+static int msg_recv(int fd, unsigned char *buf, size_t *got, char *why, size_t whylen) {
+  for (;;) {
+    size_t want = *got < RING_HEAD_BYTES ? RING_HEAD_BYTES : ring_msg_len(get_u32(buf + 4));
+    if (*got == want) return 1;
+    ssize_t k = recv(fd, buf + *got, want - *got, 0);
+    if (k == 0) {
+      snprintf(why, whylen, "it closed the connection");
+      return -1;
+    }
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+      snprintf(why, whylen, "%s", strerror(errno));
+      return -1;
+    }
+    *got += (size_t)k;
+    if (*got == RING_HEAD_BYTES &&
+        (get_u32(buf) != RING_MAGIC_HELLO || ring_msg_len(get_u32(buf + 4)) == 0)) {
+      snprintf(why, whylen, "it sent something that is not a ring handshake");
+      return -1;
+    }
+  }
+}
+
+/* Sends a whole handshake message. A handshake socket's send buffer holds far more than
+ * the few bytes in flight, so they go at once or the link is gone. */
+static bool msg_send(int fd, const unsigned char *buf, size_t len) {
+  ssize_t k;
+  errno = 0;
+  do k = send(fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (k < 0 && errno == EINTR);
+  return k == (ssize_t)len;
+}
+
+/* The acceptor's side of the transcript of a pending connection. */
+static ring_transcript_t pend_transcript(const ring_link_t *c, const ring_pending_t *p) {
+  return (ring_transcript_t){.nonce_d = p->nonce_d,
+                             .nonce_a = p->nonce_a,
+                             .rank_d = c->left,
+                             .rank_a = c->r->rank,
+                             .addr_d = c->left_addr,
+                             .addr_a = c->r->addr};
+}
+
+/* A refusal: the verdict to the peer (best effort), and the log line naming it. */
+static void pend_refuse(const ring_link_t *c, ring_pending_t *p, const char *why) {
+  const ring_t *r = c->r;
+  unsigned char ans[RING_HEAD_BYTES];
+  ring_msg_pack(ans, RING_KIND_REFUSE, r->rank, r->world, r->tag);
+  (void)msg_send(p->fd, ans, sizeof ans);
+  log_warn("ring: rank %u of %u refused the connection from %s: %s", r->rank, r->world, p->from,
+           why);
+}
+
+/* The hello of a would-be left neighbour is complete. Returns true when it is the
+ * neighbour we wait for as far as its hello says: without a key, it is accepted now (the
+ * answer has gone out); with one, our challenge has gone out and its proof is awaited
+ * (p->proving). False: refused, to be closed. */
+static bool pend_hello(ring_link_t *c, ring_pending_t *p) {
+  ring_t *r = c->r;
   const unsigned char *b = p->buf;
-  uint32_t magic = get_u32(b), kind = get_u32(b + 4), rank = get_u32(b + 8);
-  uint32_t world = get_u32(b + 12);
+  uint32_t kind = get_u32(b + 4), rank = get_u32(b + 8), world = get_u32(b + 12);
   uint64_t tag = get_u64(b + 16);
-  unsigned char ans[RING_MSG_BYTES];
-  if (magic != RING_MAGIC_HELLO || kind != RING_KIND_HELLO) {
-    log_warn("ring: rank %u refused a connection that is not a ring hello", r->rank);
+  char why[256];
+  if (kind != (c->keyed ? RING_KIND_AUTH_HELLO : RING_KIND_HELLO)) {
+    pend_refuse(c, p,
+                c->keyed ? "an unauthenticated hello (public tag only): this ring needs the key"
+                         : "a hello that asks for a ring key, and this rank has none");
     return false;
   }
-  bool ok = rank == left && world == r->world && tag == r->tag;
-  ring_msg_pack(ans, ok ? RING_KIND_ACCEPT : RING_KIND_REFUSE, r->rank, r->world, r->tag);
-  /* A fresh socket's send buffer is empty: 24 bytes go out at once or the peer is gone. */
-  ssize_t k = send(p->fd, ans, sizeof ans, MSG_NOSIGNAL);
-  if (!ok) {
-    log_warn(
-        "ring: rank %u of %u (tag %#llx) refused rank %u of %u with tag %#llx "
-        "(expected rank %u)",
-        r->rank, r->world, (unsigned long long)r->tag, rank, world, (unsigned long long)tag, left);
+  if (rank != c->left || world != r->world || tag != r->tag) {
+    snprintf(why, sizeof why,
+             "it is rank %u of %u with tag %#llx, expected rank %u of %u (tag %#llx)", rank, world,
+             (unsigned long long)tag, c->left, r->world, (unsigned long long)r->tag);
+    pend_refuse(c, p, why);
     return false;
   }
-  return k == (ssize_t)sizeof ans;
+  p->rank = rank;
+  unsigned char out[RING_MSG_MAX];
+  size_t len = RING_HEAD_BYTES;
+  if (!c->keyed) {
+    ring_msg_pack(out, RING_KIND_ACCEPT, r->rank, r->world, r->tag);
+  } else {
+    memcpy(p->nonce_d, b + RING_HEAD_BYTES, RING_NONCE_BYTES);
+    randombytes_buf(p->nonce_a, RING_NONCE_BYTES);
+    ring_msg_pack(out, RING_KIND_CHALLENGE, r->rank, r->world, r->tag);
+    memcpy(out + RING_HEAD_BYTES, p->nonce_a, RING_NONCE_BYTES);
+    ring_transcript_t t = pend_transcript(c, p);
+    ring_proof(r, c->kgen, &t, false, out + RING_HEAD_BYTES + RING_NONCE_BYTES);
+    len = ring_msg_len(RING_KIND_CHALLENGE);
+    p->proving = true;
+    p->got = 0;
+  }
+  return msg_send(p->fd, out, len);
+}
+
+/* The proof of a would-be left neighbour is complete: true when it proves the key (our
+ * ACCEPT has gone out), false (refused, logged) otherwise. */
+static bool pend_proof(ring_link_t *c, ring_pending_t *p) {
+  ring_t *r = c->r;
+  const unsigned char *b = p->buf;
+  ring_transcript_t t = pend_transcript(c, p);
+  if (get_u32(b + 4) != RING_KIND_PROOF || get_u32(b + 8) != p->rank ||
+      get_u32(b + 12) != r->world || get_u64(b + 16) != r->tag ||
+      !ring_proof_ok(r, c->kgen, &t, true, b + RING_HEAD_BYTES)) {
+    pend_refuse(c, p, "it did not prove the ring key");
+    return false;
+  }
+  unsigned char ans[RING_HEAD_BYTES];
+  ring_msg_pack(ans, RING_KIND_ACCEPT, r->rank, r->world, r->tag);
+  return msg_send(p->fd, ans, sizeof ans);
 }
 
 /* Starts a connection to the right neighbour (DIAL_WAIT, its time has come). A connect
@@ -287,6 +528,7 @@ static drv_result_t dial_start(ring_link_t *c, int64_t now) {
   SYS_CHECK_GOTO(c->rfd, rc, fail, "ring: socket");
   ring_sockbufs(c->rfd);
   c->dio = 0;
+  c->try_end = now + c->handshake_ms;
   if (connect(c->rfd, c->ai->ai_addr, c->ai->ai_addrlen) == 0 || errno == EINPROGRESS) {
     c->dial = DIAL_CONNECTING; /* an immediate success is checked like one in progress */
   } else {
@@ -325,50 +567,35 @@ static bool dial_connected(ring_link_t *c) {
   return true;
 }
 
-/* DIAL_HELLO: sends what is left of our hello (then on to DIAL_ANSWER); false (with why)
- * when the link failed. */
+/* DIAL_HELLO: our hello, with a fresh nonce when links are proven (then on to
+ * DIAL_CHALLENGE); false (with why) when the link failed. */
 static bool dial_hello(ring_link_t *c) {
-  bool ok = true;
-  ssize_t k = send(c->rfd, c->hello + c->dio, sizeof c->hello - c->dio, MSG_NOSIGNAL);
-  if (k > 0) {
-    c->dio += (size_t)k;
-  } else if (k < 0 && errno != EAGAIN && errno != EINTR) {
-    snprintf(c->why, sizeof c->why, "hello: %s", strerror(errno));
-    ok = false;
+  const ring_t *r = c->r;
+  size_t len = RING_HEAD_BYTES;
+  ring_msg_pack(c->hello, c->keyed ? RING_KIND_AUTH_HELLO : RING_KIND_HELLO, r->rank, r->world,
+                r->tag);
+  if (c->keyed) {
+    randombytes_buf(c->nonce_d, RING_NONCE_BYTES);
+    memcpy(c->hello + RING_HEAD_BYTES, c->nonce_d, RING_NONCE_BYTES);
+    len += RING_NONCE_BYTES;
   }
-  if (c->dio == sizeof c->hello) {
-    c->dial = DIAL_ANSWER;
-    c->dio = 0;
-  }
-  return ok;
-}
-
-/* DIAL_ANSWER: reads what is left of the answer; false (with why) when the link failed. */
-static bool dial_answer(ring_link_t *c) {
-  ssize_t k = recv(c->rfd, c->ans + c->dio, sizeof c->ans - c->dio, 0);
-  if (k > 0) {
-    c->dio += (size_t)k;
-  } else if (k == 0) {
-    snprintf(c->why, sizeof c->why, "it closed the connection before answering");
-    return false;
-  } else if (errno != EAGAIN && errno != EINTR) {
-    snprintf(c->why, sizeof c->why, "answer: %s", strerror(errno));
+  if (!msg_send(c->rfd, c->hello, len)) {
+    snprintf(c->why, sizeof c->why, "hello: %s", errno ? strerror(errno) : "short send");
     return false;
   }
+  c->dial = DIAL_CHALLENGE;
+  c->dio = 0;
   return true;
 }
 
-/* The right neighbour's whole answer: it must be a ring peer that accepted us and is who
- * we dialled. DRV_ERR_PROTO otherwise (no retry: the address belongs to someone else). */
+/* A refusal, or an answer that names someone else, from the right neighbour's address:
+ * DRV_ERR_PROTO, no retry (a stale or misplaced peer learns at once). Checks the head of
+ * c->msg; DRV_OK when it is the rank we dialled, in this world and generation. */
 static drv_result_t answer_check(const ring_link_t *c) {
   const ring_t *r = c->r;
-  const unsigned char *a = c->ans;
-  uint32_t magic = get_u32(a), kind = get_u32(a + 4), prank = get_u32(a + 8);
-  uint32_t pworld = get_u32(a + 12);
+  const unsigned char *a = c->msg;
+  uint32_t kind = get_u32(a + 4), prank = get_u32(a + 8), pworld = get_u32(a + 12);
   uint64_t ptag = get_u64(a + 16);
-  if (magic != RING_MAGIC_HELLO || (kind != RING_KIND_ACCEPT && kind != RING_KIND_REFUSE))
-    return drv_error(DRV_ERR_PROTO, "ring: rank %u: %s did not answer as a ring peer", r->rank,
-                     c->right_addr);
   if (kind == RING_KIND_REFUSE || prank != c->right || pworld != r->world || ptag != r->tag)
     return drv_error(DRV_ERR_PROTO,
                      "ring: rank %u of %u (tag %#llx): the peer at %s %s: it is rank %u "
@@ -379,42 +606,94 @@ static drv_result_t answer_check(const ring_link_t *c) {
   return DRV_OK;
 }
 
-/* The dialled socket is ready: one step of connect, hello, answer. A failed try is retried
- * after the backoff; a wrong peer is an error. */
+/* A complete message from the right neighbour in DIAL_CHALLENGE or DIAL_ANSWER: on to the
+ * next state (our proof goes out after its proof checks), or *retry when it did not prove
+ * the key (closed, logged, dialled again: the real neighbour may yet answer there), or an
+ * error for a refusal. */
+static drv_result_t dial_judge(ring_link_t *c, bool *retry) {
+  const ring_t *r = c->r;
+  uint32_t kind = get_u32(c->msg + 4);
+  DRV_CHECK(answer_check(c)); /* a refusal, or another rank, world or generation */
+  if (kind == RING_KIND_CHALLENGE && !c->keyed)
+    return drv_error(DRV_ERR_PROTO,
+                     "ring: rank %u: the peer at %s asks for a ring key, and this rank has none",
+                     r->rank, c->right_addr);
+  uint32_t want = c->dial == DIAL_ANSWER || !c->keyed ? RING_KIND_ACCEPT : RING_KIND_CHALLENGE;
+  ring_transcript_t t = {.nonce_d = c->nonce_d,
+                         .nonce_a = c->msg + RING_HEAD_BYTES,
+                         .rank_d = r->rank,
+                         .rank_a = c->right,
+                         .addr_d = r->addr,
+                         .addr_a = c->right_addr};
+  /* With a key, an ACCEPT before the peer has proven itself (the public-tag answer) is no
+   * better than a wrong proof: nothing goes to it. */
+  if (kind != want ||
+      (kind == RING_KIND_CHALLENGE &&
+       !ring_proof_ok(r, c->kgen, &t, false, c->msg + RING_HEAD_BYTES + RING_NONCE_BYTES))) {
+    const char *what = c->keyed ? "did not prove the ring key" : "did not answer as a ring peer";
+    snprintf(c->why, sizeof c->why, "the peer there %s", what);
+    log_warn("ring: rank %u of %u: the peer at %s %s: closed, dialling again", r->rank, r->world,
+             c->right_addr, what);
+    *retry = true;
+    return DRV_OK;
+  }
+  if (kind == RING_KIND_ACCEPT) {
+    c->dial = DIAL_DONE;
+    return DRV_OK;
+  }
+  unsigned char proof[RING_MSG_MAX];
+  ring_msg_pack(proof, RING_KIND_PROOF, r->rank, r->world, r->tag);
+  ring_proof(r, c->kgen, &t, true, proof + RING_HEAD_BYTES);
+  if (!msg_send(c->rfd, proof, ring_msg_len(RING_KIND_PROOF))) {
+    snprintf(c->why, sizeof c->why, "proof: %s", errno ? strerror(errno) : "short send");
+    *retry = true;
+    return DRV_OK;
+  }
+  c->dial = DIAL_ANSWER;
+  c->dio = 0;
+  return DRV_OK;
+}
+
+/* The dialled socket is ready: one step of connect, hello, challenge, answer. A failed
+ * try is retried after the backoff; a refusal is an error. */
 static drv_result_t dial_step(ring_link_t *c) {
   bool retry = false;
   if (c->dial == DIAL_CONNECTING) retry = !dial_connected(c);
   if (c->dial == DIAL_HELLO && !retry) {
     retry = !dial_hello(c);
-  } else if (c->dial == DIAL_ANSWER && !retry) {
-    retry = !dial_answer(c);
-    if (c->dio == sizeof c->ans) {
-      DRV_CHECK(answer_check(c));
-      c->dial = DIAL_DONE;
-    }
+  } else if ((c->dial == DIAL_CHALLENGE || c->dial == DIAL_ANSWER) && !retry) {
+    errno = 0;
+    int got = msg_recv(c->rfd, c->msg, &c->dio, c->why, sizeof c->why);
+    if (got < 0) retry = true;
+    if (got > 0) DRV_CHECK(dial_judge(c, &retry));
   }
   if (retry) dial_retry(c);
   return DRV_OK;
 }
 
-/* Reads the hellos of would-be left neighbours that have data (pfd[i] for pend[i]): the
- * one we wait for becomes the left link, stale or foreign ones are refused and closed. */
-static void hellos_read(ring_link_t *c, const struct pollfd *pfd) {
+/* Reads the handshakes of would-be left neighbours that have data (pfd[i] for pend[i]):
+ * the one we wait for becomes the left link once it is complete (and, with a key, proven),
+ * others are refused and closed. */
+static void pend_read(ring_link_t *c, const struct pollfd *pfd) {
   for (int i = 0; i < c->npend; i++) {
     if (!pfd[i].revents) continue;
     ring_pending_t *p = &c->pend[i];
-    ssize_t k = recv(p->fd, p->buf + p->got, sizeof p->buf - p->got, 0);
-    if (k < 0 && (errno == EAGAIN || errno == EINTR)) continue;
-    bool drop = k <= 0;
-    if (k > 0) p->got += (size_t)k;
-    if (!drop && p->got == sizeof p->buf) {
-      if (c->lfd < 0 && ring_judge_hello(c->r, p, c->left)) {
-        c->lfd = p->fd;
-        p->fd = -1;
-      }
-      drop = true;
+    char why[160];
+    int got = msg_recv(p->fd, p->buf, &p->got, why, sizeof why);
+    if (got < 0) {
+      log_warn("ring: rank %u: the connection from %s ended before its handshake: %s", c->r->rank,
+               p->from, why);
+      ring_close(&p->fd);
     }
-    if (drop) ring_close(&p->fd);
+    if (got <= 0) continue;
+    bool proving = p->proving;
+    bool ok = c->lfd < 0 && (proving ? pend_proof(c, p) : pend_hello(c, p));
+    if (ok && !proving && p->proving) continue; /* our challenge went out: its proof next */
+    if (ok) {
+      c->lfd = p->fd;
+      p->fd = -1;
+    }
+    ring_close(&p->fd);
   }
   int keep = 0;
   for (int i = 0; i < c->npend; i++)
@@ -422,31 +701,76 @@ static void hellos_read(ring_link_t *c, const struct pollfd *pfd) {
   c->npend = keep;
 }
 
-/* Takes every connection waiting on the listening socket, to wait for its hello. */
-static void accept_pending(ring_link_t *c) {
-  for (;;) {
-    int fd = accept4(c->r->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) break; /* EAGAIN, or a connection that died before we took it */
-    if (c->npend == RING_PENDING_MAX) {
-      log_warn("ring: rank %u: too many connections without a hello; dropping one", c->r->rank);
-      close(fd);
+/* Closes the pending connections whose handshake time is over. */
+static void pend_expire(ring_link_t *c, int64_t now) {
+  int keep = 0;
+  for (int i = 0; i < c->npend; i++) {
+    ring_pending_t *p = &c->pend[i];
+    if (now >= p->deadline) {
+      log_warn("ring: rank %u: the connection from %s had no handshake in %d ms: closed",
+               c->r->rank, p->from, c->handshake_ms);
+      ring_close(&p->fd);
       continue;
     }
-    c->pend[c->npend++] = (ring_pending_t){.fd = fd, .got = 0};
+    c->pend[keep++] = *p;
+  }
+  c->npend = keep;
+}
+
+/* "HOST:PORT" of a peer, for the log. */
+static void ring_peer_name(const struct sockaddr_storage *ss, socklen_t sl, char *out, size_t n) {
+  char host[NI_MAXHOST], port[NI_MAXSERV];
+  if (getnameinfo((const struct sockaddr *)ss, sl, host, sizeof host, port, sizeof port,
+                  NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    snprintf(out, n, "an unknown address");
+  else
+    snprintf(out, n, ss->ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, port);
+}
+
+/* Takes every connection waiting on the listening socket, to wait for its handshake. A
+ * full table closes its oldest to make room: a stranger cannot hold every place. */
+static void pend_accept(ring_link_t *c, int64_t now) {
+  for (;;) {
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    int fd = accept4(c->r->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) break; /* EAGAIN, or a connection that died before we took it */
+    if (c->npend == RING_PENDING_MAX) {
+      log_warn(
+          "ring: rank %u: %d connections without a finished handshake; closing the oldest, "
+          "from %s",
+          c->r->rank, RING_PENDING_MAX, c->pend[0].from);
+      ring_close(&c->pend[0].fd);
+      memmove(c->pend, c->pend + 1, sizeof c->pend[0] * (RING_PENDING_MAX - 1));
+      c->npend--;
+    }
+    ring_pending_t *p = &c->pend[c->npend++];
+    *p = (ring_pending_t){.fd = fd, .deadline = now + c->handshake_ms};
+    ring_peer_name(&ss, sl, p->from, sizeof p->from);
   }
 }
 
 /* What to poll: [0] the listening socket (until the left link is in), [1] the dialled
- * socket in its current state, [2..] the pending hellos. Returns how many entries. */
+ * socket in its current state, [2..] the pending handshakes. Returns how many entries. */
 static nfds_t link_pollfds(const ring_link_t *c, struct pollfd *pfd) {
   pfd[0] = (struct pollfd){.fd = c->lfd < 0 ? c->r->listen_fd : -1, .events = POLLIN};
-  short ev = c->dial == DIAL_CONNECTING || c->dial == DIAL_HELLO ? POLLOUT
-             : c->dial == DIAL_ANSWER                            ? POLLIN
-                                                                 : 0;
+  short ev = c->dial == DIAL_CONNECTING || c->dial == DIAL_HELLO   ? POLLOUT
+             : c->dial == DIAL_CHALLENGE || c->dial == DIAL_ANSWER ? POLLIN
+                                                                   : 0;
   pfd[1] = (struct pollfd){.fd = ev ? c->rfd : -1, .events = ev};
   for (int i = 0; i < c->npend; i++)
     pfd[2 + i] = (struct pollfd){.fd = c->pend[i].fd, .events = POLLIN};
   return (nfds_t)(2 + c->npend);
+}
+
+/* When the loop must wake next: the deadline, the next dial, the end of the current try,
+ * the first pending handshake's end. */
+static int64_t link_wake(const ring_link_t *c, int64_t deadline) {
+  int64_t until = deadline;
+  if (c->dial == DIAL_WAIT) until = DRV_MIN(until, c->next_try);
+  if (c->dial != DIAL_WAIT && c->dial != DIAL_DONE) until = DRV_MIN(until, c->try_end);
+  for (int i = 0; i < c->npend; i++) until = DRV_MIN(until, c->pend[i].deadline);
+  return until;
 }
 
 /* The deadline passed: which neighbour is missing, and why. */
@@ -460,7 +784,7 @@ static drv_result_t link_timeout(const ring_link_t *c, int timeout_ms) {
                    c->r->world, lmsg, *lmsg && *rmsg ? "; " : "", rmsg, timeout_ms);
 }
 
-/* Closes every socket of a connect that is over and frees the address. */
+/* Closes every socket of a connect that is over, frees the address, wipes the key. */
 static void link_close(ring_link_t *c) {
   for (int i = 0; i < c->npend; i++) ring_close(&c->pend[i].fd);
   c->npend = 0;
@@ -468,20 +792,47 @@ static void link_close(ring_link_t *c) {
   ring_close(&c->lfd);
   if (c->ai) freeaddrinfo(c->ai);
   c->ai = NULL;
+  sodium_memzero(c->kgen, sizeof c->kgen);
 }
 
-drv_result_t ring_connect(ring_t *r, uint32_t rank, uint32_t world, const char *const *addrs,
-                          uint64_t tag, int timeout_ms) {
-  drv_result_t rc = DRV_OK;
-  if (!r) return drv_error(DRV_ERR_INVALID, "ring_connect: NULL ring");
+/* One pass of the connect loop, after poll: the dial, the pending handshakes, new
+ * connections, expired tries. */
+static drv_result_t link_step(ring_link_t *c, const struct pollfd *pfd) {
+  if (pfd[1].revents) DRV_CHECK(dial_step(c));
+  pend_read(c, pfd + 2);
+  int64_t now = drv_now_ms();
+  if (c->lfd < 0 && (pfd[0].revents & POLLIN)) pend_accept(c, now);
+  pend_expire(c, now);
+  if (c->dial != DIAL_WAIT && c->dial != DIAL_DONE && now >= c->try_end) {
+    snprintf(c->why, sizeof c->why, "no complete handshake within %d ms", c->handshake_ms);
+    dial_retry(c);
+  }
+  return DRV_OK;
+}
+
+/* Checks ring_connect's arguments and fills in the ring's identity. */
+static drv_result_t connect_args(ring_t *r, uint32_t rank, uint32_t world,
+                                 const ring_auth_t *auth) {
+  if (!r || !auth) return drv_error(DRV_ERR_INVALID, "ring_connect: NULL argument");
   if (r->connected || r->listen_fd < 0)
     return drv_error(DRV_ERR_INVALID, "ring_connect: ring already connected");
   if (world == 0 || rank >= world)
     return drv_error(DRV_ERR_INVALID, "ring_connect: rank %u of world %u", rank, world);
-  if (timeout_ms < 0) timeout_ms = 0;
+  if (auth->key && sodium_init() < 0)
+    return drv_error(DRV_ERR_SYS, "ring: libsodium could not start");
   r->rank = rank;
   r->world = world;
-  r->tag = tag;
+  r->job = auth->job;
+  r->generation = auth->generation;
+  r->tag = ((uint64_t)auth->job << 32) | auth->generation;
+  return DRV_OK;
+}
+
+drv_result_t ring_connect(ring_t *r, uint32_t rank, uint32_t world, const char *const *addrs,
+                          const ring_auth_t *auth, int timeout_ms) {
+  drv_result_t rc = DRV_OK;
+  DRV_CHECK(connect_args(r, rank, world, auth));
+  if (timeout_ms < 0) timeout_ms = 0;
   if (world == 1) {
     ring_close(&r->listen_fd);
     r->connected = true;
@@ -490,16 +841,26 @@ drv_result_t ring_connect(ring_t *r, uint32_t rank, uint32_t world, const char *
   ring_link_t c = {.r = r,
                    .right = (rank + 1) % world,
                    .left = (rank + world - 1) % world,
+                   .keyed = auth->key != NULL,
+                   .handshake_ms = (int)DRV_MAX(drv_setting(DRV_SET_RING_HANDSHAKE_MS), 1),
                    .dial = DIAL_WAIT,
                    .rfd = -1,
                    .backoff = 10,
                    .why = "no attempt finished",
                    .lfd = -1};
-  if (!addrs || !addrs[c.right])
-    return drv_error(DRV_ERR_INVALID, "ring_connect: no address for rank %u", c.right);
+  if (!addrs || !addrs[c.right] || !addrs[c.left])
+    return drv_error(DRV_ERR_INVALID, "ring_connect: no address for rank %u",
+                     addrs && addrs[c.right] ? c.left : c.right);
   c.right_addr = addrs[c.right];
+  c.left_addr = addrs[c.left];
+  if (c.keyed)
+    ring_key_derive(auth->key, auth->job, auth->generation, c.kgen);
+  else
+    log_warn(
+        "ring: rank %u of %u connects WITHOUT a ring key: its links are checked by the "
+        "public tag only, and anyone who can reach its port can join the ring",
+        rank, world);
   DRV_CHECK_GOTO(ring_resolve(c.right_addr, &c.ai), rc, fail);
-  ring_msg_pack(c.hello, RING_KIND_HELLO, rank, world, tag);
 
   int64_t deadline = drv_now_ms() + timeout_ms;
   while (c.dial != DIAL_DONE || c.lfd < 0) {
@@ -511,17 +872,13 @@ drv_result_t ring_connect(ring_t *r, uint32_t rank, uint32_t world, const char *
     if (c.dial == DIAL_WAIT && now >= c.next_try) DRV_CHECK_GOTO(dial_start(&c, now), rc, fail);
     struct pollfd pfd[2 + RING_PENDING_MAX];
     nfds_t nfds = link_pollfds(&c, pfd);
-    int64_t until = c.dial == DIAL_WAIT ? DRV_MIN(deadline, c.next_try) : deadline;
-    int n = poll(pfd, nfds, (int)DRV_MAX(0, until - now));
+    int n = poll(pfd, nfds, (int)DRV_MAX(0, link_wake(&c, deadline) - now));
     if (n < 0) {
       if (errno == EINTR) continue;
       rc = drv_error(DRV_ERR_SYS, "ring: poll: %s", strerror(errno));
       goto fail;
     }
-    if (n == 0) continue;
-    if (pfd[1].revents) DRV_CHECK_GOTO(dial_step(&c), rc, fail);
-    hellos_read(&c, pfd + 2);
-    if (c.lfd < 0 && (pfd[0].revents & POLLIN)) accept_pending(&c);
+    DRV_CHECK_GOTO(link_step(&c, pfd), rc, fail);
   }
 
   int one = 1;
@@ -612,7 +969,7 @@ typedef struct {
   float *data;
   size_t count;
   uint32_t right, left;
-  unsigned char hdr_out[RING_MSG_BYTES], hdr_in[RING_MSG_BYTES];
+  unsigned char hdr_out[RING_HEAD_BYTES], hdr_in[RING_HEAD_BYTES];
   size_t si, ri;       /* next send / recv item */
   size_t sdone, rdone; /* bytes of the current item (or header) done */
   bool hdr_sent, hdr_got;

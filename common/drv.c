@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 static _Thread_local char last_error[DRV_ERROR_MAX];
@@ -123,6 +124,22 @@ static int cmp_double(const void *a, const void *b) {
 double drv_median(double *v, size_t n) {
   qsort(v, n, sizeof *v, cmp_double);
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+void drv_random_hex(char *out, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  unsigned char b[64];
+  n = n < sizeof b ? n : sizeof b;
+  size_t got = 0;
+  while (got < n) { /* getrandom blocks only before the kernel's pool is ready */
+    ssize_t k = getrandom(b + got, n - got, 0);
+    if (k > 0) got += (size_t)k;
+  }
+  for (size_t i = 0; i < n; i++) {
+    out[2 * i] = hex[b[i] >> 4];
+    out[2 * i + 1] = hex[b[i] & 15];
+  }
+  out[2 * n] = '\0';
 }
 
 size_t drv_utf8_char(const char *s, size_t n) {

@@ -5,11 +5,22 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+drv_result_t fs_path(char *out, size_t cap, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int w = vsnprintf(out, cap, fmt, ap);
+  va_end(ap);
+  if (w >= 0 && (size_t)w < cap) return DRV_OK;
+  return drv_error(DRV_ERR_INVALID, "path too long (%d bytes, at most %zu): %.200s...", w,
+                   cap ? cap - 1 : 0, cap ? out : "");
+}
 
 drv_result_t fs_fsync_dir(const char *dir) {
   int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -36,7 +47,7 @@ static drv_result_t fsync_parent(const char *path) {
 }
 
 /* mkdir -p, each new directory made durable in its parent when `durable`. */
-static drv_result_t mkdir_parents(const char *path, bool durable) {
+static drv_result_t mkdir_parents(const char *path, mode_t mode, bool durable) {
   char buf[PATH_MAX];
   size_t len = strlen(path);
   if (len >= sizeof buf) return drv_error(DRV_ERR_INVALID, "path too long: %.200s...", path);
@@ -46,7 +57,7 @@ static drv_result_t mkdir_parents(const char *path, bool durable) {
     if (buf[i] != '/' && buf[i] != '\0') continue;
     char save = buf[i];
     buf[i] = '\0';
-    if (mkdir(buf, 0755) == 0) {
+    if (mkdir(buf, mode) == 0) {
       if (durable) DRV_CHECK(fsync_parent(buf));
     } else if (errno != EEXIST) {
       return drv_error(DRV_ERR_SYS, "%s: mkdir: %s", buf, strerror(errno));
@@ -60,12 +71,66 @@ static drv_result_t mkdir_parents(const char *path, bool durable) {
   return DRV_OK;
 }
 
-drv_result_t fs_mkdir_p(const char *path) {
-  return mkdir_parents(path, false);
+drv_result_t fs_mkdir_p(const char *path, mode_t mode) {
+  return mkdir_parents(path, mode, false);
 }
 
-drv_result_t fs_mkdir_p_durable(const char *path) {
-  return mkdir_parents(path, true);
+drv_result_t fs_mkdir_p_durable(const char *path, mode_t mode) {
+  return mkdir_parents(path, mode, true);
+}
+
+/* The error of a failed open of `what` without O_NOFOLLOW's confusing wording. */
+static drv_result_t open_failed(const char *what) {
+  int e = errno;
+  drv_result_t rc;
+  if (e == ELOOP)
+    rc = drv_error(DRV_ERR_INVALID, "%s: is a symbolic link (refused)", what);
+  else if (e == ENXIO)
+    rc = drv_error(DRV_ERR_INVALID, "%s: not a regular file", what);
+  else
+    rc = drv_error(DRV_ERR_SYS, "%s: cannot open: %s", what, strerror(e));
+  errno = e; /* the caller may tell a missing file from the rest */
+  return rc;
+}
+
+/* The descriptor of a file just opened with O_NONBLOCK: a regular file (with one link
+ * when `single`), blocking from now on; closed on failure. */
+static drv_result_t check_regular(int fd, const char *what, bool single) {
+  struct stat st;
+  drv_result_t rc = DRV_OK;
+  int fl;
+  if (fstat(fd, &st) < 0)
+    rc = drv_error(DRV_ERR_SYS, "%s: fstat: %s", what, strerror(errno));
+  else if (!S_ISREG(st.st_mode))
+    rc = drv_error(DRV_ERR_INVALID, "%s: not a regular file", what);
+  else if (single && st.st_nlink != 1)
+    rc = drv_error(DRV_ERR_INVALID, "%s: has %ju links (refused: a hard link to another file?)",
+                   what, (uintmax_t)st.st_nlink);
+  else if ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
+    rc = drv_error(DRV_ERR_SYS, "%s: fcntl: %s", what, strerror(errno));
+  if (rc != DRV_OK) {
+    close(fd);
+    errno = EINVAL;
+  }
+  return rc;
+}
+
+drv_result_t fs_open_read(int dirfd, const char *name, const char *what, int *fd) {
+  *fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (*fd < 0) return open_failed(what);
+  drv_result_t rc = check_regular(*fd, what, false);
+  if (rc != DRV_OK) *fd = -1;
+  return rc;
+}
+
+drv_result_t fs_open_append(int dirfd, const char *name, const char *what, mode_t mode, int *fd) {
+  *fd =
+      openat(dirfd, name,
+             O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY, mode);
+  if (*fd < 0) return open_failed(what);
+  drv_result_t rc = check_regular(*fd, what, true);
+  if (rc != DRV_OK) *fd = -1;
+  return rc;
 }
 
 drv_result_t fs_write_all(int fd, const void *buf, size_t len, const char *path) {

@@ -1208,9 +1208,34 @@ static drv_result_t spec_check_split(const spec_split_t *split, const char *name
   return DRV_OK;
 }
 
+/* A job name is a file name part (<run_dir>/<name>-<id>) and shows in every listing: 1 to
+ * JOBSPEC_NAME_MAX letters, digits, '.', '_' or '-', not starting with '.'. */
+static drv_result_t spec_check_name(const char *name, const char *origin) {
+  if (!name || !*name) return spec_invalid(origin, "name", "must not be empty");
+  size_t n = strlen(name);
+  bool ok = n <= JOBSPEC_NAME_MAX && name[0] != '.';
+  for (size_t k = 0; ok && k < n; k++) {
+    char c = name[k];
+    ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+         c == '_' || c == '-';
+  }
+  if (ok) return DRV_OK;
+  return spec_invalid(origin, "name",
+                      "'%.64s%s' is not a job name: 1 to %d letters, digits, '.', '_' or '-', "
+                      "not starting with '.'",
+                      name, n > 64 ? "..." : "", JOBSPEC_NAME_MAX);
+}
+
+/* Whether path has a component that is exactly "..". */
+static bool path_has_dotdot(const char *path) {
+  for (const char *p = path; (p = strstr(p, "..")) != NULL; p += 2)
+    if ((p == path || p[-1] == '/') && (p[2] == '\0' || p[2] == '/')) return true;
+  return false;
+}
+
 static drv_result_t spec_validate(const jobspec_t *s, const char *origin) {
   const spec_optim_map_t *o = &s->train.optimizer;
-  if (!s->name || !*s->name) return spec_invalid(origin, "name", "must not be empty");
+  DRV_CHECK(spec_check_name(s->name, origin));
   if (s->nodes < 1) return spec_invalid(origin, "nodes", "must be at least 1, got %u", s->nodes);
   if (s->min_nodes < 1)
     return spec_invalid(origin, "min_nodes", "must be at least 1, got %u", s->min_nodes);
@@ -1295,6 +1320,9 @@ static drv_result_t spec_validate(const jobspec_t *s, const char *origin) {
                         "must be in [0, train.optimizer.lr = %g], got %g", o->lr, lr_min);
 
   if (!s->run_dir || !*s->run_dir) return spec_invalid(origin, "run_dir", "must not be empty");
+  if (path_has_dotdot(s->run_dir))
+    return spec_invalid(origin, "run_dir",
+                        "'%.200s' has a '..' component: name the directory itself", s->run_dir);
   return DRV_OK;
 }
 
@@ -1479,6 +1507,23 @@ static char **path_slot(const jobspec_t *cs, unsigned i, const char **key) {
   return NULL;
 }
 
+/* Drops the empty and "." components of an absolute path in place ("/a//b/./c/" ->
+ * "/a/b/c"); ".." components are left as they are. */
+static void path_tidy(char *p) {
+  char *out = p + 1, *in = p + 1;
+  while (*in) {
+    char *end = strchr(in, '/');
+    size_t n = end ? (size_t)(end - in) : strlen(in);
+    if (n && !(n == 1 && in[0] == '.')) {
+      if (out != p + 1) *out++ = '/';
+      memmove(out, in, n);
+      out += n;
+    }
+    in += n + (end != NULL);
+  }
+  *out = '\0';
+}
+
 // --- Limits: what one job may ask of the cluster -------------------------------------
 
 /* A limit of DRV_SETTINGS, 0 meaning none. */
@@ -1520,9 +1565,6 @@ drv_result_t jobspec_check_limits(const jobspec_t *s, const char *origin) {
     SPEC_LIMIT(bytes, MAX_DATA_BYTES, "data.synthetic", " bytes of samples (4 per feature)");
   }
 #undef SPEC_LIMIT
-  size_t name = strlen(s->name);
-  if (name >= JOBSPEC_NAME_MAX)
-    return spec_invalid(origin, "name", "%zu bytes, at most %d", name, JOBSPEC_NAME_MAX - 1);
   int64_t path_max = spec_capped(DRV_SET_MAX_PATH_BYTES, JOBSPEC_PATH_MAX);
   const char *key;
   char **p;
@@ -1532,13 +1574,6 @@ drv_result_t jobspec_check_limits(const jobspec_t *s, const char *origin) {
       return spec_invalid(origin, key, "%zu bytes, more than DROVER_MAX_PATH_BYTES (%" PRId64 ")",
                           n, path_max);
   }
-  /* The job's own directory, <run_dir>/<name>-<id>, must fit where it is kept. */
-  size_t run = (s->run_dir ? strlen(s->run_dir) : 0) + 1 + name + 1 + 20;
-  if (run >= JOBSPEC_PATH_MAX)
-    return spec_invalid(origin, "run_dir",
-                        "the job's run directory, <run_dir>/<name>-<id>, would be up to %zu "
-                        "bytes, more than %d",
-                        run, JOBSPEC_PATH_MAX - 1);
   return DRV_OK;
 }
 
@@ -1546,15 +1581,43 @@ drv_result_t jobspec_absolutize(jobspec_t *spec, const char *dir) {
   const char *key;
   char **p;
   for (unsigned i = 0; (p = path_slot(spec, i, &key)) || key; i++) {
-    if (!p || !*p || !**p || **p == '/') continue;
-    const char *rel = (*p)[0] == '.' && (*p)[1] == '/' ? *p + 2 : *p;
-    size_t n = strlen(dir) + strlen(rel) + 2;
-    char *abs = malloc(n);
-    if (!abs) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", key);
-    snprintf(abs, n, "%s/%s", dir, rel);
-    free(*p);
-    *p = abs;
+    if (!p || !*p || !**p) continue;
+    if (**p != '/') {
+      size_t n = strlen(dir) + strlen(*p) + 2;
+      char *abs = malloc(n);
+      if (!abs) return drv_error(DRV_ERR_NOMEM, "%s: out of memory", key);
+      snprintf(abs, n, "%s/%s", dir, *p);
+      free(*p);
+      *p = abs;
+    }
+    path_tidy(*p);
   }
+  return DRV_OK;
+}
+
+char **jobspec_path_at(jobspec_t *spec, unsigned i, const char **key) {
+  return path_slot(spec, i, key);
+}
+
+drv_result_t jobspec_check_submitted(const jobspec_t *spec, const char *origin) {
+  const char *key;
+  char **p;
+  for (unsigned i = 0; (p = path_slot(spec, i, &key)) || key; i++)
+    if (p && *p && (*p)[0] != '/')
+      return spec_invalid(origin, key,
+                          "must be an absolute path (drover submit resolves relative ones "
+                          "against the submitting directory)");
+  /* The run directory is made of it: exactly the directory it names, no other. */
+  char tidy[4096];
+  int n = snprintf(tidy, sizeof tidy, "%s", spec->run_dir);
+  if (n < 0 || (size_t)n >= sizeof tidy)
+    return spec_invalid(origin, "run_dir", "longer than %zu bytes", sizeof tidy - 1);
+  path_tidy(tidy);
+  if (strcmp(tidy, spec->run_dir) != 0 || path_has_dotdot(spec->run_dir))
+    return spec_invalid(origin, "run_dir",
+                        "'%.200s' is not a normalised path (no empty, '.' or '..' components, "
+                        "no trailing '/')",
+                        spec->run_dir);
   return DRV_OK;
 }
 

@@ -4,7 +4,8 @@
  * resolves `--set key.path=value` overrides (by walking the schema), and saves the
  * resolved spec back to YAML. docs/user-guide.md documents every key.
  *
- *   name: fashion-mnist                # required
+ *   name: fashion-mnist                # required: 1..64 of [A-Za-z0-9._-], not
+ *                                      # starting with a dot
  *   target: local                      # local | attached | managed   (default local)
  *   nodes: 2                           # workers to gang-schedule      (default 1)
  *   min_nodes: 1                       # fewest workers a re-formed world may keep;
@@ -56,7 +57,8 @@
  *       type: cosine                   # constant | cosine             (default cosine)
  *       warmup_steps: 100              # linear warmup from 0          (default 0)
  *       lr_min: 0.0                    # cosine floor                  (default 0)
- *   run_dir: runs                      # parent of the job's run directory (default runs)
+ *   run_dir: runs                      # parent of the job's run directory, no '..'
+ *                                      # component (default runs)
  */
 #ifndef DROVER_COMMON_JOBSPEC_H
 #define DROVER_COMMON_JOBSPEC_H
@@ -67,8 +69,8 @@
 #include "common/drv.h"
 
 #define JOBSPEC_MAX_HIDDEN 8
-#define JOBSPEC_NAME_MAX 128  /* bytes of `name`, NUL included */
-#define JOBSPEC_PATH_MAX 1024 /* bytes of a path, and of a job's run directory, NUL included */
+#define JOBSPEC_NAME_MAX 64 /* bytes of a job name */
+#define JOBSPEC_PATH_MAX 1024 /* bytes of a path in a submitted spec (DROVER_MAX_PATH_BYTES at most) */
 
 typedef enum { SPEC_TARGET_LOCAL = 0, SPEC_TARGET_ATTACHED, SPEC_TARGET_MANAGED } spec_target_t;
 typedef enum { SPEC_ACT_RELU = 0, SPEC_ACT_GELU } spec_activation_t;
@@ -150,9 +152,9 @@ drv_result_t jobspec_parse(const char *yaml, size_t len, const char *origin,
 /* What a job may ask of the cluster, checked where a job is admitted (the coordinator's
  * submit, and drover submit before it sends): nodes and max_nodes, epochs, global_batch,
  * the model's and the synthetic data's bytes, each path's length (DROVER_MAX_*, 0: no
- * limit), the name (< JOBSPEC_NAME_MAX) and the job's run directory <run_dir>/<name>-<id>
- * (< JOBSPEC_PATH_MAX). Not on a spec already admitted (a worker's assignment, a job a
- * restarted coordinator reloads), so that limits lowered later stop no running job.
+ * limit; paths at most JOBSPEC_PATH_MAX whatever the setting). Not on a spec already
+ * admitted (a worker's assignment, a job a restarted coordinator reloads), so that limits
+ * lowered later stop no running job.
  * DRV_ERR_INVALID naming the key, the value and the setting, e.g.
  * "x.yaml: train.epochs: 4294967295, more than DROVER_MAX_EPOCHS (10000)". */
 drv_result_t jobspec_check_limits(const jobspec_t *spec, const char *origin);
@@ -171,11 +173,23 @@ void jobspec_destroy(jobspec_t **spec);
  * in jobspec.c. A spec file's relative paths are relative to where it is submitted; a
  * submitted spec's paths must be absolute, for its workers run elsewhere. */
 
-/* Makes each relative path of spec absolute against directory dir ("./x" loses its "./"). */
+/* Makes each relative path of spec absolute against directory dir, and drops empty and
+ * "." components of every path ("./x" -> "<dir>/x", "/a//b/" -> "/a/b"). */
 drv_result_t jobspec_absolutize(jobspec_t *spec, const char *dir);
 
 /* The key of the first path of spec that is not absolute ("data.train.images"), or NULL. */
 const char *jobspec_relative_path(const jobspec_t *spec);
+
+/* What the coordinator asks of a submitted spec's paths: every one absolute, and run_dir
+ * normalised (no empty, "." or ".." component, no trailing '/'), so that the run
+ * directory <run_dir>/<name>-<id> is exactly the one it names. DRV_ERR_INVALID naming the
+ * key ("<origin>: run_dir: ... is not a normalised path ..."). */
+drv_result_t jobspec_check_submitted(const jobspec_t *spec, const char *origin);
+
+/* The i-th path key of spec (i = 0, 1, ...): its name in *key and the spec's string slot,
+ * NULL when that part of the spec is absent; *key NULL past the last. A caller may replace
+ * *slot with a malloc'ed string (the spec frees it). */
+char **jobspec_path_at(jobspec_t *spec, unsigned i, const char **key);
 
 /* Names of enum values as they appear in YAML ("local", "relu", ...). */
 const char *jobspec_target_name(spec_target_t t);

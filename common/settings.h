@@ -12,12 +12,21 @@
   X(HEARTBEAT_MS, 1000, "interval between heartbeats, both ways (ms)")                          \
   X(PEER_TIMEOUT_MS, 5000, "a peer silent this long is declared dead (ms)")                     \
   X(RECONNECT_MS, 1000, "agent: pause between reconnect attempts to the coordinator (ms)")      \
+  X(INSECURE, 0,                                                                                \
+    "1: plaintext: no CurveZMQ, and rings joined by the public tag (whoever reaches the ports " \
+    "controls every job)")                                                                      \
+  X(MAX_QUEUED_PER_USER, 100, "active (queued or running) jobs one user may have at once")   \
+  X(MAX_CONN_PER_ADDR, 256, "coordinator: TCP connections one IP address may hold per port")  \
+  X(MAX_CONN, 4096, "coordinator: TCP connections per port, from everyone together")          \
+  X(HANDSHAKE_MS, 5000, "a connection not authenticated within this is closed (ms)")          \
   X(MAX_MSG_BYTES, 16777216, "largest frame any socket accepts (ZMQ_MAXMSGSIZE, bytes)")        \
   X(HWM, 10000, "ZeroMQ send/receive high-water mark (messages)")                               \
   X(RING_TIMEOUT_MS, 30000,                                                                     \
     "ring all-reduce: a peer that makes no progress this long fails the step (ms)")             \
   X(RING_CONNECT_TIMEOUT_MS, 30000, "ring all-reduce: time allowed to connect the ring (ms)")   \
   X(RING_CHUNK_BYTES, 262144, "ring all-reduce: pipelining chunk (bytes)")                      \
+  X(RING_HANDSHAKE_MS, 5000,                                                                    \
+    "ring: a link whose handshake (the ring key's proofs) is not over by then is closed (ms)")  \
   X(RENDEZVOUS_TIMEOUT_MS, 60000, "a job whose workers do not all check in by then fails (ms)") \
   X(PROGRESS_MS, 100, "workers coalesce progress reports to at most one per interval (ms)")     \
   X(CLIENT_TIMEOUT_MS, 5000, "CLI: how long to wait for the coordinator to answer (ms)")        \
@@ -53,7 +62,10 @@
     "checks in")                                                                         \
   X(FAULT_FAIL_AT_STEP,                                                                  \
     "worker: after this step closes its ring, waits 100 ms and fails with an error of "  \
-    "its own (its peers' reports of the broken ring reach the coordinator first)")
+    "its own (its peers' reports of the broken ring reach the coordinator first)")       \
+  X(FAULT_RING_WAIT_MS,                                                                  \
+    "worker: waits this long after `start` before it connects its ring, its ring port "  \
+    "open meanwhile (ms)")
 
 typedef enum {
 #define DRV_SETTING_ENUM(name, def, help) DRV_SET_##name,
@@ -69,7 +81,8 @@ typedef enum {
   X(COORDINATOR, "tcp://127.0.0.1:7700", "the coordinator's base endpoint, for every command") \
   X(STATE_DIR, "",                                                                             \
     "coordinator state directory (empty: $XDG_STATE_HOME/drover, else ~/.local/state/drover)") \
-  X(AUDIT_DIR, "", "workers append each step's sample ids to audit-<pid>.txt here (tests)")
+  X(AUDIT_DIR, "", "workers append each step's sample ids to audit-<pid>.txt here (tests)") \
+  X(JOIN, "", "join file: this user's or agent's key and the coordinator's (drover keys add)")
 
 typedef enum {
 #define DRV_TEXT_ENUM(name, def, help) DRV_TEXT_##name,

@@ -13,15 +13,47 @@
 #include "common/log.h"
 #include "common/settings.h"
 
+typedef enum { SOCK_MODE_UNSET = 0, SOCK_MODE_SECURE, SOCK_MODE_PLAINTEXT } sock_mode_t;
+
 struct sock_ctx {
   void *z;
+  sock_mode_t mode;
+  sock_keys_t keys; /* SOCK_MODE_SECURE */
+  int has_zap;      /* a ZAP handler is bound: servers may be made */
 };
+
+/* One accepted connection a monitor counts. */
+typedef struct {
+  int fd;
+  char addr[INET6_ADDRSTRLEN];
+} sock_conn_t;
+
+/* A SOCK_MONITOR's state: the watched socket's connections, by fd. */
+typedef struct {
+  int per_addr, total;
+  sock_conn_t *conns;
+  int n, cap;
+  uint64_t ended;
+  int64_t last_warn_ms;
+  void *watched; /* the socket whose monitor this is */
+} sock_limits_t;
 
 struct sock {
   void *z, *zctx; /* the socket, and its context (for monitors) */
+  sock_ctx_t *ctx;
   sock_kind_t kind;
   proto_at_t at;
+  sock_limits_t *lim; /* SOCK_MONITOR only */
 };
+
+/* The ZAP endpoint libzmq asks (RFC 27). */
+#define SOCK_ZAP_ENDPOINT "inproc://zeromq.zap.01"
+
+/* Wipes a secret from the stack (not optimised away). */
+static void sodium_memzero_(void *p, size_t n) {
+  volatile unsigned char *v = p;
+  while (n--) *v++ = 0;
+}
 
 static int set_int(void *s, int opt, int v) {
   return zmq_setsockopt(s, opt, &v, sizeof v);
@@ -35,6 +67,48 @@ sock_ctx_t *sock_ctx_new(void) {
     return NULL;
   }
   return c;
+}
+
+void sock_ctx_secure(sock_ctx_t *ctx, const sock_keys_t *keys) {
+  ctx->mode = SOCK_MODE_SECURE;
+  ctx->keys = *keys;
+}
+
+void sock_ctx_plaintext(sock_ctx_t *ctx) {
+  if (ctx->mode == SOCK_MODE_PLAINTEXT) return;
+  ctx->mode = SOCK_MODE_PLAINTEXT;
+  log_warn("PLAINTEXT: no CurveZMQ on this process's sockets (--insecure or DROVER_INSECURE=1): "
+           "anyone who reaches its ports is believed and can read and forge every message");
+}
+
+int sock_ctx_is_secure(const sock_ctx_t *ctx) {
+  return ctx->mode == SOCK_MODE_SECURE;
+}
+
+void sock_keypair(unsigned char pub[SOCK_KEY_BYTES], unsigned char sec[SOCK_KEY_BYTES]) {
+  char zp[SOCK_Z85_LEN + 1], zs[SOCK_Z85_LEN + 1];
+  zmq_curve_keypair(zp, zs); /* libsodium's randombytes and crypto_box_keypair */
+  zmq_z85_decode(pub, zp);
+  zmq_z85_decode(sec, zs);
+  sodium_memzero_(zs, sizeof zs);
+}
+
+void sock_public_key(const unsigned char sec[SOCK_KEY_BYTES], unsigned char pub[SOCK_KEY_BYTES]) {
+  char zs[SOCK_Z85_LEN + 1], zp[SOCK_Z85_LEN + 1];
+  zmq_z85_encode(zs, sec, SOCK_KEY_BYTES);
+  zmq_curve_public(zp, zs);
+  zmq_z85_decode(pub, zp);
+  sodium_memzero_(zs, sizeof zs);
+}
+
+void sock_z85_encode(const unsigned char key[SOCK_KEY_BYTES], char out[SOCK_Z85_LEN + 1]) {
+  zmq_z85_encode(out, key, SOCK_KEY_BYTES);
+}
+
+drv_result_t sock_z85_decode(const char *z, unsigned char key[SOCK_KEY_BYTES]) {
+  if (!z || strlen(z) != SOCK_Z85_LEN || !zmq_z85_decode(key, z))
+    return drv_error(DRV_ERR_INVALID, "not a key: expected %d characters of Z85", SOCK_Z85_LEN);
+  return DRV_OK;
 }
 
 void sock_ctx_destroy(sock_ctx_t **ctx) {
@@ -66,11 +140,40 @@ static int apply_options(void *s, int type, const sock_opts_t *o) {
   return 0;
 }
 
+/* The ZAP domain of a server socket: which of the coordinator's ports it is. */
+static const char *zap_domain(proto_at_t at) {
+  return at == PROTO_AT_COORD ? "agents" : at == PROTO_AT_API ? "clients" : "events";
+}
+
+/* CurveZMQ on socket s of kind `kind` in a secure context: servers (ROUTER, PUB) with
+ * the context's secret key, checked by its ZAP handler; clients pinning the server key. */
+static drv_result_t apply_curve(sock_t *s) {
+  const sock_keys_t *k = &s->ctx->keys;
+  if (s->kind == SOCK_ROUTER || s->kind == SOCK_PUB) {
+    if (!s->ctx->has_zap)
+      return drv_error(DRV_ERR_INVALID, "a server socket needs the context's ZAP handler first");
+    const char *domain = zap_domain(s->at);
+    if (set_int(s->z, ZMQ_CURVE_SERVER, 1) ||
+        zmq_setsockopt(s->z, ZMQ_CURVE_SECRETKEY, k->sec, SOCK_KEY_BYTES) ||
+        zmq_setsockopt(s->z, ZMQ_ZAP_DOMAIN, domain, strlen(domain)) ||
+        set_int(s->z, ZMQ_HANDSHAKE_IVL, (int)drv_setting(DRV_SET_HANDSHAKE_MS)))
+      return drv_error(DRV_ERR_ZMQ, "CurveZMQ server options: %s", zmq_strerror(errno));
+  } else if (s->kind == SOCK_DEALER || s->kind == SOCK_SUB) {
+    if (zmq_setsockopt(s->z, ZMQ_CURVE_SERVERKEY, k->server, SOCK_KEY_BYTES) ||
+        zmq_setsockopt(s->z, ZMQ_CURVE_PUBLICKEY, k->pub, SOCK_KEY_BYTES) ||
+        zmq_setsockopt(s->z, ZMQ_CURVE_SECRETKEY, k->sec, SOCK_KEY_BYTES) ||
+        set_int(s->z, ZMQ_HANDSHAKE_IVL, (int)drv_setting(DRV_SET_HANDSHAKE_MS)))
+      return drv_error(DRV_ERR_ZMQ, "CurveZMQ client options: %s", zmq_strerror(errno));
+  }
+  return DRV_OK;
+}
+
 sock_t *sock_new(sock_ctx_t *ctx, sock_kind_t kind, proto_at_t at, const sock_opts_t *opts) {
   static const int types[] = {[SOCK_ROUTER] = ZMQ_ROUTER,
                               [SOCK_DEALER] = ZMQ_DEALER,
                               [SOCK_PUB] = ZMQ_PUB,
-                              [SOCK_SUB] = ZMQ_SUB};
+                              [SOCK_SUB] = ZMQ_SUB,
+                              [SOCK_ZAP] = ZMQ_REP};
   static const sock_opts_t defaults = {0};
   sock_t *s = calloc(1, sizeof *s);
   if (!s) {
@@ -79,6 +182,7 @@ sock_t *sock_new(sock_ctx_t *ctx, sock_kind_t kind, proto_at_t at, const sock_op
   }
   s->kind = kind;
   s->at = at;
+  s->ctx = ctx;
   s->zctx = ctx->z;
   if (!(s->z = zmq_socket(ctx->z, types[kind]))) {
     drv_error(DRV_ERR_ZMQ, "zmq_socket: %s", zmq_strerror(errno));
@@ -88,24 +192,218 @@ sock_t *sock_new(sock_ctx_t *ctx, sock_kind_t kind, proto_at_t at, const sock_op
   if (apply_options(s->z, types[kind], opts ? opts : &defaults) < 0) {
     drv_error(DRV_ERR_ZMQ, "zmq_setsockopt: %s", zmq_strerror(errno));
     sock_destroy(&s);
+  } else if (ctx->mode == SOCK_MODE_SECURE && apply_curve(s) != DRV_OK) {
+    sock_destroy(&s);
   }
   return s;
 }
 
+/* Drops whatever frames remain of a multipart message. */
+static void drain(void *s) {
+  int more;
+  size_t sz = sizeof more;
+  while (zmq_getsockopt(s, ZMQ_RCVMORE, &more, &sz) == 0 && more) {
+    zmq_msg_t f;
+    zmq_msg_init(&f);
+    zmq_msg_recv(&f, s, 0);
+    zmq_msg_close(&f);
+    sz = sizeof more;
+  }
+}
+
+sock_t *sock_zap_new(sock_ctx_t *ctx) {
+  if (ctx->has_zap) {
+    drv_error(DRV_ERR_INVALID, "this context has its ZAP handler already");
+    return NULL;
+  }
+  sock_t *s = sock_new(ctx, SOCK_ZAP, 0, &(sock_opts_t){.no_linger = 1});
+  if (s && zmq_bind(s->z, SOCK_ZAP_ENDPOINT) < 0) {
+    drv_error(DRV_ERR_ZMQ, "bind %s: %s", SOCK_ZAP_ENDPOINT, zmq_strerror(errno));
+    sock_destroy(&s);
+  }
+  if (s) ctx->has_zap = 1;
+  return s;
+}
+
+sock_t *sock_limits_new(sock_t *s, int per_addr, int total) {
+  char ep[64];
+  snprintf(ep, sizeof ep, "inproc://sock-limits-%p", (void *)s);
+  sock_t *m = calloc(1, sizeof *m);
+  sock_limits_t *lim = calloc(1, sizeof *lim);
+  if (!m || !lim) {
+    free(m);
+    free(lim);
+    drv_error(DRV_ERR_NOMEM, "sock_limits_new: out of memory");
+    return NULL;
+  }
+  *lim = (sock_limits_t){.per_addr = per_addr, .total = total, .watched = s->z};
+  *m = (sock_t){.zctx = s->zctx, .ctx = s->ctx, .kind = SOCK_MONITOR, .lim = lim};
+  if (zmq_socket_monitor(s->z, ep, ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) < 0 ||
+      !(m->z = zmq_socket(s->zctx, ZMQ_PAIR)) || zmq_connect(m->z, ep) < 0) {
+    drv_error(DRV_ERR_ZMQ, "connection monitor: %s", zmq_strerror(errno));
+    zmq_socket_monitor(s->z, NULL, 0);
+    if (m->z) zmq_close(m->z);
+    free(lim);
+    free(m);
+    return NULL;
+  }
+  set_int(m->z, ZMQ_LINGER, 0);
+  return m;
+}
+
+/* A connection accepted on fd: counted, or ended when over a limit. */
+static void limits_accepted(sock_limits_t *l, int fd) {
+  struct sockaddr_storage peer;
+  socklen_t len = sizeof peer;
+  char addr[INET6_ADDRSTRLEN] = "?";
+  if (getpeername(fd, (struct sockaddr *)&peer, &len) == 0) {
+    const void *a = peer.ss_family == AF_INET6 ? (const void *)&((struct sockaddr_in6 *)&peer)->sin6_addr
+                                               : (const void *)&((struct sockaddr_in *)&peer)->sin_addr;
+    inet_ntop(peer.ss_family, a, addr, sizeof addr);
+  }
+  int from_addr = 0;
+  for (int i = 0; i < l->n; i++) from_addr += !strcmp(l->conns[i].addr, addr);
+  if (from_addr >= l->per_addr || l->n >= l->total) {
+    l->ended++;
+    shutdown(fd, SHUT_RD); /* libzmq reads the end of the stream and closes it */
+    int64_t now = drv_now_ms();
+    if (now - l->last_warn_ms >= 1000) {
+      l->last_warn_ms = now;
+      log_warn("ended a connection from %s: %d from that address and %d in all already (limits "
+               "%d and %d; %llu ended so far)",
+               addr, from_addr, l->n, l->per_addr, l->total, (unsigned long long)l->ended);
+    }
+    return;
+  }
+  if (l->n == l->cap) {
+    int cap = l->cap ? 2 * l->cap : 64;
+    sock_conn_t *c = realloc(l->conns, (size_t)cap * sizeof *c);
+    if (!c) return; /* uncounted: the limit is a little looser for it */
+    l->conns = c;
+    l->cap = cap;
+  }
+  l->conns[l->n].fd = fd;
+  snprintf(l->conns[l->n].addr, sizeof l->conns[l->n].addr, "%s", addr);
+  l->n++;
+}
+
+static void limits_disconnected(sock_limits_t *l, int fd) {
+  for (int i = 0; i < l->n; i++)
+    if (l->conns[i].fd == fd) {
+      l->conns[i] = l->conns[--l->n];
+      return;
+    }
+}
+
+void sock_limits_service(sock_t *mon) {
+  for (;;) {
+    zmq_msg_t f;
+    zmq_msg_init(&f);
+    if (zmq_msg_recv(&f, mon->z, ZMQ_DONTWAIT) < 0) {
+      zmq_msg_close(&f);
+      return;
+    }
+    uint16_t ev = 0;
+    uint32_t value = 0;
+    if (zmq_msg_size(&f) >= 6) {
+      memcpy(&ev, zmq_msg_data(&f), sizeof ev);
+      memcpy(&value, (char *)zmq_msg_data(&f) + 2, sizeof value);
+    }
+    int more = zmq_msg_more(&f);
+    zmq_msg_close(&f);
+    if (more) drain(mon->z); /* the endpoint frame */
+    /* Events come in order, so an fd number reused by a later connection is
+     * disconnected before it is accepted again. */
+    if (ev == ZMQ_EVENT_ACCEPTED)
+      limits_accepted(mon->lim, (int)value);
+    else if (ev == ZMQ_EVENT_DISCONNECTED)
+      limits_disconnected(mon->lim, (int)value);
+  }
+}
+
+void sock_limits_counts(const sock_t *mon, int *open, uint64_t *ended) {
+  *open = mon->lim->n;
+  *ended = mon->lim->ended;
+}
+
+/* Receives ZAP request frame i into buf (NUL-terminated when text); its size in *len. */
+static int zap_frame(void *z, char *buf, size_t cap, size_t *len, int *more) {
+  zmq_msg_t f;
+  zmq_msg_init(&f);
+  if (zmq_msg_recv(&f, z, ZMQ_DONTWAIT) < 0) {
+    zmq_msg_close(&f);
+    return -1;
+  }
+  *len = zmq_msg_size(&f);
+  size_t n = DRV_MIN(*len, cap - 1);
+  memcpy(buf, zmq_msg_data(&f), n);
+  buf[n] = '\0';
+  *more = zmq_msg_more(&f);
+  zmq_msg_close(&f);
+  return 0;
+}
+
+drv_result_t sock_zap_answer(sock_t *zap, sock_authorize_fn fn, void *arg) {
+  /* RFC 27: version, request id, domain, address, identity, mechanism, credentials. */
+  enum { VERSION, REQUEST_ID, DOMAIN, ADDRESS, IDENTITY, MECHANISM, KEY, NFRAMES };
+  char f[NFRAMES][256];
+  size_t len[NFRAMES] = {0};
+  int more = 1, n = 0;
+  while (more && n < NFRAMES) {
+    if (zap_frame(zap->z, f[n], sizeof f[n], &len[n], &more) < 0) {
+      if (n == 0) return drv_error(DRV_ERR_TIMEOUT, "no ZAP request waiting");
+      break;
+    }
+    n++;
+  }
+  if (more) drain(zap->z);
+  int ok = n == NFRAMES && !more && strcmp(f[VERSION], "1.0") == 0 &&
+           strcmp(f[MECHANISM], "CURVE") == 0 && len[KEY] == SOCK_KEY_BYTES;
+  char user[SOCK_USER_MAX] = "";
+  if (ok) ok = fn(arg, f[DOMAIN], f[ADDRESS], (const unsigned char *)f[KEY], user, sizeof user);
+  /* The reply: version, request id, status code, status text, user id, metadata. */
+  const char *code = ok ? "200" : "400", *text = ok ? "OK" : "not authorized";
+  zmq_send(zap->z, "1.0", 3, ZMQ_SNDMORE);
+  zmq_send(zap->z, f[REQUEST_ID], n > REQUEST_ID ? len[REQUEST_ID] : 0, ZMQ_SNDMORE);
+  zmq_send(zap->z, code, 3, ZMQ_SNDMORE);
+  zmq_send(zap->z, text, strlen(text), ZMQ_SNDMORE);
+  zmq_send(zap->z, user, ok ? strlen(user) : 0, ZMQ_SNDMORE);
+  zmq_send(zap->z, "", 0, 0);
+  if (n != NFRAMES) return drv_error(DRV_ERR_PROTO, "malformed ZAP request (%d frames)", n);
+  return DRV_OK;
+}
+
 void sock_destroy(sock_t **s) {
   if (!s || !*s) return;
+  if ((*s)->lim) {
+    zmq_socket_monitor((*s)->lim->watched, NULL, 0);
+    free((*s)->lim->conns);
+    free((*s)->lim);
+  }
   zmq_close((*s)->z);
   free(*s);
   *s = NULL;
 }
 
+/* A tcp:// endpoint of a context that was given neither keys nor leave to be plaintext. */
+static drv_result_t check_mode(const sock_t *s, const char *endpoint) {
+  if (s->ctx->mode == SOCK_MODE_UNSET && strncmp(endpoint, "inproc://", 9) != 0)
+    return drv_error(DRV_ERR_INVALID,
+                     "%s: refusing an unauthenticated connection: no CurveZMQ keys were set "
+                     "(plaintext only with --insecure or DROVER_INSECURE=1)",
+                     endpoint);
+  return DRV_OK;
+}
+
 drv_result_t sock_bind(sock_t *s, const char *endpoint) {
+  DRV_CHECK(check_mode(s, endpoint));
   if (zmq_bind(s->z, endpoint) < 0)
     return drv_error(DRV_ERR_ZMQ, "bind %s: %s", endpoint, zmq_strerror(errno));
   return DRV_OK;
 }
 
 drv_result_t sock_connect(sock_t *s, const char *endpoint) {
+  DRV_CHECK(check_mode(s, endpoint));
   if (zmq_connect(s->z, endpoint) < 0)
     return drv_error(DRV_ERR_ZMQ, "connect %s: %s", endpoint, zmq_strerror(errno));
   return DRV_OK;
@@ -249,19 +547,6 @@ int sock_readable(sock_t *s) {
   return zmq_poll(&it, 1, 0) > 0;
 }
 
-/* Drops whatever frames remain of a multipart message. */
-static void drain(void *s) {
-  int more;
-  size_t sz = sizeof more;
-  while (zmq_getsockopt(s, ZMQ_RCVMORE, &more, &sz) == 0 && more) {
-    zmq_msg_t f;
-    zmq_msg_init(&f);
-    zmq_msg_recv(&f, s, 0);
-    zmq_msg_close(&f);
-    sz = sizeof more;
-  }
-}
-
 int sock_fd_self_connected(int fd, char *addr, size_t addrsz) {
   struct sockaddr_storage me, peer;
   socklen_t lme = sizeof me, lpeer = sizeof peer;
@@ -361,7 +646,10 @@ static drv_result_t decode_frame(sock_t *s, zmq_msg_t *f, int more, proto_msg_t 
 
 drv_result_t sock_recv(sock_t *s, sock_peer_t *from, proto_msg_t *m, int timeout_ms) {
   proto_msg_init(m, PROTO_TYPE_COUNT);
-  if (from) from->len = 0;
+  if (from) {
+    from->len = 0;
+    from->user[0] = from->addr[0] = '\0';
+  }
   if (timeout_ms >= 0) {
     int ready;
     DRV_CHECK(sock_poll(&s, 1, timeout_ms, &ready));
@@ -370,6 +658,12 @@ drv_result_t sock_recv(sock_t *s, sock_peer_t *from, proto_msg_t *m, int timeout
   zmq_msg_t f;
   int more;
   DRV_CHECK(recv_frame(s, &f, &more));
+  if (from && s->kind == SOCK_ROUTER) {
+    /* Who the ZAP handler said the sender's key is, and where it connected from. */
+    const char *user = zmq_msg_gets(&f, "User-Id"), *addr = zmq_msg_gets(&f, "Peer-Address");
+    snprintf(from->user, sizeof from->user, "%s", user ? user : "");
+    snprintf(from->addr, sizeof from->addr, "%s", addr ? addr : "");
+  }
   drv_result_t rc = decode_frame(s, &f, more, m);
   zmq_msg_close(&f);
   return rc;
@@ -387,7 +681,12 @@ drv_result_t sock_request(sock_ctx_t *ctx, const char *base, const proto_msg_t *
   DRV_CHECK_GOTO(sock_send(s, NULL, req), rc, out);
   rc = sock_recv(s, NULL, reply, timeout_ms);
   if (rc == DRV_ERR_TIMEOUT) {
-    rc = drv_error(DRV_ERR_TIMEOUT, "no coordinator answered at %s within %d ms", ep, timeout_ms);
+    rc = drv_error(DRV_ERR_TIMEOUT,
+                   "no coordinator answered at %s within %d ms%s", ep, timeout_ms,
+                   ctx->mode == SOCK_MODE_SECURE
+                       ? " (if one runs there, it may not know this key, or this is not its "
+                         "public key: its log says which)"
+                       : "");
   } else if (rc == DRV_OK && reply->type == PROTO_ERROR) {
     rc = drv_error(DRV_ERR_INVALID, "%s", reply->u.error.message ? reply->u.error.message : "");
   }

@@ -7,7 +7,16 @@
  * sock_new applies drover's limits to every socket: ZMQ_MAXMSGSIZE (an oversized frame is
  * dropped by libzmq, which also disconnects that peer), send/receive high-water marks, a
  * short linger, TCP keepalive (no ZMTP heartbeats: see sock.c), and ROUTER_MANDATORY on
- * ROUTERs (sending to a peer that is gone fails instead of vanishing). Security (CurveZMQ) will be switched on here too.
+ * ROUTERs (sending to a peer that is gone fails instead of vanishing).
+ *
+ * Security is switched on here, for every socket of a context at once: a context given
+ * keys (sock_ctx_secure) makes its ROUTER and PUB sockets CurveZMQ servers, each checked
+ * by the context's ZAP handler (sock_zap_new, which must exist before any of them), and
+ * its DEALER and SUB sockets CurveZMQ clients that pin the server's public key. A
+ * context is plaintext only when told so (sock_ctx_plaintext); one that is neither
+ * refuses every tcp:// bind and connect. On a secure server, every message received
+ * carries the name the ZAP handler gave its sender's key (sock_peer_t.user), and a
+ * connection that has not authenticated within DROVER_HANDSHAKE_MS is closed.
  *
  * Endpoints: a coordinator is named by its base endpoint "tcp://HOST:PORT"; agents and
  * workers use PORT, clients PORT+1, events PORT+2 (sock_endpoint).
@@ -16,24 +25,45 @@
 #define DROVER_COMMON_SOCK_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common/drv.h"
 #include "common/proto.h"
 
 #define SOCK_PEER_MAX 256
+#define SOCK_KEY_BYTES 32 /* a CurveZMQ (Curve25519) key */
+#define SOCK_Z85_LEN 40   /* the same key in Z85 text */
+#define SOCK_USER_MAX 128 /* longest name the ZAP handler gives a key */
 
 typedef enum { SOCK_AGENTS = 0, SOCK_CLIENTS = 1, SOCK_EVENTS = 2 } sock_port_t;
 
-typedef enum { SOCK_ROUTER, SOCK_DEALER, SOCK_PUB, SOCK_SUB } sock_kind_t;
+typedef enum { SOCK_ROUTER, SOCK_DEALER, SOCK_PUB, SOCK_SUB, SOCK_ZAP, SOCK_MONITOR } sock_kind_t;
 
 typedef struct sock_ctx sock_ctx_t; /* a ZeroMQ context: its I/O thread */
 typedef struct sock sock_t;
 
-/* A ROUTER's name for one peer (its routing id). len 0: none. */
+/* A ROUTER's name for one peer (its routing id), and who it proved to be. len 0: none. */
 typedef struct {
   unsigned char id[SOCK_PEER_MAX];
   size_t len;
+  char user[SOCK_USER_MAX]; /* the ZAP handler's name for its key ("agent:n1", "user:bob",
+                               "worker:<hex>"); "" on a plaintext socket */
+  char addr[64];            /* its IP address, "" when unknown */
 } sock_peer_t;
+
+/* This process's CurveZMQ keypair and, for connecting sockets, the server's public key. */
+typedef struct {
+  unsigned char pub[SOCK_KEY_BYTES], sec[SOCK_KEY_BYTES];
+  unsigned char server[SOCK_KEY_BYTES]; /* the coordinator's public key: pinned */
+} sock_keys_t;
+
+/* The ZAP handler's decision for a connection to a server socket of `domain` ("agents",
+ * "clients" or "events": the coordinator's three ports) from `address` with client key
+ * `key`: 1 admits it, naming it in user (NUL-terminated, at most usersz bytes), 0 refuses
+ * it (the handshake fails; the peer sees its connection closed). */
+typedef int (*sock_authorize_fn)(void *arg, const char *domain, const char *address,
+                                 const unsigned char key[SOCK_KEY_BYTES], char *user,
+                                 size_t usersz);
 
 /* What may differ between sockets; zero is the default for each. */
 typedef struct {
@@ -46,6 +76,49 @@ typedef struct {
 
 /* A new context, or NULL with the last error set. */
 sock_ctx_t *sock_ctx_new(void);
+
+/* Makes every socket made from now on in ctx use CurveZMQ with keys (copied). */
+void sock_ctx_secure(sock_ctx_t *ctx, const sock_keys_t *keys);
+
+/* Makes ctx's sockets plaintext: anyone who reaches them is believed. Only by explicit
+ * choice (--insecure, DROVER_INSECURE=1); logs a warning saying so. */
+void sock_ctx_plaintext(sock_ctx_t *ctx);
+
+/* Whether ctx was given keys. */
+int sock_ctx_is_secure(const sock_ctx_t *ctx);
+
+/* The ZAP handler of a secure ctx: a socket to poll with the others (sock_poll) and to
+ * answer with sock_zap_answer. Made before any ROUTER or PUB of ctx; one per context. */
+sock_t *sock_zap_new(sock_ctx_t *ctx);
+
+/* Answers one waiting authentication request on zap with fn's decision. DRV_ERR_TIMEOUT
+ * when none waits; DRV_ERR_PROTO for a malformed request (refused). */
+drv_result_t sock_zap_answer(sock_t *zap, sock_authorize_fn fn, void *arg);
+
+/* Connection limits on bound socket s: at most per_addr TCP connections from one IP
+ * address and `total` in all (authenticated or not yet). A connection over a limit is
+ * ended as soon as it is accepted (its reading side shut: libzmq sees the end of the
+ * stream and closes it), with a warning at most once a second. Returns the monitor that
+ * counts them: poll it with the others and call sock_limits_service when it is
+ * readable. NULL with the last error on failure. Destroy it before s. */
+sock_t *sock_limits_new(sock_t *s, int per_addr, int total);
+
+/* Handles the monitor's waiting events (accepted, disconnected). */
+void sock_limits_service(sock_t *mon);
+
+/* How many connections the monitor's socket has now, and how many it ended so far. */
+void sock_limits_counts(const sock_t *mon, int *open, uint64_t *ended);
+
+/* A new CurveZMQ keypair from the system's random source (libsodium). */
+void sock_keypair(unsigned char pub[SOCK_KEY_BYTES], unsigned char sec[SOCK_KEY_BYTES]);
+
+/* The public key of secret key sec. */
+void sock_public_key(const unsigned char sec[SOCK_KEY_BYTES], unsigned char pub[SOCK_KEY_BYTES]);
+
+/* Key <-> Z85 text (40 characters and a NUL). decode: DRV_ERR_INVALID unless z is exactly
+ * one Z85 key. */
+void sock_z85_encode(const unsigned char key[SOCK_KEY_BYTES], char out[SOCK_Z85_LEN + 1]);
+drv_result_t sock_z85_decode(const char *z, unsigned char key[SOCK_KEY_BYTES]);
 
 /* Ends the context (every socket must be destroyed first); NULL-safe, nulls *ctx. */
 void sock_ctx_destroy(sock_ctx_t **ctx);
@@ -116,7 +189,8 @@ void sock_fd_end_self_connection(int fd);
  * came back over a connection to itself (sock_fd_self_connected) is dropped and reported
  * as DRV_ERR_ZMQ, and that connection is ended (sock_fd_end_self_connection) so ZeroMQ
  * dials again: without this a client would take its own request for the answer and hold
- * the port its server needs. m must be fini'ed by the caller in every case. */
+ * the port its server needs. On a ROUTER, from->user and from->addr say who sent it.
+ * m must be fini'ed by the caller in every case. */
 drv_result_t sock_recv(sock_t *s, sock_peer_t *from, proto_msg_t *m, int timeout_ms);
 
 /* Client helper: connects a fresh DEALER to the coordinator's client port, sends req,

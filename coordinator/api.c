@@ -10,13 +10,15 @@
 
 #include "common/jobspec.h"
 #include "common/log.h"
+#include "common/settings.h"
 
 void api_init(api_t *api, sock_t *clients, store_t *store, job_table_t *jobs, registry_t *reg,
-              int64_t fault_slow_submit_ms) {
+              const auth_t *auth, int64_t fault_slow_submit_ms) {
   *api = (api_t){.clients = clients,
                  .store = store,
                  .jobs = jobs,
                  .reg = reg,
+                 .auth = auth,
                  .fault_slow_submit_ms = fault_slow_submit_ms};
 }
 
@@ -32,17 +34,38 @@ void api_reply_error(api_t *api, const sock_peer_t *to, const char *code, const 
   reply(api, to, &m);
 }
 
+/* Whether client `from` may act on job `id` of `owner` (`what` it asks: "cancel"); answers
+ * `forbidden` when not. */
+static int may_act(api_t *api, const sock_peer_t *from, int64_t id, const char *owner,
+                   const char *what) {
+  if (auth_may_act(api->auth, from, owner)) return 1;
+  char msg[256];
+  snprintf(msg, sizeof msg,
+           "%s job %" PRId64 ": it belongs to %s; only its owner or an admin may (you are %s)",
+           what, id, owner[0] ? owner : "nobody", from->user[0] ? from->user : "nobody");
+  log_warn("%s", msg);
+  api_reply_error(api, from, "forbidden", msg);
+  return 0;
+}
+
 // --- submit --------------------------------------------------------------------------------
 
 /* Whether job `from` can be resumed: 0 and resume_dir filled, or -1 with why[] saying why
  * not ("resume: job 7 has no durable checkpoint"). */
-static int resume_source(api_t *api, int64_t from, char *resume_dir, size_t n, char *why,
-                         size_t whyn) {
+static int resume_source(api_t *api, const sock_peer_t *peer, int64_t from, char *resume_dir,
+                         size_t n, char *lineage, char *why, size_t whyn) {
   store_job_t old;
   if (store_job_get(api->store, from, &old) != DRV_OK) {
     snprintf(why, whyn, "resume: job %" PRId64 ": no such job", from);
     return -1;
   }
+  if (!auth_may_act(api->auth, peer, old.owner)) {
+    snprintf(why, whyn, "resume: job %" PRId64 " belongs to %s; only its owner or an admin may resume it",
+             from, old.owner[0] ? old.owner : "nobody");
+    return -1;
+  }
+  /* The same lineage: its checkpoints are the new job's to load. */
+  if (old.lineage[0]) snprintf(lineage, 33, "%s", old.lineage);
   if (job_find(api->jobs, from)) {
     snprintf(why, whyn, "resume: job %" PRId64 " is still %s; cancel it first", from,
              store_state_name(old.state));
@@ -52,7 +75,11 @@ static int resume_source(api_t *api, int64_t from, char *resume_dir, size_t n, c
     snprintf(why, whyn, "resume: job %" PRId64 " has no durable checkpoint", from);
     return -1;
   }
-  snprintf(resume_dir, n, "%s/checkpoints", old.run_dir);
+  int w = snprintf(resume_dir, n, "%s/checkpoints", old.run_dir);
+  if (w < 0 || (size_t)w >= n) {
+    snprintf(why, whyn, "resume: job %" PRId64 ": its run directory is too long", from);
+    return -1;
+  }
   return 0;
 }
 
@@ -66,11 +93,21 @@ static drv_result_t record_submission(api_t *api, const jobspec_t *spec, const c
   DRV_CHECK(store_begin(s));
   DRV_CHECK_GOTO(store_job_insert(s, spec->name, sj->target, spec->nodes, canon, "", &sj->id), rc,
                  fail);
-  snprintf(sj->run_dir, sizeof sj->run_dir, "%s/%s-%" PRId64, spec->run_dir, spec->name, sj->id);
+  /* Never cut: a cut path would name another directory (padding picks which). */
+  int w = snprintf(sj->run_dir, sizeof sj->run_dir, "%s/%s-%" PRId64, spec->run_dir, spec->name,
+                   sj->id);
+  if (w < 0 || (size_t)w >= sizeof sj->run_dir) {
+    rc = drv_error(DRV_ERR_INVALID,
+                   "submitted spec: run_dir: the run directory would be %d bytes, "
+                   "at most %zu",
+                   w, sizeof sj->run_dir - 1);
+    goto fail;
+  }
   DRV_CHECK_GOTO(store_job_set_run_dir(s, sj->id, sj->run_dir), rc, fail);
   DRV_CHECK_GOTO(store_job_set_pool(s, sj->id, sj->pool), rc, fail);
   DRV_CHECK_GOTO(store_job_set_resume_dir(s, sj->id, sj->resume_dir), rc, fail);
   DRV_CHECK_GOTO(store_job_set_token(s, sj->id, token), rc, fail);
+  DRV_CHECK_GOTO(store_job_set_owner(s, sj->id, sj->owner, sj->lineage), rc, fail);
   return store_commit(s);
 fail:
   store_rollback(s);
@@ -112,10 +149,10 @@ static int resubmitted(api_t *api, const sock_peer_t *from, const char *token) {
 /* The spec text a submission runs: its own, or with `resume` and no spec the old job's
  * (into *stored, the caller's to free). Fills resume_dir. NULL when it answered an error. */
 static const char *submitted_spec(api_t *api, const sock_peer_t *from, const proto_submit_t *sub,
-                                  char **stored, char *resume_dir, size_t n) {
+                                  char **stored, char *resume_dir, size_t n, char *lineage) {
   if (sub->resume <= 0) return sub->spec;
   char why[256];
-  if (resume_source(api, sub->resume, resume_dir, n, why, sizeof why) != 0) {
+  if (resume_source(api, from, sub->resume, resume_dir, n, lineage, why, sizeof why) != 0) {
     api_reply_error(api, from, "invalid", why);
     return NULL;
   }
@@ -128,28 +165,45 @@ static const char *submitted_spec(api_t *api, const sock_peer_t *from, const pro
   return *stored;
 }
 
+/* Whether `owner` may queue one more job (DROVER_MAX_QUEUED_PER_USER); answers `quota`
+ * when not. */
+static int within_quota(api_t *api, const sock_peer_t *from, const char *owner) {
+  int64_t limit = drv_setting(DRV_SET_MAX_QUEUED_PER_USER);
+  uint32_t mine = 0;
+  for (int i = 0; i < JOB_MAX; i++) {
+    const job_t *j = &api->jobs->jobs[i];
+    mine += j->used && !strcmp(j->owner, owner);
+  }
+  if (limit <= 0 || mine < limit) return 1;
+  char msg[256];
+  snprintf(msg, sizeof msg,
+           "submit: %s has %u active jobs, the most one user may have (DROVER_MAX_QUEUED_PER_USER "
+           "= %" PRId64 "); wait for some to end or cancel them",
+           owner[0] ? owner : "this user", mine, limit);
+  api_reply_error(api, from, "quota", msg);
+  return 0;
+}
+
 void api_submit(api_t *api, const sock_peer_t *from, const proto_submit_t *sub) {
   jobspec_t *spec = NULL;
   char *stored = NULL, *canon = NULL;
-  char resume_dir[1100] = "";
+  char resume_dir[1100] = "", lineage[33] = "";
+  const char *owner = api->auth->secure ? auth_name(from) : "";
   if (sub->token && resubmitted(api, from, sub->token)) return;
-  const char *yaml = submitted_spec(api, from, sub, &stored, resume_dir, sizeof resume_dir);
+  if (!within_quota(api, from, owner)) return;
+  const char *yaml =
+      submitted_spec(api, from, sub, &stored, resume_dir, sizeof resume_dir, lineage);
   if (!yaml) goto out;
   if (jobspec_parse(yaml, strlen(yaml), "submitted spec", NULL, 0, &spec) != DRV_OK ||
       jobspec_check_limits(spec, "submitted spec") != DRV_OK) {
     api_reply_error(api, from, "invalid", drv_last_error());
     goto out;
   }
-  /* Workers run elsewhere, in other directories: paths must not depend on a cwd. */
-  const char *rel = jobspec_relative_path(spec);
+  /* Workers run elsewhere, in other directories: paths must not depend on a cwd, and the
+   * run directory must be the one its path names. */
   size_t clen;
-  if (rel) {
-    char msg[256];
-    snprintf(msg, sizeof msg,
-             "submitted spec: %s: must be an absolute path (drover submit "
-             "resolves relative ones against the submitting directory)",
-             rel);
-    api_reply_error(api, from, "invalid", msg);
+  if (jobspec_check_submitted(spec, "submitted spec") != DRV_OK) {
+    api_reply_error(api, from, "invalid", drv_last_error());
     goto out;
   }
   if (!job_has_room(api->jobs)) {
@@ -166,9 +220,15 @@ void api_submit(api_t *api, const sock_peer_t *from, const proto_submit_t *sub) 
   snprintf(sj.target, sizeof sj.target, "%s", target);
   snprintf(sj.pool, sizeof sj.pool, "%s", sub->pool ? sub->pool : "");
   snprintf(sj.resume_dir, sizeof sj.resume_dir, "%s", resume_dir);
-  if (record_submission(api, spec, canon, sub->token ? sub->token : "", &sj) != DRV_OK) {
+  snprintf(sj.owner, sizeof sj.owner, "%s", owner);
+  if (lineage[0])
+    snprintf(sj.lineage, sizeof sj.lineage, "%s", lineage);
+  else
+    drv_random_hex(sj.lineage, 16);
+  drv_result_t rec = record_submission(api, spec, canon, sub->token ? sub->token : "", &sj);
+  if (rec != DRV_OK) {
     log_error("submission of %s not recorded: %s", spec->name, drv_last_error());
-    api_reply_error(api, from, "internal", drv_last_error());
+    api_reply_error(api, from, rec == DRV_ERR_INVALID ? "invalid" : "internal", drv_last_error());
     goto out;
   }
   job_t *j = job_add(api->jobs, &sj, spec, &canon); /* room was checked above */
@@ -192,8 +252,12 @@ out:
 void api_get_spec(api_t *api, const sock_peer_t *from, int64_t id) {
   store_job_t sj;
   char *yaml = NULL;
-  if (store_job_get(api->store, id, &sj) != DRV_OK ||
-      store_job_spec(api->store, id, &yaml) != DRV_OK) {
+  if (store_job_get(api->store, id, &sj) != DRV_OK) {
+    api_reply_error(api, from, "not_found", drv_last_error());
+    return;
+  }
+  if (!may_act(api, from, id, sj.owner, "get_spec of")) return;
+  if (store_job_spec(api->store, id, &yaml) != DRV_OK) {
     api_reply_error(api, from, "not_found", drv_last_error());
     return;
   }
@@ -249,6 +313,7 @@ static void fill_job(api_t *api, proto_msg_t *m, const store_job_t *sj, proto_jo
   pj->started_at = sj->started_at;
   pj->finished_at = sj->finished_at;
   pj->ckpt_step = sj->ckpt_step;
+  pj->owner = proto_msg_strdup(m, sj->owner);
   const job_t *j = job_find(api->jobs, sj->id);
   if (!j) return;
   /* live progress of an active job */
@@ -308,6 +373,7 @@ void api_cancel(api_t *api, const sock_peer_t *from, int64_t id) {
     api_reply_error(api, from, "not_found", msg);
     return;
   }
+  if (!may_act(api, from, id, j->owner, "cancel")) return;
   job_cancel(api->jobs, j);
   proto_msg_t m;
   proto_msg_init(&m, PROTO_OK);

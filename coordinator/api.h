@@ -6,7 +6,12 @@
  * finished with a durable checkpoint), recorded in one transaction and queued; one whose
  * token the store already has is answered with the job it made, so a client that asks
  * again after a late answer does not queue a job twice. Errors go back as `error {code,
- * message}`: invalid, not_found, busy, internal, proto.
+ * message}`: invalid, not_found, busy, forbidden, quota, internal, proto.
+ *
+ * Ownership: a job belongs to the name bound to its submitter's key (auth.h), recorded
+ * with it; cancel, get_spec and resume are its owner's or an admin's (`forbidden`
+ * otherwise, naming the owner); status shows every job with its owner. Quota: a user has
+ * at most DROVER_MAX_QUEUED_PER_USER jobs active (queued or running) at once.
  */
 #ifndef DROVER_COORDINATOR_API_H
 #define DROVER_COORDINATOR_API_H
@@ -15,6 +20,7 @@
 
 #include "common/proto.h"
 #include "common/sock.h"
+#include "coordinator/auth.h"
 #include "coordinator/job.h"
 #include "coordinator/registry.h"
 #include "coordinator/store.h"
@@ -24,13 +30,14 @@ typedef struct {
   store_t *store;    /* borrowed */
   job_table_t *jobs; /* borrowed */
   registry_t *reg;   /* borrowed */
+  const auth_t *auth; /* borrowed: who each client is and what it may do */
   /* DROVER_FAULT_SLOW_SUBMIT_MS: a new submission is answered this late (tests, drills) */
   int64_t fault_slow_submit_ms;
 } api_t;
 
 /* An API answering on `clients` from the borrowed store, jobs and registry. */
 void api_init(api_t *api, sock_t *clients, store_t *store, job_table_t *jobs, registry_t *reg,
-              int64_t fault_slow_submit_ms);
+              const auth_t *auth, int64_t fault_slow_submit_ms);
 
 /* `submit`: records and queues the job (answering `submitted {job, run_dir}`), or answers
  * the job an earlier submission with the same token made, or an error. */

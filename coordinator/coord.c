@@ -5,6 +5,7 @@
 #include "coordinator/coord.h"
 
 #include <inttypes.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +14,9 @@
 #include "common/proto.h"
 #include "common/settings.h"
 #include "common/sock.h"
+#include "common/keys.h"
 #include "coordinator/api.h"
+#include "coordinator/auth.h"
 #include "coordinator/job.h"
 #include "coordinator/registry.h"
 #include "coordinator/store.h"
@@ -34,6 +37,10 @@ struct coord {
   const coord_config_t *cfg;
   sock_ctx_t *ctx;
   sock_t *workers, *clients, *events;
+  sock_t *zap; /* the ZAP handler: NULL in plaintext */
+  sock_t *limits[3]; /* connection limits of workers, clients, events (sock_limits_new) */
+  auth_t auth;
+  char key_z85[SOCK_Z85_LEN + 1]; /* its public key; "" in plaintext */
   store_t *store;
   registry_t reg;
   job_table_t jobs;
@@ -47,8 +54,49 @@ struct coord {
 
 // --- Agents' and workers' messages ---------------------------------------------------------
 
+/* Refuses a hello with error `code` and message msg (logged). */
+static void refuse_hello(coord_t *c, const sock_peer_t *from, const char *code, const char *msg) {
+  log_warn("%s", msg);
+  proto_msg_t e;
+  proto_msg_init(&e, PROTO_ERROR);
+  e.u.error.code = code;
+  e.u.error.message = msg;
+  sock_send(c->workers, from, &e);
+}
+
+/* An agent id must be its key's to use, and not in use by a live agent on another
+ * connection (peers get routing ids the ROUTER makes up, so the id is what names an
+ * agent). A registered agent silent for two heartbeats gives way: it was the same agent,
+ * restarted, whose old connection is gone. Returns 0 when it refused. */
+static int hello_allowed(coord_t *c, const sock_peer_t *from, const proto_hello_t *h) {
+  char msg[384];
+  if (!auth_agent_id_ok(&c->auth, from, h->agent_id)) {
+    snprintf(msg, sizeof msg, "hello as agent %s refused: the key of %s (from %s) may not use that id",
+             h->agent_id, from->user[0] ? from->user : "an unnamed peer", from->addr);
+    refuse_hello(c, from, "forbidden", msg);
+    return 0;
+  }
+  agent_t *same = registry_by_id(&c->reg, h->agent_id);
+  if (!same || registry_by_peer(&c->reg, from) == same ||
+      registry_reconnecting(&c->reg, from, h) == same)
+    return 1;
+  int64_t quiet = drv_now_ms() - same->last_seen_ms;
+  if (quiet <= 2 * drv_setting(DRV_SET_HEARTBEAT_MS)) {
+    snprintf(msg, sizeof msg,
+             "hello as agent %s from %s refused: a live agent of that id is registered (heard "
+             "%" PRId64 " ms ago); give each agent its own --id",
+             h->agent_id, from->addr, quiet);
+    refuse_hello(c, from, "in_use", msg);
+    return 0;
+  }
+  job_agent_lost(&c->jobs, same, "registered again on a new connection");
+  return 1;
+}
+
 static void on_hello(coord_t *c, const sock_peer_t *from, const proto_hello_t *h) {
+  if (!hello_allowed(c, from, h)) return;
   agent_t *a = registry_by_peer(&c->reg, from);
+  if (!a) a = registry_reconnecting(&c->reg, from, h); /* on a new connection */
   if (a && a->session == h->session) {
     registry_welcome(&c->reg, a); /* the same connection said hello twice: nothing changed */
     return;
@@ -115,11 +163,11 @@ static void handle_worker_socket(coord_t *c) {
     if (a) job_on_worker_exit(jobs, a, &m.u.worker_exit);
     break;
   case PROTO_RENDEZVOUS: job_on_rendezvous(jobs, &from, &m.u.rendezvous); break;
-  case PROTO_PROGRESS: job_on_progress(jobs, &m.u.progress); break;
-  case PROTO_EVAL: job_on_eval(jobs, &m.u.eval); break;
-  case PROTO_DONE: job_on_done(jobs, &m.u.done); break;
-  case PROTO_FAILED: job_on_failed(jobs, &m.u.failed); break;
-  case PROTO_CHECKPOINT: job_on_checkpoint(jobs, &m.u.checkpoint); break;
+  case PROTO_PROGRESS: job_on_progress(jobs, &from, &m.u.progress); break;
+  case PROTO_EVAL: job_on_eval(jobs, &from, &m.u.eval); break;
+  case PROTO_DONE: job_on_done(jobs, &from, &m.u.done); break;
+  case PROTO_FAILED: job_on_failed(jobs, &from, &m.u.failed); break;
+  case PROTO_CHECKPOINT: job_on_checkpoint(jobs, &from, &m.u.checkpoint); break;
   case PROTO_LOST: job_on_lost(jobs, &from, &m.u.lost); break;
   default:
     log_warn("agent socket: unexpected '%s' message dropped", proto_type_name(m.type));
@@ -252,10 +300,44 @@ static drv_result_t bind_socket(coord_t *c, sock_t **s, sock_kind_t kind, proto_
                                 sock_port_t port) {
   char ep[256];
   DRV_CHECK(sock_endpoint(c->cfg->bind, port, ep, sizeof ep));
-  /* An agent that reconnects under its own identity takes its old connection over. */
-  *s = sock_new(c->ctx, kind, at, &(sock_opts_t){.handover = kind == SOCK_ROUTER});
+  /* No ROUTER_HANDOVER, and peers take the routing ids the ROUTER makes up: a peer cannot
+   * take another's connection over by naming its id. */
+  *s = sock_new(c->ctx, kind, at, NULL);
   if (!*s) return DRV_ERR_ZMQ;
   return sock_bind(*s, ep);
+}
+
+/* The ZAP handler's question: may this key connect to that port? */
+static int coord_authorize(void *arg, const char *domain, const char *address,
+                           const unsigned char key[SOCK_KEY_BYTES], char *user, size_t n) {
+  coord_t *c = arg;
+  int worker = !strcmp(domain, "agents") && job_worker_key(&c->jobs, key);
+  return auth_decide(&c->auth, domain, address, key, worker, user, n);
+}
+
+/* The sockets' security: the state directory's keys (made at the first start) and the
+ * ZAP handler, before any socket binds; or plaintext when asked. */
+static drv_result_t coord_secure(coord_t *c) {
+  const coord_config_t *cfg = c->cfg;
+  if (cfg->insecure) {
+    sock_ctx_plaintext(c->ctx);
+    return auth_init(&c->auth, cfg->state_dir, 0);
+  }
+  const struct passwd *pw = getpwuid(geteuid());
+  keys_file_t k;
+  DRV_CHECK(keys_state_ensure(cfg->state_dir, pw ? pw->pw_name : "admin", &k));
+  sock_keys_t keys = {0};
+  memcpy(keys.pub, k.pub, sizeof keys.pub);
+  memcpy(keys.sec, k.sec, sizeof keys.sec);
+  memset(&k, 0, sizeof k);
+  sock_ctx_secure(c->ctx, &keys);
+  sock_z85_encode(keys.pub, c->key_z85);
+  memset(&keys, 0, sizeof keys);
+  if (!(c->zap = sock_zap_new(c->ctx))) return DRV_ERR_ZMQ;
+  DRV_CHECK(auth_init(&c->auth, cfg->state_dir, 1));
+  log_info("CurveZMQ on: the coordinator's public key is %s (%s/keys/coordinator.key)",
+           c->key_z85, cfg->state_dir);
+  return DRV_OK;
 }
 
 /* Opens the store (one coordinator per state directory), binds the sockets, and reloads
@@ -267,13 +349,20 @@ static drv_result_t coord_start(coord_t *c) {
    * a previous one left behind. */
   DRV_CHECK(store_lock(c->store));
   if (!(c->ctx = sock_ctx_new())) return DRV_ERR_ZMQ;
+  DRV_CHECK(coord_secure(c));
   DRV_CHECK(bind_socket(c, &c->workers, SOCK_ROUTER, PROTO_AT_COORD, SOCK_AGENTS));
   DRV_CHECK(bind_socket(c, &c->clients, SOCK_ROUTER, PROTO_AT_API, SOCK_CLIENTS));
   DRV_CHECK(bind_socket(c, &c->events, SOCK_PUB, PROTO_AT_EVENTS, SOCK_EVENTS));
+  sock_t *bound[3] = {c->workers, c->clients, c->events};
+  for (int i = 0; i < 3; i++)
+    if (!(c->limits[i] = sock_limits_new(bound[i], (int)drv_setting(DRV_SET_MAX_CONN_PER_ADDR),
+                                         (int)drv_setting(DRV_SET_MAX_CONN))))
+      return DRV_ERR_ZMQ;
   registry_init(&c->reg, c->workers);
   job_table_init(&c->jobs, c->workers, c->events, c->store, &c->reg, cfg->advertise);
+  if (c->zap) job_table_secure(&c->jobs, c->key_z85);
   int64_t slow_submit_ms = drv_setting(DRV_SET_FAULT_SLOW_SUBMIT_MS);
-  api_init(&c->api, c->clients, c->store, &c->jobs, &c->reg, slow_submit_ms);
+  api_init(&c->api, c->clients, c->store, &c->jobs, &c->reg, &c->auth, slow_submit_ms);
   uint32_t recovered = 0;
   DRV_CHECK(store_recover(c->store, &recovered));
   if (recovered)
@@ -326,10 +415,11 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
       break;
     }
     if (job_active(&c->jobs)) c->last_active_ms = drv_now_ms();
-    sock_t *socks[2] = {c->workers, c->clients};
-    int ready[2];
+    /* The ZAP handler last: a plaintext coordinator has none. */
+    sock_t *socks[6] = {c->workers, c->clients, c->limits[0], c->limits[1], c->limits[2], c->zap};
+    int ready[6] = {0};
     int wait_ms = timers_wait_ms(c);
-    rc = sock_poll(socks, 2, wait_ms, ready);
+    rc = sock_poll(socks, c->zap ? 6 : 5, wait_ms, ready);
     if (rc != DRV_OK && rc != DRV_ERR_TIMEOUT) break;
     rc = DRV_OK;
     int64_t now = drv_now_ms(), away = coord_away_ms(last_wake, wait_ms, now, away_limit);
@@ -350,6 +440,10 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
       }
       if (drv_now_ms() >= until) break;
     }
+    for (int i = 0; i < 3; i++)
+      if (ready[2 + i]) sock_limits_service(c->limits[i]);
+    for (int k = 0; k < 64 && ready[5]; k++)
+      if (sock_zap_answer(c->zap, coord_authorize, c) == DRV_ERR_TIMEOUT) break;
     if (c->workers_gone) {
       char why[256];
       snprintf(why, sizeof why,
@@ -365,9 +459,12 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
   log_info("coordinator stopping");
   job_table_fini(&c->jobs);
 out:
+  for (int i = 0; i < 3; i++) sock_destroy(&c->limits[i]);
   sock_destroy(&c->workers);
   sock_destroy(&c->clients);
   sock_destroy(&c->events);
+  sock_destroy(&c->zap);
+  auth_fini(&c->auth);
   sock_ctx_destroy(&c->ctx);
   store_close(&c->store); /* releases the state directory's lock */
   free(c);

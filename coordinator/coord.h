@@ -13,6 +13,11 @@
  * (sched.h: gang placement, a FIFO queue per target and pool) and of recovery (recovery.h:
  * re-forming a world after a failure or as planned). Durable job records, and the state
  * directory's lock (one coordinator per directory), are the store's (store.h).
+ *
+ * Security: the sockets are CurveZMQ servers with the coordinator's key from
+ * <state_dir>/keys (made at the first start, keys.h), and the loop answers the ZAP
+ * handler's questions itself (auth.h decides), so who is admitted never races with
+ * the job table's state (a worker's key is admitted while its job has it).
  */
 #ifndef DROVER_COORDINATOR_COORD_H
 #define DROVER_COORDINATOR_COORD_H
@@ -28,6 +33,7 @@ typedef struct {
   const char *state_dir; /* SQLite database directory; one coordinator per directory */
   int exit_when_idle_s;  /* > 0: exit once jobs have run and none was active for this
                             long (a coordinator started for the local target) */
+  int insecure;          /* plaintext: no keys, no ZAP, everyone admin (--insecure) */
 } coord_config_t;
 
 /* How long the coordinator itself was not running between two wakes of its loop: the

@@ -10,8 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+
 #include "common/log.h"
 #include "common/settings.h"
+#include "coordinator/auth.h"
 #include "coordinator/sched.h"
 
 // --- Phases --------------------------------------------------------------------------------
@@ -90,6 +92,23 @@ void job_publish_state(job_table_t *t, const job_t *j, const char *reason) {
 
 // --- The table -----------------------------------------------------------------------------
 
+void job_table_secure(job_table_t *t, const char *coord_key) {
+  t->secure = 1;
+  snprintf(t->coord_key, sizeof t->coord_key, "%s", coord_key);
+}
+
+int job_worker_key(const job_table_t *t, const unsigned char pub[SOCK_KEY_BYTES]) {
+  char name[SOCK_USER_MAX];
+  auth_worker_name(pub, name, sizeof name);
+  for (int i = 0; i < JOB_MAX; i++) {
+    const job_t *j = &t->jobs[i];
+    if (!j->used || !j->ranks) continue;
+    for (uint32_t r = 0; r < j->nodes; r++)
+      if (!strcmp(j->ranks[r].key, name)) return 1;
+  }
+  return 0;
+}
+
 void job_table_init(job_table_t *t, sock_t *workers, sock_t *events, store_t *store,
                     registry_t *reg, const char *advertise) {
   memset(t, 0, sizeof *t);
@@ -138,6 +157,8 @@ job_t *job_add(job_table_t *t, const store_job_t *sj, const jobspec_t *spec, cha
   snprintf(j->pool, sizeof j->pool, "%s", sj->pool);
   snprintf(j->run_dir, sizeof j->run_dir, "%s", sj->run_dir);
   snprintf(j->resume_dir, sizeof j->resume_dir, "%s", sj->resume_dir);
+  snprintf(j->owner, sizeof j->owner, "%s", sj->owner);
+  snprintf(j->lineage, sizeof j->lineage, "%s", sj->lineage);
   j->ckpt_step = sj->ckpt_step;
   /* Generations go on across coordinators: messages of the old one's workers are stale. */
   j->generation = sj->generation;
@@ -219,11 +240,20 @@ static void send_kill(job_table_t *t, const agent_t *a, int64_t job, uint32_t ge
 }
 
 /* Sends agent a its `assign`: rank `rank` of j's current generation, in a world of `world`.
+ * On a secure coordinator the worker gets a key of its own, whose name goes into slot.
  * Returns registry_send's result. */
-static drv_result_t send_assign(job_table_t *t, const job_t *j, const agent_t *a, uint32_t rank,
-                                uint32_t world) {
+static drv_result_t send_assign(job_table_t *t, const job_t *j, job_rank_t *slot, const agent_t *a,
+                                uint32_t rank, uint32_t world) {
   proto_msg_t m;
   proto_msg_init(&m, PROTO_ASSIGN);
+  char secret[SOCK_Z85_LEN + 1] = "";
+  if (t->secure) {
+    unsigned char pub[SOCK_KEY_BYTES], sec[SOCK_KEY_BYTES];
+    sock_keypair(pub, sec);
+    sock_z85_encode(sec, secret);
+    auth_worker_name(pub, slot->key, sizeof slot->key);
+    memset(sec, 0, sizeof sec);
+  }
   m.u.assign = (proto_assign_t){.job = j->id,
                                 .generation = j->generation,
                                 .rank = rank,
@@ -233,8 +263,15 @@ static drv_result_t send_assign(job_table_t *t, const job_t *j, const agent_t *a
                                 .spec = j->spec_yaml,
                                 .run_dir = j->run_dir,
                                 .coordinator = t->advertise,
-                                .resume_dir = j->resume_dir};
-  return registry_send(t->reg, a, &m);
+                                .resume_dir = j->resume_dir,
+                                .owner = j->owner,
+                                .lineage = j->lineage,
+                                .secret = t->secure ? secret : NULL,
+                                .coordinator_key = t->secure ? t->coord_key : NULL,
+                                .ring_key = j->ring_key};
+  drv_result_t rc = registry_send(t->reg, a, &m);
+  memset(secret, 0, sizeof secret);
+  return rc;
 }
 
 /* The agent of rank s still runs its worker for j. */
@@ -354,12 +391,13 @@ static int place(job_table_t *t, job_t *j, const int *agent, uint32_t world, int
     return 0;
   }
   j->generation++;
+  drv_random_hex(j->ring_key, 32); /* a new world of new processes: a new ring key */
   char unreachable[160] = "";
   for (uint32_t r = 0; r < j->nodes; r++) {
     agent_t *a = registry_at(t->reg, agent[r]);
     j->ranks[r].agent = agent[r];
     j->ranks[r].assign_gen = j->generation;
-    if (send_assign(t, j, a, r, j->nodes) != DRV_OK) {
+    if (send_assign(t, j, &j->ranks[r], a, r, j->nodes) != DRV_OK) {
       /* Not connected any more (ROUTER_MANDATORY): it is gone. */
       snprintf(unreachable, sizeof unreachable, "agent %s could not be reached", a->agent_id);
       log_warn("agent %s (%s) lost: unreachable", a->agent_id, a->host);
@@ -485,6 +523,7 @@ static void reform(job_table_t *t, job_t *j, const recovery_plan_t *plan, const 
     next[k].coll_seq = s->coll_seq;
     next[k].commit = s->commit;
     next[k].peer = s->peer;
+    memcpy(next[k].key, s->key, sizeof next[k].key);
     proto_msg_t m;
     proto_msg_init(&m, PROTO_REFORM);
     m.u.reform = (proto_reform_t){
@@ -498,7 +537,7 @@ static void reform(job_table_t *t, job_t *j, const recovery_plan_t *plan, const 
     next[k].assign_gen = j->generation;
     a->job = j->id;
     a->generation = j->generation;
-    send_assign(t, j, a, k, plan->world);
+    send_assign(t, j, &next[k], a, k, plan->world);
   }
   free(j->ranks);
   j->ranks = next;
@@ -849,9 +888,24 @@ void job_on_worker_exit(job_table_t *t, agent_t *a, const proto_worker_exit_t *e
 
 // --- Workers -------------------------------------------------------------------------------
 
-/* Validates the message's job and generation; NULL (and a debug line) for stale ones. */
-static job_t *job_for_msg(job_table_t *t, int64_t id, uint32_t generation, uint32_t rank,
-                          const char *what) {
+/* Whether `from` sent with the key of rank's worker (always, on a plaintext coordinator);
+ * a warning names the impostor otherwise. */
+static int from_rank(job_table_t *t, const job_t *j, uint32_t rank, const sock_peer_t *from,
+                     const char *what) {
+  if (!t->secure || !strcmp(from->user, j->ranks[rank].key)) return 1;
+  /* An agent that refused its assignment (a path it does not allow) says why itself. */
+  const agent_t *a = registry_by_peer(t->reg, from);
+  if (!strcmp(what, "failed") && a && a == rank_agent(t, &j->ranks[rank])) return 1;
+  log_warn("%s for job %" PRId64 " rank %u refused: sent by %s from %s, not by that rank's worker",
+           what, j->id, rank, from->user[0] ? from->user : "an unnamed peer",
+           from->addr[0] ? from->addr : "?");
+  return 0;
+}
+
+/* Validates the message's job, generation and sender; NULL (and a log line) for stale or
+ * forged ones. */
+static job_t *job_for_msg(job_table_t *t, const sock_peer_t *from, int64_t id, uint32_t generation,
+                          uint32_t rank, const char *what) {
   job_t *j = job_find(t, id);
   if (!j || !phase_placed(j->phase)) {
     log_debug("%s for job %" PRId64 " that is not running: dropped", what, id);
@@ -864,7 +918,7 @@ static job_t *job_for_msg(job_table_t *t, int64_t id, uint32_t generation, uint3
              what, id, generation, rank, j->generation, j->nodes);
     return NULL;
   }
-  return j;
+  return from_rank(t, j, rank, from, what) ? j : NULL;
 }
 
 /* Everyone is in: relays the ring addresses, each rank's GPU and rank 0's NCCL id. */
@@ -900,7 +954,7 @@ static void send_start(job_table_t *t, job_t *j) {
 }
 
 void job_on_rendezvous(job_table_t *t, const sock_peer_t *from, const proto_rendezvous_t *rv) {
-  job_t *j = job_for_msg(t, rv->job, rv->generation, rv->rank, "rendezvous");
+  job_t *j = job_for_msg(t, from, rv->job, rv->generation, rv->rank, "rendezvous");
   if (!j) {
     send_abort(t, from, rv->job, rv->generation, "stale or unknown job");
     return;
@@ -930,8 +984,8 @@ static uint32_t progress_world(job_table_t *t, job_t *j, progress_view_t *world)
   return n;
 }
 
-void job_on_progress(job_table_t *t, const proto_progress_t *p) {
-  job_t *j = job_for_msg(t, p->job, p->generation, p->rank, "progress");
+void job_on_progress(job_table_t *t, const sock_peer_t *from, const proto_progress_t *p) {
+  job_t *j = job_for_msg(t, from, p->job, p->generation, p->rank, "progress");
   if (!j) return;
   job_rank_t *s = &j->ranks[p->rank];
   s->step = p->step;
@@ -955,8 +1009,8 @@ void job_on_progress(job_table_t *t, const proto_progress_t *p) {
   publish(t, j->id, &m);
 }
 
-void job_on_eval(job_table_t *t, const proto_eval_t *e) {
-  job_t *j = job_for_msg(t, e->job, e->generation, 0, "eval");
+void job_on_eval(job_table_t *t, const sock_peer_t *from, const proto_eval_t *e) {
+  job_t *j = job_for_msg(t, from, e->job, e->generation, 0, "eval");
   if (!j) return;
   log_info("job %" PRId64 " epoch %u: test loss %.4f, accuracy %.4f", j->id, e->epoch + 1,
            e->test_loss, e->test_accuracy);
@@ -966,8 +1020,8 @@ void job_on_eval(job_table_t *t, const proto_eval_t *e) {
   publish(t, j->id, &m);
 }
 
-void job_on_done(job_table_t *t, const proto_done_t *d) {
-  job_t *j = job_for_msg(t, d->job, d->generation, d->rank, "done");
+void job_on_done(job_table_t *t, const sock_peer_t *from, const proto_done_t *d) {
+  job_t *j = job_for_msg(t, from, d->job, d->generation, d->rank, "done");
   if (!j) return;
   j->ranks[d->rank].done = 1;
   if (d->rank == 0) {
@@ -981,8 +1035,8 @@ void job_on_done(job_table_t *t, const proto_done_t *d) {
   job_finish(t, j, JOB_PHASE_SUCCEEDED, NULL);
 }
 
-void job_on_failed(job_table_t *t, const proto_failed_t *f) {
-  job_t *j = job_for_msg(t, f->job, f->generation, f->rank, "failed");
+void job_on_failed(job_table_t *t, const sock_peer_t *from, const proto_failed_t *f) {
+  job_t *j = job_for_msg(t, from, f->job, f->generation, f->rank, "failed");
   if (!j) return;
   const agent_t *a = rank_agent(t, &j->ranks[f->rank]);
   char reason[RECOVERY_REASON_MAX];
@@ -1009,8 +1063,8 @@ void job_verdicts(job_table_t *t, int64_t now) {
   }
 }
 
-void job_on_checkpoint(job_table_t *t, const proto_checkpoint_t *k) {
-  job_t *j = job_for_msg(t, k->job, k->generation, 0, "checkpoint");
+void job_on_checkpoint(job_table_t *t, const sock_peer_t *from, const proto_checkpoint_t *k) {
+  job_t *j = job_for_msg(t, from, k->job, k->generation, 0, "checkpoint");
   if (!j) return;
   if (store_job_set_checkpoint(t->store, j->id, k->step) != DRV_OK) {
     log_error("store: %s", drv_last_error());
@@ -1030,7 +1084,7 @@ void job_on_lost(job_table_t *t, const sock_peer_t *from, const proto_lost_t *l)
     return;
   }
   job_rank_t *s = &j->ranks[l->rank];
-  if (s->dead) return;
+  if (s->dead || !from_rank(t, j, l->rank, from, "lost")) return;
   s->lost = 1;
   s->peer = *from;
   s->commit = l->step;

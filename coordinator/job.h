@@ -13,7 +13,9 @@
  * and checkpoints. What progress reports mean (smoothed times, stragglers, the job's
  * aggregate) is progress.h's; the job table keeps that state and publishes its events.
  *
- * Messages that carry a job are checked against its current generation and world; stale
+ * Messages that carry a job are checked against its current generation and world, and,
+ * on a secure coordinator, against the key of the rank's worker (each worker gets a key of
+ * its own in `assign`: a message of any other sender for that rank is refused); stale
  * ones are dropped (a stale `rendezvous` is answered with `abort`). Everything runs on the
  * coordinator's one thread.
  */
@@ -42,6 +44,8 @@ typedef struct {
   char gpu[128];     /* its rendezvous `gpu`: "" for the CPU */
   char nccl_id[260]; /* rank 0's rendezvous `nccl_id` */
   sock_peer_t peer;  /* its worker, once it checked in */
+  char key[SOCK_USER_MAX]; /* the name of the key its worker was given (auth_worker_name):
+                              only messages over a connection made with it count */
   int done, exited;
   int32_t exit_code;        /* when exited: its code (0: clean, waiting for `done`) */
   int64_t exit_ms;          /* when its agent reported an exit without `done` or `failed` yet */
@@ -69,6 +73,9 @@ typedef struct {
   int64_t queued_ms;     /* when it became queued in this coordinator */
   char wait_reason[256]; /* why it waits, as the store has it: QUEUED and allowed to shrink,
                             or WAITING for agents */
+  char owner[64];    /* who submitted it (the name bound to their key); "" in plaintext */
+  char lineage[33];  /* 32 hex digits: new per job, kept by resume */
+  char ring_key[65]; /* 64 hex digits: its ring peers prove they hold it; new per placement */
   char *spec_yaml;
   char run_dir[1024];
   char resume_dir[1024]; /* checkpoints to start from when run_dir has none; "" */
@@ -96,6 +103,8 @@ typedef struct {
   store_t *store;        /* borrowed */
   registry_t *reg;       /* borrowed */
   const char *advertise; /* borrowed: the endpoint workers are told to connect to */
+  int secure;            /* workers get keys of their own, and must use them */
+  char coord_key[SOCK_Z85_LEN + 1]; /* the coordinator's public key, for workers to pin */
   job_t jobs[JOB_MAX];
 } job_table_t;
 
@@ -104,6 +113,13 @@ typedef struct {
 /* An empty table using the borrowed sockets, store and registry (they outlive it). */
 void job_table_init(job_table_t *t, sock_t *workers, sock_t *events, store_t *store,
                     registry_t *reg, const char *advertise);
+
+/* Workers get keys of their own from now on (assign.secret), pin the coordinator's
+ * public key coord_key (Z85), and only messages sent with their key count. */
+void job_table_secure(job_table_t *t, const char *coord_key);
+
+/* Whether pub is the key of a live worker (the ZAP handler admits it to the agents' port). */
+int job_worker_key(const job_table_t *t, const unsigned char pub[SOCK_KEY_BYTES]);
 
 /* At the coordinator's stop: fails every active job ("coordinator stopped while the job
  * was running"), stopping its workers, and frees them. */
@@ -198,24 +214,24 @@ void job_on_rendezvous(job_table_t *t, const sock_peer_t *from, const proto_rend
 
 /* A rank's progress: where it is, then progress_report's (smoothed times, stragglers, and
  * for rank 0 the job's ev_progress, published when due). */
-void job_on_progress(job_table_t *t, const proto_progress_t *p);
+void job_on_progress(job_table_t *t, const sock_peer_t *from, const proto_progress_t *p);
 
 /* Rank 0's evaluation: logged and published as ev_eval. */
-void job_on_eval(job_table_t *t, const proto_eval_t *e);
+void job_on_eval(job_table_t *t, const sock_peer_t *from, const proto_eval_t *e);
 
 /* A rank is done; when all are, the job succeeded with rank 0's metrics. */
-void job_on_done(job_table_t *t, const proto_done_t *d);
+void job_on_done(job_table_t *t, const sock_peer_t *from, const proto_done_t *d);
 
 /* A rank failed: the job fails with its reason, after DROVER_FAIL_HOLD_MS in which a
  * better-ranked report (recovery_report_t) of another rank replaces it; meanwhile no
  * re-formation starts. */
-void job_on_failed(job_table_t *t, const proto_failed_t *f);
+void job_on_failed(job_table_t *t, const sock_peer_t *from, const proto_failed_t *f);
 
 /* Fails the jobs whose held failure (job_on_failed) is due. Run every few tens of ms. */
 void job_verdicts(job_table_t *t, int64_t now);
 
 /* Rank 0's checkpoint is durable: recorded in the store. */
-void job_on_checkpoint(job_table_t *t, const proto_checkpoint_t *k);
+void job_on_checkpoint(job_table_t *t, const sock_peer_t *from, const proto_checkpoint_t *k);
 
 /* A rank's ring broke (or it stopped at the agreed commit, as asked): it rolled back and
  * waits, and the job re-forms as recovery_plan says. */

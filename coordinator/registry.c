@@ -21,6 +21,19 @@ agent_t *registry_by_peer(registry_t *r, const sock_peer_t *p) {
   return NULL;
 }
 
+agent_t *registry_by_id(registry_t *r, const char *agent_id) {
+  for (int i = 0; i < REGISTRY_MAX_AGENTS; i++)
+    if (r->agents[i].used && !strcmp(r->agents[i].agent_id, agent_id)) return &r->agents[i];
+  return NULL;
+}
+
+agent_t *registry_reconnecting(registry_t *r, const sock_peer_t *from, const proto_hello_t *h) {
+  agent_t *a = registry_by_id(r, h->agent_id);
+  if (!a || !h->pid || a->pid != h->pid || strcmp(a->host, h->host) || strcmp(a->user, from->user))
+    return NULL;
+  return a;
+}
+
 agent_t *registry_at(registry_t *r, int index) {
   if (index < 0 || index >= REGISTRY_MAX_AGENTS || !r->agents[index].used) return NULL;
   return &r->agents[index];
@@ -42,6 +55,8 @@ agent_t *registry_add(registry_t *r, agent_t *reuse, const sock_peer_t *from,
   memset(a, 0, sizeof *a);
   a->used = 1;
   a->peer = *from;
+  snprintf(a->user, sizeof a->user, "%s", from->user);
+  a->pid = h->pid;
   snprintf(a->agent_id, sizeof a->agent_id, "%s", h->agent_id);
   snprintf(a->host, sizeof a->host, "%s", h->host);
   snprintf(a->target, sizeof a->target, "%s", h->target);

@@ -26,6 +26,8 @@ typedef struct {
   int used;
   sock_peer_t peer;
   char agent_id[128], host[256], target[16], pool[64];
+  char user[SOCK_USER_MAX]; /* the name its key was admitted under ("" in plaintext) */
+  uint32_t pid;             /* the agent process's, from its hello */
   uint32_t cpus, gpus;
   uint64_t mem_bytes, session;
   int64_t last_seen_ms;
@@ -46,6 +48,13 @@ void registry_init(registry_t *r, sock_t *sock);
 
 /* The registered agent connected as peer p, or NULL. */
 agent_t *registry_by_peer(registry_t *r, const sock_peer_t *p);
+
+/* The registered agent named agent_id, or NULL. */
+agent_t *registry_by_id(registry_t *r, const char *agent_id);
+
+/* The registered agent that hello h from `from` comes from again on a new connection (the
+ * same id, key, host and process: it lost the coordinator and reconnected), or NULL. */
+agent_t *registry_reconnecting(registry_t *r, const sock_peer_t *from, const proto_hello_t *h);
 
 /* The registered agent at `index`, or NULL (out of range, or the entry is free). */
 agent_t *registry_at(registry_t *r, int index);

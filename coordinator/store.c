@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -69,6 +70,11 @@ static const char *const store_migrations[] = {
     "ALTER TABLE jobs ADD COLUMN token TEXT NOT NULL DEFAULT '';"
     "CREATE UNIQUE INDEX jobs_by_token ON jobs(token) WHERE token != '';"
     "PRAGMA user_version = 3;",
+    /* 3 -> 4: who owns the job (the name bound to the submitter's key) and its lineage
+     * (kept by resume: a checkpoint of another lineage is never loaded). */
+    "ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE jobs ADD COLUMN lineage TEXT NOT NULL DEFAULT '';"
+    "PRAGMA user_version = 4;",
 };
 
 #define STORE_SCHEMA_VERSION ((int)DRV_ARRAY_LEN(store_migrations))
@@ -77,7 +83,7 @@ static const char *const store_migrations[] = {
 #define STORE_JOB_COLUMNS                                                                       \
   "id, name, target, nodes, state, reason, submitted_at, started_at, finished_at, "             \
   "test_accuracy, test_loss, samples_per_s, steps_done, run_dir, pool, ckpt_step, resume_dir, " \
-  "generation"
+  "generation, owner, lineage"
 
 static const char *const store_state_names[] = {
     [JOB_QUEUED] = "queued", [JOB_RUNNING] = "running",     [JOB_SUCCEEDED] = "succeeded",
@@ -194,6 +200,8 @@ static drv_result_t job_read(sqlite3_stmt *st, store_job_t *out) {
   out->ckpt_step = (uint64_t)sqlite3_column_int64(st, 15);
   column_text_copy(st, 16, out->resume_dir, sizeof out->resume_dir);
   out->generation = (uint32_t)sqlite3_column_int64(st, 17);
+  column_text_copy(st, 18, out->owner, sizeof out->owner);
+  column_text_copy(st, 19, out->lineage, sizeof out->lineage);
   return DRV_OK;
 }
 
@@ -263,7 +271,7 @@ drv_result_t store_open(const char *state_dir, store_t **out) {
   if (!state_dir || !*state_dir)
     return drv_error(DRV_ERR_INVALID, "store_open: empty state directory");
 
-  rc = fs_mkdir_p(state_dir); /* the error names the directory that could not be made */
+  rc = fs_mkdir_p(state_dir, 0700); /* the error names the directory that could not be made */
   if (rc != DRV_OK)
     return drv_error_prefix(rc, "store: cannot create state directory %s", state_dir);
   s = calloc(1, sizeof *s);
@@ -275,6 +283,15 @@ drv_result_t store_open(const char *state_dir, store_t **out) {
     goto fail;
   }
 
+  /* The database is the coordinator's alone (SQLite gives its -wal and -shm files the
+   * database's mode). */
+  int dbfd = open(s->path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (dbfd < 0 || fchmod(dbfd, 0600) < 0) {
+    rc = drv_error(DRV_ERR_SYS, "%s: open: %s", s->path, strerror(errno));
+    if (dbfd >= 0) close(dbfd);
+    goto fail;
+  }
+  close(dbfd);
   /* sqlite3_open_v2 may hand back a handle even when it fails: it is closed below. */
   if (sqlite3_open_v2(s->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
       SQLITE_OK) {
@@ -331,7 +348,7 @@ drv_result_t store_lock(store_t *s) {
   if (s->lock_fd >= 0) return DRV_OK;
   char path[4200];
   snprintf(path, sizeof path, "%s/coordinator.lock", s->dir);
-  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) return drv_error(DRV_ERR_SYS, "open %s: %s", path, strerror(errno));
   /* flock belongs to the open file: a second open of the file, even in this process,
    * is refused like another coordinator. */
@@ -518,6 +535,11 @@ drv_result_t store_job_set_run_dir(store_t *s, int64_t id, const char *run_dir) 
 
 drv_result_t store_job_set_pool(store_t *s, int64_t id, const char *pool) {
   return set_text(s, id, "pool", pool, sizeof((store_job_t *)0)->pool);
+}
+
+drv_result_t store_job_set_owner(store_t *s, int64_t id, const char *owner, const char *lineage) {
+  DRV_CHECK(set_text(s, id, "owner", owner, sizeof((store_job_t *)0)->owner));
+  return set_text(s, id, "lineage", lineage, sizeof((store_job_t *)0)->lineage);
 }
 
 drv_result_t store_job_set_resume_dir(store_t *s, int64_t id, const char *dir) {

@@ -8,7 +8,8 @@
  *        name, target, nodes, state TEXT,         -- state as store_state_name() spells it
  *        reason, submitted_at, started_at, finished_at,   -- wall seconds, 0 = not yet
  *        test_accuracy, test_loss, samples_per_s,          -- NULL = unknown
- *        steps_done, run_dir, spec_yaml)
+ *        steps_done, run_dir, spec_yaml, pool, ckpt_step, resume_dir, generation,
+ *        token, owner, lineage)
  *
  * so that `sqlite3 drover.db 'select id, name, state from jobs'` reads naturally. The
  * schema's version is PRAGMA user_version; store_open creates or migrates it, and refuses
@@ -55,11 +56,13 @@ typedef struct {
   uint64_t ckpt_step;    /* last durable checkpoint, 0 = none */
   char resume_dir[1024]; /* checkpoints to start from when it has none of its own; "" */
   uint32_t generation;   /* of its last placement: a reloaded job goes on from there */
+  char owner[64];        /* who submitted it: the name bound to their key ("" before schema 4) */
+  char lineage[33];      /* 32 hex digits, new per job, kept by resume; "" before schema 4 */
 } store_job_t;
 
 /* Opens (creating) state_dir/drover.db, creating state_dir and its parents as needed
- * (mode 0755), in WAL mode with synchronous=FULL and a busy timeout; creates or migrates
- * the schema via PRAGMA user_version. On success the caller owns *out (store_close). On
+ * (mode 0700; the database 0600), in WAL mode with synchronous=FULL and a busy timeout; creates or
+ * migrates the schema via PRAGMA user_version. On success the caller owns *out (store_close). On
  * failure *out stays NULL and the error names the path: DRV_ERR_SYS when the directory
  * cannot be created or SQLite fails (its message included, e.g. "file is not a
  * database"), DRV_ERR_INVALID when the schema is newer than this build understands. */
@@ -134,6 +137,10 @@ drv_result_t store_job_set_pool(store_t *s, int64_t id, const char *pool);
 drv_result_t store_job_set_resume_dir(store_t *s, int64_t id, const char *dir);
 drv_result_t store_job_set_checkpoint(store_t *s, int64_t id, uint64_t step);
 drv_result_t store_job_set_generation(store_t *s, int64_t id, uint32_t generation);
+
+/* Sets the job's owner (the name bound to the submitter's key) and lineage (32 hex
+ * digits). DRV_ERR_INVALID for an unknown job or a value too long for store_job_t. */
+drv_result_t store_job_set_owner(store_t *s, int64_t id, const char *owner, const char *lineage);
 
 /* A submission token: the client's name for one submission, at most STORE_TOKEN_MAX
  * bytes, unique among jobs ("" = none; any number of jobs have none). set: DRV_ERR_INVALID

@@ -2,6 +2,8 @@
 # Installs, from Debian's packages, whatever drover needs that is missing. Idempotent:
 # a machine that has everything gets no apt call at all. Nothing is downloaded at build
 # or run time; this is the only place packages come from.
+#   install-deps.sh        what building and testing need
+#   install-deps.sh fuzz   that, and clang with libFuzzer for `make fuzz`
 set -euo pipefail
 
 pkgs=(
@@ -13,10 +15,17 @@ pkgs=(
   libcyaml-dev         # YAML job specs
   libsqlite3-dev       # coordinator's durable state
   libcmocka-dev        # unit tests
+  libsodium-dev        # the ring's handshake (ring keys, proofs)
   dataset-fashion-mnist  # /usr/share/datasets/fashion-mnist
   python3              # protocol client test (pyzmq, msgpack from Debian)
   python3-zmq python3-msgpack
 )
+if [ "${1:-}" = "fuzz" ]; then
+  pkgs+=(
+    clang-14             # the fuzz build's compiler (AddressSanitizer, UBSan)
+    libclang-rt-14-dev   # libFuzzer's runtime (libclang_rt.fuzzer) and the sanitizers'
+  )
+fi
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -45,7 +45,8 @@ static proto_msg_t assignment(void) {
                                 .spec = "name: t\n",
                                 .run_dir = "/runs/t-7",
                                 .coordinator = "tcp://10.0.0.1:7700",
-                                .host = "10.0.0.2"};
+                                .host = "10.0.0.2",
+                                .lineage = "0123456789abcdef0123456789abcdef"};
   return m;
 }
 
@@ -73,6 +74,7 @@ static void test_read_whole(void **state) {
   assert_string_equal(m.u.assign.run_dir, "/runs/t-7");
   assert_string_equal(m.u.assign.coordinator, "tcp://10.0.0.1:7700");
   assert_string_equal(m.u.assign.host, "10.0.0.2");
+  assert_string_equal(m.u.assign.lineage, "0123456789abcdef0123456789abcdef");
   proto_msg_fini(&m);
 
   in.u.assign.host = NULL; /* goes out as "": the ring listens on loopback */
@@ -104,6 +106,12 @@ static void test_refused(void **state) {
   in = assignment();
   in.u.assign.coordinator = NULL;
   expect_refused(packed(&in), DRV_ERR_INVALID, "coordinator ''");
+  in = assignment();
+  in.u.assign.run_dir = "runs/t-7"; /* relative: not a run directory anyone checked */
+  expect_refused(packed(&in), DRV_ERR_INVALID, "run_dir 'runs/t-7'");
+  in = assignment();
+  in.u.assign.lineage = NULL; /* checkpoints could not be told apart */
+  expect_refused(packed(&in), DRV_ERR_INVALID, "job 7: no lineage");
 }
 
 int main(void) {

@@ -3,7 +3,9 @@
  * leftovers of dead writers), a writer SIGKILLed at random points many times (the newest
  * step-* directory must always load, bit for bit), flipped bytes, truncated files, corrupt
  * or missing manifests (each refused with its reason in the log, the previous checkpoint
- * used), a strict manifest parser, and caller buffers that do not match the file.
+ * used), a strict manifest parser, caller buffers that do not match the file, and
+ * lineages: another job's checkpoint is never loaded nor pruned, a symlinked file never
+ * read.
  *
  * The kill test is reproducible: DROVER_TEST_SEED picks its random delays (printed). */
 #include <setjmp.h>
@@ -29,6 +31,10 @@
 #include "train/checkpoint.h"
 #include "tests/tmpdir.h"
 #include "common/log.h"
+
+/* The lineage of the job that writes and loads the checkpoints of these tests. */
+#define LINEAGE "00000000000000070000000012345678"
+#define OTHER_LINEAGE "0000000000000007ffffffff12345678"
 
 // --- Fixture: one temporary directory per test --------------------------------------------
 
@@ -144,6 +150,7 @@ static ckpt_meta_t meta_for(uint64_t step, uint64_t seed) {
       .step = step, .epoch = (uint32_t)(step / 7), .world = 3, .seed = seed, .job = -42};
   snprintf(m.spec_sha, sizeof m.spec_sha, "%016" PRIx64 "%016" PRIx64 "%016" PRIx64 "%016" PRIx64,
            mix64(step), mix64(seed), mix64(step + 1), mix64(seed + 1));
+  snprintf(m.lineage, sizeof m.lineage, "%s", LINEAGE);
   return m;
 }
 
@@ -154,6 +161,7 @@ static void assert_meta_equal(const ckpt_meta_t *a, const ckpt_meta_t *b) {
   assert_int_equal(a->seed, b->seed);
   assert_int_equal(a->job, b->job);
   assert_string_equal(a->spec_sha, b->spec_sha);
+  assert_string_equal(a->lineage, b->lineage);
 }
 
 static void write_step(const fx_t *f, uint64_t step, uint64_t seed) {
@@ -201,7 +209,7 @@ static drv_result_t load(const fx_t *f, set_t *s, ckpt_meta_t *m, char *found, s
                          char **log) {
   cap_t c;
   cap_begin(&c);
-  drv_result_t rc = ckpt_load_latest(f->dir, m, s->t, NT, found, fsz);
+  drv_result_t rc = ckpt_load_latest(f->dir, LINEAGE, m, s->t, NT, found, fsz);
   char *text = cap_end(&c);
   if (log)
     *log = text;
@@ -378,7 +386,7 @@ static void test_empty_and_missing_dir(void **state) {
   assert_int_equal(load(f, &r, &got, found, sizeof found, NULL), DRV_ERR_INVALID);
   assert_non_null(strstr(drv_last_error(), "no step-* directory"));
   uint32_t removed = 99;
-  assert_int_equal(ckpt_prune(f->dir, 2, &removed), DRV_OK);
+  assert_int_equal(ckpt_prune(f->dir, LINEAGE, 2, &removed), DRV_OK);
   assert_int_equal(removed, 0);
   set_fini(&r);
 }
@@ -401,8 +409,8 @@ static void test_prune(void **state) {
   assert_int_equal(mkdir(mine, 0755), 0);
 
   uint32_t removed = 0;
-  assert_int_equal(ckpt_prune(f->dir, 0, &removed), DRV_ERR_INVALID);
-  assert_int_equal(ckpt_prune(f->dir, 2, &removed), DRV_OK);
+  assert_int_equal(ckpt_prune(f->dir, LINEAGE, 0, &removed), DRV_ERR_INVALID);
+  assert_int_equal(ckpt_prune(f->dir, LINEAGE, 2, &removed), DRV_OK);
   assert_int_equal(removed, 5); /* steps 1..4 and the dead writer's directory */
   assert_int_equal(count_prefixed(f->dir, "step-"), 2);
   assert_int_equal(access(dead, F_OK), -1);
@@ -419,7 +427,7 @@ static void test_prune(void **state) {
   step_file(f, 6, "manifest.json", file, sizeof file);
   assert_int_equal(unlink(file), 0);
   write_step(f, 4, 1);
-  assert_int_equal(ckpt_prune(f->dir, 1, &removed), DRV_OK);
+  assert_int_equal(ckpt_prune(f->dir, LINEAGE, 1, &removed), DRV_OK);
   assert_int_equal(removed, 1); /* step 4 */
   assert_int_equal(count_prefixed(f->dir, "step-"), 2);
   assert_int_equal(load(f, &r, &got, NULL, 0, NULL), DRV_OK);
@@ -522,7 +530,7 @@ static void test_killed_writer(void **state) {
 
     // The dead writer's leftovers go; a bounded number of checkpoints stays.
     uint32_t removed = 0;
-    assert_int_equal(ckpt_prune(f->dir, 3, &removed), DRV_OK);
+    assert_int_equal(ckpt_prune(f->dir, LINEAGE, 3, &removed), DRV_OK);
     assert_int_equal(count_prefixed(f->dir, ".tmp-"), 0);
     assert_true(count_prefixed(f->dir, "step-") <= 3);
     assert_int_equal(newest_step(f->dir), after);
@@ -701,7 +709,13 @@ static void test_manifest_strict(void **state) {
   static const struct {
     const char *from, *to, *reason;
   } cases[] = {
-      {"\"version\": 1", "\"version\": 2", "version 2 is not supported"},
+      {"\"version\": 2", "\"version\": 3", "version 3 is not supported"},
+      {"\"version\": 2", "\"version\": 0", "version 0 is not supported"},
+      {"\"lineage\": \"", "\"lineage\": \"xyz", "lineage is not 1..64 hex digits"},
+      {"\"lineage\": \"" LINEAGE "\"", "\"lineage\": \"\"", "lineage is not 1..64 hex digits"},
+      {"  \"lineage\": \"" LINEAGE "\",\n", "", "key \"lineage\" is missing"},
+      {"\"version\": 2", "\"version\": 1", "key \"lineage\" in a version 1 manifest"},
+      {"\"lineage\": \"" LINEAGE, "\"lineage\": \"" OTHER_LINEAGE, "of another job's lineage"},
       {"\"format\": \"drover-checkpoint\"", "\"format\": \"other\"", "format \"other\""},
       {"\"world\": 3,", "\"world\": 3,\n  \"extra\": 1,", "unknown key \"extra\""},
       {"\"world\": 3,", "\"world\": 3,\n  \"step\": 2,", "key \"step\" appears twice"},
@@ -794,6 +808,64 @@ static void test_shape_mismatch(void **state) {
   set_fini(&r);
 }
 
+/* A version 1 manifest (an older drover's, no lineage) still parses and is refused for
+ * its lineage; another job's checkpoint, newer and intact, is skipped for ours and never
+ * pruned; a symlinked manifest is not followed. */
+static void test_lineage(void **state) {
+  fx_t *f = *state;
+  char path[600];
+  two_steps(f, "manifest.json", path, sizeof path);
+  char *orig = read_text(path, NULL);
+  assert_non_null(orig);
+  char v1[4096];
+  const char *at = strstr(orig, "  \"lineage\"");
+  const char *end = strchr(at, '\n') + 1;
+  snprintf(v1, sizeof v1, "%.*s%s", (int)(at - orig), orig, end);
+  resign(path, v1, "\"version\": 2", "\"version\": 1");
+  expect_fallback_detail(f, "manifest.json: of another job's lineage", "it records none");
+
+  // Another lineage's step 3, newer than ours: ours (step 2, restored) is loaded.
+  resign(path, orig, "\"world\": 3", "\"world\": 3");
+  set_t w, r;
+  set_init(&w, 3, 9, 1);
+  set_init(&r, 0, 0, 0);
+  ckpt_meta_t m = meta_for(3, 9), got;
+  snprintf(m.lineage, sizeof m.lineage, "%s", OTHER_LINEAGE);
+  assert_int_equal(ckpt_write(f->dir, &m, w.t, NT), DRV_OK);
+  char *log = NULL;
+  assert_int_equal(load(f, &r, &got, NULL, 0, &log), DRV_OK);
+  assert_int_equal(got.step, 2);
+  assert_true(set_matches(&r, 2, 1));
+  assert_non_null(strstr(log, "step-0000000003: manifest.json: of another job's lineage"));
+  assert_null(strstr(log, OTHER_LINEAGE)); /* the other lineage is not shown */
+  free(log);
+  // Pruning keeps 1 of ours: step 1 goes, the other's step 3 stays.
+  uint32_t removed = 0;
+  assert_int_equal(ckpt_prune(f->dir, LINEAGE, 1, &removed), DRV_OK);
+  assert_int_equal(removed, 1);
+  char other[600];
+  step_file(f, 3, "manifest.json", other, sizeof other);
+  assert_int_equal(access(other, F_OK), 0);
+  assert_int_equal(count_prefixed(f->dir, "step-"), 2);
+  // Only ever loaded by its own lineage.
+  assert_int_equal(ckpt_load_latest(f->dir, OTHER_LINEAGE, &got, r.t, NT, NULL, 0), DRV_OK);
+  assert_int_equal(got.step, 3);
+  assert_string_equal(got.lineage, OTHER_LINEAGE);
+
+  // A manifest that is a symlink (to our own good one) is refused, not followed.
+  char real[700];
+  step_file(f, 3, "manifest.json", other, sizeof other);
+  snprintf(real, sizeof real, "%s.real", other);
+  assert_int_equal(rename(other, real), 0);
+  assert_int_equal(symlink(real, other), 0);
+  assert_int_equal(ckpt_load_latest(f->dir, OTHER_LINEAGE, &got, r.t, NT, NULL, 0),
+                   DRV_ERR_INVALID);
+  assert_non_null(strstr(drv_last_error(), "manifest.json: is a symbolic link"));
+  free(orig);
+  set_fini(&w);
+  set_fini(&r);
+}
+
 static void test_write_refuses_bad_input(void **state) {
   fx_t *f = *state;
   set_t w;
@@ -814,6 +886,10 @@ static void test_write_refuses_bad_input(void **state) {
   assert_int_equal(ckpt_write(f->dir, &m, w.t, NT), DRV_ERR_INVALID);
   assert_non_null(strstr(drv_last_error(), "spec_sha"));
   m.spec_sha[0] = '\0'; /* "" is fine */
+  m.lineage[0] = '\0';  /* no lineage is not */
+  assert_int_equal(ckpt_write(f->dir, &m, w.t, NT), DRV_ERR_INVALID);
+  assert_non_null(strstr(drv_last_error(), "lineage"));
+  snprintf(m.lineage, sizeof m.lineage, "%s", LINEAGE);
   assert_int_equal(ckpt_write(f->dir, &m, w.t, NT), DRV_OK);
   assert_int_equal(count_prefixed(f->dir, "step-"), 1);
   assert_int_equal(count_prefixed(f->dir, ".tmp-"), 0);
@@ -838,6 +914,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_manifest_strict, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_shape_mismatch, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(test_write_refuses_bad_input, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(test_lineage, fx_setup, fx_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -204,33 +204,54 @@ static void test_load_idx2_images(void **state) {
 
 // --- Corrupt files ------------------------------------------------------------------------
 
+/* Loads and expects failure naming `path` as "not an IDX <kind> file" of `size` bytes,
+ * with none of the file's bytes in the message (nor the "found 0x..." of old). */
+static void expect_not_idx(const char *img, const char *lab, const char *path, const char *kind,
+                           long size, const char *secret) {
+  char want[128], hex[16];
+  snprintf(want, sizeof want, "not an IDX %s file", kind);
+  char sz[64];
+  snprintf(sz, sizeof sz, "the file has %ld bytes", size);
+  expect_error(img, lab, DRV_ERR_INVALID, path, want, sz, NULL);
+  const char *msg = drv_last_error();
+  if (strstr(msg, "found 0x")) fail_msg("message \"%s\" shows the file's magic", msg);
+  if (secret) {
+    if (strstr(msg, secret)) fail_msg("message \"%s\" shows the file's bytes", msg);
+    snprintf(hex, sizeof hex, "%02x%02x%02x%02x", (unsigned char)secret[0],
+             (unsigned char)secret[1], (unsigned char)secret[2], (unsigned char)secret[3]);
+    if (strstr(msg, hex)) fail_msg("message \"%s\" shows the file's bytes in hex", msg);
+  }
+}
+
 static void test_wrong_magic(void **state) {
   char img[512], lab[512], bad[512];
   write_pair(img, lab, sizeof img, "magic", 5, 3, 4, 4, 0, 0);
   /* Labels given as images, and images as labels. */
-  expect_error(lab, lab, DRV_ERR_INVALID, lab, "expected magic 0x00000803, found 0x00000801", NULL);
-  expect_error(img, img, DRV_ERR_INVALID, img, "expected magic 0x00000801, found 0x00000803", NULL);
+  expect_not_idx(lab, lab, lab, "images", file_size(lab), NULL);
+  assert_non_null(strstr(drv_last_error(), "expected magic 0x00000803"));
+  expect_not_idx(img, img, img, "labels", file_size(img), NULL);
+  assert_non_null(strstr(drv_last_error(), "expected magic 0x00000801"));
   /* Float data (type 0x0d) is not ours. */
   float f[4] = {0};
   uint32_t dims[3] = {1, 2, 2};
   blob_t b = idx_blob(0x0d03, dims, 3, (const uint8_t *)f, sizeof f);
   write_file(bad, sizeof bad, "float.idx", b.bytes, b.len, 0);
-  expect_error(bad, lab, DRV_ERR_INVALID, bad, "expected magic 0x00000803, found 0x00000d03",
-               "data type 0x0d", NULL);
+  expect_not_idx(bad, lab, bad, "images", (long)b.len, NULL);
+  assert_null(strstr(drv_last_error(), "0x0d"));
   free(b.bytes);
   /* Four dimensions. */
   uint32_t dims4[4] = {1, 1, 2, 2};
   b = idx_blob(0x0804, dims4, 4, (const uint8_t *)"abcd", 4);
   write_file(bad, sizeof bad, "four-dims.idx", b.bytes, b.len, 0);
-  expect_error(bad, lab, DRV_ERR_INVALID, bad, "found 0x00000804", "4 dimensions", NULL);
+  expect_not_idx(bad, lab, bad, "images", (long)b.len, NULL);
   free(b.bytes);
-  /* Not IDX at all, plain and gzipped. */
+  /* Not IDX at all, plain and gzipped: nothing of the text shows. */
   const char *text = "hello, this is not a dataset\n";
   write_file(bad, sizeof bad, "text.idx", text, strlen(text), 0);
-  expect_error(bad, lab, DRV_ERR_INVALID, bad, "expected magic 0x00000803, found 0x68656c6c", NULL);
+  expect_not_idx(bad, lab, bad, "images", (long)strlen(text), "hell");
   write_file(bad, sizeof bad, "text.idx.gz", text, strlen(text), 1);
-  expect_error(bad, lab, DRV_ERR_INVALID, bad, "expected magic 0x00000803, found 0x68656c6c", NULL);
-  /* A gzip inside a gzip: the inner magic shows. */
+  expect_not_idx(bad, lab, bad, "images", file_size(bad), "hell");
+  /* A gzip inside a gzip. */
   char inner[512];
   write_file(inner, sizeof inner, "inner.gz", text, strlen(text), 1);
   FILE *fp = fopen(inner, "rb");
@@ -239,7 +260,22 @@ static void test_wrong_magic(void **state) {
   size_t n = fread(buf, 1, sizeof buf, fp);
   fclose(fp);
   write_file(bad, sizeof bad, "double.gz", buf, n, 1);
-  expect_error(bad, lab, DRV_ERR_INVALID, bad, "expected magic 0x00000803, found 0x1f8b08", NULL);
+  expect_not_idx(bad, lab, bad, "images", file_size(bad), NULL);
+  assert_null(strstr(drv_last_error(), "1f8b"));
+}
+
+/* A FIFO is refused at once (the open never waits for a writer), a symbolic link is
+ * refused (even to a good file), and neither message says anything of a content. */
+static void test_fifo_and_symlink(void **state) {
+  char img[512], lab[512], path[600];
+  write_pair(img, lab, sizeof img, "special", 5, 3, 4, 4, 0, 0);
+  snprintf(path, sizeof path, "%s/fifo.idx", tmpdir);
+  assert_int_equal(mkfifo(path, 0600), 0);
+  expect_error(path, lab, DRV_ERR_INVALID, path, "not a regular file", NULL);
+  expect_error(img, path, DRV_ERR_INVALID, path, "not a regular file", NULL);
+  snprintf(path, sizeof path, "%s/link.idx", tmpdir);
+  assert_int_equal(symlink(img, path), 0);
+  expect_error(path, lab, DRV_ERR_INVALID, path, "is a symbolic link", NULL);
 }
 
 static void test_truncated_plain(void **state) {
@@ -617,6 +653,7 @@ int main(void) {
       cmocka_unit_test(test_load_by_magic_not_name),
       cmocka_unit_test(test_load_idx2_images),
       cmocka_unit_test(test_wrong_magic),
+      cmocka_unit_test(test_fifo_and_symlink),
       cmocka_unit_test(test_truncated_plain),
       cmocka_unit_test(test_truncated_gzip_content),
       cmocka_unit_test(test_truncated_gzip_stream),

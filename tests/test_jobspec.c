@@ -483,6 +483,66 @@ static void test_error_syntax(void **state) {
   EXPECT_SUBST("name: t\n", "name: &n t\nrun_dir: *n\n", "alias");
 }
 
+/* A job name becomes part of a directory name: [A-Za-z0-9._-], 1..64, no leading dot. A
+ * run_dir has no ".." component. Errors name the key. */
+static void test_names_and_run_dir(void **state) {
+  static const char *bad[] = {
+      "../../victim",
+      "a/b",
+      ".hidden",
+      "..",
+      "a b",
+      "tab\\there",
+      "caf\\u00e9",
+      "x%s",
+      "0123456789012345678901234567890123456789012345678901234567890123X" /* 65 */};
+  for (size_t k = 0; k < DRV_ARRAY_LEN(bad); k++) {
+    char line[160];
+    snprintf(line, sizeof line, "name: \"%s\"\n", bad[k]);
+    EXPECT_SUBST("name: t\n", line, "case.yaml: name", "is not a job name");
+  }
+  const char *sets[] = {"name=a/../../b"};
+  expect_invalid(minimal, sets, 1, "name", "not a job name", (const char *)NULL);
+  static const char *good[] = {"a", "A.b_c-9", "x..y",
+                               "0123456789012345678901234567890123456789012345678901234567890123"};
+  for (size_t k = 0; k < DRV_ARRAY_LEN(good); k++) {
+    char line[160];
+    snprintf(line, sizeof line, "name: \"%s\"\n", good[k]);
+    char *y = subst(minimal, "name: t\n", line);
+    jobspec_t *spec = parse_ok(y, NULL, 0);
+    assert_string_equal(spec->name, good[k]);
+    jobspec_destroy(&spec);
+    free(y);
+  }
+  EXPECT_SUBST("name: t\n", "name: t\nrun_dir: /srv/runs/../victim\n", "run_dir", "'..'");
+  EXPECT_SUBST("name: t\n", "name: t\nrun_dir: ../runs\n", "run_dir", "'..'");
+  EXPECT_SUBST("name: t\n", "name: t\nrun_dir: /srv/..\n", "run_dir", "'..'");
+  char *y = subst(minimal, "name: t\n", "name: t\nrun_dir: /srv/..runs/a..\n"); /* no ".." part */
+  jobspec_t *spec = parse_ok(y, NULL, 0);
+  free(y);
+  /* What the coordinator asks on top: absolute and normalised. */
+  assert_int_equal(jobspec_check_submitted(spec, "submitted spec"), DRV_OK);
+  static const char *unclean[] = {"/srv//runs", "/srv/./runs", "/srv/runs/", "/srv/runs/."};
+  for (size_t k = 0; k < DRV_ARRAY_LEN(unclean); k++) {
+    free(spec->run_dir);
+    spec->run_dir = strdup(unclean[k]);
+    assert_int_equal(jobspec_check_submitted(spec, "submitted spec"), DRV_ERR_INVALID);
+    assert_non_null(strstr(drv_last_error(), "submitted spec: run_dir"));
+    assert_non_null(strstr(drv_last_error(), "not a normalised path"));
+  }
+  free(spec->run_dir);
+  spec->run_dir = strdup("runs");
+  assert_int_equal(jobspec_check_submitted(spec, "submitted spec"), DRV_ERR_INVALID);
+  assert_non_null(strstr(drv_last_error(), "run_dir: must be an absolute path"));
+  /* drover submit tidies what it makes absolute. */
+  free(spec->run_dir);
+  spec->run_dir = strdup("./a//b/./c/");
+  assert_int_equal(jobspec_absolutize(spec, "/home/u/"), DRV_OK);
+  assert_string_equal(spec->run_dir, "/home/u/a/b/c");
+  assert_int_equal(jobspec_check_submitted(spec, "submitted spec"), DRV_OK);
+  jobspec_destroy(&spec);
+}
+
 static void test_error_semantic(void **state) {
   EXPECT_SUBST("name: t", "name: \"\"", "name", "empty");
   EXPECT_SUBST("name: t\n", "name: t\nnodes: 0\n", "nodes", "at least 1");
@@ -650,13 +710,16 @@ static void test_prescan_block_nesting(void **state) {
  * cannot hide a deep flow nesting from it. */
 static void test_prescan_quotes_and_comments(void **state) {
   (void)state;
-  char *ok =
-      subst(minimal, "name: t\n",
-            "name: \"a[[[[[[[[[[[[[[[[[[b {{{{{{{{{{{{{{{{{{ \\\" [[\"  # [[[[[[[[[[[[[[[[[[\n"
-            "run_dir: '/runs/[[[[[[[[[[[[[[[[[[[ it''s [[[['\n"
-            "# {{{{{{{{{{{{{{{{{{{{{{{{{\n");
+  char *ok = subst(minimal, "name: t\n",
+                   "name: t  # [[[[[[[[[[[[[[[[[[\n"
+                   "run_dir: \"/a[[[[[[[[[[[[[[[[[[b {{{{{{{{{{{{{{{{{{ \\\" [[\"\n"
+                   "# {{{{{{{{{{{{{{{{{{{{{{{{{\n");
   jobspec_t *spec = parse_ok(ok, NULL, 0);
-  assert_string_equal(spec->name, "a[[[[[[[[[[[[[[[[[[b {{{{{{{{{{{{{{{{{{ \" [[");
+  assert_string_equal(spec->run_dir, "/a[[[[[[[[[[[[[[[[[[b {{{{{{{{{{{{{{{{{{ \" [[");
+  jobspec_destroy(&spec);
+  free(ok);
+  ok = subst(minimal, "name: t\n", "name: t\nrun_dir: '/runs/[[[[[[[[[[[[[[[[[[[ it''s [[[['\n");
+  spec = parse_ok(ok, NULL, 0);
   assert_string_equal(spec->run_dir, "/runs/[[[[[[[[[[[[[[[[[[[ it's [[[[");
   jobspec_destroy(&spec);
   free(ok);
@@ -664,9 +727,10 @@ static void test_prescan_quotes_and_comments(void **state) {
   spec = parse_ok(ok, NULL, 0);
   jobspec_destroy(&spec);
   free(ok);
-  ok = subst(minimal, "name: t\n", "name: a[b[c[d[e[f[g[h[i[j[k[l[m[n[o[p[q[r[s[t 'u\n");
+  ok = subst(minimal, "name: t\n",
+             "name: t\nrun_dir: /a[b[c[d[e[f[g[h[i[j[k[l[m[n[o[p[q[r[s[t 'u\n");
   spec = parse_ok(ok, NULL, 0);
-  assert_string_equal(spec->name, "a[b[c[d[e[f[g[h[i[j[k[l[m[n[o[p[q[r[s[t 'u");
+  assert_string_equal(spec->run_dir, "/a[b[c[d[e[f[g[h[i[j[k[l[m[n[o[p[q[r[s[t 'u");
   jobspec_destroy(&spec);
   free(ok);
   /* A plain scalar continued on a line that starts with a quote: the walk takes the quote
@@ -686,9 +750,9 @@ static void test_prescan_utf8(void **state) {
   EXPECT_SUBST("  format: synthetic\n", "  format: synthetic\n# caf\xc3\n",
                "case.yaml:7: not valid UTF-8 (byte");
   EXPECT_SUBST("name: t", "name: t\xed\xa0\x80", "case.yaml:1: not valid UTF-8");
-  char *ok = subst(minimal, "name: t", "name: caf\xc3\xa9-\xe2\x82\xac");
+  char *ok = subst(minimal, "name: t\n", "name: t\nrun_dir: /caf\xc3\xa9-\xe2\x82\xac\n");
   jobspec_t *spec = parse_ok(ok, NULL, 0);
-  assert_string_equal(spec->name, "caf\xc3\xa9-\xe2\x82\xac");
+  assert_string_equal(spec->run_dir, "/caf\xc3\xa9-\xe2\x82\xac");
   jobspec_destroy(&spec);
   free(ok);
 }
@@ -746,19 +810,6 @@ static void test_limits(void **state) {
   expect_limit(idx, "data.train.images: 1501 bytes, more than DROVER_MAX_PATH_BYTES");
   free(img);
   free(idx);
-  char *name = repeat("name: ", "n", 200, "\n"), *named = repeat(name, spec_text, 1, "");
-  expect_limit(named, "case.yaml: name: 200 bytes, at most 127");
-  free(name);
-  free(named);
-  /* the job's own directory <run_dir>/<name>-<id> must fit in 1023 bytes */
-  char *both = repeat("run_dir: /", "r", 950, "\n"), *n100 = repeat("name: ", "n", 100, "\n");
-  char *long_dir = repeat(spec_text, both, 1, n100);
-  expect_limit(long_dir,
-               "run_dir: the job's run directory, <run_dir>/<name>-<id>, would be up "
-               "to 1073 bytes, more than 1023");
-  free(both);
-  free(n100);
-  free(long_dir);
   free(spec_text);
   /* at the limits, accepted */
   char *at = subst(minimal, "global_batch: 8", "global_batch: 65536");
@@ -968,8 +1019,8 @@ static void test_dump_round_trip(void **state) {
   const char *sets[] = {"train.optimizer.lr=0.0123456789",
                         "train.optimizer.type=adamw",
                         "train.optimizer.eps=3.14159265e-7",
-                        "name=has: a colon # and hash",
-                        "run_dir=yes",
+                        "name=yes",
+                        "run_dir=has: a colon # and hash",
                         "train.seed=18446744073709551615",
                         "train.lr_schedule.lr_min=0.000123456789",
                         "train.max_steps=1000",
@@ -984,8 +1035,8 @@ static void test_dump_round_trip(void **state) {
   const char *path = DROVER_SOURCE_DIR "/examples/fashion-mnist.yaml";
   if (jobspec_load(path, sets, (int)DRV_ARRAY_LEN(sets), &spec) != DRV_OK)
     fail_msg("%s", drv_last_error());
-  assert_string_equal(spec->name, "has: a colon # and hash");
-  assert_string_equal(spec->run_dir, "yes");
+  assert_string_equal(spec->name, "yes");
+  assert_string_equal(spec->run_dir, "has: a colon # and hash");
   /* Floats keep the six significant digits the YAML writer keeps. */
   assert_true(spec->train.optimizer.lr == 0.0123457f);
   assert_int_equal(spec->max_nodes, 16);
@@ -1042,6 +1093,7 @@ int main(void) {
       cmocka_unit_test(test_elastic_keys_explicit),
       cmocka_unit_test(test_error_unknown_key),
       cmocka_unit_test(test_error_wrong_type),
+      cmocka_unit_test(test_names_and_run_dir),
       cmocka_unit_test(test_error_missing_required),
       cmocka_unit_test(test_error_bad_enum),
       cmocka_unit_test(test_error_syntax),

@@ -3,7 +3,10 @@
  * Users and the integration tests parse these lines, so each record's keys, their order and
  * the number formats are an interface: every record written by report_rec_<kind> must be
  * byte for byte what the worker's hand-written fprintf calls wrote before the records were
- * declared once (the format strings below are theirs, copied), whatever the values. */
+ * declared once (the format strings below are theirs, copied), whatever the values.
+ *
+ * Rank 0's files in the run directory are never written through a link: spec.yaml
+ * replaces a symlink, metrics.jsonl refuses a symlink or a hard link, and both are 0640. */
 #include <inttypes.h>
 #include <math.h>
 #include <setjmp.h>
@@ -13,10 +16,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
+#include "tests/tmpdir.h"
 #include "worker/report.h"
 
 /* What report wrote to its metrics file since the last call, as one string (caller frees). */
@@ -170,6 +175,50 @@ static void test_records_documented(void **state) {
 }
 
 /* A rank without metrics.jsonl (not rank 0) writes nothing, and does not crash. */
+static void test_run_dir_files(void **state) {
+  char dir[256], target[320], path[320];
+  assert_int_equal(tmpdir_make(dir, sizeof dir, "report"), 0);
+  snprintf(target, sizeof target, "%s/target", dir);
+  FILE *f = fopen(target, "w");
+  assert_non_null(f);
+  fputs("keep\n", f);
+  fclose(f);
+  mode_t old = umask(0);
+  // spec.yaml a symlink: replaced by a file of its own; metrics.jsonl a symlink: refused.
+  snprintf(path, sizeof path, "%s/spec.yaml", dir);
+  assert_int_equal(symlink(target, path), 0);
+  snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+  assert_int_equal(symlink(target, path), 0);
+  report_t r = {.rank = 0};
+  assert_int_equal(report_open_rank0(&r, dir, "name: t\n"), DRV_ERR_INVALID);
+  assert_non_null(strstr(drv_last_error(), "metrics.jsonl: is a symbolic link"));
+  struct stat st;
+  snprintf(path, sizeof path, "%s/spec.yaml", dir);
+  assert_int_equal(lstat(path, &st), 0);
+  assert_true(S_ISREG(st.st_mode));
+  assert_int_equal(st.st_mode & 0777, 0640);
+  // A hard link to another file is refused too.
+  snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+  assert_int_equal(unlink(path), 0);
+  assert_int_equal(link(target, path), 0);
+  assert_int_equal(report_open_rank0(&r, dir, "name: t\n"), DRV_ERR_INVALID);
+  assert_non_null(strstr(drv_last_error(), "links"));
+  // Nothing was written through either.
+  f = fopen(target, "r");
+  char buf[16] = "";
+  assert_non_null(fgets(buf, sizeof buf, f));
+  fclose(f);
+  assert_string_equal(buf, "keep\n");
+  // A fresh metrics.jsonl: made 0640 whatever the umask.
+  assert_int_equal(unlink(path), 0);
+  assert_int_equal(report_open_rank0(&r, dir, "name: t\n"), DRV_OK);
+  assert_int_equal(lstat(path, &st), 0);
+  assert_int_equal(st.st_mode & 0777, 0640);
+  report_close(&r);
+  umask(old);
+  tmpdir_remove(dir);
+}
+
 static void test_no_metrics_file(void **state) {
   report_t r = {.job = 7, .generation = 2, .rank = 1};
   report_rec_step_t st = {.step = 1};
@@ -186,6 +235,7 @@ int main(void) {
       cmocka_unit_test(test_records_as_documented),
       cmocka_unit_test(test_records_documented),
       cmocka_unit_test(test_no_metrics_file),
+      cmocka_unit_test(test_run_dir_files),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

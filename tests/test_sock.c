@@ -98,6 +98,7 @@ static void test_looped_back_message_is_not_a_reply(void **state) {
   int port;
   close(bound_socket(&port)); /* a port nothing listens on */
   sock_ctx_t *ctx = sock_ctx_new();
+  sock_ctx_plaintext(ctx);
   sock_t *s = sock_new(ctx, SOCK_DEALER, PROTO_AT_CLIENT, NULL);
   assert_non_null(s);
   char ep[128];
@@ -119,6 +120,7 @@ static void test_looped_back_message_is_not_a_reply(void **state) {
 static void test_real_peer_still_answers(void **state) {
   (void)state;
   sock_ctx_t *ctx = sock_ctx_new();
+  sock_ctx_plaintext(ctx);
   sock_t *srv = sock_new(ctx, SOCK_ROUTER, PROTO_AT_API, NULL);
   sock_t *cli = sock_new(ctx, SOCK_DEALER, PROTO_AT_CLIENT, NULL);
   assert_non_null(srv);
@@ -153,6 +155,7 @@ static void test_real_peer_still_answers(void **state) {
 static void test_message_for_another_socket_is_refused(void **state) {
   (void)state;
   sock_ctx_t *ctx = sock_ctx_new();
+  sock_ctx_plaintext(ctx);
   sock_t *srv = sock_new(ctx, SOCK_ROUTER, PROTO_AT_API, NULL);
   sock_t *cli = sock_new(ctx, SOCK_DEALER, PROTO_AT_CLIENT, NULL);
   assert_int_equal(sock_bind(srv, "tcp://127.0.0.1:*"), DRV_OK);
@@ -198,6 +201,131 @@ static void test_ephemeral_port_check(void **state) {
   }
 }
 
+/* A context given neither keys nor leave to be plaintext refuses tcp://, naming why. */
+static void test_no_keys_no_connection(void **state) {
+  (void)state;
+  sock_ctx_t *ctx = sock_ctx_new();
+  sock_t *s = sock_new(ctx, SOCK_DEALER, PROTO_AT_CLIENT, NULL);
+  assert_int_equal(sock_connect(s, "tcp://127.0.0.1:7"), DRV_ERR_INVALID);
+  assert_non_null(strstr(drv_last_error(), "no CurveZMQ keys"));
+  sock_destroy(&s);
+  sock_ctx_destroy(&ctx);
+}
+
+typedef struct {
+  unsigned char allowed[SOCK_KEY_BYTES];
+  int asked;
+} zap_fixture_t;
+
+static int allow_one(void *arg, const char *domain, const char *address,
+                     const unsigned char key[SOCK_KEY_BYTES], char *user, size_t n) {
+  zap_fixture_t *z = arg;
+  z->asked++;
+  assert_string_equal(domain, "clients");
+  assert_non_null(strstr(address, "127.0.0.1"));
+  if (memcmp(key, z->allowed, SOCK_KEY_BYTES)) return 0;
+  snprintf(user, n, "user:alice");
+  return 1;
+}
+
+/* Serves srv's ZAP handler and waits for one message on srv, up to ms. */
+static drv_result_t serve_and_recv(sock_t *zap, sock_t *srv, zap_fixture_t *z, sock_peer_t *from,
+                                   proto_msg_t *m, int ms) {
+  proto_msg_init(m, PROTO_TYPE_COUNT);
+  for (int64_t end = drv_now_ms() + ms; drv_now_ms() < end;) {
+    sock_t *socks[2] = {zap, srv};
+    int ready[2];
+    if (sock_poll(socks, 2, 50, ready) != DRV_OK) continue;
+    if (ready[0]) sock_zap_answer(zap, allow_one, z);
+    if (ready[1]) return sock_recv(srv, from, m, 0);
+  }
+  return DRV_ERR_TIMEOUT;
+}
+
+/* CurveZMQ with the ZAP handler: the admitted key's message arrives named as the handler
+ * said; an unknown key, and a client pinning another server key, get nothing through. */
+static void test_curve_admits_only_known_keys(void **state) {
+  (void)state;
+  sock_keys_t server = {0}, good = {0}, bad = {0}, wrong_pin = {0};
+  sock_keypair(server.pub, server.sec);
+  sock_keypair(good.pub, good.sec);
+  sock_keypair(bad.pub, bad.sec);
+  memcpy(good.server, server.pub, SOCK_KEY_BYTES);
+  memcpy(bad.server, server.pub, SOCK_KEY_BYTES);
+  wrong_pin = good;
+  sock_keypair(wrong_pin.server, bad.sec); /* some other server's public key */
+  sock_keypair(bad.pub, bad.sec);
+  zap_fixture_t z = {0};
+  memcpy(z.allowed, good.pub, SOCK_KEY_BYTES);
+
+  sock_ctx_t *sctx = sock_ctx_new(), *gctx = sock_ctx_new(), *bctx = sock_ctx_new(),
+             *wctx = sock_ctx_new();
+  sock_ctx_secure(sctx, &server);
+  sock_ctx_secure(gctx, &good);
+  sock_ctx_secure(bctx, &bad);
+  sock_ctx_secure(wctx, &wrong_pin);
+  assert_null(sock_new(sctx, SOCK_ROUTER, PROTO_AT_API, NULL)); /* no ZAP handler yet */
+  sock_t *zap = sock_zap_new(sctx);
+  assert_non_null(zap);
+  sock_t *srv = sock_new(sctx, SOCK_ROUTER, PROTO_AT_API, NULL);
+  assert_int_equal(sock_bind(srv, "tcp://127.0.0.1:*"), DRV_OK);
+  char ep[128];
+  assert_int_equal(sock_bound_endpoint(srv, ep, sizeof ep), DRV_OK);
+  sock_t *g = sock_new(gctx, SOCK_DEALER, PROTO_AT_CLIENT, NULL),
+         *b = sock_new(bctx, SOCK_DEALER, PROTO_AT_CLIENT, NULL),
+         *w = sock_new(wctx, SOCK_DEALER, PROTO_AT_CLIENT, NULL);
+  proto_msg_t st, got;
+  proto_msg_init(&st, PROTO_STATUS);
+  st.u.status.limit = 7;
+  sock_peer_t from;
+
+  assert_int_equal(sock_connect(b, ep), DRV_OK);
+  assert_int_equal(sock_connect(w, ep), DRV_OK);
+  assert_int_equal(sock_send(b, NULL, &st), DRV_OK);
+  assert_int_equal(sock_send(w, NULL, &st), DRV_OK);
+  assert_int_equal(serve_and_recv(zap, srv, &z, &from, &got, 1500), DRV_ERR_TIMEOUT);
+  proto_msg_fini(&got);
+  assert_int_equal(z.asked >= 1, 1); /* the unknown key was asked about and refused */
+
+  assert_int_equal(sock_connect(g, ep), DRV_OK);
+  assert_int_equal(sock_send(g, NULL, &st), DRV_OK);
+  assert_int_equal(serve_and_recv(zap, srv, &z, &from, &got, 5000), DRV_OK);
+  assert_int_equal(got.u.status.limit, 7);
+  assert_string_equal(from.user, "user:alice");
+  assert_string_equal(from.addr, "127.0.0.1");
+  proto_msg_fini(&got);
+  /* Nothing of the refused ones came in meanwhile either. */
+  assert_int_equal(serve_and_recv(zap, srv, &z, &from, &got, 300), DRV_ERR_TIMEOUT);
+  proto_msg_fini(&got);
+
+  sock_destroy(&g);
+  sock_destroy(&b);
+  sock_destroy(&w);
+  sock_destroy(&srv);
+  sock_destroy(&zap);
+  sock_ctx_destroy(&gctx);
+  sock_ctx_destroy(&bctx);
+  sock_ctx_destroy(&wctx);
+  sock_ctx_destroy(&sctx);
+}
+
+/* Z85 round trip, and what is not a key. */
+static void test_z85_keys(void **state) {
+  (void)state;
+  unsigned char pub[SOCK_KEY_BYTES], sec[SOCK_KEY_BYTES], back[SOCK_KEY_BYTES], derived[SOCK_KEY_BYTES];
+  sock_keypair(pub, sec);
+  sock_public_key(sec, derived);
+  assert_memory_equal(pub, derived, SOCK_KEY_BYTES);
+  char z[SOCK_Z85_LEN + 1];
+  sock_z85_encode(pub, z);
+  assert_int_equal(strlen(z), SOCK_Z85_LEN);
+  assert_int_equal(sock_z85_decode(z, back), DRV_OK);
+  assert_memory_equal(pub, back, SOCK_KEY_BYTES);
+  assert_int_equal(sock_z85_decode("short", back), DRV_ERR_INVALID);
+  z[3] = '~'; /* not in the alphabet */
+  assert_int_equal(sock_z85_decode(z, back), DRV_ERR_INVALID);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_self_connected_fd_is_recognised),
@@ -206,6 +334,9 @@ int main(void) {
       cmocka_unit_test(test_real_peer_still_answers),
       cmocka_unit_test(test_message_for_another_socket_is_refused),
       cmocka_unit_test(test_ephemeral_port_check),
+      cmocka_unit_test(test_no_keys_no_connection),
+      cmocka_unit_test(test_curve_admits_only_known_keys),
+      cmocka_unit_test(test_z85_keys),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

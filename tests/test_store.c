@@ -604,7 +604,7 @@ static void test_open_newer_schema_refused(void **state) {
   assert_non_null(strstr(drv_last_error(), "schema version 99 is newer"));
 
   /* The refusal changed nothing: back at the current version, the job is there. */
-  raw_exec(f->db, "PRAGMA user_version = 3");
+  raw_exec(f->db, "PRAGMA user_version = 4");
   open_store(f);
   assert_string_equal(get(f, 1).name, "kept");
 }
@@ -636,6 +636,12 @@ static void test_migrates_version_1(void **state) {
   int64_t id = -1;
   assert_int_equal(store_job_by_token(f->store, "t", &id), DRV_OK); /* version 3's column */
   assert_int_equal(id, 0);
+  assert_string_equal(j.owner, ""); /* version 4's columns */
+  assert_int_equal(store_job_set_owner(f->store, 1, "alice", "0123456789abcdef0123456789abcdef"),
+                   DRV_OK);
+  j = get(f, 1);
+  assert_string_equal(j.owner, "alice");
+  assert_string_equal(j.lineage, "0123456789abcdef0123456789abcdef");
 }
 
 /* A submission token finds its job, after a reopen too; it names one job only, and any

@@ -34,7 +34,9 @@
 #define CKPT_STATE "state.safetensors"
 #define CKPT_MODEL_PREFIX "layers."
 #define CKPT_FORMAT "drover-checkpoint"
-#define CKPT_VERSION 1
+#define CKPT_VERSION 2 /* 2: "lineage"; version 1 manifests still parse (lineage "") */
+#define CKPT_FILE_MODE 0640
+#define CKPT_DIR_MODE 0750
 #define CKPT_MANIFEST_MAX 65536         /* bytes; ours are ~500 */
 #define CKPT_IO_CHUNK ((size_t)1 << 20) /* bytes per read when checksumming */
 #define CKPT_RM_DEPTH 8                 /* rm -r goes no deeper (ours are flat) */
@@ -146,9 +148,19 @@ static int read_crc32(json_cursor_t *j, uint32_t *v) {
 
 typedef struct {
   ckpt_meta_t meta;
+  uint32_t version; /* 1 or 2 */
   uint64_t size[FILE_COUNT];
   uint32_t crc[FILE_COUNT];
 } manifest_t;
+
+/* A lineage: 1..64 hex digits. */
+static int lineage_ok(const char *s) {
+  size_t n = strnlen(s, 65);
+  if (n == 0 || n > 64) return 0;
+  for (size_t k = 0; k < n; k++)
+    if (json_hex_digit(s[k]) < 0) return 0;
+  return 1;
+}
 
 static int spec_sha_ok(const char *s) {
   const char *nul = memchr(s, '\0', 65);
@@ -171,13 +183,15 @@ static size_t manifest_format(const manifest_t *m, char *out, size_t cap) {
                    "  \"seed\": %" PRIu64 ",\n"
                    "  \"job\": %" PRId64 ",\n"
                    "  \"spec_sha\": \"%s\",\n"
+                   "  \"lineage\": \"%s\",\n"
                    "  \"files\": [\n"
                    "    {\"name\": \"%s\", \"size\": %" PRIu64 ", \"crc32\": \"%08" PRIx32 "\"},\n"
                    "    {\"name\": \"%s\", \"size\": %" PRIu64 ", \"crc32\": \"%08" PRIx32 "\"}\n"
                    "  ],\n"
                    "  ",
                    CKPT_VERSION, m->meta.step, m->meta.epoch, m->meta.world, m->meta.seed,
-                   m->meta.job, m->meta.spec_sha, file_names[0], m->size[0], m->crc[0],
+                   m->meta.job, m->meta.spec_sha, m->meta.lineage, file_names[0], m->size[0],
+                   m->crc[0],
                    file_names[1], m->size[1], m->crc[1]);
   // clang-format on
   if (w < 0 || (size_t)w >= cap) return 0;
@@ -234,9 +248,9 @@ static int manifest_parse_files(json_cursor_t *j, manifest_t *m) {
 
 /* The manifest's top-level keys, in the order written; key k's bit in a seen-set is 1 << k
  * (MK_*). */
-static const char *const manifest_keys[] = {"format", "version",       "step", "epoch",
-                                            "world",  "seed",          "job",  "spec_sha",
-                                            "files",  "manifest_crc32"};
+static const char *const manifest_keys[] = {"format",  "version", "step",          "epoch",
+                                            "world",   "seed",    "job",           "spec_sha",
+                                            "lineage", "files",   "manifest_crc32"};
 enum {
   MK_FORMAT = 1 << 0,
   MK_VERSION = 1 << 1,
@@ -246,9 +260,10 @@ enum {
   MK_SEED = 1 << 5,
   MK_JOB = 1 << 6,
   MK_SPEC = 1 << 7,
-  MK_FILES = 1 << 8,
-  MK_SELF = 1 << 9,
-  MK_COUNT = 10,
+  MK_LINEAGE = 1 << 8,
+  MK_FILES = 1 << 9,
+  MK_SELF = 1 << 10,
+  MK_COUNT = 11,
   MK_ALL = (1 << MK_COUNT) - 1,
 };
 _Static_assert(DRV_ARRAY_LEN(manifest_keys) == MK_COUNT, "one name per manifest key");
@@ -274,9 +289,10 @@ static int manifest_value(json_cursor_t *j, unsigned bit, const char *key, manif
     return 0;
   case MK_VERSION:
     if (json_u64(j, &u) < 0) return -1;
-    if (u != CKPT_VERSION)
-      return json_fail(j, "version %" PRIu64 " is not supported (this build reads %d)", u,
+    if (u < 1 || u > CKPT_VERSION)
+      return json_fail(j, "version %" PRIu64 " is not supported (this build reads 1..%d)", u,
                        CKPT_VERSION);
+    m->version = (uint32_t)u;
     return 0;
   case MK_STEP: return json_u64(j, &m->meta.step);
   case MK_EPOCH:
@@ -290,6 +306,9 @@ static int manifest_value(json_cursor_t *j, unsigned bit, const char *key, manif
   case MK_SPEC:
     if (json_str(j, m->meta.spec_sha, sizeof m->meta.spec_sha) < 0) return -1;
     return spec_sha_ok(m->meta.spec_sha) ? 0 : json_fail(j, "spec_sha is not hex");
+  case MK_LINEAGE:
+    if (json_str(j, m->meta.lineage, sizeof m->meta.lineage) < 0) return -1;
+    return lineage_ok(m->meta.lineage) ? 0 : json_fail(j, "lineage is not 1..64 hex digits");
   case MK_FILES: return manifest_parse_files(j, m);
   case MK_SELF: return read_crc32(j, self);
   }
@@ -324,8 +343,14 @@ static int manifest_parse(const char *buf, size_t len, manifest_t *m, char *err,
     seen |= bit;
   }
   if (r < 0 || json_end(&j) < 0) goto fail;
+  /* Version 1 had no lineage; version 2 must have one. */
+  unsigned want = m->version == 1 ? MK_ALL & ~(unsigned)MK_LINEAGE : MK_ALL;
+  if (m->version == 1 && (seen & MK_LINEAGE)) {
+    snprintf(err, errcap, "key \"lineage\" in a version 1 manifest");
+    return -1;
+  }
   for (int k = 0; k < MK_COUNT; k++)
-    if (!(seen & (1u << k))) {
+    if ((want & (1u << k)) && !(seen & (1u << k))) {
       snprintf(err, errcap, "key \"%s\" is missing", manifest_keys[k]);
       return -1;
     }
@@ -442,11 +467,7 @@ static drv_result_t tensor_files_write(const char *tmp, const safetensors_tensor
     DRV_CHECK_GOTO(path_fmt(file, sizeof file, "%s/%s", tmp, file_names[f]), rc, fail);
     DRV_CHECK_GOTO(safetensors_write(file, st + (f ? counts[0] : 0), counts[f], st_meta, 1), rc,
                    fail);
-    fd = open(file, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      rc = drv_error(DRV_ERR_SYS, "%s: open: %s", file, strerror(errno));
-      goto fail;
-    }
+    DRV_CHECK_GOTO(fs_open_read(AT_FDCWD, file, file, &fd), rc, fail);
     DRV_CHECK_GOTO(fd_crc32(fd, file, &m->size[f], &m->crc[f]), rc, fail);
     close(fd);
     fd = -1;
@@ -463,7 +484,7 @@ static drv_result_t manifest_write(const char *tmp, const manifest_t *m) {
   size_t tlen = manifest_format(m, text, sizeof text);
   if (tlen == 0) return drv_error(DRV_ERR_INVALID, "%s: manifest does not fit", tmp);
   DRV_CHECK(path_fmt(file, sizeof file, "%s/" CKPT_MANIFEST, tmp));
-  int fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  int fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, CKPT_FILE_MODE);
   if (fd < 0) return drv_error(DRV_ERR_SYS, "%s: create: %s", file, strerror(errno));
   DRV_CHECK_GOTO(fs_write_all(fd, text, tlen, file), rc, fail);
   if (fsync(fd) < 0) {
@@ -490,6 +511,8 @@ drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_ten
     return drv_error(DRV_ERR_INVALID, "ckpt_write: NULL argument");
   if (!spec_sha_ok(meta->spec_sha))
     return drv_error(DRV_ERR_INVALID, "ckpt_write: spec_sha must be 0..64 hex digits");
+  if (!lineage_ok(meta->lineage))
+    return drv_error(DRV_ERR_INVALID, "ckpt_write: the lineage must be 1..64 hex digits");
   DRV_CHECK(check_tensors(t, n));
   unsigned long long step = (unsigned long long)meta->step;
   long pid = (long)getpid();
@@ -499,10 +522,15 @@ drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_ten
   DRV_CHECK(path_fmt(file, sizeof file, "%s/" CKPT_MANIFEST, tmp)); /* all paths fit */
   DRV_CHECK(split_tensors(t, n, final, &st, counts));
 
-  DRV_CHECK_GOTO(fs_mkdir_p_durable(dir), rc, fail);
+  DRV_CHECK_GOTO(fs_mkdir_p_durable(dir, CKPT_DIR_MODE), rc, fail);
+  struct stat dst; /* the checkpoint directory itself, not a link to another one */
+  if (lstat(dir, &dst) < 0 || !S_ISDIR(dst.st_mode)) {
+    rc = drv_error(DRV_ERR_INVALID, "%s: not a directory (a symbolic link?): refused", dir);
+    goto fail;
+  }
   // A directory of this name is ours by name: an earlier attempt of this process.
   DRV_CHECK_GOTO(rm_tree(tmp), rc, fail);
-  if (mkdir(tmp, 0755) < 0) {
+  if (mkdir(tmp, CKPT_DIR_MODE) < 0) {
     rc = drv_error(DRV_ERR_SYS, "%s: mkdir: %s", tmp, strerror(errno));
     goto fail;
   }
@@ -609,11 +637,10 @@ static drv_result_t list_steps(const char *dir, uint64_t **steps, size_t *count,
 static drv_result_t manifest_load(const char *path, uint64_t step, manifest_t *m) {
   char file[PATH_MAX], err[256];
   DRV_CHECK(path_fmt(file, sizeof file, "%s/" CKPT_MANIFEST, path));
-  int fd = open(file, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    if (errno == ENOENT) return drv_error(DRV_ERR_INVALID, CKPT_MANIFEST ": missing");
-    return drv_error(DRV_ERR_SYS, CKPT_MANIFEST ": open: %s", strerror(errno));
-  }
+  int fd;
+  drv_result_t orc = fs_open_read(AT_FDCWD, file, CKPT_MANIFEST, &fd);
+  if (orc != DRV_OK)
+    return errno == ENOENT ? drv_error(DRV_ERR_INVALID, CKPT_MANIFEST ": missing") : orc;
   char *buf = malloc(CKPT_MANIFEST_MAX + 1);
   if (!buf) {
     close(fd);
@@ -679,8 +706,8 @@ static drv_result_t locate_tensors(const int fds[FILE_COUNT], const uint64_t siz
 
 /* Checks the checkpoint at path (of step `step`) in full and, when `load` is set, reads
  * the tensors into the caller's buffers. The error message names the file, not the path. */
-static drv_result_t try_checkpoint(const char *path, uint64_t step, ckpt_meta_t *meta,
-                                   ckpt_tensor_t *t, size_t n) {
+static drv_result_t try_checkpoint(const char *path, uint64_t step, const char *lineage,
+                                   ckpt_meta_t *meta, ckpt_tensor_t *t, size_t n) {
   drv_result_t rc = DRV_OK;
   manifest_t m;
   int fds[FILE_COUNT] = {-1, -1};
@@ -688,13 +715,17 @@ static drv_result_t try_checkpoint(const char *path, uint64_t step, ckpt_meta_t 
   char file[PATH_MAX];
 
   DRV_CHECK(manifest_load(path, step, &m));
+  /* Whose it is before anything else: another job's checkpoint is never read, however
+   * intact (its lineage is not named: the refusal is shown to whoever asks). */
+  if (strcmp(m.meta.lineage, lineage) != 0)
+    return drv_error(DRV_ERR_INVALID, CKPT_MANIFEST ": of another job's lineage%s: not loaded",
+                     m.meta.lineage[0] ? "" : " (it records none: an older drover wrote it)");
   // Sizes and CRCs first: nothing in a file is parsed before it is known intact.
   for (int f = 0; f < FILE_COUNT; f++) {
     DRV_CHECK_GOTO(path_fmt(file, sizeof file, "%s/%s", path, file_names[f]), rc, fail);
-    fds[f] = open(file, O_RDONLY | O_CLOEXEC);
-    if (fds[f] < 0) {
-      rc = errno == ENOENT ? drv_error(DRV_ERR_INVALID, "%s: missing", file_names[f])
-                           : drv_error(DRV_ERR_SYS, "%s: open: %s", file_names[f], strerror(errno));
+    rc = fs_open_read(AT_FDCWD, file, file_names[f], &fds[f]);
+    if (rc != DRV_OK) {
+      if (errno == ENOENT) rc = drv_error(DRV_ERR_INVALID, "%s: missing", file_names[f]);
       goto fail;
     }
     struct stat st;
@@ -742,8 +773,8 @@ fail:
   return rc;
 }
 
-drv_result_t ckpt_load_latest(const char *dir, ckpt_meta_t *meta, ckpt_tensor_t *t, size_t n,
-                              char *found_dir, size_t found_sz) {
+drv_result_t ckpt_load_latest(const char *dir, const char *lineage, ckpt_meta_t *meta,
+                              ckpt_tensor_t *t, size_t n, char *found_dir, size_t found_sz) {
   drv_result_t rc = DRV_OK;
   uint64_t *steps = NULL;
   size_t count = 0;
@@ -754,7 +785,7 @@ drv_result_t ckpt_load_latest(const char *dir, ckpt_meta_t *meta, ckpt_tensor_t 
 
   if (meta) memset(meta, 0, sizeof *meta);
   if (found_dir && found_sz) found_dir[0] = '\0';
-  if (!dir || !meta || (n && !t) || (found_dir && !found_sz))
+  if (!dir || !lineage || !meta || (n && !t) || (found_dir && !found_sz))
     return drv_error(DRV_ERR_INVALID, "ckpt_load_latest: NULL argument");
   for (size_t i = 0; i < n; i++)
     if (!t[i].name || (t[i].count && !t[i].data) || t[i].ndim > CKPT_MAX_DIMS)
@@ -777,7 +808,7 @@ drv_result_t ckpt_load_latest(const char *dir, ckpt_meta_t *meta, ckpt_tensor_t 
       goto fail;
     }
     ckpt_meta_t got;
-    rc = try_checkpoint(path, steps[k], &got, t, n);
+    rc = try_checkpoint(path, steps[k], lineage, &got, t, n);
     if (rc == DRV_OK) {
       *meta = got;
       if (found_dir) snprintf(found_dir, found_sz, "%s", path);
@@ -822,7 +853,7 @@ static int pid_alive(pid_t pid) {
   return kill(pid, 0) == 0 || errno != ESRCH;
 }
 
-drv_result_t ckpt_prune(const char *dir, uint32_t keep, uint32_t *removed) {
+drv_result_t ckpt_prune(const char *dir, const char *lineage, uint32_t keep, uint32_t *removed) {
   drv_result_t rc = DRV_OK;
   uint64_t *steps = NULL;
   size_t count = 0;
@@ -832,7 +863,7 @@ drv_result_t ckpt_prune(const char *dir, uint32_t keep, uint32_t *removed) {
   DIR *d = NULL;
 
   if (removed) *removed = 0;
-  if (!dir) return drv_error(DRV_ERR_INVALID, "ckpt_prune: NULL argument");
+  if (!dir || !lineage) return drv_error(DRV_ERR_INVALID, "ckpt_prune: NULL argument");
   if (keep == 0) return drv_error(DRV_ERR_INVALID, "%s: ckpt_prune: keep must be at least 1", dir);
 
   // Leftovers of writers that died.
@@ -862,7 +893,7 @@ drv_result_t ckpt_prune(const char *dir, uint32_t keep, uint32_t *removed) {
         path_fmt(path, sizeof path, "%s/step-%010llu", dir, (unsigned long long)steps[k]), rc,
         fail);
     manifest_t m;
-    int ok = manifest_load(path, steps[k], &m) == DRV_OK;
+    int ok = manifest_load(path, steps[k], &m) == DRV_OK && !strcmp(m.meta.lineage, lineage);
     for (int f = 0; ok && f < FILE_COUNT; f++) {
       char file[PATH_MAX];
       struct stat st;
@@ -874,6 +905,11 @@ drv_result_t ckpt_prune(const char *dir, uint32_t keep, uint32_t *removed) {
   for (; k < count; k++) {
     unsigned long long s = (unsigned long long)steps[k];
     DRV_CHECK_GOTO(path_fmt(path, sizeof path, "%s/step-%010llu", dir, s), rc, fail);
+    manifest_t m;
+    if (manifest_load(path, steps[k], &m) == DRV_OK && strcmp(m.meta.lineage, lineage) != 0) {
+      log_warn("%s: of another job's lineage: left alone", path);
+      continue;
+    }
     DRV_CHECK_GOTO(path_fmt(del, sizeof del, "%s/.tmp-del-step-%llu-%ld", dir, s, (long)getpid()),
                    rc, fail);
     DRV_CHECK_GOTO(rm_tree(del), rc, fail);

@@ -10,12 +10,13 @@
  * The directory is assembled as <dir>/.tmp-step-<n>-<pid>/ and renamed into place, so a
  * step-* directory either exists complete or not at all, whenever the writer dies.
  *
- * manifest.json (version 1), written by hand and read by a strict parser of its own:
+ * manifest.json (version 2), written by hand and read by a strict parser of its own:
  *   {
  *     "format": "drover-checkpoint",
- *     "version": 1,
+ *     "version": 2,
  *     "step": 200, "epoch": 1, "world": 4, "seed": 42, "job": 7,
  *     "spec_sha": "<0..64 hex digits>",
+ *     "lineage": "<1..64 hex digits>",
  *     "files": [
  *       {"name": "model.safetensors", "size": 123456, "crc32": "89abcdef"},
  *       {"name": "state.safetensors", "size": 654321, "crc32": "01234567"}
@@ -24,7 +25,10 @@
  *   }
  * Every key is required exactly once, no other key is accepted, numbers are plain decimal
  * integers, and "manifest_crc32" comes last, so that a flipped bit in the meta is caught too.
- * "step" must match the directory's name.
+ * "step" must match the directory's name. "lineage" names the job (and the jobs resumed
+ * from it) that wrote the checkpoint: a checkpoint is only ever loaded, or pruned, by its
+ * own lineage. A version 1 manifest (no "lineage", written by an older drover) still
+ * parses, and is refused for its lineage like any other's.
  *
  * Temporary names all end in "-<pid>" of the process that made them:
  *   .tmp-step-<n>-<pid>      a checkpoint being assembled, or the earlier copy of step-<n>
@@ -61,6 +65,7 @@ typedef struct {
   uint64_t seed;     /* the job's seed */
   int64_t job;       /* the job id */
   char spec_sha[65]; /* optional fingerprint of the spec, 0..64 hex digits; "" if unused */
+  char lineage[65];  /* the job's lineage, 1..64 hex digits (a version 1 manifest: "") */
 } ckpt_meta_t;
 
 /* Writes the n tensors of t and *meta as <dir>/step-<%010llu of meta->step>/ (see the top
@@ -76,14 +81,15 @@ typedef struct {
  *
  * Borrows everything. Returns DRV_OK only once the checkpoint is durable; DRV_ERR_INVALID
  * for a bad argument (duplicate or empty name, count != prod(shape), ndim > 4, spec_sha not
- * hex), DRV_ERR_SYS when the disk refuses; on failure the temporary directory is removed
- * and any earlier step-<n> is left as it was. */
+ * hex, lineage empty or not hex), DRV_ERR_SYS when the disk refuses; on failure the temporary
+ * directory is removed and any earlier step-<n> is left as it was. */
 drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_tensor_t *t, size_t n);
 
-/* Finds the newest usable checkpoint in dir and loads it: for each step-* directory, newest
- * first, checks manifest.json (present, parseable, its own CRC32, step matching the name),
- * that both files have the recorded size and CRC32, and that each t[i] is in its file
- * (model.safetensors for "layers.*", state.safetensors otherwise) as an F32 tensor of
+/* Finds the newest usable checkpoint of `lineage` in dir and loads it: for each step-*
+ * directory, newest first, checks manifest.json (present, parseable, its own CRC32, step
+ * matching the name, the lineage exactly `lineage`: another's is "of another job's
+ * lineage", never loaded), that both files have the recorded size and CRC32, and that each t[i] is
+ * in its file (model.safetensors for "layers.*", state.safetensors otherwise) as an F32 tensor of
  * exactly t[i].count elements and t[i].shape; only then reads the tensors into t[i].data.
  * A checkpoint that fails a check is skipped with a log_warn saying which and why
  * ("<dir>/step-0000000200: model.safetensors: CRC32 mismatch (expected 0x..., found 0x...)")
@@ -95,18 +101,20 @@ drv_result_t ckpt_write(const char *dir, const ckpt_meta_t *meta, const ckpt_ten
  * zeroed and found_dir ""; the buffers may then hold data from a checkpoint refused while
  * being read (an I/O error midway), never from one that failed a check. DRV_ERR_INVALID too
  * when found_sz is too small for the path. DRV_ERR_NOMEM when memory runs out. */
-drv_result_t ckpt_load_latest(const char *dir, ckpt_meta_t *meta, ckpt_tensor_t *t, size_t n,
-                              char *found_dir, size_t found_sz);
+drv_result_t ckpt_load_latest(const char *dir, const char *lineage, ckpt_meta_t *meta,
+                              ckpt_tensor_t *t, size_t n, char *found_dir, size_t found_sz);
 
-/* Removes the checkpoints older than the newest `keep` complete ones (complete: manifest
- * parses and both files have the recorded sizes; CRCs are not read), and leftover .tmp-*
+/* Removes the checkpoints of `lineage` older than its newest `keep` complete ones
+ * (complete: manifest parses, names `lineage`, and both files have the recorded sizes;
+ * CRCs are not read), and leftover .tmp-*
  * directories whose writer process is gone. A checkpoint is first renamed to
  * .tmp-del-step-<n>-<pid> and then deleted, so a crash midway never leaves a partial
  * step-* directory. Checkpoints newer than the keep-th complete one are left alone, even
- * broken ones. *removed (may be NULL) receives how many directories were removed.
+ * broken ones; a checkpoint whose manifest names another lineage is never touched.
+ * *removed (may be NULL) receives how many directories were removed.
  * DRV_ERR_INVALID when keep is 0 (use rm for that); DRV_ERR_SYS when dir cannot be read or
  * a removal fails (*removed still counts the removals done). A missing dir is not an
  * error: nothing to remove. */
-drv_result_t ckpt_prune(const char *dir, uint32_t keep, uint32_t *removed);
+drv_result_t ckpt_prune(const char *dir, const char *lineage, uint32_t keep, uint32_t *removed);
 
 #endif

@@ -18,6 +18,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "common/fsutil.h"
 #include "common/log.h"
 #include "common/rng.h"
 
@@ -64,27 +65,19 @@ static uint32_t be32(const uint8_t *p) {
   return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
 }
 
-/* Checks the 4 magic bytes for an image file (3 or 2 dimensions) or a label file (1). */
-static drv_result_t idx_check_magic(const char *path, const uint8_t m[4], int is_labels) {
-  uint32_t magic = be32(m);
+/* Checks the 4 magic bytes for an image file (3 or 2 dimensions) or a label file (1).
+ * The refusal says what was expected and how large the file is, never what it holds: a
+ * job's reason is shown to every client, and the file may be anyone's. */
+static drv_result_t idx_check_magic(const char *path, const uint8_t m[4], int is_labels,
+                                    uint64_t size) {
   int ndims = m[3];
   int dims_ok = is_labels ? ndims == 1 : (ndims == 3 || ndims == 2);
   if (m[0] == 0 && m[1] == 0 && m[2] == 0x08 && dims_ok) return DRV_OK;
-  const char *what = is_labels ? "IDX labels: unsigned bytes, 1 dimension"
-                               : "IDX images: unsigned bytes, 3 or 2 dimensions";
-  const char *why = "";
-  char detail[96] = "";
-  if (m[0] == 0x1f && m[1] == 0x8b) {
-    why = "; this is gzip data inside the file";
-  } else if (m[0] != 0 || m[1] != 0) {
-    why = "; not an IDX file";
-  } else if (m[2] != 0x08) {
-    snprintf(detail, sizeof detail, "; data type 0x%02x is not unsigned byte (0x08)", m[2]);
-  } else {
-    snprintf(detail, sizeof detail, "; %d dimension%s", ndims, ndims == 1 ? "" : "s");
-  }
-  return drv_error(DRV_ERR_INVALID, "%s: expected magic 0x%08x, found 0x%08x (%s%s%s)", path,
-                   is_labels ? 0x00000801u : 0x00000803u, magic, what, why, detail);
+  return drv_error(DRV_ERR_INVALID,
+                   "%s: not an IDX %s file (expected magic 0x%08x: %s; the file has %llu bytes%s)",
+                   path, is_labels ? "labels" : "images", is_labels ? 0x00000801u : 0x00000803u,
+                   is_labels ? "unsigned bytes, 1 dimension" : "unsigned bytes, 3 or 2 dimensions",
+                   (unsigned long long)size, size ? "" : ", empty");
 }
 
 /* Reads the dimensions that follow the magic; checks they are non-zero and sane; returns
@@ -120,7 +113,7 @@ static drv_result_t idx_read_plain(const char *path, int fd, int is_labels, idx_
   if (got < 0) return drv_error(DRV_ERR_SYS, "%s: read: %s", path, strerror(errno));
   if (got != 4)
     return drv_error(DRV_ERR_SYS, "%s: read: file shrank while reading the header", path);
-  DRV_CHECK(idx_check_magic(path, hdr, is_labels));
+  DRV_CHECK(idx_check_magic(path, hdr, is_labels, size));
   f->ndims = hdr[3];
   uint64_t hdr_len = 4 + 4 * (uint64_t)f->ndims;
   if (size < hdr_len)
@@ -194,8 +187,8 @@ static drv_result_t gz_read_full(const char *path, gzFile gz, uint8_t *buf, uint
 
 /* The gzip stream's IDX header (magic and dims) into f; *hdr_len its length and *values
  * the bytes of values it promises. */
-static drv_result_t gz_read_header(const char *path, gzFile gz, int is_labels, idx_file_t *f,
-                                   uint64_t *hdr_len, uint64_t *values) {
+static drv_result_t gz_read_header(const char *path, gzFile gz, int is_labels, uint64_t size,
+                                   idx_file_t *f, uint64_t *hdr_len, uint64_t *values) {
   uint8_t hdr[16];
   uint64_t got = 0;
   DRV_CHECK(gz_read_full(path, gz, hdr, 4, 0, 4, &got));
@@ -205,7 +198,7 @@ static drv_result_t gz_read_header(const char *path, gzFile gz, int is_labels, i
                      "%s: truncated: expected at least 4 bytes of header, found %llu", path,
                      (unsigned long long)got);
   }
-  DRV_CHECK(idx_check_magic(path, hdr, is_labels));
+  DRV_CHECK(idx_check_magic(path, hdr, is_labels, size));
   f->ndims = hdr[3];
   *hdr_len = 4 + 4 * (uint64_t)f->ndims;
   DRV_CHECK(gz_read_full(path, gz, hdr + 4, *hdr_len - 4, 4, *hdr_len, &got));
@@ -279,7 +272,8 @@ fail:
 
 /* A gzip file: decompressed once into a buffer that grows as data arrives, so that a
  * header claiming gigabytes costs memory only for what the stream really holds. */
-static drv_result_t idx_read_gzip(const char *path, int fd, int is_labels, idx_file_t *f) {
+static drv_result_t idx_read_gzip(const char *path, int fd, int is_labels, uint64_t size,
+                                  idx_file_t *f) {
   drv_result_t rc = DRV_OK;
   uint8_t *buf = NULL;
   int fd2 = dup(fd);
@@ -292,7 +286,7 @@ static drv_result_t idx_read_gzip(const char *path, int fd, int is_labels, idx_f
   gzbuffer(gz, 1u << 18);
 
   uint64_t hdr_len = 0, values = 0;
-  DRV_CHECK_GOTO(gz_read_header(path, gz, is_labels, f, &hdr_len, &values), rc, fail);
+  DRV_CHECK_GOTO(gz_read_header(path, gz, is_labels, size, f, &hdr_len, &values), rc, fail);
   DRV_CHECK_GOTO(gz_read_values(path, gz, hdr_len, values, &buf), rc, fail);
   DRV_CHECK_GOTO(gz_check_trailing(path, gz, hdr_len + values), rc, fail);
   f->heap = buf;
@@ -305,19 +299,17 @@ fail:
   return rc;
 }
 
-/* Opens one IDX file, plain or gzip (by its first two bytes), and checks it whole. */
+/* Opens one IDX file, plain or gzip (by its first two bytes), and checks it whole. The
+ * open follows no symlink, never blocks (a FIFO is refused, not waited on) and takes
+ * regular files only (fs_open_read). */
 static drv_result_t idx_file_load(const char *path, int is_labels, idx_file_t *f) {
   drv_result_t rc = DRV_OK;
   memset(f, 0, sizeof *f);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return drv_error(DRV_ERR_SYS, "%s: cannot open: %s", path, strerror(errno));
+  int fd;
+  DRV_CHECK(fs_open_read(AT_FDCWD, path, path, &fd));
   struct stat st;
   if (fstat(fd, &st) < 0) {
     rc = drv_error(DRV_ERR_SYS, "%s: fstat: %s", path, strerror(errno));
-    goto fail;
-  }
-  if (!S_ISREG(st.st_mode)) {
-    rc = drv_error(DRV_ERR_INVALID, "%s: not a regular file", path);
     goto fail;
   }
   uint8_t m[2] = {0, 0};
@@ -327,7 +319,7 @@ static drv_result_t idx_file_load(const char *path, int is_labels, idx_file_t *f
     goto fail;
   }
   if (got == 2 && m[0] == 0x1f && m[1] == 0x8b)
-    DRV_CHECK_GOTO(idx_read_gzip(path, fd, is_labels, f), rc, fail);
+    DRV_CHECK_GOTO(idx_read_gzip(path, fd, is_labels, (uint64_t)st.st_size, f), rc, fail);
   else
     DRV_CHECK_GOTO(idx_read_plain(path, fd, is_labels, f), rc, fail);
   close(fd);

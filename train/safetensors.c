@@ -210,7 +210,7 @@ static drv_result_t file_write(const char *path, const strbuf_t *sb,
     goto fail;
   }
   created = true;
-  if (fchmod(fd, 0644) < 0) {
+  if (fchmod(fd, 0640) < 0) { /* owner and group: a model is nobody else's to read */
     rc = drv_error(DRV_ERR_SYS, "%s: chmod: %s", tmp, strerror(errno));
     goto fail;
   }

@@ -2,11 +2,15 @@
 #include "worker/report.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "common/fsutil.h"
 #include "common/log.h"
+
+#define REPORT_FILE_MODE 0640 /* spec.yaml, metrics.jsonl: the job's owner and group */
 #include "common/settings.h"
 
 // --- metrics.jsonl -----------------------------------------------------------------------
@@ -43,27 +47,52 @@ void report_as(report_t *r, uint32_t generation, uint32_t rank) {
   r->rank = rank;
 }
 
-drv_result_t report_open_rank0(report_t *r, const char *run_dir, const char *spec_yaml) {
-  if (r->rank != 0 || r->metrics) return DRV_OK;
-  char path[1200];
-  snprintf(path, sizeof path, "%s/spec.yaml", run_dir);
-  FILE *f = fopen(path, "w");
-  if (!f || fputs(spec_yaml, f) < 0 || fclose(f) != 0)
-    return drv_error(DRV_ERR_SYS, "write %s: %s", path, strerror(errno));
-  snprintf(path, sizeof path, "%s/metrics.jsonl", run_dir);
-  if (!(r->metrics = fopen(path, "a")))
+/* <run_dir>/spec.yaml: written whole to a new file of our own (O_EXCL, no symlink
+ * followed), then renamed over whatever had the name, so a planted link is replaced, never
+ * written through. */
+static drv_result_t write_spec(const char *run_dir, const char *spec_yaml) {
+  char path[1200], tmp[1240];
+  DRV_CHECK(fs_path(path, sizeof path, "%s/spec.yaml", run_dir));
+  DRV_CHECK(fs_path(tmp, sizeof tmp, "%s/.spec.yaml.%d", run_dir, (int)getpid()));
+  unlink(tmp); /* ours by name: an earlier attempt of this process */
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, REPORT_FILE_MODE);
+  if (fd < 0) return drv_error(DRV_ERR_SYS, "create %s: %s", tmp, strerror(errno));
+  drv_result_t rc = fs_write_all(fd, spec_yaml, strlen(spec_yaml), tmp);
+  if (close(fd) < 0 && rc == DRV_OK)
+    rc = drv_error(DRV_ERR_SYS, "close %s: %s", tmp, strerror(errno));
+  if (rc == DRV_OK && rename(tmp, path) < 0)
+    rc = drv_error(DRV_ERR_SYS, "rename %s to %s: %s", tmp, path, strerror(errno));
+  if (rc != DRV_OK) unlink(tmp);
+  return rc;
+}
+
+/* path opened for appending as fs_open_append says, as a line-buffered stream. */
+static drv_result_t open_lines(const char *path, FILE **out) {
+  int fd;
+  DRV_CHECK(fs_open_append(AT_FDCWD, path, path, REPORT_FILE_MODE, &fd));
+  if (!(*out = fdopen(fd, "a"))) {
+    close(fd);
     return drv_error(DRV_ERR_SYS, "open %s: %s", path, strerror(errno));
+  }
   /* Whole lines only: a worker killed mid-run leaves no half record behind. */
-  setvbuf(r->metrics, NULL, _IOLBF, 0);
+  setvbuf(*out, NULL, _IOLBF, 0);
   return DRV_OK;
 }
 
+drv_result_t report_open_rank0(report_t *r, const char *run_dir, const char *spec_yaml) {
+  if (r->rank != 0 || r->metrics) return DRV_OK;
+  DRV_CHECK(write_spec(run_dir, spec_yaml));
+  char path[1200];
+  DRV_CHECK(fs_path(path, sizeof path, "%s/metrics.jsonl", run_dir));
+  return open_lines(path, &r->metrics);
+}
+
 void report_open_audit(report_t *r, const char *dir) {
-  if (dir && *dir) {
-    char path[1200];
-    snprintf(path, sizeof path, "%s/audit-%d.txt", dir, (int)getpid());
-    if ((r->audit = fopen(path, "a"))) setvbuf(r->audit, NULL, _IOLBF, 0);
-  }
+  char path[1200];
+  if (!dir || !*dir ||
+      fs_path(path, sizeof path, "%s/audit-%d.txt", dir, (int)getpid()) != DRV_OK ||
+      open_lines(path, &r->audit) != DRV_OK)
+    r->audit = NULL;
 }
 
 void report_close(report_t *r) {

@@ -104,10 +104,12 @@ REPORT_RECORDS(REPORT_WRITER_DECL_)
  * r->job). The world calls it whenever it re-forms. */
 void report_as(report_t *r, uint32_t generation, uint32_t rank);
 
-/* Rank 0 keeps the run directory's records: writes <run_dir>/spec.yaml from spec_yaml and
- * opens <run_dir>/metrics.jsonl for appending (a job placed again keeps the history of its
- * earlier runs), line-buffered. Nothing on another rank, or when metrics is open already.
- * DRV_ERR_SYS naming the file when the disk refuses. */
+/* Rank 0 keeps the run directory's records: writes <run_dir>/spec.yaml from spec_yaml (a
+ * new file of its own renamed into place) and opens <run_dir>/metrics.jsonl for appending
+ * (a job placed again keeps the history of its earlier runs), line-buffered; neither is
+ * ever opened through a symlink, and metrics.jsonl must be a regular file of one link
+ * (fs_open_append). Files are made 0640. Nothing on another rank, or when metrics is open
+ * already. DRV_ERR_SYS (DRV_ERR_INVALID for a refused file) naming the file. */
 drv_result_t report_open_rank0(report_t *r, const char *run_dir, const char *spec_yaml);
 
 /* With `dir` set (DROVER_AUDIT_DIR; NULL or "": no audit): opens <dir>/audit-<pid>.txt for

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "common/fsutil.h"
 #include "common/log.h"
 
 /* The trainer's state as checkpoint tensors over the buffers p (the flat parameter layout)
@@ -35,22 +36,21 @@ drv_result_t state_save(trainer_t *tr, const char *run_dir, const ckpt_meta_t *m
   drv_result_t rc = trainer_get_state(tr, host, host + np);
   size_t n = state_tensors(tr, host, host + np, t);
   char dir[1200];
-  snprintf(dir, sizeof dir, "%s/checkpoints", run_dir);
+  if (rc == DRV_OK) rc = fs_path(dir, sizeof dir, "%s/checkpoints", run_dir);
   double t0 = drv_now_s();
   if (rc == DRV_OK) rc = ckpt_write(dir, meta, t, n);
   free(host);
   DRV_CHECK(rc);
   uint32_t removed = 0;
-  if (ckpt_prune(dir, keep, &removed) != DRV_OK)
+  if (ckpt_prune(dir, meta->lineage, keep, &removed) != DRV_OK)
     log_warn("%s", drv_last_error()); /* old checkpoints left behind: not fatal */
   log_info("checkpoint of step %" PRIu64 " written in %.3f s (%u old removed)", meta->step,
            drv_now_s() - t0, removed);
-  snprintf(path, pathsz, "%s/step-%010" PRIu64, dir, meta->step);
-  return DRV_OK;
+  return fs_path(path, pathsz, "%s/step-%010" PRIu64, dir, meta->step);
 }
 
-drv_result_t state_load(trainer_t *tr, const char *run_dir, const char *resume_dir, int *found,
-                        uint64_t *step) {
+drv_result_t state_load(trainer_t *tr, const char *run_dir, const char *resume_dir,
+                        const char *lineage, int *found, uint64_t *step) {
   size_t np, no;
   trainer_params(tr, &np);
   trainer_opt_state(tr, &no);
@@ -60,18 +60,17 @@ drv_result_t state_load(trainer_t *tr, const char *run_dir, const char *resume_d
   ckpt_tensor_t t[TRAINER_MAX_TENSORS];
   size_t n = state_tensors(tr, scratch, scratch + np, t);
   char own[1200], where[1400];
-  snprintf(own, sizeof own, "%s/checkpoints", run_dir);
   const char *dirs[2] = {own, resume_dir};
-  drv_result_t rc = DRV_OK;
   *found = 0;
-  for (int d = 0; d < 2 && !*found; d++) {
+  drv_result_t rc = fs_path(own, sizeof own, "%s/checkpoints", run_dir);
+  for (int d = 0; rc == DRV_OK && d < 2 && !*found; d++) {
     if (!dirs[d] || !dirs[d][0]) continue;
     ckpt_meta_t meta;
     if (access(dirs[d], F_OK) != 0) {
       if (d == 1) rc = drv_error(DRV_ERR_INVALID, "resume: %s does not exist", dirs[d]);
       continue;
     }
-    if (ckpt_load_latest(dirs[d], &meta, t, n, where, sizeof where) != DRV_OK) {
+    if (ckpt_load_latest(dirs[d], lineage, &meta, t, n, where, sizeof where) != DRV_OK) {
       if (d == 1)
         rc = drv_error_prefix(DRV_ERR_INVALID, "resume");
       else

@@ -18,18 +18,20 @@
 #include "train/checkpoint.h"
 #include "train/trainer.h"
 
-/* Writes the trainer's state with *meta as a checkpoint in <run_dir>/checkpoints (copied to
- * host memory first), then keeps the newest `keep` there (a failed prune is logged, not an
+/* Writes the trainer's state with *meta (its lineage the job's) as a checkpoint in
+ * <run_dir>/checkpoints (copied to host memory first), then keeps the newest `keep` of the
+ * lineage there (a failed prune is logged, not an
  * error). On DRV_OK the checkpoint is durable and its directory is in path[pathsz]. */
 drv_result_t state_save(trainer_t *tr, const char *run_dir, const ckpt_meta_t *meta, uint32_t keep,
                         char *path, size_t pathsz);
 
-/* Loads the newest usable checkpoint into the trainer: from <run_dir>/checkpoints first,
- * else from resume_dir (NULL or "": none). *found is 1 and *step its steps done when one
- * was loaded; none in run_dir is not an error, a resume_dir that is missing or has no usable
+/* Loads the newest usable checkpoint of `lineage` (the job's) into the trainer: from
+ * <run_dir>/checkpoints first, else from resume_dir (NULL or "": none); a checkpoint of
+ * another lineage is never loaded (train/checkpoint.h). *found is 1 and *step its steps done when
+ * one was loaded; none in run_dir is not an error, a resume_dir that is missing or has no usable
  * checkpoint is (DRV_ERR_INVALID). A checkpoint refused half-way leaves the trainer as it
  * was. */
-drv_result_t state_load(trainer_t *tr, const char *run_dir, const char *resume_dir, int *found,
-                        uint64_t *step);
+drv_result_t state_load(trainer_t *tr, const char *run_dir, const char *resume_dir,
+                        const char *lineage, int *found, uint64_t *step);
 
 #endif

@@ -28,6 +28,7 @@
 #include "collective/ring.h"
 #include "train/shard.h"
 #include "train/trainer.h"
+#include "common/fsutil.h"
 #include "common/jobspec.h"
 #include "common/log.h"
 #include "common/proto.h"
@@ -74,13 +75,26 @@ static drv_result_t load_data(worker_t *w) {
 /* Opens the link to the coordinator first, so that any later failure is reported. */
 static drv_result_t connect_coord(worker_t *w) {
   const proto_assign_t *c = w->cfg;
-  char ep[256], id[96];
+  char ep[256];
   DRV_CHECK(sock_endpoint(c->coordinator, SOCK_AGENTS, ep, sizeof ep));
   if (!(w->ctx = sock_ctx_new())) return DRV_ERR_ZMQ;
-  snprintf(id, sizeof id, "w-%" PRId64 "-%u-%u-%d", c->job, c->generation, c->rank, (int)getpid());
+  if (c->secret && c->secret[0]) {
+    /* Its own key, made for this rank by the coordinator, and the coordinator's, pinned. */
+    sock_keys_t keys;
+    DRV_CHECK(sock_z85_decode(c->secret, keys.sec));
+    sock_public_key(keys.sec, keys.pub);
+    DRV_CHECK(sock_z85_decode(c->coordinator_key, keys.server));
+    sock_ctx_secure(w->ctx, &keys);
+    memset(&keys, 0, sizeof keys);
+  } else if (drv_setting(DRV_SET_INSECURE)) {
+    sock_ctx_plaintext(w->ctx);
+  } else {
+    return drv_error(DRV_ERR_INVALID, "the assignment carries no key: refusing to report to %s "
+                                      "in plaintext (only with DROVER_INSECURE=1)",
+                     c->coordinator);
+  }
   /* A long linger lets `done` or `failed` leave before the process does. */
-  w->sock = sock_new(w->ctx, SOCK_DEALER, PROTO_AT_WORKER,
-                     &(sock_opts_t){.identity = id, .linger_ms = 2000});
+  w->sock = sock_new(w->ctx, SOCK_DEALER, PROTO_AT_WORKER, &(sock_opts_t){.linger_ms = 2000});
   if (!w->sock) return DRV_ERR_ZMQ;
   w->report.sock = w->sock; /* what the rank reports goes out on it from now on */
   return sock_connect(w->sock, ep);
@@ -206,6 +220,7 @@ static drv_result_t save_checkpoint(worker_t *w, uint64_t step, uint32_t spe) {
                       .world = w->world,
                       .seed = w->spec->train.seed,
                       .job = w->cfg->job};
+  DRV_CHECK(fs_path(meta.lineage, sizeof meta.lineage, "%s", w->cfg->lineage));
   char path[1300];
   DRV_CHECK(state_save(w->trainer, w->cfg->run_dir, &meta, w->spec->train.keep_checkpoints, path,
                        sizeof path));
@@ -357,7 +372,7 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
     /* The end is always checkpointed, so a finished job can be resumed for more. */
     if (g.last_ckpt != step) DRV_CHECK_GOTO(save_checkpoint(w, step, p.spe), rc, out);
     char path[1200];
-    snprintf(path, sizeof path, "%s/model.safetensors", w->cfg->run_dir);
+    DRV_CHECK_GOTO(fs_path(path, sizeof path, "%s/model.safetensors", w->cfg->run_dir), rc, out);
     DRV_CHECK_GOTO(trainer_save(w->trainer, path), rc, out);
   }
   *done = (proto_done_t){.steps = step,
@@ -395,13 +410,19 @@ drv_result_t worker_read_assignment(int fd, proto_msg_t *m) {
   if (m->type != PROTO_ASSIGN)
     return drv_error(DRV_ERR_PROTO, "the assignment on stdin: expected assign, got %s",
                      proto_type_name(m->type));
-  if (as->job <= 0 || as->world == 0 || as->rank >= as->world || !as->run_dir[0] ||
+  if (as->job <= 0 || as->world == 0 || as->rank >= as->world || as->run_dir[0] != '/' ||
       !as->coordinator[0])
     return drv_error(DRV_ERR_INVALID,
                      "the assignment on stdin: job %" PRId64
                      ", rank %u of %u, run_dir '%s', "
                      "coordinator '%s': not a rank of a job",
                      as->job, as->rank, as->world, as->run_dir, as->coordinator);
+  /* Checkpoints are written and loaded for the job's lineage only: without one there is
+   * no telling ours from another job's. */
+  if (!as->lineage || !as->lineage[0] || strlen(as->lineage) >= sizeof(((ckpt_meta_t *)0)->lineage))
+    return drv_error(
+        DRV_ERR_INVALID, "the assignment on stdin: job %" PRId64 ": %s", as->job,
+        as->lineage && as->lineage[0] ? "lineage longer than 64 digits" : "no lineage");
   if (!as->host || !as->host[0]) m->u.assign.host = "127.0.0.1";
   return DRV_OK;
 }
@@ -452,6 +473,7 @@ out:
   trainer_destroy(&w.trainer);
   backend_cuda_destroy(&w.gpu);
   ring_destroy(&w.ring);
+  explicit_bzero(w.ring_key, sizeof w.ring_key);
   sock_destroy(&w.sock);
   sock_ctx_destroy(&w.ctx);
   dataset_destroy(&w.train);

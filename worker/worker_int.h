@@ -28,9 +28,10 @@ typedef struct worker {
   sock_ctx_t *ctx;
   sock_t *sock;
   ring_t *ring;
-  int ring_broken;   /* a ring operation failed: the ring is unusable */
-  int pause_pending; /* the coordinator asked for a planned re-formation */
-  int planned;       /* the current re-formation is a planned one */
+  unsigned char ring_key[RING_KEY_BYTES]; /* the job's, from the assignment (ring_auth) */
+  int ring_broken;                        /* a ring operation failed: the ring is unusable */
+  int pause_pending;                      /* the coordinator asked for a planned re-formation */
+  int planned;                            /* the current re-formation is a planned one */
   trainer_t *trainer;
   backend_t *gpu;             /* the CUDA backend, when training on a GPU */
   const backend_t *be;        /* gpu, or the CPU backend */

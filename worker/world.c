@@ -158,6 +158,42 @@ static drv_result_t join_sums(worker_t *w, const proto_start_t *st) {
 
 // --- Rendezvous ----------------------------------------------------------------------------
 
+/* Who may be this generation's ring neighbours: ranks that prove the job's ring key, from
+ * the assignment. An assignment without one (an older coordinator, a set-up without
+ * security) gets a ring that checks its peers by the public tag only, and only when
+ * DROVER_INSECURE=1 says so: otherwise the ring is refused and the worker fails. */
+static drv_result_t ring_auth(worker_t *w, ring_auth_t *a) {
+  const char *hex = w->cfg->ring_key;
+  *a = (ring_auth_t){.job = w->cfg->job, .generation = w->generation};
+  if (hex && *hex) {
+    drv_result_t rc = ring_key_parse(hex, w->ring_key);
+    if (rc != DRV_OK) return drv_error_prefix(rc, "the assignment's ring_key");
+    a->key = w->ring_key;
+    return DRV_OK;
+  }
+  if (drv_setting(DRV_SET_INSECURE) != 1)
+    return drv_error(DRV_ERR_INVALID,
+                     "the assignment carries no ring key, so ring peers cannot be "
+                     "authenticated: refusing to connect the ring (DROVER_INSECURE=1 would "
+                     "connect it by the public tag only)");
+  log_warn(
+      "INSECURE: no ring key was assigned and DROVER_INSECURE=1: rank %u's ring checks its "
+      "peers by the public tag (job << 32 | generation) only, so anyone who can reach its "
+      "ring port can send it gradients or take them",
+      w->rank);
+  return DRV_OK;
+}
+
+/* DROVER_FAULT_RING_WAIT_MS, for tests: the ring port stays open this long before the ring
+ * connects. */
+static void fault_ring_wait(void) {
+  int64_t ms = drv_setting(DRV_SET_FAULT_RING_WAIT_MS);
+  if (ms <= 0) return;
+  log_warn("fault injection: %" PRId64 " ms before the ring connects (DROVER_FAULT_RING_WAIT_MS)",
+           ms);
+  usleep((useconds_t)ms * 1000);
+}
+
 /* This rank's place in the world that `reform` names: the report names it from now on. */
 static void take_place(worker_t *w, const proto_reform_t *rf) {
   w->generation = rf->generation;
@@ -173,7 +209,11 @@ drv_result_t world_rendezvous(worker_t *w) {
   nccl_reducer_destroy(&w->nccl);
   w->ring_broken = 0;
   w->pause_pending = 0; /* a pause of an older world means nothing in this one */
+  ring_auth_t auth = {.job = c->job, .generation = w->generation};
+  if (w->world > 1) DRV_CHECK(ring_auth(w, &auth));
   DRV_CHECK(ring_listen(c->host, c->host, &w->ring));
+  log_info("ring port %s (generation %u, rank %u of %u)", ring_address(w->ring), w->generation,
+           w->rank, w->world);
   proto_msg_t m;
   proto_msg_init(&m, PROTO_RENDEZVOUS);
   m.u.rendezvous.job = c->job;
@@ -207,12 +247,12 @@ drv_result_t world_rendezvous(worker_t *w) {
     proto_msg_fini(&m);
   }
   drv_result_t rc = DRV_OK;
+  if (w->world > 1) fault_ring_wait();
   if (m.u.start.world != w->world || m.u.start.peers_count != w->world)
     rc = drv_error(DRV_ERR_PROTO, "start names %u peers for a world of %u", m.u.start.peers_count,
                    w->world);
   else
-    rc = ring_connect(w->ring, w->rank, w->world, (const char *const *)m.u.start.peers,
-                      ((uint64_t)c->job << 32) | w->generation,
+    rc = ring_connect(w->ring, w->rank, w->world, (const char *const *)m.u.start.peers, &auth,
                       (int)drv_setting(DRV_SET_RING_CONNECT_TIMEOUT_MS));
   if (rc != DRV_OK) {
     w->ring_broken = 1;
@@ -236,7 +276,8 @@ drv_result_t world_sync_state(worker_t *w, int after_failure, uint64_t *step) {
     int found = after_failure;
     uint64_t s = w->commit_step;
     if (!after_failure)
-      DRV_CHECK(state_load(w->trainer, w->cfg->run_dir, w->cfg->resume_dir, &found, &s));
+      DRV_CHECK(
+          state_load(w->trainer, w->cfg->run_dir, w->cfg->resume_dir, w->cfg->lineage, &found, &s));
     if (found) {
       head[0] = 1.0f;
       head[1] = (float)(s & 0xffffff);

@@ -9,3 +9,7 @@ drover_unit_test(test_progress SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_progress
                  LIBS drover_coordinator LABELS unit)
 drover_unit_test(test_coord SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_coord.c
                  LIBS drover_coordinator LABELS unit)
+# Keys, the allow-list and join files (common/keys.c), and the ZAP decisions on them
+# (coordinator/auth.c), on files in a temporary directory.
+drover_unit_test(test_keys SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_keys.c
+                 LIBS drover_coordinator drover_common LABELS unit)

@@ -31,12 +31,35 @@ def unpack(frame):
     return msgpack.unpackb(frame, raw=False)
 
 
+def load_key(path):
+    """A drover key file (common/keys.h): its `name = "value"` lines as a dict."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if "=" in line and not line.startswith("#"):
+                k, v = line.split("=", 1)
+                out[k.strip()] = v.strip().strip('"')
+    return out
+
+
+def curve(sock, own, server_key):
+    """Makes sock a CurveZMQ client with key file dict `own`, pinning server_key (Z85)."""
+    sock.curve_secretkey = own["secret-key"].encode()
+    sock.curve_publickey = zmq.curve_public(own["secret-key"].encode())
+    sock.curve_serverkey = server_key.encode()
+    return sock
+
+
 class Cluster:
     """A coordinator and agents started by hand, as an operator would."""
 
     def __init__(self, drover, env=None):
         self.drover = os.path.abspath(drover)
         self.tmp = tempfile.mkdtemp(prefix="drover-it-")
+        # An agent running as root runs its workers as another user (nobody): they must
+        # reach the run directories and the test's data under here.
+        os.chmod(self.tmp, 0o755)
         self.state = os.path.join(self.tmp, "state")
         self.runs = os.path.join(self.tmp, "runs")
         self.base = free_base_port()
@@ -45,6 +68,7 @@ class Cluster:
         self.env.update(env or {})
         self.env["DROVER_COORDINATOR"] = self.endpoint
         self.env["DROVER_STATE_DIR"] = self.state
+        self.plaintext = self.env.get("DROVER_INSECURE") == "1"
         self.procs = []
         self.coord = None
         self.agents = {}
@@ -52,18 +76,19 @@ class Cluster:
         CLUSTERS.append(self)
 
     # -- processes --------------------------------------------------------------------
-    def _spawn(self, args, log, env=None):
+    def _spawn(self, args, log, env=None, wrap=()):
         f = open(os.path.join(self.tmp, log), "ab")
-        p = subprocess.Popen([self.drover] + args, stdout=f, stderr=subprocess.STDOUT,
+        p = subprocess.Popen(list(wrap) + [self.drover] + args, stdout=f, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, env=dict(self.env, **(env or {})),
                              start_new_session=True)
         self.procs.append(p)
         return p
 
-    def start_coordinator(self, env=None):
-        """The coordinator; `env` adds to its environment."""
+    def start_coordinator(self, env=None, wrap=()):
+        """The coordinator; `env` adds to its environment; `wrap` runs it under a command
+        (["prlimit", "--nofile=1024:1024", "--"])."""
         self.coord = self._spawn(["coordinator", "--bind", self.endpoint,
-                                  "--state-dir", self.state], "coordinator.log", env)
+                                  "--state-dir", self.state], "coordinator.log", env, wrap)
         deadline = time.time() + 15
         while time.time() < deadline:
             try:
@@ -78,10 +103,11 @@ class Cluster:
         self.coord.send_signal(sig)
         self.coord.wait(timeout=20)
 
-    def start_agent(self, name, target="attached", threads="1", env=None):
-        """An agent named `name`; `env` adds to its environment (its workers inherit it)."""
+    def start_agent(self, name, target="attached", threads="1", env=None, args=()):
+        """An agent named `name`; `env` adds to its environment (its workers inherit it),
+        `args` to its command line (e.g. "--allow-dir", DIR)."""
         p = self._spawn(["agent", "--coordinator", self.endpoint, "--id", name, "--target",
-                         target, "--host", "127.0.0.1"], "agent-%s.log" % name,
+                         target, "--host", "127.0.0.1"] + list(args), "agent-%s.log" % name,
                         dict({"OPENBLAS_NUM_THREADS": threads}, **(env or {})))
         self.agents[name] = p
         return p
@@ -155,25 +181,38 @@ class Cluster:
                 sk.close()
         return procs, ports
 
+    # -- keys ---------------------------------------------------------------------------
+    def key(self, name):
+        """Key file `name` of the coordinator's state directory ("admin.secret", ...)."""
+        return load_key(os.path.join(self.state, "keys", name))
+
+    def server_key(self):
+        return self.key("coordinator.key")["public-key"]
+
+    def socket(self, kind, port, own="admin.secret", keys=None):
+        """A socket to the coordinator's port base+`port` with key file `own` of the state
+        directory, or with `keys` (a dict with "secret-key"); own=None: plaintext."""
+        s = self.ctx.socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        if self.plaintext and keys is None:
+            own = None  # a cluster started with DROVER_INSECURE=1 has no keys
+        if keys is not None or own is not None:
+            curve(s, keys if keys is not None else self.key(own), self.server_key())
+        s.connect("tcp://127.0.0.1:%d" % (self.base + port))
+        return s
+
     # -- protocol -----------------------------------------------------------------------
-    def client_socket(self):
-        s = self.ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        s.connect("tcp://127.0.0.1:%d" % (self.base + 1))
-        return s
+    def client_socket(self, own="admin.secret", keys=None):
+        return self.socket(zmq.DEALER, 1, own, keys)
 
-    def agent_port_socket(self):
-        """A DEALER connected to the coordinator's agent and worker port (base+0), as an
-        agent's or a worker's is: for tests that send that port frames of their own."""
-        s = self.ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        s.connect("tcp://127.0.0.1:%d" % self.base)
-        return s
+    def agent_port_socket(self, own="agent.secret", keys=None):
+        """A DEALER to the agents' and workers' port, with the local agents' key."""
+        return self.socket(zmq.DEALER, 0, own, keys)
 
-    def send_raw(self, frame, timeout=5.0):
+    def send_raw(self, frame, timeout=5.0, own="admin.secret", keys=None):
         """Sends one hand-built frame (bytes) to the client port and returns the reply
         frame as bytes, undecoded, or None when none came within `timeout`."""
-        s = self.client_socket()
+        s = self.client_socket(own, keys)
         try:
             s.send(frame)
             if not s.poll(int(timeout * 1000)):
@@ -182,8 +221,12 @@ class Cluster:
         finally:
             s.close()
 
-    def request(self, mtype, body, timeout=5.0):
-        s = self.client_socket()
+    def request(self, mtype, body, timeout=5.0, own="admin.secret", keys=None):
+        try:
+            s = self.client_socket(own, keys)
+        except OSError:  # no keys yet: the coordinator makes them at its first start
+            time.sleep(min(timeout, 0.2))
+            raise TimeoutError("no keys yet for %s" % mtype)
         try:
             s.send(pack(mtype, body))
             if not s.poll(int(timeout * 1000)):
@@ -192,10 +235,14 @@ class Cluster:
         finally:
             s.close()
 
-    def subscribe(self, job=None):
+    def subscribe(self, job=None, own="admin.secret", keys=None):
         s = self.ctx.socket(zmq.SUB)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SUBSCRIBE, b"job/" if job is None else ("job/%d" % job).encode())
+        if self.plaintext and keys is None:
+            own = None
+        if keys is not None or own is not None:
+            curve(s, keys if keys is not None else self.key(own), self.server_key())
         s.connect("tcp://127.0.0.1:%d" % (self.base + 2))
         time.sleep(0.2)
         return s
@@ -217,10 +264,23 @@ class Cluster:
                 continue
             topic, frame = sub.recv_multipart()
             msg = unpack(frame)
+            if msg[2].get("job") != job:
+                continue
             events.append(msg)
             if msg[1] == "ev_state" and msg[2]["state"] in ("succeeded", "failed", "cancelled"):
                 return msg[2], events
         raise AssertionError("job %d did not finish within %d s" % (job, timeout))
+
+
+def wait_for(pred, timeout, what):
+    """pred()'s first true value within timeout seconds (polled every 0.1 s)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what)
 
 
 @contextlib.contextmanager

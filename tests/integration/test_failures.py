@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from harness import Cluster, cluster, main
+from harness import Cluster, cluster, main, wait_for
 
 FAST = {"DROVER_HEARTBEAT_MS": "200", "DROVER_PEER_TIMEOUT_MS": "3000",
         "DROVER_RECONNECT_MS": "300"}
@@ -27,16 +27,6 @@ train:
   optimizer: {type: sgd, lr: 0.05}
 run_dir: %s
 """
-
-
-def wait_for(pred, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def wait_progress(c, sub, job):
@@ -222,12 +212,8 @@ run_dir: %s
 
 def fake_agent(c, name):
     """A hand-made agent on the protocol: registers, answers nothing else."""
-    import zmq
     from harness import pack
-    s = c.ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.ROUTING_ID, name.encode())
-    s.connect(c.endpoint)
+    s = c.agent_port_socket()
     s.send(pack("hello", {"agent_id": name, "host": "127.0.0.1", "target": "attached",
                           "session": 1, "cpus": 1, "mem_bytes": 1 << 30, "gpus": []}))
     assert s.poll(5000)

@@ -205,6 +205,7 @@ def main():
     for t in (test_two_workers_one_gpu_match_one, test_example_accuracy, test_nccl_worker_killed,
               test_nccl_worker_hung):
         tmp = tempfile.mkdtemp(prefix="drover-gpu-")
+        os.chmod(tmp, 0o755)  # a root agent's workers run as nobody: they must reach it
         t0 = time.time()
         try:
             t(drover, tmp)

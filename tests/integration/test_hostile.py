@@ -45,9 +45,10 @@ SLOW = {"DROVER_FAULT_SLOW_MS": "60"}
 REFERENCE = {}  # the victim's result without any attack: test_accuracy, test_loss
 
 
-def start_victim(c):
-    """Two agents and the victim's job, returned once it is training: (job, events sub)."""
-    c.start_coordinator()
+def start_victim(c, env=None):
+    """Two agents and the victim's job, returned once it is training: (job, events sub).
+    `env` adds to the coordinator's environment."""
+    c.start_coordinator(env=env)
     c.start_agent("v1", env=SLOW)
     c.start_agent("v2", env=SLOW)
     c.wait_agents(2)
@@ -321,7 +322,11 @@ def test_idle_connections(drover):
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # what the cluster inherits
     try:
         with cluster(drover) as c:
-            job, sub = start_victim(c)
+            # As from many addresses, each connection renewed before the handshake timeout
+            # ends it: the cap per address and the timeout are out of the way, the open-file
+            # limit is what is left.
+            job, sub = start_victim(c, env={"DROVER_MAX_CONN_PER_ADDR": "4096",
+                                            "DROVER_HANDSHAKE_MS": "600000"})
             resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))  # the attacker's own
             pid = c.coord.pid
             conns = []
@@ -396,12 +401,13 @@ def test_invalid_utf8(drover):
         agents = unpack(c.send_raw(pack("agents", {})))[2]["agents"]
         assert sorted(x["agent_id"] for x in agents) == ["v1", "v2"], agents
         # Text that is UTF-8 goes through whole, however far from ASCII.
-        name = "caf\u00e9-\u20ac-\U0001d11e"
-        spec = ((VICTIM_SPEC % c.runs).replace("victim", name).replace("nodes: 2", "nodes: 200")
+        where = os.path.join(c.runs, "caf\u00e9-\u20ac-\U0001d11e")
+        spec = ((VICTIM_SPEC % where).replace("victim", "utf8").replace("nodes: 2", "nodes: 200")
                 .replace("global_batch: 64", "global_batch: 256"))  # queued: no 200 agents
         reply = c.request("submit", {"spec": spec})
         assert reply[1] == "submitted", reply
-        assert c.request("status", {"job": reply[2]["job"]})[2]["jobs"][0]["name"] == name
+        st = c.request("status", {"job": reply[2]["job"]})[2]["jobs"][0]
+        assert st["run_dir"] == "%s/utf8-%d" % (where, reply[2]["job"]), st["run_dir"]
         assert c.request("cancel", {"job": reply[2]["job"]})[1] == "ok"
         still_running(c, job)
         victim_carried_on(c, job, sub)

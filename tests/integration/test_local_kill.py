@@ -25,13 +25,14 @@ run_dir: %s
 GONE_WITHIN_S = 15  # after the submit is killed: agents at once, the coordinator when idle
 
 
-def start_submit(c, name, samples, epochs):
+def start_submit(c, name, samples, epochs, env=None):
     path = os.path.join(c.tmp, name + ".yaml")
     with open(path, "w") as f:
         f.write(SPEC % (name, samples, epochs, c.runs))
     log = open(os.path.join(c.tmp, "submit-%s.log" % name), "wb")
     return subprocess.Popen([c.drover, "submit", path, "--json"], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=c.env)
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=dict(c.env, **(env or {})))
 
 
 def wait_job(c, states, timeout=60):
@@ -141,7 +142,8 @@ def test_submit_sigkilled_when_its_job_has_ended(drover):
 def test_submit_stopped(drover):
     c = Cluster(drover)
     try:
-        p = start_submit(c, "stopped", 3000, 1)
+        # Steps slowed to 2 ms (its agents' workers inherit it): running for about 2 s.
+        p = start_submit(c, "stopped", 3000, 10, env={"DROVER_FAULT_SLOW_MS": "2"})
         wait_job(c, ("running",))
         p.send_signal(signal.SIGSTOP)
         wait_job(c, ("succeeded",))

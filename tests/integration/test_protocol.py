@@ -80,9 +80,7 @@ def test_bad_input_then_a_job(drover):
         assert not s.poll(1000), "an oversized frame was answered"
         s.close()
         # The agent/worker socket drops garbage silently and survives.
-        a = c.ctx.socket(zmq.DEALER)
-        a.setsockopt(zmq.LINGER, 0)
-        a.connect(c.endpoint)
+        a = c.agent_port_socket()
         for frame in (b"\xc1", b"\xdd\xff\xff\xff\xff", b"\x91" * 100, msgpack.packb([1, "hello", {"cpus": "x"}]),
                       msgpack.packb([1, "progress", {"job": 99, "generation": 1}]), b"\x00" * (MAX + 10)):
             a.send(frame)

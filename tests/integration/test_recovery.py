@@ -91,6 +91,7 @@ def run_with_fault(drover, fault):
     c = Cluster(drover, env=ENV)
     audit_dir = os.path.join(c.tmp, "audit")
     os.makedirs(audit_dir)
+    os.chmod(audit_dir, 0o1777)  # workers write here, as nobody under a root agent
     c.env["DROVER_AUDIT_DIR"] = audit_dir
     try:
         sub, job = start(c, "faulty")
