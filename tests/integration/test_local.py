@@ -63,9 +63,12 @@ def test_overlapping_submits_share_a_coordinator(drover):
     try:
         short = write_spec(c, "short", 30000)
         long = write_spec(c, "long", 120000)
-        env = c.env
+        # Steps slowed (the submits' agents and workers inherit it): a's job runs for about
+        # 1 s, long enough to be seen running however slow the machine, and b's for about 7 s.
+        env = dict(c.env, DROVER_FAULT_SLOW_MS="2")
         a = subprocess.Popen([c.drover, "submit", short, "--json"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env)
+                             stderr=subprocess.PIPE, text=True,
+                             env=dict(c.env, DROVER_FAULT_SLOW_MS="1"))
         # b comes while a's job runs on the coordinator a started, and outlasts it.
         deadline = time.time() + 30
         while time.time() < deadline:
