@@ -918,7 +918,12 @@ static job_t *job_for_msg(job_table_t *t, const sock_peer_t *from, int64_t id, u
              what, id, generation, rank, j->generation, j->nodes);
     return NULL;
   }
-  return from_rank(t, j, rank, from, what) ? j : NULL;
+  if (!from_rank(t, j, rank, from, what)) return NULL;
+  /* The worker's connection as of now: one that reconnected has a new routing id (a
+   * `failed` may be its agent's, which is not the worker's connection). */
+  if (t->secure ? !strcmp(from->user, j->ranks[rank].key) : strcmp(what, "failed") != 0)
+    j->ranks[rank].peer = *from;
+  return j;
 }
 
 /* Everyone is in: relays the ring addresses, each rank's GPU and rank 0's NCCL id. */
