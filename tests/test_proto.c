@@ -402,6 +402,23 @@ static void test_array_and_string_limits(void **state) {
   }
 }
 
+/* A hello's envelope and its fields up to the key "gpus", whose array comes next. */
+static void raw_hello_head(raw_t *r) {
+  raw_envelope(r, "hello");
+  raw_map(r, 6);
+  raw_str(r, "agent_id", 8);
+  raw_str(r, "a", 1);
+  raw_str(r, "host", 4);
+  raw_str(r, "h", 1);
+  raw_str(r, "target", 6);
+  raw_str(r, "attached", 8);
+  raw_str(r, "cpus", 4);
+  raw_byte(r, 0x01);
+  raw_str(r, "mem_bytes", 9);
+  raw_byte(r, 0x01);
+  raw_str(r, "gpus", 4);
+}
+
 /* The costliest frames the limits allow, decoded or refused: what one costs is printed,
  * not asserted (the point is that it is bounded, and the figure says by how much). */
 static void test_costliest_frames(void **state) {
@@ -411,19 +428,7 @@ static void test_costliest_frames(void **state) {
    * for. */
   static const char *const gpu_fields[] = {"index", "name", "mem_bytes", "cc_major", "cc_minor"};
   raw_t r = {0};
-  raw_envelope(&r, "hello");
-  raw_map(&r, 6);
-  raw_str(&r, "agent_id", 8);
-  raw_str(&r, "a", 1);
-  raw_str(&r, "host", 4);
-  raw_str(&r, "h", 1);
-  raw_str(&r, "target", 6);
-  raw_str(&r, "attached", 8);
-  raw_str(&r, "cpus", 4);
-  raw_byte(&r, 0x01);
-  raw_str(&r, "mem_bytes", 9);
-  raw_byte(&r, 0x01);
-  raw_str(&r, "gpus", 4);
+  raw_hello_head(&r);
   raw_array(&r, PROTO_MAX_ITEMS);
   for (int g = 0; g < PROTO_MAX_ITEMS; g++) {
     raw_map(&r, PROTO_MAX_KEYS);
@@ -533,19 +538,7 @@ static void test_utf8_fields(void **state) {
       "H\xff"
       "00";
   r.len = 0;
-  raw_envelope(&r, "hello");
-  raw_map(&r, 6);
-  raw_str(&r, "agent_id", 8);
-  raw_str(&r, "a", 1);
-  raw_str(&r, "host", 4);
-  raw_str(&r, "h", 1);
-  raw_str(&r, "target", 6);
-  raw_str(&r, "attached", 8);
-  raw_str(&r, "cpus", 4);
-  raw_byte(&r, 0x01);
-  raw_str(&r, "mem_bytes", 9);
-  raw_byte(&r, 0x01);
-  raw_str(&r, "gpus", 4);
+  raw_hello_head(&r);
   raw_array(&r, 1);
   raw_map(&r, 5);
   raw_str(&r, "index", 5);
