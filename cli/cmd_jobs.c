@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "cli/cli.h"
@@ -136,51 +137,114 @@ static void print_ranks_table(const proto_job_t *j) {
   }
 }
 
+#define STATUS_USAGE                                                                     \
+  "[JOB...] [--state queued|running|succeeded|failed|cancelled] [--name NAME] [--json] " \
+  "[--limit N] [--coordinator EP]"
+#define STATUS_MAX_IDS 64
+
+/* A job id from a command-line word; 0 (and a message) when it is not one. */
+static int64_t parse_job_id(const char *cmd, const char *word) {
+  char *end;
+  long long v = strtoll(word, &end, 10);
+  if (*end || v <= 0 || end == word) {
+    fprintf(stderr, "drover %s: '%s' is not a job id\n", cmd, word);
+    return 0;
+  }
+  return v;
+}
+
+typedef struct {
+  const char *state, *name; /* filters; NULL: any */
+  uint32_t limit;
+  proto_job_t *out; /* the jobs kept, shallow copies into the replies' arenas */
+  uint32_t n, cap;
+} status_view_t;
+
+/* Keeps the jobs of reply rep that pass v's filters, up to v->limit. */
+static void keep_jobs(status_view_t *v, const proto_jobs_t *rep) {
+  for (uint32_t i = 0; i < rep->jobs_count && v->n < v->cap && v->n < v->limit; i++) {
+    const proto_job_t *j = &rep->jobs[i];
+    if ((v->state && strcmp(j->state, v->state)) || (v->name && strcmp(j->name, v->name)))
+      continue;
+    v->out[v->n++] = *j;
+  }
+}
+
+/* Asks for one job (id > 0) or the recent ones into *rep; 0, or 1 with the error printed
+ * (an unknown id among several is reported and the others still shown). */
+static int status_ask(const char *coord, int64_t id, uint32_t limit, proto_msg_t *rep) {
+  proto_msg_t req;
+  proto_msg_init(&req, PROTO_STATUS);
+  req.u.status.job = id;
+  req.u.status.limit = limit;
+  if (ask(coord, &req, rep) != DRV_OK) {
+    fprintf(stderr, "drover status: %s\n", drv_last_error());
+    return 1;
+  }
+  if (rep->type != PROTO_JOBS) {
+    fprintf(stderr, "drover status: unexpected reply '%s'\n", proto_type_name(rep->type));
+    return 1;
+  }
+  return 0;
+}
+
 int cmd_status(int argc, char **argv) {
   static const struct option opts[] = {{"coordinator", required_argument, 0, 'c'},
                                        {"json", no_argument, 0, 'j'},
                                        {"limit", required_argument, 0, 'n'},
+                                       {"state", required_argument, 0, 's'},
+                                       {"name", required_argument, 0, 'N'},
                                        {0, 0, 0, 0}};
   const char *coord = NULL;
   int json = 0, c;
-  uint32_t limit = 20;
-  while ((c = getopt_long(argc, argv, "c:jn:", opts, NULL)) != -1) {
+  status_view_t v = {.limit = 20};
+  while ((c = getopt_long(argc, argv, "c:jn:s:N:", opts, NULL)) != -1) {
     if (c == 'c')
       coord = optarg;
     else if (c == 'j')
       json = 1;
     else if (c == 'n')
-      limit = (uint32_t)strtoul(optarg, NULL, 10);
+      v.limit = (uint32_t)strtoul(optarg, NULL, 10);
+    else if (c == 's')
+      v.state = optarg;
+    else if (c == 'N')
+      v.name = optarg;
     else
-      return cli_usage_fail("status", "[JOB] [--json] [--limit N] [--coordinator EP]");
+      return cli_usage_fail("status", STATUS_USAGE);
   }
-  proto_msg_t req, rep;
-  proto_msg_init(&req, PROTO_STATUS);
-  req.u.status.limit = limit;
-  if (optind < argc) {
-    char *end;
-    req.u.status.job = strtoll(argv[optind], &end, 10);
-    if (*end || req.u.status.job <= 0) {
-      fprintf(stderr, "drover status: '%s' is not a job id\n", argv[optind]);
-      return 2;
+  int64_t ids[STATUS_MAX_IDS];
+  int nids = 0, ret = 0;
+  for (int k = optind; k < argc; k++) {
+    if (nids == STATUS_MAX_IDS) return cli_usage_fail("status", STATUS_USAGE);
+    if (!(ids[nids++] = parse_job_id("status", argv[k]))) return 2;
+  }
+  /* With a filter, look through the most the coordinator gives, then keep --limit. */
+  uint32_t ask_limit = v.state || v.name ? 1000 : v.limit;
+  proto_msg_t reps[STATUS_MAX_IDS];
+  int nreps = nids ? nids : 1;
+  if (!v.limit) v.limit = 20;
+  if (nids) v.limit = STATUS_MAX_IDS; /* every job asked for */
+  v.cap = nids ? (uint32_t)nids : v.limit;
+  proto_job_t kept[1000];
+  v.out = kept;
+  v.cap = DRV_MIN(v.cap, (uint32_t)DRV_ARRAY_LEN(kept));
+  for (int k = 0; k < nreps; k++) {
+    proto_msg_init(&reps[k], PROTO_TYPE_COUNT);
+    if (status_ask(coord, nids ? ids[k] : 0, ask_limit, &reps[k]) != 0) {
+      ret = 1;
+      if (!nids) break;
+      continue;
     }
+    keep_jobs(&v, &reps[k].u.jobs);
   }
-  drv_result_t rc = ask(coord, &req, &rep);
-  int ret = 0;
-  if (rc != DRV_OK) {
-    fprintf(stderr, "drover status: %s\n", drv_last_error());
-    ret = 1;
-  } else if (rep.type != PROTO_JOBS) {
-    fprintf(stderr, "drover status: unexpected reply '%s'\n", proto_type_name(rep.type));
-    ret = 1;
-  } else if (json) {
-    print_jobs_json(&rep.u.jobs);
-  } else {
-    print_jobs_table(&rep.u.jobs);
-    if (req.u.status.job && rep.u.jobs.jobs_count == 1 && rep.u.jobs.jobs[0].ranks_count)
-      print_ranks_table(&rep.u.jobs.jobs[0]);
+  proto_jobs_t shown = {.jobs = v.out, .jobs_count = v.n};
+  if (json && (v.n || !ret)) {
+    print_jobs_json(&shown);
+  } else if (!json && (v.n || !ret)) {
+    print_jobs_table(&shown);
+    if (nids == 1 && v.n == 1 && v.out[0].ranks_count) print_ranks_table(&v.out[0]);
   }
-  proto_msg_fini(&rep);
+  for (int k = 0; k < nreps; k++) proto_msg_fini(&reps[k]);
   return ret;
 }
 
@@ -194,24 +258,30 @@ int cmd_cancel(int argc, char **argv) {
     if (c == 'c')
       coord = optarg;
     else
-      return cli_usage_fail("cancel", "JOB [--coordinator EP]");
+      return cli_usage_fail("cancel", "JOB... [--coordinator EP]");
   }
-  if (optind >= argc) return cli_usage_fail("cancel", "JOB [--coordinator EP]");
-  char *end;
-  proto_msg_t req, rep;
-  proto_msg_init(&req, PROTO_CANCEL);
-  req.u.cancel.job = strtoll(argv[optind], &end, 10);
-  if (*end || req.u.cancel.job <= 0) {
-    fprintf(stderr, "drover cancel: '%s' is not a job id\n", argv[optind]);
-    return 2;
+  if (optind >= argc) return cli_usage_fail("cancel", "JOB... [--coordinator EP]");
+  /* Each id on its own: one that is not a job, or cannot be cancelled, is reported and
+   * the others still are; the exit status says whether all were. */
+  int ret = 0;
+  for (int k = optind; k < argc; k++) {
+    int64_t id = parse_job_id("cancel", argv[k]);
+    if (!id) {
+      ret = 1;
+      continue;
+    }
+    proto_msg_t req, rep;
+    proto_msg_init(&req, PROTO_CANCEL);
+    req.u.cancel.job = id;
+    drv_result_t rc = ask(coord, &req, &rep);
+    if (rc == DRV_OK)
+      printf("job %" PRId64 " cancelled\n", id);
+    else
+      fprintf(stderr, "drover cancel: %s\n", drv_last_error());
+    ret |= rc != DRV_OK;
+    proto_msg_fini(&rep);
   }
-  drv_result_t rc = ask(coord, &req, &rep);
-  if (rc == DRV_OK)
-    printf("job %" PRId64 " cancelled\n", req.u.cancel.job);
-  else
-    fprintf(stderr, "drover cancel: %s\n", drv_last_error());
-  proto_msg_fini(&rep);
-  return rc == DRV_OK ? 0 : 1;
+  return ret;
 }
 
 static void print_agents_json(const proto_agent_list_t *l) {

@@ -43,8 +43,8 @@ static const command_t COMMANDS[] = {
      "submit a job and follow it (starts a coordinator if none answers)", 19},
     {"submit", NULL, "--resume JOB [--set key.path=value]...",
      "continue a finished, failed or cancelled job from its last checkpoint", 19},
-    {"status", cmd_status, "[JOB] [--json]", "jobs, past and present", 0},
-    {"cancel", cmd_cancel, "JOB", "stop a queued or running job", 0},
+    {"status", cmd_status, "[JOB...] [--state S] [--name N] [--json]", "jobs, past and present", 0},
+    {"cancel", cmd_cancel, "JOB...", "stop queued or running jobs", 0},
     {"agents", cmd_agents, "[--json]", "the agent registry", 0},
     {"agent", cmd_agent,
      "--coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local]\n"
