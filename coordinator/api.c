@@ -140,6 +140,11 @@ static int resubmitted(api_t *api, const sock_peer_t *from, const char *token) {
     return 1;
   }
   if (!id) return 0;
+  if (api->auth->secure && strcmp(old.owner, auth_name(from))) {
+    /* Another user's token: it names nothing of theirs, and says nothing of the job. */
+    api_reply_error(api, from, "invalid", "submit: that token is another submission's; use a new one");
+    return 1;
+  }
   log_info("job %" PRId64 " (%s): its submission came again (token %s): answered with it", id,
            old.name, token);
   reply_submitted(api, from, id, old.run_dir);

@@ -428,6 +428,13 @@ def test_owners_and_admins(drover):
                            env=env, timeout=30)
         assert r.returncode != 0 and "belongs to" in r.stderr, r
         assert_trained(c, sub, job, 6)
+        # A submission token names the submitter's own job only: bob replaying the admin's
+        # token learns nothing of it.
+        r = c.request("submit", {"spec": SPEC % (1, c.runs), "token": "t-admin"})
+        assert r[1] == "submitted", r
+        r2 = c.request("submit", {"spec": SPEC % (1, c.runs), "token": "t-admin"}, keys=bob)
+        assert r2[1] == "error" and "another submission's" in r2[2]["message"], r2
+        c.request("cancel", {"job": r[2]["job"]})
         # Resume is the owner's too.
         r = c.request("submit", {"spec": "", "resume": job}, keys=bob)
         assert r[1] == "error" and "only its owner or an admin" in r[2]["message"], r
