@@ -790,6 +790,11 @@ void job_tick(job_table_t *t, int64_t now) {
       recover(t, j, NULL, now);
       continue;
     }
+    if (j->max_runtime_s && j->started_ms && now - j->started_ms > j->max_runtime_s * 1000LL) {
+      /* backfill counted on its end: past it, it would delay the jobs that wait */
+      job_fail(t, j, "ran past its max_runtime (%u s)", j->max_runtime_s);
+      continue;
+    }
     if (maybe_grow(t, j, now)) continue;
     if (j->phase == JOB_PHASE_STARTING && now > j->deadline_ms) {
       uint32_t missing = 0;
@@ -808,6 +813,7 @@ void job_table_shift(job_table_t *t, int64_t away_ms) {
     if (!j->used) continue;
     j->queued_ms += away_ms; /* a reloaded job's wait for all its nodes (shrink_at_ms) */
     j->pool_seen_ms += away_ms;
+    if (j->started_ms) j->started_ms += away_ms;
     if (j->deadline_ms) j->deadline_ms += away_ms;
     if (j->verdict_ms) j->verdict_ms += away_ms;
     if (j->progress.last_publish_ms) j->progress.last_publish_ms += away_ms;

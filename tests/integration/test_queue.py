@@ -2,8 +2,8 @@
 first), backfill (a job that fits the idle agent and ends in time starts while a bigger
 one waits, without delaying it), a job more agents than are registered would hold does
 not block the queue, every wait shows its reason, and per-worker resources no agent has
-are refused at submission with the numbers. Long jobs run slowed steps and end when
-cancelled: nothing here depends on timing."""
+are refused at submission with the numbers, and a job past its max_runtime is stopped.
+Long jobs run slowed steps and end when cancelled: nothing here depends on timing."""
 import json
 import os
 
@@ -157,6 +157,11 @@ def test_impossible_and_resources(drover):
         assert final["state"] == "succeeded", final
         for j in (five, early):
             cancel(c, j)
+        # A job that runs past its max_runtime is stopped: backfill counted on its end.
+        over = submit(c, "over", 1, LONG, "max_runtime: 1")
+        final, _ = c.follow(sub, over, timeout=120)
+        assert final["state"] == "failed", final
+        assert "ran past its max_runtime (1 s)" in final["reason"], final
 
 
 if __name__ == "__main__":
