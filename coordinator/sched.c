@@ -96,8 +96,10 @@ static head_t *head_of(plan_state_t *st, const sched_job_t *q) {
 static int64_t agent_free_at(const plan_state_t *st, uint32_t i) {
   const sched_agent_t *a = &st->agents[i];
   int64_t at = st->now;
-  if (st->taken[i]) at = st->taken_end[i];
-  else if (a->busy) at = a->free_at_ms ? a->free_at_ms : NEVER;
+  if (st->taken[i])
+    at = st->taken_end[i];
+  else if (a->busy)
+    at = a->free_at_ms ? a->free_at_ms : NEVER;
   return at == NEVER ? NEVER : DRV_MAX(at, a->cooldown_until_ms);
 }
 
@@ -153,8 +155,8 @@ static uint32_t not_held(const plan_state_t *st, const sched_job_t *q, const hea
                          uint32_t *idle, uint32_t n) {
   if (!h) return n;
   uint32_t hi = (uint32_t)(h - st->heads) + 1, k = 0;
-  int in_time = q->max_runtime_ms > 0 &&
-                (h->start_ms == NEVER || st->now + q->max_runtime_ms <= h->start_ms);
+  int in_time =
+      q->max_runtime_ms > 0 && (h->start_ms == NEVER || st->now + q->max_runtime_ms <= h->start_ms);
   for (uint32_t x = 0; x < n; x++)
     if (in_time || st->held[idle[x]] != hi) idle[k++] = idle[x];
   return k;
@@ -174,8 +176,8 @@ static void place_job(plan_state_t *st, sched_plan_t *out, uint32_t qi, const ui
 
 /* q could not start: it becomes its queue's head when there is none, holding the idle
  * agents it fits; else it is one more job waiting behind the head. */
-static void wait_job(plan_state_t *st, const sched_job_t *q, sched_wait_t *w,
-                     const uint32_t *idle, uint32_t nidle, uint32_t world_unheld) {
+static void wait_job(plan_state_t *st, const sched_job_t *q, sched_wait_t *w, const uint32_t *idle,
+                     uint32_t nidle, uint32_t world_unheld) {
   head_t *h = head_of(st, q);
   if (!h && st->nheads < SCHED_MAX_JOBS) {
     h = &st->heads[st->nheads++];
@@ -256,9 +258,8 @@ void sched_reason(const sched_job_t *q, const sched_wait_t *w, char *buf, size_t
     len = (size_t)snprintf(buf, cap, "priority: %u job%s ahead; ", w->ahead, plural(w->ahead));
   if (len >= cap) return;
   if (w->kind == SCHED_WAIT_HELD) {
-    snprintf(buf + len, cap - len,
-             "backfill: job %" PRId64 " holds the %u idle node%s it fits; %s", w->head,
-             w->idle, plural(w->idle),
+    snprintf(buf + len, cap - len, "backfill: job %" PRId64 " holds the %u idle node%s it fits; %s",
+             w->head, w->idle, plural(w->idle),
              q->max_runtime_ms > 0 ? "its max_runtime ends after that job's earliest start"
                                    : "it has no max_runtime to fit before that job's start");
     return;
@@ -270,5 +271,8 @@ void sched_reason(const sched_job_t *q, const sched_wait_t *w, char *buf, size_t
   snprintf(buf + len, cap - len,
            "resources: needs %u node%s%s, %u idle, %u busy%s%s%s%s, %u registered", w->need,
            plural(w->need), with, w->idle, w->busy, w->jobs ? " (job" : "",
-           w->jobs > 1 ? "s " : w->jobs ? " " : "", jobs, w->jobs ? ")" : "", w->registered);
+           w->jobs > 1 ? "s "
+           : w->jobs   ? " "
+                       : "",
+           jobs, w->jobs ? ")" : "", w->registered);
 }

@@ -62,11 +62,11 @@ typedef struct {
 
 /* Why a job of the plan was not placed (see sched_reason for the words). */
 typedef enum {
-  SCHED_WAIT_NONE = 0,   /* placed, or not considered (no nodes, beyond SCHED_MAX_JOBS) */
-  SCHED_WAIT_NEVER,      /* fewer registered agents of its queue with its resources than it
-                            needs: holds nothing, blocks no one */
-  SCHED_WAIT_RESOURCES,  /* not enough idle agents with its resources */
-  SCHED_WAIT_HELD,       /* enough idle agents, but the queue's head holds them */
+  SCHED_WAIT_NONE = 0,  /* placed, or not considered (no nodes, beyond SCHED_MAX_JOBS) */
+  SCHED_WAIT_NEVER,     /* fewer registered agents of its queue with its resources than it
+                           needs: holds nothing, blocks no one */
+  SCHED_WAIT_RESOURCES, /* not enough idle agents with its resources */
+  SCHED_WAIT_HELD,      /* enough idle agents, but the queue's head holds them */
 } sched_wait_kind_t;
 
 #define SCHED_WAIT_JOBS 4 /* busy agents' jobs a wait names */

@@ -1063,10 +1063,11 @@ static void test_dump_round_trip(void **state) {
 
 /* The queue keys: priority (signed), max_runtime and resources, from the text and --set. */
 static void test_queue_keys(void **state) {
-  const char *text = "name: t\npriority: -3\nmax_runtime: 600\n"
-                     "resources: {cpus_per_worker: 4, memory_mb: 8192, gpus_per_worker: 2}\n"
-                     "model: {type: mlp, hidden: [16]}\ndata: {format: synthetic}\n"
-                     "train: {epochs: 1, global_batch: 8, optimizer: {type: sgd, lr: 0.1}}\n";
+  const char *text =
+      "name: t\npriority: -3\nmax_runtime: 600\n"
+      "resources: {cpus_per_worker: 4, memory_mb: 8192, gpus_per_worker: 2}\n"
+      "model: {type: mlp, hidden: [16]}\ndata: {format: synthetic}\n"
+      "train: {epochs: 1, global_batch: 8, optimizer: {type: sgd, lr: 0.1}}\n";
   jobspec_t *spec = parse_ok(text, NULL, 0);
   assert_int_equal(spec->priority, -3);
   assert_int_equal(spec->max_runtime_s, 600);

@@ -289,8 +289,8 @@ static void test_fifo_within_priority(void **state) {
   sched_plan(queued, 3, agents, 1, NOW, &plan);
   assert_int_equal(plan.count, 1);
   assert_int_equal(plan.placements[0].job, 1); /* job 3: the oldest of the priority */
-  assert_int_equal(plan.waits[2].ahead, 0); /* job 5 is the head */
-  assert_int_equal(plan.waits[0].ahead, 1); /* job 8 waits behind it */
+  assert_int_equal(plan.waits[2].ahead, 0);    /* job 5 is the head */
+  assert_int_equal(plan.waits[0].ahead, 1);    /* job 8 waits behind it */
 }
 
 /* Three agents, a and b busy with job 12 (no max_runtime), c idle; job 20 needs 3. */
@@ -392,8 +392,9 @@ static void test_impossible_job_does_not_block(void **state) {
   sched_plan(queued, 2, agents, 3, NOW, &plan);
   assert_int_equal(plan.waits[0].kind, SCHED_WAIT_NEVER);
   sched_reason(&queued[0], &plan.waits[0], why, sizeof why);
-  assert_string_equal(why, "needs 1 node, only 0 agents of target attached registered with "
-                           "0 CPUs, 0 MB, 1 GPUs");
+  assert_string_equal(why,
+                      "needs 1 node, only 0 agents of target attached registered with "
+                      "0 CPUs, 0 MB, 1 GPUs");
   /* A pool with no agent at all. */
   sched_job_t pooled = job(3, "attached", "gpu-a", 1);
   sched_plan(&pooled, 1, agents, 3, NOW, &plan);
@@ -415,17 +416,20 @@ static void test_reasons_text(void **state) {
   sched_reason(&queued[0], &plan.waits[0], why, sizeof why);
   assert_string_equal(why, "resources: needs 4 nodes, 2 idle, 2 busy (job 12), 4 registered");
   sched_reason(&queued[1], &plan.waits[1], why, sizeof why);
-  assert_string_equal(why, "priority: 1 job ahead; resources: needs 3 nodes, 2 idle, 2 busy "
-                           "(job 12), 4 registered");
+  assert_string_equal(why,
+                      "priority: 1 job ahead; resources: needs 3 nodes, 2 idle, 2 busy "
+                      "(job 12), 4 registered");
   sched_reason(&queued[2], &plan.waits[2], why, sizeof why);
-  assert_string_equal(why, "priority: 2 jobs ahead; backfill: job 1 holds the 2 idle nodes it "
-                           "fits; it has no max_runtime to fit before that job's start");
+  assert_string_equal(why,
+                      "priority: 2 jobs ahead; backfill: job 1 holds the 2 idle nodes it "
+                      "fits; it has no max_runtime to fit before that job's start");
   queued[2].max_runtime_ms = 1000;
   agents[0].free_at_ms = agents[1].free_at_ms = NOW + 500;
   sched_plan(queued, 3, agents, 4, NOW, &plan);
   sched_reason(&queued[2], &plan.waits[2], why, sizeof why);
-  assert_string_equal(why, "priority: 2 jobs ahead; backfill: job 1 holds the 2 idle nodes it "
-                           "fits; its max_runtime ends after that job's earliest start");
+  assert_string_equal(why,
+                      "priority: 2 jobs ahead; backfill: job 1 holds the 2 idle nodes it "
+                      "fits; its max_runtime ends after that job's earliest start");
   /* Placed: no reason. */
   agents[0].busy = agents[1].busy = 0;
   sched_plan(queued, 1, agents, 4, NOW, &plan);
