@@ -258,10 +258,15 @@ void sched_reason(const sched_job_t *q, const sched_wait_t *w, char *buf, size_t
     len = (size_t)snprintf(buf, cap, "priority: %u job%s ahead; ", w->ahead, plural(w->ahead));
   if (len >= cap) return;
   if (w->kind == SCHED_WAIT_HELD) {
-    snprintf(buf + len, cap - len, "backfill: job %" PRId64 " holds the %u idle node%s it fits; %s",
-             w->head, w->idle, plural(w->idle),
+    snprintf(buf + len, cap - len, "backfill: job %" PRId64 " holds the idle nodes it fits; %s",
+             w->head,
              q->max_runtime_ms > 0 ? "its max_runtime ends after that job's earliest start"
                                    : "it has no max_runtime to fit before that job's start");
+    return;
+  }
+  if (w->ahead) { /* behind the head: no counts that change with every agent's turn */
+    snprintf(buf + len, cap - len, "needs %u node%s%s, %u registered", w->need, plural(w->need),
+             with, w->registered);
     return;
   }
   for (uint32_t k = 0; k < w->jobs; k++) {

@@ -125,8 +125,11 @@ void sched_plan(const sched_job_t *queued, uint32_t nq, const sched_agent_t *age
                 int64_t now, sched_plan_t *out);
 
 /* Writes why job q waits (w: its out->waits[] entry) into buf (cap bytes), e.g.
- * "priority: 2 jobs ahead; resources: needs 4 nodes, 2 idle, 1 busy (job 12), 3 registered".
- * The words change only when the numbers do (no clock in them). "" for SCHED_WAIT_NONE. */
+ * "resources: needs 4 nodes, 2 idle, 1 busy (job 12), 3 registered" for a queue's head,
+ * "priority: 2 jobs ahead; needs 4 nodes, 3 registered" behind it. The words change only
+ * when the numbers do (no clock in them), and those of the jobs behind a head not with
+ * every agent that frees or is booked: each change is a store write. "" for
+ * SCHED_WAIT_NONE. */
 void sched_reason(const sched_job_t *q, const sched_wait_t *w, char *buf, size_t cap);
 
 #endif
