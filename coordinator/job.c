@@ -365,15 +365,18 @@ static uint32_t agents_view(job_table_t *t, sched_agent_t *view, int *index) {
   return n;
 }
 
-/* The free agents of j's queue, as registry indices in agent-id order (room for
- * REGISTRY_MAX_AGENTS). Returns how many. */
+/* The free agents of j's queue with its resources, as registry indices in agent-id order
+ * (room for REGISTRY_MAX_AGENTS). Returns how many. */
 static uint32_t free_agents(job_table_t *t, const job_t *j, int64_t now, int *out) {
   sched_agent_t view[REGISTRY_MAX_AGENTS];
   int index[REGISTRY_MAX_AGENTS];
-  uint32_t fit[REGISTRY_MAX_AGENTS];
+  uint32_t fit[REGISTRY_MAX_AGENTS], m = 0;
   uint32_t n = sched_free(view, agents_view(t, view, index), j->target, j->pool, now, fit);
-  for (uint32_t k = 0; k < n; k++) out[k] = index[fit[k]];
-  return n;
+  const sched_job_t need = {
+      .cpus = j->cpus_per_worker, .gpus = j->gpus_per_worker, .mem_mb = j->memory_mb};
+  for (uint32_t k = 0; k < n; k++)
+    if (sched_holds(&view[fit[k]], &need)) out[m++] = index[fit[k]];
+  return m;
 }
 
 /* A placement failed half-way (an agent could not be reached): the reached agents are
