@@ -347,6 +347,32 @@ static void test_backfill_with_max_runtime(void **state) {
   assert_int_equal(plan.waits[2].jobs, 2);
 }
 
+/* The head's start counts agents cooling down (free at the end of it) and leaves out
+ * leaving ones (they never come back). */
+static void test_head_start_estimate(void **state) {
+  sched_agent_t agents[] = {agent("a", "attached", ""), agent("b", "attached", ""),
+                            agent("c", "attached", ""), agent("d", "attached", "")};
+  agents[0].busy = 1, agents[0].job = 12, agents[0].free_at_ms = NOW + 60000;
+  agents[1].cooldown_until_ms = NOW + 5000;
+  agents[3].leaving = 1;
+  sched_job_t queued[] = {job(1, "attached", "", 3), job(2, "attached", "", 1)};
+  queued[1].max_runtime_ms = 60000; /* ends just when job 1 can start: may go */
+  sched_plan_t plan;
+  sched_plan(queued, 2, agents, 4, NOW, &plan);
+  assert_int_equal(plan.count, 1);
+  assert_string_equal(rank_agent(&plan, agents, 1, 0), "c");
+  assert_int_equal(plan.waits[0].busy, 2); /* a running, b cooling down */
+  assert_int_equal(plan.waits[0].registered, 3);
+  queued[1].max_runtime_ms = 60001;
+  sched_plan(queued, 2, agents, 4, NOW, &plan);
+  assert_int_equal(plan.count, 0);
+  /* b's cool-down outlasting a's job moves the start to 90 s: 80 s fits. */
+  agents[1].cooldown_until_ms = NOW + 90000;
+  queued[1].max_runtime_ms = 80000;
+  sched_plan(queued, 2, agents, 4, NOW, &plan);
+  assert_int_equal(plan.count, 1);
+}
+
 static void test_backfill_onto_nodes_the_head_cannot_use(void **state) {
   sched_agent_t agents[] = {agent("g1", "attached", ""), agent("g2", "attached", ""),
                             agent("cpu", "attached", "")};
@@ -461,6 +487,7 @@ int main(void) {
       cmocka_unit_test(test_fifo_within_priority),
       cmocka_unit_test(test_no_backfill_that_would_delay_the_head),
       cmocka_unit_test(test_backfill_with_max_runtime),
+      cmocka_unit_test(test_head_start_estimate),
       cmocka_unit_test(test_backfill_onto_nodes_the_head_cannot_use),
       cmocka_unit_test(test_resources_respected),
       cmocka_unit_test(test_impossible_job_does_not_block),
