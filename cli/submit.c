@@ -59,6 +59,7 @@ typedef struct {
 static int parse_args(submit_t *s, int argc, char **argv) {
   static const struct option opts[] = {{"target", required_argument, 0, 't'},
                                        {"nodes", required_argument, 0, 'n'},
+                                       {"priority", required_argument, 0, 'p'},
                                        {"set", required_argument, 0, 's'},
                                        {"json", no_argument, 0, 'j'},
                                        {"detach", no_argument, 0, 'd'},
@@ -68,11 +69,11 @@ static int parse_args(submit_t *s, int argc, char **argv) {
                                        {"resume", required_argument, 0, 'r'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
-  static char target_set[64], nodes_set[64];
+  static char target_set[64], nodes_set[64], priority_set[64];
   int c;
-  while ((c = getopt_long(argc, argv, "t:n:s:jdc:S:vr:h", opts, NULL)) != -1) {
-    if (s->nsets >= MAX_SETS - 2) {
-      fprintf(stderr, "drover submit: at most %d --set options\n", MAX_SETS - 2);
+  while ((c = getopt_long(argc, argv, "t:n:p:s:jdc:S:vr:h", opts, NULL)) != -1) {
+    if (s->nsets >= MAX_SETS - 3) {
+      fprintf(stderr, "drover submit: at most %d --set options\n", MAX_SETS - 3);
       return -1;
     }
     switch (c) {
@@ -83,6 +84,10 @@ static int parse_args(submit_t *s, int argc, char **argv) {
     case 'n':
       snprintf(nodes_set, sizeof nodes_set, "nodes=%s", optarg);
       s->sets[s->nsets++] = nodes_set;
+      break;
+    case 'p': /* --set priority=N */
+      snprintf(priority_set, sizeof priority_set, "priority=%s", optarg);
+      s->sets[s->nsets++] = priority_set;
       break;
     case 's': s->sets[s->nsets++] = optarg; break;
     case 'j': s->json = 1; break;
@@ -101,7 +106,7 @@ static int parse_args(submit_t *s, int argc, char **argv) {
     }
     default:
       fputs(
-          "usage: drover submit SPEC.yaml [--target local|attached] [--nodes N]\n"
+          "usage: drover submit SPEC.yaml [--target local|attached] [--nodes N] [--priority N]\n"
           "       [--set key.path=value]... [--json] [--detach] [--coordinator EP]\n"
           "       [--state-dir DIR] [--verbose] [--resume JOB]\n"
           "       drover submit --resume JOB [--set key.path=value]... (the job's own spec)\n",

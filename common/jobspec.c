@@ -256,6 +256,7 @@ static drv_result_t spec_prescan(const char *yaml, size_t len, const char *origi
 typedef __typeof__(((jobspec_t *)0)->model) spec_model_map_t;
 typedef __typeof__(((jobspec_t *)0)->data) spec_data_map_t;
 typedef __typeof__(((jobspec_t *)0)->train) spec_train_map_t;
+typedef __typeof__(((jobspec_t *)0)->resources) spec_resources_map_t;
 typedef __typeof__(((spec_train_map_t *)0)->optimizer) spec_optim_map_t;
 typedef __typeof__(((spec_train_map_t *)0)->lr_schedule) spec_sched_map_t;
 
@@ -389,6 +390,13 @@ static const cyaml_schema_field_t spec_train_fields[] = {
     CYAML_FIELD_END,
 };
 
+static const cyaml_schema_field_t spec_resources_fields[] = {
+    CYAML_FIELD_UINT("cpus_per_worker", SPEC_OPT, spec_resources_map_t, cpus_per_worker),
+    CYAML_FIELD_UINT("memory_mb", SPEC_OPT, spec_resources_map_t, memory_mb),
+    CYAML_FIELD_UINT("gpus_per_worker", SPEC_OPT, spec_resources_map_t, gpus_per_worker),
+    CYAML_FIELD_END,
+};
+
 static const cyaml_schema_field_t spec_fields[] = {
     CYAML_FIELD_STRING_PTR("name", SPEC_STR_REQ, jobspec_t, name, 1, CYAML_UNLIMITED),
     CYAML_FIELD_ENUM("target", SPEC_ENUM_OPT, jobspec_t, target, spec_target_names,
@@ -398,6 +406,9 @@ static const cyaml_schema_field_t spec_fields[] = {
     CYAML_FIELD_UINT("max_nodes", SPEC_OPT, jobspec_t, max_nodes),
     CYAML_FIELD_UINT("max_restarts", SPEC_OPT, jobspec_t, max_restarts),
     CYAML_FIELD_UINT("rejoin_timeout", SPEC_OPT, jobspec_t, rejoin_timeout_s),
+    CYAML_FIELD_INT("priority", SPEC_OPT, jobspec_t, priority),
+    CYAML_FIELD_UINT("max_runtime", SPEC_OPT, jobspec_t, max_runtime_s),
+    CYAML_FIELD_MAPPING("resources", SPEC_OPT, jobspec_t, resources, spec_resources_fields),
     CYAML_FIELD_MAPPING("model", CYAML_FLAG_DEFAULT, jobspec_t, model, spec_model_fields),
     CYAML_FIELD_MAPPING("data", CYAML_FLAG_DEFAULT, jobspec_t, data, spec_data_fields),
     CYAML_FIELD_MAPPING("train", CYAML_FLAG_DEFAULT, jobspec_t, train, spec_train_fields),
@@ -419,6 +430,11 @@ static const struct {
     {"nodes", "1"},
     {"max_restarts", "3"},
     {"rejoin_timeout", "60"},
+    {"priority", "0"},
+    {"max_runtime", "0"},
+    {"resources.cpus_per_worker", "0"},
+    {"resources.memory_mb", "0"},
+    {"resources.gpus_per_worker", "0"},
     {"model.activation", "relu"},
     {"data.synthetic.train_samples", "60000"},
     {"data.synthetic.test_samples", "10000"},

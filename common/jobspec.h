@@ -17,6 +17,14 @@
  *                                      # the job fails (0: fail at once) (default 3)
  *   rejoin_timeout: 60                 # seconds to wait for agents while fewer than
  *                                      # min_nodes are left, then fail  (default 60)
+ *   priority: 0                        # queue order: higher first, then oldest first;
+ *                                      # may be negative               (default 0)
+ *   max_runtime: 0                     # seconds it runs at most, for backfill (it is not
+ *                                      # stopped when it runs longer); 0: not known (default 0)
+ *   resources:                         # what each worker's agent must have (0: anything)
+ *     cpus_per_worker: 0               # CPUs the agent registered     (default 0)
+ *     memory_mb: 0                     # memory the agent registered, MB (default 0)
+ *     gpus_per_worker: 0               # GPUs the agent registered     (default 0)
  *   model:
  *     type: mlp                        # only mlp for now
  *     hidden: [256, 128]               # hidden layer sizes, 0..8 of them
@@ -99,6 +107,12 @@ typedef struct {
   uint32_t min_nodes, max_nodes; /* 1 <= min_nodes <= nodes <= max_nodes <= global_batch */
   uint32_t max_restarts;
   uint32_t rejoin_timeout_s; /* YAML key `rejoin_timeout` */
+  int32_t priority;          /* higher first */
+  uint32_t max_runtime_s;    /* YAML key `max_runtime`; 0: not known */
+  struct {
+    uint32_t cpus_per_worker, gpus_per_worker;
+    uint64_t memory_mb;
+  } resources; /* 0: no requirement */
   struct {
     char *type; /* "mlp" */
     uint32_t *hidden;

@@ -189,6 +189,47 @@ static int within_quota(api_t *api, const sock_peer_t *from, const char *owner) 
   return 0;
 }
 
+/* Whether some registered agent of the job's target and pool could hold one of its workers
+ * (spec's resources), or none is registered yet (it may come). Otherwise refuses it with
+ * the numbers and returns 0. Node counts are not checked: agents may register later. */
+static int resources_fit(api_t *api, const sock_peer_t *from, const jobspec_t *spec,
+                         const char *pool) {
+  const char *target = jobspec_target_name(spec->target);
+  uint32_t cpus = spec->resources.cpus_per_worker, gpus = spec->resources.gpus_per_worker;
+  uint64_t mb = spec->resources.memory_mb, top_mb = 0;
+  uint32_t seen = 0, top_cpus = 0, top_gpus = 0;
+  for (int i = 0; i < REGISTRY_MAX_AGENTS; i++) {
+    const agent_t *a = registry_at(api->reg, i);
+    if (!a || strcmp(a->target, target) || strcmp(a->pool, pool)) continue;
+    uint64_t a_mb = a->mem_bytes >> 20;
+    if (a->cpus >= cpus && a->gpus >= gpus && a_mb >= mb) return 1;
+    seen++;
+    top_cpus = DRV_MAX(top_cpus, a->cpus);
+    top_gpus = DRV_MAX(top_gpus, a->gpus);
+    top_mb = DRV_MAX(top_mb, a_mb);
+  }
+  if (!seen) return 1;
+  char msg[320], where[128];
+  snprintf(where, sizeof where, "agent of target %s%s%s", target, *pool ? ", pool " : "", pool);
+  if (gpus > top_gpus)
+    snprintf(msg, sizeof msg, "resources: needs %u GPUs per worker; the largest %s has %u", gpus,
+             where, top_gpus);
+  else if (cpus > top_cpus)
+    snprintf(msg, sizeof msg, "resources: needs %u CPUs per worker; the largest %s has %u", cpus,
+             where, top_cpus);
+  else if (mb > top_mb)
+    snprintf(msg, sizeof msg,
+             "resources: needs %" PRIu64 " MB per worker; the largest %s has %" PRIu64 " MB", mb,
+             where, top_mb);
+  else
+    snprintf(msg, sizeof msg,
+             "resources: needs %u CPUs, %" PRIu64 " MB and %u GPUs per worker; no %s has all "
+             "three (%u registered)",
+             cpus, mb, gpus, where, seen);
+  api_reply_error(api, from, "invalid", msg);
+  return 0;
+}
+
 void api_submit(api_t *api, const sock_peer_t *from, const proto_submit_t *sub) {
   jobspec_t *spec = NULL;
   char *stored = NULL, *canon = NULL;
@@ -211,6 +252,7 @@ void api_submit(api_t *api, const sock_peer_t *from, const proto_submit_t *sub) 
     api_reply_error(api, from, "invalid", drv_last_error());
     goto out;
   }
+  if (!resources_fit(api, from, spec, sub->pool ? sub->pool : "")) goto out;
   if (!job_has_room(api->jobs)) {
     api_reply_error(api, from, "busy", "too many active jobs; try again later");
     goto out;

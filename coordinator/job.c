@@ -169,6 +169,11 @@ job_t *job_add(job_table_t *t, const store_job_t *sj, const jobspec_t *spec, cha
   j->max_restarts = spec->max_restarts;
   j->commit_every = spec->train.commit_every;
   j->rejoin_timeout_s = spec->rejoin_timeout_s;
+  j->priority = spec->priority;
+  j->max_runtime_s = spec->max_runtime_s;
+  j->cpus_per_worker = spec->resources.cpus_per_worker;
+  j->gpus_per_worker = spec->resources.gpus_per_worker;
+  j->memory_mb = spec->resources.memory_mb;
   j->spec_yaml = *spec_yaml;
   *spec_yaml = NULL;
   j->test_loss = j->test_accuracy = j->final_samples_per_s = NAN;
@@ -342,26 +347,36 @@ static uint32_t agents_view(job_table_t *t, sched_agent_t *view, int *index) {
   for (int i = 0; i < REGISTRY_MAX_AGENTS; i++) {
     const agent_t *a = registry_at(t->reg, i);
     if (!a) continue;
+    const job_t *j = a->job ? job_find(t, a->job) : NULL;
     view[n] = (sched_agent_t){.id = a->agent_id,
                               .target = a->target,
                               .pool = a->pool,
                               .busy = a->job != 0,
                               .leaving = a->leaving,
-                              .cooldown_until_ms = a->cooldown_until_ms};
+                              .cooldown_until_ms = a->cooldown_until_ms,
+                              .job = a->job,
+                              .cpus = a->cpus,
+                              .gpus = a->gpus,
+                              .mem_mb = a->mem_bytes >> 20};
+    if (j && j->max_runtime_s && j->started_ms) /* when its job is expected to end */
+      view[n].free_at_ms = j->started_ms + (int64_t)j->max_runtime_s * 1000;
     index[n++] = i;
   }
   return n;
 }
 
-/* The free agents of j's queue, as registry indices in agent-id order (room for
- * REGISTRY_MAX_AGENTS). Returns how many. */
+/* The free agents of j's queue with its resources, as registry indices in agent-id order
+ * (room for REGISTRY_MAX_AGENTS). Returns how many. */
 static uint32_t free_agents(job_table_t *t, const job_t *j, int64_t now, int *out) {
   sched_agent_t view[REGISTRY_MAX_AGENTS];
   int index[REGISTRY_MAX_AGENTS];
-  uint32_t fit[REGISTRY_MAX_AGENTS];
+  uint32_t fit[REGISTRY_MAX_AGENTS], m = 0;
   uint32_t n = sched_free(view, agents_view(t, view, index), j->target, j->pool, now, fit);
-  for (uint32_t k = 0; k < n; k++) out[k] = index[fit[k]];
-  return n;
+  const sched_job_t need = {
+      .cpus = j->cpus_per_worker, .gpus = j->gpus_per_worker, .mem_mb = j->memory_mb};
+  for (uint32_t k = 0; k < n; k++)
+    if (sched_holds(&view[fit[k]], &need)) out[m++] = index[fit[k]];
+  return m;
 }
 
 /* A placement failed half-way (an agent could not be reached): the reached agents are
@@ -375,6 +390,7 @@ static void unplace(job_table_t *t, job_t *j, const char *why) {
   j->ranks = NULL;
   j->nodes = j->nodes_wanted;
   j->queued_ms = drv_now_ms();
+  j->wait_reason[0] = '\0'; /* the next plan says why it waits now */
   if (store_job_set_state(t->store, j->id, JOB_QUEUED, why) != DRV_OK)
     log_error("store: %s", drv_last_error());
   log_warn("job %" PRId64 " queued again: %s", j->id, why);
@@ -413,6 +429,7 @@ static int place(job_table_t *t, job_t *j, const int *agent, uint32_t world, int
     return 0;
   }
   j->deadline_ms = now + drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS);
+  j->started_ms = now;
   if (store_job_set_state(t->store, j->id, JOB_RUNNING, NULL) != DRV_OK ||
       store_job_set_generation(t->store, j->id, j->generation) != DRV_OK)
     log_error("store: %s", drv_last_error());
@@ -435,7 +452,15 @@ static int job_resumable(const job_t *j) {
 /* Queued job j as sched_plan sees it: a job that was running before may shrink to its
  * min_nodes once it has waited rejoin_timeout for the rest; a fresh one is a strict gang. */
 static sched_job_t sched_view(const job_t *j) {
-  sched_job_t q = {.id = j->id, .target = j->target, .pool = j->pool, .nodes = j->nodes_wanted};
+  sched_job_t q = {.id = j->id,
+                   .target = j->target,
+                   .pool = j->pool,
+                   .nodes = j->nodes_wanted,
+                   .priority = j->priority,
+                   .max_runtime_ms = (int64_t)j->max_runtime_s * 1000,
+                   .cpus = j->cpus_per_worker,
+                   .gpus = j->gpus_per_worker,
+                   .mem_mb = j->memory_mb};
   if (job_resumable(j) && j->min_nodes < j->nodes_wanted) {
     q.min_nodes = j->min_nodes;
     q.shrink_at_ms = j->queued_ms + (int64_t)j->rejoin_timeout_s * 1000;
@@ -443,17 +468,22 @@ static sched_job_t sched_view(const job_t *j) {
   return q;
 }
 
-/* Queued job j, which may shrink, was not placed: records why it waits (in the store, for
- * drover status) when that changed. */
-static void note_waiting(job_table_t *t, job_t *j, int64_t now) {
-  int free_list[REGISTRY_MAX_AGENTS];
-  uint32_t n = free_agents(t, j, now, free_list);
+/* Queued job j (q as the plan saw it, w its wait) was not placed: records why it waits (in
+ * the store, for drover status) when that changed, and only then: the store syncs. */
+static void note_waiting(job_table_t *t, job_t *j, const sched_job_t *q, const sched_wait_t *w,
+                         int64_t now) {
   char why[sizeof j->wait_reason];
-  snprintf(why, sizeof why,
-           "was running before: waiting up to %u s for its %u agent(s) (%u free now), then "
-           "resuming from its checkpoint with at least min_nodes %u",
-           j->rejoin_timeout_s, j->nodes_wanted, n, j->min_nodes);
-  if (!strcmp(why, j->wait_reason)) return;
+  if (q->min_nodes && w->kind != SCHED_WAIT_HELD) { /* it may shrink: the wait is bounded */
+    int free_list[REGISTRY_MAX_AGENTS];
+    uint32_t n = free_agents(t, j, now, free_list);
+    snprintf(why, sizeof why,
+             "was running before: waiting up to %u s for its %u agent(s) (%u free now), then "
+             "resuming from its checkpoint with at least min_nodes %u",
+             j->rejoin_timeout_s, j->nodes_wanted, n, j->min_nodes);
+  } else {
+    sched_reason(q, w, why, sizeof why);
+  }
+  if (!why[0] || !strcmp(why, j->wait_reason)) return;
   snprintf(j->wait_reason, sizeof j->wait_reason, "%s", why);
   log_info("job %" PRId64 " %s", j->id, why);
   if (store_job_set_state(t->store, j->id, JOB_QUEUED, why) != DRV_OK)
@@ -477,7 +507,7 @@ void job_schedule(job_table_t *t, int64_t now) {
     uint32_t na = agents_view(t, view, index);
     sched_plan_t plan;
     sched_plan(queued, nq, view, na, now, &plan);
-    /* Oldest first; when one does not start, what comes after it is planned again, as if
+    /* In queue order; when one does not start, what comes after it is planned again, as if
      * the placements had been decided one at a time. */
     int replan = 0;
     for (uint32_t p = 0; p < plan.count && !replan; p++) {
@@ -488,8 +518,8 @@ void job_schedule(job_table_t *t, int64_t now) {
     }
     if (replan) continue;
     for (uint32_t q = 0; q < nq; q++)
-      if (jobs[q]->used && jobs[q]->phase == JOB_PHASE_QUEUED && queued[q].min_nodes)
-        note_waiting(t, jobs[q], now);
+      if (jobs[q]->used && jobs[q]->phase == JOB_PHASE_QUEUED)
+        note_waiting(t, jobs[q], &queued[q], &plan.waits[q], now);
     return;
   }
 }
@@ -763,6 +793,11 @@ void job_tick(job_table_t *t, int64_t now) {
       recover(t, j, NULL, now);
       continue;
     }
+    if (j->max_runtime_s && j->started_ms && now - j->started_ms > j->max_runtime_s * 1000LL) {
+      /* backfill counted on its end: past it, it would delay the jobs that wait */
+      job_fail(t, j, "ran past its max_runtime (%u s)", j->max_runtime_s);
+      continue;
+    }
     if (maybe_grow(t, j, now)) continue;
     if (j->phase == JOB_PHASE_STARTING && now > j->deadline_ms) {
       uint32_t missing = 0;
@@ -781,6 +816,7 @@ void job_table_shift(job_table_t *t, int64_t away_ms) {
     if (!j->used) continue;
     j->queued_ms += away_ms; /* a reloaded job's wait for all its nodes (shrink_at_ms) */
     j->pool_seen_ms += away_ms;
+    if (j->started_ms) j->started_ms += away_ms;
     if (j->deadline_ms) j->deadline_ms += away_ms;
     if (j->verdict_ms) j->verdict_ms += away_ms;
     if (j->progress.last_publish_ms) j->progress.last_publish_ms += away_ms;

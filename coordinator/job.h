@@ -71,8 +71,14 @@ typedef struct {
   uint32_t generation;
   int reloaded;          /* loaded from the store at a coordinator's start */
   int64_t queued_ms;     /* when it became queued in this coordinator */
-  char wait_reason[256]; /* why it waits, as the store has it: QUEUED and allowed to shrink,
-                            or WAITING for agents */
+  int64_t started_ms;    /* when it was last placed (0: not yet): with max_runtime_s, when
+                            the scheduler expects its agents back */
+  int32_t priority;      /* the spec's: higher first in its queue */
+  uint32_t max_runtime_s; /* the spec's; 0: not known (it is not stopped past it) */
+  uint32_t cpus_per_worker, gpus_per_worker; /* the spec's resources: what an agent needs */
+  uint64_t memory_mb;
+  char wait_reason[256]; /* why it waits, as the store has it: QUEUED (the scheduler's
+                            reason), or WAITING for agents */
   char owner[64];    /* who submitted it (the name bound to their key); "" in plaintext */
   char lineage[33];  /* 32 hex digits: new per job, kept by resume */
   char ring_key[65]; /* 64 hex digits: its ring peers prove they hold it; new per placement */

@@ -113,6 +113,11 @@ static void assert_spec_eq(const jobspec_t *a, const jobspec_t *b) {
   assert_int_equal(a->max_nodes, b->max_nodes);
   assert_int_equal(a->max_restarts, b->max_restarts);
   assert_int_equal(a->rejoin_timeout_s, b->rejoin_timeout_s);
+  assert_int_equal(a->priority, b->priority);
+  assert_int_equal(a->max_runtime_s, b->max_runtime_s);
+  assert_int_equal(a->resources.cpus_per_worker, b->resources.cpus_per_worker);
+  assert_int_equal(a->resources.memory_mb, b->resources.memory_mb);
+  assert_int_equal(a->resources.gpus_per_worker, b->resources.gpus_per_worker);
   assert_str_eq_or_null(a->model.type, b->model.type);
   assert_int_equal(a->model.hidden_count, b->model.hidden_count);
   for (uint32_t i = 0; i < a->model.hidden_count; i++)
@@ -244,6 +249,11 @@ static void test_defaults_filled(void **state) {
   assert_int_equal(spec->max_nodes, 1);
   assert_int_equal(spec->max_restarts, 3);
   assert_int_equal(spec->rejoin_timeout_s, 60);
+  assert_int_equal(spec->priority, 0);
+  assert_int_equal(spec->max_runtime_s, 0);
+  assert_int_equal(spec->resources.cpus_per_worker, 0);
+  assert_int_equal(spec->resources.memory_mb, 0);
+  assert_int_equal(spec->resources.gpus_per_worker, 0);
   assert_int_equal(spec->model.activation, SPEC_ACT_RELU);
   assert_non_null(spec->data.synthetic);
   assert_int_equal(spec->data.synthetic->train_samples, 60000);
@@ -976,6 +986,12 @@ static void test_dump_every_field(void **state) {
                         "max_nodes: 1",
                         "max_restarts: 3",
                         "rejoin_timeout: 60",
+                        "priority: 0",
+                        "max_runtime: 0",
+                        "resources:",
+                        "cpus_per_worker: 0",
+                        "memory_mb: 0",
+                        "gpus_per_worker: 0",
                         "model:",
                         "type: mlp",
                         "hidden: [16]",
@@ -1045,6 +1061,30 @@ static void test_dump_round_trip(void **state) {
   jobspec_destroy(&spec);
 }
 
+/* The queue keys: priority (signed), max_runtime and resources, from the text and --set. */
+static void test_queue_keys(void **state) {
+  const char *text =
+      "name: t\npriority: -3\nmax_runtime: 600\n"
+      "resources: {cpus_per_worker: 4, memory_mb: 8192, gpus_per_worker: 2}\n"
+      "model: {type: mlp, hidden: [16]}\ndata: {format: synthetic}\n"
+      "train: {epochs: 1, global_batch: 8, optimizer: {type: sgd, lr: 0.1}}\n";
+  jobspec_t *spec = parse_ok(text, NULL, 0);
+  assert_int_equal(spec->priority, -3);
+  assert_int_equal(spec->max_runtime_s, 600);
+  assert_int_equal(spec->resources.cpus_per_worker, 4);
+  assert_int_equal(spec->resources.memory_mb, 8192);
+  assert_int_equal(spec->resources.gpus_per_worker, 2);
+  assert_round_trip(spec);
+  jobspec_destroy(&spec);
+  const char *sets[] = {"priority=7", "resources.gpus_per_worker=1"};
+  spec = parse_ok(minimal, sets, 2);
+  assert_int_equal(spec->priority, 7);
+  assert_int_equal(spec->resources.gpus_per_worker, 1);
+  assert_int_equal(spec->resources.cpus_per_worker, 0);
+  assert_round_trip(spec);
+  jobspec_destroy(&spec);
+}
+
 /* The path keys: relative ones are found (in key order) and made absolute against a
  * directory, "./" dropped; absolute ones and absent parts are left alone. */
 static void test_paths(void **state) {
@@ -1105,6 +1145,7 @@ int main(void) {
       cmocka_unit_test(test_limits),
       cmocka_unit_test(test_set_each_kind),
       cmocka_unit_test(test_set_elastic_keys),
+      cmocka_unit_test(test_queue_keys),
       cmocka_unit_test(test_set_creates_mappings),
       cmocka_unit_test(test_set_errors),
       cmocka_unit_test(test_dump_every_field),
