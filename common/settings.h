@@ -15,6 +15,7 @@
   X(INSECURE, 0,                                                                                \
     "1: plaintext: no CurveZMQ, and rings joined by the public tag (whoever reaches the ports " \
     "controls every job)")                                                                      \
+  X(MAX_USER_PRIORITY, 0, "highest job priority a user (not an admin) may ask for")          \
   X(MAX_QUEUED_PER_USER, 100, "active (queued or running) jobs one user may have at once")   \
   X(MAX_CONN_PER_ADDR, 256, "coordinator: TCP connections one IP address may hold per port")  \
   X(MAX_CONN, 4096, "coordinator: TCP connections per port, from everyone together")          \

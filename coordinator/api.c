@@ -189,6 +189,21 @@ static int within_quota(api_t *api, const sock_peer_t *from, const char *owner) 
   return 0;
 }
 
+/* Whether the submitter may ask for the spec's priority: above DROVER_MAX_USER_PRIORITY
+ * only an admin may (else one user could put every job of theirs ahead of everyone's).
+ * Refuses it (`forbidden`) and returns 0 otherwise. */
+static int priority_allowed(api_t *api, const sock_peer_t *from, const jobspec_t *spec) {
+  int64_t cap = drv_setting(DRV_SET_MAX_USER_PRIORITY);
+  if (spec->priority <= cap || auth_role(api->auth, from) == AUTH_ADMIN) return 1;
+  char msg[200];
+  snprintf(msg, sizeof msg,
+           "submit: priority %d is above %" PRId64
+           " (DROVER_MAX_USER_PRIORITY): only an admin may ask for more",
+           (int)spec->priority, cap);
+  api_reply_error(api, from, "forbidden", msg);
+  return 0;
+}
+
 /* Whether some registered agent of the job's target and pool could hold one of its workers
  * (spec's resources), or none is registered yet (it may come). Otherwise refuses it with
  * the numbers and returns 0. Node counts are not checked: agents may register later. */
@@ -253,6 +268,7 @@ void api_submit(api_t *api, const sock_peer_t *from, const proto_submit_t *sub) 
     goto out;
   }
   if (!resources_fit(api, from, spec, sub->pool ? sub->pool : "")) goto out;
+  if (!priority_allowed(api, from, spec)) goto out;
   if (!job_has_room(api->jobs)) {
     api_reply_error(api, from, "busy", "too many active jobs; try again later");
     goto out;

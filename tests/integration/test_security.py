@@ -428,6 +428,12 @@ def test_owners_and_admins(drover):
                            env=env, timeout=30)
         assert r.returncode != 0 and "belongs to" in r.stderr, r
         assert_trained(c, sub, job, 6)
+        # A user may not jump the queue: above DROVER_MAX_USER_PRIORITY (0) is an admin's.
+        r = c.request("submit", {"spec": SPEC % (1, c.runs) + "priority: 9\n"}, keys=bob)
+        assert r[1] == "error" and r[2]["code"] == "forbidden" and "priority 9" in r[2]["message"], r
+        r = c.request("submit", {"spec": SPEC % (1, c.runs) + "priority: 9\n"})
+        assert r[1] == "submitted", r
+        c.request("cancel", {"job": r[2]["job"]})
         # A submission token names the submitter's own job only: bob replaying the admin's
         # token learns nothing of it.
         r = c.request("submit", {"spec": SPEC % (1, c.runs), "token": "t-admin"})
