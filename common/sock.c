@@ -364,7 +364,9 @@ drv_result_t sock_zap_answer(sock_t *zap, sock_authorize_fn fn, void *arg) {
   /* The reply: version, request id, status code, status text, user id, metadata. */
   const char *code = ok ? "200" : "400", *text = ok ? "OK" : "not authorized";
   zmq_send(zap->z, "1.0", 3, ZMQ_SNDMORE);
-  zmq_send(zap->z, f[REQUEST_ID], n > REQUEST_ID ? len[REQUEST_ID] : 0, ZMQ_SNDMORE);
+  /* (libzmq's request ids are short; one longer than the buffer is sent back cut) */
+  zmq_send(zap->z, f[REQUEST_ID], n > REQUEST_ID ? DRV_MIN(len[REQUEST_ID], sizeof f[0] - 1) : 0,
+           ZMQ_SNDMORE);
   zmq_send(zap->z, code, 3, ZMQ_SNDMORE);
   zmq_send(zap->z, text, strlen(text), ZMQ_SNDMORE);
   zmq_send(zap->z, user, ok ? strlen(user) : 0, ZMQ_SNDMORE);
