@@ -307,8 +307,13 @@ static drv_result_t link_open(agent_t *a) {
   sock_destroy(&a->sock);
   /* Queue nothing while the coordinator is away: stale hellos and heartbeats would all
    * arrive at once when it comes back. */
+  /* A routing id of its own, random and new for each connection: the coordinator's
+   * ROUTER uses whatever id a peer announces, so one nobody can guess is one nobody can
+   * claim after this connection is gone (libzmq's own ids are a counter). */
+  char rid[40] = "a-";
+  drv_random_hex(rid + 2, 16);
   a->sock = sock_new(a->ctx, SOCK_DEALER, PROTO_AT_AGENT,
-                     &(sock_opts_t){.no_linger = 1, .immediate = 1});
+                     &(sock_opts_t){.identity = rid, .no_linger = 1, .immediate = 1});
   if (!a->sock) return DRV_ERR_ZMQ;
   /* A new session: the coordinator learns that whatever the old one ran is gone. */
   a->session = ((uint64_t)(uint32_t)getpid() << 32) ^ (uint64_t)drv_now_ms() ^

@@ -37,6 +37,23 @@ static int keys_add(const char *state, const char *coordinator, const char *role
     return 2;
   }
   if (ensure(state, &coord)) return 1;
+  /* One name, one role: owners are names, so a user named like an admin would own the
+   * admin's jobs. */
+  char allow_path[1100];
+  keys_allow_t list = {0};
+  if (keys_path(state, "authorized", allow_path, sizeof allow_path) == DRV_OK &&
+      keys_allow_load(&list, allow_path) == DRV_OK)
+    for (uint32_t i = 0; i < list.n; i++)
+      if (!strcmp(list.entries[i].name, name)) {
+        fprintf(stderr,
+                "drover keys add: %s is admitted already, as %s: a name has one role (drover "
+                "keys remove %s first, or choose another name)\n",
+                name, keys_role_name(list.entries[i].role), name);
+        keys_allow_fini(&list);
+        memset(&coord, 0, sizeof coord);
+        return 1;
+      }
+  keys_allow_fini(&list);
   snprintf(k.name, sizeof k.name, "%s", name);
   snprintf(k.coordinator, sizeof k.coordinator, "%s", coordinator);
   memcpy(k.server, coord.pub, sizeof k.server);

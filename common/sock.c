@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <zmq.h>
 
@@ -66,6 +67,13 @@ sock_ctx_t *sock_ctx_new(void) {
     drv_error(DRV_ERR_ZMQ, "zmq_ctx_new: %s", zmq_strerror(errno));
     return NULL;
   }
+  /* libzmq 4.3.4 starts each ROUTER's generated routing ids (0x00 and a counter) at
+   * rand(), and aborts when a generated id is one a peer announced itself: an unseeded
+   * rand() lets a peer claim the ids to come. Seeded from the system's random source,
+   * the counter's start is 32 unknown bits (drover's own peers announce random ids and
+   * never take a generated one). */
+  unsigned seed;
+  if (getrandom(&seed, sizeof seed, 0) == (ssize_t)sizeof seed) srand(seed);
   return c;
 }
 

@@ -44,7 +44,16 @@ static void refused(auth_t *a, const char *domain, const char *address,
 
 int auth_decide(auth_t *a, const char *domain, const char *address,
                 const unsigned char key[SOCK_KEY_BYTES], int worker_key, char *user, size_t n) {
-  if (keys_allow_load(&a->allow, a->allow_path) != DRV_OK) log_last_error();
+  if (keys_allow_load(&a->allow, a->allow_path) != DRV_OK) {
+    /* Fail closed: a list that cannot be read admits nobody (a revocation must not be
+     * lost to a permission error); live workers' keys are the coordinator's own. */
+    int64_t now = drv_now_ms();
+    if (now - a->last_warn_ms >= 1000) {
+      a->last_warn_ms = now;
+      log_last_error();
+    }
+    keys_allow_fini(&a->allow);
+  }
   const keys_entry_t *e = keys_allow_find(&a->allow, key);
   if (!strcmp(domain, "agents")) {
     if (e && e->role == KEYS_ROLE_AGENT) {

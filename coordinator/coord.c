@@ -300,8 +300,9 @@ static drv_result_t bind_socket(coord_t *c, sock_t **s, sock_kind_t kind, proto_
                                 sock_port_t port) {
   char ep[256];
   DRV_CHECK(sock_endpoint(c->cfg->bind, port, ep, sizeof ep));
-  /* No ROUTER_HANDOVER, and peers take the routing ids the ROUTER makes up: a peer cannot
-   * take another's connection over by naming its id. */
+  /* No ROUTER_HANDOVER: a peer naming a connected peer's routing id is refused. Agents and
+   * workers announce random ids of their own, and a stored id counts only with the key it
+   * came with (registry_by_peer, job.c from_rank). */
   *s = sock_new(c->ctx, kind, at, NULL);
   if (!*s) return DRV_ERR_ZMQ;
   return sock_bind(*s, ep);

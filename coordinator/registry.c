@@ -16,7 +16,10 @@ void registry_init(registry_t *r, sock_t *sock) {
 agent_t *registry_by_peer(registry_t *r, const sock_peer_t *p) {
   for (int i = 0; i < REGISTRY_MAX_AGENTS; i++) {
     agent_t *a = &r->agents[i];
-    if (a->used && a->peer.len == p->len && !memcmp(a->peer.id, p->id, p->len)) return a;
+    /* The same routing id and the same key: a routing id alone is what a peer says. */
+    if (a->used && a->peer.len == p->len && !memcmp(a->peer.id, p->id, p->len) &&
+        !strcmp(a->user, p->user))
+      return a;
   }
   return NULL;
 }

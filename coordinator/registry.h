@@ -46,7 +46,8 @@ typedef struct {
 /* An empty registry that talks to agents over `sock` (borrowed, outlives r). */
 void registry_init(registry_t *r, sock_t *sock);
 
-/* The registered agent connected as peer p, or NULL. */
+/* The registered agent connected as peer p (its routing id, with the key it registered
+ * with), or NULL. */
 agent_t *registry_by_peer(registry_t *r, const sock_peer_t *p);
 
 /* The registered agent named agent_id, or NULL. */

@@ -94,7 +94,11 @@ static drv_result_t connect_coord(worker_t *w) {
                      c->coordinator);
   }
   /* A long linger lets `done` or `failed` leave before the process does. */
-  w->sock = sock_new(w->ctx, SOCK_DEALER, PROTO_AT_WORKER, &(sock_opts_t){.linger_ms = 2000});
+  /* A random routing id of its own: one nobody can guess or claim (agent.c says why). */
+  char rid[40] = "w-";
+  drv_random_hex(rid + 2, 16);
+  w->sock = sock_new(w->ctx, SOCK_DEALER, PROTO_AT_WORKER,
+                     &(sock_opts_t){.identity = rid, .linger_ms = 2000});
   if (!w->sock) return DRV_ERR_ZMQ;
   w->report.sock = w->sock; /* what the rank reports goes out on it from now on */
   return sock_connect(w->sock, ep);
