@@ -126,8 +126,17 @@ double drv_median(double *v, size_t n) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-void drv_random_hex(char *out, size_t n) {
+void drv_hex(const void *bytes, size_t n, char *out) {
   static const char hex[] = "0123456789abcdef";
+  const unsigned char *b = bytes;
+  for (size_t i = 0; i < n; i++) {
+    out[2 * i] = hex[b[i] >> 4];
+    out[2 * i + 1] = hex[b[i] & 15];
+  }
+  out[2 * n] = '\0';
+}
+
+void drv_random_hex(char *out, size_t n) {
   unsigned char b[64];
   n = n < sizeof b ? n : sizeof b;
   size_t got = 0;
@@ -135,11 +144,7 @@ void drv_random_hex(char *out, size_t n) {
     ssize_t k = getrandom(b + got, n - got, 0);
     if (k > 0) got += (size_t)k;
   }
-  for (size_t i = 0; i < n; i++) {
-    out[2 * i] = hex[b[i] >> 4];
-    out[2 * i + 1] = hex[b[i] & 15];
-  }
-  out[2 * n] = '\0';
+  drv_hex(b, n, out);
 }
 
 size_t drv_utf8_char(const char *s, size_t n) {

@@ -127,6 +127,9 @@ double drv_median(double *v, size_t n);
 size_t drv_utf8_char(const char *s, size_t n);
 size_t drv_utf8_valid(const char *s, size_t n);
 
+/* n bytes as 2n lowercase hex digits and a NUL into out. */
+void drv_hex(const void *bytes, size_t n, char *out);
+
 /* n (at most 64) bytes from the system's random source as 2n hex digits and a NUL. */
 void drv_random_hex(char *out, size_t n);
 

@@ -19,13 +19,8 @@ void auth_fini(auth_t *a) {
 }
 
 void auth_worker_name(const unsigned char pub[SOCK_KEY_BYTES], char *out, size_t n) {
-  static const char hex[] = "0123456789abcdef";
   char h[2 * SOCK_KEY_BYTES + 1];
-  for (int i = 0; i < SOCK_KEY_BYTES; i++) {
-    h[2 * i] = hex[pub[i] >> 4];
-    h[2 * i + 1] = hex[pub[i] & 15];
-  }
-  h[2 * SOCK_KEY_BYTES] = '\0';
+  drv_hex(pub, SOCK_KEY_BYTES, h);
   snprintf(out, n, "worker:%s", h);
 }
 

@@ -924,24 +924,28 @@ void job_on_worker_exit(job_table_t *t, agent_t *a, const proto_worker_exit_t *e
 
 // --- Workers -------------------------------------------------------------------------------
 
-/* Whether `from` sent with the key of rank's worker (always, on a plaintext coordinator);
- * a warning names the impostor otherwise. */
-static int from_rank(job_table_t *t, const job_t *j, uint32_t rank, const sock_peer_t *from,
-                     const char *what) {
-  if (!t->secure || !strcmp(from->user, j->ranks[rank].key)) return 1;
-  /* An agent that refused its assignment (a path it does not allow) says why itself. */
+typedef enum { FROM_NOBODY, FROM_WORKER, FROM_AGENT } job_sender_t;
+
+/* Who sent a message about `rank`: its worker (with that rank's key, or any peer but its
+ * agent on a plaintext coordinator), its agent when agent_may (an agent that refused its
+ * assignment says why itself), or nobody of it: a warning names the impostor. */
+static job_sender_t from_rank(job_table_t *t, const job_t *j, uint32_t rank,
+                              const sock_peer_t *from, const char *what, int agent_may) {
   const agent_t *a = registry_by_peer(t->reg, from);
-  if (!strcmp(what, "failed") && a && a == rank_agent(t, &j->ranks[rank])) return 1;
+  if (a && a == rank_agent(t, &j->ranks[rank]))
+    return agent_may ? FROM_AGENT : FROM_NOBODY;
+  if (!t->secure || !strcmp(from->user, j->ranks[rank].key)) return FROM_WORKER;
   log_warn("%s for job %" PRId64 " rank %u refused: sent by %s from %s, not by that rank's worker",
            what, j->id, rank, from->user[0] ? from->user : "an unnamed peer",
            from->addr[0] ? from->addr : "?");
-  return 0;
+  return FROM_NOBODY;
 }
 
 /* Validates the message's job, generation and sender; NULL (and a log line) for stale or
- * forged ones. */
+ * forged ones. A worker's message makes its connection the rank's (a worker that
+ * reconnected has a new routing id). */
 static job_t *job_for_msg(job_table_t *t, const sock_peer_t *from, int64_t id, uint32_t generation,
-                          uint32_t rank, const char *what) {
+                          uint32_t rank, const char *what, int agent_may) {
   job_t *j = job_find(t, id);
   if (!j || !phase_placed(j->phase)) {
     log_debug("%s for job %" PRId64 " that is not running: dropped", what, id);
@@ -954,12 +958,9 @@ static job_t *job_for_msg(job_table_t *t, const sock_peer_t *from, int64_t id, u
              what, id, generation, rank, j->generation, j->nodes);
     return NULL;
   }
-  if (!from_rank(t, j, rank, from, what)) return NULL;
-  /* The worker's connection as of now: one that reconnected has a new routing id (a
-   * `failed` may be its agent's, which is not the worker's connection). */
-  if (t->secure ? !strcmp(from->user, j->ranks[rank].key) : strcmp(what, "failed") != 0)
-    j->ranks[rank].peer = *from;
-  return j;
+  job_sender_t who = from_rank(t, j, rank, from, what, agent_may);
+  if (who == FROM_WORKER) j->ranks[rank].peer = *from;
+  return who == FROM_NOBODY ? NULL : j;
 }
 
 /* Everyone is in: relays the ring addresses, each rank's GPU and rank 0's NCCL id. */
@@ -995,7 +996,7 @@ static void send_start(job_table_t *t, job_t *j) {
 }
 
 void job_on_rendezvous(job_table_t *t, const sock_peer_t *from, const proto_rendezvous_t *rv) {
-  job_t *j = job_for_msg(t, from, rv->job, rv->generation, rv->rank, "rendezvous");
+  job_t *j = job_for_msg(t, from, rv->job, rv->generation, rv->rank, "rendezvous", 0);
   if (!j) {
     send_abort(t, from, rv->job, rv->generation, "stale or unknown job");
     return;
@@ -1005,7 +1006,6 @@ void job_on_rendezvous(job_table_t *t, const sock_peer_t *from, const proto_rend
   snprintf(s->addr, sizeof s->addr, "%s", rv->addr);
   snprintf(s->gpu, sizeof s->gpu, "%s", rv->gpu ? rv->gpu : "");
   snprintf(s->nccl_id, sizeof s->nccl_id, "%s", rv->nccl_id ? rv->nccl_id : "");
-  s->peer = *from;
   /* Only a world being formed starts: a late check-in of a generation that broke before
    * its start is left to the re-formation, which knows its worker now. */
   if (j->phase != JOB_PHASE_STARTING) return;
@@ -1026,7 +1026,7 @@ static uint32_t progress_world(job_table_t *t, job_t *j, progress_view_t *world)
 }
 
 void job_on_progress(job_table_t *t, const sock_peer_t *from, const proto_progress_t *p) {
-  job_t *j = job_for_msg(t, from, p->job, p->generation, p->rank, "progress");
+  job_t *j = job_for_msg(t, from, p->job, p->generation, p->rank, "progress", 0);
   if (!j) return;
   job_rank_t *s = &j->ranks[p->rank];
   s->step = p->step;
@@ -1051,7 +1051,7 @@ void job_on_progress(job_table_t *t, const sock_peer_t *from, const proto_progre
 }
 
 void job_on_eval(job_table_t *t, const sock_peer_t *from, const proto_eval_t *e) {
-  job_t *j = job_for_msg(t, from, e->job, e->generation, 0, "eval");
+  job_t *j = job_for_msg(t, from, e->job, e->generation, 0, "eval", 0);
   if (!j) return;
   log_info("job %" PRId64 " epoch %u: test loss %.4f, accuracy %.4f", j->id, e->epoch + 1,
            e->test_loss, e->test_accuracy);
@@ -1062,7 +1062,7 @@ void job_on_eval(job_table_t *t, const sock_peer_t *from, const proto_eval_t *e)
 }
 
 void job_on_done(job_table_t *t, const sock_peer_t *from, const proto_done_t *d) {
-  job_t *j = job_for_msg(t, from, d->job, d->generation, d->rank, "done");
+  job_t *j = job_for_msg(t, from, d->job, d->generation, d->rank, "done", 0);
   if (!j) return;
   j->ranks[d->rank].done = 1;
   if (d->rank == 0) {
@@ -1077,7 +1077,7 @@ void job_on_done(job_table_t *t, const sock_peer_t *from, const proto_done_t *d)
 }
 
 void job_on_failed(job_table_t *t, const sock_peer_t *from, const proto_failed_t *f) {
-  job_t *j = job_for_msg(t, from, f->job, f->generation, f->rank, "failed");
+  job_t *j = job_for_msg(t, from, f->job, f->generation, f->rank, "failed", 1);
   if (!j) return;
   const agent_t *a = rank_agent(t, &j->ranks[f->rank]);
   char reason[RECOVERY_REASON_MAX];
@@ -1105,7 +1105,7 @@ void job_verdicts(job_table_t *t, int64_t now) {
 }
 
 void job_on_checkpoint(job_table_t *t, const sock_peer_t *from, const proto_checkpoint_t *k) {
-  job_t *j = job_for_msg(t, from, k->job, k->generation, 0, "checkpoint");
+  job_t *j = job_for_msg(t, from, k->job, k->generation, 0, "checkpoint", 0);
   if (!j) return;
   if (store_job_set_checkpoint(t->store, j->id, k->step) != DRV_OK) {
     log_error("store: %s", drv_last_error());
@@ -1125,7 +1125,7 @@ void job_on_lost(job_table_t *t, const sock_peer_t *from, const proto_lost_t *l)
     return;
   }
   job_rank_t *s = &j->ranks[l->rank];
-  if (s->dead || !from_rank(t, j, l->rank, from, "lost")) return;
+  if (s->dead || from_rank(t, j, l->rank, from, "lost", 0) != FROM_WORKER) return;
   s->lost = 1;
   s->peer = *from;
   s->commit = l->step;
