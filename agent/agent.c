@@ -10,6 +10,7 @@
 #include <limits.h>
 #include <netdb.h>
 #include <pwd.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,15 +29,24 @@
 #include "common/settings.h"
 #include "common/sock.h"
 
-#define MAX_WORKERS 16
+#define MAX_WORKERS 64 /* JOBSPEC_MAX_WORKERS_PER_NODE */
 #define KILL_GRACE_MS 2000
 
 typedef struct {
   pid_t pid; /* 0: free slot */
   int64_t job;
-  uint32_t generation, rank;
+  uint32_t generation, rank; /* of its assign: how the coordinator names it */
+  uint32_t local_rank;
   int64_t kill_deadline_ms; /* SIGKILL after this when a SIGTERM was sent; 0 none */
 } child_t;
+
+/* What a worker gets of the node, worked out before the fork. */
+typedef struct {
+  char visible[GPUINFO_MAX * 48]; /* CUDA_VISIBLE_DEVICES: its GPUs' UUIDs; "" for the CPU */
+  char threads[16];               /* OPENBLAS_NUM_THREADS and OMP_NUM_THREADS */
+  cpu_set_t cpus;                 /* its cores */
+  int pin;                        /* cpus is a share of the agent's: set it */
+} share_t;
 
 typedef struct {
   const agent_config_t *cfg;
@@ -50,8 +60,12 @@ typedef struct {
   int64_t heartbeat_ms, peer_timeout_ms; /* ours until the coordinator's welcome says */
   uint64_t seq, session;
   child_t kids[MAX_WORKERS];
-  proto_gpu_t *gpus;
+  int64_t last_job;          /* the job of the newest assign, and its generation: */
+  uint32_t last_generation;  /* an exit report says it (the coordinator's booking) */
+  proto_gpu_t *gpus;         /* in PCI bus id order (gpuinfo.h) */
   uint32_t ngpus;
+  cpu_set_t cpus;            /* the cores it may use (its affinity) */
+  uint32_t ncpus;
   paths_roots_t roots; /* where its jobs may read and write (paths.h) */
 } agent_t;
 
@@ -93,6 +107,54 @@ static uint32_t live_workers(const agent_t *a) {
   uint32_t n = 0;
   for (int i = 0; i < MAX_WORKERS; i++) n += a->kids[i].pid != 0;
   return n;
+}
+
+/* Workers of `job` still running (or being stopped). */
+static uint32_t job_workers(const agent_t *a, int64_t job) {
+  uint32_t n = 0;
+  for (int i = 0; i < MAX_WORKERS; i++) n += a->kids[i].pid && a->kids[i].job == job;
+  return n;
+}
+
+/* The agent's GPU with hello index `index`, as a position in a->gpus, or -1. */
+static int gpu_at(const agent_t *a, int32_t index) {
+  for (uint32_t i = 0; index >= 0 && i < a->ngpus; i++)
+    if (a->gpus[i].index == (uint32_t)index) return (int)i;
+  return -1;
+}
+
+/* What worker `as` gets: its GPUs (device and the next devices-1, in the agent's order)
+ * by UUID, and its share of the cores: `cpus` of them, else the agent's budget (its own
+ * OPENBLAS_NUM_THREADS, else its cores) over local_world, the local_rank-th block of its
+ * cores when there are several workers. */
+static drv_result_t worker_share(const agent_t *a, const proto_assign_t *as, share_t *sh) {
+  memset(sh, 0, sizeof *sh);
+  uint32_t ndev = as->devices ? as->devices : 1;
+  int first = gpu_at(a, as->device);
+  if (as->device >= 0 && (first < 0 || (uint32_t)first + ndev > a->ngpus))
+    return drv_error(DRV_ERR_INVALID, "assign: device %d (and %u after it) is not a GPU of this agent (%u GPUs)",
+                     as->device, ndev - 1, a->ngpus);
+  size_t n = 0;
+  for (uint32_t k = 0; first >= 0 && k < ndev; k++) {
+    const proto_gpu_t *g = &a->gpus[(uint32_t)first + k];
+    n += (size_t)snprintf(sh->visible + n, sizeof sh->visible - n, "%s%s", k ? "," : "",
+                          g->uuid && *g->uuid ? g->uuid : "");
+  }
+  uint32_t world = as->local_world ? as->local_world : 1;
+  const char *env = getenv("OPENBLAS_NUM_THREADS");
+  long budget = env && atol(env) > 0 ? atol(env) : (long)a->ncpus;
+  uint32_t threads = as->cpus ? as->cpus : (uint32_t)DRV_MAX(1L, budget / (long)world);
+  snprintf(sh->threads, sizeof sh->threads, "%u", threads);
+  if (world > 1 && a->ncpus > 1) { /* the local_rank-th block of our cores, wrapping */
+    int ids[CPU_SETSIZE], m = 0;
+    for (int c = 0; c < CPU_SETSIZE; c++)
+      if (CPU_ISSET(c, &a->cpus)) ids[m++] = c;
+    CPU_ZERO(&sh->cpus);
+    for (uint32_t k = 0; k < threads && k < (uint32_t)m; k++)
+      CPU_SET(ids[(as->local_rank * threads + k) % (uint32_t)m], &sh->cpus);
+    sh->pin = 1;
+  }
+  return DRV_OK;
 }
 
 // --- Workers -------------------------------------------------------------------------------
@@ -152,7 +214,8 @@ static drv_result_t pick_user(const agent_t *a, const proto_assign_t *as, run_as
  * log_fd, in its own process group, as u says, dying with the agent. `name_dir` only
  * names the process for ps and pgrep. */
 static drv_result_t fork_worker(const agent_t *a, const proto_assign_t *as, const char *name_dir,
-                                const run_as_t *u, int spec_fd, int log_fd, pid_t *out) {
+                                const run_as_t *u, const share_t *sh, int spec_fd, int log_fd,
+                                pid_t *out) {
   char job[32], rank[16];
   snprintf(job, sizeof job, "%" PRId64, as->job);
   snprintf(rank, sizeof rank, "%u", as->rank);
@@ -170,6 +233,14 @@ static drv_result_t fork_worker(const agent_t *a, const proto_assign_t *as, cons
       dprintf(2, "cannot run the worker as %s: %s\n", u->user, strerror(errno));
       _exit(126);
     }
+    /* Its share of the node (one thread here: setenv is safe after the fork). */
+    if (sh->visible[0]) {
+      setenv("CUDA_VISIBLE_DEVICES", sh->visible, 1);
+      setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID", 1);
+    }
+    setenv("OPENBLAS_NUM_THREADS", sh->threads, 1);
+    setenv("OMP_NUM_THREADS", sh->threads, 1);
+    if (sh->pin) sched_setaffinity(0, sizeof sh->cpus, &sh->cpus);
     prctl(PR_SET_PDEATHSIG, SIGKILL); /* after the change of user, which clears it */
     if (getppid() != parent) _exit(127);
     /* The assignment is on stdin; the arguments only name the worker for ps and pgrep. */
@@ -194,6 +265,7 @@ static drv_result_t worker_spawn(agent_t *a, const proto_assign_t *as) {
   if (!k) return drv_error(DRV_ERR_INVALID, "already running %d workers", MAX_WORKERS);
   paths_vetted_t v;
   run_as_t u = {.ngroups = 0};
+  share_t sh;
   int run_fd = -1, log_fd = -1, spec_fd = -1;
   pid_t pid = 0;
   char logpath[PATH_MAX];
@@ -202,20 +274,30 @@ static drv_result_t worker_spawn(agent_t *a, const proto_assign_t *as) {
   given.spec = v.spec;
   given.run_dir = v.run_dir;
   if (as->resume_dir && as->resume_dir[0]) given.resume_dir = v.resume_dir;
+  if (rc == DRV_OK) rc = worker_share(a, as, &sh);
+  /* It sees its GPUs only (CUDA_VISIBLE_DEVICES): the first of them is its device 0. */
+  if (as->device >= 0 && sh.visible[0]) given.device = 0;
   if (rc == DRV_OK) rc = pick_user(a, as, &u);
   if (rc == DRV_OK) rc = paths_claim(v.run_dir, as->lineage, &u.owner, &run_fd);
   if (rc == DRV_OK)
     rc = paths_open_log(run_fd, v.run_dir, as->rank, &u.owner, &log_fd, logpath, sizeof logpath);
   if (rc == DRV_OK) rc = assignment_fd(a, &given, &spec_fd);
-  if (rc == DRV_OK) rc = fork_worker(a, &given, as->run_dir, &u, spec_fd, log_fd, &pid);
+  if (rc == DRV_OK) rc = fork_worker(a, &given, as->run_dir, &u, &sh, spec_fd, log_fd, &pid);
   if (spec_fd >= 0) close(spec_fd);
   if (log_fd >= 0) close(log_fd);
   if (run_fd >= 0) close(run_fd);
   paths_vetted_fini(&v);
   DRV_CHECK(rc);
-  *k = (child_t){.pid = pid, .job = as->job, .generation = as->generation, .rank = as->rank};
-  log_info("job %" PRId64 " rank %u/%u: worker pid %d started%s%s (log %s)", as->job, as->rank,
-           as->world, (int)pid, u.owner.set ? " as " : "", u.owner.set ? u.user : "", logpath);
+  *k = (child_t){.pid = pid,
+                 .job = as->job,
+                 .generation = as->generation,
+                 .rank = as->rank,
+                 .local_rank = as->local_rank};
+  log_info("job %" PRId64 " rank %u/%u (local rank %u): worker pid %d started%s%s, %s%s, %s "
+           "thread(s) (log %s)",
+           as->job, as->rank, as->world, as->local_rank, (int)pid, u.owner.set ? " as " : "",
+           u.owner.set ? u.user : "", sh.visible[0] ? "GPUs " : "the CPU", sh.visible, sh.threads,
+           logpath);
   return DRV_OK;
 }
 
@@ -235,6 +317,8 @@ static void report_exit(agent_t *a, const child_t *k, int32_t code, int32_t sig)
   m.u.worker_exit.rank = k->rank;
   m.u.worker_exit.exit_code = code;
   m.u.worker_exit.signal = sig;
+  m.u.worker_exit.workers = job_workers(a, k->job);
+  m.u.worker_exit.assigned = a->last_job == k->job ? a->last_generation : 0;
   send_msg(a, &m);
 }
 
@@ -251,8 +335,9 @@ static void reap_workers(agent_t *a) {
       log_info("job %" PRId64 " rank %u: worker pid %d %s %d", k->job, k->rank, (int)k->pid,
                sig ? "killed by signal" : "exited with code", sig ? sig : code);
       kill(-k->pid, SIGKILL); /* anything it left in its group */
-      report_exit(a, k, code, sig);
-      memset(k, 0, sizeof *k);
+      child_t gone = *k;
+      memset(k, 0, sizeof *k); /* first: the report counts the job's workers left */
+      report_exit(a, &gone, code, sig);
     } else if (k->kill_deadline_ms && now > k->kill_deadline_ms) {
       kill(-k->pid, SIGKILL);
     }
@@ -284,6 +369,39 @@ static int orphaned(const agent_t *a, int64_t now, char *why, size_t whysz) {
 
 // --- Coordinator link ----------------------------------------------------------------------
 
+/* Its cores (its affinity: a cpuset, taskset or Slurm allocation narrows it) and GPUs. */
+static void find_resources(agent_t *a) {
+  CPU_ZERO(&a->cpus);
+  if (sched_getaffinity(0, sizeof a->cpus, &a->cpus) < 0) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    for (long c = 0; c < n && c < CPU_SETSIZE; c++) CPU_SET((int)c, &a->cpus);
+  }
+  a->ncpus = (uint32_t)DRV_MAX(1, CPU_COUNT(&a->cpus));
+  int64_t fake = drv_setting(DRV_SET_FAKE_GPUS);
+  if (fake > 0) {
+    log_warn("DROVER_FAKE_GPUS=%" PRId64 ": reporting GPUs that are not there (tests only)", fake);
+    gpuinfo_fake((uint32_t)DRV_MIN(fake, GPUINFO_MAX), &a->gpus, &a->ngpus);
+    return;
+  }
+  /* CUDA numbers devices as nvidia-smi does; workers get them by UUID anyway. */
+  setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID", 0);
+  gpuinfo_query(&a->gpus, &a->ngpus);
+}
+
+/* The heartbeat: its workers, and each GPU's use when NVML measures it. */
+static void send_heartbeat(agent_t *a) {
+  proto_msg_t h;
+  proto_msg_init(&h, PROTO_HEARTBEAT);
+  proto_gpu_stat_t stats[GPUINFO_MAX];
+  h.u.heartbeat.seq = ++a->seq;
+  h.u.heartbeat.workers = live_workers(a);
+  if (drv_setting(DRV_SET_FAKE_GPUS) <= 0) {
+    h.u.heartbeat.gpus_count = gpuinfo_usage(a->gpus, a->ngpus, stats);
+    h.u.heartbeat.gpus = stats;
+  }
+  send_msg(a, &h);
+}
+
 static void send_hello(agent_t *a) {
   proto_msg_t m;
   proto_msg_init(&m, PROTO_HELLO);
@@ -294,8 +412,7 @@ static void send_hello(agent_t *a) {
   h->pool = a->cfg->pool;
   h->pid = (uint32_t)getpid();
   h->session = a->session;
-  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  h->cpus = cpus > 0 ? (uint32_t)cpus : 1;
+  h->cpus = a->ncpus;
   h->mem_bytes = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
   h->gpus = a->gpus;
   h->gpus_count = a->ngpus;
@@ -372,15 +489,21 @@ static void on_message(agent_t *a, proto_msg_t *m) {
     }
     break;
   case PROTO_ASSIGN:
+    a->last_job = m->u.assign.job;
+    a->last_generation = m->u.assign.generation;
     if (worker_spawn(a, &m->u.assign) != DRV_OK) refuse(a, &m->u.assign);
     break;
   case PROTO_KILL: {
     int found = 0;
-    for (int i = 0; i < MAX_WORKERS; i++)
-      if (a->kids[i].pid && a->kids[i].job == m->u.kill.job) {
-        worker_kill(&a->kids[i], m->u.kill.reason ? m->u.kill.reason : "killed");
-        found = 1;
-      }
+    const proto_kill_t *kl = &m->u.kill;
+    for (int i = 0; i < MAX_WORKERS; i++) {
+      const child_t *k = &a->kids[i];
+      if (!k->pid || k->job != kl->job) continue;
+      /* With a rank: that assign's worker only (one rank left out of a re-formed world). */
+      if (kl->single && (k->rank != kl->rank || k->generation != kl->generation)) continue;
+      worker_kill(&a->kids[i], kl->reason ? kl->reason : "killed");
+      found = 1;
+    }
     if (!found) {
       /* Its assignment never arrived, or the worker is already reaped: say so, or the
        * coordinator keeps this agent booked. */
@@ -421,7 +544,7 @@ drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
     snprintf(a->host, sizeof a->host, "%s", cfg->host);
   else
     DRV_CHECK_GOTO(agent_route_host(cfg->coordinator, a->host, sizeof a->host), rc, out);
-  gpuinfo_query(&a->gpus, &a->ngpus);
+  find_resources(a);
   if (!(a->ctx = sock_ctx_new())) {
     rc = DRV_ERR_ZMQ;
     goto out;
@@ -473,11 +596,7 @@ drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
      * hello sent before the connection is up is simply dropped. */
     if (!a->registered && now - a->last_hello_ms > 200) send_hello(a);
     if (a->registered && now >= next_hb) {
-      proto_msg_t h;
-      proto_msg_init(&h, PROTO_HEARTBEAT);
-      h.u.heartbeat.seq = ++a->seq;
-      h.u.heartbeat.workers = live_workers(a);
-      send_msg(a, &h);
+      send_heartbeat(a);
       next_hb = now + a->heartbeat_ms;
     }
   }
@@ -504,8 +623,7 @@ drv_result_t agent_run(const agent_config_t *cfg, volatile sig_atomic_t *stop) {
 out:
   sock_destroy(&a->sock);
   sock_ctx_destroy(&a->ctx);
-  for (uint32_t i = 0; i < a->ngpus; i++) free((char *)a->gpus[i].name);
-  free(a->gpus);
+  gpuinfo_free(a->gpus, a->ngpus);
   paths_roots_fini(&a->roots);
   free(a);
   return rc;

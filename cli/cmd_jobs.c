@@ -82,10 +82,12 @@ static void print_job_json(const proto_job_t *j) {
     fputs(",\"host\":", stdout);
     cli_json_str(stdout, k->host);
     printf(
-        ",\"step_ms\":%.3f,\"compute_ms\":%.3f,\"wait_ms\":%.3f,\"data_ms\":%.3f,"
-        "\"straggler\":%s}",
-        k->step_ms, k->compute_ms, k->wait_ms, isfinite(k->data_ms) ? k->data_ms : 0,
-        k->straggler ? "true" : "false");
+        ",\"local_rank\":%u,\"step_ms\":%.3f,\"compute_ms\":%.3f,\"wait_ms\":%.3f,"
+        "\"data_ms\":%.3f,\"straggler\":%s,\"gpu\":",
+        k->local_rank, k->step_ms, k->compute_ms, k->wait_ms,
+        isfinite(k->data_ms) ? k->data_ms : 0, k->straggler ? "true" : "false");
+    cli_json_str(stdout, k->gpu ? k->gpu : "");
+    fputs("}", stdout);
   }
   fputs("]", stdout);
   fputs("}", stdout);
@@ -127,12 +129,13 @@ static void print_jobs_table(const proto_jobs_t *jobs) {
 
 /* One running job's ranks, for spotting the one the others wait for. */
 static void print_ranks_table(const proto_job_t *j) {
-  printf("\n%-5s %-28s %-16s %10s %12s %10s %10s  %s\n", "RANK", "AGENT", "HOST", "STEP_MS",
-         "COMPUTE_MS", "WAIT_MS", "DATA_MS", "");
+  printf("\n%-5s %-28s %-16s %5s %-13s %10s %12s %10s %10s  %s\n", "RANK", "AGENT", "HOST",
+         "LOCAL", "GPU", "STEP_MS", "COMPUTE_MS", "WAIT_MS", "DATA_MS", "");
   for (uint32_t r = 0; r < j->ranks_count; r++) {
     const proto_rank_t *k = &j->ranks[r];
-    printf("%-5u %-28.28s %-16.16s %10.2f %12.2f %10.2f %10.2f  %s\n", k->rank, k->agent, k->host,
-           k->step_ms, k->compute_ms, k->wait_ms, isfinite(k->data_ms) ? k->data_ms : 0,
+    printf("%-5u %-28.28s %-16.16s %5u %-13.13s %10.2f %12.2f %10.2f %10.2f  %s\n", k->rank,
+           k->agent, k->host, k->local_rank, k->gpu && *k->gpu ? k->gpu : "-", k->step_ms,
+           k->compute_ms, k->wait_ms, isfinite(k->data_ms) ? k->data_ms : 0,
            k->straggler ? "straggler" : "");
   }
 }
@@ -297,22 +300,50 @@ static void print_agents_json(const proto_agent_list_t *l) {
     fputs(",\"state\":", stdout);
     cli_json_str(stdout, a->state);
     printf(",\"cpus\":%u,\"gpus\":%u,\"mem_bytes\":%" PRIu64 ",\"job\":%" PRId64
-           ",\"last_seen_s\":%.3f}",
-           a->cpus, a->gpus, a->mem_bytes, a->job, a->last_seen_s);
+           ",\"last_seen_s\":%.3f,\"workers\":%u,\"devices\":[",
+           a->cpus, a->gpus, a->mem_bytes, a->job, a->last_seen_s, a->workers);
+    for (uint32_t g = 0; g < a->devices_count; g++) {
+      const proto_agent_gpu_t *d = &a->devices[g];
+      printf("%s{\"index\":%u,\"name\":", g ? "," : "", d->index);
+      cli_json_str(stdout, d->name);
+      fputs(",\"pci_bus_id\":", stdout);
+      cli_json_str(stdout, d->pci_bus_id ? d->pci_bus_id : "");
+      printf(",\"mem_bytes\":%" PRIu64, d->mem_bytes);
+      if (d->measured)
+        printf(",\"mem_used_bytes\":%" PRIu64 ",\"util_pct\":%u", d->mem_used_bytes,
+               d->util_pct);
+      fputs("}", stdout);
+    }
+    fputs("]}", stdout);
   }
   fputs("]\n", stdout);
 }
 
+/* Under an agent's line, one per GPU: "  gpu 0  0000:17:00.0  NVIDIA H200  12.3/139.8 GiB  97%". */
+static void print_agent_gpus(const proto_agent_t *a) {
+  for (uint32_t g = 0; g < a->devices_count; g++) {
+    const proto_agent_gpu_t *d = &a->devices[g];
+    char use[64] = "use not measured";
+    if (d->measured)
+      snprintf(use, sizeof use, "%.1f/%.1f GiB used, %u%% busy",
+               (double)d->mem_used_bytes / (1 << 30), (double)d->mem_bytes / (1 << 30),
+               d->util_pct);
+    printf("  gpu %-2u %-13s %-28.28s %s\n", d->index, d->pci_bus_id ? d->pci_bus_id : "",
+           d->name, use);
+  }
+}
+
 static void print_agents_table(const proto_agent_list_t *l) {
-  printf("%-28s %-16s %-9s %-5s %5s %5s %9s %6s %10s\n", "AGENT", "HOST", "TARGET", "STATE", "CPUS",
-         "GPUS", "MEM_GIB", "JOB", "LAST_SEEN");
+  printf("%-28s %-16s %-9s %-5s %5s %5s %9s %6s %7s %10s\n", "AGENT", "HOST", "TARGET", "STATE",
+         "CPUS", "GPUS", "MEM_GIB", "JOB", "WORKERS", "LAST_SEEN");
   for (uint32_t i = 0; i < l->agents_count; i++) {
     const proto_agent_t *a = &l->agents[i];
     char job[24] = "-";
     if (a->job) snprintf(job, sizeof job, "%" PRId64, a->job);
-    printf("%-28.28s %-16.16s %-9s %-5s %5u %5u %9.1f %6s %9.1fs\n", a->agent_id, a->host,
+    printf("%-28.28s %-16.16s %-9s %-5s %5u %5u %9.1f %6s %7u %9.1fs\n", a->agent_id, a->host,
            a->target, a->state, a->cpus, a->gpus, (double)a->mem_bytes / (1 << 30), job,
-           a->last_seen_s);
+           a->workers, a->last_seen_s);
+    print_agent_gpus(a);
   }
 }
 

@@ -404,6 +404,7 @@ static const cyaml_schema_field_t spec_fields[] = {
     CYAML_FIELD_UINT("nodes", SPEC_OPT, jobspec_t, nodes),
     CYAML_FIELD_UINT("min_nodes", SPEC_OPT, jobspec_t, min_nodes),
     CYAML_FIELD_UINT("max_nodes", SPEC_OPT, jobspec_t, max_nodes),
+    CYAML_FIELD_UINT("workers_per_node", SPEC_OPT, jobspec_t, workers_per_node),
     CYAML_FIELD_UINT("max_restarts", SPEC_OPT, jobspec_t, max_restarts),
     CYAML_FIELD_UINT("rejoin_timeout", SPEC_OPT, jobspec_t, rejoin_timeout_s),
     CYAML_FIELD_INT("priority", SPEC_OPT, jobspec_t, priority),
@@ -428,6 +429,7 @@ static const struct {
 } spec_defaults[] = {
     {"target", "local"},
     {"nodes", "1"},
+    {"workers_per_node", "0"},
     {"max_restarts", "3"},
     {"rejoin_timeout", "60"},
     {"priority", "0"},
@@ -1294,16 +1296,22 @@ static drv_result_t spec_validate(const jobspec_t *s, const char *origin) {
   if (s->train.epochs < 1) return spec_invalid(origin, "train.epochs", "must be at least 1");
   if (s->train.global_batch < 1)
     return spec_invalid(origin, "train.global_batch", "must be at least 1");
-  if (s->nodes > s->train.global_batch)
+  if (s->workers_per_node > JOBSPEC_MAX_WORKERS_PER_NODE)
+    return spec_invalid(origin, "workers_per_node", "%u is more than %d", s->workers_per_node,
+                        JOBSPEC_MAX_WORKERS_PER_NODE);
+  /* With workers_per_node 0 the world is known at placement (job.c checks it there). */
+  uint64_t per_node = s->workers_per_node ? s->workers_per_node : 1;
+  if ((uint64_t)s->nodes * per_node > s->train.global_batch)
     return spec_invalid(origin, "train.global_batch",
-                        "%u is smaller than nodes (%u): every worker needs at least one "
-                        "sample per step",
-                        s->train.global_batch, s->nodes);
-  if (s->max_nodes > s->train.global_batch)
+                        "%u is smaller than nodes x workers_per_node (%" PRIu64
+                        "): every worker needs at least one sample per step",
+                        s->train.global_batch, (uint64_t)s->nodes * per_node);
+  if ((uint64_t)s->max_nodes * per_node > s->train.global_batch)
     return spec_invalid(origin, "max_nodes",
-                        "%u is larger than train.global_batch (%u): every worker needs at least "
+                        "%u x workers_per_node %" PRIu64
+                        " is larger than train.global_batch (%u): every worker needs at least "
                         "one sample per step",
-                        s->max_nodes, s->train.global_batch);
+                        s->max_nodes, per_node, s->train.global_batch);
   if (s->train.keep_checkpoints < 1)
     return spec_invalid(origin, "train.keep_checkpoints", "must be at least 1, got %u",
                         s->train.keep_checkpoints);

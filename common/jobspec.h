@@ -7,11 +7,16 @@
  *   name: fashion-mnist                # required: 1..64 of [A-Za-z0-9._-], not
  *                                      # starting with a dot
  *   target: local                      # local | attached | managed   (default local)
- *   nodes: 2                           # workers to gang-schedule      (default 1)
- *   min_nodes: 1                       # fewest workers a re-formed world may keep;
+ *   nodes: 2                           # agents (nodes) to gang-schedule (default 1)
+ *   workers_per_node: 0                # workers on each node, ranks node-major; 0: one
+ *                                      # per GPU the agent has, one on a CPU agent
+ *                                      # (0..64)                       (default 0)
+ *   min_nodes: 1                       # fewest nodes a re-formed world may keep (in
+ *                                      # workers: min_nodes x workers per node);
  *                                      # 1 <= min_nodes <= nodes       (default nodes)
- *   max_nodes: 4                       # most workers a re-formed world may take;
- *                                      # nodes <= max_nodes <= train.global_batch
+ *   max_nodes: 4                       # most nodes a re-formed world may take (likewise);
+ *                                      # nodes <= max_nodes, and max_nodes x
+ *                                      # workers_per_node <= train.global_batch
  *                                      #                               (default nodes)
  *   max_restarts: 3                    # re-formations of the world after failures before
  *                                      # the job fails (0: fail at once) (default 3)
@@ -21,10 +26,11 @@
  *                                      # may be negative               (default 0)
  *   max_runtime: 0                     # seconds it runs at most, for backfill (it is not
  *                                      # stopped when it runs longer); 0: not known (default 0)
- *   resources:                         # what each worker's agent must have (0: anything)
- *     cpus_per_worker: 0               # CPUs the agent registered     (default 0)
- *     memory_mb: 0                     # memory the agent registered, MB (default 0)
- *     gpus_per_worker: 0               # GPUs the agent registered     (default 0)
+ *   resources:                         # what each worker needs of its agent, times the
+ *                                      # workers per node (0: anything)
+ *     cpus_per_worker: 0               # CPUs: also the worker's share (default 0)
+ *     memory_mb: 0                     # memory, MB                   (default 0)
+ *     gpus_per_worker: 0               # GPUs of its own               (default 0)
  *   model:
  *     type: mlp                        # only mlp for now
  *     hidden: [256, 128]               # hidden layer sizes, 0..8 of them
@@ -78,6 +84,7 @@
 
 #define JOBSPEC_MAX_HIDDEN 8
 #define JOBSPEC_NAME_MAX 64 /* bytes of a job name */
+#define JOBSPEC_MAX_WORKERS_PER_NODE 64
 #define JOBSPEC_PATH_MAX 1024 /* bytes of a path in a submitted spec (DROVER_MAX_PATH_BYTES at most) */
 
 typedef enum { SPEC_TARGET_LOCAL = 0, SPEC_TARGET_ATTACHED, SPEC_TARGET_MANAGED } spec_target_t;
@@ -104,7 +111,8 @@ typedef struct {
   char *name;
   spec_target_t target;
   uint32_t nodes;
-  uint32_t min_nodes, max_nodes; /* 1 <= min_nodes <= nodes <= max_nodes <= global_batch */
+  uint32_t workers_per_node;     /* 0: one per GPU of the agent (1 on a CPU agent) */
+  uint32_t min_nodes, max_nodes; /* 1 <= min_nodes <= nodes <= max_nodes */
   uint32_t max_restarts;
   uint32_t rejoin_timeout_s; /* YAML key `rejoin_timeout` */
   int32_t priority;          /* higher first */

@@ -111,7 +111,14 @@ typedef enum {
   F(B, name,      STR, REQ)                                                                \
   F(B, mem_bytes, U64, REQ)                                                                \
   F(B, cc_major,  U32, REQ)                                                                \
-  F(B, cc_minor,  U32, REQ)
+  F(B, cc_minor,  U32, REQ)                                                                \
+  F(B, pci_bus_id, STR, OPT) /* "0000:17:00.0": the agent lists its GPUs in this order */  \
+  F(B, uuid,      STR, OPT)  /* "GPU-..." : what the agent names it by to its workers */
+
+#define PROTO_FIELDS_gpu_stat(F, A, B)                                                       \
+  F(B, index,          U32, REQ) /* the GPU's `index` in its agent's hello */              \
+  F(B, mem_used_bytes, U64, REQ) /* device memory in use, every process together */        \
+  F(B, util_pct,       U32, REQ) /* % of the last sample period a kernel ran */
 
 #define PROTO_FIELDS_hello(F, A, B)                                                          \
   F(B, agent_id,  STR, REQ) /* stable name of the agent (default: host-pid) */             \
@@ -131,15 +138,19 @@ typedef enum {
 
 #define PROTO_FIELDS_heartbeat(F, A, B)                                                      \
   F(B, seq,     U64, OPT)                                                                  \
-  F(B, workers, U32, OPT) /* worker processes the sender runs (agents) */
+  F(B, workers, U32, OPT) /* worker processes the sender runs (agents) */                 \
+  A(B, gpus,    gpu_stat, OPT) /* agents: each GPU's use now (with NVML; absent without) */
 
 #define PROTO_FIELDS_assign(F, A, B)                                                         \
   F(B, job,         I64, REQ)                                                              \
   F(B, generation,  U32, REQ)                                                              \
   F(B, rank,        U32, REQ)                                                              \
   F(B, world,       U32, REQ)                                                              \
-  F(B, local_rank,  U32, REQ)                                                              \
-  F(B, device,      I32, REQ) /* GPU index, -1 for a CPU worker */                         \
+  F(B, local_rank,  U32, REQ) /* rank among the job's workers on this agent */            \
+  F(B, device,      I32, REQ) /* the agent's GPU (its hello's `index`); -1: the CPU */     \
+  F(B, devices,     U32, OPT) /* GPUs of the worker: device and the next ones (default 1) */ \
+  F(B, local_world, U32, OPT) /* the job's workers on this agent (default 1) */            \
+  F(B, cpus,        U32, OPT) /* cores the worker may use; 0: the agent's / local_world */ \
   F(B, spec,        STR, REQ) /* resolved job spec, YAML */                                \
   F(B, run_dir,     STR, REQ) /* absolute run directory of the job */                      \
   F(B, coordinator, STR, REQ) /* endpoint the worker reports to */                         \
@@ -153,15 +164,19 @@ typedef enum {
 
 #define PROTO_FIELDS_kill(F, A, B)                                                           \
   F(B, job,        I64, REQ)                                                               \
-  F(B, generation, U32, REQ)                                                               \
-  F(B, reason,     STR, OPT)
+  F(B, generation, U32, REQ) /* with rank: its assign's */                                 \
+  F(B, reason,     STR, OPT)                                                               \
+  F(B, single,     U32, OPT) /* 1: only the worker of the assign (generation, rank) */    \
+  F(B, rank,       U32, OPT) /* single: that assign's rank */
 
 #define PROTO_FIELDS_worker_exit(F, A, B)                                                    \
   F(B, job,        I64, REQ)                                                               \
   F(B, generation, U32, REQ)                                                               \
   F(B, rank,       U32, REQ)                                                               \
   F(B, exit_code,  I32, REQ) /* -1 when killed by a signal */                              \
-  F(B, signal,     I32, REQ) /* 0 when it exited */
+  F(B, signal,     I32, REQ) /* 0 when it exited */                                        \
+  F(B, workers,    U32, OPT) /* the job's workers the agent still runs */                  \
+  F(B, assigned,   U32, OPT) /* the newest generation of the job it was assigned */
 
 #define PROTO_FIELDS_rendezvous(F, A, B)                                                     \
   F(B, job,        I64, REQ)                                                               \
@@ -276,7 +291,9 @@ typedef enum {
   F(B, compute_ms, F64, REQ) /* step time less the time waiting in all-reduces */          \
   F(B, wait_ms,    F64, REQ) /* smoothed time in all-reduces per step */                   \
   F(B, straggler,  U32, REQ) /* 1: compute above DROVER_STRAGGLER_PCT % of the median */   \
-  F(B, data_ms,    F64, OPT) /* smoothed time per step the device waited for data */
+  F(B, data_ms,    F64, OPT) /* smoothed time per step the device waited for data */       \
+  F(B, local_rank, U32, OPT) /* among its agent's workers of the job */                   \
+  F(B, gpu,        STR, OPT) /* its GPU's PCI bus id ("" : the CPU) */
 
 #define PROTO_FIELDS_job(F, A, B)                                                            \
   F(B, id,            I64, REQ)                                                            \
@@ -309,6 +326,15 @@ typedef enum {
 
 #define PROTO_FIELDS_empty(F, A, B)
 
+#define PROTO_FIELDS_agent_gpu(F, A, B)                                                      \
+  F(B, index,          U32, REQ) /* as its agent's hello numbered it */                    \
+  F(B, name,           STR, REQ)                                                           \
+  F(B, pci_bus_id,     STR, OPT)                                                           \
+  F(B, mem_bytes,      U64, REQ)                                                           \
+  F(B, mem_used_bytes, U64, OPT) /* at its agent's last heartbeat (absent: not measured) */ \
+  F(B, util_pct,       U32, OPT)                                                           \
+  F(B, measured,       U32, OPT) /* 1: the two above are measured (NVML) */
+
 #define PROTO_FIELDS_agent(F, A, B)                                                          \
   F(B, agent_id,    STR, REQ)                                                              \
   F(B, host,        STR, REQ)                                                              \
@@ -318,7 +344,9 @@ typedef enum {
   F(B, gpus,        U32, REQ)                                                              \
   F(B, mem_bytes,   U64, REQ)                                                              \
   F(B, job,         I64, REQ) /* 0 when idle */                                            \
-  F(B, last_seen_s, F64, REQ) /* seconds since its last message */
+  F(B, last_seen_s, F64, REQ) /* seconds since its last message */                        \
+  F(B, workers,     U32, OPT) /* worker processes it runs (its last heartbeat) */          \
+  A(B, devices,     agent_gpu, OPT) /* its GPUs, in its order (PCI bus id) */
 
 #define PROTO_FIELDS_agent_list(F, A, B)                                                     \
   A(B, agents, agent, REQ)
@@ -360,10 +388,10 @@ typedef enum {
 
 /* Every body, element bodies (gpu, rank, job, agent) before the bodies that hold them. */
 #define PROTO_BODIES(X)                                                                      \
-  X(gpu) X(hello) X(welcome) X(heartbeat) X(assign) X(kill) X(worker_exit) X(rendezvous)   \
+  X(gpu) X(gpu_stat) X(hello) X(welcome) X(heartbeat) X(assign) X(kill) X(worker_exit) X(rendezvous)   \
   X(start) X(progress) X(eval) X(done) X(failed) X(abort) X(checkpoint) X(lost) X(reform)  \
   X(pause) X(leave) X(bye) X(submit) X(submitted) X(status) X(rank) X(job) X(jobs)         \
-  X(cancel) X(empty) X(agent) X(agent_list) X(get_spec) X(spec) X(error) X(ev_state)       \
+  X(cancel) X(empty) X(agent_gpu) X(agent) X(agent_list) X(get_spec) X(spec) X(error) X(ev_state)       \
   X(ev_progress)
 
 /* clang-format on */

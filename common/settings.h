@@ -66,7 +66,10 @@
     "its own (its peers' reports of the broken ring reach the coordinator first)")       \
   X(FAULT_RING_WAIT_MS,                                                                  \
     "worker: waits this long after `start` before it connects its ring, its ring port "  \
-    "open meanwhile (ms)")
+    "open meanwhile (ms)")                                                             \
+  X(FAKE_GPUS,                                                                           \
+    "agent: reports this many GPUs that are not there, in reverse PCI order (tests of "  \
+    "the device assignment; the jobs must train on the CPU)")
 
 typedef enum {
 #define DRV_SETTING_ENUM(name, def, help) DRV_SET_##name,

@@ -204,14 +204,16 @@ static int priority_allowed(api_t *api, const sock_peer_t *from, const jobspec_t
   return 0;
 }
 
-/* Whether some registered agent of the job's target and pool could hold one of its workers
- * (spec's resources), or none is registered yet (it may come). Otherwise refuses it with
- * the numbers and returns 0. Node counts are not checked: agents may register later. */
+/* Whether some registered agent of the job's target and pool could hold one of its nodes
+ * (the spec's resources per worker, times workers_per_node), or none is registered yet (it
+ * may come). Otherwise refuses it with the numbers and returns 0. Node counts are not
+ * checked: agents may register later. */
 static int resources_fit(api_t *api, const sock_peer_t *from, const jobspec_t *spec,
                          const char *pool) {
   const char *target = jobspec_target_name(spec->target);
-  uint32_t cpus = spec->resources.cpus_per_worker, gpus = spec->resources.gpus_per_worker;
-  uint64_t mb = spec->resources.memory_mb, top_mb = 0;
+  uint64_t w = spec->workers_per_node ? spec->workers_per_node : 1;
+  uint64_t cpus = w * spec->resources.cpus_per_worker, gpus = w * spec->resources.gpus_per_worker;
+  uint64_t mb = w * spec->resources.memory_mb, top_mb = 0;
   uint32_t seen = 0, top_cpus = 0, top_gpus = 0;
   for (int i = 0; i < REGISTRY_MAX_AGENTS; i++) {
     const agent_t *a = registry_at(api->reg, i);
@@ -224,23 +226,24 @@ static int resources_fit(api_t *api, const sock_peer_t *from, const jobspec_t *s
     top_mb = DRV_MAX(top_mb, a_mb);
   }
   if (!seen) return 1;
-  char msg[320], where[128];
+  char msg[400], where[128], per[96] = "per worker";
   snprintf(where, sizeof where, "agent of target %s%s%s", target, *pool ? ", pool " : "", pool);
+  if (w > 1) snprintf(per, sizeof per, "per node (%" PRIu64 " workers_per_node)", w);
   if (gpus > top_gpus)
-    snprintf(msg, sizeof msg, "resources: needs %u GPUs per worker; the largest %s has %u", gpus,
-             where, top_gpus);
+    snprintf(msg, sizeof msg, "resources: needs %" PRIu64 " GPUs %s; the largest %s has %u", gpus,
+             per, where, top_gpus);
   else if (cpus > top_cpus)
-    snprintf(msg, sizeof msg, "resources: needs %u CPUs per worker; the largest %s has %u", cpus,
-             where, top_cpus);
+    snprintf(msg, sizeof msg, "resources: needs %" PRIu64 " CPUs %s; the largest %s has %u", cpus,
+             per, where, top_cpus);
   else if (mb > top_mb)
     snprintf(msg, sizeof msg,
-             "resources: needs %" PRIu64 " MB per worker; the largest %s has %" PRIu64 " MB", mb,
+             "resources: needs %" PRIu64 " MB %s; the largest %s has %" PRIu64 " MB", mb, per,
              where, top_mb);
   else
     snprintf(msg, sizeof msg,
-             "resources: needs %u CPUs, %" PRIu64 " MB and %u GPUs per worker; no %s has all "
-             "three (%u registered)",
-             cpus, mb, gpus, where, seen);
+             "resources: needs %" PRIu64 " CPUs, %" PRIu64 " MB and %" PRIu64
+             " GPUs %s; no %s has all three (%u registered)",
+             cpus, mb, gpus, per, where, seen);
   api_reply_error(api, from, "invalid", msg);
   return 0;
 }
@@ -297,10 +300,10 @@ void api_submit(api_t *api, const sock_peer_t *from, const proto_submit_t *sub) 
   job_t *j = job_add(api->jobs, &sj, spec, &canon); /* room was checked above */
   if (sub->resume > 0)
     log_info("job %" PRId64 " (%s) queued: target %s, %u node(s), resuming job %" PRId64, j->id,
-             j->name, target, j->nodes, sub->resume);
+             j->name, target, j->nodes_wanted, sub->resume);
   else
     log_info("job %" PRId64 " (%s) queued: target %s, %u node(s)", j->id, j->name, target,
-             j->nodes);
+             j->nodes_wanted);
   if (api->fault_slow_submit_ms) usleep((useconds_t)api->fault_slow_submit_ms * 1000);
   reply_submitted(api, from, j->id, j->run_dir);
   job_publish_state(api->jobs, j, NULL);
@@ -341,10 +344,10 @@ typedef struct {
 /* The live ranks of a placed job, into the reply's arena. */
 static void fill_ranks(api_t *api, proto_msg_t *m, const job_t *j, proto_job_t *pj) {
   if (!j->ranks || job_state(j->phase) != JOB_RUNNING ||
-      !(pj->ranks = proto_msg_alloc(m, j->nodes * sizeof *pj->ranks)))
+      !(pj->ranks = proto_msg_alloc(m, j->world * sizeof *pj->ranks)))
     return;
-  pj->ranks_count = j->nodes;
-  for (uint32_t r = 0; r < j->nodes; r++) {
+  pj->ranks_count = j->world;
+  for (uint32_t r = 0; r < j->world; r++) {
     const job_rank_t *s = &j->ranks[r];
     const agent_t *a = registry_at(api->reg, s->agent);
     pj->ranks[r] = (proto_rank_t){.rank = r,
@@ -354,7 +357,9 @@ static void fill_ranks(api_t *api, proto_msg_t *m, const job_t *j, proto_job_t *
                                   .compute_ms = progress_compute_ms(&s->progress),
                                   .wait_ms = s->progress.ewma_wait_ms,
                                   .data_ms = s->progress.ewma_data_ms,
-                                  .straggler = (uint32_t)s->progress.straggler};
+                                  .straggler = (uint32_t)s->progress.straggler,
+                                  .local_rank = s->local_rank,
+                                  .gpu = proto_msg_strdup(m, registry_gpu_bus_id(a, s->device))};
   }
 }
 
@@ -387,6 +392,16 @@ static void fill_job(api_t *api, proto_msg_t *m, const store_job_t *sj, proto_jo
   pj->loss = j->progress.loss;
   pj->samples_per_s = j->progress.samples_per_s;
   fill_ranks(api, m, j, pj);
+  /* A queued job whose pool has no agent: how long for, which the stored reason (written
+   * only when its words change) cannot say. */
+  int64_t away = drv_now_ms() - j->pool_seen_ms;
+  if (j->phase == JOB_PHASE_QUEUED && j->pool[0] && away >= 1000) {
+    char why[256];
+    snprintf(why, sizeof why,
+             "pool %s: no agent registered for %" PRId64 " s (the job fails at %" PRId64 " s)",
+             j->pool, away / 1000, drv_setting(DRV_SET_POOL_WAIT_MS) / 1000);
+    pj->reason = proto_msg_strdup(m, why);
+  }
 }
 
 static int collect_job(const store_job_t *sj, void *arg) {
@@ -443,6 +458,22 @@ void api_cancel(api_t *api, const sock_peer_t *from, int64_t id) {
   reply(api, from, &m);
 }
 
+/* Agent a's GPUs, with their use at its last heartbeat, into the reply's arena. */
+static void fill_devices(proto_msg_t *m, const agent_t *a, proto_agent_t *pa) {
+  if (!a->gpus || !(pa->devices = proto_msg_alloc(m, a->gpus * sizeof *pa->devices))) return;
+  pa->devices_count = a->gpus;
+  for (uint32_t g = 0; g < a->gpus; g++) {
+    const registry_gpu_t *rg = &a->gpu[g];
+    pa->devices[g] = (proto_agent_gpu_t){.index = rg->index,
+                                         .name = rg->name,
+                                         .pci_bus_id = rg->pci_bus_id,
+                                         .mem_bytes = rg->mem_bytes,
+                                         .mem_used_bytes = rg->mem_used_bytes,
+                                         .util_pct = rg->util_pct,
+                                         .measured = (uint32_t)rg->measured};
+  }
+}
+
 void api_agents(api_t *api, const sock_peer_t *from) {
   proto_msg_t m;
   proto_msg_init(&m, PROTO_AGENT_LIST);
@@ -460,7 +491,9 @@ void api_agents(api_t *api, const sock_peer_t *from) {
                                 .gpus = a->gpus,
                                 .mem_bytes = a->mem_bytes,
                                 .job = a->job,
-                                .last_seen_s = (double)(now - a->last_seen_ms) / 1000.0};
+                                .last_seen_s = (double)(now - a->last_seen_ms) / 1000.0,
+                                .workers = a->workers};
+    fill_devices(&m, a, &list[n - 1]);
   }
   m.u.agent_list.agents = list;
   m.u.agent_list.agents_count = n;

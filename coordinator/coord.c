@@ -125,6 +125,7 @@ static void on_bye(coord_t *c, agent_t *a, const proto_bye_t *b) {
 static void on_heartbeat(coord_t *c, agent_t *a, const sock_peer_t *from,
                          const proto_heartbeat_t *hb) {
   if (a) {
+    registry_heartbeat(a, hb);
     job_agent_heartbeat(&c->jobs, a, hb->workers);
     return;
   }

@@ -103,7 +103,7 @@ int job_worker_key(const job_table_t *t, const unsigned char pub[SOCK_KEY_BYTES]
   for (int i = 0; i < JOB_MAX; i++) {
     const job_t *j = &t->jobs[i];
     if (!j->used || !j->ranks) continue;
-    for (uint32_t r = 0; r < j->nodes; r++)
+    for (uint32_t r = 0; r < j->world; r++)
       if (!strcmp(j->ranks[r].key, name)) return 1;
   }
   return 0;
@@ -162,8 +162,10 @@ job_t *job_add(job_table_t *t, const store_job_t *sj, const jobspec_t *spec, cha
   j->ckpt_step = sj->ckpt_step;
   /* Generations go on across coordinators: messages of the old one's workers are stale. */
   j->generation = sj->generation;
-  j->nodes = j->nodes_wanted = spec->nodes;
+  j->nodes_wanted = spec->nodes;
+  j->workers_per_node = spec->workers_per_node;
   j->epochs = spec->train.epochs;
+  j->global_batch = spec->train.global_batch;
   j->min_nodes = spec->min_nodes;
   j->max_nodes = spec->max_nodes;
   j->max_restarts = spec->max_restarts;
@@ -221,11 +223,48 @@ static agent_t *rank_agent(job_table_t *t, const job_rank_t *r) {
   return registry_at(t->reg, r->agent);
 }
 
-/* The rank of j whose agent is at registry index ai, or -1. */
+/* The first rank of j whose agent is at registry index ai, or -1. */
 static int rank_of_agent(const job_t *j, int ai) {
-  for (uint32_t r = 0; j->ranks && r < j->nodes; r++)
+  for (uint32_t r = 0; j->ranks && r < j->world; r++)
     if (j->ranks[r].agent == ai) return (int)r;
   return -1;
+}
+
+/* Whether every rank of j on the agent at registry index ai has exited. */
+static int agent_ranks_exited(const job_t *j, int ai) {
+  for (uint32_t r = 0; j->ranks && r < j->world; r++)
+    if (j->ranks[r].agent == ai && !j->ranks[r].exited) return 0;
+  return 1;
+}
+
+/* Whether rank r is the first of its agent's ranks: one message per agent. */
+static int first_of_agent(const job_t *j, uint32_t r) {
+  return rank_of_agent(j, j->ranks[r].agent) == (int)r;
+}
+
+/* The rank of j whose worker its agent (at registry index ai) knows by its assign
+ * (generation, rank), or -1: left out of the world since, or stale. */
+static int rank_of_worker(const job_t *j, int ai, uint32_t generation, uint32_t assign_rank) {
+  for (uint32_t r = 0; j->ranks && r < j->world; r++) {
+    const job_rank_t *s = &j->ranks[r];
+    if (s->agent == ai && s->assign_gen == generation && s->assign_rank == assign_rank)
+      return (int)r;
+  }
+  return -1;
+}
+
+/* "ranks 2, 3" or "rank 2": j's ranks on the agent at registry index ai, into buf. */
+static const char *ranks_text(const job_t *j, int ai, char *buf, size_t n) {
+  size_t len = 0;
+  uint32_t k = 0;
+  buf[0] = '\0';
+  for (uint32_t r = 0; j->ranks && r < j->world && len < n; r++)
+    if (j->ranks[r].agent == ai)
+      len += (size_t)snprintf(buf + len, n - len, "%s%u", k++ ? ", " : "", r);
+  char list[128];
+  snprintf(list, sizeof list, "%s", buf);
+  snprintf(buf, n, "rank%s %s", k == 1 ? "" : "s", list);
+  return buf;
 }
 
 static void send_abort(job_table_t *t, const sock_peer_t *to, int64_t job, uint32_t generation,
@@ -236,6 +275,7 @@ static void send_abort(job_table_t *t, const sock_peer_t *to, int64_t job, uint3
   sock_send(t->workers, to, &m);
 }
 
+/* Tells agent a to kill every worker of job `job`. */
 static void send_kill(job_table_t *t, const agent_t *a, int64_t job, uint32_t generation,
                       const char *reason) {
   proto_msg_t m;
@@ -244,11 +284,46 @@ static void send_kill(job_table_t *t, const agent_t *a, int64_t job, uint32_t ge
   registry_send(t->reg, a, &m);
 }
 
-/* Sends agent a its `assign`: rank `rank` of j's current generation, in a world of `world`.
- * On a secure coordinator the worker gets a key of its own, whose name goes into slot.
- * Returns registry_send's result. */
+/* Tells rank s's agent to kill that rank's worker only (its others stay). */
+static void send_kill_rank(job_table_t *t, const agent_t *a, int64_t job, const job_rank_t *s,
+                           const char *reason) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_KILL);
+  m.u.kill = (proto_kill_t){.job = job,
+                            .generation = s->assign_gen,
+                            .reason = reason,
+                            .single = 1,
+                            .rank = s->assign_rank};
+  registry_send(t->reg, a, &m);
+}
+
+/* GPUs each worker of j gets: its gpus_per_worker, at least 1. */
+static uint32_t job_gpus_each(const job_t *j) {
+  return j->gpus_per_worker ? j->gpus_per_worker : 1;
+}
+
+/* How many workers j would run on agent a: its workers_per_node, else one per
+ * gpus_per_worker GPUs of a (one on a CPU agent). */
+static uint32_t agent_slots(const job_t *j, const agent_t *a) {
+  if (j->workers_per_node) return j->workers_per_node;
+  uint32_t n = a->gpus / job_gpus_each(j);
+  return n ? DRV_MIN(n, (uint32_t)JOBSPEC_MAX_WORKERS_PER_NODE) : 1;
+}
+
+/* The device of local rank lr on agent a: its GPUs in its order (PCI bus id), gpus_per_worker
+ * of them each; workers beyond its GPUs share them, round; -1 on a CPU agent. */
+static int slot_device(const job_t *j, const agent_t *a, uint32_t lr) {
+  if (!a->gpus) return -1;
+  uint32_t each = DRV_MIN(job_gpus_each(j), a->gpus);
+  return (int)a->gpu[(lr % (a->gpus / each)) * each].index;
+}
+
+/* Sends agent a its `assign` for slot: rank `rank` of j's current generation, in a world
+ * of `world`, with the slot's local rank and device, of local_world workers on a. On a
+ * secure coordinator the worker gets a key of its own, whose name goes into slot. Returns
+ * registry_send's result. */
 static drv_result_t send_assign(job_table_t *t, const job_t *j, job_rank_t *slot, const agent_t *a,
-                                uint32_t rank, uint32_t world) {
+                                uint32_t rank, uint32_t world, uint32_t local_world) {
   proto_msg_t m;
   proto_msg_init(&m, PROTO_ASSIGN);
   char secret[SOCK_Z85_LEN + 1] = "";
@@ -263,8 +338,11 @@ static drv_result_t send_assign(job_table_t *t, const job_t *j, job_rank_t *slot
                                 .generation = j->generation,
                                 .rank = rank,
                                 .world = world,
-                                .local_rank = 0,
-                                .device = a->gpus ? 0 : -1,
+                                .local_rank = slot->local_rank,
+                                .device = slot->device,
+                                .devices = slot->device >= 0 ? DRV_MIN(job_gpus_each(j), a->gpus) : 0,
+                                .local_world = local_world,
+                                .cpus = j->cpus_per_worker,
                                 .spec = j->spec_yaml,
                                 .run_dir = j->run_dir,
                                 .coordinator = t->advertise,
@@ -276,6 +354,8 @@ static drv_result_t send_assign(job_table_t *t, const job_t *j, job_rank_t *slot
                                 .ring_key = j->ring_key};
   drv_result_t rc = registry_send(t->reg, a, &m);
   memset(secret, 0, sizeof secret);
+  slot->assign_rank = rank;
+  slot->assign_gen = j->generation;
   return rc;
 }
 
@@ -287,11 +367,11 @@ static agent_t *rank_agent_busy(job_table_t *t, const job_t *j, const job_rank_t
 
 /* Tells the job's agents to kill its workers and the workers to abort. */
 static void stop_workers(job_table_t *t, job_t *j, const char *reason) {
-  for (uint32_t r = 0; j->ranks && r < j->nodes; r++) {
+  for (uint32_t r = 0; j->ranks && r < j->world; r++) {
     const job_rank_t *s = &j->ranks[r];
     if (s->rendezvoused && !s->done) send_abort(t, &s->peer, j->id, j->generation, reason);
-    const agent_t *a = rank_agent_busy(t, j, s);
-    if (a) send_kill(t, a, j->id, j->generation, reason);
+    const agent_t *a = first_of_agent(j, r) ? rank_agent(t, s) : NULL;
+    if (a && a->job == j->id) send_kill(t, a, j->id, j->generation, reason);
   }
 }
 
@@ -311,10 +391,10 @@ static void job_finish(job_table_t *t, job_t *j, job_phase_t to, const char *rea
   job_enter(j, to, LOG_INFO, "job %" PRId64 " (%s) %s%s%s", j->id, j->name, store_state_name(state),
             reason && *reason ? ": " : "", reason ? reason : "");
   job_publish_state(t, j, reason);
-  /* Agents whose worker is still alive keep `job` set; they free themselves on exit. */
-  for (uint32_t r = 0; j->ranks && r < j->nodes; r++) {
-    agent_t *a = rank_agent(t, &j->ranks[r]);
-    if (j->ranks[r].exited && a && a->job == j->id) a->job = 0;
+  /* Agents with a worker still alive keep `job` set; their last worker's exit frees them. */
+  for (uint32_t r = 0; j->ranks && r < j->world; r++) {
+    agent_t *a = first_of_agent(j, r) ? rank_agent(t, &j->ranks[r]) : NULL;
+    if (a && a->job == j->id && agent_ranks_exited(j, j->ranks[r].agent)) a->job = 0;
   }
   job_release(j);
 }
@@ -372,23 +452,57 @@ static uint32_t free_agents(job_table_t *t, const job_t *j, int64_t now, int *ou
   int index[REGISTRY_MAX_AGENTS];
   uint32_t fit[REGISTRY_MAX_AGENTS], m = 0;
   uint32_t n = sched_free(view, agents_view(t, view, index), j->target, j->pool, now, fit);
-  const sched_job_t need = {
-      .cpus = j->cpus_per_worker, .gpus = j->gpus_per_worker, .mem_mb = j->memory_mb};
+  const sched_job_t need = {.cpus = j->cpus_per_worker,
+                            .gpus = j->gpus_per_worker,
+                            .mem_mb = j->memory_mb,
+                            .workers_per_node = j->workers_per_node};
   for (uint32_t k = 0; k < n; k++)
     if (sched_holds(&view[fit[k]], &need)) out[m++] = index[fit[k]];
   return m;
 }
 
+/* A place for a newcomer worker of a re-formed world: a free agent, a local rank on it. */
+typedef struct {
+  int agent; /* registry index */
+  uint32_t local_rank;
+} job_slot_t;
+
+#define JOB_MAX_SLOTS RECOVERY_MAX_RANKS
+
+/* The worker slots placed job j could take in now: each free agent of its queue with its
+ * resources (agent-id order), with as many local ranks as j's nodes run (j->wpn; with
+ * workers_per_node 0, no more than the agent's GPUs give). Returns how many (room for
+ * JOB_MAX_SLOTS in out). */
+static uint32_t free_slots(job_table_t *t, const job_t *j, int64_t now, job_slot_t *out) {
+  int agents[REGISTRY_MAX_AGENTS];
+  uint32_t n = free_agents(t, j, now, agents), m = 0;
+  for (uint32_t k = 0; k < n; k++) {
+    const agent_t *a = registry_at(t->reg, agents[k]);
+    uint32_t per = j->workers_per_node ? j->wpn : DRV_MIN(j->wpn, agent_slots(j, a));
+    for (uint32_t lr = 0; lr < per && m < JOB_MAX_SLOTS; lr++)
+      out[m++] = (job_slot_t){.agent = agents[k], .local_rank = lr};
+  }
+  return m;
+}
+
+/* How many agents slots[0..n) are on. */
+static uint32_t slot_agents(const job_slot_t *slots, uint32_t n) {
+  uint32_t agents = 0;
+  for (uint32_t k = 0; k < n; k++) agents += !k || slots[k].agent != slots[k - 1].agent;
+  return agents;
+}
+
 /* A placement failed half-way (an agent could not be reached): the reached agents are
  * told to drop their worker, and the job stays queued. */
 static void unplace(job_table_t *t, job_t *j, const char *why) {
-  for (uint32_t r = 0; r < j->nodes; r++) {
+  for (uint32_t r = 0; r < j->world; r++) {
+    if (!first_of_agent(j, r)) continue;
     const agent_t *a = rank_agent(t, &j->ranks[r]);
     if (a && a->job == j->id) send_kill(t, a, j->id, j->generation, why); /* its exit frees it */
   }
   free(j->ranks);
   j->ranks = NULL;
-  j->nodes = j->nodes_wanted;
+  j->world = j->wpn = 0;
   j->queued_ms = drv_now_ms();
   j->wait_reason[0] = '\0'; /* the next plan says why it waits now */
   if (store_job_set_state(t->store, j->id, JOB_QUEUED, why) != DRV_OK)
@@ -397,28 +511,53 @@ static void unplace(job_table_t *t, job_t *j, const char *why) {
   job_publish_state(t, j, why);
 }
 
-/* Places queued job j on registry agents agent[0..world), in rank order: `assign` to
- * each (world: its nodes, or fewer when sched_plan let it shrink). Returns 0 when it did
- * not start (an agent could not be reached, or no memory). */
-static int place(job_table_t *t, job_t *j, const int *agent, uint32_t world, int64_t now) {
-  j->nodes = world;
-  if (!(j->ranks = calloc(j->nodes, sizeof *j->ranks))) {
+/* The workers each of the `nodes` agents agent[] runs for j: its workers_per_node, else
+ * one per GPU (gpus_per_worker each) of the agent with the fewest, so that every node
+ * runs as many; never more than train.global_batch allows (a sample per worker a step). */
+static uint32_t placement_wpn(job_table_t *t, const job_t *j, const int *agent, uint32_t nodes) {
+  if (j->workers_per_node) return j->workers_per_node;
+  uint32_t w = JOBSPEC_MAX_WORKERS_PER_NODE;
+  for (uint32_t n = 0; n < nodes; n++) {
+    const agent_t *a = registry_at(t->reg, agent[n]);
+    if (a) w = DRV_MIN(w, agent_slots(j, a));
+  }
+  uint32_t cap = DRV_MAX(1u, j->global_batch / nodes);
+  if (w > cap) {
+    log_info("job %" PRId64 ": %u worker(s) per node would be more than train.global_batch %u "
+             "over %u node(s) allows: %u per node", j->id, w, j->global_batch, nodes, cap);
+    w = cap;
+  }
+  return w;
+}
+
+/* Places queued job j on registry agents agent[0..nodes) (its nodes, or fewer when
+ * sched_plan let it shrink), node-major: rank = node x workers per node + local rank, each
+ * local rank with its own GPU(s) of its agent (slot_device); `assign` to each. Returns 0
+ * when it did not start (an agent could not be reached, or no memory). */
+static int place(job_table_t *t, job_t *j, const int *agent, uint32_t nodes, int64_t now) {
+  uint32_t wpn = placement_wpn(t, j, agent, nodes);
+  j->wpn = wpn;
+  j->world = nodes * wpn;
+  if (!(j->ranks = calloc(j->world, sizeof *j->ranks))) {
     job_fail(t, j, "out of memory placing the job");
     return 0;
   }
   j->generation++;
   drv_random_hex(j->ring_key, 32); /* a new world of new processes: a new ring key */
   char unreachable[160] = "";
-  for (uint32_t r = 0; r < j->nodes; r++) {
-    agent_t *a = registry_at(t->reg, agent[r]);
-    j->ranks[r].agent = agent[r];
-    j->ranks[r].assign_gen = j->generation;
-    if (send_assign(t, j, &j->ranks[r], a, r, j->nodes) != DRV_OK) {
+  for (uint32_t r = 0; r < j->world; r++) {
+    job_rank_t *s = &j->ranks[r];
+    agent_t *a = registry_at(t->reg, agent[r / wpn]);
+    s->agent = a ? agent[r / wpn] : -1;
+    s->local_rank = r % wpn;
+    s->device = a ? slot_device(j, a, s->local_rank) : -1;
+    if (!a) continue; /* forgotten below, at an earlier rank */
+    if (send_assign(t, j, s, a, r, j->world, wpn) != DRV_OK) {
       /* Not connected any more (ROUTER_MANDATORY): it is gone. */
       snprintf(unreachable, sizeof unreachable, "agent %s could not be reached", a->agent_id);
       log_warn("agent %s (%s) lost: unreachable", a->agent_id, a->host);
       registry_forget(t->reg, a);
-      j->ranks[r].agent = -1;
+      s->agent = -1;
       continue;
     }
     a->job = j->id;
@@ -433,11 +572,12 @@ static int place(job_table_t *t, job_t *j, const int *agent, uint32_t world, int
   if (store_job_set_state(t->store, j->id, JOB_RUNNING, NULL) != DRV_OK ||
       store_job_set_generation(t->store, j->id, j->generation) != DRV_OK)
     log_error("store: %s", drv_last_error());
-  job_enter(
-      j, JOB_PHASE_STARTING, LOG_INFO,
-      "job %" PRId64 " (%s) placed on %u agent(s)%s, generation %u", j->id, j->name, j->nodes,
-      j->nodes < j->nodes_wanted ? " (fewer than its nodes: resuming with min_nodes or more)" : "",
-      j->generation);
+  job_enter(j, JOB_PHASE_STARTING, LOG_INFO,
+            "job %" PRId64 " (%s) placed on %u agent(s)%s, %u worker(s) each, generation %u",
+            j->id, j->name, nodes,
+            nodes < j->nodes_wanted ? " (fewer than its nodes: resuming with min_nodes or more)"
+                                    : "",
+            wpn, j->generation);
   j->wait_reason[0] = '\0';
   job_publish_state(t, j, NULL);
   return 1;
@@ -460,7 +600,8 @@ static sched_job_t sched_view(const job_t *j) {
                    .max_runtime_ms = (int64_t)j->max_runtime_s * 1000,
                    .cpus = j->cpus_per_worker,
                    .gpus = j->gpus_per_worker,
-                   .mem_mb = j->memory_mb};
+                   .mem_mb = j->memory_mb,
+                   .workers_per_node = j->workers_per_node};
   if (job_resumable(j) && j->min_nodes < j->nodes_wanted) {
     q.min_nodes = j->min_nodes;
     q.shrink_at_ms = j->queued_ms + (int64_t)j->rejoin_timeout_s * 1000;
@@ -530,13 +671,13 @@ void job_schedule(job_table_t *t, int64_t now) {
 static void drop_rank(job_table_t *t, job_t *j, const job_rank_t *s, const char *why) {
   if (s->peer.len) send_abort(t, &s->peer, j->id, j->generation, why);
   const agent_t *a = rank_agent_busy(t, j, s);
-  if (a) send_kill(t, a, j->id, s->assign_gen, why);
+  if (a) send_kill_rank(t, a, j->id, s, why);
 }
 
 /* Forms the next world of the plan: survivors get `reform` with their new rank, the first
- * plan->newcomers of the free agents get `assign`; everyone then rendezvouses again and
+ * plan->newcomers of the free slots get `assign`; everyone then rendezvouses again and
  * training goes on from the new rank 0's commit. */
-static void reform(job_table_t *t, job_t *j, const recovery_plan_t *plan, const int *free_list,
+static void reform(job_table_t *t, job_t *j, const recovery_plan_t *plan, const job_slot_t *slots,
                    int64_t now) {
   job_rank_t *next = calloc(plan->world, sizeof *next);
   if (!next) {
@@ -548,6 +689,9 @@ static void reform(job_table_t *t, job_t *j, const recovery_plan_t *plan, const 
   for (uint32_t k = 0; k < plan->survivors; k++) {
     const job_rank_t *s = &j->ranks[plan->from[k]];
     next[k].agent = s->agent;
+    next[k].local_rank = s->local_rank;
+    next[k].device = s->device;
+    next[k].assign_rank = s->assign_rank; /* how its agent knows it: by its assign */
     next[k].assign_gen = s->assign_gen;
     next[k].step = s->step; /* where it is, for messages until it reports again */
     next[k].coll_seq = s->coll_seq;
@@ -561,17 +705,20 @@ static void reform(job_table_t *t, job_t *j, const recovery_plan_t *plan, const 
     sock_send(t->workers, &s->peer, &m);
   }
   for (uint32_t i = 0; i < plan->newcomers; i++) {
-    uint32_t k = plan->survivors + i;
-    agent_t *a = registry_at(t->reg, free_list[i]);
-    next[k].agent = free_list[i];
-    next[k].assign_gen = j->generation;
+    uint32_t k = plan->survivors + i, local_world = 0;
+    const job_slot_t *sl = &slots[i];
+    for (uint32_t x = 0; x < plan->newcomers; x++) local_world += slots[x].agent == sl->agent;
+    agent_t *a = registry_at(t->reg, sl->agent);
+    next[k].agent = sl->agent;
+    next[k].local_rank = sl->local_rank;
+    next[k].device = slot_device(j, a, sl->local_rank);
     a->job = j->id;
     a->generation = j->generation;
-    send_assign(t, j, &next[k], a, k, plan->world);
+    send_assign(t, j, &next[k], a, k, plan->world, local_world);
   }
   free(j->ranks);
   j->ranks = next;
-  j->nodes = plan->world;
+  j->world = plan->world;
   j->deadline_ms = now + drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS);
   if (store_job_set_generation(t->store, j->id, j->generation) != DRV_OK ||
       (j->phase == JOB_PHASE_WAITING && /* the wait's reason is over */
@@ -611,8 +758,8 @@ static void note_wait_for_agents(job_table_t *t, job_t *j, const recovery_plan_t
  * on return. */
 static void carry_out(job_table_t *t, job_t *j, const recovery_plan_t *plan,
                       const recovery_failure_t *failure, const recovery_rank_t *view,
-                      const int *free_list, int64_t now) {
-  for (uint32_t r = 0; r < j->nodes && r < RECOVERY_MAX_RANKS; r++) {
+                      const job_slot_t *slots, int64_t now) {
+  for (uint32_t r = 0; r < j->world && r < RECOVERY_MAX_RANKS; r++) {
     j->ranks[r].dead = plan->fate[r] >= RECOVERY_RANK_DEAD;
     j->ranks[r].lost = plan->fate[r] == RECOVERY_RANK_REPORTED;
   }
@@ -629,7 +776,7 @@ static void carry_out(job_table_t *t, job_t *j, const recovery_plan_t *plan,
   }
   if (plan->waits_for_agents || (plan->phase == JOB_PHASE_WAITING && plan->action == RECOVERY_WAIT))
     note_wait_for_agents(t, j, plan);
-  for (uint32_t r = 0; plan->settled && r < j->nodes && r < RECOVERY_MAX_RANKS; r++) {
+  for (uint32_t r = 0; plan->settled && r < j->world && r < RECOVERY_MAX_RANKS; r++) {
     if (plan->fate[r] == RECOVERY_RANK_SILENT) {
       char why[512];
       recovery_silent_reason(&view[r], r, agent_quiet_limit(), why, sizeof why);
@@ -643,7 +790,7 @@ static void carry_out(job_table_t *t, job_t *j, const recovery_plan_t *plan,
   }
   switch (plan->action) {
   case RECOVERY_WAIT: break;
-  case RECOVERY_REFORM: reform(t, j, plan, free_list, now); break;
+  case RECOVERY_REFORM: reform(t, j, plan, slots, now); break;
   case RECOVERY_FAIL: job_fail(t, j, "%s", plan->reason); break;
   }
 }
@@ -653,7 +800,7 @@ static void carry_out(job_table_t *t, job_t *j, const recovery_plan_t *plan,
 static void recover(job_table_t *t, job_t *j, const recovery_failure_t *failure, int64_t now) {
   if (j->verdict_ms) return; /* it fails when its hold is over: nothing to re-form */
   recovery_rank_t view[RECOVERY_MAX_RANKS];
-  for (uint32_t r = 0; r < j->nodes && r < RECOVERY_MAX_RANKS; r++) {
+  for (uint32_t r = 0; r < j->world && r < RECOVERY_MAX_RANKS; r++) {
     const job_rank_t *s = &j->ranks[r];
     const agent_t *a = rank_agent(t, s);
     view[r] = (recovery_rank_t){.agent_id = a ? a->agent_id : "?",
@@ -667,17 +814,18 @@ static void recover(job_table_t *t, job_t *j, const recovery_failure_t *failure,
                                 .commit = s->commit,
                                 .agent_quiet_ms = a ? now - a->last_seen_ms : -1};
   }
-  int free_list[REGISTRY_MAX_AGENTS];
+  job_slot_t slots[JOB_MAX_SLOTS];
   recovery_job_t in = {.phase = j->phase,
-                       .nodes = j->nodes,
+                       .nodes = j->world,
                        .ranks = view,
                        .min_nodes = j->min_nodes,
                        .max_nodes = j->max_nodes,
+                       .workers_per_node = j->wpn,
                        .max_restarts = j->max_restarts,
                        .restarts = j->restarts,
                        .rejoin_timeout_s = j->rejoin_timeout_s,
                        .ckpt_step = j->ckpt_step,
-                       .free_agents = free_agents(t, j, now, free_list),
+                       .free_agents = free_slots(t, j, now, slots),
                        .deadline_ms = j->deadline_ms,
                        .ring_timeout_ms = drv_setting(DRV_SET_RING_TIMEOUT_MS),
                        .agent_quiet_ms = agent_quiet_limit(),
@@ -686,7 +834,7 @@ static void recover(job_table_t *t, job_t *j, const recovery_failure_t *failure,
                        .pause_reason = j->pause_reason};
   recovery_plan_t plan;
   recovery_plan(&in, failure, now, &plan);
-  carry_out(t, j, &plan, failure, view, free_list, now);
+  carry_out(t, j, &plan, failure, view, slots, now);
 }
 
 /* A report of j's trouble while its failure is held: kept when it tells more of the cause
@@ -719,7 +867,7 @@ static int job_pause(job_table_t *t, job_t *j, const char *why, int64_t now) {
   if (j->phase != JOB_PHASE_RUNNING || !j->commit_every || !j->ranks) return 0;
   snprintf(j->pause_reason, sizeof j->pause_reason, "%s", why);
   j->deadline_ms = now + 2 * drv_setting(DRV_SET_RING_TIMEOUT_MS) + 3000;
-  for (uint32_t r = 0; r < j->nodes; r++) {
+  for (uint32_t r = 0; r < j->world; r++) {
     const job_rank_t *s = &j->ranks[r];
     if (!s->peer.len) continue;
     proto_msg_t m;
@@ -751,9 +899,10 @@ static void check_pool(job_table_t *t, job_t *j, int64_t now) {
 /* Room to grow and a free agent for it, with nobody queued for that agent: re-form at the
  * next commit with it. Returns 1 when it asked. */
 static int maybe_grow(job_table_t *t, job_t *j, int64_t now) {
-  if (j->phase != JOB_PHASE_RUNNING || j->nodes >= j->max_nodes || !j->commit_every) return 0;
-  int free_list[REGISTRY_MAX_AGENTS];
-  uint32_t n = free_agents(t, j, now, free_list);
+  if (j->phase != JOB_PHASE_RUNNING || j->world >= j->max_nodes * j->wpn || !j->commit_every)
+    return 0;
+  job_slot_t slots[JOB_MAX_SLOTS];
+  uint32_t n = free_slots(t, j, now, slots);
   for (int k = 0; k < JOB_MAX; k++) {
     const job_t *q = &t->jobs[k];
     if (q->used && q->phase == JOB_PHASE_QUEUED && !strcmp(q->target, j->target) &&
@@ -762,14 +911,14 @@ static int maybe_grow(job_table_t *t, job_t *j, int64_t now) {
   }
   if (!n) return 0;
   char why[128];
-  snprintf(why, sizeof why, "taking in %u free agent(s)", n);
+  snprintf(why, sizeof why, "taking in %u free agent(s)", slot_agents(slots, n));
   return job_pause(t, j, why, now);
 }
 
 /* A worker that exited without `done` or `failed` had JOB_EXIT_GRACE_MS for them to come:
  * the job fails. Returns 1 when it did. */
 static int check_exits(job_table_t *t, job_t *j, int64_t now) {
-  for (uint32_t r = 0; r < j->nodes; r++) {
+  for (uint32_t r = 0; r < j->world; r++) {
     const job_rank_t *s = &j->ranks[r];
     if (!s->exited || s->done || !s->exit_ms || now - s->exit_ms <= JOB_EXIT_GRACE_MS) continue;
     if (s->exit_code)
@@ -801,8 +950,8 @@ void job_tick(job_table_t *t, int64_t now) {
     if (maybe_grow(t, j, now)) continue;
     if (j->phase == JOB_PHASE_STARTING && now > j->deadline_ms) {
       uint32_t missing = 0;
-      for (uint32_t r = 0; r < j->nodes; r++) missing += !j->ranks[r].rendezvoused;
-      job_fail(t, j, "%u of %u workers did not check in within %" PRId64 " ms", missing, j->nodes,
+      for (uint32_t r = 0; r < j->world; r++) missing += !j->ranks[r].rendezvoused;
+      job_fail(t, j, "%u of %u workers did not check in within %" PRId64 " ms", missing, j->world,
                drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS));
       continue;
     }
@@ -820,7 +969,7 @@ void job_table_shift(job_table_t *t, int64_t away_ms) {
     if (j->deadline_ms) j->deadline_ms += away_ms;
     if (j->verdict_ms) j->verdict_ms += away_ms;
     if (j->progress.last_publish_ms) j->progress.last_publish_ms += away_ms;
-    for (uint32_t r = 0; j->ranks && r < j->nodes; r++)
+    for (uint32_t r = 0; j->ranks && r < j->world; r++)
       if (j->ranks[r].exit_ms) j->ranks[r].exit_ms += away_ms;
   }
 }
@@ -830,7 +979,7 @@ void job_table_workers_gone(job_table_t *t, const char *why) {
     job_t *j = &t->jobs[i];
     if (!j->used || !phase_placed(j->phase) || !j->ranks || j->verdict_ms) continue;
     int gone = -1;
-    for (uint32_t r = 0; r < j->nodes; r++) {
+    for (uint32_t r = 0; r < j->world; r++) {
       job_rank_t *s = &j->ranks[r];
       if (s->done || s->dead) continue;
       s->dead = s->exited = 1; /* its agent stopped it; nobody else will say so */
@@ -845,7 +994,8 @@ void job_table_workers_gone(job_table_t *t, const char *why) {
 
 // --- Agents --------------------------------------------------------------------------------
 
-/* The rank of placed job `job` on agent a, with the job; -1 (and *jp NULL) when none. */
+/* The first rank of placed job `job` on agent a, with the job; -1 (and *jp NULL) when
+ * none. */
 static int agent_rank(job_table_t *t, const agent_t *a, job_t **jp) {
   job_t *j = a->job ? job_find(t, a->job) : NULL;
   int r = j && phase_placed(j->phase) ? rank_of_agent(j, registry_index(t->reg, a)) : -1;
@@ -858,10 +1008,17 @@ void job_agent_lost(job_table_t *t, agent_t *a, const char *why) {
   job_t *j;
   int r = agent_rank(t, a, &j);
   if (r >= 0) {
-    char reason[512];
-    snprintf(reason, sizeof reason, "agent %s (%s, rank %u, near step %" PRIu64 ") lost: %s",
-             a->agent_id, a->host, (uint32_t)r, j->ranks[r].step, why);
-    j->ranks[r].exited = 1; /* nobody is left to report its worker's end */
+    int ai = registry_index(t->reg, a);
+    char reason[512], ranks[160];
+    snprintf(reason, sizeof reason, "agent %s (%s, %s, near step %" PRIu64 ") lost: %s",
+             a->agent_id, a->host, ranks_text(j, ai, ranks, sizeof ranks), j->ranks[r].step, why);
+    /* Its workers die with it (and nobody is left to report their end): one failure,
+     * named by its first rank, the others gone with it. */
+    for (uint32_t k = 0; k < j->world; k++)
+      if (j->ranks[k].agent == ai) {
+        j->ranks[k].exited = 1;
+        if ((int)k != r) j->ranks[k].dead = 1;
+      }
     job_trouble(t, j, r, reason);
   }
   registry_forget(t->reg, a);
@@ -872,12 +1029,14 @@ void job_agent_leaving(job_table_t *t, agent_t *a, const char *reason) {
   job_t *j;
   int r = agent_rank(t, a, &j);
   log_info("agent %s is leaving (%s)%s", a->agent_id, reason ? reason : "no reason given",
-           r >= 0 ? ": its rank leaves its job at the next commit" : "");
+           r >= 0 ? ": its ranks leave their job at the next commit" : "");
   if (r < 0) return;
-  j->ranks[r].leaving = 1;
-  char why[300];
-  snprintf(why, sizeof why, "agent %s (rank %d) leaving: %s", a->agent_id, r,
-           reason ? reason : "stopping");
+  int ai = registry_index(t->reg, a);
+  for (uint32_t k = 0; k < j->world; k++)
+    if (j->ranks[k].agent == ai) j->ranks[k].leaving = 1;
+  char why[300], ranks[160];
+  snprintf(why, sizeof why, "agent %s (%s) leaving: %s", a->agent_id,
+           ranks_text(j, ai, ranks, sizeof ranks), reason ? reason : "stopping");
   if (!phase_collecting(j->phase) && !job_pause(t, j, why, drv_now_ms())) job_trouble(t, j, r, why);
 }
 
@@ -891,13 +1050,14 @@ void job_agent_heartbeat(job_table_t *t, agent_t *a, uint32_t workers) {
 }
 
 void job_on_worker_exit(job_table_t *t, agent_t *a, const proto_worker_exit_t *e) {
-  /* Only the exit of the worker it is booked for frees it: an older generation's worker
-   * of the same job (a coordinator restart) says nothing about the current one. */
-  if (a->job == e->job && a->generation == e->generation) a->job = 0;
+  /* The agent is free once it runs none of the job's workers and has had every `assign`
+   * it was booked for (the newest, a->generation): an assign still on its way would
+   * start one. An older generation's exit says nothing of the newer one's workers. */
+  if (a->job == e->job && !e->workers && e->assigned == a->generation) a->job = 0;
   job_t *j = job_find(t, e->job);
   if (!j || !phase_placed(j->phase) || !j->ranks) return;
-  int r = rank_of_agent(j, registry_index(t->reg, a));
-  if (r < 0 || j->ranks[r].assign_gen != e->generation) return; /* left out, or stale */
+  int r = rank_of_worker(j, registry_index(t->reg, a), e->generation, e->rank);
+  if (r < 0) return; /* left out, or stale */
   job_rank_t *s = &j->ranks[r];
   s->exited = 1;
   if (s->done) return;
@@ -951,11 +1111,11 @@ static job_t *job_for_msg(job_table_t *t, const sock_peer_t *from, int64_t id, u
     log_debug("%s for job %" PRId64 " that is not running: dropped", what, id);
     return NULL;
   }
-  if (generation != j->generation || rank >= j->nodes) {
+  if (generation != j->generation || rank >= j->world) {
     log_warn("%s for job %" PRId64
              " generation %u rank %u refused (current generation %u, "
              "world %u)",
-             what, id, generation, rank, j->generation, j->nodes);
+             what, id, generation, rank, j->generation, j->world);
     return NULL;
   }
   job_sender_t who = from_rank(t, j, rank, from, what, agent_may);
@@ -965,14 +1125,14 @@ static job_t *job_for_msg(job_table_t *t, const sock_peer_t *from, int64_t id, u
 
 /* Everyone is in: relays the ring addresses, each rank's GPU and rank 0's NCCL id. */
 static void send_start(job_table_t *t, job_t *j) {
-  const char **peers = calloc(j->nodes, sizeof *peers), **gpus = calloc(j->nodes, sizeof *gpus);
+  const char **peers = calloc(j->world, sizeof *peers), **gpus = calloc(j->world, sizeof *gpus);
   if (!peers || !gpus) {
     free(peers);
     free(gpus);
     job_fail(t, j, "out of memory at rendezvous");
     return;
   }
-  for (uint32_t r = 0; r < j->nodes; r++) {
+  for (uint32_t r = 0; r < j->world; r++) {
     peers[r] = j->ranks[r].addr;
     gpus[r] = j->ranks[r].gpu;
   }
@@ -980,19 +1140,19 @@ static void send_start(job_table_t *t, job_t *j) {
   proto_msg_init(&m, PROTO_START);
   m.u.start.job = j->id;
   m.u.start.generation = j->generation;
-  m.u.start.world = j->nodes;
+  m.u.start.world = j->world;
   m.u.start.peers = peers;
-  m.u.start.peers_count = j->nodes;
+  m.u.start.peers_count = j->world;
   m.u.start.gpus = gpus;
-  m.u.start.gpus_count = j->nodes;
+  m.u.start.gpus_count = j->world;
   m.u.start.nccl_id = j->ranks[0].nccl_id[0] ? j->ranks[0].nccl_id : NULL;
-  for (uint32_t r = 0; r < j->nodes; r++)
+  for (uint32_t r = 0; r < j->world; r++)
     if (sock_send(t->workers, &j->ranks[r].peer, &m) != DRV_OK)
       log_warn("start to rank %u: %s", r, drv_last_error());
   free(peers);
   free(gpus);
   job_enter(j, JOB_PHASE_RUNNING, LOG_INFO, "job %" PRId64 ": all %u workers checked in, started",
-            j->id, j->nodes);
+            j->id, j->world);
 }
 
 void job_on_rendezvous(job_table_t *t, const sock_peer_t *from, const proto_rendezvous_t *rv) {
@@ -1009,7 +1169,7 @@ void job_on_rendezvous(job_table_t *t, const sock_peer_t *from, const proto_rend
   /* Only a world being formed starts: a late check-in of a generation that broke before
    * its start is left to the re-formation, which knows its worker now. */
   if (j->phase != JOB_PHASE_STARTING) return;
-  for (uint32_t r = 0; r < j->nodes; r++)
+  for (uint32_t r = 0; r < j->world; r++)
     if (!j->ranks[r].rendezvoused) return;
   send_start(t, j);
 }
@@ -1017,7 +1177,7 @@ void job_on_rendezvous(job_table_t *t, const sock_peer_t *from, const proto_rend
 /* j's world as progress_report sees it: each rank's progress and agent. Returns how many
  * ranks (at most PROGRESS_MAX_RANKS). */
 static uint32_t progress_world(job_table_t *t, job_t *j, progress_view_t *world) {
-  uint32_t n = DRV_MIN(j->nodes, PROGRESS_MAX_RANKS);
+  uint32_t n = DRV_MIN(j->world, PROGRESS_MAX_RANKS);
   for (uint32_t r = 0; r < n; r++) {
     const agent_t *a = rank_agent(t, &j->ranks[r]);
     world[r] = (progress_view_t){.rank = &j->ranks[r].progress, .agent = a ? a->agent_id : "?"};
@@ -1034,7 +1194,7 @@ void job_on_progress(job_table_t *t, const sock_peer_t *from, const proto_progre
   if (j->phase == JOB_PHASE_PAUSING) {
     /* Still training towards the agreed commit, however slow its steps: wait for it. */
     int reported = 0;
-    for (uint32_t r = 0; r < j->nodes; r++) reported |= j->ranks[r].lost;
+    for (uint32_t r = 0; r < j->world; r++) reported |= j->ranks[r].lost;
     if (!reported)
       j->deadline_ms = drv_now_ms() + drv_setting(DRV_SET_RING_TIMEOUT_MS) + RECOVERY_GRACE_MS;
   }
@@ -1071,7 +1231,7 @@ void job_on_done(job_table_t *t, const sock_peer_t *from, const proto_done_t *d)
     j->final_samples_per_s = d->samples_per_s;
     j->progress.step = d->steps;
   }
-  for (uint32_t r = 0; r < j->nodes; r++)
+  for (uint32_t r = 0; r < j->world; r++)
     if (!j->ranks[r].done) return;
   job_finish(t, j, JOB_PHASE_SUCCEEDED, NULL);
 }
@@ -1118,7 +1278,7 @@ void job_on_checkpoint(job_table_t *t, const sock_peer_t *from, const proto_chec
 
 void job_on_lost(job_table_t *t, const sock_peer_t *from, const proto_lost_t *l) {
   job_t *j = job_find(t, l->job);
-  if (!j || !phase_placed(j->phase) || !j->ranks || l->rank >= j->nodes) return;
+  if (!j || !phase_placed(j->phase) || !j->ranks || l->rank >= j->world) return;
   if (l->generation != j->generation) {
     log_debug("lost of job %" PRId64 " generation %u dropped (expected %u)", l->job, l->generation,
               j->generation);

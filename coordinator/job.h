@@ -39,6 +39,10 @@
 /* One rank of a placed job. */
 typedef struct {
   int agent;         /* its agent's registry index; -1: unreachable when placed */
+  uint32_t local_rank;  /* among its agent's workers of the job, from its assign */
+  uint32_t assign_rank; /* the rank its assign gave it: with assign_gen, what its agent
+                           names the worker by (a re-formation renumbers ranks, not this) */
+  int device;           /* its agent's GPU `index` it was given; -1: the CPU */
   int rendezvoused;  /* rendezvous received for this generation */
   char addr[256];    /* ring address */
   char gpu[128];     /* its rendezvous `gpu`: "" for the CPU */
@@ -66,7 +70,8 @@ typedef struct {
   char name[128];
   char target[16];
   char pool[64]; /* "" or the pool of agents it must run on */
-  uint32_t nodes, epochs;
+  uint32_t world, epochs; /* world: its ranks now (from placement on) */
+  uint32_t global_batch;  /* the spec's: a world may not be larger */
   uint32_t nodes_wanted; /* the spec's nodes: what a placement asks for */
   uint32_t generation;
   int reloaded;          /* loaded from the store at a coordinator's start */
@@ -87,7 +92,9 @@ typedef struct {
   char resume_dir[1024]; /* checkpoints to start from when run_dir has none; "" */
   uint64_t ckpt_step;    /* last durable checkpoint */
   int64_t pool_seen_ms;  /* last time an agent of its pool was registered */
-  job_rank_t *ranks;     /* nodes of them from placement on */
+  job_rank_t *ranks;     /* world of them from placement on */
+  uint32_t workers_per_node; /* the spec's; 0: one per GPU of each agent (1 on a CPU agent) */
+  uint32_t wpn;              /* placed: the workers each agent runs, fixed at placement */
   uint32_t min_nodes, max_nodes, max_restarts, restarts, rejoin_timeout_s;
   uint32_t commit_every;  /* planned re-formations need commits */
   int64_t deadline_ms;    /* STARTING: every rank checks in by then; PAUSING, REFORMING and

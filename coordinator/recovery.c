@@ -35,6 +35,21 @@ recovery_report_t recovery_failed_kind(const char *reason) {
   return RECOVERY_REPORT_OWN;
 }
 
+/* The world's bounds in workers, and "min_nodes 2" (" x 4 workers") for reasons. */
+static uint32_t per_node(const recovery_job_t *job) {
+  return job->workers_per_node ? job->workers_per_node : 1;
+}
+static uint32_t min_workers(const recovery_job_t *job) {
+  return job->min_nodes * per_node(job);
+}
+static const char *min_text(const recovery_job_t *job, char *buf, size_t n) {
+  if (per_node(job) == 1)
+    snprintf(buf, n, "min_nodes %u", job->min_nodes);
+  else
+    snprintf(buf, n, "min_nodes %u x %u workers", job->min_nodes, per_node(job));
+  return buf;
+}
+
 static int phase_collecting(job_phase_t p) {
   return p == JOB_PHASE_PAUSING || p == JOB_PHASE_REFORMING || p == JOB_PHASE_WAITING;
 }
@@ -96,12 +111,13 @@ static int note_failure(const recovery_job_t *job, const recovery_failure_t *f, 
   out->workers = alive + job->free_agents;
   /* Nobody left to go on from: newcomers can still start from the durable checkpoint. */
   int from_ckpt = alive == 0 && job->ckpt_step && job->rejoin_timeout_s;
-  if ((alive == 0 && !from_ckpt) || (out->workers < job->min_nodes && !job->rejoin_timeout_s)) {
-    fail(out, "%s (%u worker(s) left, min_nodes %u)", out->cause.text, out->workers,
-         job->min_nodes);
+  char min[64];
+  if ((alive == 0 && !from_ckpt) || (out->workers < min_workers(job) && !job->rejoin_timeout_s)) {
+    fail(out, "%s (%u worker(s) left, %s)", out->cause.text, out->workers,
+         min_text(job, min, sizeof min));
     return 0;
   }
-  if (out->workers < job->min_nodes && out->phase != JOB_PHASE_WAITING) {
+  if (out->workers < min_workers(job) && out->phase != JOB_PHASE_WAITING) {
     /* Below min_nodes: wait up to rejoin_timeout for agents to come (or come back). */
     out->phase = JOB_PHASE_WAITING;
     out->waits_for_agents = 1;
@@ -128,11 +144,13 @@ static void settle(const recovery_job_t *job, uint32_t n, recovery_plan_t *out) 
     if (*fate == RECOVERY_RANK_REPORTED) out->from[out->survivors++] = r;
   }
   uint32_t nsurv = out->survivors;
-  out->newcomers = job->max_nodes > nsurv ? DRV_MIN(job->free_agents, job->max_nodes - nsurv) : 0;
+  uint32_t max = job->max_nodes * per_node(job);
+  out->newcomers = max > nsurv ? DRV_MIN(job->free_agents, max - nsurv) : 0;
   out->world = nsurv + out->newcomers;
   const char *cause = planned ? job->pause_reason : out->cause.text;
-  if ((nsurv == 0 && !job->ckpt_step) || out->world < job->min_nodes) {
-    fail(out, "%s (%u worker(s) left, min_nodes %u)", cause, out->world, job->min_nodes);
+  if ((nsurv == 0 && !job->ckpt_step) || out->world < min_workers(job)) {
+    char min[64];
+    fail(out, "%s (%u worker(s) left, %s)", cause, out->world, min_text(job, min, sizeof min));
     return;
   }
   out->action = RECOVERY_REFORM;
@@ -180,7 +198,7 @@ void recovery_plan(const recovery_job_t *job, const recovery_failure_t *failure,
   int waiting = 0;
   for (uint32_t r = 0; r < n; r++) waiting |= out->fate[r] == RECOVERY_RANK_IN;
   out->workers = alive + job->free_agents;
-  if (out->phase == JOB_PHASE_WAITING && out->workers < job->min_nodes) waiting = 1;
+  if (out->phase == JOB_PHASE_WAITING && out->workers < min_workers(job)) waiting = 1;
   if (waiting && now <= out->deadline_ms) return;
   settle(job, n, out);
 }

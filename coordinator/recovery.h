@@ -81,13 +81,16 @@ typedef struct {
   job_phase_t phase;            /* STARTING .. WAITING; other phases get a WAIT, no change */
   uint32_t nodes;               /* ranks of the world that broke */
   const recovery_rank_t *ranks; /* [nodes] */
-  uint32_t min_nodes, max_nodes;
+  uint32_t min_nodes, max_nodes;   /* nodes of workers_per_node workers each: the world's
+                                      bounds in workers are these times workers_per_node */
+  uint32_t workers_per_node;       /* 0 is taken as 1 */
   uint32_t max_restarts, restarts; /* restarts: re-formations after failures so far */
   uint32_t rejoin_timeout_s;       /* below min_nodes: how long to wait for agents; 0: fail */
   uint64_t ckpt_step;              /* its newest durable checkpoint; 0: none. With one, a
                                       world with no survivor left re-forms from it with free
                                       agents only (waiting up to rejoin_timeout for them) */
-  uint32_t free_agents;     /* free agents of its queue now; newcomers are the first of them */
+  uint32_t free_agents;     /* free worker slots of its queue now (each free agent has its
+                               workers per node of them); newcomers are the first of them */
   int64_t deadline_ms;      /* of the re-formation under way */
   int64_t ring_timeout_ms;  /* DROVER_RING_TIMEOUT_MS: how long ring peers take to notice */
   int64_t agent_quiet_ms;   /* a silent rank whose agent was not heard from for longer than
@@ -127,7 +130,7 @@ typedef struct {
   char first_cause[RECOVERY_REASON_MAX];         /* after the plan */
   recovery_rank_fate_t fate[RECOVERY_MAX_RANKS]; /* each old rank's standing after the plan */
   /* REFORM: new ranks 0 .. survivors-1 are old ranks from[], in their old order; new
-   * ranks survivors .. world-1 are the first `newcomers` free agents. */
+   * ranks survivors .. world-1 are the first `newcomers` free slots. */
   uint32_t world, survivors, newcomers;
   uint32_t from[RECOVERY_MAX_RANKS];
   uint64_t step; /* the commit the next world goes on from: its rank 0's (0: not known); with

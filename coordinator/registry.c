@@ -65,16 +65,23 @@ agent_t *registry_add(registry_t *r, agent_t *reuse, const sock_peer_t *from,
   snprintf(a->target, sizeof a->target, "%s", h->target);
   snprintf(a->pool, sizeof a->pool, "%s", h->pool ? h->pool : "");
   a->cpus = h->cpus;
-  a->gpus = h->gpus_count;
+  a->gpus = 0;
+  for (uint32_t g = 0; g < h->gpus_count && a->gpus < REGISTRY_MAX_GPUS; g++) {
+    registry_gpu_t *rg = &a->gpu[a->gpus++];
+    *rg = (registry_gpu_t){.index = h->gpus[g].index, .mem_bytes = h->gpus[g].mem_bytes};
+    snprintf(rg->name, sizeof rg->name, "%s", h->gpus[g].name);
+    snprintf(rg->pci_bus_id, sizeof rg->pci_bus_id, "%s",
+             h->gpus[g].pci_bus_id ? h->gpus[g].pci_bus_id : "");
+  }
   a->mem_bytes = h->mem_bytes;
   a->session = h->session;
   a->last_seen_ms = now;
   log_info("agent %s registered: host %s, target %s, %u cpus, %.1f GiB, %u gpus", a->agent_id,
            a->host, a->target, a->cpus, (double)a->mem_bytes / (1 << 30), a->gpus);
-  for (uint32_t g = 0; g < h->gpus_count && g < 16; g++)
-    log_info("agent %s gpu %u: %s, %.1f GiB, sm_%u%u", a->agent_id, h->gpus[g].index,
+  for (uint32_t g = 0; g < h->gpus_count && g < REGISTRY_MAX_GPUS; g++)
+    log_info("agent %s gpu %u: %s, %.1f GiB, sm_%u%u, PCI %s", a->agent_id, h->gpus[g].index,
              h->gpus[g].name, (double)h->gpus[g].mem_bytes / (1 << 30), h->gpus[g].cc_major,
-             h->gpus[g].cc_minor);
+             h->gpus[g].cc_minor, h->gpus[g].pci_bus_id ? h->gpus[g].pci_bus_id : "?");
   return a;
 }
 
@@ -82,6 +89,23 @@ drv_result_t registry_send(registry_t *r, const agent_t *a, const proto_msg_t *m
   drv_result_t rc = sock_send(r->sock, &a->peer, m);
   if (rc != DRV_OK) log_warn("to agent %s: %s", a->agent_id, drv_last_error());
   return rc;
+}
+
+const char *registry_gpu_bus_id(const agent_t *a, int device) {
+  for (uint32_t g = 0; a && device >= 0 && g < a->gpus; g++)
+    if (a->gpu[g].index == (uint32_t)device) return a->gpu[g].pci_bus_id;
+  return "";
+}
+
+void registry_heartbeat(agent_t *a, const proto_heartbeat_t *hb) {
+  a->workers = hb->workers;
+  for (uint32_t k = 0; k < hb->gpus_count; k++)
+    for (uint32_t g = 0; g < a->gpus; g++)
+      if (a->gpu[g].index == hb->gpus[k].index) {
+        a->gpu[g].measured = 1;
+        a->gpu[g].mem_used_bytes = hb->gpus[k].mem_used_bytes;
+        a->gpu[g].util_pct = DRV_MIN(hb->gpus[k].util_pct, 100u);
+      }
 }
 
 void registry_welcome(registry_t *r, const agent_t *a) {

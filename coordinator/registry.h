@@ -21,6 +21,17 @@
 #include "common/sock.h"
 
 #define REGISTRY_MAX_AGENTS 256
+#define REGISTRY_MAX_GPUS 16 /* GPUs of one agent that are handed out; more are ignored */
+
+/* One GPU of an agent, as its hello listed it, and its use at the last heartbeat. */
+typedef struct {
+  uint32_t index;      /* the agent's name for it (assign.device) */
+  char name[64], pci_bus_id[32];
+  uint64_t mem_bytes;
+  int measured;        /* the agent's NVML measures it: the two below are known */
+  uint64_t mem_used_bytes;
+  uint32_t util_pct;
+} registry_gpu_t;
 
 typedef struct {
   int used;
@@ -28,7 +39,9 @@ typedef struct {
   char agent_id[128], host[256], target[16], pool[64];
   char user[SOCK_USER_MAX]; /* the name its key was admitted under ("" in plaintext) */
   uint32_t pid;             /* the agent process's, from its hello */
-  uint32_t cpus, gpus;
+  uint32_t cpus, gpus;                 /* gpus: how many of gpu[] (at most REGISTRY_MAX_GPUS) */
+  registry_gpu_t gpu[REGISTRY_MAX_GPUS]; /* in the agent's order: PCI bus id */
+  uint32_t workers;                    /* worker processes it runs (its last heartbeat) */
   uint64_t mem_bytes, session;
   int64_t last_seen_ms;
   int64_t job;               /* 0 when idle; set from assign until its worker exits */
@@ -69,6 +82,12 @@ int registry_index(const registry_t *r, const agent_t *a);
  * Sends nothing: the caller answers with registry_welcome. */
 agent_t *registry_add(registry_t *r, agent_t *reuse, const sock_peer_t *from,
                       const proto_hello_t *h, int64_t now);
+
+/* The PCI bus id of agent a's GPU `device` (its index), "" when not known, -1 or a NULL. */
+const char *registry_gpu_bus_id(const agent_t *a, int device);
+
+/* A heartbeat's news of a: its workers and its GPUs' use (each by its index). */
+void registry_heartbeat(agent_t *a, const proto_heartbeat_t *hb);
 
 /* Sends `welcome` (its id and the cluster's heartbeat timing) to a. */
 void registry_welcome(registry_t *r, const agent_t *a);

@@ -41,7 +41,23 @@ uint32_t sched_world(const sched_job_t *q, uint32_t n, int64_t now) {
 }
 
 int sched_holds(const sched_agent_t *a, const sched_job_t *q) {
-  return a->cpus >= q->cpus && a->gpus >= q->gpus && a->mem_mb >= q->mem_mb;
+  uint64_t w = q->workers_per_node ? q->workers_per_node : 1;
+  return a->cpus >= w * q->cpus && a->gpus >= w * q->gpus && a->mem_mb >= w * q->mem_mb;
+}
+
+/* " x 8 GPUs, 16 CPUs, 4096 MB": what each node of q needs, the zeros left out. */
+static void node_needs(const sched_job_t *q, char *buf, size_t cap) {
+  uint64_t w = q->workers_per_node ? q->workers_per_node : 1;
+  size_t n = 0;
+  buf[0] = '\0';
+  const struct {
+    uint64_t v;
+    const char *unit;
+  } need[] = {{w * q->gpus, "GPU"}, {w * q->cpus, "CPU"}, {w * q->mem_mb, "MB"}};
+  for (size_t k = 0; k < DRV_ARRAY_LEN(need) && n < cap; k++)
+    if (need[k].v)
+      n += (size_t)snprintf(buf + n, cap - n, "%s%" PRIu64 " %s%s", n ? ", " : " x ", need[k].v,
+                            need[k].unit, need[k].v == 1 || k == 2 ? "" : "s");
 }
 
 typedef struct {
@@ -243,15 +259,14 @@ void sched_reason(const sched_job_t *q, const sched_wait_t *w, char *buf, size_t
   buf[0] = '\0';
   if (w->kind == SCHED_WAIT_NONE) return;
   snprintf(where, sizeof where, "target %s%s%s", q->target, *q->pool ? ", pool " : "", q->pool);
-  if (q->cpus || q->gpus || q->mem_mb)
-    snprintf(with, sizeof with, " with %u CPUs, %" PRIu64 " MB, %u GPUs", q->cpus, q->mem_mb,
-             q->gpus);
+  node_needs(q, with, sizeof with);
   if (w->kind == SCHED_WAIT_NEVER) {
     if (!w->attached && *q->pool)
       snprintf(buf, cap, "pool %s: no agent of target %s registered", q->pool, q->target);
     else
-      snprintf(buf, cap, "needs %u node%s, only %u agent%s of %s registered%s", w->need,
-               plural(w->need), w->registered, plural(w->registered), where, with);
+      snprintf(buf, cap, "needs %u node%s%s, only %u agent%s of %s registered%s", w->need,
+               plural(w->need), with, w->registered, plural(w->registered), where,
+               with[0] ? " with that" : "");
     return;
   }
   if (w->ahead)

@@ -56,8 +56,10 @@ typedef struct {
   int64_t shrink_at_ms;      /* with min_nodes: from then on it starts with what fits */
   int32_t priority;          /* higher first */
   int64_t max_runtime_ms;    /* how long it runs at most; 0: not known */
-  uint32_t cpus, gpus;       /* per worker: an agent needs at least these (0: anything) */
+  uint32_t cpus, gpus;       /* per worker (0: anything): an agent needs these times */
   uint64_t mem_mb;
+  uint32_t workers_per_node; /* the workers it runs on each agent; 0: one per GPU (gpus of
+                                them each), so an agent needs one worker's worth */
 } sched_job_t;
 
 /* Why a job of the plan was not placed (see sched_reason for the words). */
@@ -114,7 +116,8 @@ uint32_t sched_free(const sched_agent_t *agents, uint32_t n, const char *target,
  * (it waits). */
 uint32_t sched_world(const sched_job_t *q, uint32_t n, int64_t now);
 
-/* Whether agent a has the resources job q asks of each worker. */
+/* Whether agent a has the resources job q asks of each of its nodes: what one worker
+ * needs, times its workers_per_node (1 when that is 0). */
 int sched_holds(const sched_agent_t *a, const sched_job_t *q);
 
 /* Plans which of queued[0..nq) start now on agents[0..na) (order of either array does not
@@ -125,7 +128,8 @@ void sched_plan(const sched_job_t *queued, uint32_t nq, const sched_agent_t *age
                 int64_t now, sched_plan_t *out);
 
 /* Writes why job q waits (w: its out->waits[] entry) into buf (cap bytes), e.g.
- * "resources: needs 4 nodes, 2 idle, 1 busy (job 12), 3 registered" for a queue's head,
+ * "resources: needs 4 nodes, 2 idle, 1 busy (job 12), 3 registered" for a queue's head
+ * ("needs 4 nodes x 8 GPUs, 64 CPUs, ..." when it needs resources: per node),
  * "priority: 2 jobs ahead; needs 4 nodes, 3 registered" behind it. The words change only
  * when the numbers do (no clock in them), and those of the jobs behind a head not with
  * every agent that frees or is booked: each change is a store write. "" for

@@ -57,7 +57,8 @@ static void test_roundtrip_nested(void **state) {
   (void)state;
   proto_msg_t m, out;
   proto_msg_init(&m, PROTO_HELLO);
-  proto_gpu_t gpus[2] = {{0, "H100", 80ull << 30, 9, 0}, {1, "A100", 40ull << 30, 8, 0}};
+  proto_gpu_t gpus[2] = {{0, "H100", 80ull << 30, 9, 0, "0000:17:00.0", "GPU-a"},
+                         {1, "A100", 40ull << 30, 8, 0, "0000:65:00.0", "GPU-b"}};
   m.u.hello = (proto_hello_t){.agent_id = "node-1",
                               .host = "10.0.0.1",
                               .target = "attached",
@@ -73,6 +74,7 @@ static void test_roundtrip_nested(void **state) {
   assert_string_equal(out.u.hello.agent_id, "node-1");
   assert_int_equal(out.u.hello.gpus_count, 2);
   assert_string_equal(out.u.hello.gpus[1].name, "A100");
+  assert_string_equal(out.u.hello.gpus[1].pci_bus_id, "0000:65:00.0");
   assert_int_equal(out.u.hello.gpus[0].cc_major, 9);
   assert_int_equal(out.u.hello.mem_bytes, 512ull << 30);
   proto_msg_fini(&out);

@@ -388,6 +388,30 @@ static void test_below_min_nodes_waits_with_rejoin_timeout(void **state) {
                       "(2 worker(s) left, min_nodes 3)");
 }
 
+/* With workers_per_node, min_nodes and max_nodes count nodes: the bounds in workers are
+ * them times its workers, and a lost worker of a 2 x 2 world leaves 3, which is enough. */
+static void test_bounds_count_nodes_of_workers(void **state) {
+  fx_t f;
+  recovery_plan_t p;
+  fx_init(&f, JOB_PHASE_RUNNING, 4); /* 2 nodes x 2 workers */
+  f.job.workers_per_node = 2;
+  f.job.min_nodes = 1, f.job.max_nodes = 2;
+  f.job.free_agents = 2; /* one free agent of 2 slots: no room beyond max_nodes x 2 = 4 */
+  f.ranks[0].lost = f.ranks[1].lost = f.ranks[3].lost = 1;
+  fail_rank(&f, 2, "rank 2 (agent a1, h1) was killed by signal 9 near step 50", NOW, &p);
+  assert_int_equal(p.action, RECOVERY_REFORM);
+  assert_int_equal(p.survivors, 3);
+  assert_int_equal(p.newcomers, 1);
+  assert_int_equal(p.world, 4);
+  /* min_nodes 2 x 2 workers: 3 left and no free slot are too few. */
+  fx_init(&f, JOB_PHASE_RUNNING, 4);
+  f.job.workers_per_node = 2;
+  f.job.min_nodes = 2;
+  fail_rank(&f, 3, "rank 3 gone", NOW, &p);
+  assert_int_equal(p.action, RECOVERY_FAIL);
+  assert_string_equal(p.reason, "rank 3 gone (3 worker(s) left, min_nodes 2 x 2 workers)");
+}
+
 static void test_below_min_nodes_fails_without_rejoin_timeout(void **state) {
   fx_t f;
   recovery_plan_t p;
@@ -542,6 +566,7 @@ int main(void) {
       cmocka_unit_test(test_grows_up_to_max_nodes),
       cmocka_unit_test(test_below_min_nodes_waits_with_rejoin_timeout),
       cmocka_unit_test(test_below_min_nodes_fails_without_rejoin_timeout),
+      cmocka_unit_test(test_bounds_count_nodes_of_workers),
       cmocka_unit_test(test_no_survivor_fails),
       cmocka_unit_test(test_no_survivor_with_checkpoint_waits_then_reforms_from_it),
       cmocka_unit_test(test_no_survivor_with_checkpoint_needs_restarts_and_rejoin),

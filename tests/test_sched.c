@@ -400,6 +400,32 @@ static void test_resources_respected(void **state) {
   assert_string_equal(rank_agent(&plan, agents, 0, 0), "big");
 }
 
+/* workers_per_node multiplies what a node needs: 4 workers of 2 GPUs need an 8-GPU agent. */
+static void test_resources_per_node(void **state) {
+  (void)state;
+  sched_agent_t agents[] = {agent("four", "attached", ""), agent("eight", "attached", "")};
+  agents[0].gpus = 4, agents[0].cpus = 64;
+  agents[1].gpus = 8, agents[1].cpus = 64;
+  sched_job_t queued[] = {job(1, "attached", "", 1)};
+  queued[0].gpus = 2, queued[0].workers_per_node = 4;
+  assert_false(sched_holds(&agents[0], &queued[0]));
+  assert_true(sched_holds(&agents[1], &queued[0]));
+  sched_plan_t plan;
+  sched_plan(queued, 1, agents, 2, NOW, &plan);
+  assert_string_equal(rank_agent(&plan, agents, 0, 0), "eight");
+  /* Two such nodes: only one agent holds one; the reason says what a node needs. */
+  queued[0].nodes = 2, queued[0].cpus = 4;
+  sched_plan(queued, 1, agents, 2, NOW, &plan);
+  assert_int_equal(plan.waits[0].kind, SCHED_WAIT_NEVER);
+  char why[256];
+  sched_reason(&queued[0], &plan.waits[0], why, sizeof why);
+  assert_string_equal(why, "needs 2 nodes x 8 GPUs, 16 CPUs, only 1 agent of target attached "
+                           "registered with that");
+  /* workers_per_node 0 (one per GPU): a node needs one worker's worth. */
+  queued[0].workers_per_node = 0, queued[0].nodes = 1;
+  assert_true(sched_holds(&agents[0], &queued[0]));
+}
+
 static void test_impossible_job_does_not_block(void **state) {
   sched_agent_t agents[] = {agent("a", "attached", ""), agent("b", "attached", ""),
                             agent("c", "attached", "")};
@@ -419,8 +445,8 @@ static void test_impossible_job_does_not_block(void **state) {
   assert_int_equal(plan.waits[0].kind, SCHED_WAIT_NEVER);
   sched_reason(&queued[0], &plan.waits[0], why, sizeof why);
   assert_string_equal(why,
-                      "needs 1 node, only 0 agents of target attached registered with "
-                      "0 CPUs, 0 MB, 1 GPUs");
+                      "needs 1 node x 1 GPU, only 0 agents of target attached registered "
+                      "with that");
   /* A pool with no agent at all. */
   sched_job_t pooled = job(3, "attached", "gpu-a", 1);
   sched_plan(&pooled, 1, agents, 3, NOW, &plan);
@@ -490,6 +516,7 @@ int main(void) {
       cmocka_unit_test(test_head_start_estimate),
       cmocka_unit_test(test_backfill_onto_nodes_the_head_cannot_use),
       cmocka_unit_test(test_resources_respected),
+      cmocka_unit_test(test_resources_per_node),
       cmocka_unit_test(test_impossible_job_does_not_block),
       cmocka_unit_test(test_reasons_text),
   };

@@ -127,7 +127,11 @@ static drv_result_t pick_backend(worker_t *w) {
     char bus[32];
     DRV_CHECK(backend_cuda_pci_bus_id(w->gpu, bus, sizeof bus));
     snprintf(w->gpu_key, sizeof w->gpu_key, "%s/%s", host, bus);
-    log_info("training on GPU %d (%s, precision %s)", c->device, w->be->name,
+    const char *visible = getenv("CUDA_VISIBLE_DEVICES");
+    log_info("local rank %u of %u: training on GPU %d (%s, PCI %s, CUDA_VISIBLE_DEVICES %s), "
+             "precision %s",
+             c->local_rank, c->local_world ? c->local_world : 1, c->device, w->be->name, bus,
+             visible ? visible : "unset",
              s->train.precision == SPEC_PREC_BF16   ? "bf16"
              : s->train.precision == SPEC_PREC_TF32 ? "tf32"
                                                     : "fp32");
@@ -141,6 +145,9 @@ static drv_result_t pick_backend(worker_t *w) {
                      : s->train.precision == SPEC_PREC_TF32 ? "tf32"
                                                             : "fp32");
   w->be = backend_cpu();
+  const char *threads = getenv("OPENBLAS_NUM_THREADS");
+  log_info("local rank %u of %u: training on the CPU, %s BLAS thread(s)", c->local_rank,
+           c->local_world ? c->local_world : 1, threads ? threads : "default");
   return DRV_OK;
 }
 

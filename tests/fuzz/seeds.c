@@ -60,7 +60,8 @@ static void seeds_proto(void) {
     proto_msg_init(&m, (proto_type_t)t);
     put_frame(proto_type_name((proto_type_t)t), &m);
   }
-  proto_gpu_t gpus[2] = {{0, "H100", 80ull << 30, 9, 0}, {1, "A100", 40ull << 30, 8, 0}};
+  proto_gpu_t gpus[2] = {{0, "H100", 80ull << 30, 9, 0, "0000:17:00.0", "GPU-a"},
+                         {1, "A100", 40ull << 30, 8, 0, "0000:65:00.0", "GPU-b"}};
   proto_msg_init(&m, PROTO_HELLO);
   m.u.hello = (proto_hello_t){.agent_id = "node-1",
                               .host = "10.0.0.1",
@@ -115,8 +116,8 @@ static void seeds_proto(void) {
                                     .coll_seq = 99,
                                     .data_ms = 0.25};
   put_frame("progress-full", &m);
-  proto_rank_t ranks[2] = {{0, "a0", "h0", 7.5, 6.0, 1.5, 0, 0.1},
-                           {1, "a1", "h1", 9.5, 8.0, 1.5, 1, 0.2}};
+  proto_rank_t ranks[2] = {{0, "a0", "h0", 7.5, 6.0, 1.5, 0, 0.1, 0, "0000:17:00.0"},
+                           {1, "a0", "h0", 9.5, 8.0, 1.5, 1, 0.2, 1, "0000:65:00.0"}};
   proto_job_t jobs[1] = {{.id = 4,
                           .name = "mnist",
                           .state = "running",
@@ -136,8 +137,9 @@ static void seeds_proto(void) {
   proto_msg_init(&m, PROTO_JOBS);
   m.u.jobs = (proto_jobs_t){.jobs = jobs, .jobs_count = 1};
   put_frame("jobs-ranks", &m);
-  proto_agent_t agents[2] = {{"a0", "h0", "local", "idle", 4, 0, 1 << 30, 0, 0.5},
-                             {"a1", "h1", "local", "busy", 8, 1, 2u << 30, 4, 0.1}};
+  proto_agent_gpu_t devs[1] = {{0, "H100", "0000:17:00.0", 80ull << 30, 1ull << 30, 97, 1}};
+  proto_agent_t agents[2] = {{"a0", "h0", "local", "idle", 4, 0, 1 << 30, 0, 0.5, 0, NULL, 0},
+                             {"a1", "h1", "local", "busy", 8, 1, 2u << 30, 4, 0.1, 2, devs, 1}};
   proto_msg_init(&m, PROTO_AGENT_LIST);
   m.u.agent_list = (proto_agent_list_t){.agents = agents, .agents_count = 2};
   put_frame("agent_list-two", &m);

@@ -1,7 +1,8 @@
 """GPU end to end (ctest label gpu): `drover submit` on the local target, on a GPU machine.
 
-- 2 workers sharing one GPU through NCCL (each its own NCCL_HOSTID) give the same loss
-  curve as 1 worker with the same global batch: within 1e-4 relative over 50 steps (fp32);
+- 2 workers sharing one GPU through NCCL (each its own NCCL_HOSTID), as 2 agents of one
+  worker and as 1 agent of 2 (workers_per_node: 2), give the same loss curve as 1 worker
+  with the same global batch: within 1e-4 relative over 50 steps (fp32);
 - the GPU example (examples/fashion-mnist-gpu.yaml, bf16) reaches >= 0.87 test accuracy;
 - NCCL failures (3 ranks on one GPU, min_nodes 2): a worker SIGKILLed mid-run, and a
   worker SIGSTOPped (a hang inside the all-reduce, DROVER_RING_TIMEOUT_MS=5000): the
@@ -163,15 +164,24 @@ def no_leftovers():
 
 
 def test_two_workers_one_gpu_match_one(drover, tmp):
+    """1 worker; 2 agents of one worker on the one GPU; 1 agent of 2 workers on it
+    (workers_per_node: 2, the GPU shared by its local ranks): the same loss curve."""
     curves = {}
-    for nodes in (1, 2):
-        res = submit(drover, tmp, "nodes=%d" % nodes, "train.precision=fp32",
-                     "train.max_steps=50", "train.epochs=1")
-        curves[nodes] = losses(res["run_dir"])
-    assert len(curves[1]) == 50 and len(curves[2]) == 50, curves
-    worst = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(curves[1], curves[2]))
-    print("max relative loss difference over 50 steps, 1 worker vs 2 on one GPU: %.3g" % worst)
-    assert worst < 1e-4, (worst, curves)
+    for name, sets in (("1 worker", ("nodes=1", "workers_per_node=1")),
+                       ("2 agents x 1", ("nodes=2", "workers_per_node=1")),
+                       ("1 agent x 2", ("nodes=1", "workers_per_node=2"))):
+        res = submit(drover, tmp, *sets, "train.precision=fp32", "train.max_steps=50",
+                     "train.epochs=1")
+        curves[name] = losses(res["run_dir"])
+    base = curves["1 worker"]
+    assert len(base) == 50, base
+    for name in ("2 agents x 1", "1 agent x 2"):
+        c = curves[name]
+        assert len(c) == 50, (name, c)
+        worst = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(base, c))
+        print("max relative loss difference over 50 steps, 1 worker vs %s on one GPU: %.3g"
+              % (name, worst))
+        assert worst < 1e-4, (name, worst, c)
     no_leftovers()
 
 

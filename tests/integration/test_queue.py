@@ -2,10 +2,12 @@
 first), backfill (a job that fits the idle agent and ends in time starts while a bigger
 one waits, without delaying it), a job more agents than are registered would hold does
 not block the queue, every wait shows its reason, and per-worker resources no agent has
-are refused at submission with the numbers, and a job past its max_runtime is stopped.
+are refused at submission with the numbers, a job waiting for a pool says for how long, and a
+job past its max_runtime is stopped.
 Long jobs run slowed steps and end when cancelled: nothing here depends on timing."""
 import json
 import os
+import re
 
 from harness import cluster, main, wait_for
 
@@ -140,7 +142,7 @@ def test_impossible_and_resources(drover):
         final, _ = c.follow(sub, one, timeout=120)
         assert final["state"] == "succeeded", final
         assert state(c, five) == "queued", state(c, five)
-        reason_has(c, early, "needs 1 node, only 0 agents of target attached registered with")
+        reason_has(c, early, "needs 1 node x 8 GPUs, only 0 agents of target attached registered with that")
         # With agents registered, resources none of them has are refused with the numbers.
         r = c.request("submit", {"spec": spec(c, "gpus", 1, SHORT,
                                               "resources: {gpus_per_worker: 8}")})
@@ -154,7 +156,15 @@ def test_impossible_and_resources(drover):
         fits = submit(c, "fits", 1, SHORT, "resources: {cpus_per_worker: 1, memory_mb: 16}")
         final, _ = c.follow(sub, fits, timeout=120)
         assert final["state"] == "succeeded", final
-        for j in (five, early):
+        # A pool nobody serves: its reason says for how long (and when the job fails).
+        r = c.request("submit", {"spec": spec(c, "pooled", 1, SHORT), "pool": "gpu-a"})
+        assert r[1] == "submitted", r
+        pooled = r[2]["job"]
+        pat = re.compile(r"^pool gpu-a: no agent registered for (\d+) s \(the job fails at 60 s\)$")
+        why = wait_for(lambda: (lambda m: m and int(m.group(1)) >= 2 and m.group(0))(
+            pat.match(job(c, pooled)["reason"])), 20, "the pooled job's reason to count 2 s")
+        print("pooled job, no agent of its pool: %s" % why)
+        for j in (five, early, pooled):
             cancel(c, j)
         # A job that runs past its max_runtime is stopped: backfill counted on its end.
         over = submit(c, "over", 1, LONG, "max_runtime: 1")
