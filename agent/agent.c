@@ -60,8 +60,10 @@ typedef struct {
   int64_t heartbeat_ms, peer_timeout_ms; /* ours until the coordinator's welcome says */
   uint64_t seq, session;
   child_t kids[MAX_WORKERS];
-  int64_t last_job;          /* the job of the newest assign, and its generation: */
-  uint32_t last_generation;  /* an exit report says it (the coordinator's booking) */
+  int64_t last_job;          /* the job of the newest assign, its generation, how many */
+  uint32_t last_generation;  /* assigns of that generation came and how many it said */
+  uint32_t last_count, last_local_world; /* would (local_world): exit reports say the
+                                            generation once all came */
   proto_gpu_t *gpus;         /* in PCI bus id order (gpuinfo.h) */
   uint32_t ngpus;
   cpu_set_t cpus;            /* the cores it may use (its affinity) */
@@ -265,7 +267,7 @@ static drv_result_t worker_spawn(agent_t *a, const proto_assign_t *as) {
   if (!k) return drv_error(DRV_ERR_INVALID, "already running %d workers", MAX_WORKERS);
   paths_vetted_t v;
   run_as_t u = {.ngroups = 0};
-  share_t sh;
+  share_t sh = {.pin = 0};
   int run_fd = -1, log_fd = -1, spec_fd = -1;
   pid_t pid = 0;
   char logpath[PATH_MAX];
@@ -309,7 +311,8 @@ static void worker_kill(child_t *k, const char *why) {
   k->kill_deadline_ms = drv_now_ms() + KILL_GRACE_MS;
 }
 
-static void report_exit(agent_t *a, const child_t *k, int32_t code, int32_t sig) {
+/* Reports worker k's end (none: a kill found no such worker, k only names it). */
+static void report_exit(agent_t *a, const child_t *k, int32_t code, int32_t sig, int none) {
   proto_msg_t m;
   proto_msg_init(&m, PROTO_WORKER_EXIT);
   m.u.worker_exit.job = k->job;
@@ -317,8 +320,11 @@ static void report_exit(agent_t *a, const child_t *k, int32_t code, int32_t sig)
   m.u.worker_exit.rank = k->rank;
   m.u.worker_exit.exit_code = code;
   m.u.worker_exit.signal = sig;
+  m.u.worker_exit.none = (uint32_t)none;
   m.u.worker_exit.workers = job_workers(a, k->job);
-  m.u.worker_exit.assigned = a->last_job == k->job ? a->last_generation : 0;
+  /* The coordinator frees us on workers 0 only when no assign of its is still on the way. */
+  int all = a->last_job == k->job && a->last_count >= a->last_local_world;
+  m.u.worker_exit.assigned = all ? a->last_generation : 0;
   send_msg(a, &m);
 }
 
@@ -337,7 +343,7 @@ static void reap_workers(agent_t *a) {
       kill(-k->pid, SIGKILL); /* anything it left in its group */
       child_t gone = *k;
       memset(k, 0, sizeof *k); /* first: the report counts the job's workers left */
-      report_exit(a, &gone, code, sig);
+      report_exit(a, &gone, code, sig, 0);
     } else if (k->kill_deadline_ms && now > k->kill_deadline_ms) {
       kill(-k->pid, SIGKILL);
     }
@@ -457,7 +463,7 @@ static void refuse(agent_t *a, const proto_assign_t *as) {
       .job = as->job, .generation = as->generation, .rank = as->rank, .reason = why};
   send_msg(a, &f);
   child_t k = {.job = as->job, .generation = as->generation, .rank = as->rank};
-  report_exit(a, &k, 127, 0);
+  report_exit(a, &k, 127, 0, 0);
 }
 
 static void on_message(agent_t *a, proto_msg_t *m) {
@@ -489,8 +495,12 @@ static void on_message(agent_t *a, proto_msg_t *m) {
     }
     break;
   case PROTO_ASSIGN:
+    if (a->last_job != m->u.assign.job || a->last_generation != m->u.assign.generation)
+      a->last_count = 0;
     a->last_job = m->u.assign.job;
     a->last_generation = m->u.assign.generation;
+    a->last_count++;
+    a->last_local_world = m->u.assign.local_world ? m->u.assign.local_world : 1;
     if (worker_spawn(a, &m->u.assign) != DRV_OK) refuse(a, &m->u.assign);
     break;
   case PROTO_KILL: {
@@ -508,8 +518,8 @@ static void on_message(agent_t *a, proto_msg_t *m) {
       /* Its assignment never arrived, or the worker is already reaped: say so, or the
        * coordinator keeps this agent booked. */
       log_debug("kill for job %" PRId64 ": no worker of it here", m->u.kill.job);
-      child_t k = {.job = m->u.kill.job, .generation = m->u.kill.generation};
-      report_exit(a, &k, -1, 0);
+      child_t k = {.job = kl->job, .generation = kl->generation, .rank = kl->rank};
+      report_exit(a, &k, -1, 0, 1);
     }
     break;
   }

@@ -13,6 +13,7 @@
 #include "cli/cli.h"
 #include "common/fsutil.h"
 #include "common/proto.h"
+#include "kernels/gpuinfo.h"
 
 /* Seconds a local agent waits without any coordinator before it exits by itself. */
 #define SPAWN_AGENT_ORPHAN_S "15"
@@ -25,9 +26,11 @@ drv_result_t spawn_init(spawn_t *s, const char *coordinator, const char *state_d
 
 // --- Children ------------------------------------------------------------------------------
 
-/* Starts `drover ARGS...` with stderr/stdout to logfile (or inherited when verbose). */
+/* Starts `drover ARGS...` with stderr/stdout to logfile (or inherited when verbose), with
+ * OPENBLAS_NUM_THREADS blas_threads unless set, and CUDA_VISIBLE_DEVICES gpus (NULL: as
+ * it is). */
 static pid_t spawn_child(const spawn_t *s, const char *logname, char *const args[],
-                         const char *blas_threads) {
+                         const char *blas_threads, const char *gpus) {
   char logpath[PATH_MAX + 64];
   int have_log = fs_path(logpath, sizeof logpath, "%s/%s", s->logdir, logname) == DRV_OK;
   pid_t pid = fork();
@@ -45,6 +48,7 @@ static pid_t spawn_child(const spawn_t *s, const char *logname, char *const args
     if (devnull >= 0) dup2(devnull, 0);
     if (blas_threads && !getenv("OPENBLAS_NUM_THREADS"))
       setenv("OPENBLAS_NUM_THREADS", blas_threads, 1);
+    if (gpus) setenv("CUDA_VISIBLE_DEVICES", gpus, 1);
     /* Own process group: a Ctrl-C at the terminal reaches us, and we stop them in order. */
     setpgid(0, 0);
     execv(cli_self_exe(), args);
@@ -122,7 +126,7 @@ int spawn_coordinator(spawn_t *s, sock_ctx_t *ctx, int local) {
                   "10",
                   NULL};
   if (local)
-    s->coord_pid = spawn_child(s, "coordinator.log", args, NULL);
+    s->coord_pid = spawn_child(s, "coordinator.log", args, NULL, NULL);
   else
     start_detached(s, args);
   for (int i = 0; i < 100; i++) { /* up to ~10 s */
@@ -147,6 +151,24 @@ int spawn_coordinator_exited(spawn_t *s) {
 
 #define SPAWN_MAX_ALLOW 16
 
+/* With at least n GPUs here, agent i of n gets its own share of them (by UUID, in PCI bus
+ * id order), so that `nodes: 2` on an 8-GPU machine is 2 nodes of 4, not 2 of the same 8;
+ * with fewer, every agent sees them all (2 workers sharing one GPU). out[i] is the
+ * CUDA_VISIBLE_DEVICES of agent i, or "" to leave it as it is. */
+static void share_gpus(uint32_t n, char (*out)[GPUINFO_MAX * 48]) {
+  proto_gpu_t *g;
+  uint32_t count;
+  for (uint32_t i = 0; i < n; i++) out[i][0] = '\0';
+  gpuinfo_query(&g, &count);
+  for (uint32_t i = 0; count >= n && i < n; i++) {
+    size_t len = 0;
+    for (uint32_t k = i * count / n; k < (i + 1) * count / n && g[k].uuid; k++)
+      len += (size_t)snprintf(out[i] + len, sizeof out[i] - len, "%s%s", len ? "," : "",
+                              g[k].uuid);
+  }
+  gpuinfo_free(g, count);
+}
+
 int spawn_local_agents(spawn_t *s, uint32_t n, const char *const *dirs, int ndirs) {
   if (ndirs > SPAWN_MAX_ALLOW) ndirs = SPAWN_MAX_ALLOW;
   if (n > SPAWN_MAX_AGENTS) {
@@ -158,6 +180,8 @@ int spawn_local_agents(spawn_t *s, uint32_t n, const char *const *dirs, int ndir
   snprintf(threads, sizeof threads, "%ld", cpus / (long)n > 0 ? cpus / (long)n : 1);
   char parent[16];
   snprintf(parent, sizeof parent, "%d", (int)getpid());
+  static char gpus[SPAWN_MAX_AGENTS][GPUINFO_MAX * 48];
+  share_gpus(n, gpus);
   for (uint32_t i = 0; i < n; i++) {
     char id[64], log[64];
     snprintf(id, sizeof id, "%s-%u", s->pool, i);
@@ -189,7 +213,7 @@ int spawn_local_agents(spawn_t *s, uint32_t n, const char *const *dirs, int ndir
       args[argc++] = (char *)dirs[d];
     }
     args[argc] = NULL;
-    pid_t pid = spawn_child(s, log, args, threads);
+    pid_t pid = spawn_child(s, log, args, threads, gpus[i][0] ? gpus[i] : NULL);
     if (pid < 0) {
       fprintf(stderr, "drover submit: fork: %s\n", strerror(errno));
       return -1;

@@ -1301,6 +1301,11 @@ static drv_result_t spec_validate(const jobspec_t *s, const char *origin) {
                         JOBSPEC_MAX_WORKERS_PER_NODE);
   /* With workers_per_node 0 the world is known at placement (job.c checks it there). */
   uint64_t per_node = s->workers_per_node ? s->workers_per_node : 1;
+  /* (One worker per node: nodes are bounded by DROVER_MAX_NODES, checked apart.) */
+  if (per_node > 1 && (uint64_t)s->max_nodes * per_node > JOBSPEC_MAX_WORLD)
+    return spec_invalid(origin, s->max_nodes > s->nodes ? "max_nodes" : "nodes",
+                        "%u x workers_per_node %" PRIu64 " is more than %d workers",
+                        s->max_nodes, per_node, JOBSPEC_MAX_WORLD);
   if ((uint64_t)s->nodes * per_node > s->train.global_batch)
     return spec_invalid(origin, "train.global_batch",
                         "%u is smaller than nodes x workers_per_node (%" PRIu64

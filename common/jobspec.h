@@ -10,7 +10,7 @@
  *   nodes: 2                           # agents (nodes) to gang-schedule (default 1)
  *   workers_per_node: 0                # workers on each node, ranks node-major; 0: one
  *                                      # per GPU the agent has, one on a CPU agent
- *                                      # (0..64)                       (default 0)
+ *                                      # (0..64; max_nodes x it <= 256) (default 0)
  *   min_nodes: 1                       # fewest nodes a re-formed world may keep (in
  *                                      # workers: min_nodes x workers per node);
  *                                      # 1 <= min_nodes <= nodes       (default nodes)
@@ -85,6 +85,7 @@
 #define JOBSPEC_MAX_HIDDEN 8
 #define JOBSPEC_NAME_MAX 64 /* bytes of a job name */
 #define JOBSPEC_MAX_WORKERS_PER_NODE 64
+#define JOBSPEC_MAX_WORLD 256 /* workers of one world: nodes (max_nodes) x workers_per_node */
 #define JOBSPEC_PATH_MAX 1024 /* bytes of a path in a submitted spec (DROVER_MAX_PATH_BYTES at most) */
 
 typedef enum { SPEC_TARGET_LOCAL = 0, SPEC_TARGET_ATTACHED, SPEC_TARGET_MANAGED } spec_target_t;

@@ -176,7 +176,8 @@ typedef enum {
   F(B, exit_code,  I32, REQ) /* -1 when killed by a signal */                              \
   F(B, signal,     I32, REQ) /* 0 when it exited */                                        \
   F(B, workers,    U32, OPT) /* the job's workers the agent still runs */                  \
-  F(B, assigned,   U32, OPT) /* the newest generation of the job it was assigned */
+  F(B, assigned,   U32, OPT) /* newest generation of the job all its assigns came for */ \
+  F(B, none,       U32, OPT) /* 1: a kill's answer: no such worker was running */
 
 #define PROTO_FIELDS_rendezvous(F, A, B)                                                     \
   F(B, job,        I64, REQ)                                                               \

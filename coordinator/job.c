@@ -230,13 +230,6 @@ static int rank_of_agent(const job_t *j, int ai) {
   return -1;
 }
 
-/* Whether every rank of j on the agent at registry index ai has exited. */
-static int agent_ranks_exited(const job_t *j, int ai) {
-  for (uint32_t r = 0; j->ranks && r < j->world; r++)
-    if (j->ranks[r].agent == ai && !j->ranks[r].exited) return 0;
-  return 1;
-}
-
 /* Whether rank r is the first of its agent's ranks: one message per agent. */
 static int first_of_agent(const job_t *j, uint32_t r) {
   return rank_of_agent(j, j->ranks[r].agent) == (int)r;
@@ -307,6 +300,9 @@ static uint32_t job_gpus_each(const job_t *j) {
 static uint32_t agent_slots(const job_t *j, const agent_t *a) {
   if (j->workers_per_node) return j->workers_per_node;
   uint32_t n = a->gpus / job_gpus_each(j);
+  /* Its cores and memory must hold them all too. */
+  if (j->cpus_per_worker) n = DRV_MIN(n, a->cpus / j->cpus_per_worker);
+  if (j->memory_mb) n = (uint32_t)DRV_MIN((uint64_t)n, (a->mem_bytes >> 20) / j->memory_mb);
   return n ? DRV_MIN(n, (uint32_t)JOBSPEC_MAX_WORKERS_PER_NODE) : 1;
 }
 
@@ -391,11 +387,8 @@ static void job_finish(job_table_t *t, job_t *j, job_phase_t to, const char *rea
   job_enter(j, to, LOG_INFO, "job %" PRId64 " (%s) %s%s%s", j->id, j->name, store_state_name(state),
             reason && *reason ? ": " : "", reason ? reason : "");
   job_publish_state(t, j, reason);
-  /* Agents with a worker still alive keep `job` set; their last worker's exit frees them. */
-  for (uint32_t r = 0; j->ranks && r < j->world; r++) {
-    agent_t *a = first_of_agent(j, r) ? rank_agent(t, &j->ranks[r]) : NULL;
-    if (a && a->job == j->id && agent_ranks_exited(j, j->ranks[r].agent)) a->job = 0;
-  }
+  /* Agents keep `job` set: the exit of their last worker frees them (worker_exit with
+   * `workers` 0), or, if that report is lost, their next heartbeat without workers. */
   job_release(j);
 }
 
@@ -521,10 +514,11 @@ static uint32_t placement_wpn(job_table_t *t, const job_t *j, const int *agent, 
     const agent_t *a = registry_at(t->reg, agent[n]);
     if (a) w = DRV_MIN(w, agent_slots(j, a));
   }
-  uint32_t cap = DRV_MAX(1u, j->global_batch / nodes);
+  uint32_t cap = DRV_MAX(1u, DRV_MIN(j->global_batch, (uint32_t)JOBSPEC_MAX_WORLD) / nodes);
   if (w > cap) {
     log_info("job %" PRId64 ": %u worker(s) per node would be more than train.global_batch %u "
-             "over %u node(s) allows: %u per node", j->id, w, j->global_batch, nodes, cap);
+             "(and %d workers) over %u node(s) allow: %u per node",
+             j->id, w, j->global_batch, JOBSPEC_MAX_WORLD, nodes, cap);
     w = cap;
   }
   return w;
@@ -821,6 +815,7 @@ static void recover(job_table_t *t, job_t *j, const recovery_failure_t *failure,
                        .min_nodes = j->min_nodes,
                        .max_nodes = j->max_nodes,
                        .workers_per_node = j->wpn,
+                       .max_world = j->global_batch,
                        .max_restarts = j->max_restarts,
                        .restarts = j->restarts,
                        .rejoin_timeout_s = j->rejoin_timeout_s,
@@ -899,8 +894,8 @@ static void check_pool(job_table_t *t, job_t *j, int64_t now) {
 /* Room to grow and a free agent for it, with nobody queued for that agent: re-form at the
  * next commit with it. Returns 1 when it asked. */
 static int maybe_grow(job_table_t *t, job_t *j, int64_t now) {
-  if (j->phase != JOB_PHASE_RUNNING || j->world >= j->max_nodes * j->wpn || !j->commit_every)
-    return 0;
+  uint32_t max = DRV_MIN(DRV_MIN(j->max_nodes * j->wpn, j->global_batch), JOB_MAX_SLOTS);
+  if (j->phase != JOB_PHASE_RUNNING || j->world >= max || !j->commit_every) return 0;
   job_slot_t slots[JOB_MAX_SLOTS];
   uint32_t n = free_slots(t, j, now, slots);
   for (int k = 0; k < JOB_MAX; k++) {
@@ -1014,11 +1009,14 @@ void job_agent_lost(job_table_t *t, agent_t *a, const char *why) {
              a->agent_id, a->host, ranks_text(j, ai, ranks, sizeof ranks), j->ranks[r].step, why);
     /* Its workers die with it (and nobody is left to report their end): one failure,
      * named by its first rank, the others gone with it. */
-    for (uint32_t k = 0; k < j->world; k++)
-      if (j->ranks[k].agent == ai) {
-        j->ranks[k].exited = 1;
-        if ((int)k != r) j->ranks[k].dead = 1;
-      }
+    for (uint32_t k = 0; k < j->world; k++) {
+      job_rank_t *s = &j->ranks[k];
+      if (s->agent != ai) continue;
+      s->exited = 1;
+      if ((int)k == r || s->dead) continue; /* job_trouble stops the first */
+      s->dead = 1;
+      if (s->peer.len) send_abort(t, &s->peer, j->id, j->generation, reason);
+    }
     job_trouble(t, j, r, reason);
   }
   registry_forget(t->reg, a);
@@ -1055,7 +1053,8 @@ void job_on_worker_exit(job_table_t *t, agent_t *a, const proto_worker_exit_t *e
    * start one. An older generation's exit says nothing of the newer one's workers. */
   if (a->job == e->job && !e->workers && e->assigned == a->generation) a->job = 0;
   job_t *j = job_find(t, e->job);
-  if (!j || !phase_placed(j->phase) || !j->ranks) return;
+  /* `none`: the answer to a kill that found no such worker: only the booking counts. */
+  if (e->none || !j || !phase_placed(j->phase) || !j->ranks) return;
   int r = rank_of_worker(j, registry_index(t->reg, a), e->generation, e->rank);
   if (r < 0) return; /* left out, or stale */
   job_rank_t *s = &j->ranks[r];

@@ -144,7 +144,8 @@ static void settle(const recovery_job_t *job, uint32_t n, recovery_plan_t *out) 
     if (*fate == RECOVERY_RANK_REPORTED) out->from[out->survivors++] = r;
   }
   uint32_t nsurv = out->survivors;
-  uint32_t max = job->max_nodes * per_node(job);
+  uint32_t max = DRV_MIN(job->max_nodes * per_node(job), (uint32_t)RECOVERY_MAX_RANKS);
+  if (job->max_world) max = DRV_MIN(max, job->max_world);
   out->newcomers = max > nsurv ? DRV_MIN(job->free_agents, max - nsurv) : 0;
   out->world = nsurv + out->newcomers;
   const char *cause = planned ? job->pause_reason : out->cause.text;

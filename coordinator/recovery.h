@@ -84,6 +84,8 @@ typedef struct {
   uint32_t min_nodes, max_nodes;   /* nodes of workers_per_node workers each: the world's
                                       bounds in workers are these times workers_per_node */
   uint32_t workers_per_node;       /* 0 is taken as 1 */
+  uint32_t max_world;              /* > 0: no world larger (train.global_batch: a sample per
+                                      worker a step), whatever max_nodes says */
   uint32_t max_restarts, restarts; /* restarts: re-formations after failures so far */
   uint32_t rejoin_timeout_s;       /* below min_nodes: how long to wait for agents; 0: fail */
   uint64_t ckpt_step;              /* its newest durable checkpoint; 0: none. With one, a

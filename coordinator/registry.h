@@ -21,12 +21,12 @@
 #include "common/sock.h"
 
 #define REGISTRY_MAX_AGENTS 256
-#define REGISTRY_MAX_GPUS 16 /* GPUs of one agent that are handed out; more are ignored */
+#define REGISTRY_MAX_GPUS 64 /* GPUs of one agent that are handed out (an agent lists at most 64) */
 
 /* One GPU of an agent, as its hello listed it, and its use at the last heartbeat. */
 typedef struct {
   uint32_t index;      /* the agent's name for it (assign.device) */
-  char name[64], pci_bus_id[32];
+  char name[48], pci_bus_id[24];
   uint64_t mem_bytes;
   int measured;        /* the agent's NVML measures it: the two below are known */
   uint64_t mem_used_bytes;

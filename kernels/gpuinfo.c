@@ -31,7 +31,7 @@ void gpuinfo_fake(uint32_t n, proto_gpu_t **gpus, uint32_t *count) {
   if (!g) return;
   for (uint32_t i = 0; i < n; i++) {
     char bus[32], uuid[32];
-    snprintf(bus, sizeof bus, "0000:%02x:00.0", (unsigned)((0x10 * (n - i)) & 0xff));
+    snprintf(bus, sizeof bus, "0000:%02x:00.0", (unsigned)(n - i));
     snprintf(uuid, sizeof uuid, "GPU-fake-%u", i);
     g[i] = (proto_gpu_t){.index = i,
                          .name = strdup("fake GPU (DROVER_FAKE_GPUS)"),

@@ -23,7 +23,7 @@
 void gpuinfo_query(proto_gpu_t **gpus, uint32_t *count);
 
 /* n GPUs that are not there, for tests of the device assignment on machines without one
- * (DROVER_FAKE_GPUS): index i is on PCI bus 0x10 * (n - i), so the bus id order is the
+ * (DROVER_FAKE_GPUS): index i is on PCI bus n - i, so the bus id order is the
  * reverse of the index order, and its UUID is "GPU-fake-<i>". Filled as gpuinfo_query. */
 void gpuinfo_fake(uint32_t n, proto_gpu_t **gpus, uint32_t *count);
 

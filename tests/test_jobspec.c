@@ -595,6 +595,22 @@ static void test_error_semantic(void **state) {
                "train.global_batch (8)");
   EXPECT_SUBST("  epochs: 1\n", "  epochs: 1\n  keep_checkpoints: 0\n",
                "case.yaml: train.keep_checkpoints", "at least 1");
+  /* workers_per_node: at most 64, and a world (max_nodes x it) of a sample per worker and
+   * at most 256 workers. */
+  EXPECT_SUBST("name: t\n", "name: t\nworkers_per_node: 65\n", "case.yaml: workers_per_node",
+               "65 is more than 64");
+  EXPECT_SUBST("name: t\n", "name: t\nnodes: 3\nworkers_per_node: 3\n",
+               "case.yaml: train.global_batch", "nodes x workers_per_node (9)");
+  EXPECT_SUBST("name: t\n", "name: t\nnodes: 2\nmax_nodes: 3\nworkers_per_node: 4\n",
+               "case.yaml: max_nodes", "3 x workers_per_node 4", "train.global_batch (8)");
+  {
+    char *big = subst(minimal, "  global_batch: 8\n", "  global_batch: 4096\n");
+    char *y = subst(big, "name: t\n", "name: t\nnodes: 100\nworkers_per_node: 3\n");
+    expect_invalid(y, NULL, 0, "case.yaml: nodes", "100 x workers_per_node 3 is more than 256",
+                   (const char *)NULL);
+    free(y);
+    free(big);
+  }
   /* The GPU keys: precision and sum type need a GPU, buckets 1..4096 MB. */
   EXPECT_SUBST("  epochs: 1\n", "  epochs: 1\n  backend: cpu\n  precision: bf16\n",
                "case.yaml: train.precision", "bf16 needs a GPU");

@@ -5,6 +5,8 @@
   node-major (each agent's log names the assignments it ran).
 - SIGKILL one worker of a node: the world re-forms without it (the node's other worker
   stays) and the job completes.
+- 3 nodes x 2 workers: a drained node takes both its workers out at the next commit, a
+  node that joins brings two, a node SIGKILLed loses both; the job completes.
 - Device assignment, with GPUs that are not there (DROVER_FAKE_GPUS, the settings table's
   test hook, listed in reverse PCI order): each worker gets its own GPU(s) in PCI bus id
   order by local rank, named by UUID in its CUDA_VISIBLE_DEVICES, its share of the cores,
@@ -105,6 +107,76 @@ def test_killed_worker_of_a_node_reforms(drover):
         assert steps[-1]["step"] == 300, steps[-1]
 
 
+NODES_SPEC = """
+name: nodes
+target: attached
+nodes: 3
+workers_per_node: 2
+min_nodes: 1
+model: {type: mlp, hidden: [32]}
+data:
+  format: synthetic
+  synthetic: {train_samples: 24000, test_samples: 1000, features: 16, classes: 4, seed: 4}
+train: {epochs: 5, global_batch: 60, seed: 3, commit_every: 20, optimizer: {type: sgd, lr: 0.05}}
+run_dir: %s
+"""  # 400 steps an epoch; with DROVER_FAULT_SLOW_MS=10 at least 20 s in all
+
+
+def reforms(run_dir):
+    """(world, steps redone) of each re-formation in run_dir's metrics, in order."""
+    m = read_metrics(run_dir)
+    out = []
+    for i, x in enumerate(m):
+        if x["type"] == "reform":
+            before = [y["step"] for y in m[:i] if y["type"] == "step"]
+            out.append((x["world"], max(before) - x["step"]))
+    return out
+
+
+def test_nodes_drained_joined_and_lost(drover):
+    """3 nodes x 2 workers: a node drained (SIGTERM to its agent) takes both its workers out
+    at the next commit; a node that joins brings 2 (world 6 again, max_nodes 3 x 2); a node
+    SIGKILLed loses both; the job completes."""
+    with cluster(drover, env=ENV) as c:
+        c.start_coordinator()
+        slow = {"DROVER_FAULT_SLOW_MS": "10"}
+        for a in ("a1", "a2", "a3"):
+            c.start_agent(a, env=slow)
+        c.wait_agents(3)
+        r = c.request("submit", {"spec": NODES_SPEC % c.runs})
+        assert r[1] == "submitted", r
+        j, run = r[2]["job"], r[2]["run_dir"]
+
+        def at(step):
+            wait_for(lambda: job(c, j)["step"] >= step, 120, "job %d to pass step %d" % (j, step))
+
+        def world(n):
+            wait_for(lambda: len(job(c, j).get("ranks") or []) == n and job(c, j)["state"] ==
+                     "running", 60, "job %d to run %d workers" % (j, n))
+
+        at(60)
+        c.agents["a2"].send_signal(signal.SIGTERM)  # drained: its 2 ranks leave together
+        world(4)
+        assert c.agents["a2"].wait(timeout=30) == 0
+        at(job(c, j)["step"] + 40)
+        c.start_agent("a4", env=slow)  # joins: the job grows by a node of 2 workers
+        world(6)
+        ranks = job(c, j)["ranks"]
+        assert [(x["agent"], x["local_rank"]) for x in ranks[4:]] == [("a4", 0), ("a4", 1)], ranks
+        at(job(c, j)["step"] + 40)
+        os.kill(c.agents["a3"].pid, signal.SIGKILL)  # lost: its 2 workers die with it
+        st = wait_for(lambda: (lambda s: s["state"] != "running" and s)(job(c, j)), 300,
+                      "job %d to end" % j)
+        assert st["state"] == "succeeded", st
+        got = reforms(run)
+        assert [w for w, _ in got] == [4, 6, 4], got
+        assert got[0][1] == 0 and got[1][1] == 0, got  # planned: no step redone
+        assert got[2][1] <= 20, got  # a failure: back to the last commit at most
+        print("3 x 2 workers: drained -> %d, joined -> %d, node SIGKILLed -> %d (%d step(s) "
+              "redone); accuracy %.4f" % (got[0][0], got[1][0], got[2][0], got[2][1],
+                                          st["test_accuracy"]))
+
+
 FAKE_SPEC = """
 name: %s
 target: attached
@@ -134,7 +206,7 @@ def test_fake_gpus_are_dealt_by_pci_bus_id(drover):
         for a in agents:  # listed in PCI bus id order, the reverse of their index
             devs = a["devices"]
             assert [d["pci_bus_id"] for d in devs] == \
-                ["0000:10:00.0", "0000:20:00.0", "0000:30:00.0", "0000:40:00.0"], devs
+                ["0000:01:00.0", "0000:02:00.0", "0000:03:00.0", "0000:04:00.0"], devs
             assert [d["index"] for d in devs] == [3, 2, 1, 0], devs
         # Too much for any node: refused at submission, with the numbers.
         r = c.request("submit", {"spec": FAKE_SPEC % (
@@ -152,7 +224,7 @@ def test_fake_gpus_are_dealt_by_pci_bus_id(drover):
             ranks = wait_for(lambda: (lambda s: s["state"] == "running" and s.get("ranks")
                                       and len(s["ranks"]) == world and s["ranks"])(job(c, j)),
                              60, "job %s to run on %d workers" % (name, world))
-            buses = ["0000:10:00.0", "0000:20:00.0", "0000:30:00.0", "0000:40:00.0"]
+            buses = ["0000:01:00.0", "0000:02:00.0", "0000:03:00.0", "0000:04:00.0"]
             uuids = ["GPU-fake-3", "GPU-fake-2", "GPU-fake-1", "GPU-fake-0"]
             for x in ranks:
                 node, lr = divmod(x["rank"], wpn)
@@ -176,4 +248,4 @@ def test_fake_gpus_are_dealt_by_pci_bus_id(drover):
 
 if __name__ == "__main__":
     main([test_two_nodes_of_two_workers_match_one_worker, test_killed_worker_of_a_node_reforms,
-          test_fake_gpus_are_dealt_by_pci_bus_id])
+          test_nodes_drained_joined_and_lost, test_fake_gpus_are_dealt_by_pci_bus_id])
