@@ -19,6 +19,8 @@ pkgs=(
   dataset-fashion-mnist  # /usr/share/datasets/fashion-mnist
   python3              # protocol client test (pyzmq, msgpack from Debian)
   python3-zmq python3-msgpack
+  slurm-wlm munge      # managed targets: the Slurm launcher, and the test suite's own cluster
+  openssh-server openssh-client  # managed targets: the ssh launcher, and the tests' sshd
 )
 if [ "${1:-}" = "fuzz" ]; then
   pkgs+=(
