@@ -416,6 +416,7 @@ static void send_hello(agent_t *a) {
   h->host = a->host;
   h->target = a->cfg->target ? a->cfg->target : "attached";
   h->pool = a->cfg->pool;
+  h->node = a->cfg->node;
   h->pid = (uint32_t)getpid();
   h->session = a->session;
   h->cpus = a->ncpus;

@@ -26,6 +26,7 @@ typedef struct {
                                      to the coordinator */
   const char *exe;                /* the drover executable to run workers with */
   const char *pool;               /* NULL, or the pool it serves (jobs submitted with that pool) */
+  const char *node;               /* NULL, or the managed node it was launched as (--node) */
   pid_t parent;                   /* > 0: stop at once when our parent is no longer this process
                                      (`drover submit` of the local target, killed or gone) */
   int exit_without_coordinator_s; /* > 0: stop at once after hearing nothing from any

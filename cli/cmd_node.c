@@ -12,6 +12,7 @@
 
 #include "agent/agent.h"
 #include "cli/cli.h"
+#include "common/jobspec.h"
 #include "common/log.h"
 #include "common/proto.h"
 #include "common/settings.h"
@@ -79,6 +80,7 @@ int cmd_agent(int argc, char **argv) {
                                        {"exit-without-coordinator", required_argument, 0, 'X'},
                                        {"allow-dir", required_argument, 0, 'A'},
                                        {"run-as", required_argument, 0, 'U'},
+                                       {"node", required_argument, 0, 'N'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   agent_config_t cfg = {.target = "attached"};
@@ -86,8 +88,10 @@ int cmd_agent(int argc, char **argv) {
   int c;
   char *end;
   long v;
-  while ((c = getopt_long(argc, argv, "c:i:t:H:p:P:X:A:U:h", opts, NULL)) != -1) {
-    if (c == 'A' && cfg.nallow_dirs < (int)DRV_ARRAY_LEN(allow))
+  while ((c = getopt_long(argc, argv, "c:i:t:H:p:P:X:A:U:N:h", opts, NULL)) != -1) {
+    if (c == 'N')
+      cfg.node = optarg;
+    else if (c == 'A' && cfg.nallow_dirs < (int)DRV_ARRAY_LEN(allow))
       allow[cfg.nallow_dirs++] = optarg;
     else if (c == 'U')
       cfg.run_as = optarg;
@@ -109,15 +113,17 @@ int cmd_agent(int argc, char **argv) {
         cfg.exit_without_coordinator_s = (int)v;
     } else
       return cli_usage_fail("agent",
-                            "--coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local] "
+                            "--coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local|T] "
                             "[--host ADDR] [--pool NAME] [--parent PID] "
                             "[--exit-without-coordinator SECONDS] [--allow-dir DIR]... "
-                            "[--run-as USER] [--join FILE] [--insecure]");
+                            "[--run-as USER] [--node NAME] [--join FILE] [--insecure]");
   }
   cfg.allow_dirs = allow;
-  if (strcmp(cfg.target, "attached") && strcmp(cfg.target, "local") &&
-      strcmp(cfg.target, "managed")) {
-    fprintf(stderr, "drover agent: --target %s: expected attached, local or managed\n", cfg.target);
+  if (!jobspec_name_ok(cfg.target, JOBSPEC_TARGET_MAX)) {
+    fprintf(stderr,
+            "drover agent: --target %s: expected attached, local or a target's name (1 to %d "
+            "letters, digits, '.', '_' or '-')\n",
+            cfg.target, JOBSPEC_TARGET_MAX);
     return 2;
   }
   cfg.coordinator = cli_coordinator(cfg.coordinator);

@@ -209,7 +209,7 @@ static int resolve_spec(submit_t *s, sock_ctx_t *ctx, char **yaml, int *local, u
     jobspec_destroy(&spec);
     return 1;
   }
-  *local = spec->target == SPEC_TARGET_LOCAL;
+  *local = !strcmp(spec->target, "local");
   *nodes = spec->nodes;
   if (*local) allow_spec_dirs(s, spec);
   jobspec_destroy(&spec);

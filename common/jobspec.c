@@ -260,11 +260,6 @@ typedef __typeof__(((jobspec_t *)0)->resources) spec_resources_map_t;
 typedef __typeof__(((spec_train_map_t *)0)->optimizer) spec_optim_map_t;
 typedef __typeof__(((spec_train_map_t *)0)->lr_schedule) spec_sched_map_t;
 
-static const cyaml_strval_t spec_target_names[] = {
-    {"local", SPEC_TARGET_LOCAL},
-    {"attached", SPEC_TARGET_ATTACHED},
-    {"managed", SPEC_TARGET_MANAGED},
-};
 static const cyaml_strval_t spec_activation_names[] = {
     {"relu", SPEC_ACT_RELU},
     {"gelu", SPEC_ACT_GELU},
@@ -399,8 +394,7 @@ static const cyaml_schema_field_t spec_resources_fields[] = {
 
 static const cyaml_schema_field_t spec_fields[] = {
     CYAML_FIELD_STRING_PTR("name", SPEC_STR_REQ, jobspec_t, name, 1, CYAML_UNLIMITED),
-    CYAML_FIELD_ENUM("target", SPEC_ENUM_OPT, jobspec_t, target, spec_target_names,
-                     CYAML_ARRAY_LEN(spec_target_names)),
+    CYAML_FIELD_STRING_PTR("target", SPEC_STR_OPT, jobspec_t, target, 1, CYAML_UNLIMITED),
     CYAML_FIELD_UINT("nodes", SPEC_OPT, jobspec_t, nodes),
     CYAML_FIELD_UINT("min_nodes", SPEC_OPT, jobspec_t, min_nodes),
     CYAML_FIELD_UINT("max_nodes", SPEC_OPT, jobspec_t, max_nodes),
@@ -1228,20 +1222,33 @@ static drv_result_t spec_check_split(const spec_split_t *split, const char *name
 
 /* A job name is a file name part (<run_dir>/<name>-<id>) and shows in every listing: 1 to
  * JOBSPEC_NAME_MAX letters, digits, '.', '_' or '-', not starting with '.'. */
-static drv_result_t spec_check_name(const char *name, const char *origin) {
-  if (!name || !*name) return spec_invalid(origin, "name", "must not be empty");
-  size_t n = strlen(name);
-  bool ok = n <= JOBSPEC_NAME_MAX && name[0] != '.';
+int jobspec_name_ok(const char *name, size_t max) {
+  size_t n = name ? strlen(name) : 0;
+  bool ok = n >= 1 && n <= max && name[0] != '.';
   for (size_t k = 0; ok && k < n; k++) {
     char c = name[k];
     ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
          c == '_' || c == '-';
   }
-  if (ok) return DRV_OK;
+  return ok;
+}
+
+static drv_result_t spec_check_name(const char *name, const char *origin) {
+  if (!name || !*name) return spec_invalid(origin, "name", "must not be empty");
+  if (jobspec_name_ok(name, JOBSPEC_NAME_MAX)) return DRV_OK;
   return spec_invalid(origin, "name",
                       "'%.64s%s' is not a job name: 1 to %d letters, digits, '.', '_' or '-', "
                       "not starting with '.'",
-                      name, n > 64 ? "..." : "", JOBSPEC_NAME_MAX);
+                      name, strlen(name) > 64 ? "..." : "", JOBSPEC_NAME_MAX);
+}
+
+/* A target is named like a job, in at most JOBSPEC_TARGET_MAX bytes. */
+static drv_result_t spec_check_target(const char *target, const char *origin) {
+  if (jobspec_name_ok(target, JOBSPEC_TARGET_MAX)) return DRV_OK;
+  return spec_invalid(origin, "target",
+                      "'%.64s' is not a target name: local, attached, or 1 to %d letters, "
+                      "digits, '.', '_' or '-' naming one of the coordinator's targets",
+                      target ? target : "", JOBSPEC_TARGET_MAX);
 }
 
 /* Whether path has a component that is exactly "..". */
@@ -1254,6 +1261,7 @@ static bool path_has_dotdot(const char *path) {
 static drv_result_t spec_validate(const jobspec_t *s, const char *origin) {
   const spec_optim_map_t *o = &s->train.optimizer;
   DRV_CHECK(spec_check_name(s->name, origin));
+  DRV_CHECK(spec_check_target(s->target, origin));
   if (s->nodes < 1) return spec_invalid(origin, "nodes", "must be at least 1, got %u", s->nodes);
   if (s->min_nodes < 1)
     return spec_invalid(origin, "min_nodes", "must be at least 1, got %u", s->min_nodes);
@@ -1658,8 +1666,4 @@ const char *jobspec_relative_path(const jobspec_t *spec) {
   return NULL;
 }
 
-const char *jobspec_target_name(spec_target_t t) {
-  for (size_t i = 0; i < DRV_ARRAY_LEN(spec_target_names); i++)
-    if (spec_target_names[i].val == (int64_t)t) return spec_target_names[i].str;
-  return "unknown";
-}
+

@@ -6,7 +6,8 @@
  *
  *   name: fashion-mnist                # required: 1..64 of [A-Za-z0-9._-], not
  *                                      # starting with a dot
- *   target: local                      # local | attached | managed   (default local)
+ *   target: local                      # local | attached | a target of the coordinator's
+ *                                      # targets file, 1..32 of [A-Za-z0-9._-] (default local)
  *   nodes: 2                           # agents (nodes) to gang-schedule (default 1)
  *   workers_per_node: 0                # workers on each node, ranks node-major; 0: one
  *                                      # per GPU the agent has, one on a CPU agent
@@ -84,11 +85,11 @@
 
 #define JOBSPEC_MAX_HIDDEN 8
 #define JOBSPEC_NAME_MAX 64 /* bytes of a job name */
+#define JOBSPEC_TARGET_MAX 32 /* bytes of a target name */
 #define JOBSPEC_MAX_WORKERS_PER_NODE 64
 #define JOBSPEC_MAX_WORLD 256 /* workers of one world: nodes (max_nodes) x workers_per_node */
 #define JOBSPEC_PATH_MAX 1024 /* bytes of a path in a submitted spec (DROVER_MAX_PATH_BYTES at most) */
 
-typedef enum { SPEC_TARGET_LOCAL = 0, SPEC_TARGET_ATTACHED, SPEC_TARGET_MANAGED } spec_target_t;
 typedef enum { SPEC_ACT_RELU = 0, SPEC_ACT_GELU } spec_activation_t;
 typedef enum { SPEC_DATA_IDX = 0, SPEC_DATA_SYNTHETIC } spec_data_format_t;
 typedef enum { SPEC_OPT_SGD = 0, SPEC_OPT_ADAMW } spec_optimizer_t;
@@ -110,7 +111,7 @@ typedef struct {
 
 typedef struct {
   char *name;
-  spec_target_t target;
+  char *target; /* local, attached, or a target of the coordinator's targets file */
   uint32_t nodes;
   uint32_t workers_per_node;     /* 0: one per GPU of the agent (1 on a CPU agent) */
   uint32_t min_nodes, max_nodes; /* 1 <= min_nodes <= nodes <= max_nodes */
@@ -214,7 +215,8 @@ drv_result_t jobspec_check_submitted(const jobspec_t *spec, const char *origin);
  * *slot with a malloc'ed string (the spec frees it). */
 char **jobspec_path_at(jobspec_t *spec, unsigned i, const char **key);
 
-/* Names of enum values as they appear in YAML ("local", "relu", ...). */
-const char *jobspec_target_name(spec_target_t t);
+/* Whether name is 1 to max letters, digits, '.', '_' or '-', not starting with '.': a job
+ * name (JOBSPEC_NAME_MAX) or a target name (JOBSPEC_TARGET_MAX). */
+int jobspec_name_ok(const char *name, size_t max);
 
 #endif

@@ -95,12 +95,15 @@ typedef enum {
   X(AGENTS,      agents,      empty,       PROTO_AT_API)    /* the agent registry */         \
   X(AGENT_LIST,  agent_list,  agent_list,  PROTO_AT_CLIENT) /* reply: agents */              \
   X(GET_SPEC,    get_spec,    get_spec,    PROTO_AT_API)    /* a job's resolved spec */      \
+  X(TARGETS,     targets,     empty,       PROTO_AT_API)    /* the compute targets */        \
+  X(TARGET_LIST, target_list, target_list, PROTO_AT_CLIENT) /* reply: targets and nodes */   \
   X(SPEC,        spec,        spec,        PROTO_AT_CLIENT) /* reply: the spec */            \
   X(ERROR,       error,       error,       PROTO_AT_CLIENT | PROTO_AT_AGENT) /* refused */   \
   /* coordinator PUB (port base+2), topic "job/<id>" */                                    \
   X(EV_STATE,    ev_state,    ev_state,    PROTO_AT_EVENTS) /* a job changed state */        \
   X(EV_PROGRESS, ev_progress, ev_progress, PROTO_AT_EVENTS) /* aggregated progress */        \
-  X(EV_EVAL,     ev_eval,     eval,        PROTO_AT_EVENTS) /* evaluation after an epoch */
+  X(EV_EVAL,     ev_eval,     eval,        PROTO_AT_EVENTS) /* evaluation after an epoch */  \
+  X(EV_TARGET,   ev_target,   ev_target,   PROTO_AT_EVENTS) /* topic target/<name>: scaling */
 
 /* Bodies: F(B, field, KIND, required) for scalars, strings and string arrays; A(B, field,
  * element body, required) for arrays of maps. KIND is I64, I32, U32, U64, F64, STR or
@@ -125,6 +128,7 @@ typedef enum {
   F(B, host,      STR, REQ) /* host name or address workers' peers can reach */            \
   F(B, target,    STR, REQ) /* "local" | "attached" | "managed": jobs it serves */         \
   F(B, pool,      STR, OPT) /* it serves only jobs submitted with this pool */             \
+  F(B, node,      STR, OPT) /* the managed node it was launched as (drover agent --node) */ \
   F(B, pid,       U32, OPT)                                                                \
   F(B, session,   U64, OPT) /* new each (re)connect: a new session's workers are gone */   \
   F(B, cpus,      U32, REQ)                                                                \
@@ -352,6 +356,34 @@ typedef enum {
 #define PROTO_FIELDS_agent_list(F, A, B)                                                     \
   A(B, agents, agent, REQ)
 
+#define PROTO_FIELDS_target_info(F, A, B)                                                    \
+  F(B, name,        STR, REQ)                                                              \
+  F(B, kind,        STR, REQ) /* "local" | "attached" | "managed" */                       \
+  F(B, launcher,    STR, REQ) /* managed: "command" | "ssh" | "slurm"; else "" */           \
+  F(B, min_nodes,   U32, REQ)                                                              \
+  F(B, max_nodes,   U32, REQ) /* 0: no bound (local, attached) */                          \
+  F(B, idle,        U32, REQ) /* registered agents of it, idle */                          \
+  F(B, busy,        U32, REQ) /* registered agents of it with a job */                     \
+  F(B, starting,    U32, REQ) /* launched, not registered yet */                           \
+  F(B, stopping,    U32, REQ) /* being stopped */                                          \
+  F(B, failed,      U32, REQ) /* launch failures so far */                                 \
+  F(B, launched,    U32, OPT) /* nodes launched so far */                                  \
+  F(B, preemptible, U32, OPT)                                                              \
+  F(B, idle_timeout_s, U32, OPT)                                                           \
+  F(B, launch_timeout_s, U32, OPT)                                                         \
+  F(B, retry_in_s,  F64, OPT) /* after launch failures: seconds until it launches again */  \
+  F(B, last_error,  STR, OPT) /* the last launch failure */
+
+#define PROTO_FIELDS_target_list(F, A, B)                                                    \
+  A(B, targets, target_info, REQ)
+
+#define PROTO_FIELDS_ev_target(F, A, B)                                                      \
+  F(B, target, STR, REQ)                                                                   \
+  F(B, event,  STR, REQ) /* scale_up | node_up | scale_down | node_gone | launch_failed */ \
+  F(B, node,   STR, REQ)                                                                   \
+  F(B, reason, STR, REQ)                                                                   \
+  F(B, nodes,  U32, REQ) /* the target's nodes after it (starting, up, stopping) */
+
 #define PROTO_FIELDS_get_spec(F, A, B)                                                       \
   F(B, job, I64, REQ)
 
@@ -392,7 +424,8 @@ typedef enum {
   X(gpu) X(gpu_stat) X(hello) X(welcome) X(heartbeat) X(assign) X(kill) X(worker_exit) X(rendezvous)   \
   X(start) X(progress) X(eval) X(done) X(failed) X(abort) X(checkpoint) X(lost) X(reform)  \
   X(pause) X(leave) X(bye) X(submit) X(submitted) X(status) X(rank) X(job) X(jobs)         \
-  X(cancel) X(empty) X(agent_gpu) X(agent) X(agent_list) X(get_spec) X(spec) X(error) X(ev_state)       \
+  X(cancel) X(empty) X(agent_gpu) X(agent) X(agent_list) X(target_info) X(target_list)      \
+  X(ev_target) X(get_spec) X(spec) X(error) X(ev_state)       \
   X(ev_progress)
 
 /* clang-format on */

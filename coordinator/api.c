@@ -210,7 +210,7 @@ static int priority_allowed(api_t *api, const sock_peer_t *from, const jobspec_t
  * checked: agents may register later. */
 static int resources_fit(api_t *api, const sock_peer_t *from, const jobspec_t *spec,
                          const char *pool) {
-  const char *target = jobspec_target_name(spec->target);
+  const char *target = spec->target;
   uint64_t w = spec->workers_per_node ? spec->workers_per_node : 1;
   uint64_t cpus = w * spec->resources.cpus_per_worker, gpus = w * spec->resources.gpus_per_worker;
   uint64_t mb = w * spec->resources.memory_mb, top_mb = 0;
@@ -281,7 +281,7 @@ void api_submit(api_t *api, const sock_peer_t *from, const proto_submit_t *sub) 
     goto out;
   }
   store_job_t sj = {0};
-  const char *target = jobspec_target_name(spec->target);
+  const char *target = spec->target;
   snprintf(sj.name, sizeof sj.name, "%s", spec->name);
   snprintf(sj.target, sizeof sj.target, "%s", target);
   snprintf(sj.pool, sizeof sj.pool, "%s", sub->pool ? sub->pool : "");

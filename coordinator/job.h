@@ -68,7 +68,7 @@ typedef struct {
   int64_t id;
   job_phase_t phase;
   char name[128];
-  char target[16];
+  char target[40];
   char pool[64]; /* "" or the pool of agents it must run on */
   uint32_t world, epochs; /* world: its ranks now (from placement on) */
   uint32_t global_batch;  /* the spec's: a world may not be larger */

@@ -64,6 +64,7 @@ agent_t *registry_add(registry_t *r, agent_t *reuse, const sock_peer_t *from,
   snprintf(a->host, sizeof a->host, "%s", h->host);
   snprintf(a->target, sizeof a->target, "%s", h->target);
   snprintf(a->pool, sizeof a->pool, "%s", h->pool ? h->pool : "");
+  snprintf(a->node, sizeof a->node, "%s", h->node ? h->node : "");
   a->cpus = h->cpus;
   a->gpus = 0;
   for (uint32_t g = 0; g < h->gpus_count && a->gpus < REGISTRY_MAX_GPUS; g++) {

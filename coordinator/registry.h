@@ -36,7 +36,8 @@ typedef struct {
 typedef struct {
   int used;
   sock_peer_t peer;
-  char agent_id[128], host[256], target[16], pool[64];
+  char agent_id[128], host[256], target[40], pool[64];
+  char node[64];            /* the managed node it was launched as ("" : none) */
   char user[SOCK_USER_MAX]; /* the name its key was admitted under ("" in plaintext) */
   uint32_t pid;             /* the agent process's, from its hello */
   uint32_t cpus, gpus;                 /* gpus: how many of gpu[] (at most REGISTRY_MAX_GPUS) */

@@ -75,6 +75,49 @@ static const char *const store_migrations[] = {
     "ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';"
     "ALTER TABLE jobs ADD COLUMN lineage TEXT NOT NULL DEFAULT '';"
     "PRAGMA user_version = 4;",
+    /* 4 -> 5: a job's target is any target's name (managed targets are named), so the
+     * jobs table is rebuilt without the old CHECK; the managed nodes the coordinator
+     * started, so that a restarted one finds them. */
+    "CREATE TABLE jobs_v5 ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  name TEXT NOT NULL,"
+    "  target TEXT NOT NULL CHECK (length(target) BETWEEN 1 AND 32),"
+    "  nodes INTEGER NOT NULL CHECK (nodes >= 1),"
+    "  state TEXT NOT NULL"
+    "    CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),"
+    "  reason TEXT NOT NULL DEFAULT '',"
+    "  submitted_at REAL NOT NULL,"
+    "  started_at REAL NOT NULL DEFAULT 0,"
+    "  finished_at REAL NOT NULL DEFAULT 0,"
+    "  test_accuracy REAL,"
+    "  test_loss REAL,"
+    "  samples_per_s REAL,"
+    "  steps_done INTEGER NOT NULL DEFAULT 0,"
+    "  run_dir TEXT NOT NULL DEFAULT '',"
+    "  spec_yaml TEXT NOT NULL,"
+    "  pool TEXT NOT NULL DEFAULT '',"
+    "  ckpt_step INTEGER NOT NULL DEFAULT 0,"
+    "  resume_dir TEXT NOT NULL DEFAULT '',"
+    "  generation INTEGER NOT NULL DEFAULT 0,"
+    "  token TEXT NOT NULL DEFAULT '',"
+    "  owner TEXT NOT NULL DEFAULT '',"
+    "  lineage TEXT NOT NULL DEFAULT ''"
+    ");"
+    "INSERT INTO jobs_v5 SELECT id, name, target, nodes, state, reason, submitted_at,"
+    "  started_at, finished_at, test_accuracy, test_loss, samples_per_s, steps_done, run_dir,"
+    "  spec_yaml, pool, ckpt_step, resume_dir, generation, token, owner, lineage FROM jobs;"
+    "DROP TABLE jobs;"
+    "ALTER TABLE jobs_v5 RENAME TO jobs;"
+    "CREATE INDEX jobs_by_state ON jobs(state);"
+    "CREATE UNIQUE INDEX jobs_by_token ON jobs(token) WHERE token != '';"
+    "CREATE TABLE nodes ("
+    "  name TEXT PRIMARY KEY,"
+    "  target TEXT NOT NULL,"
+    "  host TEXT NOT NULL DEFAULT '',"
+    "  handle TEXT NOT NULL DEFAULT '',"
+    "  launched_at REAL NOT NULL"
+    ");"
+    "PRAGMA user_version = 5;",
 };
 
 #define STORE_SCHEMA_VERSION ((int)DRV_ARRAY_LEN(store_migrations))
@@ -380,10 +423,8 @@ drv_result_t store_job_insert(store_t *s, const char *name, const char *target, 
   if (!name || !*name || strlen(name) >= sizeof shape->name)
     return drv_error(DRV_ERR_INVALID, "insert job: name must be 1 to %zu bytes",
                      sizeof shape->name - 1);
-  if (!target || (strcmp(target, "local") != 0 && strcmp(target, "attached") != 0 &&
-                  strcmp(target, "managed") != 0))
-    return drv_error(DRV_ERR_INVALID,
-                     "insert job %s: target '%s' is not local, attached or managed", name,
+  if (!target || !*target || strlen(target) > 32)
+    return drv_error(DRV_ERR_INVALID, "insert job %s: target '%s' is not a target's name", name,
                      target ? target : "(null)");
   if (nodes == 0) return drv_error(DRV_ERR_INVALID, "insert job %s: nodes must be >= 1", name);
   if (!spec_yaml) return drv_error(DRV_ERR_INVALID, "insert job %s: NULL spec", name);
@@ -700,6 +741,73 @@ drv_result_t store_prune(store_t *s, int64_t days, uint32_t *deleted) {
              s->path, n, (long long)days);
   if (deleted) *deleted = (uint32_t)n;
 fail:
+  sqlite3_finalize(st);
+  return rc;
+}
+
+// --- Managed nodes -------------------------------------------------------------------------
+
+drv_result_t store_node_put(store_t *s, const store_node_t *n) {
+  sqlite3_stmt *st = NULL;
+  char what[128];
+  snprintf(what, sizeof what, "node %s: record", n->name);
+  drv_result_t rc = sql_prepare(s,
+                                "INSERT OR REPLACE INTO nodes (name, target, host, handle, "
+                                "launched_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                                &st, what);
+  if (rc != DRV_OK) return rc;
+  if (sqlite3_bind_text(st, 1, n->name, -1, SQLITE_STATIC) ||
+      sqlite3_bind_text(st, 2, n->target, -1, SQLITE_STATIC) ||
+      sqlite3_bind_text(st, 3, n->host, -1, SQLITE_STATIC) ||
+      sqlite3_bind_text(st, 4, n->handle, -1, SQLITE_STATIC) ||
+      sqlite3_bind_double(st, 5, n->launched_at))
+    rc = sql_fail(s, what);
+  else
+    rc = sql_step_done(s, st, what);
+  sqlite3_finalize(st);
+  return rc;
+}
+
+drv_result_t store_node_delete(store_t *s, const char *name) {
+  sqlite3_stmt *st = NULL;
+  char what[128];
+  snprintf(what, sizeof what, "node %s: forget", name);
+  drv_result_t rc = sql_prepare(s, "DELETE FROM nodes WHERE name = ?1", &st, what);
+  if (rc != DRV_OK) return rc;
+  if (sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC))
+    rc = sql_fail(s, what);
+  else
+    rc = sql_step_done(s, st, what);
+  sqlite3_finalize(st);
+  return rc;
+}
+
+drv_result_t store_node_list(store_t *s, int (*fn)(const store_node_t *node, void *arg),
+                             void *arg) {
+  sqlite3_stmt *st = NULL;
+  drv_result_t rc = sql_prepare(
+      s, "SELECT name, target, host, handle, launched_at FROM nodes ORDER BY name", &st,
+      "list nodes");
+  if (rc != DRV_OK) return rc;
+  for (;;) {
+    int r = sqlite3_step(st);
+    if (r == SQLITE_DONE) break;
+    if (r != SQLITE_ROW) {
+      rc = sql_fail(s, "list nodes");
+      break;
+    }
+    store_node_t n = {.launched_at = sqlite3_column_double(st, 4)};
+    const struct {
+      char *to;
+      size_t cap;
+    } cols[] = {{n.name, sizeof n.name}, {n.target, sizeof n.target},
+                {n.host, sizeof n.host}, {n.handle, sizeof n.handle}};
+    for (int c = 0; c < 4; c++) {
+      const unsigned char *v = sqlite3_column_text(st, c);
+      snprintf(cols[c].to, cols[c].cap, "%s", v ? (const char *)v : "");
+    }
+    if (fn(&n, arg) != 0) break;
+  }
   sqlite3_finalize(st);
   return rc;
 }

@@ -44,7 +44,7 @@ const char *store_state_name(job_state_t s);
 typedef struct {
   int64_t id;
   char name[128];
-  char target[16]; /* "local" | "attached" | "managed" */
+  char target[40]; /* "local", "attached" or a managed target's name */
   uint32_t nodes;
   job_state_t state;
   char reason[512]; /* failure or cancel reason, "" otherwise (cut at a UTF-8 boundary if longer) */
@@ -155,5 +155,25 @@ drv_result_t store_job_by_token(store_t *s, const char *token, int64_t *id);
  * and running jobs are never touched. *deleted (may be NULL) receives how many went. Their
  * ids are not reused, and such a job can no longer be shown or resumed. */
 drv_result_t store_prune(store_t *s, int64_t days, uint32_t *deleted);
+
+/* A managed node the coordinator started (fleet.h), as the store keeps it from its launch
+ * until it is gone. */
+typedef struct {
+  char name[64];    /* "<target>-<n>" */
+  char target[40];
+  char host[256];   /* the ssh launcher's host; "" otherwise */
+  char handle[128]; /* the launcher's handle: a pid, "HOST PID", a Slurm job id, ... */
+  double launched_at; /* wall seconds */
+} store_node_t;
+
+/* Records node n (replacing its record). */
+drv_result_t store_node_put(store_t *s, const store_node_t *n);
+
+/* Forgets node `name` (nothing when it is not recorded). */
+drv_result_t store_node_delete(store_t *s, const char *name);
+
+/* Calls fn for each recorded node, by name, until it returns non-zero. */
+drv_result_t store_node_list(store_t *s, int (*fn)(const store_node_t *node, void *arg),
+                             void *arg);
 
 #endif

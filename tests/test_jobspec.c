@@ -107,7 +107,7 @@ static void assert_split_eq(const spec_split_t *a, const spec_split_t *b) {
 /* Every field equal, floats bit for bit. */
 static void assert_spec_eq(const jobspec_t *a, const jobspec_t *b) {
   assert_str_eq_or_null(a->name, b->name);
-  assert_int_equal(a->target, b->target);
+  assert_string_equal(a->target, b->target);
   assert_int_equal(a->nodes, b->nodes);
   assert_int_equal(a->min_nodes, b->min_nodes);
   assert_int_equal(a->max_nodes, b->max_nodes);
@@ -167,7 +167,7 @@ static void test_example_fashion_mnist(void **state) {
   const char *path = DROVER_SOURCE_DIR "/examples/fashion-mnist.yaml";
   if (jobspec_load(path, NULL, 0, &spec) != DRV_OK) fail_msg("%s", drv_last_error());
   assert_string_equal(spec->name, "fashion-mnist");
-  assert_int_equal(spec->target, SPEC_TARGET_LOCAL);
+  assert_string_equal(spec->target, "local");
   assert_int_equal(spec->nodes, 2);
   assert_int_equal(spec->min_nodes, 2); /* not written: nodes */
   assert_int_equal(spec->max_nodes, 2);
@@ -243,7 +243,7 @@ static void test_load_missing_file(void **state) {
 
 static void test_defaults_filled(void **state) {
   jobspec_t *spec = parse_ok(minimal, NULL, 0);
-  assert_int_equal(spec->target, SPEC_TARGET_LOCAL);
+  assert_string_equal(spec->target, "local");
   assert_int_equal(spec->nodes, 1);
   assert_int_equal(spec->min_nodes, 1);
   assert_int_equal(spec->max_nodes, 1);
@@ -475,8 +475,10 @@ static void test_error_missing_required(void **state) {
 }
 
 static void test_error_bad_enum(void **state) {
-  EXPECT_SUBST("name: t\n", "name: t\ntarget: cloud\n", "target", "cloud", "local");
-  EXPECT_SUBST("name: t\n", "name: t\ntarget: 1\n", "target"); /* strict: no numbers */
+  EXPECT_SUBST("name: t\n", "name: t\ntarget: ../up\n", "target", "'../up' is not a target name");
+  EXPECT_SUBST("name: t\n", "name: t\ntarget: [a]\n", "target"); /* strict: a name */
+  EXPECT_SUBST("name: t\n", "name: t\ntarget: a-name-longer-than-thirty-two-bytes\n",
+               "target", "1 to 32");
   EXPECT_SUBST("  hidden: [16]\n", "  hidden: [16]\n  activation: tanh\n", "model.activation");
   EXPECT_SUBST("format: synthetic", "format: csv", "data.format");
   EXPECT_SUBST("type: sgd", "type: lamb", "train.optimizer.type");
@@ -879,8 +881,7 @@ static void test_set_each_kind(void **state) {
   assert_true(spec->train.optimizer.lr == 0.05f);
   assert_string_equal(spec->name, "renamed");
   assert_string_equal(spec->run_dir, "/tmp/runs");
-  assert_int_equal(spec->target, SPEC_TARGET_MANAGED);
-  assert_string_equal(jobspec_target_name(spec->target), "managed");
+  assert_string_equal(spec->target, "managed");
   assert_int_equal(spec->train.optimizer.type, SPEC_OPT_ADAMW);
   assert_int_equal(spec->model.activation, SPEC_ACT_GELU);
   assert_int_equal(spec->model.hidden_count, 2);
@@ -974,7 +975,7 @@ static void test_set_errors(void **state) {
   EXPECT_SET("train.epochs=-1", "--set train.epochs=-1");
   EXPECT_SET("train.epochs=4294967296", "--set train.epochs=4294967296", "range");
   EXPECT_SET("train.optimizer.lr=abc", "--set train.optimizer.lr=abc", "number");
-  EXPECT_SET("target=cloud", "--set target=cloud", "local");
+  EXPECT_SET("target=a b", "target", "'a b' is not a target name");
   EXPECT_SET("train.epochs", "--set train.epochs", "key.path=value");
   EXPECT_SET("=3", "key.path=value");
   EXPECT_SET("train=3", "--set train=3", "'train' is a mapping");
@@ -1131,10 +1132,13 @@ static void test_paths(void **state) {
 }
 
 static void test_target_names(void **state) {
-  assert_string_equal(jobspec_target_name(SPEC_TARGET_LOCAL), "local");
-  assert_string_equal(jobspec_target_name(SPEC_TARGET_ATTACHED), "attached");
-  assert_string_equal(jobspec_target_name(SPEC_TARGET_MANAGED), "managed");
-  assert_string_equal(jobspec_target_name((spec_target_t)42), "unknown");
+  assert_true(jobspec_name_ok("cpu-pool", JOBSPEC_TARGET_MAX));
+  assert_true(jobspec_name_ok("a.b_c-9", JOBSPEC_TARGET_MAX));
+  assert_false(jobspec_name_ok("", JOBSPEC_TARGET_MAX));
+  assert_false(jobspec_name_ok(".hidden", JOBSPEC_TARGET_MAX));
+  assert_false(jobspec_name_ok("a/b", JOBSPEC_TARGET_MAX));
+  assert_false(jobspec_name_ok("x23456789012345678901234567890123", JOBSPEC_TARGET_MAX));
+  assert_true(jobspec_name_ok("x2345678901234567890123456789012", JOBSPEC_TARGET_MAX));
 }
 
 int main(void) {

@@ -13,3 +13,7 @@ drover_unit_test(test_coord SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_coord.c
 # (coordinator/auth.c), on files in a temporary directory.
 drover_unit_test(test_keys SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_keys.c
                  LIBS drover_coordinator drover_common LABELS unit)
+# The targets file (coordinator/targets.c): a full file, schema errors with file, line and
+# key, and the checks the schema cannot make.
+drover_unit_test(test_targets SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_targets.c
+                 LIBS drover_coordinator LABELS unit)
