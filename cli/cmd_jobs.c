@@ -376,6 +376,70 @@ int cmd_agents(int argc, char **argv) {
   return ret;
 }
 
+static void print_targets_json(const proto_target_list_t *l) {
+  fputs("[", stdout);
+  for (uint32_t i = 0; i < l->targets_count; i++) {
+    const proto_target_info_t *t = &l->targets[i];
+    fputs(i ? ",{\"name\":" : "{\"name\":", stdout);
+    cli_json_str(stdout, t->name);
+    fputs(",\"kind\":", stdout);
+    cli_json_str(stdout, t->kind);
+    fputs(",\"launcher\":", stdout);
+    cli_json_str(stdout, t->launcher);
+    printf(",\"min_nodes\":%u,\"max_nodes\":%u,\"idle\":%u,\"busy\":%u,\"starting\":%u,"
+           "\"stopping\":%u,\"failed\":%u,\"launched\":%u,\"preemptible\":%s,"
+           "\"idle_timeout_s\":%u,\"launch_timeout_s\":%u,\"retry_in_s\":%.1f,\"last_error\":",
+           t->min_nodes, t->max_nodes, t->idle, t->busy, t->starting, t->stopping, t->failed,
+           t->launched, t->preemptible ? "true" : "false", t->idle_timeout_s, t->launch_timeout_s,
+           t->retry_in_s);
+    cli_json_str(stdout, t->last_error ? t->last_error : "");
+    fputs("}", stdout);
+  }
+  fputs("]\n", stdout);
+}
+
+static void print_targets_table(const proto_target_list_t *l) {
+  printf("%-20s %-9s %-8s %5s %5s %5s %5s %8s %8s %6s  %s\n", "TARGET", "KIND", "LAUNCHER",
+         "MIN", "MAX", "IDLE", "BUSY", "STARTING", "STOPPING", "FAILED", "LAST_ERROR");
+  for (uint32_t i = 0; i < l->targets_count; i++) {
+    const proto_target_info_t *t = &l->targets[i];
+    char max[16] = "-";
+    if (t->max_nodes) snprintf(max, sizeof max, "%u", t->max_nodes);
+    printf("%-20.20s %-9s %-8s %5u %5s %5u %5u %8u %8u %6u  %s\n", t->name, t->kind,
+           t->launcher[0] ? t->launcher : "-", t->min_nodes, max, t->idle, t->busy, t->starting,
+           t->stopping, t->failed, t->last_error && *t->last_error ? t->last_error : "");
+  }
+}
+
+int cmd_targets(int argc, char **argv) {
+  const char *coord = NULL;
+  int json = 0, c;
+  static const struct option opts[] = {
+      {"coordinator", required_argument, 0, 'c'}, {"json", no_argument, 0, 'j'}, {0, 0, 0, 0}};
+  while ((c = getopt_long(argc, argv, "c:j", opts, NULL)) != -1) {
+    if (c == 'c')
+      coord = optarg;
+    else if (c == 'j')
+      json = 1;
+    else
+      return cli_usage_fail("targets", "[--json] [--coordinator EP]");
+  }
+  proto_msg_t req, rep;
+  proto_msg_init(&req, PROTO_TARGETS);
+  drv_result_t rc = ask(coord, &req, &rep);
+  int ret = 0;
+  if (rc != DRV_OK || rep.type != PROTO_TARGET_LIST) {
+    fprintf(stderr, "drover targets: %s\n", rc != DRV_OK ? drv_last_error() : "unexpected reply");
+    ret = 1;
+  } else if (json) {
+    print_targets_json(&rep.u.target_list);
+  } else {
+    print_targets_table(&rep.u.target_list);
+  }
+  proto_msg_fini(&rep);
+  return ret;
+}
+
 int cmd_settings(int argc, char **argv) {
   drv_settings_print(stdout);
   return 0;

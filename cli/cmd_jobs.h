@@ -16,6 +16,10 @@ int cmd_cancel(int argc, char **argv);
 /* `drover agents [--json] [--coordinator EP]`: the agent registry, a table or JSON. */
 int cmd_agents(int argc, char **argv);
 
+/* drover targets [--json]: local, attached and the coordinator's managed targets, with
+ * their nodes idle, busy, starting and stopping, and launch failures. */
+int cmd_targets(int argc, char **argv);
+
 /* `drover settings`: every tunable with its variable, default and value in effect. */
 int cmd_settings(int argc, char **argv);
 

@@ -24,12 +24,15 @@ int cmd_coordinator(int argc, char **argv) {
                                        {"advertise", required_argument, 0, 'a'},
                                        {"state-dir", required_argument, 0, 's'},
                                        {"exit-when-idle", required_argument, 0, 'i'},
+                                       {"targets", required_argument, 0, 'T'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
-  const char *bind = NULL, *advertise = NULL, *state = NULL;
+  const char *bind = NULL, *advertise = NULL, *state = NULL, *targets = NULL;
   int c, idle_s = 0;
-  while ((c = getopt_long(argc, argv, "b:a:s:i:h", opts, NULL)) != -1) {
-    if (c == 'b')
+  while ((c = getopt_long(argc, argv, "b:a:s:i:T:h", opts, NULL)) != -1) {
+    if (c == 'T')
+      targets = optarg;
+    else if (c == 'b')
       bind = optarg;
     else if (c == 'a')
       advertise = optarg;
@@ -40,7 +43,7 @@ int cmd_coordinator(int argc, char **argv) {
     else
       return cli_usage_fail("coordinator",
                             "[--bind tcp://*:7700] [--advertise tcp://HEAD:7700] [--state-dir DIR] "
-                            "[--exit-when-idle SECONDS] [--insecure]");
+                            "[--exit-when-idle SECONDS] [--targets FILE] [--insecure]");
   }
   log_init("coordinator");
   volatile sig_atomic_t *stop = cli_stop_signals();
@@ -61,6 +64,8 @@ int cmd_coordinator(int argc, char **argv) {
                         .advertise = advertise,
                         .state_dir = cli_state_dir(state),
                         .exit_when_idle_s = idle_s,
+                        .targets = targets,
+                        .exe = cli_self_exe(),
                         .insecure = drv_setting(DRV_SET_INSECURE) != 0};
   drv_result_t rc = coord_run(&cfg, stop);
   if (rc != DRV_OK) {

@@ -11,6 +11,7 @@
 #include "common/jobspec.h"
 #include "common/log.h"
 #include "common/settings.h"
+#include "coordinator/fleet.h"
 
 void api_init(api_t *api, sock_t *clients, store_t *store, job_table_t *jobs, registry_t *reg,
               const auth_t *auth, int64_t fault_slow_submit_ms) {
@@ -204,6 +205,47 @@ static int priority_allowed(api_t *api, const sock_peer_t *from, const jobspec_t
   return 0;
 }
 
+/* Whether the job's target exists and could ever hold it: a managed target's max_nodes,
+ * and the resources its nodes have when its file says. Otherwise refuses it, naming the
+ * targets there are, and returns 0. */
+static int target_fits(api_t *api, const sock_peer_t *from, const jobspec_t *spec) {
+  const char *name = spec->target;
+  if (!strcmp(name, "local") || !strcmp(name, "attached")) return 1;
+  const target_t *t = fleet_config(api->fleet, name);
+  char msg[600];
+  if (!t) {
+    size_t n = (size_t)snprintf(msg, sizeof msg, "target %s: no such target (targets: local, "
+                                "attached", name);
+    const targets_file_t *f = api->fleet ? api->fleet->file : NULL;
+    for (uint32_t i = 0; f && i < f->targets_count && n < sizeof msg; i++)
+      n += (size_t)snprintf(msg + n, sizeof msg - n, ", %s", f->targets[i].name);
+    if (n < sizeof msg) snprintf(msg + n, sizeof msg - n, ")");
+    api_reply_error(api, from, "invalid", msg);
+    return 0;
+  }
+  if (spec->nodes > t->max_nodes) {
+    snprintf(msg, sizeof msg, "nodes %u: target %s has at most %u (max_nodes)", spec->nodes, name,
+             t->max_nodes);
+    api_reply_error(api, from, "invalid", msg);
+    return 0;
+  }
+  uint64_t w = spec->workers_per_node ? spec->workers_per_node : 1;
+  const struct {
+    uint64_t need, have;
+    const char *what;
+  } r[] = {{w * spec->resources.gpus_per_worker, t->node.gpus, "GPUs"},
+           {w * spec->resources.cpus_per_worker, t->node.cpus, "CPUs"},
+           {w * spec->resources.memory_mb, t->node.memory_mb, "MB"}};
+  for (size_t k = 0; k < DRV_ARRAY_LEN(r); k++)
+    if (r[k].have && r[k].need > r[k].have) {
+      snprintf(msg, sizeof msg, "resources: needs %" PRIu64 " %s per node; a node of target %s "
+               "has %" PRIu64, r[k].need, r[k].what, name, r[k].have);
+      api_reply_error(api, from, "invalid", msg);
+      return 0;
+    }
+  return 1;
+}
+
 /* Whether some registered agent of the job's target and pool could hold one of its nodes
  * (the spec's resources per worker, times workers_per_node), or none is registered yet (it
  * may come). Otherwise refuses it with the numbers and returns 0. Node counts are not
@@ -270,6 +312,7 @@ void api_submit(api_t *api, const sock_peer_t *from, const proto_submit_t *sub) 
     api_reply_error(api, from, "invalid", drv_last_error());
     goto out;
   }
+  if (!target_fits(api, from, spec)) goto out;
   if (!resources_fit(api, from, spec, sub->pool ? sub->pool : "")) goto out;
   if (!priority_allowed(api, from, spec)) goto out;
   if (!job_has_room(api->jobs)) {
@@ -394,9 +437,12 @@ static void fill_job(api_t *api, proto_msg_t *m, const store_job_t *sj, proto_jo
   fill_ranks(api, m, j, pj);
   /* A queued job whose pool has no agent: how long for, which the stored reason (written
    * only when its words change) cannot say. */
+  char why[512];
+  fleet_reason(api->fleet, j, drv_now_ms(), why, sizeof why);
+  if (j->phase == JOB_PHASE_QUEUED && why[0] && !strstr(sj->reason, "priority:"))
+    pj->reason = proto_msg_strdup(m, why);
   int64_t away = drv_now_ms() - j->pool_seen_ms;
   if (j->phase == JOB_PHASE_QUEUED && j->pool[0] && away >= 1000) {
-    char why[256];
     snprintf(why, sizeof why,
              "pool %s: no agent registered for %" PRId64 " s (the job fails at %" PRId64 " s)",
              j->pool, away / 1000, drv_setting(DRV_SET_POOL_WAIT_MS) / 1000);
@@ -497,6 +543,14 @@ void api_agents(api_t *api, const sock_peer_t *from) {
   }
   m.u.agent_list.agents = list;
   m.u.agent_list.agents_count = n;
+  reply(api, from, &m);
+  proto_msg_fini(&m);
+}
+
+void api_targets(api_t *api, const sock_peer_t *from) {
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_TARGET_LIST);
+  fleet_list(api->fleet, &m, drv_now_ms());
   reply(api, from, &m);
   proto_msg_fini(&m);
 }

@@ -31,9 +31,13 @@ typedef struct {
   job_table_t *jobs; /* borrowed */
   registry_t *reg;   /* borrowed */
   const auth_t *auth; /* borrowed: who each client is and what it may do */
+  const struct fleet_s *fleet; /* borrowed: the managed targets (their reasons, refusals) */
   /* DROVER_FAULT_SLOW_SUBMIT_MS: a new submission is answered this late (tests, drills) */
   int64_t fault_slow_submit_ms;
 } api_t;
+
+/* `targets`: every compute target and its nodes (target_list). */
+void api_targets(api_t *api, const sock_peer_t *from);
 
 /* An API answering on `clients` from the borrowed store, jobs and registry. */
 void api_init(api_t *api, sock_t *clients, store_t *store, job_table_t *jobs, registry_t *reg,

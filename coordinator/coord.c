@@ -17,6 +17,7 @@
 #include "common/keys.h"
 #include "coordinator/api.h"
 #include "coordinator/auth.h"
+#include "coordinator/fleet.h"
 #include "coordinator/job.h"
 #include "coordinator/registry.h"
 #include "coordinator/store.h"
@@ -45,6 +46,7 @@ struct coord {
   registry_t reg;
   job_table_t jobs;
   api_t api;
+  fleet_t fleet;
   coord_timer_t timers[COORD_MAX_TIMERS];
   int ntimers;
   int64_t last_active_ms;   /* last time a job was queued or running; 0 before the first */
@@ -200,6 +202,7 @@ static void handle_client_socket(coord_t *c) {
   case PROTO_STATUS: api_status(&c->api, &from, &m.u.status); break;
   case PROTO_CANCEL: api_cancel(&c->api, &from, m.u.cancel.job); break;
   case PROTO_AGENTS: api_agents(&c->api, &from); break;
+  case PROTO_TARGETS: api_targets(&c->api, &from); break;
   default: { /* listed as a request but not handled here: refused as sock_recv would */
     char msg[128];
     proto_refusal(m.type, PROTO_AT_API, msg, sizeof msg);
@@ -254,6 +257,10 @@ static void heartbeat_timer(coord_t *c, int64_t now) {
 
 static void job_timer(coord_t *c, int64_t now) {
   job_tick(&c->jobs, now);
+}
+
+static void fleet_timer(coord_t *c, int64_t now) {
+  fleet_tick(&c->fleet, now);
 }
 
 static void verdict_timer(coord_t *c, int64_t now) {
@@ -365,6 +372,11 @@ static drv_result_t coord_start(coord_t *c) {
   if (c->zap) job_table_secure(&c->jobs, c->key_z85);
   int64_t slow_submit_ms = drv_setting(DRV_SET_FAULT_SLOW_SUBMIT_MS);
   api_init(&c->api, c->clients, c->store, &c->jobs, &c->reg, &c->auth, slow_submit_ms);
+  targets_file_t *targets = NULL;
+  if (cfg->targets) DRV_CHECK(targets_load(cfg->targets, &targets));
+  DRV_CHECK(fleet_init(&c->fleet, targets, cfg->state_dir, cfg->advertise, cfg->exe, &c->reg,
+                       &c->jobs, c->store, c->events));
+  c->api.fleet = &c->fleet;
   uint32_t recovered = 0;
   DRV_CHECK(store_recover(c->store, &recovered));
   if (recovered)
@@ -402,6 +414,7 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
   int64_t hb_ms = drv_setting(DRV_SET_HEARTBEAT_MS);
   timer_add(c, "heartbeats", hb_ms, heartbeat_timer); /* first: lost agents, then their jobs */
   timer_add(c, "jobs", hb_ms, job_timer);
+  timer_add(c, "fleet", 200, fleet_timer); /* managed targets: launches, matches, the plan */
   /* Held failures are due within DROVER_FAIL_HOLD_MS: checked a few times within it. */
   timer_add(c, "verdicts", DRV_MAX(drv_setting(DRV_SET_FAIL_HOLD_MS) / 4, 10), verdict_timer);
   history_timer(c, drv_now_ms()); /* finished jobs past DROVER_HISTORY_DAYS, then daily */
@@ -460,6 +473,7 @@ drv_result_t coord_run(const coord_config_t *cfg, volatile sig_atomic_t *stop) {
   }
   log_info("coordinator stopping");
   job_table_fini(&c->jobs);
+  fleet_shutdown(&c->fleet);
 out:
   for (int i = 0; i < 3; i++) sock_destroy(&c->limits[i]);
   sock_destroy(&c->workers);
@@ -468,6 +482,7 @@ out:
   sock_destroy(&c->zap);
   auth_fini(&c->auth);
   sock_ctx_destroy(&c->ctx);
+  fleet_fini(&c->fleet); /* its nodes run on: a restarted coordinator finds them */
   store_close(&c->store); /* releases the state directory's lock */
   free(c);
   return rc;

@@ -34,6 +34,9 @@ typedef struct {
   int exit_when_idle_s;  /* > 0: exit once jobs have run and none was active for this
                             long (a coordinator started for the local target) */
   int insecure;          /* plaintext: no keys, no ZAP, everyone admin (--insecure) */
+  const char *targets;   /* the targets file (targets.h), or NULL: local and attached only */
+  const char *exe;       /* the drover executable managed nodes run when their target does
+                            not say */
 } coord_config_t;
 
 /* How long the coordinator itself was not running between two wakes of its loop: the

@@ -47,7 +47,7 @@ typedef struct {
   int is_node;         /* the process is the node itself (command launcher without stop) */
   int64_t deadline_ms; /* killed past it (never for a node's own process) */
   off_t out_from;      /* where its output begins in out_path */
-  char out_path[PATH_MAX];
+  char out_path[512];
 } launch_op_t;
 
 /* The whole `drover agent ...` command line for node `node` of t, shell-quoted, into buf.

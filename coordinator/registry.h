@@ -49,6 +49,7 @@ typedef struct {
   uint32_t generation;       /* of the assignment it is booked for */
   int64_t cooldown_until_ms; /* its worker was killed: no new work before then */
   int leaving;               /* said `leave`: no new work */
+  int preemptible;           /* a node of a preemptible target: its loss is no restart */
 } agent_t;
 
 typedef struct {
