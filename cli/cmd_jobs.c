@@ -347,7 +347,11 @@ static void print_agents_table(const proto_agent_list_t *l) {
   }
 }
 
-int cmd_agents(int argc, char **argv) {
+/* A listing command: `drover NAME [--json] [--coordinator EP]` asks `req`, expects `want`
+ * and prints the reply as JSON or a table. */
+static int listing(int argc, char **argv, const char *name, proto_type_t req_type,
+                   proto_type_t want, void (*json_fn)(const proto_msg_t *),
+                   void (*table_fn)(const proto_msg_t *)) {
   const char *coord = NULL;
   int json = 0, c;
   static const struct option opts[] = {
@@ -358,22 +362,32 @@ int cmd_agents(int argc, char **argv) {
     else if (c == 'j')
       json = 1;
     else
-      return cli_usage_fail("agents", "[--json] [--coordinator EP]");
+      return cli_usage_fail(name, "[--json] [--coordinator EP]");
   }
   proto_msg_t req, rep;
-  proto_msg_init(&req, PROTO_AGENTS);
+  proto_msg_init(&req, req_type);
   drv_result_t rc = ask(coord, &req, &rep);
   int ret = 0;
-  if (rc != DRV_OK || rep.type != PROTO_AGENT_LIST) {
-    fprintf(stderr, "drover agents: %s\n", rc != DRV_OK ? drv_last_error() : "unexpected reply");
+  if (rc != DRV_OK || rep.type != want) {
+    fprintf(stderr, "drover %s: %s\n", name, rc != DRV_OK ? drv_last_error() : "unexpected reply");
     ret = 1;
-  } else if (json) {
-    print_agents_json(&rep.u.agent_list);
   } else {
-    print_agents_table(&rep.u.agent_list);
+    (json ? json_fn : table_fn)(&rep);
   }
   proto_msg_fini(&rep);
   return ret;
+}
+
+static void agents_json(const proto_msg_t *m) {
+  print_agents_json(&m->u.agent_list);
+}
+
+static void agents_table(const proto_msg_t *m) {
+  print_agents_table(&m->u.agent_list);
+}
+
+int cmd_agents(int argc, char **argv) {
+  return listing(argc, argv, "agents", PROTO_AGENTS, PROTO_AGENT_LIST, agents_json, agents_table);
 }
 
 static void print_targets_json(const proto_target_list_t *l) {
@@ -411,33 +425,17 @@ static void print_targets_table(const proto_target_list_t *l) {
   }
 }
 
+static void targets_json(const proto_msg_t *m) {
+  print_targets_json(&m->u.target_list);
+}
+
+static void targets_table(const proto_msg_t *m) {
+  print_targets_table(&m->u.target_list);
+}
+
 int cmd_targets(int argc, char **argv) {
-  const char *coord = NULL;
-  int json = 0, c;
-  static const struct option opts[] = {
-      {"coordinator", required_argument, 0, 'c'}, {"json", no_argument, 0, 'j'}, {0, 0, 0, 0}};
-  while ((c = getopt_long(argc, argv, "c:j", opts, NULL)) != -1) {
-    if (c == 'c')
-      coord = optarg;
-    else if (c == 'j')
-      json = 1;
-    else
-      return cli_usage_fail("targets", "[--json] [--coordinator EP]");
-  }
-  proto_msg_t req, rep;
-  proto_msg_init(&req, PROTO_TARGETS);
-  drv_result_t rc = ask(coord, &req, &rep);
-  int ret = 0;
-  if (rc != DRV_OK || rep.type != PROTO_TARGET_LIST) {
-    fprintf(stderr, "drover targets: %s\n", rc != DRV_OK ? drv_last_error() : "unexpected reply");
-    ret = 1;
-  } else if (json) {
-    print_targets_json(&rep.u.target_list);
-  } else {
-    print_targets_table(&rep.u.target_list);
-  }
-  proto_msg_fini(&rep);
-  return ret;
+  return listing(argc, argv, "targets", PROTO_TARGETS, PROTO_TARGET_LIST, targets_json,
+                 targets_table);
 }
 
 int cmd_settings(int argc, char **argv) {
