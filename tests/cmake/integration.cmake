@@ -31,3 +31,6 @@ set_tests_properties(it_sshfix PROPERTIES SKIP_RETURN_CODE 77)
 drover_it(it_train test_train.py "integration;slow" 900)
 # Heavy on CPU: run it alone so the timing of the failure tests is not disturbed.
 set_tests_properties(it_train PROPERTIES RUN_SERIAL TRUE)
+# A managed target through the ssh launcher against that sshd (exit 77 where it cannot run).
+drover_it(it_ssh_target test_ssh_target.py "integration" 180)
+set_tests_properties(it_ssh_target PROPERTIES SKIP_RETURN_CODE 77)
