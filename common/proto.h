@@ -164,7 +164,9 @@ typedef enum {
   F(B, lineage,     STR, OPT) /* the job's lineage: checkpoints of other lineages refused */ \
   F(B, secret,      STR, OPT) /* this worker's CurveZMQ secret key, Z85 (its own, secret) */ \
   F(B, coordinator_key, STR, OPT) /* the coordinator's CurveZMQ public key, Z85: pinned */ \
-  F(B, ring_key,    STR, OPT) /* the job's ring key, 64 hex digits: proves ring peers */
+  F(B, ring_key,    STR, OPT) /* the job's ring key, 64 hex digits: proves ring peers */ \
+  F(B, preemptible, U32, OPT) /* 1: on a preemptible target: a lost peer is re-formed from
+                                 even with max_restarts 0 (a preemption is no restart) */
 
 #define PROTO_FIELDS_kill(F, A, B)                                                           \
   F(B, job,        I64, REQ)                                                               \

@@ -115,7 +115,11 @@ static void on_hello(coord_t *c, const sock_peer_t *from, const proto_hello_t *h
     job_agent_lost(&c->jobs, a, why);
     a = NULL;
   }
-  if ((a = registry_add(&c->reg, a, from, h, drv_now_ms()))) registry_welcome(&c->reg, a);
+  if ((a = registry_add(&c->reg, a, from, h, drv_now_ms()))) {
+    const target_t *t = fleet_config(&c->fleet, a->target); /* before any job is placed */
+    a->preemptible = t && t->preemptible;
+    registry_welcome(&c->reg, a);
+  }
 }
 
 static void on_bye(coord_t *c, agent_t *a, const proto_bye_t *b) {

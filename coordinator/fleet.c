@@ -283,15 +283,26 @@ static void watch_node(fleet_t *f, fleet_target_t *t, fleet_node_t *n, int64_t n
 
 // --- The plan ------------------------------------------------------------------------------
 
-/* The nodes t's queued jobs need (each job's, those that can never fit left out). */
+/* The nodes t's jobs need beyond what they have: each queued job's nodes (those that can
+ * never fit left out), and the nodes a placed job lost (a preempted node is replaced). */
 static uint32_t demand(const fleet_t *f, const fleet_target_t *t, uint32_t *jobs) {
   uint32_t need = 0;
   *jobs = 0;
   for (int i = 0; i < JOB_MAX; i++) {
     const job_t *j = &f->jobs->jobs[i];
-    if (!j->used || j->phase != JOB_PHASE_QUEUED || strcmp(j->target, t->cfg->name)) continue;
-    if (j->nodes_wanted > t->cfg->max_nodes) continue;
-    need += j->nodes_wanted;
+    if (!j->used || strcmp(j->target, t->cfg->name) || j->nodes_wanted > t->cfg->max_nodes)
+      continue;
+    uint32_t has = 0;
+    if (j->phase == JOB_PHASE_QUEUED) {
+      has = 0;
+    } else if (j->phase >= JOB_PHASE_STARTING && j->phase <= JOB_PHASE_WAITING && j->wpn &&
+               (j->commit_every || j->phase == JOB_PHASE_WAITING)) { /* one it can take in */
+      has = (j->world + j->wpn - 1) / j->wpn;
+    } else {
+      continue;
+    }
+    if (has >= j->nodes_wanted) continue;
+    need += j->nodes_wanted - has;
     (*jobs)++;
   }
   return need;

@@ -5,6 +5,7 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -347,11 +348,13 @@ static drv_result_t send_assign(job_table_t *t, const job_t *j, job_rank_t *slot
                                 .lineage = j->lineage,
                                 .secret = t->secure ? secret : NULL,
                                 .coordinator_key = t->secure ? t->coord_key : NULL,
-                                .ring_key = j->ring_key};
+                                .ring_key = j->ring_key,
+                                .preemptible = (uint32_t)a->preemptible};
   drv_result_t rc = registry_send(t->reg, a, &m);
   memset(secret, 0, sizeof secret);
   slot->assign_rank = rank;
   slot->assign_gen = j->generation;
+  slot->preemptible = a->preemptible;
   return rc;
 }
 
@@ -758,6 +761,7 @@ static void carry_out(job_table_t *t, job_t *j, const recovery_plan_t *plan,
     j->ranks[r].lost = plan->fate[r] == RECOVERY_RANK_REPORTED;
   }
   j->restarts = plan->restarts;
+  j->restart_pending = plan->pending;
   j->deadline_ms = plan->deadline_ms;
   j->cause = plan->cause;
   snprintf(j->first_cause, sizeof j->first_cause, "%s", plan->first_cause);
@@ -803,6 +807,7 @@ static void recover(job_table_t *t, job_t *j, const recovery_failure_t *failure,
                                 .lost = s->lost,
                                 .dead = s->dead,
                                 .leaving = s->leaving,
+                                .preemptible = s->preemptible,
                                 .step = s->step,
                                 .coll_seq = s->coll_seq,
                                 .commit = s->commit,
@@ -818,6 +823,7 @@ static void recover(job_table_t *t, job_t *j, const recovery_failure_t *failure,
                        .max_world = j->global_batch,
                        .max_restarts = j->max_restarts,
                        .restarts = j->restarts,
+                       .pending = j->restart_pending,
                        .rejoin_timeout_s = j->rejoin_timeout_s,
                        .ckpt_step = j->ckpt_step,
                        .free_agents = free_slots(t, j, now, slots),
@@ -843,7 +849,8 @@ static void hold_note(job_t *j, recovery_report_t kind, const char *reason) {
 
 /* Something went wrong in placed job j: rank `rank` (-1: none known) is gone. Its worker
  * is told to stop at once; the rest is recovery_plan's. j may be freed on return. */
-static void job_trouble(job_table_t *t, job_t *j, int rank, const char *reason) {
+static void job_trouble_as(job_table_t *t, job_t *j, int rank, const char *reason,
+                           int preempted) {
   if (rank >= 0 && !j->ranks[rank].dead) {
     j->ranks[rank].dead = 1;
     if (j->ranks[rank].peer.len) send_abort(t, &j->ranks[rank].peer, j->id, j->generation, reason);
@@ -852,7 +859,12 @@ static void job_trouble(job_table_t *t, job_t *j, int rank, const char *reason) 
     hold_note(j, rank < 0 ? RECOVERY_REPORT_SYMPTOM : RECOVERY_REPORT_OWN, reason);
     return;
   }
-  recover(t, j, &(recovery_failure_t){.rank = rank, .reason = reason}, drv_now_ms());
+  recover(t, j, &(recovery_failure_t){.rank = rank, .reason = reason, .preempted = preempted},
+          drv_now_ms());
+}
+
+static void job_trouble(job_table_t *t, job_t *j, int rank, const char *reason) {
+  job_trouble_as(t, j, rank, reason, 0);
 }
 
 /* Asks running job j to re-form at its next commit (to take in free agents, or to let a
@@ -1017,7 +1029,8 @@ void job_agent_lost(job_table_t *t, agent_t *a, const char *why) {
       s->dead = 1;
       if (s->peer.len) send_abort(t, &s->peer, j->id, j->generation, reason);
     }
-    job_trouble(t, j, r, reason);
+    /* A node of a preemptible target taken away (spot, Slurm preemption): no restart. */
+    job_trouble_as(t, j, r, reason, j->ranks[r].preemptible);
   }
   registry_forget(t->reg, a);
 }
@@ -1067,7 +1080,10 @@ void job_on_worker_exit(job_table_t *t, agent_t *a, const proto_worker_exit_t *e
              a->host, e->signal, s->step);
     /* Whatever killed it may strike again: no replacement worker on this agent for now. */
     a->cooldown_until_ms = drv_now_ms() + drv_setting(DRV_SET_COOLDOWN_MS);
-    job_trouble(t, j, r, reason);
+    /* Killed with its preemptible node going away (SIGTERM or SIGKILL to its processes, as
+     * a Slurm preemption or a spot reclaim does, or its agent leaving): a preemption. */
+    int taken = e->signal == SIGTERM || e->signal == SIGKILL || a->leaving;
+    job_trouble_as(t, j, r, reason, s->preemptible && taken);
     return;
   }
   if (phase_collecting(j->phase)) {

@@ -43,6 +43,7 @@ typedef struct {
   uint32_t assign_rank; /* the rank its assign gave it: with assign_gen, what its agent
                            names the worker by (a re-formation renumbers ranks, not this) */
   int device;           /* its agent's GPU `index` it was given; -1: the CPU */
+  int preemptible;      /* its agent is a node of a preemptible target */
   int rendezvoused;  /* rendezvous received for this generation */
   char addr[256];    /* ring address */
   char gpu[128];     /* its rendezvous `gpu`: "" for the CPU */
@@ -96,6 +97,7 @@ typedef struct {
   uint32_t workers_per_node; /* the spec's; 0: one per GPU of each agent (1 on a CPU agent) */
   uint32_t wpn;              /* placed: the workers each agent runs, fixed at placement */
   uint32_t min_nodes, max_nodes, max_restarts, restarts, rejoin_timeout_s;
+  int restart_pending;    /* recovery_job_t.pending of the re-formation under way */
   uint32_t commit_every;  /* planned re-formations need commits */
   int64_t deadline_ms;    /* STARTING: every rank checks in by then; PAUSING, REFORMING and
                              WAITING: the re-formation's (ranks not heard from are left out) */

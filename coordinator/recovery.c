@@ -70,8 +70,32 @@ static void fail(recovery_plan_t *out, const char *fmt, ...) {
   out->phase = JOB_PHASE_FAILED;
 }
 
+/* The re-formation under way counts as a restart now: fails at max_restarts (0 returned). */
+static int count_restart(const recovery_job_t *job, recovery_plan_t *out) {
+  out->pending = 0;
+  if (out->restarts >= job->max_restarts) {
+    const char *first = out->first_cause[0] ? out->first_cause : out->cause.text;
+    if (job->max_restarts)
+      fail(out, "%s (max_restarts %u reached)", first, job->max_restarts);
+    else
+      fail(out, "%s", first);
+    return 0;
+  }
+  out->restarts++;
+  return 1;
+}
+
+/* Whether any of ranks[0..n) is on a preemptible node. */
+static int any_preemptible(const recovery_job_t *job, uint32_t n) {
+  for (uint32_t r = 0; r < n; r++)
+    if (job->ranks[r].preemptible) return 1;
+  return 0;
+}
+
 /* A failure arrived: keeps the cause, classifies the ranks of a world that had not started,
- * and begins a re-formation (or fails). Returns 0 when the plan is made (FAIL). */
+ * and begins a re-formation (or fails). A preemption is no restart; a broken ring where
+ * preemptible nodes are is counted once its cause is known. Returns 0 when the plan is
+ * made (FAIL). */
 static int note_failure(const recovery_job_t *job, const recovery_failure_t *f, uint32_t n,
                         int64_t now, recovery_plan_t *out) {
   /* A survivor's broken ring is a symptom; the rank that died or hung is the cause, and
@@ -90,17 +114,14 @@ static int note_failure(const recovery_job_t *job, const recovery_failure_t *f, 
         out->fate[r] = job->ranks[r].rendezvoused ? RECOVERY_RANK_REPORTED : RECOVERY_RANK_DEAD;
   }
   if (out->phase == JOB_PHASE_PAUSING) out->phase = JOB_PHASE_RUNNING; /* a real failure now */
+  int known = f->rank >= 0 && !f->preempted; /* a death that is no preemption */
+  if (out->pending && known && !count_restart(job, out)) return 0;
   if (!phase_collecting(out->phase)) {
-    if (out->restarts >= job->max_restarts) {
-      const char *first = out->first_cause[0] ? out->first_cause : out->cause.text;
-      if (job->max_restarts)
-        fail(out, "%s (max_restarts %u reached)", first, job->max_restarts);
-      else
-        fail(out, "%s", first);
+    if (f->rank < 0 && any_preemptible(job, n))
+      out->pending = 1; /* a broken ring: preempted nodes, or not, is known later */
+    else if (!f->preempted && !count_restart(job, out))
       return 0;
-    }
     out->restart = 1;
-    out->restarts++;
     out->phase = JOB_PHASE_REFORMING;
     /* Once a ring is broken the break travels round it in moments: survivors report
      * within the grace. Until then (a rank known dead whose links may still be open, say
@@ -130,6 +151,15 @@ static int note_failure(const recovery_job_t *job, const recovery_failure_t *f, 
 static void settle(const recovery_job_t *job, uint32_t n, recovery_plan_t *out) {
   int planned = out->phase == JOB_PHASE_PAUSING;
   out->settled = 1;
+  if (out->pending) { /* a restart unless every rank lost was on a preemptible node */
+    int preempted = 1;
+    for (uint32_t r = 0; r < n; r++) /* the ones not reported (IN) are left out below */
+      if (out->fate[r] == RECOVERY_RANK_DEAD || out->fate[r] == RECOVERY_RANK_SILENT ||
+          out->fate[r] == RECOVERY_RANK_IN)
+        preempted &= job->ranks[r].preemptible;
+    if (!preempted && !count_restart(job, out)) return;
+    out->pending = 0;
+  }
   for (uint32_t r = 0; r < n; r++) {
     recovery_rank_fate_t *fate = &out->fate[r];
     if (job->ranks[r].leaving && *fate != RECOVERY_RANK_DEAD) *fate = RECOVERY_RANK_LEAVING;
@@ -180,6 +210,7 @@ void recovery_plan(const recovery_job_t *job, const recovery_failure_t *failure,
   out->action = RECOVERY_WAIT;
   out->phase = job->phase;
   out->restarts = job->restarts;
+  out->pending = job->pending;
   out->deadline_ms = job->deadline_ms;
   out->cause = job->cause;
   snprintf(out->first_cause, sizeof out->first_cause, "%s",

@@ -70,6 +70,7 @@ typedef struct {
   int lost;                    /* reported `lost` */
   int dead;                    /* gone for good */
   int leaving;                 /* its agent said `leave` */
+  int preemptible;             /* on a node of a preemptible target: its loss is no restart */
   uint64_t step;               /* at its last progress report */
   uint64_t coll_seq;           /* collectives it had completed then */
   uint64_t commit;             /* the commit it rolled back to (its `lost`); 0: not known */
@@ -87,6 +88,9 @@ typedef struct {
   uint32_t max_world;              /* > 0: no world larger (train.global_batch: a sample per
                                       worker a step), whatever max_nodes says */
   uint32_t max_restarts, restarts; /* restarts: re-formations after failures so far */
+  int pending;                     /* the re-formation under way may not be a restart (it
+                                      broke where preemptible nodes are): counted, or not,
+                                      once its cause is known (at the latest when settled) */
   uint32_t rejoin_timeout_s;       /* below min_nodes: how long to wait for agents; 0: fail */
   uint64_t ckpt_step;              /* its newest durable checkpoint; 0: none. With one, a
                                       world with no survivor left re-forms from it with free
@@ -108,6 +112,8 @@ typedef struct {
 typedef struct {
   int rank;
   const char *reason;
+  int preempted; /* a node of a preemptible target was taken away: it re-forms the world,
+                    but is not a restart (max_restarts does not count it) */
 } recovery_failure_t;
 
 typedef enum {
@@ -125,6 +131,7 @@ typedef struct {
   int settled;            /* the plan settled who is out (REFORM, or FAIL at the end of the
                              collection): the owner drops those ranks */
   uint32_t restarts;      /* the job's restarts after the plan */
+  int pending;            /* after the plan: see recovery_job_t */
   int64_t deadline_ms;    /* of the re-formation under way, after the plan */
   uint32_t workers;       /* alive ranks plus free agents: what a world could have now */
   recovery_cause_t cause; /* after the plan; REFORM: the one the world re-forms after

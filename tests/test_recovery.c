@@ -412,6 +412,61 @@ static void test_bounds_count_nodes_of_workers(void **state) {
   assert_string_equal(p.reason, "rank 3 gone (3 worker(s) left, min_nodes 2 x 2 workers)");
 }
 
+/* A preempted node (a spot reclaim, a Slurm preemption) re-forms the world but is no
+ * restart: with max_restarts 0 the job goes on. A broken ring where preemptible nodes are
+ * is counted once its cause is known: not when the lost rank was preemptible, yes when it
+ * was not. */
+static void test_preemption_is_no_restart(void **state) {
+  (void)state;
+  fx_t f;
+  char first[RECOVERY_REASON_MAX];
+  recovery_plan_t p;
+  fx_init(&f, JOB_PHASE_RUNNING, 3);
+  f.job.max_restarts = 0;
+  f.ranks[2].preemptible = 1;
+  f.ranks[2].dead = 1;
+  recovery_plan(&f.job, &(recovery_failure_t){.rank = 2, .reason = "agent a2 lost", .preempted = 1},
+                NOW, &p);
+  assert_int_equal(p.action, RECOVERY_WAIT);
+  assert_int_equal(p.phase, JOB_PHASE_REFORMING);
+  assert_int_equal(p.restarts, 0);
+  fx_apply(&f, &p, first, sizeof first);
+  f.ranks[0].lost = f.ranks[1].lost = 1;
+  recovery_plan(&f.job, NULL, NOW + 100, &p);
+  assert_int_equal(p.action, RECOVERY_REFORM);
+  assert_int_equal(p.world, 2);
+  assert_int_equal(p.restarts, 0);
+
+  /* A survivor's broken ring first: pending; the preemptible rank never reports. */
+  fx_init(&f, JOB_PHASE_RUNNING, 3);
+  f.job.max_restarts = 0;
+  f.ranks[2].preemptible = 1;
+  recovery_plan(&f.job, &(recovery_failure_t){.rank = -1, .reason = "rank 0 lost its ring"},
+                NOW, &p);
+  assert_int_equal(p.action, RECOVERY_WAIT);
+  assert_true(p.pending);
+  assert_int_equal(p.restarts, 0);
+  fx_apply(&f, &p, first, sizeof first);
+  f.job.pending = p.pending;
+  f.ranks[0].lost = f.ranks[1].lost = 1;
+  recovery_plan(&f.job, NULL, p.deadline_ms + 1, &p); /* rank 2 silent: preemptible */
+  assert_int_equal(p.action, RECOVERY_REFORM);
+  assert_int_equal(p.restarts, 0);
+  assert_false(p.pending);
+
+  /* The same with a rank that is not preemptible dying: a restart, past max_restarts 0. */
+  fx_init(&f, JOB_PHASE_RUNNING, 3);
+  f.job.max_restarts = 0;
+  f.ranks[2].preemptible = 1;
+  recovery_plan(&f.job, &(recovery_failure_t){.rank = -1, .reason = "rank 0 lost its ring"},
+                NOW, &p);
+  fx_apply(&f, &p, first, sizeof first);
+  f.job.pending = p.pending;
+  fail_rank(&f, 1, KILLED_1, NOW + 10, &p);
+  assert_int_equal(p.action, RECOVERY_FAIL);
+  assert_false(p.pending);
+}
+
 static void test_below_min_nodes_fails_without_rejoin_timeout(void **state) {
   fx_t f;
   recovery_plan_t p;
@@ -567,6 +622,7 @@ int main(void) {
       cmocka_unit_test(test_below_min_nodes_waits_with_rejoin_timeout),
       cmocka_unit_test(test_below_min_nodes_fails_without_rejoin_timeout),
       cmocka_unit_test(test_bounds_count_nodes_of_workers),
+      cmocka_unit_test(test_preemption_is_no_restart),
       cmocka_unit_test(test_no_survivor_fails),
       cmocka_unit_test(test_no_survivor_with_checkpoint_waits_then_reforms_from_it),
       cmocka_unit_test(test_no_survivor_with_checkpoint_needs_restarts_and_rejoin),

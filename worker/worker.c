@@ -372,7 +372,8 @@ static drv_result_t train(worker_t *w, proto_done_t *done) {
     /* A broken ring is a lost peer: roll back and let the coordinator re-form the world
      * (it aborts us when it cannot), again if a peer is lost while re-forming. Anything
      * else ends this worker. */
-    while (rc != DRV_OK && w->ring_broken && (s->max_restarts || w->planned)) {
+    while (rc != DRV_OK && w->ring_broken &&
+           (s->max_restarts || w->planned || w->cfg->preemptible)) {
       w->planned = 0;
       rc = world_recover(w, &step);
       p.staged_step = UINT64_MAX; /* the staged batch belongs to the old world */

@@ -31,6 +31,14 @@ targets:
     launch_timeout: 20
     agent_args: [--host, 127.0.0.1, --allow-dir, /tmp]
     command: {start: "{agent}"}
+  - name: spot
+    launcher: command
+    max_nodes: 2
+    idle_timeout: 3
+    launch_timeout: 20
+    preemptible: true
+    agent_args: [--host, 127.0.0.1, --allow-dir, /tmp]
+    command: {start: "{agent}"}
   - name: broken
     launcher: command
     max_nodes: 2
@@ -146,7 +154,7 @@ def test_refused_at_submit(drover):
         r = submit(c, "nowhere", "cloud9", 1)
         assert r[1] == "error" and r[2]["code"] == "invalid", r
         assert r[2]["message"] == ("target cloud9: no such target (targets: local, attached, "
-                                   "pool, broken)"), r
+                                   "pool, spot, broken)"), r
         r = submit(c, "huge", "pool", 4)
         assert r[1] == "error" and r[2]["message"] == \
             "nodes 4: target pool has at most 3 (max_nodes)", r
@@ -209,7 +217,48 @@ def test_coordinator_restart_finds_its_nodes(drover):
               "completed, nothing launched again, both stopped when idle" % before)
 
 
+def workers_of(agent_pid):
+    out = []
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and int(open("/proc/%s/stat" % pid).read().rsplit(")", 1)[1].split()[1]) == agent_pid:
+                out.append(int(pid))
+        except OSError:
+            pass
+    return out
+
+
+def test_preemption_is_no_restart(drover):
+    # As a Slurm preemption or a spot reclaim does: SIGTERM to a node's agent and its workers
+    # at once. The job (max_restarts 0: a counted restart would fail it) re-forms without
+    # the node, the autoscaler launches a replacement, the job takes it in and completes.
+    with cluster(drover, env=ENV) as c:
+        start(c)
+        spec = (JOB % ("spot-job", "spot", 2, 200, c.runs)).replace(
+            "nodes: 2\n", "nodes: 2\nmin_nodes: 1\nmax_restarts: 0\n")
+        r = c.request("submit", {"spec": spec})
+        assert r[1] == "submitted", r
+        j = r[2]["job"]
+        wait_for(lambda: job(c, j)["step"] >= 40, 60, "the job to train")
+        victim = sorted(agent_procs(c))[-1]
+        kids = workers_of(victim)
+        for pid in [victim] + kids:
+            os.kill(pid, signal.SIGTERM)
+        st = wait_for(lambda: finished(c, j), 240, "the job to end")
+        assert st["state"] == "succeeded", st
+        t = target(c, "spot")
+        assert t["launched"] == 3, t  # the replacement
+        with open(os.path.join(c.tmp, "coordinator.log"), errors="replace") as f:
+            log = f.read()
+        reformed = re.findall(r"re-formed with (\d) worker\(s\)[^;]*; generation \d+, restart (\d) of 0",
+                              log)
+        assert reformed and all(n == "0" for _, n in reformed), reformed
+        print("preemptible target, max_restarts 0: SIGTERM to a node's agent and %d worker(s): "
+              "re-formations %s (worlds, restart counts), a replacement launched, job done"
+              % (len(kids), reformed))
+
+
 if __name__ == "__main__":
     main([test_refused_at_submit, test_cold_target_scales_up_and_down,
           test_second_job_waits_for_max_nodes, test_launch_failures_retried_and_reported,
-          test_coordinator_restart_finds_its_nodes])
+          test_coordinator_restart_finds_its_nodes, test_preemption_is_no_restart])
