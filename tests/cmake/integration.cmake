@@ -23,6 +23,9 @@ drover_it(it_cli test_cli.py "integration" 300)
 drover_it(it_workers test_workers.py "integration" 600)
 # Hostile peers (bombs, floods, idle connections, bad UTF-8) while a victim job runs.
 drover_it(it_hostile test_hostile.py "integration" 400)
+# The Slurm fixture (slurmfix.py) on real slurmctld/slurmd/munged; 77 (skipped) when not root.
+drover_it(it_slurm test_slurmfix.py "integration;slow" 300)
+set_tests_properties(it_slurm PROPERTIES SKIP_RETURN_CODE 77)
 drover_it(it_train test_train.py "integration;slow" 900)
 # Heavy on CPU: run it alone so the timing of the failure tests is not disturbed.
 set_tests_properties(it_train PROPERTIES RUN_SERIAL TRUE)
