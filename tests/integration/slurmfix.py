@@ -16,6 +16,12 @@ line, working directory or environment names tmp (jobs, slurmstepd, the cloud no
 slurmd), and none of the processes it started; it raises if something is. Processes of
 any other Slurm or munge are never looked at (they do not name tmp).
 
+gres="gpu:2" gives every node 2 gpus for --gres (device files /dev/tty0.. stand in for
+them). Slurm 22.05: a job on a CLOUD node stays CONFIGURING after the node's slurmd has
+registered until slurmctld's 30 s periodic check (PERIODIC_TIMEOUT), so submit to RUNNING
+takes about 30 s; slurmd in its own daemon mode (no -D) loses its log, so the
+ResumeProgram runs `slurmd -D -b` in a session of its own.
+
 Needs root (slurmd runs jobs as their submitter and uses cgroups): SlurmCluster.available()
 says why not, where it cannot run. Jobs are tracked by proctrack/cgroup (cgroup v1 freezer
 or cgroup v2): with proctrack/linuxproc a child that ignores SIGTERM outlived scancel.
@@ -426,7 +432,7 @@ class SlurmCluster:
     def ours(self):
         """Live processes of this cluster: [(pid, what)]. A process is ours when its
         command line, working directory or environment names tmp, or we started it."""
-        mark = self.tmp.encode()
+        mark = self.tmp.encode()  # names tmp: mark + b"/" in it (not /tmp/x in /tmp/xy)
         me = os.getpid()
         found = []
         for pid in os.listdir("/proc"):
@@ -439,7 +445,7 @@ class SlurmCluster:
                 cmd = open("/proc/%s/cmdline" % pid, "rb").read()
             except OSError:
                 continue
-            hit = int(pid) in self.started_pids or mark in cmd
+            hit = int(pid) in self.started_pids or mark + b"/" in cmd
             if not hit:
                 try:
                     cwd = os.readlink("/proc/%s/cwd" % pid).encode()
