@@ -9,6 +9,7 @@
 
 Exits 77 (skipped) where the fixture cannot run (not root, Slurm or munge missing)."""
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -110,6 +111,7 @@ def test_static_nodes(drover):
         # b still runs: close() must cancel it and kill its sleep.
     assert not job_pids(b), job_pids(b)
     assert not c.ours()
+    shutil.rmtree(tmp)  # kept, with its logs, when the test failed
 
 
 def test_cloud_node(drover):
@@ -137,6 +139,7 @@ def test_cloud_node(drover):
         wait_for("nodeC1's slurmd stopped",
                  lambda: not [p for p, cmd in c.ours() if "-N nodeC1" in cmd], timeout=15)
     assert not c.ours()
+    shutil.rmtree(tmp)
 
 
 def test_close_on_failure(drover):
@@ -151,6 +154,7 @@ def test_close_on_failure(drover):
         pass
     assert c is not None and not c.ours(), c.ours()
     assert not job_pids(j)
+    shutil.rmtree(tmp)
 
 
 if __name__ == "__main__":
