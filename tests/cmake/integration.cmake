@@ -28,6 +28,9 @@ drover_it(it_hostile test_hostile.py "integration" 400)
 # The sshd fixture (sshfix.py) the ssh launcher's tests use, checked for real; 77 = no sshd.
 drover_it(it_sshfix test_sshfix.py "integration" 120)
 set_tests_properties(it_sshfix PROPERTIES SKIP_RETURN_CODE 77)
+# The Slurm fixture (slurmfix.py) on real slurmctld/slurmd/munged; 77 (skipped) when not root.
+drover_it(it_slurm test_slurmfix.py "integration;slow" 300)
+set_tests_properties(it_slurm PROPERTIES SKIP_RETURN_CODE 77)
 drover_it(it_train test_train.py "integration;slow" 900)
 # Heavy on CPU: run it alone so the timing of the failure tests is not disturbed.
 set_tests_properties(it_train PROPERTIES RUN_SERIAL TRUE)
