@@ -249,6 +249,7 @@ drv_result_t launcher_start(const target_t *t, const launch_env_t *env, const ch
     int n = 0;
     argv[n++] = "sbatch";
     argv[n++] = "--parsable";
+    argv[n++] = "--exclusive"; /* a node is a machine: one agent on it, named after it */
     argv[n++] = name;
     const struct {
       const char *flag, *value;

@@ -9,7 +9,7 @@
  *   ssh      one node per host: `ssh HOST 'setsid AGENT >LOG 2>&1 </dev/null & echo $!'`
  *            (key-only: BatchMode=yes), the handle "HOST PID"; stopped by `ssh HOST kill
  *            PID`, checked by `kill -0 PID`.
- *   slurm    `sbatch --parsable --job-name drover-NODE ... --wrap 'exec AGENT'`, the agent
+ *   slurm    `sbatch --parsable --exclusive --job-name drover-NODE ... --wrap 'exec AGENT'`, the agent
  *            named after $SLURMD_NODENAME; the handle is the Slurm job id; stopped by
  *            `scancel ID`, checked by `squeue -j ID`.
  *

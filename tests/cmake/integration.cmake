@@ -37,3 +37,7 @@ set_tests_properties(it_train PROPERTIES RUN_SERIAL TRUE)
 # A managed target through the ssh launcher against that sshd (exit 77 where it cannot run).
 drover_it(it_ssh_target test_ssh_target.py "integration" 180)
 set_tests_properties(it_ssh_target PROPERTIES SKIP_RETURN_CODE 77)
+# A managed target through the Slurm launcher on that Slurm cluster: cold start, scale down,
+# scancel as a preemption, a refused sbatch (exit 77 where the fixture cannot run).
+drover_it(it_slurm_target test_slurm_target.py "integration;slow" 300)
+set_tests_properties(it_slurm_target PROPERTIES SKIP_RETURN_CODE 77)
