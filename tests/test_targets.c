@@ -13,6 +13,10 @@
 
 #include "coordinator/targets.h"
 
+#ifndef DROVER_SOURCE_DIR
+#define DROVER_SOURCE_DIR "."
+#endif
+
 static const char *const good =
     "targets:\n"
     "  - name: cpu-pool\n"
@@ -124,11 +128,27 @@ static void test_value_checks(void **state) {
                  "target p: name given twice", (const char *)NULL);
 }
 
+/* examples/targets.yaml loads as it is. */
+static void test_example_file(void **state) {
+  (void)state;
+  targets_file_t *f = NULL;
+  if (targets_load(DROVER_SOURCE_DIR "/examples/targets.yaml", &f) != DRV_OK)
+    fail_msg("%s", drv_last_error());
+  const target_t *t = targets_find(f, "cpu-pool");
+  assert_non_null(t);
+  assert_int_equal(t->launcher, LAUNCHER_COMMAND);
+  assert_int_equal(t->max_nodes, 4);
+  targets_free(&f);
+  assert_int_equal(targets_load("/nonexistent/targets.yaml", &f), DRV_ERR_SYS);
+  assert_non_null(strstr(drv_last_error(), "/nonexistent/targets.yaml"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_good_file),
       cmocka_unit_test(test_schema_errors_name_line_and_key),
       cmocka_unit_test(test_value_checks),
+      cmocka_unit_test(test_example_file),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -17,6 +17,7 @@ drover_unit_test(test_keys SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_keys.c
 # key, and the checks the schema cannot make.
 drover_unit_test(test_targets SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_targets.c
                  LIBS drover_coordinator LABELS unit)
+target_compile_definitions(test_targets PRIVATE DROVER_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
 # The managed targets' autoscaler (coordinator/autoscale.c), a pure function.
 drover_unit_test(test_autoscale SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/test_autoscale.c
                  LIBS drover_coordinator LABELS unit)

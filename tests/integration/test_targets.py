@@ -39,6 +39,11 @@ targets:
     preemptible: true
     agent_args: [--host, 127.0.0.1, --allow-dir, /tmp]
     command: {start: "{agent}"}
+  - name: mute
+    launcher: command
+    max_nodes: 1
+    launch_timeout: 2
+    command: {start: "exec sleep 300"}
   - name: broken
     launcher: command
     max_nodes: 2
@@ -154,7 +159,7 @@ def test_refused_at_submit(drover):
         r = submit(c, "nowhere", "cloud9", 1)
         assert r[1] == "error" and r[2]["code"] == "invalid", r
         assert r[2]["message"] == ("target cloud9: no such target (targets: local, attached, "
-                                   "pool, spot, broken)"), r
+                                   "pool, spot, mute, broken)"), r
         r = submit(c, "huge", "pool", 4)
         assert r[1] == "error" and r[2]["message"] == \
             "nodes 4: target pool has at most 3 (max_nodes)", r
@@ -217,6 +222,31 @@ def test_coordinator_restart_finds_its_nodes(drover):
               "completed, nothing launched again, both stopped when idle" % before)
 
 
+def cmdline(pid):
+    try:
+        with open("/proc/%s/cmdline" % pid, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def test_launch_timeout(drover):
+    # A node that starts but never registers (a machine that never boots): stopped after
+    # launch_timeout, counted, retried after the back-off; its process is gone.
+    with cluster(drover, env=ENV) as c:
+        start(c)
+        j = submit(c, "waits", "mute", 1)[2]["job"]
+        t = wait_for(lambda: (lambda x: x["failed"] >= 2 and x)(target(c, "mute")), 40,
+                     "two launch timeouts")
+        assert "did not register within launch_timeout (2 s)" in t["last_error"], t
+        assert "launch failure(s)" in job(c, j)["reason"], job(c, j)
+        c.drover_cli("cancel", str(j))
+        c.stop_coordinator()
+        left = [p for p in os.listdir("/proc") if p.isdigit() and b"sleep\x00300" in cmdline(p)]
+        assert not left, left
+        print("a node that never registers: %d launch failures, '%s'" % (t["failed"], t["last_error"]))
+
+
 def workers_of(agent_pid):
     out = []
     for pid in os.listdir("/proc"):
@@ -261,4 +291,5 @@ def test_preemption_is_no_restart(drover):
 if __name__ == "__main__":
     main([test_refused_at_submit, test_cold_target_scales_up_and_down,
           test_second_job_waits_for_max_nodes, test_launch_failures_retried_and_reported,
-          test_coordinator_restart_finds_its_nodes, test_preemption_is_no_restart])
+          test_coordinator_restart_finds_its_nodes, test_preemption_is_no_restart,
+          test_launch_timeout])
