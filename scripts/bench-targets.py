@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Cold start and scale-down of managed targets, per launcher, on this machine.
 
 For each launcher (command: agents as local processes; ssh: a real sshd on 127.0.0.2/.3;
@@ -10,7 +10,8 @@ submitted to the cold target (min_nodes 0), and it measures
 Prints the median (min-max) of each. The ssh and Slurm rows are skipped where their
 fixtures cannot run (not root, packages missing).
 
-    python3 scripts/bench-targets.py build-nocuda/cli/drover [REPEAT]
+    /usr/bin/python3 scripts/bench-targets.py build-nocuda/cli/drover [REPEAT]
+(Debian's python3, with python3-zmq and python3-msgpack, as the integration tests.)
 """
 import os
 import statistics
