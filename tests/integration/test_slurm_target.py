@@ -7,6 +7,8 @@ itself (slurmfix.py: munged, slurmctld, 4 slurmd on loopback):
 - scancel of one node's Slurm job mid-training (a preemption, on a preemptible target with
   max_restarts 0): the job carries on without it, the autoscaler starts a replacement, the
   job completes, and no restart was counted;
+- the coordinator SIGKILLed with 2 Slurm nodes up and restarted: it finds them (launches
+  none), the job completes, and the Slurm jobs end when idle;
 - a Slurm launch that fails (a partition that does not exist): detected, retried, reported.
 Exits 77 where the Slurm fixture cannot run (not root, Slurm not installed)."""
 import os
@@ -102,6 +104,23 @@ def test_slurm_target(drover):
             print("scancel of Slurm job %s (node %s) mid-training: re-formed %d time(s), restart "
                   "counts %s, a replacement launched, job done" % (
                       victim["id"], victim["node"], len(counts), counts))
+
+            # The coordinator SIGKILLed with 2 Slurm nodes up: the restarted one finds them.
+            wait_for(lambda: not ours(s), 60, "the nodes of the preempted job to go")
+            j = tt.submit(c, "outlives", "hpc", 2, epochs=400)[2]["job"]
+            wait_for(lambda: tt.job(c, j)["step"] >= 40, 90, "the third job to train")
+            before = sorted(x["id"] for x in ours(s))
+            c.coord.send_signal(__import__("signal").SIGKILL)
+            c.coord.wait()
+            start(c, s)
+            st = wait_for(lambda: tt.finished(c, j), 240, "the job to end after the restart")
+            assert st["state"] == "succeeded", st
+            after = tt.target(c, "hpc")
+            assert after["launched"] == 0, after  # nothing launched twice
+            assert log_of(c).count("found from before the restart") >= 2, log_of(c)[-2000:]
+            wait_for(lambda: not ours(s), 60, "its Slurm jobs to end when idle")
+            print("coordinator SIGKILL with Slurm jobs %s up: restarted, found them, launched "
+                  "none, the job completed, both ended when idle" % before)
 
             # A launch Slurm refuses.
             j = tt.submit(c, "refused", "nowhere", 1)[2]["job"]
