@@ -21,6 +21,7 @@ pkgs=(
   python3-zmq python3-msgpack
   slurm-wlm munge      # managed targets: the Slurm launcher, and the test suite's own cluster
   openssh-server openssh-client  # managed targets: the ssh launcher, and the tests' sshd
+  python3-torch        # command jobs: the PyTorch DDP example and its tests (CPU, gloo)
 )
 if [ "${1:-}" = "fuzz" ]; then
   pkgs+=(
