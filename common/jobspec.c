@@ -392,6 +392,10 @@ static const cyaml_schema_field_t spec_resources_fields[] = {
     CYAML_FIELD_END,
 };
 
+static const cyaml_schema_value_t spec_word_entry = {
+    CYAML_VALUE_STRING(CYAML_FLAG_POINTER, char, 0, CYAML_UNLIMITED),
+};
+
 static const cyaml_schema_field_t spec_fields[] = {
     CYAML_FIELD_STRING_PTR("name", SPEC_STR_REQ, jobspec_t, name, 1, CYAML_UNLIMITED),
     CYAML_FIELD_STRING_PTR("target", SPEC_STR_OPT, jobspec_t, target, 1, CYAML_UNLIMITED),
@@ -404,9 +408,15 @@ static const cyaml_schema_field_t spec_fields[] = {
     CYAML_FIELD_INT("priority", SPEC_OPT, jobspec_t, priority),
     CYAML_FIELD_UINT("max_runtime", SPEC_OPT, jobspec_t, max_runtime_s),
     CYAML_FIELD_MAPPING("resources", SPEC_OPT, jobspec_t, resources, spec_resources_fields),
-    CYAML_FIELD_MAPPING("model", CYAML_FLAG_DEFAULT, jobspec_t, model, spec_model_fields),
-    CYAML_FIELD_MAPPING("data", CYAML_FLAG_DEFAULT, jobspec_t, data, spec_data_fields),
-    CYAML_FIELD_MAPPING("train", CYAML_FLAG_DEFAULT, jobspec_t, train, spec_train_fields),
+    CYAML_FIELD_MAPPING("model", SPEC_OPT, jobspec_t, model, spec_model_fields),
+    CYAML_FIELD_MAPPING("data", SPEC_OPT, jobspec_t, data, spec_data_fields),
+    CYAML_FIELD_MAPPING("train", SPEC_OPT, jobspec_t, train, spec_train_fields),
+    CYAML_FIELD_SEQUENCE("command", SPEC_STR_OPT | CYAML_FLAG_FLOW, jobspec_t, command,
+                         &spec_word_entry, 1, JOBSPEC_MAX_WORDS),
+    CYAML_FIELD_STRING_PTR("workdir", SPEC_STR_OPT, jobspec_t, workdir, 1, CYAML_UNLIMITED),
+    CYAML_FIELD_SEQUENCE("env", SPEC_STR_OPT | CYAML_FLAG_FLOW, jobspec_t, env, &spec_word_entry,
+                         0, JOBSPEC_MAX_WORDS),
+    CYAML_FIELD_UINT("hang_timeout", SPEC_OPT, jobspec_t, hang_timeout_s),
     CYAML_FIELD_STRING_PTR("run_dir", SPEC_STR_OPT, jobspec_t, run_dir, 1, CYAML_UNLIMITED),
     CYAML_FIELD_END,
 };
@@ -414,6 +424,23 @@ static const cyaml_schema_field_t spec_fields[] = {
 static const cyaml_schema_value_t spec_schema = {
     CYAML_VALUE_MAPPING(CYAML_FLAG_POINTER, jobspec_t, spec_fields),
 };
+
+/* The schema a command job is written with: the same, without model, data and train. */
+static const cyaml_schema_value_t *spec_command_schema(void) {
+  static cyaml_schema_field_t fields[DRV_ARRAY_LEN(spec_fields)];
+  static cyaml_schema_value_t schema;
+  if (!schema.type) {
+    size_t n = 0;
+    for (const cyaml_schema_field_t *f = spec_fields; f->key; f++)
+      if (strcmp(f->key, "model") && strcmp(f->key, "data") && strcmp(f->key, "train"))
+        fields[n++] = *f;
+    fields[n] = (cyaml_schema_field_t)CYAML_FIELD_END;
+    schema = (cyaml_schema_value_t){
+        CYAML_VALUE_MAPPING(CYAML_FLAG_POINTER, jobspec_t, fields),
+    };
+  }
+  return &schema;
+}
 
 /* The defaults of the header's comment, as the text a `--set` would give. Applied to every
  * key that neither the YAML nor an override wrote. Keys whose default is zero are listed
@@ -1147,6 +1174,10 @@ static drv_result_t spec_copy_path(jobspec_t *spec, const char *path, const char
 static drv_result_t spec_fill_defaults(jobspec_t *spec, const spec_seen_t *seen) {
   for (size_t i = 0; i < DRV_ARRAY_LEN(spec_defaults); i++) {
     if (spec_seen_has(seen, spec_defaults[i].path)) continue;
+    const char *p = spec_defaults[i].path; /* a command job has no trainer keys */
+    if (spec->command && (!strncmp(p, "model.", 6) || !strncmp(p, "data.", 5) ||
+                          !strncmp(p, "train.", 6)))
+      continue;
     drv_result_t rc = spec_set_path(spec, spec_defaults[i].path, spec_defaults[i].value);
     if (rc != DRV_OK)
       return drv_error_prefix(rc, "default %s=%s", spec_defaults[i].path, spec_defaults[i].value);
@@ -1258,8 +1289,56 @@ static bool path_has_dotdot(const char *path) {
   return false;
 }
 
+/* A command job's own keys: its words, its environment ("KEY=VALUE"), no trainer keys. */
+static drv_result_t spec_validate_command(const jobspec_t *s, const char *origin) {
+  for (uint32_t i = 0; i < s->command_count; i++)
+    if (!s->command[i] || (i == 0 && !*s->command[i]))
+      return spec_invalid(origin, "command", "word %u is empty", i);
+  for (uint32_t i = 0; i < s->env_count; i++) {
+    const char *e = s->env[i], *eq = e ? strchr(e, '=') : NULL;
+    bool ok = eq && eq > e;
+    for (const char *p = e; ok && p < eq; p++)
+      ok = (*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || *p == '_' ||
+           (p > e && *p >= '0' && *p <= '9');
+    if (!ok) {
+      char key[32];
+      snprintf(key, sizeof key, "env[%u]", i);
+      return spec_invalid(origin, key, "'%.64s' is not KEY=VALUE (a key of letters, digits and _)",
+                          e ? e : "");
+    }
+  }
+  return DRV_OK;
+}
+
+static drv_result_t spec_validate_train(const jobspec_t *s, const char *origin);
+
+/* Whether a key under `top` ("model") was written. */
+static bool spec_seen_under(const spec_seen_t *seen, const char *top) {
+  size_t n = strlen(top);
+  for (int i = 0; i < seen->n; i++)
+    if (!strncmp(seen->paths[i], top, n) && (!seen->paths[i][n] || seen->paths[i][n] == '.'))
+      return true;
+  return false;
+}
+
+/* A job runs the built-in trainer (model, data and train required) or a command (none of
+ * them). */
+static drv_result_t spec_check_kind(const jobspec_t *s, const spec_seen_t *seen,
+                                    const char *origin) {
+  static const char *const trainer[] = {"model", "data", "train"};
+  for (size_t k = 0; k < DRV_ARRAY_LEN(trainer); k++) {
+    bool has = spec_seen_under(seen, trainer[k]);
+    if (s->command && has)
+      return spec_invalid(origin, trainer[k],
+                          "is for the built-in trainer; a command job runs its own program");
+    if (!s->command && !has)
+      return spec_invalid(origin, trainer[k],
+                          "required key missing (or give `command:` to run your own program)");
+  }
+  return DRV_OK;
+}
+
 static drv_result_t spec_validate(const jobspec_t *s, const char *origin) {
-  const spec_optim_map_t *o = &s->train.optimizer;
   DRV_CHECK(spec_check_name(s->name, origin));
   DRV_CHECK(spec_check_target(s->target, origin));
   if (s->nodes < 1) return spec_invalid(origin, "nodes", "must be at least 1, got %u", s->nodes);
@@ -1271,7 +1350,24 @@ static drv_result_t spec_validate(const jobspec_t *s, const char *origin) {
   if (s->max_nodes < s->nodes)
     return spec_invalid(origin, "max_nodes", "%u is smaller than nodes (%u)", s->max_nodes,
                         s->nodes);
+  if (s->workers_per_node > JOBSPEC_MAX_WORKERS_PER_NODE)
+    return spec_invalid(origin, "workers_per_node", "%u is more than %d", s->workers_per_node,
+                        JOBSPEC_MAX_WORKERS_PER_NODE);
+  uint64_t per_node = s->workers_per_node ? s->workers_per_node : 1;
+  if (per_node > 1 && (uint64_t)s->max_nodes * per_node > JOBSPEC_MAX_WORLD)
+    return spec_invalid(origin, s->max_nodes > s->nodes ? "max_nodes" : "nodes",
+                        "%u x workers_per_node %" PRIu64 " is more than %d workers",
+                        s->max_nodes, per_node, JOBSPEC_MAX_WORLD);
+  if (s->command) return spec_validate_command(s, origin);
+  if (s->workdir || s->env || s->hang_timeout_s)
+    return spec_invalid(origin, s->workdir ? "workdir" : s->env ? "env" : "hang_timeout",
+                        "is for command jobs: give `command:` too");
+  return spec_validate_train(s, origin);
+}
 
+/* The built-in trainer's keys: model, data, train. */
+static drv_result_t spec_validate_train(const jobspec_t *s, const char *origin) {
+  const spec_optim_map_t *o = &s->train.optimizer;
   if (!s->model.type || strcmp(s->model.type, "mlp") != 0)
     return spec_invalid(origin, "model.type", "unknown model '%s' (known: mlp)",
                         s->model.type ? s->model.type : "");
@@ -1304,16 +1400,8 @@ static drv_result_t spec_validate(const jobspec_t *s, const char *origin) {
   if (s->train.epochs < 1) return spec_invalid(origin, "train.epochs", "must be at least 1");
   if (s->train.global_batch < 1)
     return spec_invalid(origin, "train.global_batch", "must be at least 1");
-  if (s->workers_per_node > JOBSPEC_MAX_WORKERS_PER_NODE)
-    return spec_invalid(origin, "workers_per_node", "%u is more than %d", s->workers_per_node,
-                        JOBSPEC_MAX_WORKERS_PER_NODE);
   /* With workers_per_node 0 the world is known at placement (job.c checks it there). */
   uint64_t per_node = s->workers_per_node ? s->workers_per_node : 1;
-  /* (One worker per node: nodes are bounded by DROVER_MAX_NODES, checked apart.) */
-  if (per_node > 1 && (uint64_t)s->max_nodes * per_node > JOBSPEC_MAX_WORLD)
-    return spec_invalid(origin, s->max_nodes > s->nodes ? "max_nodes" : "nodes",
-                        "%u x workers_per_node %" PRIu64 " is more than %d workers",
-                        s->max_nodes, per_node, JOBSPEC_MAX_WORLD);
   if ((uint64_t)s->nodes * per_node > s->train.global_batch)
     return spec_invalid(origin, "train.global_batch",
                         "%u is smaller than nodes x workers_per_node (%" PRIu64
@@ -1421,6 +1509,7 @@ drv_result_t jobspec_parse(const char *yaml, size_t len, const char *origin,
 
   /* 4. Overrides, then defaults for what is still unset. */
   for (int i = 0; i < nset; i++) DRV_CHECK_GOTO(spec_apply_set(spec, sets[i], &seen), rc, fail);
+  DRV_CHECK_GOTO(spec_check_kind(spec, &seen, origin), rc, fail);
   DRV_CHECK_GOTO(spec_fill_defaults(spec, &seen), rc, fail);
 
   /* 5. Floats as the dump writes them; then the values. */
@@ -1485,7 +1574,8 @@ drv_result_t jobspec_dump(const jobspec_t *spec, char **yaml, size_t *len) {
   size_t n = 0;
   if (!spec || !yaml) return drv_error(DRV_ERR_INVALID, "jobspec_dump: NULL argument");
   *yaml = NULL;
-  cyaml_err_t err = cyaml_save_data(&raw, &n, &cfg, &spec_schema, spec, 0);
+  cyaml_err_t err =
+      cyaml_save_data(&raw, &n, &cfg, spec->command ? spec_command_schema() : &spec_schema, spec, 0);
   if (err != CYAML_OK) {
     spec_trace_t t;
     spec_trace_parse(&log, &t);
@@ -1523,6 +1613,7 @@ void jobspec_destroy(jobspec_t **spec) {
 /* X(key, char ** of the path in spec s, NULL when its part is absent): every path key. */
 #define JOBSPEC_PATHS(X)                                                \
   X("run_dir", &s->run_dir)                                             \
+  X("workdir", s->workdir ? &s->workdir : NULL)                         \
   X("data.train.images", s->data.train ? &s->data.train->images : NULL) \
   X("data.train.labels", s->data.train ? &s->data.train->labels : NULL) \
   X("data.test.images", s->data.test ? &s->data.test->images : NULL)    \

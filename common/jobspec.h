@@ -88,6 +88,7 @@
 #define JOBSPEC_TARGET_MAX 32 /* bytes of a target name */
 #define JOBSPEC_MAX_WORKERS_PER_NODE 64
 #define JOBSPEC_MAX_WORLD 256 /* workers of one world: nodes (max_nodes) x workers_per_node */
+#define JOBSPEC_MAX_WORDS 256 /* words of a command, entries of env */
 #define JOBSPEC_PATH_MAX 1024 /* bytes of a path in a submitted spec (DROVER_MAX_PATH_BYTES at most) */
 
 typedef enum { SPEC_ACT_RELU = 0, SPEC_ACT_GELU } spec_activation_t;
@@ -112,6 +113,14 @@ typedef struct {
 typedef struct {
   char *name;
   char *target; /* local, attached, or a target of the coordinator's targets file */
+  /* A command job: the user's program per rank (model, data and train then unused). */
+  char **command;         /* NULL: the built-in trainer */
+  uint32_t command_count;
+  char *workdir;          /* its working directory (a path key: absolute once submitted) */
+  char **env;             /* "KEY=VALUE" added to its environment */
+  uint32_t env_count;
+  uint32_t hang_timeout_s; /* YAML `hang_timeout`: a rank that reported once and then stops
+                              reporting this long is hung; 0: no check */
   uint32_t nodes;
   uint32_t workers_per_node;     /* 0: one per GPU of the agent (1 on a CPU agent) */
   uint32_t min_nodes, max_nodes; /* 1 <= min_nodes <= nodes <= max_nodes */

@@ -80,6 +80,8 @@ void proto_refusal(proto_type_t type, proto_at_t at, char *buf, size_t n) {
                      : at == PROTO_AT_CLIENT ? "a reply the coordinator sends clients"
                      : at == PROTO_AT_EVENTS ? "an event"
                      : at == PROTO_AT_STDIN  ? "a worker's assignment"
+                     : at == PROTO_AT_REPORTS ? "a report a program sends its worker"
+                     : at == PROTO_AT_PROGRAM ? "a reply a worker sends its program"
                                              : "expected here";
   const char *name = proto_type_name(type);
   snprintf(buf, n, "'%s' is not %s", name ? name : "?", what);

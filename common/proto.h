@@ -58,7 +58,9 @@ typedef enum {
   PROTO_AT_CLIENT = 1 << 4, /* a client's DEALER: replies to its requests */
   PROTO_AT_EVENTS = 1 << 5, /* a SUB socket on the coordinator's PUB (port base+2) */
   PROTO_AT_STDIN = 1 << 6,  /* a worker's standard input: its assignment */
-  PROTO_AT_ANY = 0x7f,
+  PROTO_AT_REPORTS = 1 << 7, /* a command job's worker, from its program (DROVER_REPORT) */
+  PROTO_AT_PROGRAM = 1 << 8, /* a command job's program, from its worker */
+  PROTO_AT_ANY = 0x1ff,
 } proto_at_t;
 
 /* clang-format off */
@@ -103,7 +105,10 @@ typedef enum {
   X(EV_STATE,    ev_state,    ev_state,    PROTO_AT_EVENTS) /* a job changed state */        \
   X(EV_PROGRESS, ev_progress, ev_progress, PROTO_AT_EVENTS) /* aggregated progress */        \
   X(EV_EVAL,     ev_eval,     eval,        PROTO_AT_EVENTS) /* evaluation after an epoch */  \
-  X(EV_TARGET,   ev_target,   ev_target,   PROTO_AT_EVENTS) /* topic target/<name>: scaling */
+  X(EV_TARGET,   ev_target,   ev_target,   PROTO_AT_EVENTS) /* topic target/<name>: scaling */ \
+  /* a command job's program <-> its worker (DROVER_REPORT, on the node) */                \
+  X(REPORT,      report,      report,      PROTO_AT_REPORTS) /* steps done, loss, metrics */ \
+  X(REPORT_ACK,  report_ack,  report_ack,  PROTO_AT_PROGRAM) /* reply: stop or go on */
 
 /* Bodies: F(B, field, KIND, required) for scalars, strings and string arrays; A(B, field,
  * element body, required) for arrays of maps. KIND is I64, I32, U32, U64, F64, STR or
@@ -166,7 +171,9 @@ typedef enum {
   F(B, coordinator_key, STR, OPT) /* the coordinator's CurveZMQ public key, Z85: pinned */ \
   F(B, ring_key,    STR, OPT) /* the job's ring key, 64 hex digits: proves ring peers */ \
   F(B, preemptible, U32, OPT) /* 1: on a preemptible target: a lost peer is re-formed from
-                                 even with max_restarts 0 (a preemption is no restart) */
+                                 even with max_restarts 0 (a preemption is no restart) */ \
+  F(B, restarts,    U32, OPT) /* command jobs: restarts so far (TORCHELASTIC_RESTART_COUNT) */ \
+  F(B, group_rank,  U32, OPT) /* command jobs: the node's index in the world (GROUP_RANK) */
 
 #define PROTO_FIELDS_kill(F, A, B)                                                           \
   F(B, job,        I64, REQ)                                                               \
@@ -358,6 +365,17 @@ typedef enum {
 #define PROTO_FIELDS_agent_list(F, A, B)                                                     \
   A(B, agents, agent, REQ)
 
+#define PROTO_FIELDS_report(F, A, B)                                                         \
+  F(B, step,        U64, REQ) /* global steps done */                                      \
+  F(B, loss,        F64, OPT)                                                              \
+  F(B, epoch,       U32, OPT) /* 0-based */                                                \
+  F(B, steps_total, U64, OPT)                                                              \
+  F(B, samples,     U64, OPT) /* samples this rank processed since its previous report */  \
+  F(B, metrics,     STR, OPT) /* a JSON object of the program's other figures */
+
+#define PROTO_FIELDS_report_ack(F, A, B)                                                     \
+  F(B, stop, U32, REQ) /* 1: checkpoint and exit 0 (a preemption notice, or the job stops) */
+
 #define PROTO_FIELDS_target_info(F, A, B)                                                    \
   F(B, name,        STR, REQ)                                                              \
   F(B, kind,        STR, REQ) /* "local" | "attached" | "managed" */                       \
@@ -427,7 +445,7 @@ typedef enum {
   X(start) X(progress) X(eval) X(done) X(failed) X(abort) X(checkpoint) X(lost) X(reform)  \
   X(pause) X(leave) X(bye) X(submit) X(submitted) X(status) X(rank) X(job) X(jobs)         \
   X(cancel) X(empty) X(agent_gpu) X(agent) X(agent_list) X(target_info) X(target_list)      \
-  X(ev_target) X(get_spec) X(spec) X(error) X(ev_state)       \
+  X(ev_target) X(report) X(report_ack) X(get_spec) X(spec) X(error) X(ev_state)       \
   X(ev_progress)
 
 /* clang-format on */

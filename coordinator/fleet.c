@@ -67,12 +67,18 @@ static void forget(fleet_t *f, fleet_node_t *n) {
 
 // --- Stopping ------------------------------------------------------------------------------
 
-/* Stops node n: its own process gets SIGTERM (SIGKILL after FLEET_STOP_GRACE_MS), a start
- * still running is killed, else the launcher's stop runs. A node with nothing to stop is
+static agent_t *node_agent(fleet_t *f, const fleet_target_t *t, const fleet_node_t *n);
+
+/* Stops node n: its agent takes no more work; its own process gets SIGTERM (SIGKILL after
+ * FLEET_STOP_GRACE_MS), a start still running is killed, else the launcher's stop runs
+ * (again after FLEET_STOP_RETRY_MS while it fails). A node with nothing to stop is
  * forgotten at once. */
 static void stop_node(fleet_t *f, fleet_target_t *t, fleet_node_t *n, int64_t now) {
+  agent_t *a = node_agent(f, t, n);
+  if (a) a->leaving = 1; /* no job is placed on a node going away */
+  if (n->state != NODE_STOPPING) n->stop_ms = now;
   n->state = NODE_STOPPING;
-  n->stop_ms = now;
+  n->stop_retry_ms = 0;
   if (n->op.pid) { /* its own process (an agent drains on SIGTERM), or a command */
     launcher_signal(&n->op, !n->op.is_node);
     return;
@@ -89,8 +95,9 @@ static void stop_node(fleet_t *f, fleet_target_t *t, fleet_node_t *n, int64_t no
     }
   }
   if (launcher_stop(t->cfg, &f->env, n->name, n->handle, now, &n->op) != DRV_OK) {
-    log_error("target %s: stopping %s: %s", t->cfg->name, n->name, drv_last_error());
-    forget(f, n);
+    log_error("target %s: stopping %s: %s (trying again in %d s)", t->cfg->name, n->name,
+              drv_last_error(), FLEET_STOP_RETRY_MS / 1000);
+    n->stop_retry_ms = now + FLEET_STOP_RETRY_MS;
   }
 }
 
@@ -146,16 +153,16 @@ static void launch(fleet_t *f, fleet_target_t *t, int64_t now, const char *why) 
 
 // --- Watching ------------------------------------------------------------------------------
 
-/* What node n's start printed first is its handle: sbatch's job id (before any ";cluster"),
- * the remote pid of ssh (after the host), the command's own output. */
-static void take_handle(const fleet_target_t *t, fleet_node_t *n) {
-  char first[128];
-  launcher_first_line(&n->op, first, sizeof first);
-  if (t->cfg->launcher == LAUNCHER_SLURM) first[strcspn(first, ";")] = '\0';
+/* Node n's handle, from what its start printed (launcher_handle): ssh's remote pid (after
+ * the host), sbatch's job id, the command's own. 0 when there is none. */
+static int take_handle(const fleet_target_t *t, fleet_node_t *n) {
+  char h[96];
+  if (!launcher_handle(t->cfg, &n->op, h, sizeof h)) return 0;
   if (t->cfg->launcher == LAUNCHER_SSH)
-    snprintf(n->handle, sizeof n->handle, "%s %s", n->host, first);
+    snprintf(n->handle, sizeof n->handle, "%s %s", n->host, h);
   else
-    snprintf(n->handle, sizeof n->handle, "%s", first);
+    snprintf(n->handle, sizeof n->handle, "%s", h);
+  return 1;
 }
 
 /* A launcher command of n ended with code; last: the last line it printed. */
@@ -163,16 +170,19 @@ static void op_ended(fleet_t *f, fleet_target_t *t, fleet_node_t *n, launch_op_k
                      int is_node, int code, const char *last, int64_t now) {
   char why[400];
   if (n->state == NODE_STOPPING) {
-    if (kind == LAUNCH_OP_STOP && code)
-      log_warn("target %s: stopping %s exited with code %d: %s", t->cfg->name, n->name, code,
-               last);
+    if (kind == LAUNCH_OP_STOP && code) { /* not stopped: never forget a node that may run */
+      n->stop_tries++;
+      n->stop_retry_ms = now + FLEET_STOP_RETRY_MS;
+      log_warn("target %s: stopping %s exited with code %d (try %u; again in %d s): %s",
+               t->cfg->name, n->name, code, n->stop_tries, FLEET_STOP_RETRY_MS / 1000, last);
+      return;
+    }
     if (kind == LAUNCH_OP_CHECK) { /* interrupted by the stop: now the stop itself */
       stop_node(f, t, n, now);
       return;
     }
-    if (kind == LAUNCH_OP_START && !is_node && !code) { /* it started after all: stop that */
-      take_handle(t, n);
-      stop_node(f, t, n, now);
+    if (kind == LAUNCH_OP_START && !is_node && !code && take_handle(t, n)) {
+      stop_node(f, t, n, now); /* it started after all: stop that */
       return;
     }
     forget(f, n);
@@ -211,7 +221,11 @@ static void op_ended(fleet_t *f, fleet_target_t *t, fleet_node_t *n, launch_op_k
     launch_failed(f, t, n, now, why);
     return;
   }
-  take_handle(t, n);
+  if (!take_handle(t, n)) {
+    launch_failed(f, t, n, now, "its start printed no handle (see its log in the state "
+                                "directory's targets/)");
+    return;
+  }
   record(f, t, n);
 }
 
@@ -232,9 +246,11 @@ static void poll_node(fleet_t *f, fleet_target_t *t, fleet_node_t *n, int64_t no
     return;
   }
   if (n->state == NODE_STOPPING && now - n->stop_ms > FLEET_STOP_GRACE_MS) {
-    if (n->op.pid) launcher_signal(&n->op, 1);
+    if (n->op.pid && n->op.is_node) launcher_signal(&n->op, 1);
     if (n->adopted_pid > 0) kill(-n->adopted_pid, SIGKILL);
   }
+  if (n->state == NODE_STOPPING && !n->op.pid && n->stop_retry_ms && now >= n->stop_retry_ms)
+    stop_node(f, t, n, now);
   /* A starting node's Slurm job or ssh process is asked after now and then. */
   if (n->state == NODE_STARTING && !n->op.pid && n->handle[0] &&
       t->cfg->launcher != LAUNCHER_COMMAND && now - n->checked_ms > FLEET_CHECK_MS) {
@@ -346,7 +362,28 @@ static void plan_target(fleet_t *f, fleet_target_t *t, int64_t now) {
   }
 }
 
+/* An agent that says it is a managed node the fleet does not know (a record lost, a node
+ * of another coordinator): it gets no work, and a warning says so once. */
+static void orphans(fleet_t *f) {
+  for (int i = 0; i < REGISTRY_MAX_AGENTS; i++) {
+    agent_t *a = registry_at(f->reg, i);
+    if (!a || !a->node[0] || a->leaving) continue;
+    fleet_target_t *t = NULL;
+    for (uint32_t k = 0; k < f->ntargets && !t; k++)
+      if (!strcmp(f->targets[k].cfg->name, a->target)) t = &f->targets[k];
+    int known = 0;
+    for (uint32_t k = 0; t && k < TARGETS_MAX_NODES && !known; k++)
+      known = t->nodes[k].state != NODE_FREE && !strcmp(t->nodes[k].name, a->node);
+    if (known) continue;
+    a->leaving = 1;
+    log_warn("agent %s says it is node %s of target %s, which this coordinator did not launch: "
+             "it gets no work (stop it by hand)",
+             a->agent_id, a->node, a->target);
+  }
+}
+
 void fleet_tick(fleet_t *f, int64_t now) {
+  if (f->ntargets) orphans(f);
   for (uint32_t i = 0; i < f->ntargets; i++) {
     fleet_target_t *t = &f->targets[i];
     for (uint32_t k = 0; k < TARGETS_MAX_NODES; k++)

@@ -27,6 +27,7 @@
 
 #define FLEET_CHECK_MS 5000     /* a starting Slurm or ssh node's launcher is asked this often */
 #define FLEET_STOP_GRACE_MS 15000 /* a node's own process gets SIGKILL this long after SIGTERM */
+#define FLEET_STOP_RETRY_MS 10000 /* a stop that failed (scancel, ssh) is tried again after */
 
 typedef enum { NODE_FREE = 0, NODE_STARTING, NODE_UP, NODE_STOPPING } fleet_state_t;
 
@@ -36,6 +37,8 @@ typedef struct {
   char host[256];     /* ssh: the host it is on */
   char handle[128];   /* the launcher's: "pid N", "HOST PID", a Slurm job id, START's output */
   int64_t launched_ms, idle_since_ms, checked_ms, stop_ms;
+  int64_t stop_retry_ms; /* STOPPING: its stop failed; tried again then (0: not failed) */
+  uint32_t stop_tries;
   launch_op_t op;     /* the launcher command running for it, or its own process */
   pid_t adopted_pid;  /* its own process, found at a restart (not our child) */
 } fleet_node_t;

@@ -136,8 +136,11 @@ static drv_result_t spawn(char *const argv[], int64_t now, launch_op_kind_t kind
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_DFL); /* the coordinator ignores it; its commands must not */
     execvp(argv[0], argv);
-    dprintf(2, "exec %s: %s\n", argv[0], strerror(errno));
+    static const char msg[] = "launcher: exec failed\n";
+    ssize_t w = write(2, msg, sizeof msg - 1);
+    (void)w;
     _exit(127);
   }
   close(fd);
@@ -234,7 +237,7 @@ drv_result_t launcher_start(const target_t *t, const launch_env_t *env, const ch
     int ok = put_raw(cmd, sizeof cmd, &n, "setsid ") && put_raw(cmd, sizeof cmd, &n, agent) &&
              put_raw(cmd, sizeof cmd, &n, " > /tmp/drover-agent-") &&
              put_raw(cmd, sizeof cmd, &n, node) &&
-             put_raw(cmd, sizeof cmd, &n, ".log 2>&1 < /dev/null & echo $!");
+             put_raw(cmd, sizeof cmd, &n, ".log 2>&1 < /dev/null & echo DROVER_HANDLE=$!");
     if (!ok) return drv_error(DRV_ERR_INVALID, "target %s: command too long", t->name);
     return ssh_run(t, host, cmd, now, LAUNCH_OP_START, op);
   }
@@ -276,6 +279,19 @@ drv_result_t launcher_start(const target_t *t, const launch_env_t *env, const ch
   return drv_error(DRV_ERR_INVALID, "target %s: unknown launcher", t->name);
 }
 
+/* The remote command that stops PID (stop) or succeeds while it runs (check), only while
+ * PID is still node's agent (its words hold "--node NODE"): a pid reused by another
+ * process is left alone, and a stop of an agent already gone succeeds. */
+static void node_test(long pid, const char *node, int stop, char *cmd, size_t cap) {
+  char test[256];
+  snprintf(test, sizeof test,
+           "tr '\\000' ' ' < /proc/%ld/cmdline 2>/dev/null | grep -q -- ' --node %s '", pid, node);
+  if (stop)
+    snprintf(cmd, cap, "if %s; then kill %ld; fi", test, pid);
+  else
+    snprintf(cmd, cap, "%s", test);
+}
+
 drv_result_t launcher_stop(const target_t *t, const launch_env_t *env, const char *node,
                            const char *handle, int64_t now, launch_op_t *op) {
   set_out(env, node, op);
@@ -289,7 +305,7 @@ drv_result_t launcher_stop(const target_t *t, const launch_env_t *env, const cha
     return sh(cmd, now, LAUNCH_OP_STOP, 0, op);
   case LAUNCHER_SSH:
     DRV_CHECK(split_handle(t, handle, host, sizeof host, &pid));
-    snprintf(cmd, sizeof cmd, "kill %ld", pid);
+    node_test(pid, node, 1, cmd, sizeof cmd);
     return ssh_run(t, host, cmd, now, LAUNCH_OP_STOP, op);
   case LAUNCHER_SLURM: {
     char *argv[] = {"scancel", (char *)handle, NULL};
@@ -302,12 +318,12 @@ drv_result_t launcher_stop(const target_t *t, const launch_env_t *env, const cha
 drv_result_t launcher_check(const target_t *t, const launch_env_t *env, const char *node,
                             const char *handle, int64_t now, launch_op_t *op) {
   set_out(env, node, op);
-  char cmd[64], host[256];
+  char cmd[512], host[256];
   long pid;
   switch (t->launcher) {
   case LAUNCHER_SSH:
     DRV_CHECK(split_handle(t, handle, host, sizeof host, &pid));
-    snprintf(cmd, sizeof cmd, "kill -0 %ld", pid);
+    node_test(pid, node, 0, cmd, sizeof cmd);
     return ssh_run(t, host, cmd, now, LAUNCH_OP_CHECK, op);
   case LAUNCHER_SLURM: {
     char *argv[] = {"squeue", "-h", "-j", (char *)handle, "-o", "%T", NULL};
@@ -352,6 +368,33 @@ void launcher_first_line(const launch_op_t *op, char *buf, size_t cap) {
   read_out(op, buf, cap, NULL, 0);
 }
 
+int launcher_handle(const target_t *t, const launch_op_t *op, char *buf, size_t cap) {
+  char text[4096];
+  buf[0] = '\0';
+  int fd = open(op->out_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  ssize_t n = fd >= 0 ? pread(fd, text, sizeof text - 1, op->out_from) : -1;
+  if (fd >= 0) close(fd);
+  if (n <= 0) return 0;
+  text[n] = '\0';
+  int first = 1;
+  for (char *save = NULL, *l = strtok_r(text, "\r\n", &save); l; l = strtok_r(NULL, "\r\n", &save)) {
+    if (!strncmp(l, "DROVER_HANDLE=", 14) && l[14]) { /* ssh's, and a command's that says */
+      snprintf(buf, cap, "%s", l + 14);
+      return 1;
+    }
+    if (t->launcher == LAUNCHER_SLURM) { /* sbatch --parsable: "ID" or "ID;CLUSTER" */
+      size_t d = strspn(l, "0123456789");
+      if (d && (!l[d] || l[d] == ';')) {
+        snprintf(buf, cap, "%.*s", (int)d, l);
+        return 1;
+      }
+    }
+    if (t->launcher == LAUNCHER_COMMAND && first) snprintf(buf, cap, "%s", l);
+    first = 0;
+  }
+  return t->launcher == LAUNCHER_COMMAND && buf[0];
+}
+
 int launcher_poll(launch_op_t *op, int64_t now, int *code, char *out, size_t cap) {
   if (!op->pid) return 0;
   int st;
@@ -367,7 +410,8 @@ int launcher_poll(launch_op_t *op, int64_t now, int *code, char *out, size_t cap
   }
   *code = r < 0 ? 127 : WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
   if (out && cap) read_out(op, NULL, 0, out, cap);
-  if (!op->is_node && op->pid) kill(-op->pid, SIGKILL); /* whatever it left in its session */
+  /* What a stop or a check left in its session; a start's may be its node (detached). */
+  if (!op->is_node && op->kind != LAUNCH_OP_START && op->pid) kill(-op->pid, SIGKILL);
   op->pid = 0;
   return 1;
 }
@@ -386,10 +430,14 @@ int launcher_pid_is_node(pid_t pid, const char *node) {
   if (n <= 0) return 0;
   /* Its words (or the one word of `sh -c '...'`) name an agent and the node. */
   cmd[n] = '\0';
-  int agent = 0, named = 0;
+  /* As words (the agent itself), or inside the one word of `sh -c '... --node NODE ...'`. */
+  char want[96];
+  snprintf(want, sizeof want, "'--node' '%s'", node);
+  int prev_node = 0;
   for (ssize_t i = 0; i < n; i += (ssize_t)strlen(cmd + i) + 1) {
-    agent |= strstr(cmd + i, "agent") != NULL;
-    named |= strstr(cmd + i, node) != NULL;
+    if (prev_node && !strcmp(cmd + i, node)) return 1;
+    prev_node = !strcmp(cmd + i, "--node");
+    if (strstr(cmd + i, want)) return 1;
   }
-  return agent && named;
+  return 0;
 }

@@ -77,6 +77,11 @@ int launcher_poll(launch_op_t *op, int64_t now, int *code, char *out, size_t cap
  * command of the node appends to the log. */
 void launcher_first_line(const launch_op_t *op, char *buf, size_t cap);
 
+/* The node's handle in what its start printed (stdout and stderr together), into buf:
+ * the line `DROVER_HANDLE=...` (ssh's; a command's start may print one too), else for
+ * Slurm the job id of sbatch --parsable, for a command its first line. 0: none found. */
+int launcher_handle(const target_t *t, const launch_op_t *op, char *buf, size_t cap);
+
 /* Stops op now: SIGTERM to its process group (SIGKILL when hard). It is still polled. */
 void launcher_signal(launch_op_t *op, int hard);
 

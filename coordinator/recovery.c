@@ -114,12 +114,15 @@ static int note_failure(const recovery_job_t *job, const recovery_failure_t *f, 
         out->fate[r] = job->ranks[r].rendezvoused ? RECOVERY_RANK_REPORTED : RECOVERY_RANK_DEAD;
   }
   if (out->phase == JOB_PHASE_PAUSING) out->phase = JOB_PHASE_RUNNING; /* a real failure now */
-  int known = f->rank >= 0 && !f->preempted; /* a death that is no preemption */
-  if (out->pending && known && !count_restart(job, out)) return 0;
+  /* Where preemptible nodes are, whether it was a preemption is known when the world is
+   * settled (their agents left or gone by then); a death elsewhere counts at once. */
+  int maybe = f->preempted || (f->rank < 0 ? any_preemptible(job, n)
+                                           : (uint32_t)f->rank < n && job->ranks[f->rank].preemptible);
+  if (out->pending && !maybe && !count_restart(job, out)) return 0;
   if (!phase_collecting(out->phase)) {
-    if (f->rank < 0 && any_preemptible(job, n))
-      out->pending = 1; /* a broken ring: preempted nodes, or not, is known later */
-    else if (!f->preempted && !count_restart(job, out))
+    if (maybe)
+      out->pending = 1;
+    else if (!count_restart(job, out))
       return 0;
     out->restart = 1;
     out->phase = JOB_PHASE_REFORMING;
@@ -151,12 +154,14 @@ static int note_failure(const recovery_job_t *job, const recovery_failure_t *f, 
 static void settle(const recovery_job_t *job, uint32_t n, recovery_plan_t *out) {
   int planned = out->phase == JOB_PHASE_PAUSING;
   out->settled = 1;
-  if (out->pending) { /* a restart unless every rank lost was on a preemptible node */
+  if (out->pending) { /* a restart unless every rank lost was a preempted node's */
     int preempted = 1;
-    for (uint32_t r = 0; r < n; r++) /* the ones not reported (IN) are left out below */
+    for (uint32_t r = 0; r < n; r++) { /* the ones not reported (IN) are left out below */
+      const recovery_rank_t *rk = &job->ranks[r];
       if (out->fate[r] == RECOVERY_RANK_DEAD || out->fate[r] == RECOVERY_RANK_SILENT ||
           out->fate[r] == RECOVERY_RANK_IN)
-        preempted &= job->ranks[r].preemptible;
+        preempted &= rk->preemptible && (rk->leaving || rk->agent_quiet_ms < 0);
+    }
     if (!preempted && !count_restart(job, out)) return;
     out->pending = 0;
   }

@@ -70,7 +70,8 @@ typedef struct {
   int lost;                    /* reported `lost` */
   int dead;                    /* gone for good */
   int leaving;                 /* its agent said `leave` */
-  int preemptible;             /* on a node of a preemptible target: its loss is no restart */
+  int preemptible;             /* on a node of a preemptible target: its loss is no restart
+                                  when its agent is leaving or gone by the settling */
   uint64_t step;               /* at its last progress report */
   uint64_t coll_seq;           /* collectives it had completed then */
   uint64_t commit;             /* the commit it rolled back to (its `lost`); 0: not known */
@@ -112,8 +113,8 @@ typedef struct {
 typedef struct {
   int rank;
   const char *reason;
-  int preempted; /* a node of a preemptible target was taken away: it re-forms the world,
-                    but is not a restart (max_restarts does not count it) */
+  int preempted; /* a node of a preemptible target was taken away (its agent lost): a
+                    preemption, not a restart, once the world is settled */
 } recovery_failure_t;
 
 typedef enum {

@@ -106,6 +106,12 @@ static const char *const store_migrations[] = {
     "INSERT INTO jobs_v5 SELECT id, name, target, nodes, state, reason, submitted_at,"
     "  started_at, finished_at, test_accuracy, test_loss, samples_per_s, steps_done, run_dir,"
     "  spec_yaml, pool, ckpt_step, resume_dir, generation, token, owner, lineage FROM jobs;"
+    /* the ids go on from the old table's counter, not from its largest id left (pruning
+     * may have removed the newest): a job id, and its run directory, are never reused */
+    "INSERT INTO sqlite_sequence (name, seq) SELECT 'jobs_v5', seq FROM sqlite_sequence"
+    "  WHERE name = 'jobs' AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'jobs_v5');"
+    "UPDATE sqlite_sequence SET seq = (SELECT seq FROM sqlite_sequence WHERE name = 'jobs')"
+    "  WHERE name = 'jobs_v5' AND EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'jobs');"
     "DROP TABLE jobs;"
     "ALTER TABLE jobs_v5 RENAME TO jobs;"
     "CREATE INDEX jobs_by_state ON jobs(state);"

@@ -1131,6 +1131,55 @@ static void test_paths(void **state) {
   jobspec_destroy(&spec);
 }
 
+/* A command job: its own program instead of model, data and train; its keys load, dump
+ * and load again the same; the two kinds do not mix. */
+static void test_command_job(void **state) {
+  (void)state;
+  const char *y = "name: ddp\n"
+                  "target: local\n"
+                  "nodes: 2\n"
+                  "command: [python3, train.py, --epochs, \"3\"]\n"
+                  "workdir: /work/ddp\n"
+                  "env: [OMP_NUM_THREADS=1, \"PYTHONPATH=/x y\"]\n"
+                  "hang_timeout: 60\n"
+                  "max_restarts: 2\n";
+  jobspec_t *spec = parse_ok(y, NULL, 0);
+  assert_int_equal(spec->command_count, 4);
+  assert_string_equal(spec->command[1], "train.py");
+  assert_string_equal(spec->command[3], "3");
+  assert_string_equal(spec->workdir, "/work/ddp");
+  assert_int_equal(spec->env_count, 2);
+  assert_string_equal(spec->env[1], "PYTHONPATH=/x y");
+  assert_int_equal(spec->hang_timeout_s, 60);
+  assert_int_equal(spec->max_restarts, 2);
+  assert_int_equal(spec->min_nodes, 2);
+  char *text = NULL;
+  size_t len = 0;
+  assert_int_equal(jobspec_dump(spec, &text, &len), DRV_OK);
+  assert_null(strstr(text, "model"));
+  assert_null(strstr(text, "train:"));
+  jobspec_t *again = NULL;
+  if (jobspec_parse(text, len, "dumped", NULL, 0, &again) != DRV_OK)
+    fail_msg("%s\n--- dump:\n%s", drv_last_error(), text);
+  assert_int_equal(again->command_count, 4);
+  assert_string_equal(again->env[0], "OMP_NUM_THREADS=1");
+  free(text);
+  jobspec_destroy(&again);
+  jobspec_destroy(&spec);
+  expect_invalid("name: a\ncommand: [x]\nmodel: {type: mlp}\n", NULL, 0, "model",
+                 "built-in trainer", (const char *)NULL);
+  expect_invalid("name: a\ncommand: [x]\nenv: [\"1X=2\"]\n", NULL, 0, "env[0]", "KEY=VALUE",
+                 (const char *)NULL);
+  expect_invalid("name: a\ncommand: [\"\"]\n", NULL, 0, "command", "word 0 is empty",
+                 (const char *)NULL);
+  expect_invalid("name: a\nmodel: {type: mlp}\ntrain: {epochs: 1, global_batch: 8, optimizer: "
+                 "{type: sgd, lr: 0.1}}\n",
+                 NULL, 0, "data", "required key missing", (const char *)NULL);
+  expect_invalid("name: a\nworkdir: /x\nmodel: {type: mlp}\ndata: {format: synthetic}\n"
+                 "train: {epochs: 1, global_batch: 8, optimizer: {type: sgd, lr: 0.1}}\n",
+                 NULL, 0, "workdir", "command jobs", (const char *)NULL);
+}
+
 static void test_target_names(void **state) {
   assert_true(jobspec_name_ok("cpu-pool", JOBSPEC_TARGET_MAX));
   assert_true(jobspec_name_ok("a.b_c-9", JOBSPEC_TARGET_MAX));
@@ -1172,6 +1221,7 @@ int main(void) {
       cmocka_unit_test(test_dump_round_trip),
       cmocka_unit_test(test_paths),
       cmocka_unit_test(test_target_names),
+      cmocka_unit_test(test_command_job),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

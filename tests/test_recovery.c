@@ -425,6 +425,7 @@ static void test_preemption_is_no_restart(void **state) {
   f.job.max_restarts = 0;
   f.ranks[2].preemptible = 1;
   f.ranks[2].dead = 1;
+  f.ranks[2].agent_quiet_ms = -1; /* its agent gone */
   recovery_plan(&f.job, &(recovery_failure_t){.rank = 2, .reason = "agent a2 lost", .preempted = 1},
                 NOW, &p);
   assert_int_equal(p.action, RECOVERY_WAIT);
@@ -437,10 +438,12 @@ static void test_preemption_is_no_restart(void **state) {
   assert_int_equal(p.world, 2);
   assert_int_equal(p.restarts, 0);
 
-  /* A survivor's broken ring first: pending; the preemptible rank never reports. */
+  /* A survivor's broken ring first: pending; the preemptible rank never reports, its agent
+   * leaving. */
   fx_init(&f, JOB_PHASE_RUNNING, 3);
   f.job.max_restarts = 0;
   f.ranks[2].preemptible = 1;
+  f.ranks[2].leaving = 1;
   recovery_plan(&f.job, &(recovery_failure_t){.rank = -1, .reason = "rank 0 lost its ring"},
                 NOW, &p);
   assert_int_equal(p.action, RECOVERY_WAIT);
@@ -465,6 +468,18 @@ static void test_preemption_is_no_restart(void **state) {
   fail_rank(&f, 1, KILLED_1, NOW + 10, &p);
   assert_int_equal(p.action, RECOVERY_FAIL);
   assert_false(p.pending);
+
+  /* A preemptible node's worker killed while its agent stays (the OOM killer): counted. */
+  fx_init(&f, JOB_PHASE_RUNNING, 3);
+  f.job.max_restarts = 0;
+  f.ranks[2].preemptible = 1;
+  fail_rank(&f, 2, "rank 2 (agent a2, h2) was killed by signal 9", NOW, &p);
+  assert_true(p.pending);
+  fx_apply(&f, &p, first, sizeof first);
+  f.job.pending = p.pending;
+  f.ranks[0].lost = f.ranks[1].lost = 1;
+  recovery_plan(&f.job, NULL, NOW + 100, &p);
+  assert_int_equal(p.action, RECOVERY_FAIL);
 }
 
 static void test_below_min_nodes_fails_without_rejoin_timeout(void **state) {

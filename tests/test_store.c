@@ -630,6 +630,21 @@ static void test_nodes_and_named_targets(void **state) {
   assert_string_equal(get(f, id).target, "cpu-pool");
 }
 
+/* Pruned newest jobs do not give their ids away: a job id (and its run directory) is never
+ * reused, across the schema 5 rebuild of the jobs table too. */
+static void test_ids_never_reused(void **state) {
+  fx_t *f = *state;
+  open_store(f);
+  int64_t a = 0, b = 0, c = 0;
+  assert_int_equal(store_job_insert(f->store, "a", "local", 1, "x", "", &a), DRV_OK);
+  assert_int_equal(store_job_insert(f->store, "b", "local", 1, "x", "", &b), DRV_OK);
+  store_close(&f->store);
+  raw_exec(f->db, "DELETE FROM jobs WHERE name = 'b'; DROP TABLE nodes; PRAGMA user_version = 4;");
+  open_store(f); /* migrates 4 -> 5 again: the table rebuilt */
+  assert_int_equal(store_job_insert(f->store, "c", "local", 1, "x", "", &c), DRV_OK);
+  assert_true(c > b);
+}
+
 static void test_open_newer_schema_refused(void **state) {
   fx_t *f = *state;
   open_store(f);
@@ -819,6 +834,7 @@ int main(void) {
       T(test_open_uncreatable_dir),
       T(test_open_not_a_database),
       T(test_nodes_and_named_targets),
+      T(test_ids_never_reused),
       T(test_open_newer_schema_refused),
       T(test_two_connections_see_each_other),
       T(test_second_lock_refused),
