@@ -7,9 +7,11 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "cli/cli.h"
@@ -436,6 +438,70 @@ static void targets_table(const proto_msg_t *m) {
 int cmd_targets(int argc, char **argv) {
   return listing(argc, argv, "targets", PROTO_TARGETS, PROTO_TARGET_LIST, targets_json,
                  targets_table);
+}
+
+/* Prints the lines of text (rank < 0: all; else only that rank's), returns how many. */
+static int print_lines(const char *text, int rank) {
+  char want[32];
+  snprintf(want, sizeof want, "rank %d ", rank);
+  int n = 0;
+  for (const char *p = text; *p;) {
+    size_t len = strcspn(p, "\n");
+    if (rank < 0 || !strncmp(p, want, strlen(want))) {
+      fwrite(p, 1, len, stdout);
+      fputc('\n', stdout);
+      n++;
+    }
+    p += len + (p[len] == '\n');
+  }
+  fflush(stdout);
+  return n;
+}
+
+int cmd_logs(int argc, char **argv) {
+  const char *coord = NULL;
+  int follow = 0, rank = -1, c;
+  static const struct option opts[] = {{"coordinator", required_argument, 0, 'c'},
+                                       {"follow", no_argument, 0, 'f'},
+                                       {"rank", required_argument, 0, 'r'},
+                                       {0, 0, 0, 0}};
+  while ((c = getopt_long(argc, argv, "c:fr:", opts, NULL)) != -1) {
+    if (c == 'c')
+      coord = optarg;
+    else if (c == 'f')
+      follow = 1;
+    else if (c == 'r' && (rank = atoi(optarg)) >= 0 && *optarg >= '0' && *optarg <= '9')
+      continue;
+    else
+      return cli_usage_fail("logs", "JOB [-f] [--rank N] [--coordinator EP]");
+  }
+  if (optind != argc - 1) return cli_usage_fail("logs", "JOB [-f] [--rank N] [--coordinator EP]");
+  int64_t id = parse_job_id("logs", argv[optind]);
+  if (!id) return 2;
+  uint64_t offset = 0;
+  volatile sig_atomic_t *stop = cli_stop_signals();
+  for (;;) {
+    proto_msg_t req, rep;
+    proto_msg_init(&req, PROTO_LOGS);
+    req.u.logs = (proto_logs_t){.job = id, .offset = offset};
+    drv_result_t rc = ask(coord, &req, &rep);
+    if (rc != DRV_OK || rep.type != PROTO_LOG_CHUNK) {
+      fprintf(stderr, "drover logs: %s\n",
+              rc != DRV_OK ? drv_last_error()
+              : rep.type == PROTO_ERROR && rep.u.error.message ? rep.u.error.message
+                                                              : "unexpected reply");
+      proto_msg_fini(&rep);
+      return 1;
+    }
+    int got = rep.u.log_chunk.offset > offset;
+    print_lines(rep.u.log_chunk.text, rank);
+    offset = rep.u.log_chunk.offset;
+    int ended = rep.u.log_chunk.ended;
+    proto_msg_fini(&rep);
+    if (got) continue; /* more may be there at once */
+    if (!follow || ended || *stop) return 0;
+    usleep(500000);
+  }
 }
 
 int cmd_settings(int argc, char **argv) {

@@ -20,6 +20,10 @@ int cmd_agents(int argc, char **argv);
  * their nodes idle, busy, starting and stopping, and launch failures. */
 int cmd_targets(int argc, char **argv);
 
+/* drover logs JOB [-f] [--rank N]: a command job's output, each line "rank R AGENT | TIME
+ * TEXT", from the coordinator (while it runs, and after); -f follows it to its end. */
+int cmd_logs(int argc, char **argv);
+
 /* `drover settings`: every tunable with its variable, default and value in effect. */
 int cmd_settings(int argc, char **argv);
 

@@ -47,6 +47,7 @@ static const command_t COMMANDS[] = {
     {"cancel", cmd_cancel, "JOB...", "stop queued or running jobs", 0},
     {"agents", cmd_agents, "[--json]", "the agent registry", 0},
     {"targets", cmd_targets, "[--json]", "the compute targets and their nodes", 0},
+    {"logs", cmd_logs, "JOB [-f] [--rank N]", "a command job's output, rank by rank", 0},
     {"agent", cmd_agent,
      "--coordinator tcp://HEAD:7700 [--id NAME] [--target attached|local]\n"
      "[--host ADDR] [--pool NAME] [--allow-dir DIR]... [--run-as USER]",

@@ -327,21 +327,24 @@ static void end_line(follow_t *f) {
 }
 
 static void on_progress_event(follow_t *f, const proto_ev_progress_t *p) {
-  char eta[32];
+  char eta[32], epoch[32];
   fmt_eta(p->eta_s, eta, sizeof eta);
+  if (p->epochs) /* a command job's program may not say how many */
+    snprintf(epoch, sizeof epoch, "epoch %u/%u", p->epoch + 1, p->epochs);
+  else
+    snprintf(epoch, sizeof epoch, "epoch %u", p->epoch + 1);
   if (f->tty) {
     fprintf(stderr,
-            "\r\033[K  epoch %u/%u  step %" PRIu64 "/%" PRIu64
+            "\r\033[K  %s  step %" PRIu64 "/%" PRIu64
             "  loss %.4f  %.0f samples/s"
             "  slowest rank %u (%.1f ms/step)  ETA %s",
-            p->epoch + 1, p->epochs, p->step, p->steps_total, p->loss, p->samples_per_s,
-            p->slowest_rank, p->slowest_step_ms, eta);
+            epoch, p->step, p->steps_total, p->loss, p->samples_per_s, p->slowest_rank,
+            p->slowest_step_ms, eta);
     f->line_open = 1;
   } else if (drv_now_s() - f->last_plain_s >= 2.0 || p->step == p->steps_total) {
     f->last_plain_s = drv_now_s();
-    fprintf(stderr,
-            "  epoch %u/%u  step %" PRIu64 "/%" PRIu64 "  loss %.4f  %.0f samples/s  ETA %s\n",
-            p->epoch + 1, p->epochs, p->step, p->steps_total, p->loss, p->samples_per_s, eta);
+    fprintf(stderr, "  %s  step %" PRIu64 "/%" PRIu64 "  loss %.4f  %.0f samples/s  ETA %s\n",
+            epoch, p->step, p->steps_total, p->loss, p->samples_per_s, eta);
   }
   fflush(stderr);
 }

@@ -87,6 +87,7 @@ typedef enum {
   X(PAUSE,       pause,       pause,       PROTO_AT_WORKER) /* stop at the next commit */    \
   X(LEAVE,       leave,       leave,       PROTO_AT_COORD)  /* agent: take my rank out */    \
   X(BYE,         bye,         bye,         PROTO_AT_COORD)  /* agent: stopping, forget me */ \
+  X(LOG,         log,         log,         PROTO_AT_COORD)  /* worker: its program's output */ \
   /* clients <-> coordinator (port base+1) */                                              \
   X(SUBMIT,      submit,      submit,      PROTO_AT_API)    /* a job spec */                 \
   X(SUBMITTED,   submitted,   submitted,   PROTO_AT_CLIENT) /* reply: the job id */          \
@@ -98,6 +99,8 @@ typedef enum {
   X(AGENT_LIST,  agent_list,  agent_list,  PROTO_AT_CLIENT) /* reply: agents */              \
   X(GET_SPEC,    get_spec,    get_spec,    PROTO_AT_API)    /* a job's resolved spec */      \
   X(TARGETS,     targets,     empty,       PROTO_AT_API)    /* the compute targets */        \
+  X(LOGS,        logs,        logs,        PROTO_AT_API)    /* a job's output, from offset */ \
+  X(LOG_CHUNK,   log_chunk,   log_chunk,   PROTO_AT_CLIENT) /* reply: some of it */          \
   X(TARGET_LIST, target_list, target_list, PROTO_AT_CLIENT) /* reply: targets and nodes */   \
   X(SPEC,        spec,        spec,        PROTO_AT_CLIENT) /* reply: the spec */            \
   X(ERROR,       error,       error,       PROTO_AT_CLIENT | PROTO_AT_AGENT) /* refused */   \
@@ -365,6 +368,22 @@ typedef enum {
 #define PROTO_FIELDS_agent_list(F, A, B)                                                     \
   A(B, agents, agent, REQ)
 
+#define PROTO_FIELDS_log(F, A, B)                                                            \
+  F(B, job,        I64, REQ)                                                               \
+  F(B, generation, U32, REQ)                                                               \
+  F(B, rank,       U32, REQ)                                                               \
+  F(B, text,       STR, REQ) /* whole lines, each "HH:MM:SS.mmm TEXT\n" */
+
+#define PROTO_FIELDS_logs(F, A, B)                                                           \
+  F(B, job,    I64, REQ)                                                                   \
+  F(B, offset, U64, OPT) /* where to go on from (the last chunk's offset); 0: the start */
+
+#define PROTO_FIELDS_log_chunk(F, A, B)                                                      \
+  F(B, job,    I64, REQ)                                                                   \
+  F(B, offset, U64, REQ) /* where the next chunk starts */                                 \
+  F(B, text,   STR, REQ) /* lines "rank R AGENT | HH:MM:SS.mmm TEXT" ("" : none new) */    \
+  F(B, ended,  U32, REQ) /* 1: the job is over: no more will come after this */
+
 #define PROTO_FIELDS_report(F, A, B)                                                         \
   F(B, step,        U64, REQ) /* global steps done */                                      \
   F(B, loss,        F64, OPT)                                                              \
@@ -445,7 +464,7 @@ typedef enum {
   X(start) X(progress) X(eval) X(done) X(failed) X(abort) X(checkpoint) X(lost) X(reform)  \
   X(pause) X(leave) X(bye) X(submit) X(submitted) X(status) X(rank) X(job) X(jobs)         \
   X(cancel) X(empty) X(agent_gpu) X(agent) X(agent_list) X(target_info) X(target_list)      \
-  X(ev_target) X(report) X(report_ack) X(get_spec) X(spec) X(error) X(ev_state)       \
+  X(ev_target) X(report) X(report_ack) X(log) X(logs) X(log_chunk) X(get_spec) X(spec) X(error) X(ev_state)       \
   X(ev_progress)
 
 /* clang-format on */

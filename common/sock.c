@@ -395,9 +395,12 @@ void sock_destroy(sock_t **s) {
   *s = NULL;
 }
 
-/* A tcp:// endpoint of a context that was given neither keys nor leave to be plaintext. */
+/* A tcp:// endpoint of a context that was given neither keys nor leave to be plaintext.
+ * inproc:// stays in the process and ipc:// on the machine, guarded by its directory's
+ * permissions (a command job's report socket: a 0700 directory of the worker's). */
 static drv_result_t check_mode(const sock_t *s, const char *endpoint) {
-  if (s->ctx->mode == SOCK_MODE_UNSET && strncmp(endpoint, "inproc://", 9) != 0)
+  if (s->ctx->mode == SOCK_MODE_UNSET && strncmp(endpoint, "inproc://", 9) != 0 &&
+      strncmp(endpoint, "ipc://", 6) != 0)
     return drv_error(DRV_ERR_INVALID,
                      "%s: refusing an unauthenticated connection: no CurveZMQ keys were set "
                      "(plaintext only with --insecure or DROVER_INSECURE=1)",

@@ -1,6 +1,7 @@
 /* api.c: the client API (see api.h). */
 #include "coordinator/api.h"
 
+#include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -553,4 +554,40 @@ void api_targets(api_t *api, const sock_peer_t *from) {
   fleet_list(api->fleet, &m, drv_now_ms());
   reply(api, from, &m);
   proto_msg_fini(&m);
+}
+
+#define LOG_CHUNK_MAX (256u << 10)
+
+void api_logs(api_t *api, const sock_peer_t *from, const proto_logs_t *l) {
+  store_job_t sj;
+  if (store_job_get(api->store, l->job, &sj) != DRV_OK) {
+    api_reply_error(api, from, "not_found", drv_last_error());
+    return;
+  }
+  if (!may_act(api, from, l->job, sj.owner, "logs of")) return;
+  char path[1100];
+  snprintf(path, sizeof path, "%s/%" PRId64 ".log", api->jobs->log_dir, l->job);
+  char *buf = malloc(LOG_CHUNK_MAX + 1);
+  if (!buf) {
+    api_reply_error(api, from, "busy", "out of memory");
+    return;
+  }
+  ssize_t n = 0;
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd >= 0) n = pread(fd, buf, LOG_CHUNK_MAX, (off_t)l->offset);
+  if (fd >= 0) close(fd);
+  if (n < 0) n = 0;
+  /* Whole lines only (unless one line is longer than a chunk). */
+  ssize_t keep = n;
+  while (keep > 0 && buf[keep - 1] != '\n') keep--;
+  if (keep == 0) keep = n == LOG_CHUNK_MAX ? n : 0;
+  buf[keep] = '\0';
+  proto_msg_t m;
+  proto_msg_init(&m, PROTO_LOG_CHUNK);
+  m.u.log_chunk = (proto_log_chunk_t){.job = l->job,
+                                      .offset = l->offset + (uint64_t)keep,
+                                      .text = buf,
+                                      .ended = job_find(api->jobs, l->job) == NULL};
+  reply(api, from, &m);
+  free(buf);
 }

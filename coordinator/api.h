@@ -36,6 +36,9 @@ typedef struct {
   int64_t fault_slow_submit_ms;
 } api_t;
 
+/* `logs`: a command job's output from offset (log_chunk), the owner's or an admin's. */
+void api_logs(api_t *api, const sock_peer_t *from, const proto_logs_t *l);
+
 /* `targets`: every compute target and its nodes (target_list). */
 void api_targets(api_t *api, const sock_peer_t *from);
 

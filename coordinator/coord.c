@@ -4,11 +4,13 @@
  * on one thread; no locks. */
 #include "coordinator/coord.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common/log.h"
 #include "common/proto.h"
@@ -171,6 +173,7 @@ static void handle_worker_socket(coord_t *c) {
     break;
   case PROTO_RENDEZVOUS: job_on_rendezvous(jobs, &from, &m.u.rendezvous); break;
   case PROTO_PROGRESS: job_on_progress(jobs, &from, &m.u.progress); break;
+  case PROTO_LOG: job_on_log(jobs, &from, &m.u.log); break;
   case PROTO_EVAL: job_on_eval(jobs, &from, &m.u.eval); break;
   case PROTO_DONE: job_on_done(jobs, &from, &m.u.done); break;
   case PROTO_FAILED: job_on_failed(jobs, &from, &m.u.failed); break;
@@ -207,6 +210,7 @@ static void handle_client_socket(coord_t *c) {
   case PROTO_CANCEL: api_cancel(&c->api, &from, m.u.cancel.job); break;
   case PROTO_AGENTS: api_agents(&c->api, &from); break;
   case PROTO_TARGETS: api_targets(&c->api, &from); break;
+  case PROTO_LOGS: api_logs(&c->api, &from, &m.u.logs); break;
   default: { /* listed as a request but not handled here: refused as sock_recv would */
     char msg[128];
     proto_refusal(m.type, PROTO_AT_API, msg, sizeof msg);
@@ -374,6 +378,11 @@ static drv_result_t coord_start(coord_t *c) {
   registry_init(&c->reg, c->workers);
   job_table_init(&c->jobs, c->workers, c->events, c->store, &c->reg, cfg->advertise);
   if (c->zap) job_table_secure(&c->jobs, c->key_z85);
+  snprintf(c->jobs.log_dir, sizeof c->jobs.log_dir, "%s/logs", cfg->state_dir);
+  if (mkdir(c->jobs.log_dir, 0700) < 0 && errno != EEXIST) {
+    log_warn("%s: %s: drover logs will show nothing", c->jobs.log_dir, strerror(errno));
+    c->jobs.log_dir[0] = '\0';
+  }
   int64_t slow_submit_ms = drv_setting(DRV_SET_FAULT_SLOW_SUBMIT_MS);
   api_init(&c->api, c->clients, c->store, &c->jobs, &c->reg, &c->auth, slow_submit_ms);
   targets_file_t *targets = NULL;

@@ -3,6 +3,8 @@
  * carries their plans out and handles the job messages of agents and workers. */
 #include "coordinator/job.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
 #include <signal.h>
@@ -10,6 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 
 #include "common/log.h"
@@ -165,6 +170,7 @@ job_t *job_add(job_table_t *t, const store_job_t *sj, const jobspec_t *spec, cha
   j->generation = sj->generation;
   j->nodes_wanted = spec->nodes;
   j->workers_per_node = spec->workers_per_node;
+  j->command = spec->command != NULL;
   j->epochs = spec->train.epochs;
   j->global_batch = spec->train.global_batch;
   j->min_nodes = spec->min_nodes;
@@ -349,7 +355,9 @@ static drv_result_t send_assign(job_table_t *t, const job_t *j, job_rank_t *slot
                                 .secret = t->secure ? secret : NULL,
                                 .coordinator_key = t->secure ? t->coord_key : NULL,
                                 .ring_key = j->ring_key,
-                                .preemptible = (uint32_t)a->preemptible};
+                                .preemptible = (uint32_t)a->preemptible,
+                                .restarts = j->restarts,
+                                .group_rank = j->wpn ? rank / j->wpn : 0};
   drv_result_t rc = registry_send(t->reg, a, &m);
   memset(secret, 0, sizeof secret);
   slot->assign_rank = rank;
@@ -583,7 +591,7 @@ static int place(job_table_t *t, job_t *j, const int *agent, uint32_t nodes, int
 /* A queued job that was running before (a coordinator restart queued it again): it has a
  * checkpoint, or a generation of a previous coordinator. */
 static int job_resumable(const job_t *j) {
-  return j->ckpt_step > 0 || (j->reloaded && j->generation > 0);
+  return j->ckpt_step > 0 || (j->reloaded && j->generation > 0) || j->restarted;
 }
 
 /* Queued job j as sched_plan sees it: a job that was running before may shrink to its
@@ -849,8 +857,42 @@ static void hold_note(job_t *j, recovery_report_t kind, const char *reason) {
 
 /* Something went wrong in placed job j: rank `rank` (-1: none known) is gone. Its worker
  * is told to stop at once; the rest is recovery_plan's. j may be freed on return. */
+/* A command job's world cannot re-form in place: every rank is stopped and the job is
+ * placed again (within min_nodes and max_nodes, from its program's own checkpoints), a
+ * restart counted unless `uncounted` (a preemption, a planned stop), or it fails past
+ * max_restarts. j may be freed on return. */
+static void restart_all(job_table_t *t, job_t *j, const char *reason, int uncounted) {
+  if (!uncounted && j->restarts >= j->max_restarts) {
+    if (j->max_restarts)
+      job_fail(t, j, "%s (max_restarts %u reached)", reason, j->max_restarts);
+    else
+      job_fail(t, j, "%s", reason);
+    return;
+  }
+  if (!uncounted) j->restarts++;
+  stop_workers(t, j, reason); /* abort to its workers, kill to its agents */
+  free(j->ranks);
+  j->ranks = NULL;
+  j->world = j->wpn = 0;
+  j->restarted = 1;
+  j->verdict_ms = 0;
+  j->queued_ms = drv_now_ms();
+  j->wait_reason[0] = '\0';
+  char why[RECOVERY_REASON_MAX + 96];
+  snprintf(why, sizeof why, "restarting (restart %u of %u%s) after: %s", j->restarts,
+           j->max_restarts, uncounted ? ", not counted" : "", reason);
+  if (store_job_set_state(t->store, j->id, JOB_QUEUED, why) != DRV_OK)
+    log_error("store: %s", drv_last_error());
+  job_enter(j, JOB_PHASE_QUEUED, LOG_WARN, "job %" PRId64 " %s", j->id, why);
+  job_publish_state(t, j, why);
+}
+
 static void job_trouble_as(job_table_t *t, job_t *j, int rank, const char *reason,
                            int preempted) {
+  if (j->command) { /* planned (a pause) or a preemption: no restart counted */
+    restart_all(t, j, reason, preempted || j->phase == JOB_PHASE_PAUSING);
+    return;
+  }
   if (rank >= 0 && !j->ranks[rank].dead) {
     j->ranks[rank].dead = 1;
     if (j->ranks[rank].peer.len) send_abort(t, &j->ranks[rank].peer, j->id, j->generation, reason);
@@ -871,7 +913,8 @@ static void job_trouble(job_table_t *t, job_t *j, int rank, const char *reason) 
  * leaving agent go without losing steps): every worker gets `pause`; they agree on the
  * commit through the ring and report `lost`. Returns 0 when j cannot do it now. */
 static int job_pause(job_table_t *t, job_t *j, const char *why, int64_t now) {
-  if (j->phase != JOB_PHASE_RUNNING || !j->commit_every || !j->ranks) return 0;
+  /* A command job's programs stop at their own checkpoints (their drover.should_stop()). */
+  if (j->phase != JOB_PHASE_RUNNING || (!j->commit_every && !j->command) || !j->ranks) return 0;
   snprintf(j->pause_reason, sizeof j->pause_reason, "%s", why);
   j->deadline_ms = now + 2 * drv_setting(DRV_SET_RING_TIMEOUT_MS) + 3000;
   for (uint32_t r = 0; r < j->world; r++) {
@@ -945,6 +988,10 @@ void job_tick(job_table_t *t, int64_t now) {
   for (int i = 0; i < JOB_MAX; i++) {
     job_t *j = &t->jobs[i];
     if (!j->used || !phase_placed(j->phase) || j->verdict_ms) continue; /* held: failing */
+    if (j->command && j->phase == JOB_PHASE_PAUSING) { /* its programs stopping when asked */
+      if (now > j->deadline_ms) restart_all(t, j, j->pause_reason, 1);
+      continue;
+    }
     if (phase_collecting(j->phase)) {
       recover(t, j, NULL, now);
       continue;
@@ -994,6 +1041,10 @@ void job_table_workers_gone(job_table_t *t, const char *why) {
     }
     if (gone < 0) continue;
     log_warn("job %" PRId64 ": %s", j->id, why);
+    if (j->command) { /* not the job's doing: no restart counted */
+      restart_all(t, j, why, 1);
+      continue;
+    }
     /* One failure for all of them, named by the first rank: its cause is known. */
     recover(t, j, &(recovery_failure_t){.rank = gone, .reason = why}, drv_now_ms());
   }
@@ -1258,6 +1309,10 @@ void job_on_failed(job_table_t *t, const sock_peer_t *from, const proto_failed_t
   char reason[RECOVERY_REASON_MAX];
   snprintf(reason, sizeof reason, "rank %u (agent %s): %s", f->rank, a ? a->agent_id : "?",
            f->reason);
+  if (j->command) { /* its program failed: the whole world starts again */
+    job_trouble_as(t, j, (int)f->rank, reason, 0);
+    return;
+  }
   int64_t hold = drv_setting(DRV_SET_FAIL_HOLD_MS);
   if (hold <= 0) {
     job_fail(t, j, "%s", reason);
@@ -1301,6 +1356,13 @@ void job_on_lost(job_table_t *t, const sock_peer_t *from, const proto_lost_t *l)
   }
   job_rank_t *s = &j->ranks[l->rank];
   if (s->dead || from_rank(t, j, l->rank, from, "lost", 0) != FROM_WORKER) return;
+  if (j->command) { /* a command job's rank stopped when asked: start it again, uncounted */
+    char why[400];
+    snprintf(why, sizeof why, "rank %u stopped at step %" PRIu64 ": %s", l->rank, l->step,
+             l->reason);
+    restart_all(t, j, why, 1);
+    return;
+  }
   s->lost = 1;
   s->peer = *from;
   s->commit = l->step;
@@ -1316,4 +1378,36 @@ void job_on_lost(job_table_t *t, const sock_peer_t *from, const proto_lost_t *l)
   snprintf(reason, sizeof reason, "rank %u (agent %s) lost its ring at step %" PRIu64 ": %s",
            l->rank, a ? a->agent_id : "?", l->step, l->reason);
   job_trouble(t, j, -1, reason);
+}
+
+// --- Command jobs' output ------------------------------------------------------------------
+
+void job_on_log(job_table_t *t, const sock_peer_t *from, const proto_log_t *l) {
+  job_t *j = job_for_msg(t, from, l->job, l->generation, l->rank, "log", 0);
+  if (!j || !t->log_dir[0]) return;
+  char path[1100];
+  snprintf(path, sizeof path, "%s/%" PRId64 ".log", t->log_dir, j->id);
+  int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0640);
+  if (fd < 0) {
+    log_warn("job %" PRId64 ": %s: %s", j->id, path, strerror(errno));
+    return;
+  }
+  struct stat st;
+  if (fstat(fd, &st) == 0 && (uint64_t)st.st_size < JOB_LOG_MAX_BYTES) {
+    const agent_t *a = rank_agent(t, &j->ranks[l->rank]);
+    char prefix[200];
+    int np = snprintf(prefix, sizeof prefix, "rank %u %s | ", l->rank, a ? a->agent_id : "?");
+    for (const char *p = l->text; *p;) {
+      size_t n = strcspn(p, "\n");
+      struct iovec v[3] = {{prefix, (size_t)np}, {(void *)p, n}, {"\n", 1}};
+      if (writev(fd, v, 3) < 0) break;
+      p += n + (p[n] == '\n');
+    }
+    if (fstat(fd, &st) == 0 && (uint64_t)st.st_size >= JOB_LOG_MAX_BYTES) {
+      static const char note[] = "drover | the job's output reached 64 MiB: no more is kept "
+                                 "here (each rank's log in the run directory has it all)\n";
+      if (write(fd, note, sizeof note - 1) < 0) log_warn("%s: %s", path, strerror(errno));
+    }
+  }
+  close(fd);
 }

@@ -98,6 +98,10 @@ typedef struct {
   uint32_t wpn;              /* placed: the workers each agent runs, fixed at placement */
   uint32_t min_nodes, max_nodes, max_restarts, restarts, rejoin_timeout_s;
   int restart_pending;    /* recovery_job_t.pending of the re-formation under way */
+  int command;            /* a command job: the user's program per rank; a failure restarts
+                             the whole world (restart_all), it never re-forms in place */
+  int restarted;          /* a command job placed again after a failure: may start with
+                             min_nodes once it waited rejoin_timeout */
   uint32_t commit_every;  /* planned re-formations need commits */
   int64_t deadline_ms;    /* STARTING: every rank checks in by then; PAUSING, REFORMING and
                              WAITING: the re-formation's (ranks not heard from are left out) */
@@ -118,6 +122,7 @@ typedef struct {
   store_t *store;        /* borrowed */
   registry_t *reg;       /* borrowed */
   const char *advertise; /* borrowed: the endpoint workers are told to connect to */
+  char log_dir[1024];    /* <state_dir>/logs: command jobs' output, <job>.log each */
   int secure;            /* workers get keys of their own, and must use them */
   char coord_key[SOCK_Z85_LEN + 1]; /* the coordinator's public key, for workers to pin */
   job_t jobs[JOB_MAX];
@@ -144,6 +149,12 @@ void job_table_fini(job_table_t *t);
  * ones again) to be placed again and resumed from their checkpoints. A job that cannot be
  * reloaded is failed in the store with the reason. Returns the store's error, if any. */
 drv_result_t job_table_reload(job_table_t *t);
+
+/* `log` from a command job's worker: its lines appended to <log_dir>/<job>.log, each as
+ * "rank R AGENT | LINE", up to JOB_LOG_MAX_BYTES per job (then a note, and no more). */
+void job_on_log(job_table_t *t, const sock_peer_t *from, const proto_log_t *l);
+
+#define JOB_LOG_MAX_BYTES (64ull << 20)
 
 /* The active job `id`, or NULL. */
 job_t *job_find(job_table_t *t, int64_t id);

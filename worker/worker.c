@@ -37,6 +37,7 @@
 #include "kernels/backend.h"
 #include "worker/report.h"
 #include "worker/state.h"
+#include "worker/command.h"
 #include "worker/world.h"
 #include "worker/worker_int.h"
 
@@ -454,6 +455,12 @@ drv_result_t worker_run(const proto_assign_t *cfg) {
   }
   DRV_CHECK_GOTO(jobspec_parse(w.spec_yaml, strlen(w.spec_yaml), "assigned spec", NULL, 0, &w.spec),
                  rc, fail);
+  if (w.spec->command) { /* the user's own program: run and watched, no trainer */
+    DRV_CHECK_GOTO(report_open_rank0(&w.report, cfg->run_dir, w.spec_yaml), rc, fail);
+    DRV_CHECK_GOTO(command_run(&w, &done), rc, fail);
+    report_done(&w.report, &done);
+    goto out;
+  }
   w.fault_slow_ms = drv_setting(DRV_SET_FAULT_SLOW_MS);
   if (w.fault_slow_ms)
     log_warn("fault injection: every step sleeps %" PRId64 " ms (DROVER_FAULT_SLOW_MS)",

@@ -46,7 +46,7 @@ drv_result_t world_check_abort(worker_t *w) {
 }
 
 /* Waits for the next message from the coordinator that is not chatter. */
-static drv_result_t wait_coord(worker_t *w, int64_t deadline_ms, const char *what, proto_msg_t *m) {
+drv_result_t world_wait(worker_t *w, int64_t deadline_ms, const char *what, proto_msg_t *m) {
   for (;;) {
     int64_t left = deadline_ms - drv_now_ms();
     if (left <= 0) return drv_error(DRV_ERR_TIMEOUT, "no %s from the coordinator in time", what);
@@ -231,7 +231,7 @@ drv_result_t world_rendezvous(worker_t *w) {
 
   int64_t deadline = drv_now_ms() + drv_setting(DRV_SET_RENDEZVOUS_TIMEOUT_MS);
   for (;;) {
-    DRV_CHECK(wait_coord(w, deadline, "start", &m));
+    DRV_CHECK(world_wait(w, deadline, "start", &m));
     if (m.type == PROTO_START && m.u.start.job == c->job && m.u.start.generation == w->generation)
       break;
     if (m.type == PROTO_REFORM && m.u.reform.job == c->job &&
@@ -365,7 +365,7 @@ drv_result_t world_recover(worker_t *w, uint64_t *step) {
   int64_t deadline = drv_now_ms() + 2 * drv_setting(DRV_SET_RING_TIMEOUT_MS) +
                      (int64_t)w->spec->rejoin_timeout_s * 1000;
   for (;;) {
-    DRV_CHECK(wait_coord(w, deadline, "reform", &m));
+    DRV_CHECK(world_wait(w, deadline, "reform", &m));
     if (m.type == PROTO_REFORM && m.u.reform.job == w->cfg->job &&
         m.u.reform.generation > w->generation)
       break;

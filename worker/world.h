@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "common/drv.h"
+#include "common/proto.h"
 
 typedef struct worker worker_t;
 
@@ -36,6 +37,11 @@ typedef struct worker worker_t;
  * makes this rank one of the new world and checks in again. A ring that could not connect
  * (or NCCL that could not join) leaves w->ring_broken set. */
 drv_result_t world_rendezvous(worker_t *w);
+
+/* The next message from the coordinator by deadline_ms (what names it in errors): an
+ * `abort` ends the wait with DRV_ERR_CANCELLED, its reason in the error; frames that do
+ * not decode are logged and dropped. m is the caller's to fini on DRV_OK. */
+drv_result_t world_wait(worker_t *w, int64_t deadline_ms, const char *what, proto_msg_t *m);
 
 /* Every rank agrees on the state to go on from, which rank 0 provides: after a
  * re-formation (after_failure) its commit, already rolled back into its trainer; at a

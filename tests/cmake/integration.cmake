@@ -21,6 +21,8 @@ drover_it(it_paths test_paths.py "integration" 600)
 drover_it(it_cli test_cli.py "integration" 300)
 # Several workers per node: world 4 on 2 agents, a killed worker, fake GPUs dealt out.
 drover_it(it_workers test_workers.py "integration" 600)
+# Command jobs: the user's program per rank (environment, reports, restarts, hangs, preemption).
+drover_it(it_command test_command.py "integration" 400)
 # Managed targets through the command launcher: scale up, down, failures, restart.
 drover_it(it_targets test_targets.py "integration" 300)
 # Hostile peers (bombs, floods, idle connections, bad UTF-8) while a victim job runs.

@@ -213,7 +213,15 @@ def test_agents_ignore_a_fake_coordinator(drover):
                 pub, sec = zmq.curve_keypair()
                 fake.curve_server = True
                 fake.curve_secretkey = sec
-            fake.bind(c.endpoint)
+            # The previous socket's close is finished by libzmq's I/O thread: retry briefly.
+            for attempt in range(40):
+                try:
+                    fake.bind(c.endpoint)
+                    break
+                except zmq.error.ZMQError:
+                    if attempt == 39:
+                        raise
+                    time.sleep(0.05)
             a = c.start_agent("victim-" + mode)
             got = fake.poll(3000)
             if got:
