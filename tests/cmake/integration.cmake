@@ -43,3 +43,7 @@ set_tests_properties(it_ssh_target PROPERTIES SKIP_RETURN_CODE 77)
 # scancel as a preemption, a refused sbatch (exit 77 where the fixture cannot run).
 drover_it(it_slurm_target test_slurm_target.py "integration;slow" 300)
 set_tests_properties(it_slurm_target PROPERTIES SKIP_RETURN_CODE 77)
+# The Python module of command jobs (python/drover) against a ROUTER the test plays the
+# worker with, and examples/torch-ddp under Debian's torchrun (77 where torch is missing).
+drover_it(it_pymodule test_pymodule.py "integration" 300)
+set_tests_properties(it_pymodule PROPERTIES SKIP_RETURN_CODE 77)
