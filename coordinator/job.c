@@ -876,6 +876,7 @@ static void restart_all(job_table_t *t, job_t *j, const char *reason, int uncoun
   j->world = j->wpn = 0;
   j->restarted = 1;
   j->verdict_ms = 0;
+  memset(&j->progress, 0, sizeof j->progress); /* a new run: its reports say where it is */
   j->queued_ms = drv_now_ms();
   j->wait_reason[0] = '\0';
   char why[RECOVERY_REASON_MAX + 96];

@@ -47,3 +47,7 @@ set_tests_properties(it_slurm_target PROPERTIES SKIP_RETURN_CODE 77)
 # worker with, and examples/torch-ddp under Debian's torchrun (77 where torch is missing).
 drover_it(it_pymodule test_pymodule.py "integration" 300)
 set_tests_properties(it_pymodule PROPERTIES SKIP_RETURN_CODE 77)
+# examples/torch-ddp (Debian's PyTorch, gloo) as a command job against torchrun: the same
+# accuracy, drover logs, a killed rank resumed from the program's checkpoint (77: no torch).
+drover_it(it_torch_ddp test_torch_ddp.py "integration;slow" 400)
+set_tests_properties(it_torch_ddp PROPERTIES SKIP_RETURN_CODE 77)
