@@ -9,6 +9,8 @@ itself (slurmfix.py: munged, slurmctld, 4 slurmd on loopback):
   job completes, and no restart was counted;
 - the coordinator SIGKILLed with 2 Slurm nodes up and restarted: it finds them (launches
   none), the job completes, and the Slurm jobs end when idle;
+- a node whose Slurm job never starts (pending): a launch failure at launch_timeout, its
+  job cancelled, retried;
 - a Slurm launch that fails (a partition that does not exist): detected, retried, reported.
 Exits 77 where the Slurm fixture cannot run (not root, Slurm not installed)."""
 import os
@@ -31,6 +33,11 @@ targets:
     preemptible: true
     agent_args: [--host, 127.0.0.1, --allow-dir, /tmp]
     slurm: {partition: drover, time_limit: "10"}
+  - name: late
+    launcher: slurm
+    max_nodes: 1
+    launch_timeout: 3
+    slurm: {partition: drover, sbatch_args: [--begin=now+3600]}
   - name: nowhere
     launcher: slurm
     max_nodes: 1
@@ -121,6 +128,17 @@ def test_slurm_target(drover):
             wait_for(lambda: not ours(s), 60, "its Slurm jobs to end when idle")
             print("coordinator SIGKILL with Slurm jobs %s up: restarted, found them, launched "
                   "none, the job completed, both ended when idle" % before)
+
+            # A node that never comes up (its Slurm job stays pending): a launch failure at
+            # launch_timeout, its job cancelled, retried after the back-off.
+            j = tt.submit(c, "never", "late", 1)[2]["job"]
+            t = wait_for(lambda: (lambda x: x["failed"] >= 2 and x)(tt.target(c, "late")), 40,
+                         "two launch timeouts")
+            assert "did not register within launch_timeout (3 s)" in t["last_error"], t
+            assert len([x for x in ours(s) if x["state"] == "PENDING"]) <= 1, ours(s)
+            c.drover_cli("cancel", str(j))
+            print("a Slurm node that never comes up: %d launch failures (%s), its jobs cancelled"
+                  % (t["failed"], t["last_error"]))
 
             # A launch Slurm refuses.
             j = tt.submit(c, "refused", "nowhere", 1)[2]["job"]
