@@ -41,7 +41,8 @@ typedef struct {
   uint32_t epoch;
   double loss;
   int reported;
-  int64_t last_report_ms, interval_ms;
+  int64_t last_report_ms, interval_ms, last_step_ms;
+  uint64_t last_step;
   uint64_t interval_step;
   int stop;         /* the coordinator asked it to stop (pause) */
   int aborted;      /* abort, or SIGTERM to the worker */
@@ -339,6 +340,21 @@ static void on_report(cmd_t *c, const sock_peer_t *from, const proto_report_t *r
   c->epoch = r->epoch;
   if (!isnan(r->loss)) c->loss = r->loss;
   c->samples += r->samples;
+  /* Rank 0 keeps metrics.jsonl: a step record per report with a loss (lr and batch 0: the
+   * program's own business). */
+  double since = c->last_step_ms ? (double)(now - c->last_step_ms) / 1000.0 : 0;
+  uint64_t done = r->step > c->last_step ? r->step - c->last_step : 0;
+  report_rec_step_t rec = {.step = r->step,
+                           .epoch = r->epoch,
+                           .loss = r->loss,
+                           .lr = 0, /* not known: the program's own */
+                           .batch = 0,
+                           .step_s = done ? since / (double)done : 0,
+                           .samples_per_s = since > 0 ? (double)r->samples / since : 0,
+                           .data_wait_ms = 0};
+  if (isfinite(rec.loss)) report_rec_step(&w->report, &rec); /* JSON has no NaN */
+  c->last_step = r->step;
+  c->last_step_ms = now;
   proto_msg_t ack;
   proto_msg_init(&ack, PROTO_REPORT_ACK);
   ack.u.report_ack.stop = (uint32_t)(c->stop || c->aborted);

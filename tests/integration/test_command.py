@@ -137,6 +137,10 @@ def test_environment_reports_logs_and_restart(drover):
                       log)
         assert m, log[-3000:]
         assert st["step"] == 30, st  # its reports reached the coordinator
+        steps = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))
+                 if '"type":"step"' in l]
+        assert steps and steps[-1]["step"] == 30 and abs(steps[-1]["loss"] - 1 / 30) < 1e-6, \
+            steps[-3:]  # rank 0's reports, as step records
         rank_log = open(os.path.join(run, "logs", "rank-1.log"), errors="replace").read()
         assert re.search(r"^\d\d:\d\d:\d\d\.\d{3} \[rank 1\] hello from rank 1 of 2, restart 1$",
                          rank_log, re.M), rank_log[-2000:]
@@ -171,6 +175,8 @@ def test_killed_and_hung_ranks(drover):
         took = time.time() - t0
         c.drover_cli("cancel", str(j))
         wait_for(lambda: finished(c, j), 30, "the cancel")
+        wait_for(lambda: program_pid(run, 0) is None and program_pid(run, 1) is None, 20,
+                 "drover cancel to leave no program behind")
         j, run = submit(c, job_spec(c, "hung", 2, 400, 0.05, "none",
                                     "max_restarts: 0\nhang_timeout: 2\n"))
         wait_for(lambda: job(c, j)["step"] >= 10, 60, "reports")
