@@ -470,8 +470,13 @@ int cmd_logs(int argc, char **argv) {
       coord = optarg;
     else if (c == 'f')
       follow = 1;
-    else if (c == 'r' && (rank = atoi(optarg)) >= 0 && *optarg >= '0' && *optarg <= '9')
-      continue;
+    else if (c == 'r') {
+      char *end;
+      unsigned long v = strtoul(optarg, &end, 10);
+      if (*optarg < '0' || *optarg > '9' || *end || v > 1u << 20)
+        return cli_usage_fail("logs", "JOB [-f] [--rank N] [--coordinator EP]");
+      rank = (int)v;
+    }
     else
       return cli_usage_fail("logs", "JOB [-f] [--rank N] [--coordinator EP]");
   }

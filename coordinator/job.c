@@ -13,7 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 
@@ -525,7 +524,9 @@ static uint32_t placement_wpn(job_table_t *t, const job_t *j, const int *agent, 
     const agent_t *a = registry_at(t->reg, agent[n]);
     if (a) w = DRV_MIN(w, agent_slots(j, a));
   }
-  uint32_t cap = DRV_MAX(1u, DRV_MIN(j->global_batch, (uint32_t)JOBSPEC_MAX_WORLD) / nodes);
+  /* A command job has no global batch of drover's: only the world's bound. */
+  uint32_t batch = j->command ? (uint32_t)JOBSPEC_MAX_WORLD : j->global_batch;
+  uint32_t cap = DRV_MAX(1u, DRV_MIN(batch, (uint32_t)JOBSPEC_MAX_WORLD) / nodes);
   if (w > cap) {
     log_info("job %" PRId64 ": %u worker(s) per node would be more than train.global_batch %u "
              "(and %d workers) over %u node(s) allow: %u per node",
@@ -950,7 +951,8 @@ static void check_pool(job_table_t *t, job_t *j, int64_t now) {
 /* Room to grow and a free agent for it, with nobody queued for that agent: re-form at the
  * next commit with it. Returns 1 when it asked. */
 static int maybe_grow(job_table_t *t, job_t *j, int64_t now) {
-  uint32_t max = DRV_MIN(DRV_MIN(j->max_nodes * j->wpn, j->global_batch), JOB_MAX_SLOTS);
+  uint32_t batch = j->command ? (uint32_t)JOB_MAX_SLOTS : j->global_batch;
+  uint32_t max = DRV_MIN(DRV_MIN(j->max_nodes * j->wpn, batch), JOB_MAX_SLOTS);
   if (j->phase != JOB_PHASE_RUNNING || j->world >= max || !j->commit_every) return 0;
   job_slot_t slots[JOB_MAX_SLOTS];
   uint32_t n = free_slots(t, j, now, slots);
@@ -972,10 +974,15 @@ static int check_exits(job_table_t *t, job_t *j, int64_t now) {
   for (uint32_t r = 0; r < j->world; r++) {
     const job_rank_t *s = &j->ranks[r];
     if (!s->exited || s->done || !s->exit_ms || now - s->exit_ms <= JOB_EXIT_GRACE_MS) continue;
+    char why[128];
     if (s->exit_code)
-      job_fail(t, j, "rank %u exited with code %d without saying why", r, s->exit_code);
+      snprintf(why, sizeof why, "rank %u exited with code %d without saying why", r, s->exit_code);
     else
-      job_fail(t, j, "rank %u exited without reporting its result", r);
+      snprintf(why, sizeof why, "rank %u exited without reporting its result", r);
+    if (j->command)
+      restart_all(t, j, why, 0);
+    else
+      job_fail(t, j, "%s", why);
     return 1;
   }
   return 0;
@@ -1100,7 +1107,9 @@ void job_agent_leaving(job_table_t *t, agent_t *a, const char *reason) {
   char why[300], ranks[160];
   snprintf(why, sizeof why, "agent %s (%s) leaving: %s", a->agent_id,
            ranks_text(j, ai, ranks, sizeof ranks), reason ? reason : "stopping");
-  if (!phase_collecting(j->phase) && !job_pause(t, j, why, drv_now_ms())) job_trouble(t, j, r, why);
+  /* (A command job's rank leaving before it could stop when asked: restarted, uncounted.) */
+  if (!phase_collecting(j->phase) && !job_pause(t, j, why, drv_now_ms()))
+    job_trouble_as(t, j, r, why, j->command);
 }
 
 void job_agent_heartbeat(job_table_t *t, agent_t *a, uint32_t workers) {
@@ -1398,12 +1407,21 @@ void job_on_log(job_table_t *t, const sock_peer_t *from, const proto_log_t *l) {
     const agent_t *a = rank_agent(t, &j->ranks[l->rank]);
     char prefix[200];
     int np = snprintf(prefix, sizeof prefix, "rank %u %s | ", l->rank, a ? a->agent_id : "?");
-    for (const char *p = l->text; *p;) {
-      size_t n = strcspn(p, "\n");
-      struct iovec v[3] = {{prefix, (size_t)np}, {(void *)p, n}, {"\n", 1}};
-      if (writev(fd, v, 3) < 0) break;
-      p += n + (p[n] == '\n');
+    np = DRV_MIN(np, (int)sizeof prefix - 1);
+    size_t lines = 1, len = strlen(l->text);
+    for (const char *p = l->text; *p; p++) lines += *p == '\n';
+    char *out = malloc(len + lines * ((size_t)np + 1) + 1);
+    size_t n = 0;
+    for (const char *p = l->text; out && *p;) { /* one write: prefixed whole lines */
+      size_t k = strcspn(p, "\n");
+      memcpy(out + n, prefix, (size_t)np);
+      memcpy(out + n + (size_t)np, p, k);
+      n += (size_t)np + k;
+      out[n++] = '\n';
+      p += k + (p[k] == '\n');
     }
+    if (out && n && write(fd, out, n) < 0) log_warn("%s: %s", path, strerror(errno));
+    free(out);
     if (fstat(fd, &st) == 0 && (uint64_t)st.st_size >= JOB_LOG_MAX_BYTES) {
       static const char note[] = "drover | the job's output reached 64 MiB: no more is kept "
                                  "here (each rank's log in the run directory has it all)\n";

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -218,20 +219,30 @@ static drv_result_t spawn(cmd_t *c) {
   DRV_CHECK(find_program(argv[0], dir, envp));
   int p[2];
   if (pipe2(p, O_CLOEXEC) < 0) return drv_error(DRV_ERR_SYS, "pipe: %s", strerror(errno));
+  pid_t parent = getpid();
   pid_t pid = fork();
-  if (pid < 0) return drv_error(DRV_ERR_SYS, "fork: %s", strerror(errno));
+  if (pid < 0) {
+    close(p[0]);
+    close(p[1]);
+    return drv_error(DRV_ERR_SYS, "fork: %s", strerror(errno));
+  }
   if (pid == 0) {
     setpgid(0, 0);
+    /* It dies with its worker, whatever kills the worker (the agent's SIGKILL, the OOM
+     * killer): a program never outlives the rank that watches it. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(1);
     dup2(p[1], 1);
     dup2(p[1], 2);
-    int null = open("/dev/null", O_RDONLY);
+    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (null >= 0) dup2(null, 0);
     signal(SIGPIPE, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    if (chdir(dir) == 0) execvpe(argv[0], argv, envp);
+    environ = envp; /* execvp looks for the program on the program's PATH */
+    if (chdir(dir) == 0) execvp(argv[0], argv);
     int e = errno;
     static const char msg[] = "drover: the command could not be started: ";
     const char *why = e == ENOENT ? ": no such file or command\n"
@@ -256,7 +267,7 @@ static drv_result_t spawn(cmd_t *c) {
 /* Its output, line by line, into the rank's log with the time; the last line kept. */
 static void drain_output(cmd_t *c) {
   char buf[4096];
-  for (;;) {
+  for (int reads = 0; reads < 16; reads++) { /* a chatty program does not starve the rest */
     ssize_t n = c->out_fd >= 0 ? read(c->out_fd, buf, sizeof buf) : 0;
     if (n <= 0) {
       if (n == 0 && c->out_fd >= 0) { /* its end: the rest as a last line */
@@ -302,9 +313,10 @@ static void send_logs(cmd_t *c, int64_t now, int force) {
   if (!c->npend && !c->dropped) return;
   if (!force && now - c->sent_ms < LOG_FLUSH_MS) return;
   if (c->dropped) {
-    char note[96];
+    char note[160];
     int n = snprintf(note, sizeof note, "--:--:--.--- [drover: %" PRIu64 " bytes of output not "
                      "sent: too much at once; the rank's log has them]\n", c->dropped);
+    n = DRV_MIN(n, (int)sizeof note - 1);
     if (c->npend + (size_t)n < sizeof c->pend) {
       memcpy(c->pend + c->npend, note, (size_t)n);
       c->npend += (size_t)n;
@@ -360,7 +372,7 @@ static void on_report(cmd_t *c, const sock_peer_t *from, const proto_report_t *r
   ack.u.report_ack.stop = (uint32_t)(c->stop || c->aborted);
   sock_send(c->rep, from, &ack);
   int64_t every = drv_setting(DRV_SET_PROGRESS_MS);
-  if (now - c->interval_ms < every && c->step < c->steps_total) return;
+  if (now - c->interval_ms < every && (!c->steps_total || c->step < c->steps_total)) return;
   double interval = (double)(now - c->interval_ms) / 1000.0;
   uint64_t steps = c->step > c->interval_step ? c->step - c->interval_step : 0;
   proto_msg_t m;

@@ -20,7 +20,7 @@ import re
 import signal
 import time
 
-from harness import cluster, main, wait_for
+from harness import cluster, main, wait_for, worker_pid
 
 ENV = {"DROVER_HEARTBEAT_MS": "200", "DROVER_PEER_TIMEOUT_MS": "3000"}
 
@@ -163,16 +163,24 @@ def test_environment_reports_logs_and_restart(drover):
 def test_killed_and_hung_ranks(drover):
     with cluster(drover, env=ENV) as c:
         setup(c)
-        j, run = submit(c, job_spec(c, "killed", 2, 400, 0.05, "none", "max_restarts: 1\n"))
+        j, run = submit(c, job_spec(c, "killed", 2, 400, 0.05, "none", "max_restarts: 2\n"))
         wait_for(lambda: job(c, j)["step"] >= 10, 60, "reports")
         t0 = time.time()
         os.kill(wait_for(lambda: program_pid(run, 1), 10, "rank 1's program"), signal.SIGKILL)
-        pat = re.compile(r"restarting \(restart 1 of 1\) after: rank 1 \(agent a1\): "
+        pat = re.compile(r"restarting \(restart 1 of 2\) after: rank 1 \(agent a1\): "
                          r"its program was killed by signal 9 after step \d+")
         clog = os.path.join(c.tmp, "coordinator.log")
         why = wait_for(lambda: (lambda m: m and m.group(0))(
             pat.search(open(clog, errors="replace").read())), 30, "the restart")
         took = time.time() - t0
+        # A program never outlives its worker: SIGKILL of rank 0's worker takes it along.
+        wait_for(lambda: job(c, j)["state"] == "running" and program_pid(run, 0), 60,
+                 "the restarted job to run")
+        prog = program_pid(run, 0)
+        os.kill(worker_pid(run, 0), signal.SIGKILL)
+        wait_for(lambda: not os.path.exists("/proc/%d" % prog) or
+                 open("/proc/%d/stat" % prog).read().rsplit(")", 1)[1].split()[0] == "Z", 10,
+                 "the program to die with its worker")
         c.drover_cli("cancel", str(j))
         wait_for(lambda: finished(c, j), 30, "the cancel")
         wait_for(lambda: program_pid(run, 0) is None and program_pid(run, 1) is None, 20,
