@@ -311,6 +311,23 @@ def worker_pid(run_dir, rank):
     return None
 
 
+def program_pid(run_dir, rank, word):
+    """pid of a command job's program of `rank` in run_dir (its command line holds `word`,
+    its environment DROVER_RUN_DIR and RANK), or None."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = open("/proc/%s/cmdline" % pid, "rb").read()
+            env = open("/proc/%s/environ" % pid, "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if word.encode() in cmd and ("DROVER_RUN_DIR=%s" % run_dir).encode() in env and \
+                ("RANK=%d" % rank).encode() in env:
+            return int(pid)
+    return None
+
+
 def read_metrics(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -21,6 +21,7 @@ import signal
 import time
 
 from harness import cluster, main, wait_for, worker_pid
+from harness import program_pid as harness_program_pid
 
 ENV = {"DROVER_HEARTBEAT_MS": "200", "DROVER_PEER_TIMEOUT_MS": "3000"}
 
@@ -95,19 +96,7 @@ def finished(c, j):
 
 
 def program_pid(run_dir, rank):
-    """pid of the program (python3 prog.py) of `rank` in run_dir, from its environment."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = open("/proc/%s/cmdline" % pid, "rb").read()
-            env = open("/proc/%s/environ" % pid, "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if b"prog.py" in cmd and ("DROVER_RUN_DIR=%s" % run_dir).encode() in env and \
-                ("RANK=%d" % rank).encode() in env:
-            return int(pid)
-    return None
+    return harness_program_pid(run_dir, rank, "prog.py")
 
 
 def test_environment_reports_logs_and_restart(drover):

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from harness import cluster, main, wait_for
+from harness import cluster, main, program_pid, wait_for
 from ports import free_base_port
 import test_pymodule as tp
 
@@ -120,18 +120,7 @@ def test_killed_rank_resumes_from_checkpoint(drover):
 
 
 def tp_pid(run, rank):
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = open("/proc/%s/cmdline" % pid, "rb").read()
-            env = open("/proc/%s/environ" % pid, "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if b"train.py" in cmd and ("DROVER_RUN_DIR=%s" % run).encode() in env and \
-                ("RANK=%d" % rank).encode() in env:
-            return int(pid)
-    return None
+    return program_pid(run, rank, "train.py")
 
 
 if __name__ == "__main__":
