@@ -496,10 +496,7 @@ static const struct {
 
 // --- libcyaml configuration and its captured log ------------------------------------------
 
-typedef struct {
-  char text[2048]; /* the error-level lines libcyaml logged, '\n'-separated */
-  size_t len;
-} spec_log_t;
+typedef jobspec_cyaml_log_t spec_log_t;
 
 static void spec_log_fn(cyaml_log_t level, void *ctx, const char *fmt, va_list args) {
   spec_log_t *log = ctx;
@@ -508,7 +505,7 @@ static void spec_log_fn(cyaml_log_t level, void *ctx, const char *fmt, va_list a
   if (n > 0) log->len = DRV_MIN(log->len + (size_t)n, sizeof log->text - 1);
 }
 
-static cyaml_config_t spec_config(spec_log_t *log) {
+cyaml_config_t jobspec_cyaml_config(jobspec_cyaml_log_t *log) {
   return (cyaml_config_t){
       .log_fn = spec_log_fn,
       .log_ctx = log,
@@ -1457,7 +1454,7 @@ drv_result_t jobspec_parse(const char *yaml, size_t len, const char *origin,
                            const char *const *sets, int nset, jobspec_t **out) {
   drv_result_t rc = DRV_OK;
   spec_log_t log = {0};
-  cyaml_config_t cfg = spec_config(&log);
+  cyaml_config_t cfg = jobspec_cyaml_config(&log);
   yaml_parser_t parser;
   yaml_document_t doc;
   bool have_parser = false, have_doc = false;
@@ -1569,7 +1566,7 @@ fail:
 
 drv_result_t jobspec_dump(const jobspec_t *spec, char **yaml, size_t *len) {
   spec_log_t log = {0};
-  cyaml_config_t cfg = spec_config(&log);
+  cyaml_config_t cfg = jobspec_cyaml_config(&log);
   char *raw = NULL;
   size_t n = 0;
   if (!spec || !yaml) return drv_error(DRV_ERR_INVALID, "jobspec_dump: NULL argument");
@@ -1603,7 +1600,7 @@ drv_result_t jobspec_dump(const jobspec_t *spec, char **yaml, size_t *len) {
 void jobspec_destroy(jobspec_t **spec) {
   if (!spec || !*spec) return;
   spec_log_t log = {0};
-  cyaml_config_t cfg = spec_config(&log);
+  cyaml_config_t cfg = jobspec_cyaml_config(&log);
   cyaml_free(&cfg, &spec_schema, *spec, 0);
   *spec = NULL;
 }

@@ -81,6 +81,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <cyaml/cyaml.h>
+
 #include "common/drv.h"
 
 #define JOBSPEC_MAX_HIDDEN 8
@@ -223,6 +225,17 @@ drv_result_t jobspec_check_submitted(const jobspec_t *spec, const char *origin);
  * NULL when that part of the spec is absent; *key NULL past the last. A caller may replace
  * *slot with a malloc'ed string (the spec frees it). */
 char **jobspec_path_at(jobspec_t *spec, unsigned i, const char **key);
+
+/* The error-level lines libcyaml logged while loading, '\n'-separated: what a loader
+ * turns into one message naming the key and line (the job spec's, the targets file's). */
+typedef struct {
+  char text[2048];
+  size_t len;
+} jobspec_cyaml_log_t;
+
+/* The libcyaml configuration drover loads YAML with: errors captured into log, aliases
+ * refused (no use for them, and they allow expansion bombs), block style when saving. */
+cyaml_config_t jobspec_cyaml_config(jobspec_cyaml_log_t *log);
 
 /* Whether name is 1 to max letters, digits, '.', '_' or '-', not starting with '.': a job
  * name (JOBSPEC_NAME_MAX) or a target name (JOBSPEC_TARGET_MAX). */

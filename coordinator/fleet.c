@@ -272,8 +272,7 @@ static agent_t *node_agent(fleet_t *f, const fleet_target_t *t, const fleet_node
 static void watch_node(fleet_t *f, fleet_target_t *t, fleet_node_t *n, int64_t now) {
   poll_node(f, t, n, now);
   if (n->state == NODE_FREE || n->state == NODE_STOPPING) return;
-  agent_t *a = node_agent(f, t, n);
-  if (a) a->preemptible = t->cfg->preemptible;
+  agent_t *a = node_agent(f, t, n); /* preemptible was set at its hello (coord.c) */
   if (n->state == NODE_STARTING && a) {
     n->state = NODE_UP;
     n->idle_since_ms = now;

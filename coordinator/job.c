@@ -856,8 +856,6 @@ static void hold_note(job_t *j, recovery_report_t kind, const char *reason) {
   snprintf(j->verdict, sizeof j->verdict, "%s", reason);
 }
 
-/* Something went wrong in placed job j: rank `rank` (-1: none known) is gone. Its worker
- * is told to stop at once; the rest is recovery_plan's. j may be freed on return. */
 /* A command job's world cannot re-form in place: every rank is stopped and the job is
  * placed again (within min_nodes and max_nodes, from its program's own checkpoints), a
  * restart counted unless `uncounted` (a preemption, a planned stop), or it fails past
@@ -889,6 +887,10 @@ static void restart_all(job_table_t *t, job_t *j, const char *reason, int uncoun
   job_publish_state(t, j, why);
 }
 
+/* Something went wrong in placed job j: rank `rank` (-1: none known) is gone. Its worker
+ * is told to stop at once; the rest is recovery_plan's, which decides itself whether it was
+ * a preemption, when the world is settled; `preempted` says so for a command job, which
+ * restarts whole (restart_all). j may be freed on return. */
 static void job_trouble_as(job_table_t *t, job_t *j, int rank, const char *reason,
                            int preempted) {
   if (j->command) { /* planned (a pause) or a preemption: no restart counted */
@@ -903,8 +905,7 @@ static void job_trouble_as(job_table_t *t, job_t *j, int rank, const char *reaso
     hold_note(j, rank < 0 ? RECOVERY_REPORT_SYMPTOM : RECOVERY_REPORT_OWN, reason);
     return;
   }
-  recover(t, j, &(recovery_failure_t){.rank = rank, .reason = reason, .preempted = preempted},
-          drv_now_ms());
+  recover(t, j, &(recovery_failure_t){.rank = rank, .reason = reason}, drv_now_ms());
 }
 
 static void job_trouble(job_table_t *t, job_t *j, int rank, const char *reason) {

@@ -337,35 +337,22 @@ drv_result_t launcher_check(const target_t *t, const launch_env_t *env, const ch
                    targets_launcher_name(t->launcher));
 }
 
-/* The lines op printed from out_from on: the first into first (when not NULL), the last
- * into last. */
-static void read_out(const launch_op_t *op, char *first, size_t fcap, char *last, size_t lcap) {
+/* The last line op printed from out_from on, into last ("" when none). */
+static void last_line(const launch_op_t *op, char *last, size_t cap) {
   char buf[4096];
-  if (first && fcap) first[0] = '\0';
-  if (last && lcap) last[0] = '\0';
+  last[0] = '\0';
   int fd = open(op->out_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) return;
   struct stat st;
   off_t from = op->out_from, size = fstat(fd, &st) == 0 ? st.st_size : 0;
-  ssize_t n = 0;
-  if (first && size > from) n = pread(fd, buf, sizeof buf - 1, from);
-  if (n > 0) {
-    buf[n] = '\0';
-    snprintf(first, fcap, "%.*s", (int)strcspn(buf, "\r\n"), buf);
-  }
-  n = 0;
   off_t tail = size - (off_t)sizeof buf + 1 > from ? size - (off_t)sizeof buf + 1 : from;
-  if (last && size > from) n = pread(fd, buf, sizeof buf - 1, tail);
+  ssize_t n = size > from ? pread(fd, buf, sizeof buf - 1, tail) : 0;
   close(fd);
   if (n <= 0) return;
   buf[n] = '\0';
   while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) buf[--n] = '\0';
   char *nl = strrchr(buf, '\n');
-  snprintf(last, lcap, "%s", nl ? nl + 1 : buf);
-}
-
-void launcher_first_line(const launch_op_t *op, char *buf, size_t cap) {
-  read_out(op, buf, cap, NULL, 0);
+  snprintf(last, cap, "%s", nl ? nl + 1 : buf);
 }
 
 int launcher_handle(const target_t *t, const launch_op_t *op, char *buf, size_t cap) {
@@ -409,7 +396,7 @@ int launcher_poll(launch_op_t *op, int64_t now, int *code, char *out, size_t cap
     return 0;
   }
   *code = r < 0 ? 127 : WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  if (out && cap) read_out(op, NULL, 0, out, cap);
+  if (out && cap) last_line(op, out, cap);
   /* What a stop or a check left in its session; a start's may be its node (detached). */
   if (!op->is_node && op->kind != LAUNCH_OP_START && op->pid) kill(-op->pid, SIGKILL);
   op->pid = 0;

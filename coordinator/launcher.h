@@ -73,10 +73,6 @@ drv_result_t launcher_check(const target_t *t, const launch_env_t *env, const ch
  * deadline is killed (SIGKILL to its group): it ends with code 137. */
 int launcher_poll(launch_op_t *op, int64_t now, int *code, char *out, size_t cap);
 
-/* The first line op printed (its handle), into buf; "" when none. Call before the next
- * command of the node appends to the log. */
-void launcher_first_line(const launch_op_t *op, char *buf, size_t cap);
-
 /* The node's handle in what its start printed (stdout and stderr together), into buf:
  * the line `DROVER_HANDLE=...` (ssh's; a command's start may print one too), else for
  * Slurm the job id of sbatch --parsable, for a command its first line. 0: none found. */

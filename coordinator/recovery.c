@@ -116,8 +116,8 @@ static int note_failure(const recovery_job_t *job, const recovery_failure_t *f, 
   if (out->phase == JOB_PHASE_PAUSING) out->phase = JOB_PHASE_RUNNING; /* a real failure now */
   /* Where preemptible nodes are, whether it was a preemption is known when the world is
    * settled (their agents left or gone by then); a death elsewhere counts at once. */
-  int maybe = f->preempted || (f->rank < 0 ? any_preemptible(job, n)
-                                           : (uint32_t)f->rank < n && job->ranks[f->rank].preemptible);
+  int maybe = f->rank < 0 ? any_preemptible(job, n)
+                          : (uint32_t)f->rank < n && job->ranks[f->rank].preemptible;
   if (out->pending && !maybe && !count_restart(job, out)) return 0;
   if (!phase_collecting(out->phase)) {
     if (maybe)

@@ -113,8 +113,6 @@ typedef struct {
 typedef struct {
   int rank;
   const char *reason;
-  int preempted; /* a node of a preemptible target was taken away (its agent lost): a
-                    preemption, not a restart, once the world is settled */
 } recovery_failure_t;
 
 typedef enum {

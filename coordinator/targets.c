@@ -104,26 +104,6 @@ static const cyaml_schema_value_t file_schema = {
 
 // --- libcyaml's errors, as one line --------------------------------------------------------
 
-typedef struct {
-  char text[2048];
-  size_t len;
-} log_buf_t;
-
-static void log_fn(cyaml_log_t level, void *ctx, const char *fmt, va_list args) {
-  log_buf_t *log = ctx;
-  if (level < CYAML_LOG_ERROR || log->len >= sizeof log->text - 1) return;
-  int n = vsnprintf(log->text + log->len, sizeof log->text - log->len, fmt, args);
-  if (n > 0) log->len = DRV_MIN(log->len + (size_t)n, sizeof log->text - 1);
-}
-
-static cyaml_config_t config(log_buf_t *log) {
-  return (cyaml_config_t){.log_fn = log_fn,
-                          .log_ctx = log,
-                          .mem_fn = cyaml_mem,
-                          .log_level = CYAML_LOG_ERROR,
-                          .flags = CYAML_CFG_NO_ALIAS};
-}
-
 /* The line (from 1) at or after line `from` whose first word is "key:", or 0. */
 static unsigned key_line(const char *yaml, size_t len, unsigned from, const char *key) {
   size_t klen = strlen(key);
@@ -143,7 +123,7 @@ static unsigned key_line(const char *yaml, size_t len, unsigned from, const char
  * 'launcher' (line: 5, column: 15)", "  in sequence entry '2' (line: 6, ...)" (numbered
  * from 0 or 1 depending on the error). This makes "origin:8: max_nodes (target at line
  * 6): <what>" of it; an unknown key gets the line it is on. */
-static drv_result_t load_error(cyaml_err_t err, const log_buf_t *log, const char *yaml,
+static drv_result_t load_error(cyaml_err_t err, const jobspec_cyaml_log_t *log, const char *yaml,
                                size_t len, const char *origin) {
   char what[256] = "", path[256] = "";
   unsigned line = 0, entry_line = 0;
@@ -244,8 +224,8 @@ drv_result_t targets_parse(const char *yaml, size_t len, const char *origin, tar
   if (len > TARGETS_MAX_BYTES)
     return drv_error(DRV_ERR_INVALID, "%s: %zu bytes, more than %u", origin, len,
                      TARGETS_MAX_BYTES);
-  log_buf_t log = {.len = 0};
-  cyaml_config_t cfg = config(&log);
+  jobspec_cyaml_log_t log = {.len = 0};
+  cyaml_config_t cfg = jobspec_cyaml_config(&log);
   cyaml_data_t *data = NULL;
   cyaml_err_t err = cyaml_load_data((const uint8_t *)yaml, len, &cfg, &file_schema, &data, NULL);
   targets_file_t *f = data;
@@ -283,8 +263,8 @@ drv_result_t targets_load(const char *path, targets_file_t **out) {
 
 void targets_free(targets_file_t **t) {
   if (!t || !*t) return;
-  log_buf_t log = {.len = 0};
-  cyaml_config_t cfg = config(&log);
+  jobspec_cyaml_log_t log = {.len = 0};
+  cyaml_config_t cfg = jobspec_cyaml_config(&log);
   cyaml_free(&cfg, &file_schema, *t, 0);
   *t = NULL;
 }

@@ -426,8 +426,7 @@ static void test_preemption_is_no_restart(void **state) {
   f.ranks[2].preemptible = 1;
   f.ranks[2].dead = 1;
   f.ranks[2].agent_quiet_ms = -1; /* its agent gone */
-  recovery_plan(&f.job, &(recovery_failure_t){.rank = 2, .reason = "agent a2 lost", .preempted = 1},
-                NOW, &p);
+  recovery_plan(&f.job, &(recovery_failure_t){.rank = 2, .reason = "agent a2 lost"}, NOW, &p);
   assert_int_equal(p.action, RECOVERY_WAIT);
   assert_int_equal(p.phase, JOB_PHASE_REFORMING);
   assert_int_equal(p.restarts, 0);

@@ -41,8 +41,7 @@ typedef struct {
   uint64_t step, steps_total, samples;
   uint32_t epoch;
   double loss;
-  int reported;
-  int64_t last_report_ms, interval_ms, last_step_ms;
+  int64_t last_report_ms, interval_ms, last_step_ms; /* last_report_ms 0: none yet */
   uint64_t last_step;
   uint64_t interval_step;
   int stop;         /* the coordinator asked it to stop (pause) */
@@ -345,7 +344,6 @@ static void terminate(cmd_t *c, int64_t now) {
 /* A report: remembered, answered, relayed as `progress` (at most every DROVER_PROGRESS_MS). */
 static void on_report(cmd_t *c, const sock_peer_t *from, const proto_report_t *r, int64_t now) {
   worker_t *w = c->w;
-  c->reported = 1;
   c->last_report_ms = now;
   c->step = r->step;
   if (r->steps_total) c->steps_total = r->steps_total;
@@ -457,7 +455,7 @@ static void supervise(cmd_t *c, int *st) {
       c->aborted = 1;
       terminate(c, now);
     }
-    if (hang_ms && c->reported && !c->term_ms && now - c->last_report_ms > hang_ms) {
+    if (hang_ms && c->last_report_ms && !c->term_ms && now - c->last_report_ms > hang_ms) {
       snprintf(c->hung, sizeof c->hung,
                "its program stopped reporting after step %" PRIu64 " for %" PRId64
                " s (hang_timeout %u s): killed",
